@@ -1,0 +1,45 @@
+# Everything a fresh machine needs: `make demo` (train on Fashion-MNIST, then predict) and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TUDUI := $(VENV)/bin/tudui
+# torch and torchvision must be installed together (a matching pair); override for other platforms.
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.tudui-installed
+DEMO_EPOCHS ?=
+
+.PHONY: install data demo test bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e ".[dev,export,serve]"
+	touch $@
+
+install: $(STAMP)
+
+# Real Fashion-MNIST from Debian's package when tudui cannot find it elsewhere.
+data: install
+	@if $(PY) -c "import sys; from tudui.data.sources import find; sys.exit(find('fashion-mnist') is None)"; then \
+		echo "fashion-mnist: found"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null; \
+	else \
+		echo "Fashion-MNIST not found and apt-get is not usable here. Get the four IDX .gz files into"; \
+		echo "\$$TUDUI_DATA/fashion-mnist/ (or run tudui train with --download where there is a network)."; \
+		exit 1; \
+	fi
+
+demo: data
+	$(TUDUI) train --data fashion-mnist --name demo --exist-ok $(if $(DEMO_EPOCHS),--epochs $(DEMO_EPOCHS))
+	$(TUDUI) data export fashion-mnist --split test --limit 12 --out samples/fashion-mnist
+	$(TUDUI) predict runs/demo/best.pt samples/fashion-mnist --topk 3
+
+test: data
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs samples .pytest_cache

@@ -1,0 +1,194 @@
+"""The `tudui` command: a table of subcommands, each a thin wrapper over an importable function.
+
+Every user mistake raises TuduiError, printed as one line with exit code 2
+(`--debug` shows the traceback instead).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Callable
+
+from . import __version__
+from .config import TrainConfig, load_yaml
+from .errors import TuduiError
+
+
+# --- train -------------------------------------------------------------------------------------------------------------
+def _add_config_fields(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
+    """One flag per dataclass field; defaults are left to the dataclass so --config can be overridden."""
+    for f in dataclasses.fields(cls):
+        meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+        kw: dict = {"help": meta.get("help", ""), "default": argparse.SUPPRESS, "dest": f.name}
+        t = str(f.type)
+        if t.startswith("bool"):
+            kw["action"] = argparse.BooleanOptionalAction
+        else:
+            if "nargs" in meta:
+                kw["nargs"] = meta["nargs"]
+            kw["type"] = meta.get("type") or (int if t.startswith("int") else float if t.startswith("float") else str)
+            if "choices" in meta:
+                kw["choices"] = meta["choices"]
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if default not in (None, [], False):
+            kw["help"] += f" [default: {default}]"
+        p.add_argument(flag, **kw)
+    p.add_argument("--config", dest="_config", metavar="YAML", help="read options from a YAML file (e.g. a run's "
+                   "config.yaml); flags given on the command line override it")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.trainer import fit
+
+    values = vars(args).copy()
+    config_path = values.pop("_config", None)
+    for k in ("debug", "func", "command"):
+        values.pop(k, None)
+    base = load_yaml(config_path) if config_path else {}
+    if config_path and "name" not in values:
+        base.pop("name", None)  # a repeated run gets a new directory
+    fit(TrainConfig.from_dict(base | values))
+    return 0
+
+
+# --- eval --------------------------------------------------------------------------------------------------------------
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .engine.evaluator import evaluate_checkpoint
+    from .reporting.console import confusion_table, per_class_table
+
+    r = evaluate_checkpoint(args.checkpoint, args.data, args.split, data_root=args.data_root,
+                            batch_size=args.batch_size, device=args.device, workers=args.workers)
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    print(f"{r['checkpoint']} on {', '.join(args.data)} [{args.split}]: {r['n']:,} images")
+    print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}\n")
+    print(per_class_table(r["classes"], r) + "\n")
+    print(confusion_table(r["classes"], r["confusion"]))
+    return 0
+
+
+def add_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
+    p.add_argument("--data", nargs="+", required=True, help="dataset name, folder(s) or CSV, as for train")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split [default: test]")
+    p.add_argument("--data-root", default=None, help="where named datasets are looked for first")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+
+# --- predict -----------------------------------------------------------------------------------------------------------
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .inference.predictor import Predictor, expand_paths
+    from .reporting.console import table
+
+    files = expand_paths(args.sources)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    preds = predictor.predict(files, topk=args.topk, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps([p.to_dict() for p in preds], indent=1))
+    else:
+        rows = [[str(p.source), p.error and f"error: {p.error}" or
+                 "  ".join(f"{c} {prob:.1%}" for c, prob in p.topk)] for p in preds]
+        print(table(["image", f"top-{min(args.topk, len(predictor.classes))} (class probability)"], rows, "<<"))
+    bad = sum(p.error is not None for p in preds)
+    if bad:
+        print(f"warning: {bad} of {len(preds)} image(s) could not be read", file=sys.stderr)
+    return 1 if bad == len(preds) else 0
+
+
+def add_predict_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
+    p.add_argument("sources", nargs="+", help="image files and/or folders (searched recursively)")
+    p.add_argument("--topk", type=int, default=5, help="classes to show per image [default: 5]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+
+
+# --- models ------------------------------------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    import torch
+
+    from .models import count_parameters, create_model, list_models
+    from .reporting.console import table
+
+    rows = []
+    for info in list_models():
+        size = max(info.min_size, 32)
+        with torch.device("meta"):  # shapes only: no memory, no initialisation time
+            n = count_parameters(create_model(info.name, args.num_classes, 3, size))
+        rows.append([info.name, info.family, f"{n:,}", info.min_size, info.description])
+    print(table(["model", "family", f"params ({args.num_classes} classes, RGB)", "min input", "description"],
+                rows, "<<><<"))
+    return 0
+
+
+# --- data --------------------------------------------------------------------------------------------------------------
+def cmd_data_export(args: argparse.Namespace) -> int:
+    from .data.export import export_images
+
+    files = export_images(args.name, args.out, args.split, args.limit, args.format, args.data_root, args.seed)
+    print(f"wrote {len(files)} images to {args.out}/<class>/")
+    return 0
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="data_command", metavar="{export}", required=True)
+    e = sub.add_parser("export", help="write a named dataset's images as class folders of PNG/JPEG files")
+    e.add_argument("name", help="fashion-mnist, mnist, cifar10, cifar100 or digits")
+    e.add_argument("--out", required=True, help="output folder")
+    e.add_argument("--split", default="test", choices=["train", "test"])
+    e.add_argument("--limit", type=int, default=None, help="a random sample of this many images")
+    e.add_argument("--format", default="png", choices=["png", "jpg"])
+    e.add_argument("--data-root", default=None)
+    e.add_argument("--seed", type=int, default=0)
+    e.set_defaults(func=cmd_data_export)
+
+
+# --- the table ---------------------------------------------------------------------------------------------------------
+COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
+    "train": ("train a classifier (writes runs/<name>/)", _add_config_fields, cmd_train),
+    "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
+    "predict": ("classify image files or folders", add_predict_args, cmd_predict),
+    "models": ("list the registered models", lambda p: p.add_argument("--num-classes", type=int, default=10),
+               cmd_models),
+    "data": ("dataset utilities", add_data_args, None),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tudui", description="Train, evaluate and use image classifiers.")
+    parser.add_argument("--version", action="version", version=f"tudui {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, add_args, func) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks")
+        add_args(p)
+        if func is not None:
+            p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    try:
+        return args.func(args)
+    except TuduiError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Typed configuration of a training run.
+
+One flat dataclass, like Ultralytics' args.yaml: every field is a CLI flag
+(`img_size` -> `--img-size`), a YAML key in `config.yaml`, and a keyword of
+`tudui.train(...)`. The resolved config is written into every run directory so
+`tudui train --config runs/exp/config.yaml` repeats the run.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import TuduiError
+
+
+def _f(default: Any, help: str, **meta: Any) -> Any:
+    """A dataclass field carrying its CLI help text."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---------------------------------------------------------------
+    data: list = _f([], "dataset name (fashion-mnist, mnist, cifar10, cifar100, digits), "
+                        "a folder, or a CSV of path,label; several are concatenated", nargs="+")
+    data_root: str | None = _f(None, "where named datasets are looked for first (then $TUDUI_DATA, then system folders)")
+    download: bool = _f(False, "download a named dataset with torchvision when it is not found")
+    img_size: int | None = _f(None, "square input size in pixels (default: the dataset's own size)")
+    channels: int | None = _f(None, "input channels, 1 or 3 (default: the dataset's own)")
+    mean: list | None = _f(None, "per-channel mean in [0,1] (default: measured on the training set)", nargs="+", type=float)
+    std: list | None = _f(None, "per-channel std in [0,1] (default: measured on the training set)", nargs="+", type=float)
+    val_split: float = _f(0.1, "fraction of the training set held out (stratified, seeded) when there is no val/ folder")
+    augment: str = _f("default", "training augmentation: default (random crop with padding + flip), crop, flip, none",
+                      choices=["default", "crop", "flip", "none"])
+    hflip: bool | None = _f(None, "allow horizontal flips (default: off for digit datasets, on otherwise)")
+    batch_size: int = _f(256, "images per optimisation step (per process under torchrun)")
+    workers: int = _f(0, "DataLoader worker processes for datasets read from disk")
+    memory: str = _f("auto", "hold the decoded dataset in memory as uint8 and augment whole batches: auto, on, off",
+                     choices=["auto", "on", "off"])
+    memory_limit_mb: int = _f(4096, "largest decoded dataset (MB) that `--memory auto` keeps in memory")
+    subset: int | None = _f(None, "use only the first N training images (quick experiments, tests)")
+    bad_images: str = _f("skip", "what to do with unreadable images: skip (one warning listing them) or error",
+                         choices=["skip", "error"])
+    # --- model --------------------------------------------------------------
+    model: str = _f("fast", "architecture name (see `tudui models`)")
+    weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained")
+    freeze_backbone: bool = _f(False, "train the classification head only")
+    # --- optimisation -------------------------------------------------------
+    epochs: int = _f(10, "passes over the training set")
+    loss: str = _f("cross-entropy", "loss: cross-entropy, nll, mse (one-hot), l1 (one-hot)",
+                   choices=["cross-entropy", "nll", "mse", "l1"])
+    label_smoothing: float = _f(0.0, "cross-entropy label smoothing in [0, 1)")
+    class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"])
+    optimizer: str = _f("sgd", "sgd, adam or adamw", choices=["sgd", "adam", "adamw"])
+    lr: float = _f(0.1, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum (Nesterov) / Adam beta1")
+    weight_decay: float = _f(5e-4, "L2 weight decay (not applied to biases and norm layers)")
+    scheduler: str = _f("onecycle", "learning-rate schedule: none, step, cosine, onecycle",
+                        choices=["none", "step", "cosine", "onecycle"])
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (cosine/step; onecycle has its own)")
+    step_size: int = _f(5, "epochs between decays for --scheduler step")
+    gamma: float = _f(0.1, "decay factor for --scheduler step")
+    patience: int | None = _f(None, "stop after this many epochs without a better validation top-1")
+    # --- hardware -----------------------------------------------------------
+    device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    amp: bool = _f(False, "mixed precision (fp16 on CUDA, bf16 on CPU)")
+    seed: int = _f(0, "random seed for weights, split, shuffling and augmentation")
+    deterministic: bool = _f(False, "use deterministic algorithms (slower on GPU)")
+    # --- output -------------------------------------------------------------
+    project: str = _f("runs", "folder that holds run directories")
+    name: str | None = _f(None, "run directory name (default: exp, exp2, ...)")
+    exist_ok: bool = _f(False, "reuse an existing run directory of the same name")
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        self.data = [str(d) for d in self.data]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TuduiError(f"unknown config key(s): {', '.join(unknown)}; see `tudui train --help` for the valid ones")
+        return cls(**values)
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise TuduiError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TuduiError(f"config file {path} is not valid YAML: {e}") from e
+    if not isinstance(values, dict):
+        raise TuduiError(f"config file {path} must hold a mapping of option: value")
+    return values
+
+
+def save_yaml(values: dict, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(values, sort_keys=False))

@@ -1,0 +1,140 @@
+"""Datasets read from disk: class folders, the course's label-file layout, CSV.
+
+Layouts, detected in this order for each `--data` path:
+  * a .csv file of `path,label` rows (paths relative to the CSV's folder);
+  * split folders: `root/train/` plus optional `root/val/` (or `valid/`) and `root/test/`,
+    each in one of the layouts below;
+  * label files: `root/ants_image/x.jpg` with `root/ants_label/x.txt` holding `ants`;
+  * class folders: `root/ants/*.jpg`, `root/bees/*.jpg` (classes sorted as torchvision's ImageFolder).
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TuduiError
+from .images import is_image_file
+from .split import Split
+
+VAL_NAMES = ("val", "valid", "validation")
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, in a stable order."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames.sort()
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f) and not f.startswith("."))
+    return out
+
+
+def _subdirs(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _make(classes: list[str], items: list[tuple[str, str]], origin: str) -> Split:
+    index = {c: i for i, c in enumerate(classes)}
+    targets = np.array([index[label] for _, label in items], dtype=np.int64)
+    return Split(classes, targets, paths=[p for p, _ in items], origin=origin)
+
+
+def read_class_folders(root: Path) -> Split:
+    classes, items = [], []
+    for d in _subdirs(root):
+        files = _images_under(d)
+        if files:
+            classes.append(d.name)
+            items.extend((str(f), d.name) for f in files)
+    if not items:
+        raise TuduiError(f"no images found in class folders under {root}; expected {root}/<class name>/<image files> "
+                         f"(extensions: .jpg .png .bmp .tif .webp ...)")
+    return _make(classes, items, str(root))
+
+
+def is_label_file_layout(root: Path) -> bool:
+    dirs = {d.name for d in _subdirs(root)}
+    return any(n.endswith("_image") and n[: -len("_image")] + "_label" in dirs for n in dirs)
+
+
+def read_label_files(root: Path) -> Split:
+    """The course's layout: `X_image/img.jpg` + `X_label/img.txt` whose text is the label."""
+    pairs = [(d, root / (d.name[: -len("_image")] + "_label")) for d in _subdirs(root) if d.name.endswith("_image")]
+    classes = sorted(d.name[: -len("_image")] for d, lab in pairs if lab.is_dir())
+    items, missing = [], []
+    for img_dir, lab_dir in pairs:
+        for f in _images_under(img_dir):
+            txt = lab_dir / f.relative_to(img_dir).with_suffix(".txt")
+            if not txt.is_file():
+                missing.append(str(txt))
+                continue
+            label = txt.read_text(errors="replace").strip()
+            if not label:
+                raise TuduiError(f"label file {txt} is empty; write the class name of {f.name} into it")
+            if label not in classes:
+                raise TuduiError(f"label '{label}' in {txt} names no class; classes (from the *_image folders) are: "
+                                 f"{', '.join(classes)}. Fix the label or add a {label}_image/{label}_label pair")
+            items.append((str(f), label))
+    if missing:
+        raise TuduiError(f"{len(missing)} image(s) have no label file, e.g. {missing[0]}; "
+                         "each X_image/name.ext needs X_label/name.txt holding its class name")
+    if not items:
+        raise TuduiError(f"no labelled images found under {root}")
+    return _make(classes, items, str(root))
+
+
+def read_csv(path: Path) -> Split:
+    """A CSV of `path,label` (header optional); paths relative to the CSV's folder."""
+    rows = []
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        for lineno, row in enumerate(csv.reader(f), start=1):
+            if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
+                continue
+            if len(row) < 2:
+                raise TuduiError(f"{path}:{lineno}: expected `path,label`, got {','.join(row)!r}")
+            p, label = row[0].strip(), row[1].strip()
+            if lineno == 1 and (p.lower(), label.lower()) in {("path", "label"), ("image", "label"), ("file", "label"),
+                                                            ("filename", "label")}:
+                continue
+            if not p or not label:
+                raise TuduiError(f"{path}:{lineno}: empty path or label")
+            rows.append((str((path.parent / p) if not os.path.isabs(p) else Path(p)), label))
+    if not rows:
+        raise TuduiError(f"{path} holds no `path,label` rows")
+    missing = [p for p, _ in rows if not os.path.isfile(p)]
+    if missing:
+        raise TuduiError(f"{len(missing)} file(s) listed in {path} do not exist, e.g. {missing[0]}")
+    return _make(sorted({label for _, label in rows}), rows, str(path))
+
+
+def read_layout(root: Path) -> Split:
+    """One folder (or CSV) in whichever layout it uses."""
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            return read_csv(root)
+        raise TuduiError(f"{root} is a file; --data takes a dataset name, a folder or a .csv of path,label")
+    if is_label_file_layout(root):
+        return read_label_files(root)
+    return read_class_folders(root)
+
+
+def read_folder_splits(path: str) -> dict[str, Split]:
+    """{'train': ..., optional 'val', 'test'} for one `--data` path."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise TuduiError(f"--data {path}: no such file or folder (named datasets: fashion-mnist, mnist, cifar10, "
+                         "cifar100, digits)")
+    if root.is_dir() and (root / "train").is_dir():
+        splits = {"train": read_layout(root / "train")}
+        for name in VAL_NAMES:
+            if (root / name).is_dir():
+                splits["val"] = read_layout(root / name)
+                break
+        if (root / "test").is_dir():
+            splits["test"] = read_layout(root / "test")
+        return splits
+    if root.is_dir() and not any(True for _ in root.iterdir()):
+        raise TuduiError(f"--data {path} is an empty folder")
+    return {"train": read_layout(root)}

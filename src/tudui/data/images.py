@@ -1,0 +1,116 @@
+"""Decoding one image file into the model's pixel format.
+
+Training, evaluation, prediction, export checks and the server all call
+`decode_image`, so an RGBA PNG, a 16-bit TIFF or an EXIF-rotated JPEG becomes
+the same pixels everywhere (the course's `image.convert('RGB')` for PNGs,
+done once and for every mode).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from ..errors import TuduiError
+
+# Extensions read as images when scanning folders (torchvision's list plus TIFF variants).
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+# Refuse images above this many pixels (decompression bombs); Pillow's own limit is ~89 M.
+MAX_PIXELS = 64_000_000
+
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
+
+
+class BadImage(TuduiError):
+    """An image that cannot be decoded: unreadable, truncated, not an image, or too large."""
+
+    def __init__(self, source: object, reason: str) -> None:
+        super().__init__(f"cannot read image {source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+def is_image_file(path: str | Path) -> bool:
+    return str(path).lower().endswith(IMG_EXTENSIONS)
+
+
+def open_image(src: str | Path | bytes | Image.Image) -> Image.Image:
+    """Open and fully decode `src` (a path, raw bytes or a PIL image); raise BadImage on failure."""
+    if isinstance(src, Image.Image):
+        return src
+    name = "<bytes>" if isinstance(src, (bytes, bytearray)) else str(src)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
+            with fp:
+                img = Image.open(fp)
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise BadImage(name, f"{w}x{h} pixels is over the limit of {MAX_PIXELS:,}")
+                img.load()  # decode now so truncated files fail here, not in the training loop
+    except BadImage:
+        raise
+    except FileNotFoundError:
+        raise BadImage(name, "no such file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage(name, "not an image Pillow can decode" if isinstance(e, UnidentifiedImageError)
+                       else "too many pixels (decompression bomb)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise BadImage(name, f"corrupt or truncated ({e})") from None
+    return img
+
+
+def _to_mode(img: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3).
+
+    Alpha is dropped (as `convert('RGB')` does), palettes are expanded, CMYK is
+    converted, and 16/32-bit or float images are scaled to 8 bits by their range.
+    """
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
+        else:
+            top = 65535.0 if (img.mode.startswith("I;16") or (arr.size and arr.max() > 255)) else 255.0
+        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    elif img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    target = "L" if channels == 1 else "RGB"
+    return img if img.mode == target else img.convert(target)
+
+
+def decode_image(src: str | Path | bytes | Image.Image, channels: int, size: int | None) -> np.ndarray:
+    """Decode `src` into a (size, size, channels) uint8 array.
+
+    EXIF orientation is applied, the mode is converted by `_to_mode`, and the
+    image is resized to size x size with bilinear (antialiased) filtering.
+    `size=None` keeps the image's own size.
+    """
+    img = open_image(src)
+    try:
+        img = ImageOps.exif_transpose(img)
+        img = _to_mode(img, channels)
+        if size is not None and img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+    except (OSError, ValueError) as e:
+        raise BadImage(src if not isinstance(src, (bytes, bytearray)) else "<bytes>", f"cannot convert ({e})") from None
+    arr = np.asarray(img, dtype=np.uint8)
+    return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def peek_image(path: str | Path) -> tuple[tuple[int, int], str] | None:
+    """(width, height) and mode from the header only, or None when unreadable."""
+    try:
+        with Image.open(path) as img:
+            return img.size, img.mode
+    except Exception:  # noqa: BLE001 - any failure means "not usable", reported later
+        return None
+
+
+def gray_mode(mode: str) -> bool:
+    return mode in _GRAY_MODES

@@ -1,0 +1,140 @@
+"""Batches of uint8 images, from memory (fast path) or from files (large datasets).
+
+Both loaders yield `(x, y)` with x a (B, C, H, W) uint8 tensor and y (B,) int64;
+augmentation and normalisation happen afterwards, a whole batch at a time on the
+training device (transforms.py). Small datasets are decoded once and held as one
+uint8 tensor on that device, so an epoch costs no decoding and no host copies.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import TuduiError
+from .images import BadImage, decode_image
+from .split import Split
+
+
+def _warn_dropped(bad: list[tuple[str, str]], policy: str) -> None:
+    if not bad:
+        return
+    listing = "; ".join(f"{p} ({why})" for p, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    if policy == "error":
+        raise TuduiError(f"{len(bad)} unreadable image(s): {listing}. Remove them, or train with --bad-images skip")
+    print(f"warning: skipped {len(bad)} unreadable image(s): {listing}", file=sys.stderr)
+
+
+def decode_split(split: Split, channels: int, size: int, bad_images: str = "skip") -> Split:
+    """Return `split` with `images` as (N, size, size, channels) uint8, decoding files or converting arrays.
+
+    Unreadable files are dropped (bad_images='skip', one warning listing them) or
+    reported all at once (bad_images='error').
+    """
+    if split.images is not None:
+        n, h, w, c = split.images.shape
+        if (h, w, c) == (size, size, channels):
+            return split
+        # Same code path as files: PIL resize and mode conversion, so predict-time PNGs match.
+        conv = np.stack([decode_image(Image.fromarray(im[..., 0] if c == 1 else im), channels, size)
+                         for im in split.images])
+        return Split(split.classes, split.targets, images=conv, origin=split.origin)
+
+    def one(path: str):
+        try:
+            return decode_image(path, channels, size), None
+        except BadImage as e:
+            return None, e.reason
+
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
+        results = list(pool.map(one, split.paths, chunksize=64))
+    bad = [(p, why) for p, (_, why) in zip(split.paths, results) if why is not None]
+    _warn_dropped(bad, bad_images)
+    keep = np.array([i for i, (arr, _) in enumerate(results) if arr is not None], dtype=np.int64)
+    if len(keep) == 0:
+        raise TuduiError(f"none of the {len(split)} images in {split.origin} could be read")
+    images = np.stack([results[i][0] for i in keep])
+    return Split(split.classes, split.targets[keep], images=images, origin=split.origin,
+                 dropped=split.dropped + [p for p, _ in bad])
+
+
+def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(N, H, W, C) uint8 numpy -> (N, C, H, W) uint8 tensor on `device`."""
+    return torch.from_numpy(np.array(images.transpose(0, 3, 1, 2), order="C")).to(device)  # a writable copy
+
+
+class MemoryLoader:
+    """Shuffled batches from a uint8 tensor held on the training device.
+
+    Under torchrun each rank takes every `world_size`-th index of the same
+    permutation, so ranks see disjoint shards. Training drops the ragged end so all
+    ranks make the same number of steps; evaluation keeps every sample exactly once.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, train: bool,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        self.images, self.targets = images, targets  # (N, C, H, W) uint8, (N,) int64, same device
+        self.batch_size, self.train = batch_size, train
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.targets)
+        if self.train:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+            per_rank = n // self.world_size
+            return order[self.rank:per_rank * self.world_size:self.world_size]
+        return torch.arange(self.rank, n, self.world_size)
+
+    def __len__(self) -> int:
+        n = len(self._indices())
+        return n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
+
+    def __iter__(self):
+        idx = self._indices().to(self.images.device)
+        n = len(idx)
+        stop = n - n % self.batch_size if self.train and n >= self.batch_size else n
+        for start in range(0, stop, self.batch_size):
+            b = idx[start:start + self.batch_size]
+            yield self.images[b], self.targets[b]
+
+
+class FileDataset(torch.utils.data.Dataset):
+    """Images decoded from files on demand (datasets too large for memory)."""
+
+    def __init__(self, split: Split, channels: int, size: int, bad_images: str = "skip") -> None:
+        self.paths, self.targets = split.paths, split.targets
+        self.channels, self.size, self.bad_images = channels, size, bad_images
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        # A corrupt file must not end a long run: substitute the next readable image.
+        for attempt in range(len(self.paths)):
+            j = (i + attempt) % len(self.paths)
+            try:
+                arr = decode_image(self.paths[j], self.channels, self.size)
+                return torch.from_numpy(arr).permute(2, 0, 1), int(self.targets[j])
+            except BadImage as e:
+                if self.bad_images == "error":
+                    raise TuduiError(f"{e}. Remove it, or train with --bad-images skip") from None
+                print(f"warning: skipping unreadable image {self.paths[j]} ({e.reason})", file=sys.stderr)
+        raise TuduiError("no readable images in the dataset")
+
+
+def file_loader(split: Split, channels: int, size: int, batch_size: int, train: bool, workers: int,
+                seed: int = 0, bad_images: str = "skip", sampler=None) -> torch.utils.data.DataLoader:
+    ds = FileDataset(split, channels, size, bad_images)
+    g = torch.Generator().manual_seed(seed)
+    return torch.utils.data.DataLoader(
+        ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler, drop_last=train and len(ds) >= batch_size,
+        num_workers=workers, generator=g, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())

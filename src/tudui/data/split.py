@@ -1,0 +1,84 @@
+"""The in-between form of every dataset: class names, targets, and pixels or paths."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import TuduiError
+
+
+@dataclass
+class Split:
+    """One split (train, val or test) of a dataset.
+
+    Exactly one of `images` or `paths` is set: named datasets arrive decoded,
+    folders arrive as file paths and are decoded later.
+    """
+
+    classes: list[str]
+    targets: np.ndarray  # (N,) int64 indices into `classes`
+    images: np.ndarray | None = None  # (N, H, W, C) uint8
+    paths: list[str] | None = None
+    origin: str = ""  # where it came from, for messages
+    dropped: list[str] = field(default_factory=list)  # unreadable files left out
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def subset(self, index: np.ndarray) -> "Split":
+        return Split(
+            classes=self.classes,
+            targets=self.targets[index],
+            images=None if self.images is None else self.images[index],
+            paths=None if self.paths is None else [self.paths[i] for i in index],
+            origin=self.origin,
+            dropped=self.dropped,
+        )
+
+    def counts(self) -> np.ndarray:
+        return np.bincount(self.targets, minlength=len(self.classes))
+
+
+def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (keep, held_out): `fraction` of every class held out, seeded.
+
+    A class with at least 2 samples gives at least one to each side.
+    """
+    rng = np.random.default_rng(seed)
+    keep, held = [], []
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        rng.shuffle(idx)
+        n_held = int(round(len(idx) * fraction))
+        if len(idx) >= 2:
+            n_held = min(max(n_held, 1), len(idx) - 1)
+        else:
+            n_held = 0
+        held.append(idx[:n_held])
+        keep.append(idx[n_held:])
+    return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
+
+
+def concat_splits(splits: list[Split]) -> Split:
+    """Concatenate splits (the course's `ants_dataset + bees_dataset`), merging class names.
+
+    Class indices follow the sorted union of names, as torchvision's ImageFolder sorts them.
+    """
+    if len(splits) == 1:
+        return splits[0]
+    classes = sorted({c for s in splits for c in s.classes})
+    index = {c: i for i, c in enumerate(classes)}
+    targets = np.concatenate([np.array([index[s.classes[t]] for t in s.targets], dtype=np.int64) for s in splits])
+    origin = " + ".join(s.origin for s in splits)
+    dropped = [p for s in splits for p in s.dropped]
+    if all(s.paths is not None for s in splits):
+        return Split(classes, targets, paths=[p for s in splits for p in s.paths], origin=origin, dropped=dropped)
+    if all(s.images is not None for s in splits):
+        shapes = {s.images.shape[1:] for s in splits}
+        if len(shapes) > 1:
+            raise TuduiError(f"cannot concatenate datasets with different image shapes {sorted(shapes)}; "
+                             "train on them separately or convert them to image folders")
+        return Split(classes, targets, images=np.concatenate([s.images for s in splits]), origin=origin)
+    raise TuduiError("cannot concatenate a named dataset with image folders; "
+                     "write the named one out with `tudui data export` first")

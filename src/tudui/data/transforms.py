@@ -1,0 +1,112 @@
+"""Preprocessing and augmentation, built from one DataSpec that travels with the model.
+
+Every path into the model goes through the same two steps:
+  1. `decode_image` (images.py): any file -> (S, S, C) uint8, resized to the spec's size;
+  2. `normalize`: uint8 -> float32 `(x / 255 - mean) / std`, torchvision's ToTensor + Normalize.
+Training adds `augment_batch` between them, applied to a whole uint8 batch on the
+training device (random crop with zero padding = random translation, horizontal flip).
+`train_transforms` / `eval_transforms` give the same steps per image, torchvision-style.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torchvision.transforms import v2
+
+from .images import decode_image
+
+
+@dataclass
+class DataSpec:
+    """What a model needs to know about its input; saved in every checkpoint."""
+
+    classes: list[str]
+    img_size: int  # square side in pixels
+    channels: int  # 1 (grayscale) or 3 (RGB)
+    mean: list[float]  # per channel, in [0, 1]
+    std: list[float]
+    hflip: bool = True  # whether horizontal flips keep the label
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def pad(self) -> int:
+        """Zero padding (pixels) of the random crop: 1/8 of the side (4 px at 32, 3 px at 28)."""
+        return max(1, self.img_size // 8)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DataSpec":
+        return cls(**{k: d[k] for k in ("classes", "img_size", "channels", "mean", "std", "hflip") if k in d})
+
+
+def normalize(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    """(B, C, H, W) uint8 -> float32, scaled to [0, 1] then standardised per channel."""
+    mean = torch.tensor(spec.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    return (x.to(torch.float32) / 255.0 - mean) / std
+
+
+def denormalize(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
+    """Inverse of `normalize`, to [0, 1] floats (for pictures of batches)."""
+    mean = torch.tensor(spec.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=x.device).view(1, -1, 1, 1)
+    return (x * std + mean).clamp(0, 1)
+
+
+def augment_batch(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random translation by up to `pad` px (zero fill) and random horizontal flip, per image.
+
+    x: (B, C, H, W) uint8 on any device; returns the same shape and dtype.
+    Equivalent to torchvision's RandomCrop(H, padding=pad) + RandomHorizontalFlip() per image.
+    """
+    B, C, H, W = x.shape
+    dev = x.device
+    if pad > 0:
+        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))  # (B, C, H+2p, W+2p)
+        dy = torch.randint(0, 2 * pad + 1, (B,), device=dev, generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (B,), device=dev, generator=generator)
+        rows = (dy[:, None] + torch.arange(H, device=dev))[:, :, None]  # (B, H, 1)
+        cols = (dx[:, None] + torch.arange(W, device=dev))[:, None, :]  # (B, 1, W)
+        # Advanced indexing around the channel slice gives (B, H, W, C).
+        x = xp[torch.arange(B, device=dev)[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+    if flip:
+        mask = torch.rand(B, device=dev, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x.contiguous()
+
+
+def augment_options(augment: str, spec: DataSpec) -> tuple[int, bool]:
+    """(crop padding in px, flip?) for an `--augment` name."""
+    crop = augment in ("default", "crop")
+    flip = augment in ("default", "flip") and spec.hflip
+    return (spec.pad if crop else 0), flip
+
+
+class _Decode:
+    def __init__(self, spec: DataSpec) -> None:
+        self.spec = spec
+
+    def __call__(self, src) -> torch.Tensor:  # path, bytes or PIL image -> (C, S, S) uint8
+        return torch.from_numpy(decode_image(src, self.spec.channels, self.spec.img_size)).permute(2, 0, 1).contiguous()
+
+
+def eval_transforms(spec: DataSpec) -> v2.Compose:
+    """Per-image evaluation preset: decode + resize, then ToTensor + Normalize semantics."""
+    return v2.Compose([_Decode(spec), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
+
+
+def train_transforms(spec: DataSpec, augment: str = "default") -> v2.Compose:
+    """Per-image training preset: the same steps as `augment_batch`, one image at a time."""
+    pad, flip = augment_options(augment, spec)
+    steps = [_Decode(spec)]
+    if pad:
+        steps.append(v2.RandomCrop(spec.img_size, padding=pad))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])

@@ -1,0 +1,64 @@
+"""Classification metrics from counts, so they add up exactly across batches and ranks.
+
+`batch_counts` turns one batch into counts; summing counts (or all-reducing them
+under torchrun) and then calling `summarize` gives exact dataset-level numbers:
+accuracy is correct/total over all samples, never an average of batch accuracies.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def batch_counts(logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, torch.Tensor]:
+    """logits (B, K) float, targets (B,) int64 -> counts on the same device."""
+    k = min(5, num_classes)
+    topk = logits.topk(k, dim=1).indices  # (B, k)
+    hit = topk == targets[:, None]
+    pred = topk[:, 0]
+    confusion = torch.bincount(targets * num_classes + pred, minlength=num_classes * num_classes)
+    return {
+        "n": torch.tensor(len(targets), device=logits.device, dtype=torch.float64),
+        "correct1": hit[:, 0].sum().to(torch.float64),
+        "correct5": hit.any(dim=1).sum().to(torch.float64),
+        "confusion": confusion.view(num_classes, num_classes).to(torch.float64),  # rows: true, cols: predicted
+    }
+
+
+def add_counts(total: dict[str, torch.Tensor] | None, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    if total is None:
+        return {k: v.clone() for k, v in part.items()}
+    for k, v in part.items():
+        total[k] += v
+    return total
+
+
+def per_class(confusion: torch.Tensor) -> dict[str, list[float]]:
+    """Precision, recall, F1 and support per class from a (K, K) confusion matrix (rows = true class)."""
+    cm = confusion.to(torch.float64)
+    tp = cm.diag()
+    support = cm.sum(1)
+    predicted = cm.sum(0)
+    precision = torch.where(predicted > 0, tp / predicted.clamp_min(1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp_min(1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp_min(1e-12),
+                     torch.zeros_like(tp))
+    return {"precision": precision.tolist(), "recall": recall.tolist(), "f1": f1.tolist(),
+            "support": [int(s) for s in support.tolist()]}
+
+
+def summarize(counts: dict[str, torch.Tensor]) -> dict:
+    """Counts -> {'n', 'loss', 'top1', 'top5', 'confusion', 'per_class', 'macro_f1'} (accuracies in [0, 1])."""
+    n = max(float(counts["n"]), 1.0)
+    cm = counts["confusion"].cpu()
+    pc = per_class(cm)
+    out = {
+        "n": int(counts["n"]),
+        "top1": float(counts["correct1"]) / n,
+        "top5": float(counts["correct5"]) / n,
+        "confusion": cm.to(torch.int64).tolist(),
+        "per_class": pc,
+        "macro_f1": sum(pc["f1"]) / len(pc["f1"]) if pc["f1"] else 0.0,
+    }
+    if "loss_sum" in counts:
+        out["loss"] = float(counts["loss_sum"]) / n
+    return out

@@ -1,0 +1,96 @@
+"""Factories for the loss, optimizer and learning-rate schedule, looked up by name."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import TuduiError
+
+
+class OneHotRegression(nn.Module):
+    """The course's L1/MSE losses applied to softmax probabilities against one-hot targets."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.fn = F.mse_loss if kind == "mse" else F.l1_loss
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        onehot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+        return self.fn(logits.softmax(1), onehot)
+
+
+class NLL(nn.Module):
+    """log_softmax + NLLLoss (numerically the same as cross-entropy)."""
+
+    def __init__(self, weight: torch.Tensor | None) -> None:
+        super().__init__()
+        self.loss = nn.NLLLoss(weight=weight)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(F.log_softmax(logits, 1), targets)
+
+
+def class_weights(counts, device) -> torch.Tensor:
+    """Inverse-frequency weights, normalised to mean 1 over the classes present."""
+    c = torch.as_tensor(counts, dtype=torch.float32)
+    w = torch.where(c > 0, c.sum() / (len(c) * c.clamp_min(1)), torch.zeros_like(c))
+    return (w / w[c > 0].mean()).to(device)
+
+
+def create_loss(cfg, counts, device) -> nn.Module:
+    weight = class_weights(counts, device) if cfg.class_weights == "auto" else None
+    if not 0 <= cfg.label_smoothing < 1:
+        raise TuduiError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    losses = {
+        "cross-entropy": lambda: nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
+        "nll": lambda: NLL(weight),
+        "mse": lambda: OneHotRegression("mse"),
+        "l1": lambda: OneHotRegression("l1"),
+    }
+    return losses[cfg.loss]()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on weights of Conv/Linear only: biases and norm scales (1-D) are not decayed."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def create_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.lr <= 0:
+        raise TuduiError(f"--lr must be positive, got {cfg.lr}")
+    groups = param_groups(model, cfg.weight_decay)
+    if not any(g["params"] for g in groups):
+        raise TuduiError("the model has no trainable parameters (is everything frozen?)")
+    optimizers = {
+        "sgd": lambda: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0),
+        "adam": lambda: torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999)),
+        "adamw": lambda: torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999)),
+    }
+    return optimizers[cfg.optimizer]()
+
+
+def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step schedule (scheduler.step() after every optimizer step)."""
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=0.25,
+                                                   anneal_strategy="linear", cycle_momentum=False,
+                                                   div_factor=10.0, final_div_factor=100.0)
+    warmup = cfg.warmup_epochs * steps_per_epoch
+
+    def factor(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "step":
+            return cfg.gamma ** ((step // steps_per_epoch) // max(1, cfg.step_size))
+        if cfg.scheduler == "cosine":
+            t = min(1.0, (step - warmup) / max(1.0, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * t))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

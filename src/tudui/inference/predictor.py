@@ -1,0 +1,97 @@
+"""Predictions on new images with exactly the preprocessing the model was trained with."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import DataSpec, decode_image, normalize
+from ..data.images import BadImage, is_image_file
+from ..engine.checkpoint import build_from_checkpoint, load_checkpoint
+from ..engine.device import select_device
+from ..errors import TuduiError
+
+
+@dataclass
+class Prediction:
+    source: str | Path
+    topk: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability), best first
+    error: str | None = None  # why the image could not be read
+
+    @property
+    def label(self) -> str | None:
+        return self.topk[0][0] if self.topk else None
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "error": self.error,
+                "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
+
+
+def expand_paths(paths: list[str]) -> list[str]:
+    """Files as given, folders searched recursively for images (sorted)."""
+    out = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if path.is_dir():
+            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and is_image_file(f))
+            if not found:
+                raise TuduiError(f"no image files in folder {p}")
+            out.extend(found)
+        elif path.is_file():
+            out.append(str(path))
+        else:
+            raise TuduiError(f"no such file or folder: {p}")
+    return out
+
+
+class Predictor:
+    """A model plus its DataSpec: `Predictor.from_checkpoint("runs/exp/best.pt").predict(["cat.png"])`."""
+
+    def __init__(self, model: torch.nn.Module, spec: DataSpec, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.spec = spec
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
+        dev = select_device(device)
+        model, spec = build_from_checkpoint(load_checkpoint(path, map_location="cpu"))
+        return cls(model, spec, dev)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.spec.classes
+
+    def preprocess(self, sources: list) -> torch.Tensor:
+        """Paths, bytes or PIL images -> (B, C, H, W) float, normalised (raises BadImage)."""
+        arrs = np.stack([decode_image(s, self.spec.channels, self.spec.img_size) for s in sources])
+        return normalize(torch.from_numpy(arrs).permute(0, 3, 1, 2).to(self.device), self.spec)
+
+    @torch.no_grad()
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities."""
+        return self.model(x.to(self.device)).float().softmax(1).cpu()
+
+    def predict(self, sources: list, topk: int = 5, batch_size: int = 64) -> list[Prediction]:
+        """Top-k classes for each source, in order; an unreadable image gives a Prediction with `error` set."""
+        k = max(1, min(topk, len(self.classes)))
+        results: list[Prediction] = []
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start:start + batch_size]
+            preds = [Prediction(s if isinstance(s, (str, Path)) else f"<image {start + i}>") for i, s in enumerate(chunk)]
+            arrays = {}
+            for i, s in enumerate(chunk):
+                try:
+                    arrays[i] = decode_image(s, self.spec.channels, self.spec.img_size)
+                except BadImage as e:
+                    preds[i].error = e.reason
+            if arrays:
+                x = normalize(torch.from_numpy(np.stack(list(arrays.values()))).permute(0, 3, 1, 2).to(self.device),
+                              self.spec)
+                values, idx = self.probabilities(x).topk(k, dim=1)
+                for row, i in enumerate(arrays):
+                    preds[i].topk = [(self.classes[c], float(v)) for v, c in zip(values[row].tolist(), idx[row].tolist())]
+            results.extend(preds)
+        return results

@@ -1,0 +1,1 @@
+"""What a person sees: console progress and tables (TensorBoard and pictures live beside)."""

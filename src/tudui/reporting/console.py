@@ -1,0 +1,73 @@
+"""Console output: progress bars on a terminal, one line every few seconds in logs."""
+from __future__ import annotations
+
+import sys
+import time
+
+from tqdm import tqdm
+
+
+class Progress:
+    """Progress over `total` steps. A tqdm bar on a terminal; otherwise a plain line every `interval` s."""
+
+    def __init__(self, total: int, desc: str, interval: float = 10.0, enabled: bool = True) -> None:
+        self.total, self.desc, self.interval = total, desc, interval
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr) \
+            if enabled and self.tty else None
+        self.start = self.last = time.perf_counter()
+        self.n = 0
+
+    def update(self, n: int = 1, **postfix) -> None:
+        self.n += n
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.interval:
+            self.last = now
+            extra = "  ".join(f"{k} {v}" for k, v in postfix.items())
+            print(f"{self.desc} {self.n}/{self.total}  {extra}", file=sys.stderr, flush=True)
+
+    def due(self) -> bool:
+        """Whether a display is coming (so callers sync device values only then)."""
+        if not self.enabled:
+            return False
+        return self.bar is not None or time.perf_counter() - self.last >= self.interval
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
+    """A plain-text table; `align` has one of '<' or '>' per column (default: first left, rest right)."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    align = align or "<" + ">" * (len(headers) - 1)
+    lines = []
+    for j, r in enumerate(cells):
+        lines.append("  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip())
+        if j == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def per_class_table(classes: list[str], metrics: dict) -> str:
+    pc = metrics["per_class"]
+    rows = [[c, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", s] for c, p, r, f, s in
+            zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"])]
+    return table(["class", "precision", "recall", "f1", "support"], rows)
+
+
+def confusion_table(classes: list[str], confusion: list[list[int]], max_classes: int = 30) -> str:
+    if len(classes) > max_classes:
+        return f"(confusion matrix of {len(classes)} classes omitted from the console; see the PNG / --json)"
+    short = [c[:8] for c in classes]
+    rows = [[f"{c}"] + row for c, row in zip(short, confusion)]
+    return "rows: true class, columns: predicted\n" + table(["true\\pred"] + short, rows)

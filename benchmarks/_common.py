@@ -1,0 +1,119 @@
+"""Shared pieces of the benchmark scripts: the checkout's tudui on the path, machine/versions header, tables, timers.
+
+Every benchmark imports tudui from this checkout's src/ (not whatever copy the virtual environment has
+installed), so the figures belong to the code beside them.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import tudui  # noqa: E402
+from tudui.data.sources import load_named  # noqa: E402
+from tudui.reporting.console import table  # noqa: E402,F401  (re-exported for the scripts)
+
+QUICK_SUBSET = 3000  # training images in --quick mode (a smoke test, not a measurement)
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--quick", action="store_true",
+                   help=f"smoke test: 1 epoch, a {QUICK_SUBSET:,}-image subset, 1 repeat (the figures mean nothing)")
+    return p
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def header(title: str, quick: bool) -> None:
+    """Print what ran, where, and with which versions (part of every table that gets pasted)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    versions = [f"tudui {tudui.__version__}", f"torch {torch.__version__}", f"torchvision {torchvision.__version__}",
+                f"numpy {np.__version__}", f"python {platform.python_version()}"]
+    try:
+        import lightning
+        versions.append(f"lightning {lightning.__version__}")
+    except ImportError:
+        pass
+    print(f"# {title}{'  [--quick smoke test: figures are not measurements]' if quick else ''}")
+    print(f"machine: {cpu_model()}, {cores} cores usable ({os.cpu_count()} logical), "
+          f"torch threads {torch.get_num_threads()}, GPU {gpu}, {platform.system()} {platform.release()}")
+    print("versions: " + ", ".join(versions))
+    print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n", flush=True)
+
+
+def load_fmnist(train: bool, limit: int | None = None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Real Fashion-MNIST: ((N, 28, 28) uint8, (N,) int64); `limit` takes a seeded random subset."""
+    split = load_named("fashion-mnist", train)
+    images, targets = split.images[..., 0], split.targets  # (N, 28, 28, 1) -> (N, 28, 28)
+    if limit is not None and limit < len(targets):
+        keep = np.sort(np.random.default_rng(seed).permutation(len(targets))[:limit])
+        images, targets = images[keep], targets[keep]
+    return np.ascontiguousarray(images), targets
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """The course's data path: a Dataset that hands out one PIL image at a time to a torchvision transform."""
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, transform) -> None:
+        self.images, self.targets, self.transform = images, targets, transform  # (N, H, W) uint8, (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int):
+        # (H, W) uint8 -> a mode "L" image, as torchvision.datasets.FashionMNIST hands out
+        return self.transform(Image.fromarray(self.images[i])), int(self.targets[i])
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued GPU work, so wall-clock timings cover it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Wall-clock seconds since start, excluding paused stretches (benchmark-only measurements)."""
+
+    def __init__(self) -> None:
+        self.start, self.paused, self._pause_at = time.perf_counter(), 0.0, None
+
+    def now(self) -> float:
+        t = self._pause_at if self._pause_at is not None else time.perf_counter()
+        return t - self.start - self.paused
+
+    def pause(self) -> None:
+        self._pause_at = time.perf_counter()
+
+    def resume(self) -> None:
+        self.paused += time.perf_counter() - self._pause_at
+        self._pause_at = None
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("met" if ok else "NOT met")

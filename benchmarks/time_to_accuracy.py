@@ -1,0 +1,190 @@
+"""Time to accuracy on Fashion-MNIST: the course's routine against tudui's default `tudui.train`, in one run.
+
+(a) the course's routine: a Dataset of PIL images -> ToTensor + Normalize -> DataLoader(batch 64, shuffle),
+    the course's CIFAR-10 net adapted to 1x28x28, CrossEntropyLoss, SGD lr 0.01, 10 epochs;
+(b) tudui's defaults: `tudui.train(data="fashion-mnist")`;
+(c) optionally a longer recipe: `--long epochs=30` (any TrainConfig options, e.g. `--long preset=best`).
+
+Test accuracy is measured after every epoch with the clock paused: for tudui by a benchmark-only Callback;
+the run itself never sees the test set (it picks its best epoch on its own validation split). Each clock starts
+before the contestant reads its training data and stops at each epoch's end, so tudui's times include its data
+loading, validation and checkpoint writes.
+
+    .venv/bin/python benchmarks/time_to_accuracy.py [--quick] [--epochs 10] [--long KEY=VALUE ...]
+"""
+from __future__ import annotations
+
+import tempfile
+
+import _common as C
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+from torchvision import transforms as T
+
+from tudui.data import make_loader
+from tudui.data.sources import load_named
+from tudui.engine.callbacks import Callback
+from tudui.engine.evaluate import evaluate
+from tudui.models import create_model
+
+TARGET_SPEEDUP, TARGET_93_S = 15.0, 120.0  # issue 4: >= 15x sooner than the course; 93% within 120 s
+QUICK_TEST = 2000  # test images in --quick mode
+
+
+# --- (a) the course's routine --------------------------------------------------------------------------------------
+@torch.no_grad()
+def course_accuracy(model: nn.Module, loader) -> float:
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return correct / total
+
+
+def run_course(epochs: int, limit: int | None, test: tuple, seed: int = 0) -> list[dict]:
+    torch.manual_seed(seed)
+    clock = C.Clock()  # starts before the training data is read, as tudui's does
+    images, targets = C.load_fmnist(True, limit, seed)
+    mean, std = float(images.mean() / 255), float(images.std() / 255)  # measured, like tudui's spec
+    tf = T.Compose([T.ToTensor(), T.Normalize((mean,), (std,))])
+    train_loader = torch.utils.data.DataLoader(C.PILDataset(images, targets, tf), batch_size=64, shuffle=True)
+    test_loader = torch.utils.data.DataLoader(C.PILDataset(*test, tf), batch_size=64)
+    model = create_model("cifar-net", 10, 1, 28)
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    rows = []
+    for epoch in range(epochs):
+        model.train()
+        for x, y in train_loader:
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        t = clock.now()
+        clock.pause()  # the per-epoch test is measurement, not training
+        rows.append({"epoch": epoch + 1, "time_s": t, "acc": course_accuracy(model, test_loader)})
+        print(f"course epoch {epoch + 1}/{epochs}: {t:.1f} s, test {rows[-1]['acc']:.2%}", flush=True)
+        clock.resume()
+    return rows
+
+
+# --- (b), (c) tudui --------------------------------------------------------------------------------------------------
+class TestEveryEpoch(Callback):
+    """Benchmark-only: test accuracy at each epoch's end, clock paused; the run's choices never see it."""
+
+    def __init__(self, clock: C.Clock, test_split, label: str) -> None:
+        self.clock, self.test_split, self.label = clock, test_split, label
+        self.loader, self.rows = None, []
+
+    def on_fit_start(self, run) -> None:
+        self.clock.pause()
+        self.loader = make_loader(self.test_split, run.spec, 1024, False, device=run.device)
+        self.clock.resume()
+
+    def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
+        C.sync(run.device)
+        t = self.clock.now()
+        self.clock.pause()
+        acc = evaluate(run.model, self.loader, run.spec, run.device, amp=run.cfg.amp)["top1"]
+        self.rows.append({"epoch": row["epoch"], "time_s": t, "acc": acc})
+        print(f"{self.label} epoch {row['epoch']}: {t:.1f} s, test {acc:.2%}", flush=True)
+        self.clock.resume()
+
+
+def run_tudui(label: str, options: dict, test_split, project: str) -> list[dict]:
+    clock = C.Clock()  # starts as tudui.train is called: its data loading and set-up count
+    cb = TestEveryEpoch(clock, test_split, label)
+    C.tudui.train(data="fashion-mnist", project=project, name=label, exist_ok=True, callbacks=[cb], **options)
+    return cb.rows
+
+
+# --- report ----------------------------------------------------------------------------------------------------------
+def first_time(rows: list[dict], acc: float) -> float | None:
+    """Wall time at the end of the first epoch whose test accuracy is >= acc (None when never)."""
+    return next((r["time_s"] for r in rows if r["acc"] >= acc), None)
+
+
+def fmt_s(t: float | None) -> str:
+    return "not reached" if t is None else f"{t:.1f} s"
+
+
+def parse_options(pairs: list[str]) -> dict:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise SystemExit(f"--long takes KEY=VALUE pairs (TrainConfig options), got {p!r}")
+        k, v = p.split("=", 1)
+        out[k.replace("-", "_")] = yaml.safe_load(v)  # numbers, booleans and lists as YAML reads them
+    return out
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=int, default=10, help="epochs of the course's routine [10]")
+    p.add_argument("--long", nargs="+", metavar="KEY=VALUE", default=None,
+                   help="also run tudui with these TrainConfig options (a longer recipe), e.g. epochs=30")
+    args = p.parse_args()
+    C.header("time to accuracy, Fashion-MNIST", args.quick)
+
+    limit = C.QUICK_SUBSET if args.quick else None
+    test_limit = QUICK_TEST if args.quick else None
+    # The test set is read before any clock starts: it is the benchmark's, not the runs'.
+    test_split = load_named("fashion-mnist", False)
+    if test_limit:
+        test_split = test_split.subset(np.sort(np.random.default_rng(0).permutation(len(test_split))[:test_limit]))
+    test = (np.ascontiguousarray(test_split.images[..., 0]), test_split.targets)  # (N, 28, 28) uint8 for PIL
+    quick = {"epochs": 1, "subset": C.QUICK_SUBSET} if args.quick else {}
+
+    runs: dict[str, list[dict]] = {}
+    runs["course"] = run_course(1 if args.quick else args.epochs, limit, test)
+    with tempfile.TemporaryDirectory(prefix="tudui-bench-") as project:
+        runs["tudui default"] = run_tudui("tudui-default", quick, test_split, project)
+        if args.long:
+            label = "tudui " + " ".join(args.long) + (" (quick: 1 epoch)" if args.quick else "")
+            runs[label] = run_tudui("tudui-long", parse_options(args.long) | quick,
+                                                            test_split, project)
+
+    names = list(runs)
+    n = max(len(r) for r in runs.values())
+    per_epoch = []
+    for e in range(n):
+        row = [e + 1]
+        for name in names:
+            r = runs[name][e] if e < len(runs[name]) else None
+            row += [f"{r['time_s']:.1f}" if r else "", f"{r['acc']:.2%}" if r else ""]
+        per_epoch.append(row)
+    heads = ["epoch"] + [h for name in names for h in (f"{name}: s", f"{name}: test acc")]
+    print("\nwall time from the start of training to each epoch's end, and test accuracy then")
+    print(C.table(heads, per_epoch))
+
+    course_final = runs["course"][-1]["acc"]
+    course_t = first_time(runs["course"], course_final)
+    summary = []
+    for name in names:
+        t = first_time(runs[name], course_final)
+        speedup = course_t / t if t else None
+        summary.append([name, len(runs[name]), f"{runs[name][-1]['acc']:.2%}", fmt_s(t),
+                        f"{speedup:.1f}x" if speedup else "n/a", fmt_s(first_time(runs[name], 0.93)),
+                        fmt_s(first_time(runs[name], 0.94))])
+    print(f"\ntime to the course's final accuracy ({course_final:.2%}), speed-up against the course, "
+          "time to 93% and 94%")
+    print(C.table(["run", "epochs", "final acc", f"to {course_final:.2%}", "speed-up", "to 93%", "to 94%"], summary))
+
+    t_default = first_time(runs["tudui default"], course_final)
+    t93 = first_time(runs["tudui default"], 0.93)
+    speedup = course_t / t_default if t_default else None
+    targets = [["tudui default reaches the course's accuracy >= 15x sooner",
+                f"{speedup:.1f}x" if speedup else "not reached", C.verdict(speedup is not None and speedup >= TARGET_SPEEDUP)],
+               ["tudui default: 93% within 120 s", fmt_s(t93), C.verdict(t93 is not None and t93 <= TARGET_93_S)]]
+    if args.long:
+        t94 = first_time(runs[names[-1]], 0.94)
+        targets.append(["longer recipe: 94% within 600 s", fmt_s(t94), C.verdict(t94 is not None and t94 <= 600)])
+    print("\ntargets (issue 4)")
+    print(C.table(["target", "measured", "verdict"], targets))
+
+
+if __name__ == "__main__":
+    main()

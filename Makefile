@@ -41,5 +41,16 @@ demo: data
 test: data
 	$(PY) -m pytest -q
 
+# Full benchmark runs (benchmarks/README.md; tens of minutes on a 2-core CPU: run on a quiet machine).
+# Lightning is a benchmark-only dependency (the loop-overhead comparison), installed here, not by the package.
+# BENCH_LONG="epochs=30" (TrainConfig options) adds a longer recipe to the time-to-accuracy table.
+BENCH_LONG ?=
+bench: data
+	$(PY) -m pip install -q "lightning>=2.0"
+	$(PY) benchmarks/time_to_accuracy.py $(if $(BENCH_LONG),--long $(BENCH_LONG))
+	$(PY) benchmarks/loop_overhead.py
+	$(PY) benchmarks/data_path.py
+	$(PY) benchmarks/peak_memory.py
+
 clean:
 	rm -rf runs samples .pytest_cache

@@ -201,7 +201,9 @@ def _log_epoch(run: Run, row: dict) -> None:
 
 
 def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
-    run = setup(cfg, callbacks)
+    from ..reporting import default_callbacks
+
+    run = setup(cfg, default_callbacks(cfg) + list(callbacks or []))
     _announce(run)
     for cb in run.callbacks:
         cb.on_fit_start(run)

@@ -58,15 +58,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.evaluator import evaluate_checkpoint
     from .reporting.console import confusion_table, per_class_table
 
+    from .reporting.plots import write_eval_reports
+
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, data_root=args.data_root,
                             batch_size=args.batch_size, device=args.device, workers=args.workers)
+    from pathlib import Path
+    files = write_eval_reports(r, args.out or Path(r["checkpoint"]).parent)
     if args.json:
         print(json.dumps(r, indent=1))
+        print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
         return 0
     print(f"{r['checkpoint']} on {', '.join(args.data)} [{args.split}]: {r['n']:,} images")
     print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}\n")
     print(per_class_table(r["classes"], r) + "\n")
     print(confusion_table(r["classes"], r["confusion"]))
+    print("\nwrote " + ", ".join(map(str, files)))
     return 0
 
 
@@ -79,6 +85,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--out", default=None, metavar="DIR", help="where the confusion-matrix PNG/CSV and per-class CSV "
+                   "go [default: the checkpoint's folder]")
 
 
 # --- predict -----------------------------------------------------------------------------------------------------------
@@ -150,6 +158,72 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     e.set_defaults(func=cmd_data_export)
 
 
+# --- summary, info, board ----------------------------------------------------------------------------------------------
+def cmd_summary(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .models import create_model, get_model_info
+    from .models.summary import parse_input, summarize
+
+    if Path(args.model).suffix == ".pt" or Path(args.model).is_dir():  # a checkpoint: its own architecture and input
+        from .engine.checkpoint import build_from_checkpoint, load_checkpoint
+
+        model, spec = build_from_checkpoint(load_checkpoint(args.model))
+        shape = parse_input(args.input) if args.input else (spec.channels, spec.img_size, spec.img_size)
+    else:
+        info = get_model_info(args.model)
+        shape = parse_input(args.input or f"3x{info.default_size}x{info.default_size}")
+        import torch
+        build = args.build_size or (shape[1] if shape[1] == shape[2] and shape[1] >= info.min_size
+                                    else info.default_size)
+        if build < info.min_size:
+            raise TuduiError(f"--build-size must be at least {info.min_size} for {args.model}, got {build}")
+        with torch.device("meta"):  # shapes only: no memory, no initialisation time
+            model = create_model(args.model, args.num_classes, shape[0], build)
+    s = summarize(model, shape)
+    print(json.dumps(s.to_dict(), indent=1) if args.json else f"{args.model}, input {'x'.join(map(str, shape))}\n"
+          + s.table())
+    return 0
+
+
+def add_summary_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a registered model name (see `tudui models`) or a checkpoint (.pt / run directory)")
+    p.add_argument("--input", default=None, metavar="CxHxW", help="one input's shape, e.g. 1x28x28 "
+                   "[default: 3xSxS at the model's default size S, or a checkpoint's own]")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--build-size", type=int, default=None, metavar="S", help="build the model for SxS inputs, then "
+                   "feed --input (see what a net built for 32x32 does with 28x28) [default: --input's side if square]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .reporting.info import environment, format_environment
+
+    env = environment(args.data_root)
+    print(json.dumps(env, indent=1) if args.json else format_environment(env))
+    return 0
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    from .reporting.board import start_board, stop_board
+
+    import signal
+
+    proc, url = start_board(args.run_dirs or ["runs"], args.port)
+    print(f"TensorBoard: {url}  (Ctrl-C stops it)", flush=True)
+    # `kill` (SIGTERM) must stop TensorBoard too, not leave it orphaned: turn it into an exit that runs `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return proc.wait()
+    finally:
+        stop_board(proc)
+
+
+def add_board_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories or a folder of them [default: runs]")
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 [default: a free one]")
+
+
 # --- the table ---------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "train": ("train a classifier (writes runs/<name>/)", _add_config_fields, cmd_train),
@@ -158,6 +232,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "models": ("list the registered models", lambda p: p.add_argument("--num-classes", type=int, default=10),
                cmd_models),
     "data": ("dataset utilities", add_data_args, None),
+    "summary": ("per-layer output shapes, parameters and size arithmetic of a model", add_summary_args, cmd_summary),
+    "info": ("versions, GPUs, CPU threads and where the built-in datasets are",
+             lambda p: (p.add_argument("--data-root", default=None), p.add_argument("--json", action="store_true")),
+             cmd_info),
+    "board": ("start TensorBoard on 127.0.0.1 for run directories", add_board_args, cmd_board),
 }
 
 

@@ -237,3 +237,16 @@ def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> 
         for row in zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"]):
             w.writerow([row[0]] + [f"{v:.6g}" for v in row[1:4]] + [row[4]])
     return path
+
+
+def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
+    """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`.
+
+    Named after the split so they sit beside a run's own confusion_matrix.png without replacing it.
+    """
+    out, split, classes = Path(out_dir), result["split"], result["classes"]
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"eval_{split}_confusion_matrix.png"
+    plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
+    return [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),
+            write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]

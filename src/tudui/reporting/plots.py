@@ -98,24 +98,35 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
                 if cm[i, j]:
                     ax.text(j, i, f"{norm[i, j]:.2f}".lstrip("0") if norm[i, j] < 1 else "1", ha="center",
                             va="center", fontsize=font - 1, color="white" if norm[i, j] > 0.5 else "black")
-    _save(fig, path, dpi=100 if k <= 30 else 120)
+    _save(fig, path)
     return np.asarray(im.get_array())
 
 
 def _image_grid(images: np.ndarray, titles: list[str], path: str | Path, suptitle: str, cols: int = 8) -> Path:
-    """images: (N, H, W, C) uint8 or float in [0, 1]; one title per image."""
-    n = len(images)
+    """images: (N, H, W, C) uint8 or float in [0, 1]; one (possibly two-line) title per image.
+
+    One montage drawn by a single imshow, with each title in a blank band above its image: a subplot per
+    image would cost about ten times as much to render.
+    """
+    n, h, w, _ = images.shape
     cols = min(cols, n)
     rows = math.ceil(n / cols)
-    fig = _figure(1.7 * cols, 1.9 * rows + 0.4)
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax in axes:
-        ax.axis("off")
-    for ax, img, t in zip(axes, images, titles):
-        gray = img.shape[-1] == 1
-        ax.imshow(img[..., 0] if gray else img, cmap="gray" if gray else None, vmin=0,
-                  vmax=255 if img.dtype == np.uint8 else 1, interpolation="nearest")
-        ax.set_title(t, fontsize=7)
+    band, gap = max(2, round(0.45 * h)), max(1, w // 10)  # title band and gap between images, in image pixels
+    cell_h, cell_w = h + band, w + gap
+    canvas = np.ones((rows * cell_h, cols * cell_w - gap, 3))  # white, float RGB in [0, 1]
+    imgs = images.astype(np.float64) / 255.0 if images.dtype == np.uint8 else images.astype(np.float64)
+    if imgs.shape[-1] == 1:
+        imgs = np.repeat(imgs, 3, axis=-1)
+    fig_w = 1.5 * cols
+    fig = _figure(fig_w, fig_w * canvas.shape[0] / canvas.shape[1] + 0.4)
+    ax = fig.subplots()
+    ax.axis("off")
+    for i, (img, title) in enumerate(zip(imgs, titles)):
+        r, c = divmod(i, cols)
+        y0, x0 = r * cell_h + band, c * cell_w
+        canvas[y0:y0 + h, x0:x0 + w] = img
+        ax.text(x0 + w / 2, y0 - 0.5, title, ha="center", va="bottom", fontsize=7)
+    ax.imshow(canvas, interpolation="nearest")
     fig.suptitle(suptitle)
     return _save(fig, path)
 

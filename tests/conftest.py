@@ -57,3 +57,13 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A trained tiny classifier (mnist-cnn, 1 epoch on the bundled digits): its best.pt and the run's folder."""
+    import tudui
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    result = tudui.train(data=["digits"], model="mnist-cnn", epochs=1, project=str(root), name="run", workers=0)
+    return result.best

@@ -100,8 +100,12 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, 
                               output_names=["logits"], dynamic_axes=axes, opset_version=opset,
                               do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - unsupported operators / opsets surface as various types
+        hint = ""
+        if "adaptive_avg_pool2d" in str(e):  # e.g. VGG below 224 px: AdaptiveAvgPool2d(7) over a 1x1 feature map
+            hint = ("; this exporter needs the adaptive pool's input to be a multiple of its output: train at a "
+                    "larger --img-size (224 for VGG), or use --format torchscript or safetensors")
         raise TuduiError(f"ONNX export failed{f' at opset {opset}' if opset else ''}: "
-                         f"{str(e).splitlines()[0][:300]}") from None
+                         f"{str(e).splitlines()[0][:200]}{hint}") from None
     proto = onnx.load(str(tmp))
     for key, value in meta.items():  # string -> JSON string, readable by any ONNX runtime
         entry = proto.metadata_props.add()

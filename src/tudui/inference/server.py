@@ -12,8 +12,7 @@ first, then counted while reading, so a chunked upload cannot exceed it either),
 more pixels than the limit 413 (read from the header, before decoding), not an
 image 415.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime.
 import io
 import socket
 import sys
@@ -32,7 +31,7 @@ MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing (boundaries, part head
 def _import_web():
     try:
         import fastapi
-        import multipart  # noqa: F401  (python-multipart: FastAPI needs it to parse uploads)
+        import python_multipart  # noqa: F401  (FastAPI needs python-multipart to parse uploads)
         import uvicorn  # noqa: F401
     except ImportError as e:
         raise TuduiError(f"serving needs fastapi, uvicorn and python-multipart ({e.name} is missing): "
@@ -66,7 +65,7 @@ def check_pixels(data: bytes, max_pixels: int) -> tuple[int, int]:
     return w, h
 
 
-def create_app(predictor: Predictor, max_upload_mb: float = 10.0, topk: int = 5, max_pixels: int = MAX_PIXELS):
+def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 5, max_pixels: int = MAX_PIXELS):
     """The FastAPI app serving `predictor`; uploads over `max_upload_mb` MiB or `max_pixels` pixels get 413."""
     fastapi = _import_web()
     from fastapi import Request

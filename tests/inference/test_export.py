@@ -17,8 +17,8 @@ from tudui.inference import Predictor  # noqa: E402
 from tudui.inference.export import ExportError, export_model, sample_inputs  # noqa: E402
 from tudui.models import create_model, list_models  # noqa: E402
 
-# Too slow for the default run (100+ M parameters, or 224 px inputs): tested in test_export_big_models (slow).
-BIG = {"vgg11", "vgg16", "resnet50"}
+# Too slow for the default run (100+ M parameters, 224 px inputs, or several seconds of CPU): tested in test_export_big_models (slow).
+BIG = {"vgg11", "vgg16", "resnet50", "resnet34"}
 # VGG's AdaptiveAvgPool2d(7) over the 1x1 feature map of its 32 px minimum cannot be written by the ONNX exporter;
 # at 224 px (7x7 maps) it can.
 VGG_SIZE = 224
@@ -71,6 +71,7 @@ def test_export_big_models(tmp_path, name):
     check_onnx_export(tmp_path, name, VGG_SIZE if name.startswith("vgg") else info.min_size)
 
 
+@pytest.mark.slow
 def test_vgg_below_224_fails_cleanly_and_writes_nothing(tmp_path):
     make_checkpoint(tmp_path / "best.pt", "vgg11", 32)
     with pytest.raises(TuduiError, match="img-size"):

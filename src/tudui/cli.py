@@ -46,10 +46,29 @@ def cmd_train(args: argparse.Namespace) -> int:
     config_path = values.pop("_config", None)
     for k in ("debug", "func", "command"):
         values.pop(k, None)
-    base = load_yaml(config_path) if config_path else {}
-    if config_path and "name" not in values:
-        base.pop("name", None)  # a repeated run gets a new directory
-    fit(TrainConfig.from_dict(base | values))
+    from .engine.resume import RunFinished, resume_config
+    from .engine.signals import GracefulStop, TrainingInterrupted
+
+    if values.get("resume"):
+        try:
+            cfg = resume_config(values | {"_config": config_path})
+        except RunFinished as e:
+            print(e)
+            return 0
+    else:
+        base = load_yaml(config_path) if config_path else {}
+        if config_path and "name" not in values:
+            base.pop("name", None)  # a repeated run gets a new directory
+        base.pop("resume", None)
+        cfg = TrainConfig.from_dict(base | values)
+    with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step, print the resume command
+        try:
+            fit(cfg, [stop])
+        except RunFinished as e:
+            print(e)
+        except TrainingInterrupted as e:
+            print(e, file=sys.stderr)
+            return e.exit_code
     return 0
 
 

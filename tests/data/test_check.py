@@ -15,7 +15,7 @@ from tudui.config import TrainConfig
 @pytest.fixture(scope="module")
 def dirty(tmp_path_factory, fmnist):
     """Real Fashion-MNIST folders (6 train / 2 val images per class) plus every kind of bad file."""
-    from conftest import write_class_folders
+    from tests.conftest import write_class_folders
 
     train_split, test_split = fmnist
     root = tmp_path_factory.mktemp("dirty")

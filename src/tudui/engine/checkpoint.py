@@ -64,6 +64,8 @@ def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # not a pickle of objects at all: garbage or another format
+            raise TuduiError(f"{path} is not a readable PyTorch file (its content is not what torch.save writes)") from e
         raise TuduiError(
             f"{path} contains pickled Python objects (for example a whole model saved with torch.save(model)); "
             "tudui loads only weights, because unpickling can run arbitrary code. If you trust the file, "

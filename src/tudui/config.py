@@ -76,6 +76,8 @@ class TrainConfig:
     project: str = _f("runs", "folder that holds run directories")
     name: str | None = _f(None, "run directory name (default: exp, exp2, ...)")
     exist_ok: bool = _f(False, "reuse an existing run directory of the same name")
+    resume: str | None = _f(None, "continue a run exactly at its next epoch: a run directory or its last.pt "
+                                  "(only --epochs, raised, and --device/--workers/--data-root may be given with it)")
     tensorboard: bool = _f(True, "write TensorBoard event files into the run directory (see `tudui board`)")
     log_every: int = _f(50, "log the training loss to TensorBoard every N optimisation steps")
     plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end")

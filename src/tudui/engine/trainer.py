@@ -25,7 +25,9 @@ from .callbacks import Callback
 from .checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
 from .device import autocast, make_scaler, seed_everything, select_device
 from .evaluate import evaluate
+from .guards import FiniteLossGuard
 from .optim import create_loss, create_optimizer, create_scheduler
+from .resume import restore_run, resume_state
 
 CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "epoch_time_s", "images_per_s"]
 
@@ -86,6 +88,7 @@ class Run:
             "trainer": {"best_top1": self.best_top1, "best_epoch": self.best_epoch},
             "metrics": self.history[-1] if self.history else {},
             "config": self.cfg.to_dict(), "versions": versions(),
+            "resume": resume_state(self),  # RNG states and metrics rows for an exact --resume (engine/resume.py)
         }
 
 
@@ -151,10 +154,13 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
               run_dir=make_run_dir(cfg.project, cfg.name, cfg.exist_ok),
               aug_generator=torch.Generator(device=device).manual_seed(cfg.seed), callbacks=list(callbacks or []))
     resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
-                                "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name}
+                                "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None}
     save_yaml(resolved, run.run_dir / "config.yaml")
-    with open(run.run_dir / "results.csv", "w", newline="") as f:  # a new run starts a new table
-        csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
+    if cfg.resume:  # weights, optimizer, schedule, RNG states; results.csv keeps the run's rows
+        restore_run(run, CSV_FIELDS)
+    else:
+        with open(run.run_dir / "results.csv", "w", newline="") as f:  # a new run starts a new table
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
     save_yaml(versions() | {"device": str(device), "threads": torch.get_num_threads(), "argv": sys.argv},
               run.run_dir / "env.yaml")
     return run
@@ -203,12 +209,14 @@ def _log_epoch(run: Run, row: dict) -> None:
 def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     from ..reporting import default_callbacks
 
-    run = setup(cfg, default_callbacks(cfg) + list(callbacks or []))
+    run = setup(cfg, [FiniteLossGuard(), *default_callbacks(cfg), *(callbacks or [])])
     _announce(run)
     for cb in run.callbacks:
         cb.on_fit_start(run)
     plain_ce = nn.CrossEntropyLoss()  # validation loss is comparable across recipes
-    stale = 0
+    if run.epoch == 0:  # a run is resumable from its first step on (engine/resume.py)
+        save_checkpoint(run.checkpoint(), run.run_dir / "last.pt")
+    stale = run.epoch - run.best_epoch if run.history else 0  # epochs since the best one (resumed runs)
     for epoch in range(run.epoch, cfg.epochs):
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run, epoch)

@@ -11,11 +11,19 @@ from tudui.reporting import default_callbacks
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    # 640 digits (8x8) -> 10 steps of 64 per epoch.
+    """640 digits (8x8) -> 10 steps of 64 per epoch; epoch 1, a killed partial epoch 2, then --resume to 2 epochs."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from tudui.engine.resume import resume_config
+    from tudui.engine.trainer import fit
+
     project = tmp_path_factory.mktemp("tb")
-    result = tudui.train(data="digits", model="mnist-cnn", epochs=2, batch_size=64, subset=640, log_every=7, plots=False,
-                         project=str(project), name="r")
-    return result
+    first = tudui.train(data="digits", model="mnist-cnn", epochs=1, batch_size=64, subset=640, log_every=7,
+                        plots=False, project=str(project), name="r")
+    with SummaryWriter(str(first.run_dir)) as w:  # what a process killed in epoch 2 would have left behind
+        for step in (12, 14, 16):
+            w.add_scalar("step/train_loss", 99.0, step)
+    return fit(resume_config({"resume": str(first.run_dir), "epochs": 2}))
 
 
 def test_scalars_images_graph_and_hparams(tiny_run):
@@ -30,12 +38,13 @@ def test_scalars_images_graph_and_hparams(tiny_run):
     history = tiny_run.history
     assert [e.value for e in ea.Scalars("epoch/val_top1")] == pytest.approx([r["val_top1"] for r in history])
     assert [e.value for e in ea.Scalars("epoch/lr")] == pytest.approx([r["lr"] for r in history])
-    assert all(math.isfinite(e.value) for e in ea.Scalars("step/train_loss"))
+    assert all(math.isfinite(e.value) and e.value != 99.0 for e in ea.Scalars("step/train_loss"))  # purged
     img = ea.Images("train/first_batch")
-    assert len(img) == 1 and img[0].width >= 8 * 8 and img[0].height >= 8 * 8  # 64 images of 8x8 in a grid
+    assert len(img) == 2 and img[0].width >= 8 * 8 and img[0].height >= 8 * 8
+    # ^ 64 images of 8x8 in a grid, once per process (first fit and resume); hparams likewise, the last is final
     assert tags["graph"] and any(n.op.startswith("aten::") for n in ea.Graph().node)
-    assert ea.Scalars("hparam/test_top1")[0].value == pytest.approx(tiny_run.test["top1"])
-    assert ea.Scalars("hparam/val_top1")[0].value == pytest.approx(tiny_run.val["top1"])
+    assert ea.Scalars("hparam/test_top1")[-1].value == pytest.approx(tiny_run.test["top1"])
+    assert ea.Scalars("hparam/val_top1")[-1].value == pytest.approx(tiny_run.val["top1"])
 
 
 def test_hparams_session_is_in_the_run_itself(tiny_run):

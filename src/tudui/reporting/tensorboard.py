@@ -37,7 +37,9 @@ class TensorBoardCallback(Callback):
     def on_fit_start(self, run) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run.run_dir))
+        # A resumed run redoes its interrupted epoch from step run.step: TensorBoard drops the step/* points the
+        # killed process logged after that (epoch/* points use epochs 1..k <= run.step, so they are kept).
+        self.writer = SummaryWriter(log_dir=str(run.run_dir), purge_step=run.step + 1 if run.step else None)
         self._add_graph(run)
 
     def _add_graph(self, run) -> None:

@@ -47,16 +47,34 @@ def cmd_train(args: argparse.Namespace) -> int:
     argv = values.pop("_argv", [])
     for k in ("debug", "func", "command"):
         values.pop(k, None)
-    base = load_yaml(config_path) if config_path else {}
-    if config_path and "name" not in values:
-        base.pop("name", None)  # a repeated run gets a new directory
-    cfg = TrainConfig.from_dict(base | values)
+    from .engine.resume import RunFinished, resume_config
+    from .engine.signals import GracefulStop, TrainingInterrupted
+
+    if values.get("resume"):
+        try:
+            cfg = resume_config(values | {"_config": config_path})
+        except RunFinished as e:
+            print(e)
+            return 0
+    else:
+        base = load_yaml(config_path) if config_path else {}
+        if config_path and "name" not in values:
+            base.pop("name", None)  # a repeated run gets a new directory
+        base.pop("resume", None)
+        cfg = TrainConfig.from_dict(base | values)
     if cfg.nproc != 1:
         from .engine import distributed
 
         if not distributed.under_torchrun():  # under torchrun already, the ranks just train
             return distributed.launch(argv, cfg.nproc)
-    fit(cfg)
+    with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step, print the resume command
+        try:
+            fit(cfg, [stop])
+        except RunFinished as e:
+            print(e)
+        except TrainingInterrupted as e:
+            print(e, file=sys.stderr)
+            return e.exit_code
     return 0
 
 
@@ -144,8 +162,21 @@ def cmd_data_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_data, format_report
+
+    report = check_data(args.paths)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    return 1 if report.errors else 0
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="data_command", metavar="{export}", required=True)
+    sub = p.add_subparsers(dest="data_command", metavar="{export,check}", required=True)
+    c = sub.add_parser("check", help="report unreadable/duplicate images, class balance, modes and sizes "
+                       "(exit 1 on errors)")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="dataset folder(s) (train/ val/ test/ or one split) or CSV")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cmd_data_check)
     e = sub.add_parser("export", help="write a named dataset's images as class folders of PNG/JPEG files")
     e.add_argument("name", help="fashion-mnist, mnist, cifar10, cifar100 or digits")
     e.add_argument("--out", required=True, help="output folder")
@@ -157,6 +188,35 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     e.set_defaults(func=cmd_data_export)
 
 
+# --- convert -----------------------------------------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .engine.convert import convert
+
+    ckpt = convert(args.file, args.out, model=args.model, trust=args.trust, classes=args.classes,
+                   num_classes=args.num_classes, img_size=args.img_size, channels=args.channels, mean=args.mean,
+                   std=args.std, hflip=args.hflip)
+    d = ckpt["data"]
+    print(f"wrote {args.out}: {args.model}, {len(d['classes'])} classes, {d['channels']}x{d['img_size']}x{d['img_size']}, "
+          f"mean {d['mean']} std {d['std']}")
+    return 0
+
+
+def add_convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a whole-model pickle (torch.save(model)), a state_dict file or .safetensors")
+    p.add_argument("--out", required=True, help="the tudui checkpoint to write (.pt)")
+    p.add_argument("--trust", action="store_true", help="allow unpickling FILE, which can run code it contains: "
+                   "only for files from a source you trust")
+    p.add_argument("--model", required=True, help="the registered architecture the weights belong to (tudui models)")
+    p.add_argument("--classes", nargs="+", default=None, help="class names in the model's output order")
+    p.add_argument("--num-classes", type=int, default=None, help="instead of --classes: names 0..N-1")
+    p.add_argument("--img-size", type=int, default=None, help="input size in pixels [default: the model's]")
+    p.add_argument("--channels", type=int, default=None, help="input channels [default: from the first conv]")
+    p.add_argument("--mean", nargs="+", type=float, default=None, help="per-channel mean [default: 0, i.e. ToTensor]")
+    p.add_argument("--std", nargs="+", type=float, default=None, help="per-channel std [default: 1]")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
+                   help="whether horizontal flips keep the label (used if the checkpoint is fine-tuned)")
+
+
 # --- the table ---------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "train": ("train a classifier (writes runs/<name>/)", _add_config_fields, cmd_train),
@@ -165,6 +225,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "models": ("list the registered models", lambda p: p.add_argument("--num-classes", type=int, default=10),
                cmd_models),
     "data": ("dataset utilities", add_data_args, None),
+    "convert": ("turn a trusted pickled model or plain weights into a tudui checkpoint", add_convert_args, cmd_convert),
 }
 
 

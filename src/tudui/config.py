@@ -79,6 +79,8 @@ class TrainConfig:
     project: str = _f("runs", "folder that holds run directories")
     name: str | None = _f(None, "run directory name (default: exp, exp2, ...)")
     exist_ok: bool = _f(False, "reuse an existing run directory of the same name")
+    resume: str | None = _f(None, "continue a run exactly at its next epoch: a run directory or its last.pt "
+                                  "(only --epochs, raised, and --device/--workers/--data-root may be given with it)")
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, Path)):

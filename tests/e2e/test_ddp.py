@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, write_class_folders
+from tests.conftest import REPO, write_class_folders
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 

@@ -80,7 +80,7 @@ def _native_format(split: Split) -> tuple[int, int]:
     heads = [h for h in (peek_image(p) for p in split.paths[:: max(1, len(split.paths) // 200)]) if h]
     if not heads:
         return 224, 3
-    (w, h), _ = Counter(heads).most_common(1)[0]
+    (w, h), _ = Counter(size for size, _ in heads).most_common(1)[0]
     return min(224, min(w, h)), (1 if all(gray_mode(m) for _, m in heads) else 3)
 
 

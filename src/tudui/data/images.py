@@ -99,7 +99,7 @@ def decode_image(src: str | Path | bytes | Image.Image, channels: int, size: int
             img = img.resize((size, size), Image.BILINEAR)
     except (OSError, ValueError) as e:
         raise BadImage(src if not isinstance(src, (bytes, bytearray)) else "<bytes>", f"cannot convert ({e})") from None
-    arr = np.asarray(img, dtype=np.uint8)
+    arr = np.array(img, dtype=np.uint8)  # a writable copy
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        if os.environ.get("TUDUI_TEST_SLOW_SAVE"):  # test hook: seconds to wait before the rename (kill-during-save test)
+            time.sleep(float(os.environ["TUDUI_TEST_SLOW_SAVE"]))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -61,6 +64,8 @@ def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # not a pickle of objects at all: garbage or another format
+            raise TuduiError(f"{path} is not a readable PyTorch file (its content is not what torch.save writes)") from e
         raise TuduiError(
             f"{path} contains pickled Python objects (for example a whole model saved with torch.save(model)); "
             "tudui loads only weights, because unpickling can run arbitrary code. If you trust the file, "

@@ -122,7 +122,9 @@ def session(device_name: str = "auto"):
     try:
         yield w
     except TuduiError as e:
-        raise TuduiError(f"rank {w.rank}: {e}") from e
+        if e.args and isinstance(e.args[0], str):
+            e.args = (f"rank {w.rank}: {e.args[0]}", *e.args[1:])  # same type: the CLI still tells them apart
+        raise
     finally:
         teardown()
 
@@ -212,6 +214,38 @@ def reduce_train_stats(loss_sum: float, images: int, seconds: float, device: tor
     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
     return float(sums[0]), int(sums[1]), float(slowest[0])
+
+
+def gather_rank_rng(run) -> dict:
+    """{'augment_ranks': [state of rank 0, rank 1, ...]} under torchrun, else {} (every rank must call it).
+
+    Each rank has its own augmentation stream; the checkpoint written by rank 0 keeps all of them so that
+    `--resume` gives every rank its own stream back. (The other random states are the same on every rank.)
+    """
+    if not dist.is_initialized():
+        return {}
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, run.aug_generator.get_state())
+    return {"augment_ranks": states}
+
+
+def restore_rank_rng(run) -> None:
+    """After resume.restore_run (which restores rank 0's augmentation state): this rank's own state."""
+    if not dist.is_initialized():
+        return
+    from .checkpoint import load_checkpoint
+
+    states = load_checkpoint(run.cfg.resume)["resume"].get("augment_ranks") or []
+    rank = dist.get_rank()
+    if len(states) == dist.get_world_size():
+        run.aug_generator.set_state(states[rank])
+        return
+    if rank == 0:
+        print(f"note: {run.cfg.resume} was written by {len(states) or 1} process(es), this job has "
+              f"{dist.get_world_size()}: the global batch changed, so the resumed run is not an exact "
+              "continuation", flush=True)
+    if rank > 0:  # a fresh stream of its own rather than a copy of rank 0's
+        run.aug_generator.manual_seed(run.cfg.seed + 1_000_003 * rank + run.epoch)
 
 
 # --- `tudui train --nproc N` ----------------------------------------------------------------------------------------------

@@ -25,7 +25,9 @@ from .callbacks import Callback
 from . import distributed
 from .checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
 from .device import autocast, make_scaler, seed_everything
+from .guards import FiniteLossGuard
 from .optim import create_loss, create_optimizer, create_scheduler
+from .resume import restore_run, resume_state
 
 CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "epoch_time_s", "images_per_s"]
 
@@ -88,6 +90,7 @@ class Run:
             "trainer": {"best_top1": self.best_top1, "best_epoch": self.best_epoch},
             "metrics": self.history[-1] if self.history else {},
             "config": self.cfg.to_dict(), "versions": versions(),
+            "resume": resume_state(self),  # RNG states and metrics rows for an exact --resume (engine/resume.py)
         }
 
 
@@ -156,16 +159,19 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
               # a different augmentation stream per rank
               aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * world.rank),
               callbacks=list(callbacks or []) if world.rank == 0 else [], ddp=ddp, world=world)
-    if world.rank != 0:  # only rank 0 writes the run directory
-        return run
-    resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
-                                "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name,
-                                "nproc": world.local_size}  # so --config repeats a torchrun job
-    save_yaml(resolved, run.run_dir / "config.yaml")
-    with open(run.run_dir / "results.csv", "w", newline="") as f:  # a new run starts a new table
-        csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
-    save_yaml(versions() | {"device": str(device), "threads": torch.get_num_threads(), "argv": sys.argv,
-                            "world_size": world.size}, run.run_dir / "env.yaml")
+    if world.rank == 0:  # only rank 0 writes the run directory
+        resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
+                                    "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None,
+                                    "nproc": world.local_size}  # so --config repeats a torchrun job
+        save_yaml(resolved, run.run_dir / "config.yaml")
+        if not cfg.resume:
+            with open(run.run_dir / "results.csv", "w", newline="") as f:  # a new run starts a new table
+                csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
+        save_yaml(versions() | {"device": str(device), "threads": torch.get_num_threads(), "argv": sys.argv,
+                                "world_size": world.size}, run.run_dir / "env.yaml")
+    if cfg.resume:  # every rank: weights, optimizer, schedule, RNG states; results.csv keeps the run's rows
+        restore_run(run, CSV_FIELDS)
+        distributed.restore_rank_rng(run)
     return run
 
 
@@ -216,13 +222,15 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
 
 
 def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
-    run = setup(cfg, callbacks)
+    run = setup(cfg, [FiniteLossGuard(), *(callbacks or [])])
     if run.world.rank == 0:
         _announce(run)
     for cb in run.callbacks:
         cb.on_fit_start(run)
     plain_ce = nn.CrossEntropyLoss()  # validation loss is comparable across recipes
-    stale = 0
+    if run.epoch == 0:  # a run is resumable from its first step on (engine/resume.py)
+        _save(run, ["last.pt"])
+    stale = run.epoch - run.best_epoch if run.history else 0  # epochs since the best one (resumed runs)
     for epoch in range(run.epoch, cfg.epochs):
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run, epoch)
@@ -238,11 +246,8 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
             run.best_top1, run.best_epoch, stale = (val["top1"] if val else -1.0), run.epoch, 0
         else:
             stale += 1
-        if run.world.rank == 0:  # val is the same on every rank, so all take the same decisions
-            payload = run.checkpoint()
-            save_checkpoint(payload, run.run_dir / "last.pt")
-            if improved:
-                save_checkpoint(payload, run.run_dir / "best.pt")
+        _save(run, ["last.pt", "best.pt"] if improved else ["last.pt"])  # val is the same on every rank
+        if run.world.rank == 0:
             _log_epoch(run, row)
         for cb in run.callbacks:
             cb.on_epoch_end(run, row, val)
@@ -252,6 +257,16 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
                       f"best was epoch {run.best_epoch}")
             break
     return _finish(run, plain_ce)
+
+
+def _save(run: Run, names: list[str]) -> None:
+    """Rank 0 writes the checkpoint(s); under torchrun it also holds every rank's augmentation RNG state."""
+    rank_rng = distributed.gather_rank_rng(run)  # a collective: every rank calls it
+    if run.world.rank == 0:
+        payload = run.checkpoint()
+        payload["resume"] |= rank_rng
+        for name in names:
+            save_checkpoint(payload, run.run_dir / name)
 
 
 def _announce(run: Run) -> None:

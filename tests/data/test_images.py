@@ -1,0 +1,70 @@
+"""Every common image mode becomes the model's channel count the same way."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tudui.data.images import BadImage, decode_image
+
+
+def _png(img: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=kw.pop("format", "PNG"), **kw)
+    return buf.getvalue()
+
+
+def test_rgba_png_drops_alpha_like_convert_rgb():
+    arr = np.zeros((10, 12, 4), np.uint8)
+    arr[..., 0], arr[..., 3] = 200, 0  # fully transparent red
+    out = decode_image(_png(Image.fromarray(arr, "RGBA")), 3, None)
+    assert out.shape == (10, 12, 3) and out[0, 0].tolist() == [200, 0, 0]
+    gray = decode_image(_png(Image.fromarray(arr, "RGBA")), 1, None)
+    assert gray.shape == (10, 12, 1) and gray[0, 0, 0] == Image.new("RGB", (1, 1), (200, 0, 0)).convert("L").getpixel((0, 0))
+
+
+def test_palette_png_with_transparency():
+    img = Image.new("P", (8, 8), 1)
+    img.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    img.info["transparency"] = 0
+    out = decode_image(_png(img, transparency=0), 3, None)
+    assert out[0, 0].tolist() == [10, 20, 30]
+
+
+def test_16bit_gray_is_scaled_not_clipped():
+    arr = np.full((4, 4), 65535 // 2, np.uint16)
+    img = Image.fromarray(arr)  # mode I;16
+    out = decode_image(_png(img), 1, None)
+    assert abs(int(out[0, 0, 0]) - 127) <= 1
+
+
+def test_cmyk_jpeg_and_grayscale_to_rgb():
+    cmyk = Image.new("CMYK", (6, 6), (0, 255, 255, 0))  # red in CMYK
+    out = decode_image(_png(cmyk, format="JPEG", quality=100), 3, None)
+    assert out[0, 0, 0] > 200 and out[0, 0, 1] < 60
+    gray = decode_image(_png(Image.new("L", (5, 5), 77)), 3, None)
+    assert gray.shape == (5, 5, 3) and gray[0, 0].tolist() == [77, 77, 77]
+
+
+def test_exif_rotation_is_applied():
+    img = Image.new("RGB", (20, 10), (0, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    out = decode_image(_png(img, format="JPEG", exif=exif.tobytes()), 3, None)
+    assert out.shape[:2] == (20, 10)
+
+
+def test_resize_to_square():
+    out = decode_image(_png(Image.new("RGB", (50, 30), (9, 9, 9))), 3, 16)
+    assert out.shape == (16, 16, 3)
+
+
+@pytest.mark.parametrize("data", [b"", b"not an image at all", _png(Image.new("RGB", (64, 64)))[:60]])
+def test_bad_bytes_raise_badimage(data):
+    with pytest.raises(BadImage):
+        decode_image(data, 3, 8)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BadImage, match="no such file"):
+        decode_image(tmp_path / "nope.png", 3, 8)

@@ -1,0 +1,46 @@
+"""Batched augmentation and normalisation match torchvision's per-image semantics."""
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+from tudui.data import DataSpec, augment_batch, eval_transforms, normalize
+
+
+def test_normalize_matches_totensor_normalize():
+    spec = DataSpec(["a", "b"], 6, 3, [0.2, 0.4, 0.6], [0.1, 0.2, 0.3])
+    arr = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    ref = v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])(
+        Image.fromarray(arr))
+    ours = normalize(torch.from_numpy(arr).permute(2, 0, 1)[None], spec)[0]
+    assert torch.allclose(ours, ref, atol=1e-6)
+    assert torch.allclose(eval_transforms(spec)(Image.fromarray(arr)), ref, atol=1e-6)
+
+
+def test_augment_is_translation_with_zero_fill():
+    x = torch.arange(1, 1 + 2 * 8 * 8, dtype=torch.int64).remainder(250).add(1).to(torch.uint8).view(2, 1, 8, 8)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        y = augment_batch(x, pad=2, flip=False, generator=g)
+        assert y.shape == x.shape and y.dtype == torch.uint8
+        for b in range(2):
+            # find the shift that explains y: every non-zero pixel is the source pixel shifted
+            ok = False
+            for dy in range(-2, 3):
+                for dx in range(-2, 3):
+                    ref = torch.zeros_like(x[b, 0])
+                    src = x[b, 0]
+                    ys, xs = slice(max(0, dy), 8 + min(0, dy)), slice(max(0, dx), 8 + min(0, dx))
+                    yd, xd = slice(max(0, -dy), 8 + min(0, -dy)), slice(max(0, -dx), 8 + min(0, -dx))
+                    ref[yd, xd] = src[ys, xs]
+                    ok |= torch.equal(ref, y[b, 0])
+            assert ok
+
+
+def test_flip_and_identity():
+    x = torch.randint(0, 255, (64, 3, 5, 5), dtype=torch.uint8)
+    assert torch.equal(augment_batch(x, 0, False), x)
+    y = augment_batch(x, 0, True, torch.Generator().manual_seed(1))
+    flipped = [torch.equal(y[i], x[i].flip(2)) for i in range(64)]
+    same = [torch.equal(y[i], x[i]) for i in range(64)]
+    assert all(f or s for f, s in zip(flipped, same)) and 10 < sum(flipped) < 54

@@ -1,0 +1,69 @@
+"""The complete routine through the `tudui` command, as a user runs it, on real Fashion-MNIST images."""
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import write_class_folders
+
+
+def _ok(r):
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r
+
+
+def test_class_folders_train_eval_predict(cli, fmnist_folders, tmp_path):
+    _ok(cli("train", "--data", fmnist_folders, "--model", "fast", "--epochs", "4", "--batch-size", "64",
+            "--project", tmp_path, "--name", "folders"))
+    run = tmp_path / "folders"
+    assert (run / "best.pt").exists() and (run / "results.csv").read_text().count("\n") == 5
+    r = _ok(cli("eval", run / "best.pt", "--data", fmnist_folders, "--split", "val", "--json"))
+    metrics = json.loads(r.stdout)
+    assert metrics["n"] == 200 and metrics["top1"] > 0.3  # 4 short epochs on 600 images; chance is 0.1
+    r = _ok(cli("eval", run, "--data", fmnist_folders, "--split", "val"))
+    assert "precision" in r.stdout and "rows: true class" in r.stdout
+    r = _ok(cli("predict", run / "best.pt", fmnist_folders / "val" / "Bag", "--topk", "3", "--json"))
+    preds = json.loads(r.stdout)
+    assert len(preds) == 20 and all(len(p["predictions"]) == 3 for p in preds)
+
+
+def test_label_file_layout(cli, fmnist, tmp_path):
+    train, _ = fmnist
+    root = tmp_path / "course"
+    for c, name in [(1, "trouser"), (7, "sneaker")]:
+        idx = [i for i in range(len(train)) if train.targets[i] == c][:40]
+        (root / f"{name}_image").mkdir(parents=True)
+        (root / f"{name}_label").mkdir()
+        for i in idx:
+            Image.fromarray(train.images[i][..., 0]).save(root / f"{name}_image" / f"{i}.jpg")
+            (root / f"{name}_label" / f"{i}.txt").write_text(name)
+    _ok(cli("train", "--data", root, "--model", "mnist-cnn", "--epochs", "2", "--batch-size", "16", "--optimizer",
+            "adam", "--lr", "0.003", "--project", tmp_path, "--name", "lab"))
+    r = _ok(cli("eval", tmp_path / "lab", "--data", root, "--split", "val", "--json"))
+    assert json.loads(r.stdout)["top1"] >= 0.75  # trousers vs sneakers is an easy pair
+
+
+@pytest.mark.slow
+def test_fashion_mnist_subset_reaches_80_percent_then_predicts_pngs(cli, fmnist, tmp_path):
+    r = _ok(cli("train", "--data", "fashion-mnist", "--subset", "12000", "--epochs", "3", "--project", tmp_path,
+                "--name", "fm"))
+    metrics = json.loads((tmp_path / "fm" / "metrics.json").read_text())
+    assert metrics["test"]["n"] == 10000 and metrics["test"]["top1"] >= 0.80, r.stdout
+    _ok(cli("data", "export", "fashion-mnist", "--split", "test", "--limit", "40", "--out", tmp_path / "pngs"))
+    r = _ok(cli("predict", tmp_path / "fm" / "best.pt", tmp_path / "pngs", "--json"))
+    preds = json.loads(r.stdout)
+    hits = sum(Path(p["source"]).parent.name == p["predictions"][0]["class"].replace("/", "_") for p in preds)
+    assert len(preds) == 40 and hits >= 30
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--data", "/no/such/folder"], "no such file or folder"),
+    (["train", "--data", "digits", "--model", "resnet19"], "did you mean resnet18"),
+    (["predict", "/no/such.pt", "x.png"], "no such file or folder"),
+    (["eval", "README.md", "--data", "digits"], "not a readable PyTorch file"),
+])
+def test_user_mistakes_are_one_line_exit_2(cli, args, message, tmp_path):
+    r = cli(*args, cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

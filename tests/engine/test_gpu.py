@@ -1,0 +1,37 @@
+"""GPU training (skipped without CUDA): AMP on the GPU, then the checkpoint used on the CPU."""
+import pytest
+import torch
+
+import tudui
+from tudui.engine.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.gpu
+
+
+def test_cuda_amp_training_and_cpu_prediction(tmp_path, fmnist_folders):
+    r = tudui.train(data=str(fmnist_folders), model="fast", epochs=3, batch_size=64, device="cuda", amp=True,
+                    project=str(tmp_path), name="gpu")
+    assert r.test is None and r.val["top1"] > 0.3
+    ckpt = load_checkpoint(r.best, map_location="cpu")
+    assert all(v.device.type == "cpu" for v in ckpt["model"].values())
+    raw = torch.load(r.best, weights_only=True)  # tensors as saved
+    assert all(v.device.type == "cpu" for v in raw["model"].values())
+    p = tudui.Predictor.from_checkpoint(r.best, device="cpu")
+    files = sorted((fmnist_folders / "val").rglob("*.jpg"))[:10]
+    assert all(pred.error is None for pred in p.predict([str(f) for f in files]))
+    gpu = tudui.Predictor.from_checkpoint(r.best, device="cuda")
+    a = p.predict([str(f) for f in files], topk=1)
+    b = gpu.predict([str(f) for f in files], topk=1)
+    assert [x.label for x in a] == [x.label for x in b]
+
+
+def test_memory_resident_data_lives_on_the_gpu(tmp_path):
+    from tudui.data import make_loader
+    from tudui.data.sources import load_named
+    from tudui.data.transforms import DataSpec
+
+    split = load_named("digits", True)
+    spec = DataSpec([str(i) for i in range(10)], 8, 1, [0.3], [0.3])
+    loader = make_loader(split, spec, 32, True, torch.device("cuda"))
+    x, y = next(iter(loader))
+    assert x.device.type == "cuda" and x.dtype == torch.uint8 and y.device.type == "cuda"

@@ -1,0 +1,31 @@
+import numpy as np
+from PIL import Image
+
+import tudui
+from tudui.inference.predictor import expand_paths
+
+
+def test_predict_files_and_bad_images(tmp_path):
+    r = tudui.train(data="digits", model="mnist-cnn", epochs=6, optimizer="adam", lr=0.003, project=str(tmp_path), name="r")
+    from tudui.data.sources import load_named
+
+    test = load_named("digits", False)
+    paths = []
+    for i in range(20):
+        p = tmp_path / "imgs" / f"{i}.png"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(test.images[i][..., 0]).convert("RGBA").save(p)  # RGBA PNG: converted like training data
+        paths.append(str(p))
+    (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    files = expand_paths([str(tmp_path / "imgs")])
+    assert len(files) == 21
+    preds = tudui.Predictor.from_checkpoint(r.best).predict(files, topk=3, batch_size=8)
+    assert [str(p.source) for p in preds] == files  # order kept, bad file in place
+    bad = [p for p in preds if p.error]
+    assert len(bad) == 1 and "broken" in str(bad[0].source)
+    good = {str(p.source): p for p in preds if not p.error}
+    hits = sum(good[paths[i]].label == test.classes[test.targets[i]] for i in range(20))
+    assert hits >= 14
+    assert all(len(p.topk) == 3 and np.all(np.diff([v for _, v in p.topk]) <= 0) for p in good.values())
+    full = tudui.Predictor.from_checkpoint(r.best).predict(paths[:2], topk=99)[0].topk
+    assert len(full) == 10 and abs(sum(v for _, v in full) - 1) < 1e-5

@@ -1,0 +1,74 @@
+"""Every registered model builds, runs forward and backward; lookups and head changes behave."""
+import pytest
+import torch
+import torch.nn as nn
+
+from tudui.errors import TuduiError
+from tudui.models import create_model, get_model_info, list_models
+from tudui.models.zoo import append_head, head_path, load_weights
+
+HEAVY = {"vgg11", "vgg16", "resnet50", "resnet34"}
+
+
+@pytest.mark.parametrize("name", [m.name for m in list_models()])
+def test_forward_backward_on_smallest_input(name):
+    info = get_model_info(name)
+    for channels in (1, 3):
+        model = create_model(name, num_classes=3, in_channels=channels, img_size=info.min_size)
+        x = torch.randn(2, channels, info.min_size, info.min_size)
+        out = model.train()(x)
+        assert out.shape == (2, 3)
+        out.sum().backward()
+        assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+        if name in HEAVY:
+            break  # one channel count is enough for the slow ones
+
+
+def test_unknown_model_suggests_names():
+    with pytest.raises(TuduiError, match="did you mean resnet18"):
+        create_model("resnet19", 10)
+
+
+def test_too_small_input_is_a_clear_error():
+    with pytest.raises(TuduiError, match="--img-size 32"):
+        create_model("vgg16", 10, 3, 16)
+
+
+def test_cifar_net_parameter_count_by_hand():
+    model = create_model("cifar-net", 10, 3, 32)
+    conv = (3 * 32 * 25 + 32) + (32 * 32 * 25 + 32) + (32 * 64 * 25 + 64)
+    linear = (1024 * 64 + 64) + (64 * 10 + 10)
+    assert sum(p.numel() for p in model.parameters()) == conv + linear == 145_578
+
+
+def test_head_replaced_and_appended():
+    m = create_model("mobilenet_v3_small", 7, 3, 32)
+    assert m.get_submodule(head_path(m)).out_features == 7
+    m = create_model("vgg11", 4, 3, 32, head="append")
+    assert isinstance(m.classifier.add_linear, nn.Linear) and m.classifier.add_linear.in_features == 1000
+    assert m(torch.randn(1, 3, 32, 32)).shape == (1, 4)
+
+
+def test_weights_adapt_first_conv_and_skip_head():
+    src = create_model("resnet18", 1000, 3, 32)  # an "ImageNet-shaped" state dict
+    dst = create_model("resnet18", 5, 1, 32)
+    skipped = load_weights(dst, src.state_dict(), "test")
+    assert set(skipped) == {"fc.weight", "fc.bias"}
+    assert torch.allclose(dst.conv1.weight, src.conv1.weight.sum(1, keepdim=True))
+    assert torch.equal(dst.layer1[0].conv1.weight, src.layer1[0].conv1.weight)
+
+
+def test_weights_that_do_not_fit_are_named():
+    src = create_model("resnet18", 10, 3, 32).state_dict()
+    src["layer1.0.conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    with pytest.raises(TuduiError, match="layer1.0.conv1.weight is \\(3, 3, 3, 3\\)"):
+        load_weights(create_model("resnet18", 10, 3, 32), src, "bad.pth")
+    with pytest.raises(TuduiError, match="share almost no layers"):
+        load_weights(create_model("resnet18", 10, 3, 32), create_model("mobilenet_v3_small", 10, 3, 32).state_dict(), "x")
+
+
+def test_weights_file_via_builder(tmp_path):
+    src = create_model("resnet18", 1000, 3, 32)
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    m = create_model("resnet18", 3, 3, 32, weights=str(tmp_path / "r18.pth"))
+    assert torch.equal(m.conv1.weight, src.conv1.weight)

@@ -182,8 +182,9 @@ def restore_run(run, csv_fields: list[str]) -> None:
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
             warnings.simplefilter("ignore", UserWarning)
             run.scheduler.step()
-        print(f"note: the learning-rate schedule now spans {run.cfg.epochs} epochs (was {state['epochs']}); "
-              f"lr continues at {run.optimizer.param_groups[0]['lr']:.3g}", flush=True)
+        if is_main():
+            print(f"note: the learning-rate schedule now spans {run.cfg.epochs} epochs (was {state['epochs']}); "
+                  f"lr continues at {run.optimizer.param_groups[0]['lr']:.3g}", flush=True)
     restore_rng(state["rng"], run)
     if not is_main():  # under torchrun every rank restores its state; rank 0 alone writes and prints
         return

@@ -96,7 +96,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
+    p.add_argument("checkpoint", help="a tudui checkpoint (.pt), a run directory, or an export (.onnx, "
+                   ".torchscript, .safetensors)")
     p.add_argument("--data", nargs="+", required=True, help="dataset name, folder(s) or CSV, as for train")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split [default: test]")
     p.add_argument("--data-root", default=None, help="where named datasets are looked for first")
@@ -112,7 +113,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .reporting.console import table
 
     files = expand_paths(args.sources)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictor = Predictor.from_path(args.checkpoint, device=args.device)
     preds = predictor.predict(files, topk=args.topk, batch_size=args.batch_size)
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=1))
@@ -127,11 +128,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
+    p.add_argument("checkpoint", help="a tudui checkpoint (.pt), a run directory, or an export (.onnx, "
+                   ".torchscript, .safetensors)")
     p.add_argument("sources", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image [default: 5]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+
+
+# --- export / serve ----------------------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference.export import export_model
+
+    r = export_model(args.checkpoint, args.format, args.out, dynamic_batch=args.dynamic_batch, opset=args.opset)
+    print(f"wrote {', '.join(map(str, r.files))}" + (f" (opset {r.opset})" if r.opset else ""))
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "safetensors"],
+                   help="onnx (onnxruntime, metadata in metadata_props), torchscript (.torchscript), or safetensors "
+                        "weights + a .safetensors.json sidecar [default: onnx]")
+    p.add_argument("--out", default=None, help="output file [default: the checkpoint's name with the format's suffix]")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (default: fixed at 1)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version [default: the exporter's]")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .inference.server import serve
+
+    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
+          device=args.device)
+    return 0
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a checkpoint (.pt), run directory, .onnx, .torchscript or .safetensors")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 makes the model reachable "
+                   "from other machines [default: 127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port) [default: 8000]")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB [default: 10]")
+    p.add_argument("--topk", type=int, default=5, help="classes returned per image (?topk=N overrides) [default: 5]")
     p.add_argument("--device", default="auto")
 
 
@@ -222,6 +261,9 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "train": ("train a classifier (writes runs/<name>/)", _add_config_fields, cmd_train),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
+    "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check", add_export_args,
+               cmd_export),
+    "serve": ("serve a model over HTTP with a page to try it", add_serve_args, cmd_serve),
     "models": ("list the registered models", lambda p: p.add_argument("--num-classes", type=int, default=10),
                cmd_models),
     "data": ("dataset utilities", add_data_args, None),

@@ -45,6 +45,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     values = vars(args).copy()
     config_path = values.pop("_config", None)
+    argv = values.pop("_argv", [])
     for k in ("debug", "func", "command"):
         values.pop(k, None)
     from .engine.resume import RunFinished, resume_config
@@ -62,6 +63,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             base.pop("name", None)  # a repeated run gets a new directory
         base.pop("resume", None)
         cfg = TrainConfig.from_dict(base | values)
+    if cfg.nproc != 1:
+        from .engine import distributed
+
+        if not distributed.under_torchrun():  # under torchrun already, the ranks just train
+            return distributed.launch(argv, cfg.nproc)
     with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step, print the resume command
         try:
             fit(cfg, [stop])
@@ -359,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs it under torchrun
     debug = getattr(args, "debug", False)
     try:
         return args.func(args)

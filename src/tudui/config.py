@@ -72,6 +72,9 @@ class TrainConfig:
     amp: bool = _f(False, "mixed precision (fp16 on CUDA, bf16 on CPU)")
     seed: int = _f(0, "random seed for weights, split, shuffling and augmentation")
     deterministic: bool = _f(False, "use deterministic algorithms (slower on GPU)")
+    nproc: int = _f(1, "processes on this machine: N > 1 re-runs this command under torchrun (DDP; one per GPU, "
+                       "or N CPU processes); the global batch is N x --batch-size")
+    sync_bn: bool = _f(False, "under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
     # --- output -------------------------------------------------------------
     project: str = _f("runs", "folder that holds run directories")
     name: str | None = _f(None, "run directory name (default: exp, exp2, ...)")

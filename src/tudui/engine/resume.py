@@ -32,6 +32,7 @@ import torch
 from ..config import TrainConfig, load_yaml
 from ..errors import TuduiError
 from .checkpoint import load_checkpoint
+from .distributed import is_main
 
 # Options that may differ on resume: where things are on this machine, and how long to train.
 RESUME_MAY_CHANGE = ("epochs", "device", "workers", "data_root")
@@ -181,9 +182,12 @@ def restore_run(run, csv_fields: list[str]) -> None:
         with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
             warnings.simplefilter("ignore", UserWarning)
             run.scheduler.step()
-        print(f"note: the learning-rate schedule now spans {run.cfg.epochs} epochs (was {state['epochs']}); "
-              f"lr continues at {run.optimizer.param_groups[0]['lr']:.3g}", flush=True)
+        if is_main():
+            print(f"note: the learning-rate schedule now spans {run.cfg.epochs} epochs (was {state['epochs']}); "
+                  f"lr continues at {run.optimizer.param_groups[0]['lr']:.3g}", flush=True)
     restore_rng(state["rng"], run)
+    if not is_main():  # under torchrun every rank restores its state; rank 0 alone writes and prints
+        return
     write_results(run.run_dir / "results.csv", csv_fields, run.history)
     for stale in run.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed while saving
         stale.unlink(missing_ok=True)

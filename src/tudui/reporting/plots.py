@@ -216,8 +216,10 @@ class PlotsCallback(Callback):
         from ..engine.evaluate import iter_predictions
 
         mistakes = confident_mistakes(iter_predictions(run.model, loader, run.spec, run.device, run.cfg.amp))
+        size = getattr(getattr(run, "world", None), "size", 1)  # under torchrun rank 0 sees its shard only
+        title = f"most confidently wrong on {split}" + (f" (rank 0's 1/{size} share)" if size > 1 else "")
         if mistakes and self._draw("the mistakes", plot_mistakes, mistakes, run.spec.classes,
-                                   run.run_dir / "mistakes.png", f"most confidently wrong on {split}"):
+                                   run.run_dir / "mistakes.png", title):
             self.files.append(run.run_dir / "mistakes.png")
 
 

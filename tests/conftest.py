@@ -68,3 +68,13 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """A trained tiny classifier (mnist-cnn, 1 epoch on the bundled digits): the path of its best.pt."""
+    import tudui
+
+    root = tmp_path_factory.mktemp("tiny_model")
+    result = tudui.train(data=["digits"], model="mnist-cnn", epochs=1, project=str(root), name="run", workers=0)
+    return result.best

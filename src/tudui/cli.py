@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from typing import Callable
 
@@ -44,12 +45,37 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     values = vars(args).copy()
     config_path = values.pop("_config", None)
+    argv = values.pop("_argv", [])
     for k in ("debug", "func", "command"):
         values.pop(k, None)
-    base = load_yaml(config_path) if config_path else {}
-    if config_path and "name" not in values:
-        base.pop("name", None)  # a repeated run gets a new directory
-    fit(TrainConfig.from_dict(base | values))
+    from .engine.resume import RunFinished, resume_config
+    from .engine.signals import GracefulStop, TrainingInterrupted
+
+    if values.get("resume"):
+        try:
+            cfg = resume_config(values | {"_config": config_path})
+        except RunFinished as e:
+            print(e)
+            return 0
+    else:
+        base = load_yaml(config_path) if config_path else {}
+        if config_path and "name" not in values:
+            base.pop("name", None)  # a repeated run gets a new directory
+        base.pop("resume", None)
+        cfg = TrainConfig.from_dict(base | values)
+    if cfg.nproc != 1:
+        from .engine import distributed
+
+        if not distributed.under_torchrun():  # under torchrun already, the ranks just train
+            return distributed.launch(argv, cfg.nproc)
+    with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step, print the resume command
+        try:
+            fit(cfg, [stop])
+        except RunFinished as e:
+            print(e)
+        except TrainingInterrupted as e:
+            print(e, file=sys.stderr)
+            return e.exit_code
     return 0
 
 
@@ -57,21 +83,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.evaluator import evaluate_checkpoint
     from .reporting.console import confusion_table, per_class_table
+    from .reporting.plots import write_eval_reports
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, data_root=args.data_root,
                             batch_size=args.batch_size, device=args.device, workers=args.workers)
+    files = write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
     if args.json:
         print(json.dumps(r, indent=1))
+        print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
         return 0
     print(f"{r['checkpoint']} on {', '.join(args.data)} [{args.split}]: {r['n']:,} images")
     print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}\n")
     print(per_class_table(r["classes"], r) + "\n")
     print(confusion_table(r["classes"], r["confusion"]))
+    print("\nwrote " + ", ".join(map(str, files)))
     return 0
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
+    p.add_argument("checkpoint", help="a tudui checkpoint (.pt), a run directory, or an export (.onnx, "
+                   ".torchscript, .safetensors)")
     p.add_argument("--data", nargs="+", required=True, help="dataset name, folder(s) or CSV, as for train")
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split [default: test]")
     p.add_argument("--data-root", default=None, help="where named datasets are looked for first")
@@ -79,6 +110,8 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--out", default=None, metavar="DIR", help="where the confusion-matrix PNG/CSV and per-class CSV "
+                   "go [default: the checkpoint's folder]")
 
 
 # --- predict -----------------------------------------------------------------------------------------------------------
@@ -87,7 +120,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .reporting.console import table
 
     files = expand_paths(args.sources)
-    predictor = Predictor.from_checkpoint(args.checkpoint, device=args.device)
+    predictor = Predictor.from_path(args.checkpoint, device=args.device)
     preds = predictor.predict(files, topk=args.topk, batch_size=args.batch_size)
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=1))
@@ -102,11 +135,49 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
+    p.add_argument("checkpoint", help="a tudui checkpoint (.pt), a run directory, or an export (.onnx, "
+                   ".torchscript, .safetensors)")
     p.add_argument("sources", nargs="+", help="image files and/or folders (searched recursively)")
     p.add_argument("--topk", type=int, default=5, help="classes to show per image [default: 5]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto")
+
+
+# --- export / serve ----------------------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    from .inference.export import export_model
+
+    r = export_model(args.checkpoint, args.format, args.out, dynamic_batch=args.dynamic_batch, opset=args.opset)
+    print(f"wrote {', '.join(map(str, r.files))}" + (f" (opset {r.opset})" if r.opset else ""))
+    return 0
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
+    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "safetensors"],
+                   help="onnx (onnxruntime, metadata in metadata_props), torchscript (.torchscript), or safetensors "
+                        "weights + a .safetensors.json sidecar [default: onnx]")
+    p.add_argument("--out", default=None, help="output file [default: the checkpoint's name with the format's suffix]")
+    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (default: fixed at 1)")
+    p.add_argument("--opset", type=int, default=None, help="ONNX opset version [default: the exporter's]")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .inference.server import serve
+
+    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
+          device=args.device)
+    return 0
+
+
+def add_serve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a checkpoint (.pt), run directory, .onnx, .torchscript or .safetensors")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 makes the model reachable "
+                   "from other machines [default: 127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port) [default: 8000]")
+    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB [default: 10]")
+    p.add_argument("--topk", type=int, default=5, help="classes returned per image (?topk=N overrides) [default: 5]")
     p.add_argument("--device", default="auto")
 
 
@@ -137,8 +208,21 @@ def cmd_data_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_data, format_report
+
+    report = check_data(args.paths)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    return 1 if report.errors else 0
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
-    sub = p.add_subparsers(dest="data_command", metavar="{export}", required=True)
+    sub = p.add_subparsers(dest="data_command", metavar="{export,check}", required=True)
+    c = sub.add_parser("check", help="report unreadable/duplicate images, class balance, modes and sizes "
+                       "(exit 1 on errors)")
+    c.add_argument("paths", nargs="+", metavar="PATH", help="dataset folder(s) (train/ val/ test/ or one split) or CSV")
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(func=cmd_data_check)
     e = sub.add_parser("export", help="write a named dataset's images as class folders of PNG/JPEG files")
     e.add_argument("name", help="fashion-mnist, mnist, cifar10, cifar100 or digits")
     e.add_argument("--out", required=True, help="output folder")
@@ -150,14 +234,118 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     e.set_defaults(func=cmd_data_export)
 
 
+# --- convert -----------------------------------------------------------------------------------------------------------
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .engine.convert import convert
+
+    ckpt = convert(args.file, args.out, model=args.model, trust=args.trust, classes=args.classes,
+                   num_classes=args.num_classes, img_size=args.img_size, channels=args.channels, mean=args.mean,
+                   std=args.std, hflip=args.hflip)
+    d = ckpt["data"]
+    print(f"wrote {args.out}: {args.model}, {len(d['classes'])} classes, {d['channels']}x{d['img_size']}x{d['img_size']}, "
+          f"mean {d['mean']} std {d['std']}")
+    return 0
+
+
+def add_convert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="a whole-model pickle (torch.save(model)), a state_dict file or .safetensors")
+    p.add_argument("--out", required=True, help="the tudui checkpoint to write (.pt)")
+    p.add_argument("--trust", action="store_true", help="allow unpickling FILE, which can run code it contains: "
+                   "only for files from a source you trust")
+    p.add_argument("--model", required=True, help="the registered architecture the weights belong to (tudui models)")
+    p.add_argument("--classes", nargs="+", default=None, help="class names in the model's output order")
+    p.add_argument("--num-classes", type=int, default=None, help="instead of --classes: names 0..N-1")
+    p.add_argument("--img-size", type=int, default=None, help="input size in pixels [default: the model's]")
+    p.add_argument("--channels", type=int, default=None, help="input channels [default: from the first conv]")
+    p.add_argument("--mean", nargs="+", type=float, default=None, help="per-channel mean [default: 0, i.e. ToTensor]")
+    p.add_argument("--std", nargs="+", type=float, default=None, help="per-channel std [default: 1]")
+    p.add_argument("--hflip", action=argparse.BooleanOptionalAction, default=True,
+                   help="whether horizontal flips keep the label (used if the checkpoint is fine-tuned)")
+
+
+# --- summary, info, board ----------------------------------------------------------------------------------------------
+def cmd_summary(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .models import create_model, get_model_info
+    from .models.summary import parse_input, summarize
+
+    if Path(args.model).suffix == ".pt" or Path(args.model).is_dir():  # a checkpoint: its own architecture and input
+        from .engine.checkpoint import build_from_checkpoint, load_checkpoint
+
+        model, spec = build_from_checkpoint(load_checkpoint(args.model))
+        shape = parse_input(args.input) if args.input else (spec.channels, spec.img_size, spec.img_size)
+    else:
+        info = get_model_info(args.model)
+        shape = parse_input(args.input or f"3x{info.default_size}x{info.default_size}")
+        import torch
+        build = args.build_size or (shape[1] if shape[1] == shape[2] and shape[1] >= info.min_size
+                                    else info.default_size)
+        if build < info.min_size:
+            raise TuduiError(f"--build-size must be at least {info.min_size} for {args.model}, got {build}")
+        with torch.device("meta"):  # shapes only: no memory, no initialisation time
+            model = create_model(args.model, args.num_classes, shape[0], build)
+    s = summarize(model, shape)
+    print(json.dumps(s.to_dict(), indent=1) if args.json else f"{args.model}, input {'x'.join(map(str, shape))}\n"
+          + s.table())
+    return 0
+
+
+def add_summary_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a registered model name (see `tudui models`) or a checkpoint (.pt / run directory)")
+    p.add_argument("--input", default=None, metavar="CxHxW", help="one input's shape, e.g. 1x28x28 "
+                   "[default: 3xSxS at the model's default size S, or a checkpoint's own]")
+    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--build-size", type=int, default=None, metavar="S", help="build the model for SxS inputs, then "
+                   "feed --input (see what a net built for 32x32 does with 28x28) [default: --input's side if square]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .reporting.info import environment, format_environment
+
+    env = environment(args.data_root)
+    print(json.dumps(env, indent=1) if args.json else format_environment(env))
+    return 0
+
+
+def cmd_board(args: argparse.Namespace) -> int:
+    import signal
+
+    from .reporting.board import start_board, stop_board
+
+    proc, url = start_board(args.run_dirs or ["runs"], args.port)
+    print(f"TensorBoard: {url}  (Ctrl-C stops it)", flush=True)
+    # `kill` (SIGTERM) must stop TensorBoard too, not leave it orphaned: turn it into an exit that runs `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        return proc.wait()
+    finally:
+        stop_board(proc)
+
+
+def add_board_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="*", metavar="RUN_DIR", help="run directories or a folder of them [default: runs]")
+    p.add_argument("--port", type=int, default=None, help="port on 127.0.0.1 [default: a free one]")
+
+
 # --- the table ---------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "train": ("train a classifier (writes runs/<name>/)", _add_config_fields, cmd_train),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
+    "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check", add_export_args,
+               cmd_export),
+    "serve": ("serve a model over HTTP with a page to try it", add_serve_args, cmd_serve),
     "models": ("list the registered models", lambda p: p.add_argument("--num-classes", type=int, default=10),
                cmd_models),
     "data": ("dataset utilities", add_data_args, None),
+    "convert": ("turn a trusted pickled model or plain weights into a tudui checkpoint", add_convert_args, cmd_convert),
+    "summary": ("per-layer output shapes, parameters and size arithmetic of a model", add_summary_args, cmd_summary),
+    "info": ("versions, GPUs, CPU threads and where the built-in datasets are",
+             lambda p: (p.add_argument("--data-root", default=None), p.add_argument("--json", action="store_true")),
+             cmd_info),
+    "board": ("start TensorBoard on 127.0.0.1 for run directories", add_board_args, cmd_board),
 }
 
 
@@ -177,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs it under torchrun
     debug = getattr(args, "debug", False)
     try:
         return args.func(args)

@@ -36,10 +36,10 @@ class TrainConfig:
     mean: list | None = _f(None, "per-channel mean in [0,1] (default: measured on the training set)", nargs="+", type=float)
     std: list | None = _f(None, "per-channel std in [0,1] (default: measured on the training set)", nargs="+", type=float)
     val_split: float = _f(0.1, "fraction of the training set held out (stratified, seeded) when there is no val/ folder")
-    augment: str = _f("default", "training augmentation: default (random crop with padding + flip), crop, flip, none",
-                      choices=["default", "crop", "flip", "none"])
+    augment: str = _f("flip", "training augmentation: flip (horizontal), crop-flip (random crop with zero padding "
+                              "of 1/8 of the side + flip), crop, none", choices=["flip", "crop-flip", "crop", "none"])
     hflip: bool | None = _f(None, "allow horizontal flips (default: off for digit datasets, on otherwise)")
-    batch_size: int = _f(256, "images per optimisation step (per process under torchrun)")
+    batch_size: int = _f(128, "images per optimisation step (per process under torchrun)")
     workers: int = _f(0, "DataLoader worker processes for datasets read from disk")
     memory: str = _f("auto", "hold the decoded dataset in memory as uint8 and augment whole batches: auto, on, off",
                      choices=["auto", "on", "off"])
@@ -52,15 +52,15 @@ class TrainConfig:
     weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained")
     freeze_backbone: bool = _f(False, "train the classification head only")
     # --- optimisation -------------------------------------------------------
-    epochs: int = _f(10, "passes over the training set")
+    epochs: int = _f(8, "passes over the training set")
     loss: str = _f("cross-entropy", "loss: cross-entropy, nll, mse (one-hot), l1 (one-hot)",
                    choices=["cross-entropy", "nll", "mse", "l1"])
-    label_smoothing: float = _f(0.0, "cross-entropy label smoothing in [0, 1)")
+    label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)")
     class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"])
-    optimizer: str = _f("sgd", "sgd, adam or adamw", choices=["sgd", "adam", "adamw"])
-    lr: float = _f(0.1, "peak learning rate")
+    optimizer: str = _f("adamw", "sgd, adam or adamw", choices=["sgd", "adam", "adamw"])
+    lr: float = _f(0.003, "peak learning rate")
     momentum: float = _f(0.9, "SGD momentum (Nesterov) / Adam beta1")
-    weight_decay: float = _f(5e-4, "L2 weight decay (not applied to biases and norm layers)")
+    weight_decay: float = _f(0.05, "L2 weight decay (not applied to biases and norm layers)")
     scheduler: str = _f("onecycle", "learning-rate schedule: none, step, cosine, onecycle",
                         choices=["none", "step", "cosine", "onecycle"])
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (cosine/step; onecycle has its own)")
@@ -72,10 +72,18 @@ class TrainConfig:
     amp: bool = _f(False, "mixed precision (fp16 on CUDA, bf16 on CPU)")
     seed: int = _f(0, "random seed for weights, split, shuffling and augmentation")
     deterministic: bool = _f(False, "use deterministic algorithms (slower on GPU)")
+    nproc: int = _f(1, "processes on this machine: N > 1 re-runs this command under torchrun (DDP; one per GPU, "
+                       "or N CPU processes); the global batch is N x --batch-size")
+    sync_bn: bool = _f(False, "under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
     # --- output -------------------------------------------------------------
     project: str = _f("runs", "folder that holds run directories")
     name: str | None = _f(None, "run directory name (default: exp, exp2, ...)")
     exist_ok: bool = _f(False, "reuse an existing run directory of the same name")
+    resume: str | None = _f(None, "continue a run exactly at its next epoch: a run directory or its last.pt "
+                                  "(only --epochs, raised, and --device/--workers/--data-root may be given with it)")
+    tensorboard: bool = _f(True, "write TensorBoard event files into the run directory (see `tudui board`)")
+    log_every: int = _f(50, "log the training loss to TensorBoard every N optimisation steps")
+    plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end")
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, Path)):

@@ -13,7 +13,7 @@ from tudui.errors import TuduiError
 @pytest.fixture(scope="module")
 def digits_run(tmp_path_factory):
     project = tmp_path_factory.mktemp("runs")
-    return tudui.train(data="digits", model="fast", epochs=3, batch_size=64, lr=0.05, project=str(project), name="d")
+    return tudui.train(data="digits", model="fast", epochs=3, batch_size=64, project=str(project), name="d")
 
 
 def test_run_directory_contents(digits_run):

@@ -141,7 +141,13 @@ def make_loader(split: Split, spec: DataSpec, batch_size: int, train: bool, devi
         return MemoryLoader(to_tensor(split.images, device), torch.from_numpy(split.targets).to(device),
                             batch_size, train, seed=seed, rank=rank, world_size=world_size)
     sampler = None
-    if world_size > 1:
+    if world_size > 1 and train:
+        # Same seeded permutation on every rank, a disjoint slice each; set_epoch reshuffles. drop_last: all
+        # ranks make the same number of steps (DDP needs that).
         sampler = torch.utils.data.distributed.DistributedSampler(
-            range(len(split)), num_replicas=world_size, rank=rank, shuffle=train, seed=seed, drop_last=train)
+            range(len(split)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    elif world_size > 1:
+        # Evaluation: every rank-th sample, no padding (DistributedSampler would repeat samples to even out
+        # the ranks, and the repeats would be counted twice in the summed metrics).
+        sampler = range(rank, len(split), world_size)
     return file_loader(split, spec.channels, spec.img_size, batch_size, train, workers, seed, bad_images, sampler)

@@ -113,6 +113,7 @@ class FileDataset(torch.utils.data.Dataset):
     def __init__(self, split: Split, channels: int, size: int, bad_images: str = "skip") -> None:
         self.paths, self.targets = split.paths, split.targets
         self.channels, self.size, self.bad_images = channels, size, bad_images
+        self.warned: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -127,7 +128,9 @@ class FileDataset(torch.utils.data.Dataset):
             except BadImage as e:
                 if self.bad_images == "error":
                     raise TuduiError(f"{e}. Remove it, or train with --bad-images skip") from None
-                print(f"warning: skipping unreadable image {self.paths[j]} ({e.reason})", file=sys.stderr)
+                if self.paths[j] not in self.warned:  # once per file, not once per epoch
+                    self.warned.add(self.paths[j])
+                    print(f"warning: skipping unreadable image {self.paths[j]} ({e.reason})", file=sys.stderr)
         raise TuduiError("no readable images in the dataset")
 
 

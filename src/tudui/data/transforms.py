@@ -83,8 +83,8 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, generator: torch.Genera
 
 def augment_options(augment: str, spec: DataSpec) -> tuple[int, bool]:
     """(crop padding in px, flip?) for an `--augment` name."""
-    crop = augment in ("default", "crop")
-    flip = augment in ("default", "flip") and spec.hflip
+    crop = augment in ("crop-flip", "crop")
+    flip = augment in ("crop-flip", "flip") and spec.hflip
     return (spec.pad if crop else 0), flip
 
 
@@ -101,7 +101,7 @@ def eval_transforms(spec: DataSpec) -> v2.Compose:
     return v2.Compose([_Decode(spec), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
 
 
-def train_transforms(spec: DataSpec, augment: str = "default") -> v2.Compose:
+def train_transforms(spec: DataSpec, augment: str = "flip") -> v2.Compose:
     """Per-image training preset: the same steps as `augment_batch`, one image at a time."""
     pad, flip = augment_options(augment, spec)
     steps = [_Decode(spec)]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        if os.environ.get("TUDUI_TEST_SLOW_SAVE"):  # test hook: seconds to wait before the rename (kill-during-save test)
+            time.sleep(float(os.environ["TUDUI_TEST_SLOW_SAVE"]))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

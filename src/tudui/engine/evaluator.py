@@ -6,7 +6,6 @@ import numpy as np
 from ..data import load_splits, make_loader
 from ..data.memory import decode_split
 from ..errors import TuduiError
-from .checkpoint import build_from_checkpoint, load_checkpoint
 from .device import select_device
 from .evaluate import evaluate
 
@@ -31,10 +30,12 @@ def evaluate_checkpoint(checkpoint: str, data: list[str] | str, split: str = "te
     """
     import torch.nn as nn
 
-    ckpt = load_checkpoint(checkpoint)
-    model, spec = build_from_checkpoint(ckpt)
-    dev = select_device(device)
-    cfg = ckpt.get("config", {})
+    from ..inference.backends import load_model, suffix_format
+
+    # Any model file tudui writes (checkpoint, .onnx, .torchscript, .safetensors); ONNX runs on the CPU.
+    dev = select_device("cpu" if suffix_format(checkpoint) == "onnx" else device)
+    loaded = load_model(checkpoint, "cpu")
+    model, spec, cfg = loaded.model, loaded.spec, loaded.meta.get("training", {})
     data = [data] if isinstance(data, str) else list(data)
     train, val, test = load_splits(data, data_root, False, cfg.get("val_split", 0.1), cfg.get("seed", 0))
     chosen = {"train": train, "val": val, "test": test}.get(split)
@@ -49,5 +50,5 @@ def evaluate_checkpoint(checkpoint: str, data: list[str] | str, split: str = "te
     result = evaluate(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
     result["classes"] = spec.classes
     result["split"] = split
-    result["checkpoint"] = ckpt["path"]
+    result["checkpoint"] = loaded.path
     return result

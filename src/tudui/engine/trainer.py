@@ -22,10 +22,12 @@ from ..models import count_parameters, create_model, get_model_info
 from ..models.zoo import head_path
 from ..reporting.console import Progress
 from .callbacks import Callback
+from . import distributed
 from .checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
-from .device import autocast, make_scaler, seed_everything, select_device
-from .evaluate import evaluate
+from .device import autocast, make_scaler, seed_everything
+from .guards import FiniteLossGuard
 from .optim import create_loss, create_optimizer, create_scheduler
+from .resume import restore_run, resume_state
 
 CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "epoch_time_s", "images_per_s"]
 
@@ -59,6 +61,8 @@ class Run:
     run_dir: Path
     aug_generator: torch.Generator
     callbacks: list[Callback] = field(default_factory=list)
+    ddp: nn.Module | None = None  # DDP wrapper of `model` under torchrun: training goes through it
+    world: distributed.World = field(default_factory=distributed.World)
     epoch: int = 0  # epochs completed
     step: int = 0  # optimisation steps completed
     best_top1: float = -1.0
@@ -86,6 +90,7 @@ class Run:
             "trainer": {"best_top1": self.best_top1, "best_epoch": self.best_epoch},
             "metrics": self.history[-1] if self.history else {},
             "config": self.cfg.to_dict(), "versions": versions(),
+            "resume": resume_state(self),  # RNG states and metrics rows for an exact --resume (engine/resume.py)
         }
 
 
@@ -123,8 +128,8 @@ def _check_forward(model: nn.Module, spec: DataSpec, name: str, device: torch.de
 
 
 def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
-    device = select_device(cfg.device)
-    seed_everything(cfg.seed, cfg.deterministic)
+    device, world = distributed.select_device(cfg.device), distributed.world()
+    seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: same initial weights
     info = get_model_info(cfg.model)  # fail fast on a misspelt name, before loading data
     imagenet = (IMAGENET_MEAN, IMAGENET_STD) if cfg.weights and info.family == "torchvision" else None
     data = build_data(cfg, default_norm=imagenet)
@@ -138,7 +143,9 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
         head = head_path(model)
         for name, p in model.named_parameters():
             p.requires_grad = name.startswith(head + ".")
-    loader_args = dict(device=device, workers=cfg.workers, seed=cfg.seed, bad_images=cfg.bad_images)
+    model, ddp = distributed.wrap(model, device, cfg.sync_bn)
+    loader_args = dict(device=device, workers=cfg.workers, seed=cfg.seed, bad_images=cfg.bad_images,
+                       rank=world.rank, world_size=world.size)  # each rank gets its own shard
     train_loader = make_loader(data.train, spec, cfg.batch_size, True, **loader_args)
     val_loader = make_loader(data.val, spec, max(cfg.batch_size, 512), False, **loader_args) if data.val else None
     if len(train_loader) == 0:
@@ -148,24 +155,32 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
               criterion=create_loss(cfg, data.train.counts(), device), optimizer=optimizer,
               scheduler=create_scheduler(cfg, optimizer, len(train_loader)), scaler=make_scaler(device, cfg.amp),
               train_loader=train_loader, val_loader=val_loader,
-              run_dir=make_run_dir(cfg.project, cfg.name, cfg.exist_ok),
-              aug_generator=torch.Generator(device=device).manual_seed(cfg.seed), callbacks=list(callbacks or []))
-    resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
-                                "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name}
-    save_yaml(resolved, run.run_dir / "config.yaml")
-    with open(run.run_dir / "results.csv", "w", newline="") as f:  # a new run starts a new table
-        csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
-    save_yaml(versions() | {"device": str(device), "threads": torch.get_num_threads(), "argv": sys.argv},
-              run.run_dir / "env.yaml")
+              run_dir=distributed.on_main(make_run_dir, cfg.project, cfg.name, cfg.exist_ok),  # rank 0 names it
+              # a different augmentation stream per rank
+              aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * world.rank),
+              callbacks=list(callbacks or []) if world.rank == 0 else [], ddp=ddp, world=world)
+    if world.rank == 0:  # only rank 0 writes the run directory
+        resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
+                                    "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None,
+                                    "nproc": world.local_size}  # so --config repeats a torchrun job
+        save_yaml(resolved, run.run_dir / "config.yaml")
+        if not cfg.resume:
+            with open(run.run_dir / "results.csv", "w", newline="") as f:  # a new run starts a new table
+                csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
+        save_yaml(versions() | {"device": str(device), "threads": torch.get_num_threads(), "argv": sys.argv,
+                                "world_size": world.size}, run.run_dir / "env.yaml")
+    if cfg.resume:  # every rank: weights, optimizer, schedule, RNG states; results.csv keeps the run's rows
+        restore_run(run, CSV_FIELDS)
+        distributed.restore_rank_rng(run)
     return run
 
 
 def train_one_epoch(run: Run, epoch: int) -> dict:
-    model, opt, dev = run.model, run.optimizer, run.device
+    model, opt, dev = run.ddp or run.model, run.optimizer, run.device
     model.train()
     loader = run.train_loader
     getattr(loader, "set_epoch", getattr(getattr(loader, "sampler", None), "set_epoch", lambda e: None))(epoch)
-    progress = Progress(len(loader), f"epoch {epoch + 1}/{run.cfg.epochs}")
+    progress = Progress(len(loader), f"epoch {epoch + 1}/{run.cfg.epochs}", enabled=run.world.rank == 0)
     loss_sum, seen, t0 = torch.zeros((), device=dev, dtype=torch.float64), 0, time.perf_counter()
     for x, y in loader:
         x = run.prepare(x.to(dev, non_blocking=True), train=True)  # (B, C, H, W) float
@@ -187,8 +202,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
         else:
             progress.update(1)
     progress.close()
-    dt = time.perf_counter() - t0
-    return {"train_loss": loss_sum.item() / max(seen, 1), "epoch_time_s": dt, "images_per_s": seen / dt}
+    # Over all ranks: the mean loss of every image trained on, images/s of the whole job.
+    total, seen, dt = distributed.reduce_train_stats(loss_sum.item(), seen, time.perf_counter() - t0, dev)
+    return {"train_loss": total / max(seen, 1), "epoch_time_s": dt, "images_per_s": seen / dt}
 
 
 def _log_epoch(run: Run, row: dict) -> None:
@@ -201,16 +217,27 @@ def _log_epoch(run: Run, row: dict) -> None:
 
 
 def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
-    run = setup(cfg, callbacks)
-    _announce(run)
+    with distributed.session(cfg.device):  # joins the torchrun job, if any
+        return _fit(cfg, callbacks)
+
+
+def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
+    from ..reporting import default_callbacks
+
+    run = setup(cfg, [FiniteLossGuard(), *default_callbacks(cfg), *(callbacks or [])])  # rank 0 keeps them
+    if run.world.rank == 0:
+        _announce(run)
     for cb in run.callbacks:
         cb.on_fit_start(run)
     plain_ce = nn.CrossEntropyLoss()  # validation loss is comparable across recipes
-    stale = 0
+    if run.epoch == 0:  # a run is resumable from its first step on (engine/resume.py)
+        _save(run, ["last.pt"])
+    stale = run.epoch - run.best_epoch if run.history else 0  # epochs since the best one (resumed runs)
     for epoch in range(run.epoch, cfg.epochs):
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run, epoch)
-        val = evaluate(run.model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) if run.val_loader else None
+        val = distributed.evaluate(run.model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) \
+            if run.val_loader else None
         run.epoch = epoch + 1
         row = {"epoch": run.epoch, "train_loss": stats["train_loss"], "val_loss": val["loss"] if val else "",
                "val_top1": val["top1"] if val else "", "val_top5": val["top5"] if val else "", "lr": lr,
@@ -221,17 +248,27 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
             run.best_top1, run.best_epoch, stale = (val["top1"] if val else -1.0), run.epoch, 0
         else:
             stale += 1
-        payload = run.checkpoint()
-        save_checkpoint(payload, run.run_dir / "last.pt")
-        if improved:
-            save_checkpoint(payload, run.run_dir / "best.pt")
-        _log_epoch(run, row)
+        _save(run, ["last.pt", "best.pt"] if improved else ["last.pt"])  # val is the same on every rank
+        if run.world.rank == 0:
+            _log_epoch(run, row)
         for cb in run.callbacks:
             cb.on_epoch_end(run, row, val)
         if cfg.patience is not None and stale >= cfg.patience:
-            print(f"early stop: no better validation top-1 for {cfg.patience} epoch(s); best was epoch {run.best_epoch}")
+            if run.world.rank == 0:
+                print(f"early stop: no better validation top-1 for {cfg.patience} epoch(s); "
+                      f"best was epoch {run.best_epoch}")
             break
     return _finish(run, plain_ce)
+
+
+def _save(run: Run, names: list[str]) -> None:
+    """Rank 0 writes the checkpoint(s); under torchrun it also holds every rank's augmentation RNG state."""
+    rank_rng = distributed.gather_rank_rng(run)  # a collective: every rank calls it
+    if run.world.rank == 0:
+        payload = run.checkpoint()
+        payload["resume"] |= rank_rng
+        for name in names:
+            save_checkpoint(payload, run.run_dir / name)
 
 
 def _announce(run: Run) -> None:
@@ -240,20 +277,34 @@ def _announce(run: Run) -> None:
         (f" / {len(d.test):,} test" if d.test else "")
     print(f"tudui {__version__}: {run.cfg.model} ({count_parameters(run.model):,} params) on {', '.join(run.cfg.data)}: "
           f"{sizes}, {s.num_classes} classes, {s.channels}x{s.img_size}x{s.img_size}, "
-          f"{'in memory' if d.in_memory else 'from files'}, device {run.device} -> {run.run_dir}", flush=True)
+          f"{'in memory' if d.in_memory else 'from files'}, device {run.device}{_world_note(run)} -> {run.run_dir}",
+          flush=True)
+
+
+def _world_note(run: Run) -> str:
+    """', 2 processes x batch 256 = global batch 512' under torchrun (--batch-size is per process)."""
+    w = run.world
+    return f", {w.size} processes x batch {run.cfg.batch_size} = global batch {w.size * run.cfg.batch_size}" \
+        if w.enabled else ""
 
 
 def _finish(run: Run, criterion: nn.Module) -> RunResult:
     """Reload the best weights and report them on validation and test data."""
     best = run.run_dir / "best.pt"
-    state = torch.load(best, map_location=run.device, weights_only=True)["model"]
-    run.model.load_state_dict(state)
-    args = dict(device=run.device, workers=run.cfg.workers, bad_images=run.cfg.bad_images)
-    val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
+    if run.world.rank == 0:  # the file is on rank 0's machine; the weights go to the others
+        state = torch.load(best, map_location=run.device, weights_only=True)["model"]
+        run.model.load_state_dict(state)
+    distributed.broadcast_module(run.model)
+    args = dict(device=run.device, workers=run.cfg.workers, bad_images=run.cfg.bad_images, rank=run.world.rank,
+                world_size=run.world.size)
+    val = distributed.evaluate(run.model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
     test = None
     if run.data.test is not None:
         test_loader = make_loader(run.data.test, run.spec, max(run.cfg.batch_size, 512), False, **args)
-        test = evaluate(run.model, test_loader, run.spec, run.device, criterion)
+        test = distributed.evaluate(run.model, test_loader, run.spec, run.device, criterion)
+    result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec)
+    if run.world.rank != 0:
+        return result
     summary = {"best_epoch": run.best_epoch, "val": val, "test": test}
     (run.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
     parts = [f"best epoch {run.best_epoch}"]
@@ -262,7 +313,6 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
     if test:
         parts.append(f"test top1 {test['top1']:.2%} top5 {test['top5']:.2%} loss {test['loss']:.4f}")
     print("done: " + ", ".join(parts) + f"; weights: {best}", flush=True)
-    result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec)
     for cb in run.callbacks:
         cb.on_fit_end(run, result)
     return result

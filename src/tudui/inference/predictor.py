@@ -9,7 +9,6 @@ import torch
 
 from ..data import DataSpec, decode_image, normalize
 from ..data.images import BadImage, is_image_file
-from ..engine.checkpoint import build_from_checkpoint, load_checkpoint
 from ..engine.device import select_device
 from ..errors import TuduiError
 
@@ -49,16 +48,29 @@ def expand_paths(paths: list[str]) -> list[str]:
 class Predictor:
     """A model plus its DataSpec: `Predictor.from_checkpoint("runs/exp/best.pt").predict(["cat.png"])`."""
 
-    def __init__(self, model: torch.nn.Module, spec: DataSpec, device: torch.device | str = "cpu") -> None:
+    def __init__(self, model: torch.nn.Module, spec: DataSpec, device: torch.device | str = "cpu",
+                 source: str | None = None, format: str = "module", meta: dict | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.spec = spec
+        self.source = source  # the file the model came from, when it came from one
+        self.format = format  # "checkpoint", "onnx", "torchscript", "safetensors" or "module"
+        self.meta = meta or {}  # export metadata: arch, training, tudui_version
+
+    @classmethod
+    def from_path(cls, path: str | Path, device: str = "auto") -> "Predictor":
+        """A checkpoint (.pt or run directory), .onnx, .torchscript or .safetensors (+ sidecar JSON)."""
+        from .backends import load_model, suffix_format
+
+        # onnxruntime runs on the CPU here; the others go where --device says.
+        dev = torch.device("cpu") if suffix_format(path) == "onnx" else select_device(device)
+        loaded = load_model(path, dev)
+        return cls(loaded.model, loaded.spec, dev, loaded.path, loaded.format, loaded.meta)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
-        dev = select_device(device)
-        model, spec = build_from_checkpoint(load_checkpoint(path, map_location="cpu"))
-        return cls(model, spec, dev)
+        """Same as `from_path` (kept for the name used in examples)."""
+        return cls.from_path(path, device)
 
     @property
     def classes(self) -> list[str]:

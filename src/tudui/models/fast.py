@@ -1,4 +1,11 @@
-"""tudui's default network: a small BatchNorm CNN chosen for accuracy per CPU-second."""
+"""tudui's default network: a small BatchNorm CNN chosen for accuracy per CPU-second.
+
+Chosen by a sweep on Fashion-MNIST on a 2-core CPU (hyperparameters picked on a
+held-out 10% of the training set): three stages of Conv3x3 -> MaxPool -> BN -> ReLU
+(pooling before BN/ReLU runs them on a quarter of the pixels), widths 16-32-128,
+then a 3x3 average pool and one Linear. ~2.8 M multiply-adds per 28x28 image,
+53 k parameters at 10 classes.
+"""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -6,19 +13,17 @@ import torch.nn as nn
 from .registry import register_model
 
 
-def conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+def stage(c_in: int, c_out: int) -> list[nn.Module]:
+    """(B, c_in, H, W) -> (B, c_out, H//2, W//2)."""
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(c_out),
+            nn.ReLU(inplace=True)]
 
 
 @register_model("fast", min_size=8, default_size=28,
-                description="tudui's default: 4 conv-BN-ReLU blocks with early pooling, global pool, Linear")
-def fast(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, width: int = 32) -> nn.Module:
-    w = width
-    return nn.Sequential(
-        *conv_bn(in_channels, w), nn.MaxPool2d(2),  # 28 -> 14
-        *conv_bn(w, 2 * w), nn.MaxPool2d(2),  # 14 -> 7
-        *conv_bn(2 * w, 4 * w),
-        *conv_bn(4 * w, 4 * w), nn.MaxPool2d(2),  # 7 -> 3
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(),
-        nn.Linear(4 * w, num_classes),
-    )
+                description="tudui's default: 3x(Conv3x3-MaxPool-BN-ReLU) 16-32-128, 3x3 avg pool, Linear")
+def fast(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, widths: tuple = (16, 32, 128)) -> nn.Module:
+    layers, c = [], in_channels
+    for w in widths:  # 28 -> 14 -> 7 -> 3
+        layers += stage(c, w)
+        c = w
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(3), nn.Flatten(), nn.Linear(c * 9, num_classes))

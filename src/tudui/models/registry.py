@@ -7,6 +7,8 @@ registry tests to know it.
 """
 from __future__ import annotations
 
+import inspect
+
 import difflib
 from dataclasses import dataclass
 from typing import Callable
@@ -64,7 +66,17 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: in
     if img_size < info.min_size:
         raise TuduiError(f"model {name} needs inputs of at least {info.min_size}x{info.min_size} pixels, got "
                          f"{img_size}x{img_size}; pass --img-size {info.min_size} (or larger)")
-    return info.builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **kwargs)
+    weights = None
+    if "weights" in kwargs and "weights" not in inspect.signature(info.builder).parameters:
+        weights = kwargs.pop("weights")  # builders without their own weights handling: load the file here
+    model = info.builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **kwargs)
+    if weights:
+        from .zoo import load_weights, read_state_dict
+
+        if weights.upper() == "DEFAULT":
+            raise TuduiError(f"model {name} has no pretrained weights to download; pass --weights FILE")
+        load_weights(model, read_state_dict(weights), weights)
+    return model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -26,6 +26,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
+                self.last = time.perf_counter()
                 self.bar.set_postfix(postfix, refresh=False)
             return
         now = time.perf_counter()
@@ -38,7 +39,8 @@ class Progress:
         """Whether a display is coming (so callers sync device values only then)."""
         if not self.enabled:
             return False
-        return self.bar is not None or time.perf_counter() - self.last >= self.interval
+        # A terminal bar refreshes its numbers ~4 times a second; logs get a line every `interval` s.
+        return time.perf_counter() - self.last >= (0.25 if self.bar is not None else self.interval)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -1,0 +1,204 @@
+"""`tudui data check PATH...`: find what would hurt training before a night is spent on it.
+
+Each PATH is a dataset folder (with train/ val/ test/ split folders, or one split in
+any layout folders.py reads) or a CSV of path,label. Reported:
+  errors   (exit status 1): zero-byte, truncated/corrupt and non-image files with image
+           extensions; the same image in train and in val/test (test data leaking into
+           training); the same image under two labels; layout problems (e.g. a label file missing)
+  warnings: other files in class folders (training ignores them), duplicates within a split,
+           unusual colour modes, very small or very elongated images, strong class imbalance
+Duplicates are exact: a BLAKE2b hash of the decoded pixels (mode, size, bytes), so the
+same picture saved twice, or as PNG and BMP, is found; lossy re-encodings are not.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..errors import TuduiError
+from .folders import VAL_NAMES, is_label_file_layout, read_layout
+from .images import BadImage, is_image_file, open_image
+
+USUAL_MODES = {"L", "RGB"}
+MIN_SIDE = 8  # pixels; smaller images carry almost nothing once resized
+MAX_ASPECT = 4.0  # longer side / shorter side; more is distorted by the square resize
+IMBALANCE_WARN = 10.0  # largest class / smallest class
+
+
+@dataclass
+class Issue:
+    severity: str  # "error" or "warning"
+    kind: str  # zero-byte, corrupt, not-an-image, other-file, duplicate, leak, conflicting-labels, mode, size, ...
+    path: str
+    detail: str
+
+
+@dataclass
+class SplitReport:
+    name: str
+    root: str
+    images: int = 0
+    classes: dict[str, int] = field(default_factory=dict)  # class -> readable images
+    imbalance: float | None = None  # largest class / smallest class
+    sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> count (most common first)
+    modes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CheckReport:
+    splits: list[SplitReport] = field(default_factory=list)
+    issues: list[Issue] = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Issue]:
+        return [i for i in self.issues if i.severity == "warning"]
+
+    def to_dict(self) -> dict:
+        return {"splits": [asdict(s) for s in self.splits], "issues": [asdict(i) for i in self.issues],
+                "errors": len(self.errors), "warnings": len(self.warnings)}
+
+
+def _split_folders(path: Path) -> list[tuple[str, Path]]:
+    if path.is_dir() and (path / "train").is_dir():
+        out = [("train", path / "train")]
+        out += [(n, path / n) for n in VAL_NAMES if (path / n).is_dir()][:1]
+        out += [("test", path / "test")] if (path / "test").is_dir() else []
+        return out
+    return [(path.name or str(path), path)]
+
+
+def _inspect(path: str) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
+    """(pixel hash, (w, h), mode, problem) for one file; problem is 'kind: detail' or None."""
+    try:
+        if os.path.getsize(path) == 0:
+            return None, None, None, "zero-byte: the file is empty (0 bytes)"
+        img = open_image(path)
+        digest = hashlib.blake2b(f"{img.mode}{img.size}".encode(), digest_size=16)
+        digest.update(img.tobytes())
+        return digest.hexdigest(), img.size, img.mode, None
+    except BadImage as e:
+        kind = "not-an-image" if "not an image" in e.reason else \
+            "too-large" if ("limit" in e.reason or "bomb" in e.reason) else "corrupt"
+        return None, None, None, f"{kind}: {e.reason}"
+    except OSError as e:
+        return None, None, None, f"unreadable: {e.strerror or e}"
+
+
+def _other_files(root: Path, listed: set[str]) -> list[str]:
+    """Files under a folder layout that training never reads (not images, or not in any class folder)."""
+    if root.is_file():
+        return []
+    label_dirs = {d.name for d in root.iterdir() if d.is_dir() and d.name.endswith("_label")} \
+        if is_label_file_layout(root) else set()
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in label_dirs)
+        for f in sorted(filenames):
+            p = os.path.join(dirpath, f)
+            if not f.startswith(".") and p not in listed and not is_image_file(f):
+                out.append(p)
+    return out
+
+
+def check_data(paths: list[str]) -> CheckReport:
+    report = CheckReport()
+    seen: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # hash -> [(split, path, label)]
+    for entry in paths:
+        path = Path(entry).expanduser()
+        if not path.exists():
+            raise TuduiError(f"data check {entry}: no such file or folder")
+        for split_name, root in _split_folders(path):
+            try:
+                split = read_layout(root)
+            except TuduiError as e:
+                report.issues.append(Issue("error", "layout", str(root), str(e)))
+                continue
+            if split.paths is None:
+                continue
+            sr = SplitReport(split_name, str(root))
+            report.splits.append(sr)
+            listed = set(split.paths)
+            for p in _other_files(root, listed):
+                report.issues.append(Issue("warning", "other-file", p, "not an image file; training ignores it"))
+            with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
+                results = list(pool.map(_inspect, split.paths))
+            counts, sizes, modes = Counter(), Counter(), Counter()
+            for p, target, (digest, size, mode, problem) in zip(split.paths, split.targets, results):
+                label = split.classes[target]
+                if problem:
+                    kind, detail = problem.split(": ", 1)
+                    report.issues.append(Issue("error", kind, p, detail + "; training skips it (--bad-images skip)"))
+                    continue
+                counts[label] += 1
+                sizes[f"{size[0]}x{size[1]}"] += 1
+                modes[mode] += 1
+                seen[digest].append((split_name, p, label))
+                if mode not in USUAL_MODES:
+                    report.issues.append(Issue("warning", "mode", p, f"mode {mode} (converted to L or RGB when used)"))
+                if min(size) < MIN_SIDE or max(size) / max(1, min(size)) > MAX_ASPECT:
+                    report.issues.append(Issue("warning", "size", p, f"{size[0]}x{size[1]} pixels: very small or "
+                                               "elongated; it is resized to a square"))
+            sr.images = sum(counts.values())
+            sr.classes = {c: counts.get(c, 0) for c in split.classes}
+            present = [n for n in sr.classes.values() if n]
+            sr.imbalance = max(present) / min(present) if present else None
+            sr.sizes, sr.modes = dict(sizes.most_common()), dict(modes.most_common())
+            if sr.imbalance and sr.imbalance > IMBALANCE_WARN:
+                report.issues.append(Issue("warning", "imbalance", str(root), f"largest class has {sr.imbalance:.1f}x "
+                                           "the images of the smallest; consider --class-weights auto"))
+            empty = [c for c, n in sr.classes.items() if n == 0]
+            if empty:
+                report.issues.append(Issue("error", "empty-class", str(root), f"no readable images for {', '.join(empty)}"))
+    _duplicates(report, seen)
+    return report
+
+
+def _duplicates(report: CheckReport, seen: dict[str, list[tuple[str, str, str]]]) -> None:
+    for copies in seen.values():
+        if len(copies) < 2:
+            continue
+        first_split, first, first_label = copies[0]
+        for split_name, p, label in copies[1:]:
+            if label != first_label:
+                report.issues.append(Issue("error", "conflicting-labels", p,
+                                           f"same image as {first} but labelled {label} rather than {first_label}"))
+            elif split_name != first_split and "train" in (split_name, first_split):
+                report.issues.append(Issue("error", "leak", p, f"same image as {first} ({first_split}): "
+                                           f"{split_name} data leaks into training, inflating its scores"))
+            elif split_name != first_split:
+                report.issues.append(Issue("warning", "duplicate", p, f"same image as {first} ({first_split})"))
+            else:
+                report.issues.append(Issue("warning", "duplicate", p, f"same image as {first} in {split_name}"))
+
+
+def format_report(report: CheckReport) -> str:
+    from ..reporting.console import table
+
+    lines = []
+    for s in report.splits:
+        counts = s.classes
+        lo = min(counts, key=counts.get) if counts else "-"
+        hi = max(counts, key=counts.get) if counts else "-"
+        size = next(iter(s.sizes), "-")
+        lines.append(f"{s.name} ({s.root}): {s.images:,} readable images, {len(counts)} classes; "
+                     f"largest {hi} ({counts.get(hi, 0)}), smallest {lo} ({counts.get(lo, 0)}), imbalance ratio "
+                     f"{s.imbalance:.2f}" if s.imbalance else f"{s.name} ({s.root}): no readable images")
+        lines.append(f"  most common size {size} ({len(s.sizes)} distinct), modes "
+                     + ", ".join(f"{m} {n}" for m, n in s.modes.items()))
+        lines.append(table(["class", "images"], [[c, n] for c, n in counts.items()]))
+        lines.append("")
+    for title, items in (("errors", report.errors), ("warnings", report.warnings)):
+        if items:
+            lines.append(f"{title} ({len(items)}):")
+            lines.append(table(["kind", "file", "detail"], [[i.kind, i.path, i.detail] for i in items], "<<<"))
+            lines.append("")
+    lines.append(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""Exact resume: `tudui train --resume runs/exp3` continues a run at its next epoch.
+
+Design (exact by construction): a run is resumable only from an epoch boundary.
+`last.pt` is written atomically when training starts (epoch 0) and after every
+epoch, and holds everything the next epoch depends on: weights, optimizer,
+schedule, AMP scaler, best/early-stopping state, the metrics rows so far, and
+every random state (torch CPU and CUDA, numpy, Python `random`, the batch
+augmentation generator, and the file DataLoader's shuffling generator; the
+in-memory loader derives its shuffle from seed + epoch). A run killed in the
+middle of epoch k (SIGKILL, power loss, Ctrl-C) therefore redoes epoch k from its
+start and ends with bit-identical weights and metrics to an uninterrupted run on
+the same machine. An interrupted partial epoch is thrown away rather than saved,
+because restarting a loader mid-epoch exactly (shuffle position, worker seeds,
+partial loss sums) is not possible for every loader without touching the loop.
+
+The run's own `config.yaml` is the configuration on resume; only the options in
+RESUME_MAY_CHANGE may be given again (`--epochs` only upwards).
+"""
+from __future__ import annotations
+
+import csv
+import os
+import random
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig, load_yaml
+from ..errors import TuduiError
+from .checkpoint import load_checkpoint
+from .distributed import is_main
+
+# Options that may differ on resume: where things are on this machine, and how long to train.
+RESUME_MAY_CHANGE = ("epochs", "device", "workers", "data_root")
+
+
+class RunFinished(TuduiError):
+    """`--resume` on a run with nothing left to do (not an error: the CLI prints it and exits 0)."""
+
+
+def resume_paths(target: str | Path) -> tuple[Path, Path]:
+    """(run directory, last.pt) for `--resume runs/exp3` or `--resume runs/exp3/last.pt`."""
+    p = Path(target).expanduser()
+    if p.is_dir():
+        run_dir, ckpt = p, p / "last.pt"
+    elif p.is_file() or p.suffix == ".pt":
+        run_dir, ckpt = p.parent, p
+    else:
+        raise TuduiError(f"--resume {target}: no such run directory or checkpoint")
+    if not ckpt.is_file():
+        raise TuduiError(f"--resume {target}: {ckpt} not found; a run can be resumed once its training has started "
+                         "(it writes last.pt before the first step)")
+    return run_dir, ckpt
+
+
+def _finished_message(run_dir: Path, epoch: int, epochs: int, best_epoch: int, patience: int | None) -> str | None:
+    if epoch >= epochs:
+        return (f"run {run_dir} already finished its {epochs} epoch(s) (best epoch {best_epoch}); nothing to resume. "
+                f"To train longer: tudui train --resume {run_dir} --epochs {epochs + 5}")
+    if patience is not None and best_epoch > 0 and epoch - best_epoch >= patience:
+        return (f"run {run_dir} stopped early at epoch {epoch} (no better validation top-1 for {patience} epoch(s) "
+                f"after epoch {best_epoch}); nothing to resume")
+    return None
+
+
+def resume_config(values: dict[str, Any]) -> TrainConfig:
+    """The TrainConfig for `tudui train --resume X [flags]`: the run's config.yaml plus the flags allowed to change.
+
+    Raises RunFinished when the run has nothing left to do, TuduiError for flags that would change the run.
+    """
+    values = dict(values)
+    target = values.pop("resume")
+    if values.pop("_config", None):
+        raise TuduiError("--resume takes the configuration from the run's own config.yaml; drop --config")
+    run_dir, ckpt_path = resume_paths(target)
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise TuduiError(f"--resume {target}: {config_path} not found; resume needs the run directory tudui wrote")
+    stored = load_yaml(config_path)
+    for key in ("img_size", "channels", "mean", "std", "hflip"):  # resolved at the start: keep them exactly
+        if stored.get(key) is None:
+            raise TuduiError(f"{config_path} lacks the resolved `{key}`; it was not written by tudui train")
+    changed = sorted(k for k, v in values.items() if k not in RESUME_MAY_CHANGE and stored.get(k) != v)
+    if changed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in changed)
+        raise TuduiError(f"{flags} cannot change when resuming (the run continues with its own {config_path}); "
+                         f"only {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} may be given "
+                         "with --resume. To try other settings, start a new run with --config " + str(config_path))
+    ckpt = load_checkpoint(ckpt_path)
+    done, old_epochs = int(ckpt["epoch"]), int(stored["epochs"])
+    epochs = int(values.get("epochs", old_epochs))
+    if epochs < old_epochs:
+        raise TuduiError(f"--epochs {epochs} is fewer than the run's {old_epochs}; --epochs may only be raised "
+                         "when resuming")
+    trainer = ckpt.get("trainer", {})
+    msg = _finished_message(run_dir, done, epochs, int(trainer.get("best_epoch", 0)), stored.get("patience"))
+    if msg:
+        raise RunFinished(msg)
+    known = {f for f in TrainConfig.__dataclass_fields__}
+    merged = {k: v for k, v in stored.items() if k in known} | values
+    # The same directory, wherever the command is run from; never a new exp<N>.
+    merged |= {"project": str(run_dir.parent), "name": run_dir.name, "exist_ok": True, "resume": str(ckpt_path)}
+    return TrainConfig.from_dict(merged)
+
+
+# --- random states ------------------------------------------------------------------------------------------------
+# torch.load(weights_only=True) accepts tensors and plain Python values only, so numpy's and Python's states are
+# stored as tensors and lists rather than as the tuples of objects their get_state() functions return.
+
+def _loader_generator(loader) -> torch.Generator | None:
+    return getattr(loader, "generator", None) if isinstance(loader, torch.utils.data.DataLoader) else None
+
+
+def capture_rng(run) -> dict[str, Any]:
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    loader_gen = _loader_generator(run.train_loader)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
+        "numpy": {"name": np_name, "keys": torch.from_numpy(np_keys.astype(np.int64)), "pos": int(np_pos),
+                  "has_gauss": int(np_has_gauss), "gauss": float(np_gauss)},
+        "python": {"version": py_version, "state": list(py_state), "gauss": py_gauss},
+        "augment": run.aug_generator.get_state(),
+        "loader": loader_gen.get_state() if loader_gen is not None else None,
+    }
+
+
+def restore_rng(state: dict[str, Any], run) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    run.aug_generator.set_state(state["augment"])
+    loader_gen = _loader_generator(run.train_loader)
+    if loader_gen is not None and state["loader"] is not None:
+        loader_gen.set_state(state["loader"])
+
+
+def resume_state(run) -> dict[str, Any]:
+    """What `Run.checkpoint()` stores beyond weights/optimizer/schedule so the next epoch is exact."""
+    return {"rng": capture_rng(run), "history": list(run.history), "epochs": run.cfg.epochs}
+
+
+# --- restoring a run ----------------------------------------------------------------------------------------------
+
+def restore_run(run, csv_fields: list[str]) -> None:
+    """Load `run.cfg.resume` (a last.pt) into a freshly set-up Run and rewrite results.csv to its rows."""
+    path = Path(run.cfg.resume)
+    ckpt = load_checkpoint(path, map_location=run.device)
+    state = ckpt.get("resume")
+    if state is None:
+        raise TuduiError(f"{path} has no resume state (it was written by an older tudui or is a best.pt copy); "
+                         "use it as initial weights with --weights instead")
+    if ckpt["data"]["classes"] != run.spec.classes:
+        raise TuduiError(f"the data's classes no longer match {path} ({len(run.spec.classes)} now, "
+                         f"{len(ckpt['data']['classes'])} then); resume with the same --data")
+    model = getattr(run.model, "module", run.model)  # DDP-wrapped or not: weights are saved unwrapped
+    model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
+    run.best_top1 = float(ckpt["trainer"]["best_top1"])
+    run.best_epoch = int(ckpt["trainer"]["best_epoch"])
+    run.history = list(state["history"])
+    msg = _finished_message(run.run_dir, run.epoch, run.cfg.epochs, run.best_epoch, run.cfg.patience)
+    if msg:
+        raise RunFinished(msg)
+    if int(state["epochs"]) == run.cfg.epochs:
+        run.scheduler.load_state_dict(ckpt["scheduler"])
+    else:
+        # --epochs was raised: the new schedule (built for the new length) continues from the step reached.
+        # A one-cycle schedule is stretched, so its learning rate jumps to where the longer cycle would be.
+        run.scheduler.last_epoch = run.step - 1
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+            warnings.simplefilter("ignore", UserWarning)
+            run.scheduler.step()
+        if is_main():
+            print(f"note: the learning-rate schedule now spans {run.cfg.epochs} epochs (was {state['epochs']}); "
+                  f"lr continues at {run.optimizer.param_groups[0]['lr']:.3g}", flush=True)
+    restore_rng(state["rng"], run)
+    if not is_main():  # under torchrun every rank restores its state; rank 0 alone writes and prints
+        return
+    write_results(run.run_dir / "results.csv", csv_fields, run.history)
+    for stale in run.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed while saving
+        stale.unlink(missing_ok=True)
+    print(f"resuming {run.run_dir} at epoch {run.epoch + 1}/{run.cfg.epochs} (step {run.step}) from {path}",
+          flush=True)
+
+
+def write_results(path: Path, fields: list[str], history: list[dict]) -> None:
+    """Rewrite results.csv with the checkpoint's rows (formatted as the trainer writes them), atomically.
+
+    Rows past the checkpoint (an epoch that was logged but whose last.pt was lost) are dropped, and a row the
+    trainer had no time to append is restored, so the table always matches the weights.
+    """
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    os.replace(tmp, path)

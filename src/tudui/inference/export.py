@@ -1,0 +1,211 @@
+"""`tudui export`: a checkpoint as ONNX, TorchScript or safetensors, proven to give the same answers.
+
+Each export is written to a temporary file next to its destination, reloaded the
+way a user would load it (onnxruntime, torch.jit.load, safetensors + sidecar),
+and compared with the PyTorch model on sample inputs; only when the largest
+logit difference is within tolerance and every argmax agrees is it renamed into
+place. A failed export leaves no file behind.
+
+ONNX uses PyTorch's TorchScript-based exporter (`dynamo=False`): the default
+torch.export-based exporter needs the extra `onnxscript` package, and for these
+plain feed-forward CNNs the older exporter gives the same graph with no new
+dependency. Its deprecation warning is silenced; the parity check is what
+guards correctness either way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..data import DataSpec, normalize
+from ..errors import TuduiError
+from .backends import INSTALL_EXPORT, SIDECAR_SUFFIX, TS_EXTRA_FILE, build_from_safetensors, export_metadata
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
+TOLERANCE = 1e-4  # largest |logit difference| accepted for fp32 (absolute)
+
+
+class ExportError(TuduiError):
+    """The exported model does not match the PyTorch model (nothing was written)."""
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    max_abs_diff: float  # largest |logit difference| between the export and PyTorch over the samples
+    argmax_agree: int  # samples whose predicted class is the same
+    n_samples: int
+    files: list[Path] = field(default_factory=list)  # every file written (weights + sidecar for safetensors)
+    opset: int | None = None
+
+
+def sample_inputs(spec: DataSpec, n: int = 8, seed: int = 0) -> torch.Tensor:
+    """(n, C, S, S) normalised float32 batch of image-like inputs, deterministic.
+
+    Smooth random shapes (low-resolution noise upsampled) plus pixel noise, as uint8
+    put through the model's own `normalize`: values in the range real images
+    give, rather than N(0, 1) noise that real data never produces. The first two
+    are all black and all white (the extremes of the input range).
+    """
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, spec.channels, 4, 4, generator=g) * 255  # (n, C, 4, 4) coarse structure
+    x = nn.functional.interpolate(low, size=(spec.img_size, spec.img_size), mode="bilinear", align_corners=False)
+    x = x + torch.randn(x.shape, generator=g) * 20  # texture: sigma 20 grey levels
+    x = x.clamp(0, 255).round().to(torch.uint8)
+    x[0], x[min(1, n - 1)] = 0, 255
+    return normalize(x, spec)
+
+
+def _compare(reference: torch.Tensor, got: torch.Tensor) -> tuple[float, int]:
+    """(max |diff|, number of rows with the same argmax) for two (N, K) logit tensors."""
+    got = got.float().cpu()
+    if got.shape != reference.shape:
+        raise ExportError(f"the exported model gives logits of shape {tuple(got.shape)}, PyTorch {tuple(reference.shape)}")
+    diff = float((got - reference).abs().max())
+    return diff, int((got.argmax(1) == reference.argmax(1)).sum())
+
+
+def _tmp_beside(path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an export is meant to be shared like any written file
+    return Path(tmp)
+
+
+# --- writers: (model, spec, meta, tmp path, options) -> opset or None ---------------------------------------------------
+def _write_onnx(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, dynamic_batch: bool,
+                opset: int | None) -> int:
+    try:
+        import onnx
+    except ImportError:
+        raise TuduiError(f"ONNX export needs onnx and onnxruntime: {INSTALL_EXPORT}") from None
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning and tracer warnings
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
+                              output_names=["logits"], dynamic_axes=axes, opset_version=opset,
+                              do_constant_folding=True)
+    except Exception as e:  # noqa: BLE001 - unsupported operators / opsets surface as various types
+        hint = ""
+        if "adaptive_avg_pool2d" in str(e):  # e.g. VGG below 224 px: AdaptiveAvgPool2d(7) over a 1x1 feature map
+            hint = ("; this exporter needs the adaptive pool's input to be a multiple of its output: train at a "
+                    "larger --img-size (224 for VGG), or use --format torchscript or safetensors")
+        raise TuduiError(f"ONNX export failed{f' at opset {opset}' if opset else ''}: "
+                         f"{str(e).splitlines()[0][:200]}{hint}") from None
+    proto = onnx.load(str(tmp))
+    for key, value in meta.items():  # string -> JSON string, readable by any ONNX runtime
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, json.dumps(value)
+    proto.producer_name = "tudui (torch.onnx)"
+    proto.doc_string = f"tudui image classifier: input (N, {meta['channels']}, {meta['img_size']}, " \
+                       f"{meta['img_size']}) float32 normalised with mean/std from metadata; output logits"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(tmp))
+    return next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, **_) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit's FutureWarning (deprecated for torch.export) and tracer notes
+        traced = torch.jit.trace(model, example, check_trace=False)  # our own check below is stricter
+        torch.jit.save(traced, str(tmp), _extra_files={TS_EXTRA_FILE: json.dumps(meta)})
+
+
+def _write_safetensors(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, **_) -> None:
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise TuduiError(f"safetensors export needs the safetensors package: {INSTALL_EXPORT}") from None
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(tmp), metadata={"format": "pt", "tudui": json.dumps(meta)})
+
+
+WRITERS: dict[str, Callable] = {"onnx": _write_onnx, "torchscript": _write_torchscript,
+                                "safetensors": _write_safetensors}
+
+
+def _reload(fmt: str, tmp: Path, meta: dict) -> nn.Module:
+    """The written file loaded back the way `tudui predict` will load it."""
+    if fmt == "safetensors":
+        return build_from_safetensors(tmp, meta)
+    # A temp name has no telling suffix: load through the format's own loader.
+    from . import backends
+    return {"onnx": backends._load_onnx, "torchscript": backends._load_torchscript}[fmt](tmp).model
+
+
+def default_output(checkpoint_path: Path, fmt: str) -> Path:
+    """runs/exp/best.pt -> runs/exp/best.onnx (or .torchscript, .safetensors)."""
+    return checkpoint_path.with_suffix(SUFFIX[fmt])
+
+
+def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None,
+                 dynamic_batch: bool = False, opset: int | None = None, *, n_samples: int = 8,
+                 tolerance: float = TOLERANCE, log: Callable[[str], None] | None = print) -> ExportResult:
+    """Export `checkpoint` (a tudui checkpoint or run directory) and prove parity; returns where and how close.
+
+    dynamic_batch: ONNX input/output batch dimension symbolic ("batch"); otherwise fixed at 1.
+    opset: ONNX opset version (default: the exporter's).
+    """
+    from ..engine.checkpoint import build_from_checkpoint, load_checkpoint
+
+    if format not in FORMATS:
+        raise TuduiError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    if format != "onnx" and (opset is not None or dynamic_batch):
+        raise TuduiError("--opset and --dynamic-batch apply to --format onnx only (TorchScript traces are "
+                         "batch-size independent here, safetensors holds weights only)")
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    source = Path(ckpt["path"])
+    model, spec = build_from_checkpoint(ckpt)
+    meta = export_metadata(ckpt)
+    out = Path(out).expanduser() if out else default_output(source, format)
+    if out.resolve() == source.resolve():
+        raise TuduiError(f"--out {out} is the checkpoint itself; choose another file name")
+    if out.is_dir():
+        out = out / default_output(source, format).name
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    x = sample_inputs(spec, n_samples)  # (n, C, S, S) normalised float32
+    with torch.no_grad():
+        reference = model(x).float()
+    example = x[:1]  # the traced/exported batch size (1 unless --dynamic-batch makes it symbolic)
+    sidecar = Path(str(out) + SIDECAR_SUFFIX)
+    tmps = [_tmp_beside(out)] + ([_tmp_beside(sidecar)] if format == "safetensors" else [])
+    try:
+        with torch.no_grad():
+            opset_used = WRITERS[format](model, example, meta, tmps[0], dynamic_batch=dynamic_batch, opset=opset)
+        reloaded = _reload(format, tmps[0], meta)
+        with torch.no_grad():
+            # A fixed-batch ONNX model is run one sample at a time by OnnxModule; the rest see the whole batch.
+            got = reloaded(x)
+        diff, agree = _compare(reference, got)
+        ok = diff <= tolerance and agree == len(x)
+        if log:
+            log(f"parity ({format} vs PyTorch, {len(x)} samples): max |logit diff| {diff:.3g} "
+                f"(tolerance {tolerance:g}), same argmax {agree}/{len(x)} -> {'ok' if ok else 'FAILED'}")
+        if not ok:
+            raise ExportError(f"parity check failed: max |logit diff| {diff:.3g} (tolerance {tolerance:g}), same "
+                              f"argmax {agree}/{len(x)}; nothing was written"
+                              + ("; try another --opset" if format == "onnx" else ""))
+        if format == "safetensors":
+            tmps[1].write_text(json.dumps(meta, indent=1) + "\n")
+            os.replace(tmps[1], sidecar)  # sidecar first: weights never appear without what they need
+        os.replace(tmps[0], out)
+    finally:
+        for t in tmps:
+            t.unlink(missing_ok=True)
+    files = [out] + ([sidecar] if format == "safetensors" else [])
+    return ExportResult(out, format, diff, agree, len(x), files, opset_used)

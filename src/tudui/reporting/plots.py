@@ -1,0 +1,265 @@
+"""Pictures of a run (PNG, matplotlib's Agg renderer): curves, confusion matrix, mistakes, a training batch.
+
+Figures are built with `matplotlib.figure.Figure` rather than pyplot, so no GUI
+backend or global figure state is involved (safe in a headless server or a thread).
+Each picture is written atomically: a temp file in the same folder, then a rename.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engine.callbacks import Callback
+
+
+def _figure(width_in: float, height_in: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width_in, height_in), layout="constrained")
+
+
+def _save(fig, path: str | Path, dpi: int = 100) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=dpi, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_results(path: str | Path) -> list[dict[str, float]]:
+    """results.csv -> rows of floats (empty cells, e.g. val_* without validation data, become NaN)."""
+    with open(path, newline="") as f:
+        return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(rows: list[dict], path: str | Path) -> Path:
+    """Loss (train, val), accuracy (val top-1, top-5) and learning rate against epoch, from results.csv rows."""
+    fig = _figure(13, 3.8)
+    ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
+    epoch = [r["epoch"] for r in rows]
+
+    def col(name: str) -> list[float]:
+        return [float(r.get(name, math.nan)) if r.get(name, "") != "" else math.nan for r in rows]
+
+    ax_loss.plot(epoch, col("train_loss"), "o-", label="train")
+    ax_loss.plot(epoch, col("val_loss"), "s-", label="val")
+    ax_loss.set(title="loss", xlabel="epoch")
+    ax_acc.plot(epoch, [100 * v for v in col("val_top1")], "o-", label="val top-1")
+    ax_acc.plot(epoch, [100 * v for v in col("val_top5")], "s-", label="val top-5")
+    ax_acc.set(title="accuracy (%)", xlabel="epoch")
+    ax_lr.plot(epoch, col("lr"), "o-")
+    ax_lr.set(title="learning rate (at epoch start)", xlabel="epoch")
+    for ax in (ax_loss, ax_acc):
+        ax.legend()
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion, classes: list[str], path: str | Path, title: str = "") -> np.ndarray:
+    """Confusion matrix normalised by row (rows: true class, so the diagonal is each class's recall).
+
+    Returns the (K, K) matrix the figure drew (row fractions in [0, 1]; rows with no samples are 0).
+    The figure grows with K and labels shrink, so 100 classes stay legible; cells carry numbers up to 20 classes.
+    """
+    cm = np.asarray(confusion, dtype=np.float64)
+    k = len(classes)
+    rows = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
+    side = min(40.0, max(6.0, 0.18 * k + 3))  # inches; 100 classes -> 21 in
+    font = 9 if k <= 20 else max(4.0, 9 - k / 20)
+    fig = _figure(side + 1.2, side)
+    ax = fig.subplots()
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    ax.set_xticks(range(k), labels=classes, rotation=90, fontsize=font)
+    ax.set_yticks(range(k), labels=classes, fontsize=font)
+    ax.set(xlabel="predicted", ylabel="true")
+    n = int(cm.sum())
+    acc = np.trace(cm) / max(n, 1)
+    ax.set_title(f"{title + ': ' if title else ''}{n:,} images, top-1 {acc:.2%} (rows sum to 1)")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if cm[i, j]:
+                    ax.text(j, i, f"{norm[i, j]:.2f}".lstrip("0") if norm[i, j] < 1 else "1", ha="center",
+                            va="center", fontsize=font - 1, color="white" if norm[i, j] > 0.5 else "black")
+    _save(fig, path)
+    return np.asarray(im.get_array())
+
+
+def _image_grid(images: np.ndarray, titles: list[str], path: str | Path, suptitle: str, cols: int = 8) -> Path:
+    """images: (N, H, W, C) uint8 or float in [0, 1]; one (possibly two-line) title per image.
+
+    One montage drawn by a single imshow, with each title in a blank band above its image: a subplot per
+    image would cost about ten times as much to render.
+    """
+    n, h, w, _ = images.shape
+    cols = min(cols, n)
+    rows = math.ceil(n / cols)
+    band, gap = max(2, round(0.45 * h)), max(1, w // 10)  # title band and gap between images, in image pixels
+    cell_h, cell_w = h + band, w + gap
+    canvas = np.ones((rows * cell_h, cols * cell_w - gap, 3))  # white, float RGB in [0, 1]
+    imgs = images.astype(np.float64) / 255.0 if images.dtype == np.uint8 else images.astype(np.float64)
+    if imgs.shape[-1] == 1:
+        imgs = np.repeat(imgs, 3, axis=-1)
+    fig_w = 1.5 * cols
+    fig = _figure(fig_w, fig_w * canvas.shape[0] / canvas.shape[1] + 0.4)
+    ax = fig.subplots()
+    ax.axis("off")
+    for i, (img, title) in enumerate(zip(imgs, titles)):
+        r, c = divmod(i, cols)
+        y0, x0 = r * cell_h + band, c * cell_w
+        canvas[y0:y0 + h, x0:x0 + w] = img
+        ax.text(x0 + w / 2, y0 - 0.5, title, ha="center", va="bottom", fontsize=7)
+    ax.imshow(canvas, interpolation="nearest")
+    fig.suptitle(suptitle)
+    return _save(fig, path)
+
+
+def plot_batch(images: torch.Tensor, labels, classes: list[str], path: str | Path,
+               title: str = "first training batch (augmented)", limit: int = 32) -> Path:
+    """images: (B, C, H, W) float in [0, 1] (de-normalised) or uint8; labels: (B,) class indices."""
+    x = images[:limit].detach().cpu().permute(0, 2, 3, 1).numpy()
+    return _image_grid(x, [classes[int(i)] for i in labels[:limit]], path, title)
+
+
+def confident_mistakes(batches, k: int = 16) -> list[tuple[float, np.ndarray, int, int]]:
+    """The k most confident wrong predictions from `iter_predictions` batches, most confident first.
+
+    Returns [(probability of the predicted class, (H, W, C) uint8 image, true, predicted)]. Keeps only the current
+    best k images in memory, so it works on a validation set of any size.
+    """
+    best: list[tuple[float, np.ndarray, int, int]] = []
+    for x, probs, y in batches:
+        conf, pred = probs.max(dim=1)
+        wrong = (pred != y).nonzero().flatten()
+        if len(wrong) == 0:
+            continue
+        top = wrong[conf[wrong].argsort(descending=True)[:k]]
+        imgs = x[top].permute(0, 2, 3, 1).cpu().numpy()
+        best += [(float(conf[i]), img, int(y[i]), int(pred[i])) for i, img in zip(top, imgs)]
+        best = sorted(best, key=lambda t: -t[0])[:k]
+    return best
+
+
+def plot_mistakes(mistakes: list[tuple[float, np.ndarray, int, int]], classes: list[str], path: str | Path,
+                  title: str = "most confidently wrong") -> Path:
+    titles = [f"true {classes[t]}\npred {classes[p]} {c:.0%}" for c, _, t, p in mistakes]
+    return _image_grid(np.stack([m[1] for m in mistakes]), titles, path, title, cols=4)
+
+
+class PlotsCallback(Callback):
+    """Writes the run's pictures at the end of fit and lists them on the console.
+
+    curves.png (from results.csv), confusion_matrix.png (+ .csv of the counts it was drawn from; best weights on
+    val, else test), mistakes.png (most confidently wrong of that split), train_batch.png (first augmented batch).
+    """
+
+    def __init__(self) -> None:
+        self.batch: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.files: list[Path] = []
+
+    def on_train_batch(self, run, step, x, y, loss) -> None:
+        if self.batch is None:  # keep a small CPU copy; drawn at the end with everything else
+            from ..data import denormalize
+
+            self.batch = denormalize(x[:32].detach().float(), run.spec).cpu(), y[:32].cpu()
+
+    def _draw(self, what: str, fn, *args):
+        try:
+            return fn(*args)
+        except Exception as e:  # a picture must never cost the run: the checkpoints are already written
+            print(f"warning: could not draw {what}: {type(e).__name__}: {e}", file=sys.stderr)
+            return None
+
+    def on_fit_end(self, run, result) -> None:
+        d, classes = run.run_dir, run.spec.classes
+        if self._draw("training curves", plot_curves, read_results(d / "results.csv"), d / "curves.png"):
+            self.files.append(d / "curves.png")
+        split, summary = ("val", result.val) if result.val else ("test", result.test)
+        if summary is not None:
+            drawn = self._draw("the confusion matrix", plot_confusion, summary["confusion"], classes,
+                               d / "confusion_matrix.png", f"best weights on {split}")
+            if drawn is not None:
+                self.files.append(d / "confusion_matrix.png")
+                write_confusion_csv(summary["confusion"], classes, d / "confusion_matrix.csv")
+            loader = run.val_loader if split == "val" else None
+            if loader is None and run.data.test is not None:
+                from ..data import make_loader
+
+                loader = make_loader(run.data.test, run.spec, max(run.cfg.batch_size, 512), False, run.device,
+                                     workers=run.cfg.workers, bad_images=run.cfg.bad_images)
+            if loader is not None:
+                self._mistakes(run, loader, split)
+        if self.batch is not None and self._draw("the training batch", plot_batch, *self.batch, classes,
+                                                 d / "train_batch.png"):
+            self.files.append(d / "train_batch.png")
+        if self.files:
+            print("pictures: " + ", ".join(str(f) for f in self.files), flush=True)
+
+    def _mistakes(self, run, loader, split: str) -> None:
+        from ..engine.evaluate import iter_predictions
+
+        mistakes = confident_mistakes(iter_predictions(run.model, loader, run.spec, run.device, run.cfg.amp))
+        size = getattr(getattr(run, "world", None), "size", 1)  # under torchrun rank 0 sees its shard only
+        title = f"most confidently wrong on {split}" + (f" (rank 0's 1/{size} share)" if size > 1 else "")
+        if mistakes and self._draw("the mistakes", plot_mistakes, mistakes, run.spec.classes,
+                                   run.run_dir / "mistakes.png", title):
+            self.files.append(run.run_dir / "mistakes.png")
+
+
+def write_confusion_csv(confusion, classes: list[str], path: str | Path) -> Path:
+    """Counts, rows = true class, columns = predicted, with a header row and column of class names."""
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["true\\predicted"] + list(classes))
+        for c, row in zip(classes, confusion):
+            w.writerow([c] + [int(v) for v in row])
+    return path
+
+
+def read_confusion_csv(path: str | Path) -> tuple[list[str], list[list[int]]]:
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    return rows[0][1:], [[int(v) for v in r[1:]] for r in rows[1:]]
+
+
+def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> Path:
+    """class, precision, recall, f1, support (one row per class) from a metrics.summarize result."""
+    pc = metrics["per_class"]
+    path = Path(path)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["class", "precision", "recall", "f1", "support"])
+        for row in zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"]):
+            w.writerow([row[0]] + [f"{v:.6g}" for v in row[1:4]] + [row[4]])
+    return path
+
+
+def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
+    """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`.
+
+    Named after the split so they sit beside a run's own confusion_matrix.png without replacing it.
+    """
+    out, split, classes = Path(out_dir), result["split"], result["classes"]
+    out.mkdir(parents=True, exist_ok=True)
+    png = out / f"eval_{split}_confusion_matrix.png"
+    plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
+    return [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),
+            write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]

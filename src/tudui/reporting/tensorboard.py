@@ -1,0 +1,106 @@
+"""TensorBoard event files in the run directory, through torch.utils.tensorboard.
+
+Tags (x axis in brackets):
+  step/train_loss                      training loss of one batch, every --log-every steps [optimisation step]
+  epoch/train_loss, epoch/val_loss     mean losses of the epoch [epoch]
+  epoch/val_top1, epoch/val_top5       validation accuracy in [0, 1] [epoch]
+  epoch/lr                             learning rate at the start of the epoch [epoch]
+  train/first_batch (image)            the first augmented training batch, de-normalised
+  graph                                the model (traced once on a zero input)
+  hparams                              the resolved config with the final metrics (hparam/...)
+"""
+from __future__ import annotations
+
+import math
+import sys
+import warnings
+
+import torch
+
+from ..engine.callbacks import Callback
+
+
+def _hparam_value(v):
+    """TensorBoard's hparams take bool, int, float or str only."""
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    return "" if v is None else str(v)
+
+
+class TensorBoardCallback(Callback):
+    def __init__(self, log_every: int = 50, max_images: int = 64) -> None:
+        self.log_every = max(1, int(log_every))
+        self.max_images = max_images
+        self.writer = None
+        self.logged_batch = False
+
+    def on_fit_start(self, run) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # A resumed run redoes its interrupted epoch from step run.step: TensorBoard drops the step/* points the
+        # killed process logged after that (epoch/* points use epochs 1..k <= run.step, so they are kept).
+        self.writer = SummaryWriter(log_dir=str(run.run_dir), purge_step=run.step + 1 if run.step else None)
+        self._add_graph(run)
+
+    def _add_graph(self, run) -> None:
+        s = run.spec
+        x = torch.zeros(1, s.channels, s.img_size, s.img_size, device=run.device)
+        was_training = run.model.training
+        try:
+            with warnings.catch_warnings():  # tracing warns about data-dependent control flow; the graph is a picture
+                warnings.simplefilter("ignore")
+                self.writer.add_graph(run.model, x)
+        except Exception as e:  # some architectures cannot be traced; the rest of the logging still works
+            print(f"warning: TensorBoard graph skipped ({type(e).__name__}: {str(e).splitlines()[0][:200]})",
+                  file=sys.stderr)
+        finally:
+            run.model.train(was_training)
+
+    def on_train_batch(self, run, step, x, y, loss) -> None:
+        if self.writer is None:
+            return
+        if not self.logged_batch:
+            from ..data import denormalize
+
+            self.writer.add_images("train/first_batch", denormalize(x[: self.max_images].detach().float(), run.spec),
+                                   step, dataformats="NCHW")
+            self.logged_batch = True
+        if step % self.log_every == 0:  # .item() syncs the device, so only every log_every steps
+            self.writer.add_scalar("step/train_loss", loss.item(), step)
+
+    def on_epoch_end(self, run, row, val) -> None:
+        if self.writer is None:
+            return
+        e = row["epoch"]
+        for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr"):
+            if row.get(key, "") != "":
+                self.writer.add_scalar(f"epoch/{key}", float(row[key]), e)
+        self.writer.flush()  # a crash later loses nothing already logged
+
+    def on_fit_end(self, run, result) -> None:
+        if self.writer is None:
+            return
+        metrics = {"hparam/best_epoch": float(run.best_epoch)}
+        for split, summary in (("val", result.val), ("test", result.test)):
+            if summary:
+                for k in ("top1", "top5", "loss", "macro_f1"):
+                    if k in summary and math.isfinite(summary[k]):
+                        metrics[f"hparam/{split}_{k}"] = float(summary[k])
+        hparams = {k: _hparam_value(v) for k, v in run.cfg.to_dict().items()}
+        hparams |= {"img_size": run.spec.img_size, "channels": run.spec.channels}
+        self._add_hparams(hparams, metrics, run.epoch)
+        self.writer.flush()
+        self.writer.close()
+        self.writer = None
+
+    def _add_hparams(self, hparams: dict, metrics: dict, step: int) -> None:
+        # SummaryWriter.add_hparams writes into a new timestamped sub-folder (a separate "run" in TensorBoard);
+        # writing the same three summaries into this run's own file keeps everything of a run in one place.
+        from torch.utils.tensorboard.summary import hparams as hparams_summary
+
+        exp, ssi, sei = hparams_summary(hparams, metrics)
+        fw = self.writer._get_file_writer()
+        for summary in (exp, ssi, sei):
+            fw.add_summary(summary)
+        for k, v in metrics.items():
+            self.writer.add_scalar(k, v, step)

@@ -1,0 +1,81 @@
+"""`tudui data check` on a folder with corrupt, zero-byte, non-image and duplicate files; training skips them."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from tudui.cli import main as tudui_main
+from tudui.data.check import check_data
+from tudui.engine.trainer import fit
+from tudui.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def dirty(tmp_path_factory, fmnist):
+    """Real Fashion-MNIST folders (6 train / 2 val images per class) plus every kind of bad file."""
+    from tests.conftest import write_class_folders
+
+    train_split, test_split = fmnist
+    root = tmp_path_factory.mktemp("dirty")
+    write_class_folders(root / "train", train_split, 6, "png")
+    write_class_folders(root / "val", test_split, 2, "png")
+    classes = sorted(p.name for p in (root / "train").iterdir())
+    a, b, c = (root / "train" / n for n in classes[:3])
+    good = sorted(a.glob("*.png"))[0]
+    (a / "truncated.png").write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    (a / "empty.png").write_bytes(b"")
+    (b / "fake.jpg").write_text("this is not a JPEG")
+    (b / "notes.txt").write_text("collected by hand")
+    shutil.copy(good, a / "again.png")  # duplicate within the split, same label
+    shutil.copy(good, c / "mislabelled.png")  # the same image under another label
+    val_img = sorted((root / "val" / a.name).glob("*.png"))[0]
+    shutil.copy(val_img, a / "from_val.png")  # a validation image leaking into training
+    return root
+
+
+def kinds(report) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for i in report.issues:
+        out.setdefault(i.kind, set()).add(i.path.rsplit("/", 1)[-1])
+    return out
+
+
+def test_data_check_reports_each_problem(dirty):
+    report = check_data([str(dirty)])
+    k = kinds(report)
+    assert k["corrupt"] == {"truncated.png"}
+    assert k["zero-byte"] == {"empty.png"}
+    assert k["not-an-image"] == {"fake.jpg"}
+    assert k["other-file"] == {"notes.txt"}
+    assert "again.png" in k["duplicate"] or "again.png" in {p.rsplit("/", 1)[-1] for p in k["duplicate"]}
+    assert "mislabelled.png" in k["conflicting-labels"]
+    assert any(n.endswith(".png") for n in k["leak"])
+    errors = {i.kind for i in report.errors}
+    assert {"corrupt", "zero-byte", "not-an-image", "leak", "conflicting-labels"} <= errors
+    assert "other-file" not in errors and "duplicate" not in errors
+    train = next(s for s in report.splits if s.name == "train")
+    assert len(train.classes) == 10 and train.modes == {"L": train.images}
+    assert train.imbalance == pytest.approx(max(train.classes.values()) / min(train.classes.values()))
+
+
+def test_data_check_cli_exit_status_and_json(dirty, tmp_path, capsys):
+    assert tudui_main(["data", "check", str(dirty)]) == 1
+    out = capsys.readouterr().out
+    assert "truncated.png" in out and "imbalance ratio" in out and "error(s)" in out
+    assert tudui_main(["data", "check", str(dirty / "val"), "--json"]) == 0  # the val folder alone is clean
+    assert json.loads(capsys.readouterr().out)["errors"] == 0
+
+
+def test_training_skips_bad_files_with_one_warning(dirty, tmp_path, capsys):
+    cfg = TrainConfig(data=[str(dirty)], model="mnist-cnn", epochs=1, batch_size=32, device="cpu",
+                      project=str(tmp_path), name="dirty")
+    result = fit(cfg)
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 1, err
+    assert all(n in warnings[0] for n in ("truncated.png", "empty.png", "fake.jpg"))
+    assert len(result.history) == 1
+    with pytest.raises(Exception, match="unreadable image"):
+        fit(TrainConfig(**(cfg.to_dict() | {"bad_images": "error", "name": "strict"})))

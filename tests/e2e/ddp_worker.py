@@ -1,0 +1,61 @@
+"""Started by torchrun from test_ddp.py: `tudui train ARGS` on this rank, plus a record of what the rank did.
+
+    python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE OUT_DIR TRAIN_ARGS...
+
+MODE `train` writes OUT_DIR/rank<R>.json: the training indices of each epoch, a hash of the parameters
+at the end of training (before the best weights are reloaded), and the evaluation summaries the rank
+returned. MODE `fail` makes rank 1 fail with a TuduiError while loading its data.
+The hooks wrap tudui's own functions from outside, so the product carries no test-only code.
+"""
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+from tudui import cli
+from tudui.engine import trainer
+from tudui.errors import TuduiError
+
+mode, out, train_args = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
+rank = int(os.environ["RANK"])
+record: dict = {"rank": rank, "world_size": int(os.environ["WORLD_SIZE"]), "indices": []}
+
+if mode == "fail" and rank == 1:
+    def broken_data(*args, **kwargs):
+        raise TuduiError("the data on rank 1 is unreadable")
+
+    trainer.build_data = broken_data
+
+real_setup, real_finish = trainer.setup, trainer._finish
+
+
+def setup(cfg, callbacks=None):
+    run = real_setup(cfg, callbacks)
+    loader, real_set_epoch = run.train_loader, run.train_loader.set_epoch
+
+    def set_epoch(epoch):  # the trainer calls this at the start of every epoch
+        real_set_epoch(epoch)
+        record["indices"].append(loader._indices()[: len(loader) * loader.batch_size].tolist())
+
+    loader.set_epoch = set_epoch
+    record["ddp"] = run.ddp is not None
+    return run
+
+
+def finish(run, criterion):
+    h = hashlib.sha256()
+    for name, p in run.model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().numpy().tobytes())
+    record["param_sha256"] = h.hexdigest()
+    result = real_finish(run, criterion)
+    record.update(val=result.val, test=result.test, run_dir=str(result.run_dir))
+    return result
+
+
+trainer.setup, trainer._finish = setup, finish
+rc = cli.main(["train", *train_args])
+out.mkdir(parents=True, exist_ok=True)
+(out / f"rank{rank}.json").write_text(json.dumps(record))
+sys.exit(rc)

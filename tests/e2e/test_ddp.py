@@ -1,0 +1,101 @@
+"""Two CPU processes (gloo) under torchrun, on small real data: what DDP training must guarantee."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, write_class_folders
+
+WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+def torchrun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """torchrun with 2 processes; --standalone picks a free rendezvous port, so parallel runs do not clash."""
+    env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, capsys):
+    from tudui import cli
+    from tudui.data.export import export_images
+    from tudui.engine.checkpoint import load_checkpoint
+    from tudui.engine.evaluator import evaluate_checkpoint
+
+    r = torchrun(str(WORKER), "train", str(tmp_path / "ranks"), "--data", "digits", "--model", "mnist-cnn",
+                 "--epochs", "2", "--batch-size", "64", "--lr", "0.05", "--project", str(tmp_path / "runs"),
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "2 processes x batch 64 = global batch 128" in r.stdout
+    ranks = [json.loads((tmp_path / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert all(rk["ddp"] and rk["world_size"] == 2 for rk in ranks)
+
+    # Each epoch: the two shards are disjoint, equally long, and reshuffled between epochs.
+    assert len(ranks[0]["indices"]) == len(ranks[1]["indices"]) == 2
+    for e in range(2):
+        a, b = set(ranks[0]["indices"][e]), set(ranks[1]["indices"][e])
+        assert len(a) == len(b) == 640 and not a & b  # 1,295 train images -> 647 per rank -> 10 batches of 64
+    assert ranks[0]["indices"][0] != ranks[0]["indices"][1]
+
+    # Gradients were averaged: both ranks ended training with the same weights though they saw different data.
+    assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
+
+    # Only rank 0 wrote, into one run directory that both ranks agree on.
+    runs = list((tmp_path / "runs").iterdir())
+    assert [p.name for p in runs] == ["exp"] and {rk["run_dir"] for rk in ranks} == {str(runs[0])}
+    assert len((runs[0] / "results.csv").read_text().splitlines()) == 3  # header + 2 epochs
+
+    # Checkpoints hold the unwrapped module's weights; the distributed evaluation equals a single-process one.
+    ckpt = load_checkpoint(runs[0] / "best.pt")
+    assert not any(k.startswith("module.") for k in ckpt["model"])
+    for split in ("test", "val"):  # test: 359 images (odd), memory-resident; val: the seeded hold-out
+        single = evaluate_checkpoint(str(runs[0] / "best.pt"), "digits", split, device="cpu")
+        for rk in ranks:
+            dist_eval = rk[split]
+            assert dist_eval["n"] == single["n"]
+            assert dist_eval["confusion"] == single["confusion"]
+            assert dist_eval["top1"] == pytest.approx(single["top1"])
+            assert dist_eval["loss"] == pytest.approx(single["loss"], rel=1e-4)
+    assert ranks[0]["test"]["n"] == 359
+
+    # The DDP checkpoint is usable by `tudui predict` as it is.
+    files = export_images("digits", tmp_path / "samples", "test", 6, "png", None, 0)
+    assert cli.main(["predict", str(runs[0] / "best.pt"), str(tmp_path / "samples"), "--json", "--device", "cpu"]) == 0
+    preds = json.loads(capsys.readouterr().out)
+    assert len(preds) == len(files) and all(p["error"] is None for p in preds)
+    assert all(p["predictions"][0]["class"] in ckpt["data"]["classes"] for p in preds)
+
+
+def test_nproc_relaunches_under_torchrun_and_counts_each_file_once(tmp_path, fmnist, cli):
+    """`tudui train --nproc 2` on files (DistributedSampler path) with an odd validation set."""
+    from tudui.engine.evaluator import evaluate_checkpoint
+
+    train, test = fmnist
+    root = tmp_path / "data"
+    write_class_folders(root / "train", train, 20)
+    write_class_folders(root / "val", test, 15)
+    next((root / "val").rglob("*.png")).unlink()  # 149 images: one rank gets 75, the other 74
+    r = cli("train", "--nproc", "2", "--data", str(root), "--memory", "off", "--model", "mnist-cnn", "--epochs", "1",
+            "--batch-size", "32", "--project", str(tmp_path / "runs"), "--name", "files", "--device", "cpu",
+            cwd=tmp_path, timeout=240, env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "from files" in r.stdout and "global batch 64" in r.stdout
+    run = tmp_path / "runs" / "files"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["n"] == 149  # no sample padded in, none counted twice
+    single = evaluate_checkpoint(str(run / "best.pt"), [str(root)], "val", device="cpu")
+    assert metrics["val"]["confusion"] == single["confusion"]
+    assert "nproc: 2" in (run / "config.yaml").read_text()
+
+
+def test_a_failing_rank_ends_the_job_with_its_message(tmp_path):
+    r = torchrun(str(WORKER), "fail", str(tmp_path / "ranks"), "--data", "digits", "--model", "mnist-cnn",
+                 "--epochs", "1", "--project", str(tmp_path / "runs"), cwd=tmp_path, timeout=180)
+    assert r.returncode != 0
+    assert "error: rank 1: the data on rank 1 is unreadable" in r.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))

@@ -1,0 +1,59 @@
+"""A user's view: `tudui train` leaves event files and pictures; `tudui eval` draws the same confusion matrix;
+`tudui summary` explains the CIFAR-10 net; `tudui info` reports the environment."""
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tudui.reporting.plots import read_confusion_csv
+
+
+def _png_size(path):
+    with Image.open(path) as im:
+        im.load()
+        return im.size
+
+
+def test_train_pictures_and_eval_agree(tmp_path, cli):
+    r = cli("train", "--data", "digits", "--model", "mnist-cnn", "--epochs", "1", "--batch-size", "64",
+            "--subset", "400", "--project", tmp_path / "runs", "--name", "d", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = tmp_path / "runs" / "d"
+    pictures = ["curves.png", "confusion_matrix.png", "mistakes.png", "train_batch.png"]
+    listed = [line for line in r.stdout.splitlines() if line.startswith("pictures: ")]
+    assert listed and all(str(run / p) in listed[0] for p in pictures)
+    for p in pictures:
+        w, h = _png_size(run / p)
+        assert min(w, h) >= 200 and max(w, h) < 5000, (p, w, h)
+    assert list(run.glob("events.out.tfevents.*"))
+
+    out = tmp_path / "eval"
+    r = cli("eval", run / "best.pt", "--data", "digits", "--split", "val", "--json", "--out", out, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads(r.stdout)
+    # The run's picture was drawn from the best weights on the same held-out split that `tudui eval` re-creates.
+    classes, run_cm = read_confusion_csv(run / "confusion_matrix.csv")
+    eval_classes, eval_cm = read_confusion_csv(out / "eval_val_confusion_matrix.csv")
+    assert classes == eval_classes == metrics["classes"]
+    assert run_cm == eval_cm == metrics["confusion"]
+    assert np.trace(np.array(run_cm)) / np.sum(run_cm) == pytest.approx(metrics["top1"])
+    assert _png_size(out / "eval_val_confusion_matrix.png")[0] >= 400
+    per_class = (out / "eval_val_per_class.csv").read_text().splitlines()
+    assert per_class[0] == "class,precision,recall,f1,support" and len(per_class) == 11
+
+
+def test_summary_cli(cli):
+    r = cli("summary", "cifar-net", "--input", "3x32x32")
+    assert r.returncode == 0, r.stderr
+    assert "145,578" in r.stdout and "floor((32 + 2*2 - 1*(5-1) - 1)/1 + 1) = 32" in r.stdout
+    r = cli("summary", "cifar-net", "--input", "3x28x28", "--build-size", "32")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "expects 1024 input features but gets 576" in r.stderr and "3x32x32 fits" in r.stderr
+
+
+def test_info(cli):
+    r = cli("info", "--json")
+    assert r.returncode == 0, r.stderr
+    env = json.loads(r.stdout)
+    assert env["datasets"]["digits"] == "bundled with scikit-learn" and "torch" in env["versions"]

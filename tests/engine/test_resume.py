@@ -1,0 +1,142 @@
+"""Exact resume after SIGKILL, kill during a save, SIGTERM and the printed resume command, finished runs."""
+from __future__ import annotations
+
+import csv
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tudui.cli import main as tudui_main
+from tudui.engine.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parents[2]
+# Tiny and deterministic: 400 digits (8x8), the course's MNIST CNN, 7 steps per epoch, CPU only.
+TRAIN = ["train", "--data", "digits", "--model", "mnist-cnn", "--batch-size", "64", "--subset", "400",
+         "--device", "cpu", "--deterministic"]
+TIMING = ("epoch_time_s", "images_per_s")
+
+
+def popen_cli(*args, env: dict | None = None) -> subprocess.Popen:
+    full_env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
+    return subprocess.Popen([sys.executable, "-m", "tudui", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=full_env)
+
+
+def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            return
+        assert time.monotonic() < deadline, f"no line starting with {prefix!r}"
+    proc.wait()
+    pytest.fail(f"process ended (rc {proc.returncode}) before printing {prefix!r}: {proc.stderr.read()[-2000:]}")
+
+
+def metric_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "results.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in TIMING} for row in csv.DictReader(f)]
+
+
+@pytest.fixture(autouse=True)
+def _restore_determinism():
+    """--deterministic switches torch to deterministic algorithms process-wide; undo it for other tests."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+def cli_here(*args) -> int:
+    """The CLI's own function, in this process (a subprocess costs seconds of CPU just to import torch)."""
+    return tudui_main([str(a) for a in args])
+
+
+def test_sigkill_in_epoch_2_then_resume_is_bitwise_identical(tmp_path):
+    assert cli_here(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "full") == 0
+
+    # The same run, killed while epoch 2 trains. The slow-save hook (1 s before each rename) guarantees that
+    # epoch 2's checkpoint cannot land before the kill.
+    proc = popen_cli(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "killed",
+                     env={"TUDUI_TEST_SLOW_SAVE": "1"})
+    try:
+        wait_for_line(proc, "epoch 1/3")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    killed = tmp_path / "killed"
+    assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # killed during epoch 2, before its checkpoint
+    assert len(metric_rows(killed)) == 1
+
+    assert cli_here("train", "--resume", killed) == 0
+
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (tmp_path / "full", killed))
+    assert a["epoch"] == b["epoch"] == 3 and a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, st in a["optimizer"]["state"].items():  # SGD momentum buffers
+        assert torch.equal(st["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"])
+    assert metric_rows(tmp_path / "full") == metric_rows(killed)
+    assert [r["epoch"] for r in metric_rows(killed)] == ["1", "2", "3"]
+
+
+def test_kill_during_save_keeps_the_previous_last_pt(tmp_path):
+    proc = popen_cli(*TRAIN, "--epochs", "2", "--project", tmp_path, "--name", "k",
+                     env={"TUDUI_TEST_SLOW_SAVE": "3"})
+    run_dir, deadline = tmp_path / "k", time.monotonic() + 120
+    try:
+        # last.pt (epoch 0) exists once the first save is renamed; the next temp file is epoch 1's save in progress.
+        while not ((run_dir / "last.pt").is_file() and list(run_dir.glob(".last.pt.*.tmp"))):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    assert list(run_dir.glob(".last.pt.*.tmp"))  # the half-done save was never renamed over last.pt
+    ckpt = load_checkpoint(run_dir / "last.pt")
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+
+
+def test_sigterm_stops_prints_resume_command_that_works(tmp_path, capsys):
+    proc = popen_cli(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "t")
+    try:
+        wait_for_line(proc, "epoch 1/3")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, err
+    assert "SIGTERM" in err and "Resume with:" in err
+    command = err.split("Resume with:")[1].strip().splitlines()[0]
+    argv = shlex.split(command)
+    assert argv[:3] == ["tudui", "train", "--resume"]
+    epoch = load_checkpoint(tmp_path / "t" / "last.pt")["epoch"]
+    assert epoch in (1, 2)  # stopped after a step of epoch 2 (or right after its checkpoint)
+
+    assert cli_here(*argv[1:]) == 0
+    assert f"resuming {tmp_path / 't'} at epoch {epoch + 1}/3" in capsys.readouterr().out
+    assert [row["epoch"] for row in metric_rows(tmp_path / "t")] == ["1", "2", "3"]
+
+    assert cli_here(*argv[1:]) == 0  # a finished run says so instead of training again
+    out = capsys.readouterr().out
+    assert "already finished" in out and "epoch 1/" not in out
+
+
+def test_resume_rules(tmp_path, capsys):
+    """Only --epochs (raised) may change; raising it continues the run and stretches the schedule."""
+    assert cli_here(*TRAIN, "--epochs", "1", "--project", tmp_path, "--name", "r") == 0
+    run = tmp_path / "r"
+    assert cli_here("train", "--resume", run, "--lr", "0.5") == 2
+    assert "--lr cannot change when resuming" in capsys.readouterr().err
+    assert cli_here("train", "--resume", run, "--epochs", "2") == 0
+    out = capsys.readouterr().out
+    assert "schedule now spans 2 epochs" in out and "epoch 2/2" in out
+    assert [row["epoch"] for row in metric_rows(run)] == ["1", "2"]
+    assert cli_here("train", "--resume", tmp_path / "nothing") == 2
+    assert "no such run directory" in capsys.readouterr().err

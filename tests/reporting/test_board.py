@@ -1,0 +1,47 @@
+"""tudui board: TensorBoard really serves the run directories on loopback, and stops."""
+import json
+import urllib.request
+
+import pytest
+
+from tudui.errors import TuduiError
+from tudui.reporting.board import logdir_args, start_board, stop_board
+
+
+def _write_events(run_dir, value):
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(run_dir)) as w:
+        w.add_scalar("epoch/val_top1", value, 1)
+
+
+def test_board_serves_two_runs_and_stops(tmp_path):
+    a, b = tmp_path / "runs" / "exp", tmp_path / "other" / "exp"
+    _write_events(a, 0.5)
+    _write_events(b, 0.7)
+    proc, url = start_board([str(a), str(b)], wait_s=60)
+    try:
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url + "data/runs", timeout=20) as r:
+            runs = json.loads(r.read())
+        # Both runs of the same name stay visible ("/." : the event files sit in the run folder itself).
+        assert sorted(runs) == ["exp/.", "exp_2/."]
+        with urllib.request.urlopen(url + "data/plugin/scalars/tags", timeout=20) as r:
+            assert "epoch/val_top1" in json.loads(r.read())["exp/."]
+    finally:
+        stop_board(proc)
+    assert proc.poll() is not None
+
+
+def test_board_errors(tmp_path):
+    with pytest.raises(TuduiError, match="not a folder"):
+        logdir_args([str(tmp_path / "missing")])
+    assert logdir_args([str(tmp_path)]) == ["--logdir", str(tmp_path.resolve())]
+    # A port that is already taken: TensorBoard exits, and its own reason is reported.
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        with pytest.raises(TuduiError, match="TensorBoard could not start"):
+            start_board([str(tmp_path)], port=s.getsockname()[1], wait_s=60)

@@ -8,7 +8,7 @@
 Both produce the same thing, (B, 1, 28, 28) float32 batches and (B,) labels, from real Fashion-MNIST training
 images. Each pass over the data is timed; the first is a warm-up (worker start-up, caches) and not counted.
 
-    .venv/bin/python benchmarks/data_path.py [--quick] [--repeats 3] [--batch-size 256]
+    .venv/bin/python benchmarks/data_path.py [--quick] [--repeats 5] [--batch-size 256]
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def measure(fn, passes: int, device: torch.device) -> list[float]:
 
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
-    p.add_argument("--repeats", type=int, default=3, help="timed passes over the data per path, after a warm-up [3]")
+    p.add_argument("--repeats", type=int, default=5, help="timed passes over the data per path, after a warm-up [5]")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch, both paths [256]")
     args = p.parse_args()
     repeats = 1 if args.quick else args.repeats

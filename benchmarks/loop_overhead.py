@@ -5,7 +5,8 @@ defaults on Fashion-MNIST): the default model, the training set already in memor
 tensor, the batch size, loss, optimizer, per-step schedule and per-batch augmentation + normalisation
 (`Run.prepare`). Only the loop around the step differs:
   - plain: a hand-written loop over a shuffled index (forward, backward, step, schedule);
-  - tudui: `engine.trainer.train_one_epoch` (progress display, loss bookkeeping, callbacks);
+  - tudui: `engine.trainer.train_one_epoch` (progress display, loss bookkeeping, and the callbacks `tudui train`
+    runs with: the finite-loss guard, TensorBoard and plots as configured by default);
   - lightning: `lightning.Trainer.fit` on a LightningModule with the same step (logger, checkpoints, progress bar
     and model summary off: its best case), when `lightning` is importable (a benchmark-only dependency).
 Each epoch is timed on its own; the first of each contestant is a warm-up and not counted. Plain and tudui
@@ -24,7 +25,9 @@ import torch
 
 from tudui import TrainConfig
 from tudui.engine.device import autocast
+from tudui.engine.guards import FiniteLossGuard
 from tudui.engine.trainer import Run, setup, train_one_epoch
+from tudui.reporting import default_callbacks
 
 TARGET_PLAIN, GOAL_LIGHTNING = 0.97, 1.0  # issue 4: tudui / plain >= 0.97; tudui / Lightning: goal >= 1.0
 
@@ -135,7 +138,13 @@ def main() -> None:
         cfg = TrainConfig(data=["fashion-mnist"], epochs=1 + repeats, project=project, exist_ok=True,
                           subset=C.QUICK_SUBSET if args.quick else None)
         runs = {name: setup(TrainConfig.from_dict(cfg.to_dict() | {"name": name}))
-                for name in ("plain", "tudui", "lightning")}
+                for name in ("plain", "lightning")}
+        # tudui trains with the callbacks `tudui train` gives it (as engine.trainer.fit composes them): the loss
+        # guard and, by default, TensorBoard and plots; their per-step work is part of what is measured.
+        runs["tudui"] = setup(TrainConfig.from_dict(cfg.to_dict() | {"name": "tudui"}),
+                              [FiniteLossGuard(), *default_callbacks(cfg)])
+        for cb in runs["tudui"].callbacks:
+            cb.on_fit_start(runs["tudui"])
         tudui_run = runs["tudui"]
         n_img = (len(tudui_run.train_loader.targets) // cfg.batch_size) * cfg.batch_size  # images per epoch, all loops
         print(f"model {cfg.model}, {n_img:,} images per epoch in batches of {cfg.batch_size} "

@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.tudui-installed
 DEMO_EPOCHS ?=
 
-.PHONY: install data demo test bench clean
+.PHONY: install data demo test test-all bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,7 +45,11 @@ demo: data
 	$(TUDUI) data export fashion-mnist --split test --limit 12 --out samples/fashion-mnist
 	$(TUDUI) predict runs/demo/best.pt samples/fashion-mnist --topk 3
 
+# The CI suite; the big-model ONNX parity checks are marked slow and run with `make test-all`.
 test: data
+	$(PY) -m pytest -q -m "not slow"
+
+test-all: data
 	$(PY) -m pytest -q
 
 # Full benchmark runs (benchmarks/README.md; tens of minutes on a 2-core CPU: run on a quiet machine).

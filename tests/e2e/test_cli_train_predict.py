@@ -44,7 +44,6 @@ def test_label_file_layout(cli, fmnist, tmp_path):
     assert json.loads(r.stdout)["top1"] >= 0.75  # trousers vs sneakers is an easy pair
 
 
-@pytest.mark.slow
 def test_fashion_mnist_subset_reaches_80_percent_then_predicts_pngs(cli, fmnist, tmp_path):
     r = _ok(cli("train", "--data", "fashion-mnist", "--subset", "12000", "--epochs", "3", "--project", tmp_path,
                 "--name", "fm"))

@@ -78,8 +78,11 @@ class Predictor:
 
     def preprocess(self, sources: list) -> torch.Tensor:
         """Paths, bytes or PIL images -> (B, C, H, W) float, normalised (raises BadImage)."""
-        arrs = np.stack([decode_image(s, self.spec.channels, self.spec.img_size) for s in sources])
-        return normalize(torch.from_numpy(arrs).permute(0, 3, 1, 2).to(self.device), self.spec)
+        return self._batch([decode_image(s, self.spec.channels, self.spec.img_size) for s in sources])
+
+    def _batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """(H, W, C) uint8 arrays -> (B, C, H, W) normalised float on the predictor's device."""
+        return normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device), self.spec)
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,9 +103,7 @@ class Predictor:
                 except BadImage as e:
                     preds[i].error = e.reason
             if arrays:
-                x = normalize(torch.from_numpy(np.stack(list(arrays.values()))).permute(0, 3, 1, 2).to(self.device),
-                              self.spec)
-                values, idx = self.probabilities(x).topk(k, dim=1)
+                values, idx = self.probabilities(self._batch(list(arrays.values()))).topk(k, dim=1)
                 for row, i in enumerate(arrays):
                     preds[i].topk = [(self.classes[c], float(v)) for v, c in zip(values[row].tolist(), idx[row].tolist())]
             results.extend(preds)

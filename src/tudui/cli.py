@@ -79,6 +79,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+TTA_HELP = ("flip test-time augmentation: average each image with its mirror (--no-tta: off) "
+            "[default: as the model was trained, see `tudui train --tta`]")
+
+
 # --- eval --------------------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.evaluator import evaluate_checkpoint
@@ -86,13 +90,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .reporting.plots import write_eval_reports
 
     r = evaluate_checkpoint(args.checkpoint, args.data, args.split, data_root=args.data_root,
-                            batch_size=args.batch_size, device=args.device, workers=args.workers)
+                            batch_size=args.batch_size, device=args.device, workers=args.workers, tta=args.tta)
     files = write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
     if args.json:
         print(json.dumps(r, indent=1))
         print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
         return 0
-    print(f"{r['checkpoint']} on {', '.join(args.data)} [{args.split}]: {r['n']:,} images")
+    print(f"{r['checkpoint']} on {', '.join(args.data)} [{args.split}]: {r['n']:,} images"
+          + (" (flip TTA)" if r["tta"] else ""))
     print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}\n")
     print(per_class_table(r["classes"], r) + "\n")
     print(confusion_table(r["classes"], r["confusion"]))
@@ -110,6 +115,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
     p.add_argument("--out", default=None, metavar="DIR", help="where the confusion-matrix PNG/CSV and per-class CSV "
                    "go [default: the checkpoint's folder]")
 
@@ -120,7 +126,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .reporting.console import table
 
     files = expand_paths(args.sources)
-    predictor = Predictor.from_path(args.checkpoint, device=args.device)
+    predictor = Predictor.from_path(args.checkpoint, device=args.device, tta=args.tta)
     preds = predictor.predict(files, topk=args.topk, batch_size=args.batch_size)
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=1))
@@ -142,6 +148,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
 
 
 # --- export / serve ----------------------------------------------------------------------------------------------------
@@ -167,7 +174,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .inference.server import serve
 
     serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
-          device=args.device)
+          device=args.device, tta=args.tta)
     return 0
 
 
@@ -179,6 +186,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB [default: 10]")
     p.add_argument("--topk", type=int, default=5, help="classes returned per image (?topk=N overrides) [default: 5]")
     p.add_argument("--device", default="auto")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
 
 
 # --- models ------------------------------------------------------------------------------------------------------------

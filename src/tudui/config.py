@@ -24,11 +24,20 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+# Named recipes: each gives values to the options the user did not set (`--preset best --epochs 30` trains 30
+# epochs with the rest of `best`). Measured in benchmarks/README.md.
+PRESETS: dict[str, dict[str, Any]] = {
+    "best": {"model": "fast-wide", "epochs": 18},
+}
+
+
 @dataclass
 class TrainConfig:
     # --- data ---------------------------------------------------------------
     data: list = _f([], "dataset name (fashion-mnist, mnist, cifar10, cifar100, digits), "
                         "a folder, or a CSV of path,label; several are concatenated", nargs="+")
+    preset: str | None = _f(None, "a tuned recipe that sets every option not given explicitly: best (slower, more "
+                                  "accurate; see benchmarks/README.md)", choices=list(PRESETS))
     data_root: str | None = _f(None, "where named datasets are looked for first (then $TUDUI_DATA, then system folders)")
     download: bool = _f(False, "download a named dataset with torchvision when it is not found")
     img_size: int | None = _f(None, "square input size in pixels (default: the dataset's own size)")
@@ -39,6 +48,8 @@ class TrainConfig:
     augment: str = _f("flip", "training augmentation: flip (horizontal), crop-flip (random crop with zero padding "
                               "of 1/8 of the side + flip), crop, none", choices=["flip", "crop-flip", "crop", "none"])
     hflip: bool | None = _f(None, "allow horizontal flips (default: off for digit datasets, on otherwise)")
+    tta: bool = _f(True, "test-time augmentation: validate, test and predict on each image and its horizontal mirror, "
+                         "averaging the logits (only where flips keep the label; saved with the model)")
     batch_size: int = _f(128, "images per optimisation step (per process under torchrun)")
     workers: int = _f(0, "DataLoader worker processes for datasets read from disk")
     memory: str = _f("auto", "hold the decoded dataset in memory as uint8 and augment whole batches: auto, on, off",
@@ -70,6 +81,8 @@ class TrainConfig:
     # --- hardware -----------------------------------------------------------
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     amp: bool = _f(False, "mixed precision (fp16 on CUDA, bf16 on CPU)")
+    channels_last: bool = _f(True, "keep weights and activations channels-last (NHWC): faster convolutions on CPU "
+                                   "(oneDNN) and on CUDA tensor cores")
     seed: int = _f(0, "random seed for weights, split, shuffling and augmentation")
     deterministic: bool = _f(False, "use deterministic algorithms (slower on GPU)")
     nproc: int = _f(1, "processes on this machine: N > 1 re-runs this command under torchrun (DDP; one per GPU, "
@@ -95,10 +108,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config from explicit `values`; a `preset` fills in the options they do not mention."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise TuduiError(f"unknown config key(s): {', '.join(unknown)}; see `tudui train --help` for the valid ones")
+        preset = values.get("preset")
+        if preset is not None:
+            if preset not in PRESETS:
+                raise TuduiError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+            values = PRESETS[preset] | values
         return cls(**values)
 
 

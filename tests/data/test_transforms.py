@@ -1,10 +1,12 @@
 """Batched augmentation and normalisation match torchvision's per-image semantics."""
+import dataclasses
+
 import numpy as np
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from tudui.data import DataSpec, augment_batch, eval_transforms, normalize
+from tudui.data import DataSpec, augment_batch, eval_transforms, model_logits, normalize
 
 
 def test_normalize_matches_totensor_normalize():
@@ -44,3 +46,26 @@ def test_flip_and_identity():
     flipped = [torch.equal(y[i], x[i].flip(2)) for i in range(64)]
     same = [torch.equal(y[i], x[i]) for i in range(64)]
     assert all(f or s for f, s in zip(flipped, same)) and 10 < sum(flipped) < 54
+
+
+def test_flip_tta_averages_each_image_with_its_mirror():
+    spec = DataSpec(classes=["a", "b"], img_size=4, channels=1, mean=[0.0], std=[1.0], hflip=True, tta=True)
+    calls = []
+
+    def model(x):  # "logits": the first two pixels of the top row
+        calls.append(len(x))
+        return x[:, 0, 0, :2].clone()
+
+    x = torch.arange(2 * 16, dtype=torch.float32).view(2, 1, 4, 4)
+    mirrored = x[:, 0, 0, [3, 2]]  # the first two pixels of the mirrored top row
+    assert torch.equal(model_logits(model, x, spec), (x[:, 0, 0, :2] + mirrored) / 2)
+    assert calls == [2, 2]
+    for off in (dataclasses.replace(spec, tta=False), dataclasses.replace(spec, hflip=False)):
+        assert torch.equal(model_logits(model, x, off), x[:, 0, 0, :2])  # one plain pass
+
+
+def test_spec_round_trip_keeps_tta_and_old_specs_load():
+    spec = DataSpec(classes=["a"], img_size=4, channels=1, mean=[0.5], std=[0.5], tta=True)
+    assert DataSpec.from_dict(spec.to_dict()) == spec
+    old = {k: v for k, v in spec.to_dict().items() if k != "tta"}  # written before flip TTA existed
+    assert DataSpec.from_dict(old).tta is False

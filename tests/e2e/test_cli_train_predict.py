@@ -21,6 +21,12 @@ def test_class_folders_train_eval_predict(cli, fmnist_folders, tmp_path):
     r = _ok(cli("eval", run / "best.pt", "--data", fmnist_folders, "--split", "val", "--json"))
     metrics = json.loads(r.stdout)
     assert metrics["n"] == 200 and metrics["top1"] > 0.3  # 4 short epochs on 600 images; chance is 0.1
+    # Evaluated as in training (flip TTA is saved with the model): the same figure the run reported.
+    run_val = json.loads((run / "metrics.json").read_text())["val"]
+    assert metrics["tta"] is True and metrics["top1"] == pytest.approx(run_val["top1"])
+    plain = json.loads(_ok(cli("eval", run / "best.pt", "--data", fmnist_folders, "--split", "val", "--json",
+                               "--no-tta")).stdout)
+    assert plain["tta"] is False and plain["n"] == 200
     r = _ok(cli("eval", run, "--data", fmnist_folders, "--split", "val"))
     assert "precision" in r.stdout and "rows: true class" in r.stdout
     r = _ok(cli("predict", run / "best.pt", fmnist_folders / "val" / "Bag", "--topk", "3", "--json"))

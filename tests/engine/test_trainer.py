@@ -70,3 +70,17 @@ def test_user_mistakes_are_tudui_errors(tmp_path):
         tudui.train(data="digits", epoch=3, project=str(tmp_path))
     with pytest.raises(TuduiError, match="--img-size"):
         tudui.train(data="digits", model="vgg16", epochs=1, project=str(tmp_path))
+
+
+def test_channels_last_trains_like_the_standard_layout(tmp_path):
+    from tudui.engine.trainer import setup, train_one_epoch
+
+    losses = {}
+    for cl in (True, False):
+        run = setup(tudui.TrainConfig(data=["digits"], epochs=1, batch_size=64, channels_last=cl, plots=False,
+                                      tensorboard=False, project=str(tmp_path), name=f"cl{cl}"))
+        weight = run.model[4].weight  # (32, 16, 3, 3): the second conv
+        assert weight.is_contiguous(memory_format=torch.channels_last) is cl
+        losses[cl] = train_one_epoch(run, 0)["train_loss"]
+        assert all(v.is_contiguous() for v in run.checkpoint()["model"].values())  # saved in the standard layout
+    assert losses[True] == pytest.approx(losses[False], rel=1e-3)  # same maths, other kernels

@@ -13,12 +13,13 @@ from .images import decode_image, gray_mode, peek_image
 from .memory import MemoryLoader, decode_split, file_loader, to_tensor
 from .sources import NAMED, load_named
 from .split import Split, concat_splits, stratified_split
-from .transforms import DataSpec, augment_batch, augment_options, denormalize, eval_transforms, normalize, train_transforms
+from .transforms import DataSpec, augment_batch, augment_options, denormalize, eval_transforms, model_logits, normalize, \
+    train_transforms
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 __all__ = ["DataBundle", "DataSpec", "Split", "build_data", "load_splits", "make_loader", "normalize", "denormalize",
-           "augment_batch", "augment_options", "eval_transforms", "train_transforms", "decode_image", "IMAGENET_MEAN",
+           "model_logits", "augment_batch", "augment_options", "eval_transforms", "train_transforms", "decode_image", "IMAGENET_MEAN",
            "IMAGENET_STD"]
 
 
@@ -130,7 +131,8 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None)
         mean, std = _measure_mean_std(train, channels, size)
     names = [d.lower() for d in cfg.data]
     hflip = cfg.hflip if cfg.hflip is not None else all(NAMED[n].hflip for n in names if n in NAMED)
-    spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=mean, std=std, hflip=hflip)
+    spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=mean, std=std, hflip=hflip,
+                    tta=bool(cfg.tta and hflip))
     return DataBundle(spec, train, val, test, in_memory)
 
 

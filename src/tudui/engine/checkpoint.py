@@ -5,7 +5,7 @@ with `torch.load(weights_only=True)` so a file from a stranger cannot run code:
   format, format_version   identify a tudui checkpoint
   model                    state_dict (saved from the unwrapped module: no `module.` prefix)
   arch                     {name, num_classes, in_channels, img_size, kwargs} for create_model
-  data                     DataSpec: classes, img_size, channels, mean, std, hflip
+  data                     DataSpec: classes, img_size, channels, mean, std, hflip, tta
   epoch                    epochs completed
   optimizer, scheduler, scaler, trainer   state to resume training exactly
   metrics, config, versions

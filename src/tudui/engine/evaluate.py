@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..data import DataSpec, normalize
+from ..data import DataSpec, model_logits, normalize
 from .device import autocast
 from .metrics import add_counts, batch_counts, summarize
 
@@ -18,7 +18,7 @@ def evaluate_counts(model: torch.nn.Module, loader, spec: DataSpec, device: torc
         x = normalize(x.to(device, non_blocking=True), spec)
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):
-            logits = model(x)
+            logits = model_logits(model, x, spec)  # flip TTA when spec.tta
         logits = logits.float()
         counts = batch_counts(logits, y, spec.num_classes)
         if criterion is not None:
@@ -45,5 +45,5 @@ def iter_predictions(model: torch.nn.Module, loader, spec: DataSpec, device: tor
     for x, y in loader:
         x = x.to(device, non_blocking=True)
         with autocast(device, amp):
-            logits = model(normalize(x, spec))
+            logits = model_logits(model, normalize(x, spec), spec)
         yield x, logits.float().softmax(dim=1), y.to(device, non_blocking=True)

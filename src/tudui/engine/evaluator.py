@@ -23,19 +23,21 @@ def _align(split, classes: list[str]):
 
 
 def evaluate_checkpoint(checkpoint: str, data: list[str] | str, split: str = "test", *, data_root: str | None = None,
-                        batch_size: int = 512, device: str = "auto", workers: int = 0) -> dict:
+                        batch_size: int = 512, device: str = "auto", workers: int = 0, tta: bool | None = None) -> dict:
     """Loss, top-1/top-5, per-class precision/recall/F1 and confusion matrix of `checkpoint` on `split`.
 
     split='val' re-creates the training run's hold-out (same --val-split and --seed) when the data has no val folder.
+    tta: flip test-time augmentation on/off; None keeps the model's own setting.
     """
     import torch.nn as nn
 
     from ..inference.backends import load_model, suffix_format
+    from ..inference.predictor import with_tta
 
     # Any model file tudui writes (checkpoint, .onnx, .torchscript, .safetensors); ONNX runs on the CPU.
     dev = select_device("cpu" if suffix_format(checkpoint) == "onnx" else device)
     loaded = load_model(checkpoint, "cpu")
-    model, spec, cfg = loaded.model, loaded.spec, loaded.meta.get("training", {})
+    model, spec, cfg = loaded.model, with_tta(loaded.spec, tta), loaded.meta.get("training", {})
     data = [data] if isinstance(data, str) else list(data)
     train, val, test = load_splits(data, data_root, False, cfg.get("val_split", 0.1), cfg.get("seed", 0))
     chosen = {"train": train, "val": val, "test": test}.get(split)
@@ -51,4 +53,5 @@ def evaluate_checkpoint(checkpoint: str, data: list[str] | str, split: str = "te
     result["classes"] = spec.classes
     result["split"] = split
     result["checkpoint"] = loaded.path
+    result["tta"] = bool(spec.tta and spec.hflip)
     return result

@@ -24,7 +24,7 @@ from ..reporting.console import Progress
 from .callbacks import Callback
 from . import distributed
 from .checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
-from .device import autocast, make_scaler, seed_everything
+from .device import autocast, make_scaler, reuse_freed_memory, seed_everything
 from .guards import FiniteLossGuard
 from .optim import create_loss, create_optimizer, create_scheduler
 from .resume import restore_run, resume_state
@@ -78,12 +78,14 @@ class Run:
         if train:
             pad, flip = augment_options(self.cfg.augment, self.spec)
             x = augment_batch(x, pad, flip, self.aug_generator)
-        return normalize(x, self.spec)
+        x = normalize(x, self.spec)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def checkpoint(self) -> dict:
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
-            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            # contiguous: channels-last weights are saved in the standard layout every reader expects
+            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
             "arch": self.arch, "data": self.spec.to_dict(), "epoch": self.epoch, "step": self.step,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -129,6 +131,8 @@ def _check_forward(model: nn.Module, spec: DataSpec, name: str, device: torch.de
 
 def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
     device, world = distributed.select_device(cfg.device), distributed.world()
+    if device.type == "cpu":
+        reuse_freed_memory()  # activations come from the heap, not fresh pages, every step
     seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: same initial weights
     info = get_model_info(cfg.model)  # fail fast on a misspelt name, before loading data
     imagenet = (IMAGENET_MEAN, IMAGENET_STD) if cfg.weights and info.family == "torchvision" else None
@@ -138,6 +142,8 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
     model = create_model(cfg.model, spec.num_classes, spec.channels, spec.img_size, **kwargs).to(device)
     arch = {"name": cfg.model, "num_classes": spec.num_classes, "in_channels": spec.channels,
             "img_size": spec.img_size, "kwargs": {}}  # weights are in the checkpoint, not re-loaded
+    if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster; ~1.4x for `fast` on a CPU
+        model = model.to(memory_format=torch.channels_last)
     _check_forward(model, spec, cfg.model, device)
     if cfg.freeze_backbone:
         head = head_path(model)

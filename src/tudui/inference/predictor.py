@@ -1,13 +1,14 @@
 """Predictions on new images with exactly the preprocessing the model was trained with."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data import DataSpec, decode_image, normalize
+from ..data import DataSpec, decode_image, model_logits, normalize
 from ..data.images import BadImage, is_image_file
 from ..engine.device import select_device
 from ..errors import TuduiError
@@ -26,6 +27,16 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"source": self.source, "error": self.error,
                 "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
+
+
+def with_tta(spec: DataSpec, tta: bool | None) -> DataSpec:
+    """The spec with flip TTA switched on/off as asked (None: as saved); never on where flips change the label."""
+    if tta is None:
+        return spec
+    if tta and not spec.hflip:
+        raise TuduiError("--tta averages each image with its mirror, but this model's classes change under a "
+                         "horizontal flip (it was trained with --no-hflip); drop --tta")
+    return dataclasses.replace(spec, tta=tta)
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -58,19 +69,22 @@ class Predictor:
         self.meta = meta or {}  # export metadata: arch, training, tudui_version
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "auto") -> "Predictor":
-        """A checkpoint (.pt or run directory), .onnx, .torchscript or .safetensors (+ sidecar JSON)."""
+    def from_path(cls, path: str | Path, device: str = "auto", tta: bool | None = None) -> "Predictor":
+        """A checkpoint (.pt or run directory), .onnx, .torchscript or .safetensors (+ sidecar JSON).
+
+        tta: flip test-time augmentation on/off; None keeps the model's own setting (`--tta` at training).
+        """
         from .backends import load_model, suffix_format
 
         # onnxruntime runs on the CPU here; the others go where --device says.
         dev = torch.device("cpu") if suffix_format(path) == "onnx" else select_device(device)
         loaded = load_model(path, dev)
-        return cls(loaded.model, loaded.spec, dev, loaded.path, loaded.format, loaded.meta)
+        return cls(loaded.model, with_tta(loaded.spec, tta), dev, loaded.path, loaded.format, loaded.meta)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: bool | None = None) -> "Predictor":
         """Same as `from_path` (kept for the name used in examples)."""
-        return cls.from_path(path, device)
+        return cls.from_path(path, device, tta)
 
     @property
     def classes(self) -> list[str]:
@@ -87,7 +101,7 @@ class Predictor:
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities."""
-        return self.model(x.to(self.device)).float().softmax(1).cpu()
+        return model_logits(self.model, x.to(self.device), self.spec).float().softmax(1).cpu()
 
     def predict(self, sources: list, topk: int = 5, batch_size: int = 64) -> list[Prediction]:
         """Top-k classes for each source, in order; an unreadable image gives a Prediction with `error` set."""

@@ -170,14 +170,14 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0, topk: int = 5,
-          device: str = "auto", log_level: str = "info") -> None:
+          device: str = "auto", log_level: str = "info", tta: bool | None = None) -> None:
     """Load `model` (checkpoint, run directory, .onnx, ...) and serve it with uvicorn until interrupted."""
     _import_web()
     import uvicorn
 
     if max_upload_mb <= 0:
         raise TuduiError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    predictor = Predictor.from_path(model, device=device)
+    predictor = Predictor.from_path(model, device=device, tta=tta)
     app = create_app(predictor, max_upload_mb=max_upload_mb, topk=topk)
     # Bind here so a busy port or a bad host is a one-line error (uvicorn would log it and exit);
     # --port 0 takes a free port, printed below.

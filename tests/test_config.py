@@ -1,0 +1,22 @@
+"""TrainConfig: presets fill in what is not given."""
+import pytest
+
+from tudui.config import PRESETS, TrainConfig
+from tudui.errors import TuduiError
+
+
+def test_preset_fills_only_the_options_not_given():
+    best = PRESETS["best"]
+    assert best, "the best preset sets something"
+    cfg = TrainConfig.from_dict({"data": ["digits"], "preset": "best", "epochs": 3})
+    assert cfg.epochs == 3  # given explicitly: kept
+    for key, value in best.items():
+        if key != "epochs":
+            assert getattr(cfg, key) == value
+    plain = TrainConfig.from_dict({"data": ["digits"]})
+    assert any(getattr(plain, k) != v for k, v in best.items())  # the preset changes something
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(TuduiError, match="unknown preset 'fastest'; choose one of: best"):
+        TrainConfig.from_dict({"data": ["digits"], "preset": "fastest"})

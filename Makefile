@@ -54,8 +54,8 @@ test-all: data
 
 # Full benchmark runs (benchmarks/README.md; tens of minutes on a 2-core CPU: run on a quiet machine).
 # Lightning is a benchmark-only dependency (the loop-overhead comparison), installed here, not by the package.
-# BENCH_LONG="epochs=30" (TrainConfig options) adds a longer recipe to the time-to-accuracy table.
-BENCH_LONG ?=
+# BENCH_LONG (TrainConfig options) is the longer recipe of the time-to-accuracy table: `--preset best` unless given.
+BENCH_LONG ?= preset=best
 bench: data
 	$(PY) -m pip install -q "lightning>=2.0"
 	$(PY) benchmarks/time_to_accuracy.py $(if $(BENCH_LONG),--long $(BENCH_LONG))

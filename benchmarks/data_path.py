@@ -72,7 +72,7 @@ def main() -> None:
           f"tudui path on {device}\n", flush=True)
 
     rates: dict[str, list[float]] = {}
-    mem = torch.from_numpy(images.copy()).unsqueeze(1).to(device)  # (N, 1, 28, 28) uint8, decoded once (a copy: writable)
+    mem = torch.from_numpy(images.copy()).unsqueeze(1).to(device)  # (N, 1, 28, 28) uint8, decoded once
     mem_y = torch.from_numpy(targets).to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     rates[f"tudui: uint8 tensor on {device.type} + augment_batch + normalize"] = measure(

@@ -13,14 +13,14 @@ from .images import decode_image, gray_mode, peek_image
 from .memory import MemoryLoader, decode_split, file_loader, to_tensor
 from .sources import NAMED, load_named
 from .split import Split, concat_splits, stratified_split
-from .transforms import DataSpec, augment_batch, augment_options, denormalize, eval_transforms, model_logits, normalize, \
-    train_transforms
+from .transforms import (DataSpec, augment_batch, augment_options, denormalize, eval_transforms, model_logits,
+                         normalize, train_transforms)
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 __all__ = ["DataBundle", "DataSpec", "Split", "build_data", "load_splits", "make_loader", "normalize", "denormalize",
-           "model_logits", "augment_batch", "augment_options", "eval_transforms", "train_transforms", "decode_image", "IMAGENET_MEAN",
-           "IMAGENET_STD"]
+           "model_logits", "augment_batch", "augment_options", "eval_transforms", "train_transforms", "decode_image",
+           "IMAGENET_MEAN", "IMAGENET_STD"]
 
 
 @dataclass

@@ -2,11 +2,13 @@
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 from torchvision.transforms import v2
 
 from tudui.data import DataSpec, augment_batch, eval_transforms, model_logits, normalize
+from tudui.errors import TuduiError
 
 
 def test_normalize_matches_totensor_normalize():
@@ -69,3 +71,13 @@ def test_spec_round_trip_keeps_tta_and_old_specs_load():
     assert DataSpec.from_dict(spec.to_dict()) == spec
     old = {k: v for k, v in spec.to_dict().items() if k != "tta"}  # written before flip TTA existed
     assert DataSpec.from_dict(old).tta is False
+
+
+def test_with_tta_overrides_and_refuses_where_flips_change_the_label():
+    spec = DataSpec(classes=["a"], img_size=4, channels=1, mean=[0.5], std=[0.5], hflip=True, tta=True)
+    assert spec.with_tta(None) is spec and spec.flip_tta
+    assert spec.with_tta(False).flip_tta is False
+    digits = dataclasses.replace(spec, hflip=False, tta=False)
+    assert digits.with_tta(False).flip_tta is False
+    with pytest.raises(TuduiError, match="--no-hflip"):
+        digits.with_tta(True)

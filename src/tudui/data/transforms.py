@@ -9,11 +9,12 @@ training device (random crop with zero padding = random translation, horizontal 
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torchvision.transforms import v2
 
+from ..errors import TuduiError
 from .images import decode_image
 
 
@@ -28,6 +29,20 @@ class DataSpec:
     std: list[float]
     hflip: bool = True  # whether horizontal flips keep the label
     tta: bool = False  # evaluate/predict on the image and its mirror, averaging the logits (only with hflip)
+
+    @property
+    def flip_tta(self) -> bool:
+        """Whether evaluation averages each image with its mirror (asked for, and flips keep the label)."""
+        return self.tta and self.hflip
+
+    def with_tta(self, tta: bool | None) -> "DataSpec":
+        """This spec with flip TTA switched on/off as asked (None: as saved)."""
+        if tta is None:
+            return self
+        if tta and not self.hflip:
+            raise TuduiError("--tta averages each image with its mirror, but this model's classes change under a "
+                             "horizontal flip (it was trained with --no-hflip); drop --tta")
+        return replace(self, tta=tta)
 
     @property
     def num_classes(self) -> int:
@@ -62,7 +77,7 @@ def model_logits(model, x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     cost. `model` is any callable (an nn.Module, or an ONNX/TorchScript wrapper from inference/backends.py).
     """
     logits = model(x)
-    if spec.tta and spec.hflip:
+    if spec.flip_tta:
         logits = (logits + model(x.flip(3))) / 2
     return logits
 

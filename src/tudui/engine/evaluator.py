@@ -32,12 +32,11 @@ def evaluate_checkpoint(checkpoint: str, data: list[str] | str, split: str = "te
     import torch.nn as nn
 
     from ..inference.backends import load_model, suffix_format
-    from ..inference.predictor import with_tta
 
     # Any model file tudui writes (checkpoint, .onnx, .torchscript, .safetensors); ONNX runs on the CPU.
     dev = select_device("cpu" if suffix_format(checkpoint) == "onnx" else device)
     loaded = load_model(checkpoint, "cpu")
-    model, spec, cfg = loaded.model, with_tta(loaded.spec, tta), loaded.meta.get("training", {})
+    model, spec, cfg = loaded.model, loaded.spec.with_tta(tta), loaded.meta.get("training", {})
     data = [data] if isinstance(data, str) else list(data)
     train, val, test = load_splits(data, data_root, False, cfg.get("val_split", 0.1), cfg.get("seed", 0))
     chosen = {"train": train, "val": val, "test": test}.get(split)
@@ -53,5 +52,5 @@ def evaluate_checkpoint(checkpoint: str, data: list[str] | str, split: str = "te
     result["classes"] = spec.classes
     result["split"] = split
     result["checkpoint"] = loaded.path
-    result["tta"] = bool(spec.tta and spec.hflip)
+    result["tta"] = spec.flip_tta
     return result

@@ -1,7 +1,6 @@
 """Predictions on new images with exactly the preprocessing the model was trained with."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,16 +26,6 @@ class Prediction:
     def to_dict(self) -> dict:
         return {"source": self.source, "error": self.error,
                 "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
-
-
-def with_tta(spec: DataSpec, tta: bool | None) -> DataSpec:
-    """The spec with flip TTA switched on/off as asked (None: as saved); never on where flips change the label."""
-    if tta is None:
-        return spec
-    if tta and not spec.hflip:
-        raise TuduiError("--tta averages each image with its mirror, but this model's classes change under a "
-                         "horizontal flip (it was trained with --no-hflip); drop --tta")
-    return dataclasses.replace(spec, tta=tta)
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -79,7 +68,7 @@ class Predictor:
         # onnxruntime runs on the CPU here; the others go where --device says.
         dev = torch.device("cpu") if suffix_format(path) == "onnx" else select_device(device)
         loaded = load_model(path, dev)
-        return cls(loaded.model, with_tta(loaded.spec, tta), dev, loaded.path, loaded.format, loaded.meta)
+        return cls(loaded.model, loaded.spec.with_tta(tta), dev, loaded.path, loaded.format, loaded.meta)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: bool | None = None) -> "Predictor":

@@ -25,7 +25,7 @@ def fmnist():
 
 def write_class_folders(root: Path, split, per_class: int, fmt: str = "png", offset: int = 0) -> Path:
     """Write `per_class` real images of each class to root/<class>/<i>.<fmt>."""
-    from tudui.data.export import safe_name
+    from tudui.data.export_images import safe_name
 
     for c, name in enumerate(split.classes):
         idx = np.flatnonzero(split.targets == c)[offset:offset + per_class]

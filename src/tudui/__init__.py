@@ -3,30 +3,24 @@
     import tudui
     result = tudui.train(data="fashion-mnist", epochs=5)
     metrics = tudui.evaluate(result.best, data="fashion-mnist", split="test")
-    preds = tudui.Predictor.from_checkpoint(result.best).predict(["shoe.png"], topk=3)
-"""
-__version__ = "0.1.0"
+    preds = tudui.Predictor.from_path(result.best).predict(["shoe.png"], topk=3)
 
-from .config import TrainConfig  # noqa: E402
-from .errors import TuduiError  # noqa: E402
+Everything here is `tudui.api`'s; it is imported on first use (with torch), keeping `tudui --help` quick.
+"""
+from .core import __version__
+from .core.config import TrainConfig
+from .core.errors import TuduiError
+
+_API = ("train", "evaluate", "predict", "export", "serve", "convert", "summary", "Predictor", "RunResult",
+        "create_model", "list_models", "register_model", "resolve_config", "default_callbacks")
 
 
 def __getattr__(name: str):
-    # Heavy imports (torch, torchvision) happen on first use, keeping `tudui --help` fast.
-    if name == "train":
-        from .engine.trainer import train
-        return train
-    if name == "evaluate":
-        from .engine.evaluator import evaluate_checkpoint
-        return evaluate_checkpoint
-    if name == "Predictor":
-        from .inference.predictor import Predictor
-        return Predictor
-    if name in ("create_model", "list_models", "register_model"):
-        from . import models
-        return getattr(models, name)
+    if name in _API:
+        from . import api
+
+        return getattr(api, name)
     raise AttributeError(f"module 'tudui' has no attribute {name!r}")
 
 
-__all__ = ["TrainConfig", "TuduiError", "train", "evaluate", "Predictor", "create_model", "list_models",
-           "register_model", "__version__"]
+__all__ = ["TrainConfig", "TuduiError", "__version__", *_API]

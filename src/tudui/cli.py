@@ -1,7 +1,7 @@
-"""The `tudui` command: a table of subcommands, each a thin wrapper over an importable function.
+"""The `tudui` command: a table of subcommands, each parsing flags into one `api` function and printing its result.
 
-Every user mistake raises TuduiError, printed as one line with exit code 2
-(`--debug` shows the traceback instead).
+Every user mistake raises TuduiError, printed as one line with exit code 2 (`--debug` shows the traceback
+instead). `api` (and with it torch) is imported only once a command runs, so `tudui --help` stays quick.
 """
 from __future__ import annotations
 
@@ -10,26 +10,60 @@ import dataclasses
 import json
 import os
 import sys
+import typing
 from typing import Callable
 
-from . import __version__
-from .config import TrainConfig, load_yaml
-from .errors import TuduiError
+from .core import __version__
+from .core.config import TrainConfig
+from .core.errors import TuduiError
+
+
+def _api():
+    from . import api
+
+    return api
+
+
+# --- flags several commands share --------------------------------------------------------------------------------------
+TTA_HELP = ("flip test-time augmentation: average each image with its mirror (--no-tta: off) "
+            "[default: as the model was trained, see `tudui train --tta`]")
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps "
+                   "[default: auto]")
+
+
+def add_tta_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
+
+
+def add_model_file_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-file", default=None, metavar="PATH", help="where your own model's Python file "
+                   "(trained with --model file.py:Name) is now, if it has moved since training")
+
+
+def _arg_type(hint) -> type:
+    """The argparse type for a field annotated `int`, `float | None`, `str | None`, ... (the non-None member)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = args[0] if args else hint
+    return base if base in (int, float, str) else str
 
 
 # --- train -------------------------------------------------------------------------------------------------------------
 def _add_config_fields(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
     """One flag per dataclass field; defaults are left to the dataclass so --config can be overridden."""
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta, flag = f.metadata, "--" + f.name.replace("_", "-")
         kw: dict = {"help": meta.get("help", ""), "default": argparse.SUPPRESS, "dest": f.name}
-        t = str(f.type)
-        if t.startswith("bool"):
+        hint = hints[f.name]
+        if hint is bool or set(typing.get_args(hint)) == {bool, type(None)}:
             kw["action"] = argparse.BooleanOptionalAction
         else:
             if "nargs" in meta:
                 kw["nargs"] = meta["nargs"]
-            kw["type"] = meta.get("type") or (int if t.startswith("int") else float if t.startswith("float") else str)
+            kw["type"] = meta.get("type") or _arg_type(hint)
             if "choices" in meta:
                 kw["choices"] = meta["choices"]
         default = f.default if f.default is not dataclasses.MISSING else None
@@ -41,66 +75,37 @@ def _add_config_fields(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine.trainer import fit
-
+    api = _api()
     values = vars(args).copy()
-    config_path = values.pop("_config", None)
+    config_file = values.pop("_config", None)
     argv = values.pop("_argv", [])
     for k in ("debug", "func", "command"):
         values.pop(k, None)
-    from .engine.resume import RunFinished, resume_config
-    from .engine.signals import GracefulStop, TrainingInterrupted
-
-    if values.get("resume"):
-        try:
-            cfg = resume_config(values | {"_config": config_path})
-        except RunFinished as e:
-            print(e)
-            return 0
-    else:
-        base = load_yaml(config_path) if config_path else {}
-        if config_path and "name" not in values:
-            base.pop("name", None)  # a repeated run gets a new directory
-        base.pop("resume", None)
-        cfg = TrainConfig.from_dict(base | values)
-    if cfg.nproc != 1:
-        from .engine import distributed
-
-        if not distributed.under_torchrun():  # under torchrun already, the ranks just train
-            return distributed.launch(argv, cfg.nproc)
-    with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step, print the resume command
-        try:
-            fit(cfg, [stop])
-        except RunFinished as e:
-            print(e)
-        except TrainingInterrupted as e:
-            print(e, file=sys.stderr)
-            return e.exit_code
+    try:
+        api.train(config_file=config_file, argv=argv, **values)
+    except api.RunFinished as e:
+        print(e)
+    except (api.TrainingInterrupted, api.LaunchFailed) as e:
+        print(e, file=sys.stderr)
+        return e.exit_code
     return 0
-
-
-TTA_HELP = ("flip test-time augmentation: average each image with its mirror (--no-tta: off) "
-            "[default: as the model was trained, see `tudui train --tta`]")
 
 
 # --- eval --------------------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .engine.evaluator import evaluate_checkpoint
-    from .reporting.console import confusion_table, per_class_table
-    from .reporting.plots import write_eval_reports
-
-    r = evaluate_checkpoint(args.checkpoint, args.data, args.split, data_root=args.data_root,
-                            batch_size=args.batch_size, device=args.device, workers=args.workers, tta=args.tta)
-    files = write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
+    api = _api()
+    r = api.evaluate(args.checkpoint, args.data, args.split, data_root=args.data_root, batch_size=args.batch_size,
+                     device=args.device, workers=args.workers, tta=args.tta, model_file=args.model_file)
+    files = api.write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
     if args.json:
-        print(json.dumps(r, indent=1))
+        print(json.dumps(r, indent=1, ensure_ascii=False))
         print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
         return 0
     print(f"{r['checkpoint']} on {', '.join(args.data)} [{args.split}]: {r['n']:,} images"
           + (" (flip TTA)" if r["tta"] else ""))
     print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}\n")
-    print(per_class_table(r["classes"], r) + "\n")
-    print(confusion_table(r["classes"], r["confusion"]))
+    print(api.per_class_table(r["classes"], r) + "\n")
+    print(api.confusion_table(r["classes"], r["confusion"]))
     print("\nwrote " + ", ".join(map(str, files)))
     return 0
 
@@ -113,23 +118,22 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="where named datasets are looked for first")
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--workers", type=int, default=0)
-    p.add_argument("--device", default="auto")
+    add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
+    add_tta_arg(p)
+    add_model_file_arg(p)
     p.add_argument("--out", default=None, metavar="DIR", help="where the confusion-matrix PNG/CSV and per-class CSV "
                    "go [default: the checkpoint's folder]")
 
 
 # --- predict -----------------------------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .inference.predictor import Predictor, expand_paths
-    from .reporting.console import table
+    from .core.console import table
 
-    files = expand_paths(args.sources)
-    predictor = Predictor.from_path(args.checkpoint, device=args.device, tta=args.tta)
-    preds = predictor.predict(files, topk=args.topk, batch_size=args.batch_size)
+    predictor, preds = _api().predict(args.checkpoint, args.sources, topk=args.topk, batch_size=args.batch_size,
+                                      device=args.device, tta=args.tta, model_file=args.model_file)
     if args.json:
-        print(json.dumps([p.to_dict() for p in preds], indent=1))
+        print(json.dumps([p.to_dict() for p in preds], indent=1, ensure_ascii=False))
     else:
         rows = [[str(p.source), p.error and f"error: {p.error}" or
                  "  ".join(f"{c} {prob:.1%}" for c, prob in p.topk)] for p in preds]
@@ -147,15 +151,15 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes to show per image [default: 5]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
+    add_device_arg(p)
+    add_tta_arg(p)
+    add_model_file_arg(p)
 
 
 # --- export / serve ----------------------------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    from .inference.export import export_model
-
-    r = export_model(args.checkpoint, args.format, args.out, dynamic_batch=args.dynamic_batch, opset=args.opset)
+    r = _api().export(args.checkpoint, args.format, args.out, dynamic_batch=args.dynamic_batch, opset=args.opset,
+                      model_file=args.model_file)
     print(f"wrote {', '.join(map(str, r.files))}" + (f" (opset {r.opset})" if r.opset else ""))
     return 0
 
@@ -168,13 +172,12 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="output file [default: the checkpoint's name with the format's suffix]")
     p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (default: fixed at 1)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset version [default: the exporter's]")
+    add_model_file_arg(p)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .inference.server import serve
-
-    serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
-          device=args.device, tta=args.tta)
+    _api().serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
+                 device=args.device, tta=args.tta, model_file=args.model_file)
     return 0
 
 
@@ -185,23 +188,17 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port) [default: 8000]")
     p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB [default: 10]")
     p.add_argument("--topk", type=int, default=5, help="classes returned per image (?topk=N overrides) [default: 5]")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
+    add_device_arg(p)
+    add_tta_arg(p)
+    add_model_file_arg(p)
 
 
 # --- models ------------------------------------------------------------------------------------------------------------
 def cmd_models(args: argparse.Namespace) -> int:
-    import torch
+    from .core.console import table
 
-    from .models import count_parameters, create_model, list_models
-    from .reporting.console import table
-
-    rows = []
-    for info in list_models():
-        size = max(info.min_size, 32)
-        with torch.device("meta"):  # shapes only: no memory, no initialisation time
-            n = count_parameters(create_model(info.name, args.num_classes, 3, size))
-        rows.append([info.name, info.family, f"{n:,}", info.min_size, info.description])
+    rows = [[info.name, info.family, f"{n:,}", info.min_size, info.description]
+            for info, n in _api().model_rows(args.num_classes)]
     print(table(["model", "family", f"params ({args.num_classes} classes, RGB)", "min input", "description"],
                 rows, "<<><<"))
     return 0
@@ -209,18 +206,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 # --- data --------------------------------------------------------------------------------------------------------------
 def cmd_data_export(args: argparse.Namespace) -> int:
-    from .data.export import export_images
-
-    files = export_images(args.name, args.out, args.split, args.limit, args.format, args.data_root, args.seed)
+    files = _api().export_images(args.name, args.out, args.split, args.limit, args.format, args.data_root, args.seed)
     print(f"wrote {len(files)} images to {args.out}/<class>/")
     return 0
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from .data.check import check_data, format_report
-
-    report = check_data(args.paths)
-    print(json.dumps(report.to_dict(), indent=1) if args.json else format_report(report))
+    api = _api()
+    report = api.check_data(args.paths)
+    print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) if args.json else api.format_report(report))
     return 1 if report.errors else 0
 
 
@@ -244,9 +238,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 
 # --- convert -----------------------------------------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .engine.convert import convert
-
-    ckpt = convert(args.file, args.out, model=args.model, trust=args.trust, classes=args.classes,
+    ckpt = _api().convert(args.file, args.out, model=args.model, trust=args.trust, classes=args.classes,
                    num_classes=args.num_classes, img_size=args.img_size, channels=args.channels, mean=args.mean,
                    std=args.std, hflip=args.hflip)
     d = ckpt["data"]
@@ -273,63 +265,46 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
 
 # --- summary, info, board ----------------------------------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from .models import create_model, get_model_info
-    from .models.summary import parse_input, summarize
-
-    if Path(args.model).suffix == ".pt" or Path(args.model).is_dir():  # a checkpoint: its own architecture and input
-        from .engine.checkpoint import build_from_checkpoint, load_checkpoint
-
-        model, spec = build_from_checkpoint(load_checkpoint(args.model))
-        shape = parse_input(args.input) if args.input else (spec.channels, spec.img_size, spec.img_size)
-    else:
-        info = get_model_info(args.model)
-        shape = parse_input(args.input or f"3x{info.default_size}x{info.default_size}")
-        import torch
-        build = args.build_size or (shape[1] if shape[1] == shape[2] and shape[1] >= info.min_size
-                                    else info.default_size)
-        if build < info.min_size:
-            raise TuduiError(f"--build-size must be at least {info.min_size} for {args.model}, got {build}")
-        with torch.device("meta"):  # shapes only: no memory, no initialisation time
-            model = create_model(args.model, args.num_classes, shape[0], build)
-    s = summarize(model, shape)
-    print(json.dumps(s.to_dict(), indent=1) if args.json else f"{args.model}, input {'x'.join(map(str, shape))}\n"
-          + s.table())
+    s, shape = _api().summary(args.model, args.input, num_classes=args.num_classes, build_size=args.build_size,
+                              model_args=args.model_args, model_file=args.model_file)
+    print(json.dumps(s.to_dict(), indent=1, ensure_ascii=False) if args.json else
+          f"{args.model}, input {'x'.join(map(str, shape))}\n" + s.table())
     return 0
 
 
 def add_summary_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a registered model name (see `tudui models`) or a checkpoint (.pt / run directory)")
+    p.add_argument("model", help="a registered model name (see `tudui models`), your own path/to/file.py:Name, "
+                   "or a checkpoint (.pt / run directory)")
     p.add_argument("--input", default=None, metavar="CxHxW", help="one input's shape, e.g. 1x28x28 "
                    "[default: 3xSxS at the model's default size S, or a checkpoint's own]")
     p.add_argument("--num-classes", type=int, default=10)
     p.add_argument("--build-size", type=int, default=None, metavar="S", help="build the model for SxS inputs, then "
                    "feed --input (see what a net built for 32x32 does with 28x28) [default: --input's side if square]")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--model-args", nargs="+", default=None, metavar="KEY=VALUE", help="constructor arguments of "
+                   "the model (as for tudui train)")
+    add_model_file_arg(p)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .reporting.info import environment, format_environment
-
-    env = environment(args.data_root)
-    print(json.dumps(env, indent=1) if args.json else format_environment(env))
+    api = _api()
+    env = api.environment(args.data_root)
+    print(json.dumps(env, indent=1, ensure_ascii=False) if args.json else api.format_environment(env))
     return 0
 
 
 def cmd_board(args: argparse.Namespace) -> int:
     import signal
 
-    from .reporting.board import start_board, stop_board
-
-    proc, url = start_board(args.run_dirs or ["runs"], args.port)
+    api = _api()
+    proc, url = api.start_board(args.run_dirs or ["runs"], args.port)
     print(f"TensorBoard: {url}  (Ctrl-C stops it)", flush=True)
     # `kill` (SIGTERM) must stop TensorBoard too, not leave it orphaned: turn it into an exit that runs `finally`.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return proc.wait()
     finally:
-        stop_board(proc)
+        api.stop_board(proc)
 
 
 def add_board_args(p: argparse.ArgumentParser) -> None:

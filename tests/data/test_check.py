@@ -9,7 +9,7 @@ import pytest
 from tudui.cli import main as tudui_main
 from tudui.data.check import check_data
 from tudui.engine.trainer import fit
-from tudui.config import TrainConfig
+from tudui.core.config import TrainConfig
 
 
 @pytest.fixture(scope="module")

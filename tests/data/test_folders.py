@@ -5,7 +5,7 @@ from PIL import Image
 
 from tudui.data import load_splits
 from tudui.data.folders import read_folder_splits
-from tudui.errors import TuduiError
+from tudui.core.errors import TuduiError
 
 
 def _img(path, value=0):

@@ -17,7 +17,7 @@ from tudui.data.check import check_data
 from tudui.data.folders import read_csv, read_label_files
 from tudui.data.images import BadImage, decode_image
 from tudui.data.transforms import DataSpec
-from tudui.errors import TuduiError
+from tudui.core.errors import TuduiError
 from tudui.inference.predictor import Predictor
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

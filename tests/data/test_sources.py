@@ -2,7 +2,7 @@
 import pytest
 
 from tudui.data.sources import load_named
-from tudui.errors import TuduiError
+from tudui.core.errors import TuduiError
 
 
 def test_fashion_mnist_real_files(fmnist):

@@ -8,7 +8,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 from tudui.data import DataSpec, augment_batch, eval_transforms, model_logits, normalize
-from tudui.errors import TuduiError
+from tudui.core.errors import TuduiError
 
 
 def test_normalize_matches_totensor_normalize():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tudui import cli
 from tudui.engine import trainer
-from tudui.errors import TuduiError
+from tudui.core.errors import TuduiError
 
 mode, out, train_args = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
 rank = int(os.environ["RANK"])

@@ -23,9 +23,9 @@ def torchrun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Complete
 
 def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, capsys):
     from tudui import cli
-    from tudui.data.export import export_images
-    from tudui.engine.checkpoint import load_checkpoint
-    from tudui.engine.evaluator import evaluate_checkpoint
+    from tudui.data.export_images import export_images
+    from tudui.core.checkpoint import load_checkpoint
+    from tudui.api import evaluate as evaluate_checkpoint
 
     r = torchrun(str(WORKER), "train", str(tmp_path / "ranks"), "--data", "digits", "--model", "mnist-cnn",
                  "--epochs", "2", "--batch-size", "64", "--lr", "0.05", "--project", str(tmp_path / "runs"),
@@ -73,7 +73,7 @@ def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, capsys):
 
 def test_nproc_relaunches_under_torchrun_and_counts_each_file_once(tmp_path, fmnist, cli):
     """`tudui train --nproc 2` on files (DistributedSampler path) with an odd validation set."""
-    from tudui.engine.evaluator import evaluate_checkpoint
+    from tudui.api import evaluate as evaluate_checkpoint
 
     train, test = fmnist
     root = tmp_path / "data"

@@ -10,7 +10,7 @@ pytest.importorskip("onnxruntime")
 
 def test_export_then_predict_and_eval_the_onnx(tiny_model, tmp_path, cli):
     import tudui
-    from tudui.data.export import export_images
+    from tudui.data.export_images import export_images
     from tudui.inference import Predictor
 
     r = cli("export", tiny_model, "--format", "onnx", "--dynamic-batch", "--out", tmp_path / "m.onnx")

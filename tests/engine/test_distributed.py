@@ -10,8 +10,10 @@ from tudui.data import make_loader
 from tudui.data.memory import MemoryLoader
 from tudui.data.split import Split
 from tudui.data.transforms import DataSpec
-from tudui.engine import distributed
-from tudui.errors import TuduiError
+from tudui.core import device
+from tudui.engine import distributed, launcher
+from tudui.engine.evaluate import evaluate
+from tudui.core.errors import TuduiError
 
 SPEC = DataSpec(classes=["a", "b"], img_size=4, channels=1, mean=[0.5], std=[0.25], hflip=False)
 
@@ -66,28 +68,28 @@ def test_file_loader_eval_has_no_padding_and_train_is_disjoint(tmp_path):
 
 def test_launch_command_drops_nproc_and_uses_a_free_port():
     argv = ["train", "--data", "digits", "--nproc", "2", "--epochs", "1", "--nproc=3"]
-    cmd = distributed.launch_command(argv, 2)
+    cmd = launcher.launch_command(argv, 2)
     assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     assert cmd[6:] == ["-m", "tudui", "train", "--data", "digits", "--epochs", "1"]
     with pytest.raises(TuduiError, match="at least 1"):
-        distributed.launch(argv, 0)
+        launcher.launch(argv, 0)
 
 
 def test_world_and_device_from_torchrun_environment(monkeypatch):
-    assert distributed.world() == distributed.World() and not distributed.world().enabled
+    assert device.world() == device.World() and not device.world().enabled
     for k, v in {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(k, v)
-    assert distributed.world() == distributed.World(3, 1, 4, 2)
-    assert distributed.select_device("cpu") == torch.device("cpu")
+    assert device.world() == device.World(3, 1, 4, 2)
+    assert device.select_device("cpu") == torch.device("cpu")
     with pytest.raises(TuduiError, match="mps"):
-        distributed.select_device("mps")
+        device.select_device("mps")
     if not torch.cuda.is_available():
-        assert distributed.select_device("auto") == torch.device("cpu")
+        assert device.select_device("auto") == torch.device("cpu")
         with pytest.raises(TuduiError, match="not available"):
-            distributed.select_device("cuda")
+            device.select_device("cuda")
     monkeypatch.setenv("RANK", "x")
     with pytest.raises(TuduiError, match="torchrun"):
-        distributed.world()
+        device.world()
 
 
 @pytest.fixture
@@ -111,6 +113,6 @@ def test_collective_helpers_in_a_group(one_rank_group):
     # A rank whose share of the split is empty contributes zeros instead of failing.
     empty = _memory(1, False, 0, 1)
     empty.targets = empty.targets[:0]
-    r = distributed.evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), empty, SPEC,
+    r = evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), empty, SPEC,
                              torch.device("cpu"), torch.nn.CrossEntropyLoss())
     assert r["n"] == 0 and r["confusion"] == [[0, 0], [0, 0]]

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import tudui
-from tudui.engine.checkpoint import load_checkpoint
+from tudui.core.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.gpu
 

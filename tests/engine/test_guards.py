@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tudui.config import TrainConfig
-from tudui.engine.checkpoint import load_checkpoint
+from tudui.core.config import TrainConfig
+from tudui.core.checkpoint import load_checkpoint
 from tudui.engine.guards import NonFiniteLoss
 from tudui.engine.trainer import fit
 

@@ -2,7 +2,7 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from tudui.engine.metrics import add_counts, batch_counts, summarize
+from tudui.engine.metrics import add_counts, batch_counts, compute_metrics as summarize
 
 
 def test_counts_add_up_to_dataset_metrics():

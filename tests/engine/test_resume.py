@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tudui.cli import main as tudui_main
-from tudui.engine.checkpoint import load_checkpoint
+from tudui.core.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 # Tiny and deterministic: 400 digits (8x8), the course's MNIST CNN, 7 steps per epoch, CPU only.
@@ -142,3 +142,30 @@ def test_resume_rules(tmp_path, capsys):
     assert [row["epoch"] for row in metric_rows(run)] == ["1", "2"]
     assert cli_here("train", "--resume", tmp_path / "nothing") == 2
     assert "no such run directory" in capsys.readouterr().err
+
+
+def test_library_resume_continues_the_run_like_the_cli(tmp_path):
+    """`tudui.train(resume=run_dir, epochs=N)` resolves the run's own config.yaml, as `tudui train --resume` does."""
+    import tudui
+    from tudui.engine.callbacks import Callback
+
+    class CrashAfterEpoch1(Callback):  # a crash after epoch 1's checkpoint, like a power cut
+        def on_epoch_end(self, run, row, val):
+            if run.epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    opts = dict(data="digits", model="mnist-cnn", batch_size=64, subset=400, device="cpu", deterministic=True,
+                epochs=3, project=str(tmp_path), plots=False, tensorboard=False)
+    full = tudui.train(name="full", **opts)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tudui.train(name="crashed", callbacks=[CrashAfterEpoch1()], **opts)
+    crashed = tmp_path / "crashed"
+    assert load_checkpoint(crashed, prefer="last")["epoch"] == 1
+
+    resumed = tudui.train(resume=str(crashed), epochs=3)
+    assert resumed.run_dir == crashed  # the same directory, not a new exp<N>
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (full.run_dir, crashed))
+    assert a["epoch"] == b["epoch"] == 3
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert metric_rows(full.run_dir) == metric_rows(crashed)

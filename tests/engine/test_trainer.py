@@ -6,8 +6,8 @@ import torch
 import yaml
 
 import tudui
-from tudui.engine.checkpoint import load_checkpoint
-from tudui.errors import TuduiError
+from tudui.core.checkpoint import load_checkpoint
+from tudui.core.errors import TuduiError
 
 
 @pytest.fixture(scope="module")

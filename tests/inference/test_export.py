@@ -11,8 +11,8 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from tudui.data import DataSpec  # noqa: E402
-from tudui.engine.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint  # noqa: E402
-from tudui.errors import TuduiError  # noqa: E402
+from tudui.core.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint  # noqa: E402
+from tudui.core.errors import TuduiError  # noqa: E402
 from tudui.inference import Predictor  # noqa: E402
 from tudui.inference.export import ExportError, export_model, sample_inputs  # noqa: E402
 from tudui.models import create_model, list_models  # noqa: E402
@@ -109,7 +109,7 @@ def test_torchscript_and_safetensors_round_trip(tmp_path, fmt):
 
 
 def test_parity_failure_writes_nothing(tmp_path, monkeypatch, capsys):
-    from tudui.inference import backends, export
+    from tudui.inference import export, formats as backends
 
     make_checkpoint(tmp_path / "best.pt", "mnist-cnn", 8, 1)
     real = backends._load_onnx

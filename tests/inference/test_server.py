@@ -117,7 +117,7 @@ def test_bad_input_gets_clear_error_and_server_keeps_serving(server, case):
 def test_missing_web_packages_message(monkeypatch):
     import builtins
 
-    from tudui.errors import TuduiError
+    from tudui.core.errors import TuduiError
     from tudui.inference import server as srv
 
     real_import = builtins.__import__

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from tudui.errors import TuduiError
+from tudui.core.errors import TuduiError
 from tudui.models import create_model, get_model_info, list_models
 from tudui.models.zoo import append_head, head_path, load_weights
 

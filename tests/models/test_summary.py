@@ -2,9 +2,9 @@
 import pytest
 import torch.nn as nn
 
-from tudui.errors import TuduiError
+from tudui.core.errors import TuduiError
 from tudui.models import count_parameters, create_model
-from tudui.models.summary import find_fitting_input, parse_input, size_arithmetic, summarize
+from tudui.models.summary import find_fitting_input, parse_input, size_arithmetic, summarize_model as summarize
 
 
 def test_cifar_net_shapes_params_and_arithmetic():

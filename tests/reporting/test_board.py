@@ -4,8 +4,8 @@ import urllib.request
 
 import pytest
 
-from tudui.errors import TuduiError
-from tudui.reporting.board import logdir_args, start_board, stop_board
+from tudui.core.errors import TuduiError
+from tudui.reporting.tensorboard_server import logdir_args, start_board, stop_board
 
 
 def _write_events(run_dir, value):

@@ -5,8 +5,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import tudui
-from tudui.config import TrainConfig
-from tudui.reporting import default_callbacks
+from tudui.core.config import TrainConfig
+from tudui.api import default_callbacks
 
 
 @pytest.fixture(scope="module")
@@ -14,16 +14,13 @@ def tiny_run(tmp_path_factory):
     """640 digits (8x8) -> 10 steps of 64 per epoch; epoch 1, a killed partial epoch 2, then --resume to 2 epochs."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from tudui.engine.resume import resume_config
-    from tudui.engine.trainer import fit
-
     project = tmp_path_factory.mktemp("tb")
     first = tudui.train(data="digits", model="mnist-cnn", epochs=1, batch_size=64, subset=640, log_every=7,
                         plots=False, project=str(project), name="r")
     with SummaryWriter(str(first.run_dir)) as w:  # what a process killed in epoch 2 would have left behind
         for step in (12, 14, 16):
             w.add_scalar("step/train_loss", 99.0, step)
-    return fit(resume_config({"resume": str(first.run_dir), "epochs": 2}))
+    return tudui.train(resume=str(first.run_dir), epochs=2)  # the library's resume, as `tudui train --resume`
 
 
 def test_scalars_images_graph_and_hparams(tiny_run):

@@ -7,20 +7,33 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..errors import TuduiError
+from ..core.config import MEMORY_LIMIT_MB
+from ..core.errors import TuduiError
+from ..core.pyfile import is_file_ref, load_object
 from .folders import read_folder_splits
 from .images import decode_image, gray_mode, peek_image
 from .memory import MemoryLoader, decode_split, file_loader, to_tensor
 from .sources import NAMED, load_named
+from .user import splits_from_object
 from .split import Split, concat_splits, stratified_split
-from .transforms import (DataSpec, augment_batch, augment_options, denormalize, eval_transforms, model_logits,
-                         normalize, train_transforms)
+from .transforms import DataSpec, augment_batch, augment_options, denormalize, eval_transforms, model_logits, normalize
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+EVAL_BATCH_SIZE = 512  # images per evaluation batch (no gradients: larger batches cost little memory)
 
 __all__ = ["DataBundle", "DataSpec", "Split", "build_data", "load_splits", "make_loader", "normalize", "denormalize",
-           "model_logits", "augment_batch", "augment_options", "eval_transforms", "train_transforms", "decode_image",
-           "IMAGENET_MEAN", "IMAGENET_STD"]
+           "model_logits", "augment_batch", "augment_options", "eval_transforms", "decode_image", "eval_batch_size",
+           "fits_in_memory", "IMAGENET_MEAN", "IMAGENET_STD", "EVAL_BATCH_SIZE", "MEMORY_LIMIT_MB"]
+
+
+def eval_batch_size(train_batch_size: int = 0) -> int:
+    """Evaluation batch: at least EVAL_BATCH_SIZE, or the training batch when that is larger."""
+    return max(train_batch_size, EVAL_BATCH_SIZE)
+
+
+def fits_in_memory(split: Split, channels: int, size: int, limit_mb: int = MEMORY_LIMIT_MB) -> bool:
+    """Whether `split` decoded to uint8 (N x channels x size x size bytes) fits `limit_mb` (arrays always do)."""
+    return split.images is not None or len(split) * channels * size * size <= limit_mb * 2**20
 
 
 @dataclass
@@ -32,7 +45,12 @@ class DataBundle:
     in_memory: bool
 
 
-def _load_one(entry: str, data_root: str | None, download: bool) -> dict[str, Split]:
+def _load_one(entry, data_root: str | None, download: bool, classes: list[str] | None) -> dict[str, Split]:
+    if not isinstance(entry, str):  # the library's own Dataset objects
+        return splits_from_object(entry, type(entry).__name__, classes)
+    if is_file_ref(entry):  # --data data.py:name
+        obj, _, name = load_object(entry, "dataset")
+        return splits_from_object(obj, name, classes)
     if entry.lower() in NAMED:
         name = entry.lower()
         return {"train": load_named(name, True, data_root, download),
@@ -40,13 +58,18 @@ def _load_one(entry: str, data_root: str | None, download: bool) -> dict[str, Sp
     return read_folder_splits(entry)
 
 
-def load_splits(data: list[str], data_root: str | None = None, download: bool = False, val_split: float = 0.1,
-                seed: int = 0, subset: int | None = None) -> tuple[Split, Split | None, Split | None]:
-    """(train, val, test) from one or more `--data` entries; val held out of train when absent."""
+def load_splits(data: list, data_root: str | None = None, download: bool = False, val_split: float = 0.1,
+                seed: int = 0, subset: int | None = None,
+                classes: list[str] | None = None) -> tuple[Split, Split | None, Split | None]:
+    """(train, val, test) from one or more `--data` entries; val held out of train when absent.
+
+    An entry is a dataset name, a folder, a CSV, 'file.py:name', or (library) a Dataset, a list of them or a
+    dict {'train': ..., 'val': ..., 'test': ...}; `classes` names a user Dataset's classes in output order.
+    """
     if not data:
         raise TuduiError("no --data given; name a dataset (fashion-mnist, mnist, cifar10, cifar100, digits), "
                          "a folder of class subfolders, or a CSV of path,label")
-    loaded = [_load_one(d, data_root, download) for d in data]
+    loaded = [_load_one(d, data_root, download, classes) for d in data]
     train = concat_splits([s["train"] for s in loaded])
     val_parts = [s["val"] for s in loaded if "val" in s]
     test_parts = [s["test"] for s in loaded if "test" in s]
@@ -61,13 +84,8 @@ def load_splits(data: list[str], data_root: str | None = None, download: bool = 
         train = train.subset(np.sort(np.random.default_rng(seed).permutation(len(train))[:subset]))
     # Every split must use the training class list (a val folder may lack a class).
     for s in (val, test):
-        if s is not None and s.classes != train.classes:
-            missing = sorted(set(s.classes) - set(train.classes))
-            if missing:
-                raise TuduiError(f"{s.origin} has classes not in the training set: {', '.join(missing)}")
-            index = {c: i for i, c in enumerate(train.classes)}
-            s.targets = np.array([index[s.classes[t]] for t in s.targets], dtype=np.int64)
-            s.classes = train.classes
+        if s is not None:
+            s.reindex(train.classes)
     if len(train.classes) < 2 or np.count_nonzero(train.counts()) < 2:
         raise TuduiError(f"the training data ({train.origin}) has only one class; a classifier needs at least two "
                          "(one subfolder per class)")
@@ -104,7 +122,8 @@ def _measure_mean_std(split: Split, channels: int, size: int) -> tuple[list[floa
 
 def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None) -> DataBundle:
     """Load the splits named by `cfg` (a TrainConfig) and resolve the DataSpec."""
-    train, val, test = load_splits(cfg.data, cfg.data_root, cfg.download, cfg.val_split, cfg.seed, cfg.subset)
+    train, val, test = load_splits(cfg.data, cfg.data_root, cfg.download, cfg.val_split, cfg.seed, cfg.subset,
+                                   cfg.classes)
     native_size, native_ch = _native_format(train)
     size, channels = cfg.img_size or native_size, cfg.channels or native_ch
     if channels not in (1, 3):
@@ -116,7 +135,7 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None)
     elif cfg.memory == "off":
         in_memory = False
     else:
-        in_memory = train.images is not None or len(train) * channels * size * size <= cfg.memory_limit_mb * 2**20
+        in_memory = fits_in_memory(train, channels, size, cfg.memory_limit_mb)
     if in_memory:
         train = decode_split(train, channels, size, cfg.bad_images)
         val = val and decode_split(val, channels, size, cfg.bad_images)
@@ -129,7 +148,7 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None)
         mean, std = default_norm
     else:
         mean, std = _measure_mean_std(train, channels, size)
-    names = [d.lower() for d in cfg.data]
+    names = [d.lower() for d in cfg.data if isinstance(d, str)]
     hflip = cfg.hflip if cfg.hflip is not None else all(NAMED[n].hflip for n in names if n in NAMED)
     spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=mean, std=std, hflip=hflip,
                     tta=bool(cfg.tta and hflip))

@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ..errors import TuduiError
-from .folders import VAL_NAMES, is_label_file_layout, read_layout
+from ..core.console import table
+from ..core.errors import TuduiError
+from .folders import is_label_file_layout, read_layout, split_folders
 from .images import BadImage, is_image_file, open_image
 
 USUAL_MODES = {"L", "RGB"}
@@ -66,15 +67,6 @@ class CheckReport:
                 "errors": len(self.errors), "warnings": len(self.warnings)}
 
 
-def _split_folders(path: Path) -> list[tuple[str, Path]]:
-    if path.is_dir() and (path / "train").is_dir():
-        out = [("train", path / "train")]
-        out += [(n, path / n) for n in VAL_NAMES if (path / n).is_dir()][:1]
-        out += [("test", path / "test")] if (path / "test").is_dir() else []
-        return out
-    return [(path.name or str(path), path)]
-
-
 def _inspect(path: str) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
     """(pixel hash, (w, h), mode, problem) for one file; problem is 'kind: detail' or None."""
     try:
@@ -85,9 +77,7 @@ def _inspect(path: str) -> tuple[str | None, tuple[int, int] | None, str | None,
         digest.update(img.tobytes())
         return digest.hexdigest(), img.size, img.mode, None
     except BadImage as e:
-        kind = "not-an-image" if "not an image" in e.reason else \
-            "too-large" if ("limit" in e.reason or "bomb" in e.reason) else "corrupt"
-        return None, None, None, f"{kind}: {e.reason}"
+        return None, None, None, f"{e.kind}: {e.reason}"
     except OSError as e:
         return None, None, None, f"unreadable: {e.strerror or e}"
 
@@ -115,7 +105,7 @@ def check_data(paths: list[str]) -> CheckReport:
         path = Path(entry).expanduser()
         if not path.exists():
             raise TuduiError(f"data check {entry}: no such file or folder")
-        for split_name, root in _split_folders(path):
+        for split_name, root in (split_folders(path) or {path.name or str(path): path}).items():
             try:
                 split = read_layout(root)
             except TuduiError as e:
@@ -180,8 +170,6 @@ def _duplicates(report: CheckReport, seen: dict[str, list[tuple[str, str, str]]]
 
 
 def format_report(report: CheckReport) -> str:
-    from ..reporting.console import table
-
     lines = []
     for s in report.splits:
         counts = s.classes

@@ -15,20 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TuduiError
-from .images import is_image_file
+from ..core.errors import TuduiError
+from .images import find_images
 from .split import Split
 
 VAL_NAMES = ("val", "valid", "validation")
-
-
-def _images_under(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, in a stable order."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames.sort()
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f) and not f.startswith("."))
-    return out
 
 
 def _subdirs(root: Path) -> list[Path]:
@@ -44,7 +35,7 @@ def _make(classes: list[str], items: list[tuple[str, str]], origin: str) -> Spli
 def read_class_folders(root: Path) -> Split:
     classes, items = [], []
     for d in _subdirs(root):
-        files = _images_under(d)
+        files = find_images(d)
         if files:
             classes.append(d.name)
             items.extend((str(f), d.name) for f in files)
@@ -65,7 +56,7 @@ def read_label_files(root: Path) -> Split:
     classes = sorted(d.name[: -len("_image")] for d, lab in pairs if lab.is_dir())
     items, missing = [], []
     for img_dir, lab_dir in pairs:
-        for f in _images_under(img_dir):
+        for f in find_images(img_dir):
             txt = lab_dir / f.relative_to(img_dir).with_suffix(".txt")
             if not txt.is_file():
                 missing.append(str(txt))
@@ -120,21 +111,29 @@ def read_layout(root: Path) -> Split:
     return read_class_folders(root)
 
 
+def split_folders(root: Path) -> dict[str, Path]:
+    """{'train': root/train, 'val': root/val (or valid/, validation/), 'test': root/test} for the folders that
+    exist, when `root` has a train/ folder; {} when it is a single split."""
+    if not (root.is_dir() and (root / "train").is_dir()):
+        return {}
+    found = {"train": root / "train"}
+    val = next((root / n for n in VAL_NAMES if (root / n).is_dir()), None)
+    if val is not None:
+        found["val"] = val
+    if (root / "test").is_dir():
+        found["test"] = root / "test"
+    return found
+
+
 def read_folder_splits(path: str) -> dict[str, Split]:
     """{'train': ..., optional 'val', 'test'} for one `--data` path."""
     root = Path(path).expanduser()
     if not root.exists():
         raise TuduiError(f"--data {path}: no such file or folder (named datasets: fashion-mnist, mnist, cifar10, "
                          "cifar100, digits)")
-    if root.is_dir() and (root / "train").is_dir():
-        splits = {"train": read_layout(root / "train")}
-        for name in VAL_NAMES:
-            if (root / name).is_dir():
-                splits["val"] = read_layout(root / name)
-                break
-        if (root / "test").is_dir():
-            splits["test"] = read_layout(root / "test")
-        return splits
+    folders = split_folders(root)
+    if folders:
+        return {name: read_layout(folder) for name, folder in folders.items()}
     if root.is_dir() and not any(True for _ in root.iterdir()):
         raise TuduiError(f"--data {path} is an empty folder")
     return {"train": read_layout(root)}

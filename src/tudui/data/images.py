@@ -8,13 +8,14 @@ done once and for every mode).
 from __future__ import annotations
 
 import io
+import os
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 
 # Extensions read as images when scanning folders (torchvision's list plus TIFF variants).
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
@@ -26,40 +27,57 @@ _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"
 
 
 class BadImage(TuduiError):
-    """An image that cannot be decoded: unreadable, truncated, not an image, or too large."""
+    """An image that cannot be decoded. `kind`: missing, not-an-image, too-large or corrupt."""
 
-    def __init__(self, source: object, reason: str) -> None:
+    def __init__(self, source: object, reason: str, kind: str = "corrupt") -> None:
         super().__init__(f"cannot read image {source}: {reason}")
         self.source = source
         self.reason = reason
+        self.kind = kind
 
 
 def is_image_file(path: str | Path) -> bool:
     return str(path).lower().endswith(IMG_EXTENSIONS)
 
 
-def open_image(src: str | Path | bytes | Image.Image) -> Image.Image:
-    """Open and fully decode `src` (a path, raw bytes or a PIL image); raise BadImage on failure."""
+def find_images(folder: str | Path) -> list[Path]:
+    """Image files under `folder`, recursively, in a stable (sorted) order; hidden files and folders are skipped
+    (macOS `._x.jpg` resource forks, `.ipynb_checkpoints`), symlinked folders are followed."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f) and not f.startswith("."))
+    return out
+
+
+def open_image(src) -> Image.Image:
+    """Open and fully decode `src` (a path, raw bytes, a PIL image, or a lazy item with an `open()` method such as
+    a user Dataset's item, data/user.py); raise BadImage on failure."""
     if isinstance(src, Image.Image):
         return src
     name = "<bytes>" if isinstance(src, (bytes, bytearray)) else str(src)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            if hasattr(src, "open") and not isinstance(src, (str, Path)):
+                img = src.open()
+                img.load()  # a lazily opened file inside the user's Dataset: decode it now
+                return img
             fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
             with fp:
                 img = Image.open(fp)
                 w, h = img.size
                 if w * h > MAX_PIXELS:
-                    raise BadImage(name, f"{w}x{h} pixels is over the limit of {MAX_PIXELS:,}")
+                    raise BadImage(name, f"{w}x{h} pixels is over the limit of {MAX_PIXELS:,}", "too-large")
                 img.load()  # decode now so truncated files fail here, not in the training loop
-    except BadImage:
+    except (BadImage, TuduiError):  # TuduiError: a user Dataset item of an unusable type is a mistake to report
         raise
     except FileNotFoundError:
-        raise BadImage(name, "no such file") from None
+        raise BadImage(name, "no such file", "missing") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise BadImage(name, "not an image Pillow can decode" if isinstance(e, UnidentifiedImageError)
-                       else "too many pixels (decompression bomb)") from None
+        if isinstance(e, UnidentifiedImageError):
+            raise BadImage(name, "not an image Pillow can decode", "not-an-image") from None
+        raise BadImage(name, "too many pixels (decompression bomb)", "too-large") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise BadImage(name, f"corrupt or truncated ({e})") from None
     return img
@@ -103,8 +121,14 @@ def decode_image(src: str | Path | bytes | Image.Image, channels: int, size: int
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def peek_image(path: str | Path) -> tuple[tuple[int, int], str] | None:
-    """(width, height) and mode from the header only, or None when unreadable."""
+def peek_image(path) -> tuple[tuple[int, int], str] | None:
+    """(width, height) and mode from the header only (a lazy item is opened), or None when unreadable."""
+    if hasattr(path, "open") and not isinstance(path, (str, Path)):
+        try:  # a user Dataset's item: an unusable type raises TuduiError here, early
+            img = open_image(path)
+        except BadImage:
+            return None
+        return img.size, img.mode
     try:
         with Image.open(path) as img:
             return img.size, img.mode

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 from .images import BadImage, decode_image
 from .split import Split
 

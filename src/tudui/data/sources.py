@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 from .split import Split, stratified_split
 
 SYSTEM_DIRS = ["/usr/share/datasets", "/usr/local/share/datasets"]

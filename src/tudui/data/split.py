@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 
 
 @dataclass
@@ -38,6 +38,22 @@ class Split:
 
     def counts(self) -> np.ndarray:
         return np.bincount(self.targets, minlength=len(self.classes))
+
+    def reindex(self, classes: list[str]) -> "Split":
+        """This split with targets renumbered to `classes` (the training or the model's class order), in place.
+
+        A class of this split that `classes` lacks is an error: the model cannot predict it.
+        """
+        if self.classes == list(classes):
+            return self
+        unknown = sorted(set(self.classes) - set(classes))
+        if unknown:
+            raise TuduiError(f"{self.origin or 'the data'} has classes the model does not know: "
+                             f"{', '.join(unknown[:10])}; the known classes are: {', '.join(list(classes)[:20])}")
+        index = {c: i for i, c in enumerate(classes)}
+        self.targets = np.array([index[self.classes[t]] for t in self.targets], dtype=np.int64)
+        self.classes = list(classes)
+        return self
 
 
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

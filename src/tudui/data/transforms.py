@@ -5,7 +5,7 @@ Every path into the model goes through the same two steps:
   2. `normalize`: uint8 -> float32 `(x / 255 - mean) / std`, torchvision's ToTensor + Normalize.
 Training adds `augment_batch` between them, applied to a whole uint8 batch on the
 training device (random crop with zero padding = random translation, horizontal flip).
-`train_transforms` / `eval_transforms` give the same steps per image, torchvision-style.
+`eval_transforms` gives the same evaluation steps per image, torchvision-style.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 from torchvision.transforms import v2
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 from .images import decode_image
 
 
@@ -129,14 +129,3 @@ class _Decode:
 def eval_transforms(spec: DataSpec) -> v2.Compose:
     """Per-image evaluation preset: decode + resize, then ToTensor + Normalize semantics."""
     return v2.Compose([_Decode(spec), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
-
-
-def train_transforms(spec: DataSpec, augment: str = "flip") -> v2.Compose:
-    """Per-image training preset: the same steps as `augment_batch`, one image at a time."""
-    pad, flip = augment_options(augment, spec)
-    steps = [_Decode(spec)]
-    if pad:
-        steps.append(v2.RandomCrop(spec.img_size, padding=pad))
-    if flip:
-        steps.append(v2.RandomHorizontalFlip())
-    return v2.Compose(steps + [v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])

@@ -1,37 +1,49 @@
-"""Evaluation: one pass over a loader with no gradients, reduced to counts."""
+"""Evaluation: one pass over a loader with no gradients, reduced to counts, summed over torchrun ranks."""
 from __future__ import annotations
 
 import torch
 
+from ..core.device import autocast
 from ..data import DataSpec, model_logits, normalize
-from .device import autocast
-from .metrics import add_counts, batch_counts, summarize
+from .distributed import all_reduce_counts, broadcast_module
+from .metrics import add_counts, batch_counts, compute_metrics
 
 
 @torch.no_grad()
 def evaluate_counts(model: torch.nn.Module, loader, spec: DataSpec, device: torch.device,
                     criterion: torch.nn.Module | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
-    """Sum of per-batch counts (see metrics.py) over `loader`; model is put in eval mode."""
+    """Sum of per-batch counts (see metrics.py) over `loader`; model is put in eval mode.
+
+    An empty loader (under torchrun, a rank with no share of a split smaller than the job) gives zero counts.
+    """
     model.eval()
-    total = None
+    k = spec.num_classes
+    total = batch_counts(torch.zeros(0, k, device=device), torch.zeros(0, dtype=torch.int64, device=device), k)
+    if criterion is not None:
+        total["loss_sum"] = torch.zeros((), dtype=torch.float64, device=device)
     for x, y in loader:
         x = normalize(x.to(device, non_blocking=True), spec)
         y = y.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model_logits(model, x, spec)  # flip TTA when spec.tta
         logits = logits.float()
-        counts = batch_counts(logits, y, spec.num_classes)
+        counts = batch_counts(logits, y, k)
         if criterion is not None:
             counts["loss_sum"] = criterion(logits, y).to(torch.float64) * len(y)
         total = add_counts(total, counts)
-    if total is None:
-        raise ValueError("evaluation loader yielded no batches")
     return total
 
 
-def evaluate(model, loader, spec, device, criterion=None, amp=False) -> dict:
-    """Loss, top-1, top-5, confusion matrix and per-class precision/recall/F1 over `loader`."""
-    return summarize(evaluate_counts(model, loader, spec, device, criterion, amp))
+def evaluate(model: torch.nn.Module, loader, spec: DataSpec, device: torch.device,
+             criterion: torch.nn.Module | None = None, amp: bool = False) -> dict:
+    """Loss, top-1, top-5, confusion matrix and per-class precision/recall/F1 over the whole split.
+
+    Under torchrun each rank's `loader` holds its own share (every sample on exactly one rank, no padding),
+    the counts are summed over ranks, and every rank gets the same result; BatchNorm buffers are first made
+    rank 0's (the ones saved). In one process the collectives are no-ops. `model` is the unwrapped module.
+    """
+    broadcast_module(model, buffers_only=True)
+    return compute_metrics(all_reduce_counts(evaluate_counts(model, loader, spec, device, criterion, amp)))
 
 
 @torch.no_grad()

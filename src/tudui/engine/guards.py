@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 from .callbacks import Callback
 
 

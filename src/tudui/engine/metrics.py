@@ -1,7 +1,7 @@
 """Classification metrics from counts, so they add up exactly across batches and ranks.
 
 `batch_counts` turns one batch into counts; summing counts (or all-reducing them
-under torchrun) and then calling `summarize` gives exact dataset-level numbers:
+under torchrun) and then calling `compute_metrics` gives exact dataset-level numbers:
 accuracy is correct/total over all samples, never an average of batch accuracies.
 """
 from __future__ import annotations
@@ -46,7 +46,7 @@ def per_class(confusion: torch.Tensor) -> dict[str, list[float]]:
             "support": [int(s) for s in support.tolist()]}
 
 
-def summarize(counts: dict[str, torch.Tensor]) -> dict:
+def compute_metrics(counts: dict[str, torch.Tensor]) -> dict:
     """Counts -> {'n', 'loss', 'top1', 'top5', 'confusion', 'per_class', 'macro_f1'} (accuracies in [0, 1])."""
     n = max(float(counts["n"]), 1.0)
     cm = counts["confusion"].cpu()

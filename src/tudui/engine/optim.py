@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 
 
 class OneHotRegression(nn.Module):

@@ -18,10 +18,7 @@ RESUME_MAY_CHANGE may be given again (`--epochs` only upwards).
 """
 from __future__ import annotations
 
-import csv
-import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,10 +26,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import TrainConfig, load_yaml
-from ..errors import TuduiError
-from .checkpoint import load_checkpoint
+import torch.distributed as dist
+
+from ..core.checkpoint import load_checkpoint
+from ..core.config import TrainConfig, load_yaml
+from ..core.errors import TuduiError
+from ..core.files import stale_temp_files
 from .distributed import is_main
+from .results import write_results
 
 # Options that may differ on resume: where things are on this machine, and how long to train.
 RESUME_MAY_CHANGE = ("epochs", "device", "workers", "data_root")
@@ -151,7 +152,7 @@ def resume_state(run) -> dict[str, Any]:
 
 # --- restoring a run ----------------------------------------------------------------------------------------------
 
-def restore_run(run, csv_fields: list[str]) -> None:
+def restore_run(run) -> None:
     """Load `run.cfg.resume` (a last.pt) into a freshly set-up Run and rewrite results.csv to its rows."""
     path = Path(run.cfg.resume)
     ckpt = load_checkpoint(path, map_location=run.device)
@@ -186,25 +187,42 @@ def restore_run(run, csv_fields: list[str]) -> None:
             print(f"note: the learning-rate schedule now spans {run.cfg.epochs} epochs (was {state['epochs']}); "
                   f"lr continues at {run.optimizer.param_groups[0]['lr']:.3g}", flush=True)
     restore_rng(state["rng"], run)
+    restore_rank_rng(run, state)
     if not is_main():  # under torchrun every rank restores its state; rank 0 alone writes and prints
         return
-    write_results(run.run_dir / "results.csv", csv_fields, run.history)
-    for stale in run.run_dir.glob(".*.pt.*.tmp"):  # left by a process killed while saving
+    write_results(run.run_dir / "results.csv", run.history)
+    for stale in stale_temp_files(run.run_dir):  # left by a process killed while saving
         stale.unlink(missing_ok=True)
     print(f"resuming {run.run_dir} at epoch {run.epoch + 1}/{run.cfg.epochs} (step {run.step}) from {path}",
           flush=True)
 
 
-def write_results(path: Path, fields: list[str], history: list[dict]) -> None:
-    """Rewrite results.csv with the checkpoint's rows (formatted as the trainer writes them), atomically.
+# --- per-rank augmentation streams under torchrun -----------------------------------------------------------
+def gather_rank_rng(run) -> dict:
+    """{'augment_ranks': [state of rank 0, rank 1, ...]} under torchrun, else {} (every rank must call it).
 
-    Rows past the checkpoint (an epoch that was logged but whose last.pt was lost) are dropped, and a row the
-    trainer had no time to append is restored, so the table always matches the weights.
+    Each rank has its own augmentation stream; the checkpoint written by rank 0 keeps all of them so that
+    `--resume` gives every rank its own stream back. (The other random states are the same on every rank.)
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
-        w.writeheader()
-        for row in history:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    os.replace(tmp, path)
+    if not dist.is_initialized():
+        return {}
+    states: list = [None] * dist.get_world_size()
+    dist.all_gather_object(states, run.aug_generator.get_state())
+    return {"augment_ranks": states}
+
+
+def restore_rank_rng(run, state: dict[str, Any]) -> None:
+    """After restore_rng (which restores rank 0's augmentation state): this rank's own state."""
+    if not dist.is_initialized():
+        return
+    states = state.get("augment_ranks") or []
+    rank = dist.get_rank()
+    if len(states) == dist.get_world_size():
+        run.aug_generator.set_state(states[rank])
+        return
+    if rank == 0:
+        print(f"note: {run.cfg.resume} was written by {len(states) or 1} process(es), this job has "
+              f"{dist.get_world_size()}: the global batch changed, so the resumed run is not an exact "
+              "continuation", flush=True)
+    if rank > 0:  # a fresh stream of its own rather than a copy of rank 0's
+        run.aug_generator.manual_seed(run.cfg.seed + 1_000_003 * rank + run.epoch)

@@ -15,7 +15,7 @@ import shlex
 import signal
 import threading
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 from .callbacks import Callback
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}  # 128 + signal number, as shells report them

@@ -1,9 +1,13 @@
-"""Training: `fit(cfg)` builds everything, then runs a loop that fits on one screen."""
+"""Training: `fit(cfg)` sets a run up, then runs a loop that fits on one screen.
+
+Set-up is a few small steps (device and seed, data, model, loaders, optimisation, run directory, resume);
+`train_one_epoch` and `evaluate` (engine/evaluate.py) are the loop. Reporting (TensorBoard, pictures) and
+Ctrl-C handling come in as callbacks from the layers above (api.py).
+"""
 from __future__ import annotations
 
-import csv
 import json
-import platform
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -11,25 +15,28 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torchvision
 
-from .. import __version__
-from ..config import TrainConfig, save_yaml
-from ..data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataSpec, augment_batch, augment_options, build_data, \
-    make_loader, normalize
-from ..errors import TuduiError
-from ..models import count_parameters, create_model, get_model_info
-from ..models.zoo import head_path
-from ..reporting.console import Progress
-from .callbacks import Callback
+from ..core import __version__
+from ..core.checkpoint import make_checkpoint, save_checkpoint
+from ..core.config import TrainConfig, save_yaml
+from ..core.console import Progress
+from ..core.device import World, autocast, make_scaler, reuse_freed_memory, seed_everything, select_device, world
+from ..core.errors import TuduiError
+from ..core.files import make_run_dir, versions, write_text
+from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataSpec, augment_batch, augment_options, build_data,
+                    eval_batch_size, make_loader, normalize)
+from ..core.checkpoint import read_weights
+from ..models import count_parameters, create_model, get_model_info, make_arch
+from ..core.pyfile import is_file_ref
+from ..models.user import call_builder, parse_model_args, ref_for, source_record
+from ..models.zoo import head_path, load_weights
 from . import distributed
-from .checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
-from .device import autocast, make_scaler, reuse_freed_memory, seed_everything
+from .callbacks import Callback
+from .evaluate import evaluate
 from .guards import FiniteLossGuard
 from .optim import create_loss, create_optimizer, create_scheduler
-from .resume import restore_run, resume_state
-
-CSV_FIELDS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "epoch_time_s", "images_per_s"]
+from .results import append_result, write_results
+from .resume import gather_rank_rng, restore_run, resume_state
 
 
 @dataclass
@@ -38,7 +45,7 @@ class RunResult:
     best: Path
     last: Path
     history: list[dict]  # results.csv rows
-    val: dict | None  # best checkpoint on the validation split (metrics.summarize)
+    val: dict | None  # best checkpoint on the validation split (metrics.compute_metrics)
     test: dict | None  # best checkpoint on the test split, when the data has one
     spec: DataSpec
 
@@ -62,7 +69,7 @@ class Run:
     aug_generator: torch.Generator
     callbacks: list[Callback] = field(default_factory=list)
     ddp: nn.Module | None = None  # DDP wrapper of `model` under torchrun: training goes through it
-    world: distributed.World = field(default_factory=distributed.World)
+    world: World = field(default_factory=World)
     epoch: int = 0  # epochs completed
     step: int = 0  # optimisation steps completed
     best_top1: float = -1.0
@@ -82,80 +89,105 @@ class Run:
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
     def checkpoint(self) -> dict:
-        return {
-            "format": FORMAT, "format_version": FORMAT_VERSION,
-            # contiguous: channels-last weights are saved in the standard layout every reader expects
-            "model": {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()},
-            "arch": self.arch, "data": self.spec.to_dict(), "epoch": self.epoch, "step": self.step,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "trainer": {"best_top1": self.best_top1, "best_epoch": self.best_epoch},
-            "metrics": self.history[-1] if self.history else {},
-            "config": self.cfg.to_dict(), "versions": versions(),
-            "resume": resume_state(self),  # RNG states and metrics rows for an exact --resume (engine/resume.py)
-        }
+        return make_checkpoint(
+            self.model, self.arch, self.spec.to_dict(), epoch=self.epoch, step=self.step,
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(), trainer={"best_top1": self.best_top1, "best_epoch": self.best_epoch},
+            metrics=self.history[-1] if self.history else {}, config=self.cfg.to_dict(),
+            resume=resume_state(self))  # RNG states and metrics rows for an exact --resume (engine/resume.py)
 
 
-def versions() -> dict:
-    return {"tudui": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-            "python": platform.python_version()}
-
-
-def make_run_dir(project: str, name: str | None, exist_ok: bool) -> Path:
-    """runs/exp, runs/exp2, ...; an existing name gets a number rather than being overwritten."""
-    base = Path(project) / (name or "exp")
-    if exist_ok or not base.exists():
-        base.mkdir(parents=True, exist_ok=True)
-        return base
-    for i in range(2, 10_000):
-        cand = base.with_name(f"{base.name}{i}")
-        if not cand.exists():
-            cand.mkdir(parents=True)
-            return cand
-    raise TuduiError(f"too many runs named {base}; pass --name")
-
-
-def _check_forward(model: nn.Module, spec: DataSpec, name: str, device: torch.device) -> None:
+def _check_forward(model: nn.Module, spec: DataSpec, name: str, device: torch.device, hint: str) -> None:
     """One dry forward pass, so a size mismatch is a clear message before any work is done."""
     x = torch.zeros(2, spec.channels, spec.img_size, spec.img_size, device=device)
     try:
         with torch.no_grad():
             out = model.eval()(x)
     except RuntimeError as e:
-        info = get_model_info(name)
         raise TuduiError(f"model {name} cannot take {spec.channels}x{spec.img_size}x{spec.img_size} input "
-                         f"({str(e).splitlines()[0]}); try --img-size {info.default_size}") from None
-    if out.shape != (2, spec.num_classes):
-        raise TuduiError(f"model {name} returns shape {tuple(out.shape)}, expected (2, {spec.num_classes})")
+                         f"({str(e).splitlines()[0]}); {hint}") from None
+    if not isinstance(out, torch.Tensor) or out.shape != (2, spec.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise TuduiError(f"model {name} returns {got} for a batch of 2 images; a classifier for {spec.num_classes} "
+                         f"classes must return logits of shape (2, {spec.num_classes}), i.e. (batch, num_classes)")
+
+
+def _instantiate(cfg: TrainConfig, spec: DataSpec) -> tuple[nn.Module, str, str | None, dict]:
+    """(untrained model, its name, 'file.py:Name' of user code or None, constructor args) for cfg.model:
+    a registered name, 'file.py:Name', an nn.Module instance or a builder callable (library)."""
+    args = parse_model_args(cfg.model_args)
+    m, shape = cfg.model, (spec.num_classes, spec.channels, spec.img_size)
+    if isinstance(m, nn.Module):
+        if args:
+            raise TuduiError("model_args apply when tudui builds the model; this one is already built")
+        ref = ref_for(m)
+        return m, ref or type(m).__name__, ref, args
+    if callable(m) and not isinstance(m, str):
+        ref = ref_for(m)
+        return call_builder(m, *shape, args), ref or getattr(m, "__name__", "model"), ref, args
+    # registered builders load (or download) initial weights themselves; user code gets them in build_model
+    weights = {"weights": cfg.weights} if cfg.weights and not is_file_ref(m) else {}
+    return create_model(m, *shape, **args, **weights), m, (m if is_file_ref(m) else None), args
+
+
+def build_model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple[nn.Module, dict]:
+    """(model on `device`, its arch record): initial weights, channels-last, a dry run, a frozen backbone."""
+    model, name, ref, args = _instantiate(cfg, spec)
+    user_code = ref is not None or not isinstance(cfg.model, str)
+    if cfg.weights and user_code:
+        load_weights(model, read_weights(cfg.weights), cfg.weights)
+    model = model.to(device)
+    if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster; ~1.4x for `fast` on a CPU
+        model = model.to(memory_format=torch.channels_last)
+    hint = "check its first layer's in_channels (--channels) and the size its Linear expects (--img-size)" \
+        if user_code else f"try --img-size {get_model_info(cfg.model).default_size}"
+    _check_forward(model, spec, name, device, hint)
+    if cfg.freeze_backbone:
+        head = head_path(model)
+        for pname, p in model.named_parameters():
+            p.requires_grad = pname.startswith(head + ".")
+    arch = make_arch(name, spec.num_classes, spec.channels, spec.img_size, **args)
+    if user_code:  # rebuilt later from its file
+        arch["source"] = source_record(ref, args) if ref else {"name": name, "path": None, "args": args}
+    return model, arch
+
+
+def build_loaders(cfg: TrainConfig, data: DataBundle, device: torch.device, w: World) -> tuple:
+    """(train loader, val loader or None); under torchrun each rank gets its own shard."""
+    args = dict(device=device, workers=cfg.workers, seed=cfg.seed, bad_images=cfg.bad_images, rank=w.rank,
+                world_size=w.size)
+    train = make_loader(data.train, data.spec, cfg.batch_size, True, **args)
+    if len(train) == 0:
+        raise TuduiError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
+    val = make_loader(data.val, data.spec, eval_batch_size(cfg.batch_size), False, **args) if data.val else None
+    return train, val
+
+
+def write_run_files(run: Run) -> None:
+    """Rank 0: config.yaml (fully resolved, so --config repeats the run), env.yaml, a new results.csv."""
+    cfg, spec, w = run.cfg, run.spec, run.world
+    resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
+                                "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None,
+                                "nproc": w.local_size}  # so --config repeats a torchrun job
+    save_yaml(resolved, run.run_dir / "config.yaml")
+    if not cfg.resume:
+        write_results(run.run_dir / "results.csv", [])  # a new run starts a new table
+    save_yaml(versions() | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
+                            "world_size": w.size}, run.run_dir / "env.yaml")
 
 
 def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
-    device, world = distributed.select_device(cfg.device), distributed.world()
+    device, w = select_device(cfg.device), world()
     if device.type == "cpu":
         reuse_freed_memory()  # activations come from the heap, not fresh pages, every step
     seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: same initial weights
-    info = get_model_info(cfg.model)  # fail fast on a misspelt name, before loading data
-    imagenet = (IMAGENET_MEAN, IMAGENET_STD) if cfg.weights and info.family == "torchvision" else None
+    # fail fast on a misspelt name or a broken file, before loading data
+    info = get_model_info(cfg.model) if isinstance(cfg.model, str) else None
+    imagenet = (IMAGENET_MEAN, IMAGENET_STD) if cfg.weights and info and info.family == "torchvision" else None
     data = build_data(cfg, default_norm=imagenet)
-    spec = data.spec
-    kwargs = {"weights": cfg.weights} if cfg.weights else {}
-    model = create_model(cfg.model, spec.num_classes, spec.channels, spec.img_size, **kwargs).to(device)
-    arch = {"name": cfg.model, "num_classes": spec.num_classes, "in_channels": spec.channels,
-            "img_size": spec.img_size, "kwargs": {}}  # weights are in the checkpoint, not re-loaded
-    if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster; ~1.4x for `fast` on a CPU
-        model = model.to(memory_format=torch.channels_last)
-    _check_forward(model, spec, cfg.model, device)
-    if cfg.freeze_backbone:
-        head = head_path(model)
-        for name, p in model.named_parameters():
-            p.requires_grad = name.startswith(head + ".")
+    model, arch = build_model(cfg, data.spec, device)
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)
-    loader_args = dict(device=device, workers=cfg.workers, seed=cfg.seed, bad_images=cfg.bad_images,
-                       rank=world.rank, world_size=world.size)  # each rank gets its own shard
-    train_loader = make_loader(data.train, spec, cfg.batch_size, True, **loader_args)
-    val_loader = make_loader(data.val, spec, max(cfg.batch_size, 512), False, **loader_args) if data.val else None
-    if len(train_loader) == 0:
-        raise TuduiError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
+    train_loader, val_loader = build_loaders(cfg, data, device, w)
     optimizer = create_optimizer(cfg, model)
     run = Run(cfg=cfg, device=device, data=data, model=model, arch=arch,
               criterion=create_loss(cfg, data.train.counts(), device), optimizer=optimizer,
@@ -163,21 +195,14 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
               train_loader=train_loader, val_loader=val_loader,
               run_dir=distributed.on_main(make_run_dir, cfg.project, cfg.name, cfg.exist_ok),  # rank 0 names it
               # a different augmentation stream per rank
-              aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * world.rank),
-              callbacks=list(callbacks or []) if world.rank == 0 else [], ddp=ddp, world=world)
-    if world.rank == 0:  # only rank 0 writes the run directory
-        resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
-                                    "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None,
-                                    "nproc": world.local_size}  # so --config repeats a torchrun job
-        save_yaml(resolved, run.run_dir / "config.yaml")
-        if not cfg.resume:
-            with open(run.run_dir / "results.csv", "w", newline="") as f:  # a new run starts a new table
-                csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
-        save_yaml(versions() | {"device": str(device), "threads": torch.get_num_threads(), "argv": sys.argv,
-                                "world_size": world.size}, run.run_dir / "env.yaml")
+              aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * w.rank),
+              callbacks=list(callbacks or []) if w.rank == 0 else [], ddp=ddp, world=w)
+    if arch.get("source", {}).get("path"):  # the user's file relative to the run: found again if both move
+        arch["source"]["relpath"] = os.path.relpath(arch["source"]["path"], run.run_dir.resolve())
+    if w.rank == 0:  # only rank 0 writes the run directory
+        write_run_files(run)
     if cfg.resume:  # every rank: weights, optimizer, schedule, RNG states; results.csv keeps the run's rows
-        restore_run(run, CSV_FIELDS)
-        distributed.restore_rank_rng(run)
+        restore_run(run)
     return run
 
 
@@ -214,8 +239,7 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
 
 
 def _log_epoch(run: Run, row: dict) -> None:
-    with open(run.run_dir / "results.csv", "a", newline="") as f:
-        csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    append_result(run.run_dir / "results.csv", row)
     val = (f"val_loss {row['val_loss']:.4f}  top1 {row['val_top1']:.2%}  top5 {row['val_top5']:.2%}  "
            if row["val_top1"] != "" else "")
     print(f"epoch {row['epoch']}/{run.cfg.epochs}  train_loss {row['train_loss']:.4f}  {val}lr {row['lr']:.3g}  "
@@ -228,9 +252,7 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
 
 
 def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
-    from ..reporting import default_callbacks
-
-    run = setup(cfg, [FiniteLossGuard(), *default_callbacks(cfg), *(callbacks or [])])  # rank 0 keeps them
+    run = setup(cfg, [FiniteLossGuard(), *(callbacks or [])])  # rank 0 keeps them
     if run.world.rank == 0:
         _announce(run)
     for cb in run.callbacks:
@@ -242,8 +264,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
     for epoch in range(run.epoch, cfg.epochs):
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run, epoch)
-        val = distributed.evaluate(run.model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) \
-            if run.val_loader else None
+        val = evaluate(run.model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) if run.val_loader else None
         run.epoch = epoch + 1
         row = {"epoch": run.epoch, "train_loss": stats["train_loss"], "val_loss": val["loss"] if val else "",
                "val_top1": val["top1"] if val else "", "val_top5": val["top5"] if val else "", "lr": lr,
@@ -269,7 +290,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
 
 def _save(run: Run, names: list[str]) -> None:
     """Rank 0 writes the checkpoint(s); under torchrun it also holds every rank's augmentation RNG state."""
-    rank_rng = distributed.gather_rank_rng(run)  # a collective: every rank calls it
+    rank_rng = gather_rank_rng(run)  # a collective: every rank calls it
     if run.world.rank == 0:
         payload = run.checkpoint()
         payload["resume"] |= rank_rng
@@ -301,18 +322,18 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
         state = torch.load(best, map_location=run.device, weights_only=True)["model"]
         run.model.load_state_dict(state)
     distributed.broadcast_module(run.model)
-    args = dict(device=run.device, workers=run.cfg.workers, bad_images=run.cfg.bad_images, rank=run.world.rank,
-                world_size=run.world.size)
-    val = distributed.evaluate(run.model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
+    val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
     test = None
     if run.data.test is not None:
-        test_loader = make_loader(run.data.test, run.spec, max(run.cfg.batch_size, 512), False, **args)
-        test = distributed.evaluate(run.model, test_loader, run.spec, run.device, criterion)
+        test_loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
+                                  workers=run.cfg.workers, bad_images=run.cfg.bad_images, rank=run.world.rank,
+                                  world_size=run.world.size)
+        test = evaluate(run.model, test_loader, run.spec, run.device, criterion)
     result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec)
     if run.world.rank != 0:
         return result
     summary = {"best_epoch": run.best_epoch, "val": val, "test": test}
-    (run.run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+    write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
     parts = [f"best epoch {run.best_epoch}"]
     if val:
         parts.append(f"val top1 {val['top1']:.2%}")
@@ -322,9 +343,3 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
     for cb in run.callbacks:
         cb.on_fit_end(run, result)
     return result
-
-
-def train(cfg: TrainConfig | None = None, callbacks: list[Callback] | None = None, **overrides) -> RunResult:
-    """Library entry point: `tudui.train(data="fashion-mnist", epochs=5)` or `tudui.train(cfg)`."""
-    values = (cfg.to_dict() if cfg else {}) | overrides
-    return fit(TrainConfig.from_dict(values), callbacks)

@@ -14,9 +14,8 @@ guards correctness either way.
 """
 from __future__ import annotations
 
+import contextlib
 import json
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,9 +25,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..core.checkpoint import INSTALL_EXPORT, import_safetensors, load_checkpoint
+from ..core.errors import TuduiError
+from ..core.files import atomic_path
 from ..data import DataSpec, normalize
-from ..errors import TuduiError
-from .backends import INSTALL_EXPORT, SIDECAR_SUFFIX, TS_EXTRA_FILE, build_from_safetensors, export_metadata
+from . import formats
+from .formats import SIDECAR_SUFFIX, TS_EXTRA_FILE, build_from_safetensors, export_metadata, model_from_checkpoint
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
@@ -76,15 +78,6 @@ def _compare(reference: torch.Tensor, got: torch.Tensor) -> tuple[float, int]:
     return diff, int((got.argmax(1) == reference.argmax(1)).sum())
 
 
-def _tmp_beside(path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; an export is meant to be shared like any written file
-    return Path(tmp)
-
-
 # --- writers: (model, spec, meta, tmp path, options) -> opset or None ---------------------------------------------------
 def _write_onnx(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, dynamic_batch: bool,
                 opset: int | None) -> int:
@@ -126,10 +119,7 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, meta: dict, tmp:
 
 
 def _write_safetensors(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, **_) -> None:
-    try:
-        from safetensors.torch import save_file
-    except ImportError:
-        raise TuduiError(f"safetensors export needs the safetensors package: {INSTALL_EXPORT}") from None
+    save_file = import_safetensors().save_file
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp), metadata={"format": "pt", "tudui": json.dumps(meta)})
 
@@ -138,13 +128,12 @@ WRITERS: dict[str, Callable] = {"onnx": _write_onnx, "torchscript": _write_torch
                                 "safetensors": _write_safetensors}
 
 
-def _reload(fmt: str, tmp: Path, meta: dict) -> nn.Module:
+def _reload(fmt: str, tmp: Path, meta: dict, model_file: str | Path | None = None) -> nn.Module:
     """The written file loaded back the way `tudui predict` will load it."""
     if fmt == "safetensors":
-        return build_from_safetensors(tmp, meta)
+        return build_from_safetensors(tmp, meta, model_file)
     # A temp name has no telling suffix: load through the format's own loader.
-    from . import backends
-    return {"onnx": backends._load_onnx, "torchscript": backends._load_torchscript}[fmt](tmp).model
+    return {"onnx": formats._load_onnx, "torchscript": formats._load_torchscript}[fmt](tmp).model
 
 
 def default_output(checkpoint_path: Path, fmt: str) -> Path:
@@ -154,14 +143,13 @@ def default_output(checkpoint_path: Path, fmt: str) -> Path:
 
 def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None,
                  dynamic_batch: bool = False, opset: int | None = None, *, n_samples: int = 8,
-                 tolerance: float = TOLERANCE, log: Callable[[str], None] | None = print) -> ExportResult:
+                 tolerance: float = TOLERANCE, log: Callable[[str], None] | None = print,
+                 model_file: str | Path | None = None) -> ExportResult:
     """Export `checkpoint` (a tudui checkpoint or run directory) and prove parity; returns where and how close.
 
     dynamic_batch: ONNX input/output batch dimension symbolic ("batch"); otherwise fixed at 1.
     opset: ONNX opset version (default: the exporter's).
     """
-    from ..engine.checkpoint import build_from_checkpoint, load_checkpoint
-
     if format not in FORMATS:
         raise TuduiError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
     if format != "onnx" and (opset is not None or dynamic_batch):
@@ -169,7 +157,7 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
                          "batch-size independent here, safetensors holds weights only)")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     source = Path(ckpt["path"])
-    model, spec = build_from_checkpoint(ckpt)
+    model, spec = model_from_checkpoint(ckpt, model_file)
     meta = export_metadata(ckpt)
     out = Path(out).expanduser() if out else default_output(source, format)
     if out.resolve() == source.resolve():
@@ -183,11 +171,13 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
         reference = model(x).float()
     example = x[:1]  # the traced/exported batch size (1 unless --dynamic-batch makes it symbolic)
     sidecar = Path(str(out) + SIDECAR_SUFFIX)
-    tmps = [_tmp_beside(out)] + ([_tmp_beside(sidecar)] if format == "safetensors" else [])
-    try:
+    # Both files are renamed into place only after the parity check passes, the sidecar first (its context is
+    # the inner one): weights never appear without what they need. A failure anywhere writes nothing.
+    with atomic_path(out) as tmp, (atomic_path(sidecar) if format == "safetensors" else
+                                   contextlib.nullcontext()) as tmp_sidecar:
         with torch.no_grad():
-            opset_used = WRITERS[format](model, example, meta, tmps[0], dynamic_batch=dynamic_batch, opset=opset)
-        reloaded = _reload(format, tmps[0], meta)
+            opset_used = WRITERS[format](model, example, meta, tmp, dynamic_batch=dynamic_batch, opset=opset)
+        reloaded = _reload(format, tmp, meta, model_file)
         with torch.no_grad():
             # A fixed-batch ONNX model is run one sample at a time by OnnxModule; the rest see the whole batch.
             got = reloaded(x)
@@ -200,12 +190,7 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
             raise ExportError(f"parity check failed: max |logit diff| {diff:.3g} (tolerance {tolerance:g}), same "
                               f"argmax {agree}/{len(x)}; nothing was written"
                               + ("; try another --opset" if format == "onnx" else ""))
-        if format == "safetensors":
-            tmps[1].write_text(json.dumps(meta, indent=1) + "\n")
-            os.replace(tmps[1], sidecar)  # sidecar first: weights never appear without what they need
-        os.replace(tmps[0], out)
-    finally:
-        for t in tmps:
-            t.unlink(missing_ok=True)
+        if tmp_sidecar is not None:
+            tmp_sidecar.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     files = [out] + ([sidecar] if format == "safetensors" else [])
     return ExportResult(out, format, diff, agree, len(x), files, opset_used)

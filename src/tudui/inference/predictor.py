@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..core.errors import TuduiError
 from ..data import DataSpec, decode_image, model_logits, normalize
-from ..data.images import BadImage, is_image_file
-from ..engine.device import select_device
-from ..errors import TuduiError
+from ..data.images import BadImage, find_images
+from .formats import load_model, runtime_device
 
 
 @dataclass
@@ -34,7 +34,7 @@ def expand_paths(paths: list[str]) -> list[str]:
     for p in paths:
         path = Path(p).expanduser()
         if path.is_dir():
-            found = sorted(str(f) for f in path.rglob("*") if f.is_file() and is_image_file(f))
+            found = [str(f) for f in find_images(path)]
             if not found:
                 raise TuduiError(f"no image files in folder {p}")
             out.extend(found)
@@ -58,16 +58,15 @@ class Predictor:
         self.meta = meta or {}  # export metadata: arch, training, tudui_version
 
     @classmethod
-    def from_path(cls, path: str | Path, device: str = "auto", tta: bool | None = None) -> "Predictor":
+    def from_path(cls, path: str | Path, device: str = "auto", tta: bool | None = None,
+                  model_file: str | Path | None = None) -> "Predictor":
         """A checkpoint (.pt or run directory), .onnx, .torchscript or .safetensors (+ sidecar JSON).
 
         tta: flip test-time augmentation on/off; None keeps the model's own setting (`--tta` at training).
+        model_file: where a user model's Python file is now, if it has moved since training.
         """
-        from .backends import load_model, suffix_format
-
-        # onnxruntime runs on the CPU here; the others go where --device says.
-        dev = torch.device("cpu") if suffix_format(path) == "onnx" else select_device(device)
-        loaded = load_model(path, dev)
+        dev = runtime_device(path, device)
+        loaded = load_model(path, dev, model_file)
         return cls(loaded.model, loaded.spec.with_tta(tta), dev, loaded.path, loaded.format, loaded.meta)
 
     @classmethod
@@ -92,9 +91,17 @@ class Predictor:
         """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities."""
         return model_logits(self.model, x.to(self.device), self.spec).float().softmax(1).cpu()
 
+    def top_classes(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
+        """(B, num_classes) probabilities -> per row the k most likely (class name, probability), best first.
+
+        k is clamped to 1..num_classes.
+        """
+        k = max(1, min(k, len(self.classes)))
+        values, idx = probs.topk(k, dim=1)
+        return [[(self.classes[c], float(v)) for v, c in zip(vr, ir)] for vr, ir in zip(values.tolist(), idx.tolist())]
+
     def predict(self, sources: list, topk: int = 5, batch_size: int = 64) -> list[Prediction]:
         """Top-k classes for each source, in order; an unreadable image gives a Prediction with `error` set."""
-        k = max(1, min(topk, len(self.classes)))
         results: list[Prediction] = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start:start + batch_size]
@@ -106,8 +113,8 @@ class Predictor:
                 except BadImage as e:
                     preds[i].error = e.reason
             if arrays:
-                values, idx = self.probabilities(self._batch(list(arrays.values()))).topk(k, dim=1)
-                for row, i in enumerate(arrays):
-                    preds[i].topk = [(self.classes[c], float(v)) for v, c in zip(values[row].tolist(), idx[row].tolist())]
+                tops = self.top_classes(self.probabilities(self._batch(list(arrays.values()))), topk)
+                for i, top in zip(arrays, tops):
+                    preds[i].topk = top
             results.extend(preds)
         return results

@@ -21,7 +21,7 @@ import warnings
 from importlib import resources
 
 from ..data.images import MAX_PIXELS, BadImage
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 from .predictor import Predictor
 
 INSTALL_SERVE = "pip install 'tudui[serve]'"
@@ -159,10 +159,8 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
             return probs, (t2 - t1) * 1000, (time.perf_counter() - t2) * 1000
 
         probs, pre_ms, inf_ms = await run_in_threadpool(run)
-        n = max(1, min(k or topk, len(predictor.classes)))
-        values, idx = probs.topk(n)
-        return {"predictions": [{"class": predictor.classes[i], "probability": float(v)}
-                                for v, i in zip(values.tolist(), idx.tolist())],
+        top = predictor.top_classes(probs[None], k or topk)[0]
+        return {"predictions": [{"class": c, "probability": p} for c, p in top],
                 "time_ms": round((time.perf_counter() - t0) * 1000, 3), "preprocess_ms": round(pre_ms, 3),
                 "inference_ms": round(inf_ms, 3), "image": {"width": width, "height": height, "bytes": len(data)}}
 
@@ -170,14 +168,14 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0, topk: int = 5,
-          device: str = "auto", log_level: str = "info", tta: bool | None = None) -> None:
+          device: str = "auto", log_level: str = "info", tta: bool | None = None, model_file: str | None = None) -> None:
     """Load `model` (checkpoint, run directory, .onnx, ...) and serve it with uvicorn until interrupted."""
     _import_web()
     import uvicorn
 
     if max_upload_mb <= 0:
         raise TuduiError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    predictor = Predictor.from_path(model, device=device, tta=tta)
+    predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file)
     app = create_app(predictor, max_upload_mb=max_upload_mb, topk=topk)
     # Bind here so a busy port or a bad host is a one-line error (uvicorn would log it and exit);
     # --port 0 takes a free port, printed below.

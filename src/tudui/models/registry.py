@@ -7,15 +7,17 @@ registry tests to know it.
 """
 from __future__ import annotations
 
-import inspect
-
 import difflib
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
 import torch.nn as nn
 
-from ..errors import TuduiError
+from ..core.checkpoint import read_weights
+from ..core.errors import TuduiError
+from ..core.pyfile import is_file_ref, load_object
+from .user import build_from_source, call_builder
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,14 @@ def list_models() -> list[ModelInfo]:
 
 
 def get_model_info(name: str) -> ModelInfo:
+    """A registered model, or a user's class/builder named as 'path/file.py:Name' (models/user.py)."""
+    if is_file_ref(name):
+        obj, path, attr = load_object(name)
+
+        def builder(num_classes: int, in_channels: int, img_size: int, **args) -> nn.Module:
+            return call_builder(obj, num_classes, in_channels, img_size, args, label=attr)
+
+        return ModelInfo(name, builder, f"{attr} from {path}", "user", 1, 32)
     _ensure_loaded()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
@@ -71,12 +81,32 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: in
         weights = kwargs.pop("weights")  # builders without their own weights handling: load the file here
     model = info.builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **kwargs)
     if weights:
-        from .zoo import load_weights, read_state_dict
+        from .zoo import load_weights
 
         if weights.upper() == "DEFAULT":
             raise TuduiError(f"model {name} has no pretrained weights to download; pass --weights FILE")
-        load_weights(model, read_state_dict(weights), weights)
+        load_weights(model, read_weights(weights), weights)
     return model
+
+
+def make_arch(name: str, num_classes: int, in_channels: int, img_size: int, **kwargs) -> dict:
+    """What a checkpoint records to rebuild the model with `build_model` (initial weights are not part of it)."""
+    return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "img_size": img_size,
+            "kwargs": {k: v for k, v in kwargs.items() if k != "weights"}}
+
+
+def build_model(arch: dict, model_file: str | None = None, base_dir: str | None = None) -> nn.Module:
+    """The untrained model a checkpoint's or export's `arch` describes (its weights are loaded by the caller).
+
+    A user's model is rebuilt from its file (`arch["source"]`): `model_file` where it has moved, else relative
+    to `base_dir` (the checkpoint's folder), else where it was at training.
+    """
+    if arch.get("source"):
+        return build_from_source(arch["source"], arch["num_classes"], arch["in_channels"], arch["img_size"],
+                                 model_file, base_dir)
+    kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if k != "weights"}  # ours replace pretrained ones
+    return create_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
+                        img_size=arch["img_size"], **kwargs)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

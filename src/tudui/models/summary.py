@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from ..errors import TuduiError
+from ..core.console import table
+from ..core.errors import TuduiError
 
 
 @dataclass
@@ -53,8 +54,6 @@ class ModelSummary:
                             "params": r.params, "macs": r.macs, "arithmetic": r.arithmetic} for r in self.rows]}
 
     def table(self) -> str:
-        from ..reporting.console import table
-
         rows = [["", "input", "", shape_str(self.input_shape), "", "", ""]]
         rows += [[r.index, r.name, r.kind, shape_str(r.out_shape), f"{r.params:,}", f"{r.macs:,}",
                   "; ".join(r.arithmetic)] for r in self.rows]
@@ -226,7 +225,7 @@ def _mismatch_message(failure, shape, rows, model) -> str:
     return msg + (f"; an input of {shape_str(fit)} fits" if fit else "; no nearby input size fits")
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
+def summarize_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
     """Per-layer output shapes, parameters and multiply-adds of `model` for one input of `input_shape` (C, H, W).
 
     Raises TuduiError naming the layer, both sizes and a fitting input size when the input does not fit.

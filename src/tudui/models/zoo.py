@@ -12,7 +12,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from ..errors import TuduiError
+from ..core.checkpoint import read_weights
+from ..core.errors import TuduiError
 from .registry import register_model
 
 # name -> (min input side, description)
@@ -75,13 +76,6 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
     return model
 
 
-def read_state_dict(path: str) -> dict[str, torch.Tensor]:
-    """A state_dict from a file: plain state_dict, tudui checkpoint, or {'state_dict': ...}; never unpickles code."""
-    from ..engine.checkpoint import read_weights
-
-    return read_weights(path)
-
-
 def torchvision_weights(arch: str, which: str) -> dict[str, torch.Tensor]:
     try:
         enum = torchvision.models.get_model_weights(arch)
@@ -139,7 +133,7 @@ def build_torchvision(arch: str, num_classes: int, in_channels: int, weights: st
     elif head != "append":
         raise TuduiError(f"head must be 'replace' or 'append', got {head!r}")
     if weights:
-        state = torchvision_weights(arch, weights) if not _is_path(weights) else read_state_dict(weights)
+        state = torchvision_weights(arch, weights) if not _is_path(weights) else read_weights(weights)
         load_weights(model, state, weights)
     if head == "append":
         append_head(model, num_classes)

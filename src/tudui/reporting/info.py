@@ -4,17 +4,16 @@ from __future__ import annotations
 import os
 import platform
 
+from ..core.console import table
+from ..core.files import versions as core_versions
+from ..data.sources import NAMED, search_dirs, where
+
 
 def environment(data_root: str | None = None) -> dict:
     """Versions, CUDA/MPS availability and device names, CPU threads, and where each built-in dataset is."""
     import torch
-    import torchvision
 
-    from .. import __version__
-    from ..data.sources import NAMED, search_dirs, where
-
-    versions = {"tudui": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
-                "python": platform.python_version()}
+    versions = core_versions()
     for mod in ("tensorboard", "matplotlib", "numpy"):
         try:
             versions[mod] = __import__(mod).__version__
@@ -35,8 +34,6 @@ def environment(data_root: str | None = None) -> dict:
 
 
 def format_environment(env: dict) -> str:
-    from .console import table
-
     v, c, m, cpu = env["versions"], env["cuda"], env["mps"], env["cpu"]
     lines = ["versions: " + "  ".join(f"{k} {val}" for k, val in v.items())]
     if c["available"]:

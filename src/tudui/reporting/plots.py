@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..core.files import atomic_path
+from ..data import denormalize, eval_batch_size, make_loader
 from ..engine.callbacks import Callback
+from ..engine.evaluate import iter_predictions
 
 
 def _figure(width_in: float, height_in: float):
@@ -26,17 +27,9 @@ def _figure(width_in: float, height_in: float):
 
 
 def _save(fig, path: str | Path, dpi: int = 100) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def read_results(path: str | Path) -> list[dict[str, float]]:
@@ -176,8 +169,6 @@ class PlotsCallback(Callback):
 
     def on_train_batch(self, run, step, x, y, loss) -> None:
         if self.batch is None:  # keep a small CPU copy; drawn at the end with everything else
-            from ..data import denormalize
-
             self.batch = denormalize(x[:32].detach().float(), run.spec).cpu(), y[:32].cpu()
 
     def _draw(self, what: str, fn, *args):
@@ -200,9 +191,7 @@ class PlotsCallback(Callback):
                 write_confusion_csv(summary["confusion"], classes, d / "confusion_matrix.csv")
             loader = run.val_loader if split == "val" else None
             if loader is None and run.data.test is not None:
-                from ..data import make_loader
-
-                loader = make_loader(run.data.test, run.spec, max(run.cfg.batch_size, 512), False, run.device,
+                loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
                                      workers=run.cfg.workers, bad_images=run.cfg.bad_images)
             if loader is not None:
                 self._mistakes(run, loader, split)
@@ -213,8 +202,6 @@ class PlotsCallback(Callback):
             print("pictures: " + ", ".join(str(f) for f in self.files), flush=True)
 
     def _mistakes(self, run, loader, split: str) -> None:
-        from ..engine.evaluate import iter_predictions
-
         mistakes = confident_mistakes(iter_predictions(run.model, loader, run.spec, run.device, run.cfg.amp))
         size = getattr(getattr(run, "world", None), "size", 1)  # under torchrun rank 0 sees its shard only
         title = f"most confidently wrong on {split}" + (f" (rank 0's 1/{size} share)" if size > 1 else "")
@@ -225,31 +212,29 @@ class PlotsCallback(Callback):
 
 def write_confusion_csv(confusion, classes: list[str], path: str | Path) -> Path:
     """Counts, rows = true class, columns = predicted, with a header row and column of class names."""
-    path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["true\\predicted"] + list(classes))
         for c, row in zip(classes, confusion):
             w.writerow([c] + [int(v) for v in row])
-    return path
+    return Path(path)
 
 
 def read_confusion_csv(path: str | Path) -> tuple[list[str], list[list[int]]]:
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.reader(f))
     return rows[0][1:], [[int(v) for v in r[1:]] for r in rows[1:]]
 
 
 def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> Path:
-    """class, precision, recall, f1, support (one row per class) from a metrics.summarize result."""
+    """class, precision, recall, f1, support (one row per class) from an evaluation result (engine.metrics.compute_metrics)."""
     pc = metrics["per_class"]
-    path = Path(path)
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["class", "precision", "recall", "f1", "support"])
         for row in zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"]):
             w.writerow([row[0]] + [f"{v:.6g}" for v in row[1:4]] + [row[4]])
-    return path
+    return Path(path)
 
 
 def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:

@@ -10,7 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 
 
 def free_port(host: str = "127.0.0.1") -> int:

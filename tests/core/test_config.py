@@ -1,8 +1,8 @@
 """TrainConfig: presets fill in what is not given."""
 import pytest
 
-from tudui.config import PRESETS, TrainConfig
-from tudui.errors import TuduiError
+from tudui.core.config import PRESETS, TrainConfig
+from tudui.core.errors import TuduiError
 
 
 def test_preset_fills_only_the_options_not_given():

@@ -1,6 +1,6 @@
-"""Loading a model for inference from any file tudui writes, chosen by the file's suffix.
+"""The model file formats tudui reads, chosen by the file's suffix; `load_model` opens any of them.
 
-    best.pt / a run directory      tudui checkpoint (engine/checkpoint.py)
+    best.pt / a run directory      tudui checkpoint (core/checkpoint.py)
     model.onnx                     ONNX, run by onnxruntime on the CPU; preprocessing from its metadata_props
     model.torchscript              TorchScript; metadata in the archive's extra file `tudui.json`
     model.safetensors              weights, with the sidecar `model.safetensors.json` (architecture + DataSpec)
@@ -20,15 +20,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .. import __version__
+from ..core import __version__
+from ..core.checkpoint import INSTALL_EXPORT, import_safetensors, load_checkpoint
+from ..core.device import select_device
+from ..core.errors import TuduiError
 from ..data import DataSpec
-from ..errors import TuduiError
+from ..models import build_model
 
 EXPORT_FORMAT = "tudui.export"  # the "format" entry of every export's metadata
 TS_EXTRA_FILE = "tudui.json"  # name of the metadata file inside a TorchScript archive
 SIDECAR_SUFFIX = ".json"  # model.safetensors -> model.safetensors.json
-
-INSTALL_EXPORT = "pip install 'tudui[export]'"
 
 
 @dataclass
@@ -65,23 +66,46 @@ def suffix_format(path: str | Path) -> str:
     return "checkpoint"
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Any tudui model file -> LoadedModel on `device` (ONNX always runs on the CPU)."""
+def runtime_device(path: str | Path, device: str = "auto") -> torch.device:
+    """Where a model file runs: onnxruntime runs on the CPU here; the others go where `device` says."""
+    return torch.device("cpu") if suffix_format(path) == "onnx" else select_device(device)
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu", model_file: str | Path | None = None) -> LoadedModel:
+    """Any tudui model file -> LoadedModel on `device` (ONNX always runs on the CPU).
+
+    model_file: where the Python file of a user's own model is now, when it has moved since training
+    (checkpoints and safetensors need the code; ONNX and TorchScript carry the whole graph).
+    """
     fmt = suffix_format(path)
-    loader = {"checkpoint": _load_checkpoint, "onnx": _load_onnx, "torchscript": _load_torchscript,
-              "safetensors": _load_safetensors}[fmt]
-    loaded = loader(Path(path).expanduser())
+    path = Path(path).expanduser()
+    if fmt == "checkpoint":
+        loaded = _load_checkpoint(path, model_file)
+    elif fmt == "safetensors":
+        loaded = _load_safetensors(path, model_file)
+    else:
+        loaded = {"onnx": _load_onnx, "torchscript": _load_torchscript}[fmt](path)
     if fmt != "onnx":
         loaded.model.to(device)
     return loaded
 
 
 # --- checkpoint --------------------------------------------------------------------------------------------------------
-def _load_checkpoint(path: Path) -> LoadedModel:
-    from ..engine.checkpoint import build_from_checkpoint, load_checkpoint
+def model_from_checkpoint(ckpt: dict, model_file: str | Path | None = None) -> tuple[nn.Module, DataSpec]:
+    """(model in eval mode with a loaded checkpoint's weights, its DataSpec)."""
+    a = ckpt["arch"]
+    model = build_model(a, model_file, Path(ckpt["path"]).parent if ckpt.get("path") else None)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise TuduiError(f"checkpoint {ckpt.get('path')} does not match architecture {a['name']}: "
+                         f"{str(e).splitlines()[0]}") from e
+    return model.eval(), DataSpec.from_dict(ckpt["data"])
 
+
+def _load_checkpoint(path: Path, model_file: str | Path | None = None) -> LoadedModel:
     ckpt = load_checkpoint(path, map_location="cpu")
-    model, spec = build_from_checkpoint(ckpt)
+    model, spec = model_from_checkpoint(ckpt, model_file)
     return LoadedModel(model, spec, ckpt["path"], "checkpoint", export_metadata(ckpt))
 
 
@@ -151,19 +175,11 @@ def _load_torchscript(path: Path) -> LoadedModel:
 
 
 # --- safetensors + JSON sidecar ----------------------------------------------------------------------------------------
-def build_from_safetensors(weights: str | Path, meta: dict) -> nn.Module:
+def build_from_safetensors(weights: str | Path, meta: dict, model_file: str | Path | None = None) -> nn.Module:
     """The architecture named in `meta` with the tensors of `weights`, in eval mode."""
-    try:
-        from safetensors.torch import load_file
-    except ImportError:
-        raise TuduiError(f"reading .safetensors needs the safetensors package: {INSTALL_EXPORT}") from None
-    from ..models import create_model
-
+    load_file = import_safetensors().load_file
     a = meta["arch"]
-    # Pretrained weights named at training time are not needed (and may not exist here): ours replace them.
-    kwargs = {k: v for k, v in a.get("kwargs", {}).items() if k != "weights"}
-    model = create_model(a["name"], num_classes=a["num_classes"], in_channels=a["in_channels"],
-                         img_size=a["img_size"], **kwargs)
+    model = build_model(a, model_file, Path(weights).parent)
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as e:  # noqa: BLE001 - safetensors' header errors and load_state_dict's mismatches
@@ -171,7 +187,7 @@ def build_from_safetensors(weights: str | Path, meta: dict) -> nn.Module:
     return model.eval()
 
 
-def _load_safetensors(path: Path) -> LoadedModel:
+def _load_safetensors(path: Path, model_file: str | Path | None = None) -> LoadedModel:
     if str(path).endswith(SIDECAR_SUFFIX):
         path = Path(str(path)[: -len(SIDECAR_SUFFIX)])
     sidecar = Path(str(path) + SIDECAR_SUFFIX)
@@ -186,4 +202,4 @@ def _load_safetensors(path: Path) -> LoadedModel:
     if "arch" not in meta:
         raise TuduiError(f"{sidecar} has no architecture ('arch'); export it with `tudui export --format safetensors`")
     spec = _spec_from_meta(meta, sidecar)
-    return LoadedModel(build_from_safetensors(path, meta), spec, str(path), "safetensors", meta)
+    return LoadedModel(build_from_safetensors(path, meta, model_file), spec, str(path), "safetensors", meta)

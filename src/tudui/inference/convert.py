@@ -13,18 +13,18 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..errors import TuduiError
-from .checkpoint import FORMAT, FORMAT_VERSION, _torch_load, read_weights, save_checkpoint
+from ..core.errors import TuduiError
+from ..core.checkpoint import FORMAT, PickledObjects, make_checkpoint, read_weights, save_checkpoint, torch_load
+from ..data import DataSpec
+from ..models import create_model, get_model_info, make_arch
 
 
 def _load_object(src: Path, trust: bool):
     if src.suffix == ".safetensors":
         return read_weights(src)
     try:
-        return _torch_load(src)  # weights_only=True: a plain state_dict needs no trust
-    except TuduiError as e:
-        if "pickled Python objects" not in str(e):
-            raise
+        return torch_load(src)  # weights_only=True: a plain state_dict needs no trust
+    except PickledObjects:
         if not trust:
             raise TuduiError(f"{src} is a pickle that can run code when loaded (e.g. a whole model saved with "
                              "torch.save(model)); pass --trust only if you trust whoever made it") from None
@@ -72,8 +72,6 @@ def convert(src: str | Path, out: str | Path, *, model: str, trust: bool = False
             num_classes: int | None = None, img_size: int | None = None, channels: int | None = None,
             mean: list[float] | None = None, std: list[float] | None = None, hflip: bool = True) -> dict:
     """Write a tudui checkpoint built from `src`; returns it. Classes are in the model's output order."""
-    from ..data.transforms import DataSpec
-    from ..models import create_model, get_model_info
 
     src, out = Path(src), Path(out)
     if not src.is_file():
@@ -105,13 +103,8 @@ def convert(src: str | Path, out: str | Path, *, model: str, trust: bool = False
                          f"at {img_size}px: {str(e).splitlines()[0][:300]}") from None
     if logits.shape != (1, len(classes)):
         raise TuduiError(f"--model {model} gives {logits.shape[1]} outputs but {len(classes)} classes were given")
-    ckpt = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
-        "model": {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()},
-        "arch": {"name": model, "num_classes": len(classes), "in_channels": channels, "img_size": img_size, "kwargs": {}},
-        "data": DataSpec(list(classes), img_size, channels, [float(m) for m in mean], [float(s) for s in std],
-                         hflip).to_dict(),
-        "epoch": 0, "metrics": {}, "config": {}, "converted_from": str(src),
-    }
+    spec = DataSpec(list(classes), img_size, channels, [float(m) for m in mean], [float(s) for s in std], hflip)
+    ckpt = make_checkpoint(net, make_arch(model, len(classes), channels, img_size), spec.to_dict(), epoch=0,
+                           metrics={}, config={}, converted_from=str(src))
     save_checkpoint(ckpt, out)
     return ckpt

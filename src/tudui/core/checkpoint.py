@@ -12,51 +12,48 @@ with `torch.load(weights_only=True)` so a file from a stranger cannot run code:
 """
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ..errors import TuduiError
+from .errors import TuduiError
+from .files import atomic_path, versions
 
 FORMAT = "tudui.checkpoint"
 FORMAT_VERSION = 1
+INSTALL_EXPORT = "pip install 'tudui[export]'"
+
+
+def import_safetensors():
+    """safetensors.torch, or a TuduiError saying how to install it (an optional dependency)."""
+    try:
+        import safetensors.torch
+    except ImportError:
+        raise TuduiError(f"reading or writing .safetensors needs the safetensors package: {INSTALL_EXPORT}") from None
+    return safetensors.torch
 
 
 def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
-    """Write `payload` to `path` atomically: a temp file in the same folder, fsync, rename.
-
-    A crash at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        if os.environ.get("TUDUI_TEST_SLOW_SAVE"):  # test hook: seconds to wait before the rename (kill-during-save test)
-            time.sleep(float(os.environ["TUDUI_TEST_SLOW_SAVE"]))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    """Write `payload` to `path` atomically (files.atomic_path): a crash leaves the old file or the new one."""
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
-def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
+def make_checkpoint(model: torch.nn.Module, arch: dict, data: dict, **extra: Any) -> dict[str, Any]:
+    """The checkpoint dict every writer uses: format tag, weights in the standard layout, arch, DataSpec, extras."""
+    return {"format": FORMAT, "format_version": FORMAT_VERSION,
+            # contiguous: channels-last weights are saved in the standard layout every reader expects
+            "model": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            "arch": arch, "data": data, "versions": versions(), **extra}
+
+
+class PickledObjects(TuduiError):
+    """The file holds pickled Python objects (e.g. torch.save(model)), which weights-only loading refuses."""
+
+
+def torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     if not path.is_file():
         raise TuduiError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -66,7 +63,7 @@ def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     except pickle.UnpicklingError as e:
         if "global" not in str(e).lower():  # not a pickle of objects at all: garbage or another format
             raise TuduiError(f"{path} is not a readable PyTorch file (its content is not what torch.save writes)") from e
-        raise TuduiError(
+        raise PickledObjects(
             f"{path} contains pickled Python objects (for example a whole model saved with torch.save(model)); "
             "tudui loads only weights, because unpickling can run arbitrary code. If you trust the file, "
             f"convert it with `tudui convert {path} --trust`") from e
@@ -74,17 +71,22 @@ def _torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
         raise TuduiError(f"{path} is not a readable PyTorch file ({str(e).splitlines()[0][:200]})") from e
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a tudui checkpoint onto `map_location` (CPU by default: GPU-saved files load anywhere)."""
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", prefer: str = "best") -> dict[str, Any]:
+    """Load a tudui checkpoint onto `map_location` (CPU by default: GPU-saved files load anywhere).
+
+    A run directory means its best.pt (the weights to use), or with prefer="last" its last.pt (the state to
+    resume from); the other one is taken when the preferred one is missing.
+    """
     path = Path(path)
     if path.is_dir():
-        for name in ("best.pt", "last.pt"):
+        names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+        for name in names:
             if (path / name).is_file():
                 path = path / name
                 break
         else:
             raise TuduiError(f"{path} is a folder without best.pt or last.pt")
-    ckpt = _torch_load(path, map_location)
+    ckpt = torch_load(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise TuduiError(f"{path} is not a tudui checkpoint (a plain state_dict can be used as initial weights "
                          "with `tudui train --weights FILE`)")
@@ -100,12 +102,8 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise TuduiError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise TuduiError("reading .safetensors needs the safetensors package: pip install 'tudui[export]'") from None
-        return load_file(str(path))
-    obj = _torch_load(path)
+        return import_safetensors().load_file(str(path))
+    obj = torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         obj = obj["model"]
     elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
@@ -113,19 +111,3 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise TuduiError(f"{path} holds no state_dict (a mapping of layer names to tensors)")
     return obj
-
-
-def build_from_checkpoint(ckpt: dict[str, Any]):
-    """(model in eval mode with the checkpoint's weights, DataSpec)."""
-    from ..data.transforms import DataSpec
-    from ..models import create_model
-
-    a = ckpt["arch"]
-    model = create_model(a["name"], num_classes=a["num_classes"], in_channels=a["in_channels"],
-                         img_size=a["img_size"], **a.get("kwargs", {}))
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
-        raise TuduiError(f"checkpoint {ckpt.get('path')} does not match architecture {a['name']}: "
-                         f"{str(e).splitlines()[0]}") from e
-    return model.eval(), DataSpec.from_dict(ckpt["data"])

@@ -1,18 +1,59 @@
-"""Device choice, seeding and mixed precision."""
+"""Device choice (including each torchrun process's own GPU), seeding and mixed precision.
+
+torchrun starts one process per GPU (or N CPU processes) and tells each who it is through environment
+variables: RANK (0..WORLD_SIZE-1 over all machines), LOCAL_RANK (0..LOCAL_WORLD_SIZE-1 on this machine),
+WORLD_SIZE. Outside torchrun none is set and `world()` is one process.
+"""
 from __future__ import annotations
 
 import contextlib
 import os
 import random
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..errors import TuduiError
+from .errors import TuduiError
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0  # global rank, 0..size-1
+    local_rank: int = 0  # rank on this machine: the GPU index it uses
+    size: int = 1  # processes in the job, all machines together
+    local_size: int = 1  # processes on this machine
+
+    @property
+    def enabled(self) -> bool:
+        return self.size > 1
+
+
+def under_torchrun() -> bool:
+    """Whether this process was started by torchrun (or anything that sets its variables)."""
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def world() -> World:
+    """This process's place in the job, from torchrun's environment variables (one process when unset)."""
+    if not under_torchrun():
+        return World()
+    try:
+        return World(int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), int(os.environ["WORLD_SIZE"]),
+                     int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    except (KeyError, ValueError) as e:
+        raise TuduiError(f"torchrun environment variables are incomplete or not integers ({e}); "
+                         "start the job with torchrun or `tudui train --nproc N`") from None
 
 
 def select_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA, then Apple MPS, then the CPU; explicit names are checked."""
+    """'auto' picks CUDA, then Apple MPS, then the CPU; explicit names are checked.
+
+    Under torchrun with several processes each one takes cuda:LOCAL_RANK (one GPU per process) or the CPU.
+    """
+    w = world()
+    if w.enabled:
+        return _rank_device(name, w)
     name = (name or "auto").lower()
     if name == "auto":
         if torch.cuda.is_available():
@@ -32,6 +73,25 @@ def select_device(name: str = "auto") -> torch.device:
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise TuduiError("--device mps: Apple MPS is not available on this machine")
     return dev
+
+
+def _rank_device(name: str, w: World) -> torch.device:
+    name = (name or "auto").lower()
+    if name == "cpu" or (name == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")  # MPS has no collective backend: several processes on a Mac use the CPU
+    if name == "mps":
+        raise TuduiError("--device mps cannot run several processes (no collective backend); use --device cpu")
+    if not name.startswith("cuda"):
+        raise TuduiError(f"--device {name}: under torchrun use auto, cuda or cpu")
+    if not torch.cuda.is_available():
+        raise TuduiError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if name not in ("auto", "cuda"):
+        raise TuduiError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+    n = torch.cuda.device_count()
+    if w.local_rank >= n:
+        raise TuduiError(f"{w.local_size} processes on this machine but only {n} CUDA device(s); "
+                         f"use --nproc {n} (torchrun --nproc_per_node {n})")
+    return torch.device("cuda", w.local_rank)
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .errors import TuduiError
+from .files import write_text
 
 
 def _f(default: Any, help: str, **meta: Any) -> Any:
@@ -23,6 +24,8 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
         return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
     return field(default=default, metadata={"help": help, **meta})
 
+
+MEMORY_LIMIT_MB = 4096  # largest decoded dataset (MB) kept in memory by default, in training and `tudui eval` alike
 
 # Named recipes: each gives values to the options the user did not set (`--preset best --epochs 30` trains 30
 # epochs with the rest of `best`). Measured in benchmarks/README.md.
@@ -34,8 +37,12 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class TrainConfig:
     # --- data ---------------------------------------------------------------
-    data: list = _f([], "dataset name (fashion-mnist, mnist, cifar10, cifar100, digits), "
-                        "a folder, or a CSV of path,label; several are concatenated", nargs="+")
+    data: list = _f([], "dataset name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, a CSV of "
+                        "path,label, or your own torch Dataset as path/to/file.py:name; several are concatenated",
+                    nargs="+")
+    classes: list | None = _f(None, "class names in the model's output order, for your own Dataset's labels "
+                                    "(default: int labels as they are, str labels sorted as ImageFolder sorts them)",
+                               nargs="+")
     preset: str | None = _f(None, "a tuned recipe that sets every option not given explicitly: best (slower, more "
                                   "accurate; see benchmarks/README.md)", choices=list(PRESETS))
     data_root: str | None = _f(None, "where named datasets are looked for first (then $TUDUI_DATA, then system folders)")
@@ -54,12 +61,15 @@ class TrainConfig:
     workers: int = _f(0, "DataLoader worker processes for datasets read from disk")
     memory: str = _f("auto", "hold the decoded dataset in memory as uint8 and augment whole batches: auto, on, off",
                      choices=["auto", "on", "off"])
-    memory_limit_mb: int = _f(4096, "largest decoded dataset (MB) that `--memory auto` keeps in memory")
+    memory_limit_mb: int = _f(MEMORY_LIMIT_MB, "largest decoded dataset (MB) that `--memory auto` keeps in memory")
     subset: int | None = _f(None, "use only the first N training images (quick experiments, tests)")
     bad_images: str = _f("skip", "what to do with unreadable images: skip (one warning listing them) or error",
                          choices=["skip", "error"])
     # --- model --------------------------------------------------------------
-    model: str = _f("fast", "architecture name (see `tudui models`)")
+    model: str = _f("fast", "architecture name (see `tudui models`), or your own nn.Module class or builder function "
+                            "as path/to/file.py:Name")
+    model_args: list = _f([], "keyword arguments for the model's constructor or builder, as key=value (YAML values: "
+                              "width=32 act=relu)", nargs="+")
     weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained")
     freeze_backbone: bool = _f(False, "train the classification head only")
     # --- optimisation -------------------------------------------------------
@@ -99,12 +109,15 @@ class TrainConfig:
     plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end")
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, (str, Path)):
-            self.data = [str(self.data)]
-        self.data = [str(d) for d in self.data]
+        # The library also takes objects: `model` an nn.Module or a builder, `data` torch Datasets (or a list of
+        # them, or {"train": ..., "val": ..., "test": ...}); names and paths stay strings.
+        if isinstance(self.data, (str, Path, dict)) or not isinstance(self.data, (list, tuple)):
+            self.data = [self.data]
+        self.data = [str(d) if isinstance(d, Path) else d for d in self.data]
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values only (YAML, checkpoints): objects given to the library are written as a description."""
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
@@ -121,6 +134,26 @@ class TrainConfig:
         return cls(**values)
 
 
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _plain(v) for k, v in value.items()}
+    return describe(value)
+
+
+def describe(obj: Any) -> str:
+    """'<MyData object from course.py, 245 items>' for what cannot be written as a plain value."""
+    kind = obj.__name__ if isinstance(obj, type) or callable(obj) and hasattr(obj, "__name__") else type(obj).__name__
+    try:
+        size = f", {len(obj)} items"
+    except TypeError:
+        size = ""
+    return f"<{kind} object{size}>"
+
+
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
@@ -135,4 +168,4 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def save_yaml(values: dict, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(values, sort_keys=False))
+    write_text(path, yaml.safe_dump(values, sort_keys=False, allow_unicode=True))

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import TuduiError
+from ..core.errors import TuduiError
 from .sources import NAMED, load_named
 
 

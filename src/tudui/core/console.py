@@ -1,4 +1,4 @@
-"""Console output: progress bars on a terminal, one line every few seconds in logs."""
+"""Console output every layer may use: progress bars on a terminal (one line every few seconds in logs), text tables."""
 from __future__ import annotations
 
 import sys
@@ -58,18 +58,3 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
-
-
-def per_class_table(classes: list[str], metrics: dict) -> str:
-    pc = metrics["per_class"]
-    rows = [[c, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", s] for c, p, r, f, s in
-            zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"])]
-    return table(["class", "precision", "recall", "f1", "support"], rows)
-
-
-def confusion_table(classes: list[str], confusion: list[list[int]], max_classes: int = 30) -> str:
-    if len(classes) > max_classes:
-        return f"(confusion matrix of {len(classes)} classes omitted from the console; see the PNG / --json)"
-    short = [c[:8] for c in classes]
-    rows = [[f"{c}"] + row for c, row in zip(short, confusion)]
-    return "rows: true class, columns: predicted\n" + table(["true\\pred"] + short, rows)

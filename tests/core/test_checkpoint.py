@@ -3,8 +3,8 @@ import pickle
 import pytest
 import torch
 
-from tudui.engine.checkpoint import FORMAT, load_checkpoint, read_weights, save_checkpoint
-from tudui.errors import TuduiError
+from tudui.core.checkpoint import FORMAT, load_checkpoint, read_weights, save_checkpoint
+from tudui.core.errors import TuduiError
 
 
 def test_atomic_save_leaves_no_temp_files(tmp_path):

@@ -3,7 +3,7 @@ import platform
 
 import pytest
 
-from tudui.engine import device
+from tudui.core import device
 
 
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only")

@@ -7,8 +7,8 @@ import torch.nn as nn
 import pytest
 
 from tudui.cli import main as tudui_main
-from tudui.engine.checkpoint import load_checkpoint, read_weights
-from tudui.errors import TuduiError
+from tudui.core.checkpoint import load_checkpoint, read_weights
+from tudui.core.errors import TuduiError
 from tudui.inference.predictor import Predictor
 from tudui.models import create_model
 

@@ -1,0 +1,201 @@
+"""The use-cases: one function per job, shared by the CLI and the library.
+
+`tudui train ...` and `tudui.train(...)` are the same call (`train` below), and so are eval, predict,
+export, serve, convert and summary: the CLI only parses flags into these functions' arguments and prints
+what they return. Everything that decides *how* a job runs lives here or below, never in cli.py:
+the config resolution (a YAML file, a preset, the run's own config on `resume=`), the default callbacks
+(TensorBoard, pictures, Ctrl-C), the `--nproc` launch, loading any model file for evaluation.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .core.config import TrainConfig, load_yaml, save_yaml
+from .core.device import under_torchrun
+from .core.errors import TuduiError
+from .data import EVAL_BATCH_SIZE, fits_in_memory, load_splits, make_loader
+from .data.check import check_data, format_report
+from .data.export_images import export_images
+from .data.memory import decode_split
+from .engine.callbacks import Callback
+from .engine.evaluate import evaluate as evaluate_model
+from .engine.launcher import launch
+from .engine.resume import RunFinished, resume_config
+from .engine.signals import GracefulStop, TrainingInterrupted
+from .engine.trainer import RunResult, fit
+from .inference.convert import convert
+from .inference.export import ExportResult, export_model
+from .inference.formats import load_model, runtime_device
+from .inference.predictor import Prediction, Predictor, expand_paths
+from .models import ModelInfo, count_parameters, create_model, get_model_info, list_models, register_model
+from .models.user import parse_model_args
+from .models.summary import ModelSummary, parse_input, summarize_model
+from .reporting.info import environment, format_environment
+from .reporting.plots import PlotsCallback, write_eval_reports
+from .reporting.tables import confusion_table, per_class_table
+from .reporting.tensorboard import TensorBoardCallback
+from .reporting.tensorboard_server import start_board, stop_board
+
+__all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
+           "resolve_config", "default_callbacks", "train", "evaluate", "predict", "Predictor", "Prediction", "export",
+           "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
+           "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
+           "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
+
+
+class LaunchFailed(TuduiError):
+    """The `nproc`-process job ended with a non-zero exit code (torchrun has printed why)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# --- train -----------------------------------------------------------------------------------------------------------
+def resolve_config(values: dict, config_file: str | Path | None = None) -> TrainConfig:
+    """The TrainConfig a run uses: `config_file` (YAML) overridden by `values`, a `preset` filling the rest.
+
+    With `values["resume"]` it is the run's own config.yaml with only the options that may change on resume
+    (engine/resume.py); a run that has nothing left to do raises RunFinished.
+    """
+    values = dict(values)
+    if values.get("resume"):
+        return resume_config(values | {"_config": config_file})
+    base = load_yaml(config_file) if config_file else {}
+    if config_file and "name" not in values:
+        base.pop("name", None)  # a repeated run gets a new directory
+    base.pop("resume", None)
+    return TrainConfig.from_dict(base | values)
+
+
+def default_callbacks(cfg: TrainConfig) -> list[Callback]:
+    """The reporting callbacks a config asks for (--tensorboard, --plots)."""
+    callbacks: list[Callback] = []
+    if cfg.tensorboard:
+        callbacks.append(TensorBoardCallback(log_every=cfg.log_every))
+    if cfg.plots:
+        callbacks.append(PlotsCallback())
+    return callbacks
+
+
+def train(cfg: TrainConfig | None = None, callbacks: list[Callback] | None = None, *,
+          config_file: str | Path | None = None, argv: list[str] | None = None, **options) -> RunResult | None:
+    """Train a classifier; returns the RunResult (run directory, best/last checkpoints, metrics).
+
+        tudui.train(data="fashion-mnist", epochs=5)         # options are TrainConfig fields (`tudui train --help`)
+        tudui.train(resume="runs/exp", epochs=12)           # continue a run exactly, in its own directory
+        tudui.train(config_file="runs/exp/config.yaml", seed=1)
+
+    Ctrl-C (SIGINT) or SIGTERM stops after the current step and raises TrainingInterrupted, which says how to
+    resume. With nproc > 1 (outside torchrun) the job is re-run in nproc processes under torchrun and None is
+    returned (rank 0 prints where the run went); `argv` is the command line to re-run (the CLI passes its own).
+    """
+    if cfg is not None:
+        options = ({"resume": cfg.resume} if cfg.resume else cfg.to_dict()) | options
+    cfg = resolve_config(options, config_file)
+    if cfg.nproc != 1 and not under_torchrun():
+        _launch(cfg, argv)
+        return None
+    with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step, say how to resume
+        return fit(cfg, [*default_callbacks(cfg), stop, *(callbacks or [])])
+
+
+def _launch(cfg: TrainConfig, argv: list[str] | None) -> None:
+    with tempfile.TemporaryDirectory(prefix="tudui-launch-") as tmp:
+        if argv is None:  # a library call: the ranks read the resolved config from a file
+            if cfg.resume:
+                argv = ["train", "--resume", cfg.resume, "--epochs", str(cfg.epochs)]
+            else:
+                save_yaml(cfg.to_dict() | {"nproc": 1}, Path(tmp) / "config.yaml")
+                argv = ["train", "--config", str(Path(tmp) / "config.yaml")] + \
+                    (["--name", cfg.name] if cfg.name else [])
+        code = launch(argv, cfg.nproc)
+    if code != 0:
+        raise LaunchFailed(f"the {cfg.nproc}-process training job ended with exit code {code}", code)
+
+
+# --- evaluate, predict -----------------------------------------------------------------------------------------------
+def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = "test", *, data_root: str | None = None,
+             batch_size: int = EVAL_BATCH_SIZE, device: str = "auto", workers: int = 0,
+             tta: bool | None = None, model_file: str | Path | None = None) -> dict:
+    """Loss, top-1/top-5, per-class precision/recall/F1 and confusion matrix of a model file on `split`.
+
+    Any model file tudui writes (checkpoint or run directory, .onnx, .torchscript, .safetensors), with the
+    preprocessing it was trained with. split='val' re-creates the training run's hold-out (same --val-split and
+    --seed) when the data has no val folder. tta: flip test-time augmentation on/off; None: as trained.
+    model_file: where your own model's Python file is now, if it moved since training.
+    """
+    if split not in ("train", "val", "test"):
+        raise TuduiError(f"--split must be train, val or test, got {split}")
+    dev = runtime_device(checkpoint, device)
+    loaded = load_model(checkpoint, "cpu", model_file)
+    model, spec, cfg = loaded.model, loaded.spec.with_tta(tta), loaded.meta.get("training", {})
+    data = [data] if isinstance(data, str) else list(data)
+    train_split, val, test = load_splits(data, data_root, False, cfg.get("val_split", 0.1), cfg.get("seed", 0))
+    chosen = {"train": train_split, "val": val, "test": test}[split]
+    if chosen is None:
+        raise TuduiError(f"the data has no {split} split; use --split " + ("val" if val is not None else "train"))
+    chosen = chosen.reindex(spec.classes)  # the model's class order
+    if fits_in_memory(chosen, spec.channels, spec.img_size):
+        chosen = decode_split(chosen, spec.channels, spec.img_size)
+    loader = make_loader(chosen, spec, batch_size, False, dev, workers=workers)
+    result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
+    return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
+
+
+def predict(model: str | Path, sources: list[str], *, topk: int = 5, batch_size: int = 64, device: str = "auto",
+            tta: bool | None = None, model_file: str | Path | None = None) -> tuple[Predictor, list[Prediction]]:
+    """Top-k predictions for image files and folders (searched recursively); an unreadable file gets `error`."""
+    files = expand_paths(sources)
+    predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file)
+    return predictor, predictor.predict(files, topk=topk, batch_size=batch_size)
+
+
+# --- export, serve ---------------------------------------------------------------------------------------------------
+def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None, *,
+           dynamic_batch: bool = False, opset: int | None = None, model_file: str | Path | None = None) -> ExportResult:
+    """ONNX, TorchScript or safetensors, written only when it gives PyTorch's answers (inference/export.py)."""
+    return export_model(checkpoint, format, out, dynamic_batch=dynamic_batch, opset=opset, model_file=model_file)
+
+
+def serve(model: str | Path, **options) -> None:
+    """The model over HTTP with a page to try it, until interrupted (inference/server.py; options: host, port,
+    max_upload_mb, topk, device, tta, model_file)."""
+    from .inference.server import serve as run_server  # FastAPI/uvicorn are an optional extra: imported on use
+
+    run_server(str(model), **options)
+
+
+# --- models ----------------------------------------------------------------------------------------------------------
+def model_rows(num_classes: int = 10) -> list[tuple[ModelInfo, int]]:
+    """(registered model, parameter count for `num_classes` classes and RGB input) for `tudui models`."""
+    rows = []
+    for info in list_models():
+        with torch.device("meta"):  # shapes only: no memory, no initialisation time
+            n = count_parameters(create_model(info.name, num_classes, 3, max(info.min_size, 32)))
+        rows.append((info, n))
+    return rows
+
+
+def summary(model: str | Path, input: str | None = None, *, num_classes: int = 10, build_size: int | None = None,
+            model_args: list[str] | dict | None = None,
+            model_file: str | Path | None = None) -> tuple[ModelSummary, tuple[int, int, int]]:
+    """(per-layer summary, input shape) of a registered model, your own `file.py:Name`, or a checkpoint's own."""
+    path = Path(model)
+    if path.suffix == ".pt" or path.is_dir():  # a checkpoint: its own architecture and input size
+        loaded = load_model(path, "cpu", model_file)
+        s = loaded.spec
+        shape = parse_input(input) if input else (s.channels, s.img_size, s.img_size)
+        return summarize_model(loaded.model, shape), shape
+    info = get_model_info(str(model))
+    shape = parse_input(input or f"3x{info.default_size}x{info.default_size}")
+    build = build_size or (shape[1] if shape[1] == shape[2] and shape[1] >= info.min_size else info.default_size)
+    if build < info.min_size:
+        raise TuduiError(f"--build-size must be at least {info.min_size} for {model}, got {build}")
+    with torch.device("meta"):  # shapes only: no memory, no initialisation time
+        net = create_model(str(model), num_classes, shape[0], build, **parse_model_args(model_args))
+    return summarize_model(net, shape), shape

@@ -1,0 +1,128 @@
+"""Your own network: `--model path/to/model.py:Tudui`, `tudui.train(model=Tudui())` or a builder function.
+
+The course writes `class Tudui(nn.Module)` in model.py and trains it from train.py. tudui takes that class (or
+a function that returns a module) from its file, constructs it with whichever of `num_classes`, `in_channels`
+and `img_size` its signature accepts (plus `--model-args key=value`), and records in the checkpoint where it
+came from: the file's path (absolute, and relative to the run directory), the name, the arguments and the
+file's SHA-256. Predict, eval, export, serve and summary rebuild it from there (`--model-file PATH` when the
+file has moved; a changed file gives a warning). The file is imported under a private module name, so its
+`if __name__ == "__main__":` block does not run.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from ..core.errors import TuduiError
+from ..core.pyfile import file_sha256, load_object, split_ref
+
+BUILD_ARGS = ("num_classes", "in_channels", "img_size")  # what tudui knows from the data and passes when accepted
+
+
+def parse_model_args(items: list[str] | dict | None) -> dict[str, Any]:
+    """['width=32', 'act=relu', 'drop=0.1'] -> {'width': 32, 'act': 'relu', 'drop': 0.1} (YAML scalars)."""
+    if not items:
+        return {}
+    if isinstance(items, dict):
+        return dict(items)
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        if not sep or not key.isidentifier():
+            raise TuduiError(f"--model-args takes key=value pairs (e.g. width=32), got {item!r}")
+        out[key] = yaml.safe_load(value) if value else ""
+    return out
+
+
+def call_builder(fn: Callable, num_classes: int, in_channels: int, img_size: int, args: dict | None = None,
+                 label: str | None = None) -> nn.Module:
+    """Call a module class or builder function with the BUILD_ARGS it accepts plus `args`; check it is a module."""
+    label = label or getattr(fn, "__name__", repr(fn))
+    args = dict(args or {})
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    known = dict(zip(BUILD_ARGS, (num_classes, in_channels, img_size)))
+    if sig is not None:
+        params = sig.parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        unknown = [k for k in args if k not in params and not takes_any]
+        if unknown:
+            raise TuduiError(f"{label} takes no argument(s) {', '.join(unknown)}; its signature is {label}{sig}")
+        kwargs = {k: v for k, v in known.items() if k in params or takes_any} | args
+        missing = [n for n, p in params.items() if p.default is p.empty and p.kind in
+                   (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in kwargs]
+        if missing:
+            raise TuduiError(f"{label} needs argument(s) {', '.join(missing)} that tudui cannot know; give them with "
+                             f"--model-args {' '.join(m + '=...' for m in missing)} (library: model_args={{...}})")
+    else:
+        kwargs = args
+    try:
+        model = fn(**kwargs)
+    except TuduiError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's constructor failed: one line naming it
+        raise TuduiError(f"building {label}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
+                         f"{type(e).__name__}: {e}") from None
+    if not isinstance(model, nn.Module):
+        raise TuduiError(f"{label} returned a {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def ref_for(obj: Any) -> str | None:
+    """'path/file.py:Name' for a class or function defined at the top level of a Python file, else None
+    (defined in a notebook, the interpreter, or nested inside a function)."""
+    target = obj if inspect.isclass(obj) or inspect.isfunction(obj) else type(obj)
+    try:
+        path = inspect.getsourcefile(target)
+    except TypeError:
+        return None
+    if not path or not Path(path).is_file() or "<" in target.__qualname__ or "." in target.__qualname__:
+        return None
+    return f"{Path(path).resolve()}:{target.__name__}"
+
+
+def source_record(ref: str, args: dict, run_dir: Path | None = None) -> dict:
+    """What a checkpoint keeps to rebuild a user model: file (absolute and relative to the run), name, args, sha256."""
+    path, name = split_ref(ref)
+    path = path.resolve()
+    rel = os.path.relpath(path, run_dir.resolve()) if run_dir is not None else None
+    return {"path": str(path), "relpath": rel, "name": name, "args": dict(args), "sha256": file_sha256(path)}
+
+
+def locate_source(source: dict, model_file: str | Path | None = None, base_dir: str | Path | None = None) -> Path:
+    """The user's file now: --model-file, else relative to the checkpoint's run directory, else where it was."""
+    if model_file is not None:
+        p = Path(model_file).expanduser()
+        if not p.is_file():
+            raise TuduiError(f"--model-file {model_file}: no such file")
+        return p
+    candidates = []
+    if source.get("relpath") and base_dir is not None:
+        candidates.append(Path(base_dir) / source["relpath"])
+    candidates.append(Path(source["path"]))
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise TuduiError(f"this model's code, {source['name']} in {source['path']}, is not there any more; point at it "
+                     f"with --model-file PATH. To use a model without its Python file, export it where the file "
+                     f"exists: `tudui export RUN --format onnx` (or torchscript) needs no code to run")
+
+
+def build_from_source(source: dict, num_classes: int, in_channels: int, img_size: int,
+                      model_file: str | Path | None = None, base_dir: str | Path | None = None) -> nn.Module:
+    """Rebuild a checkpoint's user model from its file (weights are loaded by the caller)."""
+    path = locate_source(source, model_file, base_dir)
+    if source.get("sha256") and file_sha256(path) != source["sha256"]:
+        print(f"warning: {path} has changed since the model was trained (its SHA-256 differs); rebuilding "
+              f"{source['name']} from the file as it is now", file=sys.stderr)
+    obj, _, name = load_object(f"{path}:{source['name']}")
+    return call_builder(obj, num_classes, in_channels, img_size, source.get("args"), label=name)

@@ -1,0 +1,19 @@
+"""Evaluation results as console tables (per-class precision/recall/F1, the confusion matrix)."""
+from __future__ import annotations
+
+from ..core.console import table
+
+
+def per_class_table(classes: list[str], metrics: dict) -> str:
+    pc = metrics["per_class"]
+    rows = [[c, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", s] for c, p, r, f, s in
+            zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"])]
+    return table(["class", "precision", "recall", "f1", "support"], rows)
+
+
+def confusion_table(classes: list[str], confusion: list[list[int]], max_classes: int = 30) -> str:
+    if len(classes) > max_classes:
+        return f"(confusion matrix of {len(classes)} classes omitted from the console; see the PNG / --json)"
+    short = [c[:8] for c in classes]
+    rows = [[f"{c}"] + row for c, row in zip(short, confusion)]
+    return "rows: true class, columns: predicted\n" + table(["true\\pred"] + short, rows)

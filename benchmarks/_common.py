@@ -23,7 +23,7 @@ from PIL import Image  # noqa: E402
 
 import tudui  # noqa: E402
 from tudui.data.sources import load_named  # noqa: E402
-from tudui.reporting.console import table  # noqa: E402,F401  (re-exported for the scripts)
+from tudui.core.console import table  # noqa: E402,F401  (re-exported for the scripts)
 
 QUICK_SUBSET = 3000  # training images in --quick mode (a smoke test, not a measurement)
 

@@ -19,7 +19,7 @@ import torch
 from torchvision import transforms as T
 
 from tudui.data import DataSpec, augment_batch, normalize
-from tudui.engine.device import select_device
+from tudui.core.device import select_device
 
 TARGET = 5.0  # issue 4: the in-memory path >= 5x the images/s of the DataLoader path
 PAD = 3  # px of random translation at 28x28 (DataSpec.pad), the same in both paths

@@ -24,10 +24,10 @@ import _common as C
 import torch
 
 from tudui import TrainConfig
-from tudui.engine.device import autocast
+from tudui.core.device import autocast
 from tudui.engine.guards import FiniteLossGuard
 from tudui.engine.trainer import Run, setup, train_one_epoch
-from tudui.reporting import default_callbacks
+from tudui.api import default_callbacks
 
 TARGET_PLAIN, GOAL_LIGHTNING = 0.97, 1.0  # issue 4: tudui / plain >= 0.97; tudui / Lightning: goal >= 1.0
 

@@ -239,8 +239,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
 # --- convert -----------------------------------------------------------------------------------------------------------
 def cmd_convert(args: argparse.Namespace) -> int:
     ckpt = _api().convert(args.file, args.out, model=args.model, trust=args.trust, classes=args.classes,
-                   num_classes=args.num_classes, img_size=args.img_size, channels=args.channels, mean=args.mean,
-                   std=args.std, hflip=args.hflip)
+                          num_classes=args.num_classes, img_size=args.img_size, channels=args.channels,
+                          mean=args.mean, std=args.std, hflip=args.hflip, model_args=args.model_args)
     d = ckpt["data"]
     print(f"wrote {args.out}: {args.model}, {len(d['classes'])} classes, {d['channels']}x{d['img_size']}x{d['img_size']}, "
           f"mean {d['mean']} std {d['std']}")
@@ -252,7 +252,11 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="the tudui checkpoint to write (.pt)")
     p.add_argument("--trust", action="store_true", help="allow unpickling FILE, which can run code it contains: "
                    "only for files from a source you trust")
-    p.add_argument("--model", required=True, help="the registered architecture the weights belong to (tudui models)")
+    p.add_argument("--model", required=True, help="the architecture the weights belong to: a registered name (tudui "
+                   "models) or your own path/to/file.py:Name; a whole-model pickle whose class cannot be imported "
+                   "is mapped onto it tensor by tensor, in order")
+    p.add_argument("--model-args", nargs="+", default=None, metavar="KEY=VALUE", help="constructor arguments of "
+                   "--model (as for tudui train)")
     p.add_argument("--classes", nargs="+", default=None, help="class names in the model's output order")
     p.add_argument("--num-classes", type=int, default=None, help="instead of --classes: names 0..N-1")
     p.add_argument("--img-size", type=int, default=None, help="input size in pixels [default: the model's]")

@@ -302,7 +302,9 @@ def _announce(run: Run) -> None:
     d, s = run.data, run.spec
     sizes = f"{len(d.train):,} train" + (f" / {len(d.val):,} val" if d.val else "") + \
         (f" / {len(d.test):,} test" if d.test else "")
-    print(f"tudui {__version__}: {run.cfg.model} ({count_parameters(run.model):,} params) on {', '.join(run.cfg.data)}: "
+    shown = run.cfg.to_dict()  # objects given to the library appear as descriptions
+    print(f"tudui {__version__}: {run.arch['name']} ({count_parameters(run.model):,} params) on "
+          f"{', '.join(map(str, shown['data']))}: "
           f"{sizes}, {s.num_classes} classes, {s.channels}x{s.img_size}x{s.img_size}, "
           f"{'in memory' if d.in_memory else 'from files'}, device {run.device}{_world_note(run)} -> {run.run_dir}",
           flush=True)

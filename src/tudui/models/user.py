@@ -46,8 +46,9 @@ def call_builder(fn: Callable, num_classes: int, in_channels: int, img_size: int
     """Call a module class or builder function with the BUILD_ARGS it accepts plus `args`; check it is a module."""
     label = label or getattr(fn, "__name__", repr(fn))
     args = dict(args or {})
-    try:
-        sig = inspect.signature(fn)
+    try:  # a module class without an __init__ of its own takes no arguments (nn.Module's is *args, **kwargs)
+        sig = inspect.signature(fn if not (inspect.isclass(fn) and fn.__init__ is nn.Module.__init__)
+                                else lambda: None)
     except (TypeError, ValueError):
         sig = None
     known = dict(zip(BUILD_ARGS, (num_classes, in_channels, img_size)))

@@ -1,0 +1,86 @@
+"""Your own Dataset: the image and label forms it may return, and the mistakes it may make."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import tudui
+from tudui.core.errors import TuduiError
+from tudui.data import load_splits
+from tudui.data.images import decode_image
+from tudui.data.user import splits_from_object, to_pil
+
+
+class Items(torch.utils.data.Dataset):
+    def __init__(self, items, classes=None):
+        self.items = items
+        if classes:
+            self.classes = classes
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+    def __len__(self):
+        return len(self.items)
+
+
+def digits_items(n=60):
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return [((d.images[i] * 255 / 16).astype(np.uint8), int(d.target[i])) for i in range(n)]
+
+
+def test_image_forms_decode_to_the_same_pixels():
+    gray = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    want = decode_image(Image.fromarray(gray), 1, 8)
+    forms = [gray, gray[:, :, None], torch.from_numpy(gray)[None], torch.from_numpy(gray)[None].float() / 255,
+             Image.fromarray(gray)]
+    for f in forms:
+        assert np.array_equal(decode_image(to_pil(f, "x"), 1, 8), want), type(f)
+    rgb = torch.rand(3, 5, 6)
+    assert to_pil(rgb, "x").size == (6, 5) and to_pil(rgb, "x").mode == "RGB"
+
+
+def test_string_labels_become_sorted_classes_and_int_labels_use_classes_attr():
+    split = splits_from_object(Items([(np.zeros((4, 4), np.uint8), n) for n in ["bees", "ants", "bees"]]), "d")
+    assert split["train"].classes == ["ants", "bees"] and split["train"].targets.tolist() == [1, 0, 1]
+    given = splits_from_object(Items([(np.zeros((4, 4), np.uint8), "ants")]), "d", classes=["bees", "ants"])
+    assert given["train"].targets.tolist() == [1]
+    ints = splits_from_object(Items([(np.zeros((4, 4), np.uint8), k) for k in (0, 2)], classes=["a", "b", "c"]), "d")
+    assert ints["train"].classes == ["a", "b", "c"]
+
+
+def test_a_list_is_concatenated_and_a_dict_gives_splits():
+    a = Items([(np.zeros((4, 4), np.uint8), "ants")] * 3)
+    b = Items([(np.full((4, 4), 255, np.uint8), "bees")] * 2)
+    assert len(splits_from_object([a, b], "d")["train"]) == 5
+    train, val, test = load_splits([{"train": a + b, "val": b, "test": a}], val_split=0.1)
+    assert (len(train), len(val), len(test)) == (5, 2, 3) and val.classes == train.classes == ["ants", "bees"]
+
+
+@pytest.mark.parametrize("items, message", [
+    ([("not an image", 0), ("x", 1)], "the image is a str; give a PIL image"),
+    ([(torch.randn(1, 8, 8) * 3, 0), (torch.zeros(1, 8, 8), 1)], "float pixels range over"),
+    ([(np.zeros((8, 8), np.uint8), 1.5), (np.zeros((8, 8), np.uint8), 0)], "has the label 1.5 (float)"),
+    ([(np.zeros((8, 8), np.uint8),), (np.zeros((8, 8), np.uint8),)], "returns (image, label) pairs"),
+    ([(np.zeros((8, 8), np.uint8), "a"), (np.zeros((8, 8), np.uint8), 1)], "mixes int and str labels"),
+])
+def test_unusable_items_are_one_clear_error(tmp_path, items, message):
+    with pytest.raises(TuduiError) as e:
+        tudui.train(data=Items(items * 4), model="mnist-cnn", img_size=8, epochs=1, project=str(tmp_path),
+                    plots=False, tensorboard=False)
+    assert message in str(e.value)
+
+
+def test_library_trains_a_dataset_of_arrays_and_dict_splits(tmp_path):
+    items = digits_items(300)
+    ds = {"train": Items(items[:240]), "val": Items(items[240:])}
+    r = tudui.train(data=ds, model="mnist-cnn", epochs=4, batch_size=32, project=str(tmp_path), plots=False,
+                    tensorboard=False)
+    assert r.spec.classes == [str(k) for k in range(10)] and r.val["n"] == 60
+    assert r.val["top1"] > 0.5
+    cfg = (r.run_dir / "config.yaml").read_text()
+    assert "<dict object" in cfg or "<Items object" in cfg  # objects are described, not pickled, in config.yaml

@@ -1,0 +1,99 @@
+"""Your own model from a file: building it, and every user mistake as one line with exit code 2."""
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+import torch
+
+from tudui.cli import main as tudui_main
+from tudui.core.errors import TuduiError
+from tudui.models import create_model, get_model_info
+
+NETS = '''
+import torch
+from torch import nn
+
+
+class Small(nn.Module):
+    def __init__(self, num_classes, in_channels=1, width=8):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, width, 3, padding=1)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(self.conv(x).mean((2, 3)))
+
+
+def small_builder(num_classes, img_size):
+    return nn.Sequential(nn.Flatten(), nn.Linear(img_size * img_size, num_classes))
+
+
+class NeedsDepth(nn.Module):
+    def __init__(self, depth):
+        super().__init__()
+
+
+class ThreeOutputs(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :3]
+
+
+def not_a_module():
+    return 42
+'''
+
+
+@pytest.fixture
+def nets(tmp_path):
+    path = tmp_path / "nets.py"
+    path.write_text(NETS)
+    return path
+
+
+def run(*args) -> int:
+    return tudui_main([str(a) for a in args])
+
+
+TRAIN = ("train", "--data", "digits", "--epochs", "1", "--subset", "200", "--no-plots", "--no-tensorboard")
+
+
+def test_class_and_builder_get_the_arguments_they_accept(nets):
+    m = create_model(f"{nets}:Small", 5, 1, 8, width=4)
+    assert m.head.out_features == 5 and m.conv.out_channels == 4
+    b = create_model(f"{nets}:small_builder", 3, 1, 8)
+    assert b(torch.zeros(2, 1, 8, 8)).shape == (2, 3)
+    assert get_model_info(f"{nets}:Small").family == "user"
+
+
+def test_own_model_trains_with_model_args(nets, tmp_path):
+    assert run(*TRAIN, "--model", f"{nets}:Small", "--model-args", "width=4", "--project", tmp_path, "--name", "s") == 0
+    ckpt = torch.load(tmp_path / "s" / "best.pt", weights_only=True)
+    assert ckpt["arch"]["source"]["args"] == {"width": 4} and ckpt["model"]["conv.weight"].shape[0] == 4
+
+
+@pytest.mark.parametrize("model, message", [
+    ("missing.py:Net", "no such Python file"),
+    ("{nets}:Nope", "has no 'Nope'; it defines: NeedsDepth, Small, ThreeOutputs, not_a_module, small_builder"),
+    ("{nets}:NeedsDepth", "NeedsDepth needs argument(s) depth that tudui cannot know; give them with --model-args "
+                          "depth=..."),
+    ("{nets}:ThreeOutputs", "returns (2, 3) for a batch of 2 images; a classifier for 10 classes must return logits "
+                            "of shape (2, 10)"),
+    ("{nets}:not_a_module", "not_a_module returned a int, not a torch.nn.Module"),
+    ("{broken}:Net", "importing"),
+])
+def test_bad_models_are_one_line_errors(nets, tmp_path, capsys, model, message):
+    broken = tmp_path / "broken.py"
+    broken.write_text("import torch\n\nclass Net(torch.nn.Module:\n    pass\n")
+    assert run(*TRAIN, "--model", model.format(nets=nets, broken=broken), "--project", tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_unknown_model_args_and_malformed_pairs(nets, capsys):
+    with pytest.raises(TuduiError, match=r"Small takes no argument\(s\) depth"):
+        create_model(f"{nets}:Small", 2, 1, 8, depth=3)
+    assert run("summary", f"{nets}:Small", "--input", "1x8x8", "--model-args", "width") == 2
+    assert "key=value" in capsys.readouterr().err
+    assert run("summary", f"{nets}:Small", "--input", "1x8x8", "--model-args", "width=2") == 0
+    assert "Conv2d" in capsys.readouterr().out

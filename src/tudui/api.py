@@ -17,6 +17,7 @@ import torch.nn as nn
 from .core.config import TrainConfig, load_yaml, save_yaml
 from .core.device import under_torchrun
 from .core.errors import TuduiError
+from .core.files import write_text
 from .data import EVAL_BATCH_SIZE, fits_in_memory, load_splits, make_loader
 from .data.check import check_data, format_report
 from .data.export_images import export_images
@@ -26,7 +27,10 @@ from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
 from .engine.resume import RunFinished, resume_config
 from .engine.signals import GracefulStop, TrainingInterrupted
-from .engine.trainer import RunResult, fit
+from .engine.distributed import session as distributed_session
+from .engine.lr_find import LRFinding, lr_range_test
+from .engine.optim import create_optimizer
+from .engine.trainer import RunResult, fit, setup
 from .inference.convert import convert
 from .inference.export import ExportResult, export_model
 from .inference.formats import load_model, runtime_device
@@ -35,13 +39,13 @@ from .models import ModelInfo, count_parameters, create_model, get_model_info, l
 from .models.user import parse_model_args
 from .models.summary import ModelSummary, parse_input, summarize_model
 from .reporting.info import environment, format_environment
-from .reporting.plots import PlotsCallback, write_eval_reports
+from .reporting.plots import PlotsCallback, plot_lr_find, write_eval_reports
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
-           "resolve_config", "default_callbacks", "train", "evaluate", "predict", "Predictor", "Prediction", "export",
+           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export",
            "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
            "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
            "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
@@ -116,6 +120,25 @@ def _launch(cfg: TrainConfig, argv: list[str] | None) -> None:
         code = launch(argv, cfg.nproc)
     if code != 0:
         raise LaunchFailed(f"the {cfg.nproc}-process training job ended with exit code {code}", code)
+
+
+def lr_find(*, steps: int = 100, start: float = 1e-7, end: float = 10.0, config_file: str | Path | None = None,
+            **options) -> tuple[LRFinding, list[Path]]:
+    """Learning-rate range test on a run's data and model (TrainConfig options as for train); writes
+    lr_find.csv and lr_find.png into a run directory (default runs/lr-find) and returns (finding, files)."""
+    options = {"name": "lr-find", "tensorboard": False, "plots": False} | options
+    cfg = resolve_config(options, config_file)
+    if cfg.lr == "auto":
+        cfg.lr = TrainConfig.lr  # the optimiser's recipe only; the test sets every rate itself
+    with distributed_session(cfg.device):
+        run = setup(cfg)
+        found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y), run.criterion,
+                              lambda: create_optimizer(cfg, run.model), run.device, cfg.amp, start, end, steps)
+    csv_path = run.run_dir / "lr_find.csv"
+    write_text(csv_path, "lr,loss,smoothed_loss\n" + "".join(f"{a:.6g},{b:.6g},{c:.6g}\n" for a, b, c in
+                                                            zip(found.lrs, found.raw, found.losses)))
+    png = plot_lr_find(found.lrs, found.losses, found.raw, found.suggestion, found.rule, run.run_dir / "lr_find.png")
+    return found, [csv_path, png]
 
 
 # --- evaluate, predict -----------------------------------------------------------------------------------------------

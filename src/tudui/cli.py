@@ -91,6 +91,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    values = {k: v for k, v in vars(args).items() if k not in ("debug", "func", "command", "_argv", "_config",
+                                                                "steps", "start", "end")}
+    found, files = _api().lr_find(steps=args.steps, start=args.start, end=args.end,
+                                  config_file=getattr(args, "_config", None), **values)
+    print(f"suggested learning rate: {found.suggestion:.3g} ({found.rule}; {len(found.lrs)} steps from "
+          f"{found.lrs[0]:.1g} to {found.lrs[-1]:.3g})")
+    print("wrote " + ", ".join(map(str, files)))
+    print(f"use it: tudui train ... --lr {found.suggestion:.3g}   (or --lr auto to run this test first)")
+    return 0
+
+
+def add_lr_find_args(p: argparse.ArgumentParser) -> None:
+    _add_config_fields(p)
+    p.add_argument("--steps", type=int, default=100, help="optimisation steps of the sweep [default: 100]")
+    p.add_argument("--start", type=float, default=1e-7, help="first learning rate [default: 1e-7]")
+    p.add_argument("--end", type=float, default=10.0, help="last learning rate [default: 10]")
+
+
 # --- eval --------------------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     api = _api()
@@ -319,6 +338,8 @@ def add_board_args(p: argparse.ArgumentParser) -> None:
 # --- the table ---------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "train": ("train a classifier (writes runs/<name>/)", _add_config_fields, cmd_train),
+    "lr-find": ("learning-rate range test on your data and model: a plot and a suggested --lr", add_lr_find_args,
+                cmd_lr_find),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
     "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check", add_export_args,

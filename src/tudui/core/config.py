@@ -18,6 +18,16 @@ from .errors import TuduiError
 from .files import write_text
 
 
+def lr_value(value) -> float | str:
+    """--lr: a number or 'auto' (from the command line both arrive as text)."""
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise TuduiError(f"--lr takes a number or auto, got {value!r}") from None
+
+
 def _f(default: Any, help: str, **meta: Any) -> Any:
     """A dataclass field carrying its CLI help text."""
     if isinstance(default, (list, dict)):
@@ -53,7 +63,13 @@ class TrainConfig:
     std: list | None = _f(None, "per-channel std in [0,1] (default: measured on the training set)", nargs="+", type=float)
     val_split: float = _f(0.1, "fraction of the training set held out (stratified, seeded) when there is no val/ folder")
     augment: str = _f("flip", "training augmentation: flip (horizontal), crop-flip (random crop with zero padding "
-                              "of 1/8 of the side + flip), crop, none", choices=["flip", "crop-flip", "crop", "none"])
+                              "of 1/8 of the side + flip), crop, none, randaugment or trivialaugment (flip plus "
+                              "per-image random operations: rotate, shear, translate, brightness, contrast, ...)",
+                      choices=["flip", "crop-flip", "crop", "none", "randaugment", "trivialaugment"])
+    erase: float = _f(0.0, "random erasing: probability per image of a noise rectangle (0 off; Ultralytics uses 0.4)")
+    mixup: float = _f(0.0, "mixup alpha: blend each image with another, soft targets (0 off; 0.2 is common)")
+    cutmix: float = _f(0.0, "cutmix alpha: paste a box of another image, soft targets (0 off; 1.0 is common)")
+    mix_prob: float = _f(1.0, "probability that an image is mixed when --mixup or --cutmix is on")
     hflip: bool | None = _f(None, "allow horizontal flips (default: off for digit datasets, on otherwise)")
     tta: bool = _f(True, "test-time augmentation: validate, test and predict on each image and its horizontal mirror, "
                          "averaging the logits (only where flips keep the label; saved with the model)")
@@ -79,7 +95,8 @@ class TrainConfig:
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)")
     class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"])
     optimizer: str = _f("adamw", "sgd, adam or adamw", choices=["sgd", "adam", "adamw"])
-    lr: float = _f(0.003, "peak learning rate")
+    lr: float | str = _f(0.003, "peak learning rate, or auto: a learning-rate range test first (as `tudui lr-find`), "
+                                "then its suggestion", type=str)
     momentum: float = _f(0.9, "SGD momentum (Nesterov) / Adam beta1")
     weight_decay: float = _f(0.05, "L2 weight decay (not applied to biases and norm layers)")
     scheduler: str = _f("onecycle", "learning-rate schedule: none, step, cosine, onecycle",
@@ -88,9 +105,25 @@ class TrainConfig:
     step_size: int = _f(5, "epochs between decays for --scheduler step")
     gamma: float = _f(0.1, "decay factor for --scheduler step")
     patience: int | None = _f(None, "stop after this many epochs without a better validation top-1")
+    ema: bool = _f(False, "validate and save (best.pt, exports) an exponential moving average of the weights")
+    ema_decay: float = _f(0.999, "EMA decay per optimisation step")
+    ema_tau: float = _f(500.0, "EMA warm-up in optimisation steps: decay x (1 - exp(-steps / tau))")
+    clip_grad: float | None = _f(None, "clip the gradients' total L2 norm to this value")
+    accumulate: int = _f(1, "optimisation step every N batches (gradients summed; schedule counted in steps)")
+    # --- budgets and debug runs -------------------------------------------
+    time: float | None = _f(None, "training budget in minutes: after the first epoch the run plans its epochs and "
+                                  "schedule to end within it (replaces --epochs)")
+    fraction: float = _f(1.0, "fraction of the training images used (a seeded random subset)")
+    fast_dev_run: bool = _f(False, "one batch of train, val and test, every artefact written: checks a set-up in "
+                                   "seconds")
+    overfit_batches: int = _f(0, "train and validate on the same N batches without augmentation: a working set-up "
+                                 "reaches ~100% on them")
     # --- hardware -----------------------------------------------------------
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
     amp: bool = _f(False, "mixed precision (fp16 on CUDA, bf16 on CPU)")
+    threads: int | None = _f(None, "torch CPU threads (default: torch's choice; a shared machine is often steadier "
+                                   "with fewer)")
+    compile: bool = _f(False, "torch.compile the model (compiles during the first steps; pays off on long runs)")
     channels_last: bool = _f(True, "keep weights and activations channels-last (NHWC): faster convolutions on CPU "
                                    "(oneDNN) and on CUDA tensor cores")
     seed: int = _f(0, "random seed for weights, split, shuffling and augmentation")
@@ -114,6 +147,33 @@ class TrainConfig:
         if isinstance(self.data, (str, Path, dict)) or not isinstance(self.data, (list, tuple)):
             self.data = [self.data]
         self.data = [str(d) if isinstance(d, Path) else d for d in self.data]
+        self.lr = lr_value(self.lr)
+        self.validate()
+
+    def validate(self) -> None:
+        """Values out of range are one-line errors before any work starts."""
+        checks = [  # (value, lowest, highest or None, flag, what it is)
+            (self.erase, 0, 1, "--erase", "a probability"), (self.mix_prob, 0, 1, "--mix-prob", "a probability"),
+            (self.mixup, 0, None, "--mixup", "a Beta distribution's alpha"),
+            (self.cutmix, 0, None, "--cutmix", "a Beta distribution's alpha"),
+            (self.accumulate, 1, None, "--accumulate", "the number of batches per optimisation step"),
+            (self.overfit_batches, 0, None, "--overfit-batches", "a number of batches"),
+            (self.ema_decay, 0, 1, "--ema-decay", "a fraction"),
+        ]
+        for value, lo, hi, flag, what in checks:
+            if value < lo or (hi is not None and value > hi):
+                bound = f"in [{lo}, {hi}]" if hi is not None else f"at least {lo}"
+                raise TuduiError(f"{flag} must be {bound} ({what}), got {value}")
+        if not 0 < self.fraction <= 1:
+            raise TuduiError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.time is not None and self.time <= 0:
+            raise TuduiError(f"--time is a budget in minutes and must be positive, got {self.time}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise TuduiError(f"--clip-grad must be positive, got {self.clip_grad}")
+        if self.threads is not None and self.threads < 1:
+            raise TuduiError(f"--threads must be at least 1, got {self.threads}")
+        if self.ema_tau <= 0:
+            raise TuduiError(f"--ema-tau must be positive, got {self.ema_tau}")
 
     def to_dict(self) -> dict:
         """Plain values only (YAML, checkpoints): objects given to the library are written as a description."""

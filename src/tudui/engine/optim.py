@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 import torch.nn as nn
@@ -10,16 +11,22 @@ import torch.nn.functional as F
 from ..core.errors import TuduiError
 
 
+def _as_probabilities(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """(B,) class indices -> one-hot (B, K); (B, K) soft targets (mixup/cutmix) as they are."""
+    if targets.is_floating_point():
+        return targets.to(logits.dtype)
+    return F.one_hot(targets, logits.shape[1]).to(logits.dtype)
+
+
 class OneHotRegression(nn.Module):
-    """The course's L1/MSE losses applied to softmax probabilities against one-hot targets."""
+    """The course's L1/MSE losses applied to softmax probabilities against one-hot (or soft) targets."""
 
     def __init__(self, kind: str) -> None:
         super().__init__()
         self.fn = F.mse_loss if kind == "mse" else F.l1_loss
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        onehot = F.one_hot(targets, logits.shape[1]).to(logits.dtype)
-        return self.fn(logits.softmax(1), onehot)
+        return self.fn(logits.softmax(1), _as_probabilities(targets, logits))
 
 
 class NLL(nn.Module):
@@ -30,7 +37,11 @@ class NLL(nn.Module):
         self.loss = nn.NLLLoss(weight=weight)
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.loss(F.log_softmax(logits, 1), targets)
+        logp = F.log_softmax(logits, 1)
+        if not targets.is_floating_point():
+            return self.loss(logp, targets)
+        w = self.loss.weight if self.loss.weight is not None else torch.ones(logits.shape[1], device=logits.device)
+        return -(targets * w * logp).sum(1).mean()  # soft targets (mixup/cutmix)
 
 
 def class_weights(counts, device) -> torch.Tensor:
@@ -61,6 +72,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def create_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    if not isinstance(cfg.lr, (int, float)):
+        raise TuduiError(f"--lr {cfg.lr}: resolve it (tudui lr-find) before building the optimizer")
     if cfg.lr <= 0:
         raise TuduiError(f"--lr must be positive, got {cfg.lr}")
     groups = param_groups(model, cfg.weight_decay)
@@ -74,8 +87,17 @@ def create_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     return optimizers[cfg.optimizer]()
 
 
+def continue_schedule(scheduler, step: int) -> None:
+    """Move a schedule built for a new length to optimisation step `step` (a resumed run with more --epochs, or
+    --time planning the epochs after the first): the learning rate jumps to where the new schedule is."""
+    scheduler.last_epoch = step - 1
+    with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+        warnings.simplefilter("ignore", UserWarning)
+        scheduler.step()
+
+
 def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """A per-step schedule (scheduler.step() after every optimizer step)."""
+    """A per-step schedule (scheduler.step() after every optimizer step); steps_per_epoch counts optimiser steps."""
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.scheduler == "onecycle":
         # Linear warm-up over the first 15% of steps from lr/25, then linear decay to ~0: the best of the

@@ -19,7 +19,6 @@ RESUME_MAY_CHANGE may be given again (`--epochs` only upwards).
 from __future__ import annotations
 
 import random
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from ..core.config import TrainConfig, load_yaml
 from ..core.errors import TuduiError
 from ..core.files import stale_temp_files
 from .distributed import is_main
+from .optim import continue_schedule
 from .results import write_results
 
 # Options that may differ on resume: where things are on this machine, and how long to train.
@@ -166,6 +166,10 @@ def restore_run(run) -> None:
     model = getattr(run.model, "module", run.model)  # DDP-wrapped or not: weights are saved unwrapped
     model.load_state_dict(ckpt["model"])
     run.optimizer.load_state_dict(ckpt["optimizer"])
+    if run.ema is not None:
+        if "ema" not in ckpt:
+            raise TuduiError(f"{path} has no EMA state; the run was not trained with --ema")
+        run.ema.load_state_dict(ckpt["ema"])
     run.scaler.load_state_dict(ckpt["scaler"])
     run.epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
     run.best_top1 = float(ckpt["trainer"]["best_top1"])
@@ -179,10 +183,7 @@ def restore_run(run) -> None:
     else:
         # --epochs was raised: the new schedule (built for the new length) continues from the step reached.
         # A one-cycle schedule is stretched, so its learning rate jumps to where the longer cycle would be.
-        run.scheduler.last_epoch = run.step - 1
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
-            warnings.simplefilter("ignore", UserWarning)
-            run.scheduler.step()
+        continue_schedule(run.scheduler, run.step)
         if is_main():
             print(f"note: the learning-rate schedule now spans {run.cfg.epochs} epochs (was {state['epochs']}); "
                   f"lr continues at {run.optimizer.param_groups[0]['lr']:.3g}", flush=True)

@@ -10,21 +10,23 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
 from ..core import __version__
 from ..core.checkpoint import make_checkpoint, save_checkpoint
-from ..core.config import TrainConfig, save_yaml
+from ..core.config import TrainConfig, load_yaml, save_yaml
 from ..core.console import Progress
 from ..core.device import World, autocast, make_scaler, reuse_freed_memory, seed_everything, select_device, world
 from ..core.errors import TuduiError
 from ..core.files import make_run_dir, versions, write_text
 from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataSpec, augment_batch, augment_options, build_data,
                     eval_batch_size, make_loader, normalize)
+from ..data.augment import erase_batch, mix_batch, policy_batch
 from ..core.checkpoint import read_weights
 from ..models import count_parameters, create_model, get_model_info, make_arch
 from ..core.pyfile import is_file_ref
@@ -33,8 +35,10 @@ from ..models.zoo import head_path, load_weights
 from . import distributed
 from .callbacks import Callback
 from .evaluate import evaluate
+from .ema import ModelEMA
 from .guards import FiniteLossGuard
-from .optim import create_loss, create_optimizer, create_scheduler
+from .lr_find import lr_range_test
+from .optim import continue_schedule, create_loss, create_optimizer, create_scheduler
 from .results import append_result, write_results
 from .resume import gather_rank_rng, restore_run, resume_state
 
@@ -69,6 +73,8 @@ class Run:
     aug_generator: torch.Generator
     callbacks: list[Callback] = field(default_factory=list)
     ddp: nn.Module | None = None  # DDP wrapper of `model` under torchrun: training goes through it
+    ema: ModelEMA | None = None  # --ema: the averaged weights, validated and saved as best.pt
+    train_module: nn.Module | None = None  # what the loop calls: ddp or model, torch.compile'd with --compile
     world: World = field(default_factory=World)
     epoch: int = 0  # epochs completed
     step: int = 0  # optimisation steps completed
@@ -80,21 +86,44 @@ class Run:
     def spec(self) -> DataSpec:
         return self.data.spec
 
+    @property
+    def steps_per_epoch(self) -> int:
+        """Optimisation steps per epoch (--accumulate batches make one step)."""
+        return -(-len(self.train_loader) // self.cfg.accumulate)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights validation and best.pt use: the EMA with --ema, else the model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def prepare(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         """uint8 batch on the device -> augmented (when training) and normalised float batch."""
-        if train:
-            pad, flip = augment_options(self.cfg.augment, self.spec)
-            x = augment_batch(x, pad, flip, self.aug_generator)
+        if train and not self.cfg.overfit_batches:  # the overfitting check learns the batches as they are
+            cfg, g = self.cfg, self.aug_generator
+            pad, flip = augment_options(cfg.augment, self.spec)
+            x = augment_batch(x, pad, flip, g)
+            if cfg.augment in ("randaugment", "trivialaugment"):
+                x = policy_batch(x, cfg.augment, g)  # per-image ops and magnitudes (data/augment.py)
+            x = erase_batch(x, cfg.erase, g)
         x = normalize(x, self.spec)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
-    def checkpoint(self) -> dict:
+    def mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """--mixup/--cutmix: (x, soft targets (B, K)); otherwise (x, y) unchanged."""
+        cfg = self.cfg
+        if cfg.mixup <= 0 and cfg.cutmix <= 0 or cfg.overfit_batches:
+            return x, y
+        return mix_batch(x, y, self.spec.num_classes, cfg.mixup, cfg.cutmix, cfg.mix_prob, self.aug_generator)
+
+    def checkpoint(self, best: bool = False) -> dict:
+        """last.pt: the trained weights, with the EMA beside them; best.pt with --ema: the EMA as the model."""
+        extra = {"ema": self.ema.state_dict()} if self.ema is not None and not best else {}
         return make_checkpoint(
-            self.model, self.arch, self.spec.to_dict(), epoch=self.epoch, step=self.step,
+            self.eval_model if best else self.model, self.arch, self.spec.to_dict(), epoch=self.epoch, step=self.step,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
             scaler=self.scaler.state_dict(), trainer={"best_top1": self.best_top1, "best_epoch": self.best_epoch},
             metrics=self.history[-1] if self.history else {}, config=self.cfg.to_dict(),
-            resume=resume_state(self))  # RNG states and metrics rows for an exact --resume (engine/resume.py)
+            resume=resume_state(self), **extra)  # RNG states and metrics rows for an exact --resume (engine/resume.py)
 
 
 def _check_forward(model: nn.Module, spec: DataSpec, name: str, device: torch.device, hint: str) -> None:
@@ -176,8 +205,38 @@ def write_run_files(run: Run) -> None:
                             "world_size": w.size}, run.run_dir / "env.yaml")
 
 
+def debug_splits(cfg: TrainConfig, data: DataBundle) -> None:
+    """--fast-dev-run: one batch of each split; --overfit-batches N: the same N training batches as train and val."""
+    first = lambda split, n: split.subset(np.arange(min(n, len(split)))) if split is not None else None  # noqa: E731
+    if cfg.fast_dev_run:
+        data.train, data.val, data.test = (first(data.train, cfg.batch_size), first(data.val, cfg.batch_size),
+                                           first(data.test, cfg.batch_size))
+    elif cfg.overfit_batches:
+        data.train = first(data.train, cfg.overfit_batches * cfg.batch_size)
+        data.val, data.test = data.train, None
+
+
+def resolve_lr(cfg: TrainConfig, run: "Run") -> None:
+    """--lr auto: a range test on the run's model and data (restored afterwards), then its suggestion."""
+    if cfg.lr != "auto":
+        return
+    if run.world.enabled:
+        raise TuduiError("--lr auto runs in one process; run `tudui lr-find` first and pass its --lr to the "
+                         "torchrun job")
+    found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y), run.criterion,
+                          lambda: create_optimizer(replace(cfg, lr=1e-7), run.model), run.device, cfg.amp)
+    cfg.lr = float(f"{found.suggestion:.3g}")
+    run.optimizer = create_optimizer(cfg, run.model)
+    run.scheduler = create_scheduler(cfg, run.optimizer, run.steps_per_epoch)
+    print(f"--lr auto: {cfg.lr:g} ({found.rule}; {len(found.lrs)} steps of the range test)", flush=True)
+
+
 def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
     device, w = select_device(cfg.device), world()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.fast_dev_run:
+        cfg.epochs = 1
     if device.type == "cpu":
         reuse_freed_memory()  # activations come from the heap, not fresh pages, every step
     seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: same initial weights
@@ -185,18 +244,24 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
     info = get_model_info(cfg.model) if isinstance(cfg.model, str) else None
     imagenet = (IMAGENET_MEAN, IMAGENET_STD) if cfg.weights and info and info.family == "torchvision" else None
     data = build_data(cfg, default_norm=imagenet)
+    debug_splits(cfg, data)
     model, arch = build_model(cfg, data.spec, device)
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)
     train_loader, val_loader = build_loaders(cfg, data, device, w)
-    optimizer = create_optimizer(cfg, model)
+    placeholder = replace(cfg, lr=1e-7) if cfg.lr == "auto" else cfg  # --lr auto: resolve_lr replaces both below
+    optimizer = create_optimizer(placeholder, model)
+    steps = -(-len(train_loader) // cfg.accumulate)
     run = Run(cfg=cfg, device=device, data=data, model=model, arch=arch,
               criterion=create_loss(cfg, data.train.counts(), device), optimizer=optimizer,
-              scheduler=create_scheduler(cfg, optimizer, len(train_loader)), scaler=make_scaler(device, cfg.amp),
+              scheduler=create_scheduler(placeholder, optimizer, steps), scaler=make_scaler(device, cfg.amp),
               train_loader=train_loader, val_loader=val_loader,
               run_dir=distributed.on_main(make_run_dir, cfg.project, cfg.name, cfg.exist_ok),  # rank 0 names it
               # a different augmentation stream per rank
               aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * w.rank),
-              callbacks=list(callbacks or []) if w.rank == 0 else [], ddp=ddp, world=w)
+              callbacks=list(callbacks or []) if w.rank == 0 else [], ddp=ddp, world=w,
+              ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None)
+    run.train_module = torch.compile(ddp or model) if cfg.compile else (ddp or model)
+    resolve_lr(cfg, run)
     if arch.get("source", {}).get("path"):  # the user's file relative to the run: found again if both move
         arch["source"]["relpath"] = os.path.relpath(arch["source"]["path"], run.run_dir.resolve())
     if w.rank == 0:  # only rank 0 writes the run directory
@@ -206,26 +271,40 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
     return run
 
 
+def optimizer_step(run: Run) -> None:
+    """Unscale (fp16), clip (--clip-grad), step, schedule, EMA; gradients cleared for the next step."""
+    if run.cfg.clip_grad:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.step += 1
+    if run.ema is not None:
+        run.ema.update(run.model)
+
+
 def train_one_epoch(run: Run, epoch: int) -> dict:
-    model, opt, dev = run.ddp or run.model, run.optimizer, run.device
+    model, dev, acc = run.train_module, run.device, run.cfg.accumulate
     model.train()
     loader = run.train_loader
     getattr(loader, "set_epoch", getattr(getattr(loader, "sampler", None), "set_epoch", lambda e: None))(epoch)
     progress = Progress(len(loader), f"epoch {epoch + 1}/{run.cfg.epochs}", enabled=run.world.rank == 0)
     loss_sum, seen, t0 = torch.zeros((), device=dev, dtype=torch.float64), 0, time.perf_counter()
-    for x, y in loader:
+    run.optimizer.zero_grad(set_to_none=True)
+    for i, (x, y) in enumerate(loader):
         x = run.prepare(x.to(dev, non_blocking=True), train=True)  # (B, C, H, W) float
-        y = y.to(dev, non_blocking=True)
+        x, y = run.mix(x, y.to(dev, non_blocking=True))  # y: (B,) classes, or (B, K) soft targets when mixing
         with autocast(dev, run.cfg.amp):
             loss = run.criterion(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(opt)
-        run.scaler.update()
-        run.scheduler.step()
-        run.step += 1
+        run.scaler.scale(loss / acc).backward()  # gradients summed over `acc` batches: their mean loss
         loss_sum += loss.detach() * len(y)
         seen += len(y)
+        if (i + 1) % acc and i + 1 < len(loader):
+            progress.update(1)
+            continue
+        optimizer_step(run)
         for cb in run.callbacks:
             cb.on_train_batch(run, run.step, x, y, loss.detach())
         if progress.due():  # .item() syncs the device: only when something is shown
@@ -246,6 +325,29 @@ def _log_epoch(run: Run, row: dict) -> None:
           f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:.0f} img/s", flush=True)
 
 
+class TimeBudget:
+    """--time MINUTES: after each epoch, the epochs that fit in the time left set the run's length, and the
+    learning-rate schedule is stretched or shrunk to end with them (as Ultralytics' `time=`)."""
+
+    def __init__(self, minutes: float, start_epoch: int) -> None:
+        self.seconds, self.start, self.start_epoch = minutes * 60, time.perf_counter(), start_epoch
+
+    def exhausted(self) -> bool:
+        return time.perf_counter() - self.start >= self.seconds
+
+    def plan(self, run: Run) -> None:
+        elapsed = time.perf_counter() - self.start
+        per_epoch = elapsed / max(1, run.epoch - self.start_epoch)  # seconds, validation and saving included
+        epochs = max(run.epoch, run.epoch + int((self.seconds - elapsed) // per_epoch))
+        if epochs == run.cfg.epochs:
+            return
+        run.cfg.epochs = epochs
+        run.scheduler = create_scheduler(run.cfg, run.optimizer, run.steps_per_epoch)
+        continue_schedule(run.scheduler, run.step)
+        if run.world.rank == 0:
+            save_yaml(load_yaml(run.run_dir / "config.yaml") | {"epochs": epochs}, run.run_dir / "config.yaml")
+
+
 def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     with distributed.session(cfg.device):  # joins the torchrun job, if any
         return _fit(cfg, callbacks)
@@ -261,10 +363,13 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
     if run.epoch == 0:  # a run is resumable from its first step on (engine/resume.py)
         _save(run, ["last.pt"])
     stale = run.epoch - run.best_epoch if run.history else 0  # epochs since the best one (resumed runs)
-    for epoch in range(run.epoch, cfg.epochs):
+    budget = TimeBudget(cfg.time, run.epoch) if cfg.time else None
+    epoch = run.epoch
+    while epoch < cfg.epochs and not (budget and budget.exhausted()):
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run, epoch)
-        val = evaluate(run.model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) if run.val_loader else None
+        val = evaluate(run.eval_model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) \
+            if run.val_loader else None
         run.epoch = epoch + 1
         row = {"epoch": run.epoch, "train_loss": stats["train_loss"], "val_loss": val["loss"] if val else "",
                "val_top1": val["top1"] if val else "", "val_top5": val["top5"] if val else "", "lr": lr,
@@ -285,6 +390,9 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
                 print(f"early stop: no better validation top-1 for {cfg.patience} epoch(s); "
                       f"best was epoch {run.best_epoch}")
             break
+        if budget is not None:
+            budget.plan(run)  # after each epoch: how many fit in what is left of --time
+        epoch += 1
     return _finish(run, plain_ce)
 
 
@@ -292,9 +400,9 @@ def _save(run: Run, names: list[str]) -> None:
     """Rank 0 writes the checkpoint(s); under torchrun it also holds every rank's augmentation RNG state."""
     rank_rng = gather_rank_rng(run)  # a collective: every rank calls it
     if run.world.rank == 0:
-        payload = run.checkpoint()
-        payload["resume"] |= rank_rng
         for name in names:
+            payload = run.checkpoint(best=name == "best.pt")
+            payload["resume"] |= rank_rng
             save_checkpoint(payload, run.run_dir / name)
 
 

@@ -156,6 +156,23 @@ def plot_mistakes(mistakes: list[tuple[float, np.ndarray, int, int]], classes: l
     return _image_grid(np.stack([m[1] for m in mistakes]), titles, path, title, cols=4)
 
 
+def plot_lr_find(lrs: list[float], losses: list[float], raw: list[float], suggestion: float, rule: str,
+                 path: str | Path) -> Path:
+    """The learning-rate range test: raw and smoothed loss against the rate (log scale), the suggestion marked."""
+    fig = _figure(7, 4.2)
+    ax = fig.subplots()
+    ax.plot(lrs, raw, color="0.75", linewidth=0.8, label="loss")
+    ax.plot(lrs, losses, color="C0", label="smoothed")
+    ax.axvline(suggestion, color="C3", linestyle="--", label=f"suggested lr {suggestion:.3g}\n({rule})")
+    finite = [v for v in losses + raw if math.isfinite(v)]
+    if finite:  # the diverging tail would squash the interesting part
+        lo, first = min(finite), losses[0]
+        ax.set_ylim(lo - 0.05 * abs(lo), max(first, lo) * 1.3)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
 class PlotsCallback(Callback):
     """Writes the run's pictures at the end of fit and lists them on the console.
 

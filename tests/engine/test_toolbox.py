@@ -1,0 +1,165 @@
+"""The training toolbox: strong augmentation, mixup/cutmix, EMA, lr-find, --time, debug runs, accumulation."""
+from __future__ import annotations
+
+import csv
+import math
+import signal
+import time
+
+import pytest
+import torch
+import yaml
+
+import tudui
+from tudui.cli import main as tudui_main
+from tudui.core.checkpoint import load_checkpoint
+from tudui.engine.ema import ModelEMA
+from tudui.engine.lr_find import lr_range_test, suggest
+
+from tests.engine.test_resume import metric_rows, popen_cli, wait_for_line
+
+QUIET = dict(plots=False, tensorboard=False, device="cpu")
+TINY = ["--data", "digits", "--model", "mnist-cnn", "--batch-size", "64", "--subset", "400", "--device", "cpu"]
+
+
+def test_ema_follows_the_formula():
+    model = torch.nn.Linear(2, 1)
+    ema = ModelEMA(model, decay=0.9, tau=2.0)
+    w0 = model.weight.detach().clone()
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    ema.update(model)
+    d = 0.9 * (1 - math.exp(-1 / 2.0))
+    assert torch.allclose(ema.module.weight, d * w0 + (1 - d) * model.weight)
+
+
+def test_ema_is_validated_and_saved_as_best(tmp_path):
+    r = tudui.train(data="digits", model="mnist-cnn", epochs=2, batch_size=64, ema=True, ema_tau=5, project=str(tmp_path),
+                    name="e", **QUIET)
+    last, best = load_checkpoint(r.last), load_checkpoint(r.best)
+    assert "ema" in last and "ema" not in best and last["ema"]["updates"] == last["step"]
+    if best["epoch"] == last["epoch"]:
+        for k, v in best["model"].items():
+            assert torch.equal(v, last["ema"]["module"][k]), k  # best.pt holds the averaged weights
+        assert any(not torch.equal(v, last["model"][k]) for k, v in best["model"].items())  # not the raw ones
+
+
+def test_resume_after_sigkill_is_bit_exact_with_ema_and_strong_augmentation(tmp_path):
+    extra = ["--augment", "trivialaugment", "--erase", "0.3", "--mixup", "0.2", "--cutmix", "1.0", "--ema",
+             "--accumulate", "2", "--clip-grad", "5", "--epochs", "3", "--deterministic", "--no-plots",
+             "--no-tensorboard", "--project", str(tmp_path)]
+    assert tudui_main(["train", *TINY, *extra, "--name", "full"]) == 0
+    proc = popen_cli("train", *TINY, *extra, "--name", "killed", env={"TUDUI_TEST_SLOW_SAVE": "1"})
+    try:
+        wait_for_line(proc, "epoch 1/3")
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=60)
+    killed = tmp_path / "killed"
+    assert load_checkpoint(killed / "last.pt")["epoch"] == 1
+    assert tudui_main(["train", "--resume", str(killed)]) == 0
+    a, b = (torch.load(d / "last.pt", weights_only=True) for d in (tmp_path / "full", killed))
+    for part in ("model",):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), k
+    for k in a["ema"]["module"]:
+        assert torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]), k
+    assert metric_rows(tmp_path / "full") == metric_rows(killed)
+    torch.use_deterministic_algorithms(False)
+
+
+def test_accumulation_counts_the_schedule_in_optimiser_steps(tmp_path):
+    r = tudui.train(data="digits", model="mnist-cnn", epochs=2, batch_size=64, subset=400, accumulate=3,
+                    project=str(tmp_path), name="a", **QUIET)
+    # 400 images, 10% held out -> 360 -> 5 batches of 64 per epoch -> 2 optimiser steps per epoch
+    assert load_checkpoint(r.last)["step"] == 2 * math.ceil(5 / 3)
+
+
+def test_lr_range_test_leaves_the_weights_and_suggests_a_rate():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    x, y = torch.randn(64, 1, 4, 4), torch.randint(0, 3, (64,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    found = lr_range_test(model, [(x, y)], lambda a, b: (a, b), torch.nn.CrossEntropyLoss(),
+                          lambda: torch.optim.SGD(model.parameters(), lr=1e-7), torch.device("cpu"), steps=60)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    assert 1e-7 <= found.suggestion <= 10 and len(found.lrs) == len(found.losses) > 10
+    # the rule: on a curve that falls fastest at lr 1e-2, that is the suggestion
+    lrs = [10 ** (-5 + i / 10) for i in range(60)]
+    losses = [2 - math.tanh((math.log10(v) + 2) * 2) for v in lrs]
+    assert abs(math.log10(suggest(lrs, losses)) + 2) < 0.11
+
+
+def test_lr_find_command_and_lr_auto(tmp_path, capsys):
+    assert tudui_main(["lr-find", *TINY, "--project", str(tmp_path), "--steps", "40"]) == 0
+    out = capsys.readouterr().out
+    assert "suggested learning rate" in out and (tmp_path / "lr-find" / "lr_find.png").is_file()
+    r = tudui.train(data="digits", model="mnist-cnn", epochs=1, lr="auto", project=str(tmp_path), name="auto",
+                    **QUIET)
+    lr = load_checkpoint(r.last)["config"]["lr"]
+    assert isinstance(lr, float) and 1e-7 < lr < 10
+    assert yaml.safe_load((r.run_dir / "config.yaml").read_text())["lr"] == lr  # recorded, so --resume repeats it
+
+
+def test_time_budget_ends_within_budget_plus_one_epoch(tmp_path):
+    budget_s = 4.0
+    t0 = time.perf_counter()
+    r = tudui.train(data="digits", model="mnist-cnn", epochs=1000, time=budget_s / 60, project=str(tmp_path),
+                    name="t", **QUIET)
+    elapsed = time.perf_counter() - t0
+    rows = list(csv.DictReader(open(r.run_dir / "results.csv")))
+    epoch_s = max(float(row["epoch_time_s"]) for row in rows)
+    assert 1 < len(rows) < 1000
+    # set-up and the final test evaluation come on top of the training budget
+    assert sum(float(row["epoch_time_s"]) for row in rows) <= budget_s + epoch_s
+    assert elapsed < budget_s + 60
+
+
+def test_fast_dev_run_writes_every_artefact(tmp_path):
+    r = tudui.train(data="digits", model="mnist-cnn", fast_dev_run=True, epochs=50, project=str(tmp_path), name="f",
+                    device="cpu")
+    names = {p.name for p in r.run_dir.iterdir()}
+    assert {"best.pt", "last.pt", "results.csv", "config.yaml", "env.yaml", "metrics.json", "curves.png",
+            "confusion_matrix.png", "train_batch.png"} <= names
+    assert any(n.startswith("events.out.tfevents") for n in names)
+    assert len(list(csv.DictReader(open(r.run_dir / "results.csv")))) == 1
+    assert r.val["n"] == 128 and r.test["n"] == 128  # one batch (128) of each split
+
+
+def test_overfit_batches_learns_them(tmp_path):
+    r = tudui.train(data="digits", model="fast", overfit_batches=1, batch_size=32, epochs=30, project=str(tmp_path),
+                    name="o", **QUIET)
+    assert r.val["n"] == 32 and r.val["top1"] >= 0.9
+
+
+def test_dataloader_path_with_every_augmentation(tmp_path, fmnist_folders):
+    r = tudui.train(data=str(fmnist_folders), model="mnist-cnn", epochs=1, memory="off", augment="randaugment",
+                    erase=0.4, cutmix=1.0, mixup=0.2, ema=True, project=str(tmp_path), name="files", **QUIET)
+    assert r.val["n"] == 200  # the 20-per-class val folder, read through the DataLoader path
+    assert load_checkpoint(r.last)["config"]["augment"] == "randaugment"
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--mixup", "-0.5", "--mixup must be at least 0"), ("--erase", "1.5", "--erase must be in [0, 1]"),
+    ("--accumulate", "0", "--accumulate must be at least 1"), ("--lr", "fast", "--lr takes a number or auto"),
+    ("--fraction", "0", "--fraction must be in (0, 1]"), ("--time", "-1", "--time is a budget in minutes"),
+])
+def test_bad_values_are_one_line_errors(flag, value, message, capsys):
+    assert tudui_main(["train", "--data", "digits", flag, value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+def test_threads_sets_torch_threads(tmp_path):
+    before = torch.get_num_threads()
+    try:
+        tudui.train(data="digits", model="mnist-cnn", epochs=1, threads=1, project=str(tmp_path), name="th", **QUIET)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.slow
+def test_compile_trains(tmp_path):
+    r = tudui.train(data="digits", model="mnist-cnn", epochs=1, compile=True, project=str(tmp_path), name="c", **QUIET)
+    assert r.val["top1"] > 0.1

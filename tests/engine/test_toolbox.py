@@ -126,6 +126,14 @@ def test_fast_dev_run_writes_every_artefact(tmp_path):
     assert r.val["n"] == 128 and r.test["n"] == 128  # one batch (128) of each split
 
 
+def test_fraction_takes_a_share_of_the_training_images():
+    from tudui.data import load_splits
+
+    full, _, _ = load_splits(["digits"], seed=1)
+    part, _, _ = load_splits(["digits"], seed=1, fraction=0.25)
+    assert len(part) == round(0.25 * len(full)) and set(part.targets.tolist()) <= set(full.targets.tolist())
+
+
 def test_overfit_batches_learns_them(tmp_path):
     r = tudui.train(data="digits", model="fast", overfit_batches=1, batch_size=32, epochs=30, project=str(tmp_path),
                     name="o", **QUIET)

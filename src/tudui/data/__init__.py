@@ -59,8 +59,8 @@ def _load_one(entry, data_root: str | None, download: bool, classes: list[str] |
 
 
 def load_splits(data: list, data_root: str | None = None, download: bool = False, val_split: float = 0.1,
-                seed: int = 0, subset: int | None = None,
-                classes: list[str] | None = None) -> tuple[Split, Split | None, Split | None]:
+                seed: int = 0, subset: int | None = None, classes: list[str] | None = None,
+                fraction: float = 1.0) -> tuple[Split, Split | None, Split | None]:
     """(train, val, test) from one or more `--data` entries; val held out of train when absent.
 
     An entry is a dataset name, a folder, a CSV, 'file.py:name', or (library) a Dataset, a list of them or a
@@ -80,6 +80,8 @@ def load_splits(data: list, data_root: str | None = None, download: bool = False
             raise TuduiError(f"--val-split must be in (0, 1), got {val_split}")
         keep, held = stratified_split(train.targets, val_split, seed)
         train, val = train.subset(keep), (train.subset(held) if len(held) else None)
+    if fraction < 1:  # --fraction: a seeded random share of the training images
+        subset = min(subset or len(train), max(1, round(fraction * len(train))))
     if subset is not None and subset < len(train):
         train = train.subset(np.sort(np.random.default_rng(seed).permutation(len(train))[:subset]))
     # Every split must use the training class list (a val folder may lack a class).
@@ -123,7 +125,7 @@ def _measure_mean_std(split: Split, channels: int, size: int) -> tuple[list[floa
 def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None) -> DataBundle:
     """Load the splits named by `cfg` (a TrainConfig) and resolve the DataSpec."""
     train, val, test = load_splits(cfg.data, cfg.data_root, cfg.download, cfg.val_split, cfg.seed, cfg.subset,
-                                   cfg.classes)
+                                   cfg.classes, cfg.fraction)
     native_size, native_ch = _native_format(train)
     size, channels = cfg.img_size or native_size, cfg.channels or native_ch
     if channels not in (1, 3):

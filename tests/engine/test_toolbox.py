@@ -109,7 +109,7 @@ def test_time_budget_ends_within_budget_plus_one_epoch(tmp_path):
     elapsed = time.perf_counter() - t0
     rows = list(csv.DictReader(open(r.run_dir / "results.csv")))
     epoch_s = max(float(row["epoch_time_s"]) for row in rows)
-    assert 1 < len(rows) < 1000
+    assert 1 <= len(rows) < 1000  # planned from the measured epochs, not --epochs 1000
     # set-up and the final test evaluation come on top of the training budget
     assert sum(float(row["epoch_time_s"]) for row in rows) <= budget_s + epoch_s
     assert elapsed < budget_s + 60

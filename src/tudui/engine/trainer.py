@@ -327,18 +327,19 @@ def _log_epoch(run: Run, row: dict) -> None:
 
 class TimeBudget:
     """--time MINUTES: after each epoch, the epochs that fit in the time left set the run's length, and the
-    learning-rate schedule is stretched or shrunk to end with them (as Ultralytics' `time=`)."""
+    learning-rate schedule is stretched or shrunk to end with them (as Ultralytics' `time=`). Under torchrun
+    rank 0's clock decides for every rank, so all stop together."""
 
     def __init__(self, minutes: float, start_epoch: int) -> None:
         self.seconds, self.start, self.start_epoch = minutes * 60, time.perf_counter(), start_epoch
 
-    def exhausted(self) -> bool:
-        return time.perf_counter() - self.start >= self.seconds
+    def epochs_that_fit(self, done: int) -> int:
+        elapsed = time.perf_counter() - self.start
+        per_epoch = elapsed / max(1, done - self.start_epoch)  # seconds, validation and saving included
+        return max(done, done + int((self.seconds - elapsed) // per_epoch))
 
     def plan(self, run: Run) -> None:
-        elapsed = time.perf_counter() - self.start
-        per_epoch = elapsed / max(1, run.epoch - self.start_epoch)  # seconds, validation and saving included
-        epochs = max(run.epoch, run.epoch + int((self.seconds - elapsed) // per_epoch))
+        epochs = distributed.on_main(self.epochs_that_fit, run.epoch)
         if epochs == run.cfg.epochs:
             return
         run.cfg.epochs = epochs
@@ -365,7 +366,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
     stale = run.epoch - run.best_epoch if run.history else 0  # epochs since the best one (resumed runs)
     budget = TimeBudget(cfg.time, run.epoch) if cfg.time else None
     epoch = run.epoch
-    while epoch < cfg.epochs and not (budget and budget.exhausted()):
+    while epoch < cfg.epochs:
         lr = run.optimizer.param_groups[0]["lr"]
         stats = train_one_epoch(run, epoch)
         val = evaluate(run.eval_model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) \

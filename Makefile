@@ -56,9 +56,19 @@ test-all: data
 # Lightning is a benchmark-only dependency (the loop-overhead comparison), installed here, not by the package.
 # BENCH_LONG (TrainConfig options) is the longer recipe of the time-to-accuracy table: `--preset best` unless given.
 BENCH_LONG ?= preset=best
-bench: data
+# Ultralytics (benchmarks/peers.py) lives in its own environment: a benchmark peer, never a tudui dependency.
+PEERS_VENV ?= .venv-peers
+
+$(PEERS_VENV)/bin/yolo:
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install -q $(TORCH) ultralytics
+
+bench: data $(PEERS_VENV)/bin/yolo
 	$(PY) -m pip install -q "lightning>=2.0"
 	$(PY) benchmarks/time_to_accuracy.py $(if $(BENCH_LONG),--long $(BENCH_LONG))
+	$(PY) benchmarks/peers.py --yolo $(PEERS_VENV)/bin/yolo
+	$(PY) benchmarks/toolbox_sweep.py
 	$(PY) benchmarks/loop_overhead.py
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/peak_memory.py

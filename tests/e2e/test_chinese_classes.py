@@ -8,7 +8,7 @@ import wcwidth
 
 from tudui.reporting import fonts
 
-from ..conftest import REPO
+from tests.conftest import REPO, run_cli
 
 # Fashion-MNIST class index -> the folder name a Chinese learner would give it
 ZH = {1: "裤子", 2: "套头衫", 7: "运动鞋", 8: "包"}
@@ -31,8 +31,6 @@ def zh_folders(tmp_path_factory, fmnist):
 
 @pytest.fixture(scope="module")
 def zh_run(zh_folders, tmp_path_factory):
-    from ..conftest import run_cli
-
     project = tmp_path_factory.mktemp("runs")
     r = run_cli("train", "--data", zh_folders, "--model", "mnist-cnn", "--epochs", "1", "--batch-size", "32",
                 "--project", project, "--name", "zh", cwd=project)

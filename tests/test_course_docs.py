@@ -59,7 +59,7 @@ def test_every_command_parses(doc):
 def test_named_api_and_links_exist(doc):
     text = doc.read_text(encoding="utf-8")
     names = api_names(text)
-    assert {"tudui.register_model", "tudui.create_model", "tudui.data.train_transforms"} <= names
+    assert {"tudui.register_model", "tudui.create_model", "tudui.data.eval_transforms"} <= names
     for name in names:
         assert resolve(name) is not None, name
     for link in re.findall(r"\]\((?!https?:)([^)#]+)\)", text):

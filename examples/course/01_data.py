@@ -54,13 +54,13 @@ assert lab_train.classes == train.classes, "both layouts give the same classes, 
 print(f"class folders: {len(train)} train / {len(val)} val images; label files: {len(lab_train)} / {len(lab_val)}")
 print("classes:", ", ".join(train.classes))
 
-# transforms: ToTensor + Normalize with the mean/std measured on the training images (saved in every checkpoint,
-# so predict uses the same numbers), resize to --img-size, random crop and flip. tudui applies them to whole
-# uint8 batches; train_transforms(spec) is the same pipeline one PIL image at a time, as the course writes it.
+# transforms: Resize + ToTensor + Normalize with the mean/std measured on the training images (saved in every
+# checkpoint, so predict uses the same numbers). eval_transforms(spec) is that Compose, one image at a time, as the
+# course writes it; RandomCrop(padding) + RandomHorizontalFlip run on whole uint8 batches (augment_batch).
 bundle = tudui.data.build_data(tudui.TrainConfig(data=[str(folders)], img_size=32))
 spec = bundle.spec
 print(f"input {spec.channels}x{spec.img_size}x{spec.img_size}, mean {spec.mean[0]:.3f}, std {spec.std[0]:.3f}")
-pipeline = tudui.data.train_transforms(spec, "crop-flip")
+pipeline = tudui.data.eval_transforms(spec)
 print(pipeline)
 one = pipeline(train.paths[0])
 print("one image after the per-image pipeline:", tuple(one.shape), one.dtype)
@@ -68,7 +68,9 @@ print("one image after the per-image pipeline:", tuple(one.shape), one.dtype)
 # DataLoader(batch_size=64, shuffle=True): batches of (images, targets). Small datasets live in memory as uint8.
 loader = tudui.data.make_loader(bundle.train, spec, 64, True, torch.device("cpu"))
 images, targets = next(iter(loader))
-x = tudui.data.normalize(images, spec)  # what the model sees
+pad, flip = tudui.data.augment_options("crop-flip", spec)  # 4 px of zero padding at 32x32, flips on
+augmented = tudui.data.augment_batch(images, pad, flip)  # (64, C, 32, 32) uint8, each image shifted and/or flipped
+x = tudui.data.normalize(augmented, spec)  # what the model sees
 print(f"a batch: images {tuple(images.shape)} {images.dtype} -> normalised {x.dtype}, mean {x.mean():.2f}; "
       f"targets {tuple(targets.shape)}: {targets[:8].tolist()}")
 assert images.shape == (64, spec.channels, 32, 32)

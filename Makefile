@@ -15,13 +15,18 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
 	$(PY) -m pip install -q -e ".[dev,export,serve]"
-	@# The browser test drives Debian's chromium (Playwright downloads no browser); it is skipped without one.
-	@if command -v chromium >/dev/null; then :; \
+	@# Debian packages, installed where apt-get is usable: chromium, which the browser test drives (Playwright
+	@# downloads no browser; the test is skipped without it), and a small CJK font (fonts-wqy-microhei, 1.6 MB
+	@# download) so Chinese class names show in the PNGs (without one they draw as boxes, with one warning).
+	@pkgs=""; command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
+	fc-list :lang=zh 2>/dev/null | grep -q . || pkgs="$$pkgs fonts-wqy-microhei"; \
+	if [ -z "$$pkgs" ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
 	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
-		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
-	else echo "note: chromium not found and apt-get is not usable: tests/e2e/test_page.py will be skipped"; fi
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
+	else echo "note: apt-get is not usable, so$$pkgs not installed: without chromium tests/e2e/test_page.py is"; \
+		echo "skipped; without a CJK font Chinese class names draw as boxes in the pictures"; fi
 	touch $@
 
 install: $(STAMP)

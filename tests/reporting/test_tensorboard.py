@@ -39,6 +39,8 @@ def test_scalars_images_graph_and_hparams(tiny_run):
     img = ea.Images("train/first_batch")
     assert len(img) == 2 and img[0].width >= 8 * 8 and img[0].height >= 8 * 8
     # ^ 64 images of 8x8 in a grid, once per process (first fit and resume); hparams likewise, the last is final
+    labelled = ea.Images("train/first_batch_labels")  # the same batch drawn by matplotlib with class names
+    assert len(labelled) == 2 and labelled[0].width > 400 and labelled[0].height > 100
     assert tags["graph"] and any(n.op.startswith("aten::") for n in ea.Graph().node)
     assert ea.Scalars("hparam/test_top1")[-1].value == pytest.approx(tiny_run.test["top1"])
     assert ea.Scalars("hparam/val_top1")[-1].value == pytest.approx(tiny_run.val["top1"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 import time
 
+import wcwidth
 from tqdm import tqdm
 
 
@@ -48,13 +49,17 @@ class Progress:
 
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:
-    """A plain-text table; `align` has one of '<' or '>' per column (default: first left, rest right)."""
+    """A plain-text table; `align` has one of '<' or '>' per column (default: first left, rest right).
+
+    Columns are padded by display width, not code points: a Chinese character takes two terminal cells.
+    """
     cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    widths = [max(wcwidth.width(r[i]) for r in cells) for i in range(len(headers))]
     align = align or "<" + ">" * (len(headers) - 1)
+    just = {"<": wcwidth.ljust, ">": wcwidth.rjust}
     lines = []
     for j, r in enumerate(cells):
-        lines.append("  ".join(f"{c:{a}{w}}" for c, a, w in zip(r, align, widths)).rstrip())
+        lines.append("  ".join(just[a](c, w) for c, a, w in zip(r, align, widths)).rstrip())
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

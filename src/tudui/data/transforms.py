@@ -74,7 +74,7 @@ def model_logits(model, x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
 
     Flip TTA averages the logits of each image and its horizontal mirror: the model saw both during training
     (flip augmentation), and the average is worth a few tenths of a percent of top-1 for twice the forward
-    cost. `model` is any callable (an nn.Module, or an ONNX/TorchScript wrapper from inference/backends.py).
+    cost. `model` is any callable (an nn.Module, or an ONNX/TorchScript wrapper from inference/formats.py).
     """
     logits = model(x)
     if spec.flip_tta:

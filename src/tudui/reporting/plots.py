@@ -3,6 +3,7 @@
 Figures are built with `matplotlib.figure.Figure` rather than pyplot, so no GUI
 backend or global figure state is involved (safe in a headless server or a thread).
 Each picture is written atomically: a temp file in the same folder, then a rename.
+Text is drawn with the font fallback list of `fonts.py`, so Chinese class names show.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from ..core.files import atomic_path
 from ..data import denormalize, eval_batch_size, make_loader
 from ..engine.callbacks import Callback
 from ..engine.evaluate import iter_predictions
+from .fonts import cjk_fonts
 
 
 def _figure(width_in: float, height_in: float):
@@ -27,7 +29,7 @@ def _figure(width_in: float, height_in: float):
 
 
 def _save(fig, path: str | Path, dpi: int = 100) -> Path:
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, cjk_fonts(fig):
         fig.savefig(tmp, dpi=dpi, format="png")
     return Path(path)
 
@@ -95,7 +97,18 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
     return np.asarray(im.get_array())
 
 
-def _image_grid(images: np.ndarray, titles: list[str], path: str | Path, suptitle: str, cols: int = 8) -> Path:
+def render(fig, dpi: int = 100) -> np.ndarray:
+    """The figure as an (H, W, 3) uint8 RGB array (for TensorBoard), drawn with the same fonts as the PNGs."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    fig.set_dpi(dpi)
+    with cjk_fonts(fig):
+        canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def _grid_figure(images: np.ndarray, titles: list[str], suptitle: str, cols: int = 8):
     """images: (N, H, W, C) uint8 or float in [0, 1]; one (possibly two-line) title per image.
 
     One montage drawn by a single imshow, with each title in a blank band above its image: a subplot per
@@ -121,14 +134,23 @@ def _image_grid(images: np.ndarray, titles: list[str], path: str | Path, suptitl
         ax.text(x0 + w / 2, y0 - 0.5, title, ha="center", va="bottom", fontsize=7)
     ax.imshow(canvas, interpolation="nearest")
     fig.suptitle(suptitle)
-    return _save(fig, path)
+    return fig
+
+
+def _image_grid(images: np.ndarray, titles: list[str], path: str | Path, suptitle: str, cols: int = 8) -> Path:
+    return _save(_grid_figure(images, titles, suptitle, cols), path)
+
+
+def batch_figure(images: torch.Tensor, labels, classes: list[str], title: str = "first training batch (augmented)",
+                 limit: int = 32):
+    """images: (B, C, H, W) float in [0, 1] (de-normalised) or uint8; labels: (B,) class indices."""
+    x = images[:limit].detach().cpu().permute(0, 2, 3, 1).numpy()
+    return _grid_figure(x, [classes[int(i)] for i in labels[:limit]], title)
 
 
 def plot_batch(images: torch.Tensor, labels, classes: list[str], path: str | Path,
                title: str = "first training batch (augmented)", limit: int = 32) -> Path:
-    """images: (B, C, H, W) float in [0, 1] (de-normalised) or uint8; labels: (B,) class indices."""
-    x = images[:limit].detach().cpu().permute(0, 2, 3, 1).numpy()
-    return _image_grid(x, [classes[int(i)] for i in labels[:limit]], path, title)
+    return _save(batch_figure(images, labels, classes, title, limit), path)
 
 
 def confident_mistakes(batches, k: int = 16) -> list[tuple[float, np.ndarray, int, int]]:

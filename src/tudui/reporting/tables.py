@@ -1,6 +1,8 @@
 """Evaluation results as console tables (per-class precision/recall/F1, the confusion matrix)."""
 from __future__ import annotations
 
+import wcwidth
+
 from ..core.console import table
 
 
@@ -14,6 +16,6 @@ def per_class_table(classes: list[str], metrics: dict) -> str:
 def confusion_table(classes: list[str], confusion: list[list[int]], max_classes: int = 30) -> str:
     if len(classes) > max_classes:
         return f"(confusion matrix of {len(classes)} classes omitted from the console; see the PNG / --json)"
-    short = [c[:8] for c in classes]
+    short = [wcwidth.clip(c, 0, 8) for c in classes]  # 8 terminal cells: 8 Latin letters or 4 Chinese characters
     rows = [[f"{c}"] + row for c, row in zip(short, confusion)]
     return "rows: true class, columns: predicted\n" + table(["true\\pred"] + short, rows)

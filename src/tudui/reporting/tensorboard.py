@@ -6,6 +6,8 @@ Tags (x axis in brackets):
   epoch/val_top1, epoch/val_top5       validation accuracy in [0, 1] [epoch]
   epoch/lr                             learning rate at the start of the epoch [epoch]
   train/first_batch (image)            the first augmented training batch, de-normalised
+  train/first_batch_labels (image)     the same batch (up to 32 images) as a grid titled with class names, drawn
+                                       with the PNGs' fonts (Chinese class names included)
   graph                                the model (traced once on a zero input)
   hparams                              the resolved config with the final metrics (hparam/...)
 """
@@ -62,11 +64,23 @@ class TensorBoardCallback(Callback):
         if not self.logged_batch:
             from ..data import denormalize
 
-            self.writer.add_images("train/first_batch", denormalize(x[: self.max_images].detach().float(), run.spec),
-                                   step, dataformats="NCHW")
+            images = denormalize(x[: self.max_images].detach().float(), run.spec)
+            self.writer.add_images("train/first_batch", images, step, dataformats="NCHW")
+            self._add_labelled_batch(images, y, run.spec.classes, step)
             self.logged_batch = True
         if step % self.log_every == 0:  # .item() syncs the device, so only every log_every steps
             self.writer.add_scalar("step/train_loss", loss.item(), step)
+
+    def _add_labelled_batch(self, images, labels, classes, step: int) -> None:
+        # TensorBoard's own image grid has no captions; a matplotlib figure carries the class names
+        from .plots import batch_figure, render
+
+        try:
+            grid = render(batch_figure(images.cpu(), labels.cpu(), classes, "first training batch (augmented)"))
+        except Exception as e:  # a picture must never cost the run
+            print(f"warning: TensorBoard labelled batch skipped ({type(e).__name__}: {e})", file=sys.stderr)
+            return
+        self.writer.add_image("train/first_batch_labels", grid, step, dataformats="HWC")
 
     def on_epoch_end(self, run, row, val) -> None:
         if self.writer is None:

@@ -34,7 +34,7 @@ class FiniteLossGuard(Callback):
     def on_train_batch(self, run, step, x, y, loss) -> None:
         lr_used, self.next_lr = self.next_lr, run.optimizer.param_groups[0]["lr"]  # scheduler already stepped
         self.pending.append((step, lr_used, torch.isfinite(loss.detach()).all()))
-        last_of_epoch = step - self.epoch_start_step >= len(run.train_loader)
+        last_of_epoch = step - self.epoch_start_step >= run.steps_per_epoch
         if loss.device.type == "cpu" or last_of_epoch or len(self.pending) >= self.every:
             flags = torch.stack([f for _, _, f in self.pending]).cpu()  # one device sync for the batch of flags
             if not bool(flags.all()):

@@ -174,7 +174,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .inference.server import serve
 
     serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
-          device=args.device, tta=args.tta)
+          device=args.device, tta=args.tta, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+          read_timeout_s=args.read_timeout, docs=args.docs)
     return 0
 
 
@@ -187,6 +188,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topk", type=int, default=5, help="classes returned per image (?topk=N overrides) [default: 5]")
     p.add_argument("--device", default="auto")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
+    # Literal defaults (the same as inference/server.py's), so `tudui --help` needs no web packages imported.
+    p.add_argument("--max-batch", type=int, default=32, help="concurrent requests answered by one forward pass at "
+                   "most; 1: each request runs its own [default: 32]")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request may wait for others to join "
+                   "its batch, in ms [default: 2]")
+    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a request's whole body may take to "
+                   "arrive; slower uploads get 408 [default: 30]")
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve the API's Swagger UI at /docs, its files from this server [default: on]")
 
 
 # --- models ------------------------------------------------------------------------------------------------------------

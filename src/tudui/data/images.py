@@ -57,6 +57,10 @@ def open_image(src: str | Path | bytes | Image.Image) -> Image.Image:
         raise
     except FileNotFoundError:
         raise BadImage(name, "no such file") from None
+    except IsADirectoryError:
+        raise BadImage(name, "a folder, not a file") from None
+    except PermissionError:
+        raise BadImage(name, "permission denied") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage(name, "not an image Pillow can decode" if isinstance(e, UnidentifiedImageError)
                        else "too many pixels (decompression bomb)") from None

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import socket
 import threading
 import time
 
@@ -20,8 +19,9 @@ def _live_server(app):
     """Serve `app` on 127.0.0.1:<free port>; yields the base URL and stops the server on exit."""
     import uvicorn
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    from tudui.inference.server import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)  # as `tudui serve` binds
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()

@@ -42,19 +42,84 @@ def test_concurrent_items_share_batches_and_each_gets_its_own_answer():
     assert (batcher.batches, batcher.items) == (3, 20)
 
 
-def test_a_full_batch_does_not_wait_out_the_window_and_max_batch_1_runs_alone():
+def run(coro, timeout: float = 30):
+    """Run `coro`; a batcher that waited out a 60 s window (or forever) fails here instead of hanging."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def request(batcher: MicroBatcher, item, before=None):
+    """What the server does per request: work inside expecting() (decoding there), then submit."""
+    with batcher.expecting():
+        if before is not None:
+            await before()
+    return await batcher.submit(item)
+
+
+def test_a_forming_batch_waits_for_requests_still_being_decoded():
     fn = Recorder()
 
-    async def main(max_batch, wait_ms):
-        batcher = MicroBatcher(fn, max_batch=max_batch, max_wait_ms=wait_ms)
-        # With a 60 s window, finishing at all proves a full batch runs at once.
-        got = await asyncio.wait_for(asyncio.gather(*(batcher.submit(i) for i in range(4))), 30)
+    async def main():
+        batcher = MicroBatcher(fn, max_batch=8, max_wait_ms=60_000)
+        got = await asyncio.gather(request(batcher, 0), request(batcher, 1, lambda: asyncio.sleep(0.05)),
+                                   request(batcher, 2, lambda: asyncio.sleep(0.1)))
         await batcher.close()
         return got
 
-    assert [g[1] for g in asyncio.run(main(4, 60_000))] == [4] * 4
+    got = run(main())
+    assert fn.batches == [[0, 1, 2]] and [g[1] for g in got] == [3, 3, 3]  # 0 waited for the two on their way
+    # ... and ran as soon as nobody else was coming, not after the 60 s window (run() gives up after 30 s).
+
+
+def test_a_lone_request_or_a_full_batch_does_not_wait():
+    fn = Recorder()
+
+    async def main(n, max_batch):
+        batcher = MicroBatcher(fn, max_batch=max_batch, max_wait_ms=60_000)
+        got = await asyncio.gather(*(batcher.submit(i) for i in range(n)))
+        await batcher.close()
+        return got
+
+    assert [g[1] for g in run(main(1, 8))] == [1]  # nobody on the way: no waiting at all
+    assert [g[1] for g in run(main(4, 4))] == [4] * 4
     fn.batches.clear()
-    assert [g[1] for g in asyncio.run(main(1, 0))] == [1] * 4 and len(fn.batches) == 4
+    assert [g[1] for g in run(main(4, 1))] == [1] * 4 and len(fn.batches) == 4  # --max-batch 1: one at a time
+
+
+def test_the_wait_for_a_slow_request_ends_with_the_window():
+    fn = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch=8, max_wait_ms=50)
+        first_answered = asyncio.Event()
+
+        async def first():
+            answer = await request(batcher, 0)
+            first_answered.set()
+            return answer
+
+        # Request 1 is "decoding" until request 0 has its answer: without the 50 ms bound, neither would finish.
+        got = await asyncio.gather(first(), request(batcher, 1, first_answered.wait))
+        await batcher.close()
+        return got
+
+    assert [g[1] for g in run(main())] == [1, 1] and fn.batches == [[0], [1]]
+
+
+def test_a_request_that_fails_before_submitting_does_not_hold_the_batch():
+    fn = Recorder()
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch=8, max_wait_ms=60_000)
+
+        async def broken():
+            raise ValueError("not an image")
+
+        got = await asyncio.gather(request(batcher, 0), request(batcher, 1, broken), return_exceptions=True)
+        await batcher.close()
+        return got
+
+    got = run(main())
+    assert got[0][:2] == (0, 1) and isinstance(got[1], ValueError) and fn.batches == [[0]]
 
 
 def test_an_error_reaches_every_request_of_its_batch_and_the_next_batch_runs():
@@ -112,7 +177,8 @@ def test_server_answers_concurrent_requests_as_the_predictor_does(tiny_model, li
         assert np.allclose([p for _, p in got], [p for _, p in want.topk], atol=1e-5)
         sizes.append(body["batch"])
     if max_batch == 1:
-        assert set(sizes) == {1} and app.state.batcher is None
+        assert set(sizes) == {1}  # one at a time
     else:
         assert max(sizes) > 1 and max(sizes) <= max_batch  # 24 at once with a 50 ms window: batches did form
-        assert app.state.batcher.items == 24
+    # Each answer names the size of its batch: a batch of n answers n requests.
+    assert app.state.batcher.items == 24 and app.state.batcher.batches == round(sum(1 / n for n in sizes))

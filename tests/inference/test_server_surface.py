@@ -63,6 +63,31 @@ def test_no_docs_turns_the_page_and_its_files_off(predictor, live_server):
         assert httpx.get(f"{url}/health").status_code == 200
 
 
+def test_connections_to_the_listening_socket_send_without_nagle_delay():
+    """Without TCP_NODELAY each response waited ~40 ms for the client's delayed ACK (45 ms per request)."""
+    import asyncio
+
+    from tudui.inference.server import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    nodelay = []
+
+    async def main():
+        async def handle(reader, writer):  # what uvicorn's connections get: asyncio's transport on an accepted socket
+            nodelay.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            while not nodelay:
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert sock.proto == socket.IPPROTO_TCP and nodelay == [1]
+
+
 def _raw_request(url: str, head: bytes, body: bytes, wait_s: float) -> bytes:
     """Send `head` + `body` on a raw socket, then keep the connection open without sending; what came back."""
     host, port = url.removeprefix("http://").split(":")

@@ -1,12 +1,12 @@
 """Dynamic micro-batching for the server: requests that arrive together share one forward pass.
 
-Each request decodes its own image (in the thread pool, in parallel) and then
-`submit`s the (1, C, H, W) tensor here. One worker task takes the oldest queued
-request and waits for company until `max_wait_ms` after that request *arrived*,
-or until `max_batch` are queued, then runs them as one batch on a single worker
-thread. While a batch runs, new requests queue up; their window has usually
-passed by the time the batch ends, so under load batches form without any extra
-wait, and a lone request waits at most `max_wait_ms`.
+Each request decodes its own image (in the thread pool, in parallel) inside
+`expecting()`, then `submit`s the pixels here. One worker task takes the oldest
+queued request and, while other requests are still being decoded, waits for
+them until `max_wait_ms` after that request *arrived* or until `max_batch` are
+queued; then it runs the batch on a single worker thread. A lone request (no
+other on its way) runs at once, so a single client pays no waiting; while a
+batch runs, new requests queue up, so under load batches form by themselves.
 
 A model's forward pass costs far less per image in a batch of 32 than one by one
 (one call, one set of kernel launches, better use of the CPU's vector units), and
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
@@ -25,8 +26,9 @@ from typing import Any, Callable
 class MicroBatcher:
     """Runs `fn(items) -> results` (same length, same order) on batches of submitted items.
 
-    Must be used from one event loop (the server's); its worker task starts with
-    the first `submit` and stops with `close`.
+    Must be used from one event loop (the server's): `expecting` and `submit` are
+    called on it (not from threads); its worker task starts with the first `submit`
+    and stops with `close`.
     """
 
     def __init__(self, fn: Callable[[list], list], max_batch: int, max_wait_ms: float) -> None:
@@ -45,8 +47,20 @@ class MicroBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         # One thread: batches run one after another, each with all of torch's intra-op threads.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tudui-batch")
+        self._coming = 0  # requests inside expecting(): they will submit soon
         self.batches = 0  # forward passes run so far
         self.items = 0  # items answered so far (items / batches = mean batch size)
+
+    @contextlib.contextmanager
+    def expecting(self):
+        """Wrap the work a request does before `submit` (decoding): meanwhile, a forming batch waits for it."""
+        self._coming += 1
+        try:
+            yield
+        finally:
+            self._coming -= 1
+            if self._arrived is not None:
+                self._arrived.set()  # the worker re-checks: its batch may not need to wait any more
 
     async def submit(self, item: Any) -> tuple[Any, int, float]:
         """(fn's result for `item`, the size of the batch it ran in, that batch's run time in ms)."""
@@ -68,7 +82,8 @@ class MicroBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             deadline = self._pending[0][2] + self.max_wait
-            while len(self._pending) < self.max_batch and (left := deadline - loop.time()) > 0:
+            while (len(self._pending) < self.max_batch and self._coming > 0
+                   and (left := deadline - loop.time()) > 0):
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)

@@ -190,9 +190,9 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
     # Literal defaults (the same as inference/server.py's), so `tudui --help` needs no web packages imported.
     p.add_argument("--max-batch", type=int, default=32, help="concurrent requests answered by one forward pass at "
-                   "most; 1: each request runs its own [default: 32]")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a request may wait for others to join "
-                   "its batch, in ms [default: 2]")
+                   "most; 1: one request per pass [default: 32]")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch may wait for requests still being "
+                   "decoded, in ms (a lone request never waits) [default: 2]")
     p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a request's whole body may take to "
                    "arrive; slower uploads get 408 [default: 30]")
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,

@@ -57,7 +57,8 @@ test: data
 test-all: data
 	$(PY) -m pytest -q
 
-# Full benchmark runs (benchmarks/README.md; tens of minutes on a 2-core CPU: run on a quiet machine).
+# Full benchmark runs (benchmarks/README.md; tens of minutes on a 2-core CPU: run on a quiet machine), then the
+# serving soak and a longer API fuzzing run.
 # Lightning is a benchmark-only dependency (the loop-overhead comparison), installed here, not by the package.
 # BENCH_LONG (TrainConfig options) is the longer recipe of the time-to-accuracy table: `--preset best` unless given.
 BENCH_LONG ?= preset=best
@@ -77,6 +78,9 @@ bench: data $(PEERS_VENV)/bin/yolo
 	$(PY) benchmarks/loop_overhead.py
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/peak_memory.py
+	$(PY) benchmarks/serve_load.py
+	@# The API fuzzing of `make test`, 20 times longer (about 7,800 requests; the counts are printed).
+	TUDUI_FUZZ_SCALE=20 $(PY) -m pytest -q -s -p no:cacheprovider tests/inference/test_server_fuzz.py
 
 clean:
 	rm -rf runs samples .pytest_cache

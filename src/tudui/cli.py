@@ -196,7 +196,8 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _api().serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
-                 device=args.device, tta=args.tta, model_file=args.model_file)
+                 device=args.device, tta=args.tta, model_file=args.model_file, max_batch=args.max_batch,
+                 max_wait_ms=args.max_wait_ms, read_timeout_s=args.read_timeout, docs=args.docs)
     return 0
 
 
@@ -210,6 +211,15 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     add_device_arg(p)
     add_tta_arg(p)
     add_model_file_arg(p)
+    # Literal defaults (the same as inference/server.py's), so `tudui --help` needs no web packages imported.
+    p.add_argument("--max-batch", type=int, default=32, help="concurrent requests answered by one forward pass at "
+                   "most; 1: one request per pass [default: 32]")
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch may wait for requests still being "
+                   "decoded, in ms (a lone request never waits) [default: 2]")
+    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a request's whole body may take to "
+                   "arrive; slower uploads get 408 [default: 30]")
+    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
+                   help="serve the API's Swagger UI at /docs, its files from this server [default: on]")
 
 
 # --- models ------------------------------------------------------------------------------------------------------------

@@ -86,3 +86,38 @@ def test_upload_a_png_and_see_the_predicted_class(served, tmp_path):
             assert outside == []
         finally:
             browser.close()
+
+
+def test_api_docs_render_and_try_an_upload_without_other_hosts(served, tmp_path):
+    """/docs (Swagger UI from the server's own files) renders, and its "Try it out" runs a real prediction."""
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("chromium not installed (apt-get install chromium; `make install` does it where apt is usable)")
+    playwright = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
+
+    url, _ = served
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 8), dtype=np.uint8), "L").save(image)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page()
+            outside, refused = [], []
+            page.on("request", lambda r: None if r.url.startswith((url, "blob:", "data:")) else outside.append(r.url))
+            # The page's Content-Security-Policy would block anything from elsewhere; a blocked load shows here.
+            page.on("console", lambda m: refused.append(m.text) if "Content Security Policy" in m.text else None)
+            page.goto(url + "/docs")
+            page.wait_for_selector(".swagger-ui .info .title:has-text('tudui')", timeout=30_000)
+            page.locator("#operations-default-predict_predict_post .opblock-summary").click()
+            page.locator("#operations-default-predict_predict_post button.try-out__btn").click()
+            page.locator("#operations-default-predict_predict_post input[type=file]").set_input_files(str(image))
+            page.locator("#operations-default-predict_predict_post button.execute").click()
+            op = page.locator("#operations-default-predict_predict_post")
+            status = op.locator(".live-responses-table tbody .response-col_status").first
+            status.wait_for(timeout=30_000)
+            assert status.inner_text().strip().startswith("200")
+            assert '"probability"' in op.locator(".live-responses-table tbody").inner_text()
+            if os.environ.get("TUDUI_SCREENSHOTS"):  # to look at it: TUDUI_SCREENSHOTS=DIR
+                page.screenshot(path=str(Path(os.environ["TUDUI_SCREENSHOTS"]) / "docs.png"), full_page=True)
+            assert outside == [] and refused == []
+        finally:
+            browser.close()

@@ -44,7 +44,7 @@ def server(tiny_model):
 
     predictor = Predictor.from_path(tiny_model, device="cpu")
     app = create_app(predictor, max_upload_mb=MAX_UPLOAD_MB, topk=3)
-    sock = socket.socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP_NODELAY, as tudui serve
     sock.bind(("127.0.0.1", 0))
     srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)

@@ -74,6 +74,10 @@ def open_image(src) -> Image.Image:
         raise
     except FileNotFoundError:
         raise BadImage(name, "no such file", "missing") from None
+    except IsADirectoryError:
+        raise BadImage(name, "a folder, not a file", "unreadable") from None
+    except PermissionError:
+        raise BadImage(name, "permission denied", "unreadable") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         if isinstance(e, UnidentifiedImageError):
             raise BadImage(name, "not an image Pillow can decode", "not-an-image") from None

@@ -108,36 +108,93 @@ class MemoryLoader:
 
 
 class FileDataset(torch.utils.data.Dataset):
-    """Images decoded from files on demand (datasets too large for memory)."""
+    """Images decoded from files on demand (datasets too large for memory).
 
-    def __init__(self, split: Split, channels: int, size: int, bad_images: str = "skip") -> None:
+    A file may be deleted, truncated or replaced while a run reads it (a night's run on a folder someone is
+    tidying). Such a file must not end the run: the next readable image (with its own label) takes its place,
+    and the sample carries what went wrong back to the main process, which reports each file once (FileLoader);
+    this runs in DataLoader workers, where a warning printed per worker would repeat.
+    """
+
+    def __init__(self, split: Split, channels: int, size: int) -> None:
         self.paths, self.targets = split.paths, split.targets
-        self.channels, self.size, self.bad_images = channels, size, bad_images
-        self.warned: set[str] = set()
+        self.channels, self.size = channels, size
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
-        # A corrupt file must not end a long run: substitute the next readable image.
+        """((C, H, W) uint8, target, ((path, why), ...) for each file that failed on the way to it)."""
+        bad = []
         for attempt in range(len(self.paths)):
             j = (i + attempt) % len(self.paths)
             try:
                 arr = decode_image(self.paths[j], self.channels, self.size)
-                return torch.from_numpy(arr).permute(2, 0, 1), int(self.targets[j])
+                return torch.from_numpy(arr).permute(2, 0, 1), int(self.targets[j]), tuple(bad)
             except BadImage as e:
-                if self.bad_images == "error":
-                    raise TuduiError(f"{e}. Remove it, or train with --bad-images skip") from None
-                if self.paths[j] not in self.warned:  # once per file, not once per epoch
-                    self.warned.add(self.paths[j])
-                    print(f"warning: skipping unreadable image {self.paths[j]} ({e.reason})", file=sys.stderr)
-        raise TuduiError("no readable images in the dataset")
+                bad.append((self.paths[j], e.reason))
+        # Nothing readable is left: an empty image the main process never uses (it stops with an error).
+        return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), -1, (*bad, (None, "none left"))
+
+
+def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """FileDataset samples -> (B, C, H, W) uint8, (B,) int64, [(path, why), ...] (module level: workers pickle it)."""
+    return (torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples], dtype=torch.int64),
+            [b for s in samples for b in s[2]])
+
+
+class FileLoader(torch.utils.data.DataLoader):
+    """A DataLoader of FileDataset that yields (x, y) and reports files that became unreadable, each once.
+
+    The first LISTED files are named one per line as they are met; after that, each pass ends with one line
+    counting the further ones, so a vanished folder of 100,000 images does not flood the log.
+    """
+
+    LISTED = 10
+
+    def __init__(self, dataset: FileDataset, bad_images: str = "skip", origin: str = "", **kwargs) -> None:
+        super().__init__(dataset, collate_fn=_collate, **kwargs)
+        self.bad_images, self.origin = bad_images, origin
+        self.unreadable: dict[str, str] = {}  # path -> why, every file found unreadable during the run
+
+    def _report(self, bad: list[tuple[str | None, str]]) -> int:
+        """Record `bad`; returns how many new files were not named (over LISTED)."""
+        unlisted = 0
+        for path, why in bad:
+            if path is None:
+                raise TuduiError(f"none of the {len(self.dataset)} images of {self.origin or 'the dataset'} can be "
+                                 "read any more (deleted or replaced during the run?)")
+            if path in self.unreadable:
+                continue
+            if self.bad_images == "error":
+                raise TuduiError(f"cannot read image {path}: {why} (it changed during the run). Restore it, "
+                                 "or train with --bad-images skip")
+            self.unreadable[path] = why
+            if len(self.unreadable) > self.LISTED:
+                unlisted += 1
+                continue
+            more = " (further ones will be counted, not listed)" if len(self.unreadable) == self.LISTED else ""
+            print(f"warning: image {path} became unreadable during the run ({why}); the next readable image takes "
+                  f"its place{more}", file=sys.stderr, flush=True)
+        return unlisted
+
+    def __iter__(self):
+        unlisted = 0
+        for x, y, bad in super().__iter__():
+            if bad:
+                unlisted += self._report(bad)
+            yield x, y
+        if unlisted:
+            print(f"warning: {unlisted} more image(s) of {self.origin or 'the data'} became unreadable during this "
+                  f"pass ({len(self.unreadable)} in all); the next readable images took their places",
+                  file=sys.stderr, flush=True)
 
 
 def file_loader(split: Split, channels: int, size: int, batch_size: int, train: bool, workers: int,
-                seed: int = 0, bad_images: str = "skip", sampler=None) -> torch.utils.data.DataLoader:
-    ds = FileDataset(split, channels, size, bad_images)
+                seed: int = 0, bad_images: str = "skip", sampler=None) -> FileLoader:
+    ds = FileDataset(split, channels, size)
     g = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        ds, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler, drop_last=train and len(ds) >= batch_size,
-        num_workers=workers, generator=g, persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+    return FileLoader(
+        ds, bad_images, str(split.origin or ""), batch_size=batch_size, shuffle=train and sampler is None,
+        sampler=sampler, drop_last=train and len(ds) >= batch_size, num_workers=workers, generator=g,
+        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())

@@ -80,9 +80,9 @@ class Predictor:
 
     def preprocess(self, sources: list) -> torch.Tensor:
         """Paths, bytes or PIL images -> (B, C, H, W) float, normalised (raises BadImage)."""
-        return self._batch([decode_image(s, self.spec.channels, self.spec.img_size) for s in sources])
+        return self.batch([decode_image(s, self.spec.channels, self.spec.img_size) for s in sources])
 
-    def _batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
+    def batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """(H, W, C) uint8 arrays -> (B, C, H, W) normalised float on the predictor's device."""
         return normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device), self.spec)
 
@@ -113,7 +113,7 @@ class Predictor:
                 except BadImage as e:
                     preds[i].error = e.reason
             if arrays:
-                tops = self.top_classes(self.probabilities(self._batch(list(arrays.values()))), topk)
+                tops = self.top_classes(self.probabilities(self.batch(list(arrays.values()))), topk)
                 for i, top in zip(arrays, tops):
                     preds[i].topk = top
             results.extend(preds)

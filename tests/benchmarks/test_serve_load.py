@@ -1,0 +1,28 @@
+"""A short run of benchmarks/serve_load.py (the soak and load benchmark) as a user runs it: both modes, zero errors."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_short_load_run_has_no_errors_and_batches_form(tiny_model):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("psutil")
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), str(tiny_model), "--quick",
+                        "--duration", "2", "--warmup", "1", "--concurrency", "16"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    def row(label: str) -> list[str]:  # the two modes' cells of one row of the side-by-side table
+        return re.search(rf"^{re.escape(label)}\s+(\S+)\s+(\S+)\s*$", r.stdout, re.M).groups()
+
+    assert row("failed requests") == ("0", "0")
+    assert all(int(n.replace(",", "")) > 0 for n in row("requests counted"))
+    assert row("/health after the load") == ("yes", "yes")
+    assert row("largest batch")[0] == "1"  # --max-batch 1: one request per forward pass
+    assert float(row("mean batch")[1]) > 1  # 16 clients at once: the batched server did answer several per pass
+    assert re.search(r"zero failed requests \(warm-up included\)\s+0\s+met", r.stdout)

@@ -1,0 +1,139 @@
+"""What the server shows and how it treats slow clients: /docs from its own files, /info without paths, read timeout."""
+from __future__ import annotations
+
+import re
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+
+
+@pytest.fixture(scope="module")
+def predictor(tiny_model):
+    from tudui.inference import Predictor
+
+    return Predictor.from_path(tiny_model, device="cpu")
+
+
+def test_info_names_the_model_file_but_no_directory(predictor, live_server, tiny_model):
+    from tudui.inference.server import create_app
+
+    with live_server(create_app(predictor)) as url:
+        r = httpx.get(f"{url}/info")
+    info = r.json()
+    assert info["model"] == Path(tiny_model).name == "best.pt"
+    for part in Path(tiny_model).resolve().parent.parts[1:]:  # no directory of the server shows up anywhere
+        assert part not in r.text, part
+    assert info["max_batch"] == 32 and info["read_timeout_s"] == 30  # the serving settings, for clients to see
+
+
+def test_docs_load_nothing_from_other_hosts(predictor, live_server):
+    from tudui.inference.server import create_app
+
+    with live_server(create_app(predictor)) as url:
+        page = httpx.get(f"{url}/docs")
+        assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+        csp = page.headers["content-security-policy"]
+        assert "default-src 'none'" in csp and "http" not in csp  # the browser may fetch from this server only
+        # Every resource the page names is a path on this server, and each one is there.
+        refs = re.findall(r"""(?:src|href)=["']([^"']+)["']""", page.text) + re.findall(r"url: '([^']+)'", page.text)
+        assert len(refs) == 4 and all(r.startswith("/") and not r.startswith("//") for r in refs), refs
+        assert not re.search(r"https?://", page.text)
+        for ref in refs:
+            asset = httpx.get(url + ref)
+            assert asset.status_code == 200 and len(asset.content) > 100, ref
+        assert '"validatorUrl": null' in page.text  # Swagger UI would otherwise send the schema to a validator site
+        schema = httpx.get(f"{url}/openapi.json").json()
+        body = schema["paths"]["/predict"]["post"]["requestBody"]["content"]
+        assert body["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
+        assert httpx.get(f"{url}/redoc").status_code == 404  # ReDoc's page would load its script from a CDN
+
+
+def test_no_docs_turns_the_page_and_its_files_off(predictor, live_server):
+    from tudui.inference.server import DOCS_ASSETS, create_app
+
+    with live_server(create_app(predictor, docs=False)) as url:
+        assert httpx.get(f"{url}/docs").status_code == 404
+        assert httpx.get(f"{url}{DOCS_ASSETS}/swagger-ui.css").status_code == 404
+        assert httpx.get(f"{url}/health").status_code == 200
+
+
+def test_connections_to_the_listening_socket_send_without_nagle_delay():
+    """Without TCP_NODELAY each response waited ~40 ms for the client's delayed ACK (45 ms per request)."""
+    import asyncio
+
+    from tudui.inference.server import listen_socket
+
+    sock = listen_socket("127.0.0.1", 0)
+    nodelay = []
+
+    async def main():
+        async def handle(reader, writer):  # what uvicorn's connections get: asyncio's transport on an accepted socket
+            nodelay.append(writer.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=sock)
+        async with server:
+            _, writer = await asyncio.open_connection(*sock.getsockname()[:2])
+            while not nodelay:
+                await asyncio.sleep(0.01)
+            writer.close()
+
+    asyncio.run(asyncio.wait_for(main(), 30))
+    assert sock.proto == socket.IPPROTO_TCP and nodelay == [1]
+
+
+def _raw_request(url: str, head: bytes, body: bytes, wait_s: float) -> bytes:
+    """Send `head` + `body` on a raw socket, then keep the connection open without sending; what came back."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as s:
+        s.sendall(head + body)
+        chunks = []
+        try:
+            while chunk := s.recv(65536):
+                chunks.append(chunk)
+        except socket.timeout:
+            pass
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("framing", ["content-length", "chunked"])
+def test_a_body_that_stops_arriving_gets_408_and_the_server_goes_on(predictor, live_server, framing):
+    from tudui.inference.server import create_app
+
+    app = create_app(predictor, read_timeout_s=0.5)
+    if framing == "content-length":  # promises 1,000 bytes, sends 10
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
+        body = b"\x89PNG\r\n\x1a\n\0\0"
+    else:  # one 10-byte chunk, then silence
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n\r\n"
+        body = b"a\r\n\x89PNG\r\n\x1a\n\0\0\r\n"
+    with live_server(app) as url:
+        t0 = time.monotonic()
+        reply = _raw_request(url, head, body, wait_s=20)
+        waited = time.monotonic() - t0
+        assert reply.startswith(b"HTTP/1.1 408"), reply[:200]
+        assert b'"status":408' in reply and b"--read-timeout" in reply
+        assert waited < 15  # answered, and the connection closed, instead of waiting for the client forever
+        assert httpx.get(f"{url}/health").json() == {"status": "ok"}
+
+
+def test_bad_query_parameter_is_a_one_line_json_error(predictor, live_server):
+    from tudui.inference.server import create_app
+
+    with live_server(create_app(predictor)) as url:
+        r = httpx.post(f"{url}/predict?topk=0", content=b"x")
+        assert r.status_code == 422 and r.json()["status"] == 422
+        assert "topk" in r.json()["error"] and "\n" not in r.json()["error"]
+
+
+@pytest.mark.parametrize("flag, value", [("--max-batch", "0"), ("--max-wait-ms", "-1"), ("--read-timeout", "0")])
+def test_serve_refuses_bad_settings_in_one_line(cli, flag, value, tmp_path):
+    r = cli("serve", str(tmp_path / "none.pt"), flag, value, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith(f"error: {flag} must be") and len(r.stderr.strip().splitlines()) == 1

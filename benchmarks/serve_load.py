@@ -1,6 +1,6 @@
 """A bounded load run against the `tudui serve` API on loopback: latency percentiles and requests/s.
 
-    python benchmarks/serve_load.py [MODEL] [--requests 1000] [--concurrency 16]
+    python benchmarks/serve_load.py [MODEL] [--requests 1000] [--concurrency 16] [--quick]
 
 MODEL is a checkpoint, run directory or .onnx; without it a tiny model is trained on
 the bundled digits first (a few seconds). The server is `tudui serve MODEL --port 0`
@@ -68,7 +68,12 @@ def main() -> int:
     ap.add_argument("model", nargs="?", help="checkpoint, run directory or .onnx (default: train a tiny one)")
     ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke test: 40 requests, 4 at a time (the figures mean nothing)")
     args = ap.parse_args()
+    if args.quick:
+        args.requests, args.concurrency = 40, 4
+        print("[--quick smoke test: figures are not measurements]", flush=True)
 
     from tudui.inference import Predictor
 

@@ -1,6 +1,6 @@
 """1 process vs N processes (DDP, gloo) on this machine's CPU: time per epoch and throughput, side by side.
 
-    python benchmarks/ddp_cpu.py [--data fashion-mnist] [--subset 12000] [--epochs 2] [--nproc 2]
+    python benchmarks/ddp_cpu.py [--data fashion-mnist] [--subset 12000] [--epochs 2] [--nproc 2] [--quick]
 
 Each configuration is a real `tudui train` run (in a temporary folder); the figures come from its
 results.csv (epoch_time_s = the slowest rank's time, images_per_s = images of all ranks / that time).
@@ -49,7 +49,12 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128, help="per process")
     p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 1 epoch on 1,000 images (the figures mean nothing)")
     args = p.parse_args()
+    if args.quick:
+        args.subset, args.epochs = 1000, 1
+        print("[--quick smoke test: figures are not measurements]")
     cores = os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
         one, many = run(1, args, Path(tmp)), run(args.nproc, args, Path(tmp))

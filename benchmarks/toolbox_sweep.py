@@ -33,6 +33,8 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     args = p.parse_args()
+    if args.quick:  # a smoke test of the script: three variants, one seed
+        args.variants = [v for v in args.variants if v in ("baseline", "trivialaugment", "mixup 0.2")]
     C.header("toolbox sweep: one switch at a time on the default recipe", args.quick)
     rows, base_val = [], None
     with tempfile.TemporaryDirectory() as tmp:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +50,95 @@ def fmnist_folders(tmp_path_factory, fmnist):
     return root
 
 
+def colored_pixels(path) -> int:
+    """Pixels of a PNG that are neither white, black nor grey: what data drew (axes, ticks and text are black/grey)."""
+    with Image.open(path) as im:
+        rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+    return int(((rgb.max(-1) - rgb.min(-1)) > 60).sum())
+
+
+def dark_fraction(path) -> float:
+    """Fraction of a PNG's pixels darker than mid-grey: ~0.01 for empty axes with a title, far more for images."""
+    with Image.open(path) as im:
+        return float((np.asarray(im.convert("L")) < 128).mean())
+
+
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run `python -m tudui ARGS` as a user would, with this checkout's sources."""
     full_env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
     return subprocess.run([sys.executable, "-m", "tudui", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
+
+
+class Child:
+    """`python -m tudui ARGS` in a subprocess whose stdout and stderr are read by threads from the start.
+
+    A read on a pipe blocks for as long as the child prints nothing, so waits here use a queue with a deadline,
+    and a child that writes a lot can never block on a full pipe.
+    """
+
+    def __init__(self, *args, env: dict | None = None) -> None:
+        full_env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
+        self.proc = subprocess.Popen([sys.executable, "-m", "tudui", *map(str, args)], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=full_env)
+        self.lines: queue.Queue = queue.Queue()  # stdout lines; None once stdout is closed
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        self._threads = [threading.Thread(target=self._pump, args=(self.proc.stdout, self.stdout, True), daemon=True),
+                         threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr, False), daemon=True)]
+        for t in self._threads:
+            t.start()
+
+    def _pump(self, pipe, store: list[str], queued: bool) -> None:
+        for line in pipe:
+            store.append(line)
+            if queued:
+                self.lines.put(line)
+        if queued:
+            self.lines.put(None)
+
+    def wait_for_line(self, prefix: str, timeout: float = 120) -> None:
+        """Return once stdout has a line starting with `prefix`; fail after `timeout` s even if the child is silent."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=left)
+            except queue.Empty:
+                break
+            if line is None:
+                rc = self.proc.wait()
+                pytest.fail(f"process ended (rc {rc}) before printing {prefix!r}: {self.err[-2000:]}")
+            if line.startswith(prefix):
+                return
+        self.proc.kill()
+        pytest.fail(f"no line starting with {prefix!r} within {timeout:.0f} s")
+
+    def wait(self, timeout: float = 120) -> int:
+        """The exit status; the child is killed (and the test fails) if it is still running after `timeout` s."""
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"still running after {timeout:.0f} s: {self.err[-2000:]}")
+        for t in self._threads:
+            t.join(10)
+        return rc
+
+    def send(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """Kill the child if it still runs; afterwards stdout/stderr hold everything it printed."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for t in self._threads:
+            t.join(10)
+
+    @property
+    def err(self) -> str:
+        return "".join(self.stderr)
 
 
 @pytest.fixture
@@ -71,10 +158,31 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    """A trained tiny classifier (mnist-cnn, 1 epoch on the bundled digits): the path of its best.pt."""
+def digits_run(tmp_path_factory):
+    """One real training run shared by the session (`fast`, 3 epochs on the bundled 8x8 digits, ~2 s): a RunResult.
+
+    Tests that read it must not change its files (they may add new ones, as `tudui eval` does).
+    """
     import tudui
 
-    root = tmp_path_factory.mktemp("tiny_model")
-    result = tudui.train(data=["digits"], model="mnist-cnn", epochs=1, project=str(root), name="run", workers=0)
-    return result.best
+    project = tmp_path_factory.mktemp("runs")
+    return tudui.train(data="digits", model="fast", epochs=3, batch_size=64, project=str(project), name="d")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(digits_run):
+    """The path of the shared digits run's best.pt (1x8x8 input, 10 classes)."""
+    return digits_run.best
+
+
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tmp_path_factory):
+    """The one ONNX export of the tiny model per session, made by `tudui export` as a user runs it.
+
+    Returns (path of the .onnx, the CompletedProcess of the command) so a test can check what it printed.
+    """
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("onnx") / "m.onnx"
+    r = run_cli("export", tiny_model, "--format", "onnx", "--dynamic-batch", "--out", out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, r

@@ -1,4 +1,4 @@
-"""The benchmark scripts' pure helpers (the scripts themselves are smoke-tested with --quick, not here)."""
+"""The benchmark scripts' pure helpers (the scripts themselves run with --quick in test_quick.py)."""
 import sys
 import time
 from pathlib import Path

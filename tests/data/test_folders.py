@@ -1,5 +1,5 @@
 """Dataset layouts: class folders, label files, CSV, splits and concatenation."""
-import numpy as np
+import torch
 import pytest
 from PIL import Image
 
@@ -81,3 +81,45 @@ def test_bad_paths(tmp_path, setup, match):
     setup(target)
     with pytest.raises(TuduiError, match=match):
         load_splits([str(target)])
+
+
+def test_valid_folder_is_the_validation_split(tmp_path):
+    """`valid/` (as some downloads name it) is used like `val/`: no hold-out is taken from train/."""
+    for i in range(6):
+        _img(tmp_path / "train" / "a" / f"{i}.png", 10 * i)
+        _img(tmp_path / "train" / "b" / f"{i}.png", 10 * i + 5)
+    _img(tmp_path / "valid" / "a" / "v.png", 200)
+    _img(tmp_path / "valid" / "b" / "v.png", 201)
+    train, val, test = load_splits([str(tmp_path)], val_split=0.5)
+    assert len(train) == 12 and test is None  # --val-split is not applied: the folder is the validation split
+    assert sorted(val.paths) == sorted(str(p) for p in (tmp_path / "valid").rglob("*.png"))
+    assert val.classes == train.classes == ["a", "b"]
+
+
+def test_memory_limit_switches_to_reading_files(tmp_path, capsys):
+    from tudui.cli import main as tudui_main
+    from tudui.config import TrainConfig
+    from tudui.data import build_data, make_loader
+    from tudui.data.memory import MemoryLoader
+
+    for cls in ["a", "b"]:
+        for i in range(20):
+            _img(tmp_path / "data" / cls / f"{i}.png", 5 * i + (cls == "b") * 100)
+    # 36 training images (4 held out) of 1x8x8 decode to 2,304 bytes: under 1 MB, over 0 MB.
+    cfg = dict(data=[str(tmp_path / "data")], val_split=0.1)
+    small = build_data(TrainConfig(**cfg, memory_limit_mb=1))
+    assert small.in_memory and small.train.images.shape == (36, 8, 8, 1)
+    big = build_data(TrainConfig(**cfg, memory_limit_mb=0))
+    assert not big.in_memory and big.train.images is None and len(big.train.paths) == 36
+    loader = make_loader(big.train, big.spec, 8, True, torch.device("cpu"))
+    assert isinstance(loader, torch.utils.data.DataLoader)
+    x, y = next(iter(loader))
+    assert x.shape == (8, 1, 8, 8) and x.dtype == torch.uint8
+    assert isinstance(make_loader(small.train, small.spec, 8, True, torch.device("cpu")), MemoryLoader)
+    # The same switch from the command line: the start line says where the data comes from.
+    args = ["train", "--data", str(tmp_path / "data"), "--model", "mnist-cnn", "--epochs", "1", "--batch-size", "8",
+            "--no-plots", "--no-tensorboard", "--project", str(tmp_path / "runs")]
+    assert tudui_main(args + ["--memory-limit-mb", "0"]) == 0
+    assert ", from files, " in capsys.readouterr().out
+    assert tudui_main(args + ["--memory-limit-mb", "1"]) == 0
+    assert ", in memory, " in capsys.readouterr().out

@@ -1,11 +1,15 @@
-"""The complete routine through the `tudui` command, as a user runs it, on real Fashion-MNIST images."""
+"""The complete routine through the `tudui` command, as a user runs it, on real Fashion-MNIST images.
+
+Each command runs at least once in a subprocess; repeats of a command run in-process (`tudui.cli.main`), which
+saves the seconds a new Python spends importing torch.
+"""
 import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import write_class_folders
+from tudui.cli import main as tudui_main
 
 
 def _ok(r):
@@ -13,7 +17,7 @@ def _ok(r):
     return r
 
 
-def test_class_folders_train_eval_predict(cli, fmnist_folders, tmp_path):
+def test_class_folders_train_eval_predict(cli, fmnist_folders, tmp_path, capsys):
     _ok(cli("train", "--data", fmnist_folders, "--model", "fast", "--epochs", "4", "--batch-size", "64",
             "--project", tmp_path, "--name", "folders"))
     run = tmp_path / "folders"
@@ -24,17 +28,20 @@ def test_class_folders_train_eval_predict(cli, fmnist_folders, tmp_path):
     # Evaluated as in training (flip TTA is saved with the model): the same figure the run reported.
     run_val = json.loads((run / "metrics.json").read_text())["val"]
     assert metrics["tta"] is True and metrics["top1"] == pytest.approx(run_val["top1"])
-    plain = json.loads(_ok(cli("eval", run / "best.pt", "--data", fmnist_folders, "--split", "val", "--json",
-                               "--no-tta")).stdout)
+    assert tudui_main(["eval", str(run / "best.pt"), "--data", str(fmnist_folders), "--split", "val", "--json",
+                       "--no-tta"]) == 0
+    plain = json.loads(capsys.readouterr().out)
     assert plain["tta"] is False and plain["n"] == 200
-    r = _ok(cli("eval", run, "--data", fmnist_folders, "--split", "val"))
-    assert "precision" in r.stdout and "rows: true class" in r.stdout
-    r = _ok(cli("predict", run / "best.pt", fmnist_folders / "val" / "Bag", "--topk", "3", "--json"))
-    preds = json.loads(r.stdout)
+    assert tudui_main(["eval", str(run), "--data", str(fmnist_folders), "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert "precision" in out and "rows: true class" in out
+    assert tudui_main(["predict", str(run / "best.pt"), str(fmnist_folders / "val" / "Bag"), "--topk", "3",
+                       "--json"]) == 0
+    preds = json.loads(capsys.readouterr().out)
     assert len(preds) == 20 and all(len(p["predictions"]) == 3 for p in preds)
 
 
-def test_label_file_layout(cli, fmnist, tmp_path):
+def test_label_file_layout(fmnist, tmp_path, capsys):
     train, _ = fmnist
     root = tmp_path / "course"
     for c, name in [(1, "trouser"), (7, "sneaker")]:
@@ -44,10 +51,12 @@ def test_label_file_layout(cli, fmnist, tmp_path):
         for i in idx:
             Image.fromarray(train.images[i][..., 0]).save(root / f"{name}_image" / f"{i}.jpg")
             (root / f"{name}_label" / f"{i}.txt").write_text(name)
-    _ok(cli("train", "--data", root, "--model", "mnist-cnn", "--epochs", "2", "--batch-size", "16", "--optimizer",
-            "adam", "--lr", "0.003", "--project", tmp_path, "--name", "lab"))
-    r = _ok(cli("eval", tmp_path / "lab", "--data", root, "--split", "val", "--json"))
-    assert json.loads(r.stdout)["top1"] >= 0.75  # trousers vs sneakers is an easy pair
+    assert tudui_main(["train", "--data", str(root), "--model", "mnist-cnn", "--epochs", "2", "--batch-size", "16",
+                       "--optimizer", "adam", "--lr", "0.003", "--no-plots", "--project", str(tmp_path),
+                       "--name", "lab"]) == 0
+    capsys.readouterr()
+    assert tudui_main(["eval", str(tmp_path / "lab"), "--data", str(root), "--split", "val", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] >= 0.75  # trousers vs sneakers is an easy pair
 
 
 def test_fashion_mnist_subset_reaches_80_percent_then_predicts_pngs(cli, fmnist, tmp_path):
@@ -62,13 +71,19 @@ def test_fashion_mnist_subset_reaches_80_percent_then_predicts_pngs(cli, fmnist,
     assert len(preds) == 40 and hits >= 30
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "--data", "/no/such/folder"], "no such file or folder"),
-    (["train", "--data", "digits", "--model", "resnet19"], "did you mean resnet18"),
-    (["predict", "/no/such.pt", "x.png"], "no such file or folder"),
-    (["eval", "README.md", "--data", "digits"], "not a readable PyTorch file"),
+@pytest.mark.parametrize("args, message, subprocess", [
+    (["train", "--data", "/no/such/folder"], "no such file or folder", True),
+    (["train", "--data", "digits", "--model", "resnet19"], "did you mean resnet18", False),
+    (["predict", "/no/such.pt", "x.png"], "no such file or folder", False),
+    (["eval", "README.md", "--data", "digits"], "not a readable PyTorch file", False),
 ])
-def test_user_mistakes_are_one_line_exit_2(cli, args, message, tmp_path):
-    r = cli(*args, cwd=Path(__file__).resolve().parents[2])
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1
+def test_user_mistakes_are_one_line_exit_2(cli, args, message, subprocess, capsys, monkeypatch):
+    repo = Path(__file__).resolve().parents[2]
+    if subprocess:  # as a user sees it
+        r = cli(*args, cwd=repo)
+        rc, err = r.returncode, r.stderr
+    else:
+        monkeypatch.chdir(repo)
+        rc, err = tudui_main(args), capsys.readouterr().err
+    assert rc == 2 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")

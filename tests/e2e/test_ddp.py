@@ -1,6 +1,7 @@
 """Two CPU processes (gloo) under torchrun, on small real data: what DDP training must guarantee."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -99,3 +100,35 @@ def test_a_failing_rank_ends_the_job_with_its_message(tmp_path):
     assert r.returncode != 0
     assert "error: rank 1: the data on rank 1 is unreadable" in r.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_resume_under_torchrun_continues_exactly(tmp_path, cli):
+    """A 2-process job trained 1 epoch and resumed to 2 ends bit-identical to one trained 2 epochs straight.
+
+    Both first runs share one torchrun job (ddp_worker.py `twice`). The resume command names no --nproc: the run's
+    config.yaml says 2, so it re-runs itself under torchrun, as a user's `tudui train --resume` does. With
+    --scheduler none, raising --epochs on resume changes nothing else; --augment crop makes every rank's own
+    augmentation stream part of what must be restored.
+    """
+    import torch
+
+    args = ["--data", "digits", "--model", "mnist-cnn", "--batch-size", "64", "--subset", "512", "--augment", "crop",
+            "--scheduler", "none", "--device", "cpu", "--deterministic", "--no-plots", "--no-tensorboard",
+            "--project", str(tmp_path)]
+    r = torchrun(str(WORKER), "twice", str(tmp_path / "ranks"), *args, cwd=tmp_path)  # `straight` and `resumed`
+    assert r.returncode == 0, r.stdout + r.stderr
+    env = {"OMP_NUM_THREADS": "1"}
+    r = cli("train", "--resume", tmp_path / "resumed", "--epochs", "2", cwd=tmp_path, timeout=240, env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"resuming {tmp_path / 'resumed'} at epoch 2/2" in r.stdout and "2 processes x batch 64" in r.stdout
+
+    a, b = (torch.load(tmp_path / n / "last.pt", weights_only=True) for n in ("straight", "resumed"))
+    assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, state in a["optimizer"]["state"].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][k][name])), (k, name)
+    rows = [[{k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")}
+             for row in csv.DictReader(open(tmp_path / n / "results.csv"))] for n in ("straight", "resumed")]
+    assert rows[0] == rows[1] and [row["epoch"] for row in rows[1]] == ["1", "2"]

@@ -24,11 +24,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 @pytest.fixture
-def served(tiny_model, tmp_path):
-    """(base URL, model) of `tudui serve` on a free loopback port, via the ONNX export; stopped afterwards."""
-    from tudui.inference.export import export_model
-
-    onnx = export_model(tiny_model, "onnx", out=tmp_path / "model.onnx", log=None).path
+def served(tiny_onnx):
+    """(base URL, model) of `tudui serve` on a free loopback port, serving the session's ONNX export; stopped after."""
+    onnx, _ = tiny_onnx
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "tudui", "serve", str(onnx), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)

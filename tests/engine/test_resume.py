@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import csv
-import os
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
+from tests.conftest import Child
 from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
 
@@ -21,22 +19,6 @@ REPO = Path(__file__).resolve().parents[2]
 TRAIN = ["train", "--data", "digits", "--model", "mnist-cnn", "--batch-size", "64", "--subset", "400",
          "--device", "cpu", "--deterministic"]
 TIMING = ("epoch_time_s", "images_per_s")
-
-
-def popen_cli(*args, env: dict | None = None) -> subprocess.Popen:
-    full_env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
-    return subprocess.Popen([sys.executable, "-m", "tudui", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=full_env)
-
-
-def wait_for_line(proc: subprocess.Popen, prefix: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    for line in proc.stdout:
-        if line.startswith(prefix):
-            return
-        assert time.monotonic() < deadline, f"no line starting with {prefix!r}"
-    proc.wait()
-    pytest.fail(f"process ended (rc {proc.returncode}) before printing {prefix!r}: {proc.stderr.read()[-2000:]}")
 
 
 def metric_rows(run_dir: Path) -> list[dict]:
@@ -62,13 +44,14 @@ def test_sigkill_in_epoch_2_then_resume_is_bitwise_identical(tmp_path):
 
     # The same run, killed while epoch 2 trains. The slow-save hook (1 s before each rename) guarantees that
     # epoch 2's checkpoint cannot land before the kill.
-    proc = popen_cli(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "killed",
-                     env={"TUDUI_TEST_SLOW_SAVE": "1"})
+    child = Child(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "killed",
+                  env={"TUDUI_TEST_SLOW_SAVE": "1"})
     try:
-        wait_for_line(proc, "epoch 1/3")
-        proc.send_signal(signal.SIGKILL)
+        child.wait_for_line("epoch 1/3")
+        child.send(signal.SIGKILL)
+        child.wait(60)
     finally:
-        proc.wait(timeout=60)
+        child.kill()
     killed = tmp_path / "killed"
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # killed during epoch 2, before its checkpoint
     assert len(metric_rows(killed)) == 1
@@ -89,31 +72,32 @@ def test_sigkill_in_epoch_2_then_resume_is_bitwise_identical(tmp_path):
 
 
 def test_kill_during_save_keeps_the_previous_last_pt(tmp_path):
-    proc = popen_cli(*TRAIN, "--epochs", "2", "--project", tmp_path, "--name", "k",
-                     env={"TUDUI_TEST_SLOW_SAVE": "3"})
+    child = Child(*TRAIN, "--epochs", "2", "--project", tmp_path, "--name", "k", env={"TUDUI_TEST_SLOW_SAVE": "3"})
     run_dir, deadline = tmp_path / "k", time.monotonic() + 120
     try:
         # last.pt (epoch 0) exists once the first save is renamed; the next temp file is epoch 1's save in progress.
         while not ((run_dir / "last.pt").is_file() and list(run_dir.glob(".last.pt.*.tmp"))):
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
+            assert child.proc.poll() is None and time.monotonic() < deadline, child.err[-2000:]
             time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
+        child.send(signal.SIGKILL)
+        child.wait(60)
     finally:
-        proc.wait(timeout=60)
+        child.kill()
     assert list(run_dir.glob(".last.pt.*.tmp"))  # the half-done save was never renamed over last.pt
     ckpt = load_checkpoint(run_dir / "last.pt")
     assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
 
 
 def test_sigterm_stops_prints_resume_command_that_works(tmp_path, capsys):
-    proc = popen_cli(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "t")
+    child = Child(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "t")
     try:
-        wait_for_line(proc, "epoch 1/3")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
+        child.wait_for_line("epoch 1/3")
+        child.send(signal.SIGTERM)
+        rc = child.wait(120)
     finally:
-        proc.kill()
-    assert proc.returncode == 143, err
+        child.kill()
+    err = child.err
+    assert rc == 143, err
     assert "SIGTERM" in err and "Resume with:" in err
     command = err.split("Resume with:")[1].strip().splitlines()[0]
     argv = shlex.split(command)
@@ -128,6 +112,43 @@ def test_sigterm_stops_prints_resume_command_that_works(tmp_path, capsys):
     assert cli_here(*argv[1:]) == 0  # a finished run says so instead of training again
     out = capsys.readouterr().out
     assert "already finished" in out and "epoch 1/" not in out
+
+
+def test_ctrl_c_stops_after_the_step_with_exit_130(tmp_path):
+    child = Child(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "c")
+    try:
+        child.wait_for_line("epoch 1/3")
+        child.send(signal.SIGINT)
+        rc = child.wait(120)
+    finally:
+        child.kill()
+    assert rc == 130, child.err
+    assert "SIGINT received: stopping after the current step" in "".join(child.stdout)
+    assert "SIGINT: training stopped" in child.err and f"tudui train --resume {tmp_path / 'c'}" in child.err
+    assert "Traceback" not in child.err
+    assert load_checkpoint(tmp_path / "c" / "last.pt")["epoch"] in (1, 2)
+
+
+def test_a_second_ctrl_c_quits_at_once(tmp_path):
+    """The first Ctrl-C waits for the step (here: a checkpoint save slowed to 60 s); the second does not wait."""
+    child = Child(*TRAIN, "--epochs", "1", "--project", tmp_path, "--name", "q", env={"TUDUI_TEST_SLOW_SAVE": "60"})
+    run_dir, deadline = tmp_path / "q", time.monotonic() + 120
+    try:
+        while not list(run_dir.glob(".last.pt.*.tmp")):  # the first save (before step 1) is sleeping before its rename
+            assert child.proc.poll() is None and time.monotonic() < deadline, child.err[-2000:]
+            time.sleep(0.05)
+        child.send(signal.SIGINT)
+        child.wait_for_line("SIGINT received")
+        start = time.monotonic()
+        child.send(signal.SIGINT)
+        rc = child.wait(30)
+        quit_s = time.monotonic() - start
+    finally:
+        child.kill()
+    assert rc == 130 and child.err.strip().splitlines()[-1] == "interrupted", child.err
+    assert quit_s < 15  # the save still had most of its 60 s to sleep
+    assert "Resume with" not in child.err and "Traceback" not in child.err
+    assert sorted(p.name for p in run_dir.iterdir() if "last.pt" in p.name) == []  # the unfinished save left nothing
 
 
 def test_resume_rules(tmp_path, capsys):

@@ -1,19 +1,15 @@
-"""A whole (tiny) training run through the library API."""
+"""A whole (tiny) training run through the library API (`digits_run`: the session's shared run, conftest.py)."""
 import csv
+import json
 
 import pytest
 import torch
 import yaml
 
 import tudui
+from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
 from tudui.core.errors import TuduiError
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    project = tmp_path_factory.mktemp("runs")
-    return tudui.train(data="digits", model="fast", epochs=3, batch_size=64, project=str(project), name="d")
 
 
 def test_run_directory_contents(digits_run):
@@ -42,17 +38,46 @@ def test_config_yaml_repeats_the_run(digits_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)  # same seed, same data, same CPU -> same weights
 
 
-def test_gpu_saved_checkpoint_loads_on_cpu(digits_run, tmp_path):
-    """map_location: a checkpoint whose tensors claim a CUDA device still loads here."""
+def test_config_file_with_flags_overriding_it(digits_run, tmp_path):
+    """`tudui train --config runs/x/config.yaml --epochs 1 ...`: the file's options, except those given as flags."""
+    original = yaml.safe_load(open(digits_run.run_dir / "config.yaml"))
+    assert tudui_main(["train", "--config", str(digits_run.run_dir / "config.yaml"), "--epochs", "1",
+                       "--batch-size", "32", "--no-plots", "--project", str(tmp_path)]) == 0
+    run = tmp_path / "exp"  # the file's run name is not reused: a repeated run gets a new directory
+    cfg = yaml.safe_load(open(run / "config.yaml"))
+    assert cfg["epochs"] == 1 and cfg["batch_size"] == 32 and cfg["plots"] is False
+    assert {k for k in cfg if cfg[k] != original[k]} == {"epochs", "batch_size", "plots", "project", "name"}
+    assert load_checkpoint(run / "last.pt")["arch"]["name"] == original["model"] == "fast"
+
+
+def test_gpu_saved_checkpoint_loads_on_cpu(digits_run, tmp_path, monkeypatch, capsys):
+    """A checkpoint whose tensors are stored as CUDA tensors loads, evaluates and predicts on a CPU-only machine."""
     ckpt = torch.load(digits_run.best, weights_only=True)
+    path = tmp_path / "gpu.pt"
     if torch.cuda.is_available():
         ckpt["model"] = {k: v.cuda() for k, v in ckpt["model"].items()}
-        torch.save(ckpt, tmp_path / "gpu.pt")
-        p = tudui.Predictor.from_checkpoint(tmp_path / "gpu.pt", device="cpu")
-        assert next(p.model.parameters()).device.type == "cpu"
+        torch.save(ckpt, path)
     else:
-        p = tudui.Predictor.from_checkpoint(digits_run.best, device="cpu")
-    assert p.classes[0] == "0"
+        # What torch.save writes for CUDA tensors, without a GPU: each storage is tagged with the device it lived
+        # on ("cuda:0"), and torch.load puts it back there unless told otherwise. The bytes are the same.
+        with monkeypatch.context() as m:
+            m.setattr(torch.serialization, "location_tag", lambda storage: "cuda:0")
+            torch.save(ckpt, path)
+    locations = []
+    torch.load(path, weights_only=True, map_location=lambda storage, loc: locations.append(loc) or storage)
+    assert locations and set(locations) == {"cuda:0"}  # the fixture really is a GPU checkpoint
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA"):
+            torch.load(path, weights_only=True)  # what a plain load does with it here
+
+    p = tudui.Predictor.from_checkpoint(path, device="cpu")
+    assert {v.device.type for v in p.model.state_dict().values()} == {"cpu"}
+    x = torch.randn(4, 1, 8, 8)
+    original = tudui.Predictor.from_checkpoint(digits_run.best, device="cpu")
+    assert torch.equal(p.probabilities(x), original.probabilities(x))
+    assert load_checkpoint(path)["model"]["0.weight"].device.type == "cpu"
+    assert tudui_main(["eval", str(path), "--data", "digits", "--device", "cpu", "--json", "--out", str(tmp_path)]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(digits_run.test["top1"])
 
 
 def test_early_stopping_and_existing_names(tmp_path):
@@ -61,6 +86,12 @@ def test_early_stopping_and_existing_names(tmp_path):
     assert len(r1.history) < 6  # no improvement at a vanishing learning rate
     r2 = tudui.train(data="digits", model="mnist-cnn", epochs=1, project=str(tmp_path), name="p")
     assert r2.run_dir.name == "p2" and r1.best.exists()  # nothing overwritten
+    # --exist-ok: the same directory again, its files replaced by the new run's.
+    assert tudui_main(["train", "--data", "digits", "--model", "mnist-cnn", "--epochs", "1", "--no-plots",
+                       "--project", str(tmp_path), "--name", "p", "--exist-ok"]) == 0
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["p", "p2"]
+    rows = list(csv.DictReader(open(tmp_path / "p" / "results.csv")))
+    assert [r["epoch"] for r in rows] == ["1"] and load_checkpoint(tmp_path / "p" / "last.pt")["epoch"] == 1
 
 
 def test_user_mistakes_are_tudui_errors(tmp_path):

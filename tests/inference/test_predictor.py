@@ -5,8 +5,8 @@ import tudui
 from tudui.inference.predictor import expand_paths
 
 
-def test_predict_files_and_bad_images(tmp_path):
-    r = tudui.train(data="digits", model="mnist-cnn", epochs=6, optimizer="adam", lr=0.003, project=str(tmp_path), name="r")
+def test_predict_files_and_bad_images(tmp_path, digits_run):
+    r = digits_run  # the session's shared digits run (conftest.py)
     from tudui.data.sources import load_named
 
     test = load_named("digits", False)

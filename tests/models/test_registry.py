@@ -1,11 +1,13 @@
 """Every registered model builds, runs forward and backward; lookups and head changes behave."""
+import re
+
 import pytest
 import torch
 import torch.nn as nn
 
 from tudui.core.errors import TuduiError
 from tudui.models import create_model, get_model_info, list_models
-from tudui.models.zoo import append_head, head_path, load_weights
+from tudui.models.zoo import head_path, load_weights
 
 HEAVY = {"vgg11", "vgg16", "resnet50", "resnet34"}
 
@@ -72,3 +74,39 @@ def test_weights_file_via_builder(tmp_path):
     torch.save(src.state_dict(), tmp_path / "r18.pth")
     m = create_model("resnet18", 3, 3, 32, weights=str(tmp_path / "r18.pth"))
     assert torch.equal(m.conv1.weight, src.conv1.weight)
+
+
+def test_register_model_makes_a_user_architecture_a_first_class_one(tmp_path, monkeypatch, capsys):
+    """README's example: a registered function is listed, trained, saved, rebuilt for prediction and summarised."""
+    import json
+
+    import tudui
+    from tudui.cli import main as tudui_main
+    from tudui.models import registry
+
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # forget the test model afterwards
+    calls = []
+
+    @tudui.register_model("tiny-mlp", description="a user's two-layer net", min_size=4, default_size=8)
+    def tiny(num_classes, in_channels, img_size, hidden=32):
+        calls.append((num_classes, in_channels, img_size))
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * img_size * img_size, hidden), nn.ReLU(),
+                             nn.Linear(hidden, num_classes))
+
+    with pytest.raises(ValueError, match="registered twice"):
+        tudui.register_model("tiny-mlp", description="again")(tiny)
+    assert tudui_main(["models"]) == 0
+    assert re.search(r"tiny-mlp\s+tudui\s+98,666\s+4\s+a user's two-layer net", capsys.readouterr().out)
+    # ^ at 32x32 RGB: 3,072 x 32 + 32 + 32 x 10 + 10 parameters
+    calls.clear()
+    r = tudui.train(data="digits", model="tiny-mlp", epochs=2, batch_size=64, plots=False, tensorboard=False,
+                    project=str(tmp_path), name="mlp")
+    assert calls[0] == (10, 1, 8) and r.val["top1"] > 0.5  # 8x8 digits are easy even for an MLP
+    predictor = tudui.Predictor.from_checkpoint(r.best, device="cpu")  # rebuilt through the registry
+    assert calls[-1] == (10, 1, 8) and isinstance(predictor.model[1], nn.Linear)
+    x = torch.zeros(1, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(predictor.model(x), tudui.Predictor.from_checkpoint(r.last, device="cpu").model(x))
+    capsys.readouterr()  # the training's own output
+    assert tudui_main(["summary", str(r.best), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["params"] == 64 * 32 + 32 + 32 * 10 + 10

@@ -1,7 +1,14 @@
-"""Pictures: the confusion matrix draws the numbers it is given, grids pick the right images, PNGs open."""
+"""Pictures: the confusion matrix draws the numbers it is given, grids pick the right images, PNGs open.
+
+Each picture is checked twice: the figure object (caught as it is saved) holds the data it was given, and the
+PNG itself shows it (coloured pixels: a blank figure, or one with only axes and text, has none).
+"""
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+
+from tests.conftest import colored_pixels
 
 from tudui.reporting.plots import (confident_mistakes, plot_batch, plot_confusion, plot_curves, plot_mistakes,
                                    read_confusion_csv, read_results, write_confusion_csv)
@@ -13,12 +20,41 @@ def _open(path):
         return im.size
 
 
-def test_confusion_is_row_normalised_and_legible_with_100_classes(tmp_path):
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib Figures the plotting functions save, in order (each is still saved to its PNG)."""
+    from matplotlib.figure import Figure
+
+    saved, real = [], Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        saved.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return saved
+
+
+def test_a_blank_figure_has_no_colored_pixels(tmp_path):
+    from tudui.reporting.plots import _figure, _save
+
+    fig = _figure(6, 4)
+    fig.subplots().set_title("axes, ticks and a title only")
+    assert colored_pixels(_save(fig, tmp_path / "blank.png")) == 0  # so the checks below can fail
+
+
+def test_confusion_is_row_normalised_and_legible_with_100_classes(tmp_path, figures):
     cm = np.array([[8, 2, 0], [0, 0, 0], [1, 1, 2]])
     drawn = plot_confusion(cm, ["a", "b", "c"], tmp_path / "cm.png", "val")
     assert np.allclose(drawn, [[0.8, 0.2, 0], [0, 0, 0], [0.25, 0.25, 0.5]])  # an empty row stays 0, not NaN
     w, h = _open(tmp_path / "cm.png")
     assert 400 < w < 1500 and 400 < h < 1500
+    ax = figures[-1].axes[0]
+    assert np.allclose(ax.images[0].get_array(), drawn)  # the matrix is what is painted
+    assert sorted(t.get_text() for t in ax.texts) == sorted([".80", ".20", ".25", ".25", ".50"])  # non-zero cells
+    assert ax.get_title() == "val: 14 images, top-1 71.43% (rows sum to 1)"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b", "c"]
+    assert colored_pixels(tmp_path / "cm.png") > 0.05 * w * h  # blue cells, not an empty frame
 
     rng = np.random.default_rng(0)
     big = rng.integers(0, 5, (100, 100)) + np.diag(rng.integers(50, 100, 100))
@@ -27,12 +63,15 @@ def test_confusion_is_row_normalised_and_legible_with_100_classes(tmp_path):
     assert np.allclose(drawn.sum(1), 1) and np.allclose(drawn, big / big.sum(1, keepdims=True))
     w, h = _open(tmp_path / "cm100.png")
     assert w >= 1500 and h >= 1500  # grows with the class count: ~18 px per row at 100 classes
+    ax = figures[-1].axes[0]
+    assert len(ax.get_yticklabels()) == 100 and len(ax.texts) == 0  # every class named; no numbers in 10,000 cells
+    assert colored_pixels(tmp_path / "cm100.png") > 100 * 150  # at least the 100 blue diagonal cells
 
     write_confusion_csv(big, names, tmp_path / "cm.csv")
     assert read_confusion_csv(tmp_path / "cm.csv") == (names, big.tolist())
 
 
-def test_confident_mistakes_keeps_the_most_confident_wrong(tmp_path):
+def test_confident_mistakes_keeps_the_most_confident_wrong(tmp_path, figures):
     x = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 4, 4)  # image i is filled with value i
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.95, 0.05], [0.45, 0.55]])
     y = torch.tensor([0, 0, 1, 1, 1, 0])  # wrong: 1 (0.8), 2 (0.6), 4 (0.95), 5 (0.55)
@@ -42,9 +81,14 @@ def test_confident_mistakes_keeps_the_most_confident_wrong(tmp_path):
     assert [(t, p) for _, _, t, p in got] == [(1, 0), (0, 1), (1, 0)]
     plot_mistakes(got, ["cat", "dog"], tmp_path / "m.png")
     assert min(_open(tmp_path / "m.png")) > 100
+    ax = figures[-1].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["true dog\npred cat 95%", "true cat\npred dog 80%",
+                                                "true dog\npred cat 60%"]
+    canvas = ax.images[0].get_array()  # the montage: each image (value i / 255, grey) in its cell, white around
+    assert sorted(np.unique(np.round(np.asarray(canvas) * 255)).tolist()) == [1, 2, 4, 255]
 
 
-def test_curves_and_batch(tmp_path):
+def test_curves_and_batch(tmp_path, figures):
     csv = tmp_path / "results.csv"
     csv.write_text("epoch,train_loss,val_loss,val_top1,val_top5,lr,epoch_time_s,images_per_s\n"
                    "1,2.0,1.5,0.5,0.9,0.1,1,100\n2,1.0,,,,0.05,1,100\n")
@@ -53,5 +97,20 @@ def test_curves_and_batch(tmp_path):
     plot_curves(rows, tmp_path / "curves.png")
     w, h = _open(tmp_path / "curves.png")
     assert w > 2 * h > 400
-    plot_batch(torch.rand(10, 3, 8, 8), torch.arange(10) % 2, ["cat", "dog"], tmp_path / "b.png")
+    loss, acc, lr = figures[-1].axes
+    assert [ax.get_title() for ax in (loss, acc, lr)] == ["loss", "accuracy (%)", "learning rate (at epoch start)"]
+    ys = [[list(line.get_ydata()) for line in ax.lines] for ax in (loss, acc, lr)]
+    assert np.allclose(ys[0], [[2.0, 1.0], [1.5, np.nan]], equal_nan=True)
+    assert np.allclose(ys[1], [[50, np.nan], [90, np.nan]], equal_nan=True)
+    assert np.allclose(ys[2], [[0.1, 0.05]])
+    assert colored_pixels(tmp_path / "curves.png") > 500  # the plotted lines and markers
+
+    images = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    plot_batch(images, torch.arange(10) % 2, ["cat", "dog"], tmp_path / "b.png")
     assert min(_open(tmp_path / "b.png")) > 100
+    ax = figures[-1].axes[0]
+    assert [t.get_text() for t in ax.texts] == ["cat", "dog"] * 5
+    canvas = np.asarray(ax.images[0].get_array())  # 8 columns; rows of 8 px images under 4 px title bands
+    assert np.allclose(canvas[4:12, 0:8], images[0].permute(1, 2, 0).numpy())
+    assert np.allclose(canvas[4:12, 9:17], images[1].permute(1, 2, 0).numpy())
+    assert colored_pixels(tmp_path / "b.png") > 0.1 * min(_open(tmp_path / "b.png")) ** 2

@@ -1,0 +1,43 @@
+"""Every benchmark script runs end to end with --quick, as `make test` promises (figures are not checked: a smoke
+test on a shared machine measures nothing). Each needs the real Fashion-MNIST except serve_load.py."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+# script -> a line its final report must contain
+SCRIPTS = {
+    "time_to_accuracy.py": "tudui default",
+    "loop_overhead.py": "tudui / plain loop >= 0.97",
+    "data_path.py": "tudui path >= 5x the fastest DataLoader path",
+    "peak_memory.py": "peak resident memory <= 2 GiB",
+    "ddp_cpu.py": "throughput (images/s)",
+    "serve_load.py": "errors   0",
+    "toolbox_sweep.py": "vs baseline",
+    "peers.py": "tudui ends >= 5 points higher",
+}
+# Ultralytics lives in its own environment, made by `make bench` only (a benchmark peer, never a dependency).
+PEERS_YOLO = Path(__file__).resolve().parents[2] / ".venv-peers" / "bin" / "yolo"
+
+
+def test_every_script_is_listed():
+    scripts = {p.name for p in BENCH.glob("*.py") if not p.name.startswith("_")}
+    assert scripts == set(SCRIPTS)  # a new benchmark must be smoke-tested too
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_quick_run(script, request, tmp_path):
+    if script == "peers.py" and not PEERS_YOLO.exists():
+        pytest.skip("Ultralytics' environment .venv-peers is made by `make bench`")
+    if script != "serve_load.py":
+        request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
+    env = os.environ | {"PYTHONUNBUFFERED": "1"}
+    r = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "--quick smoke test" in r.stdout and SCRIPTS[script] in r.stdout, r.stdout[-3000:]

@@ -1,0 +1,221 @@
+"""Training options the README promises, each checked by what it must do to the run (not only that it is accepted).
+
+--loss mse|l1, --class-weights auto, no weight decay on biases and norm layers, --scheduler step|cosine with
+--warmup-epochs, --amp on the CPU, --weights FILE with a torchvision state_dict, --freeze-backbone, --augment.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import tudui
+from tudui.cli import main as tudui_main
+from tudui.config import TrainConfig
+from tudui.engine.callbacks import Callback
+from tudui.engine.optim import create_loss, create_optimizer, create_scheduler
+from tudui.engine.trainer import setup
+from tudui.models import create_model
+
+# A few hundred 8x8 digits: 4 optimisation steps of 64 per epoch; no pictures or event files (not tested here).
+SMALL = dict(data=["digits"], model="mnist-cnn", batch_size=64, subset=256, plots=False, tensorboard=False)
+
+
+def lr_column(run_dir) -> list[float]:
+    with open(run_dir / "results.csv", newline="") as f:
+        return [float(r["lr"]) for r in csv.DictReader(f)]
+
+
+# --- losses -----------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind, fn", [("mse", F.mse_loss), ("l1", F.l1_loss)])
+def test_mse_and_l1_compare_softmax_with_one_hot(kind, fn):
+    """The course's nn.MSELoss / nn.L1Loss on class probabilities against one-hot targets."""
+    logits, y = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 3, 3, 1])
+    loss = create_loss(TrainConfig(loss=kind), [1, 1, 1, 1], torch.device("cpu"))
+    want = fn(logits.softmax(1), F.one_hot(y, 4).float())
+    assert loss(logits, y).item() == pytest.approx(want.item(), rel=1e-6)
+    assert loss(logits, y).item() != pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-3)
+
+
+def test_training_with_mse_loss_learns(tmp_path):
+    assert tudui_main(["train", "--data", "digits", "--model", "mnist-cnn", "--loss", "mse", "--epochs", "3",
+                       "--batch-size", "64", "--no-plots", "--no-tensorboard", "--project", str(tmp_path),
+                       "--name", "mse"]) == 0
+    with open(tmp_path / "mse" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["val_top1"]) > 0.5  # 10 classes: chance is 0.1
+    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
+
+
+def test_class_weights_auto_is_inverse_frequency():
+    counts = [30, 10, 0, 60]  # class 2 has no training image: weight 0, not infinity
+    loss = create_loss(TrainConfig(class_weights="auto", label_smoothing=0.0), counts, torch.device("cpu"))
+    # 1/count is proportional to (2, 6, -, 1); normalised to mean 1 over the classes present.
+    assert torch.allclose(loss.weight, torch.tensor([2 / 3, 2.0, 0.0, 1 / 3]))
+    logits, y = torch.randn(5, 4, generator=torch.Generator().manual_seed(1)), torch.tensor([0, 1, 3, 3, 1])
+    assert loss(logits, y).item() == pytest.approx(F.cross_entropy(logits, y, weight=loss.weight).item(), rel=1e-6)
+    assert create_loss(TrainConfig(), counts, torch.device("cpu")).weight is None  # default: unweighted
+
+
+def test_class_weights_auto_reaches_the_training_criterion(tmp_path):
+    run = setup(TrainConfig(**SMALL, class_weights="auto", project=str(tmp_path), name="cw"))
+    counts = torch.as_tensor(run.data.train.counts(), dtype=torch.float32)
+    inverse = 1 / counts
+    assert torch.allclose(run.criterion.weight, inverse / inverse.mean())
+
+
+# --- optimizer --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "adam"])
+def test_no_weight_decay_on_biases_and_norm_layers(optimizer):
+    """One step with zero gradients: only weight decay can move a parameter, and it must spare biases and norms."""
+    model = create_model("fast", 10, 1, 28)  # Conv2d, BatchNorm2d and Linear layers
+    lr, wd = 0.5, 0.2
+    opt = create_optimizer(TrainConfig(optimizer=optimizer, lr=lr, weight_decay=wd), model)
+    before = copy.deepcopy(model.state_dict())
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    spared, decayed = [], []
+    for mod_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            key = f"{mod_name}.{name}" if mod_name else name
+            if name == "bias" or isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)):
+                spared.append(key)
+                assert torch.equal(p, before[key]), key
+            else:
+                decayed.append(key)
+                assert not torch.equal(p, before[key]), key
+                if optimizer == "adamw":  # decoupled decay: p <- p * (1 - lr * wd), exactly
+                    assert torch.allclose(p, before[key] * (1 - lr * wd)), key
+    assert any("weight" in k for k in spared) and len(decayed) >= 4  # BatchNorm scales among the spared
+
+
+# --- schedules --------------------------------------------------------------------------------------------------------
+def _lrs(cfg: TrainConfig, steps_per_epoch: int) -> list[float]:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = create_scheduler(cfg, opt, steps_per_epoch)
+    out = []
+    for _ in range(cfg.epochs * steps_per_epoch):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_step_cosine_and_warmup_schedules_per_step():
+    step = _lrs(TrainConfig(lr=1.0, epochs=4, scheduler="step", step_size=2, gamma=0.1), 5)
+    assert step == pytest.approx([1.0] * 10 + [0.1] * 10)
+    cos = _lrs(TrainConfig(lr=1.0, epochs=2, scheduler="cosine"), 4)
+    assert cos == pytest.approx([0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)])
+    warm = _lrs(TrainConfig(lr=1.0, epochs=3, scheduler="cosine", warmup_epochs=1), 4)
+    assert warm[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])  # linear warm-up over the first epoch's 4 steps
+    assert warm[4:] == pytest.approx([0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)])
+    warm_step = _lrs(TrainConfig(lr=1.0, epochs=3, scheduler="step", step_size=1, gamma=0.5, warmup_epochs=0.5), 4)
+    assert warm_step == pytest.approx([0.5, 1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.5, 0.25, 0.25, 0.25, 0.25])
+
+
+def test_scheduler_flags_reach_results_csv(tmp_path):
+    """The lr column of a real run (the learning rate at each epoch's start), from the command line."""
+    base = ["train", "--data", "digits", "--model", "mnist-cnn", "--batch-size", "64", "--subset", "256",
+            "--epochs", "3", "--lr", "0.01", "--no-plots", "--no-tensorboard", "--project", str(tmp_path)]
+    assert tudui_main(base + ["--scheduler", "step", "--step-size", "1", "--gamma", "0.5", "--name", "step"]) == 0
+    assert lr_column(tmp_path / "step") == pytest.approx([0.01, 0.005, 0.0025])
+    # 4 steps per epoch; warm-up over epoch 1 starts at 1/4 of the peak; then cosine over the 8 remaining steps.
+    assert tudui_main(base + ["--scheduler", "cosine", "--warmup-epochs", "1", "--name", "cos"]) == 0
+    assert lr_column(tmp_path / "cos") == pytest.approx([0.0025, 0.01, 0.005])
+
+
+# --- mixed precision --------------------------------------------------------------------------------------------------
+class ConvOutputDtypes(Callback):
+    """Records the dtype of the first convolution's output during training steps."""
+
+    def __init__(self) -> None:
+        self.dtypes: set[torch.dtype] = set()
+
+    def on_fit_start(self, run) -> None:
+        conv = next(m for m in run.model.modules() if isinstance(m, nn.Conv2d))
+        conv.register_forward_hook(lambda m, i, out: self.dtypes.add(out.dtype) if m.training else None)
+
+
+def test_amp_on_the_cpu_computes_in_bfloat16(tmp_path):
+    seen = ConvOutputDtypes()
+    r = tudui.train(**SMALL, epochs=1, amp=True, device="cpu", project=str(tmp_path), name="amp", callbacks=[seen])
+    assert seen.dtypes == {torch.bfloat16}
+    assert math.isfinite(r.history[0]["train_loss"])
+    weights = torch.load(r.best, weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())  # master weights fp32
+    plain = ConvOutputDtypes()
+    tudui.train(**SMALL, epochs=1, device="cpu", project=str(tmp_path), name="fp32", callbacks=[plain])
+    assert plain.dtypes == {torch.float32}
+
+
+# --- initial weights and frozen backbone ------------------------------------------------------------------------------
+class StartState(Callback):
+    def on_fit_start(self, run) -> None:
+        self.state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        self.trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
+
+
+def test_torchvision_state_dict_then_freeze_backbone_trains_only_the_head(tmp_path):
+    import torchvision
+
+    torch.manual_seed(5)
+    src = torchvision.models.mobilenet_v3_small(weights=None).state_dict()  # ImageNet-shaped: RGB in, 1000 out
+    torch.save(src, tmp_path / "mobilenet_v3_small.pth")
+    start = StartState()
+    r = tudui.train(data="digits", model="mobilenet_v3_small", weights=str(tmp_path / "mobilenet_v3_small.pth"),
+                    img_size=16, freeze_backbone=True, epochs=1, batch_size=64, subset=256, lr=0.01, plots=False,
+                    tensorboard=False, project=str(tmp_path), name="frozen", callbacks=[start])
+    head = "classifier.3"  # the last Linear; classifier.0 (also a Linear) belongs to the backbone here
+    assert start.trainable == {f"{head}.weight", f"{head}.bias"}
+    final = torch.load(r.last, weights_only=True)["model"]
+    params = {n for n, _ in create_model("mobilenet_v3_small", 10, 1, 16).named_parameters()}
+    for name in params:
+        if name.startswith(head + "."):
+            assert final[name].shape[0] == 10 and not torch.equal(final[name], start.state[name]), name
+        elif name == "features.0.0.weight":  # the first conv: the file's RGB kernels summed for 1-channel input
+            assert torch.allclose(final[name], src[name].sum(1, keepdim=True)), name
+        else:
+            assert torch.equal(final[name], src[name]), name  # loaded from the file and left untouched
+
+
+# --- augmentation -----------------------------------------------------------------------------------------------------
+def _explain(out: torch.Tensor, x: torch.Tensor, pad: int, prepare) -> set[str]:
+    """Which of identity / mirror / shift / shift+mirror (zero fill) turns each image of x into out."""
+    kinds = set()
+    size = x.shape[-1]
+    for i in range(len(x)):
+        found = None
+        for flip in (False, True):
+            src = x[i].flip(-1) if flip else x[i]
+            for dy in range(-pad, pad + 1):
+                for dx in range(-pad, pad + 1):
+                    cand = torch.zeros_like(src)
+                    cand[:, max(0, dy):size + min(0, dy), max(0, dx):size + min(0, dx)] = \
+                        src[:, max(0, -dy):size + min(0, -dy), max(0, -dx):size + min(0, -dx)]
+                    if torch.allclose(prepare(cand[None])[0], out[i]):
+                        found = found or ("shift" if (dy, dx) != (0, 0) else "identity") + ("+mirror" if flip else "")
+        assert found, f"image {i} is no flip/translation of its source"
+        kinds.add(found.replace("identity+mirror", "mirror"))
+    return kinds
+
+
+@pytest.mark.parametrize("augment, allowed", [
+    ("none", {"identity"}),
+    ("flip", {"identity", "mirror"}),
+    ("crop", {"identity", "shift"}),
+    ("crop-flip", {"identity", "mirror", "shift", "shift+mirror"}),
+])
+def test_augment_modes_reach_the_training_batches(tmp_path, augment, allowed):
+    # --hflip: digits forbid flips by default, which would make flip and crop-flip look like none and crop.
+    run = setup(TrainConfig(**SMALL, augment=augment, hflip=True, channels_last=False, project=str(tmp_path),
+                            name=augment))
+    x = torch.randint(1, 256, (256, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    out = run.prepare(x, train=True)
+    kinds = _explain(out, x, run.spec.pad, lambda b: run.prepare(b, train=False))
+    assert kinds <= allowed and len(kinds) == len(allowed)  # every allowed kind occurs among 256 images, nothing else

@@ -56,7 +56,8 @@ def _add_config_fields(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta, flag = f.metadata, "--" + f.name.replace("_", "-")
-        kw: dict = {"help": meta.get("help", ""), "default": argparse.SUPPRESS, "dest": f.name}
+        # argparse %-formats help texts: a literal % (e.g. "~100%") must be doubled
+        kw: dict = {"help": meta.get("help", "").replace("%", "%%"), "default": argparse.SUPPRESS, "dest": f.name}
         hint = hints[f.name]
         if hint is bool or set(typing.get_args(hint)) == {bool, type(None)}:
             kw["action"] = argparse.BooleanOptionalAction

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import queue
 import subprocess
 import sys
@@ -139,6 +140,18 @@ class Child:
     @property
     def err(self) -> str:
         return "".join(self.stderr)
+
+
+def sigkill_after_line(*args, line: str, slow_save_s: float = 1.0) -> None:
+    """Run `tudui ARGS` and SIGKILL it as soon as it prints `line` (e.g. "epoch 1/3"). The slow-save hook
+    (`slow_save_s` before each checkpoint rename) guarantees that the next checkpoint cannot land before the kill."""
+    child = Child(*args, env={"TUDUI_TEST_SLOW_SAVE": str(slow_save_s)})
+    try:
+        child.wait_for_line(line)
+        child.send(signal.SIGKILL)
+        child.wait(60)
+    finally:
+        child.kill()
 
 
 @pytest.fixture

@@ -98,7 +98,7 @@ def test_valid_folder_is_the_validation_split(tmp_path):
 
 def test_memory_limit_switches_to_reading_files(tmp_path, capsys):
     from tudui.cli import main as tudui_main
-    from tudui.config import TrainConfig
+    from tudui.core.config import TrainConfig
     from tudui.data import build_data, make_loader
     from tudui.data.memory import MemoryLoader
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import Child
 from tudui.cli import main as tudui_main
-from tudui.errors import TuduiError
+from tudui.core.errors import TuduiError
 
 
 def get_json(url: str, child: Child, timeout: float = 30):

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import tudui
 from tudui.cli import main as tudui_main
-from tudui.config import TrainConfig
+from tudui.core.config import TrainConfig
 from tudui.engine.callbacks import Callback
 from tudui.engine.optim import create_loss, create_optimizer, create_scheduler
 from tudui.engine.trainer import setup

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import Child
+from tests.conftest import Child, sigkill_after_line
 from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
 
@@ -44,14 +44,7 @@ def test_sigkill_in_epoch_2_then_resume_is_bitwise_identical(tmp_path):
 
     # The same run, killed while epoch 2 trains. The slow-save hook (1 s before each rename) guarantees that
     # epoch 2's checkpoint cannot land before the kill.
-    child = Child(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "killed",
-                  env={"TUDUI_TEST_SLOW_SAVE": "1"})
-    try:
-        child.wait_for_line("epoch 1/3")
-        child.send(signal.SIGKILL)
-        child.wait(60)
-    finally:
-        child.kill()
+    sigkill_after_line(*TRAIN, "--epochs", "3", "--project", tmp_path, "--name", "killed", line="epoch 1/3")
     killed = tmp_path / "killed"
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1  # killed during epoch 2, before its checkpoint
     assert len(metric_rows(killed)) == 1

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import math
-import signal
 import time
 
 import pytest
@@ -16,7 +15,8 @@ from tudui.core.checkpoint import load_checkpoint
 from tudui.engine.ema import ModelEMA
 from tudui.engine.lr_find import lr_range_test, suggest
 
-from tests.engine.test_resume import metric_rows, popen_cli, wait_for_line
+from tests.conftest import sigkill_after_line
+from tests.engine.test_resume import metric_rows
 
 QUIET = dict(plots=False, tensorboard=False, device="cpu")
 TINY = ["--data", "digits", "--model", "mnist-cnn", "--batch-size", "64", "--subset", "400", "--device", "cpu"]
@@ -49,12 +49,7 @@ def test_resume_after_sigkill_is_bit_exact_with_ema_and_strong_augmentation(tmp_
              "--accumulate", "2", "--clip-grad", "5", "--epochs", "3", "--deterministic", "--no-plots",
              "--no-tensorboard", "--project", str(tmp_path)]
     assert tudui_main(["train", *TINY, *extra, "--name", "full"]) == 0
-    proc = popen_cli("train", *TINY, *extra, "--name", "killed", env={"TUDUI_TEST_SLOW_SAVE": "1"})
-    try:
-        wait_for_line(proc, "epoch 1/3")
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.wait(timeout=60)
+    sigkill_after_line("train", *TINY, *extra, "--name", "killed", line="epoch 1/3")
     killed = tmp_path / "killed"
     assert load_checkpoint(killed / "last.pt")["epoch"] == 1
     assert tudui_main(["train", "--resume", str(killed)]) == 0

@@ -179,7 +179,7 @@ def digits_run(tmp_path_factory):
     import tudui
 
     project = tmp_path_factory.mktemp("runs")
-    return tudui.train(data="digits", model="fast", epochs=3, batch_size=64, project=str(project), name="d")
+    return tudui.train(data="digits", model="fast", epochs=3, batch_size=64, project=str(project), name="digits-run")
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ SCRIPTS = {
     "data_path.py": "tudui path >= 5x the fastest DataLoader path",
     "peak_memory.py": "peak resident memory <= 2 GiB",
     "ddp_cpu.py": "throughput (images/s)",
-    "serve_load.py": "errors   0",
+    "serve_load.py": "failed requests                                0                              0",
     "toolbox_sweep.py": "vs baseline",
     "peers.py": "tudui ends >= 5 points higher",
 }

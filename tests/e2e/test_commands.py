@@ -35,7 +35,7 @@ def get_json(url: str, child: Child, timeout: float = 30):
 def test_debug_shows_the_traceback(cli, tmp_path):
     r = cli("--debug", "train", "--data", str(tmp_path / "missing"))
     assert r.returncode == 1 and "Traceback (most recent call last)" in r.stderr
-    assert re.search(r"tudui\.errors\.TuduiError: .*no such file or folder", r.stderr), r.stderr
+    assert re.search(r"tudui\.core\.errors\.TuduiError: .*no such file or folder", r.stderr), r.stderr
     with pytest.raises(TuduiError, match="no such file or folder"):  # also after the subcommand
         tudui_main(["train", "--debug", "--data", str(tmp_path / "missing")])
     # Without it: one line (what users normally see).

@@ -12,7 +12,9 @@ with `torch.load(weights_only=True)` so a file from a stranger cannot run code:
 """
 from __future__ import annotations
 
+import os
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,8 @@ def save_checkpoint(payload: dict[str, Any], path: str | Path) -> None:
     """Write `payload` to `path` atomically (files.atomic_path): a crash leaves the old file or the new one."""
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
+        if os.environ.get("TUDUI_TEST_SLOW_SAVE"):  # test hook: seconds to wait before the rename (kill-during-save)
+            time.sleep(float(os.environ["TUDUI_TEST_SLOW_SAVE"]))
 
 
 def make_checkpoint(model: torch.nn.Module, arch: dict, data: dict, **extra: Any) -> dict[str, Any]:

@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -63,8 +62,6 @@ def atomic_path(path: str | Path, suffix: str = ".tmp") -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        if os.environ.get("TUDUI_TEST_SLOW_SAVE"):  # test hook: seconds to wait before the rename (kill-during-save)
-            time.sleep(float(os.environ["TUDUI_TEST_SLOW_SAVE"]))
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

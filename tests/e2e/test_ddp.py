@@ -132,3 +132,19 @@ def test_resume_under_torchrun_continues_exactly(tmp_path, cli):
     rows = [[{k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")}
              for row in csv.DictReader(open(tmp_path / n / "results.csv"))] for n in ("straight", "resumed")]
     assert rows[0] == rows[1] and [row["epoch"] for row in rows[1]] == ["1", "2"]
+
+
+def test_toolbox_under_torchrun(tmp_path):
+    """EMA, per-image policies, erasing, mixup/cutmix, accumulation and --time in a 2-process job: the ranks stay in
+    step (same weights at the end, one run directory) and best.pt holds the EMA."""
+    from tudui.core.checkpoint import load_checkpoint
+
+    r = torchrun(str(WORKER), "train", str(tmp_path / "ranks"), "--data", "digits", "--model", "mnist-cnn",
+                 "--epochs", "2", "--batch-size", "64", "--ema", "--augment", "trivialaugment", "--erase", "0.2",
+                 "--mixup", "0.2", "--cutmix", "1.0", "--accumulate", "2", "--time", "0.05",
+                 "--project", str(tmp_path / "runs"), cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ranks = [json.loads((tmp_path / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
+    assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
+    last = load_checkpoint(tmp_path / "runs" / "exp" / "last.pt")
+    assert last["ema"]["updates"] == last["step"] and last["config"]["ema"] and last["config"]["mixup"] == 0.2

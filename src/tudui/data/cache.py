@@ -83,7 +83,8 @@ class Layout:
 
 
 class MappedArray(np.ndarray):
-    """A read-only uint8 array over a memory-mapped cache file; `release()` drops its pages from this process."""
+    """A uint8 array over a memory-mapped cache file (never written to); `release()` drops its pages from this
+    process."""
 
     def __array_finalize__(self, obj) -> None:
         self.mapping = getattr(obj, "mapping", None)
@@ -101,7 +102,9 @@ def map_rows(path: Path, n: int, layout: Layout) -> MappedArray:
     if n == 0:
         return np.zeros((0, *layout.row_shape), np.uint8).view(MappedArray)
     with open(path, "rb") as f:
-        mapping = mmap.mmap(f.fileno(), n * layout.row_bytes, access=mmap.ACCESS_READ)
+        # ACCESS_COPY: private pages, so the array is writable for torch.from_numpy; nothing is ever written to it,
+        # so the pages stay the file's own, shared with the page cache and every other process mapping the entry
+        mapping = mmap.mmap(f.fileno(), n * layout.row_bytes, access=mmap.ACCESS_COPY)
     arr = np.frombuffer(mapping, dtype=np.uint8).reshape(n, *layout.row_shape).view(MappedArray)
     arr.mapping = mapping
     return arr

@@ -65,7 +65,14 @@ def decode_split(split: Split, channels: int, size: int, bad_images: str = "skip
 
 
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W, C) uint8 numpy (or memory-mapped cache rows) -> (N, C, H, W) uint8 tensor on `device`."""
+    """(N, H, W, C) uint8 numpy -> (N, C, H, W) uint8 tensor on `device`.
+
+    Arrays are copied into a contiguous tensor. Memory-mapped cache rows (data/cache.py) on the CPU are not copied:
+    the tensor is a channels-last view of the mapping, so a run starts without reading its data, and the kernel's
+    page cache holds the pages once read (the decision to hold them was made against --memory-limit-mb).
+    """
+    if hasattr(images, "release") and torch.device(device).type == "cpu" and images.flags.writeable:
+        return torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, C, H, W) view, strides of NHWC
     out = torch.from_numpy(np.array(np.asarray(images).transpose(0, 3, 1, 2), order="C")).to(device)  # a copy
     release = getattr(images, "release", None)
     if release is not None:  # the copy is what the run uses: the mapped pages need not stay in this process

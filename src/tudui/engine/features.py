@@ -150,8 +150,11 @@ class FeatureTrainer:
         while len(self.views) < min(count, self.max_views):
             v = len(self.views)
             loader = self._sequential_loader(run.data.train, run.data.train_layout, run.data.in_memory)
-            feats, _ = self._features(loader, self._view_prepare(v),
-                                      f"backbone features, view {v + 1}/{self.max_views}")
+            feats, ys = self._features(loader, self._view_prepare(v),
+                                       f"backbone features, view {v + 1}/{self.max_views}")
+            # the labels as loaded: a file that became unreadable is replaced by the next readable one, with its own
+            # label (data/memory.py), the same way in every view
+            self.targets = ys
             self.views.append(feats)
 
     def ensure_val(self) -> None:

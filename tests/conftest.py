@@ -17,6 +17,18 @@ from PIL import Image
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def decoded_cache(tmp_path_factory):
+    """The decoded-image cache of every test (and of the CLI runs they start) in a temp folder, not ~/.cache."""
+    old = os.environ.get("TUDUI_CACHE")
+    os.environ["TUDUI_CACHE"] = str(tmp_path_factory.mktemp("decoded-cache"))
+    yield Path(os.environ["TUDUI_CACHE"])
+    if old is None:
+        os.environ.pop("TUDUI_CACHE", None)
+    else:
+        os.environ["TUDUI_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """(train Split, test Split) of the real Fashion-MNIST (skips with the install hint when absent)."""
@@ -48,6 +60,34 @@ def fmnist_folders(tmp_path_factory, fmnist):
     root = tmp_path_factory.mktemp("fmnist_folders")
     write_class_folders(root / "train", train, 60, "png")
     write_class_folders(root / "val", test, 20, "jpg")
+    return root
+
+
+def write_photos(root: Path, split, per_class: int, classes: int = 4, sides: tuple[int, int] = (64, 128),
+                 offset: int = 0, seed: int = 0) -> Path:
+    """Real images as small RGB "photos": `per_class` Fashion-MNIST items of each of the first `classes` classes,
+    up-scaled to a random width in `sides` and a 0.7-1.0 aspect, tinted, saved as JPEG in root/<类k>/ (non-ASCII
+    class folders on purpose)."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"类{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in np.flatnonzero(split.targets == c)[offset:offset + per_class]:
+            w = int(rng.integers(sides[0], sides[1] + 1))
+            h = int(w * rng.uniform(0.7, 1.0))
+            gray = np.asarray(Image.fromarray(split.images[i][..., 0]).resize((w, h), Image.BICUBIC), np.float32)
+            tint = rng.uniform(0.5, 1.0, 3)
+            Image.fromarray((gray[..., None] * tint).astype(np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory, fmnist):
+    """A tiny folder of RGB JPEG photos: train/ (12 per class) and val/ (4 per class), 4 classes, 64-128 px wide."""
+    train, test = fmnist
+    root = tmp_path_factory.mktemp("photos")
+    write_photos(root / "train", train, 12)
+    write_photos(root / "val", test, 4, seed=1)
     return root
 
 

@@ -15,13 +15,12 @@ import torch
 import torch.nn as nn
 
 from .core.config import TrainConfig, load_yaml, save_yaml
-from .core.device import under_torchrun
+from .core.device import auto_workers, under_torchrun
 from .core.errors import TuduiError
 from .core.files import write_text
-from .data import EVAL_BATCH_SIZE, fits_in_memory, load_splits, make_loader
+from .data import EVAL_BATCH_SIZE, eval_layout, load_decoded, load_splits, make_loader
 from .data.check import check_data, format_report
 from .data.export_images import export_images
-from .data.memory import decode_split
 from .engine.callbacks import Callback
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
@@ -143,14 +142,16 @@ def lr_find(*, steps: int = 100, start: float = 1e-7, end: float = 10.0, config_
 
 # --- evaluate, predict -----------------------------------------------------------------------------------------------
 def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = "test", *, data_root: str | None = None,
-             batch_size: int = EVAL_BATCH_SIZE, device: str = "auto", workers: int = 0,
-             tta: bool | None = None, model_file: str | Path | None = None) -> dict:
+             batch_size: int = EVAL_BATCH_SIZE, device: str = "auto", workers: int | str = "auto",
+             tta: bool | None = None, model_file: str | Path | None = None, cache: str = "auto") -> dict:
     """Loss, top-1/top-5, per-class precision/recall/F1 and confusion matrix of a model file on `split`.
 
     Any model file tudui writes (checkpoint or run directory, .onnx, .torchscript, .safetensors), with the
     preprocessing it was trained with. split='val' re-creates the training run's hold-out (same --val-split and
     --seed) when the data has no val folder. tta: flip test-time augmentation on/off; None: as trained.
     model_file: where your own model's Python file is now, if it moved since training.
+    cache: where the decoded images come from (`tudui train --cache`): an image folder is read from the disk cache
+    a training run on it wrote (the same images at the model's size), decoding only what is not there.
     """
     if split not in ("train", "val", "test"):
         raise TuduiError(f"--split must be train, val or test, got {split}")
@@ -163,9 +164,8 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = "test",
     if chosen is None:
         raise TuduiError(f"the data has no {split} split; use --split " + ("val" if val is not None else "train"))
     chosen = chosen.reindex(spec.classes)  # the model's class order
-    if fits_in_memory(chosen, spec.channels, spec.img_size):
-        chosen = decode_split(chosen, spec.channels, spec.img_size)
-    loader = make_loader(chosen, spec, batch_size, False, dev, workers=workers)
+    chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=cache)  # spec.decode's pixels
+    loader = make_loader(chosen, spec, batch_size, False, dev, workers=auto_workers(workers), in_memory=in_memory)
     result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
     return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
 

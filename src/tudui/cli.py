@@ -64,6 +64,8 @@ def _add_config_fields(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
         else:
             if "nargs" in meta:
                 kw["nargs"] = meta["nargs"]
+            if "const" in meta:  # `--amp` alone means `--amp on`
+                kw["const"] = meta["const"]
             kw["type"] = meta.get("type") or _arg_type(hint)
             if "choices" in meta:
                 kw["choices"] = meta["choices"]
@@ -71,6 +73,9 @@ def _add_config_fields(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
         if default not in (None, [], False):
             kw["help"] += f" [default: {default}]"
         p.add_argument(flag, **kw)
+        if "no_flag" in meta:  # `--no-amp`, as when the option was a switch
+            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=meta["no_flag"],
+                           default=argparse.SUPPRESS, help=f"the same as {flag} {meta['no_flag']}")
     p.add_argument("--config", dest="_config", metavar="YAML", help="read options from a YAML file (e.g. a run's "
                    "config.yaml); flags given on the command line override it")
 
@@ -114,8 +119,11 @@ def add_lr_find_args(p: argparse.ArgumentParser) -> None:
 # --- eval --------------------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     api = _api()
+    from .core.config import workers_value
+
     r = api.evaluate(args.checkpoint, args.data, args.split, data_root=args.data_root, batch_size=args.batch_size,
-                     device=args.device, workers=args.workers, tta=args.tta, model_file=args.model_file)
+                     device=args.device, workers=workers_value(args.workers), tta=args.tta, model_file=args.model_file,
+                     cache=args.cache)
     files = api.write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
     if args.json:
         print(json.dumps(r, indent=1, ensure_ascii=False))
@@ -137,7 +145,10 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split [default: test]")
     p.add_argument("--data-root", default=None, help="where named datasets are looked for first")
     p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--workers", default="auto", help="DataLoader processes for images decoded from their files: a "
+                   "number or auto (the cores available, at most 8) [default: auto]")
+    p.add_argument("--cache", default="auto", choices=["auto", "disk", "ram", "off"], help="where decoded images "
+                   "come from, as for train: an image folder is read from the disk cache [default: auto]")
     add_device_arg(p)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     add_tta_arg(p)

@@ -96,11 +96,13 @@ def test_valid_folder_is_the_validation_split(tmp_path):
     assert val.classes == train.classes == ["a", "b"]
 
 
-def test_memory_limit_switches_to_reading_files(tmp_path, capsys):
+def test_memory_limit_switches_to_memory_mapped_cache_rows(tmp_path, capsys):
+    """Over --memory-limit-mb a folder trains from its memory-mapped disk cache, batch by batch (not through PIL
+    every epoch); --cache off decodes the files every epoch through a DataLoader, as before the cache existed."""
     from tudui.cli import main as tudui_main
     from tudui.core.config import TrainConfig
     from tudui.data import build_data, make_loader
-    from tudui.data.memory import MemoryLoader
+    from tudui.data.memory import MappedLoader, MemoryLoader
 
     for cls in ["a", "b"]:
         for i in range(20):
@@ -110,16 +112,28 @@ def test_memory_limit_switches_to_reading_files(tmp_path, capsys):
     small = build_data(TrainConfig(**cfg, memory_limit_mb=1))
     assert small.in_memory and small.train.images.shape == (36, 8, 8, 1)
     big = build_data(TrainConfig(**cfg, memory_limit_mb=0))
-    assert not big.in_memory and big.train.images is None and len(big.train.paths) == 36
-    loader = make_loader(big.train, big.spec, 8, True, torch.device("cpu"))
+    assert not big.in_memory and big.train.images.shape == (36, 8, 8, 1) and hasattr(big.train.images, "release")
+    loader = make_loader(big.train, big.spec, 8, True, torch.device("cpu"), in_memory=big.in_memory)
+    assert isinstance(loader, MappedLoader)
+    batches = list(loader)
+    assert len(batches) == 4 and all(x.shape == (8, 1, 8, 8) and x.dtype == torch.uint8 for x, _ in batches)
+    # the same images and labels as the in-memory loader, batch for batch (same seeded shuffle)
+    mem = make_loader(small.train, small.spec, 8, True, torch.device("cpu"))
+    assert isinstance(mem, MemoryLoader)
+    for (xa, ya), (xb, yb) in zip(batches, mem):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    files = build_data(TrainConfig(**cfg, memory_limit_mb=0, cache="off"))
+    assert not files.in_memory and files.train.images is None and len(files.train.paths) == 36
+    loader = make_loader(files.train, files.spec, 8, True, torch.device("cpu"), in_memory=False)
     assert isinstance(loader, torch.utils.data.DataLoader)
     x, y = next(iter(loader))
     assert x.shape == (8, 1, 8, 8) and x.dtype == torch.uint8
-    assert isinstance(make_loader(small.train, small.spec, 8, True, torch.device("cpu")), MemoryLoader)
     # The same switch from the command line: the start line says where the data comes from.
     args = ["train", "--data", str(tmp_path / "data"), "--model", "mnist-cnn", "--epochs", "1", "--batch-size", "8",
             "--no-plots", "--no-tensorboard", "--project", str(tmp_path / "runs")]
     assert tudui_main(args + ["--memory-limit-mb", "0"]) == 0
-    assert ", from files, " in capsys.readouterr().out
+    assert ", train memory-mapped (cache hit); " in capsys.readouterr().out
+    assert tudui_main(args + ["--memory-limit-mb", "0", "--cache", "off"]) == 0
+    assert ", train from files; val from files, " in capsys.readouterr().out
     assert tudui_main(args + ["--memory-limit-mb", "1"]) == 0
-    assert ", in memory, " in capsys.readouterr().out
+    assert ", train in memory (cache hit); " in capsys.readouterr().out

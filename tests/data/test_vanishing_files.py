@@ -69,7 +69,8 @@ class DamageDuringTraining(Callback):
 def test_training_survives_files_changing_under_it_and_reports_each_once(tmp_path, capfd, workers):
     files = write_digits(tmp_path / "data")
     hook = DamageDuringTraining({"train": files["train"][::3][:8], "val": files["val"][:8]})
-    result = tudui.train(data=[str(tmp_path / "data")], model="mnist-cnn", epochs=3, batch_size=8, memory="off",
+    # --cache off: the files are decoded every epoch (with the disk cache a run reads no file after its start)
+    result = tudui.train(data=[str(tmp_path / "data")], model="mnist-cnn", epochs=3, batch_size=8, cache="off",
                          workers=workers, project=str(tmp_path / "runs"), name="run", tensorboard=False, plots=False,
                          callbacks=[hook])
     err = capfd.readouterr().err

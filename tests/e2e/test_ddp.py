@@ -81,7 +81,7 @@ def test_nproc_relaunches_under_torchrun_and_counts_each_file_once(tmp_path, fmn
     write_class_folders(root / "train", train, 20)
     write_class_folders(root / "val", test, 15)
     next((root / "val").rglob("*.png")).unlink()  # 149 images: one rank gets 75, the other 74
-    r = cli("train", "--nproc", "2", "--data", str(root), "--memory", "off", "--model", "mnist-cnn", "--epochs", "1",
+    r = cli("train", "--nproc", "2", "--data", str(root), "--cache", "off", "--model", "mnist-cnn", "--epochs", "1",
             "--batch-size", "32", "--project", str(tmp_path / "runs"), "--name", "files", "--device", "cpu",
             cwd=tmp_path, timeout=240, env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout + r.stderr

@@ -136,8 +136,9 @@ def test_overfit_batches_learns_them(tmp_path):
 
 
 def test_dataloader_path_with_every_augmentation(tmp_path, fmnist_folders):
-    r = tudui.train(data=str(fmnist_folders), model="mnist-cnn", epochs=1, memory="off", augment="randaugment",
-                    erase=0.4, cutmix=1.0, mixup=0.2, ema=True, project=str(tmp_path), name="files", **QUIET)
+    r = tudui.train(data=str(fmnist_folders), model="mnist-cnn", epochs=1, memory="off", cache="off",
+                    augment="randaugment", erase=0.4, cutmix=1.0, mixup=0.2, ema=True, project=str(tmp_path),
+                    name="files", **QUIET)
     assert r.val["n"] == 200  # the 20-per-class val folder, read through the DataLoader path
     assert load_checkpoint(r.last)["config"]["augment"] == "randaugment"
 

@@ -28,6 +28,34 @@ def lr_value(value) -> float | str:
         raise TuduiError(f"--lr takes a number or auto, got {value!r}") from None
 
 
+def workers_value(value) -> int | str:
+    """--workers: a number of DataLoader processes, or 'auto' (the cores available, at most 8)."""
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise TuduiError(f"--workers takes a number of processes or auto, got {value!r}") from None
+    if n < 0:
+        raise TuduiError(f"--workers must be 0 or more (0: decode in the training process), got {n}")
+    return n
+
+
+AMP_MODES = ("auto", "off", "on", "bf16", "fp16")
+
+
+def amp_value(value) -> str:
+    """--amp: auto, off, on (bf16 on a CPU, fp16 on CUDA), bf16 or fp16; True/False (older configs) mean on/off."""
+    if isinstance(value, bool) or value is None:
+        return "on" if value else "off"
+    v = str(value).lower()
+    if v in ("true", "false"):
+        return "on" if v == "true" else "off"
+    if v not in AMP_MODES:
+        raise TuduiError(f"--amp takes one of {', '.join(AMP_MODES)}, got {value!r}")
+    return v
+
+
 def _f(default: Any, help: str, **meta: Any) -> Any:
     """A dataclass field carrying its CLI help text."""
     if isinstance(default, (list, dict)):
@@ -62,10 +90,22 @@ class TrainConfig:
     mean: list | None = _f(None, "per-channel mean in [0,1] (default: measured on the training set)", nargs="+", type=float)
     std: list | None = _f(None, "per-channel std in [0,1] (default: measured on the training set)", nargs="+", type=float)
     val_split: float = _f(0.1, "fraction of the training set held out (stratified, seeded) when there is no val/ folder")
-    augment: str = _f("flip", "training augmentation: flip (horizontal), crop-flip (random crop with zero padding "
-                              "of 1/8 of the side + flip), crop, none, randaugment or trivialaugment (flip plus "
-                              "per-image random operations: rotate, shear, translate, brightness, contrast, ...)",
-                      choices=["flip", "crop-flip", "crop", "none", "randaugment", "trivialaugment"])
+    augment: str = _f("auto", "training augmentation: auto (photo for RGB photos at least as large as the training "
+                              "size, else flip), photo (random-resized-crop + flip, each image its own crop; see "
+                              "--crop-scale, --rotate, --color-jitter), flip (horizontal), crop-flip (random crop "
+                              "with zero padding of 1/8 of the side + flip), crop, none, randaugment or trivialaugment "
+                              "(flip plus per-image random operations: rotate, shear, translate, brightness, ...)",
+                      choices=["auto", "photo", "flip", "crop-flip", "crop", "none", "randaugment", "trivialaugment"])
+    crop_scale: list = _f([0.25, 1.0], "photo augmentation: the random crop's area as a fraction of the image, MIN MAX "
+                                       "(aspect ratio 3/4 to 4/3)", nargs=2, type=float)
+    rotate: float = _f(0.0, "photo augmentation: largest random rotation in degrees (0: none)")
+    color_jitter: float = _f(0.0, "photo augmentation: brightness, contrast and saturation each scaled by a random "
+                                  "factor in [1 - J, 1 + J] per image (0: none; 0.2-0.4 is common)")
+    crop_pct: float | None = _f(None, "evaluation centre crop: resize the short side to img_size / crop_pct, "
+                                      "cut out the centre img_size square; saved with the model, so predict, "
+                                      "serve and exports do the same; 0: squash the whole image to a square "
+                                      "(default: the pretrained weights' own crop, else 0.875, for photos; 0 for "
+                                      "other images)")
     erase: float = _f(0.0, "random erasing: probability per image of a noise rectangle (0 off; Ultralytics uses 0.4)")
     mixup: float = _f(0.0, "mixup alpha: blend each image with another, soft targets (0 off; 0.2 is common)")
     cutmix: float = _f(0.0, "cutmix alpha: paste a box of another image, soft targets (0 off; 1.0 is common)")
@@ -74,9 +114,16 @@ class TrainConfig:
     tta: bool = _f(True, "test-time augmentation: validate, test and predict on each image and its horizontal mirror, "
                          "averaging the logits (only where flips keep the label; saved with the model)")
     batch_size: int = _f(128, "images per optimisation step (per process under torchrun)")
-    workers: int = _f(0, "DataLoader worker processes for datasets read from disk")
+    workers: int | str = _f("auto", "DataLoader worker processes for images decoded from their files every epoch "
+                                    "(--cache off, large Datasets of your own): a number, or auto (the cores "
+                                    "available, at most 8)", type=str)
     memory: str = _f("auto", "hold the decoded dataset in memory as uint8 and augment whole batches: auto, on, off",
                      choices=["auto", "on", "off"])
+    cache: str = _f("auto", "where decoded images come from: disk (image folders are decoded once into "
+                            "$TUDUI_CACHE or ~/.cache/tudui/decoded and memory-mapped; later runs, `tudui eval` and "
+                            "other models on the same folder start without decoding), ram (decoded into memory "
+                            "every run), off (files decoded every epoch by DataLoader workers); auto: disk for image "
+                            "files, ram for your own Datasets", choices=["auto", "disk", "ram", "off"])
     memory_limit_mb: int = _f(MEMORY_LIMIT_MB, "largest decoded dataset (MB) that `--memory auto` keeps in memory")
     subset: int | None = _f(None, "use only the first N training images (quick experiments, tests)")
     bad_images: str = _f("skip", "what to do with unreadable images: skip (one warning listing them) or error",
@@ -87,7 +134,15 @@ class TrainConfig:
     model_args: list = _f([], "keyword arguments for the model's constructor or builder, as key=value (YAML values: "
                               "width=32 act=relu)", nargs="+")
     weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained")
-    freeze_backbone: bool = _f(False, "train the classification head only")
+    freeze_backbone: bool = _f(False, "train the classification head only: the frozen part runs in eval mode "
+                                      "(BatchNorm statistics kept), once per --feature-views view, and the head "
+                                      "trains on its cached features")
+    feature_views: int = _f(3, "head training from cached features: augmented views of the training set passed "
+                               "through the frozen backbone (one per epoch until there are K; later epochs draw "
+                               "each image's features from one of them); 1 with --augment none")
+    fine_tune: int = _f(0, "train the head alone (from cached features) for N epochs, then unfreeze the backbone at a "
+                           "rate of lr x --backbone-lr-mult for the rest of --epochs (one run, one results.csv)")
+    backbone_lr_mult: float = _f(0.1, "with --fine-tune: the backbone's learning rate as a fraction of the head's")
     # --- optimisation -------------------------------------------------------
     epochs: int = _f(8, "passes over the training set")
     loss: str = _f("cross-entropy", "loss: cross-entropy, nll, mse (one-hot), l1 (one-hot)",
@@ -120,7 +175,10 @@ class TrainConfig:
                                  "reaches ~100% on them")
     # --- hardware -----------------------------------------------------------
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    amp: bool = _f(False, "mixed precision (fp16 on CUDA, bf16 on CPU)")
+    amp: str = _f("auto", "mixed precision: auto (bf16 on a CPU with native bf16, AVX512-BF16 or AMX, for a model of "
+                          "dense convolutions large enough to gain, >= 0.1 G multiply-adds per image; bf16 on CUDA "
+                          "where supported, else fp16; the choice is printed in the first line), on (bf16 on a "
+                          "CPU, fp16 on CUDA), bf16, fp16, off", nargs="?", const="on", type=str, no_flag="off")
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice; a shared machine is often steadier "
                                    "with fewer)")
     compile: bool = _f(False, "torch.compile the model (compiles during the first steps; pays off on long runs)")
@@ -148,6 +206,8 @@ class TrainConfig:
             self.data = [self.data]
         self.data = [str(d) if isinstance(d, Path) else d for d in self.data]
         self.lr = lr_value(self.lr)
+        self.workers = workers_value(self.workers)
+        self.amp = amp_value(self.amp)
         self.validate()
 
     def validate(self) -> None:
@@ -174,6 +234,29 @@ class TrainConfig:
             raise TuduiError(f"--threads must be at least 1, got {self.threads}")
         if self.ema_tau <= 0:
             raise TuduiError(f"--ema-tau must be positive, got {self.ema_tau}")
+        lo, hi = (list(self.crop_scale) + [None, None])[:2]
+        if len(self.crop_scale) != 2 or not 0 < lo <= hi <= 1:
+            raise TuduiError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1 (area fractions), got "
+                             f"{' '.join(map(str, self.crop_scale))}")
+        if not 0 <= self.rotate <= 180:
+            raise TuduiError(f"--rotate is a largest angle in degrees in [0, 180], got {self.rotate}")
+        if not 0 <= self.color_jitter < 1:
+            raise TuduiError(f"--color-jitter must be in [0, 1), got {self.color_jitter}")
+        if self.crop_pct is not None and not 0 <= self.crop_pct <= 1:
+            raise TuduiError(f"--crop-pct must be in (0, 1] (0.875: resize to 256, crop 224), or 0 to squash the whole "
+                             f"image, got {self.crop_pct}")
+        if self.feature_views < 1:
+            raise TuduiError(f"--feature-views must be at least 1, got {self.feature_views}")
+        if self.backbone_lr_mult <= 0:
+            raise TuduiError(f"--backbone-lr-mult must be positive, got {self.backbone_lr_mult}")
+        if self.fine_tune < 0:
+            raise TuduiError(f"--fine-tune is a number of head-only epochs, got {self.fine_tune}")
+        if self.fine_tune and self.freeze_backbone:
+            raise TuduiError("--fine-tune N unfreezes the backbone after N epochs and --freeze-backbone keeps it "
+                             "frozen; give one of them")
+        if self.fine_tune and self.fine_tune >= self.epochs and self.time is None:
+            raise TuduiError(f"--fine-tune {self.fine_tune} leaves no epoch of --epochs {self.epochs} to train the "
+                             f"unfrozen backbone; --epochs counts both phases (e.g. --epochs {self.fine_tune + 5})")
 
     def to_dict(self) -> dict:
         """Plain values only (YAML, checkpoints): objects given to the library are written as a description."""

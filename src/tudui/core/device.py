@@ -106,17 +106,66 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CPU, fp16 on CUDA; a no-op context when disabled."""
-    if not enabled or device.type not in ("cpu", "cuda"):
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU flags that give native bf16 arithmetic (avx512_bf16, amx_bf16), from /proc/cpuinfo ([] elsewhere).
+
+    oneDNN runs bf16 convolutions and matrix products on these units; without them bf16 is emulated and slower
+    than fp32, so `--amp auto` uses bf16 on a CPU only when one of them is present.
+    """
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+            break  # every core lists the same flags
+    return [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+
+
+def amp_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
+    """The autocast dtype for a resolved --amp (off/on/bf16/fp16, or a bool), None for full precision.
+
+    'on' is bf16 on a CPU and fp16 on CUDA; other devices (MPS) run in full precision.
+    """
+    mode = ("on" if amp else "off") if isinstance(amp, bool) or amp is None else amp
+    if mode in ("off", "auto") or device.type not in ("cpu", "cuda"):
+        return None
+    if mode == "on":
+        return torch.bfloat16 if device.type == "cpu" else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def autocast(device: torch.device, amp: bool | str):
+    """Autocast to the dtype of a resolved --amp (see amp_dtype); a no-op context in full precision."""
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
         return contextlib.nullcontext()
-    dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def make_scaler(device: torch.device, enabled: bool) -> torch.amp.GradScaler:
-    """Loss scaling is needed for fp16 (CUDA) only; elsewhere the scaler is a pass-through."""
-    return torch.amp.GradScaler("cuda", enabled=enabled and device.type == "cuda")
+def make_scaler(device: torch.device, amp: bool | str) -> torch.amp.GradScaler:
+    """Loss scaling is needed for fp16 on CUDA only (bf16 has fp32's range); elsewhere it is a pass-through."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype(device, amp) == torch.float16)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def auto_workers(requested: int | str, processes: int = 1) -> int:
+    """--workers: a number as given; 'auto' = the cores available to each of `processes` local processes, at most 8
+    (beyond that, decoding outruns a CPU model's training step and the extra processes only cost memory)."""
+    if requested != "auto":
+        return int(requested)
+    return max(1, min(8, available_cores() // max(1, processes)))
 
 
 def reuse_freed_memory() -> bool:

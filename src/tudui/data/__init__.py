@@ -1,8 +1,9 @@
 """Data: sources -> splits -> DataSpec -> uint8 batches. `build_data` is the one factory."""
 from __future__ import annotations
 
+import statistics
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -10,9 +11,10 @@ import torch
 from ..core.config import MEMORY_LIMIT_MB
 from ..core.errors import TuduiError
 from ..core.pyfile import is_file_ref, load_object
+from .cache import Layout, cached_split
 from .folders import read_folder_splits
-from .images import decode_image, gray_mode, peek_image
-from .memory import MemoryLoader, decode_split, file_loader, to_tensor
+from .images import decode_image, gray_mode, peek_image, resize_side
+from .memory import MappedLoader, MemoryLoader, decode_split, file_loader, to_tensor
 from .sources import NAMED, load_named
 from .user import splits_from_object
 from .split import Split, concat_splits, stratified_split
@@ -21,9 +23,13 @@ from .transforms import DataSpec, augment_batch, augment_options, denormalize, e
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 EVAL_BATCH_SIZE = 512  # images per evaluation batch (no gradients: larger batches cost little memory)
 
-__all__ = ["DataBundle", "DataSpec", "Split", "build_data", "load_splits", "make_loader", "normalize", "denormalize",
-           "model_logits", "augment_batch", "augment_options", "eval_transforms", "decode_image", "eval_batch_size",
-           "fits_in_memory", "IMAGENET_MEAN", "IMAGENET_STD", "EVAL_BATCH_SIZE", "MEMORY_LIMIT_MB"]
+IMAGENET_CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
+PHOTO_MIN_SIDE = 64  # smallest native short side (px) of RGB images that get the photo recipe
+
+__all__ = ["DataBundle", "DataSpec", "Split", "Layout", "build_data", "load_splits", "load_decoded", "make_loader",
+           "normalize", "denormalize", "model_logits", "augment_batch", "augment_options", "eval_transforms",
+           "decode_image", "eval_batch_size", "fits_in_memory", "eval_layout", "train_layout", "IMAGENET_MEAN",
+           "IMAGENET_STD", "IMAGENET_CROP_PCT", "EVAL_BATCH_SIZE", "MEMORY_LIMIT_MB"]
 
 
 def eval_batch_size(train_batch_size: int = 0) -> int:
@@ -32,8 +38,25 @@ def eval_batch_size(train_batch_size: int = 0) -> int:
 
 
 def fits_in_memory(split: Split, channels: int, size: int, limit_mb: int = MEMORY_LIMIT_MB) -> bool:
-    """Whether `split` decoded to uint8 (N x channels x size x size bytes) fits `limit_mb` (arrays always do)."""
-    return split.images is not None or len(split) * channels * size * size <= limit_mb * 2**20
+    """Whether `split` decoded to uint8 (N x channels x size x size bytes) fits `limit_mb` (arrays already in memory
+    always do; rows memory-mapped from the disk cache count by their size)."""
+    if split.images is not None and not hasattr(split.images, "release"):
+        return True
+    return len(split) * channels * size * size <= limit_mb * 2**20
+
+
+def eval_layout(spec: DataSpec) -> Layout:
+    """What evaluation, predict, serve and exports feed the model: spec.decode's pixels."""
+    return Layout(spec.channels, spec.img_size, spec.crop_pct)
+
+
+def train_layout(spec: DataSpec, augment: str) -> Layout:
+    """What a training row holds: for photo augmentation with an evaluation crop, the centre square of each photo at
+    the evaluation resize side (256 for 224 at 0.875), the margin random-resized-crop cuts from; else the same
+    pixels as evaluation."""
+    if augment == "photo" and spec.crop_pct:
+        return Layout(spec.channels, resize_side(spec.img_size, spec.crop_pct), 1.0)
+    return eval_layout(spec)
 
 
 @dataclass
@@ -43,6 +66,10 @@ class DataBundle:
     val: Split | None
     test: Split | None
     in_memory: bool
+    augment: str = "flip"  # the resolved --augment ("auto" chosen by the data)
+    train_layout: Layout | None = None  # what a training row holds (None: the spec's evaluation layout)
+    notes: list[str] = field(default_factory=list)  # how each split was obtained, for the run's first line
+    photo: bool = False  # RGB photos at least the training size (the photo recipe's trigger)
 
 
 def _load_one(entry, data_root: str | None, download: bool, classes: list[str] | None) -> dict[str, Split]:
@@ -94,54 +121,118 @@ def load_splits(data: list, data_root: str | None = None, download: bool = False
     return train, val, test
 
 
-def _native_format(split: Split) -> tuple[int, int]:
-    """(size, channels) the data already has: arrays as stored; files from a sample of headers."""
+def _native_format(split: Split) -> tuple[int, int, int]:
+    """(size, channels, median short side) the data already has: arrays as stored; files from a sample of headers.
+
+    size is the most common short side, at most 224 (the default --img-size)."""
     if split.images is not None:
-        return split.images.shape[1], split.images.shape[3]
+        return split.images.shape[1], split.images.shape[3], split.images.shape[1]
     heads = [h for h in (peek_image(p) for p in split.paths[:: max(1, len(split.paths) // 200)]) if h]
     if not heads:
-        return 224, 3
+        return 224, 3, 224
     (w, h), _ = Counter(size for size, _ in heads).most_common(1)[0]
-    return min(224, min(w, h)), (1 if all(gray_mode(m) for _, m in heads) else 3)
+    short = int(statistics.median(min(size) for size, _ in heads))
+    return min(224, min(w, h)), (1 if all(gray_mode(m) for _, m in heads) else 3), short
 
 
-def _measure_mean_std(split: Split, channels: int, size: int) -> tuple[list[float], list[float]]:
-    """Per-channel mean/std in [0, 1] over the training images (a 2,000-image sample for files)."""
-    if split.images is not None:
+def _measure_mean_std(split: Split, layout: Layout) -> tuple[list[float], list[float]]:
+    """Per-channel mean/std in [0, 1] over the training images (a 2,000-image sample for files and cached rows)."""
+    if split.images is not None and not hasattr(split.images, "release"):
         imgs = split.images
+    elif split.images is not None:  # memory-mapped cache rows: a sorted sample, read in order
+        imgs = np.asarray(split.images[np.arange(0, len(split), max(1, len(split) // 2000))])
+        split.images.release()
     else:
         step = max(1, len(split.paths) // 2000)
         arrs = []
         for p in split.paths[::step]:
             try:
-                arrs.append(decode_image(p, channels, size))
+                arrs.append(layout.decode(p))
             except TuduiError:
                 continue
         imgs = np.stack(arrs)
-    x = torch.from_numpy(imgs).reshape(-1, channels).to(torch.float64) / 255.0
+    x = torch.from_numpy(imgs).reshape(-1, layout.channels).to(torch.float64) / 255.0
     return x.mean(0).tolist(), x.std(0).clamp_min(1e-3).tolist()
 
 
-def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None) -> DataBundle:
-    """Load the splits named by `cfg` (a TrainConfig) and resolve the DataSpec."""
+def load_decoded(split: Split, layout: Layout, cache: str = "auto", memory: str = "auto",
+                 limit_mb: int = MEMORY_LIMIT_MB, bad_images: str = "skip",
+                 in_memory: bool | None = None) -> tuple[Split, bool, str]:
+    """(split ready for `make_loader`, held in memory?, how it was obtained) for one split and its layout.
+
+    Arrays (named datasets) are converted in memory. Image files, with cache 'disk' (or 'auto'), come from the
+    disk cache (data/cache.py), held in memory when they fit `limit_mb` (memory 'auto') and memory-mapped batch by
+    batch otherwise; with 'ram' they are decoded into memory when they fit; with 'off', or when they do not fit,
+    they are decoded from their files every epoch. `in_memory` forces the decision (the other splits of a run
+    follow the training split's).
+    """
+    if split.images is not None:  # a named dataset's arrays
+        return decode_split(split, layout.channels, layout.size, bad_images, layout.crop_pct), True, "in memory"
+    files = all(isinstance(p, str) for p in split.paths)
+    mode = cache if cache != "auto" else ("disk" if files else "ram")
+    if mode == "disk" and not files:
+        raise TuduiError("--cache disk holds image files; your own Dataset's items are decoded in memory "
+                         "(--cache ram) or every epoch (--cache off)")
+    if mode == "off" and memory == "on":
+        raise TuduiError("--memory on holds decoded images in memory, --cache off decodes them every epoch; drop one")
+    if mode == "disk":
+        got = cached_split(split, layout, bad_images)
+        keep = in_memory if in_memory is not None else \
+            memory == "on" or (memory == "auto" and fits_in_memory(got.split, layout.channels, layout.size, limit_mb))
+        how = ("in memory" if keep else "memory-mapped") + f" ({got.describe()})"
+        return got.split, keep, how
+    keep = in_memory if in_memory is not None else \
+        mode == "ram" and memory != "off" and (memory == "on" or fits_in_memory(split, layout.channels, layout.size,
+                                                                                 limit_mb))
+    if keep:
+        return decode_split(split, layout.channels, layout.size, bad_images, layout.crop_pct), True, "in memory"
+    return split, False, "from files"
+
+
+def resolve_augment(augment: str, photo: bool) -> str:
+    """--augment auto: the photo recipe for RGB photos, horizontal flips (today's recipe) for everything else."""
+    if augment != "auto":
+        return augment
+    return "photo" if photo else "flip"
+
+
+def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
+               default_crop: float | None = None) -> DataBundle:
+    """Load the splits named by `cfg` (a TrainConfig) and resolve the DataSpec and how each split is held.
+
+    default_norm / default_crop: the pretrained weights' mean/std and evaluation crop (ImageNet's), if any.
+    """
     train, val, test = load_splits(cfg.data, cfg.data_root, cfg.download, cfg.val_split, cfg.seed, cfg.subset,
                                    cfg.classes, cfg.fraction)
-    native_size, native_ch = _native_format(train)
+    native_size, native_ch, native_short = _native_format(train)
     size, channels = cfg.img_size or native_size, cfg.channels or native_ch
     if channels not in (1, 3):
         raise TuduiError(f"--channels must be 1 or 3, got {channels}")
     if size < 4:
         raise TuduiError(f"--img-size must be at least 4 pixels, got {size}")
-    if cfg.memory == "on":
-        in_memory = True
-    elif cfg.memory == "off":
-        in_memory = False
+    # Photos: RGB image files whose native short side is at least the training size (and not tiny): they get
+    # random-resized-crop training and resize + centre-crop evaluation. Built-in sets and small images keep the
+    # squash-to-square recipe.
+    photo = train.paths is not None and channels == 3 and native_short >= max(PHOTO_MIN_SIDE, size)
+    augment = resolve_augment(cfg.augment, photo)
+    if cfg.crop_pct is not None:
+        crop_pct = cfg.crop_pct or None  # 0: squash
     else:
-        in_memory = fits_in_memory(train, channels, size, cfg.memory_limit_mb)
-    if in_memory:
-        train = decode_split(train, channels, size, cfg.bad_images)
-        val = val and decode_split(val, channels, size, cfg.bad_images)
-        test = test and decode_split(test, channels, size, cfg.bad_images)
+        crop_pct = (default_crop or IMAGENET_CROP_PCT) if photo else None
+    names = [d.lower() for d in cfg.data if isinstance(d, str)]
+    hflip = cfg.hflip if cfg.hflip is not None else all(NAMED[n].hflip for n in names if n in NAMED)
+    spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=[0.0] * channels,
+                    std=[1.0] * channels, hflip=hflip, tta=bool(cfg.tta and hflip), crop_pct=crop_pct)
+    t_layout, e_layout = train_layout(spec, augment), eval_layout(spec)
+    opts = dict(cache=cfg.cache, memory=cfg.memory, limit_mb=cfg.memory_limit_mb, bad_images=cfg.bad_images)
+    train, in_memory, how = load_decoded(train, t_layout, **opts)
+    notes = [f"train {how}"]
+    if val is not None:
+        val, _, how = load_decoded(val, e_layout, **opts, in_memory=in_memory)
+        notes.append(f"val {how}")
+    if test is not None:
+        test, _, how = load_decoded(test, e_layout, **opts, in_memory=in_memory)
+        notes.append(f"test {how}")
     if cfg.mean is not None or cfg.std is not None:
         if cfg.mean is None or cfg.std is None or len(cfg.mean) != channels or len(cfg.std) != channels:
             raise TuduiError(f"--mean and --std need {channels} value(s) each (one per channel)")
@@ -149,20 +240,24 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None)
     elif default_norm is not None and channels == len(default_norm[0]):
         mean, std = default_norm
     else:
-        mean, std = _measure_mean_std(train, channels, size)
-    names = [d.lower() for d in cfg.data if isinstance(d, str)]
-    hflip = cfg.hflip if cfg.hflip is not None else all(NAMED[n].hflip for n in names if n in NAMED)
-    spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=mean, std=std, hflip=hflip,
-                    tta=bool(cfg.tta and hflip))
-    return DataBundle(spec, train, val, test, in_memory)
+        mean, std = _measure_mean_std(train, t_layout)
+    spec.mean, spec.std = list(mean), list(std)
+    return DataBundle(spec, train, val, test, in_memory, augment, t_layout, notes, photo)
 
 
-def make_loader(split: Split, spec: DataSpec, batch_size: int, train: bool, device: torch.device, *, workers: int = 0,
-                seed: int = 0, bad_images: str = "skip", rank: int = 0, world_size: int = 1):
-    """Batches of (uint8 images, int64 targets): from memory when decoded, else from files."""
-    if split.images is not None:
+def make_loader(split: Split, spec: DataSpec, batch_size: int, train: bool, device: torch.device, *,
+                workers: int = 0, seed: int = 0, bad_images: str = "skip", rank: int = 0, world_size: int = 1,
+                layout: Layout | None = None, in_memory: bool = True):
+    """Batches of (uint8 images, int64 targets): from memory when decoded and held (in_memory), memory-mapped
+    cache rows batch by batch when they are not, else decoded from files (in `layout`: default the spec's
+    evaluation layout)."""
+    if split.images is not None and (in_memory or not hasattr(split.images, "release")):
         return MemoryLoader(to_tensor(split.images, device), torch.from_numpy(split.targets).to(device),
                             batch_size, train, seed=seed, rank=rank, world_size=world_size)
+    if split.images is not None:
+        return MappedLoader(split.images, split.targets, batch_size, train, device, seed=seed, rank=rank,
+                            world_size=world_size)
+    layout = layout or eval_layout(spec)
     sampler = None
     if world_size > 1 and train:
         # Same seeded permutation on every rank, a disjoint slice each; set_epoch reshuffles. drop_last: all
@@ -173,4 +268,5 @@ def make_loader(split: Split, spec: DataSpec, batch_size: int, train: bool, devi
         # Evaluation: every rank-th sample, no padding (DistributedSampler would repeat samples to even out
         # the ranks, and the repeats would be counted twice in the summed metrics).
         sampler = range(rank, len(split), world_size)
-    return file_loader(split, spec.channels, spec.img_size, batch_size, train, workers, seed, bad_images, sampler)
+    return file_loader(split, layout.channels, layout.size, batch_size, train, workers, seed, bad_images, sampler,
+                       layout.crop_pct)

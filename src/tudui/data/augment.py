@@ -202,3 +202,61 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, 
         blended = torch.where(box, x[partner], torch.where(use_cut.view(-1, 1, 1, 1), x, blended))
     target = lam[:, None] * target + (1 - lam[:, None]) * target[partner]
     return blended, target
+
+
+# --- photos: random-resized-crop on whole batches -----------------------------------------------------------------
+def resized_crop_batch(x: torch.Tensor, size: int, scale: tuple[float, float] = (0.25, 1.0),
+                       ratio: tuple[float, float] = (3 / 4, 4 / 3), flip: bool = True, rotate: float = 0.0,
+                       jitter: float = 0.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random-resized-crop (torchvision's RandomResizedCrop), horizontal flip, small rotation and colour jitter, each
+    image with its own random parameters, as one affine_grid + grid_sample for the whole batch.
+
+    x: (B, C, L, L) uint8, L at least about `size` (the cache keeps each photo's centre square at the evaluation
+    resize side, 256 for 224: the margin the crops are cut from). Returns (B, C, size, size) uint8.
+
+    Per image: an area fraction in `scale` and an aspect ratio (log-uniform in `ratio`); torchvision's 10 tries for a
+    box that fits run at once, and an image none of whose tries fit takes the whole square. The box's position is
+    uniform over where it fits. `flip` mirrors half the images; `rotate` turns each by a uniform angle in
+    [-rotate, rotate] degrees around the box's centre (corners beyond the image are black, as torchvision fills);
+    `jitter` scales brightness, contrast and saturation by factors uniform in [1 - jitter, 1 + jitter].
+    Bilinear sampling: the crop is resampled with at most L/size (1.14 at 256 -> 224) of downscaling, little enough
+    that no antialiasing filter is needed.
+    """
+    b, c, _, _ = x.shape
+    dev = x.device
+    tries = 10
+    area = scale[0] + _uniform(b * tries, dev, generator).view(b, tries) * (scale[1] - scale[0])
+    log_r = math.log(ratio[0]) + _uniform(b * tries, dev, generator).view(b, tries) * math.log(ratio[1] / ratio[0])
+    r = log_r.exp()
+    w, h = (area * r).sqrt(), (area / r).sqrt()  # fractions of the side, (B, tries)
+    fits = (w <= 1) & (h <= 1)
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.zeros(b, dtype=torch.long, device=dev))
+    w = torch.where(fits.any(1), w.gather(1, first[:, None])[:, 0], torch.ones(b, device=dev))
+    h = torch.where(fits.any(1), h.gather(1, first[:, None])[:, 0], torch.ones(b, device=dev))
+    # centre in normalised coordinates [-1, 1]: the box spans 2w of the image's 2
+    cx = (2 * _uniform(b, dev, generator) - 1) * (1 - w)
+    cy = (2 * _uniform(b, dev, generator) - 1) * (1 - h)
+    sx = w * torch.where(_uniform(b, dev, generator) < 0.5, -1.0, 1.0) if flip else w
+    angle = (2 * _uniform(b, dev, generator) - 1) * math.radians(rotate) if rotate > 0 else torch.zeros(b, device=dev)
+    cos, sin = angle.cos(), angle.sin()
+    # output (u, v) in [-1, 1]^2 -> input: centre + R(angle) @ diag(sx, h) @ (u, v)
+    theta = torch.stack([torch.stack([cos * sx, -sin * h, cx], 1), torch.stack([sin * sx, cos * h, cy], 1)], 1)
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False) / 255
+    if jitter > 0:
+        def factor() -> torch.Tensor:
+            return 1 + (2 * _uniform(b, dev, generator) - 1) * jitter
+        out = _blend(out, torch.zeros_like(out), factor())  # brightness
+        out = _blend(out, _gray(out).mean((1, 2, 3), keepdim=True).expand_as(out), factor())  # contrast
+        if c == 3:
+            out = _blend(out, _gray(out), factor())  # saturation
+    return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def center_crop_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre size x size of (B, C, L, L) images (torchvision's CenterCrop: the corner rounds half away)."""
+    side = x.shape[-1]
+    if side == size:
+        return x
+    top = int(round((side - size) / 2.0))
+    return x[..., top:top + size, top:top + size].contiguous()

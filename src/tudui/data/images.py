@@ -8,6 +8,7 @@ done once and for every mode).
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from pathlib import Path
@@ -24,6 +25,12 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 MAX_PIXELS = 64_000_000
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
+
+# JPEG DCT scaling (Pillow's `draft`) decodes a large JPEG at 1/2, 1/4 or 1/8 of its size straight from the DCT
+# coefficients, so pixels that the resize would throw away are never computed. The draft keeps at least DRAFT_GAP
+# times the side the resize produces, as Pillow's own `thumbnail(reducing_gap=2.0)` does, so the final bilinear
+# (antialiased) resize still has real detail to average over.
+DRAFT_GAP = 2.0
 
 
 class BadImage(TuduiError):
@@ -50,9 +57,13 @@ def find_images(folder: str | Path) -> list[Path]:
     return out
 
 
-def open_image(src) -> Image.Image:
+def open_image(src, draft: int | None = None) -> Image.Image:
     """Open and fully decode `src` (a path, raw bytes, a PIL image, or a lazy item with an `open()` method such as
-    a user Dataset's item, data/user.py); raise BadImage on failure."""
+    a user Dataset's item, data/user.py); raise BadImage on failure.
+
+    draft: a JPEG is decoded with DCT scaling to the smallest of 1/1, 1/2, 1/4, 1/8 of its size whose sides are both
+    at least `draft` pixels (other formats are decoded whole).
+    """
     if isinstance(src, Image.Image):
         return src
     name = "<bytes>" if isinstance(src, (bytes, bytearray)) else str(src)
@@ -69,6 +80,8 @@ def open_image(src) -> Image.Image:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise BadImage(name, f"{w}x{h} pixels is over the limit of {MAX_PIXELS:,}", "too-large")
+                if draft and img.format == "JPEG":
+                    img.draft(None, (draft, draft))  # square request: the same scale whatever the EXIF rotation
                 img.load()  # decode now so truncated files fail here, not in the training loop
     except (BadImage, TuduiError):  # TuduiError: a user Dataset item of an unusable type is a mistake to report
         raise
@@ -106,18 +119,45 @@ def _to_mode(img: Image.Image, channels: int) -> Image.Image:
     return img if img.mode == target else img.convert(target)
 
 
-def decode_image(src: str | Path | bytes | Image.Image, channels: int, size: int | None) -> np.ndarray:
+def resize_side(size: int, crop_pct: float) -> int:
+    """The short side an image is resized to before a centre crop of `size` (timm's `floor(size / crop_pct)`:
+    256 for 224 at 0.875, torchvision's Resize(256) + CenterCrop(224))."""
+    return max(size, int(math.floor(size / crop_pct + 1e-6)))
+
+
+def _resize_crop(img: Image.Image, size: int, crop_pct: float) -> Image.Image:
+    """Resize the short side to resize_side(size, crop_pct), then cut the centre size x size (torchvision's
+    Resize(int) + CenterCrop: the long side is int(side * long / short), the crop's corner rounds half away)."""
+    side = resize_side(size, crop_pct)
+    w, h = img.size
+    if w <= h:
+        new = (side, max(side, int(side * h / w)))
+    else:
+        new = (max(side, int(side * w / h)), side)
+    if new != img.size:
+        img = img.resize(new, Image.BILINEAR)
+    left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode_image(src: str | Path | bytes | Image.Image, channels: int, size: int | None,
+                 crop_pct: float | None = None) -> np.ndarray:
     """Decode `src` into a (size, size, channels) uint8 array.
 
-    EXIF orientation is applied, the mode is converted by `_to_mode`, and the
-    image is resized to size x size with bilinear (antialiased) filtering.
+    EXIF orientation is applied and the mode is converted by `_to_mode`. Then, with `crop_pct` None, the image is
+    resized to size x size (squashed, bilinear with antialiasing: tudui's recipe for small images); with a
+    `crop_pct` in (0, 1], its short side is resized to `resize_side(size, crop_pct)` and the centre size x size is
+    cut out (the photo recipe, aspect ratio kept). Large JPEGs are DCT-scaled while decoding (see DRAFT_GAP).
     `size=None` keeps the image's own size.
     """
-    img = open_image(src)
+    target = size if size is None or crop_pct is None else resize_side(size, crop_pct)
+    img = open_image(src, draft=math.ceil(target * DRAFT_GAP) if target else None)
     try:
         img = ImageOps.exif_transpose(img)
         img = _to_mode(img, channels)
-        if size is not None and img.size != (size, size):
+        if size is not None and crop_pct is not None:
+            img = _resize_crop(img, size, crop_pct)
+        elif size is not None and img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
     except (OSError, ValueError) as e:
         raise BadImage(src if not isinstance(src, (bytes, bytearray)) else "<bytes>", f"cannot convert ({e})") from None

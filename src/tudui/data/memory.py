@@ -20,7 +20,7 @@ from .images import BadImage, decode_image
 from .split import Split
 
 
-def _warn_dropped(bad: list[tuple[str, str]], policy: str) -> None:
+def warn_dropped(bad: list[tuple[str, str]], policy: str) -> None:
     if not bad:
         return
     listing = "; ".join(f"{p} ({why})" for p, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -29,8 +29,10 @@ def _warn_dropped(bad: list[tuple[str, str]], policy: str) -> None:
     print(f"warning: skipped {len(bad)} unreadable image(s): {listing}", file=sys.stderr)
 
 
-def decode_split(split: Split, channels: int, size: int, bad_images: str = "skip") -> Split:
-    """Return `split` with `images` as (N, size, size, channels) uint8, decoding files or converting arrays.
+def decode_split(split: Split, channels: int, size: int, bad_images: str = "skip",
+                 crop_pct: float | None = None) -> Split:
+    """Return `split` with `images` as (N, size, size, channels) uint8, decoding files or converting arrays
+    (squashed to the square, or with `crop_pct` short side resized and centre-cropped: images.decode_image).
 
     Unreadable files are dropped (bad_images='skip', one warning listing them) or
     reported all at once (bad_images='error').
@@ -40,20 +42,20 @@ def decode_split(split: Split, channels: int, size: int, bad_images: str = "skip
         if (h, w, c) == (size, size, channels):
             return split
         # Same code path as files: PIL resize and mode conversion, so predict-time PNGs match.
-        conv = np.stack([decode_image(Image.fromarray(im[..., 0] if c == 1 else im), channels, size)
+        conv = np.stack([decode_image(Image.fromarray(im[..., 0] if c == 1 else im), channels, size, crop_pct)
                          for im in split.images])
         return Split(split.classes, split.targets, images=conv, origin=split.origin)
 
     def one(path: str):
         try:
-            return decode_image(path, channels, size), None
+            return decode_image(path, channels, size, crop_pct), None
         except BadImage as e:
             return None, e.reason
 
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
         results = list(pool.map(one, split.paths, chunksize=64))
     bad = [(p, why) for p, (_, why) in zip(split.paths, results) if why is not None]
-    _warn_dropped(bad, bad_images)
+    warn_dropped(bad, bad_images)
     keep = np.array([i for i, (arr, _) in enumerate(results) if arr is not None], dtype=np.int64)
     if len(keep) == 0:
         raise TuduiError(f"none of the {len(split)} images in {split.origin} could be read")
@@ -63,8 +65,19 @@ def decode_split(split: Split, channels: int, size: int, bad_images: str = "skip
 
 
 def to_tensor(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """(N, H, W, C) uint8 numpy -> (N, C, H, W) uint8 tensor on `device`."""
-    return torch.from_numpy(np.array(images.transpose(0, 3, 1, 2), order="C")).to(device)  # a writable copy
+    """(N, H, W, C) uint8 numpy -> (N, C, H, W) uint8 tensor on `device`.
+
+    Arrays are copied into a contiguous tensor. Memory-mapped cache rows (data/cache.py) on the CPU are not copied:
+    the tensor is a channels-last view of the mapping, so a run starts without reading its data, and the kernel's
+    page cache holds the pages once read (the decision to hold them was made against --memory-limit-mb).
+    """
+    if hasattr(images, "release") and torch.device(device).type == "cpu" and images.flags.writeable:
+        return torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, C, H, W) view, strides of NHWC
+    out = torch.from_numpy(np.array(np.asarray(images).transpose(0, 3, 1, 2), order="C")).to(device)  # a copy
+    release = getattr(images, "release", None)
+    if release is not None:  # the copy is what the run uses: the mapped pages need not stay in this process
+        release()
+    return out
 
 
 class MemoryLoader:
@@ -107,6 +120,44 @@ class MemoryLoader:
             yield self.images[b], self.targets[b]
 
 
+class MappedLoader(MemoryLoader):
+    """Shuffled batches copied from memory-mapped cache rows (data/cache.py) that are too large to hold in memory.
+
+    The same batches as MemoryLoader (same shuffle, shards and ragged ends); each batch is gathered from the
+    mapping and moved to the device, then the mapping's pages are dropped from the process, so the resident set
+    stays at about a batch whatever the size of the data. The next batch is gathered on a thread while the current
+    one trains (copying from the mapping waits on the disk, not on Python).
+    """
+
+    def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, train: bool, device: torch.device,
+                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+        super().__init__(images, torch.from_numpy(np.asarray(targets)), batch_size, train, seed, rank, world_size)
+        self.device = device  # images stay (N, H, W, C) uint8 on the host
+
+    def _gather(self, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(np.ascontiguousarray(self.images[np.sort(b)]))  # sorted: sequential reads
+        order = np.argsort(np.argsort(b))  # back to the shuffled order
+        x = x[torch.from_numpy(order)].permute(0, 3, 1, 2).contiguous()  # (B, C, H, W) uint8
+        release = getattr(self.images, "release", None)
+        if release is not None:
+            release()
+        return x, self.targets[torch.from_numpy(b)]
+
+    def __iter__(self):
+        idx = self._indices().numpy()
+        n = len(idx)
+        stop = n - n % self.batch_size if self.train and n >= self.batch_size else n
+        starts = list(range(0, stop, self.batch_size))
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            ahead = pool.submit(self._gather, idx[0:self.batch_size]) if starts else None
+            for k, start in enumerate(starts):
+                x, y = ahead.result()
+                if k + 1 < len(starts):
+                    nxt = starts[k + 1]
+                    ahead = pool.submit(self._gather, idx[nxt:nxt + self.batch_size])
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
 class FileDataset(torch.utils.data.Dataset):
     """Images decoded from files on demand (datasets too large for memory).
 
@@ -116,9 +167,9 @@ class FileDataset(torch.utils.data.Dataset):
     this runs in DataLoader workers, where a warning printed per worker would repeat.
     """
 
-    def __init__(self, split: Split, channels: int, size: int) -> None:
+    def __init__(self, split: Split, channels: int, size: int, crop_pct: float | None = None) -> None:
         self.paths, self.targets = split.paths, split.targets
-        self.channels, self.size = channels, size
+        self.channels, self.size, self.crop_pct = channels, size, crop_pct
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -129,7 +180,7 @@ class FileDataset(torch.utils.data.Dataset):
         for attempt in range(len(self.paths)):
             j = (i + attempt) % len(self.paths)
             try:
-                arr = decode_image(self.paths[j], self.channels, self.size)
+                arr = decode_image(self.paths[j], self.channels, self.size, self.crop_pct)
                 return torch.from_numpy(arr).permute(2, 0, 1), int(self.targets[j]), tuple(bad)
             except BadImage as e:
                 bad.append((self.paths[j], e.reason))
@@ -191,8 +242,8 @@ class FileLoader(torch.utils.data.DataLoader):
 
 
 def file_loader(split: Split, channels: int, size: int, batch_size: int, train: bool, workers: int,
-                seed: int = 0, bad_images: str = "skip", sampler=None) -> FileLoader:
-    ds = FileDataset(split, channels, size)
+                seed: int = 0, bad_images: str = "skip", sampler=None, crop_pct: float | None = None) -> FileLoader:
+    ds = FileDataset(split, channels, size, crop_pct)
     g = torch.Generator().manual_seed(seed)
     return FileLoader(
         ds, bad_images, str(split.origin or ""), batch_size=batch_size, shuffle=train and sampler is None,

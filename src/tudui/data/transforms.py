@@ -1,7 +1,8 @@
 """Preprocessing and augmentation, built from one DataSpec that travels with the model.
 
 Every path into the model goes through the same two steps:
-  1. `decode_image` (images.py): any file -> (S, S, C) uint8, resized to the spec's size;
+  1. `decode_image` (images.py): any file -> (S, S, C) uint8, resized to the spec's size (squashed, or with
+     `crop_pct` set, short side resized then centre-cropped: `spec.decode`);
   2. `normalize`: uint8 -> float32 `(x / 255 - mean) / std`, torchvision's ToTensor + Normalize.
 Training adds `augment_batch` between them, applied to a whole uint8 batch on the
 training device (random crop with zero padding = random translation, horizontal flip).
@@ -10,6 +11,8 @@ training device (random crop with zero padding = random translation, horizontal 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
+
+import numpy as np
 
 import torch
 from torchvision.transforms import v2
@@ -29,6 +32,14 @@ class DataSpec:
     std: list[float]
     hflip: bool = True  # whether horizontal flips keep the label
     tta: bool = False  # evaluate/predict on the image and its mirror, averaging the logits (only with hflip)
+    # Evaluation crop (the photo recipe): resize the short side to floor(img_size / crop_pct), then cut the centre
+    # img_size x img_size. None: squash the whole image to img_size x img_size (tudui's recipe for small images, and
+    # what every checkpoint written before this field existed does).
+    crop_pct: float | None = None
+
+    def decode(self, src) -> np.ndarray:
+        """A path, bytes or PIL image -> (S, S, C) uint8, exactly as this model's evaluation sees it."""
+        return decode_image(src, self.channels, self.img_size, self.crop_pct)
 
     @property
     def flip_tta(self) -> bool:
@@ -58,7 +69,7 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
-        return cls(**{k: d[k] for k in ("classes", "img_size", "channels", "mean", "std", "hflip", "tta")
+        return cls(**{k: d[k] for k in ("classes", "img_size", "channels", "mean", "std", "hflip", "tta", "crop_pct")
                      if k in d})
 
 
@@ -123,9 +134,10 @@ class _Decode:
         self.spec = spec
 
     def __call__(self, src) -> torch.Tensor:  # path, bytes or PIL image -> (C, S, S) uint8
-        return torch.from_numpy(decode_image(src, self.spec.channels, self.spec.img_size)).permute(2, 0, 1).contiguous()
+        return torch.from_numpy(self.spec.decode(src)).permute(2, 0, 1).contiguous()
 
 
 def eval_transforms(spec: DataSpec) -> v2.Compose:
-    """Per-image evaluation preset: decode + resize, then ToTensor + Normalize semantics."""
+    """Per-image evaluation preset: decode + resize (+ centre crop with spec.crop_pct), then ToTensor + Normalize
+    semantics."""
     return v2.Compose([_Decode(spec), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])

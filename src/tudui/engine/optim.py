@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import TuduiError
+from .finetune import finetune_groups, finetune_scheduler
 
 
 def _as_probabilities(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -76,7 +77,10 @@ def create_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         raise TuduiError(f"--lr {cfg.lr}: resolve it (tudui lr-find) before building the optimizer")
     if cfg.lr <= 0:
         raise TuduiError(f"--lr must be positive, got {cfg.lr}")
-    groups = param_groups(model, cfg.weight_decay)
+    if getattr(cfg, "fine_tune", 0):  # head and backbone groups, the backbone at lr x --backbone-lr-mult
+        groups = finetune_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr_mult)
+    else:
+        groups = param_groups(model, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise TuduiError("the model has no trainable parameters (is everything frozen?)")
     optimizers = {
@@ -98,6 +102,8 @@ def continue_schedule(scheduler, step: int) -> None:
 
 def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """A per-step schedule (scheduler.step() after every optimizer step); steps_per_epoch counts optimiser steps."""
+    if getattr(cfg, "fine_tune", 0):  # two phases, a curve each (engine/finetune.py)
+        return finetune_scheduler(cfg, optimizer, steps_per_epoch)
     total = max(1, cfg.epochs * steps_per_epoch)
     if cfg.scheduler == "onecycle":
         # Linear warm-up over the first 15% of steps from lr/25, then linear decay to ~0: the best of the

@@ -85,6 +85,10 @@ def resume_config(values: dict[str, Any]) -> TrainConfig:
     for key in ("img_size", "channels", "mean", "std", "hflip"):  # resolved at the start: keep them exactly
         if stored.get(key) is None:
             raise TuduiError(f"{config_path} lacks the resolved `{key}`; it was not written by tudui train")
+    # A run from before the evaluation crop and --augment auto existed squashed its images and chose its augmentation
+    # itself: it continues that way.
+    stored.setdefault("crop_pct", 0)
+    stored.setdefault("augment", "flip")
     changed = sorted(k for k, v in values.items() if k not in RESUME_MAY_CHANGE and stored.get(k) != v)
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)

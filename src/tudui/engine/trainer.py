@@ -26,13 +26,15 @@ from ..core.errors import TuduiError
 from ..core.files import make_run_dir, versions, write_text
 from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataSpec, augment_batch, augment_options, build_data,
                     eval_batch_size, make_loader, normalize)
-from ..data.augment import erase_batch, mix_batch, policy_batch
+from ..data.images import resize_side
+from ..data.augment import center_crop_batch, erase_batch, mix_batch, policy_batch, resized_crop_batch
 from ..core.checkpoint import read_weights
 from ..models import count_parameters, create_model, get_model_info, make_arch
 from ..core.pyfile import is_file_ref
 from ..models.user import call_builder, parse_model_args, ref_for, source_record
-from ..models.zoo import head_path, load_weights
-from . import distributed
+from ..models.zoo import head_path, load_weights, weights_crop_pct
+from . import distributed, features, finetune
+from .choices import resolve_amp, resolve_workers
 from .callbacks import Callback
 from .evaluate import evaluate
 from .ema import ModelEMA
@@ -76,6 +78,9 @@ class Run:
     ema: ModelEMA | None = None  # --ema: the averaged weights, validated and saved as best.pt
     train_module: nn.Module | None = None  # what the loop calls: ddp or model, torch.compile'd with --compile
     world: World = field(default_factory=World)
+    workers: int = 0  # DataLoader processes (--workers auto resolved)
+    head_trainer: object = None  # features.FeatureTrainer: the head on cached features while the backbone is frozen
+    choices: list[str] = field(default_factory=list)  # what --amp/--workers auto chose, for the first line
     epoch: int = 0  # epochs completed
     step: int = 0  # optimisation steps completed
     best_top1: float = -1.0
@@ -100,11 +105,16 @@ class Run:
         """uint8 batch on the device -> augmented (when training) and normalised float batch."""
         if train and not self.cfg.overfit_batches:  # the overfitting check learns the batches as they are
             cfg, g = self.cfg, self.aug_generator
-            pad, flip = augment_options(cfg.augment, self.spec)
-            x = augment_batch(x, pad, flip, g)
+            if self.data.augment == "photo":  # per-image crop, scale, flip (+ rotation, colour): data/augment.py
+                x = resized_crop_batch(x, self.spec.img_size, tuple(cfg.crop_scale), flip=self.spec.hflip,
+                                       rotate=cfg.rotate, jitter=cfg.color_jitter, generator=g)
+            else:
+                pad, flip = augment_options(self.data.augment, self.spec)
+                x = augment_batch(x, pad, flip, g)
             if cfg.augment in ("randaugment", "trivialaugment"):
                 x = policy_batch(x, cfg.augment, g)  # per-image ops and magnitudes (data/augment.py)
             x = erase_batch(x, cfg.erase, g)
+        x = center_crop_batch(x, self.spec.img_size)  # photo rows not augmented: the evaluation crop
         x = normalize(x, self.spec)
         return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
 
@@ -171,21 +181,19 @@ def build_model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple
     hint = "check its first layer's in_channels (--channels) and the size its Linear expects (--img-size)" \
         if user_code else f"try --img-size {get_model_info(cfg.model).default_size}"
     _check_forward(model, spec, name, device, hint)
-    if cfg.freeze_backbone:
-        head = head_path(model)
-        for pname, p in model.named_parameters():
-            p.requires_grad = pname.startswith(head + ".")
+    if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
+        finetune.set_trainable(model, head_path(model), backbone=False)
     arch = make_arch(name, spec.num_classes, spec.channels, spec.img_size, **args)
     if user_code:  # rebuilt later from its file
         arch["source"] = source_record(ref, args) if ref else {"name": name, "path": None, "args": args}
     return model, arch
 
 
-def build_loaders(cfg: TrainConfig, data: DataBundle, device: torch.device, w: World) -> tuple:
+def build_loaders(cfg: TrainConfig, data: DataBundle, device: torch.device, w: World, workers: int = 0) -> tuple:
     """(train loader, val loader or None); under torchrun each rank gets its own shard."""
-    args = dict(device=device, workers=cfg.workers, seed=cfg.seed, bad_images=cfg.bad_images, rank=w.rank,
-                world_size=w.size)
-    train = make_loader(data.train, data.spec, cfg.batch_size, True, **args)
+    args = dict(device=device, workers=workers, seed=cfg.seed, bad_images=cfg.bad_images, rank=w.rank,
+                world_size=w.size, in_memory=data.in_memory)
+    train = make_loader(data.train, data.spec, cfg.batch_size, True, layout=data.train_layout, **args)
     if len(train) == 0:
         raise TuduiError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
     val = make_loader(data.val, data.spec, eval_batch_size(cfg.batch_size), False, **args) if data.val else None
@@ -197,7 +205,8 @@ def write_run_files(run: Run) -> None:
     cfg, spec, w = run.cfg, run.spec, run.world
     resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
                                 "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None,
-                                "nproc": w.local_size}  # so --config repeats a torchrun job
+                                "nproc": w.local_size,  # so --config repeats a torchrun job
+                                "augment": run.data.augment, "crop_pct": spec.crop_pct or 0}  # auto, as chosen
     save_yaml(resolved, run.run_dir / "config.yaml")
     if not cfg.resume:
         write_results(run.run_dir / "results.csv", [])  # a new run starts a new table
@@ -242,12 +251,16 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
     seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: same initial weights
     # fail fast on a misspelt name or a broken file, before loading data
     info = get_model_info(cfg.model) if isinstance(cfg.model, str) else None
-    imagenet = (IMAGENET_MEAN, IMAGENET_STD) if cfg.weights and info and info.family == "torchvision" else None
-    data = build_data(cfg, default_norm=imagenet)
+    pretrained = bool(cfg.weights and info and info.family == "torchvision")
+    imagenet = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else None  # and the weights' own evaluation crop:
+    data = build_data(cfg, default_norm=imagenet, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
+                      else None)
     debug_splits(cfg, data)
     model, arch = build_model(cfg, data.spec, device)
+    workers, workers_note = resolve_workers(cfg, data, w)
+    choices = [resolve_amp(cfg, model, data.spec, device), workers_note]
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)
-    train_loader, val_loader = build_loaders(cfg, data, device, w)
+    train_loader, val_loader = build_loaders(cfg, data, device, w, workers)
     placeholder = replace(cfg, lr=1e-7) if cfg.lr == "auto" else cfg  # --lr auto: resolve_lr replaces both below
     optimizer = create_optimizer(placeholder, model)
     steps = -(-len(train_loader) // cfg.accumulate)
@@ -259,8 +272,10 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
               # a different augmentation stream per rank
               aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * w.rank),
               callbacks=list(callbacks or []) if w.rank == 0 else [], ddp=ddp, world=w,
-              ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None)
+              ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None, workers=workers,
+              choices=[c for c in choices if c])
     run.train_module = torch.compile(ddp or model) if cfg.compile else (ddp or model)
+    run.head_trainer = features.maybe_feature_trainer(run)  # --freeze-backbone / --fine-tune: cached features
     resolve_lr(cfg, run)
     if arch.get("source", {}).get("path"):  # the user's file relative to the run: found again if both move
         arch["source"]["relpath"] = os.path.relpath(arch["source"]["path"], run.run_dir.resolve())
@@ -288,6 +303,8 @@ def optimizer_step(run: Run) -> None:
 def train_one_epoch(run: Run, epoch: int) -> dict:
     model, dev, acc = run.train_module, run.device, run.cfg.accumulate
     model.train()
+    if finetune.frozen_phase(run.cfg, epoch):  # the frozen backbone in eval mode: its BatchNorm statistics kept
+        finetune.set_frozen_modes(run.model, head_path(run.model))
     loader = run.train_loader
     getattr(loader, "set_epoch", getattr(getattr(loader, "sampler", None), "set_epoch", lambda e: None))(epoch)
     progress = Progress(len(loader), f"epoch {epoch + 1}/{run.cfg.epochs}", enabled=run.world.rank == 0)
@@ -367,10 +384,15 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
     budget = TimeBudget(cfg.time, run.epoch) if cfg.time else None
     epoch = run.epoch
     while epoch < cfg.epochs:
+        finetune.begin_epoch(run, epoch)  # --fine-tune: unfreeze the backbone at its epoch
         lr = run.optimizer.param_groups[0]["lr"]
-        stats = train_one_epoch(run, epoch)
-        val = evaluate(run.eval_model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) \
-            if run.val_loader else None
+        on_features = features.active(run.head_trainer, run, epoch)  # the head alone, on cached features
+        stats = run.head_trainer.train_epoch(epoch, optimizer_step) if on_features else train_one_epoch(run, epoch)
+        if on_features:
+            val = run.head_trainer.evaluate(run.eval_model, plain_ce)
+        else:
+            val = evaluate(run.eval_model, run.val_loader, run.spec, run.device, plain_ce, cfg.amp) \
+                if run.val_loader else None
         run.epoch = epoch + 1
         row = {"epoch": run.epoch, "train_loss": stats["train_loss"], "val_loss": val["loss"] if val else "",
                "val_top1": val["top1"] if val else "", "val_top5": val["top5"] if val else "", "lr": lr,
@@ -415,8 +437,20 @@ def _announce(run: Run) -> None:
     print(f"tudui {__version__}: {run.arch['name']} ({count_parameters(run.model):,} params) on "
           f"{', '.join(map(str, shown['data']))}: "
           f"{sizes}, {s.num_classes} classes, {s.channels}x{s.img_size}x{s.img_size}, "
-          f"{'in memory' if d.in_memory else 'from files'}, device {run.device}{_world_note(run)} -> {run.run_dir}",
-          flush=True)
+          f"{'; '.join(d.notes) if d.notes else ('in memory' if d.in_memory else 'from files')}, "
+          f"device {run.device}{_world_note(run)}, {'; '.join(_chosen(run))} -> {run.run_dir}", flush=True)
+
+
+def _chosen(run: Run) -> list[str]:
+    """What the run chose for the user: augmentation and evaluation crop, precision, workers, cached features."""
+    s, d = run.spec, run.data
+    crop = f"eval resize {resize_side(s.img_size, s.crop_pct)} + centre crop {s.img_size}" if s.crop_pct else \
+        "eval squash"
+    out = [f"augment {d.augment}" + (" (RGB photos)" if d.photo and run.cfg.augment == "auto" else "") + f", {crop}"]
+    out += run.choices
+    if run.head_trainer is not None:
+        out.append(f"head on cached features ({run.head_trainer.max_views} view(s))")
+    return out
 
 
 def _world_note(run: Run) -> str:
@@ -437,8 +471,8 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
     test = None
     if run.data.test is not None:
         test_loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
-                                  workers=run.cfg.workers, bad_images=run.cfg.bad_images, rank=run.world.rank,
-                                  world_size=run.world.size)
+                                  workers=run.workers, bad_images=run.cfg.bad_images, rank=run.world.rank,
+                                  world_size=run.world.size, in_memory=run.data.in_memory)
         test = evaluate(run.model, test_loader, run.spec, run.device, criterion)
     result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec)
     if run.world.rank != 0:

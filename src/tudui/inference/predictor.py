@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ..core.errors import TuduiError
-from ..data import DataSpec, decode_image, model_logits, normalize
+from ..data import DataSpec, model_logits, normalize
 from ..data.images import BadImage, find_images
 from .formats import load_model, runtime_device
 
@@ -80,7 +80,7 @@ class Predictor:
 
     def preprocess(self, sources: list) -> torch.Tensor:
         """Paths, bytes or PIL images -> (B, C, H, W) float, normalised (raises BadImage)."""
-        return self.batch([decode_image(s, self.spec.channels, self.spec.img_size) for s in sources])
+        return self.batch([self.spec.decode(s) for s in sources])
 
     def batch(self, arrays: list[np.ndarray]) -> torch.Tensor:
         """(H, W, C) uint8 arrays -> (B, C, H, W) normalised float on the predictor's device."""
@@ -109,7 +109,7 @@ class Predictor:
             arrays = {}
             for i, s in enumerate(chunk):
                 try:
-                    arrays[i] = decode_image(s, self.spec.channels, self.spec.img_size)
+                    arrays[i] = self.spec.decode(s)
                 except BadImage as e:
                     preds[i].error = e.reason
             if arrays:

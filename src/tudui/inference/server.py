@@ -34,7 +34,7 @@ from pathlib import Path
 
 from ..core import __version__
 from ..core.errors import TuduiError
-from ..data.images import MAX_PIXELS, BadImage, decode_image
+from ..data.images import MAX_PIXELS, BadImage
 from .batching import MicroBatcher
 from .predictor import Predictor
 
@@ -323,7 +323,7 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
         def decode():  # Pillow decoding blocks (and releases the GIL): run it in the thread pool, many at once
             t1 = time.perf_counter()
             try:
-                arr = decode_image(data, predictor.spec.channels, predictor.spec.img_size)  # (S, S, C) uint8
+                arr = predictor.spec.decode(data)  # (S, S, C) uint8, as the model was evaluated
             except BadImage as e:
                 raise ApiError(415, f"the upload is not a readable image: {e.reason}") from None
             return arr, (time.perf_counter() - t1) * 1000

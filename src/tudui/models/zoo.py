@@ -155,3 +155,19 @@ def _register(arch: str, min_size: int, description: str) -> None:
 
 for _arch, (_min, _desc) in ARCHITECTURES.items():
     _register(_arch, _min, _desc)
+
+
+def weights_crop_pct(arch, which: str | None) -> float | None:
+    """The evaluation crop of torchvision's pretrained `which` weights for `arch` (crop / resize side: 224/256 =
+    0.875 for ResNet), from the weights' metadata (nothing is downloaded); None for a weights file or an unknown
+    name (the caller then uses ImageNet's 0.875)."""
+    if not which or not isinstance(arch, str) or _is_path(which):
+        return None
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+        weights = enum[which.upper()] if which.upper() != "DEFAULT" else enum.DEFAULT
+        t = weights.transforms()
+        crop, resize = t.crop_size[0], t.resize_size[0]
+    except (KeyError, ValueError, AttributeError, IndexError, TypeError):
+        return None
+    return crop / resize

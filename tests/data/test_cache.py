@@ -1,0 +1,146 @@
+"""The decoded-image disk cache: hits, misses, what a change invalidates, a killed write, unreadable files."""
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tudui.data.cache import Layout, cached_split
+from tudui.data.folders import read_class_folders
+from tudui.data.images import decode_image, open_image
+
+from tests.conftest import REPO, write_photos
+
+LAYOUT = Layout(3, 24, 0.875)  # evaluation rows: short side 27, centre 24 x 24
+
+
+def _folder(tmp_path, fmnist, per_class=5):
+    return read_class_folders(write_photos(tmp_path / "photos", fmnist[1], per_class, classes=3))
+
+
+def test_first_call_decodes_second_maps_the_same_rows(tmp_path, fmnist):
+    split = _folder(tmp_path, fmnist)
+    root = tmp_path / "cache"
+    first = cached_split(split, LAYOUT, root=root)
+    assert not first.hit and first.decoded == len(split) == 15 and first.reused == 0
+    second = cached_split(split, LAYOUT, root=root)
+    assert second.hit and second.decoded == 0 and second.path == first.path
+    rows = np.asarray(second.split.images)
+    assert rows.shape == (15, 24, 24, 3) and rows.dtype == np.uint8
+    for path, row in zip(split.paths, rows):  # exactly what the model's evaluation decodes (Chinese paths too)
+        assert "类" in path and np.array_equal(row, decode_image(path, 3, 24, 0.875))
+    assert second.split.targets.tolist() == split.targets.tolist()
+    # another size or crop is another entry
+    assert not cached_split(split, Layout(3, 20, 0.875), root=root).hit
+    assert not cached_split(split, Layout(3, 24, None), root=root).hit
+
+
+def test_a_change_decodes_only_the_changed_and_added_files(tmp_path, fmnist):
+    split = _folder(tmp_path, fmnist)
+    root = tmp_path / "cache"
+    old = cached_split(split, LAYOUT, root=root)
+    changed, removed = split.paths[3], split.paths[7]
+    Image.new("RGB", (60, 50), (250, 10, 10)).save(changed, quality=90)  # new size and mtime
+    os.remove(removed)
+    added = os.path.join(os.path.dirname(split.paths[0]), "new.jpg")
+    Image.new("RGB", (70, 64), (10, 250, 10)).save(added, quality=90)
+    now = read_class_folders(tmp_path / "photos")
+    got = cached_split(now, LAYOUT, root=root)
+    assert not got.hit and got.decoded == 2 and got.reused == len(now) - 2  # the changed and the new file only
+    rows = np.asarray(got.split.images)
+    for path, row in zip(now.paths, rows):
+        assert np.array_equal(row, decode_image(path, 3, 24, 0.875)), path
+    assert removed not in now.paths
+    # the old entry recorded a file that has changed since: it can never be hit again, so it is gone
+    assert not old.path.exists() and not old.path.with_suffix(".json").exists()
+    assert cached_split(now, LAYOUT, root=root).hit
+
+
+def test_unreadable_files_are_dropped_on_a_build_and_on_a_hit(tmp_path, fmnist, capfd):
+    split = _folder(tmp_path, fmnist)
+    with open(split.paths[4], "wb") as f:
+        f.write(b"\xff\xd8\xff not really a jpeg")
+    root = tmp_path / "cache"
+    for _ in range(2):
+        got = cached_split(split, LAYOUT, root=root)
+        assert len(got.split) == 14 and got.split.dropped[-1] == split.paths[4]
+        assert np.delete(split.targets, 4).tolist() == got.split.targets.tolist()  # labels stay with their images
+        assert f"skipped 1 unreadable image(s): {split.paths[4]}" in capfd.readouterr().err
+    with pytest.raises(Exception, match="--bad-images skip"):
+        cached_split(split, LAYOUT, "error", root=root)
+
+
+KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    from tudui.data import cache
+    from tudui.data.folders import read_class_folders
+    real, count = cache._decode_one, [0]
+    def slow(layout, path):  # decode 6 images, then say so and hang until killed, mid-write
+        count[0] += 1
+        if count[0] == 7:
+            print("half", flush=True)
+            time.sleep(600)
+        return real(layout, path)
+    cache._decode_one = slow
+    cache.CHUNK = 2  # rows are written every 2 images, so the temp file has some
+    split = read_class_folders(cache.Path(sys.argv[1]))
+    cache.cached_split(split, cache.Layout(3, 24, 0.875), root=cache.Path(sys.argv[2]))
+""")
+
+
+def test_a_killed_write_is_never_used_and_is_cleaned_up(tmp_path, fmnist):
+    split = _folder(tmp_path, fmnist)
+    root = tmp_path / "cache"
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path / "photos"), str(root)],
+                             stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        assert child.stdout.readline().strip() == "half" and time.monotonic() < deadline
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(60)
+    folder = root / LAYOUT.tag
+    leftovers = [p for p in folder.iterdir() if p.suffix != ".lock"]
+    assert leftovers and all(p.name.endswith(".tmp") for p in leftovers)  # half-written rows, under a temp name
+    assert any(p.stat().st_size > 0 for p in leftovers)
+    got = cached_split(split, LAYOUT, root=root)
+    assert not got.hit and got.decoded == len(split)  # nothing of the killed write was taken
+    assert np.array_equal(np.asarray(got.split.images)[-1], decode_image(split.paths[-1], 3, 24, 0.875))
+    assert not any(p.exists() for p in leftovers)  # the dead writer's temp file is removed
+    assert cached_split(split, LAYOUT, root=root).hit
+
+
+def test_two_processes_building_one_entry_take_turns(tmp_path, fmnist):
+    split = _folder(tmp_path, fmnist)
+    root = tmp_path / "cache"
+    code = ("import sys; from tudui.data import cache; from tudui.data.folders import read_class_folders; "
+            "r = cache.cached_split(read_class_folders(cache.Path(sys.argv[1])), cache.Layout(3, 24, 0.875), "
+            "root=cache.Path(sys.argv[2])); print(r.hit, r.decoded)")
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "photos"), str(root)],
+                              stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    outs = sorted(p.communicate(timeout=120)[0].split() for p in procs)
+    assert outs == [["False", "15"], ["True", "0"]]  # one decoded everything, the other found its entry
+
+
+def test_jpeg_dct_scaling_decodes_far_fewer_pixels_for_the_same_result():
+    rng = np.random.default_rng(0)
+    big = Image.fromarray(rng.integers(0, 256, (24, 32, 3), dtype=np.uint8)).resize((1024, 768), Image.BICUBIC)
+    buf = io.BytesIO()
+    big.save(buf, "JPEG", quality=90)
+    data = buf.getvalue()
+    assert open_image(data).size == (1024, 768)
+    assert open_image(data, draft=128).size == (256, 192)  # 1/4: the smallest scale with both sides >= 128
+    assert open_image(data, draft=1000).size == (1024, 768)  # no smaller scale keeps 1000 px
+    fast = decode_image(data, 3, 64)  # drafted at >= 2 x 64
+    full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.int16)
+    assert np.abs(fast.astype(np.int16) - full).max() <= 4  # what DCT scaling changes is within JPEG's own noise

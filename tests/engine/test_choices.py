@@ -1,0 +1,78 @@
+"""--amp auto and --workers auto: what they settle to, and that the run's first line says so."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tudui
+from tudui.core import device as core_device
+from tudui.core.config import TrainConfig
+from tudui.core.device import auto_workers, cpu_bf16_flags
+from tudui.data import DataSpec
+from tudui.engine import choices
+from tudui.models import create_model
+
+INFO = """processor\t: 0
+flags\t\t: fpu vme sse sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+processor\t: 1
+flags\t\t: fpu vme sse sse2 avx2 avx512f avx512_bf16 amx_bf16 amx_tile
+"""
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert cpu_bf16_flags(INFO) == ["avx512_bf16", "amx_bf16"]
+    assert cpu_bf16_flags(INFO.replace(" avx512_bf16 amx_bf16", "")) == []
+    assert cpu_bf16_flags("") == []
+
+
+def _spec(size: int, channels: int = 3) -> DataSpec:
+    return DataSpec(classes=list("abcd"), img_size=size, channels=channels, mean=[0.5] * channels,
+                    std=[0.25] * channels)
+
+
+@pytest.mark.parametrize("model, size, flags, want", [
+    ("resnet18", 64, ["amx_bf16"], "bf16"),  # 0.15 G dense multiply-adds per image
+    ("resnet18", 64, [], "off"),  # no native bf16: emulated bf16 is slower than fp32
+    ("resnet18", 16, ["amx_bf16"], "off"),  # 9 M multiply-adds: too few to gain
+    ("mobilenet_v3_small", 224, ["amx_bf16"], "off"),  # depthwise convolutions: measured slower in bf16
+    ("fast", 28, ["amx_bf16"], "off"),  # the default recipe stays in fp32
+])
+def test_amp_auto_on_a_cpu(monkeypatch, model, size, flags, want):
+    monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: flags)
+    cfg = TrainConfig()
+    assert cfg.amp == "auto"
+    note = choices.resolve_amp(cfg, create_model(model, 4, 3, size), _spec(size), torch.device("cpu"))
+    assert cfg.amp == want and note.startswith(f"amp {want} (auto: ")
+
+
+def test_explicit_amp_is_kept_and_old_configs_still_read():
+    cfg = TrainConfig(amp="bf16")
+    assert choices.resolve_amp(cfg, create_model("fast", 4, 3, 28), _spec(28), torch.device("cpu")) == "amp bf16"
+    assert TrainConfig(amp=True).amp == "on" and TrainConfig(amp=False).amp == "off"  # config.yaml of older runs
+
+
+def test_auto_workers_is_the_cores_available_at_most_eight(monkeypatch):
+    monkeypatch.setattr(core_device, "available_cores", lambda: 2)
+    assert auto_workers("auto") == 2 and auto_workers(0) == 0 and auto_workers(3) == 3
+    monkeypatch.setattr(core_device, "available_cores", lambda: 64)
+    assert auto_workers("auto") == 8 and auto_workers("auto", processes=16) == 4
+    assert TrainConfig().workers == "auto" and TrainConfig(workers="2").workers == 2
+    with pytest.raises(tudui.TuduiError, match="--workers takes a number of processes or auto"):
+        TrainConfig(workers="many")
+
+
+def test_the_first_line_says_what_auto_chose(tmp_path, capsys, monkeypatch, fmnist_folders):
+    import yaml
+
+    monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: [])
+    monkeypatch.setattr(core_device, "available_cores", lambda: 2)
+    tudui.train(data="digits", model="fast", epochs=1, subset=128, batch_size=64, plots=False, tensorboard=False,
+                project=str(tmp_path), name="mem")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "amp off (auto: no native bf16 on this CPU)" in first and "augment flip, eval squash" in first
+    assert "worker" not in first  # nothing is read from files
+    assert yaml.safe_load((tmp_path / "mem" / "config.yaml").read_text())["amp"] == "off"  # concrete, for --resume
+    tudui.train(data=str(fmnist_folders), model="fast", epochs=1, subset=64, batch_size=32, cache="off", plots=False,
+                tensorboard=False, project=str(tmp_path), name="files")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "train from files; val from files" in first and "2 DataLoader worker(s) (auto)" in first

@@ -78,6 +78,7 @@ bench: data $(PEERS_VENV)/bin/yolo
 	$(PY) benchmarks/loop_overhead.py
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/peak_memory.py
+	$(PY) benchmarks/photos.py
 	$(PY) benchmarks/serve_load.py
 	@# The API fuzzing of `make test`, 20 times longer (about 7,800 requests; the counts are printed).
 	TUDUI_FUZZ_SCALE=20 $(PY) -m pytest -q -s -p no:cacheprovider tests/inference/test_server_fuzz.py

@@ -117,3 +117,31 @@ def median(xs: list[float]) -> float:
 
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("met" if ok else "NOT met")
+
+
+# A child Python that reports its own peak resident memory when it exits. `ru_maxrss` from wait4 cannot be used
+# when the parent is large: Linux carries the forked copy's high-water mark (the parent's RSS) across exec into
+# the child's ru_maxrss. VmHWM in /proc/self/status belongs to the address space the child got at exec.
+_HWM_WRAPPER = (
+    "import atexit, runpy, sys\n"
+    "_out = sys.argv[1]\n"
+    "atexit.register(lambda: open(_out, 'w').write(str(next(int(l.split()[1]) for l in open('/proc/self/status') "
+    "if l.startswith('VmHWM:')))))\n"
+    "del sys.argv[1]\n"
+    "if sys.argv[1] == '-m':\n"
+    "    mod = sys.argv[2]; sys.argv = [mod] + sys.argv[3:]; runpy.run_module(mod, run_name='__main__', alter_sys=True)\n"
+    "else:\n"
+    "    code = sys.argv[2]; sys.argv = ['-c'] + sys.argv[3:]; exec(compile(code, '<string>', 'exec'), {'__name__': '__main__'})\n"
+)
+
+
+def peak_rss_mib(args: list[str], env: dict | None = None, **popen) -> tuple[float, int]:
+    """(peak resident MiB of `python ARGS` (ARGS = ['-m', module, ...] or ['-c', code, ...]), its exit code).
+
+    The child's own VmHWM at exit: see _HWM_WRAPPER for why not ru_maxrss. Output goes where `popen` says."""
+    import subprocess
+    import tempfile
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as f:
+        proc = subprocess.run([sys.executable, "-c", _HWM_WRAPPER, f.name, *args], env=env, **popen)
+        text = Path(f.name).read_text().strip()
+    return (int(text) / 1024 if text else float("nan")), proc.returncode

@@ -1,4 +1,4 @@
-"""Peak resident memory of a Fashion-MNIST training run, measured as ru_maxrss of a child process.
+"""Peak resident memory of a Fashion-MNIST training run, measured as the child process's own peak (VmHWM).
 
 Two children run one after the other:
   - floor: a Python that only imports torch and torchvision (what any PyTorch training pays);
@@ -9,7 +9,6 @@ Two children run one after the other:
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -20,15 +19,13 @@ TARGET_MIB = 2048  # issue 4: peak resident memory of a Fashion-MNIST training r
 
 
 def peak_rss(cmd: list[str]) -> tuple[float, float]:
-    """(peak resident MiB, wall s) of a child running `cmd`; its output goes through to ours."""
+    """(peak resident MiB, wall s) of a child `python ARGS` (cmd[0] is this Python); its output goes through to ours."""
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(C.ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)  # the rusage of this child alone (not of every child so far)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed with exit code {proc.returncode}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - t0  # ru_maxrss is in KiB on Linux
+    mib, code = C.peak_rss_mib(cmd[1:], env=env)
+    if code != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed with exit code {code}")
+    return mib, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -47,7 +44,7 @@ def main() -> None:
 
     floor_mib = results[next(iter(results))][0]
     rows = [[k, f"{mib:,.0f}", f"{mib / floor_mib:.1f}x", f"{wall:.1f}"] for k, (mib, wall) in results.items()]
-    print("\npeak resident memory (ru_maxrss of the child process)")
+    print("\npeak resident memory (VmHWM of the child process)")
     print(C.table(["process", "peak MiB", "/ floor", "wall s"], rows))
     mib = list(results.values())[-1][0]
     print("\ntargets (issue 4)")

@@ -19,7 +19,7 @@ Comparisons (each model: resnet18 at 224 px, and mobilenet_v3_small):
      same model, batch, optimiser and preloaded 224-px tensors: first both as written (tudui's defaults: bf16
      autocast where the CPU has it, channels-last; the plain loop: fp32), then like for like (tudui --amp off
      --no-channels-last);
-  4. peak resident memory (the child process's ru_maxrss) training mobilenet_v3_small for one epoch on the folder
+  4. peak resident memory (the child process's own high-water mark, VmHWM) training mobilenet_v3_small for one epoch on the folder
      with --memory-limit-mb set to half its decoded training size, against the same run on 64 images (the model's
      own footprint) and with the default limit (the decoded data held).
 
@@ -30,8 +30,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -266,16 +264,14 @@ def plain_throughput(arch: str, weights: Path, size: int, steps: int, bf16: bool
 
 # --- 4. peak resident memory -------------------------------------------------------------------------------------------
 def run_peak(args: list[str], env: dict, workdir: Path) -> tuple[float, str]:
-    """(peak resident MiB of `python -m tudui ARGS`: its own ru_maxrss, from os.wait4; its first line)."""
+    """(peak resident MiB of `python -m tudui ARGS`, the child's own (_common.peak_rss_mib); its first line)."""
     out_path, err_path = workdir / "rss.out", workdir / "rss.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tudui", *args], stdout=out, stderr=err, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+        mib, code = C.peak_rss_mib(["-m", "tudui", *args], env=env, stdout=out, stderr=err)
+    if code != 0:
         raise RuntimeError(f"tudui {' '.join(args)} failed: {err_path.read_text()[-2000:]}")
     lines = out_path.read_text().splitlines()
-    return usage.ru_maxrss / 1024, lines[0] if lines else ""
+    return mib, lines[0] if lines else ""
 
 
 def fresh(path: Path) -> Path:
@@ -291,8 +287,10 @@ def main() -> None:
     p.add_argument("--workdir", default="/tmp/tudui-bench-photos", help="photo folder, weights, caches, runs")
     p.add_argument("--pretrain-epochs", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="optimisation steps per throughput measurement [10]")
+    p.add_argument("--parts", nargs="+", type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4],
+                   help="which comparisons to run [all four]")
     args = p.parse_args()
-    quick = args.quick
+    quick, parts = args.quick, set(args.parts)
     epochs, size = (1, 64) if quick else (args.epochs, 224)
     models = ["mobilenet_v3_small"] if quick else args.models
     steps = 4 if quick else args.steps
@@ -304,80 +302,85 @@ def main() -> None:
     mib = sum(f.stat().st_size for f in folder.rglob("*.jpg")) / 2**20
     print(f"photo folder: {n_files:,} JPEGs ({mib:.0f} MiB) in {folder}, training size {size} px\n", flush=True)
     weights = {m: pretrained(m, workdir, 1 if quick else args.pretrain_epochs, quick) for m in models}
+    cache = workdir / "cache-startup"  # parts 3 and 4 train from the cache part 2 wrote (or build it themselves)
+    targets: list[list[str]] = []
 
-    print("\n1. frozen backbone: the course's way against tudui --freeze-backbone", flush=True)
-    rows1, speedups, acc_ok = [], {}, {}
-    for m in models:
-        course = course_way(m, weights[m], folder, epochs, size)
-        ours = tudui_frozen(m, weights[m], folder, epochs, size, workdir)
-        speedups[m] = course["seconds"] / ours["seconds"]
-        acc_ok[m] = ours["last"] >= course["last"]
-        rows1 += [[m, "course's way", f"{course['seconds']:.1f}", f"{course['last']:.2%}", f"{course['best']:.2%}", ""],
-                  [m, "tudui --freeze-backbone", f"{ours['seconds']:.1f}", f"{ours['last']:.2%}",
-                   f"{ours['best']:.2%}", f"{speedups[m]:.1f}x"]]
+    if 1 in parts:
+        print("\n1. frozen backbone: the course's way against tudui --freeze-backbone", flush=True)
+        rows1 = []
+        for m in models:
+            course = course_way(m, weights[m], folder, epochs, size)
+            ours = tudui_frozen(m, weights[m], folder, epochs, size, workdir)
+            speedup, acc_ok = course["seconds"] / ours["seconds"], ours["last"] >= course["last"]
+            rows1 += [[m, "course's way", f"{course['seconds']:.1f}", f"{course['last']:.2%}", f"{course['best']:.2%}",
+                       ""],
+                      [m, "tudui --freeze-backbone", f"{ours['seconds']:.1f}", f"{ours['last']:.2%}",
+                       f"{ours['best']:.2%}", f"{speedup:.1f}x"]]
+            targets += [[f"frozen backbone, {m}: >= 8x faster than the course's way", f"{speedup:.1f}x",
+                         C.verdict(speedup >= TARGETS["speed"])],
+                        [f"frozen backbone, {m}: equal or better val top-1 (last epoch)",
+                         f"{ours['last']:.2%} vs {course['last']:.2%}", C.verdict(acc_ok)]]
+        print(f"\n1. frozen backbone, {epochs} epoch(s)")
+        print(C.table(["model", "way", "wall s", "val top-1 last", "val top-1 best", "speed-up"], rows1, "<<>>>>"))
 
-    print("\n2. start-up: the first call decodes into an empty cache, the second finds it", flush=True)
-    cache = fresh(workdir / "cache-startup")
-    m = models[0]
-    first = startup(m, weights[m], folder, size, cache, workdir)
-    second = startup(m, weights[m], folder, size, cache, workdir)
+    if 2 in parts:
+        print("\n2. start-up: the first call decodes into an empty cache, the second finds it", flush=True)
+        fresh(cache)
+        m = models[0]
+        first = startup(m, weights[m], folder, size, cache, workdir)
+        second = startup(m, weights[m], folder, size, cache, workdir)
+        print(f"\n2. start-up ({m}, {n_files:,} files): first call {first:.2f} s (decodes), second "
+              f"{second:.2f} s (cache hit): {first / second:.1f}x")
+        targets.append(["start-up with the cache >= 10x sooner", f"{first / second:.1f}x",
+                        C.verdict(first / second >= TARGETS["startup"])])
 
-    print("\n3. full fine-tuning images/s", flush=True)
-    rows3, like = [], {}
     os.environ["TUDUI_CACHE"] = str(cache)
-    for m in models:
-        plain = plain_throughput(m, weights[m], size, steps)
-        ours, amp = tudui_throughput(m, weights[m], folder, size, steps, workdir)
-        same = plain_throughput(m, weights[m], size, steps, bf16=amp == "bf16", channels_last=True)
-        ours_plain, _ = tudui_throughput(m, weights[m], folder, size, steps, workdir, amp="off", channels_last=False)
-        rows3 += [[m, "plain loop, fp32 (as written by hand)", f"{plain:.1f}", ""],
-                  [m, f"tudui defaults (amp {amp}, channels-last)", f"{ours:.1f}", f"{ours / plain:.2f}x"],
-                  [m, f"plain loop with tudui's settings (amp {amp}, channels-last)", f"{same:.1f}", ""],
-                  [m, "tudui defaults, like for like", f"{ours:.1f}", f"{ours / same:.2f}x"],
-                  [m, "tudui --amp off --no-channels-last, like for like", f"{ours_plain:.1f}",
-                   f"{ours_plain / plain:.2f}x"]]
-        like[m] = min(ours / same, ours_plain / plain)
-    thr = {r[0]: float(r[3][:-1]) for r in rows3 if r[1].startswith("tudui defaults (amp")}
+    if 3 in parts:
+        print("\n3. full fine-tuning images/s", flush=True)
+        rows3 = []
+        for m in models:
+            plain = plain_throughput(m, weights[m], size, steps)
+            ours, amp = tudui_throughput(m, weights[m], folder, size, steps, workdir)
+            same = plain_throughput(m, weights[m], size, steps, bf16=amp == "bf16", channels_last=True)
+            ours_plain, _ = tudui_throughput(m, weights[m], folder, size, steps, workdir, amp="off",
+                                             channels_last=False)
+            rows3 += [[m, "plain loop, fp32 (as written by hand)", f"{plain:.1f}", ""],
+                      [m, f"tudui defaults (amp {amp}, channels-last)", f"{ours:.1f}", f"{ours / plain:.2f}x"],
+                      [m, f"plain loop with tudui's settings (amp {amp}, channels-last)", f"{same:.1f}", ""],
+                      [m, "tudui defaults, like for like", f"{ours:.1f}", f"{ours / same:.2f}x"],
+                      [m, "tudui --amp off --no-channels-last, like for like", f"{ours_plain:.1f}",
+                       f"{ours_plain / plain:.2f}x"]]
+            like = min(ours / same, ours_plain / plain)
+            targets += [[f"full fine-tuning, {m}: tudui defaults / plain loop as written >= 1.0",
+                         f"{ours / plain:.2f}x", C.verdict(ours / plain >= TARGETS["throughput"])],
+                        [f"full fine-tuning, {m}: tudui / plain loop, like for like (the lower pair) >= 1.0",
+                         f"{like:.2f}x", C.verdict(like >= TARGETS["throughput"])]]
+        print("\n3. full fine-tuning, batch 32, steady state")
+        print(C.table(["model", "loop", "images/s", "tudui / plain"], rows3, "<<>>"))
 
-    print("\n4. peak resident memory, mobilenet_v3_small, one epoch of full fine-tuning", flush=True)
-    layout_mb = (sum(1 for _ in (folder / "train").rglob("*.jpg")) * int(size / 0.875) ** 2 * 3) / 2**20
-    limit = max(1, int(layout_mb / 2))
-    env = os.environ | {"TUDUI_CACHE": str(cache), "PYTHONPATH": str(C.ROOT / "src")}
-    mw = weights.get("mobilenet_v3_small") or pretrained("mobilenet_v3_small", workdir, 1, quick)
-    base = ["train", "--data", str(folder), "--model", "mobilenet_v3_small", "--weights", str(mw), "--img-size",
-            str(size), "--epochs", "1", "--batch-size", "32", "--no-plots", "--no-tensorboard", "--project",
-            str(workdir / "runs"), "--name", "rss", "--exist-ok"]
-    rss = {
-        "64 images (the model's own)": run_peak(base + ["--subset", "64"], env, workdir),
-        f"all, --memory-limit-mb {limit} (decoded {layout_mb:.0f} MiB: memory-mapped)":
-            run_peak(base + ["--memory-limit-mb", str(limit)], env, workdir),
-        f"all, default limit (decoded {layout_mb:.0f} MiB: held)": run_peak(base, env, workdir),
-    }
+    if 4 in parts:
+        print("\n4. peak resident memory, mobilenet_v3_small, one epoch of full fine-tuning", flush=True)
+        layout_mb = (sum(1 for _ in (folder / "train").rglob("*.jpg")) * int(size / 0.875) ** 2 * 3) / 2**20
+        limit = max(1, int(layout_mb / 2))
+        env = os.environ | {"TUDUI_CACHE": str(cache), "PYTHONPATH": str(C.ROOT / "src")}
+        mw = weights.get("mobilenet_v3_small") or pretrained("mobilenet_v3_small", workdir, 1, quick)
+        base = ["train", "--data", str(folder), "--model", "mobilenet_v3_small", "--weights", str(mw), "--img-size",
+                str(size), "--epochs", "1", "--batch-size", "32", "--no-plots", "--no-tensorboard", "--project",
+                str(workdir / "runs"), "--name", "rss", "--exist-ok"]
+        rss = {
+            "64 images (the model's own)": run_peak(base + ["--subset", "64"], env, workdir),
+            f"all, --memory-limit-mb {limit} (decoded {layout_mb:.0f} MiB: memory-mapped)":
+                run_peak(base + ["--memory-limit-mb", str(limit)], env, workdir),
+            f"all, default limit (decoded {layout_mb:.0f} MiB: held)": run_peak(base, env, workdir),
+        }
+        print("\n4. peak resident memory (each child's own VmHWM)")
+        print(C.table(["run", "peak RSS MiB"], [[k, f"{v[0]:.0f}"] for k, v in rss.items()], "<>"))
+        own, mapped, _held = (v[0] for v in rss.values())
+        targets.append([f"peak RSS over the limit <= limit ({limit} MiB) + the model's own ({own:.0f} MiB)",
+                        f"{mapped:.0f} MiB", C.verdict(mapped <= own + limit)])
 
-    print("\n1. frozen backbone, 10 epochs" if not quick else "\n1. frozen backbone")
-    print(C.table(["model", "way", "wall s", "val top-1 last", "val top-1 best", "speed-up"], rows1, "<<>>>>"))
-    print(f"\n2. start-up ({models[0]}, {n_files:,} files): first call {first:.2f} s (decodes), second "
-          f"{second:.2f} s (cache hit): {first / second:.1f}x")
-    print("\n3. full fine-tuning, batch 32, steady state")
-    print(C.table(["model", "loop", "images/s", "tudui / plain"], rows3, "<<>>"))
-    print("\n4. peak resident memory")
-    print(C.table(["run", "peak RSS MiB"], [[k, f"{v[0]:.0f}"] for k, v in rss.items()], "<>"))
-    own, mapped, held = (v[0] for v in rss.values())
-    bounded = mapped <= own + limit
     print("\ntargets (issue 15)")
-    rows = [[f"frozen backbone, {m}: >= 8x faster than the course's way", f"{speedups[m]:.1f}x",
-             C.verdict(speedups[m] >= TARGETS["speed"])] for m in models]
-    rows += [[f"frozen backbone, {m}: equal or better val top-1 (last epoch)", "yes" if acc_ok[m] else "no",
-              C.verdict(acc_ok[m])] for m in models]
-    rows.append(["start-up with the cache >= 10x sooner", f"{first / second:.1f}x",
-                 C.verdict(first / second >= TARGETS["startup"])])
-    rows += [[f"full fine-tuning, {m}: tudui defaults / plain loop as written >= 1.0", f"{thr[m]:.2f}x",
-              C.verdict(thr[m] >= TARGETS["throughput"])] for m in models]
-    rows += [[f"full fine-tuning, {m}: tudui / plain loop, like for like (the lower pair) >= 1.0", f"{like[m]:.2f}x",
-              C.verdict(like[m] >= TARGETS["throughput"])] for m in models]
-    rows.append([f"peak RSS over the limit <= limit ({limit} MiB) + the model's own ({own:.0f} MiB)",
-                 f"{mapped:.0f} MiB", C.verdict(bounded)])
-    print(C.table(["target", "measured", "verdict"], rows, "<><"))
+    print(C.table(["target", "measured", "verdict"], targets, "<><"))
     if quick:
         print("\n--quick smoke test: photos.py ran every comparison")
 

@@ -21,3 +21,25 @@ def test_counts_add_up_to_dataset_metrics():
     p, rc, f, s = precision_recall_fscore_support(targets, pred, labels=range(7), zero_division=0)
     assert np.allclose(r["per_class"]["precision"], p) and np.allclose(r["per_class"]["recall"], rc)
     assert np.allclose(r["per_class"]["f1"], f) and r["per_class"]["support"] == s.tolist()
+
+
+def test_mistakes_from_the_evaluation_pass_equal_a_second_pass():
+    """The run's final evaluation collects mistakes.png's images in the same pass: the same as predicting again."""
+    from tudui.data import DataSpec
+    from tudui.engine.evaluate import evaluate, iter_predictions
+    from tudui.engine.metrics import TopMistakes
+    from tudui.reporting.plots import confident_mistakes
+
+    torch.manual_seed(0)
+    spec = DataSpec(classes=[str(i) for i in range(4)], img_size=6, channels=1, mean=[0.5], std=[0.25], hflip=True)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(36, 4))
+    x = torch.randint(0, 256, (70, 1, 6, 6), dtype=torch.uint8)
+    y = torch.randint(0, 4, (70,))
+    loader = [(x[i:i + 16], y[i:i + 16]) for i in range(0, 70, 16)]
+    top = TopMistakes(5)
+    r = evaluate(model, loader, spec, torch.device("cpu"), mistakes=top)
+    again = confident_mistakes(iter_predictions(model, loader, spec, torch.device("cpu")), k=5)
+    assert len(top.items) == 5 and r["top1"] < 1
+    assert [(round(c, 6), t, p) for c, _, t, p in top.items] == [(round(c, 6), t, p) for c, _, t, p in again]
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(top.items, again))
+    assert [c for c, *_ in top.items] == sorted((c for c, *_ in top.items), reverse=True)

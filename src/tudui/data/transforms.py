@@ -75,9 +75,11 @@ class DataSpec:
 
 def normalize(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     """(B, C, H, W) uint8 -> float32, scaled to [0, 1] then standardised per channel."""
+    # (x / 255 - mean) / std as x * (1 / (255 std)) - mean / std: one float copy and one in-place pass instead of
+    # three full-size temporaries (a 256-image batch of 3x256x256 photos is 200 MB of float32 per temporary)
     mean = torch.tensor(spec.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    return (x.to(torch.float32) / 255.0 - mean) / std
+    return torch.addcmul(-mean / std, x.to(torch.float32), 1.0 / (255.0 * std))
 
 
 def model_logits(model, x: torch.Tensor, spec: DataSpec) -> torch.Tensor:

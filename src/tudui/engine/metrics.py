@@ -6,6 +6,7 @@ accuracy is correct/total over all samples, never an average of batch accuracies
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -62,3 +63,26 @@ def compute_metrics(counts: dict[str, torch.Tensor]) -> dict:
     if "loss_sum" in counts:
         out["loss"] = float(counts["loss_sum"]) / n
     return out
+
+
+class TopMistakes:
+    """The k most confidently wrong predictions seen so far, most confident first (for mistakes.png).
+
+    `update` takes one batch at a time, so a split of any size is scanned in one pass while only k images are
+    kept: items are (probability of the predicted class, (H, W, C) uint8 image on the CPU, true, predicted).
+    """
+
+    def __init__(self, k: int = 16) -> None:
+        self.k = k
+        self.items: list[tuple[float, np.ndarray, int, int]] = []
+
+    def update(self, x: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> None:
+        """x (B, C, H, W) uint8 as loaded, probs (B, K) float softmax, y (B,) int64."""
+        conf, pred = probs.max(dim=1)
+        wrong = (pred != y).nonzero().flatten()
+        if len(wrong) == 0:
+            return
+        top = wrong[conf[wrong].argsort(descending=True)[: self.k]]
+        imgs = x[top].permute(0, 2, 3, 1).cpu().numpy()
+        self.items += [(float(conf[i]), img, int(y[i]), int(pred[i])) for i, img in zip(top, imgs)]
+        self.items = sorted(self.items, key=lambda t: -t[0])[: self.k]

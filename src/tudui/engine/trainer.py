@@ -37,6 +37,7 @@ from . import distributed, features, finetune
 from .choices import resolve_amp, resolve_workers
 from .callbacks import Callback
 from .evaluate import evaluate
+from .metrics import TopMistakes
 from .ema import ModelEMA
 from .guards import FiniteLossGuard
 from .lr_find import lr_range_test
@@ -54,6 +55,9 @@ class RunResult:
     val: dict | None  # best checkpoint on the validation split (metrics.compute_metrics)
     test: dict | None  # best checkpoint on the test split, when the data has one
     spec: DataSpec
+    # the most confidently wrong images of the split the pictures use (val, else test), from the same final pass
+    # (this process's share under torchrun): [(probability, (H, W, C) uint8, true, predicted)]
+    mistakes: list | None = None
 
 
 @dataclass
@@ -467,14 +471,18 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
         state = torch.load(best, map_location=run.device, weights_only=True)["model"]
         run.model.load_state_dict(state)
     distributed.broadcast_module(run.model)
-    val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
+    mistakes = TopMistakes()
+    val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion, mistakes=mistakes) \
+        if run.val_loader else None
     test = None
     if run.data.test is not None:
         test_loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
                                   workers=run.workers, bad_images=run.cfg.bad_images, rank=run.world.rank,
                                   world_size=run.world.size, in_memory=run.data.in_memory)
-        test = evaluate(run.model, test_loader, run.spec, run.device, criterion)
-    result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec)
+        test = evaluate(run.model, test_loader, run.spec, run.device, criterion,
+                        mistakes=None if val is not None else mistakes)
+    result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec,
+                       mistakes.items if val is not None or test is not None else None)
     if run.world.rank != 0:
         return result
     summary = {"best_epoch": run.best_epoch, "val": val, "test": test}

@@ -19,6 +19,7 @@ from ..core.files import atomic_path
 from ..data import denormalize, eval_batch_size, make_loader
 from ..engine.callbacks import Callback
 from ..engine.evaluate import iter_predictions
+from ..engine.metrics import TopMistakes
 from .fonts import cjk_fonts
 
 
@@ -159,17 +160,10 @@ def confident_mistakes(batches, k: int = 16) -> list[tuple[float, np.ndarray, in
     Returns [(probability of the predicted class, (H, W, C) uint8 image, true, predicted)]. Keeps only the current
     best k images in memory, so it works on a validation set of any size.
     """
-    best: list[tuple[float, np.ndarray, int, int]] = []
+    top = TopMistakes(k)
     for x, probs, y in batches:
-        conf, pred = probs.max(dim=1)
-        wrong = (pred != y).nonzero().flatten()
-        if len(wrong) == 0:
-            continue
-        top = wrong[conf[wrong].argsort(descending=True)[:k]]
-        imgs = x[top].permute(0, 2, 3, 1).cpu().numpy()
-        best += [(float(conf[i]), img, int(y[i]), int(pred[i])) for i, img in zip(top, imgs)]
-        best = sorted(best, key=lambda t: -t[0])[:k]
-    return best
+        top.update(x, probs, y)
+    return top.items
 
 
 def plot_mistakes(mistakes: list[tuple[float, np.ndarray, int, int]], classes: list[str], path: str | Path,
@@ -228,20 +222,23 @@ class PlotsCallback(Callback):
             if drawn is not None:
                 self.files.append(d / "confusion_matrix.png")
                 write_confusion_csv(summary["confusion"], classes, d / "confusion_matrix.csv")
-            loader = run.val_loader if split == "val" else None
-            if loader is None and run.data.test is not None:
-                loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
-                                     workers=run.cfg.workers, bad_images=run.cfg.bad_images)
-            if loader is not None:
-                self._mistakes(run, loader, split)
+            if getattr(result, "mistakes", None) is not None:  # found in the run's final evaluation pass
+                self._plot_mistakes(run, result.mistakes, split)
+            else:
+                loader = run.val_loader if split == "val" else None
+                if loader is None and run.data.test is not None:
+                    loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False,
+                                         run.device, workers=run.cfg.workers, bad_images=run.cfg.bad_images)
+                if loader is not None:
+                    self._plot_mistakes(run, confident_mistakes(
+                        iter_predictions(run.model, loader, run.spec, run.device, run.cfg.amp)), split)
         if self.batch is not None and self._draw("the training batch", plot_batch, *self.batch, classes,
                                                  d / "train_batch.png"):
             self.files.append(d / "train_batch.png")
         if self.files:
             print("pictures: " + ", ".join(str(f) for f in self.files), flush=True)
 
-    def _mistakes(self, run, loader, split: str) -> None:
-        mistakes = confident_mistakes(iter_predictions(run.model, loader, run.spec, run.device, run.cfg.amp))
+    def _plot_mistakes(self, run, mistakes: list, split: str) -> None:
         size = getattr(getattr(run, "world", None), "size", 1)  # under torchrun rank 0 sees its shard only
         title = f"most confidently wrong on {split}" + (f" (rank 0's 1/{size} share)" if size > 1 else "")
         if mistakes and self._draw("the mistakes", plot_mistakes, mistakes, run.spec.classes,

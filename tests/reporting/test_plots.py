@@ -10,7 +10,8 @@ from PIL import Image
 
 from tests.conftest import colored_pixels
 
-from tudui.reporting.plots import (confident_mistakes, plot_batch, plot_confusion, plot_curves, plot_mistakes,
+from tudui.engine.metrics import TopMistakes
+from tudui.reporting.plots import (plot_batch, plot_confusion, plot_curves, plot_mistakes,
                                    read_confusion_csv, read_results, write_confusion_csv)
 
 
@@ -71,11 +72,14 @@ def test_confusion_is_row_normalised_and_legible_with_100_classes(tmp_path, figu
     assert read_confusion_csv(tmp_path / "cm.csv") == (names, big.tolist())
 
 
-def test_confident_mistakes_keeps_the_most_confident_wrong(tmp_path, figures):
+def test_top_mistakes_keep_the_most_confident_wrong(tmp_path, figures):
     x = torch.arange(6, dtype=torch.uint8).view(6, 1, 1, 1).expand(6, 1, 4, 4)  # image i is filled with value i
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7], [0.95, 0.05], [0.45, 0.55]])
     y = torch.tensor([0, 0, 1, 1, 1, 0])  # wrong: 1 (0.8), 2 (0.6), 4 (0.95), 5 (0.55)
-    got = confident_mistakes([(x[:3], probs[:3], y[:3]), (x[3:], probs[3:], y[3:])], k=3)
+    top = TopMistakes(k=3)
+    top.update(x[:3], probs[:3], y[:3])
+    top.update(x[3:], probs[3:], y[3:])
+    got = top.items
     assert [round(c, 2) for c, *_ in got] == [0.95, 0.8, 0.6]
     assert [int(img[0, 0, 0]) for _, img, _, _ in got] == [4, 1, 2]
     assert [(t, p) for _, _, t, p in got] == [(1, 0), (0, 1), (1, 0)]

@@ -50,18 +50,3 @@ def evaluate(model: torch.nn.Module, loader, spec: DataSpec, device: torch.devic
     """
     broadcast_module(model, buffers_only=True)
     return compute_metrics(all_reduce_counts(evaluate_counts(model, loader, spec, device, criterion, amp, mistakes)))
-
-
-@torch.no_grad()
-def iter_predictions(model: torch.nn.Module, loader, spec: DataSpec, device: torch.device, amp: bool = False):
-    """Per-sample predictions, batch by batch, in loader order (for pictures of mistakes).
-
-    Yields (x, probs, y): x (B, C, H, W) uint8 as loaded, probs (B, K) float32 softmax, y (B,) int64, all on `device`.
-    A generator, so callers keep only what they need (a whole validation set of images may not fit in memory).
-    """
-    model.eval()
-    for x, y in loader:
-        x = x.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model_logits(model, normalize(x, spec), spec)
-        yield x, logits.float().softmax(dim=1), y.to(device, non_blocking=True)

@@ -16,10 +16,8 @@ import numpy as np
 import torch
 
 from ..core.files import atomic_path
-from ..data import denormalize, eval_batch_size, make_loader
+from ..data import denormalize
 from ..engine.callbacks import Callback
-from ..engine.evaluate import iter_predictions
-from ..engine.metrics import TopMistakes
 from .fonts import cjk_fonts
 
 
@@ -154,18 +152,6 @@ def plot_batch(images: torch.Tensor, labels, classes: list[str], path: str | Pat
     return _save(batch_figure(images, labels, classes, title, limit), path)
 
 
-def confident_mistakes(batches, k: int = 16) -> list[tuple[float, np.ndarray, int, int]]:
-    """The k most confident wrong predictions from `iter_predictions` batches, most confident first.
-
-    Returns [(probability of the predicted class, (H, W, C) uint8 image, true, predicted)]. Keeps only the current
-    best k images in memory, so it works on a validation set of any size.
-    """
-    top = TopMistakes(k)
-    for x, probs, y in batches:
-        top.update(x, probs, y)
-    return top.items
-
-
 def plot_mistakes(mistakes: list[tuple[float, np.ndarray, int, int]], classes: list[str], path: str | Path,
                   title: str = "most confidently wrong") -> Path:
     titles = [f"true {classes[t]}\npred {classes[p]} {c:.0%}" for c, _, t, p in mistakes]
@@ -222,16 +208,7 @@ class PlotsCallback(Callback):
             if drawn is not None:
                 self.files.append(d / "confusion_matrix.png")
                 write_confusion_csv(summary["confusion"], classes, d / "confusion_matrix.csv")
-            if getattr(result, "mistakes", None) is not None:  # found in the run's final evaluation pass
-                self._plot_mistakes(run, result.mistakes, split)
-            else:
-                loader = run.val_loader if split == "val" else None
-                if loader is None and run.data.test is not None:
-                    loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False,
-                                         run.device, workers=run.cfg.workers, bad_images=run.cfg.bad_images)
-                if loader is not None:
-                    self._plot_mistakes(run, confident_mistakes(
-                        iter_predictions(run.model, loader, run.spec, run.device, run.cfg.amp)), split)
+            self._plot_mistakes(run, result.mistakes or [], split)  # collected by the run's final evaluation
         if self.batch is not None and self._draw("the training batch", plot_batch, *self.batch, classes,
                                                  d / "train_batch.png"):
             self.files.append(d / "train_batch.png")

@@ -87,6 +87,27 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.targets[i])
 
 
+def course_epoch(model: torch.nn.Module, loader, loss_fn, optimizer) -> None:
+    """One epoch of the course's hand-written training loop, exactly as the course writes it."""
+    model.train()
+    for x, y in loader:
+        loss = loss_fn(model(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+
+@torch.no_grad()
+def course_accuracy(model: torch.nn.Module, loader) -> float:
+    """The course's test loop: top-1 over `loader`, the model in eval mode."""
+    model.eval()
+    correct = total = 0
+    for x, y in loader:
+        correct += (model(x).argmax(1) == y).sum().item()
+        total += len(y)
+    return correct / total
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock timings cover it (a no-op on the CPU)."""
     if device.type == "cuda":

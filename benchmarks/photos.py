@@ -163,18 +163,8 @@ def course_way(arch: str, weights: Path, folder: Path, epochs: int, size: int) -
     optimizer = torch.optim.SGD(head, lr=0.01, momentum=0.9)
     t0, rows = time.perf_counter(), []
     for epoch in range(epochs):
-        model.train()
-        for x, y in train_loader:
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for x, y in val_loader:
-                correct += (model(x).argmax(1) == y).sum().item()
-        rows.append((time.perf_counter() - t0, correct / len(val_set)))
+        C.course_epoch(model, train_loader, loss_fn, optimizer)
+        rows.append((time.perf_counter() - t0, C.course_accuracy(model, val_loader)))
         print(f"  course {arch} epoch {epoch + 1}: {rows[-1][0]:.0f} s, val top-1 {rows[-1][1]:.2%}", flush=True)
     return {"seconds": rows[-1][0], "last": rows[-1][1], "best": max(a for _, a in rows)}
 

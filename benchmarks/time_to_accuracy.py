@@ -37,16 +37,6 @@ QUICK_TEST = 2000  # test images in --quick mode
 
 
 # --- (a) the course's routine --------------------------------------------------------------------------------------
-@torch.no_grad()
-def course_accuracy(model: nn.Module, loader) -> float:
-    model.eval()
-    correct = total = 0
-    for x, y in loader:
-        correct += (model(x).argmax(1) == y).sum().item()
-        total += len(y)
-    return correct / total
-
-
 def run_course(epochs: int, limit: int | None, test: tuple, seed: int = 0) -> list[dict]:
     torch.manual_seed(seed)
     clock = C.Clock()  # starts before the training data is read, as tudui's does
@@ -60,15 +50,10 @@ def run_course(epochs: int, limit: int | None, test: tuple, seed: int = 0) -> li
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     rows = []
     for epoch in range(epochs):
-        model.train()
-        for x, y in train_loader:
-            loss = loss_fn(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        C.course_epoch(model, train_loader, loss_fn, optimizer)
         t = clock.now()
         clock.pause()  # the per-epoch test is measurement, not training
-        rows.append({"epoch": epoch + 1, "time_s": t, "acc": course_accuracy(model, test_loader)})
+        rows.append({"epoch": epoch + 1, "time_s": t, "acc": C.course_accuracy(model, test_loader)})
         print(f"course epoch {epoch + 1}/{epochs}: {t:.1f} s, test {rows[-1]['acc']:.2%}", flush=True)
         clock.resume()
     return rows

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tudui.data import images
 from tudui.data.images import BadImage, decode_image
 
 
@@ -68,3 +69,31 @@ def test_bad_bytes_raise_badimage(data):
 def test_missing_file(tmp_path):
     with pytest.raises(BadImage, match="no such file"):
         decode_image(tmp_path / "nope.png", 3, 8)
+
+
+@pytest.mark.parametrize("mode, channels, plain", [
+    ("L", 1, True), ("RGB", 3, True),  # 8-bit grey / RGB at the size asked for: libpng's pixels are used
+    ("L", 3, False), ("RGB", 1, False),  # a mode conversion: Pillow's formula
+    ("P", 3, False), ("LA", 1, False), ("RGBA", 3, False), ("I;16", 1, False),  # palette, alpha, 16 bit
+])
+def test_plain_pngs_decode_to_the_same_pixels_on_either_path(tmp_path, mode, channels, plain):
+    rng = np.random.default_rng(0)
+    base = Image.fromarray(rng.integers(0, 256, (12, 12, 3), dtype=np.uint8))
+    img = base.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 65535, (12, 12), dtype=np.uint16))
+    path = tmp_path / "im.png"
+    img.save(path)
+    assert (images._decode_plain_png(path, channels, 12) is not None) == plain
+    assert images._decode_plain_png(path, channels, 10) is None  # a resize is Pillow's
+    pillow = images.decode_image(Image.open(path), channels, 12)  # an opened image never takes the PNG path
+    assert np.array_equal(images.decode_image(path, channels, 12), pillow) and pillow.shape == (12, 12, channels)
+    resized = images.decode_image(Image.open(path), channels, 10)
+    assert np.array_equal(images.decode_image(str(path), channels, 10), resized)
+
+
+def test_a_truncated_png_is_still_reported_by_pillow(tmp_path):
+    path = tmp_path / "cut.png"
+    Image.fromarray(np.zeros((12, 12), dtype=np.uint8)).save(path)
+    path.write_bytes(path.read_bytes()[:40])
+    assert images._decode_plain_png(path, 1, 12) is None
+    with pytest.raises(images.BadImage):
+        images.decode_image(path, 1, 12)

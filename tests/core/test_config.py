@@ -18,5 +18,12 @@ def test_preset_fills_only_the_options_not_given():
 
 
 def test_unknown_preset_is_a_clear_error():
-    with pytest.raises(TuduiError, match="unknown preset 'fastest'; choose one of: best"):
+    with pytest.raises(TuduiError, match="unknown preset 'fastest'; choose one of: best, max"):
         TrainConfig.from_dict({"data": ["digits"], "preset": "fastest"})
+
+
+def test_explicit_epochs_replace_a_presets_time_budget():
+    assert TrainConfig.from_dict({"preset": "max"}).time == 55.0
+    cfg = TrainConfig.from_dict({"preset": "max", "epochs": 2})
+    assert cfg.time is None and cfg.epochs == 2 and cfg.model == "fast-res-wide"
+    assert TrainConfig.from_dict({"preset": "max", "epochs": 2, "time": 5}).time == 5

@@ -30,19 +30,35 @@ def _spec(size: int, channels: int = 3) -> DataSpec:
                     std=[0.25] * channels)
 
 
-@pytest.mark.parametrize("model, size, flags, want", [
-    ("resnet18", 64, ["amx_bf16"], "bf16"),  # 0.15 G dense multiply-adds per image
-    ("resnet18", 64, [], "off"),  # no native bf16: emulated bf16 is slower than fp32
-    ("resnet18", 16, ["amx_bf16"], "off"),  # 9 M multiply-adds: too few to gain
-    ("mobilenet_v3_small", 224, ["amx_bf16"], "off"),  # depthwise convolutions: measured slower in bf16
-    ("fast", 28, ["amx_bf16"], "off"),  # the default recipe stays in fp32
+@pytest.mark.parametrize("model, size, batch, flags, want", [
+    ("resnet18", 64, 128, ["amx_bf16"], "bf16"),  # 148 M multiply-adds x 128 / 11.2 M weights = 1695 per step
+    ("resnet18", 64, 128, [], "off"),  # no native bf16: emulated bf16 is slower than fp32
+    ("resnet18", 16, 128, ["amx_bf16"], "off"),  # 16 M x 128 / 11.2 M = 178: measured 0.71x
+    ("fast", 8, 64, ["amx_bf16"], "off"),  # 0.25 M x 64 / 43 k = 373; measured 0.97x at 368 (10 classes)
+    ("mobilenet_v3_small", 224, 128, ["amx_bf16"], "off"),  # depthwise convolutions: measured slower in bf16
+    ("fast", 28, 128, ["amx_bf16"], "bf16"),  # 2.57 M x 128 / 47 k = 7,029 (RGB): 1 channel measured 1.66x
 ])
-def test_amp_auto_on_a_cpu(monkeypatch, model, size, flags, want):
+def test_amp_auto_on_a_cpu(monkeypatch, model, size, batch, flags, want):
     monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: flags)
-    cfg = TrainConfig()
+    cfg = TrainConfig(batch_size=batch)
     assert cfg.amp == "auto"
     note = choices.resolve_amp(cfg, create_model(model, 4, 3, size), _spec(size), torch.device("cpu"))
     assert cfg.amp == want and note.startswith(f"amp {want} (auto: ")
+
+
+@pytest.mark.parametrize("flags, device, want", [
+    (["avx512_bf16", "amx_bf16"], "cpu", "fast-wide"),  # AMX: fast-wide in bf16 takes fast's fp32 time
+    (["avx512_bf16"], "cpu", "fast"),
+    ([], "cpu", "fast"),
+])
+def test_model_auto_follows_what_the_device_computes_natively(monkeypatch, flags, device, want):
+    monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: flags)
+    cfg = TrainConfig()
+    assert cfg.model == "auto"
+    assert choices.resolve_model(cfg, torch.device(device)).startswith(f"model {want} (auto: ")
+    assert cfg.model == want
+    named = TrainConfig(model="cifar-net")
+    assert choices.resolve_model(named, torch.device(device)) is None and named.model == "cifar-net"
 
 
 def test_explicit_amp_is_kept_and_old_configs_still_read():
@@ -72,6 +88,12 @@ def test_the_first_line_says_what_auto_chose(tmp_path, capsys, monkeypatch, fmni
     assert "amp off (auto: no native bf16 on this CPU)" in first and "augment flip, eval squash" in first
     assert "worker" not in first  # nothing is read from files
     assert yaml.safe_load((tmp_path / "mem" / "config.yaml").read_text())["amp"] == "off"  # concrete, for --resume
+    assert "(auto: cpu without AMX)" not in first  # a named model is not an auto choice
+    tudui.train(data="digits", epochs=1, subset=128, batch_size=64, plots=False, tensorboard=False,
+                project=str(tmp_path), name="auto-model")
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("tudui ") and "model fast (auto: cpu without AMX)" in first
+    assert yaml.safe_load((tmp_path / "auto-model" / "config.yaml").read_text())["model"] == "fast"
     tudui.train(data=str(fmnist_folders), model="fast", epochs=1, subset=64, batch_size=32, cache="off", plots=False,
                 tensorboard=False, project=str(tmp_path), name="files")
     first = capsys.readouterr().out.splitlines()[0]

@@ -34,7 +34,7 @@ from ..core.pyfile import is_file_ref
 from ..models.user import call_builder, parse_model_args, ref_for, source_record
 from ..models.zoo import head_path, load_weights, weights_crop_pct
 from . import distributed, features, finetune
-from .choices import resolve_amp, resolve_workers
+from .choices import resolve_amp, resolve_model, resolve_workers
 from .callbacks import Callback
 from .evaluate import evaluate
 from .metrics import TopMistakes
@@ -253,6 +253,7 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
     if device.type == "cpu":
         reuse_freed_memory()  # activations come from the heap, not fresh pages, every step
     seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: same initial weights
+    model_note = resolve_model(cfg, device)  # --model auto: by what the device computes natively
     # fail fast on a misspelt name or a broken file, before loading data
     info = get_model_info(cfg.model) if isinstance(cfg.model, str) else None
     pretrained = bool(cfg.weights and info and info.family == "torchvision")
@@ -262,7 +263,7 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
     debug_splits(cfg, data)
     model, arch = build_model(cfg, data.spec, device)
     workers, workers_note = resolve_workers(cfg, data, w)
-    choices = [resolve_amp(cfg, model, data.spec, device), workers_note]
+    choices = [model_note, resolve_amp(cfg, model, data.spec, device), workers_note]
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)
     train_loader, val_loader = build_loaders(cfg, data, device, w, workers)
     placeholder = replace(cfg, lr=1e-7) if cfg.lr == "auto" else cfg  # --lr auto: resolve_lr replaces both below

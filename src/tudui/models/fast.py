@@ -5,6 +5,10 @@ held-out 10% of the training set): three stages of Conv3x3 -> MaxPool -> BN -> R
 (pooling before BN/ReLU runs them on a quarter of the pixels), widths 16-32-128,
 then an average pool to 3x3 and one Linear. 2.35 M multiply-adds per 28x28 image,
 53 k parameters at 10 classes. `fast-wide` (32-64-128) does 6.5 M with 104 k parameters.
+
+`--model auto` (engine/choices.py) trains `fast-wide` where the device computes bf16 natively and `fast` elsewhere.
+The presets go deeper: `fast-res` (--preset best) adds a stem and two residual blocks (ResNet-9-like, 16 M
+multiply-adds), `fast-res-wide` (--preset max) doubles its channels (65 M).
 """
 from __future__ import annotations
 
@@ -52,3 +56,49 @@ def fast(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, widths
                 description="`fast` with 32-64-128 channels: 2.8x the multiply-adds, for longer runs (--preset best)")
 def fast_wide(num_classes: int = 10, in_channels: int = 1, img_size: int = 28) -> nn.Module:
     return fast(num_classes, in_channels, img_size, widths=(32, 64, 128))
+
+
+class Residual(nn.Module):
+    """x + ReLU(BN(Conv3x3(ReLU(BN(Conv3x3(x)))))): two 'same' convolutions at one width and side, (B, C, S, S) in
+    and out. The identity path lets the deeper nets train as quickly in their first epochs as `fast` does."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+                                  nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def res_net(num_classes: int, in_channels: int, img_size: int, widths: tuple) -> nn.Module:
+    """Stem at full resolution, then stages as in `fast` (28 -> 14 -> 7 -> 3) with a Residual block after the first
+    and the last stage, as in the ResNet-9 of the DAWNBench CIFAR-10 entries; the head is `fast`'s."""
+    stem, *rest = widths
+    layers, c, side = [nn.Conv2d(in_channels, stem, 3, padding=1, bias=False), nn.BatchNorm2d(stem),
+                       nn.ReLU(inplace=True)], stem, img_size
+    for i, w in enumerate(rest):
+        layers += stage(c, w, side)
+        c, side = w, side // 2
+        if i in (0, len(rest) - 1):
+            layers.append(Residual(c))
+    pool = [nn.AvgPool2d(side - 2, stride=1)] if side > 3 else []
+    out_side = min(side, 3)
+    return nn.Sequential(*layers, *pool, nn.Flatten(), nn.Linear(c * out_side * out_side, num_classes))
+
+
+@register_model("fast-res", min_size=8, default_size=28,
+                description="ResNet-9-like: stem 16, `fast` stages 32-64-128 with residual blocks after the first and "
+                            "last; 16 M multiply-adds at 28 px (--preset best)")
+def fast_res(num_classes: int = 10, in_channels: int = 1, img_size: int = 28,
+             widths: tuple = (16, 32, 64, 128)) -> nn.Module:
+    """16.3 M multiply-adds per 28x28 grey image (7x `fast`), 0.42 M parameters at 10 classes."""
+    return res_net(num_classes, in_channels, img_size, tuple(widths))
+
+
+@register_model("fast-res-wide", min_size=8, default_size=28,
+                description="`fast-res` with twice the channels (stem 32, stages 64-128-256): 65 M multiply-adds "
+                            "at 28 px (--preset max)")
+def fast_res_wide(num_classes: int = 10, in_channels: int = 1, img_size: int = 28) -> nn.Module:
+    """64.8 M multiply-adds per 28x28 grey image (28x `fast`), 1.67 M parameters at 10 classes."""
+    return res_net(num_classes, in_channels, img_size, (32, 64, 128, 256))

@@ -74,6 +74,8 @@ bench: data $(PEERS_VENV)/bin/yolo
 	$(PY) -m pip install -q "lightning>=2.0"
 	$(PY) benchmarks/time_to_accuracy.py $(if $(BENCH_LONG),--long $(BENCH_LONG))
 	$(PY) benchmarks/peers.py --yolo $(PEERS_VENV)/bin/yolo
+	$(PY) benchmarks/default_elsewhere.py
+	$(PY) benchmarks/preset_max.py
 	$(PY) benchmarks/toolbox_sweep.py
 	$(PY) benchmarks/loop_overhead.py
 	$(PY) benchmarks/data_path.py

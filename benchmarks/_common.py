@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 import tudui  # noqa: E402
 from tudui.data.sources import load_named  # noqa: E402
 from tudui.core.console import table  # noqa: E402,F401  (re-exported for the scripts)
+from tudui.core.device import cpu_bf16_flags  # noqa: E402
 
 QUICK_SUBSET = 3000  # training images in --quick mode (a smoke test, not a measurement)
 
@@ -58,7 +59,8 @@ def header(title: str, quick: bool) -> None:
         pass
     print(f"# {title}{'  [--quick smoke test: figures are not measurements]' if quick else ''}")
     print(f"machine: {cpu_model()}, {cores} cores usable ({os.cpu_count()} logical), "
-          f"torch threads {torch.get_num_threads()}, GPU {gpu}, {platform.system()} {platform.release()}")
+          f"torch threads {torch.get_num_threads()}, native bf16 {'/'.join(cpu_bf16_flags()) or 'none'}, GPU {gpu}, "
+          f"{platform.system()} {platform.release()}")
     print("versions: " + ", ".join(versions))
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n", flush=True)
 

@@ -114,7 +114,8 @@ def lightning_epochs(run: Run, epochs: int, root: str) -> list[float] | str:
             self.times.append(time.perf_counter() - self.t0)
 
     cuda = run.device.type == "cuda"
-    precision = ("16-mixed" if cuda else "bf16-mixed") if run.cfg.amp else "32-true"  # tudui's --amp, in its terms
+    precision = {"bf16": "bf16-mixed", "fp16": "16-mixed", "on": "16-mixed" if cuda else "bf16-mixed"}.get(
+        run.cfg.amp, "32-true")  # tudui's --amp (as `auto` settled it), in Lightning's terms
     timer = EpochTimer()
     trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if cuda else "cpu", devices=1, precision=precision,
                         logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -147,8 +148,9 @@ def main() -> None:
             cb.on_fit_start(runs["tudui"])
         tudui_run = runs["tudui"]
         n_img = (len(tudui_run.train_loader.targets) // cfg.batch_size) * cfg.batch_size  # images per epoch, all loops
-        print(f"model {cfg.model}, {n_img:,} images per epoch in batches of {cfg.batch_size} "
-              f"({n_img // cfg.batch_size} steps), optimizer {cfg.optimizer}, schedule {cfg.scheduler}, amp {cfg.amp}, "
+        chosen = tudui_run.cfg  # the model and amp that `auto` settled to
+        print(f"model {chosen.model}, {n_img:,} images per epoch in batches of {cfg.batch_size} "
+              f"({n_img // cfg.batch_size} steps), optimizer {cfg.optimizer}, schedule {cfg.scheduler}, amp {chosen.amp}, "
               f"device {tudui_run.device}\n", flush=True)
 
         times: dict[str, list[float] | str] = {"plain": [], "tudui": []}

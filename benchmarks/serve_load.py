@@ -159,7 +159,7 @@ def main() -> int:
             import tudui
 
             print("training the default model (fast, 1x28x28) for 1 epoch on digits...", flush=True)
-            model = str(tudui.train(data=["digits"], img_size=28, epochs=1, project=tmp, name="bench",
+            model = str(tudui.train(data=["digits"], model="fast", img_size=28, epochs=1, project=tmp, name="bench",
                                     tensorboard=False, plots=False).best)
         predictor = Predictor.from_path(model, device="cpu")  # only to describe the model and its input
         spec = predictor.spec

@@ -1,6 +1,6 @@
 """The training toolbox on the default recipe: what each switch does to Fashion-MNIST accuracy, several seeds.
 
-Each variant is the default `tudui train --data fashion-mnist` (8 epochs of `fast`) with one switch added. The
+Each variant is the default `tudui train --data fashion-mnist` (its model, epochs and recipe) with one switch added. The
 hold-out split (10% of the training set) is what a user would choose by; the test figure is reported once, for
 the record. Accuracies at a fixed number of epochs do not depend on how busy the machine is; the seconds do.
 

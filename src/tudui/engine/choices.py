@@ -45,7 +45,7 @@ def resolve_model(cfg, device: torch.device) -> str | None:
         return None
     native = device.type == "cuda" or (device.type == "cpu" and "amx_bf16" in cpu_bf16_flags())
     cfg.model = "fast-wide" if native else "fast"
-    why = "CUDA" if device.type == "cuda" else "CPU with AMX" if native else f"{device.type} without AMX"
+    why = {"cuda": "CUDA", "cpu": "CPU with AMX" if native else "CPU without AMX"}.get(device.type, device.type)
     return f"model {cfg.model} (auto: {why})"
 
 

@@ -113,6 +113,10 @@ def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int
         # best of the schedules tried for short CPU budgets. 5% rather than 15%: the first epoch ends nearer the peak
         # and ~1 point more accurate (val top-1 after epoch 1, 3 seeds, benchmarks/README.md), same final accuracy.
         pct = min(0.5, cfg.warmup_epochs / cfg.epochs) if cfg.warmup_epochs > 0 else ONECYCLE_WARMUP
+        # OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step raises ZeroDivisionError. At least
+        # 2 steps (at most 30% of a very short run, where pct x total stays below 1 and the warm-up is skipped).
+        if pct * total < 2:
+            pct = min(2 / total, 0.3)
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct,
                                                    anneal_strategy="linear", cycle_momentum=False)
     warmup = cfg.warmup_epochs * steps_per_epoch

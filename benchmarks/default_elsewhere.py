@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import statistics
 import struct
 import subprocess
 import sys
@@ -105,10 +104,10 @@ def main() -> None:
                 results = [run(data | recipe | quick, s, project) for s in seeds]
                 got[label] = results
                 accs = [a for a, _ in results]
-                rows.append([name, label, " ".join(f"{a:.2f}" for a in accs), f"{statistics.median(accs):.2f}",
-                             f"{statistics.median([t for _, t in results]):.1f}"])
+                rows.append([name, label, " ".join(f"{a:.2f}" for a in accs), f"{C.median(accs):.2f}",
+                             f"{C.median([t for _, t in results]):.1f}"])
                 print(f"{name} {label}: test top-1 {accs}", flush=True)
-            old, new = (statistics.median(a for a, _ in got[k]) for k in ("previous", "today"))
+            old, new = (C.median(a for a, _ in got[k]) for k in ("previous", "today"))
             verdicts.append([f"{name}: today's default not worse than the previous (median, -{TOLERANCE} points)",
                              f"{new - old:+.2f} points", C.verdict(None if args.quick else new >= old - TOLERANCE)])
     print("\ntest top-1 % per seed " + str(seeds) + ", median, and median seconds per run (data loading included)")

@@ -84,8 +84,8 @@ class TrainConfig:
     classes: list | None = _f(None, "class names in the model's output order, for your own Dataset's labels "
                                     "(default: int labels as they are, str labels sorted as ImageFolder sorts them)",
                                nargs="+")
-    preset: str | None = _f(None, "a tuned recipe that sets every option not given explicitly: best (fast-res, 14 "
-                                  "epochs: ~3x the default's time), max (fast-res-wide for 55 minutes, crop-flip, "
+    preset: str | None = _f(None, "a tuned recipe that sets every option not given explicitly: best (fast-res for 14 "
+                                  "epochs), max (fast-res-wide for 55 minutes, crop-flip, "
                                   "erasing, EMA); see benchmarks/README.md", choices=list(PRESETS))
     data_root: str | None = _f(None, "where named datasets are looked for first (then $TUDUI_DATA, then system folders)")
     download: bool = _f(False, "download a named dataset with torchvision when it is not found")

@@ -111,7 +111,7 @@ def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int
     if cfg.scheduler == "onecycle":
         # Linear warm-up from lr/25 (over --warmup-epochs, else the first 5% of steps), then linear decay to ~0: the
         # best of the schedules tried for short CPU budgets. 5% rather than 15%: the first epoch ends nearer the peak
-        # and ~1 point more accurate (val top-1 after epoch 1, 3 seeds, benchmarks/README.md), same final accuracy.
+        # and up to ~1 point more accurate (val top-1 after epoch 1, 2 seeds, benchmarks/README.md), same final accuracy.
         pct = min(0.5, cfg.warmup_epochs / cfg.epochs) if cfg.warmup_epochs > 0 else ONECYCLE_WARMUP
         # OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step raises ZeroDivisionError. At least
         # 2 steps (at most 30% of a very short run, where pct x total stays below 1 and the warm-up is skipped).

@@ -38,6 +38,15 @@ def stage(c_in: int, c_out: int, side: int) -> list[nn.Module]:
     return [conv, nn.MaxPool2d(2), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
+def head(c: int, side: int, num_classes: int) -> list[nn.Module]:
+    """(B, c, side, side) -> (B, num_classes) logits. The final map is summarised as 3x3 with a fixed average pool (an
+    adaptive pool does the same but cannot be exported to ONNX when side is not a multiple of 3); maps under 3x3 are
+    used as they are."""
+    pool = [nn.AvgPool2d(side - 2, stride=1)] if side > 3 else []
+    out_side = min(side, 3)
+    return [*pool, nn.Flatten(), nn.Linear(c * out_side * out_side, num_classes)]
+
+
 @register_model("fast", min_size=8, default_size=28,
                 description="tudui's default: 3x(Conv3x3-MaxPool-BN-ReLU) 16-32-128, avg pool to 3x3, Linear")
 def fast(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, widths: tuple = (16, 32, 128)) -> nn.Module:
@@ -45,15 +54,11 @@ def fast(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, widths
     for w in widths:  # 28 -> 14 -> 7 -> 3
         layers += stage(c, w, side)
         c, side = w, side // 2
-    # Summarise the final (side x side) map as 3x3 with a fixed average pool (an adaptive pool does the same
-    # but cannot be exported to ONNX when side is not a multiple of 3); maps under 3x3 are used as they are.
-    pool = [nn.AvgPool2d(side - 2, stride=1)] if side > 3 else []
-    out_side = min(side, 3)
-    return nn.Sequential(*layers, *pool, nn.Flatten(), nn.Linear(c * out_side * out_side, num_classes))
+    return nn.Sequential(*layers, *head(c, side, num_classes))
 
 
 @register_model("fast-wide", min_size=8, default_size=28,
-                description="`fast` with 32-64-128 channels: 2.8x the multiply-adds, for longer runs (--preset best)")
+                description="`fast` with 32-64-128 channels: 2.8x the multiply-adds (--model auto where bf16 is native)")
 def fast_wide(num_classes: int = 10, in_channels: int = 1, img_size: int = 28) -> nn.Module:
     return fast(num_classes, in_channels, img_size, widths=(32, 64, 128))
 
@@ -82,9 +87,7 @@ def res_net(num_classes: int, in_channels: int, img_size: int, widths: tuple) ->
         c, side = w, side // 2
         if i in (0, len(rest) - 1):
             layers.append(Residual(c))
-    pool = [nn.AvgPool2d(side - 2, stride=1)] if side > 3 else []
-    out_side = min(side, 3)
-    return nn.Sequential(*layers, *pool, nn.Flatten(), nn.Linear(c * out_side * out_side, num_classes))
+    return nn.Sequential(*layers, *head(c, side, num_classes))
 
 
 @register_model("fast-res", min_size=8, default_size=28,

@@ -77,6 +77,7 @@ bench: data $(PEERS_VENV)/bin/yolo
 	$(PY) benchmarks/default_elsewhere.py
 	$(PY) benchmarks/preset_max.py
 	$(PY) benchmarks/toolbox_sweep.py
+	$(PY) benchmarks/amp_speed.py
 	$(PY) benchmarks/loop_overhead.py
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/peak_memory.py

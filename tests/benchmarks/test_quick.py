@@ -23,6 +23,7 @@ SCRIPTS = {
     "photos.py": "start-up with the cache >= 10x sooner",
     "preset_max.py": "--preset max reaches >= 95.0% within 60 minutes",
     "default_elsewhere.py": "today's default not worse than the previous",
+    "amp_speed.py": "--amp auto picks the faster precision",
 }
 # Ultralytics lives in its own environment, made by `make bench` only (a benchmark peer, never a dependency).
 PEERS_YOLO = Path(__file__).resolve().parents[2] / ".venv-peers" / "bin" / "yolo"

@@ -31,6 +31,7 @@ def _spec(size: int, channels: int = 3) -> DataSpec:
 
 
 @pytest.mark.parametrize("model, size, batch, flags, want", [
+    ("fast", 28, 128, ["avx512_bf16"], "bf16"),  # the CPU's measured speed-up decides, not AMX alone
     ("resnet18", 64, 128, ["amx_bf16"], "bf16"),  # 148 M multiply-adds x 128 / 11.2 M weights = 1695 per step
     ("resnet18", 64, 128, [], "off"),  # no native bf16: emulated bf16 is slower than fp32
     ("resnet18", 16, 128, ["amx_bf16"], "off"),  # 16 M x 128 / 11.2 M = 178: measured 0.71x
@@ -40,20 +41,42 @@ def _spec(size: int, channels: int = 3) -> DataSpec:
 ])
 def test_amp_auto_on_a_cpu(monkeypatch, model, size, batch, flags, want):
     monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: flags)
+    monkeypatch.setattr(choices, "bf16_speedup", lambda: 1.9)  # as measured on the AMD EPYC and the Xeon
     cfg = TrainConfig(batch_size=batch)
     assert cfg.amp == "auto"
     note = choices.resolve_amp(cfg, create_model(model, 4, 3, size), _spec(size), torch.device("cpu"))
     assert cfg.amp == want and note.startswith(f"amp {want} (auto: ")
 
 
-@pytest.mark.parametrize("flags, device, want", [
-    (["avx512_bf16", "amx_bf16"], "cpu", "fast-wide"),  # AMX: fast-wide in bf16 takes fast's fp32 time
-    (["avx512_bf16"], "cpu", "fast"),
-    ([], "cpu", "fast"),
+def test_amp_auto_keeps_fp32_where_bf16_units_measure_no_faster(monkeypatch):
+    monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: ["avx512_bf16"])
+    monkeypatch.setattr(choices, "bf16_speedup", lambda: 1.02)  # bf16 units, no gain: some CPUs measure so
+    cfg = TrainConfig(batch_size=128)
+    note = choices.resolve_amp(cfg, create_model("fast", 4, 3, 28), _spec(28), torch.device("cpu"))
+    assert cfg.amp == "off" and "1.02x fp32 on this CPU" in note
+
+
+def test_bf16_speedup_measures_this_cpu_and_leaves_the_seeded_state_alone():
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    choices.bf16_speedup.cache_clear()
+    speedup = choices.bf16_speedup()
+    assert 0.01 < speedup < 100  # a ratio of two measured step times (its value is the machine's)
+    assert torch.equal(torch.get_rng_state(), before)  # the run's initial weights do not depend on the probe
+    assert choices.bf16_speedup() == speedup  # measured once per process
+
+
+@pytest.mark.parametrize("flags, speedup, amp, device, want", [
+    (["avx512_bf16", "amx_bf16"], 1.7, "auto", "cpu", "fast-wide"),  # fast-wide in bf16 takes fast's fp32 time
+    (["avx512_bf16", "amx_bf16"], 1.02, "auto", "cpu", "fast"),  # AMX that measures no faster: fast-wide costs 2.4x
+    (["avx512_bf16", "amx_bf16"], 1.7, "off", "cpu", "fast"),  # fp32 asked for
+    (["avx512_bf16"], 1.9, "auto", "cpu", "fast"),  # AMD EPYC: fast-wide took 11 s per epoch, fast 6 s
+    ([], None, "auto", "cpu", "fast"),
 ])
-def test_model_auto_follows_what_the_device_computes_natively(monkeypatch, flags, device, want):
+def test_model_auto_follows_what_the_device_computes_fast(monkeypatch, flags, speedup, amp, device, want):
     monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: flags)
-    cfg = TrainConfig()
+    monkeypatch.setattr(choices, "bf16_speedup", lambda: speedup)
+    cfg = TrainConfig(amp=amp)
     assert cfg.model == "auto"
     assert choices.resolve_model(cfg, torch.device(device)).startswith(f"model {want} (auto: ")
     assert cfg.model == want
@@ -88,7 +111,7 @@ def test_the_first_line_says_what_auto_chose(tmp_path, capsys, monkeypatch, fmni
     assert "amp off (auto: no native bf16 on this CPU)" in first and "augment flip, eval squash" in first
     assert "worker" not in first  # nothing is read from files
     assert yaml.safe_load((tmp_path / "mem" / "config.yaml").read_text())["amp"] == "off"  # concrete, for --resume
-    assert "(auto: CPU without AMX)" not in first  # a named model is not an auto choice
+    assert "model fast" not in first  # a named model is not an auto choice
     tudui.train(data="digits", epochs=1, subset=128, batch_size=64, plots=False, tensorboard=False,
                 project=str(tmp_path), name="auto-model")
     first = capsys.readouterr().out.splitlines()[0]

@@ -134,8 +134,9 @@ class TrainConfig:
                          choices=["skip", "error"])
     # --- model --------------------------------------------------------------
     model: str = _f("auto", "architecture name (see `tudui models`), or your own nn.Module class or builder function "
-                            "as path/to/file.py:Name; auto: fast-wide where the device computes bf16 natively (a GPU, "
-                            "a CPU with AMX), else fast (the same wall time per epoch on each)")
+                            "as path/to/file.py:Name; auto: fast-wide where the device computes it fast in bf16 (a GPU, "
+                            "a CPU with AMX where bf16 measures faster than fp32), else fast (about the same wall time "
+                            "per epoch on each)")
     model_args: list = _f([], "keyword arguments for the model's constructor or builder, as key=value (YAML values: "
                               "width=32 act=relu)", nargs="+")
     weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained")
@@ -181,10 +182,11 @@ class TrainConfig:
                                  "reaches ~100% on them")
     # --- hardware -----------------------------------------------------------
     device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
-    amp: str = _f("auto", "mixed precision: auto (bf16 on a CPU with native bf16, AVX512-BF16 or AMX, for a model of "
-                          "dense convolutions large enough to gain, >= 0.1 G multiply-adds per image; bf16 on CUDA "
-                          "where supported, else fp16; the choice is printed in the first line), on (bf16 on a "
-                          "CPU, fp16 on CUDA), bf16, fp16, off", nargs="?", const="on", type=str, no_flag="off")
+    amp: str = _f("auto", "mixed precision: auto (on a CPU with bf16 units, AVX512-BF16 or AMX, bf16 where a few "
+                          "measured steps run >= 1.15x faster than fp32 and the model has dense convolutions and >= 400 "
+                          "multiply-adds per weight per step; on CUDA bf16 where supported, else fp16; the choice is "
+                          "printed in the first line), on (bf16 on a CPU, fp16 on CUDA), bf16, fp16, off",
+                  nargs="?", const="on", type=str, no_flag="off")
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice; a shared machine is often steadier "
                                    "with fewer)")
     compile: bool = _f(False, "torch.compile the model (compiles during the first steps; pays off on long runs)")

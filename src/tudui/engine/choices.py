@@ -4,29 +4,69 @@ workers (`--workers auto`).
 Each resolver writes the concrete choice back into the config (so config.yaml and `--resume` use it) and returns a
 short note for the run's first line.
 
---amp auto, measured (benchmarks/README.md, Xeon with AMX, 2 cores, training steps, bf16 autocast against fp32):
-`fast` at 28 px, batch 128: 1.66x; `fast-wide`: 2.45x; the course's CIFAR-10 net: 2.2x; resnet18 at 64 px, batch 32:
-1.42x, at 224 px: 2.8x. But resnet18 at 32 px, batch 64: 1.00x, at 16 px: 0.71x; `fast` at 8 px, batch 64: 0.97x; and
-mobilenet_v3_small 0.6x (its depthwise convolutions gain nothing from AMX and pay for the conversions). What decides
-is the arithmetic per weight: each step converts every weight to bf16 (cost ~ parameters) and gains on the multiply-
-adds (~ multiply-adds per image x batch). So on a CPU: bf16 where the CPU has native bf16 (avx512_bf16 or amx_bf16),
-every convolution is dense (groups == 1) and a step does at least AMP_MIN_INTENSITY multiply-adds per weight (no gain
-at 368, 1.42x at 424: benchmarks/README.md has the table). On CUDA: bf16 where supported, else fp16 (with loss
-scaling).
+--amp auto on a CPU. The flags say whether the CPU has bf16 units (avx512_bf16, amx_bf16); they do not say whether
+bf16 is faster there: measured bf16/fp32 training-step speed of `fast` at 28 px, batch 128, was 1.66x on a Xeon
+with AMX and 1.94x on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run it no faster
+than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once per process:
+`bf16_speedup()` times a few training steps of `fast` in each precision (about 0.3 s). Then per model: bf16 needs
+every convolution dense (groups == 1: depthwise convolutions gain nothing and pay for the conversions,
+mobilenet_v3_small measured 0.6x) and at least AMP_MIN_INTENSITY multiply-adds per weight per step (each step
+converts every weight to bf16, cost ~ parameters, and gains on the multiply-adds, ~ per image x batch: resnet18 at
+32 px, 212 per weight, 1.00x; at 64 px, batch 32, 424 per weight, 1.42x). benchmarks/amp_speed.py prints the table
+and checks the choice on any machine. On CUDA: bf16 where supported, else fp16 (with loss scaling).
 
 --model auto: `fast-wide` (2.8x the multiply-adds of `fast`, ~0.5 points more accurate on Fashion-MNIST) where the
-device runs it natively in bf16 or fp16 (a GPU, a CPU with AMX: there it trains as fast as `fast` in fp32), else
-`fast`, so the default's seconds per epoch stay about the same on every machine.
+device runs it about as fast as `fast` runs in fp32: a GPU, or a CPU with AMX where bf16 passes the measurement above
+(Xeon, 2 cores: fast-wide in bf16 11,434 images/s, fast in fp32 11,216). Elsewhere `fast`: on the AMD EPYC with
+avx512_bf16 only, fast-wide in bf16 took 11 s per Fashion-MNIST epoch against fast's 6 s in bf16, which misses
+issue 17's first-epoch target there (benchmarks/README.md). So the default's seconds per epoch stay about the same
+on every machine.
 """
 from __future__ import annotations
+
+import functools
+import time
 
 import torch
 import torch.nn as nn
 
 from ..core.device import World, auto_workers, cpu_bf16_flags
+from ..models.registry import create_model
 from ..models.summary import summarize_model
+from . import distributed
 
 AMP_MIN_INTENSITY = 400  # multiply-adds per weight per training step (per image x batch / parameters)
+AMP_MIN_SPEEDUP = 1.15  # bf16 steps / fp32 steps measured by bf16_speedup() below which --amp auto keeps fp32
+
+
+@functools.cache
+def bf16_speedup() -> float:
+    """fp32 time / bf16-autocast time of a training step of `fast` (1x28x28, batch 64) on this CPU, once per process.
+
+    Steps alternate between the precisions and the fastest of each counts, so a busy moment hurts both alike. The
+    global random state is left as it was (the run's seed has already been set).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = create_model("fast", 10, 1, 28).to(memory_format=torch.channels_last)
+        x = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (64,))
+        best = {False: float("inf"), True: float("inf")}
+        for i in range(8):  # the first two of each pick oneDNN's kernels and are not counted
+            for bf16 in (False, True):
+                t0 = time.perf_counter()
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+                if i >= 2:
+                    best[bf16] = min(best[bf16], time.perf_counter() - t0)
+    return best[False] / best[True]
+
+
+def _agreed_speedup() -> float:
+    """bf16_speedup() as rank 0 measured it: every process of a torchrun job must settle to the same choices."""
+    return distributed.on_main(bf16_speedup)
 
 
 def _dense_macs(model: nn.Module, spec) -> tuple[int, bool]:
@@ -43,9 +83,20 @@ def resolve_model(cfg, device: torch.device) -> str | None:
     """Settle cfg.model 'auto' to a registered name; returns the note for the first line (None when not auto)."""
     if not (isinstance(cfg.model, str) and cfg.model == "auto"):
         return None
-    native = device.type == "cuda" or (device.type == "cpu" and "amx_bf16" in cpu_bf16_flags())
-    cfg.model = "fast-wide" if native else "fast"
-    why = {"cuda": "CUDA", "cpu": "CPU with AMX" if native else "CPU without AMX"}.get(device.type, device.type)
+    if device.type == "cuda":
+        cfg.model, why = "fast-wide", "CUDA"
+    elif device.type != "cpu":
+        cfg.model, why = "fast", device.type
+    elif "amx_bf16" not in cpu_bf16_flags():
+        cfg.model, why = "fast", "CPU without AMX"
+    elif cfg.amp == "off":
+        cfg.model, why = "fast", "--amp off"
+    else:
+        speedup = _agreed_speedup()
+        fast_enough = speedup >= AMP_MIN_SPEEDUP
+        cfg.model = "fast-wide" if fast_enough else "fast"
+        why = f"CPU with AMX, bf16 steps {speedup:.2f}x fp32" if fast_enough else \
+            f"CPU with AMX but bf16 steps only {speedup:.2f}x fp32"
     return f"model {cfg.model} (auto: {why})"
 
 
@@ -73,8 +124,13 @@ def resolve_amp(cfg, model: nn.Module, spec, device: torch.device) -> str:
         cfg.amp = "off"
         return (f"amp off (auto: {intensity:.0f} multiply-adds per weight per step is too few to gain from bf16; "
                 f"from {AMP_MIN_INTENSITY})")
+    speedup = _agreed_speedup()
+    if speedup < AMP_MIN_SPEEDUP:
+        cfg.amp = "off"
+        return f"amp off (auto: bf16 steps only {speedup:.2f}x fp32 on this CPU; from {AMP_MIN_SPEEDUP})"
     cfg.amp = "bf16"
-    return f"amp bf16 (auto: CPU has {'/'.join(flags)}, {intensity:.0f} multiply-adds per weight per step)"
+    return (f"amp bf16 (auto: bf16 steps {speedup:.2f}x fp32 on this CPU ({'/'.join(flags)}), {intensity:.0f} "
+            f"multiply-adds per weight per step)")
 
 
 def resolve_workers(cfg, data, w: World) -> tuple[int, str | None]:

@@ -1,0 +1,85 @@
+"""bf16 autocast against fp32: training steps per second on this CPU, and whether `--amp auto` picks the faster.
+
+The `--amp auto` rule (engine/choices.py) was drawn from this table on one CPU; run it on another to check it holds
+there. Each case builds the registered model, channels-last, AdamW, cross-entropy, random inputs of the given
+shape, and times the same number of training steps in fp32 and in bf16 autocast (after warm-up steps), one after
+the other in this process. The verdict per case: auto's choice is no more than 5% slower than the faster of the two
+(a CPU without native bf16 skips the bf16 column, as auto does).
+
+    python benchmarks/amp_speed.py            # ~3 min on a 2-core CPU
+"""
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import _common as C
+import torch
+import torch.nn as nn
+
+from tudui.engine.choices import resolve_amp
+from tudui.models.registry import create_model
+
+# (model, channels, pixels, batch): the nets tudui picks by default and the course's, then where the rule turns
+CASES = [
+    ("fast", 1, 28, 128), ("fast-wide", 1, 28, 128), ("fast-res", 1, 28, 128), ("cifar-net", 3, 32, 64),
+    ("mnist-cnn", 1, 28, 64), ("fast", 1, 14, 128), ("fast", 3, 8, 64), ("resnet18", 3, 64, 32),
+    ("resnet18", 3, 32, 64), ("resnet18", 3, 16, 64),
+]
+SLACK = 0.95  # auto's pick may be up to 5% slower than the faster precision (timing noise between two runs)
+
+
+def images_per_s(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bf16: bool, steps: int) -> float:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = nn.CrossEntropyLoss()
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = loss_fn(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(3):  # oneDNN picks its kernels on the first calls
+        step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * x.shape[0] / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = C.parser(__doc__.splitlines()[0])
+    args = p.parse_args()
+    C.header("bf16 autocast against fp32, training steps (benchmarks/amp_speed.py)", args.quick)
+    native = bool(C.cpu_bf16_flags())
+    rows, ok_all = [], True
+    for name, ch, px, batch in CASES[:3] if args.quick else CASES:
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=10, in_channels=ch, img_size=px).to(memory_format=torch.channels_last)
+        spec = SimpleNamespace(channels=ch, img_size=px)  # what resolve_amp reads of a DataSpec
+        cfg = SimpleNamespace(batch_size=batch, amp="auto")  # and of a TrainConfig
+        note = resolve_amp(cfg, model, spec, torch.device("cpu"))
+        x = torch.randn(batch, ch, px, px).to(memory_format=torch.channels_last)
+        y = torch.randint(0, 10, (batch,))
+        # about 2 s of fp32 steps per case, at least 4
+        probe = images_per_s(model, x, y, False, 2)
+        steps = 4 if args.quick else max(4, int(2.0 * probe / batch))
+        fp32 = images_per_s(model, x, y, False, steps)
+        bf16 = images_per_s(model, x, y, True, steps) if native else None
+        best = max(fp32, bf16 or 0.0)
+        picked = bf16 if cfg.amp == "bf16" else fp32
+        ok = picked >= SLACK * best
+        ok_all &= ok
+        intensity = note.split(" multiply-adds per weight")[0].rsplit(" ", 1)[-1] if "per weight" in note else "-"
+        rows.append([f"{name}, {ch}x{px}x{px}, {batch}", intensity, f"{fp32:,.0f}",
+                     f"{bf16:,.0f}" if bf16 else "-", f"{bf16 / fp32:.2f}" if bf16 else "-", cfg.amp, C.verdict(ok)])
+        print(f"  {rows[-1][0]}: fp32 {fp32:,.0f} img/s, bf16 {rows[-1][3]} img/s, auto -> {cfg.amp}", flush=True)
+    print()
+    print(C.table(["model, input, batch", "multiply-adds per weight per step", "fp32 img/s", "bf16 img/s", "bf16 / fp32",
+             "--amp auto", f"auto within {1 - SLACK:.0%} of the faster"], rows))
+    print(f"\nverdict: --amp auto picks the faster precision in every case: {C.verdict(ok_all)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -85,10 +85,11 @@ def main() -> None:
     if not Path(args.yolo).exists():
         sys.exit(f"{args.yolo} not found: make bench creates it (python -m venv .venv-peers && "
                  ".venv-peers/bin/pip install ultralytics)")
+    args.yolo = str(Path(args.yolo).absolute())  # the tools run in a scratch folder: a relative path would miss
     epochs = 1 if args.quick else args.epochs
     C.header(f"peers: Ultralytics yolov8n-cls vs tudui default, Fashion-MNIST PNG folders, {epochs} epoch(s)",
              args.quick)
-    data = write_folders(Path(args.data + ("-quick" if args.quick else "")), args.quick)
+    data = write_folders(Path(args.data + ("-quick" if args.quick else "")).absolute(), args.quick)
     env = os.environ | {"YOLO_OFFLINE": "1", "PYTHONPATH": str(C.ROOT / "src")}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

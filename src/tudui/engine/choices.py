@@ -8,7 +8,7 @@ short note for the run's first line.
 bf16 is faster there: measured bf16/fp32 training-step speed of `fast` at 28 px, batch 128, was 1.66x on a Xeon
 with AMX and 1.94x on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run it no faster
 than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once per process:
-`bf16_speedup()` times a few training steps of `fast` in each precision (about 0.3 s). Then per model: bf16 needs
+`bf16_speedup()` times a few training steps of `fast` in each precision (about 0.2 s). Then per model: bf16 needs
 every convolution dense (groups == 1: depthwise convolutions gain nothing and pay for the conversions,
 mobilenet_v3_small measured 0.6x) and at least AMP_MIN_INTENSITY multiply-adds per weight per step (each step
 converts every weight to bf16, cost ~ parameters, and gains on the multiply-adds, ~ per image x batch: resnet18 at

@@ -451,7 +451,11 @@ def _chosen(run: Run) -> list[str]:
     s, d = run.spec, run.data
     crop = f"eval resize {resize_side(s.img_size, s.crop_pct)} + centre crop {s.img_size}" if s.crop_pct else \
         "eval squash"
-    out = [f"augment {d.augment}" + (" (RGB photos)" if d.photo and run.cfg.augment == "auto" else "") + f", {crop}"]
+    augment = f"augment {d.augment}" + (" (RGB photos)" if d.photo and run.cfg.augment == "auto" else "")
+    if d.augment in ("flip", "crop-flip") and not s.hflip:  # digits: a mirrored 2 is no 2 (data/sources.NAMED)
+        augment = f"augment {'none' if d.augment == 'flip' else 'crop'} (flips would change this data's labels; " \
+                  "--hflip allows them)"
+    out = [f"{augment}, {crop}"]
     out += run.choices
     if run.head_trainer is not None:
         out.append(f"head on cached features ({run.head_trainer.max_views} view(s))")

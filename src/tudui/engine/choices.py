@@ -6,13 +6,14 @@ short note for the run's first line.
 
 --amp auto on a CPU. The flags say whether the CPU has bf16 units (avx512_bf16, amx_bf16); they do not say whether
 bf16 is faster there: measured bf16/fp32 training-step speed of `fast` at 28 px, batch 128, was 1.66x on a Xeon
-with AMX and 1.94x on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run it no faster
+with AMX and 1.4-1.9x (run to run) on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run it no faster
 than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once per process:
 `bf16_speedup()` times a few training steps of `fast` in each precision (about 0.2 s). Then per model: bf16 needs
 every convolution dense (groups == 1: depthwise convolutions gain nothing and pay for the conversions,
 mobilenet_v3_small measured 0.6x) and at least AMP_MIN_INTENSITY multiply-adds per weight per step (each step
-converts every weight to bf16, cost ~ parameters, and gains on the multiply-adds, ~ per image x batch: resnet18 at
-32 px, 212 per weight, 1.00x; at 64 px, batch 32, 424 per weight, 1.42x). benchmarks/amp_speed.py prints the table
+converts every weight to bf16, cost ~ parameters, and gains on the multiply-adds, ~ per image x batch: on the Xeon
+resnet18 at 32 px, 212 per weight, 1.00x; at 64 px, batch 32, 424 per weight, 1.42x; the AMD EPYC ran the 32-px case
+1.10x faster in bf16, so the threshold is the Xeon's and gives up that much there). benchmarks/amp_speed.py prints the table
 and checks the choice on any machine. On CUDA: bf16 where supported, else fp16 (with loss scaling).
 
 --model auto: `fast-wide` (2.8x the multiply-adds of `fast`, ~0.5 points more accurate on Fashion-MNIST) where the

@@ -1,6 +1,8 @@
 """--amp auto and --workers auto: what they settle to, and that the run's first line says so."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -56,14 +58,26 @@ def test_amp_auto_keeps_fp32_where_bf16_units_measure_no_faster(monkeypatch):
     assert cfg.amp == "off" and "1.02x fp32 on this CPU" in note
 
 
-def test_bf16_speedup_measures_this_cpu_and_leaves_the_seeded_state_alone():
+def test_bf16_speedup_is_measured_once_per_machine_and_leaves_the_seeded_state_alone(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path))
     torch.manual_seed(123)
     before = torch.get_rng_state()
     choices.bf16_speedup.cache_clear()
     speedup = choices.bf16_speedup()
     assert 0.01 < speedup < 100  # a ratio of two measured step times (its value is the machine's)
     assert torch.equal(torch.get_rng_state(), before)  # the run's initial weights do not depend on the probe
-    assert choices.bf16_speedup() == speedup  # measured once per process
+    kept = json.loads((tmp_path / "bf16_speedup.json").read_text(encoding="utf-8"))
+    assert list(kept.values()) == [speedup]
+    # a later process reads the kept figure instead of measuring again (which could land on the other side of a
+    # threshold and train the same command differently)
+    choices.bf16_speedup.cache_clear()
+    monkeypatch.setattr(choices, "_measure_bf16_speedup", lambda: pytest.fail("measured again"))
+    assert choices.bf16_speedup() == speedup
+    (tmp_path / "bf16_speedup.json").write_text("not json", encoding="utf-8")  # a damaged file is measured anew
+    choices.bf16_speedup.cache_clear()
+    monkeypatch.setattr(choices, "_measure_bf16_speedup", lambda: 1.5)
+    assert choices.bf16_speedup() == 1.5
+    choices.bf16_speedup.cache_clear()
 
 
 @pytest.mark.parametrize("flags, speedup, amp, device, want", [

@@ -7,8 +7,8 @@ short note for the run's first line.
 --amp auto on a CPU. The flags say whether the CPU has bf16 units (avx512_bf16, amx_bf16); they do not say whether
 bf16 is faster there: measured bf16/fp32 training-step speed of `fast` at 28 px, batch 128, was 1.66x on a Xeon
 with AMX and 1.4-1.9x (run to run) on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run it no faster
-than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once per process:
-`bf16_speedup()` times a few training steps of `fast` in each precision (about 0.2 s). Then per model: bf16 needs
+than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once per machine:
+`bf16_speedup()` times a few training steps of `fast` in each precision (about 0.2 s) and keeps the figure. Then per model: bf16 needs
 every convolution dense (groups == 1: depthwise convolutions gain nothing and pay for the conversions,
 mobilenet_v3_small measured 0.6x) and at least AMP_MIN_INTENSITY multiply-adds per weight per step (each step
 converts every weight to bf16, cost ~ parameters, and gains on the multiply-adds, ~ per image x batch: on the Xeon
@@ -26,12 +26,17 @@ on every machine.
 from __future__ import annotations
 
 import functools
+import json
+import platform
 import time
 
 import torch
 import torch.nn as nn
 
 from ..core.device import World, auto_workers, cpu_bf16_flags
+from ..core.errors import TuduiError
+from ..core.files import atomic_path
+from ..data.cache import cache_root
 from ..models.registry import create_model
 from ..models.summary import summarize_model
 from . import distributed
@@ -42,11 +47,44 @@ AMP_MIN_SPEEDUP = 1.15  # bf16 steps / fp32 steps measured by bf16_speedup() bel
 
 @functools.cache
 def bf16_speedup() -> float:
-    """fp32 time / bf16-autocast time of a training step of `fast` (1x28x28, batch 64) on this CPU, once per process.
+    """fp32 time / bf16-autocast time of a training step of `fast` (1x28x28, batch 64) on this CPU.
 
-    Steps alternate between the precisions and the fastest of each counts, so a busy moment hurts both alike. The
-    global random state is left as it was (the run's seed has already been set).
+    Measured once per machine and kept in the cache folder ($TUDUI_CACHE or ~/.cache/tudui/decoded, file
+    bf16_speedup.json, keyed by CPU model, torch version and threads): a figure near a threshold would otherwise flip
+    the choice from one run to the next (1.13x and 1.2x were measured minutes apart here), and the same command with
+    the same seed must train the same way. Delete the file to measure again.
     """
+    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    path = cache_root() / "bf16_speedup.json"
+    known = {}
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+        return float(known[key])
+    except (OSError, ValueError, KeyError, TypeError):  # not measured yet (or an unreadable file: measure again)
+        known = known if isinstance(known, dict) else {}
+    value = round(_measure_bf16_speedup(), 3)
+    try:
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({**known, key: value}, ensure_ascii=False, indent=1), encoding="utf-8")
+    except (OSError, TuduiError):  # a read-only or full cache folder: measure again next time
+        pass
+    return value
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _measure_bf16_speedup() -> float:
+    """Steps alternate between the precisions and the fastest of each counts, so a busy moment hurts both alike. The
+    global random state is left as it was (the run's seed has already been set)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = create_model("fast", 10, 1, 28).to(memory_format=torch.channels_last)

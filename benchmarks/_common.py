@@ -24,7 +24,7 @@ from PIL import Image  # noqa: E402
 import tudui  # noqa: E402
 from tudui.data.sources import load_named  # noqa: E402
 from tudui.core.console import table  # noqa: E402,F401  (re-exported for the scripts)
-from tudui.core.device import cpu_bf16_flags  # noqa: E402
+from tudui.core.device import cpu_bf16_flags, cpu_model  # noqa: E402
 
 QUICK_SUBSET = 3000  # training images in --quick mode (a smoke test, not a measurement)
 
@@ -34,16 +34,6 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke test: 1 epoch, a {QUICK_SUBSET:,}-image subset, 1 repeat (the figures mean nothing)")
     return p
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def header(title: str, quick: bool) -> None:

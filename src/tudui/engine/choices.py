@@ -6,15 +6,16 @@ short note for the run's first line.
 
 --amp auto on a CPU. The flags say whether the CPU has bf16 units (avx512_bf16, amx_bf16); they do not say whether
 bf16 is faster there: measured bf16/fp32 training-step speed of `fast` at 28 px, batch 128, was 1.66x on a Xeon
-with AMX and 1.4-1.9x (run to run) on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run it no faster
-than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once per machine:
-`bf16_speedup()` times a few training steps of `fast` in each precision (about 0.2 s) and keeps the figure. Then per model: bf16 needs
-every convolution dense (groups == 1: depthwise convolutions gain nothing and pay for the conversions,
-mobilenet_v3_small measured 0.6x) and at least AMP_MIN_INTENSITY multiply-adds per weight per step (each step
-converts every weight to bf16, cost ~ parameters, and gains on the multiply-adds, ~ per image x batch: on the Xeon
-resnet18 at 32 px, 212 per weight, 1.00x; at 64 px, batch 32, 424 per weight, 1.42x; the AMD EPYC ran the 32-px case
-1.10x faster in bf16, so the threshold is the Xeon's and gives up that much there). benchmarks/amp_speed.py prints the table
-and checks the choice on any machine. On CUDA: bf16 where supported, else fp16 (with loss scaling).
+with AMX and 1.4-1.9x (run to run) on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run
+it no faster than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once
+per machine: `bf16_speedup()` times a few training steps of `fast` in each precision (about 0.2 s) and keeps the
+figure. Then per model: bf16 needs every convolution dense (groups == 1: depthwise convolutions gain nothing and pay
+for the conversions, mobilenet_v3_small measured 0.6x) and at least AMP_MIN_INTENSITY multiply-adds per weight per
+step (each step converts every weight to bf16, cost ~ parameters, and gains on the multiply-adds, ~ per image x
+batch: on the Xeon resnet18 at 32 px, 212 per weight, 1.00x; at 64 px, batch 32, 424 per weight, 1.42x; the AMD
+EPYC ran the 32-px case 1.10x faster in bf16, so the threshold is the Xeon's and gives up that much there).
+benchmarks/amp_speed.py prints the table and checks the choice on any machine. On CUDA: bf16 where supported, else
+fp16 (with loss scaling).
 
 --model auto: `fast-wide` (2.8x the multiply-adds of `fast`, ~0.5 points more accurate on Fashion-MNIST) where the
 device runs it about as fast as `fast` runs in fp32: a GPU, or a CPU with AMX where bf16 passes the measurement above
@@ -27,13 +28,12 @@ from __future__ import annotations
 
 import functools
 import json
-import platform
 import time
 
 import torch
 import torch.nn as nn
 
-from ..core.device import World, auto_workers, cpu_bf16_flags
+from ..core.device import World, auto_workers, cpu_bf16_flags, cpu_model
 from ..core.errors import TuduiError
 from ..core.files import atomic_path
 from ..data.cache import cache_root
@@ -54,7 +54,7 @@ def bf16_speedup() -> float:
     the choice from one run to the next (1.13x and 1.2x were measured minutes apart here), and the same command with
     the same seed must train the same way. Delete the file to measure again.
     """
-    key = f"{_cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
     path = cache_root() / "bf16_speedup.json"
     known = {}
     try:
@@ -69,17 +69,6 @@ def bf16_speedup() -> float:
     except (OSError, TuduiError):  # a read-only or full cache folder: measure again next time
         pass
     return value
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _measure_bf16_speedup() -> float:

@@ -1,11 +1,12 @@
 """bf16 autocast against fp32: training steps per second on this CPU, and whether `--amp auto` picks the faster.
 
 The `--amp auto` rule (engine/choices.py) was drawn from this table on one CPU; run it on another to check it holds
-there. Each case builds the registered model, channels-last, AdamW, cross-entropy, random inputs of the given
-shape, and times training steps in fp32 and in bf16 autocast (after warm-up steps) in five rounds that alternate
-the two, reporting the medians (steps of a few milliseconds drift with the machine). The verdict per case: auto's
-choice is no more than 10% slower than the faster of the two (a CPU without native bf16 skips the bf16 column, as
-auto does).
+there. Auto's choice is made as a run makes it, with the figures kept in $TUDUI_CACHE/bf16_speedup.json (the CPU's,
+and below 400 multiply-adds per weight per step each model's own): delete the file to see them measured afresh. Each
+case builds the registered model, channels-last, AdamW, cross-entropy, random inputs of the given shape, and times
+training steps in fp32 and in bf16 autocast (after warm-up steps) in five rounds that alternate the two, reporting the
+medians (steps of a few milliseconds drift with the machine). The verdict per case: auto's choice is no more than 10%
+slower than the faster of the two (a CPU without native bf16 skips the bf16 column, as auto does).
 
     python benchmarks/amp_speed.py            # about 1.5 minutes on a 2-core CPU
 """
@@ -78,8 +79,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = create_model(name, num_classes=10, in_channels=ch, img_size=px).to(memory_format=torch.channels_last)
         spec = SimpleNamespace(channels=ch, img_size=px)  # what resolve_amp reads of a DataSpec
-        cfg = SimpleNamespace(batch_size=batch, amp="auto")  # and of a TrainConfig
-        resolve_amp(cfg, model, spec, torch.device("cpu"))
+        cfg = SimpleNamespace(batch_size=batch, amp="auto", channels_last=True)  # and of a TrainConfig
+        note = resolve_amp(cfg, model, spec, torch.device("cpu"))
         # the quantity the rule compares with AMP_MIN_INTENSITY: multiply-adds per image x batch / parameters
         intensity = summarize_model(model, (ch, px, px)).macs * batch / sum(p.numel() for p in model.parameters())
         x = torch.randn(batch, ch, px, px).to(memory_format=torch.channels_last)
@@ -92,7 +93,7 @@ def main() -> None:
         ok_all &= ok
         rows.append([f"{name}, {ch}x{px}x{px}, {batch}", f"{intensity:.0f}", f"{fp32:,.0f}",
                      f"{bf16:,.0f}" if bf16 else "-", f"{bf16 / fp32:.2f}" if bf16 else "-", cfg.amp, C.verdict(ok)])
-        print(f"  {rows[-1][0]}: fp32 {fp32:,.0f} img/s, bf16 {rows[-1][3]} img/s, auto -> {cfg.amp}", flush=True)
+        print(f"  {rows[-1][0]}: fp32 {fp32:,.0f} img/s, bf16 {rows[-1][3]} img/s, {note}", flush=True)
     print()
     print(C.table(["model, input, batch", "multiply-adds per weight per step", "fp32 img/s", "bf16 img/s",
                    "bf16 / fp32", "--amp auto", f"auto within {1 - SLACK:.0%} of the faster"], rows))

@@ -32,22 +32,62 @@ def _spec(size: int, channels: int = 3) -> DataSpec:
                     std=[0.25] * channels)
 
 
-@pytest.mark.parametrize("model, size, batch, flags, want", [
-    ("fast", 28, 128, ["avx512_bf16"], "bf16"),  # the CPU's measured speed-up decides, not AMX alone
-    ("resnet18", 64, 128, ["amx_bf16"], "bf16"),  # 148 M multiply-adds x 128 / 11.2 M weights = 1695 per step
-    ("resnet18", 64, 128, [], "off"),  # no native bf16: emulated bf16 is slower than fp32
-    ("resnet18", 16, 128, ["amx_bf16"], "off"),  # 16 M x 128 / 11.2 M = 178: measured 0.71x
-    ("fast", 8, 64, ["amx_bf16"], "off"),  # 0.25 M x 64 / 43 k = 373; measured 0.97x at 368 (10 classes)
-    ("mobilenet_v3_small", 224, 128, ["amx_bf16"], "off"),  # depthwise convolutions: measured slower in bf16
-    ("fast", 28, 128, ["amx_bf16"], "bf16"),  # 2.57 M x 128 / 47 k = 7,029 (RGB): 1 channel measured 1.66x
+@pytest.mark.parametrize("model, size, batch, flags, own, want", [
+    ("fast", 28, 128, ["avx512_bf16"], None, "bf16"),  # the CPU's measured speed-up decides, not AMX alone
+    ("resnet18", 64, 128, ["amx_bf16"], None, "bf16"),  # 148 M multiply-adds x 128 / 11.2 M weights = 1695 per step
+    ("resnet18", 64, 128, [], None, "off"),  # no native bf16: emulated bf16 is slower than fp32
+    ("resnet18", 16, 128, ["amx_bf16"], 0.71, "off"),  # 16 M x 128 / 11.2 M = 178: the model measures itself
+    ("resnet18", 32, 64, ["avx512_bf16"], 1.12, "bf16"),  # 212 per weight: 1.10-1.12x on the AMD EPYC
+    ("fast", 8, 64, ["amx_bf16"], 0.97, "off"),  # 0.25 M x 64 / 43 k = 373 (10 classes: 368, measured 0.97x)
+    ("mobilenet_v3_small", 224, 128, ["amx_bf16"], None, "off"),  # depthwise convolutions: measured slower in bf16
+    ("fast", 28, 128, ["amx_bf16"], None, "bf16"),  # 2.57 M x 128 / 47 k = 7,029 (RGB): 1 channel measured 1.66x
 ])
-def test_amp_auto_on_a_cpu(monkeypatch, model, size, batch, flags, want):
+def test_amp_auto_on_a_cpu(monkeypatch, model, size, batch, flags, own, want):
     monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: flags)
     monkeypatch.setattr(choices, "bf16_speedup", lambda: 1.9)  # as measured on the AMD EPYC and the Xeon
+    measured = []  # only models with few multiply-adds per weight are measured themselves
+    monkeypatch.setattr(choices, "model_bf16_speedup", lambda *a: measured.append(a) or own)
     cfg = TrainConfig(batch_size=batch)
     assert cfg.amp == "auto"
     note = choices.resolve_amp(cfg, create_model(model, 4, 3, size), _spec(size), torch.device("cpu"))
     assert cfg.amp == want and note.startswith(f"amp {want} (auto: ")
+    assert bool(measured) == (own is not None)
+    if measured:
+        assert measured[0][1:] == ((3, size, size), batch, True) and f"measured {own:.2f}x fp32" in note
+
+
+def test_a_model_measures_its_own_bf16_speed_and_is_left_as_it_was(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path))
+    torch.manual_seed(5)
+    model = create_model("fast", 4, 3, 8)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = torch.get_rng_state()
+    speedup = choices.model_bf16_speedup(model, (3, 8, 8), 16, True)
+    assert 0.01 < speedup < 100  # a ratio of two measured step times (its value is the machine's)
+    after = model.state_dict()  # weights and BatchNorm statistics as they were, no gradients left, same random state
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert all(p.grad is None for p in model.parameters()) and torch.equal(torch.get_rng_state(), rng)
+    kept = json.loads((tmp_path / "bf16_speedup.json").read_text(encoding="utf-8"))
+    assert len(kept) == 1 and next(iter(kept)).endswith(" 3x8x8 batch 16")
+    monkeypatch.setattr(choices, "_measure_model", lambda *a: pytest.fail("measured again"))
+    assert choices.model_bf16_speedup(model, (3, 8, 8), 16, True) == speedup  # kept per machine and architecture
+    monkeypatch.setattr(choices, "_measure_model", lambda *a: 1.3)  # another architecture is measured on its own
+    assert choices.model_bf16_speedup(create_model("fast-wide", 4, 3, 8), (3, 8, 8), 16, True) == 1.3
+    assert len(json.loads((tmp_path / "bf16_speedup.json").read_text(encoding="utf-8"))) == 2
+
+
+def test_a_model_that_cannot_be_stepped_on_random_inputs_keeps_fp32(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path))
+
+    class Picky(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, x):
+            raise ValueError("wants a dict")
+
+    assert choices.model_bf16_speedup(Picky(), (3, 8, 8), 4, False) == 0.0
 
 
 def test_amp_auto_keeps_fp32_where_bf16_units_measure_no_faster(monkeypatch):

@@ -10,10 +10,12 @@ with AMX and 1.4-1.9x (run to run) on an AMD EPYC with avx512_bf16 only, while o
 it no faster than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once
 per machine: `bf16_speedup()` times a few training steps of `fast` in each precision (about 0.2 s) and keeps the
 figure. Then per model: bf16 needs every convolution dense (groups == 1: depthwise convolutions gain nothing and pay
-for the conversions, mobilenet_v3_small measured 0.6x) and at least AMP_MIN_INTENSITY multiply-adds per weight per
-step (each step converts every weight to bf16, cost ~ parameters, and gains on the multiply-adds, ~ per image x
-batch: on the Xeon resnet18 at 32 px, 212 per weight, 1.00x; at 64 px, batch 32, 424 per weight, 1.42x; the AMD
-EPYC ran the 32-px case 1.10x faster in bf16, so the threshold is the Xeon's and gives up that much there).
+for the conversions, mobilenet_v3_small measured 0.6x). Where the model does many multiply-adds per weight per step
+(>= AMP_MIN_INTENSITY) bf16 wins wherever `fast` does: each step converts every weight to bf16 (cost ~ parameters)
+and gains on the multiply-adds (~ per image x batch). Below that the outcome depends on the CPU (resnet18 at 32 px,
+batch 64, 212 per weight: 1.00x on the Xeon, 1.10-1.12x on the AMD EPYC; at 16 px, 89 per weight: 0.71x on the
+Xeon), so the model itself is measured in the run's shape and batch (`model_bf16_speedup`, a few steps each way,
+kept per machine like the CPU's figure) and bf16 is used from MODEL_MIN_SPEEDUP.
 benchmarks/amp_speed.py prints the table and checks the choice on any machine. On CUDA: bf16 where supported, else
 fp16 (with loss scaling).
 
@@ -27,8 +29,10 @@ on every machine.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import time
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -43,18 +47,19 @@ from . import distributed
 
 AMP_MIN_INTENSITY = 400  # multiply-adds per weight per training step (per image x batch / parameters)
 AMP_MIN_SPEEDUP = 1.15  # bf16 steps / fp32 steps measured by bf16_speedup() below which --amp auto keeps fp32
+# the same ratio measured on the run's own model below AMP_MIN_INTENSITY: a direct measurement needs a margin for
+# noise only (step times move by a few per cent), where the CPU's figure above stands in for a different model
+MODEL_MIN_SPEEDUP = 1.05
 
 
-@functools.cache
-def bf16_speedup() -> float:
-    """fp32 time / bf16-autocast time of a training step of `fast` (1x28x28, batch 64) on this CPU.
-
-    Measured once per machine and kept in the cache folder ($TUDUI_CACHE or ~/.cache/tudui/decoded, file
-    bf16_speedup.json, keyed by CPU model, torch version and threads): a figure near a threshold would otherwise flip
-    the choice from one run to the next (1.13x and 1.2x were measured minutes apart here), and the same command with
-    the same seed must train the same way. Delete the file to measure again.
+def _kept_figure(what: str, measure: Callable[[], float]) -> float:
+    """A measured speed ratio, measured once per machine and kept in the cache folder ($TUDUI_CACHE or
+    ~/.cache/tudui/decoded, file bf16_speedup.json, keyed by CPU model, torch version, threads and `what`): a figure
+    near a threshold would otherwise flip the choice from one run to the next (1.13x and 1.2x were measured minutes
+    apart here), and the same command with the same seed must train the same way. Delete the file to measure again.
     """
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads" + \
+        (f" | {what}" if what else "")
     path = cache_root() / "bf16_speedup.json"
     known = {}
     try:
@@ -62,13 +67,20 @@ def bf16_speedup() -> float:
         return float(known[key])
     except (OSError, ValueError, KeyError, TypeError):  # not measured yet (or an unreadable file: measure again)
         known = known if isinstance(known, dict) else {}
-    value = round(_measure_bf16_speedup(), 3)
+    value = round(measure(), 3)
     try:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({**known, key: value}, ensure_ascii=False, indent=1), encoding="utf-8")
     except (OSError, TuduiError):  # a read-only or full cache folder: measure again next time
         pass
     return value
+
+
+@functools.cache
+def bf16_speedup() -> float:
+    """fp32 time / bf16-autocast time of a training step of `fast` (1x28x28, batch 64) on this CPU, measured once
+    per machine (_kept_figure)."""
+    return _kept_figure("", _measure_bf16_speedup)
 
 
 def _measure_bf16_speedup() -> float:
@@ -95,6 +107,49 @@ def _measure_bf16_speedup() -> float:
 def _agreed_speedup() -> float:
     """bf16_speedup() as rank 0 measured it: every process of a torchrun job must settle to the same choices."""
     return distributed.on_main(bf16_speedup)
+
+
+def model_bf16_speedup(model: nn.Module, shape: tuple[int, int, int], batch: int, channels_last: bool) -> float:
+    """fp32 time / bf16-autocast time of a forward and backward pass of `model` itself on a random (batch, *shape)
+    batch, measured once per machine and architecture (the key hashes the module tree, which parameters train, the
+    input shape and the batch). The optimiser's step, the same in both precisions, is left out (it would change the
+    weights), so a whole training step gains a little less than this. 0.0 when the model cannot be stepped on random
+    inputs (fp32 is kept)."""
+    trains = "".join("1" if p.requires_grad else "0" for p in model.parameters())
+    arch = hashlib.sha1(f"{model!r}|{trains}|{shape}|{batch}|{channels_last}".encode()).hexdigest()[:16]
+    return _kept_figure(f"model {arch} {'x'.join(map(str, shape))} batch {batch}",
+                        lambda: _measure_model(model, shape, batch, channels_last))
+
+
+def _measure_model(model: nn.Module, shape: tuple[int, int, int], batch: int, channels_last: bool) -> float:
+    """Alternating steps, the fastest of each counting (as _measure_bf16_speedup). The model is left as it was: its
+    BatchNorm statistics are restored, its gradients cleared, the global random state untouched."""
+    if not any(p.requires_grad for p in model.parameters()):
+        return 0.0
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    best = {False: float("inf"), True: float("inf")}
+    try:
+        with torch.random.fork_rng(devices=[]):
+            x = torch.randn(batch, *shape)
+            x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+            for i in range(5):  # the first of each picks oneDNN's kernels and is not counted
+                for bf16 in (False, True):
+                    t0 = time.perf_counter()
+                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                        out = model(x)
+                    out = out if isinstance(out, torch.Tensor) else out[0]
+                    out.float().square().mean().backward()
+                    model.zero_grad(set_to_none=True)
+                    if i >= 1:
+                        best[bf16] = min(best[bf16], time.perf_counter() - t0)
+    except Exception:  # noqa: BLE001 - a user model that wants other inputs: no bf16 guess, fp32
+        return 0.0
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for k, v in model.named_buffers():
+                v.copy_(buffers[k])
+    return best[False] / best[True]
 
 
 def _dense_macs(model: nn.Module, spec) -> tuple[int, bool]:
@@ -148,14 +203,16 @@ def resolve_amp(cfg, model: nn.Module, spec, device: torch.device) -> str:
         return "amp off (auto: grouped convolutions gain nothing from bf16)"
     params = max(1, sum(p.numel() for p in model.parameters()))  # autocast converts frozen weights too
     intensity = macs * cfg.batch_size / params
-    if intensity < AMP_MIN_INTENSITY:
-        cfg.amp = "off"
-        return (f"amp off (auto: {intensity:.0f} multiply-adds per weight per step is too few to gain from bf16; "
-                f"from {AMP_MIN_INTENSITY})")
     speedup = _agreed_speedup()
     if speedup < AMP_MIN_SPEEDUP:
         cfg.amp = "off"
         return f"amp off (auto: bf16 steps only {speedup:.2f}x fp32 on this CPU; from {AMP_MIN_SPEEDUP})"
+    if intensity < AMP_MIN_INTENSITY:  # few multiply-adds per weight: it depends on the CPU, so measure the model
+        shape = (spec.channels, spec.img_size, spec.img_size)
+        own = distributed.on_main(model_bf16_speedup, model, shape, cfg.batch_size, cfg.channels_last)
+        cfg.amp = "bf16" if own >= MODEL_MIN_SPEEDUP else "off"
+        return (f"amp {cfg.amp} (auto: {intensity:.0f} multiply-adds per weight per step, this model's bf16 forward+"
+                f"backward measured {own:.2f}x fp32; bf16 from {MODEL_MIN_SPEEDUP})")
     cfg.amp = "bf16"
     return (f"amp bf16 (auto: bf16 steps {speedup:.2f}x fp32 on this CPU ({'/'.join(flags)}), {intensity:.0f} "
             f"multiply-adds per weight per step)")

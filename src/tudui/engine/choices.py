@@ -85,24 +85,12 @@ def bf16_speedup() -> float:
 
 
 def _measure_bf16_speedup() -> float:
-    """Steps alternate between the precisions and the fastest of each counts, so a busy moment hurts both alike. The
-    global random state is left as it was (the run's seed has already been set)."""
+    """_measure_model on a freshly built `fast` (seeded inside, so the run's own random state is left alone), with
+    two warm-up rounds and eight in all: its steps take milliseconds."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = create_model("fast", 10, 1, 28).to(memory_format=torch.channels_last)
-        x = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
-        y = torch.randint(0, 10, (64,))
-        best = {False: float("inf"), True: float("inf")}
-        for i in range(8):  # the first two of each pick oneDNN's kernels and are not counted
-            for bf16 in (False, True):
-                t0 = time.perf_counter()
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                    loss = nn.functional.cross_entropy(model(x), y)
-                loss.backward()
-                model.zero_grad(set_to_none=True)
-                if i >= 2:
-                    best[bf16] = min(best[bf16], time.perf_counter() - t0)
-    return best[False] / best[True]
+        return _measure_model(model, (1, 28, 28), 64, True, rounds=8, warmup=2)
 
 
 def _agreed_speedup() -> float:
@@ -122,11 +110,13 @@ def model_bf16_speedup(model: nn.Module, shape: tuple[int, int, int], batch: int
                         lambda: _measure_model(model, shape, batch, channels_last))
 
 
-def _measure_model(model: nn.Module, shape: tuple[int, int, int], batch: int, channels_last: bool) -> float:
-    """Alternating steps, the fastest of each counting (as _measure_bf16_speedup); up to 5 rounds, 2 once
-    MODEL_MEASURE_S have passed (vgg16 at 32 px, 134 M weights, takes 2 s a step at batch 128 on 2 cores: measured
-    in 6 s, once per machine and architecture). The model is left as it was: its BatchNorm statistics are restored,
-    its gradients cleared, the global random state untouched."""
+def _measure_model(model: nn.Module, shape: tuple[int, int, int], batch: int, channels_last: bool,
+                   rounds: int = 5, warmup: int = 1) -> float:
+    """fp32 time / bf16 time of a forward and backward pass. Steps alternate between the precisions and the fastest
+    of each counts, so a busy moment hurts both alike; the first `warmup` rounds pick oneDNN's kernels and are not
+    counted. Up to `rounds` rounds, warmup + 1 once MODEL_MEASURE_S have passed (vgg16 at 32 px, 134 M weights, takes
+    2 s a step at batch 128 on 2 cores: measured in 6 s, once per machine and architecture). The model is left as it
+    was: its BatchNorm statistics are restored, its gradients cleared, the global random state untouched."""
     if not any(p.requires_grad for p in model.parameters()):
         return 0.0
     buffers = {k: v.clone() for k, v in model.named_buffers()}
@@ -136,8 +126,8 @@ def _measure_model(model: nn.Module, shape: tuple[int, int, int], batch: int, ch
             x = torch.randn(batch, *shape)
             x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
             start = time.perf_counter()
-            for i in range(5):  # the first of each picks oneDNN's kernels and is not counted
-                if i >= 2 and time.perf_counter() - start > MODEL_MEASURE_S:  # a slow model: fewer rounds
+            for i in range(rounds):
+                if i > warmup and time.perf_counter() - start > MODEL_MEASURE_S:  # a slow model: fewer rounds
                     break
                 for bf16 in (False, True):
                     t0 = time.perf_counter()
@@ -146,7 +136,7 @@ def _measure_model(model: nn.Module, shape: tuple[int, int, int], batch: int, ch
                     out = out if isinstance(out, torch.Tensor) else out[0]
                     out.float().square().mean().backward()
                     model.zero_grad(set_to_none=True)
-                    if i >= 1:
+                    if i >= warmup:
                         best[bf16] = min(best[bf16], time.perf_counter() - t0)
     except Exception:  # noqa: BLE001 - a user model that wants other inputs: no bf16 guess, fp32
         return 0.0

@@ -21,6 +21,15 @@ def test_normalize_matches_totensor_normalize():
     assert torch.allclose(eval_transforms(spec)(Image.fromarray(arr)), ref, atol=1e-6)
 
 
+def test_normalize_keeps_each_specs_own_constants():
+    """The constants are made once per (mean, std, device): two specs in turn must not share them."""
+    x = torch.full((1, 1, 2, 2), 255, dtype=torch.uint8)
+    a, b = DataSpec(["a"], 2, 1, [0.5], [0.25]), DataSpec(["a"], 2, 1, [0.0], [1.0])
+    for _ in range(2):
+        assert torch.allclose(normalize(x, a), torch.full((1, 1, 2, 2), 2.0))
+        assert torch.allclose(normalize(x, b), torch.ones(1, 1, 2, 2))
+
+
 def test_augment_is_translation_with_zero_fill():
     x = torch.arange(1, 1 + 2 * 8 * 8, dtype=torch.int64).remainder(250).add(1).to(torch.uint8).view(2, 1, 8, 8)
     g = torch.Generator().manual_seed(0)

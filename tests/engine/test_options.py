@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import csv
 import math
 
@@ -18,7 +19,7 @@ import tudui
 from tudui.cli import main as tudui_main
 from tudui.core.config import TrainConfig
 from tudui.engine.callbacks import Callback
-from tudui.engine.optim import create_loss, create_optimizer, create_scheduler
+from tudui.engine.optim import create_loss, create_optimizer, create_scheduler, param_groups
 from tudui.engine.trainer import setup
 from tudui.models import create_model
 
@@ -93,6 +94,42 @@ def test_no_weight_decay_on_biases_and_norm_layers(optimizer):
                 if optimizer == "adamw":  # decoupled decay: p <- p * (1 - lr * wd), exactly
                     assert torch.allclose(p, before[key] * (1 - lr * wd)), key
     assert any("weight" in k for k in spared) and len(decayed) >= 4  # BatchNorm scales among the spared
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd", "adam"])
+def test_optimizer_is_fused_where_torch_has_the_kernels_and_steps_as_the_loop_does(optimizer):
+    """One call for all tensors (engine/optim.py) must compute what torch's per-tensor default computes."""
+    torch.manual_seed(0)
+    a = create_model("fast", 10, 1, 28)
+    b = copy.deepcopy(a)
+    cfg = TrainConfig(optimizer=optimizer, lr=0.01, weight_decay=0.05)
+    fused = create_optimizer(cfg, a)
+    assert fused.defaults.get("fused") is True  # this torch (>= 2.4) has fused kernels for the CPU
+    kind = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam, "sgd": torch.optim.SGD}[optimizer]
+    accepted = set(inspect.signature(kind).parameters) - {"fused", "foreach"}
+    plain = kind(param_groups(b, cfg.weight_decay), **{k: v for k, v in fused.defaults.items() if k in accepted})
+    x = torch.randn(8, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        for m in (a, b):
+            m.zero_grad()
+            F.cross_entropy(m(x), torch.arange(8)).backward()
+        fused.step()
+        plain.step()
+    for (k, w), v in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(w, v, rtol=1e-5, atol=1e-6), k  # seen: at most 8e-8 apart
+
+
+def test_optimizer_falls_back_where_torch_has_no_fused_kernels(monkeypatch):
+    real = torch.optim.AdamW
+
+    def no_fused(*args, fused=None, **kw):
+        if fused:
+            raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(torch.optim, "AdamW", no_fused)
+    opt = create_optimizer(TrainConfig(), create_model("fast", 10, 1, 28))
+    assert not opt.defaults.get("fused")
 
 
 # --- schedules --------------------------------------------------------------------------------------------------------

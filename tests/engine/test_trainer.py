@@ -108,10 +108,11 @@ def test_channels_last_trains_like_the_standard_layout(tmp_path):
 
     losses = {}
     for cl in (True, False):
+        # fp32 pinned: --amp auto measures each layout's bf16 speed-up on its own and may choose differently
         run = setup(tudui.TrainConfig(data=["digits"], epochs=1, batch_size=64, channels_last=cl, plots=False,
-                                      tensorboard=False, project=str(tmp_path), name=f"cl{cl}"))
+                                      amp="off", tensorboard=False, project=str(tmp_path), name=f"cl{cl}"))
         weight = run.model[4].weight  # (32, 16, 3, 3): the second conv
         assert weight.is_contiguous(memory_format=torch.channels_last) is cl
         losses[cl] = train_one_epoch(run, 0)["train_loss"]
         assert all(v.is_contiguous() for v in run.checkpoint()["model"].values())  # saved in the standard layout
-    assert losses[True] == pytest.approx(losses[False], rel=1e-3)  # same maths, other kernels
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)  # same maths, other kernels (seen: 1e-8 apart)

@@ -8,7 +8,7 @@ TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.tudui-installed
 DEMO_EPOCHS ?=
 
-.PHONY: install data demo test test-all bench clean
+.PHONY: install data demo test test-all bench bench-gpu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -85,6 +85,11 @@ bench: data $(PEERS_VENV)/bin/yolo
 	$(PY) benchmarks/serve_load.py
 	@# The API fuzzing of `make test`, 20 times longer (about 7,800 requests; the counts are printed).
 	TUDUI_FUZZ_SCALE=20 $(PY) -m pytest -q -s -p no:cacheprovider tests/inference/test_server_fuzz.py
+
+# Issue 17's GPU target (needs CUDA: the GPU-marked tests, then a few minutes of runs with the data on the GPU).
+bench-gpu: data
+	$(PY) -m pytest -q -m gpu tests/engine/test_gpu.py
+	$(PY) benchmarks/gpu_time_to_accuracy.py
 
 clean:
 	rm -rf runs samples .pytest_cache

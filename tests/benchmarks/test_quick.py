@@ -24,6 +24,7 @@ SCRIPTS = {
     "preset_max.py": "--preset max reaches >= 95.0% within 60 minutes",
     "default_elsewhere.py": "today's default not worse than the previous",
     "amp_speed.py": "--amp auto picks the faster precision",
+    "gpu_time_to_accuracy.py": "94% test top-1 within 10 s on the GPU",  # --quick runs on the CPU where no CUDA
 }
 # Ultralytics lives in its own environment, made by `make bench` only (a benchmark peer, never a dependency).
 PEERS_YOLO = Path(__file__).resolve().parents[2] / ".venv-peers" / "bin" / "yolo"

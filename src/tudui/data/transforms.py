@@ -11,7 +11,6 @@ training device (random crop with zero padding = random translation, horizontal 
 from __future__ import annotations
 
 import functools
-
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np

@@ -6,8 +6,8 @@
 from __future__ import annotations
 
 import copy
-import inspect
 import csv
+import inspect
 import math
 
 import pytest

@@ -185,7 +185,8 @@ class TrainConfig:
     amp: str = _f("auto", "mixed precision: auto (on a CPU with bf16 units, AVX512-BF16 or AMX, bf16 where a few "
                           "measured steps run >= 1.15x faster than fp32 and the model has dense convolutions; a model "
                           "under 400 multiply-adds per weight per step is timed itself and needs >= 1.05x; on CUDA "
-                          "bf16 where supported, else fp16; the choice is printed in the first line), on (bf16 on a CPU, fp16 on CUDA), bf16, fp16, off",
+                          "bf16 where supported, else fp16; the choice is printed in the first line), on (bf16 on a "
+                          "CPU, fp16 on CUDA), bf16, fp16, off",
                   nargs="?", const="on", type=str, no_flag="off")
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice; a shared machine is often steadier "
                                    "with fewer)")

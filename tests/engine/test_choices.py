@@ -122,10 +122,11 @@ def test_bf16_speedup_is_measured_once_per_machine_and_leaves_the_seeded_state_a
 
 @pytest.mark.parametrize("flags, speedup, amp, device, want", [
     (["avx512_bf16", "amx_bf16"], 1.7, "auto", "cpu", "fast-wide"),  # fast-wide in bf16 takes fast's fp32 time
-    (["avx512_bf16", "amx_bf16"], 1.02, "auto", "cpu", "fast"),  # AMX that measures no faster: fast-wide costs 2.4x
-    (["avx512_bf16", "amx_bf16"], 1.7, "off", "cpu", "fast"),  # fp32 asked for
-    (["avx512_bf16"], 1.9, "auto", "cpu", "fast"),  # AMD EPYC: fast-wide took 11 s per epoch, fast 6 s
-    ([], None, "auto", "cpu", "fast"),
+    (["avx512_bf16", "amx_bf16"], 1.02, "auto", "cpu", "fast-mlp"),  # AMX measuring no faster: fast-wide costs 2.4x
+    (["avx512_bf16", "amx_bf16"], 1.7, "off", "cpu", "fast-mlp"),  # fp32 asked for
+    (["avx512_bf16"], 1.9, "auto", "cpu", "fast-mlp"),  # AMD EPYC: fast-wide took 11 s per epoch, fast-mlp 6.5 s
+    ([], None, "auto", "cpu", "fast-mlp"),
+    ([], None, "auto", "mps", "fast-mlp"),
 ])
 def test_model_auto_follows_what_the_device_computes_fast(monkeypatch, flags, speedup, amp, device, want):
     monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: flags)
@@ -170,8 +171,8 @@ def test_the_first_line_says_what_auto_chose(tmp_path, capsys, monkeypatch, fmni
     tudui.train(data="digits", epochs=1, subset=128, batch_size=64, plots=False, tensorboard=False,
                 project=str(tmp_path), name="auto-model")
     first = capsys.readouterr().out.splitlines()[0]
-    assert first.startswith("tudui ") and "model fast (auto: CPU without AMX)" in first
-    assert yaml.safe_load((tmp_path / "auto-model" / "config.yaml").read_text())["model"] == "fast"
+    assert first.startswith("tudui ") and "model fast-mlp (auto: CPU without AMX)" in first
+    assert yaml.safe_load((tmp_path / "auto-model" / "config.yaml").read_text())["model"] == "fast-mlp"
     tudui.train(data=str(fmnist_folders), model="fast", epochs=1, subset=64, batch_size=32, cache="off", plots=False,
                 tensorboard=False, project=str(tmp_path), name="files")
     first = capsys.readouterr().out.splitlines()[0]

@@ -116,3 +116,14 @@ def test_channels_last_trains_like_the_standard_layout(tmp_path):
         losses[cl] = train_one_epoch(run, 0)["train_loss"]
         assert all(v.is_contiguous() for v in run.checkpoint()["model"].values())  # saved in the standard layout
     assert losses[True] == pytest.approx(losses[False], rel=1e-5)  # same maths, other kernels (seen: 1e-8 apart)
+
+
+def test_a_batch_of_one_image_on_1x1_maps_is_a_clear_error(tmp_path, cli):
+    """`fast` on 8x8 digits has 1x1 maps in its last stage: torch's BatchNorm cannot train on a batch of one there."""
+    with pytest.raises(TuduiError, match=r"use --batch-size 2 or more \(now 1"):
+        tudui.train(data="digits", model="fast", epochs=1, batch_size=1, subset=16, plots=False, tensorboard=False,
+                    project=str(tmp_path), name="one")
+    r = cli("train", "--data", "digits", "--model", "fast", "--epochs", "1", "--batch-size", "1", "--subset", "16",
+            "--no-plots", "--project", tmp_path, "--name", "cli")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "--batch-size 2 or more" in r.stderr
+    assert not (tmp_path / "cli" / "best.pt").exists()  # no epoch finished, so no best weights were claimed

@@ -373,7 +373,15 @@ class TimeBudget:
 
 def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     with distributed.session(cfg.device):  # joins the torchrun job, if any
-        return _fit(cfg, callbacks)
+        try:
+            return _fit(cfg, callbacks)
+        except ValueError as e:  # torch's BatchNorm refuses to train on one value per channel
+            if "more than 1 value per channel" not in str(e):
+                raise
+            raise TuduiError(f"a BatchNorm layer of the model got one value per channel to train on "
+                             f"({str(e).splitlines()[0]}): a batch of one image whose feature map is 1x1 there; "
+                             f"use --batch-size 2 or more (now {cfg.batch_size}; a training set of one image "
+                             f"cannot train it either) or a larger --img-size") from None
 
 
 def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:

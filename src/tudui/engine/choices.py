@@ -23,7 +23,7 @@ fp16 (with loss scaling).
 device runs it about as fast as `fast` runs in fp32: a GPU, or a CPU with AMX where bf16 passes the measurement above
 (Xeon, 2 cores: fast-wide in bf16 11,434 images/s, fast in fp32 11,216). Elsewhere `fast-mlp` (`fast` with a hidden
 layer of 256 in its head): on the AMD EPYC with avx512_bf16 only, fast-wide in bf16 took 11 s per Fashion-MNIST
-epoch against fast's 6 s, which misses issue 17's first-epoch target there, while the hidden layer costs ~7% more
+epoch against fast's 6 s, which misses issue 17's first-epoch target there, while the hidden layer costs ~10% more
 time for +0.6 points of validation top-1 (3 seeds; wider late stages, residual blocks and more epochs gained less
 per second: benchmarks/README.md). So the default's seconds per epoch stay about the same on every machine.
 """

@@ -5,10 +5,10 @@ held-out 10% of the training set): three stages of Conv3x3 -> MaxPool -> BN -> R
 (pooling before BN/ReLU runs them on a quarter of the pixels), widths 16-32-128,
 then an average pool to 3x3 and one Linear. 2.35 M multiply-adds per 28x28 image,
 53 k parameters at 10 classes. `fast-mlp` adds a hidden layer of 256 to the head (2.64 M, 0.34 M parameters: the
-cheapest gain found, +0.6 points of validation top-1 for ~7% more time); `fast-wide` (32-64-128) does 6.5 M with
+cheapest gain found, +0.6 points of validation top-1 for ~10% more time); `fast-wide` (32-64-128) does 6.5 M with
 104 k parameters.
 
-`--model auto` (engine/choices.py) trains `fast-wide` where the device computes bf16 natively and `fast-mlp` elsewhere.
+`--model auto` (engine/choices.py) trains `fast-wide` where the device computes bf16 natively, `fast-mlp` elsewhere.
 The presets go deeper: `fast-res` (--preset best) adds a stem and two residual blocks (ResNet-9-like, 16 M
 multiply-adds), `fast-res-wide` (--preset max) doubles its channels (65 M).
 """
@@ -58,12 +58,12 @@ def head(c: int, side: int, num_classes: int, hidden: int | None = None) -> list
     classifier, which stays the model's last nn.Linear (the head that --freeze-backbone trains)."""
     pool = [nn.AvgPool2d(side - 2, stride=1)] if side > 3 else []
     features = c * min(side, 3) ** 2
-    mlp = [] if not hidden else [nn.Linear(features, hidden, bias=False), HiddenBatchNorm(hidden), nn.ReLU(inplace=True)]
+    mlp = [nn.Linear(features, hidden, bias=False), HiddenBatchNorm(hidden), nn.ReLU(inplace=True)] if hidden else []
     return [*pool, nn.Flatten(), *mlp, nn.Linear(hidden or features, num_classes)]
 
 
 @register_model("fast", min_size=8, default_size=28,
-                description="tudui's default: 3x(Conv3x3-MaxPool-BN-ReLU) 16-32-128, avg pool to 3x3, Linear")
+                description="the small net: 3x(Conv3x3-MaxPool-BN-ReLU) 16-32-128, avg pool to 3x3, Linear")
 def fast(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, widths: tuple = (16, 32, 128),
          hidden: int | None = None) -> nn.Module:
     layers, c, side = [], in_channels, img_size

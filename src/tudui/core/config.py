@@ -191,6 +191,9 @@ class TrainConfig:
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice; a shared machine is often steadier "
                                    "with fewer)")
     compile: bool = _f(False, "torch.compile the model (compiles during the first steps; pays off on long runs)")
+    cuda_graph: str = _f("auto", "replay each training step's forward and backward pass as one CUDA graph (small nets "
+                                 "on a GPU are bound by kernel launches): auto (on CUDA for tudui's registered "
+                                 "models), on (a model of your own too), off", choices=["auto", "on", "off"])
     channels_last: bool = _f(True, "keep weights and activations channels-last (NHWC): faster convolutions on CPU "
                                    "(oneDNN) and on CUDA tensor cores")
     seed: int = _f(0, "random seed for weights, split, shuffling and augmentation")

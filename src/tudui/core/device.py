@@ -152,12 +152,13 @@ def amp_dtype(device: torch.device, amp: bool | str) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
-def autocast(device: torch.device, amp: bool | str):
-    """Autocast to the dtype of a resolved --amp (see amp_dtype); a no-op context in full precision."""
+def autocast(device: torch.device, amp: bool | str, cache: bool = True):
+    """Autocast to the dtype of a resolved --amp (see amp_dtype); a no-op context in full precision.
+    cache=False converts the weights again at every use: what a CUDA graph capture needs (engine/cuda_graph.py)."""
     dtype = amp_dtype(device, amp)
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache)
 
 
 def make_scaler(device: torch.device, amp: bool | str) -> torch.amp.GradScaler:

@@ -1,5 +1,5 @@
-"""What `auto` settles to for this run: the model (`--model auto`), mixed precision (`--amp auto`) and DataLoader
-workers (`--workers auto`).
+"""What `auto` settles to for this run: the model (`--model auto`), mixed precision (`--amp auto`), DataLoader
+workers (`--workers auto`) and CUDA graphs (`--cuda-graph auto`: engine/cuda_graph.py says when and why).
 
 Each resolver writes the concrete choice back into the config (so config.yaml and `--resume` use it) and returns a
 short note for the run's first line.
@@ -44,7 +44,7 @@ from ..core.files import atomic_path
 from ..data.cache import cache_root
 from ..models.registry import create_model
 from ..models.summary import summarize_model
-from . import distributed
+from . import cuda_graph, distributed
 
 AMP_MIN_INTENSITY = 400  # multiply-adds per weight per training step (per image x batch / parameters)
 AMP_MIN_SPEEDUP = 1.15  # bf16 steps / fp32 steps measured by bf16_speedup() below which --amp auto keeps fp32
@@ -213,6 +213,23 @@ def resolve_amp(cfg, model: nn.Module, spec, device: torch.device) -> str:
     cfg.amp = "bf16"
     return (f"amp bf16 (auto: bf16 steps {speedup:.2f}x fp32 on this CPU ({'/'.join(flags)}), {intensity:.0f} "
             f"multiply-adds per weight per step)")
+
+
+def resolve_cuda_graph(cfg, device: torch.device, ddp: bool, registered: bool) -> tuple[bool, str | None]:
+    """(use a graph?, note for the first line or None): settles cfg.cuda_graph 'auto' to 'on' or 'off'."""
+    why = cuda_graph.unsupported(cfg, device, ddp)
+    if cfg.cuda_graph == "off" or (why is not None and cfg.cuda_graph == "auto" and device.type != "cuda"):
+        cfg.cuda_graph = "off"
+        return False, None
+    if why is not None:
+        cfg.cuda_graph = "off"
+        return False, f"cuda graph off ({why})"
+    if cfg.cuda_graph == "auto" and not registered:
+        cfg.cuda_graph = "off"
+        return False, "cuda graph off (auto: a model of your own; --cuda-graph on captures it)"
+    auto = cfg.cuda_graph == "auto"
+    cfg.cuda_graph = "on"
+    return True, "cuda graph on" + (" (auto: a registered model on CUDA)" if auto else "")
 
 
 def resolve_workers(cfg, data, w: World) -> tuple[int, str | None]:

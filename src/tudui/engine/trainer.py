@@ -33,8 +33,8 @@ from ..models import count_parameters, create_model, get_model_info, make_arch
 from ..core.pyfile import is_file_ref
 from ..models.user import call_builder, parse_model_args, ref_for, source_record
 from ..models.zoo import head_path, load_weights, weights_crop_pct
-from . import distributed, features, finetune
-from .choices import resolve_amp, resolve_model, resolve_workers
+from . import cuda_graph, distributed, features, finetune
+from .choices import resolve_amp, resolve_cuda_graph, resolve_model, resolve_workers
 from .callbacks import Callback
 from .evaluate import evaluate
 from .metrics import TopMistakes
@@ -81,6 +81,7 @@ class Run:
     ddp: nn.Module | None = None  # DDP wrapper of `model` under torchrun: training goes through it
     ema: ModelEMA | None = None  # --ema: the averaged weights, validated and saved as best.pt
     train_module: nn.Module | None = None  # what the loop calls: ddp or model, torch.compile'd with --compile
+    graph: cuda_graph.GraphedStep | None = None  # --cuda-graph: forward + loss + backward replayed as one graph
     world: World = field(default_factory=World)
     workers: int = 0  # DataLoader processes (--workers auto resolved)
     head_trainer: object = None  # features.FeatureTrainer: the head on cached features while the backbone is frozen
@@ -280,6 +281,11 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
               ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None, workers=workers,
               choices=[c for c in choices if c])
     run.train_module = torch.compile(ddp or model) if cfg.compile else (ddp or model)
+    graphed, graph_note = resolve_cuda_graph(cfg, device, ddp is not None,
+                                            registered=isinstance(cfg.model, str) and not is_file_ref(cfg.model))
+    run.graph = cuda_graph.GraphedStep(run.train_module, run.criterion, device, cfg.amp, run.scaler.scale) \
+        if graphed else None
+    run.choices += [graph_note] if graph_note else []
     run.head_trainer = features.maybe_feature_trainer(run)  # --freeze-backbone / --fine-tune: cached features
     resolve_lr(cfg, run)
     if arch.get("source", {}).get("path"):  # the user's file relative to the run: found again if both move
@@ -318,9 +324,11 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
     for i, (x, y) in enumerate(loader):
         x = run.prepare(x.to(dev, non_blocking=True), train=True)  # (B, C, H, W) float
         x, y = run.mix(x, y.to(dev, non_blocking=True))  # y: (B,) classes, or (B, K) soft targets when mixing
-        with autocast(dev, run.cfg.amp):
-            loss = run.criterion(model(x), y)
-        run.scaler.scale(loss / acc).backward()  # gradients summed over `acc` batches: their mean loss
+        loss = run.graph(x, y) if run.graph is not None else None  # one replay; None: no graph, step eagerly
+        if loss is None:
+            with autocast(dev, run.cfg.amp):
+                loss = run.criterion(model(x), y)
+            run.scaler.scale(loss / acc).backward()  # gradients summed over `acc` batches: their mean loss
         loss_sum += loss.detach() * len(y)
         seen += len(y)
         if (i + 1) % acc and i + 1 < len(loader):

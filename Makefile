@@ -88,7 +88,7 @@ bench: data $(PEERS_VENV)/bin/yolo
 
 # Issue 17's GPU target (needs CUDA: the GPU-marked tests, then a few minutes of runs with the data on the GPU).
 bench-gpu: data
-	$(PY) -m pytest -q -m gpu tests/engine/test_gpu.py
+	$(PY) -m pytest -q -m gpu tests/engine/test_gpu.py tests/engine/test_cuda_graph.py
 	$(PY) benchmarks/gpu_time_to_accuracy.py
 
 clean:

@@ -29,7 +29,7 @@ def main() -> None:
     if args.quick:
         test_split = test_split.subset(np.sort(np.random.default_rng(0).permutation(len(test_split))[:2000]))
     options = {"preset": "max"} | parse_options(args.options) | (
-        {"time": None, "epochs": 1, "subset": C.QUICK_SUBSET} if args.quick else {})
+        {"time": None, "epochs": 1, "subset": C.QUICK_SUBSET} | C.QUICK_EVAL if args.quick else {})
     clock = C.Clock()
     cb = TestEveryEpoch(clock, test_split, "tudui preset=max")
     with tempfile.TemporaryDirectory(prefix="tudui-bench-") as project:

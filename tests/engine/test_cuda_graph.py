@@ -12,7 +12,7 @@ gpu = pytest.mark.gpu
 
 @pytest.mark.parametrize("opts, device, registered, want, note", [
     ({}, "cpu", True, "off", None),  # nothing to say where there is no GPU
-    ({"cuda_graph": "on"}, "cpu", True, "off", "cuda graph off (no CUDA device (cpu))"),
+    ({"cuda_graph": "on"}, "cpu", True, "off", "cuda graph off (the device is cpu, not CUDA)"),
     ({}, "cuda", True, "on", "cuda graph on (auto: a registered model on CUDA)"),
     ({}, "cuda", False, "off", "cuda graph off (auto: a model of your own; --cuda-graph on captures it)"),
     ({"cuda_graph": "on"}, "cuda", False, "on", "cuda graph on"),

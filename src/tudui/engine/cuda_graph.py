@@ -35,13 +35,13 @@ WARMUP = 3  # eager passes on the side stream before capture (torch's examples u
 def unsupported(cfg, device: torch.device, ddp: bool) -> str | None:
     """Why this run cannot use a graph (None when it can); the reason ends up in the run's first line."""
     if device.type != "cuda":
-        return f"no CUDA device ({device.type})"
+        return f"the device is {device.type}, not CUDA"
     if cfg.compile:
         return "--compile: compiled kernels are not recorded here"
     if cfg.accumulate != 1:
         return "--accumulate sums gradients over batches; a graph overwrites them"
     if ddp:
-        return "torchrun (DDP's gradient hooks)"
+        return "torchrun: DDP's gradient hooks are not recorded here"
     return None
 
 

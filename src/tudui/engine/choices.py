@@ -218,7 +218,7 @@ def resolve_amp(cfg, model: nn.Module, spec, device: torch.device) -> str:
 def resolve_cuda_graph(cfg, device: torch.device, ddp: bool, registered: bool) -> tuple[bool, str | None]:
     """(use a graph?, note for the first line or None): settles cfg.cuda_graph 'auto' to 'on' or 'off'."""
     why = cuda_graph.unsupported(cfg, device, ddp)
-    if cfg.cuda_graph == "off" or (why is not None and cfg.cuda_graph == "auto" and device.type != "cuda"):
+    if cfg.cuda_graph == "off" or (cfg.cuda_graph == "auto" and device.type != "cuda"):  # nothing to say
         cfg.cuda_graph = "off"
         return False, None
     if why is not None:

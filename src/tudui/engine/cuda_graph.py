@@ -8,14 +8,14 @@ after compiling, which costs more seconds than a Fashion-MNIST run takes; this c
 
 What is captured: the copy target for the batch (static input tensors), forward under autocast, the loss and the
 backward pass (of the loss times fp16's loss scale, a tensor the graph reads at each replay), which writes every
-trainable parameter's gradient into memory the graph owns. The optimiser, the
-schedule, the EMA and the augmentation stay eager (a handful of launches: AdamW is fused), so the learning rate,
-clipping and every callback behave as without a graph. Capture follows torch's recipe: a few warm-up passes on a
+trainable parameter's gradient into memory the graph owns. The optimiser, the schedule, the EMA and the augmentation
+stay eager (a handful of launches: AdamW is fused), so the learning rate, clipping and every callback behave as
+without a graph. Capture follows torch's recipe: a few warm-up passes on a
 side stream (cuDNN and cuBLAS pick their algorithms and workspaces there), BatchNorm's statistics put back as they
 were before them (the warm-ups repeat one batch), then one recorded pass. A batch of another shape or dtype, or a
 change in which parameters train (--fine-tune unfreezing the backbone) or in train/eval modes, records a new graph.
 
-What cannot be captured falls back to the eager step with a note (a forward pass that reads a value back to the
+What cannot be captured falls back to the eager step with a warning (a forward pass that reads a value back to the
 host, or does CPU work): a replay runs only the recorded kernels, so Python code inside forward() runs at capture
 time only. That is why `--cuda-graph auto` uses graphs for tudui's registered models alone; `on` also captures a
 model of your own (check that its forward does only tensor work on the GPU), `off` never.

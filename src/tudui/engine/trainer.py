@@ -281,8 +281,8 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
               ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None, workers=workers,
               choices=[c for c in choices if c])
     run.train_module = torch.compile(ddp or model) if cfg.compile else (ddp or model)
-    graphed, graph_note = resolve_cuda_graph(cfg, device, ddp is not None,
-                                            registered=isinstance(cfg.model, str) and not is_file_ref(cfg.model))
+    # arch["source"] marks a model of the user's (build_model), as it does wherever a checkpoint is rebuilt
+    graphed, graph_note = resolve_cuda_graph(cfg, device, ddp is not None, registered="source" not in arch)
     run.graph = cuda_graph.GraphedStep(run.train_module, run.criterion, device, cfg.amp, run.scaler.scale) \
         if graphed else None
     run.choices += [graph_note] if graph_note else []

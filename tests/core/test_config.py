@@ -27,3 +27,11 @@ def test_explicit_epochs_replace_a_presets_time_budget():
     cfg = TrainConfig.from_dict({"preset": "max", "epochs": 2})
     assert cfg.time is None and cfg.epochs == 2 and cfg.model == "fast-res-wide"
     assert TrainConfig.from_dict({"preset": "max", "epochs": 2, "time": 5}).time == 5
+
+
+@pytest.mark.parametrize("option, value", [("cuda_graph", "maybe"), ("augment", "xyz"), ("bad_images", "ignore"),
+                                           ("scheduler", "linear")])
+def test_a_value_outside_an_options_choices_is_a_clear_error_from_the_library_too(option, value):
+    flag = "--" + option.replace("_", "-")
+    with pytest.raises(TuduiError, match=f"{flag} takes one of .*got '{value}'"):
+        TrainConfig.from_dict({"data": ["digits"], option: value})

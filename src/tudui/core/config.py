@@ -232,6 +232,11 @@ class TrainConfig:
             (self.overfit_batches, 0, None, "--overfit-batches", "a number of batches"),
             (self.ema_decay, 0, 1, "--ema-decay", "a fraction"),
         ]
+        for f in dataclasses.fields(self):  # the CLI's choices, for library calls and config files too
+            choices, value = f.metadata.get("choices"), getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                raise TuduiError(f"--{f.name.replace('_', '-')} takes one of {', '.join(map(str, choices))}, "
+                                 f"got {value!r}")
         for value, lo, hi, flag, what in checks:
             if value < lo or (hi is not None and value > hi):
                 bound = f"in [{lo}, {hi}]" if hi is not None else f"at least {lo}"

@@ -143,20 +143,24 @@ def lr_find(*, steps: int = 100, start: float = 1e-7, end: float = 10.0, config_
 # --- evaluate, predict -----------------------------------------------------------------------------------------------
 def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = "test", *, data_root: str | None = None,
              batch_size: int = EVAL_BATCH_SIZE, device: str = "auto", workers: int | str = "auto",
-             tta: bool | None = None, model_file: str | Path | None = None, cache: str = "auto") -> dict:
+             tta: bool | None = None, model_file: str | Path | None = None, cache: str = "auto",
+             trust_code: bool = False) -> dict:
     """Loss, top-1/top-5, per-class precision/recall/F1 and confusion matrix of a model file on `split`.
 
     Any model file tudui writes (checkpoint or run directory, .onnx, .torchscript, .safetensors), with the
     preprocessing it was trained with. split='val' re-creates the training run's hold-out (same --val-split and
     --seed) when the data has no val folder. tta: flip test-time augmentation on/off; None: as trained.
-    model_file: where your own model's Python file is now, if it moved since training.
+    model_file: where your own model's Python file is now, if it moved since training, or a file you have read.
+    trust_code: run the Python file a checkpoint names even if you neither named it (model_file) nor trained with
+    its contents on this machine; only for a model from someone you trust (the same for predict, export, serve and
+    summary). Without it such a file is refused with a TuduiError naming it.
     cache: where the decoded images come from (`tudui train --cache`): an image folder is read from the disk cache
     a training run on it wrote (the same images at the model's size), decoding only what is not there.
     """
     if split not in ("train", "val", "test"):
         raise TuduiError(f"--split must be train, val or test, got {split}")
     dev = runtime_device(checkpoint, device)
-    loaded = load_model(checkpoint, "cpu", model_file)
+    loaded = load_model(checkpoint, "cpu", model_file, trust_code)
     model, spec, cfg = loaded.model, loaded.spec.with_tta(tta), loaded.meta.get("training", {})
     data = [data] if isinstance(data, str) else list(data)
     train_split, val, test = load_splits(data, data_root, False, cfg.get("val_split", 0.1), cfg.get("seed", 0))
@@ -171,23 +175,28 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = "test",
 
 
 def predict(model: str | Path, sources: list[str], *, topk: int = 5, batch_size: int = 64, device: str = "auto",
-            tta: bool | None = None, model_file: str | Path | None = None) -> tuple[Predictor, list[Prediction]]:
-    """Top-k predictions for image files and folders (searched recursively); an unreadable file gets `error`."""
+            tta: bool | None = None, model_file: str | Path | None = None,
+            trust_code: bool = False) -> tuple[Predictor, list[Prediction]]:
+    """Top-k predictions for image files and folders (searched recursively); an unreadable file gets `error`.
+    model_file, trust_code: as for `evaluate`."""
     files = expand_paths(sources)
-    predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file)
+    predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file, trust_code=trust_code)
     return predictor, predictor.predict(files, topk=topk, batch_size=batch_size)
 
 
 # --- export, serve ---------------------------------------------------------------------------------------------------
 def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None, *,
-           dynamic_batch: bool = False, opset: int | None = None, model_file: str | Path | None = None) -> ExportResult:
-    """ONNX, TorchScript or safetensors, written only when it gives PyTorch's answers (inference/export.py)."""
-    return export_model(checkpoint, format, out, dynamic_batch=dynamic_batch, opset=opset, model_file=model_file)
+           dynamic_batch: bool = False, opset: int | None = None, model_file: str | Path | None = None,
+           trust_code: bool = False) -> ExportResult:
+    """ONNX, TorchScript or safetensors, written only when it gives PyTorch's answers (inference/export.py);
+    model_file, trust_code: as for `evaluate`."""
+    return export_model(checkpoint, format, out, dynamic_batch=dynamic_batch, opset=opset, model_file=model_file,
+                        trust_code=trust_code)
 
 
 def serve(model: str | Path, **options) -> None:
     """The model over HTTP with a page to try it, until interrupted (inference/server.py; options: host, port,
-    max_upload_mb, topk, device, tta, model_file)."""
+    max_upload_mb, topk, device, tta, model_file, trust_code: as for `evaluate`)."""
     from .inference.server import serve as run_server  # FastAPI/uvicorn are an optional extra: imported on use
 
     run_server(str(model), **options)
@@ -206,11 +215,13 @@ def model_rows(num_classes: int = 10) -> list[tuple[ModelInfo, int]]:
 
 def summary(model: str | Path, input: str | None = None, *, num_classes: int = 10, build_size: int | None = None,
             model_args: list[str] | dict | None = None,
-            model_file: str | Path | None = None) -> tuple[ModelSummary, tuple[int, int, int]]:
-    """(per-layer summary, input shape) of a registered model, your own `file.py:Name`, or a checkpoint's own."""
+            model_file: str | Path | None = None,
+            trust_code: bool = False) -> tuple[ModelSummary, tuple[int, int, int]]:
+    """(per-layer summary, input shape) of a registered model, your own `file.py:Name`, or a checkpoint's own
+    (model_file, trust_code: as for `evaluate`)."""
     path = Path(model)
     if path.suffix == ".pt" or path.is_dir():  # a checkpoint: its own architecture and input size
-        loaded = load_model(path, "cpu", model_file)
+        loaded = load_model(path, "cpu", model_file, trust_code)
         s = loaded.spec
         shape = parse_input(input) if input else (s.channels, s.img_size, s.img_size)
         return summarize_model(loaded.model, shape), shape

@@ -39,8 +39,11 @@ def add_tta_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_file_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-file", default=None, metavar="PATH", help="where your own model's Python file "
-                   "(trained with --model file.py:Name) is now, if it has moved since training")
+    p.add_argument("--model-file", default=None, metavar="PATH", help="the Python file of your own model (trained "
+                   "with --model file.py:Name) to rebuild it from: where it is now if it has moved, or a file you "
+                   "have read. A file the model names is run only if you trained with it here (or --trust-code)")
+    p.add_argument("--trust-code", action="store_true", help="run the Python file the model names even though you "
+                   "neither named it nor trained with it on this machine: only for a model from someone you trust")
 
 
 def _arg_type(hint) -> type:
@@ -123,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     r = api.evaluate(args.checkpoint, args.data, args.split, data_root=args.data_root, batch_size=args.batch_size,
                      device=args.device, workers=workers_value(args.workers), tta=args.tta, model_file=args.model_file,
-                     cache=args.cache)
+                     cache=args.cache, trust_code=args.trust_code)
     files = api.write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
     if args.json:
         print(json.dumps(r, indent=1, ensure_ascii=False))
@@ -162,7 +165,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .core.console import table
 
     predictor, preds = _api().predict(args.checkpoint, args.sources, topk=args.topk, batch_size=args.batch_size,
-                                      device=args.device, tta=args.tta, model_file=args.model_file)
+                                      device=args.device, tta=args.tta, model_file=args.model_file,
+                                      trust_code=args.trust_code)
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=1, ensure_ascii=False))
     else:
@@ -190,7 +194,7 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
 # --- export / serve ----------------------------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
     r = _api().export(args.checkpoint, args.format, args.out, dynamic_batch=args.dynamic_batch, opset=args.opset,
-                      model_file=args.model_file)
+                      model_file=args.model_file, trust_code=args.trust_code)
     print(f"wrote {', '.join(map(str, r.files))}" + (f" (opset {r.opset})" if r.opset else ""))
     return 0
 
@@ -208,8 +212,9 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     _api().serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
-                 device=args.device, tta=args.tta, model_file=args.model_file, max_batch=args.max_batch,
-                 max_wait_ms=args.max_wait_ms, read_timeout_s=args.read_timeout, docs=args.docs)
+                 device=args.device, tta=args.tta, model_file=args.model_file, trust_code=args.trust_code,
+                 max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, read_timeout_s=args.read_timeout,
+                 docs=args.docs)
     return 0
 
 
@@ -311,7 +316,7 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
 # --- summary, info, board ----------------------------------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
     s, shape = _api().summary(args.model, args.input, num_classes=args.num_classes, build_size=args.build_size,
-                              model_args=args.model_args, model_file=args.model_file)
+                              model_args=args.model_args, model_file=args.model_file, trust_code=args.trust_code)
     print(json.dumps(s.to_dict(), indent=1, ensure_ascii=False) if args.json else
           f"{args.model}, input {'x'.join(map(str, shape))}\n" + s.table())
     return 0

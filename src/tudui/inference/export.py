@@ -128,10 +128,11 @@ WRITERS: dict[str, Callable] = {"onnx": _write_onnx, "torchscript": _write_torch
                                 "safetensors": _write_safetensors}
 
 
-def _reload(fmt: str, tmp: Path, meta: dict, model_file: str | Path | None = None) -> nn.Module:
+def _reload(fmt: str, tmp: Path, meta: dict, model_file: str | Path | None = None,
+            trust_code: bool = False) -> nn.Module:
     """The written file loaded back the way `tudui predict` will load it."""
     if fmt == "safetensors":
-        return build_from_safetensors(tmp, meta, model_file)
+        return build_from_safetensors(tmp, meta, model_file, trust_code)
     # A temp name has no telling suffix: load through the format's own loader.
     return {"onnx": formats._load_onnx, "torchscript": formats._load_torchscript}[fmt](tmp).model
 
@@ -144,11 +145,13 @@ def default_output(checkpoint_path: Path, fmt: str) -> Path:
 def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None,
                  dynamic_batch: bool = False, opset: int | None = None, *, n_samples: int = 8,
                  tolerance: float = TOLERANCE, log: Callable[[str], None] | None = print,
-                 model_file: str | Path | None = None) -> ExportResult:
+                 model_file: str | Path | None = None, trust_code: bool = False) -> ExportResult:
     """Export `checkpoint` (a tudui checkpoint or run directory) and prove parity; returns where and how close.
 
     dynamic_batch: ONNX input/output batch dimension symbolic ("batch"); otherwise fixed at 1.
     opset: ONNX opset version (default: the exporter's).
+    model_file, trust_code: which Python file a user's own model is rebuilt from, and whether a file the checkpoint
+    names may run without the user's having named or trained with it (models/user.py build_from_source).
     """
     if format not in FORMATS:
         raise TuduiError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -157,7 +160,7 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
                          "batch-size independent here, safetensors holds weights only)")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     source = Path(ckpt["path"])
-    model, spec = model_from_checkpoint(ckpt, model_file)
+    model, spec = model_from_checkpoint(ckpt, model_file, trust_code)
     meta = export_metadata(ckpt)
     out = Path(out).expanduser() if out else default_output(source, format)
     if out.resolve() == source.resolve():
@@ -177,7 +180,7 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
                                    contextlib.nullcontext()) as tmp_sidecar:
         with torch.no_grad():
             opset_used = WRITERS[format](model, example, meta, tmp, dynamic_batch=dynamic_batch, opset=opset)
-        reloaded = _reload(format, tmp, meta, model_file)
+        reloaded = _reload(format, tmp, meta, model_file, trust_code)
         with torch.no_grad():
             # A fixed-batch ONNX model is run one sample at a time by OnnxModule; the rest see the whole batch.
             got = reloaded(x)

@@ -71,18 +71,21 @@ def runtime_device(path: str | Path, device: str = "auto") -> torch.device:
     return torch.device("cpu") if suffix_format(path) == "onnx" else select_device(device)
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu", model_file: str | Path | None = None) -> LoadedModel:
+def load_model(path: str | Path, device: torch.device | str = "cpu", model_file: str | Path | None = None,
+               trust_code: bool = False) -> LoadedModel:
     """Any tudui model file -> LoadedModel on `device` (ONNX always runs on the CPU).
 
     model_file: where the Python file of a user's own model is now, when it has moved since training
     (checkpoints and safetensors need the code; ONNX and TorchScript carry the whole graph).
+    trust_code: import the Python file the model names even if the user neither named it nor trained with it
+    here (models/user.py build_from_source).
     """
     fmt = suffix_format(path)
     path = Path(path).expanduser()
     if fmt == "checkpoint":
-        loaded = _load_checkpoint(path, model_file)
+        loaded = _load_checkpoint(path, model_file, trust_code)
     elif fmt == "safetensors":
-        loaded = _load_safetensors(path, model_file)
+        loaded = _load_safetensors(path, model_file, trust_code)
     else:
         loaded = {"onnx": _load_onnx, "torchscript": _load_torchscript}[fmt](path)
     if fmt != "onnx":
@@ -91,10 +94,11 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", model_file:
 
 
 # --- checkpoint --------------------------------------------------------------------------------------------------------
-def model_from_checkpoint(ckpt: dict, model_file: str | Path | None = None) -> tuple[nn.Module, DataSpec]:
+def model_from_checkpoint(ckpt: dict, model_file: str | Path | None = None,
+                          trust_code: bool = False) -> tuple[nn.Module, DataSpec]:
     """(model in eval mode with a loaded checkpoint's weights, its DataSpec)."""
     a = ckpt["arch"]
-    model = build_model(a, model_file, Path(ckpt["path"]).parent if ckpt.get("path") else None)
+    model = build_model(a, model_file, Path(ckpt["path"]).parent if ckpt.get("path") else None, trust_code)
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
@@ -103,9 +107,9 @@ def model_from_checkpoint(ckpt: dict, model_file: str | Path | None = None) -> t
     return model.eval(), DataSpec.from_dict(ckpt["data"])
 
 
-def _load_checkpoint(path: Path, model_file: str | Path | None = None) -> LoadedModel:
+def _load_checkpoint(path: Path, model_file: str | Path | None = None, trust_code: bool = False) -> LoadedModel:
     ckpt = load_checkpoint(path, map_location="cpu")
-    model, spec = model_from_checkpoint(ckpt, model_file)
+    model, spec = model_from_checkpoint(ckpt, model_file, trust_code)
     return LoadedModel(model, spec, ckpt["path"], "checkpoint", export_metadata(ckpt))
 
 
@@ -175,11 +179,12 @@ def _load_torchscript(path: Path) -> LoadedModel:
 
 
 # --- safetensors + JSON sidecar ----------------------------------------------------------------------------------------
-def build_from_safetensors(weights: str | Path, meta: dict, model_file: str | Path | None = None) -> nn.Module:
+def build_from_safetensors(weights: str | Path, meta: dict, model_file: str | Path | None = None,
+                           trust_code: bool = False) -> nn.Module:
     """The architecture named in `meta` with the tensors of `weights`, in eval mode."""
     load_file = import_safetensors().load_file
     a = meta["arch"]
-    model = build_model(a, model_file, Path(weights).parent)
+    model = build_model(a, model_file, Path(weights).parent, trust_code)
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as e:  # noqa: BLE001 - safetensors' header errors and load_state_dict's mismatches
@@ -187,7 +192,7 @@ def build_from_safetensors(weights: str | Path, meta: dict, model_file: str | Pa
     return model.eval()
 
 
-def _load_safetensors(path: Path, model_file: str | Path | None = None) -> LoadedModel:
+def _load_safetensors(path: Path, model_file: str | Path | None = None, trust_code: bool = False) -> LoadedModel:
     if str(path).endswith(SIDECAR_SUFFIX):
         path = Path(str(path)[: -len(SIDECAR_SUFFIX)])
     sidecar = Path(str(path) + SIDECAR_SUFFIX)
@@ -202,4 +207,5 @@ def _load_safetensors(path: Path, model_file: str | Path | None = None) -> Loade
     if "arch" not in meta:
         raise TuduiError(f"{sidecar} has no architecture ('arch'); export it with `tudui export --format safetensors`")
     spec = _spec_from_meta(meta, sidecar)
-    return LoadedModel(build_from_safetensors(path, meta, model_file), spec, str(path), "safetensors", meta)
+    return LoadedModel(build_from_safetensors(path, meta, model_file, trust_code), spec, str(path), "safetensors",
+                       meta)

@@ -59,14 +59,15 @@ class Predictor:
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "auto", tta: bool | None = None,
-                  model_file: str | Path | None = None) -> "Predictor":
+                  model_file: str | Path | None = None, trust_code: bool = False) -> "Predictor":
         """A checkpoint (.pt or run directory), .onnx, .torchscript or .safetensors (+ sidecar JSON).
 
         tta: flip test-time augmentation on/off; None keeps the model's own setting (`--tta` at training).
         model_file: where a user model's Python file is now, if it has moved since training.
+        trust_code: run the Python file the model names even if you neither named it nor trained with it here.
         """
         dev = runtime_device(path, device)
-        loaded = load_model(path, dev, model_file)
+        loaded = load_model(path, dev, model_file, trust_code)
         return cls(loaded.model, loaded.spec.with_tta(tta), dev, loaded.path, loaded.format, loaded.meta)
 
     @classmethod

@@ -366,7 +366,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0, topk: int = 5,
           device: str = "auto", log_level: str = "info", tta: bool | None = None, max_batch: int = MAX_BATCH,
           max_wait_ms: float = MAX_WAIT_MS, read_timeout_s: float = READ_TIMEOUT_S, docs: bool = True,
-          model_file: str | None = None) -> None:
+          model_file: str | None = None, trust_code: bool = False) -> None:
     """Load `model` (checkpoint, run directory, .onnx, ...) and serve it with uvicorn until interrupted."""
     _import_web()
     import uvicorn
@@ -378,7 +378,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: 
             raise TuduiError(f"{flag} must be at least {low}, got {value}")
     if read_timeout_s <= 0:
         raise TuduiError(f"--read-timeout must be positive, got {read_timeout_s}")
-    predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file)
+    predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file, trust_code=trust_code)
     app = create_app(predictor, max_upload_mb=max_upload_mb, topk=topk, max_batch=max_batch, max_wait_ms=max_wait_ms,
                      read_timeout_s=read_timeout_s, docs=docs)
     sock = listen_socket(host, port)

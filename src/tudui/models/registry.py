@@ -16,7 +16,7 @@ import torch.nn as nn
 
 from ..core.checkpoint import read_weights
 from ..core.errors import TuduiError
-from ..core.pyfile import is_file_ref, load_object
+from ..core.pyfile import is_file_ref, load_object, split_ref
 from .user import build_from_source, call_builder
 
 
@@ -95,16 +95,23 @@ def make_arch(name: str, num_classes: int, in_channels: int, img_size: int, **kw
             "kwargs": {k: v for k, v in kwargs.items() if k != "weights"}}
 
 
-def build_model(arch: dict, model_file: str | None = None, base_dir: str | None = None) -> nn.Module:
+def build_model(arch: dict, model_file: str | None = None, base_dir: str | None = None,
+                trust_code: bool = False) -> nn.Module:
     """The untrained model a checkpoint's or export's `arch` describes (its weights are loaded by the caller).
 
     A user's model is rebuilt from its file (`arch["source"]`): `model_file` where it has moved, else relative
-    to `base_dir` (the checkpoint's folder), else where it was at training.
+    to `base_dir` (the checkpoint's folder), else where it was at training. Every file an `arch` names (as its
+    source or as a 'file.py:Name' name) goes through build_from_source, which imports it only with the user's
+    consent: `model_file`, `trust_code`, or contents the user trained with here.
     """
-    if arch.get("source"):
-        return build_from_source(arch["source"], arch["num_classes"], arch["in_channels"], arch["img_size"],
-                                 model_file, base_dir)
     kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if k != "weights"}  # ours replace pretrained ones
+    source = arch.get("source")
+    if not source and is_file_ref(arch["name"]):  # a file named as the architecture: the same consent applies
+        path, name = split_ref(arch["name"])
+        source = {"path": str(path), "relpath": None, "name": name, "args": kwargs}
+    if source:
+        return build_from_source(source, arch["num_classes"], arch["in_channels"], arch["img_size"],
+                                 model_file, base_dir, trust_code)
     return create_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
                         img_size=arch["img_size"], **kwargs)
 

@@ -7,11 +7,17 @@ came from: the file's path (absolute, and relative to the run directory), the na
 file's SHA-256. Predict, eval, export, serve and summary rebuild it from there (`--model-file PATH` when the
 file has moved; a changed file gives a warning). The file is imported under a private module name, so its
 `if __name__ == "__main__":` block does not run.
+
+Importing a file runs it, and a checkpoint is only data: the file a checkpoint (or an export's metadata) names is
+imported only with the user's consent (`build_from_source`, the one place every such import goes through): the
+user named it (`--model-file`), passed `--trust-code`, or trained with exactly these contents on this machine
+(`source_record` remembers every file trained with: core/trust.py).
 """
 from __future__ import annotations
 
 import inspect
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -20,6 +26,7 @@ import torch.nn as nn
 
 from ..core.errors import TuduiError
 from ..core.pyfile import file_sha256, load_object, split_ref
+from ..core.trust import is_trusted, remember
 
 BUILD_ARGS = ("num_classes", "in_channels", "img_size")  # what tudui knows from the data and passes when accepted
 
@@ -92,11 +99,17 @@ def ref_for(obj: Any) -> str | None:
 
 
 def source_record(ref: str, args: dict, run_dir: Path | None = None) -> dict:
-    """What a checkpoint keeps to rebuild a user model: file (absolute and relative to the run), name, args, sha256."""
+    """What a checkpoint keeps to rebuild a user model: file (absolute and relative to the run), name, args, sha256.
+
+    Called when tudui trains with (or converts to) the model, so the file's contents are also remembered as
+    trusted: the checkpoint made here predicts later without --model-file or --trust-code (core/trust.py).
+    """
     path, name = split_ref(ref)
     path = path.resolve()
     rel = os.path.relpath(path, run_dir.resolve()) if run_dir is not None else None
-    return {"path": str(path), "relpath": rel, "name": name, "args": dict(args), "sha256": file_sha256(path)}
+    sha = file_sha256(path)
+    remember(path, sha)
+    return {"path": str(path), "relpath": rel, "name": name, "args": dict(args), "sha256": sha}
 
 
 def locate_source(source: dict, model_file: str | Path | None = None, base_dir: str | Path | None = None) -> Path:
@@ -109,7 +122,8 @@ def locate_source(source: dict, model_file: str | Path | None = None, base_dir: 
     candidates = []
     if source.get("relpath") and base_dir is not None:
         candidates.append(Path(base_dir) / source["relpath"])
-    candidates.append(Path(source["path"]))
+    if source.get("path"):
+        candidates.append(Path(source["path"]))
     for c in candidates:
         if c.is_file():
             return c
@@ -118,10 +132,28 @@ def locate_source(source: dict, model_file: str | Path | None = None, base_dir: 
                      f"exists: `tudui export RUN --format onnx` (or torchscript) needs no code to run")
 
 
+def check_consent(path: Path, name: str) -> None:
+    """Refuse to import `path`, named by a model file rather than by the user, unless the user trained with exactly
+    these contents here: a checkpoint from anyone could otherwise run any code by naming a file beside it."""
+    if is_trusted(file_sha256(path)):
+        return
+    path = path.resolve()  # the file that would run, without the run directory's ../..
+    raise TuduiError(f"not running {path} ({name}), the Python file this model names: you have not named it nor "
+                     f"trained with it here, and a model file can name any code. Read it, then pass --model-file "
+                     f"{shlex.quote(str(path))} (or --trust-code if you trust whoever made the model)")
+
+
 def build_from_source(source: dict, num_classes: int, in_channels: int, img_size: int,
-                      model_file: str | Path | None = None, base_dir: str | Path | None = None) -> nn.Module:
-    """Rebuild a checkpoint's user model from its file (weights are loaded by the caller)."""
+                      model_file: str | Path | None = None, base_dir: str | Path | None = None,
+                      trust_code: bool = False) -> nn.Module:
+    """Rebuild a checkpoint's user model from its file (weights are loaded by the caller).
+
+    The file is imported only with consent: `model_file` (the user named it), `trust_code`, or contents the user
+    trained with here (check_consent); otherwise a TuduiError names the file and how to consent.
+    """
     path = locate_source(source, model_file, base_dir)
+    if model_file is None and not trust_code:
+        check_consent(path, source["name"])
     if source.get("sha256") and file_sha256(path) != source["sha256"]:
         print(f"warning: {path} has changed since the model was trained (its SHA-256 differs); rebuilding "
               f"{source['name']} from the file as it is now", file=sys.stderr)

@@ -189,3 +189,24 @@ def test_a_file_you_trained_with_runs_until_it_changes(tmp_path, monkeypatch, ca
     assert not marker.exists()
     assert run("predict", run_dir, image, "--model-file", model_py) == 0  # named by the user: consent
     assert "changed since the model was trained" in capsys.readouterr().err
+
+
+def test_a_file_you_converted_with_runs_without_flags(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path / "cache"))
+    model_py = tmp_path / "model.py"
+    model_py.write_text(MODEL_PY.format(marker=str(tmp_path / "MARKER")))
+    torch.save(Twin().state_dict(), tmp_path / "weights.pth")
+    out = tmp_path / "converted" / "m.pt"
+    assert run("convert", tmp_path / "weights.pth", "--model", f"{model_py}:Net", "--classes", "a", "b",
+               "--channels", "1", "--img-size", "8", "--out", out) == 0, capsys.readouterr().err
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(image)
+    assert run("predict", out, image) == 0, capsys.readouterr().err
+
+
+def test_a_model_defined_outside_a_file_asks_for_model_file():
+    arch = {"name": "Net", "num_classes": 2, "in_channels": 1, "img_size": 8, "kwargs": {},
+            "source": {"name": "Net", "path": None, "args": {}}}  # trained from a notebook's class
+    with pytest.raises(TuduiError, match="not defined in a file when it was trained; name a file that defines it "
+                                         "with --model-file"):
+        build_model(arch, base_dir="/tmp")

@@ -127,6 +127,9 @@ def locate_source(source: dict, model_file: str | Path | None = None, base_dir: 
     for c in candidates:
         if c.is_file():
             return c
+    if not source.get("path"):  # trained from an object defined in a notebook or the interpreter
+        raise TuduiError(f"this model's code, {source['name']}, was not defined in a file when it was trained; name a "
+                         f"file that defines it with --model-file PATH, or export the model where it was trained")
     raise TuduiError(f"this model's code, {source['name']} in {source['path']}, is not there any more; point at it "
                      f"with --model-file PATH. To use a model without its Python file, export it where the file "
                      f"exists: `tudui export RUN --format onnx` (or torchscript) needs no code to run")

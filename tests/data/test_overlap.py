@@ -60,5 +60,11 @@ def test_counting_copies_by_file_and_by_pixels(tmp_path):
     assert same_pixels(train, Split(["x"], np.zeros(2, np.int64), images=pixels[[2, 1]] + np.uint8(0))) == 2
     assert same_pixels(train, Split(["x"], np.zeros(1, np.int64), images=pixels[:1] + np.uint8(1))) == 0
     assert same_pixels(train, Split(["x"], np.zeros(1, np.int64), paths=["x.png"])) is None
+    # images that differ in one byte the fingerprint does not sample are told apart by the whole-image hash
+    big = np.random.default_rng(0).integers(0, 256, (50, 64, 64, 3), dtype=np.uint8)
+    near = big[:5].copy()
+    near.reshape(5, -1)[:, 1] ^= 1
+    assert same_pixels(Split(["x"], np.zeros(50, np.int64), images=big),
+                       Split(["x"], np.zeros(10, np.int64), images=np.concatenate([near, big[5:10]]))) == 5
     assert overlap_message("val", 10, 0, 0, "d") is None
     assert overlap_message("test", 10, 0, 3, "d").startswith("warning: 3 of 10 test images (30%)")

@@ -27,11 +27,11 @@ def test_a_validation_split_held_out_of_a_csv_of_repeated_rows_is_warned_about(t
     csv_path.write_text("".join(f"{'ab'[i % 2]}.png,{'ab'[i % 2]}\n" for i in range(400)), encoding="utf-8")
     warnings = _train(tmp_path, capsys, csv_path)
     assert len(warnings) == 1, warnings
-    assert "warning: 40 of 40 val images (100%) are also training images (40 the same file; 40 identical pixels)" \
+    assert "warning: 40 of 40 val images (100%) are also training images (40 by file, 40 by identical pixels)" \
         in warnings[0] and "tudui data check" in warnings[0] and str(csv_path) in warnings[0]
     # decoded every epoch (nothing held in memory): compared by file only, still warned
     warnings = _train(tmp_path, capsys, csv_path, cache="off", memory="off")
-    assert len(warnings) == 1 and "(40 the same file)" in warnings[0]
+    assert len(warnings) == 1 and "(40 by file)" in warnings[0]
 
 
 def test_a_val_folder_copied_from_train_is_warned_about(tmp_path, capsys, fmnist):
@@ -44,7 +44,7 @@ def test_a_val_folder_copied_from_train_is_warned_about(tmp_path, capsys, fmnist
     shutil.rmtree(tmp_path / "data" / "val")
     shutil.copytree(tmp_path / "data" / "train", tmp_path / "data" / "val")  # val/ is a copy of train/
     warnings = _train(tmp_path, capsys, tmp_path / "data")
-    assert len(warnings) == 1 and "40 of 40 val images (100%)" in warnings[0] and "40 identical pixels" in warnings[0]
+    assert len(warnings) == 1 and "40 of 40 val images (100%)" in warnings[0] and "(40 by identical pixels)" in warnings[0]
 
 
 def test_counting_copies_by_file_and_by_pixels(tmp_path):
@@ -67,4 +67,5 @@ def test_counting_copies_by_file_and_by_pixels(tmp_path):
     assert same_pixels(Split(["x"], np.zeros(50, np.int64), images=big),
                        Split(["x"], np.zeros(10, np.int64), images=np.concatenate([near, big[5:10]]))) == 5
     assert overlap_message("val", 10, 0, 0, "d") is None
+    assert "1 of 10,000 val images (0.01%)" in overlap_message("val", 10_000, 1, None, "d")
     assert overlap_message("test", 10, 0, 3, "d").startswith("warning: 3 of 10 test images (30%)")

@@ -81,9 +81,10 @@ def overlap_message(name: str, total: int, by_file: int, by_pixels: int | None, 
     n = min(total, max(by_file, by_pixels or 0))  # files counted before unreadable ones were dropped
     if n == 0 or total == 0:
         return None
-    how = [f"{by_file:,} the same file" if by_file else "", f"{by_pixels:,} identical pixels" if by_pixels else ""]
-    return (f"warning: {n:,} of {total:,} {name} images ({n / total:.0%}) are also training images "
-            f"({'; '.join(h for h in how if h)}), so the {name} scores overstate how the model does on new images. "
+    how = [f"{by_file:,} by file" if by_file else "", f"{by_pixels:,} by identical pixels" if by_pixels else ""]
+    share = f"{n / total:.0%}" if n / total >= 0.01 else f"{n / total:.2%}"  # 1 of 10,000 is not 0%
+    return (f"warning: {n:,} of {total:,} {name} images ({share}) are also training images "
+            f"({', '.join(h for h in how if h)}), so the {name} scores overstate how the model does on new images. "
             f"Remove the copies from the {name} data"
             + (" (or the repeated rows from the CSV)" if ".csv" in data.lower() else "")
             + f"; `tudui data check {data}` lists them")

@@ -137,13 +137,13 @@ def model_bf16_speedup(model: nn.Module, shape: tuple[int, int, int], batch: int
 def median_speedup(step: Callable[[bool], None], threshold: float, rounds: int = 5, warmup: int = 1,
                    budget_s: float = MODEL_MEASURE_S, clock: Callable[[], float] = time.perf_counter) -> float:
     """The median over rounds of (fp32 step time / bf16 step time), where a round times `step(False)` and
-    `step(True)` back to back, in alternating order: a busy moment slows both steps of a round alike, so each
-    round's ratio holds where the fastest of each precision (taken from different moments) did not (0.52x to 1.63x
-    were measured so on one machine, depending on its load). The first `warmup` rounds pick oneDNN's kernels and
-    are not counted. A set of `rounds` stops early once `budget_s` have passed (vgg16 at 32 px takes 2 s a step on 2
+    `step(True)` back to back, in alternating order: a busy moment slows both steps of a round alike and the median
+    ignores the rounds it spoils (the fastest step of each precision, taken at different moments, measured between
+    0.52x and 1.63x on one machine depending on its load). The first `warmup` rounds pick oneDNN's kernels and are
+    not counted. A set of `rounds` stops early once `budget_s` have passed (vgg16 at 32 px takes 2 s a step on 2
     cores). When the median lies within NEAR (15%) of `threshold`, up to MORE_ROUNDS more sets are measured and the
     median of all rounds decides, so a choice that is close is settled by more evidence, not by one moment."""
-    for i in range(warmup):
+    for _ in range(warmup):
         for bf16 in (False, True):
             step(bf16)
     ratios: list[float] = []

@@ -29,6 +29,21 @@ def decoded_cache(tmp_path_factory):
         os.environ["TUDUI_CACHE"] = old
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fixed_bf16_speedup():
+    """Every test (and every CLI run it starts) reads one fixed bf16/fp32 speed ratio instead of timing this machine:
+    a measurement depends on the machine's load, and with a fresh cache folder per session `--amp auto` and `--model
+    auto` could choose differently from one test session to the next. 1.0 (fp32 wins) is what a CPU without bf16
+    units chooses anyway; tests of the measurement itself unset it (engine/choices.py, $TUDUI_BF16_SPEEDUP)."""
+    old = os.environ.get("TUDUI_BF16_SPEEDUP")
+    os.environ["TUDUI_BF16_SPEEDUP"] = "1.0"
+    yield
+    if old is None:
+        os.environ.pop("TUDUI_BF16_SPEEDUP", None)
+    else:
+        os.environ["TUDUI_BF16_SPEEDUP"] = old
+
+
 @pytest.fixture(scope="session")
 def fmnist():
     """(train Split, test Split) of the real Fashion-MNIST (skips with the install hint when absent)."""

@@ -83,3 +83,44 @@ def test_training_skips_bad_files_with_one_warning(dirty, tmp_path, capsys):
     assert len(result.history) == 1
     with pytest.raises(TuduiError, match=r"3 unreadable image\(s\): .*--bad-images skip"):
         fit(TrainConfig(**(cfg.to_dict() | {"bad_images": "error", "name": "strict"})))
+
+
+def _two_files_csv(root, rows: int):
+    """A CSV of `rows` rows naming the same two real images (labels a and b by turns): what a script gone wrong
+    writes."""
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    Image.new("L", (16, 16), 40).save(root / "a.png")
+    Image.new("L", (16, 16), 200).save(root / "b.png")
+    csv_path = root / "labels.csv"
+    csv_path.write_text("path,label\n" + "".join(f"{'ab'[i % 2]}.png,{'ab'[i % 2]}\n" for i in range(rows)),
+                        encoding="utf-8")
+    return csv_path
+
+
+def test_data_check_summarises_a_flood_of_one_finding(tmp_path, capsys):
+    csv_path = _two_files_csv(tmp_path / "flood", 20_000)
+    assert tudui_main(["data", "check", str(csv_path)]) == 0  # repeats are warnings
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) < 40, out[:2000]  # it printed a line per row (~20,000)
+    assert "listed 10,000 times in labels.csv" in out and "20,000 readable images" in out
+    report = check_data([str(csv_path)])
+    assert [(i.kind, i.path.rsplit("/", 1)[-1]) for i in report.issues] == [("duplicate", "a.png"),
+                                                                            ("duplicate", "b.png")]
+
+
+def test_data_check_lists_ten_findings_of_a_kind_then_counts_the_rest(tmp_path, capsys):
+    from PIL import Image
+
+    for c in ("a", "b"):
+        (tmp_path / c).mkdir()
+        Image.new("L", (16, 16), 40 if c == "a" else 200).save(tmp_path / c / "good.png")
+    for i in range(25):
+        (tmp_path / "a" / f"empty{i:02d}.png").write_bytes(b"")
+    assert tudui_main(["data", "check", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert sum("empty" in line for line in out.splitlines()) == 10
+    assert "... and 15 more" in out and "errors (25):" in out
+    tudui_main(["data", "check", str(tmp_path), "--json"])
+    assert json.loads(capsys.readouterr().out)["errors"] == 25  # every finding, for programs

@@ -57,6 +57,7 @@ def test_amp_auto_on_a_cpu(monkeypatch, model, size, batch, flags, own, want):
 
 
 def test_a_model_measures_its_own_bf16_speed_and_is_left_as_it_was(monkeypatch, tmp_path):
+    monkeypatch.delenv(choices.PIN_ENV, raising=False)  # measure for real
     monkeypatch.setenv("TUDUI_CACHE", str(tmp_path))
     torch.manual_seed(5)
     model = create_model("fast", 4, 3, 8)
@@ -77,6 +78,7 @@ def test_a_model_measures_its_own_bf16_speed_and_is_left_as_it_was(monkeypatch, 
 
 
 def test_a_model_that_cannot_be_stepped_on_random_inputs_keeps_fp32(tmp_path, monkeypatch):
+    monkeypatch.delenv(choices.PIN_ENV, raising=False)  # measure for real
     monkeypatch.setenv("TUDUI_CACHE", str(tmp_path))
 
     class Picky(torch.nn.Module):
@@ -99,6 +101,7 @@ def test_amp_auto_keeps_fp32_where_bf16_units_measure_no_faster(monkeypatch):
 
 
 def test_bf16_speedup_is_measured_once_per_machine_and_leaves_the_seeded_state_alone(monkeypatch, tmp_path):
+    monkeypatch.delenv(choices.PIN_ENV, raising=False)  # measure for real
     monkeypatch.setenv("TUDUI_CACHE", str(tmp_path))
     torch.manual_seed(123)
     before = torch.get_rng_state()
@@ -177,3 +180,95 @@ def test_the_first_line_says_what_auto_chose(tmp_path, capsys, monkeypatch, fmni
                 tensorboard=False, project=str(tmp_path), name="files")
     first = capsys.readouterr().out.splitlines()[0]
     assert "train from files; val from files" in first and "2 DataLoader worker(s) (auto)" in first
+
+
+class FakeClock:
+    """A clock that only moves when a fake training step runs: step(bf16) takes the next duration of its precision."""
+
+    def __init__(self, fp32: list[float], bf16: list[float]) -> None:  # milliseconds
+        self.now, self.left = 0.0, {False: [t / 1000 for t in fp32], True: [t / 1000 for t in bf16]}
+        self.steps = 0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, bf16: bool) -> None:
+        self.steps += 1
+        self.now += self.left[bf16].pop(0)
+
+
+def test_the_bf16_measurement_is_the_median_of_paired_rounds():
+    # one warm-up round, then five rounds; in two of them the machine was busy during one step only (x10)
+    fp32 = [9.0, 2.0, 20.0, 2.0, 2.0, 2.0]
+    bf16 = [9.0, 1.0, 1.0, 1.0, 10.0, 1.0]
+    clock = FakeClock(fp32, bf16)
+    ratio = choices.median_speedup(clock.step, 1.15, rounds=5, warmup=1, clock=clock)
+    assert ratio == 2.0  # ratios 2, 20, 2, 0.2, 2: the busy moments do not move the median
+    assert clock.steps == 12  # far from the threshold: no more rounds
+    # a slow model: a set of rounds stops once its time budget has passed (here after two rounds of 2 s)
+    clock = FakeClock([2000.0] * 6, [1000.0] * 6)
+    assert choices.median_speedup(clock.step, 1.15, rounds=5, warmup=1, budget_s=3.0, clock=clock) == 2.0
+    assert clock.steps == 2 + 2 * 2
+
+
+def test_a_bf16_measurement_near_its_threshold_is_measured_again():
+    near = [1.2] * 16  # every round 1.2x: within 15% of 1.15
+    clock = FakeClock([1.2] * 2 + near, [1.0] * 18)
+    assert choices.median_speedup(clock.step, 1.15, rounds=5, warmup=1, clock=clock) == pytest.approx(1.2)
+    assert clock.steps == 2 + 2 * 5 * (1 + choices.MORE_ROUNDS)  # two more sets of five rounds
+    # the first set near the threshold by chance (1.25x), the later sets clear of it (1.6x): the median of all decides
+    fp32 = [1.0, 1.25, 1.25, 1.25, 1.6, 1.6] + [1.6] * 5
+    clock = FakeClock(fp32, [1.0] * 11)
+    assert choices.median_speedup(clock.step, 1.15, rounds=5, warmup=1, clock=clock) == pytest.approx(1.6)
+    assert clock.steps == 2 + 2 * 10  # one more set: 1.6x lies clear of 1.15, so no third
+
+
+def test_a_pinned_bf16_figure_replaces_every_measurement(monkeypatch, tmp_path):
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path))
+    monkeypatch.setenv(choices.PIN_ENV, "1.7")
+    monkeypatch.setattr(choices, "_measure_model", lambda *a, **k: pytest.fail("measured"))
+    choices.bf16_speedup.cache_clear()
+    try:
+        assert choices.bf16_speedup() == 1.7
+        assert choices.model_bf16_speedup(create_model("fast", 4, 3, 8), (3, 8, 8), 16, True) == 1.7
+        assert not (tmp_path / "bf16_speedup.json").exists()
+        monkeypatch.setenv(choices.PIN_ENV, "fast")
+        choices.bf16_speedup.cache_clear()
+        with pytest.raises(tudui.TuduiError, match="TUDUI_BF16_SPEEDUP='fast': expected a positive"):
+            choices.bf16_speedup()
+    finally:
+        choices.bf16_speedup.cache_clear()
+
+
+def test_a_config_yaml_replays_the_auto_choices_without_measuring(tmp_path, monkeypatch, capsys):
+    """A run with --model auto and --amp auto records what they chose; --config and --resume train that again even
+    where the machine would now measure the opposite."""
+    import yaml
+
+    from tudui.cli import main as cli_main
+
+    monkeypatch.setattr(choices, "cpu_bf16_flags", lambda: ["avx512_bf16", "amx_bf16"])
+    monkeypatch.setattr(choices, "bf16_speedup", lambda: 1.7)  # a quiet machine: bf16 wins
+    monkeypatch.setattr(choices, "model_bf16_speedup", lambda *a: 1.5)
+    small = dict(data="digits", epochs=1, subset=128, batch_size=64, plots=False, tensorboard=False,
+                 project=str(tmp_path))
+    first = tudui.train(**small, name="auto")
+    kept = yaml.safe_load((first.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert (kept["model"], kept["amp"]) == ("fast-wide", "bf16")
+    assert torch.load(first.best, weights_only=True)["arch"]["name"] == "fast-wide"
+
+    measured = []  # the same machine, now busy: every measurement would say fp32 and fast-mlp
+    monkeypatch.setattr(choices, "bf16_speedup", lambda: measured.append("cpu") or 0.5)
+    monkeypatch.setattr(choices, "model_bf16_speedup", lambda *a: measured.append("model") or 0.5)
+    assert (choices.resolve_model(TrainConfig(), torch.device("cpu")) or "").startswith("model fast-mlp")
+    measured.clear()
+    capsys.readouterr()
+    again = tudui.train(config_file=first.run_dir / "config.yaml", project=str(tmp_path), name="replay")
+    assert cli_main(["train", "--config", str(first.run_dir / "config.yaml"), "--name", "replay-cli"]) == 0
+    resumed = tudui.train(resume=str(first.run_dir), epochs=2)
+    assert measured == []
+    for run_dir in (again.run_dir, tmp_path / "replay-cli", resumed.run_dir):
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
+        assert (cfg["model"], cfg["amp"]) == ("fast-wide", "bf16"), run_dir
+    assert torch.load(again.best, weights_only=True)["arch"]["name"] == "fast-wide"
+    assert capsys.readouterr().out.count("amp bf16") >= 3  # each run's first line says the precision it trains in

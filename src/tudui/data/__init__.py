@@ -1,6 +1,7 @@
 """Data: sources -> splits -> DataSpec -> uint8 batches. `build_data` is the one factory."""
 from __future__ import annotations
 
+import shlex
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from .cache import Layout, cached_split
 from .folders import read_folder_splits
 from .images import decode_image, gray_mode, peek_image, resize_side
 from .memory import MappedLoader, MemoryLoader, decode_split, file_loader, to_tensor
+from .overlap import same_files, warn_overlap
 from .sources import NAMED, load_named
 from .user import splits_from_object
 from .split import Split, concat_splits, stratified_split
@@ -224,6 +226,7 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=[0.0] * channels,
                     std=[1.0] * channels, hflip=hflip, tta=bool(cfg.tta and hflip), crop_pct=crop_pct)
     t_layout, e_layout = train_layout(spec, augment), eval_layout(spec)
+    by_file = {n: same_files(train, s) for n, s in (("val", val), ("test", test)) if s is not None}  # while files
     opts = dict(cache=cfg.cache, memory=cfg.memory, limit_mb=cfg.memory_limit_mb, bad_images=cfg.bad_images)
     train, in_memory, how = load_decoded(train, t_layout, **opts)
     notes = [f"train {how}"]
@@ -233,6 +236,8 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     if test is not None:
         test, _, how = load_decoded(test, e_layout, **opts, in_memory=in_memory)
         notes.append(f"test {how}")
+    warn_overlap(train, {"val": val, "test": test}, by_file, in_memory,
+                 shlex.join(d if isinstance(d, str) else type(d).__name__ for d in cfg.data))
     if cfg.mean is not None or cfg.std is not None:
         if cfg.mean is None or cfg.std is None or len(cfg.mean) != channels or len(cfg.std) != channels:
             raise TuduiError(f"--mean and --std need {channels} value(s) each (one per channel)")

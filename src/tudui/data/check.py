@@ -8,7 +8,10 @@ any layout folders.py reads) or a CSV of path,label. Reported:
   warnings: other files in class folders (training ignores them), duplicates within a split,
            unusual colour modes, very small or very elongated images, strong class imbalance
 Duplicates are exact: a BLAKE2b hash of the decoded pixels (mode, size, bytes), so the
-same picture saved twice, or as PNG and BMP, is found; lossy re-encodings are not.
+same picture saved twice, or as PNG and BMP, is found; lossy re-encodings are not. A file
+listed several times (a CSV naming it on many rows) is read once and reported once.
+The printed report lists the first SHOWN_PER_KIND findings of each kind and counts the rest
+(a CSV of 100,000 rows naming two files would otherwise print 100,000 lines); --json has all.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ USUAL_MODES = {"L", "RGB"}
 MIN_SIDE = 8  # pixels; smaller images carry almost nothing once resized
 MAX_ASPECT = 4.0  # longer side / shorter side; more is distorted by the square resize
 IMBALANCE_WARN = 10.0  # largest class / smallest class
+SHOWN_PER_KIND = 10  # findings of one kind printed before "and N more"
 
 
 @dataclass
@@ -118,19 +122,28 @@ def check_data(paths: list[str]) -> CheckReport:
             listed = set(split.paths)
             for p in _other_files(root, listed):
                 report.issues.append(Issue("warning", "other-file", p, "not an image file; training ignores it"))
+            unique = list(dict.fromkeys(split.paths))  # a file listed on many rows is read once
             with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
-                results = list(pool.map(_inspect, split.paths))
+                inspected = dict(zip(unique, pool.map(_inspect, unique)))
+            results = [inspected[p] for p in split.paths]
+            reported: set[str] = set()  # files already reported on: a file's findings are said once
             counts, sizes, modes = Counter(), Counter(), Counter()
             for p, target, (digest, size, mode, problem) in zip(split.paths, split.targets, results):
                 label = split.classes[target]
                 if problem:
-                    kind, detail = problem.split(": ", 1)
-                    report.issues.append(Issue("error", kind, p, detail + "; training skips it (--bad-images skip)"))
+                    if p not in reported:
+                        reported.add(p)
+                        kind, detail = problem.split(": ", 1)
+                        report.issues.append(Issue("error", kind, p,
+                                                   detail + "; training skips it (--bad-images skip)"))
                     continue
                 counts[label] += 1
                 sizes[f"{size[0]}x{size[1]}"] += 1
                 modes[mode] += 1
                 seen[digest].append((split_name, p, label))
+                if p in reported:
+                    continue
+                reported.add(p)
                 if mode not in USUAL_MODES:
                     report.issues.append(Issue("warning", "mode", p, f"mode {mode} (converted to L or RGB when used)"))
                 if min(size) < MIN_SIDE or max(size) / max(1, min(size)) > MAX_ASPECT:
@@ -155,18 +168,39 @@ def _duplicates(report: CheckReport, seen: dict[str, list[tuple[str, str, str]]]
     for copies in seen.values():
         if len(copies) < 2:
             continue
-        first_split, first, first_label = copies[0]
-        for split_name, p, label in copies[1:]:
+        listed = Counter(copies)  # a file named on several rows of one split (with one label) is one entry
+        for (split_name, p, label), n in listed.items():
+            if n > 1:
+                report.issues.append(Issue("warning", "duplicate", p, f"listed {n:,} times in {split_name} "
+                                           "(training uses each listing: it counts this image more than once)"))
+        distinct = list(listed)
+        first_split, first, first_label = distinct[0]
+        for split_name, p, label in distinct[1:]:
+            same = "the same file as" if os.path.realpath(p) == os.path.realpath(first) else "same image as"
             if label != first_label:
                 report.issues.append(Issue("error", "conflicting-labels", p,
-                                           f"same image as {first} but labelled {label} rather than {first_label}"))
+                                           f"{same} {first} but labelled {label} rather than {first_label}"))
             elif split_name != first_split and "train" in (split_name, first_split):
-                report.issues.append(Issue("error", "leak", p, f"same image as {first} ({first_split}): "
+                report.issues.append(Issue("error", "leak", p, f"{same} {first} ({first_split}): "
                                            f"{split_name} data leaks into training, inflating its scores"))
             elif split_name != first_split:
-                report.issues.append(Issue("warning", "duplicate", p, f"same image as {first} ({first_split})"))
+                report.issues.append(Issue("warning", "duplicate", p, f"{same} {first} ({first_split})"))
             else:
-                report.issues.append(Issue("warning", "duplicate", p, f"same image as {first} in {split_name}"))
+                report.issues.append(Issue("warning", "duplicate", p, f"{same} {first} in {split_name}"))
+
+
+def _summarised(items: list[Issue]) -> list[list[str]]:
+    """Table rows: the first SHOWN_PER_KIND findings of each kind (kinds in order of first appearance), then one
+    row counting the rest of that kind."""
+    by_kind: dict[str, list[Issue]] = {}
+    for i in items:
+        by_kind.setdefault(i.kind, []).append(i)
+    rows = []
+    for kind, group in by_kind.items():
+        rows += [[i.kind, i.path, i.detail] for i in group[:SHOWN_PER_KIND]]
+        if len(group) > SHOWN_PER_KIND:
+            rows.append([kind, f"... and {len(group) - SHOWN_PER_KIND:,} more", "--json lists every one"])
+    return rows
 
 
 def format_report(report: CheckReport) -> str:
@@ -186,7 +220,7 @@ def format_report(report: CheckReport) -> str:
     for title, items in (("errors", report.errors), ("warnings", report.warnings)):
         if items:
             lines.append(f"{title} ({len(items)}):")
-            lines.append(table(["kind", "file", "detail"], [[i.kind, i.path, i.detail] for i in items], "<<<"))
+            lines.append(table(["kind", "file", "detail"], _summarised(items), "<<<"))
             lines.append("")
     lines.append(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     return "\n".join(lines)

@@ -8,9 +8,11 @@ short note for the run's first line.
 bf16 is faster there: measured bf16/fp32 training-step speed of `fast` at 28 px, batch 128, was 1.66x on a Xeon
 with AMX and 1.4-1.9x (run to run) on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run
 it no faster than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once
-per machine: `bf16_speedup()` times a few training steps of `fast` in each precision (about 0.2 s) and keeps the
-figure. Then per model: bf16 needs every convolution dense (groups == 1: depthwise convolutions gain nothing and pay
-for the conversions, mobilenet_v3_small measured 0.6x). Where the model does many multiply-adds per weight per step
+per machine: `bf16_speedup()` times a few training steps of `fast` in each precision, in pairs, and keeps the median
+ratio (about 0.2 s; more rounds when it lies near the threshold: median_speedup). A run's config.yaml records the
+concrete model and amp, so `--config` and `--resume` repeat them without measuring. Then per model: bf16 needs
+every convolution dense (groups == 1: depthwise convolutions gain nothing and pay for the conversions,
+mobilenet_v3_small measured 0.6x). Where the model does many multiply-adds per weight per step
 (>= AMP_MIN_INTENSITY) bf16 wins wherever `fast` does: each step converts every weight to bf16 (cost ~ parameters)
 and gains on the multiply-adds (~ per image x batch). Below that the outcome depends on the CPU (resnet18 at 32 px,
 batch 64, 212 per weight: 1.00x on the Xeon, 1.10-1.12x on the AMD EPYC; at 16 px, 89 per weight: 0.71x on the
@@ -32,6 +34,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import math
+import os
+import statistics
 import time
 from typing import Callable
 
@@ -54,13 +59,31 @@ MODEL_MIN_SPEEDUP = 1.05
 MODEL_MEASURE_S = 3.0  # seconds after which the model's measurement stops at two rounds (heavy models)
 
 
+PIN_ENV = "TUDUI_BF16_SPEEDUP"  # a bf16/fp32 speed ratio that replaces every measurement (tests, fleets of one CPU)
+NEAR = 0.15  # a median within 15% of its threshold is measured again (load moves a single figure by more)
+MORE_ROUNDS = 2  # at most this many more sets of rounds near the threshold
+
+
 def _kept_figure(what: str, measure: Callable[[], float]) -> float:
     """A measured speed ratio, measured once per machine and kept in the cache folder ($TUDUI_CACHE or
     ~/.cache/tudui/decoded, file bf16_speedup.json, keyed by CPU model, torch version, threads and `what`): a figure
     near a threshold would otherwise flip the choice from one run to the next (1.13x and 1.2x were measured minutes
-    apart here), and the same command with the same seed must train the same way. Delete the file to measure again.
+    apart here), and the same command with the same seed must train the same way. Delete the file to measure again,
+    or set $TUDUI_BF16_SPEEDUP to a ratio (1.0: fp32 wins, 2.0: bf16 wins) to pin every figure without measuring.
+    A run's config.yaml records what these figures chose, so `--config` and `--resume` never measure again.
     """
-    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads" + \
+    pinned = os.environ.get(PIN_ENV, "").strip()
+    if pinned:
+        try:
+            value = float(pinned)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or value <= 0:
+            raise TuduiError(f"${PIN_ENV}={pinned!r}: expected a positive bf16/fp32 speed ratio such as 1.0 or 1.7 "
+                             "(or unset it to measure)")
+        return value
+    # "median": figures kept before steps were paired and their median taken are measured anew
+    key = f"{cpu_model()} | torch {torch.__version__} | {torch.get_num_threads()} threads | median" + \
         (f" | {what}" if what else "")
     path = cache_root() / "bf16_speedup.json"
     known = {}
@@ -87,11 +110,11 @@ def bf16_speedup() -> float:
 
 def _measure_bf16_speedup() -> float:
     """_measure_model on a freshly built `fast` (seeded inside, so the run's own random state is left alone), with
-    two warm-up rounds and eight in all: its steps take milliseconds."""
+    two warm-up rounds and seven counted: its steps take milliseconds."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = create_model("fast", 10, 1, 28).to(memory_format=torch.channels_last)
-        return _measure_model(model, (1, 28, 28), 64, True, rounds=8, warmup=2)
+        return _measure_model(model, (1, 28, 28), 64, True, AMP_MIN_SPEEDUP, rounds=7, warmup=2)
 
 
 def _agreed_speedup() -> float:
@@ -108,37 +131,60 @@ def model_bf16_speedup(model: nn.Module, shape: tuple[int, int, int], batch: int
     trains = "".join("1" if p.requires_grad else "0" for p in model.parameters())
     arch = hashlib.sha1(f"{model!r}|{trains}|{shape}|{batch}|{channels_last}".encode()).hexdigest()[:16]
     return _kept_figure(f"model {arch} {'x'.join(map(str, shape))} batch {batch}",
-                        lambda: _measure_model(model, shape, batch, channels_last))
+                        lambda: _measure_model(model, shape, batch, channels_last, MODEL_MIN_SPEEDUP))
+
+
+def median_speedup(step: Callable[[bool], None], threshold: float, rounds: int = 5, warmup: int = 1,
+                   budget_s: float = MODEL_MEASURE_S, clock: Callable[[], float] = time.perf_counter) -> float:
+    """The median over rounds of (fp32 step time / bf16 step time), where a round times `step(False)` and
+    `step(True)` back to back, in alternating order: a busy moment slows both steps of a round alike and the median
+    ignores the rounds it spoils (the fastest step of each precision, taken at different moments, measured between
+    0.52x and 1.63x on one machine depending on its load). The first `warmup` rounds pick oneDNN's kernels and are
+    not counted. A set of `rounds` stops early once `budget_s` have passed (vgg16 at 32 px takes 2 s a step on 2
+    cores). When the median lies within NEAR (15%) of `threshold`, up to MORE_ROUNDS more sets are measured and the
+    median of all rounds decides, so a choice that is close is settled by more evidence, not by one moment."""
+    for _ in range(warmup):
+        for bf16 in (False, True):
+            step(bf16)
+    ratios: list[float] = []
+    start = clock()
+    for extra in range(MORE_ROUNDS + 1):
+        if extra and not abs(statistics.median(ratios) / threshold - 1) < NEAR:
+            break  # clear of the threshold: more rounds would not change the choice
+        for i in range(rounds):
+            if i and clock() - start > budget_s * (extra + 1):  # a slow model: fewer rounds
+                break
+            took = {}
+            for bf16 in ((False, True) if len(ratios) % 2 == 0 else (True, False)):
+                t0 = clock()
+                step(bf16)
+                took[bf16] = clock() - t0
+            ratios.append(took[False] / max(took[True], 1e-9))
+    return statistics.median(ratios)
 
 
 def _measure_model(model: nn.Module, shape: tuple[int, int, int], batch: int, channels_last: bool,
-                   rounds: int = 5, warmup: int = 1) -> float:
-    """fp32 time / bf16 time of a forward and backward pass. Steps alternate between the precisions and the fastest
-    of each counts, so a busy moment hurts both alike; the first `warmup` rounds pick oneDNN's kernels and are not
-    counted. Up to `rounds` rounds, warmup + 1 once MODEL_MEASURE_S have passed (vgg16 at 32 px, 134 M weights, takes
-    2 s a step at batch 128 on 2 cores: measured in 6 s, once per machine and architecture). The model is left as it
-    was: its BatchNorm statistics are restored, its gradients cleared, the global random state untouched."""
+                   threshold: float, rounds: int = 5, warmup: int = 1) -> float:
+    """median_speedup of a forward and backward pass of `model` (vgg16 at 32 px, 134 M weights, 2 s a step at batch
+    128 on 2 cores: measured in about 8 s, once per machine and architecture). The model is left as it was: its
+    BatchNorm statistics are restored, its gradients cleared, the global random state untouched. 0.0 when it
+    cannot be stepped on random inputs."""
     if not any(p.requires_grad for p in model.parameters()):
         return 0.0
     buffers = {k: v.clone() for k, v in model.named_buffers()}
-    best = {False: float("inf"), True: float("inf")}
     try:
         with torch.random.fork_rng(devices=[]):
             x = torch.randn(batch, *shape)
             x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
-            start = time.perf_counter()
-            for i in range(rounds):
-                if i > warmup and time.perf_counter() - start > MODEL_MEASURE_S:  # a slow model: fewer rounds
-                    break
-                for bf16 in (False, True):
-                    t0 = time.perf_counter()
-                    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                        out = model(x)
-                    out = out if isinstance(out, torch.Tensor) else out[0]
-                    out.float().square().mean().backward()
-                    model.zero_grad(set_to_none=True)
-                    if i >= warmup:
-                        best[bf16] = min(best[bf16], time.perf_counter() - t0)
+
+            def step(bf16: bool) -> None:
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                    out = model(x)
+                out = out if isinstance(out, torch.Tensor) else out[0]
+                out.float().square().mean().backward()
+                model.zero_grad(set_to_none=True)
+
+            return median_speedup(step, threshold, rounds, warmup)
     except Exception:  # noqa: BLE001 - a user model that wants other inputs: no bf16 guess, fp32
         return 0.0
     finally:
@@ -146,7 +192,6 @@ def _measure_model(model: nn.Module, shape: tuple[int, int, int], batch: int, ch
         with torch.no_grad():
             for k, v in model.named_buffers():
                 v.copy_(buffers[k])
-    return best[False] / best[True]
 
 
 def _dense_macs(model: nn.Module, spec) -> tuple[int, bool]:

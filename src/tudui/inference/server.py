@@ -23,7 +23,7 @@ Memory: a small upload can decode to a large image (a 142 KB PNG is 64 Mpx of
 (data/images.decode_cost) together within --max-decode-mb; the others wait their
 turn. Resident memory stays within the server's own (the model, the libraries)
 plus --max-decode-mb plus the uploads being received (each at most
---max-upload-mb).
+--max-upload-mb) plus the allocator's slack (tests/inference/test_server_memory.py).
 
 Concurrent requests share forward passes: each upload is decoded to uint8 pixels
 in the thread pool, then queued for the micro-batcher (batching.py), which
@@ -348,7 +348,7 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
             raise ApiError(413, f"decoding this {width}x{height} image needs about {cost / 2**20:,.0f} MiB, over this "
                                 f"server's limit of {max_decode_mb:g} MiB (--max-decode-mb)")
 
-        def decode():  # Pillow decoding blocks (and releases the GIL): run it in the thread pool, many at once
+        def decode():  # Pillow decoding blocks (and releases the GIL): in the thread pool, one per core at most
             t1 = time.perf_counter()
             try:
                 arr = predictor.spec.decode(data)  # (S, S, C) uint8, as the model was evaluated

@@ -1,13 +1,16 @@
 """Shared fixtures: tiny real data (Fashion-MNIST written as image files, scikit-learn digits) and a CLI runner."""
 from __future__ import annotations
 
+import functools
 import os
 import signal
+import struct
 import queue
 import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +257,37 @@ def tiny_onnx(tiny_model, tmp_path_factory):
     r = run_cli("export", tiny_model, "--format", "onnx", "--dynamic-batch", "--out", out)
     assert r.returncode == 0, r.stdout + r.stderr
     return out, r
+
+
+@functools.lru_cache(maxsize=None)
+def big_png(width: int, height: int, depth: int = 16, colour: int = 0) -> bytes:
+    """A PNG of width x height (colour type 0 grey, 2 RGB, 4 grey+alpha, 6 RGBA; depth 8 or 16) whose rows all repeat
+    one gradient, written row by row (PNG's 'Up' filter: every row after the first is zeros), so it needs little
+    memory or time to build and compresses ~1000:1 (8000 x 8000 16-bit grey: ~150 KB, 128 MB decoded). Cached."""
+    channels = {0: 1, 2: 3, 4: 2, 6: 4}[colour]
+    first = b"\0" + (np.arange(width * channels, dtype=np.uint64) * 37 % (1 << depth)).astype(f">u{depth // 8}").tobytes()
+    up = b"\2" + bytes(len(first) - 1)
+    z = zlib.compressobj(6)
+    parts, left, batch = [z.compress(first)], height - 1, max(1, (1 << 20) // len(up))  # ~1 MB of rows per call
+    while left > 0:
+        parts.append(z.compress(up * min(batch, left)))
+        left -= batch
+    idat = b"".join(parts) + z.flush()
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+@functools.lru_cache(maxsize=None)
+def big_float_tiff(width: int, height: int) -> bytes:
+    """A 32-bit float TIFF (mode F) of width x height in 1000-pixel-wide bands of 0.125 steps, deflated. Cached."""
+    import io
+
+    arr = np.empty((height, width), np.float32)
+    arr[:] = (np.arange(width) // 1000 / 8.0).astype(np.float32)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "TIFF", compression="tiff_adobe_deflate")
+    return buf.getvalue()

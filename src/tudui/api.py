@@ -196,7 +196,7 @@ def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None 
 
 def serve(model: str | Path, **options) -> None:
     """The model over HTTP with a page to try it, until interrupted (inference/server.py; options: host, port,
-    max_upload_mb, topk, device, tta, model_file, trust_code: as for `evaluate`)."""
+    max_upload_mb, max_decode_mb, topk, device, tta, model_file, trust_code: as for `evaluate`)."""
     from .inference.server import serve as run_server  # FastAPI/uvicorn are an optional extra: imported on use
 
     run_server(str(model), **options)

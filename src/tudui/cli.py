@@ -214,7 +214,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _api().serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
                  device=args.device, tta=args.tta, model_file=args.model_file, trust_code=args.trust_code,
                  max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, read_timeout_s=args.read_timeout,
-                 docs=args.docs)
+                 docs=args.docs, max_decode_mb=args.max_decode_mb)
     return 0
 
 
@@ -235,6 +235,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    "decoded, in ms (a lone request never waits) [default: 2]")
     p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a request's whole body may take to "
                    "arrive; slower uploads get 408 [default: 30]")
+    p.add_argument("--max-decode-mb", type=float, default=1024.0, help="MiB the images being decoded at once (one "
+                   "per CPU core) may hold together; an image needing more alone gets 413 [default: 1024]")
     p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
                    help="serve the API's Swagger UI at /docs, its files from this server [default: on]")
 

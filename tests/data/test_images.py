@@ -97,3 +97,124 @@ def test_a_truncated_png_is_still_reported_by_pillow(tmp_path):
     assert images._decode_plain_png(path, 1, 12) is None
     with pytest.raises(images.BadImage):
         images.decode_image(path, 1, 12)
+
+
+# --- 16-bit and float images, memory -----------------------------------------------------------------------------
+def _reference_8bit(arr: np.ndarray, mode: str) -> np.ndarray:
+    """The 8-bit scaling tudui has always applied, on the whole image in float64."""
+    arr = arr.astype(np.float64)
+    if mode == "F":
+        top = 1.0 if arr.max() <= 1.0 else 255.0
+    else:
+        top = 65535.0 if (mode.startswith("I;16") or arr.max() > 255) else 255.0
+    with np.errstate(invalid="ignore"):
+        return np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _deep_images():
+    rng = np.random.default_rng(1)
+    u16 = rng.integers(0, 65536, (23, 37), dtype=np.uint16)
+    nan = (rng.random((23, 37), dtype=np.float32) * 400 - 50)
+    nan[3, 4] = np.nan
+    return [("I;16", Image.fromarray(u16), u16),
+            ("I;16B", Image.frombytes("I;16B", (37, 23), u16.astype(">u2").tobytes()), u16),
+            ("I", Image.fromarray(small := rng.integers(-50, 256, (23, 37), dtype=np.int32)), small),
+            ("I", Image.fromarray(big := rng.integers(-5000, 70000, (23, 37), dtype=np.int32)), big),
+            ("F", Image.fromarray(unit := rng.random((23, 37), dtype=np.float32)), unit),
+            ("F", Image.fromarray(nan), nan)]
+
+
+@pytest.mark.parametrize("tile", [7, 100, 1 << 18])
+def test_16bit_and_float_images_are_scaled_a_tile_at_a_time_to_the_same_pixels(monkeypatch, tile):
+    """The conversion runs on tiles (bounded float64 temporaries), with exactly the whole-image formula's result."""
+    monkeypatch.setattr(images, "TILE_PIXELS", tile, raising=False)
+    for mode, img, arr in _deep_images():
+        assert img.mode == mode
+        want = _reference_8bit(arr, mode)
+        with np.errstate(invalid="ignore"):
+            got = decode_image(img, 1, None)[..., 0]
+        assert np.array_equal(got, want), (mode, tile)
+        with np.errstate(invalid="ignore"):
+            rgb = decode_image(img, 3, 16)
+        assert np.array_equal(rgb, np.array(Image.fromarray(want).convert("RGB").resize((16, 16), Image.BILINEAR)))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "1", "I;16"])
+@pytest.mark.parametrize("size, crop_pct", [(16, None), (24, 0.875), (48, 1.0)])
+def test_grey_images_become_rgb_after_resizing_with_the_pixels_of_converting_first(mode, size, crop_pct):
+    """A grey image is resized as 'L' and only then made RGB (a quarter of the memory): the same pixels as RGB first."""
+    rng = np.random.default_rng(2)
+    base = Image.fromarray(rng.integers(0, 256, (41, 30, 3), dtype=np.uint8))
+    img = base.convert(mode) if mode != "I;16" else Image.fromarray(rng.integers(0, 65536, (41, 30), dtype=np.uint16))
+    grey = decode_image(img, 1, None)[..., 0]
+    rgb_first = Image.fromarray(grey).convert("RGB")
+    want = (np.array(rgb_first.resize((size, size), Image.BILINEAR)) if crop_pct is None
+            else np.array(images._resize_crop(rgb_first, size, crop_pct)))
+    assert np.array_equal(decode_image(img, 3, size, crop_pct), want)
+
+
+def _peak_decode_bytes(data: bytes, channels: int, size: int, crop_pct: float | None = None) -> int:
+    """Resident bytes decode_image adds at its peak, measured in a forked child (the kernel's high-water mark,
+    ru_maxrss, against the child's resident size before decoding): exact, and a runaway decode cannot take the
+    test process with it."""
+    import multiprocessing
+    import resource
+
+    psutil = pytest.importorskip("psutil")
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child():
+        start = psutil.Process().memory_info().rss
+        decode_image(data, channels, size, crop_pct)
+        send.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start)
+
+    proc = ctx.Process(target=child)
+    proc.start()
+    try:
+        assert recv.poll(120), "the decode did not finish"
+        return recv.recv()
+    finally:
+        proc.join(30)
+
+
+def _cost(data: bytes, channels: int, size: int, crop_pct: float | None = None) -> int:
+    with Image.open(io.BytesIO(data)) as img:
+        return images.decode_cost(img, channels, size, crop_pct)
+
+
+def test_a_64_megapixel_16bit_png_decodes_in_a_fraction_of_the_memory():
+    """A ~150 KB 16-bit PNG of 8000 x 8000 held 1.6 GB while decoding (float64 copies of the whole image); now the
+    image (128 MB), its 8-bit version (64 MB) and tiles: under 300 MB, and under what decode_cost declares."""
+    from tests.conftest import big_png
+
+    data = big_png(8000, 8000)
+    assert len(data) < 200_000
+    peak = _peak_decode_bytes(data, 1, 32)
+    assert peak < 300 * 2**20, f"{peak / 2**20:.0f} MiB"
+    assert peak <= _cost(data, 1, 32)
+
+
+@pytest.mark.parametrize("kind, channels, crop_pct", [
+    ("16-bit grey PNG", 3, None), ("16-bit grey PNG", 1, 0.875), ("float TIFF", 1, None), ("float TIFF", 3, 0.875),
+    ("RGBA PNG", 3, None), ("RGBA PNG", 1, None), ("16-bit RGBA PNG, 4,000,000 x 1", 3, None),
+    ("16-bit grey PNG, 1 x 4,000,000", 3, 1.0), ("8-bit grey PNG, 4,000,000 x 1", 1, 1.0),
+])
+def test_decode_cost_bounds_what_decoding_holds(kind, channels, crop_pct):
+    """The server admits decodes by decode_cost (read from the header): it must cover the measured peak of the
+    costliest kinds of image, at 16 Mpx, and of extreme aspect ratios (whose resize is box-reduced first: a
+    4,000,000 x 1 image cropped to 8 x 8 used to resize to 32,000,000 x 8 first, 256 MB)."""
+    from tests.conftest import big_float_tiff, big_png
+
+    data = {"16-bit grey PNG": lambda: big_png(4000, 4000), "float TIFF": lambda: big_float_tiff(4000, 4000),
+            "RGBA PNG": lambda: big_png(4000, 4000, 8, 6),
+            "16-bit RGBA PNG, 4,000,000 x 1": lambda: big_png(4_000_000, 1, 16, 6),
+            "16-bit grey PNG, 1 x 4,000,000": lambda: big_png(1, 4_000_000),
+            "8-bit grey PNG, 4,000,000 x 1": lambda: big_png(4_000_000, 1, 8, 0)}[kind]()
+    size = 8 if "," in kind else 32
+    peak, cost = _peak_decode_bytes(data, channels, size, crop_pct), _cost(data, channels, size, crop_pct)
+    assert peak <= cost, f"{kind}: peak {peak / 2**20:.0f} MiB over the declared {cost / 2**20:.0f} MiB"
+    if "," in kind:
+        assert peak < 100 * 2**20, f"{kind}: {peak / 2**20:.0f} MiB"
+    out = decode_image(data, channels, size, crop_pct)
+    assert out.shape == (size, size, channels)

@@ -25,6 +25,23 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 MAX_PIXELS = 64_000_000
 
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "La"}
+# 16-bit, 32-bit integer and float grey: scaled to 8 bits by their range (_deep_to_l).
+_DEEP_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+# Pixels of a 16/32-bit or float image converted to 8 bits at a time: float64 temporaries of ~2 MB each.
+TILE_PIXELS = 1 << 18
+
+# Bytes Pillow's bilinear resize may take (filter coefficients, ~16 bytes per source pixel along each axis; the
+# horizontal pass's image, output width x source height; the output). An image that needs more (an extreme aspect
+# ratio: a 1 x 8,000,000 image squashed to 32 x 32 took 122 MB, 16 bytes per pixel of its long side) is first
+# box-reduced by an integer factor (Pillow's reducing_gap), which keeps at least DRAFT_GAP times the output's side.
+RESAMPLE_BYTES = 64 << 20
+# Bytes per pixel of width a decoder may hold in row buffers (two rows of 8 bytes: 16-bit RGBA PNG filtering).
+DECODER_ROW_BYTES = 16
+# What decode_cost adds for everything else a decode holds (decoder state, the file's bytes, tiles, Python objects).
+DECODE_SLACK = 16 << 20
+# What decode_cost adds for the resize: the resample above and a box-reduced copy (at most a few MB at 64 Mpx).
+RESIZE_BYTES = RESAMPLE_BYTES + (32 << 20)
 
 # JPEG DCT scaling (Pillow's `draft`) decodes a large JPEG at 1/2, 1/4 or 1/8 of its size straight from the DCT
 # coefficients, so pixels that the resize would throw away are never computed. The draft keeps at least DRAFT_GAP
@@ -100,23 +117,98 @@ def open_image(src, draft: int | None = None) -> Image.Image:
     return img
 
 
+def _bytes_per_pixel(mode: str) -> int:
+    """Bytes Pillow stores per pixel of `mode`: 1 for '1', 'L', 'P'; 2 for 16-bit grey; 4 for the rest (RGB too,
+    which Pillow pads to 4 bytes; I, F, RGBA, CMYK, LA, ...)."""
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+
+
+def _deep_to_l(img: Image.Image) -> Image.Image:
+    """A 16-bit, 32-bit or float image scaled to 8-bit 'L' by its range, a tile of ~TILE_PIXELS at a time.
+
+    The formula is the one tudui has always used, `clip(v / top * 255 + 0.5, 0, 255)` in float64 (`top`: 65535 for
+    16-bit; for 'I' 65535 when any value is over 255, else 255; for 'F' 1.0 when no value is over 1, else 255), so
+    every pixel is the same as before; only the float64 temporaries are per tile (~2 MB each) instead of 8 bytes
+    per pixel of the whole image (a 64-Mpx 16-bit PNG cost 1.6 GB; now its own 128 MB plus the 64 MB result).
+    """
+    w, h = img.size
+    tile_w = min(w, TILE_PIXELS)  # a 64,000,000 x 1 image is cut along its row too
+    tile_h = max(1, TILE_PIXELS // tile_w)
+    boxes = [(x, y, min(w, x + tile_w), min(h, y + tile_h)) for y in range(0, h, tile_h) for x in range(0, w, tile_w)]
+
+    def tiles():  # (box, its pixels as an array); crop copies only the tile
+        for box in boxes:
+            yield box, np.asarray(img.crop(box))
+
+    if img.mode.startswith("I;16"):
+        top = 65535.0
+    else:  # the whole image's maximum (NaN included, as ndarray.max gives it) decides the range
+        peak = np.max([t.max() for _, t in tiles()]) if boxes else np.nan  # no pixels: 255, as before
+        top = (1.0 if peak <= 1.0 else 255.0) if img.mode == "F" else (65535.0 if peak > 255 else 255.0)
+    out = np.empty((h, w), np.uint8)  # (H, W): 1 byte per pixel, the only full-size array
+    if img.mode.startswith("I;16"):  # the formula tabulated once for all 65,536 values: exact, and a lookup
+        lut = np.clip(np.arange(65536, dtype=np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    for (x0, y0, x1, y1), t in tiles():
+        if img.mode.startswith("I;16"):
+            out[y0:y1, x0:x1] = lut[t]
+        else:
+            out[y0:y1, x0:x1] = np.clip(t.astype(np.float64) / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
+
+
 def _to_mode(img: Image.Image, channels: int) -> Image.Image:
-    """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3).
+    """Convert any Pillow mode to 'L' (channels=1) or 'RGB' (channels=3); a grey image stays 'L' for channels=3
+    (decode_image makes it RGB after resizing: three equal channels resize to the same pixels as one, with a
+    quarter of the memory).
 
     Alpha is dropped (as `convert('RGB')` does), palettes are expanded, CMYK is
-    converted, and 16/32-bit or float images are scaled to 8 bits by their range.
+    converted, and 16/32-bit or float images are scaled to 8 bits by their range (`_deep_to_l`).
     """
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if img.mode == "F":
-            top = 1.0 if arr.size and arr.max() <= 1.0 else 255.0
-        else:
-            top = 65535.0 if (img.mode.startswith("I;16") or (arr.size and arr.max() > 255)) else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8), mode="L")
+    if img.mode in _DEEP_MODES:
+        img = _deep_to_l(img)
     elif img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("1", "L", "LA"):
+        return img if img.mode == "L" else img.convert("L")
     target = "L" if channels == 1 else "RGB"
     return img if img.mode == target else img.convert(target)
+
+
+def decode_cost(img: Image.Image, channels: int, size: int | None, crop_pct: float | None = None) -> int:
+    """Bytes of memory `decode_image(..., channels, size, crop_pct)` needs at most for an opened image whose
+    pixels are not loaded yet (its header read by Image.open; a JPEG is set to the draft scale decode_image uses).
+
+    The most of: twice the decoded image while decoding (the image, and a decoder's own full-size buffer such as a
+    single-strip TIFF's; later the image and an EXIF-rotated copy; WebP four times), plus the decoder's row buffers;
+    or the image and the conversion's images alive at once (8-bit grey 1 byte per pixel, RGB 4, a palette with
+    transparency RGBA then RGB 8); plus the resize's filter coefficients, first pass and output (at most
+    RESIZE_BYTES: `_resize`). An estimate from measured peaks, not a guarantee for every format Pillow reads.
+    """
+    draft = _draft_side(size, crop_pct)
+    if draft and img.format == "JPEG":
+        img.draft(None, (draft, draft))  # as open_image does: the size and mode decoding will produce
+    w, h = img.size
+    bpp = _bytes_per_pixel(img.mode)
+    if img.mode == "P":
+        extra = 8
+    elif img.mode in _DEEP_MODES or img.mode in ("1", "L", "LA") or channels == 1:
+        extra = 1
+    else:
+        extra = 0 if img.mode == "RGB" else 4
+    # Pillow keeps a pointer per row (8 bytes): a 1 x 8,000,000 image's are 64 MB.
+    image = w * h * bpp + 8 * h
+    # WebP (Pillow's animation decoder) holds its canvas, the previous frame's and a bytes copy besides the image:
+    # a 64-Mpx RGBA WebP measured 980 MB, 15 bytes per pixel. A decoder's row buffers (a PNG filter's previous and
+    # current row, up to 8 bytes per pixel each: 128 MB for an 8,000,000 x 1 16-bit RGBA PNG) come on top.
+    decoding = (4 if img.format == "WEBP" else 2) * image + DECODER_ROW_BYTES * w
+    converting = image + w * h * extra + 16 * h
+    if size is None:
+        resize = 0
+    else:  # in the mode _to_mode gives (L: 1 byte, RGB: 4), at most RESIZE_BYTES (_resize box-reduces beyond it)
+        new = (size, size) if crop_pct is None else _crop_geometry(w, h, size, crop_pct)[0]
+        grey = img.mode in _GRAY_MODES or channels == 1
+        resize = min(RESIZE_BYTES, _resample_cost((w, h), new, 1 if grey else 4) + 4 * size * size)
+    return max(decoding, converting) + resize + DECODE_SLACK
 
 
 def resize_side(size: int, crop_pct: float) -> int:
@@ -125,18 +217,55 @@ def resize_side(size: int, crop_pct: float) -> int:
     return max(size, int(math.floor(size / crop_pct + 1e-6)))
 
 
-def _resize_crop(img: Image.Image, size: int, crop_pct: float) -> Image.Image:
-    """Resize the short side to resize_side(size, crop_pct), then cut the centre size x size (torchvision's
-    Resize(int) + CenterCrop: the long side is int(side * long / short), the crop's corner rounds half away)."""
+def _draft_side(size: int | None, crop_pct: float | None) -> int | None:
+    """The smallest side a JPEG is decoded at (DCT scaling) for this output, or None: decode it whole."""
+    target = size if size is None or crop_pct is None else resize_side(size, crop_pct)
+    return math.ceil(target * DRAFT_GAP) if target else None
+
+
+def _resample_bytes(img: Image.Image, new: tuple[int, int]) -> int:
+    """Bytes Pillow's resize of `img` to `new` allocates (see `_resample_cost`)."""
+    return _resample_cost(img.size, new, _bytes_per_pixel(img.mode))
+
+
+def _resample_cost(size: tuple[int, int], new: tuple[int, int], bpp: int) -> int:
+    """Bytes a bilinear resize from `size` to `new` allocates: coefficients per axis (8-byte doubles, ~2 per source
+    pixel when shrinking, ~2 per output pixel when enlarging), the horizontal pass's (new width x height) image and
+    the output, `bpp` bytes per pixel."""
+    (w, h) = size
+    return 16 * (w + h + new[0] + new[1]) + (new[0] * h + new[0] * new[1]) * bpp
+
+
+def _resize(img: Image.Image, new: tuple[int, int], box: tuple[float, float, float, float] | None = None):
+    """Bilinear (antialiased) resize; box-reduced first when the plain resize would take over RESAMPLE_BYTES (only
+    extreme aspect ratios: every other image gets exactly Pillow's plain resize)."""
+    if box is None and _resample_bytes(img, new) <= RESAMPLE_BYTES:
+        return img.resize(new, Image.BILINEAR)
+    return img.resize(new, Image.BILINEAR, box=box, reducing_gap=DRAFT_GAP)
+
+
+def _crop_geometry(w: int, h: int, size: int, crop_pct: float) -> tuple[tuple[int, int], int, int]:
+    """(resized size, crop's left, crop's top) of `_resize_crop` for a w x h image."""
     side = resize_side(size, crop_pct)
-    w, h = img.size
     if w <= h:
         new = (side, max(side, int(side * h / w)))
     else:
         new = (max(side, int(side * w / h)), side)
+    return new, int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
+
+
+def _resize_crop(img: Image.Image, size: int, crop_pct: float) -> Image.Image:
+    """Resize the short side to resize_side(size, crop_pct), then cut the centre size x size (torchvision's
+    Resize(int) + CenterCrop: the long side is int(side * long / short), the crop's corner rounds half away)."""
+    w, h = img.size
+    new, left, top = _crop_geometry(w, h, size, crop_pct)
+    if new != img.size and _resample_bytes(img, new) > RESAMPLE_BYTES:
+        # The whole resized image would be huge (a 64,000,000 x 1 image at side 256 is 16e9 x 256): resize only the
+        # source box that becomes the crop (the same sampling positions), box-reduced first.
+        sx, sy = w / new[0], h / new[1]
+        return _resize(img, (size, size), (left * sx, top * sy, (left + size) * sx, (top + size) * sy))
     if new != img.size:
         img = img.resize(new, Image.BILINEAR)
-    left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
     return img.crop((left, top, left + size, top + size))
 
 
@@ -184,21 +313,28 @@ def decode_image(src: str | Path | bytes | Image.Image, channels: int, size: int
     resized to size x size (squashed, bilinear with antialiasing: tudui's recipe for small images); with a
     `crop_pct` in (0, 1], its short side is resized to `resize_side(size, crop_pct)` and the centre size x size is
     cut out (the photo recipe, aspect ratio kept). Large JPEGs are DCT-scaled while decoding (see DRAFT_GAP).
-    `size=None` keeps the image's own size.
+    `size=None` keeps the image's own size. Memory: at most `decode_cost` bytes (16-bit and float images are
+    converted a tile at a time, extreme aspect ratios are box-reduced before resizing).
     """
     if crop_pct is None and isinstance(src, (str, Path)) and str(src).lower().endswith(".png"):
         arr = _decode_plain_png(src, channels, size)
         if arr is not None:
             return arr
-    target = size if size is None or crop_pct is None else resize_side(size, crop_pct)
-    img = open_image(src, draft=math.ceil(target * DRAFT_GAP) if target else None)
+    img = open_image(src, draft=_draft_side(size, crop_pct))
     try:
-        img = ImageOps.exif_transpose(img)
-        img = _to_mode(img, channels)
+        # An image opened here is rotated in place: without an orientation tag, exif_transpose would return a copy
+        # (as much memory again: 256 MB for a 64-Mpx RGBA); the caller's own PIL image is not changed.
+        if isinstance(src, (str, Path, bytes, bytearray)):
+            ImageOps.exif_transpose(img, in_place=True)
+        else:
+            img = ImageOps.exif_transpose(img)
+        img = _to_mode(img, channels)  # 'L' or 'RGB'; a grey image stays 'L' until after the resize
         if size is not None and crop_pct is not None:
             img = _resize_crop(img, size, crop_pct)
         elif size is not None and img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
+            img = _resize(img, (size, size))
+        if channels == 3 and img.mode == "L":
+            img = img.convert("RGB")
     except (OSError, ValueError) as e:
         raise BadImage(src if not isinstance(src, (bytes, bytearray)) else "<bytes>", f"cannot convert ({e})") from None
     arr = np.array(img, dtype=np.uint8)  # a writable copy

@@ -13,8 +13,17 @@ Bad input never stops the server; each case has its status and a one-line JSON
 {"error": ...}: empty body 400, body not complete within --read-timeout 408,
 over --max-upload-mb 413 (Content-Length checked first, then counted while
 reading, so a chunked upload cannot exceed it either), more pixels than the
-limit 413 (read from the header, before decoding), not an image 415, a bad
-query parameter 422.
+limit 413 (read from the header, before decoding), an image whose decoding needs
+more memory than --max-decode-mb 413 (also from the header), not an image 415, a
+bad query parameter 422.
+
+Memory: a small upload can decode to a large image (a 142 KB PNG is 64 Mpx of
+16-bit grey), so decodes are admitted by what they will hold, not by upload size
+(budget.py): at most one per CPU core at once, and their declared bytes
+(data/images.decode_cost) together within --max-decode-mb; the others wait their
+turn. Resident memory stays within the server's own (the model, the libraries)
+plus --max-decode-mb plus the uploads being received (each at most
+--max-upload-mb) plus the allocator's slack (tests/inference/test_server_memory.py).
 
 Concurrent requests share forward passes: each upload is decoded to uint8 pixels
 in the thread pool, then queued for the micro-batcher (batching.py), which
@@ -34,8 +43,9 @@ from pathlib import Path
 
 from ..core import __version__
 from ..core.errors import TuduiError
-from ..data.images import MAX_PIXELS, BadImage
+from ..data.images import MAX_PIXELS, BadImage, decode_cost
 from .batching import MicroBatcher
+from .budget import DecodeBudget, cores
 from .predictor import Predictor
 
 INSTALL_SERVE = "pip install 'tudui[serve]'"
@@ -43,6 +53,9 @@ MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing (boundaries, part head
 MAX_BATCH = 32  # default --max-batch: requests answered by one forward pass at most
 MAX_WAIT_MS = 2.0  # default --max-wait-ms: how long the oldest queued request waits for others to share its batch
 READ_TIMEOUT_S = 30.0  # default --read-timeout: seconds the whole request body may take to arrive
+# Default --max-decode-mb: MiB that the decodes running at once may hold together. The costliest image within the
+# pixel limit, a 64-Mpx RGBA WebP, declares ~1,000 MiB (a 64-Mpx 16-bit PNG ~260, a float TIFF or RGBA PNG ~510).
+MAX_DECODE_MB = 1024.0
 DOCS_ASSETS = "/docs/assets"  # where Swagger UI's script, styles and icon are served from
 
 # /predict takes its body as bytes it reads itself (to bound size and time), so its OpenAPI entry declares the
@@ -110,6 +123,8 @@ def _schemas():
         tudui_version: str | None
         max_upload_mb: float
         max_pixels: int
+        max_decode_mb: float
+        max_decodes: int
         topk: int
         max_batch: int
         max_wait_ms: float
@@ -125,8 +140,9 @@ class ApiError(Exception):
         self.message = message
 
 
-def check_pixels(data: bytes, max_pixels: int) -> tuple[int, int]:
-    """(width, height) from the image header, before any decoding; ApiError 415/413 when unusable."""
+def check_pixels(data: bytes, max_pixels: int, spec=None) -> tuple[int, int, int]:
+    """(width, height, bytes its decoding for `spec` (a DataSpec) holds at most: 0 without one) from the image
+    header, before any decoding; ApiError 415/413 when unusable."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -134,6 +150,7 @@ def check_pixels(data: bytes, max_pixels: int) -> tuple[int, int]:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
             with Image.open(io.BytesIO(data)) as img:
                 w, h = img.size
+                cost = decode_cost(img, spec.channels, spec.img_size, spec.crop_pct) if spec is not None else 0
     except Image.DecompressionBombError as e:  # Pillow refuses > 2x its limit already at open
         raise ApiError(413, f"image has too many pixels: {e}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
@@ -141,7 +158,7 @@ def check_pixels(data: bytes, max_pixels: int) -> tuple[int, int]:
             from None
     if w * h > max_pixels:
         raise ApiError(413, f"image is {w}x{h} = {w * h:,} pixels, over this server's limit of {max_pixels:,}")
-    return w, h
+    return w, h, cost
 
 
 def _public_arch(name: str | None) -> str | None:
@@ -151,12 +168,14 @@ def _public_arch(name: str | None) -> str | None:
 
 def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 5, max_pixels: int = MAX_PIXELS,
                max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, read_timeout_s: float = READ_TIMEOUT_S,
-               docs: bool = True):
-    """The FastAPI app serving `predictor`; uploads over `max_upload_mb` MiB or `max_pixels` pixels get 413.
+               docs: bool = True, max_decode_mb: float = MAX_DECODE_MB, max_decodes: int | None = None):
+    """The FastAPI app serving `predictor`; uploads over `max_upload_mb` MiB or `max_pixels` pixels get 413, and so
+    does an image whose decoding would hold more than `max_decode_mb` MiB.
 
     max_batch: concurrent requests answered by one forward pass at most (1: one request per pass, in arrival
     order); max_wait_ms: how long a request may wait for others to join its batch; read_timeout_s: the
-    whole request body must arrive within this many seconds (408 otherwise); docs: serve /docs (Swagger UI).
+    whole request body must arrive within this many seconds (408 otherwise); docs: serve /docs (Swagger UI);
+    max_decodes: images decoded at once at most (None: one per CPU core), their declared bytes within max_decode_mb.
     """
     fastapi = _import_web()
     import anyio
@@ -171,7 +190,12 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
         raise TuduiError(f"--max-wait-ms must be 0 or more, got {max_wait_ms}")
     if read_timeout_s <= 0:
         raise TuduiError(f"--read-timeout must be positive, got {read_timeout_s}")
+    if max_decode_mb <= 0:
+        raise TuduiError(f"--max-decode-mb must be positive, got {max_decode_mb}")
     max_bytes = int(max_upload_mb * 1024 * 1024)
+    # Decoding blocks a thread and holds memory (a 64-Mpx 16-bit PNG: 260 MiB): one decode per core at most, and
+    # their declared bytes within the budget, however many requests arrive at once.
+    budget = DecodeBudget(int(max_decode_mb * 1024 * 1024), max_decodes or cores())
     page = resources.files("tudui.inference").joinpath("static/index.html").read_text(encoding="utf-8")
     PredictResponse, ErrorResponse, Health, Info = _schemas()
     # Only the file's name: the server's directory layout is nobody's business.
@@ -179,7 +203,8 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
             "classes": predictor.classes, "num_classes": len(predictor.classes), "img_size": predictor.spec.img_size,
             "channels": predictor.spec.channels, "mean": predictor.spec.mean, "std": predictor.spec.std,
             "arch": _public_arch(predictor.meta.get("arch", {}).get("name")), "tudui_version": predictor.meta.get("tudui_version"),
-            "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "topk": topk, "max_batch": max_batch,
+            "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "max_decode_mb": max_decode_mb,
+            "max_decodes": budget.slots, "topk": topk, "max_batch": max_batch,
             "max_wait_ms": max_wait_ms, "read_timeout_s": read_timeout_s}
 
     def forward(arrays: list) -> list:
@@ -307,7 +332,7 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
     documented = {status: {"model": ErrorResponse, "description": why} for status, why in (
         (400, "empty upload, malformed multipart, or no field named 'file'"),
         (408, "the body did not arrive within --read-timeout"),
-        (413, "over --max-upload-mb, or more pixels than the server's limit"),
+        (413, "over --max-upload-mb, more pixels than the server's limit, or decoding needs over --max-decode-mb"),
         (415, "not an image that can be decoded"), (422, "a bad query parameter"))}
 
     @app.post("/predict", responses={200: {"model": PredictResponse}, **documented}, summary="classify one image",
@@ -318,9 +343,12 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
         data = await read_body(request)
         if not data:
             raise ApiError(400, "empty upload: send an image as multipart field 'file' or as the request body")
-        width, height = check_pixels(data, max_pixels)
+        width, height, cost = check_pixels(data, max_pixels, predictor.spec)
+        if cost > budget.capacity:
+            raise ApiError(413, f"decoding this {width}x{height} image needs about {cost / 2**20:,.0f} MiB, over this "
+                                f"server's limit of {max_decode_mb:g} MiB (--max-decode-mb)")
 
-        def decode():  # Pillow decoding blocks (and releases the GIL): run it in the thread pool, many at once
+        def decode():  # Pillow decoding blocks (and releases the GIL): in the thread pool, one per core at most
             t1 = time.perf_counter()
             try:
                 arr = predictor.spec.decode(data)  # (S, S, C) uint8, as the model was evaluated
@@ -328,8 +356,11 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
                 raise ApiError(415, f"the upload is not a readable image: {e.reason}") from None
             return arr, (time.perf_counter() - t1) * 1000
 
-        with batcher.expecting():  # a batch that is forming waits for this request (at most --max-wait-ms)
-            arr, pre_ms = await run_in_threadpool(decode)
+        # Waits for a free core and `cost` bytes of the decode budget, in arrival order; the decoding thread is
+        # waited for even if the request is cancelled, so what it holds is counted until it is freed.
+        async with budget.admit(cost):
+            with batcher.expecting():  # a batch that is forming waits for this request (at most --max-wait-ms)
+                arr, pre_ms = await run_in_threadpool(decode)
         probs, batch, inf_ms = await batcher.submit(arr)  # (num_classes,) probabilities
         top = predictor.top_classes(probs[None], k or topk)[0]
         return {"predictions": [{"class": c, "probability": p} for c, p in top],
@@ -338,6 +369,7 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
                 "image": {"width": width, "height": height, "bytes": len(data)}}
 
     app.state.batcher = batcher  # for tests and benchmarks: batches run, items answered
+    app.state.decode_budget = budget  # for tests: the most bytes and decodes admitted at once
     return app
 
 
@@ -366,13 +398,15 @@ def listen_socket(host: str, port: int) -> socket.socket:
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0, topk: int = 5,
           device: str = "auto", log_level: str = "info", tta: bool | None = None, max_batch: int = MAX_BATCH,
           max_wait_ms: float = MAX_WAIT_MS, read_timeout_s: float = READ_TIMEOUT_S, docs: bool = True,
-          model_file: str | None = None, trust_code: bool = False) -> None:
+          model_file: str | None = None, trust_code: bool = False, max_decode_mb: float = MAX_DECODE_MB) -> None:
     """Load `model` (checkpoint, run directory, .onnx, ...) and serve it with uvicorn until interrupted."""
     _import_web()
     import uvicorn
 
     if max_upload_mb <= 0:
         raise TuduiError(f"--max-upload-mb must be positive, got {max_upload_mb}")
+    if max_decode_mb <= 0:
+        raise TuduiError(f"--max-decode-mb must be positive, got {max_decode_mb}")
     for flag, value, low in (("--max-batch", max_batch, 1), ("--max-wait-ms", max_wait_ms, 0)):
         if value < low:  # checked before the model is loaded, so a typo costs no waiting
             raise TuduiError(f"{flag} must be at least {low}, got {value}")
@@ -380,7 +414,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: 
         raise TuduiError(f"--read-timeout must be positive, got {read_timeout_s}")
     predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file, trust_code=trust_code)
     app = create_app(predictor, max_upload_mb=max_upload_mb, topk=topk, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     read_timeout_s=read_timeout_s, docs=docs)
+                     read_timeout_s=read_timeout_s, docs=docs, max_decode_mb=max_decode_mb)
     sock = listen_socket(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0 or an interface address: reachable from outside
         print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the model "

@@ -19,14 +19,14 @@ TINY = ["--model", "fast", "--img-size", "8", "--epochs", "1", "--batch-size", "
 DATA_LIMIT = 4 << 30  # bytes of data segment a command may use: a reader of /dev/zero hits it in seconds
 
 
-def tudui(*args, timeout: float = 180) -> subprocess.CompletedProcess:
+def tudui(*args, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m tudui ARGS` with this checkout's sources, a timeout and (POSIX) a bound on its memory."""
     def limit():
         import resource
 
         resource.setrlimit(resource.RLIMIT_DATA, (DATA_LIMIT, DATA_LIMIT))
 
-    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
     return subprocess.run([sys.executable, "-m", "tudui", *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=env, preexec_fn=limit if os.name == "posix" else None)
 
@@ -95,3 +95,7 @@ def test_names_that_are_not_utf8(tmp_path):
     out = tudui("train", "--data", tmp_path / "data", *TINY, "--val-split", "0.25", "--project", tmp_path / "runs",
                 "--name", "ok")
     assert out.returncode == 0 and "6 train / 2 val" in out.stdout and "cache built" in out.stdout, out.stderr
+    # a desktop locale's stdout is strict UTF-8: the file's name is printed escaped, not as a traceback
+    out = tudui("predict", tmp_path / "runs" / "ok", tmp_path / "data" / "cafe", "--json",
+                env={"PYTHONIOENCODING": "utf-8:strict"})
+    assert out.returncode == 0 and "caf\\udce9.png" in out.stdout and "Traceback" not in out.stderr, out.stderr

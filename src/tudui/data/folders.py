@@ -165,7 +165,7 @@ def read_layout(root: Path) -> Split:
             return read_csv(root)
         raise TuduiError(f"{root} is a file; --data takes a dataset name, a folder or a .csv of path,label")
     if not root.is_dir():
-        raise TuduiError(f"{shown(root)} is {special_file(root)}; --data takes a dataset name, a folder "
+        raise TuduiError(f"{shown(root)} is {special_file(root) or 'not a file or folder'}; --data takes a dataset name, a folder "
                          "or a .csv of path,label")
     if is_label_file_layout(root):
         return read_label_files(root)

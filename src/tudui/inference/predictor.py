@@ -9,7 +9,7 @@ import torch
 
 from ..core.errors import TuduiError
 from ..data import DataSpec, model_logits, normalize
-from ..data.images import BadImage, scan_images, shown, special_file
+from ..data.images import BadImage, ImageScan, scan_images, shown, special_file
 from .formats import load_model, runtime_device
 
 
@@ -38,9 +38,10 @@ def expand_paths(paths: list[str]) -> list[str]:
         if not path.is_dir() and not path.is_file():  # a FIFO would wait forever, /dev/zero would fill the memory
             raise TuduiError(f"{shown(p)} is {special_file(path)}, not an image file or a folder")
     folders = [path for path in given if path.is_dir()]
-    scan = scan_images(folders)
-    scan.warn()
-    found = dict(zip(folders, scan.files))
+    scans = [scan_images([f]) for f in folders]  # each folder on its own: `predict m data data/cats` lists cats twice
+    ImageScan(special=[s for scan in scans for s in scan.special], loops=[s for scan in scans for s in scan.loops],
+              twice=[s for scan in scans for s in scan.twice]).warn()
+    found = {f: scan.files[0] for f, scan in zip(folders, scans)}
     out = []
     for p, path in zip(paths, given):
         if path.is_dir():

@@ -99,3 +99,15 @@ def test_names_that_are_not_utf8(tmp_path):
     out = tudui("predict", tmp_path / "runs" / "ok", tmp_path / "data" / "cafe", "--json",
                 env={"PYTHONIOENCODING": "utf-8:strict"})
     assert out.returncode == 0 and "caf\\udce9.png" in out.stdout and "Traceback" not in out.stderr, out.stderr
+    # a model trained before such class names were refused: one line when it is loaded, not a 500 per request
+    import torch
+
+    ckpt = torch.load(tmp_path / "runs" / "ok" / "best.pt", weights_only=True)
+    ckpt["data"]["classes"] = [os.fsdecode(b"caf\xe9"), "tea"]
+    torch.save(ckpt, tmp_path / "latin1.pt")
+    for cmd in (["predict", tmp_path / "latin1.pt", tmp_path / "data" / "tea"], ["serve", tmp_path / "latin1.pt",
+                                                                                 "--port", "0"]):
+        out = tudui(*cmd, timeout=120)
+        assert out.returncode == 2 and out.stderr.splitlines() == [
+            "error: this model's class name 'caf\\xe9' is not UTF-8 text, so it cannot be shown or served; rename "
+            "the class folder in UTF-8 and train again"], out.stderr

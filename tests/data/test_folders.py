@@ -309,3 +309,16 @@ def test_nfc_and_nfd_spellings_of_a_class_are_one_class(tmp_path, capfd):
     (tmp_path / "list.csv").write_text(f"train/{nfc}/0.png,{nfd}\ntrain/tea/0.png,tea\ntrain/{nfd}/1.png,{nfc}\n")
     s = read_folder_splits(str(tmp_path / "list.csv"))["train"]
     assert s.classes == [nfc, "tea"] and s.counts().tolist() == [2, 1]
+
+
+def test_a_link_to_a_folder_read_later_does_not_take_its_images(tmp_path, capfd):
+    """`cls/a -> b/c` is listed before b/c itself: the images are still kept under b/c, their own path."""
+    for i in range(2):
+        _img(tmp_path / "data" / "cls" / "b" / "c" / f"{i}.png")
+        _img(tmp_path / "data" / "other" / f"{i}.png")
+    (tmp_path / "data" / "cls" / "a").symlink_to("b/c")
+    with _deadline(20):
+        s = read_folder_splits(str(tmp_path / "data"))["train"]
+    assert sorted(_values(s)) == ["cls/b/c/0.png", "cls/b/c/1.png", "other/0.png", "other/1.png"]
+    err = capfd.readouterr().err
+    assert "kept" in err and "skipped" in err and "cls/a/0.png" in err

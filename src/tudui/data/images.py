@@ -51,7 +51,7 @@ def is_image_file(path: str | Path) -> bool:
 
 
 def not_regular(mode: int) -> str | None:
-    """What a file of this st_mode is when it is not a regular file ('a FIFO (named pipe)', ...); None when it is.
+    """What a file of this st_mode is when it is not a regular file ('a FIFO', ...); None when it is.
 
     Why: reading a FIFO blocks until someone writes to it, and a device such as /dev/zero never ends, so a data
     folder is read only through regular files."""
@@ -168,14 +168,15 @@ def _walk_images(top: Path, scan: ImageScan) -> list[tuple[Path, tuple[int, int]
 
     The order is os.walk's top-down order with sorted names. Folder links are followed (a class folder linked from
     elsewhere is legitimate) except into a folder that contains the link (`cls/again -> ..` would list the whole
-    dataset again inside one class) or one this walk has already read: each real folder is read once."""
+    dataset again inside one class) or one this walk has already read through a link: so the walk ends, and reads
+    each real folder at most twice, once by its own path and once through a link (scan_images keeps one path)."""
     out = []
-    visited = set()
     try:
         st = os.stat(top)
-        visited.add((st.st_dev, st.st_ino))
     except OSError:
         return out
+    seen = {(st.st_dev, st.st_ino)}  # folders read, by any path
+    own = set(seen)  # folders read by a path without links (a bind mount can still loop: read once)
     stack = [(top, False)]
     while stack:
         folder, linked = stack.pop()
@@ -192,30 +193,26 @@ def _walk_images(top: Path, scan: ImageScan) -> list[tuple[Path, tuple[int, int]
             path = folder / e.name
             try:
                 is_dir = e.is_dir()
-            except OSError:
-                is_dir = False
+                st = e.stat() if is_dir or is_image_file(e.name) else None
+            except OSError:  # a broken link (kept if named like an image: decoding reports it as unreadable)
+                if is_image_file(e.name):
+                    out.append((path, (-1, len(out)), linked))
+                continue
             if is_dir:
-                try:
-                    st = e.stat()
-                except OSError:
-                    continue
-                key = (st.st_dev, st.st_ino)
-                if e.is_symlink():
+                key, link = (st.st_dev, st.st_ino), e.is_symlink()
+                if link:
                     here = here or os.path.realpath(folder)
                     real = os.path.realpath(path)
-                    if key in visited or here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                    if key in seen or here == real or here.startswith(real.rstrip(os.sep) + os.sep):
                         scan.loops.append((str(path), os.readlink(path)))
                         continue
-                elif key in visited:
+                elif key in (seen if linked else own):
                     continue
-                visited.add(key)
-                subdirs.append((path, linked or e.is_symlink()))
-            elif is_image_file(e.name):
-                try:
-                    st = e.stat()
-                except OSError:  # a broken link: kept, so decoding reports it with the unreadable images
-                    out.append((path, (-1, len(out)), linked))
-                    continue
+                seen.add(key)
+                if not (linked or link):
+                    own.add(key)
+                subdirs.append((path, linked or link))
+            elif st is not None:
                 if not stat.S_ISREG(st.st_mode):
                     scan.special.append((str(path), special_file(path) or not_regular(st.st_mode)))
                     continue

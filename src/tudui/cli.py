@@ -404,6 +404,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args._argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs it under torchrun
     debug = getattr(args, "debug", False)
+    if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):
+        # A file name that is not UTF-8 (a str holding surrogates) is printed escaped, not as a traceback; stderr
+        # does this already, and a C/POSIX locale's stdout passes the raw bytes through (surrogateescape)
+        sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return args.func(args)
     except TuduiError as e:

@@ -144,3 +144,28 @@ def test_jpeg_dct_scaling_decodes_far_fewer_pixels_for_the_same_result():
     fast = decode_image(data, 3, 64)  # drafted at >= 2 x 64
     full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.int16)
     assert np.abs(fast.astype(np.int16) - full).max() <= 4  # what DCT scaling changes is within JPEG's own noise
+
+
+def test_a_file_name_that_is_not_utf8_is_cached(tmp_path):
+    """A Latin-1 file name (b'caf\\xe9.png', a str with a surrogate from os.listdir) stopped the run with a
+    UnicodeEncodeError while hashing the cache key: the key and the entry's JSON hold the name's own bytes."""
+    folder = os.fsencode(tmp_path / "photos")
+    try:
+        os.makedirs(folder + b"/cafe")
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    os.makedirs(folder + b"/tea")
+    try:
+        Image.new("RGB", (30, 30), (200, 10, 10)).save(folder + b"/cafe/caf\xe9.png")
+    except OSError:
+        pytest.skip("this file system takes only UTF-8 names")
+    Image.new("RGB", (30, 30), (10, 200, 10)).save(folder + b"/tea/t\xe9.jpg")
+    Image.new("RGB", (30, 30), (10, 10, 200)).save(folder + b"/tea/plain.png")
+    split = read_class_folders(tmp_path / "photos")
+    root = tmp_path / "cache"
+    first = cached_split(split, LAYOUT, root=root)
+    second = cached_split(split, LAYOUT, root=root)
+    assert not first.hit and first.decoded == 3 and second.hit and second.split.dropped == []
+    for path, row in zip(split.paths, np.asarray(second.split.images)):
+        assert np.array_equal(row, decode_image(path, 3, 24, 0.875))
+    assert os.fsencode(split.paths[0]) == folder + b"/cafe/caf\xe9.png"

@@ -1,4 +1,9 @@
 """Dataset layouts: class folders, label files, CSV, splits and concatenation."""
+import contextlib
+import os
+import signal
+import unicodedata
+
 import torch
 import pytest
 from PIL import Image
@@ -137,3 +142,186 @@ def test_memory_limit_switches_to_memory_mapped_cache_rows(tmp_path, capsys):
     assert ", train from files; val from files, " in capsys.readouterr().out
     assert tudui_main(args + ["--memory-limit-mb", "1"]) == 0
     assert ", train in memory (cache hit); " in capsys.readouterr().out
+
+
+@contextlib.contextmanager
+def _deadline(seconds: int):
+    """Fail (not hang) when the body blocks, e.g. opening a FIFO that nobody writes to."""
+    def expired(signum, frame):
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _specials(folder):
+    """A FIFO and a link to /dev/zero, both named like images, in `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(folder / "fifo.png")
+    (folder / "zero.png").symlink_to("/dev/zero")
+
+
+posix_only = pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"),
+                                reason="POSIX FIFOs and /dev/zero")
+
+
+@posix_only
+def test_special_files_in_every_layout_are_skipped_and_named_once(tmp_path, capfd):
+    """A FIFO named x.png hung training, a link x.png -> /dev/zero read without end: only regular files are listed,
+    and one warning names the ones left out (class folders, the course's label files, CSV rows)."""
+    for cls in ["a", "b"]:
+        _img(tmp_path / "folders" / cls / "0.png")
+        _img(tmp_path / "labels" / f"{cls}_image" / "0.png")
+        (tmp_path / "labels" / f"{cls}_label").mkdir()
+        (tmp_path / "labels" / f"{cls}_label" / "0.txt").write_text(cls)
+    _specials(tmp_path / "folders" / "a")
+    _specials(tmp_path / "labels" / "a_image")
+    (tmp_path / "list.csv").write_text("folders/a/0.png,a\nfolders/b/0.png,b\nfolders/a/fifo.png,a\n"
+                                       "folders/a/zero.png,b\n")
+    for data in ["folders", "labels", "list.csv"]:
+        with _deadline(30):
+            s = read_folder_splits(str(tmp_path / data))["train"]
+        assert len(s) == 2 and s.classes == ["a", "b"] and not any("fifo" in p or "zero" in p for p in s.paths)
+        err = capfd.readouterr().err.splitlines()
+        assert len(err) == 1 and err[0].startswith("warning: skipped 2 file(s) that are not regular files"), err
+        assert "fifo.png (a FIFO)" in err[0] and "zero.png (a link to /dev/zero, a character device)" in err[0]
+    # a label file that is a FIFO is refused by name, never opened
+    (tmp_path / "labels" / "b_label" / "0.txt").unlink()
+    os.mkfifo(tmp_path / "labels" / "b_label" / "0.txt")
+    with _deadline(30), pytest.raises(TuduiError, match=r"label file .*0\.txt is a FIFO, not a regular file"):
+        read_folder_splits(str(tmp_path / "labels"))
+    os.mkfifo(tmp_path / "fifo-data")
+    with _deadline(30), pytest.raises(TuduiError, match="fifo-data is a FIFO; --data takes"):
+        read_folder_splits(str(tmp_path / "fifo-data"))
+
+
+def _values(split):
+    """{path relative to its class folder's parent: class name}."""
+    return {os.path.relpath(p, split.origin): split.classes[t] for p, t in zip(split.paths, split.targets)}
+
+
+def test_a_link_back_into_the_dataset_is_not_followed(tmp_path, capfd):
+    """`tshirt/again -> ..` listed the whole dataset again inside tshirt (trouser images labelled tshirt, 41x the
+    images): a folder link into a folder above it, or into one already read, is not followed, with one warning."""
+    for cls in ["trouser", "tshirt"]:
+        for i in range(3):
+            _img(tmp_path / cls / f"{i}.png", 40 * i)
+    (tmp_path / "tshirt" / "again").symlink_to("..")
+    (tmp_path / "trouser" / "self").symlink_to(".")
+    (tmp_path / "trouser" / "deeper").mkdir()
+    (tmp_path / "trouser" / "deeper" / "up").symlink_to("../..")
+    with _deadline(20):  # the loops made the listing grow exponentially, until names got too long
+        s = read_folder_splits(str(tmp_path))["train"]
+    assert _values(s) == {f"{c}/{i}.png": c for c in ["trouser", "tshirt"] for i in range(3)}
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("warning: did not follow 3 folder link(s)"), err
+    assert "tshirt/again -> .." in err[0] and "trouser/self -> ." in err[0] and "deeper/up -> ../.." in err[0]
+
+
+def test_one_file_reached_by_two_paths_is_read_once_from_its_own_folder(tmp_path, capfd):
+    """`tshirt/t -> ../trouser` (a sibling class, listed first) reached each trouser image twice: it is read once,
+    under trouser (the path through no folder link), and the warning says which path was kept and which skipped.
+    Two links to one outside folder inside one class read it once too."""
+    for cls in ["trouser", "tshirt"]:
+        for i in range(2):
+            _img(tmp_path / "data" / cls / f"{i}.png", 40 * i)
+    _img(tmp_path / "outside" / "o.png")
+    (tmp_path / "data" / "tshirt" / "t").symlink_to("../trouser")
+    (tmp_path / "data" / "tshirt" / "o1").symlink_to(tmp_path / "outside")
+    (tmp_path / "data" / "tshirt" / "o2").symlink_to(tmp_path / "outside")
+    with _deadline(20):
+        s = read_folder_splits(str(tmp_path / "data"))["train"]
+    assert _values(s) == {"trouser/0.png": "trouser", "trouser/1.png": "trouser", "tshirt/0.png": "tshirt",
+                          "tshirt/1.png": "tshirt", "tshirt/o1/o.png": "tshirt"}
+    err = capfd.readouterr().err.splitlines()
+    assert len(err) == 2 and "tshirt/o2 -> " in err[0], err
+    assert err[1].startswith("warning: 2 image file(s) are reached by two paths (links); each is read once: kept ")
+    assert f"kept {tmp_path}/data/trouser/0.png, skipped {tmp_path}/data/tshirt/t/0.png" in err[1]
+
+
+def test_folders_linked_from_elsewhere_still_count(tmp_path, capfd):
+    """The legitimate use of folder links: a class folder, or a folder inside one, kept elsewhere."""
+    for i in range(2):
+        _img(tmp_path / "elsewhere" / "cats" / f"{i}.png")
+        _img(tmp_path / "elsewhere" / "more dogs" / f"{i}.png")
+        _img(tmp_path / "data" / "dogs" / f"{i}.png")
+    (tmp_path / "data" / "cats").symlink_to(tmp_path / "elsewhere" / "cats", target_is_directory=True)
+    (tmp_path / "data" / "dogs" / "more").symlink_to(tmp_path / "elsewhere" / "more dogs")
+    s = read_folder_splits(str(tmp_path / "data"))["train"]
+    assert s.classes == ["cats", "dogs"] and s.counts().tolist() == [2, 4]
+    assert capfd.readouterr().err == ""
+
+
+def _mkdir_bytes(path: bytes) -> None:
+    try:
+        os.makedirs(path)
+    except (OSError, UnicodeError):  # e.g. APFS refuses names that are not UTF-8
+        pytest.skip("this file system takes only UTF-8 names")
+
+
+def test_a_class_folder_named_in_latin1_is_refused_by_name(tmp_path):
+    """b'caf\\xe9' stopped training with a UnicodeEncodeError traceback (and with --cache off it trained a model that
+    the server could not describe): refused with one line that shows the undecodable byte and says to rename."""
+    root = os.fsencode(tmp_path)
+    _mkdir_bytes(root + b"/caf\xe9")
+    _img(tmp_path / os.fsdecode(b"caf\xe9") / "0.png")
+    _img(tmp_path / "tea" / "0.png")
+    with pytest.raises(TuduiError) as e:
+        read_folder_splits(str(tmp_path))
+    msg = str(e.value)
+    assert "\n" not in msg and f"class folder {tmp_path}/caf\\xe9 has a name that is not UTF-8" in msg
+    assert "rename it" in msg
+    msg.encode("utf-8")  # printable as it is
+
+
+def test_a_latin1_file_name_in_a_class_folder_is_read(tmp_path):
+    root = os.fsencode(tmp_path)
+    _mkdir_bytes(root + b"/cafe")
+    _img(tmp_path / "tea" / "0.png")
+    Image.new("L", (8, 8), 99).save(root + b"/cafe/caf\xe9.png")
+    s = read_folder_splits(str(tmp_path))["train"]
+    assert s.classes == ["cafe", "tea"] and os.fsencode(s.paths[0]) == root + b"/cafe/caf\xe9.png"
+
+
+def test_nfc_and_nfd_spellings_of_a_class_are_one_class(tmp_path, capfd):
+    """macOS writes 'café' decomposed (NFD), Linux keeps what it is given: a dataset copied between them can hold
+    both spellings, which look the same; they are one class, named in NFC, in every split and in every layout."""
+    nfc, nfd = unicodedata.normalize("NFC", "café"), unicodedata.normalize("NFD", "café")
+    _img(tmp_path / "train" / nfc / "0.png")
+    try:
+        _img(tmp_path / "train" / nfd / "1.png")
+    except FileExistsError:
+        pytest.skip("this file system folds Unicode spellings itself")
+    if len(list((tmp_path / "train").iterdir())) < 2:
+        pytest.skip("this file system folds Unicode spellings itself")
+    _img(tmp_path / "train" / "tea" / "0.png")
+    _img(tmp_path / "val" / nfd / "0.png")
+    _img(tmp_path / "val" / "tea" / "0.png")
+    train, val, _ = load_splits([str(tmp_path)])
+    assert train.classes == val.classes == [nfc, "tea"] and train.counts().tolist() == [2, 1]
+    err = capfd.readouterr().err
+    assert "'cafe\\u0301' and 'caf\\xe9' are one class 'café'" in err and len(err.splitlines()) == 1
+    (tmp_path / "list.csv").write_text(f"train/{nfc}/0.png,{nfd}\ntrain/tea/0.png,tea\ntrain/{nfd}/1.png,{nfc}\n")
+    s = read_folder_splits(str(tmp_path / "list.csv"))["train"]
+    assert s.classes == [nfc, "tea"] and s.counts().tolist() == [2, 1]
+    # a model trained before names were normalised knows the class in the spelling it was trained on
+    s.reindex(["tea", nfd])
+    assert s.classes == ["tea", nfd] and s.counts().tolist() == [1, 2]
+
+
+def test_a_link_to_a_folder_read_later_does_not_take_its_images(tmp_path, capfd):
+    """`cls/a -> b/c` is listed before b/c itself: the images are still kept under b/c, their own path."""
+    for i in range(2):
+        _img(tmp_path / "data" / "cls" / "b" / "c" / f"{i}.png")
+        _img(tmp_path / "data" / "other" / f"{i}.png")
+    (tmp_path / "data" / "cls" / "a").symlink_to("b/c")
+    with _deadline(20):
+        s = read_folder_splits(str(tmp_path / "data"))["train"]
+    assert sorted(_values(s)) == ["cls/b/c/0.png", "cls/b/c/1.png", "other/0.png", "other/1.png"]
+    err = capfd.readouterr().err
+    assert "kept" in err and "skipped" in err and "cls/a/0.png" in err

@@ -1,5 +1,8 @@
 """Every common image mode becomes the model's channel count the same way."""
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,6 +10,10 @@ from PIL import Image
 
 from tudui.data import images
 from tudui.data.images import BadImage, decode_image
+
+from tests.conftest import REPO
+
+resource = pytest.importorskip("resource") if os.name == "posix" else None
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -218,3 +225,51 @@ def test_decode_cost_bounds_what_decoding_holds(kind, channels, crop_pct):
         assert peak < 100 * 2**20, f"{kind}: {peak / 2**20:.0f} MiB"
     out = decode_image(data, channels, size, crop_pct)
     assert out.shape == (size, size, channels)
+
+
+# Reads every path given with decode_image (the libpng fast path and Pillow's) and peek_image, printing what it saw.
+SPECIAL_READER = """
+import sys
+from tudui.data.images import BadImage, decode_image, peek_image
+for path in sys.argv[1:]:
+    for crop in (None, 0.875):
+        try:
+            decode_image(path, 1, 8, crop)
+        except BadImage as e:
+            print(e.kind, e.reason)
+    print(peek_image(path))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="POSIX FIFOs and /dev/zero")
+def test_fifos_and_devices_are_refused_without_being_read(tmp_path):
+    """A FIFO named x.png blocked its reader for ever; a link x.png -> /dev/zero was read without end (MemoryError
+    or a full RAM). Read in a child process under a 60 s timeout and a 2 GiB data-segment limit, so a regression
+    fails the test instead of hanging it or filling the machine's memory."""
+    fifo, zero = tmp_path / "fifo.png", tmp_path / "zero.png"
+    os.mkfifo(fifo)
+    zero.symlink_to("/dev/zero")
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, 2 << 30))  # bytes
+
+    env = os.environ | {"PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", SPECIAL_READER, str(fifo), str(zero)], capture_output=True, text=True,
+                         timeout=60, preexec_fn=limit, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.splitlines() == ["not-a-file a FIFO, not a regular file"] * 2 + ["None"] + \
+        ["not-a-file a character device, not a regular file"] * 2 + ["None"]
+
+
+def test_a_file_is_read_up_to_the_size_it_had_when_opened(tmp_path):
+    """A file that grows while it is read (or a file system that reports one size and delivers more) ends at its
+    stat'ed size."""
+    path = tmp_path / "grows.png"
+    path.write_bytes(b"x" * 10)
+    with images.open_regular(path) as f:
+        with open(path, "ab") as w:
+            w.write(b"y" * 100)
+        assert f.read() == b"x" * 10
+        assert f.seek(0, io.SEEK_END) == 10 and f.seek(4) == 4 and f.read(3) == b"xxx"
+    with pytest.raises(IsADirectoryError):
+        images.open_regular(tmp_path)

@@ -123,9 +123,15 @@ def file_records(paths: list[str]) -> list[tuple[str, int, int]]:
     return out
 
 
+# Paths are text as the file system gives them: a name that is not UTF-8 (Latin-1 b'caf\xe9') arrives from
+# os.listdir as a str holding surrogates ('caf\udce9'); surrogateescape turns them back into the file's own bytes
+# (os.fsencode), both when hashing the key and in the entry's JSON, and leaves every UTF-8 path as it was.
+PATH_ERRORS = "surrogateescape"
+
+
 def entry_key(layout: Layout, records: list[tuple[str, int, int]]) -> str:
-    h = hashlib.sha256(json.dumps([CACHE_FORMAT, layout.tag, records], ensure_ascii=False).encode("utf-8"))
-    return h.hexdigest()[:32]
+    text = json.dumps([CACHE_FORMAT, layout.tag, records], ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", PATH_ERRORS)).hexdigest()[:32]
 
 
 @dataclass
@@ -144,7 +150,7 @@ class CacheResult:
 
 def _read_meta(json_path: Path) -> dict | None:
     try:
-        meta = json.loads(json_path.read_text(encoding="utf-8"))
+        meta = json.loads(json_path.read_text(encoding="utf-8", errors=PATH_ERRORS))
     except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) and meta.get("format") == CACHE_FORMAT else None
@@ -289,7 +295,7 @@ def _build(split: Split, layout: Layout, records: list, folder: Path, key: str) 
             "created": time.strftime("%Y-%m-%d %H:%M:%S"),
             "records": [r[:4] for r in out_records], "unreadable": {r[0]: r[4] for r in out_records if r[3] < 0}}
     with atomic_path(folder / f"{key}.json", suffix=suffix) as tmp:
-        tmp.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8")
+        tmp.write_text(json.dumps(meta, ensure_ascii=False), encoding="utf-8", errors=PATH_ERRORS)
     for json_path in stale:  # superseded: they record files that have changed since
         if json_path != folder / f"{key}.json":
             _remove_entry(json_path)

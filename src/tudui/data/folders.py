@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 
 from ..core.errors import TuduiError
-from .images import find_images
+from .images import BadImage, ImageScan, open_regular, scan_images, shown, special_file
 from .split import Split
 
 VAL_NAMES = ("val", "valid", "validation")
@@ -32,13 +34,44 @@ def _make(classes: list[str], items: list[tuple[str, str]], origin: str) -> Spli
     return Split(classes, targets, paths=[p for p, _ in items], origin=origin)
 
 
+def class_name(folder: Path, name: str | None = None) -> str:
+    """The class that `folder` (or the `name` cut from it) stands for, in Unicode NFC.
+
+    NFC: macOS writes 'café' decomposed (e + combining accent, NFD) where Linux and Windows keep what they were given,
+    so one class copied between them can arrive in two spellings that look the same; both are one class. A name that
+    is not UTF-8 text (Latin-1 bytes such as caf\\xe9) is refused: it cannot be shown, stored in a checkpoint or
+    sent by the server, and nothing later could name the class."""
+    name = folder.name if name is None else name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise TuduiError(f"class folder {shown(folder)} has a name that is not UTF-8 text (the \\x escapes are its "
+                         "undecodable bytes); rename it in UTF-8, e.g. with `convmv -f latin1 -t utf-8`") from None
+    return unicodedata.normalize("NFC", name)
+
+
+def _warn_merged(spellings: dict[str, set[str]], what: str = "class folders") -> None:
+    """One warning naming the class names that arrived in two Unicode spellings (their images are one class)."""
+    merged = {c: sorted(s) for c, s in spellings.items() if len(s) > 1}
+    if merged:
+        print(f"warning: {what} " + "; ".join(f"{' and '.join(ascii(n) for n in names)} are one class {c!r}"
+                                              for c, names in merged.items())
+              + " (one name in two Unicode spellings, NFD as macOS writes it and NFC); their images are merged",
+              file=sys.stderr)
+
+
 def read_class_folders(root: Path) -> Split:
-    classes, items = [], []
-    for d in _subdirs(root):
-        files = find_images(d)
-        if files:
-            classes.append(d.name)
-            items.extend((str(f), d.name) for f in files)
+    dirs = _subdirs(root)
+    scan = scan_images(dirs)
+    scan.warn()
+    items, spellings = [], {}
+    for d, files in zip(dirs, scan.files):
+        if files:  # a folder without images is no class, whatever its name
+            name = class_name(d)
+            spellings.setdefault(name, set()).add(d.name)
+            items.extend((str(f), name) for f in files)
+    _warn_merged(spellings)
+    classes = sorted(spellings)
     if not items:
         raise TuduiError(f"no images found in class folders under {root}; expected {root}/<class name>/<image files> "
                          f"(extensions: .jpg .png .bmp .tif .webp ...)")
@@ -53,15 +86,28 @@ def is_label_file_layout(root: Path) -> bool:
 def read_label_files(root: Path) -> Split:
     """The course's layout: `X_image/img.jpg` + `X_label/img.txt` whose text is the label."""
     pairs = [(d, root / (d.name[: -len("_image")] + "_label")) for d in _subdirs(root) if d.name.endswith("_image")]
-    classes = sorted(d.name[: -len("_image")] for d, lab in pairs if lab.is_dir())
+    spellings: dict[str, set[str]] = {}
+    for d, lab in pairs:
+        if lab.is_dir():
+            spellings.setdefault(class_name(d, d.name[: -len("_image")]), set()).add(d.name[: -len("_image")])
+    _warn_merged(spellings, "label-file folders")
+    classes = sorted(spellings)
     items, missing = [], []
-    for img_dir, lab_dir in pairs:
-        for f in find_images(img_dir):
+    scan = scan_images([d for d, _ in pairs])
+    scan.warn()
+    for (img_dir, lab_dir), files in zip(pairs, scan.files):
+        for f in files:
             txt = lab_dir / f.relative_to(img_dir).with_suffix(".txt")
-            if not txt.is_file():
-                missing.append(str(txt))
+            try:
+                with open_regular(txt) as fh:  # a FIFO or /dev/zero named x.txt is refused, never read
+                    text = fh.read()
+            except BadImage as e:
+                raise TuduiError(f"label file {shown(txt)} is {e.reason}; replace it with a text file holding the "
+                                 f"class name of {shown(f.name)}") from None
+            except OSError:
+                missing.append(shown(txt))
                 continue
-            label = txt.read_text(errors="replace").strip()
+            label = unicodedata.normalize("NFC", text.decode("utf-8", errors="replace").strip())
             if not label:
                 raise TuduiError(f"label file {txt} is empty; write the class name of {f.name} into it")
             if label not in classes:
@@ -91,12 +137,24 @@ def read_csv(path: Path) -> Split:
                 continue
             if not p or not label:
                 raise TuduiError(f"{path}:{lineno}: empty path or label")
+            label = unicodedata.normalize("NFC", label)  # as class folder names (class_name)
             rows.append((str((path.parent / p) if not os.path.isabs(p) else Path(p)), label))
     if not rows:
         raise TuduiError(f"{path} holds no `path,label` rows")
-    missing = [p for p, _ in rows if not os.path.isfile(p)]
+    missing, scan = [], ImageScan()
+    for p, _ in rows:
+        what = special_file(p)
+        if what:  # a FIFO would hang the run, /dev/zero would fill the memory: never read, named in a warning
+            scan.special.append((p, what))
+        elif not os.path.isfile(p):
+            missing.append(p)
     if missing:
         raise TuduiError(f"{len(missing)} file(s) listed in {path} do not exist, e.g. {missing[0]}")
+    scan.warn()
+    special = {p for p, _ in scan.special}
+    rows = [r for r in rows if r[0] not in special]
+    if not rows:
+        raise TuduiError(f"none of the files listed in {path} is a regular file")
     return _make(sorted({label for _, label in rows}), rows, str(path))
 
 
@@ -106,6 +164,9 @@ def read_layout(root: Path) -> Split:
         if root.suffix.lower() == ".csv":
             return read_csv(root)
         raise TuduiError(f"{root} is a file; --data takes a dataset name, a folder or a .csv of path,label")
+    if not root.is_dir():
+        raise TuduiError(f"{shown(root)} is {special_file(root) or 'not a file or folder'}; --data takes a dataset name, a folder "
+                         "or a .csv of path,label")
     if is_label_file_layout(root):
         return read_label_files(root)
     return read_class_folders(root)

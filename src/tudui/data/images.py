@@ -10,7 +10,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
+import sys
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -64,14 +67,213 @@ def is_image_file(path: str | Path) -> bool:
     return str(path).lower().endswith(IMG_EXTENSIONS)
 
 
-def find_images(folder: str | Path) -> list[Path]:
-    """Image files under `folder`, recursively, in a stable (sorted) order; hidden files and folders are skipped
-    (macOS `._x.jpg` resource forks, `.ipynb_checkpoints`), symlinked folders are followed."""
+def not_regular(mode: int) -> str | None:
+    """What a file of this st_mode is when it is not a regular file ('a FIFO', ...); None when it is.
+
+    Why: reading a FIFO blocks until someone writes to it, and a device such as /dev/zero never ends, so a data
+    folder is read only through regular files."""
+    if stat.S_ISREG(mode):
+        return None
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((what for test, what in kinds if test(mode)), "not a regular file")
+
+
+def special_file(path: str | os.PathLike) -> str | None:
+    """What `path` is when, links followed, it exists and is neither a regular file nor a folder ('a FIFO', 'a link
+    to /dev/zero, a character device'); None otherwise (a missing file is reported by whoever reads it)."""
+    try:
+        what = not_regular(os.stat(path).st_mode)
+    except OSError:
+        return None
+    if what in (None, "a folder"):
+        return None
+    return f"a link to {os.readlink(path)}, {what}" if os.path.islink(path) else what
+
+
+class _SizedReader(io.RawIOBase):
+    """A file read up to the size it had when opened, never further (a file that keeps growing ends there)."""
+
+    def __init__(self, f, size: int) -> None:
+        self._f, self._size, self._pos = f, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self._size - self._pos)
+        got = self._f.readinto(memoryview(b)[:n]) if n > 0 else 0
+        self._pos += got or 0
+        return got
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if whence == io.SEEK_END:  # the end is the stat'ed size, not wherever the file has grown to since
+            offset, whence = self._size + offset, io.SEEK_SET
+        self._pos = self._f.seek(offset, whence)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
+
+
+def open_regular(path: str | os.PathLike) -> io.BufferedReader:
+    """`path` opened for reading (links followed) when it is a regular file, read up to its stat'ed size at most.
+
+    Raises BadImage(kind 'not-a-file') for a FIFO, a device, a socket, and the usual OSError for a missing file, a
+    folder (IsADirectoryError) or a permission error. A FIFO is never opened (opening one waits for a writer), and the
+    descriptor is checked again after opening, so a file swapped for a FIFO in between is refused too."""
+    what = not_regular(os.stat(path).st_mode)
+    if what == "a folder":
+        raise IsADirectoryError(21, "Is a directory", str(path))
+    if what:
+        raise BadImage(path, f"{what}, not a regular file", "not-a-file")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    f = os.fdopen(fd, "rb", buffering=0)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise BadImage(path, f"{not_regular(st.st_mode)}, not a regular file", "not-a-file")
+        return io.BufferedReader(_SizedReader(f, st.st_size))
+    except BaseException:
+        f.close()
+        raise
+
+
+def shown(path: str | os.PathLike) -> str:
+    """`path` as printable text: bytes that are not UTF-8 (a Latin-1 'caf\\xe9' from the file system) written
+    as \\xNN escapes instead of raising UnicodeEncodeError."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _listing(items: list[str], limit: int = 5) -> str:
+    return "; ".join(items[:limit]) + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+@dataclass
+class ImageScan:
+    """The image files under some folders (`scan_images`), and what the walk left out and why."""
+
+    files: list[list[Path]] = field(default_factory=list)  # per folder scanned, in walk order
+    special: list[tuple[str, str]] = field(default_factory=list)  # (path, what it is): not regular files, never read
+    loops: list[tuple[str, str]] = field(default_factory=list)  # (link, where it points): folder links not followed
+    twice: list[tuple[str, str]] = field(default_factory=list)  # (path kept, path skipped): one file, two paths
+
+    def warn(self) -> None:
+        """One warning line per kind of thing left out, naming the files (on stderr, like the bad-images warning)."""
+        if self.special:
+            print(f"warning: skipped {len(self.special)} file(s) that are not regular files (never read): "
+                  + _listing([f"{shown(p)} ({why})" for p, why in self.special]), file=sys.stderr)
+        if self.loops:
+            print(f"warning: did not follow {len(self.loops)} folder link(s) leading back into a folder above them "
+                  "or one already read (a loop would list its images again, under the wrong class): "
+                  + _listing([f"{shown(p)} -> {shown(to)}" for p, to in self.loops]), file=sys.stderr)
+        if self.twice:
+            print(f"warning: {len(self.twice)} image file(s) are reached by two paths (links); each is read once: "
+                  + _listing([f"kept {shown(k)}, skipped {shown(s)}" for k, s in self.twice]), file=sys.stderr)
+
+
+def _walk_images(top: Path, scan: ImageScan) -> list[tuple[Path, tuple[int, int], bool]]:
+    """(path, (st_dev, st_ino), reached through a folder link below `top`) for each image file under `top`.
+
+    The order is os.walk's top-down order with sorted names. Folder links are followed (a class folder linked from
+    elsewhere is legitimate) except into a folder that contains the link (`cls/again -> ..` would list the whole
+    dataset again inside one class) or one this walk has already read through a link: so the walk ends, and reads
+    each real folder at most twice, once by its own path and once through a link (scan_images keeps one path)."""
     out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if is_image_file(f) and not f.startswith("."))
+    try:
+        st = os.stat(top)
+    except OSError:
+        return out
+    seen = {(st.st_dev, st.st_ino)}  # folders read, by any path
+    own = set(seen)  # folders read by a path without links (a bind mount can still loop: read once)
+    stack = [(top, False)]
+    while stack:
+        folder, linked = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable folder: os.walk skipped it the same way
+            continue
+        here = None
+        subdirs = []
+        for e in entries:
+            if e.name.startswith("."):  # macOS ._x.jpg resource forks, .ipynb_checkpoints
+                continue
+            path = folder / e.name
+            try:
+                is_dir = e.is_dir()
+                st = e.stat() if is_dir or is_image_file(e.name) else None
+            except OSError:  # a broken link (kept if named like an image: decoding reports it as unreadable)
+                if is_image_file(e.name):
+                    out.append((path, (-1, len(out)), linked))
+                continue
+            if is_dir:
+                key, link = (st.st_dev, st.st_ino), e.is_symlink()
+                if link:
+                    here = here or os.path.realpath(folder)
+                    real = os.path.realpath(path)
+                    if key in seen or here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+                        scan.loops.append((str(path), os.readlink(path)))
+                        continue
+                elif key in (seen if linked else own):
+                    continue
+                seen.add(key)
+                if not (linked or link):
+                    own.add(key)
+                subdirs.append((path, linked or link))
+            elif st is not None:
+                if not stat.S_ISREG(st.st_mode):
+                    scan.special.append((str(path), special_file(path) or not_regular(st.st_mode)))
+                    continue
+                out.append((path, (st.st_dev, st.st_ino), linked))
+        stack.extend(reversed(subdirs))
     return out
+
+
+def scan_images(folders: list[str | Path]) -> ImageScan:
+    """The image files under each of `folders`, recursively, in a stable (sorted) order (`ImageScan.files`).
+
+    Hidden files and folders are skipped (macOS `._x.jpg` resource forks, `.ipynb_checkpoints`), and so are files
+    that are not regular (FIFOs, devices: `special`). Folder links are followed except back into a folder above
+    them or one already read (`loops`). One file reached by two paths (a link to a sibling class, a hard link) is
+    listed once (`twice`), under the path that goes through no folder link, else under the first one: a link never
+    takes an image away from the class folder that holds it."""
+    scan = ImageScan()
+    walks = [_walk_images(Path(f), scan) for f in folders]
+    best: dict[tuple[int, int], tuple[int, int]] = {}  # file -> (walk, index) of the path kept
+    for w, found in enumerate(walks):
+        for i, (path, key, linked) in enumerate(found):
+            if key[0] == -1:
+                continue
+            if key not in best:
+                best[key] = (w, i)
+            elif walks[best[key][0]][best[key][1]][2] and not linked:
+                best[key] = (w, i)
+    for w, found in enumerate(walks):
+        kept = []
+        for i, (path, key, _) in enumerate(found):
+            if key[0] == -1 or best[key] == (w, i):
+                kept.append(path)
+            else:
+                kw, ki = best[key]
+                scan.twice.append((str(walks[kw][ki][0]), str(path)))
+        scan.files.append(kept)
+    return scan
+
+
+def find_images(folder: str | Path) -> list[Path]:
+    """Image files under `folder` (`scan_images`), with one warning for each kind of file left out."""
+    scan = scan_images([folder])
+    scan.warn()
+    return scan.files[0]
 
 
 def open_image(src, draft: int | None = None) -> Image.Image:
@@ -91,7 +293,7 @@ def open_image(src, draft: int | None = None) -> Image.Image:
                 img = src.open()
                 img.load()  # a lazily opened file inside the user's Dataset: decode it now
                 return img
-            fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open(src, "rb")
+            fp = io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else open_regular(src)
             with fp:
                 img = Image.open(fp)
                 w, h = img.size
@@ -280,9 +482,9 @@ def _decode_plain_png(path: str | Path, channels: int, size: int | None) -> np.n
     decoded by Pillow, which also reports broken files.
     """
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             data = f.read()
-    except OSError:
+    except (OSError, BadImage):  # Pillow's path says what is wrong with it
         return None
     # Signature, then the IHDR chunk: width, height (big-endian), bit depth, colour type.
     if len(data) < 33 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
@@ -350,7 +552,7 @@ def peek_image(path) -> tuple[tuple[int, int], str] | None:
             return None
         return img.size, img.mode
     try:
-        with Image.open(path) as img:
+        with open_regular(path) as f, Image.open(f) as img:
             return img.size, img.mode
     except Exception:  # noqa: BLE001 - any failure means "not usable", reported later
         return None

@@ -1,6 +1,7 @@
 """The in-between form of every dataset: class names, targets, and pixels or paths."""
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,12 +47,15 @@ class Split:
         """
         if self.classes == list(classes):
             return self
-        unknown = sorted(set(self.classes) - set(classes))
+        # Compared in NFC, as folders.class_name reads them: a model trained on 'café' as macOS spells it (NFD, before
+        # folder names were normalised) still knows the class
+        index = {unicodedata.normalize("NFC", c): i for i, c in enumerate(classes)}
+        unknown = sorted(c for c in self.classes if unicodedata.normalize("NFC", c) not in index)
         if unknown:
             raise TuduiError(f"{self.origin or 'the data'} has classes the model does not know: "
                              f"{', '.join(unknown[:10])}; the known classes are: {', '.join(list(classes)[:20])}")
-        index = {c: i for i, c in enumerate(classes)}
-        self.targets = np.array([index[self.classes[t]] for t in self.targets], dtype=np.int64)
+        mine = [index[unicodedata.normalize("NFC", c)] for c in self.classes]
+        self.targets = np.array([mine[t] for t in self.targets], dtype=np.int64)
         self.classes = list(classes)
         return self
 

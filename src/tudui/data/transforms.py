@@ -19,7 +19,7 @@ import torch
 from torchvision.transforms import v2
 
 from ..core.errors import TuduiError
-from .images import decode_image
+from .images import decode_image, shown
 
 
 @dataclass
@@ -70,8 +70,20 @@ class DataSpec:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DataSpec":
+        for name in d.get("classes") or []:
+            if isinstance(name, str) and not _is_utf8(name):  # a Latin-1 class folder, before tudui refused them
+                raise TuduiError(f"this model's class name '{shown(name)}' is not UTF-8 text, so it cannot be shown "
+                                 "or served; rename the class folder in UTF-8 and train again")
         return cls(**{k: d[k] for k in ("classes", "img_size", "channels", "mean", "std", "hflip", "tta", "crop_pct")
                      if k in d})
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def normalize(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch
 
 from ..core.errors import TuduiError
 from ..data import DataSpec, model_logits, normalize
-from ..data.images import BadImage, find_images
+from ..data.images import BadImage, ImageScan, scan_images, shown, special_file
 from .formats import load_model, runtime_device
 
 
@@ -29,19 +29,27 @@ class Prediction:
 
 
 def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given, folders searched recursively for images (sorted)."""
-    out = []
-    for p in paths:
-        path = Path(p).expanduser()
-        if path.is_dir():
-            found = [str(f) for f in find_images(path)]
-            if not found:
-                raise TuduiError(f"no image files in folder {p}")
-            out.extend(found)
-        elif path.is_file():
-            out.append(str(path))
-        else:
+    """Files as given, folders searched recursively for images (sorted; special files and link loops left out with
+    one warning each, data/images.scan_images)."""
+    given = [Path(p).expanduser() for p in paths]
+    for p, path in zip(paths, given):
+        if not path.exists():
             raise TuduiError(f"no such file or folder: {p}")
+        if not path.is_dir() and not path.is_file():  # a FIFO would wait forever, /dev/zero would fill the memory
+            raise TuduiError(f"{shown(p)} is {special_file(path)}, not an image file or a folder")
+    folders = [path for path in given if path.is_dir()]
+    scans = [scan_images([f]) for f in folders]  # each folder on its own: `predict m data data/cats` lists cats twice
+    ImageScan(special=[s for scan in scans for s in scan.special], loops=[s for scan in scans for s in scan.loops],
+              twice=[s for scan in scans for s in scan.twice]).warn()
+    found = {f: scan.files[0] for f, scan in zip(folders, scans)}
+    out = []
+    for p, path in zip(paths, given):
+        if path.is_dir():
+            if not found[path]:
+                raise TuduiError(f"no image files in folder {p}")
+            out.extend(str(f) for f in found[path])
+        else:
+            out.append(str(path))
     return out
 
 

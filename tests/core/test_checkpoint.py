@@ -234,3 +234,30 @@ def test_corrupt_safetensors_is_a_one_line_error(tmp_path):
         with pytest.raises(TuduiError, match="not a readable .safetensors file") as e:
             read_weights(path)
         assert "\n" not in str(e.value)
+
+
+def test_bad_weight_files_through_the_cli(tmp_path, capsys):
+    """`train --weights`, `convert` and `predict` with damaged files: exit 2, one `error:` line, no traceback."""
+    from tests.conftest import run_cli
+    from tudui.cli import main
+
+    (tmp_path / "nul.safetensors").write_bytes(bytes(4096))
+    (tmp_path / "junk.safetensors").write_bytes(b"not a safetensors file")
+    (tmp_path / "nul.pt").write_bytes(bytes(4096))
+    (tmp_path / "keyerror.pt").write_bytes(JUNK["keyerror"])
+    write_repacked(tmp_path / "bomb.pt", 256)
+    for name in ("nul.safetensors", "junk.safetensors", "keyerror.pt", "bomb.pt"):
+        for argv in (["train", "--data", "digits", "--model", "fast", "--epochs", "1", "--weights", tmp_path / name,
+                      "--project", tmp_path / "runs"],
+                     ["convert", tmp_path / name, "--model", "fast", "--num-classes", "10", "--out", tmp_path / "c.pt"]):
+            capsys.readouterr()
+            assert main([str(a) for a in argv]) == 2, argv
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and err.count("\n") == 1 and name in err, err
+    assert not (tmp_path / "c.pt").exists()
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    r = run_cli("predict", tmp_path / "nul.pt", tmp_path / "x.png", timeout=120)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "is not a PyTorch file" in r.stderr and "weights_only" not in r.stderr and "legacy" not in r.stderr

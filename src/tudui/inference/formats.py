@@ -24,8 +24,9 @@ from ..core import __version__
 from ..core.checkpoint import INSTALL_EXPORT, check_arch, check_data, import_safetensors, load_checkpoint
 from ..core.device import select_device
 from ..core.errors import TuduiError
+from ..core.pyfile import is_file_ref
 from ..data import DataSpec
-from ..models import build_model
+from ..models import build_model, get_model_info
 
 EXPORT_FORMAT = "tudui.export"  # the "format" entry of every export's metadata
 TS_EXTRA_FILE = "tudui.json"  # name of the metadata file inside a TorchScript archive
@@ -65,6 +66,11 @@ def check_fit(arch: dict, spec: DataSpec, shapes: dict[str, tuple], where: str |
         if arch[k] != want:
             raise TuduiError(f"{where} is not a usable tudui model: its architecture has {k} {arch[k]}, but its "
                              f"preprocessing names {want} {what}")
+    if arch.get("source") or is_file_ref(arch["name"]):
+        # A user's model: its file is imported (once per process) by this build, and importing it on the meta
+        # device would leave its module-level tensors there; its sizes are checked by load_state_dict instead.
+        return
+    get_model_info(arch["name"])  # imports the builders' modules (torchvision) here, not on the meta device
     try:
         with torch.device("meta"):
             skeleton = build()

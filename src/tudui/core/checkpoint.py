@@ -1,7 +1,11 @@
 """Checkpoints: atomic writes, safe loads, and everything needed to use the model.
 
 A checkpoint is a dict of plain types and tensors (never a pickled model), read
-with `torch.load(weights_only=True)` so a file from a stranger cannot run code:
+with `torch.load(weights_only=True)` so a file from a stranger cannot run code.
+Before that, `check_archive` refuses files that are not torch.save archives and
+archives that unpack to far more than they weigh; after it, `check_arch` and
+`check_data` refuse entries of the wrong type or of insane size (inference/formats.py
+then compares the declared sizes with the weights' shapes before building anything):
   format, format_version   identify a tudui checkpoint
   model                    state_dict (saved from the unwrapped module: no `module.` prefix)
   arch                     {name, num_classes, in_channels, img_size, kwargs} for create_model

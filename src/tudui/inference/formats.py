@@ -77,7 +77,7 @@ def check_fit(arch: dict, spec: DataSpec, shapes: dict[str, tuple], where: str |
         need = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     except TuduiError:
         raise
-    except Exception:  # noqa: BLE001 - a user's model that cannot be built without memory: load_state_dict checks
+    except Exception:  # noqa: BLE001 - a builder that cannot run on the meta device: load_state_dict checks the sizes
         return
     got = {k: tuple(v) for k, v in shapes.items()}
     problems = [f"{k} is missing" for k in need if k not in got]
@@ -252,8 +252,7 @@ def _load_torchscript(path: Path) -> LoadedModel:
 # --- safetensors + JSON sidecar ----------------------------------------------------------------------------------------
 def build_from_safetensors(weights: str | Path, meta: dict, model_file: str | Path | None = None) -> nn.Module:
     """The architecture named in `meta` with the tensors of `weights`, in eval mode."""
-    st = import_safetensors()
-    load_file = st.load_file
+    load_file = import_safetensors().load_file
     a = meta["arch"]
     check_arch(a, weights)
     spec = _spec_from_meta(meta, Path(weights))

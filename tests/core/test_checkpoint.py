@@ -260,4 +260,4 @@ def test_bad_weight_files_through_the_cli(tmp_path, capsys):
     Image.new("L", (8, 8)).save(tmp_path / "x.png")
     r = run_cli("predict", tmp_path / "nul.pt", tmp_path / "x.png", timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
-    assert "is not a PyTorch file" in r.stderr and "weights_only" not in r.stderr and "legacy" not in r.stderr
+    assert "is not a readable PyTorch file" in r.stderr and "weights_only" not in r.stderr and "legacy" not in r.stderr

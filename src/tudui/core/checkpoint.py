@@ -104,8 +104,8 @@ def check_archive(path: Path) -> None:
                              f"(over {INFLATE_RATIO}x its size + {INFLATE_SLACK_MB} MiB); torch.save writes "
                              "uncompressed archives, so it was re-packed: refusing to load it")
     elif not head.startswith(PICKLE_MAGIC):
-        raise TuduiError(f"{path} is not a PyTorch file: torch.save writes a zip archive, and this file starts with "
-                         f"bytes {head.hex(' ')} (neither a zip archive nor a pickle)")
+        raise TuduiError(f"{path} is not a readable PyTorch file: torch.save writes a zip archive, and this file "
+                         f"starts with bytes {head.hex(' ')} (neither a zip archive nor a pickle)")
 
 
 def torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:

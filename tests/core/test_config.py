@@ -35,3 +35,18 @@ def test_a_value_outside_an_options_choices_is_a_clear_error_from_the_library_to
     flag = "--" + option.replace("_", "-")
     with pytest.raises(TuduiError, match=f"{flag} takes one of .*got '{value}'"):
         TrainConfig.from_dict({"data": ["digits"], option: value})
+
+
+def test_sizes_a_model_file_could_not_be_loaded_with_are_refused_at_training(tmp_path, capsys):
+    """What predict/serve refuse in a model file (an input side over MAX_IMG_SIZE, a std of 0 or NaN) is refused
+    before training too, so tudui never writes a model it will not load."""
+    from tudui.cli import main
+    from tudui.core.config import MAX_IMG_SIZE
+
+    with pytest.raises(TuduiError, match=r"--img-size must be in \[1, 2048\]"):
+        TrainConfig(data="digits", img_size=MAX_IMG_SIZE + 1)
+    for std in ("0", "nan"):
+        capsys.readouterr()
+        assert main(["train", "--data", "digits", "--model", "fast", "--epochs", "1", "--mean", "0.5", "--std", std,
+                     "--project", str(tmp_path)]) == 2
+        assert "--std must be finite and positive" in capsys.readouterr().err

@@ -63,6 +63,9 @@ def _f(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+# Largest square input side (px) tudui trains or loads a model for: 8x the common 224-256, and a 2048x2048 RGB image
+# is already 48 MiB of float32 per image. Bounds what a model file's metadata can make predict or serve allocate.
+MAX_IMG_SIZE = 2048
 MEMORY_LIMIT_MB = 4096  # largest decoded dataset (MB) kept in memory by default, in training and `tudui eval` alike
 
 # Named recipes: each gives values to the options the user did not set (`--preset best --epochs 30` trains 30
@@ -241,6 +244,8 @@ class TrainConfig:
             if value < lo or (hi is not None and value > hi):
                 bound = f"in [{lo}, {hi}]" if hi is not None else f"at least {lo}"
                 raise TuduiError(f"{flag} must be {bound} ({what}), got {value}")
+        if self.img_size is not None and not 1 <= self.img_size <= MAX_IMG_SIZE:
+            raise TuduiError(f"--img-size must be in [1, {MAX_IMG_SIZE}] (pixels), got {self.img_size}")
         if not 0 < self.fraction <= 1:
             raise TuduiError(f"--fraction must be in (0, 1], got {self.fraction}")
         if self.time is not None and self.time <= 0:

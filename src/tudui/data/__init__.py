@@ -242,6 +242,8 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
         if cfg.mean is None or cfg.std is None or len(cfg.mean) != channels or len(cfg.std) != channels:
             raise TuduiError(f"--mean and --std need {channels} value(s) each (one per channel)")
         mean, std = [float(m) for m in cfg.mean], [float(s) for s in cfg.std]
+        if not all(0 < s < float("inf") for s in std):  # NaN fails too: every pixel is divided by it
+            raise TuduiError(f"--std must be finite and positive (one per channel), got {' '.join(map(str, std))}")
     elif default_norm is not None and channels == len(default_norm[0]):
         mean, std = default_norm
     else:

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import TuduiError
-from ..core.checkpoint import FORMAT, PickledObjects, make_checkpoint, read_weights, save_checkpoint, torch_load
+from ..core.checkpoint import (FORMAT, PickledObjects, check_data, make_checkpoint, read_weights, save_checkpoint,
+                               torch_load)
 from ..data import DataSpec
 from ..models import create_model, get_model_info, make_arch
 from ..models.user import parse_model_args, source_record
@@ -160,6 +161,7 @@ def convert(src: str | Path, out: str | Path, *, model: str, trust: bool = False
     if logits.shape != (1, len(classes)):
         raise TuduiError(f"--model {model} gives {logits.shape[1]} outputs but {len(classes)} classes were given")
     spec = DataSpec(list(classes), img_size, channels, [float(m) for m in mean], [float(s) for s in std], hflip)
+    check_data(spec.to_dict(), out)  # e.g. --std 0: refused now, not by every later predict
     arch = make_arch(model, len(classes), channels, img_size, **args)
     if info.family == "user":  # your own file: recorded so that predict, export and serve can rebuild it
         arch["source"] = source_record(model, args, out.parent)

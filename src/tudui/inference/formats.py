@@ -21,11 +21,12 @@ import torch
 import torch.nn as nn
 
 from ..core import __version__
-from ..core.checkpoint import INSTALL_EXPORT, import_safetensors, load_checkpoint
+from ..core.checkpoint import INSTALL_EXPORT, check_arch, check_data, import_safetensors, load_checkpoint
 from ..core.device import select_device
 from ..core.errors import TuduiError
+from ..core.pyfile import is_file_ref
 from ..data import DataSpec
-from ..models import build_model
+from ..models import build_model, get_model_info
 
 EXPORT_FORMAT = "tudui.export"  # the "format" entry of every export's metadata
 TS_EXTRA_FILE = "tudui.json"  # name of the metadata file inside a TorchScript archive
@@ -53,7 +54,63 @@ def _spec_from_meta(meta: dict, path: Path) -> DataSpec:
     missing = [k for k in ("classes", "img_size", "channels", "mean", "std") if k not in meta]
     if missing:
         raise TuduiError(f"{path} has no tudui metadata ({', '.join(missing)} missing); export it with `tudui export`")
+    check_data(meta, path, "metadata")
     return DataSpec.from_dict(meta)
+
+
+def check_fit(arch: dict, spec: DataSpec, shapes: dict[str, tuple], where: str | Path, build) -> None:
+    """Refuse an `arch` whose declared sizes disagree with its DataSpec or with the weights' shapes, before the model
+    is built for real: `build()` runs on the meta device (no memory), so a file that claims 4,000,000 classes over
+    weights for 10 costs nothing. shapes: the file's {state_dict key: shape}."""
+    for k, want, what in (("num_classes", spec.num_classes, "class names"), ("in_channels", spec.channels, "channels")):
+        if arch[k] != want:
+            raise TuduiError(f"{where} is not a usable tudui model: its architecture has {k} {arch[k]}, but its "
+                             f"preprocessing names {want} {what}")
+    if arch.get("source") or is_file_ref(arch["name"]):
+        # A user's model: its file is imported (once per process) by this build, and importing it on the meta
+        # device would leave its module-level tensors there; its sizes are checked by load_state_dict instead.
+        return
+    get_model_info(arch["name"])  # imports the builders' modules (torchvision) here, not on the meta device
+    try:
+        with torch.device("meta"):
+            skeleton = build()
+        need = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    except TuduiError:
+        raise
+    except Exception:  # noqa: BLE001 - a builder that cannot run on the meta device: load_state_dict checks the sizes
+        return
+    got = {k: tuple(v) for k, v in shapes.items()}
+    problems = [f"{k} is missing" for k in need if k not in got]
+    problems += [f"{k} is not part of it" for k in got if k not in need]
+    problems += [f"{k} is {list(got[k])} in the file, {list(need[k])} in the architecture"
+                 for k in need if k in got and got[k] != need[k]]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise TuduiError(f"{where} does not fit architecture {arch['name']} ({arch['num_classes']} classes, "
+                         f"{arch['in_channels']} channel(s), {arch['img_size']} px): {problems[0]}{more}")
+
+
+def check_runs(model: nn.Module, spec: DataSpec, where: str | Path, device: torch.device | str = "cpu") -> None:
+    """One forward pass on a blank (1, C, S, S) input of the size the metadata declares: the model must run on it
+    and give one finite logit per class name. Catches metadata that does not fit the weights (channels, size,
+    too few class names) and damaged weights (NaN) at load, instead of on every image (or every request)."""
+    c, size = spec.channels, spec.img_size
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, c, size, size, device=device))  # normalised zeros: the mean image
+    except TuduiError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the model's own code raises on this input
+        text = (str(e).strip().splitlines() or [""])[0][:200]
+        raise TuduiError(f"{where} cannot classify a {c}x{size}x{size} input, the size its metadata declares "
+                         f"({type(e).__name__}: {text}); its metadata does not fit its weights") from None
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+    if shape != (1, spec.num_classes):
+        raise TuduiError(f"{where} is not a usable tudui model: it outputs {list(shape) if shape else type(out).__name__}"
+                         f" per image, but its metadata names {spec.num_classes} classes")
+    if not torch.isfinite(out).all():
+        raise TuduiError(f"{where} outputs NaN or infinity on a blank image: its weights are damaged (did its "
+                         "training diverge?)")
 
 
 def suffix_format(path: str | Path) -> str:
@@ -90,6 +147,7 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", model_file:
         loaded = {"onnx": _load_onnx, "torchscript": _load_torchscript}[fmt](path)
     if fmt != "onnx":
         loaded.model.to(device)
+    check_runs(loaded.model, loaded.spec, loaded.path, "cpu" if fmt == "onnx" else device)
     return loaded
 
 
@@ -97,14 +155,23 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", model_file:
 def model_from_checkpoint(ckpt: dict, model_file: str | Path | None = None,
                           trust_code: bool = False) -> tuple[nn.Module, DataSpec]:
     """(model in eval mode with a loaded checkpoint's weights, its DataSpec)."""
-    a = ckpt["arch"]
-    model = build_model(a, model_file, Path(ckpt["path"]).parent if ckpt.get("path") else None, trust_code)
+    where = ckpt.get("path", "checkpoint")
+    for k in ("model", "arch", "data"):
+        if k not in ckpt:
+            raise TuduiError(f"{where} is not a usable tudui model: it has no '{k}' entry")
+    a, spec = ckpt["arch"], DataSpec.from_dict(ckpt["data"])
+
+    def build() -> nn.Module:
+        return build_model(a, model_file, Path(ckpt["path"]).parent if ckpt.get("path") else None, trust_code)
+
+    check_fit(a, spec, {k: v.shape for k, v in ckpt["model"].items()}, where, build)
+    model = build()
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise TuduiError(f"checkpoint {ckpt.get('path')} does not match architecture {a['name']}: "
                          f"{str(e).splitlines()[0]}") from e
-    return model.eval(), DataSpec.from_dict(ckpt["data"])
+    return model.eval(), spec
 
 
 def _load_checkpoint(path: Path, model_file: str | Path | None = None, trust_code: bool = False) -> LoadedModel:
@@ -157,7 +224,15 @@ def _load_onnx(path: Path) -> LoadedModel:
         meta = {k: json.loads(v) for k, v in module.metadata.items()}
     except json.JSONDecodeError:
         raise TuduiError(f"{path} has metadata that is not tudui's (not JSON); export it with `tudui export`") from None
-    return LoadedModel(module.eval(), _spec_from_meta(meta, path), str(path), "onnx", meta)
+    spec = _spec_from_meta(meta, path)
+    # The graph's fixed dimensions (ints; named ones are dynamic) must be what the metadata promises.
+    inp, out = module.session.get_inputs()[0].shape, module.session.get_outputs()[0].shape
+    for dims, i, want, what in ((inp, 1, spec.channels, "input channels"), (inp, 2, spec.img_size, "input height"),
+                                (inp, 3, spec.img_size, "input width"), (out, 1, spec.num_classes, "outputs")):
+        if len(dims) > i and isinstance(dims[i], int) and dims[i] != want:
+            raise TuduiError(f"{path} is not a usable tudui model: its graph has {dims[i]} {what}, its metadata "
+                             f"says {want}")
+    return LoadedModel(module.eval(), spec, str(path), "onnx", meta)
 
 
 # --- TorchScript -------------------------------------------------------------------------------------------------------
@@ -184,7 +259,22 @@ def build_from_safetensors(weights: str | Path, meta: dict, model_file: str | Pa
     """The architecture named in `meta` with the tensors of `weights`, in eval mode."""
     load_file = import_safetensors().load_file
     a = meta["arch"]
-    model = build_model(a, model_file, Path(weights).parent, trust_code)
+    check_arch(a, weights)
+    spec = _spec_from_meta(meta, Path(weights))
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), "pt") as f:  # reads the header only
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors' own errors for a damaged header
+        raise TuduiError(f"{weights} is not a readable .safetensors file ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+
+    def build() -> nn.Module:
+        return build_model(a, model_file, Path(weights).parent, trust_code)
+
+    check_fit(a, spec, shapes, weights, build)
+    model = build()
     try:
         model.load_state_dict(load_file(str(weights)))
     except Exception as e:  # noqa: BLE001 - safetensors' header errors and load_state_dict's mismatches

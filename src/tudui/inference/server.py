@@ -15,7 +15,8 @@ over --max-upload-mb 413 (Content-Length checked first, then counted while
 reading, so a chunked upload cannot exceed it either), more pixels than the
 limit 413 (read from the header, before decoding), an image whose decoding needs
 more memory than --max-decode-mb 413 (also from the header), not an image 415, a
-bad query parameter 422.
+bad query parameter 422; an unknown path 404 and a wrong method 405 answer the
+same JSON, and so does anything unexpected (500, its traceback in the server's log).
 
 Memory: a small upload can decode to a large image (a 142 KB PNG is 64 Mpx of
 16-bit grey), so decodes are admitted by what they will hold, not by upload size
@@ -183,6 +184,7 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.concurrency import run_in_threadpool
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     if max_batch < 1:
         raise TuduiError(f"--max-batch must be at least 1, got {max_batch}")
@@ -243,6 +245,15 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
     async def _api_error(request: Request, exc: ApiError):
         # 408/413: the rest of the body was not read, so the connection cannot carry another request.
         return error(exc.status, exc.message, **({"Connection": "close"} if exc.status in (408, 413) else {}))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):  # 404, 405, ...: the same JSON as ours
+        return error(exc.status_code, str(exc.detail), **(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        # Starlette sends this answer, then re-raises, so uvicorn logs the traceback; the client learns no internals.
+        return error(500, f"internal server error ({type(exc).__name__}); the server's log has the details")
 
     @app.exception_handler(RequestValidationError)
     async def _bad_parameter(request: Request, exc: RequestValidationError):
@@ -333,7 +344,8 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
         (400, "empty upload, malformed multipart, or no field named 'file'"),
         (408, "the body did not arrive within --read-timeout"),
         (413, "over --max-upload-mb, more pixels than the server's limit, or decoding needs over --max-decode-mb"),
-        (415, "not an image that can be decoded"), (422, "a bad query parameter"))}
+        (415, "not an image that can be decoded"), (422, "a bad query parameter"),
+        (500, "an unexpected error in the server (its log has the traceback)"))}
 
     @app.post("/predict", responses={200: {"model": PredictResponse}, **documented}, summary="classify one image",
               openapi_extra={"requestBody": PREDICT_BODY})

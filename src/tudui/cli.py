@@ -398,15 +398,19 @@ def main(argv: list[str] | None = None) -> int:
     args._argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs it under torchrun
     debug = getattr(args, "debug", False)
     try:
-        return args.func(args)
+        # SIGTERM (`kill`, a scheduler's stop) ends every command as Ctrl-C does: cleanly, temp files removed
+        with _api().sigterm_as_interrupt():
+            return args.func(args)
     except TuduiError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        from .core.console import shown  # names and paths in it are the user's: no escape codes, no forged lines
+
+        print("error: " + "\n".join(map(shown, str(e).split("\n"))), file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 if __name__ == "__main__":

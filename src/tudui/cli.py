@@ -406,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from .core.console import shown  # names and paths in it are the user's: no escape codes, no forged lines
 
-        print("error: " + "\n".join(map(shown, str(e).split("\n"))), file=sys.stderr)
+        print(f"error: {shown(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)

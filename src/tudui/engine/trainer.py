@@ -227,6 +227,7 @@ def write_run_files(run: Run) -> None:
     save_yaml(resolved, run.run_dir / "config.yaml")
     if not cfg.resume:
         write_results(run.run_dir / "results.csv", [])  # a new run starts a new table
+        (run.run_dir / "metrics.json").unlink(missing_ok=True)  # an older run's (--exist-ok): written again at the end
     save_yaml(versions() | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
                             "world_size": w.size}, run.run_dir / "env.yaml")
 

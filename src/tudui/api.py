@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .core.config import TrainConfig, load_yaml, save_yaml
+from .core.console import shown
 from .core.device import auto_workers, under_torchrun
 from .core.errors import TuduiError
 from .core.files import write_text
@@ -26,7 +27,7 @@ from .engine.callbacks import Callback
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
 from .engine.resume import RunFinished, resume_config
-from .engine.signals import GracefulStop, Interrupt, TrainingInterrupted, sigterm_as_interrupt
+from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interrupt
 from .engine.distributed import session as distributed_session
 from .engine.lr_find import LRFinding, lr_range_test
 from .engine.optim import create_optimizer

@@ -90,7 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         api.train(config_file=config_file, argv=argv, **values)
     except api.RunFinished as e:
-        print(e)
+        print(api.shown(e))
     except (api.TrainingInterrupted, api.LaunchFailed) as e:
         print(e, file=sys.stderr)
         return e.exit_code

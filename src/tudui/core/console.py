@@ -54,7 +54,7 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
 
     Columns are padded by display width, not code points: a Chinese character takes two terminal cells.
     """
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    cells = [[shown(h) for h in headers]] + [[shown(c) for c in r] for r in rows]  # names are users': escaped
     widths = [max(wcwidth.width(r[i]) for r in cells) for i in range(len(headers))]
     align = align or "<" + ">" * (len(headers) - 1)
     just = {"<": wcwidth.ljust, ">": wcwidth.rjust}

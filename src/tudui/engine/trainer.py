@@ -490,7 +490,7 @@ def _train(run: Run) -> RunResult:
             budget.plan(run)  # after each epoch: how many fit in what is left of --time
         epoch += 1
     for cb in run.callbacks:
-        cb.on_train_end(run)
+        getattr(cb, "on_train_end", lambda run: None)(run)  # (a hook newer than some callbacks written for tudui)
     return _finish(run, plain_ce)
 
 
@@ -510,12 +510,12 @@ def _announce(run: Run) -> None:
     d, s = run.data, run.spec
     sizes = f"{len(d.train):,} train" + (f" / {len(d.val):,} val" if d.val else "") + \
         (f" / {len(d.test):,} test" if d.test else "")
-    shown = run.cfg.to_dict()  # objects given to the library appear as descriptions
+    options = run.cfg.to_dict()  # objects given to the library appear as descriptions
     print(f"tudui {__version__}: {run.arch['name']} ({count_parameters(run.model):,} params) on "
-          f"{', '.join(map(str, shown['data']))}: "
+          f"{', '.join(map(shown, options['data']))}: "
           f"{sizes}, {s.num_classes} classes, {s.channels}x{s.img_size}x{s.img_size}, "
           f"{'; '.join(d.notes) if d.notes else ('in memory' if d.in_memory else 'from files')}, "
-          f"device {run.device}{_world_note(run)}, {'; '.join(_chosen(run))} -> {run.run_dir}", flush=True)
+          f"device {run.device}{_world_note(run)}, {'; '.join(_chosen(run))} -> {shown(run.run_dir)}", flush=True)
 
 
 def _chosen(run: Run) -> list[str]:

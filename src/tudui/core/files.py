@@ -18,7 +18,7 @@ from typing import Iterator
 from . import __version__
 from .console import shown
 from .errors import TuduiError
-from .lock import FileLock, Locked
+from .lock import FileLock, Locked, pid_alive
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -119,7 +119,8 @@ def _run_dir_error(path: Path, e: OSError, project: Path) -> TuduiError:
                           "--name or --project")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         where = shown(path if path.exists() else project)
-        return TuduiError(f"cannot write in {where} ({e.strerror}); make it writable, or pass a writable --project")
+        return TuduiError(f"cannot write in {where} ({e.strerror}); make it writable (or pass a writable --project) "
+                          "and run the command again")
     if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
         return disk_full_error(path / RUN_LOCK, e)
     return TuduiError(f"cannot create the run directory {shown(path)} ({e.strerror or e})")
@@ -186,6 +187,9 @@ def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple
     except Locked as e:
         if created:
             _remove_if_empty(run_dir)
+        if e.pid is not None and not pid_alive(e.pid):  # its forked helpers (DataLoader workers) still hold it
+            raise TuduiError(f"{shown(run_dir)} is still held by processes that training {e.pid} started (it has "
+                             "ended); try again in a few seconds, or choose another --name") from None
         who = f"process {e.pid}" if e.pid is not None else "another process"
         raise TuduiError(f"{shown(run_dir)} is in use by another training ({who}, still running); wait for it to "
                          "end, or choose another --name") from None

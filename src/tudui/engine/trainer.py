@@ -330,6 +330,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
         write_run_files(run)
     if cfg.resume:  # every rank: weights, optimizer, schedule, RNG states; results.csv keeps the run's rows
         restore_run(run)
+        run.saved = run.epoch
     return run
 
 
@@ -433,7 +434,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
     try:
         return _train(run)
     except OSError as e:
-        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not _inside(e.filename, run.run_dir):
             raise
         # e.g. the run directory made read-only (or its disk remounted so) while the run writes it
         raise TuduiError(f"cannot write in {shown(run.run_dir)} ({e.strerror}); "
@@ -441,6 +442,16 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
                          f"Make it writable again and continue with: {resume_command(run)}") from None
     finally:
         run.close()
+
+
+def _inside(path, folder: Path) -> bool:
+    """Whether the file an OSError names is `folder` or in it (not, say, an unreadable image)."""
+    if not path:
+        return False
+    try:
+        return Path(os.fsdecode(path)).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
 
 
 def _train(run: Run) -> RunResult:

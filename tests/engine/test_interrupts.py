@@ -94,3 +94,45 @@ def test_sigterm_during_an_export_leaves_no_temporary_file(tmp_path, tiny_model)
     assert rc == 143 and took < 30, child.err
     assert child.err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in child.err
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+LAUNCH = """
+import sys
+from tudui.engine import launcher
+# torchrun stands in as a process that says when it is told to stop
+launcher.launch_command = lambda argv, nproc: [sys.executable, "-c", '''
+import signal, sys, time
+def stop(*_):
+    print("torchrun got SIGTERM", flush=True)
+    sys.exit(143)
+signal.signal(signal.SIGTERM, stop)
+print("MARK", flush=True)
+time.sleep(120)
+''']
+from tudui.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_to_a_multi_process_launch_reaches_torchrun(tmp_path):
+    # Before: `tudui train --nproc 2` died on SIGTERM and left torchrun and its workers running without it.
+    import psutil
+
+    child = Child("train", "--data", "digits", "--nproc", "2", "--project", tmp_path, code=LAUNCH)
+    launched: list = []
+    try:
+        child.wait_for_line("MARK", timeout=180)
+        launched = psutil.Process(child.proc.pid).children(recursive=True)  # the stand-in torchrun
+        child.send(signal.SIGTERM)
+        rc = child.wait(60)
+        assert rc == 143, child.err
+        assert "torchrun got SIGTERM" in "".join(child.stdout)
+        _, alive = psutil.wait_procs(launched, timeout=30)
+        assert not alive
+    finally:
+        child.kill()
+        for p in launched:  # what this test launched, should it be left over
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass

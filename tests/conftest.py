@@ -136,9 +136,11 @@ class Child:
     and a child that writes a lot can never block on a full pipe.
     """
 
-    def __init__(self, *args, env: dict | None = None) -> None:
+    def __init__(self, *args, env: dict | None = None, code: str | None = None) -> None:
+        """`code`: run `python -c CODE ARGS` instead (e.g. the CLI with a test's slow hook patched in)."""
         full_env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
-        self.proc = subprocess.Popen([sys.executable, "-m", "tudui", *map(str, args)], stdout=subprocess.PIPE,
+        start = ["-c", code] if code is not None else ["-m", "tudui"]
+        self.proc = subprocess.Popen([sys.executable, *start, *map(str, args)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=full_env)
         self.lines: queue.Queue = queue.Queue()  # stdout lines; None once stdout is closed
         self.stdout: list[str] = []
@@ -188,16 +190,33 @@ class Child:
         self.proc.send_signal(sig)
 
     def kill(self) -> None:
-        """Kill the child if it still runs; afterwards stdout/stderr hold everything it printed."""
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+        """Kill the child and what it started (DataLoader workers, TensorBoard, torchrun's workers) if they still
+        run; afterwards stdout/stderr hold everything it printed. Only this child's own descendants are touched."""
+        kill_tree(self.proc)
         for t in self._threads:
             t.join(10)
 
     @property
     def err(self) -> str:
         return "".join(self.stderr)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc` (launched by the test) and its descendants, found from `proc` itself while it still runs."""
+    import psutil
+
+    if proc.poll() is None:
+        try:
+            family = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            family = []
+        proc.kill()
+        for p in family:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+    proc.wait()
 
 
 def sigkill_after_line(*args, line: str, slow_save_s: float = 1.0) -> None:

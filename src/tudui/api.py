@@ -8,6 +8,7 @@ the config resolution (a YAML file, a preset, the run's own config on `resume=`)
 """
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from .core.config import TrainConfig, load_yaml, save_yaml
+from .core.console import shown
 from .core.device import auto_workers, under_torchrun
 from .core.errors import TuduiError
 from .core.files import write_text
@@ -25,7 +27,7 @@ from .engine.callbacks import Callback
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
 from .engine.resume import RunFinished, resume_config
-from .engine.signals import GracefulStop, TrainingInterrupted
+from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interrupt
 from .engine.distributed import session as distributed_session
 from .engine.lr_find import LRFinding, lr_range_test
 from .engine.optim import create_optimizer
@@ -131,16 +133,20 @@ def lr_find(*, steps: int = 100, start: float = 1e-7, end: float = 10.0, config_
         cfg.lr = TrainConfig.lr  # the optimiser's recipe only; the test sets every rate itself
     with distributed_session(cfg.device):
         run = setup(cfg)
-        found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y), run.criterion,
-                              lambda: create_optimizer(cfg, run.model), run.device, cfg.amp, start, end, steps)
-    csv_path = run.run_dir / "lr_find.csv"
-    write_text(csv_path, "lr,loss,smoothed_loss\n" + "".join(f"{a:.6g},{b:.6g},{c:.6g}\n" for a, b, c in
-                                                            zip(found.lrs, found.raw, found.losses)))
-    png = plot_lr_find(found.lrs, found.losses, found.raw, found.suggestion, found.rule, run.run_dir / "lr_find.png")
+        with contextlib.closing(run):  # its directory stays locked until these files are written
+            found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y),
+                                  run.criterion, lambda: create_optimizer(cfg, run.model), run.device, cfg.amp, start,
+                                  end, steps)
+            csv_path = run.run_dir / "lr_find.csv"
+            write_text(csv_path, "lr,loss,smoothed_loss\n" + "".join(f"{a:.6g},{b:.6g},{c:.6g}\n" for a, b, c in
+                                                                    zip(found.lrs, found.raw, found.losses)))
+            png = plot_lr_find(found.lrs, found.losses, found.raw, found.suggestion, found.rule,
+                               run.run_dir / "lr_find.png")
     return found, [csv_path, png]
 
 
 # --- evaluate, predict -----------------------------------------------------------------------------------------------
+@sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
 def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = "test", *, data_root: str | None = None,
              batch_size: int = EVAL_BATCH_SIZE, device: str = "auto", workers: int | str = "auto",
              tta: bool | None = None, model_file: str | Path | None = None, cache: str = "auto",
@@ -174,6 +180,7 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = "test",
     return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
 
 
+@sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
 def predict(model: str | Path, sources: list[str], *, topk: int = 5, batch_size: int = 64, device: str = "auto",
             tta: bool | None = None, model_file: str | Path | None = None,
             trust_code: bool = False) -> tuple[Predictor, list[Prediction]]:
@@ -185,6 +192,7 @@ def predict(model: str | Path, sources: list[str], *, topk: int = 5, batch_size:
 
 
 # --- export, serve ---------------------------------------------------------------------------------------------------
+@sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
 def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None, *,
            dynamic_batch: bool = False, opset: int | None = None, model_file: str | Path | None = None,
            trust_code: bool = False) -> ExportResult:

@@ -93,7 +93,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         api.train(config_file=config_file, argv=argv, **values)
     except api.RunFinished as e:
-        print(e)
+        print(api.shown(e))
     except (api.TrainingInterrupted, api.LaunchFailed) as e:
         print(e, file=sys.stderr)
         return e.exit_code
@@ -409,15 +409,19 @@ def main(argv: list[str] | None = None) -> int:
         # does this already, and a C/POSIX locale's stdout passes the raw bytes through (surrogateescape)
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
-        return args.func(args)
+        # SIGTERM (`kill`, a scheduler's stop) ends every command as Ctrl-C does: cleanly, temp files removed
+        with _api().sigterm_as_interrupt():
+            return args.func(args)
     except TuduiError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        from .core.console import shown  # names and paths in it are the user's: no escape codes, no forged lines
+
+        print(f"error: {shown(e)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 if __name__ == "__main__":

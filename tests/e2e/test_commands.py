@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import re
 import signal
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -58,13 +57,12 @@ def test_models_lists_every_registered_model_with_its_size(cli, capsys):
 
 
 def test_board_serves_a_run_and_stops_with_it(cli, digits_run):
-    with socket.socket() as s:  # a free port, named so the test knows where TensorBoard must (and must not) answer
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    child = Child("board", digits_run.run_dir, "--port", port)
+    # No --port: TensorBoard binds a port the OS gives it and tudui prints it (a port freed here and handed on could
+    # be taken by another program in between).
+    child = Child("board", digits_run.run_dir)
     try:
         child.wait_for_line("TensorBoard: http://127.0.0.1:", timeout=120)
-        url = f"http://127.0.0.1:{port}/"
+        url = re.search(r"TensorBoard: (http://127\.0\.0\.1:\d+/)", "".join(child.stdout)).group(1)
         tags = get_json(url + "data/plugin/scalars/tags", child)
         assert "epoch/val_top1" in tags["."]  # the run's own event files
         child.send(signal.SIGTERM)  # `kill`: the command stops TensorBoard as it exits

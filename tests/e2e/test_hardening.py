@@ -7,12 +7,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_tree
 from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
 
@@ -84,22 +83,21 @@ def test_two_runs_racing_for_one_name_get_two_directories(tmp_path):
     assert seeds == {1, 2}  # each run wrote its own directory; nothing was overwritten
 
 
-def _child_with_rank(parent: int, rank: int, deadline: float) -> int:
-    """The PID of the torchrun worker with RANK=rank (a descendant of `parent`)."""
+def _child_with_rank(parent: int, rank: int, deadline: float):
+    """The psutil.Process of the torchrun worker with RANK=rank, searched among `parent`'s own descendants only
+    (any other process on the machine, another job's rank 1 included, is never a candidate)."""
+    import psutil
+
     while time.monotonic() < deadline:
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+        for p in psutil.Process(parent).children(recursive=True):
             try:
-                env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-                stat = Path(f"/proc/{pid}/stat").read_text().split()
-            except OSError:
+                env = p.environ()
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            if f"RANK={rank}".encode() in env and b"LOCAL_RANK=%d" % rank in env and int(stat[3]) != int(pid):
-                if int(stat[3]) == parent or Path(f"/proc/{stat[3]}/stat").exists():
-                    return int(pid)
+            if env.get("RANK") == str(rank) and env.get("LOCAL_RANK") == str(rank):
+                return p
         time.sleep(0.2)
-    raise AssertionError(f"no worker with RANK={rank} found")
+    raise AssertionError(f"no worker with RANK={rank} found among the job's processes")
 
 
 def test_a_killed_rank_ends_the_job_and_resume_continues(tmp_path):
@@ -112,13 +110,12 @@ def test_a_killed_rank_ends_the_job_and_resume_continues(tmp_path):
         while not ((run / "results.csv").is_file() and len((run / "results.csv").read_text().splitlines()) >= 2):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
             time.sleep(0.2)
-        os.kill(_child_with_rank(proc.pid, 1, deadline), signal.SIGKILL)
+        _child_with_rank(proc.pid, 1, deadline).send_signal(signal.SIGKILL)  # psutil: never a reused PID
         killed_at = time.monotonic()
         out, err = proc.communicate(timeout=120)
         ended_after = time.monotonic() - killed_at
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        kill_tree(proc)  # the launcher and its workers, if anything is left
     assert proc.returncode != 0
     assert ended_after < 60, ended_after  # the whole job ended, not a rank left waiting for its dead peer
     assert "rank: 1" in err or "local_rank: 1" in err or "rank 1" in err, err[-3000:]

@@ -43,7 +43,11 @@ def served(tiny_onnx):
         yield url, onnx
     finally:
         proc.terminate()
-        proc.wait(10)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:  # the server this test started, and only it
+            proc.kill()
+            proc.wait()
 
 
 def test_upload_a_png_and_see_the_predicted_class(served, tmp_path):

@@ -1,6 +1,7 @@
 """Console output every layer may use: progress bars on a terminal (one line every few seconds in logs), text tables."""
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -53,7 +54,7 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
 
     Columns are padded by display width, not code points: a Chinese character takes two terminal cells.
     """
-    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    cells = [[shown(h) for h in headers]] + [[shown(c) for c in r] for r in rows]  # names are users': escaped
     widths = [max(wcwidth.width(r[i]) for r in cells) for i in range(len(headers))]
     align = align or "<" + ">" * (len(headers) - 1)
     just = {"<": wcwidth.ljust, ">": wcwidth.rjust}
@@ -63,3 +64,19 @@ def table(headers: list[str], rows: list[list], align: str | None = None) -> str
         if j == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def shown(text: object) -> str:
+    """`text` (a name or path the user gave) safe to print: control characters (newlines, terminal escape codes,
+    DEL, C1 codes) and undecodable file-name bytes appear as escapes, so a name can neither break a one-line message
+    nor drive the terminal. Everything printable, Chinese included, is kept as it is."""
+    s = os.fsdecode(text) if isinstance(text, (bytes, os.PathLike)) else str(text)
+    if s.isprintable():
+        return s
+    return "".join(c if c.isprintable() or c == " " else _escape(c) for c in s)
+
+
+def _escape(c: str) -> str:
+    if 0xDC80 <= ord(c) <= 0xDCFF:  # a file-name byte that is not UTF-8 (os.fsdecode's surrogateescape)
+        return f"\\x{ord(c) - 0xDC00:02x}"
+    return repr(c)[1:-1] if ord(c) < 0x10000 else f"\\U{ord(c):08x}"

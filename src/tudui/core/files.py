@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Iterator
 
 from . import __version__
+from .console import shown
 from .errors import TuduiError
+from .lock import FileLock, Locked, pid_alive
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -86,25 +88,138 @@ def stale_temp_files(folder: Path) -> list[Path]:
     return [p for p in folder.glob(".*.tmp") if p.is_file()]
 
 
-def make_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> Path:
-    """runs/exp, runs/exp2, ...; an existing name gets the next free number rather than being overwritten.
+NAME_MAX = 255  # bytes in one folder name on Linux, macOS and Windows file systems
+RUN_LOCK = ".tudui-run.lock"  # in a run directory while a training writes it (core/lock.py): holds its PID
 
-    `mkdir` without exist_ok is atomic, so two runs started at the same moment with the same name get two
-    different directories: the loser of the race sees FileExistsError and takes the next number.
+
+def check_run_name(name: str) -> str:
+    """`name` if it names one folder inside --project; otherwise a one-line error saying why.
+
+    '../x', 'a/b', '.', '..' would put the run elsewhere than --project (or beside it); control characters (newlines,
+    terminal escape codes) would forge lines in the logs and drive the terminal.
     """
-    base = Path(project) / (name or "exp")
-    base.parent.mkdir(parents=True, exist_ok=True)
+    if not isinstance(name, str) or name.strip() in ("", ".", "..") or "/" in name or "\\" in name or \
+            (os.altsep and os.altsep in name):
+        raise TuduiError(f"--name '{shown(name)}' must be a single folder name inside --project (no '/' or '\\', "
+                         "not empty, '.' or '..'); choose a name such as exp-lr3e-4")
+    if not name.isprintable():
+        raise TuduiError(f"--name '{shown(name)}' contains control characters (newlines, terminal escape codes); "
+                         "choose a name of printable characters")
+    size = len(os.fsencode(name))
+    if size > NAME_MAX - 4:  # room for the run number tudui appends to a taken name (exp -> exp9999)
+        raise TuduiError(f"--name is {size} bytes long; a folder name can have at most {NAME_MAX - 4} here "
+                         "(the file system allows 255, tudui keeps 4 for the run number). Choose a shorter name")
+    return name
+
+
+def _run_dir_error(path: Path, e: OSError, project: Path) -> TuduiError:
+    """A one-line error for an OSError making or locking the run directory `path`."""
+    if e.errno == errno.ENAMETOOLONG:
+        return TuduiError(f"cannot create {shown(path)}: the name is too long for the file system; choose a shorter "
+                          "--name or --project")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        where = shown(path if path.exists() else project)
+        return TuduiError(f"cannot write in {where} ({e.strerror}); make it writable (or pass a writable --project) "
+                          "and run the command again")
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return disk_full_error(path / RUN_LOCK, e)
+    return TuduiError(f"cannot create the run directory {shown(path)} ({e.strerror or e})")
+
+
+def _check_project(project: Path) -> None:
+    for p in (project, *project.parents):  # the first part of --project that exists must be a folder
+        if p.is_dir():
+            return
+        if p.exists() or p.is_symlink():
+            what = "a file" if p.is_file() else ("a link to a missing folder" if p.is_symlink() else "not a folder")
+            raise TuduiError(f"--project {shown(project)}: {shown(p)} is {what}; --project names the folder "
+                             "holding the run directories")
+
+
+def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple[Path, FileLock, bool]:
+    """(run directory, its lock (held), whether it was created now): runs/exp, runs/exp2, ...
+
+    An existing name gets the next free number rather than being overwritten. `mkdir` without exist_ok is atomic,
+    so two runs started at the same moment with the same name get two different directories: the loser of the race
+    sees FileExistsError and takes the next number. With exist_ok (and on --resume) the directory may be another
+    training's: its lock (held while a training writes, dropped by the kernel when that process dies however it
+    dies) refuses a second live writer with the first one's PID.
+    """
+    project = Path(project)
+    name = check_run_name(name if name is not None else "exp")
+    base = project / name
+    _check_project(project)
+    try:
+        project.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _run_dir_error(project, e, project) from None
+    created = False
     if exist_ok:
-        base.mkdir(exist_ok=True)
-        return base
-    for i in range(1, 10_000):
-        cand = base if i == 1 else base.with_name(f"{base.name}{i}")
+        if base.is_symlink() and not base.exists():
+            raise TuduiError(f"{shown(base)} is a link to {shown(os.readlink(base))}, which does not exist; remove the "
+                             "link or create its target, or choose another --name")
+        if base.exists() and not base.is_dir():
+            raise TuduiError(f"{shown(base)} exists and is not a folder; choose another --name")
         try:
-            cand.mkdir()
-            return cand
+            base.mkdir()
+            created = True
         except FileExistsError:
-            continue
-    raise TuduiError(f"too many runs named {base}; pass --name")
+            pass
+        except OSError as e:
+            raise _run_dir_error(base, e, project) from None
+        run_dir = base
+    else:
+        for i in range(1, 10_000):
+            run_dir = base if i == 1 else base.with_name(f"{base.name}{i}")
+            try:
+                run_dir.mkdir()
+                created = True
+                break
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise _run_dir_error(run_dir, e, project) from None
+        else:
+            raise TuduiError(f"too many runs named {shown(base)}; pass --name")
+    lock = FileLock(run_dir / RUN_LOCK)
+    try:
+        lock.acquire(blocking=False)
+    except Locked as e:
+        if created:
+            _remove_if_empty(run_dir)
+        if e.pid is not None and not pid_alive(e.pid):  # its forked helpers (DataLoader workers) still hold it
+            raise TuduiError(f"{shown(run_dir)} is still held by processes that training {e.pid} started (it has "
+                             "ended); try again in a few seconds, or choose another --name") from None
+        who = f"process {e.pid}" if e.pid is not None else "another process"
+        raise TuduiError(f"{shown(run_dir)} is in use by another training ({who}, still running); wait for it to "
+                         "end, or choose another --name") from None
+    except OSError as e:
+        if created:
+            _remove_if_empty(run_dir)
+        raise _run_dir_error(run_dir, e, project) from None
+    return run_dir, lock, created
+
+
+def _remove_if_empty(folder: Path) -> None:
+    try:
+        folder.rmdir()  # only an empty folder: nothing of anyone's is lost
+    except OSError:
+        pass
+
+
+def close_run_dir(run_dir: Path, lock: FileLock | None, created: bool) -> None:
+    """Release the lock; a directory created by a run that failed before writing anything is removed again."""
+    if lock is not None:
+        lock.release()
+    if created:
+        _remove_if_empty(run_dir)
+
+
+def make_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> Path:
+    """The run directory alone, not held (for callers that write it once, at once)."""
+    run_dir, lock, _ = open_run_dir(project, name, exist_ok)
+    lock.release()
+    return run_dir
 
 
 def versions() -> dict[str, str]:

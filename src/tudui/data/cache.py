@@ -42,6 +42,7 @@ import numpy as np
 from ..core.console import Progress
 from ..core.errors import TuduiError
 from ..core.files import atomic_path
+from ..core.lock import FileLock, pid_alive as _pid_alive
 from .images import BadImage, decode_image
 from .memory import warn_dropped
 from .split import Split
@@ -162,33 +163,6 @@ def _complete(meta: dict, data: Path, layout: Layout) -> bool:
         return data.stat().st_size == int(meta["rows"]) * layout.row_bytes
     except (OSError, KeyError, ValueError):
         return False
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    """An exclusive lock on `path` (fcntl, Unix) while an entry is built; elsewhere no lock (a race only wastes work:
-    both writers rename whole files)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _remove_leftovers(folder: Path) -> None:
@@ -322,7 +296,7 @@ def cached_split(split: Split, layout: Layout, bad_images: str = "skip", root: P
     hit, decoded, reused = True, 0, 0
     meta = _read_meta(json_path)
     if meta is None or not _complete(meta, data_path, layout):
-        with _lock(folder / f"{key}.lock"):
+        with FileLock(folder / f"{key}.lock"):  # removed again on release
             meta = _read_meta(json_path)  # another process may have built it while this one waited
             if meta is None or not _complete(meta, data_path, layout):
                 _remove_leftovers(folder)
@@ -332,8 +306,6 @@ def cached_split(split: Split, layout: Layout, bad_images: str = "skip", root: P
                     raise TuduiError(f"cannot write the decoded-image cache in {folder} ({e}); free some space, set "
                                      "$TUDUI_CACHE to another folder, or train with --cache ram") from None
                 meta, hit = _read_meta(json_path), False
-        with contextlib.suppress(OSError):
-            (folder / f"{key}.lock").unlink()
     with contextlib.suppress(OSError):
         os.utime(json_path)  # last use, for whoever cleans the cache by age
     rows = [r[3] for r in meta["records"]]

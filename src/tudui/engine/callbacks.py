@@ -18,5 +18,8 @@ class Callback:
     def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
         """After validation; `row` is the results.csv row, `val` the full validation summary."""
 
+    def on_train_end(self, run) -> None:
+        """After the last epoch (or an early stop), before the best weights' final evaluation."""
+
     def on_fit_end(self, run, result) -> None:
         """After the final test evaluation; `result` is the RunResult."""

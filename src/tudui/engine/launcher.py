@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -39,7 +40,18 @@ def launch(argv: list[str], nproc: int) -> int:
     src = str(Path(__file__).resolve().parents[2])  # the folder holding this tudui package, for `-m tudui`
     env["PYTHONPATH"] = os.pathsep.join(p for p in (src, env.get("PYTHONPATH")) if p)
     cmd = launch_command(argv, nproc)
+    proc = subprocess.Popen(cmd, env=env)
     try:
-        return subprocess.run(cmd, env=env).returncode
-    except KeyboardInterrupt:  # torchrun got the same Ctrl-C and stops its workers
-        return 130
+        return proc.wait()
+    except KeyboardInterrupt as e:
+        # Ctrl-C at a terminal reaches torchrun too (one process group); a SIGTERM sent to this process alone is
+        # passed on, so torchrun stops its workers rather than being left running without its parent.
+        signum = getattr(e, "signum", signal.SIGINT)
+        if signum != signal.SIGINT:
+            proc.send_signal(signum)
+        try:
+            proc.wait(60)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            proc.kill()
+            proc.wait()
+        return 128 + signum

@@ -18,6 +18,7 @@ RESUME_MAY_CHANGE may be given again (`--epochs` only upwards).
 """
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import torch.distributed as dist
 
 from ..core.checkpoint import load_checkpoint
 from ..core.config import TrainConfig, load_yaml
+from ..core.console import shown
 from ..core.errors import TuduiError
 from ..core.files import stale_temp_files
 from .distributed import is_main
@@ -68,6 +70,17 @@ def _finished_message(run_dir: Path, epoch: int, epochs: int, best_epoch: int, p
     return None
 
 
+def final_evaluation_done(run_dir: Path, epoch: int) -> bool:
+    """Whether the run's metrics.json (written last, after the pictures) is there for the epochs last.pt holds."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    # a metrics.json from before "epoch" was recorded is taken as complete; one of a shorter run (before --epochs
+    # was raised) is not
+    return isinstance(metrics, dict) and int(metrics.get("epoch", epoch)) == epoch
+
+
 def resume_config(values: dict[str, Any]) -> TrainConfig:
     """The TrainConfig for `tudui train --resume X [flags]`: the run's config.yaml plus the flags allowed to change.
 
@@ -103,8 +116,8 @@ def resume_config(values: dict[str, Any]) -> TrainConfig:
                          "when resuming")
     trainer = ckpt.get("trainer", {})
     msg = _finished_message(run_dir, done, epochs, int(trainer.get("best_epoch", 0)), stored.get("patience"))
-    if msg:
-        raise RunFinished(msg)
+    if msg and final_evaluation_done(run_dir, done):
+        raise RunFinished(msg)  # (without metrics.json: the run goes on to do its final evaluation)
     known = {f for f in TrainConfig.__dataclass_fields__}
     merged = {k: v for k, v in stored.items() if k in known} | values
     # The same directory, wherever the command is run from; never a new exp<N>.
@@ -180,8 +193,9 @@ def restore_run(run) -> None:
     run.best_epoch = int(ckpt["trainer"]["best_epoch"])
     run.history = list(state["history"])
     msg = _finished_message(run.run_dir, run.epoch, run.cfg.epochs, run.best_epoch, run.cfg.patience)
-    if msg:
+    if msg and final_evaluation_done(run.run_dir, run.epoch):
         raise RunFinished(msg)
+    run.final_only = msg is not None  # trained to its end, the final evaluation never finished: that alone
     if int(state["epochs"]) == run.cfg.epochs:
         run.scheduler.load_state_dict(ckpt["scheduler"])
     else:
@@ -198,8 +212,12 @@ def restore_run(run) -> None:
     write_results(run.run_dir / "results.csv", run.history)
     for stale in stale_temp_files(run.run_dir):  # left by a process killed while saving
         stale.unlink(missing_ok=True)
-    print(f"resuming {run.run_dir} at epoch {run.epoch + 1}/{run.cfg.epochs} (step {run.step}) from {path}",
-          flush=True)
+    if run.final_only:
+        print(f"resuming {shown(run.run_dir)}: its training ended after epoch {run.epoch}; now its final evaluation "
+              "(metrics.json, pictures)", flush=True)
+        return
+    print(f"resuming {shown(run.run_dir)} at epoch {run.epoch + 1}/{run.cfg.epochs} (step {run.step}) from "
+          f"{shown(path)}", flush=True)
 
 
 # --- per-rank augmentation streams under torchrun -----------------------------------------------------------

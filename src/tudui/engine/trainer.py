@@ -6,6 +6,7 @@ Ctrl-C handling come in as callbacks from the layers above (api.py).
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -20,10 +21,11 @@ import torch.nn as nn
 from ..core import __version__
 from ..core.checkpoint import make_checkpoint, save_checkpoint
 from ..core.config import TrainConfig, load_yaml, save_yaml
-from ..core.console import Progress
+from ..core.console import Progress, shown
 from ..core.device import World, autocast, make_scaler, reuse_freed_memory, seed_everything, select_device, world
 from ..core.errors import TuduiError
-from ..core.files import make_run_dir, versions, write_text
+from ..core.files import close_run_dir, open_run_dir, versions, write_text
+from ..core.lock import FileLock
 from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataSpec, augment_batch, augment_options, build_data,
                     eval_batch_size, make_loader, normalize)
 from ..data.images import resize_side
@@ -43,6 +45,7 @@ from .guards import FiniteLossGuard
 from .lr_find import lr_range_test
 from .optim import continue_schedule, create_loss, create_optimizer, create_scheduler
 from .results import append_result, write_results
+from .signals import resume_command
 from .resume import gather_rank_rng, restore_run, resume_state
 
 
@@ -86,6 +89,9 @@ class Run:
     workers: int = 0  # DataLoader processes (--workers auto resolved)
     head_trainer: object = None  # features.FeatureTrainer: the head on cached features while the backbone is frozen
     choices: list[str] = field(default_factory=list)  # what --amp/--workers auto chose, for the first line
+    lock: FileLock | None = None  # rank 0: the run directory's lock, held until the run ends (core/lock.py)
+    saved: int = -1  # the epoch last.pt holds, once this process has written it
+    final_only: bool = False  # --resume of a run whose training ended but whose final evaluation did not
     epoch: int = 0  # epochs completed
     step: int = 0  # optimisation steps completed
     best_top1: float = -1.0
@@ -95,6 +101,12 @@ class Run:
     @property
     def spec(self) -> DataSpec:
         return self.data.spec
+
+    def close(self) -> None:
+        """Let another training use the run directory (the lock also ends with the process, however it ends)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def steps_per_epoch(self) -> int:
@@ -215,6 +227,7 @@ def write_run_files(run: Run) -> None:
     save_yaml(resolved, run.run_dir / "config.yaml")
     if not cfg.resume:
         write_results(run.run_dir / "results.csv", [])  # a new run starts a new table
+        (run.run_dir / "metrics.json").unlink(missing_ok=True)  # an older run's (--exist-ok): written again at the end
     save_yaml(versions() | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
                             "world_size": w.size}, run.run_dir / "env.yaml")
 
@@ -246,6 +259,29 @@ def resolve_lr(cfg: TrainConfig, run: "Run") -> None:
 
 
 def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
+    """A Run ready to train; its directory stays locked until `run.close()` (fit does it), so no second training
+    writes into it meanwhile."""
+    held: list = []  # rank 0: (lock, created now)
+
+    def claim() -> Path:
+        run_dir, lock, created = open_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+        held.append((lock, created))
+        return run_dir
+
+    # The run directory first (rank 0 names and locks it, every rank learns its name): a name that cannot be used
+    # or a directory another live training holds is refused before any data is read.
+    run_dir = distributed.on_main(claim)
+    try:
+        run = _setup(cfg, callbacks, run_dir)
+    except BaseException:
+        if held:  # a directory made for this run and still empty is removed again
+            close_run_dir(run_dir, *held[0])
+        raise
+    run.lock = held[0][0] if held else None
+    return run
+
+
+def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) -> Run:
     device, w = select_device(cfg.device), world()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -274,7 +310,7 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
               criterion=create_loss(cfg, data.train.counts(), device), optimizer=optimizer,
               scheduler=create_scheduler(placeholder, optimizer, steps), scaler=make_scaler(device, cfg.amp),
               train_loader=train_loader, val_loader=val_loader,
-              run_dir=distributed.on_main(make_run_dir, cfg.project, cfg.name, cfg.exist_ok),  # rank 0 names it
+              run_dir=run_dir,
               # a different augmentation stream per rank
               aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * w.rank),
               callbacks=list(callbacks or []) if w.rank == 0 else [], ddp=ddp, world=w,
@@ -294,6 +330,7 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
         write_run_files(run)
     if cfg.resume:  # every rank: weights, optimizer, schedule, RNG states; results.csv keeps the run's rows
         restore_run(run)
+        run.saved = run.epoch
     return run
 
 
@@ -394,6 +431,32 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
 
 def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
     run = setup(cfg, [FiniteLossGuard(), *(callbacks or [])])  # rank 0 keeps them
+    try:
+        return _train(run)
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS) or not _inside(e.filename, run.run_dir):
+            raise
+        # e.g. the run directory made read-only (or its disk remounted so) while the run writes it
+        raise TuduiError(f"cannot write in {shown(run.run_dir)} ({e.strerror}); "
+                         f"{'last.pt holds epoch ' + str(run.saved) if run.saved >= 0 else 'no epoch was saved'}. "
+                         f"Make it writable again and continue with: {resume_command(run)}") from None
+    finally:
+        run.close()
+
+
+def _inside(path, folder: Path) -> bool:
+    """Whether the file an OSError names is `folder` or in it (not, say, an unreadable image)."""
+    if not path:
+        return False
+    try:
+        return Path(os.fsdecode(path)).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def _train(run: Run) -> RunResult:
+    """The epochs, then the final evaluation of the best weights."""
+    cfg = run.cfg
     if run.world.rank == 0:
         _announce(run)
     for cb in run.callbacks:
@@ -404,7 +467,7 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
     stale = run.epoch - run.best_epoch if run.history else 0  # epochs since the best one (resumed runs)
     budget = TimeBudget(cfg.time, run.epoch) if cfg.time else None
     epoch = run.epoch
-    while epoch < cfg.epochs:
+    while epoch < cfg.epochs and not run.final_only:
         finetune.begin_epoch(run, epoch)  # --fine-tune: unfreeze the backbone at its epoch
         lr = run.optimizer.param_groups[0]["lr"]
         on_features = features.active(run.head_trainer, run, epoch)  # the head alone, on cached features
@@ -437,6 +500,8 @@ def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult
         if budget is not None:
             budget.plan(run)  # after each epoch: how many fit in what is left of --time
         epoch += 1
+    for cb in run.callbacks:
+        getattr(cb, "on_train_end", lambda run: None)(run)  # (a hook newer than some callbacks written for tudui)
     return _finish(run, plain_ce)
 
 
@@ -448,18 +513,20 @@ def _save(run: Run, names: list[str]) -> None:
             payload = run.checkpoint(best=name == "best.pt")
             payload["resume"] |= rank_rng
             save_checkpoint(payload, run.run_dir / name)
+            if name == "last.pt":
+                run.saved = run.epoch
 
 
 def _announce(run: Run) -> None:
     d, s = run.data, run.spec
     sizes = f"{len(d.train):,} train" + (f" / {len(d.val):,} val" if d.val else "") + \
         (f" / {len(d.test):,} test" if d.test else "")
-    shown = run.cfg.to_dict()  # objects given to the library appear as descriptions
+    options = run.cfg.to_dict()  # objects given to the library appear as descriptions
     print(f"tudui {__version__}: {run.arch['name']} ({count_parameters(run.model):,} params) on "
-          f"{', '.join(map(str, shown['data']))}: "
+          f"{', '.join(map(shown, options['data']))}: "
           f"{sizes}, {s.num_classes} classes, {s.channels}x{s.img_size}x{s.img_size}, "
           f"{'; '.join(d.notes) if d.notes else ('in memory' if d.in_memory else 'from files')}, "
-          f"device {run.device}{_world_note(run)}, {'; '.join(_chosen(run))} -> {run.run_dir}", flush=True)
+          f"device {run.device}{_world_note(run)}, {'; '.join(_chosen(run))} -> {shown(run.run_dir)}", flush=True)
 
 
 def _chosen(run: Run) -> list[str]:
@@ -506,14 +573,15 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
                        mistakes.items if val is not None or test is not None else None)
     if run.world.rank != 0:
         return result
-    summary = {"best_epoch": run.best_epoch, "val": val, "test": test}
-    write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
     parts = [f"best epoch {run.best_epoch}"]
     if val:
         parts.append(f"val top1 {val['top1']:.2%}")
     if test:
         parts.append(f"test top1 {test['top1']:.2%} top5 {test['top5']:.2%} loss {test['loss']:.4f}")
-    print("done: " + ", ".join(parts) + f"; weights: {best}", flush=True)
-    for cb in run.callbacks:
+    print("done: " + ", ".join(parts) + f"; weights: {shown(best)}", flush=True)
+    for cb in run.callbacks:  # the pictures
         cb.on_fit_end(run, result)
+    # Last: metrics.json says the final evaluation is complete (`--resume` of a run without it does that evaluation).
+    summary = {"best_epoch": run.best_epoch, "epoch": run.epoch, "val": val, "test": test}
+    write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
     return result

@@ -4,7 +4,7 @@ Each export is written to a temporary file next to its destination, reloaded the
 way a user would load it (onnxruntime, torch.jit.load, safetensors + sidecar),
 and compared with the PyTorch model on sample inputs; only when the largest
 logit difference is within tolerance and every argmax agrees is it renamed into
-place. A failed export leaves no file behind.
+place. A failed or interrupted (Ctrl-C, SIGTERM) export leaves no file behind.
 
 ONNX uses PyTorch's TorchScript-based exporter (`dynamo=False`): the default
 torch.export-based exporter needs the extra `onnxscript` package, and for these
@@ -29,6 +29,7 @@ from ..core.checkpoint import INSTALL_EXPORT, import_safetensors, load_checkpoin
 from ..core.errors import TuduiError
 from ..core.files import atomic_path
 from ..data import DataSpec, normalize
+from ..engine.signals import sigterm_as_interrupt
 from . import formats
 from .formats import SIDECAR_SUFFIX, TS_EXTRA_FILE, build_from_safetensors, export_metadata, model_from_checkpoint
 
@@ -176,8 +177,10 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
     sidecar = Path(str(out) + SIDECAR_SUFFIX)
     # Both files are renamed into place only after the parity check passes, the sidecar first (its context is
     # the inner one): weights never appear without what they need. A failure anywhere writes nothing.
-    with atomic_path(out) as tmp, (atomic_path(sidecar) if format == "safetensors" else
-                                   contextlib.nullcontext()) as tmp_sidecar:
+    # SIGTERM raises like Ctrl-C while the temp files exist, so atomic_path removes them (the default action would
+    # end the process on the spot and leave them behind).
+    with sigterm_as_interrupt(), atomic_path(out) as tmp, \
+            (atomic_path(sidecar) if format == "safetensors" else contextlib.nullcontext()) as tmp_sidecar:
         with torch.no_grad():
             opset_used = WRITERS[format](model, example, meta, tmp, dynamic_batch=dynamic_batch, opset=opset)
         reloaded = _reload(format, tmp, meta, model_file, trust_code)

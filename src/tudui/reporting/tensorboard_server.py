@@ -1,23 +1,17 @@
 """`tudui board`: TensorBoard on 127.0.0.1 over one or more run directories."""
 from __future__ import annotations
 
-import socket
+import collections
+import re
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from ..core.errors import TuduiError
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the OS reports free right now (TensorBoard is started on it immediately after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def logdir_args(run_dirs: list[str]) -> list[str]:
@@ -53,27 +47,43 @@ def start_board(run_dirs: list[str], port: int | None = None, host: str = "127.0
         import tensorboard  # noqa: F401
     except ImportError:
         raise TuduiError("TensorBoard is not installed: pip install tensorboard") from None
-    port = port or free_port(host)
-    url = f"http://{host}:{port}/"
-    cmd = [sys.executable, "-m", "tensorboard.main", *logdir_args(run_dirs), "--host", host, "--port", str(port)]
-    # TensorBoard logs to stderr for as long as it runs: a file (not a pipe nobody reads) can never fill up and block it.
-    log = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    # No port given: TensorBoard binds port 0 itself and reports the one the OS gave it (a port found free here and
+    # handed on could be taken by another program in between).
+    cmd = [sys.executable, "-m", "tensorboard.main", *logdir_args(run_dirs), "--host", host, "--port", str(port or 0)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # TensorBoard logs to stderr for as long as it runs: a thread drains it (the pipe never fills up and blocks it),
+    # keeping the last lines for an error message and the address it reports.
+    log: collections.deque[str] = collections.deque(maxlen=20)
+    reported: list[str] = [f"http://{host}:{port}/"] if port else []
+    threading.Thread(target=_drain, args=(proc.stderr, log, reported), daemon=True).start()
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            log.seek(0)
-            err = [line for line in log.read().strip().splitlines() if line.strip()]
+            time.sleep(0.2)  # its last lines reach the thread
+            err = [line for line in log if line.strip()]
             raise TuduiError(f"TensorBoard could not start (exit {proc.returncode}): "
-                             f"{err[-1] if err else 'no message'}")
+                             f"{err[-1].strip() if err else 'no message'}")
+        if not reported:
+            time.sleep(0.1)
+            continue
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(reported[0], timeout=2) as r:
                 if r.status == 200:
-                    return proc, url
+                    return proc, reported[0]
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
             time.sleep(0.3)
     stop_board(proc)
-    raise TuduiError(f"TensorBoard did not answer on {url} within {wait_s:.0f} s")
+    raise TuduiError(f"TensorBoard did not answer on {reported[0] if reported else host} within {wait_s:.0f} s")
+
+
+def _drain(stream, log: collections.deque, reported: list[str]) -> None:
+    """Read TensorBoard's stderr to its end; the address of "TensorBoard 2.x at http://HOST:PORT/ (Press CTRL+C to
+    quit)" goes into `reported`."""
+    for line in stream:
+        log.append(line)
+        m = re.search(r"TensorBoard \S+ at (http://\S+?:\d+/)", line)
+        if m and not reported:
+            reported.append(m.group(1))
 
 
 def stop_board(proc: subprocess.Popen, timeout: float = 10.0) -> None:

@@ -45,7 +45,7 @@ from torchvision import transforms as T
 import tudui
 from tudui.data import IMAGENET_MEAN, IMAGENET_STD
 from tudui.engine.callbacks import Callback
-from tudui.models.zoo import head_path
+from tudui.models.surgery import head_path
 
 TARGETS = {"speed": 8.0, "startup": 10.0, "throughput": 1.0}  # issue 15
 

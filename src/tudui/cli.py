@@ -274,7 +274,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(func=cmd_data_check)
     e = sub.add_parser("export", help="write a named dataset's images as class folders of PNG/JPEG files")
-    e.add_argument("name", help="fashion-mnist, mnist, cifar10, cifar100 or digits")
+    e.add_argument("name", help="a named dataset (`tudui info` lists them)")
     e.add_argument("--out", required=True, help="output folder")
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--limit", type=int, default=None, help="a random sample of this many images")

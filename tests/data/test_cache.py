@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tudui.data.cache import Layout, cached_split
+from tudui.data.cache import cached_split
+from tudui.data.spec import Layout
 from tudui.data.folders import read_class_folders
 from tudui.data.images import decode_image, open_image
 

@@ -107,7 +107,7 @@ def test_memory_limit_switches_to_memory_mapped_cache_rows(tmp_path, capsys):
     from tudui.cli import main as tudui_main
     from tudui.core.config import TrainConfig
     from tudui.data import build_data, make_loader
-    from tudui.data.memory import MappedLoader, MemoryLoader
+    from tudui.data.loaders import MappedLoader, MemoryLoader
 
     for cls in ["a", "b"]:
         for i in range(20):

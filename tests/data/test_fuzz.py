@@ -16,7 +16,7 @@ from PIL import Image
 from tudui.data.check import check_data
 from tudui.data.folders import read_csv, read_label_files
 from tudui.data.images import BadImage, decode_image
-from tudui.data.transforms import DataSpec
+from tudui.data.spec import DataSpec
 from tudui.core.errors import TuduiError
 from tudui.inference.predictor import Predictor
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import tudui
-from tudui.data.memory import file_loader
+from tudui.data.loaders import file_loader
 from tudui.data.split import Split
 from tudui.engine.callbacks import Callback
 from tudui.core.errors import TuduiError

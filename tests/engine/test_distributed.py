@@ -7,9 +7,9 @@ import torch
 import torch.distributed as dist
 
 from tudui.data import make_loader
-from tudui.data.memory import MemoryLoader
+from tudui.data.loaders import MemoryLoader
 from tudui.data.split import Split
-from tudui.data.transforms import DataSpec
+from tudui.data.spec import DataSpec
 from tudui.core import device
 from tudui.engine import distributed, launcher
 from tudui.engine.evaluate import evaluate

@@ -11,7 +11,7 @@ import tudui
 from tudui.engine import features
 from tudui.engine.callbacks import Callback
 from tudui.models import create_model
-from tudui.models.zoo import head_path
+from tudui.models.surgery import head_path
 
 # 256 real 8x8 digits, 4 steps of 64 per epoch; `fast` has BatchNorm in its backbone and one Linear head.
 BASE = dict(data=["digits"], model="fast", batch_size=64, subset=256, plots=False, tensorboard=False, amp="off",

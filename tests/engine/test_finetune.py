@@ -11,7 +11,7 @@ from tudui.cli import main as tudui_main
 from tudui.core.config import TrainConfig
 from tudui.core.errors import TuduiError
 from tudui.engine.callbacks import Callback
-from tudui.models.zoo import head_path
+from tudui.models.surgery import head_path
 
 BASE = dict(data=["digits"], model="fast", batch_size=64, subset=256, plots=False, tensorboard=False, amp="off",
             lr=0.01, scheduler="cosine")

@@ -28,7 +28,7 @@ def test_cuda_amp_training_and_cpu_prediction(tmp_path, fmnist_folders):
 def test_memory_resident_data_lives_on_the_gpu(tmp_path):
     from tudui.data import make_loader
     from tudui.data.sources import load_named
-    from tudui.data.transforms import DataSpec
+    from tudui.data.spec import DataSpec
 
     split = load_named("digits", True)
     spec = DataSpec([str(i) for i in range(10)], 8, 1, [0.3], [0.3])

@@ -51,7 +51,7 @@ def test_a_residual_block_adds_its_input():
 def test_the_hidden_layer_sits_before_the_classifier_the_head_tools_use():
     """fast-mlp's last nn.Linear is still the classifier: --freeze-backbone trains it on the hidden layer's output
     and a new class count replaces it alone."""
-    from tudui.models.zoo import head_path, replace_head
+    from tudui.models.surgery import head_path, replace_head
 
     model = create_model("fast-mlp", 10, 1, 28)
     last = model.get_submodule(head_path(model))

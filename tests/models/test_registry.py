@@ -7,7 +7,7 @@ import torch.nn as nn
 
 from tudui.core.errors import TuduiError
 from tudui.models import create_model, get_model_info, list_models
-from tudui.models.zoo import head_path, load_weights
+from tudui.models.surgery import head_path, load_weights
 
 HEAVY = {"vgg11", "vgg16", "resnet50", "resnet34"}
 

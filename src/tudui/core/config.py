@@ -81,7 +81,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 @dataclass
 class TrainConfig:
     # --- data ---------------------------------------------------------------
-    data: list = _f([], "dataset name (fashion-mnist, mnist, cifar10, cifar100, digits), a folder, a CSV of "
+    data: list = _f([], "a named dataset (`tudui info` lists them), a folder, a CSV of "
                         "path,label, or your own torch Dataset as path/to/file.py:name; several are concatenated",
                     nargs="+")
     classes: list | None = _f(None, "class names in the model's output order, for your own Dataset's labels "

@@ -21,7 +21,7 @@ once its process is gone), never an entry that looks whole. Two processes buildi
 take turns on a lock file; the second finds the first's entry.
 
 Resident memory: a run whose decoded data is over `--memory-limit-mb` keeps it mapped and copies one batch at a time
-(`MappedLoader`, data/memory.py); after each batch the mapping's pages are dropped from the process (`release`, the
+(`MappedLoader`, data/loaders.py); after each batch the mapping's pages are dropped from the process (`release`, the
 kernel keeps them in its page cache), so a folder larger than RAM trains with a bounded resident set.
 """
 from __future__ import annotations
@@ -43,8 +43,9 @@ from ..core.console import Progress
 from ..core.errors import TuduiError
 from ..core.files import atomic_path
 from ..core.lock import FileLock, pid_alive as _pid_alive
-from .images import BadImage, decode_image
-from .memory import warn_dropped
+from .images import BadImage
+from .loaders import warn_dropped
+from .spec import Layout
 from .split import Split
 
 # Bumped whenever decode_image would give other pixels for the same file (entries of another format are never hit).
@@ -56,31 +57,6 @@ def cache_root() -> Path:
     """$TUDUI_CACHE, else ~/.cache/tudui/decoded."""
     env = os.environ.get("TUDUI_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "tudui" / "decoded"
-
-
-@dataclass(frozen=True)
-class Layout:
-    """What one decoded row holds: `decode_image(path, channels, size, crop_pct)`, (size, size, channels) uint8."""
-
-    channels: int
-    size: int
-    crop_pct: float | None = None  # None: squashed to a square; else short side resized, centre cropped
-
-    @property
-    def tag(self) -> str:
-        how = "squash" if self.crop_pct is None else f"crop{self.crop_pct:g}"
-        return f"c{self.channels}-s{self.size}-{how}"
-
-    @property
-    def row_shape(self) -> tuple[int, int, int]:
-        return self.size, self.size, self.channels
-
-    @property
-    def row_bytes(self) -> int:
-        return self.size * self.size * self.channels
-
-    def decode(self, src) -> np.ndarray:
-        return decode_image(src, self.channels, self.size, self.crop_pct)
 
 
 class MappedArray(np.ndarray):

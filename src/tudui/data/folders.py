@@ -19,6 +19,7 @@ import numpy as np
 
 from ..core.errors import TuduiError
 from .images import BadImage, ImageScan, open_regular, scan_images, shown, special_file
+from .sources import NAMED
 from .split import Split
 
 VAL_NAMES = ("val", "valid", "validation")
@@ -190,8 +191,7 @@ def read_folder_splits(path: str) -> dict[str, Split]:
     """{'train': ..., optional 'val', 'test'} for one `--data` path."""
     root = Path(path).expanduser()
     if not root.exists():
-        raise TuduiError(f"--data {path}: no such file or folder (named datasets: fashion-mnist, mnist, cifar10, "
-                         "cifar100, digits)")
+        raise TuduiError(f"--data {path}: no such file or folder (named datasets: {', '.join(NAMED)})")
     folders = split_folders(root)
     if folders:
         return {name: read_layout(folder) for name, folder in folders.items()}

@@ -31,7 +31,7 @@ from ..data import make_loader, eval_batch_size
 from .distributed import reduce_train_stats
 from .finetune import frozen_phase, set_frozen_modes
 from .metrics import add_counts, batch_counts, compute_metrics
-from ..models.zoo import head_path
+from ..models.surgery import head_path
 
 
 class HeadInput:
@@ -153,7 +153,7 @@ class FeatureTrainer:
             feats, ys = self._features(loader, self._view_prepare(v),
                                        f"backbone features, view {v + 1}/{self.max_views}")
             # the labels as loaded: a file that became unreadable is replaced by the next readable one, with its own
-            # label (data/memory.py), the same way in every view
+            # label (data/loaders.py), the same way in every view
             self.targets = ys
             self.views.append(feats)
 

@@ -1,6 +1,6 @@
 """Frozen backbones and the fine-tuning schedule (`--freeze-backbone`, `--fine-tune N --backbone-lr-mult M`).
 
-The head is the model's last nn.Linear (models/zoo.py `head_path`); everything before it is the backbone.
+The head is the model's last nn.Linear (models/surgery.py `head_path`); everything before it is the backbone.
 
 Frozen: the backbone's parameters take no gradient and the backbone runs in eval mode, so BatchNorm keeps the
 pretrained statistics (and dropout before the head is off): its output for a given image never changes, which is
@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn as nn
 
-from ..models.zoo import head_path
+from ..models.surgery import head_path
 
 
 def frozen_phase(cfg, epoch: int) -> bool:

@@ -34,7 +34,8 @@ from ..core.checkpoint import read_weights
 from ..models import count_parameters, create_model, get_model_info, make_arch
 from ..core.pyfile import is_file_ref
 from ..models.user import call_builder, parse_model_args, ref_for, source_record
-from ..models.zoo import head_path, load_weights, weights_crop_pct
+from ..models.surgery import head_path, load_weights
+from ..models.zoo import weights_crop_pct
 from . import cuda_graph, distributed, features, finetune
 from .choices import resolve_amp, resolve_cuda_graph, resolve_model, resolve_workers
 from .callbacks import Callback

@@ -4,6 +4,11 @@ A builder takes (num_classes, in_channels, img_size, **kwargs) and returns an
 nn.Module mapping (B, in_channels, img_size, img_size) float to (B, num_classes)
 logits. Registering it is all it takes for the CLI, `tudui models` and the
 registry tests to know it.
+
+This module imports none of tudui's models: they register themselves when
+models/__init__.py imports them (course.py, fast.py, zoo.py), as timm's and
+torchvision's model modules do, so the registry is filled once `tudui.models`
+is imported (importing `tudui.models.registry` imports the package first).
 """
 from __future__ import annotations
 
@@ -17,6 +22,7 @@ import torch.nn as nn
 from ..core.checkpoint import read_weights
 from ..core.errors import TuduiError
 from ..core.pyfile import is_file_ref, load_object, split_ref
+from .surgery import load_weights
 from .user import build_from_source, call_builder
 
 
@@ -44,12 +50,7 @@ def register_model(name: str, *, description: str, family: str = "tudui", min_si
     return deco
 
 
-def _ensure_loaded() -> None:
-    from . import course, fast, zoo  # noqa: F401  (importing registers the builders)
-
-
 def list_models() -> list[ModelInfo]:
-    _ensure_loaded()
     return list(_REGISTRY.values())
 
 
@@ -62,7 +63,6 @@ def get_model_info(name: str) -> ModelInfo:
             return call_builder(obj, num_classes, in_channels, img_size, args, label=attr)
 
         return ModelInfo(name, builder, f"{attr} from {path}", "user", 1, 32)
-    _ensure_loaded()
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
@@ -81,8 +81,6 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: in
         weights = kwargs.pop("weights")  # builders without their own weights handling: load the file here
     model = info.builder(num_classes=num_classes, in_channels=in_channels, img_size=img_size, **kwargs)
     if weights:
-        from .zoo import load_weights
-
         if weights.upper() == "DEFAULT":
             raise TuduiError(f"model {name} has no pretrained weights to download; pass --weights FILE")
         load_weights(model, read_weights(weights), weights)

@@ -4,7 +4,8 @@ Adapting follows the course: the last Linear is replaced for `num_classes`
 (`vgg16.classifier[6] = nn.Linear(4096, 10)`), or, with head="append", a new
 Linear is added after it (`vgg16.classifier.add_module('add_linear', ...)`).
 Pretrained weights come from a local state_dict file (`weights="path.pth"`) or
-torchvision's weights enum (`weights="DEFAULT"`, cached under $TORCH_HOME).
+torchvision's weights enum (`weights="DEFAULT"`, cached under $TORCH_HOME). The head and first-conv surgery
+itself is in surgery.py.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torchvision
 from ..core.checkpoint import read_weights
 from ..core.errors import TuduiError
 from .registry import register_model
+from .surgery import adapt_first_conv, append_head, load_weights, replace_head
 
 # name -> (min input side, description)
 ARCHITECTURES = {
@@ -29,53 +31,6 @@ ARCHITECTURES = {
 }
 
 
-def _module_at(model: nn.Module, path: str) -> nn.Module:
-    return model.get_submodule(path) if path else model
-
-
-def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(_module_at(model, parent), name, new)
-
-
-def head_path(model: nn.Module) -> str:
-    """Dotted name of the classification head: the last nn.Linear of the model."""
-    last = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not last:
-        raise TuduiError("model has no Linear layer to use as its classification head")
-    return last[-1]
-
-
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
-    path = head_path(model)
-    old = model.get_submodule(path)
-    _set_module(model, path, nn.Linear(old.in_features, num_classes))
-    return model
-
-
-def append_head(model: nn.Module, num_classes: int) -> nn.Module:
-    """The course's other way: keep the 1000-way layer and add Linear(1000, num_classes) after it."""
-    path = head_path(model)
-    old = model.get_submodule(path)
-    parent_path = path.rpartition(".")[0]
-    parent = _module_at(model, parent_path)
-    new = nn.Linear(old.out_features, num_classes)
-    if isinstance(parent, nn.Sequential) and list(parent.children())[-1] is old:
-        parent.add_module("add_linear", new)
-    else:
-        _set_module(model, path, nn.Sequential(old, new))
-    return model
-
-
-def adapt_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
-    """Give the first Conv2d `in_channels` inputs (weights adapted later by `load_weights`)."""
-    path, conv = next((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d))
-    if conv.in_channels != in_channels:
-        _set_module(model, path, nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride,
-                                           conv.padding, conv.dilation, conv.groups, conv.bias is not None))
-    return model
-
-
 def torchvision_weights(arch: str, which: str) -> dict[str, torch.Tensor]:
     try:
         enum = torchvision.models.get_model_weights(arch)
@@ -87,41 +42,6 @@ def torchvision_weights(arch: str, which: str) -> dict[str, torch.Tensor]:
     except Exception as e:  # no network, proxy, disk...
         raise TuduiError(f"could not get pretrained weights {weights} ({e}). Without a network, download "
                          f"{weights.url} elsewhere and pass --weights PATH, or place it in $TORCH_HOME/hub/checkpoints/") from None
-
-
-def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Copy `state` into `model`; returns the names left at their initial values.
-
-    Tensors of equal shape are copied. The first conv's weights are adapted when
-    channels differ (RGB summed for 1 channel, gray repeated/3 for 3 channels).
-    Head tensors of another class count are skipped (the head is re-initialised
-    for the new classes). Any other mismatch is an error naming the layer.
-    """
-    own = model.state_dict()
-    head = head_path(model)
-    first_conv = next(n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)) + ".weight"
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    loaded, skipped = {}, []
-    for key, target in own.items():
-        src = state.get(key)
-        if src is None:
-            skipped.append(key)
-        elif src.shape == target.shape:
-            loaded[key] = src
-        elif key == first_conv and src.dim() == 4 and src.shape[0] == target.shape[0] and src.shape[2:] == target.shape[2:]:
-            loaded[key] = src.sum(1, keepdim=True) if target.shape[1] == 1 else src.mean(1, keepdim=True).repeat(1, target.shape[1], 1, 1)
-        elif key.startswith(head + ".") or key.startswith(head.rpartition(".")[0] + ".add_linear"):
-            skipped.append(key)
-        else:
-            raise TuduiError(f"weights {source} do not fit this model: {key} is {tuple(src.shape)} in the file but "
-                             f"{tuple(target.shape)} in the model; check that --model names the architecture the "
-                             "weights were trained for")
-    non_head = [k for k in skipped if not k.startswith(head.rpartition(".")[0] or head)]
-    if len(loaded) == 0 or len(non_head) > len(own) // 2:
-        raise TuduiError(f"weights {source} share almost no layers with this model ({len(loaded)} of {len(own)} "
-                         "tensors match); check that --model names the architecture the weights were trained for")
-    model.load_state_dict(loaded, strict=False)
-    return skipped
 
 
 def build_torchvision(arch: str, num_classes: int, in_channels: int, weights: str | None = None,

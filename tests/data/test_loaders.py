@@ -1,11 +1,11 @@
-"""data/memory.py: len() of the in-memory loader is counted without drawing the permutation, and must agree with
+"""data/loaders.py: len() of the in-memory loader is counted without drawing the permutation, and must agree with
 the batches it yields for every size, batch, rank and split."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from tudui.data.memory import MemoryLoader
+from tudui.data.loaders import MemoryLoader
 
 
 @pytest.mark.parametrize("train", [True, False])

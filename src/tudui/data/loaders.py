@@ -1,8 +1,8 @@
-"""Batches of uint8 images, from memory (fast path) or from files (large datasets).
+"""Batches of uint8 images, from memory (fast path) or from files (large datasets); `make_loader` picks one.
 
-Both loaders yield `(x, y)` with x a (B, C, H, W) uint8 tensor and y (B,) int64;
+Every loader yields `(x, y)` with x a (B, C, H, W) uint8 tensor and y (B,) int64;
 augmentation and normalisation happen afterwards, a whole batch at a time on the
-training device (transforms.py). Small datasets are decoded once and held as one
+training device (transforms.py, spec.py). Small datasets are decoded once and held as one
 uint8 tensor on that device, so an epoch costs no decoding and no host copies.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..core.errors import TuduiError
 from .images import BadImage, decode_image
+from .spec import DataSpec, Layout, eval_layout
 from .split import Split
 
 
@@ -250,3 +251,30 @@ def file_loader(split: Split, channels: int, size: int, batch_size: int, train: 
         ds, bad_images, str(split.origin or ""), batch_size=batch_size, shuffle=train and sampler is None,
         sampler=sampler, drop_last=train and len(ds) >= batch_size, num_workers=workers, generator=g,
         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def make_loader(split: Split, spec: DataSpec, batch_size: int, train: bool, device: torch.device, *,
+                workers: int = 0, seed: int = 0, bad_images: str = "skip", rank: int = 0, world_size: int = 1,
+                layout: Layout | None = None, in_memory: bool = True):
+    """Batches of (uint8 images, int64 targets): from memory when decoded and held (in_memory), memory-mapped
+    cache rows batch by batch when they are not, else decoded from files (in `layout`: default the spec's
+    evaluation layout)."""
+    if split.images is not None and (in_memory or not hasattr(split.images, "release")):
+        return MemoryLoader(to_tensor(split.images, device), torch.from_numpy(split.targets).to(device),
+                            batch_size, train, seed=seed, rank=rank, world_size=world_size)
+    if split.images is not None:
+        return MappedLoader(split.images, split.targets, batch_size, train, device, seed=seed, rank=rank,
+                            world_size=world_size)
+    layout = layout or eval_layout(spec)
+    sampler = None
+    if world_size > 1 and train:
+        # Same seeded permutation on every rank, a disjoint slice each; set_epoch reshuffles. drop_last: all
+        # ranks make the same number of steps (DDP needs that).
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            range(len(split)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    elif world_size > 1:
+        # Evaluation: every rank-th sample, no padding (DistributedSampler would repeat samples to even out
+        # the ranks, and the repeats would be counted twice in the summed metrics).
+        sampler = range(rank, len(split), world_size)
+    return file_loader(split, layout.channels, layout.size, batch_size, train, workers, seed, bad_images, sampler,
+                       layout.crop_pct)

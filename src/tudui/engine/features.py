@@ -6,7 +6,8 @@ training set augmented with its own seeded generator and passed through the mode
 enters the head (the last nn.Linear), (N, D) float32. Epoch e < K computes view e and trains the head on it, in the
 order the image path would take (MemoryLoader's seeded shuffle); later epochs draw, for every image, the features
 of one of the K views at random (seeded by the epoch). An epoch after the first K costs the head's own arithmetic:
-for resnet18 a (B, 512) x (512, K) product per batch instead of 1.8 G multiply-adds per image.
+for resnet18 a (B, 512) x (512, K) product per batch instead of 1.8 G multiply-adds per image. An epoch's features
+reach the trainer as a Feed (engine/step.py): `train_one_epoch` runs them through the same loop as images.
 
 Validation features are computed once too (with the mirror's for flip TTA), so the head is validated every epoch
 without a backbone pass. Each view's generator is seeded by (seed, view) and each epoch's draws by (seed, epoch),

@@ -1,6 +1,6 @@
 """Loop overhead: tudui's trainer against a plain hand-written PyTorch loop (and Lightning's Trainer), in one run.
 
-All contestants get the same pieces, each from its own `engine.trainer.setup` of the same TrainConfig (tudui's
+All contestants get the same pieces, each from its own `engine.setup.setup` of the same TrainConfig (tudui's
 defaults on Fashion-MNIST): the default model, the training set already in memory as a (N, 1, 28, 28) uint8
 tensor, the batch size, loss, optimizer, per-step schedule and per-batch augmentation + normalisation
 (`Run.prepare`). Only the loop around the step differs:
@@ -26,7 +26,9 @@ import torch
 from tudui import TrainConfig
 from tudui.core.device import autocast
 from tudui.engine.guards import FiniteLossGuard
-from tudui.engine.trainer import Run, setup, train_one_epoch
+from tudui.engine.run import Run
+from tudui.engine.setup import setup
+from tudui.engine.trainer import train_one_epoch
 from tudui.api import default_callbacks
 
 TARGET_PLAIN, GOAL_LIGHTNING = 0.97, 1.0  # issue 4: tudui / plain >= 0.97; tudui / Lightning: goal >= 1.0

@@ -4,7 +4,7 @@
 export, serve, convert and summary: the CLI only parses flags into these functions' arguments and prints
 what they return. Everything that decides *how* a job runs lives here or below, never in cli.py:
 the config resolution (a YAML file, a preset, the run's own config on `resume=`), the default callbacks
-(TensorBoard, pictures, Ctrl-C), the `--nproc` launch, loading any model file for evaluation.
+(the console lines, TensorBoard, pictures, Ctrl-C), the `--nproc` launch, loading any model file for evaluation.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interr
 from .engine.distributed import session as distributed_session
 from .engine.lr_find import LRFinding, lr_range_test
 from .engine.optim import create_optimizer
-from .engine.trainer import RunResult, fit, setup
+from .engine.run import RunResult
+from .engine.setup import setup
+from .engine.trainer import fit
 from .inference.convert import convert
 from .inference.export import ExportResult, export_model
 from .inference.formats import load_model, runtime_device
@@ -39,6 +41,7 @@ from .inference.predictor import Prediction, Predictor, expand_paths
 from .models import ModelInfo, count_parameters, create_model, get_model_info, list_models, register_model
 from .models.user import parse_model_args
 from .models.summary import ModelSummary, parse_input, summarize_model
+from .reporting.console import ConsoleCallback
 from .reporting.info import environment, format_environment
 from .reporting.plots import PlotsCallback, plot_lr_find, write_eval_reports
 from .reporting.tables import confusion_table, per_class_table
@@ -106,7 +109,8 @@ def train(cfg: TrainConfig | None = None, callbacks: list[Callback] | None = Non
         _launch(cfg, argv)
         return None
     with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step, say how to resume
-        return fit(cfg, [*default_callbacks(cfg), stop, *(callbacks or [])])
+        # the console first: its lines come before what the others print at the same moment
+        return fit(cfg, [ConsoleCallback(), *default_callbacks(cfg), stop, *(callbacks or [])])
 
 
 def _launch(cfg: TrainConfig, argv: list[str] | None) -> None:

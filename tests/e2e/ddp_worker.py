@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from tudui import cli
-from tudui.engine import trainer
+from tudui.engine import setup as engine_setup, trainer
 from tudui.core.errors import TuduiError
 
 mode, out, train_args = sys.argv[1], Path(sys.argv[2]), sys.argv[3:]
@@ -26,7 +26,7 @@ if mode == "fail" and rank == 1:
     def broken_data(*args, **kwargs):
         raise TuduiError("the data on rank 1 is unreadable")
 
-    trainer.build_data = broken_data
+    engine_setup.build_data = broken_data
 
 real_setup, real_finish = trainer.setup, trainer._finish
 

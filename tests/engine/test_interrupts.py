@@ -78,7 +78,7 @@ def test_a_signal_in_the_final_evaluation_stops_it_and_resume_finishes_it(tmp_pa
 def test_sigterm_while_setting_up_stops_with_a_message_and_leaves_nothing(tmp_path):
     # Before: SIGTERM outside the epoch loop ended the process without a word.
     child = slow_cli("train", *TINY, "--epochs", "2", "--project", tmp_path, "--name", "s",
-                     module="tudui.engine.trainer", name="build_data")
+                     module="tudui.engine.setup", name="build_data")
     rc, took = stop_at_mark(child, signal.SIGTERM)
     assert rc == 143 and took < 30, child.err
     assert "SIGTERM" in child.err and "setting up" in child.err and "Traceback" not in child.err

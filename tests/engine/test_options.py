@@ -20,7 +20,7 @@ from tudui.cli import main as tudui_main
 from tudui.core.config import TrainConfig
 from tudui.engine.callbacks import Callback
 from tudui.engine.optim import create_loss, create_optimizer, create_scheduler, param_groups
-from tudui.engine.trainer import setup
+from tudui.engine.setup import setup
 from tudui.models import create_model
 
 # A few hundred 8x8 digits: 4 optimisation steps of 64 per epoch; no pictures or event files (not tested here).

@@ -104,7 +104,8 @@ def test_user_mistakes_are_tudui_errors(tmp_path):
 
 
 def test_channels_last_trains_like_the_standard_layout(tmp_path):
-    from tudui.engine.trainer import setup, train_one_epoch
+    from tudui.engine.setup import setup
+    from tudui.engine.trainer import train_one_epoch
 
     losses = {}
     for cl in (True, False):

@@ -15,7 +15,7 @@ side stream (cuDNN and cuBLAS pick their algorithms and workspaces there), Batch
 were before them (the warm-ups repeat one batch), then one recorded pass. A batch of another shape or dtype, or a
 change in which parameters train (--fine-tune unfreezing the backbone) or in train/eval modes, records a new graph.
 
-What cannot be captured falls back to the eager step with a warning (a forward pass that reads a value back to the
+What cannot be captured falls back to the eager step (engine/step.py) with a warning (a forward pass that reads a value back to the
 host, or does CPU work): a replay runs only the recorded kernels, so Python code inside forward() runs at capture
 time only. That is why `--cuda-graph auto` uses graphs for tudui's registered models alone; `on` also captures a
 model of your own (check that its forward does only tensor work on the GPU), `off` never.
@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..core.device import autocast
+from .step import EagerStep
 
 WARMUP = 3  # eager passes on the side stream before capture (torch's examples use 3; cuDNN's autotuning is done)
 
@@ -50,6 +51,7 @@ class GraphedStep:
 
     x: (B, C, H, W) float, prepared as the eager step would get it; y: (B,) classes or (B, K) soft targets.
     After a call every trainable parameter's .grad holds this batch's gradient (not a sum over calls).
+    A model whose step cannot be recorded is stepped eagerly from then on (`failed` says why).
     """
 
     def __init__(self, model: nn.Module, criterion: nn.Module, device: torch.device, amp: str,
@@ -60,7 +62,8 @@ class GraphedStep:
         self.graph = self.x = self.y = self.loss = None
         self.params: list[nn.Parameter] = []
         self.grads: list[torch.Tensor] = []
-        self.failed: str | None = None  # why capture failed: the trainer then steps eagerly
+        self.failed: str | None = None  # why capture failed: every step is then `eager`'s
+        self.eager = EagerStep(model, criterion, device, amp, scale)  # --cuda-graph needs --accumulate 1
 
     def _key(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
         return (x.shape, x.stride(), x.dtype, y.shape, y.dtype, tuple(p.requires_grad for p in self.model.parameters()),
@@ -106,17 +109,17 @@ class GraphedStep:
               "training on without one (its forward pass may read values back to the host)", file=sys.stderr,
               flush=True)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
-        """The batch's loss (0-d), or None when no graph can be recorded: the caller then steps eagerly."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's loss (0-d), from a replay, or from the eager step once no graph can be recorded."""
         if self.failed is not None:
-            return None
+            return self.eager(x, y)
         key = self._key(x, y)
         if key != self.key:
             try:
                 self._capture(x, y, key)
             except RuntimeError as e:  # e.g. "operation not permitted when stream is capturing" (a host sync)
                 self._give_up(e)
-                return None
+                return self.eager(x, y)
         self.x.copy_(x)
         self.y.copy_(y)
         self.graph.replay()

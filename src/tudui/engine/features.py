@@ -6,7 +6,8 @@ training set augmented with its own seeded generator and passed through the mode
 enters the head (the last nn.Linear), (N, D) float32. Epoch e < K computes view e and trains the head on it, in the
 order the image path would take (MemoryLoader's seeded shuffle); later epochs draw, for every image, the features
 of one of the K views at random (seeded by the epoch). An epoch after the first K costs the head's own arithmetic:
-for resnet18 a (B, 512) x (512, K) product per batch instead of 1.8 G multiply-adds per image.
+for resnet18 a (B, 512) x (512, K) product per batch instead of 1.8 G multiply-adds per image. An epoch's features
+reach the trainer as a Feed (engine/step.py): `train_one_epoch` runs them through the same loop as images.
 
 Validation features are computed once too (with the mirror's for flip TTA), so the head is validated every epoch
 without a backbone pass. Each view's generator is seeded by (seed, view) and each epoch's draws by (seed, epoch),
@@ -20,18 +21,16 @@ Cached features are not used (the image path runs as before, a note says why) un
 """
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn as nn
 
 from ..core.console import Progress
 from ..core.device import autocast
 from ..data import make_loader, eval_batch_size
-from .distributed import reduce_train_stats
 from .finetune import frozen_phase, set_frozen_modes
 from .metrics import add_counts, batch_counts, compute_metrics
 from ..models.surgery import head_path
+from .step import EagerStep, Feed
 
 
 class HeadInput:
@@ -74,7 +73,8 @@ def unusable_reason(run) -> str | None:
 
 
 class FeatureTrainer:
-    """Trains the head of `run.model` on cached features; `train_epoch` and `evaluate` stand in for the image path."""
+    """The head of `run.model` on cached features: `feed` and `evaluate` stand in for the image path's loader and
+    validation."""
 
     def __init__(self, run, views: int) -> None:
         self.run = run
@@ -169,17 +169,17 @@ class FeatureTrainer:
                                        "backbone features, val mirrored")
         self.val_feats = (feats, mirror, ys)
 
-    # --- the two halves of an epoch ----------------------------------------------------------------------------------
+    # --- an epoch's training input and its validation -----------------------------------------------------------------
     def _order(self, epoch: int) -> torch.Tensor:
         """MemoryLoader's training order for `epoch` (the same seeded permutation the image path uses)."""
         n = len(self.targets)
         g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
         return torch.randperm(n, generator=g)
 
-    def train_epoch(self, epoch: int, step_fn) -> dict:
-        """One epoch of head training; `step_fn(run)` is the trainer's optimiser step. Returns the epoch stats."""
+    def feed(self, epoch: int) -> Feed:
+        """Epoch `epoch`'s training input for the trainer's loop (engine/trainer.py train_one_epoch): batches of
+        (B, D) features and (B,) targets in the image path's order, stepped through the head alone."""
         run, cfg, dev = self.run, self.run.cfg, self.run.device
-        t0 = time.perf_counter()
         self.ensure_views(epoch + 1)
         head = run.model.get_submodule(self.head_name)
         set_frozen_modes(run.model, self.head_name)
@@ -192,32 +192,16 @@ class FeatureTrainer:
             g = torch.Generator().manual_seed(self.seed * 7_919 + epoch)
             pick = torch.randint(0, len(self.views), (n,), generator=g).to(dev)
             feats = torch.stack(self.views)  # (K, N, D)
-        bs, acc = self.batch_size, cfg.accumulate
-        stop = n - n % bs if n >= bs else n
+        bs = self.batch_size
+        stop = n - n % bs if n >= bs else n  # whole batches, as the training loader drops the last partial one
         batches = [order[s:s + bs] for s in range(0, stop, bs)]
-        progress = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs} (head on cached features)",
-                            enabled=run.world.rank == 0)
-        loss_sum, seen = torch.zeros((), device=dev, dtype=torch.float64), 0
-        run.optimizer.zero_grad(set_to_none=True)
-        x_show, y_show = self.first_batch  # set by the first view's pass
-        for i, idx in enumerate(batches):
-            f = feats[idx] if pick is None else feats[pick[idx], idx]  # (B, D)
-            y = self.targets[idx]
-            with autocast(dev, cfg.amp):
-                loss = run.criterion(head(f), y)
-            run.scaler.scale(loss / acc).backward()
-            loss_sum += loss.detach() * len(y)
-            seen += len(y)
-            if (i + 1) % acc and i + 1 < len(batches):
-                progress.update(1)
-                continue
-            step_fn(run)
-            for cb in run.callbacks:
-                cb.on_train_batch(run, run.step, x_show, y_show, loss.detach())
-            progress.update(1)
-        progress.close()
-        total, seen, dt = reduce_train_stats(loss_sum.item(), seen, time.perf_counter() - t0, dev)
-        return {"train_loss": total / max(seen, 1), "epoch_time_s": dt, "images_per_s": seen / dt}
+
+        def features():
+            for idx in batches:
+                yield (feats[idx] if pick is None else feats[pick[idx], idx]), self.targets[idx]  # (B, D), (B,)
+        step = EagerStep(head, run.criterion, dev, cfg.amp, run.scaler.scale, cfg.accumulate)
+        return Feed(features(), len(batches), step, f"epoch {epoch + 1}/{cfg.epochs} (head on cached features)",
+                    shown=self.first_batch)  # set by the first view's pass
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, criterion: nn.Module) -> dict | None:

@@ -1,0 +1,176 @@
+"""Set-up: a TrainConfig -> a `Run` ready to train (engine/run.py), in a few small steps.
+
+The run directory first (named and locked before any data is read), then device and seed, data, model, loaders,
+optimisation, the step kind (eager or a CUDA graph), cached head features, --lr auto, the run's files, and --resume.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.config import TrainConfig, save_yaml
+from ..core.device import World, make_scaler, reuse_freed_memory, seed_everything, select_device, world
+from ..core.errors import TuduiError
+from ..core.files import close_run_dir, open_run_dir, versions
+from ..data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data, eval_batch_size, make_loader
+from ..models import get_model_info
+from ..models.training import create_training_model
+from ..models.surgery import head_path
+from ..models.zoo import weights_crop_pct
+from . import distributed, features, finetune
+from .callbacks import Callback
+from .choices import resolve_amp, resolve_cuda_graph, resolve_model, resolve_workers
+from .cuda_graph import GraphedStep
+from .ema import ModelEMA
+from .lr_find import lr_range_test
+from .optim import create_loss, create_optimizer, create_scheduler
+from .results import write_results
+from .resume import restore_run
+from .run import Run
+from .step import EagerStep
+
+
+def build_loaders(cfg: TrainConfig, data: DataBundle, device: torch.device, w: World, workers: int = 0) -> tuple:
+    """(train loader, val loader or None); under torchrun each rank gets its own shard."""
+    args = dict(device=device, workers=workers, seed=cfg.seed, bad_images=cfg.bad_images, rank=w.rank,
+                world_size=w.size, in_memory=data.in_memory)
+    train = make_loader(data.train, data.spec, cfg.batch_size, True, layout=data.train_layout, **args)
+    if len(train) == 0:
+        raise TuduiError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
+    val = make_loader(data.val, data.spec, eval_batch_size(cfg.batch_size), False, **args) if data.val else None
+    return train, val
+
+
+def write_run_files(run: Run) -> None:
+    """Rank 0: config.yaml (fully resolved, so --config repeats the run), env.yaml, a new results.csv."""
+    cfg, spec, w = run.cfg, run.spec, run.world
+    resolved = cfg.to_dict() | {"img_size": spec.img_size, "channels": spec.channels, "mean": spec.mean,
+                                "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None,
+                                "nproc": w.local_size,  # so --config repeats a torchrun job
+                                "augment": run.data.augment, "crop_pct": spec.crop_pct or 0}  # auto, as chosen
+    save_yaml(resolved, run.run_dir / "config.yaml")
+    if not cfg.resume:
+        write_results(run.run_dir / "results.csv", [])  # a new run starts a new table
+        (run.run_dir / "metrics.json").unlink(missing_ok=True)  # an older run's (--exist-ok): written again at the end
+    save_yaml(versions() | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
+                            "world_size": w.size}, run.run_dir / "env.yaml")
+
+
+def debug_splits(cfg: TrainConfig, data: DataBundle) -> None:
+    """--fast-dev-run: one batch of each split; --overfit-batches N: the same N training batches as train and val."""
+    first = lambda split, n: split.subset(np.arange(min(n, len(split)))) if split is not None else None  # noqa: E731
+    if cfg.fast_dev_run:
+        data.train, data.val, data.test = (first(data.train, cfg.batch_size), first(data.val, cfg.batch_size),
+                                           first(data.test, cfg.batch_size))
+    elif cfg.overfit_batches:
+        data.train = first(data.train, cfg.overfit_batches * cfg.batch_size)
+        data.val, data.test = data.train, None
+
+
+def resolve_lr(cfg: TrainConfig, run: Run) -> None:
+    """--lr auto: a range test on the run's model and data (restored afterwards), then its suggestion."""
+    if cfg.lr != "auto":
+        return
+    if run.world.enabled:
+        raise TuduiError("--lr auto runs in one process; run `tudui lr-find` first and pass its --lr to the "
+                         "torchrun job")
+    found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y), run.criterion,
+                          lambda: create_optimizer(replace(cfg, lr=1e-7), run.model), run.device, cfg.amp)
+    cfg.lr = float(f"{found.suggestion:.3g}")
+    run.optimizer = create_optimizer(cfg, run.model)
+    run.scheduler = create_scheduler(cfg, run.optimizer, run.steps_per_epoch)
+    print(f"--lr auto: {cfg.lr:g} ({found.rule}; {len(found.lrs)} steps of the range test)", flush=True)
+
+
+def create_train_step(run: Run) -> str | None:
+    """Choose the step kind once: a CUDA graph replay (--cuda-graph: engine/cuda_graph.py) or the eager step.
+    Sets run.train_step; returns the note for the first line (None: nothing to say)."""
+    cfg = run.cfg
+    # arch["source"] marks a model of the user's (create_training_model), as it does wherever a checkpoint is rebuilt
+    graphed, note = resolve_cuda_graph(cfg, run.device, run.ddp is not None, registered="source" not in run.arch)
+    args = (run.train_module, run.criterion, run.device, cfg.amp, run.scaler.scale)  # fp16: the loss scaled
+    run.train_step = GraphedStep(*args) if graphed else EagerStep(*args, accumulate=cfg.accumulate)
+    return note
+
+
+def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
+    """A Run ready to train from `cfg` (whose `auto` choices are settled in place): data, model, loaders, optimiser,
+    schedule, step kind and run directory, restored from cfg.resume when given. `callbacks` are kept on rank 0.
+
+    The run directory stays locked until `run.close()` (fit does it), so no second training writes into it
+    meanwhile; when set-up fails, a directory it made and left empty is removed again."""
+    held: list = []  # rank 0: (lock, created now)
+
+    def claim() -> Path:
+        run_dir, lock, created = open_run_dir(cfg.project, cfg.name, cfg.exist_ok)
+        held.append((lock, created))
+        return run_dir
+
+    # The run directory first (rank 0 names and locks it, every rank learns its name): a name that cannot be used
+    # or a directory another live training holds is refused before any data is read.
+    run_dir = distributed.on_main(claim)
+    try:
+        run = _setup(cfg, callbacks, run_dir)
+    except BaseException:
+        if held:  # a directory made for this run and still empty is removed again
+            close_run_dir(run_dir, *held[0])
+        raise
+    run.lock = held[0][0] if held else None
+    return run
+
+
+def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) -> Run:
+    device, w = select_device(cfg.device), world()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.fast_dev_run:
+        cfg.epochs = 1
+    if device.type == "cpu":
+        reuse_freed_memory()  # activations come from the heap, not fresh pages, every step
+    seed_everything(cfg.seed, cfg.deterministic)  # same seed on every rank: same initial weights
+    model_note = resolve_model(cfg, device)  # --model auto: by what the device computes natively
+    # fail fast on a misspelt name or a broken file, before loading data
+    info = get_model_info(cfg.model) if isinstance(cfg.model, str) else None
+    pretrained = bool(cfg.weights and info and info.family == "torchvision")
+    imagenet = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else None  # and the weights' own evaluation crop:
+    data = build_data(cfg, default_norm=imagenet, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
+                      else None)
+    debug_splits(cfg, data)
+    model, arch = create_training_model(cfg, data.spec, device)
+    if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
+        finetune.set_trainable(model, head_path(model), backbone=False)
+    workers, workers_note = resolve_workers(cfg, data, w)
+    choices = [model_note, resolve_amp(cfg, model, data.spec, device), workers_note]
+    model, ddp = distributed.wrap(model, device, cfg.sync_bn)
+    train_loader, val_loader = build_loaders(cfg, data, device, w, workers)
+    placeholder = replace(cfg, lr=1e-7) if cfg.lr == "auto" else cfg  # --lr auto: resolve_lr replaces both below
+    optimizer = create_optimizer(placeholder, model)
+    steps = -(-len(train_loader) // cfg.accumulate)
+    run = Run(cfg=cfg, device=device, data=data, model=model, arch=arch,
+              criterion=create_loss(cfg, data.train.counts(), device), optimizer=optimizer,
+              scheduler=create_scheduler(placeholder, optimizer, steps), scaler=make_scaler(device, cfg.amp),
+              train_loader=train_loader, val_loader=val_loader,
+              run_dir=run_dir,
+              # a different augmentation stream per rank
+              aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * w.rank),
+              callbacks=list(callbacks or []) if w.rank == 0 else [], ddp=ddp, world=w,
+              ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None, workers=workers,
+              choices=[c for c in choices if c])
+    run.train_module = torch.compile(ddp or model) if cfg.compile else (ddp or model)
+    graph_note = create_train_step(run)
+    run.choices += [graph_note] if graph_note else []
+    run.head_trainer = features.maybe_feature_trainer(run)  # --freeze-backbone / --fine-tune: cached features
+    resolve_lr(cfg, run)
+    if arch.get("source", {}).get("path"):  # the user's file relative to the run: found again if both move
+        arch["source"]["relpath"] = os.path.relpath(arch["source"]["path"], run.run_dir.resolve())
+    if w.rank == 0:  # only rank 0 writes the run directory
+        write_run_files(run)
+    if cfg.resume:  # every rank: weights, optimizer, schedule, RNG states; results.csv keeps the run's rows
+        restore_run(run)
+        run.saved = run.epoch
+    return run

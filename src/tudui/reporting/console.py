@@ -1,0 +1,80 @@
+"""What a training run prints: the first line (data, model, device and what `auto` chose), one line per epoch, the
+early stop and the `done:` line, as a callback (engine/callbacks.py) on rank 0, like TensorBoard and the pictures.
+
+api.train passes it to engine's `fit` first among the callbacks, so its lines come before anything another
+callback prints at the same moment (a Ctrl-C message after the epoch's line, the pictures' file list after `done:`).
+"""
+from __future__ import annotations
+
+from ..core import __version__
+from ..core.console import shown
+from ..data.images import resize_side
+from ..engine.callbacks import Callback
+from ..models import count_parameters
+
+
+class ConsoleCallback(Callback):
+    def on_fit_start(self, run) -> None:
+        print(first_line(run), flush=True)
+
+    def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
+        print(epoch_line(row, run.cfg.epochs), flush=True)
+
+    def on_train_end(self, run) -> None:
+        if run.stopped_early:
+            print(f"early stop: no better validation top-1 for {run.cfg.patience} epoch(s); "
+                  f"best was epoch {run.best_epoch}")
+
+    def on_fit_end(self, run, result) -> None:
+        parts = [f"best epoch {run.best_epoch}"]
+        if result.val:
+            parts.append(f"val top1 {result.val['top1']:.2%}")
+        if result.test:
+            t = result.test
+            parts.append(f"test top1 {t['top1']:.2%} top5 {t['top5']:.2%} loss {t['loss']:.4f}")
+        print("done: " + ", ".join(parts) + f"; weights: {shown(result.best)}", flush=True)
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """'epoch 3/10  train_loss 0.4123  val_loss ...  lr 0.002  4.1s  14592 img/s' from a results.csv row."""
+    val = (f"val_loss {row['val_loss']:.4f}  top1 {row['val_top1']:.2%}  top5 {row['val_top5']:.2%}  "
+           if row["val_top1"] != "" else "")
+    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {val}lr {row['lr']:.3g}  "
+            f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:.0f} img/s")
+
+
+def first_line(run) -> str:
+    """'tudui 0.x: MODEL (N params) on DATA: sizes, classes, input shape, where the images are, device, what the run
+    chose for the user -> run directory'."""
+    d, s = run.data, run.spec
+    sizes = f"{len(d.train):,} train" + (f" / {len(d.val):,} val" if d.val else "") + \
+        (f" / {len(d.test):,} test" if d.test else "")
+    options = run.cfg.to_dict()  # objects given to the library appear as descriptions
+    return (f"tudui {__version__}: {run.arch['name']} ({count_parameters(run.model):,} params) on "
+            f"{', '.join(map(shown, options['data']))}: "
+            f"{sizes}, {s.num_classes} classes, {s.channels}x{s.img_size}x{s.img_size}, "
+            f"{'; '.join(d.notes) if d.notes else ('in memory' if d.in_memory else 'from files')}, "
+            f"device {run.device}{_world_note(run)}, {'; '.join(_chosen(run))} -> {shown(run.run_dir)}")
+
+
+def _chosen(run) -> list[str]:
+    """What the run chose for the user: augmentation and evaluation crop, precision, workers, cached features."""
+    s, d = run.spec, run.data
+    crop = f"eval resize {resize_side(s.img_size, s.crop_pct)} + centre crop {s.img_size}" if s.crop_pct else \
+        "eval squash"
+    augment = f"augment {d.augment}" + (" (RGB photos)" if d.photo and run.cfg.augment == "auto" else "")
+    if d.augment in ("flip", "crop-flip") and not s.hflip:  # digits: a mirrored 2 is no 2 (data/sources.NAMED)
+        augment = f"augment {'none' if d.augment == 'flip' else 'crop'} (flips would change this data's labels; " \
+                  "--hflip allows them)"
+    out = [f"{augment}, {crop}"]
+    out += run.choices
+    if run.head_trainer is not None:
+        out.append(f"head on cached features ({run.head_trainer.max_views} view(s))")
+    return out
+
+
+def _world_note(run) -> str:
+    """', 2 processes x batch 256 = global batch 512' under torchrun (--batch-size is per process)."""
+    w = run.world
+    return f", {w.size} processes x batch {run.cfg.batch_size} = global batch {w.size * run.cfg.batch_size}" \
+        if w.enabled else ""

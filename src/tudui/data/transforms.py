@@ -4,8 +4,10 @@ Every path into the model goes through the same two steps:
   1. `decode_image` (images.py): any file -> (S, S, C) uint8, resized to the spec's size (squashed, or with
      `crop_pct` set, short side resized then centre-cropped: `spec.decode`);
   2. `normalize`: uint8 -> float32 `(x / 255 - mean) / std`, torchvision's ToTensor + Normalize.
-Training adds `augment_batch` between them, applied to a whole uint8 batch on the
-training device (random crop with zero padding = random translation, horizontal flip).
+Training augments between them, a whole uint8 batch at a time on the training device (engine/trainer.py
+`Run.prepare`), as the --augment mode's row in core/modes.AUGMENTS says: `augment_batch` here (random crop with zero
+padding = random translation, horizontal flip), or data/augment.py's random-resized-crop for photos, then its
+RandAugment/TrivialAugment and random erasing; mixup/cutmix (data/augment.py) mix the normalised batch.
 `eval_transforms` gives the same evaluation steps per image, torchvision-style.
 """
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from torchvision.transforms import v2
 
 from ..core.errors import TuduiError
+from ..core.modes import AUGMENTS
 from .images import decode_image, shown
 
 
@@ -146,10 +149,9 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, generator: torch.Genera
 
 
 def augment_options(augment: str, spec: DataSpec) -> tuple[int, bool]:
-    """(crop padding in px, flip?) for an `--augment` name."""
-    crop = augment in ("crop-flip", "crop")
-    flip = augment in ("crop-flip", "flip") and spec.hflip
-    return (spec.pad if crop else 0), flip
+    """(crop padding in px, flip?) for an `--augment` name (its row in core/modes.AUGMENTS)."""
+    mode = AUGMENTS[augment]
+    return (spec.pad if mode.crop else 0), mode.flip and spec.hflip
 
 
 class _Decode:

@@ -26,6 +26,7 @@ from ..core.device import World, autocast, make_scaler, reuse_freed_memory, seed
 from ..core.errors import TuduiError
 from ..core.files import close_run_dir, open_run_dir, versions, write_text
 from ..core.lock import FileLock
+from ..core.modes import AUGMENTS
 from ..data import (IMAGENET_MEAN, IMAGENET_STD, DataBundle, DataSpec, augment_batch, augment_options, build_data,
                     eval_batch_size, make_loader, normalize)
 from ..data.images import resize_side
@@ -122,14 +123,15 @@ class Run:
         """uint8 batch on the device -> augmented (when training) and normalised float batch."""
         if train and not self.cfg.overfit_batches:  # the overfitting check learns the batches as they are
             cfg, g = self.cfg, self.aug_generator
-            if self.data.augment == "photo":  # per-image crop, scale, flip (+ rotation, colour): data/augment.py
+            mode = AUGMENTS[self.data.augment]  # what the resolved --augment does: core/modes.py
+            if mode.photo:  # per-image crop, scale, flip (+ rotation, colour): data/augment.py
                 x = resized_crop_batch(x, self.spec.img_size, tuple(cfg.crop_scale), flip=self.spec.hflip,
                                        rotate=cfg.rotate, jitter=cfg.color_jitter, generator=g)
             else:
                 pad, flip = augment_options(self.data.augment, self.spec)
                 x = augment_batch(x, pad, flip, g)
-            if cfg.augment in ("randaugment", "trivialaugment"):
-                x = policy_batch(x, cfg.augment, g)  # per-image ops and magnitudes (data/augment.py)
+            if mode.policy:
+                x = policy_batch(x, mode.policy, g)  # per-image ops and magnitudes (data/augment.py)
             x = erase_batch(x, cfg.erase, g)
         x = center_crop_batch(x, self.spec.img_size)  # photo rows not augmented: the evaluation crop
         x = normalize(x, self.spec)
@@ -535,8 +537,9 @@ def _chosen(run: Run) -> list[str]:
     crop = f"eval resize {resize_side(s.img_size, s.crop_pct)} + centre crop {s.img_size}" if s.crop_pct else \
         "eval squash"
     augment = f"augment {d.augment}" + (" (RGB photos)" if d.photo and run.cfg.augment == "auto" else "")
-    if d.augment in ("flip", "crop-flip") and not s.hflip:  # digits: a mirrored 2 is no 2 (data/sources.NAMED)
-        augment = f"augment {'none' if d.augment == 'flip' else 'crop'} (flips would change this data's labels; " \
+    unflipped = AUGMENTS[d.augment].without_flip()
+    if unflipped and not s.hflip:  # digits: a mirrored 2 is no 2 (data/sources.NAMED)
+        augment = f"augment {unflipped} (flips would change this data's labels; " \
                   "--hflip allows them)"
     out = [f"{augment}, {crop}"]
     out += run.choices

@@ -59,7 +59,7 @@ def add_options(p: argparse.ArgumentParser, cls) -> None:
             kw["action"] = "store_true"
         elif hint is bool or set(typing.get_args(hint)) == {bool, type(None)}:
             kw["action"] = argparse.BooleanOptionalAction
-        else:
+        elif (meta.get("type") or _arg_type(hint)) is not str:  # text needs no type: argparse's own default
             kw["type"] = meta.get("type") or _arg_type(hint)
         required = f.default is MISSING and f.default_factory is MISSING
         target = groups.get(meta.get("group"), p)

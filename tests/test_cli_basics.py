@@ -39,7 +39,8 @@ def test_every_train_flag_is_listed_in_a_named_group():
     ("serve", ["ServeOptions"], set()),
 ])
 def test_each_commands_flags_are_its_options_fields(command, classes, cli_only):
-    """The flags come from the options dataclass (core/options.py), the library keywords too: nothing is declared twice."""
+    """The flags come from the options dataclass (core/options.py), as the library keywords do: nothing is declared
+    twice."""
     import dataclasses
 
     from tudui.core import config, options

@@ -26,7 +26,7 @@ def _api():
     return api
 
 
-# --- options: one flag per field of an options dataclass ----------------------------------------------------------------
+# --- options: one flag per field of an options dataclass ---------------------------------------------------------------
 def _arg_type(hint) -> type:
     """The argparse type for a field annotated `int`, `float | None`, `str | None`, ... (the non-None member)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]

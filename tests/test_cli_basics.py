@@ -1,5 +1,60 @@
+import pytest
+
+
 def test_version_and_help(cli):
     r = cli("--version")
     assert r.returncode == 0 and "tudui" in r.stdout
     r = cli("train", "--help")
     assert r.returncode == 0 and "--img-size" in r.stdout and "--label-smoothing" in r.stdout
+
+
+def _subparser(name):
+    import argparse
+
+    from tudui.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[name]
+
+
+def test_every_train_flag_is_listed_in_a_named_group():
+    """`tudui train --help` in sections (data, model, optimisation, augmentation, run, device), none left over."""
+    from tudui.core.options import GROUPS
+
+    p = _subparser("train")
+    titles = {g.title: g for g in p._action_groups}
+    for title in ("data", "model", "optimisation", "augmentation", "run and output", "device and scale"):
+        assert titles[title]._group_actions, f"group {title!r} is empty"
+    loose = [a.option_strings for g in p._action_groups if g.title not in GROUPS.values() for a in g._group_actions
+             if not set(a.option_strings) & {"-h", "--help", "--debug"}]
+    assert loose == []
+
+
+@pytest.mark.parametrize("command, classes, cli_only", [
+    ("train", ["TrainConfig"], {"_config"}),
+    ("lr-find", ["TrainConfig", "LrFindOptions"], {"_config"}),
+    ("eval", ["EvalOptions"], {"json", "out"}),
+    ("predict", ["PredictOptions"], {"json"}),
+    ("export", ["ExportOptions"], set()),
+    ("serve", ["ServeOptions"], set()),
+])
+def test_each_commands_flags_are_its_options_fields(command, classes, cli_only):
+    """The flags come from the options dataclass (core/options.py), as the library keywords do: nothing is declared
+    twice."""
+    import dataclasses
+
+    from tudui.core import config, options
+
+    fields = {f.name for c in classes for f in dataclasses.fields(getattr(config, c, None) or getattr(options, c))
+              if f.metadata.get("cli", True)}
+    dests = {a.dest for a in _subparser(command)._actions if a.dest not in ("help", "debug")}
+    assert dests == fields | cli_only
+
+
+def test_flags_not_given_leave_the_dataclass_default():
+    from tudui.cli import build_parser
+
+    args = build_parser().parse_args(["predict", "m.pt", "a.png"])
+    assert not hasattr(args, "batch_size") and not hasattr(args, "topk")  # PredictOptions' defaults apply
+    args = build_parser().parse_args(["serve", "m.pt", "--read-timeout", "5"])
+    assert args.read_timeout_s == 5.0 and not hasattr(args, "max_batch")

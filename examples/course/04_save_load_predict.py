@@ -60,8 +60,8 @@ rgba = Image.open(first).convert("RGBA").resize((96, 96))
 rgba.save(new / "like_airplane.png")
 files = sorted(new.glob("*/*.png")) + [new / "like_airplane.png"]
 
-predictor = tudui.Predictor.from_checkpoint(result.best, tta=False)  # tta: see `tudui train --help`; converted
-again = tudui.Predictor.from_checkpoint(converted, tta=False)         # checkpoints have it off
+predictor = tudui.Predictor.from_path(result.best, tta=False)  # tta: see `tudui train --help`; converted
+again = tudui.Predictor.from_path(converted, tta=False)         # checkpoints have it off
 for p, q in zip(predictor.predict(files, topk=3), again.predict(files, topk=3)):
     assert p.error is None and p.topk == q.topk  # the converted file gives the same answers
     truth = Path(p.source).parent.name if Path(p.source).parent != new else "?"

@@ -9,18 +9,20 @@ the config resolution (a YAML file, a preset, the run's own config on `resume=`)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from .core.config import TrainConfig, load_yaml, save_yaml
+from .core.config import LrFindOptions, TrainConfig, load_yaml, save_yaml
+from .core.options import EvalOptions, ExportOptions, PredictOptions, ServeOptions
 from .core.console import shown
 from .core.device import auto_workers, under_torchrun
 from .core.errors import TuduiError
 from .core.files import write_text
-from .data import EVAL_BATCH_SIZE, eval_layout, load_decoded, load_splits, make_loader
+from .data import eval_layout, load_decoded, load_splits, make_loader
 from .data.check import check_data, format_report
 from .data.export_images import export_images
 from .engine.callbacks import Callback
@@ -127,10 +129,14 @@ def _launch(cfg: TrainConfig, argv: list[str] | None) -> None:
         raise LaunchFailed(f"the {cfg.nproc}-process training job ended with exit code {code}", code)
 
 
-def lr_find(*, steps: int = 100, start: float = 1e-7, end: float = 10.0, config_file: str | Path | None = None,
-            **options) -> tuple[LRFinding, list[Path]]:
-    """Learning-rate range test on a run's data and model (TrainConfig options as for train); writes
-    lr_find.csv and lr_find.png into a run directory (default runs/lr-find) and returns (finding, files)."""
+LR_FIND_KEYS = [f.name for f in dataclasses.fields(LrFindOptions)]
+
+
+def lr_find(*, config_file: str | Path | None = None, **options) -> tuple[LRFinding, list[Path]]:
+    """Learning-rate range test on a run's data and model; writes lr_find.csv and lr_find.png into a run directory
+    (default runs/lr-find) and returns (finding, files). options: TrainConfig's, and LrFindOptions' steps, start
+    and end (the sweep's length and its first and last rates)."""
+    sweep = LrFindOptions.build({k: options.pop(k) for k in LR_FIND_KEYS if k in options})
     options = {"name": "lr-find", "tensorboard": False, "plots": False} | options
     cfg = resolve_config(options, config_file)
     if cfg.lr == "auto":
@@ -139,8 +145,8 @@ def lr_find(*, steps: int = 100, start: float = 1e-7, end: float = 10.0, config_
         run = setup(cfg)
         with contextlib.closing(run):  # its directory stays locked until these files are written
             found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y),
-                                  run.criterion, lambda: create_optimizer(cfg, run.model), run.device, cfg.amp, start,
-                                  end, steps)
+                                  run.criterion, lambda: create_optimizer(cfg, run.model), run.device, cfg.amp,
+                                  sweep.start, sweep.end, sweep.steps)
             csv_path = run.run_dir / "lr_find.csv"
             write_text(csv_path, "lr,loss,smoothed_loss\n" + "".join(f"{a:.6g},{b:.6g},{c:.6g}\n" for a, b, c in
                                                                     zip(found.lrs, found.raw, found.losses)))
@@ -151,67 +157,68 @@ def lr_find(*, steps: int = 100, start: float = 1e-7, end: float = 10.0, config_
 
 # --- evaluate, predict -----------------------------------------------------------------------------------------------
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
-def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = "test", *, data_root: str | None = None,
-             batch_size: int = EVAL_BATCH_SIZE, device: str = "auto", workers: int | str = "auto",
-             tta: bool | None = None, model_file: str | Path | None = None, cache: str = "auto",
-             trust_code: bool = False) -> dict:
+def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOptions.split, **options) -> dict:
     """Loss, top-1/top-5, per-class precision/recall/F1 and confusion matrix of a model file on `split`.
 
     Any model file tudui writes (checkpoint or run directory, .onnx, .torchscript, .safetensors), with the
     preprocessing it was trained with. split='val' re-creates the training run's hold-out (same --val-split and
-    --seed) when the data has no val folder. tta: flip test-time augmentation on/off; None: as trained.
-    model_file: where your own model's Python file is now, if it moved since training, or a file you have read.
-    trust_code: run the Python file a checkpoint names even if you neither named it (model_file) nor trained with
-    its contents on this machine; only for a model from someone you trust (the same for predict, export, serve and
-    summary). Without it such a file is refused with a TuduiError naming it.
-    cache: where the decoded images come from (`tudui train --cache`): an image folder is read from the disk cache
-    a training run on it wrote (the same images at the model's size), decoding only what is not there.
+    --seed) when the data has no val folder. options: core/options.EvalOptions' fields (`tudui eval --help`):
+    data_root, batch_size, workers, device, cache, tta (flip test-time augmentation on/off; None: as trained),
+    model_file (where your own model's Python file is now, if it moved since training, or a file you have read),
+    trust_code (run the Python file a checkpoint names even if you neither named it nor trained with its contents
+    on this machine; only for a model from someone you trust; the same for predict, export, serve and summary:
+    without it such a file is refused with a TuduiError naming it). cache: where the decoded images come from
+    (`tudui train --cache`): an image folder is read from the disk cache a training run on it wrote.
     """
-    if split not in ("train", "val", "test"):
-        raise TuduiError(f"--split must be train, val or test, got {split}")
-    dev = runtime_device(checkpoint, device)
-    loaded = load_model(checkpoint, "cpu", model_file, trust_code)
-    model, spec, cfg = loaded.model, loaded.spec.with_tta(tta), loaded.meta.get("training", {})
-    data = [data] if isinstance(data, str) else list(data)
-    train_split, val, test = load_splits(data, data_root, False, cfg.get("val_split", 0.1), cfg.get("seed", 0))
-    chosen = {"train": train_split, "val": val, "test": test}[split]
+    o = EvalOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
+    dev = runtime_device(o.checkpoint, o.device)
+    loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
+    model, spec, cfg = loaded.model, loaded.spec.with_tta(o.tta), loaded.meta.get("training", {})
+    train_split, val, test = load_splits(o.data, o.data_root, False, cfg.get("val_split", 0.1), cfg.get("seed", 0))
+    chosen = {"train": train_split, "val": val, "test": test}[o.split]
     if chosen is None:
-        raise TuduiError(f"the data has no {split} split; use --split " + ("val" if val is not None else "train"))
+        raise TuduiError(f"the data has no {o.split} split; use --split " + ("val" if val is not None else "train"))
     chosen = chosen.reindex(spec.classes)  # the model's class order
-    chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=cache)  # spec.decode's pixels
-    loader = make_loader(chosen, spec, batch_size, False, dev, workers=auto_workers(workers), in_memory=in_memory)
+    chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
+    loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
     result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
-    return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
+    return result | {"classes": spec.classes, "split": o.split, "checkpoint": loaded.path, "tta": spec.flip_tta}
 
 
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
-def predict(model: str | Path, sources: list[str], *, topk: int = 5, batch_size: int = 64, device: str = "auto",
-            tta: bool | None = None, model_file: str | Path | None = None,
-            trust_code: bool = False) -> tuple[Predictor, list[Prediction]]:
+def predict(model: str | Path, sources: list[str] | str, **options) -> tuple[Predictor, list[Prediction]]:
     """Top-k predictions for image files and folders (searched recursively); an unreadable file gets `error`.
-    model_file, trust_code: as for `evaluate`."""
-    files = expand_paths(sources)
-    predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file, trust_code=trust_code)
-    return predictor, predictor.predict(files, topk=topk, batch_size=batch_size)
+    options: core/options.PredictOptions' fields (`tudui predict --help`): topk, batch_size, device, tta,
+    model_file, trust_code (as for `evaluate`)."""
+    o = PredictOptions.build({"model": str(model), "sources": sources, **options})
+    files = expand_paths(o.sources)
+    predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
+                                    trust_code=o.trust_code)
+    return predictor, predictor.predict(files, topk=o.topk, batch_size=o.batch_size)
 
 
 # --- export, serve ---------------------------------------------------------------------------------------------------
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
-def export(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None, *,
-           dynamic_batch: bool = False, opset: int | None = None, model_file: str | Path | None = None,
-           trust_code: bool = False) -> ExportResult:
+def export(checkpoint: str | Path, format: str = ExportOptions.format, out: str | Path | None = None,
+           **options) -> ExportResult:
     """ONNX, TorchScript or safetensors, written only when it gives PyTorch's answers (inference/export.py);
-    model_file, trust_code: as for `evaluate`."""
-    return export_model(checkpoint, format, out, dynamic_batch=dynamic_batch, opset=opset, model_file=model_file,
-                        trust_code=trust_code)
+    options: core/options.ExportOptions' fields (`tudui export --help`): dynamic_batch, opset, model_file and
+    trust_code (as for `evaluate`)."""
+    o = ExportOptions.build({"checkpoint": str(checkpoint), "format": format,
+                             "out": None if out is None else str(out), **options})
+    return export_model(o.checkpoint, o.format, o.out, dynamic_batch=o.dynamic_batch, opset=o.opset,
+                        model_file=o.model_file, trust_code=o.trust_code)
 
 
 def serve(model: str | Path, **options) -> None:
-    """The model over HTTP with a page to try it, until interrupted (inference/server.py; options: host, port,
-    max_upload_mb, max_decode_mb, topk, device, tta, model_file, trust_code: as for `evaluate`)."""
+    """The model over HTTP with a page to try it, until interrupted (inference/server.py). options:
+    core/options.ServeOptions' fields (`tudui serve --help`): host, port, max_upload_mb, max_decode_mb, topk,
+    max_batch, max_wait_ms, read_timeout_s, docs, device, tta, model_file, trust_code (as for `evaluate`),
+    log_level; they are checked before anything is loaded."""
+    o = ServeOptions.build({"model": str(model), **options})
     from .inference.server import serve as run_server  # FastAPI/uvicorn are an optional extra: imported on use
 
-    run_server(str(model), **options)
+    run_server(o)
 
 
 # --- models ----------------------------------------------------------------------------------------------------------

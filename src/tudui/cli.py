@@ -14,8 +14,10 @@ import typing
 from typing import Callable
 
 from .core import __version__
-from .core.config import TrainConfig
+from .core.config import LrFindOptions, TrainConfig
 from .core.errors import TuduiError
+from .core.options import (GROUPS, MISSING, EvalOptions, ExportOptions, ModelFileOptions, PredictOptions,
+                           ServeOptions, flag_of)
 
 
 def _api():
@@ -24,28 +26,7 @@ def _api():
     return api
 
 
-# --- flags several commands share --------------------------------------------------------------------------------------
-TTA_HELP = ("flip test-time augmentation: average each image with its mirror (--no-tta: off) "
-            "[default: as the model was trained, see `tudui train --tta`]")
-
-
-def add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps "
-                   "[default: auto]")
-
-
-def add_tta_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help=TTA_HELP)
-
-
-def add_model_file_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-file", default=None, metavar="PATH", help="the Python file of your own model (trained "
-                   "with --model file.py:Name) to rebuild it from: where it is now if it has moved, or a file you "
-                   "have read. A file the model names is run only if you trained with it here (or --trust-code)")
-    p.add_argument("--trust-code", action="store_true", help="run the Python file the model names even though you "
-                   "neither named it nor trained with it on this machine: only for a model from someone you trust")
-
-
+# --- options: one flag per field of an options dataclass ---------------------------------------------------------------
 def _arg_type(hint) -> type:
     """The argparse type for a field annotated `int`, `float | None`, `str | None`, ... (the non-None member)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -53,34 +34,54 @@ def _arg_type(hint) -> type:
     return base if base in (int, float, str) else str
 
 
-# --- train -------------------------------------------------------------------------------------------------------------
-def _add_config_fields(p: argparse.ArgumentParser, cls=TrainConfig) -> None:
-    """One flag per dataclass field; defaults are left to the dataclass so --config can be overridden."""
+def add_options(p: argparse.ArgumentParser, cls) -> None:
+    """One argument per field of `cls` (TrainConfig, EvalOptions, ...: core/options.py), listed under its field's
+    group in --help. A flag not given is not passed on, so the dataclass's default is the only default (and a
+    --config file's values can be overridden); the dataclass checks choices and ranges when it is built."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        meta, flag = f.metadata, "--" + f.name.replace("_", "-")
+    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+    used = {f.metadata.get("group") for f in fields}
+    groups = {g: p.add_argument_group(title) for g, title in GROUPS.items() if g in used}
+    for f in fields:
+        meta = f.metadata
         # argparse %-formats help texts: a literal % (e.g. "~100%") must be doubled
-        kw: dict = {"help": meta.get("help", "").replace("%", "%%"), "default": argparse.SUPPRESS, "dest": f.name}
+        kw: dict = {"help": meta.get("help", "").replace("%", "%%")}
+        if f.default not in (MISSING, None, [], False):
+            kw["help"] += f" [default: {f.default}]"
+        for key in ("nargs", "metavar", "const", "choices"):  # `--amp` alone means `--amp on` (const)
+            if key in meta:
+                kw[key] = meta[key]
+        if meta.get("positional"):
+            p.add_argument(f.name, **kw)
+            continue
         hint = hints[f.name]
-        if hint is bool or set(typing.get_args(hint)) == {bool, type(None)}:
+        if meta.get("store_true"):
+            kw["action"] = "store_true"
+        elif hint is bool or set(typing.get_args(hint)) == {bool, type(None)}:
             kw["action"] = argparse.BooleanOptionalAction
-        else:
-            if "nargs" in meta:
-                kw["nargs"] = meta["nargs"]
-            if "const" in meta:  # `--amp` alone means `--amp on`
-                kw["const"] = meta["const"]
+        elif (meta.get("type") or _arg_type(hint)) is not str:  # text needs no type: argparse's own default
             kw["type"] = meta.get("type") or _arg_type(hint)
-            if "choices" in meta:
-                kw["choices"] = meta["choices"]
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if default not in (None, [], False):
-            kw["help"] += f" [default: {default}]"
-        p.add_argument(flag, **kw)
+        required = f.default is MISSING and f.default_factory is MISSING
+        target = groups.get(meta.get("group"), p)
+        target.add_argument(flag_of(f), dest=f.name, default=argparse.SUPPRESS, required=required, **kw)
         if "no_flag" in meta:  # `--no-amp`, as when the option was a switch
-            p.add_argument("--no-" + flag[2:], dest=f.name, action="store_const", const=meta["no_flag"],
-                           default=argparse.SUPPRESS, help=f"the same as {flag} {meta['no_flag']}")
-    p.add_argument("--config", dest="_config", metavar="YAML", help="read options from a YAML file (e.g. a run's "
-                   "config.yaml); flags given on the command line override it")
+            target.add_argument("--no-" + flag_of(f)[2:], dest=f.name, action="store_const", const=meta["no_flag"],
+                                default=argparse.SUPPRESS, help=f"the same as {flag_of(f)} {meta['no_flag']}")
+
+
+def options_of(args: argparse.Namespace, cls) -> dict:
+    """The values of `cls`'s fields given on the command line (the others keep the dataclass's defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names}
+
+
+# --- train -------------------------------------------------------------------------------------------------------------
+def add_train_args(p: argparse.ArgumentParser) -> None:
+    p.usage = "%(prog)s --data DATA [DATA ...] [options]   (or --config YAML, or --resume RUN)"  # 80 flags: see below
+    add_options(p, TrainConfig)
+    run = next(g for g in p._action_groups if g.title == GROUPS["run"])
+    run.add_argument("--config", dest="_config", metavar="YAML", help="read options from a YAML file (e.g. a run's "
+                     "config.yaml); flags given on the command line override it")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -101,10 +102,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_lr_find(args: argparse.Namespace) -> int:
-    values = {k: v for k, v in vars(args).items() if k not in ("debug", "func", "command", "_argv", "_config",
-                                                                "steps", "start", "end")}
-    found, files = _api().lr_find(steps=args.steps, start=args.start, end=args.end,
-                                  config_file=getattr(args, "_config", None), **values)
+    found, files = _api().lr_find(config_file=getattr(args, "_config", None),
+                                  **options_of(args, TrainConfig), **options_of(args, LrFindOptions))
     print(f"suggested learning rate: {found.suggestion:.3g} ({found.rule}; {len(found.lrs)} steps from "
           f"{found.lrs[0]:.1g} to {found.lrs[-1]:.3g})")
     print("wrote " + ", ".join(map(str, files)))
@@ -113,26 +112,20 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def add_lr_find_args(p: argparse.ArgumentParser) -> None:
-    _add_config_fields(p)
-    p.add_argument("--steps", type=int, default=100, help="optimisation steps of the sweep [default: 100]")
-    p.add_argument("--start", type=float, default=1e-7, help="first learning rate [default: 1e-7]")
-    p.add_argument("--end", type=float, default=10.0, help="last learning rate [default: 10]")
+    add_train_args(p)
+    add_options(p, LrFindOptions)
 
 
 # --- eval --------------------------------------------------------------------------------------------------------------
 def cmd_eval(args: argparse.Namespace) -> int:
     api = _api()
-    from .core.config import workers_value
-
-    r = api.evaluate(args.checkpoint, args.data, args.split, data_root=args.data_root, batch_size=args.batch_size,
-                     device=args.device, workers=workers_value(args.workers), tta=args.tta, model_file=args.model_file,
-                     cache=args.cache, trust_code=args.trust_code)
+    r = api.evaluate(**options_of(args, EvalOptions))
     files = api.write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
     if args.json:
         print(json.dumps(r, indent=1, ensure_ascii=False))
         print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
         return 0
-    print(f"{r['checkpoint']} on {', '.join(args.data)} [{args.split}]: {r['n']:,} images"
+    print(f"{r['checkpoint']} on {', '.join(args.data)} [{r['split']}]: {r['n']:,} images"
           + (" (flip TTA)" if r["tta"] else ""))
     print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}\n")
     print(api.per_class_table(r["classes"], r) + "\n")
@@ -142,20 +135,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a tudui checkpoint (.pt), a run directory, or an export (.onnx, "
-                   ".torchscript, .safetensors)")
-    p.add_argument("--data", nargs="+", required=True, help="dataset name, folder(s) or CSV, as for train")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="which split [default: test]")
-    p.add_argument("--data-root", default=None, help="where named datasets are looked for first")
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--workers", default="auto", help="DataLoader processes for images decoded from their files: a "
-                   "number or auto (the cores available, at most 8) [default: auto]")
-    p.add_argument("--cache", default="auto", choices=["auto", "disk", "ram", "off"], help="where decoded images "
-                   "come from, as for train: an image folder is read from the disk cache [default: auto]")
-    add_device_arg(p)
+    add_options(p, EvalOptions)
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    add_tta_arg(p)
-    add_model_file_arg(p)
     p.add_argument("--out", default=None, metavar="DIR", help="where the confusion-matrix PNG/CSV and per-class CSV "
                    "go [default: the checkpoint's folder]")
 
@@ -164,15 +145,14 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.console import table
 
-    predictor, preds = _api().predict(args.checkpoint, args.sources, topk=args.topk, batch_size=args.batch_size,
-                                      device=args.device, tta=args.tta, model_file=args.model_file,
-                                      trust_code=args.trust_code)
+    predictor, preds = _api().predict(**options_of(args, PredictOptions))
     if args.json:
         print(json.dumps([p.to_dict() for p in preds], indent=1, ensure_ascii=False))
     else:
+        topk = getattr(args, "topk", PredictOptions.topk)
         rows = [[str(p.source), p.error and f"error: {p.error}" or
                  "  ".join(f"{c} {prob:.1%}" for c, prob in p.topk)] for p in preds]
-        print(table(["image", f"top-{min(args.topk, len(predictor.classes))} (class probability)"], rows, "<<"))
+        print(table(["image", f"top-{min(topk, len(predictor.classes))} (class probability)"], rows, "<<"))
     bad = sum(p.error is not None for p in preds)
     if bad:
         print(f"warning: {bad} of {len(preds)} image(s) could not be read", file=sys.stderr)
@@ -180,65 +160,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def add_predict_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a tudui checkpoint (.pt), a run directory, or an export (.onnx, "
-                   ".torchscript, .safetensors)")
-    p.add_argument("sources", nargs="+", help="image files and/or folders (searched recursively)")
-    p.add_argument("--topk", type=int, default=5, help="classes to show per image [default: 5]")
+    add_options(p, PredictOptions)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--batch-size", type=int, default=64)
-    add_device_arg(p)
-    add_tta_arg(p)
-    add_model_file_arg(p)
 
 
 # --- export / serve ----------------------------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
-    r = _api().export(args.checkpoint, args.format, args.out, dynamic_batch=args.dynamic_batch, opset=args.opset,
-                      model_file=args.model_file, trust_code=args.trust_code)
+    r = _api().export(**options_of(args, ExportOptions))
     print(f"wrote {', '.join(map(str, r.files))}" + (f" (opset {r.opset})" if r.opset else ""))
     return 0
 
 
-def add_export_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("checkpoint", help="a tudui checkpoint (.pt) or a run directory")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "safetensors"],
-                   help="onnx (onnxruntime, metadata in metadata_props), torchscript (.torchscript), or safetensors "
-                        "weights + a .safetensors.json sidecar [default: onnx]")
-    p.add_argument("--out", default=None, help="output file [default: the checkpoint's name with the format's suffix]")
-    p.add_argument("--dynamic-batch", action="store_true", help="ONNX: any batch size (default: fixed at 1)")
-    p.add_argument("--opset", type=int, default=None, help="ONNX opset version [default: the exporter's]")
-    add_model_file_arg(p)
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
-    _api().serve(args.model, host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, topk=args.topk,
-                 device=args.device, tta=args.tta, model_file=args.model_file, trust_code=args.trust_code,
-                 max_batch=args.max_batch, max_wait_ms=args.max_wait_ms, read_timeout_s=args.read_timeout,
-                 docs=args.docs, max_decode_mb=args.max_decode_mb)
+    _api().serve(**options_of(args, ServeOptions))
     return 0
-
-
-def add_serve_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="a checkpoint (.pt), run directory, .onnx, .torchscript or .safetensors")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 makes the model reachable "
-                   "from other machines [default: 127.0.0.1]")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (0: any free port) [default: 8000]")
-    p.add_argument("--max-upload-mb", type=float, default=10.0, help="largest accepted upload in MiB [default: 10]")
-    p.add_argument("--topk", type=int, default=5, help="classes returned per image (?topk=N overrides) [default: 5]")
-    add_device_arg(p)
-    add_tta_arg(p)
-    add_model_file_arg(p)
-    # Literal defaults (the same as inference/server.py's), so `tudui --help` needs no web packages imported.
-    p.add_argument("--max-batch", type=int, default=32, help="concurrent requests answered by one forward pass at "
-                   "most; 1: one request per pass [default: 32]")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="how long a batch may wait for requests still being "
-                   "decoded, in ms (a lone request never waits) [default: 2]")
-    p.add_argument("--read-timeout", type=float, default=30.0, help="seconds a request's whole body may take to "
-                   "arrive; slower uploads get 408 [default: 30]")
-    p.add_argument("--max-decode-mb", type=float, default=1024.0, help="MiB the images being decoded at once (one "
-                   "per CPU core) may hold together; an image needing more alone gets 413 [default: 1024]")
-    p.add_argument("--docs", action=argparse.BooleanOptionalAction, default=True,
-                   help="serve the API's Swagger UI at /docs, its files from this server [default: on]")
 
 
 # --- models ------------------------------------------------------------------------------------------------------------
@@ -318,7 +253,7 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
 # --- summary, info, board ----------------------------------------------------------------------------------------------
 def cmd_summary(args: argparse.Namespace) -> int:
     s, shape = _api().summary(args.model, args.input, num_classes=args.num_classes, build_size=args.build_size,
-                              model_args=args.model_args, model_file=args.model_file, trust_code=args.trust_code)
+                              model_args=args.model_args, **options_of(args, ModelFileOptions))
     print(json.dumps(s.to_dict(), indent=1, ensure_ascii=False) if args.json else
           f"{args.model}, input {'x'.join(map(str, shape))}\n" + s.table())
     return 0
@@ -335,7 +270,7 @@ def add_summary_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--model-args", nargs="+", default=None, metavar="KEY=VALUE", help="constructor arguments of "
                    "the model (as for tudui train)")
-    add_model_file_arg(p)
+    add_options(p, ModelFileOptions)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -366,14 +301,14 @@ def add_board_args(p: argparse.ArgumentParser) -> None:
 
 # --- the table ---------------------------------------------------------------------------------------------------------
 COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
-    "train": ("train a classifier (writes runs/<name>/)", _add_config_fields, cmd_train),
+    "train": ("train a classifier (writes runs/<name>/)", add_train_args, cmd_train),
     "lr-find": ("learning-rate range test on your data and model: a plot and a suggested --lr", add_lr_find_args,
                 cmd_lr_find),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
-    "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check", add_export_args,
-               cmd_export),
-    "serve": ("serve a model over HTTP with a page to try it", add_serve_args, cmd_serve),
+    "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check",
+               lambda p: add_options(p, ExportOptions), cmd_export),
+    "serve": ("serve a model over HTTP with a page to try it", lambda p: add_options(p, ServeOptions), cmd_serve),
     "models": ("list the registered models", lambda p: p.add_argument("--num-classes", type=int, default=10),
                cmd_models),
     "data": ("dataset utilities", add_data_args, None),

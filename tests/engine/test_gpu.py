@@ -16,10 +16,10 @@ def test_cuda_amp_training_and_cpu_prediction(tmp_path, fmnist_folders):
     assert all(v.device.type == "cpu" for v in ckpt["model"].values())
     raw = torch.load(r.best, weights_only=True)  # tensors as saved
     assert all(v.device.type == "cpu" for v in raw["model"].values())
-    p = tudui.Predictor.from_checkpoint(r.best, device="cpu")
+    p = tudui.Predictor.from_path(r.best, device="cpu")
     files = sorted((fmnist_folders / "val").rglob("*.jpg"))[:10]
     assert all(pred.error is None for pred in p.predict([str(f) for f in files]))
-    gpu = tudui.Predictor.from_checkpoint(r.best, device="cuda")
+    gpu = tudui.Predictor.from_path(r.best, device="cuda")
     a = p.predict([str(f) for f in files], topk=1)
     b = gpu.predict([str(f) for f in files], topk=1)
     assert [x.label for x in a] == [x.label for x in b]

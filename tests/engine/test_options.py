@@ -270,3 +270,43 @@ def test_onecycle_runs_for_any_number_of_steps(steps):
         opt.step()
         sched.step()
     assert all(math.isfinite(g["lr"]) for g in opt.param_groups)
+
+
+# --- one table per switch ---------------------------------------------------------------------------------------------
+def test_the_config_choices_and_the_builders_read_the_same_tables():
+    import dataclasses
+
+    from tudui.core import modes
+    from tudui.engine import optim
+
+    choices = {f.name: f.metadata.get("choices") for f in dataclasses.fields(TrainConfig)}
+    assert set(optim.LOSSES) == set(modes.LOSSES) and choices["loss"] == list(modes.LOSSES)
+    assert set(optim.OPTIMIZERS) == set(modes.OPTIMIZERS) and choices["optimizer"] == list(modes.OPTIMIZERS)
+    assert choices["scheduler"] == list(modes.SCHEDULERS) and choices["augment"] == ["auto", *modes.AUGMENTS]
+    model = create_model("fast", 10, 1, 28)
+    for name in modes.LOSSES:
+        assert isinstance(create_loss(TrainConfig(loss=name), [1] * 10, torch.device("cpu")), nn.Module)
+    for name in modes.OPTIMIZERS:
+        assert isinstance(create_optimizer(TrainConfig(optimizer=name), model), torch.optim.Optimizer)
+    for name in modes.SCHEDULERS:
+        assert len(_lrs(TrainConfig(scheduler=name, epochs=2), 3)) == 6
+
+
+def test_every_augment_mode_does_what_its_row_says(tmp_path):
+    """Each row of core/modes.AUGMENTS through the training batches: a mode that is not random leaves the images as
+    evaluation sees them; one that is changes some; the first line's 'flips would change' name is the row's own."""
+    from tudui.core.modes import AUGMENTS
+    from tudui.data.transforms import augment_options
+
+    run = setup(TrainConfig(**SMALL, hflip=True, channels_last=False, project=str(tmp_path), name="modes"))
+    x = torch.randint(1, 256, (64, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    plain = run.prepare(x, train=False)
+    for name, mode in AUGMENTS.items():
+        run.data.augment = name
+        out = run.prepare(x, train=True)
+        assert out.shape == plain.shape, name
+        assert torch.equal(out, plain) != mode.is_random(hflip=True), name
+        pad, flip = augment_options(name, run.spec)
+        assert (pad > 0, flip) == (mode.crop, mode.flip), name
+    assert {n: m.without_flip() for n, m in AUGMENTS.items() if m.without_flip()} == {"flip": "none",
+                                                                                       "crop-flip": "crop"}

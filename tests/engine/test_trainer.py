@@ -70,10 +70,10 @@ def test_gpu_saved_checkpoint_loads_on_cpu(digits_run, tmp_path, monkeypatch, ca
         with pytest.raises(RuntimeError, match="CUDA"):
             torch.load(path, weights_only=True)  # what a plain load does with it here
 
-    p = tudui.Predictor.from_checkpoint(path, device="cpu")
+    p = tudui.Predictor.from_path(path, device="cpu")
     assert {v.device.type for v in p.model.state_dict().values()} == {"cpu"}
     x = torch.randn(4, 1, 8, 8)
-    original = tudui.Predictor.from_checkpoint(digits_run.best, device="cpu")
+    original = tudui.Predictor.from_path(digits_run.best, device="cpu")
     assert torch.equal(p.probabilities(x), original.probabilities(x))
     assert load_checkpoint(path)["model"]["0.weight"].device.type == "cpu"
     assert tudui_main(["eval", str(path), "--data", "digits", "--device", "cpu", "--json", "--out", str(tmp_path)]) == 0

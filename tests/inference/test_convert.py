@@ -69,7 +69,7 @@ def test_convert_trusted_course_model_matches_original(tmp_path, capsys):
                        "--classes", *classes]) == 0
     ckpt = load_checkpoint(out)  # weights_only=True
     assert ckpt["data"]["classes"] == classes and ckpt["data"]["channels"] == 3 and ckpt["arch"]["img_size"] == 32
-    p = Predictor.from_checkpoint(out, device="cpu")
+    p = Predictor.from_path(out, device="cpu")
     x = torch.rand(2, 3, 32, 32)  # mean 0, std 1: the course's ToTensor() pixels
     with torch.no_grad():
         assert torch.allclose(p.probabilities(x), model(x).softmax(1), atol=1e-6)

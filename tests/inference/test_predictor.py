@@ -19,7 +19,7 @@ def test_predict_files_and_bad_images(tmp_path, digits_run):
     (tmp_path / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
     files = expand_paths([str(tmp_path / "imgs")])
     assert len(files) == 21
-    preds = tudui.Predictor.from_checkpoint(r.best).predict(files, topk=3, batch_size=8)
+    preds = tudui.Predictor.from_path(r.best).predict(files, topk=3, batch_size=8)
     assert [str(p.source) for p in preds] == files  # order kept, bad file in place
     bad = [p for p in preds if p.error]
     assert len(bad) == 1 and "broken" in str(bad[0].source)
@@ -27,7 +27,7 @@ def test_predict_files_and_bad_images(tmp_path, digits_run):
     hits = sum(good[paths[i]].label == test.classes[test.targets[i]] for i in range(20))
     assert hits >= 14
     assert all(len(p.topk) == 3 and np.all(np.diff([v for _, v in p.topk]) <= 0) for p in good.values())
-    full = tudui.Predictor.from_checkpoint(r.best).predict(paths[:2], topk=99)[0].topk
+    full = tudui.Predictor.from_path(r.best).predict(paths[:2], topk=99)[0].topk
     assert len(full) == 10 and abs(sum(v for _, v in full) - 1) < 1e-5
 
 

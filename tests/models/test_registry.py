@@ -102,11 +102,11 @@ def test_register_model_makes_a_user_architecture_a_first_class_one(tmp_path, mo
     r = tudui.train(data="digits", model="tiny-mlp", epochs=2, batch_size=64, plots=False, tensorboard=False,
                     project=str(tmp_path), name="mlp")
     assert calls[0] == (10, 1, 8) and r.val["top1"] > 0.5  # 8x8 digits are easy even for an MLP
-    predictor = tudui.Predictor.from_checkpoint(r.best, device="cpu")  # rebuilt through the registry
+    predictor = tudui.Predictor.from_path(r.best, device="cpu")  # rebuilt through the registry
     assert calls[-1] == (10, 1, 8) and isinstance(predictor.model[1], nn.Linear)
     x = torch.zeros(1, 1, 8, 8)
     with torch.no_grad():
-        assert torch.allclose(predictor.model(x), tudui.Predictor.from_checkpoint(r.last, device="cpu").model(x))
+        assert torch.allclose(predictor.model(x), tudui.Predictor.from_path(r.last, device="cpu").model(x))
     capsys.readouterr()  # the training's own output
     assert tudui_main(["summary", str(r.best), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] == 64 * 32 + 32 + 32 * 10 + 10

@@ -7,12 +7,17 @@ archives that unpack to far more than they weigh; after it, `check_arch` and
 `check_data` refuse entries of the wrong type or of insane size (inference/formats.py
 then compares the declared sizes with the weights' shapes before building anything):
   format, format_version   identify a tudui checkpoint
-  model                    state_dict (saved from the unwrapped module: no `module.` prefix)
-  arch                     {name, num_classes, in_channels, img_size, kwargs} for create_model
-  data                     DataSpec: classes, img_size, channels, mean, std, hflip, tta
-  epoch                    epochs completed
-  optimizer, scheduler, scaler, trainer   state to resume training exactly
-  metrics, config, versions
+  model                    state_dict (saved from the unwrapped module: no `module.` prefix, standard layout)
+  arch                     {name, num_classes, in_channels, img_size, kwargs} for models' build_model, and for
+                           your own model the `source` record of its Python file (models/user.py)
+  data                     DataSpec: classes, img_size, channels, mean, std, hflip, tta, crop_pct
+  versions                 tudui, torch, torchvision, ... that wrote it
+Training checkpoints (engine/trainer.py `Run.checkpoint`) add:
+  epoch, step              epochs and optimisation steps completed
+  optimizer, scheduler, scaler, trainer   state to resume training exactly (trainer: best_top1, best_epoch)
+  resume                   RNG states and the metrics rows so far (engine/resume.py)
+  ema                      the weights' moving average, in last.pt with --ema (best.pt holds it as `model`)
+  metrics, config          the last epoch's metrics row and the run's TrainConfig as plain values
 """
 from __future__ import annotations
 

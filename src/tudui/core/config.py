@@ -3,12 +3,14 @@
 One flat dataclass, like Ultralytics' args.yaml: every field is a CLI flag
 (`img_size` -> `--img-size`), a YAML key in `config.yaml`, and a keyword of
 `tudui.train(...)`. The resolved config is written into every run directory so
-`tudui train --config runs/exp/config.yaml` repeats the run.
+`tudui train --config runs/exp/config.yaml` repeats the run. Its fields are
+built with core/options.py's `option` helper, as every command's options are:
+each carries its help text, its `--help` group, its choices and its range.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,8 @@ import yaml
 
 from .errors import TuduiError
 from .files import write_text
-
+from .modes import AUGMENTS, LOSSES, OPTIMIZERS, SCHEDULERS, describe_modes
+from .options import Options, option, workers_value  # noqa: F401 (workers_value: re-exported)
 
 def lr_value(value) -> float | str:
     """--lr: a number or 'auto' (from the command line both arrive as text)."""
@@ -26,19 +29,6 @@ def lr_value(value) -> float | str:
         return float(value)
     except (TypeError, ValueError):
         raise TuduiError(f"--lr takes a number or auto, got {value!r}") from None
-
-
-def workers_value(value) -> int | str:
-    """--workers: a number of DataLoader processes, or 'auto' (the cores available, at most 8)."""
-    if isinstance(value, str) and value.lower() == "auto":
-        return "auto"
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise TuduiError(f"--workers takes a number of processes or auto, got {value!r}") from None
-    if n < 0:
-        raise TuduiError(f"--workers must be 0 or more (0: decode in the training process), got {n}")
-    return n
 
 
 AMP_MODES = ("auto", "off", "on", "bf16", "fp16")
@@ -56,11 +46,7 @@ def amp_value(value) -> str:
     return v
 
 
-def _f(default: Any, help: str, **meta: Any) -> Any:
-    """A dataclass field carrying its CLI help text."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help, **meta})
-    return field(default=default, metadata={"help": help, **meta})
+_f = option  # short: the fields below are one call each
 
 
 # Largest square input side (px) tudui trains or loads a model for: 8x the common 224-256, and a 2048x2048 RGB image
@@ -79,140 +65,176 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Options):
+    """Every option of a training run (`tudui train --help` lists them by group, `tudui.train(**options)` takes them).
+
+    Fields hold plain values (a run's config.yaml is this object written out); the library also accepts a torch
+    Dataset (or a {"train", "val", "test"} dict of them) in `data` and an nn.Module class or builder in `model`.
+    Building one checks every value's choices and range (`validate`); `from_dict` adds a preset's values and
+    refuses unknown keys, as config files need. `api.resolve_config` is how a run's config is assembled.
+    """
+
     # --- data ---------------------------------------------------------------
     data: list = _f([], "a named dataset (`tudui info` lists them), a folder, a CSV of "
                         "path,label, or your own torch Dataset as path/to/file.py:name; several are concatenated",
-                    nargs="+")
+                    nargs="+", group="data")
     classes: list | None = _f(None, "class names in the model's output order, for your own Dataset's labels "
                                     "(default: int labels as they are, str labels sorted as ImageFolder sorts them)",
-                               nargs="+")
+                               nargs="+", group="data")
     preset: str | None = _f(None, "a tuned recipe that sets every option not given explicitly: best (fast-res for 14 "
                                   "epochs), max (fast-res-wide for 55 minutes, crop-flip, "
-                                  "erasing, EMA); see benchmarks/README.md", choices=list(PRESETS))
-    data_root: str | None = _f(None, "where named datasets are looked for first (then $TUDUI_DATA, then system folders)")
-    download: bool = _f(False, "download a named dataset with torchvision when it is not found")
-    img_size: int | None = _f(None, "square input size in pixels (default: the dataset's own size)")
-    channels: int | None = _f(None, "input channels, 1 or 3 (default: the dataset's own)")
-    mean: list | None = _f(None, "per-channel mean in [0,1] (default: measured on the training set)", nargs="+", type=float)
-    std: list | None = _f(None, "per-channel std in [0,1] (default: measured on the training set)", nargs="+", type=float)
-    val_split: float = _f(0.1, "fraction of the training set held out (stratified, seeded) when there is no val/ folder")
+                                  "erasing, EMA); see benchmarks/README.md", choices=list(PRESETS), group="run")
+    data_root: str | None = _f(None, "where named datasets are looked for first (then $TUDUI_DATA, then system folders)",
+                               group="data")
+    download: bool = _f(False, "download a named dataset with torchvision when it is not found", group="data")
+    img_size: int | None = _f(None, "square input size in pixels (default: the dataset's own size)",
+                              group="data", min=1, max=MAX_IMG_SIZE, what="pixels")
+    channels: int | None = _f(None, "input channels, 1 or 3 (default: the dataset's own)", group="data")
+    mean: list | None = _f(None, "per-channel mean in [0,1] (default: measured on the training set)", nargs="+", type=float,
+                           group="data")
+    std: list | None = _f(None, "per-channel std in [0,1] (default: measured on the training set)", nargs="+", type=float,
+                          group="data")
+    val_split: float = _f(0.1, "fraction of the training set held out (stratified, seeded) when there is no val/ folder",
+                          group="data", min=0, lt=1, what="a fraction of the training set; 0: no hold-out")
     augment: str = _f("auto", "training augmentation: auto (photo for RGB photos at least as large as the training "
-                              "size, else flip), photo (random-resized-crop + flip, each image its own crop; see "
-                              "--crop-scale, --rotate, --color-jitter), flip (horizontal), crop-flip (random crop "
-                              "with zero padding of 1/8 of the side + flip), crop, none, randaugment or trivialaugment "
-                              "(flip plus per-image random operations: rotate, shear, translate, brightness, ...)",
-                      choices=["auto", "photo", "flip", "crop-flip", "crop", "none", "randaugment", "trivialaugment"])
+                              "size, else flip), " + describe_modes(AUGMENTS),
+                      choices=["auto", *AUGMENTS], group="augmentation")
     crop_scale: list = _f([0.25, 1.0], "photo augmentation: the random crop's area as a fraction of the image, MIN MAX "
-                                       "(aspect ratio 3/4 to 4/3)", nargs=2, type=float)
-    rotate: float = _f(0.0, "photo augmentation: largest random rotation in degrees (0: none)")
+                                       "(aspect ratio 3/4 to 4/3)", nargs=2, type=float, group="augmentation")
+    rotate: float = _f(0.0, "photo augmentation: largest random rotation in degrees (0: none)",
+                       group="augmentation", min=0, max=180, what="the largest angle in degrees")
     color_jitter: float = _f(0.0, "photo augmentation: brightness, contrast and saturation each scaled by a random "
-                                  "factor in [1 - J, 1 + J] per image (0: none; 0.2-0.4 is common)")
+                                  "factor in [1 - J, 1 + J] per image (0: none; 0.2-0.4 is common)",
+                             group="augmentation", min=0, lt=1)
     crop_pct: float | None = _f(None, "evaluation centre crop: resize the short side to img_size / crop_pct, "
                                       "cut out the centre img_size square; saved with the model, so predict, "
                                       "serve and exports do the same; 0: squash the whole image to a square "
                                       "(default: the pretrained weights' own crop, else 0.875, for photos; 0 for "
-                                      "other images)")
-    erase: float = _f(0.0, "random erasing: probability per image of a noise rectangle (0 off; Ultralytics uses 0.4)")
-    mixup: float = _f(0.0, "mixup alpha: blend each image with another, soft targets (0 off; 0.2 is common)")
-    cutmix: float = _f(0.0, "cutmix alpha: paste a box of another image, soft targets (0 off; 1.0 is common)")
-    mix_prob: float = _f(1.0, "probability that an image is mixed when --mixup or --cutmix is on")
-    hflip: bool | None = _f(None, "allow horizontal flips (default: off for digit datasets, on otherwise)")
+                                      "other images)",
+                                group="augmentation", min=0, max=1,
+                                what="0.875: resize to 256, crop 224; 0: squash the whole image")
+    erase: float = _f(0.0, "random erasing: probability per image of a noise rectangle (0 off; Ultralytics uses 0.4)",
+                      group="augmentation", min=0, max=1, what="a probability")
+    mixup: float = _f(0.0, "mixup alpha: blend each image with another, soft targets (0 off; 0.2 is common)",
+                      group="augmentation", min=0, what="a Beta distribution's alpha")
+    cutmix: float = _f(0.0, "cutmix alpha: paste a box of another image, soft targets (0 off; 1.0 is common)",
+                       group="augmentation", min=0, what="a Beta distribution's alpha")
+    mix_prob: float = _f(1.0, "probability that an image is mixed when --mixup or --cutmix is on",
+                         group="augmentation", min=0, max=1, what="a probability")
+    hflip: bool | None = _f(None, "allow horizontal flips (default: off for digit datasets, on otherwise)",
+                            group="augmentation")
     tta: bool = _f(True, "test-time augmentation: validate, test and predict on each image and its horizontal mirror, "
-                         "averaging the logits (only where flips keep the label; saved with the model)")
-    batch_size: int = _f(128, "images per optimisation step (per process under torchrun)")
+                         "averaging the logits (only where flips keep the label; saved with the model)",
+                   group="augmentation")
+    batch_size: int = _f(128, "images per optimisation step (per process under torchrun)", group="optimisation", min=1)
     workers: int | str = _f("auto", "DataLoader worker processes for images decoded from their files every epoch "
                                     "(--cache off, large Datasets of your own): a number, or auto (the cores "
-                                    "available, at most 8)", type=str)
+                                    "available, at most 8)", type=str, group="data")
     memory: str = _f("auto", "hold the decoded dataset in memory as uint8 and augment whole batches: auto, on, off",
-                     choices=["auto", "on", "off"])
+                     choices=["auto", "on", "off"], group="data")
     cache: str = _f("auto", "where decoded images come from: disk (image folders are decoded once into "
                             "$TUDUI_CACHE or ~/.cache/tudui/decoded and memory-mapped; later runs, `tudui eval` and "
                             "other models on the same folder start without decoding), ram (decoded into memory "
                             "every run), off (files decoded every epoch by DataLoader workers); auto: disk for image "
-                            "files, ram for your own Datasets", choices=["auto", "disk", "ram", "off"])
-    memory_limit_mb: int = _f(MEMORY_LIMIT_MB, "largest decoded dataset (MB) that `--memory auto` keeps in memory")
-    subset: int | None = _f(None, "use only the first N training images (quick experiments, tests)")
+                            "files, ram for your own Datasets", choices=["auto", "disk", "ram", "off"], group="data")
+    memory_limit_mb: int = _f(MEMORY_LIMIT_MB, "largest decoded dataset (MB) that `--memory auto` keeps in memory",
+                              group="data")
+    subset: int | None = _f(None, "use only the first N training images (quick experiments, tests)", group="data")
     bad_images: str = _f("skip", "what to do with unreadable images: skip (one warning listing them) or error",
-                         choices=["skip", "error"])
+                         choices=["skip", "error"], group="data")
     # --- model --------------------------------------------------------------
     model: str = _f("auto", "architecture name (see `tudui models`), or your own nn.Module class or builder function "
                             "as path/to/file.py:Name; auto: fast-wide where the device computes it fast in bf16 (a GPU, "
                             "a CPU with AMX where bf16 measures faster than fp32), else fast (about the same wall time "
-                            "per epoch on each)")
+                            "per epoch on each)", group="model")
     model_args: list = _f([], "keyword arguments for the model's constructor or builder, as key=value (YAML values: "
-                              "width=32 act=relu)", nargs="+")
-    weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained")
+                              "width=32 act=relu)", nargs="+", group="model")
+    weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained",
+                             group="model")
     freeze_backbone: bool = _f(False, "train the classification head only: the frozen part runs in eval mode "
                                       "(BatchNorm statistics kept), once per --feature-views view, and the head "
-                                      "trains on its cached features")
+                                      "trains on its cached features", group="model")
     feature_views: int = _f(3, "head training from cached features: augmented views of the training set passed "
                                "through the frozen backbone (one per epoch until there are K; later epochs draw "
-                               "each image's features from one of them); 1 with --augment none")
+                               "each image's features from one of them); 1 with --augment none", group="model", min=1)
     fine_tune: int = _f(0, "train the head alone (from cached features) for N epochs, then unfreeze the backbone at a "
-                           "rate of lr x --backbone-lr-mult for the rest of --epochs (one run, one results.csv)")
-    backbone_lr_mult: float = _f(0.1, "with --fine-tune: the backbone's learning rate as a fraction of the head's")
+                           "rate of lr x --backbone-lr-mult for the rest of --epochs (one run, one results.csv)",
+                        group="model", min=0, what="a number of head-only epochs")
+    backbone_lr_mult: float = _f(0.1, "with --fine-tune: the backbone's learning rate as a fraction of the head's",
+                                 group="model", gt=0)
     # --- optimisation -------------------------------------------------------
-    epochs: int = _f(10, "passes over the training set")
-    loss: str = _f("cross-entropy", "loss: cross-entropy, nll, mse (one-hot), l1 (one-hot)",
-                   choices=["cross-entropy", "nll", "mse", "l1"])
-    label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)")
-    class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"])
-    optimizer: str = _f("adamw", "sgd, adam or adamw", choices=["sgd", "adam", "adamw"])
+    epochs: int = _f(10, "passes over the training set", group="optimisation")
+    loss: str = _f("cross-entropy", "loss: " + describe_modes(LOSSES), choices=list(LOSSES), group="optimisation")
+    label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)", group="optimisation", min=0, lt=1)
+    class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"],
+                            group="optimisation")
+    optimizer: str = _f("adamw", describe_modes(OPTIMIZERS), choices=list(OPTIMIZERS), group="optimisation")
     lr: float | str = _f(0.003, "peak learning rate, or auto: a learning-rate range test first (as `tudui lr-find`), "
-                                "then its suggestion", type=str)
-    momentum: float = _f(0.9, "SGD momentum (Nesterov) / Adam beta1")
-    weight_decay: float = _f(0.05, "L2 weight decay (not applied to biases and norm layers)")
-    scheduler: str = _f("onecycle", "learning-rate schedule: none, step, cosine, onecycle",
-                        choices=["none", "step", "cosine", "onecycle"])
+                                "then its suggestion", type=str, group="optimisation", gt=0)
+    momentum: float = _f(0.9, "SGD momentum (Nesterov) / Adam beta1", group="optimisation")
+    weight_decay: float = _f(0.05, "L2 weight decay (not applied to biases and norm layers)", group="optimisation")
+    scheduler: str = _f("onecycle", "learning-rate schedule: " + describe_modes(SCHEDULERS), choices=list(SCHEDULERS),
+                        group="optimisation")
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs (0: none for cosine/step, 5% of the steps for "
-                                   "onecycle)")
-    step_size: int = _f(5, "epochs between decays for --scheduler step")
-    gamma: float = _f(0.1, "decay factor for --scheduler step")
-    patience: int | None = _f(None, "stop after this many epochs without a better validation top-1")
-    ema: bool = _f(False, "validate and save (best.pt, exports) an exponential moving average of the weights")
-    ema_decay: float = _f(0.999, "EMA decay per optimisation step")
-    ema_tau: float = _f(500.0, "EMA warm-up in optimisation steps: decay x (1 - exp(-steps / tau))")
-    clip_grad: float | None = _f(None, "clip the gradients' total L2 norm to this value")
-    accumulate: int = _f(1, "optimisation step every N batches (gradients summed; schedule counted in steps)")
+                                   "onecycle)", group="optimisation")
+    step_size: int = _f(5, "epochs between decays for --scheduler step", group="optimisation")
+    gamma: float = _f(0.1, "decay factor for --scheduler step", group="optimisation")
+    patience: int | None = _f(None, "stop after this many epochs without a better validation top-1",
+                              group="optimisation")
+    ema: bool = _f(False, "validate and save (best.pt, exports) an exponential moving average of the weights",
+                   group="optimisation")
+    ema_decay: float = _f(0.999, "EMA decay per optimisation step",
+                          group="optimisation", min=0, max=1, what="a fraction")
+    ema_tau: float = _f(500.0, "EMA warm-up in optimisation steps: decay x (1 - exp(-steps / tau))",
+                        group="optimisation", gt=0, what="optimisation steps")
+    clip_grad: float | None = _f(None, "clip the gradients' total L2 norm to this value", group="optimisation", gt=0)
+    accumulate: int = _f(1, "optimisation step every N batches (gradients summed; schedule counted in steps)",
+                         group="optimisation", min=1, what="the number of batches per optimisation step")
     # --- budgets and debug runs -------------------------------------------
     time: float | None = _f(None, "training budget in minutes: after the first epoch the run plans its epochs and "
-                                  "schedule to end within it (replaces --epochs)")
-    fraction: float = _f(1.0, "fraction of the training images used (a seeded random subset)")
+                                  "schedule to end within it (replaces --epochs)",
+                            group="run", gt=0, what="a budget in minutes")
+    fraction: float = _f(1.0, "fraction of the training images used (a seeded random subset)", group="run", gt=0, max=1)
     fast_dev_run: bool = _f(False, "one batch of train, val and test, every artefact written: checks a set-up in "
-                                   "seconds")
+                                   "seconds", group="run")
     overfit_batches: int = _f(0, "train and validate on the same N batches without augmentation: a working set-up "
-                                 "reaches ~100% on them")
+                                 "reaches ~100% on them", group="run", min=0, what="a number of batches")
     # --- hardware -----------------------------------------------------------
-    device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    device: str = _f("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps", group="device")
     amp: str = _f("auto", "mixed precision: auto (on a CPU with bf16 units, AVX512-BF16 or AMX, bf16 where a few "
                           "measured steps run >= 1.15x faster than fp32 and the model has dense convolutions; a model "
                           "under 400 multiply-adds per weight per step is timed itself and needs >= 1.05x; on CUDA "
                           "bf16 where supported, else fp16; the choice is printed in the first line), on (bf16 on a "
                           "CPU, fp16 on CUDA), bf16, fp16, off",
-                  nargs="?", const="on", type=str, no_flag="off")
+                  nargs="?", const="on", type=str, no_flag="off", group="device")
     threads: int | None = _f(None, "torch CPU threads (default: torch's choice; a shared machine is often steadier "
-                                   "with fewer)")
-    compile: bool = _f(False, "torch.compile the model (compiles during the first steps; pays off on long runs)")
+                                   "with fewer)", group="device", min=1)
+    compile: bool = _f(False, "torch.compile the model (compiles during the first steps; pays off on long runs)",
+                       group="device")
     cuda_graph: str = _f("auto", "replay each training step's forward and backward pass as one CUDA graph (small nets "
                                  "on a GPU are bound by kernel launches): auto (on CUDA for tudui's registered "
-                                 "models), on (a model of your own too), off", choices=["auto", "on", "off"])
+                                 "models), on (a model of your own too), off", choices=["auto", "on", "off"],
+                         group="device")
     channels_last: bool = _f(True, "keep weights and activations channels-last (NHWC): faster convolutions on CPU "
-                                   "(oneDNN) and on CUDA tensor cores")
-    seed: int = _f(0, "random seed for weights, split, shuffling and augmentation")
-    deterministic: bool = _f(False, "use deterministic algorithms (slower on GPU)")
+                                   "(oneDNN) and on CUDA tensor cores", group="device")
+    seed: int = _f(0, "random seed for weights, split, shuffling and augmentation", group="run")
+    deterministic: bool = _f(False, "use deterministic algorithms (slower on GPU)", group="run")
     nproc: int = _f(1, "processes on this machine: N > 1 re-runs this command under torchrun (DDP; one per GPU, "
-                       "or N CPU processes); the global batch is N x --batch-size")
-    sync_bn: bool = _f(False, "under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)")
+                       "or N CPU processes); the global batch is N x --batch-size", group="device")
+    sync_bn: bool = _f(False, "under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm; CUDA only)",
+                       group="device")
     # --- output -------------------------------------------------------------
-    project: str = _f("runs", "folder that holds run directories")
-    name: str | None = _f(None, "run directory name (default: exp, exp2, ...)")
-    exist_ok: bool = _f(False, "reuse an existing run directory of the same name")
+    project: str = _f("runs", "folder that holds run directories", group="run")
+    name: str | None = _f(None, "run directory name (default: exp, exp2, ...)", group="run")
+    exist_ok: bool = _f(False, "reuse an existing run directory of the same name", group="run")
     resume: str | None = _f(None, "continue a run exactly at its next epoch: a run directory or its last.pt "
-                                  "(only --epochs, raised, and --device/--workers/--data-root may be given with it)")
-    tensorboard: bool = _f(True, "write TensorBoard event files into the run directory (see `tudui board`)")
-    log_every: int = _f(50, "log the training loss to TensorBoard every N optimisation steps")
-    plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end")
+                                  "(only --epochs, raised, and --device/--workers/--data-root may be given with it)",
+                            group="run")
+    tensorboard: bool = _f(True, "write TensorBoard event files into the run directory (see `tudui board`)",
+                           group="run")
+    log_every: int = _f(50, "log the training loss to TensorBoard every N optimisation steps", group="run")
+    plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end",
+                     group="run")
 
     def __post_init__(self) -> None:
         # The library also takes objects: `model` an nn.Module or a builder, `data` torch Datasets (or a list of
@@ -226,53 +248,13 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Values out of range are one-line errors before any work starts."""
-        checks = [  # (value, lowest, highest or None, flag, what it is)
-            (self.erase, 0, 1, "--erase", "a probability"), (self.mix_prob, 0, 1, "--mix-prob", "a probability"),
-            (self.mixup, 0, None, "--mixup", "a Beta distribution's alpha"),
-            (self.cutmix, 0, None, "--cutmix", "a Beta distribution's alpha"),
-            (self.accumulate, 1, None, "--accumulate", "the number of batches per optimisation step"),
-            (self.overfit_batches, 0, None, "--overfit-batches", "a number of batches"),
-            (self.ema_decay, 0, 1, "--ema-decay", "a fraction"),
-        ]
-        for f in dataclasses.fields(self):  # the CLI's choices, for library calls and config files too
-            choices, value = f.metadata.get("choices"), getattr(self, f.name)
-            if choices and value is not None and value not in choices:
-                raise TuduiError(f"--{f.name.replace('_', '-')} takes one of {', '.join(map(str, choices))}, "
-                                 f"got {value!r}")
-        for value, lo, hi, flag, what in checks:
-            if value < lo or (hi is not None and value > hi):
-                bound = f"in [{lo}, {hi}]" if hi is not None else f"at least {lo}"
-                raise TuduiError(f"{flag} must be {bound} ({what}), got {value}")
-        if self.img_size is not None and not 1 <= self.img_size <= MAX_IMG_SIZE:
-            raise TuduiError(f"--img-size must be in [1, {MAX_IMG_SIZE}] (pixels), got {self.img_size}")
-        if not 0 < self.fraction <= 1:
-            raise TuduiError(f"--fraction must be in (0, 1], got {self.fraction}")
-        if self.time is not None and self.time <= 0:
-            raise TuduiError(f"--time is a budget in minutes and must be positive, got {self.time}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise TuduiError(f"--clip-grad must be positive, got {self.clip_grad}")
-        if self.threads is not None and self.threads < 1:
-            raise TuduiError(f"--threads must be at least 1, got {self.threads}")
-        if self.ema_tau <= 0:
-            raise TuduiError(f"--ema-tau must be positive, got {self.ema_tau}")
+        """Values out of their field's choices or range (core/options.py), and combinations that cannot work, are
+        one-line errors before any data is read."""
+        super().validate()
         lo, hi = (list(self.crop_scale) + [None, None])[:2]
         if len(self.crop_scale) != 2 or not 0 < lo <= hi <= 1:
             raise TuduiError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1 (area fractions), got "
                              f"{' '.join(map(str, self.crop_scale))}")
-        if not 0 <= self.rotate <= 180:
-            raise TuduiError(f"--rotate is a largest angle in degrees in [0, 180], got {self.rotate}")
-        if not 0 <= self.color_jitter < 1:
-            raise TuduiError(f"--color-jitter must be in [0, 1), got {self.color_jitter}")
-        if self.crop_pct is not None and not 0 <= self.crop_pct <= 1:
-            raise TuduiError(f"--crop-pct must be in (0, 1] (0.875: resize to 256, crop 224), or 0 to squash the whole "
-                             f"image, got {self.crop_pct}")
-        if self.feature_views < 1:
-            raise TuduiError(f"--feature-views must be at least 1, got {self.feature_views}")
-        if self.backbone_lr_mult <= 0:
-            raise TuduiError(f"--backbone-lr-mult must be positive, got {self.backbone_lr_mult}")
-        if self.fine_tune < 0:
-            raise TuduiError(f"--fine-tune is a number of head-only epochs, got {self.fine_tune}")
         if self.fine_tune and self.freeze_backbone:
             raise TuduiError("--fine-tune N unfreezes the backbone after N epochs and --freeze-backbone keeps it "
                              "frozen; give one of them")
@@ -299,6 +281,16 @@ class TrainConfig:
                 {k: v for k, v in PRESETS[preset].items() if k != "time"}  # explicit epochs beat a time budget
             values = given | values
         return cls(**values)
+
+
+
+@dataclass
+class LrFindOptions(Options):
+    """`tudui lr-find`'s own options; the run's data, model and optimiser are TrainConfig's."""
+
+    steps: int = _f(100, "optimisation steps of the sweep", group="lr-find", min=1)
+    start: float = _f(1e-7, "first learning rate", group="lr-find", gt=0)
+    end: float = _f(10.0, "last learning rate", group="lr-find", gt=0)
 
 
 def _plain(value: Any) -> Any:

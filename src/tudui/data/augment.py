@@ -7,7 +7,7 @@
 Why hand-written rather than Kornia or torchvision: Kornia 0.9's `RandAugment` draws the n operations once per
 batch (only the signs vary per image), and torchvision v2's random transforms draw one set of parameters per call,
 so on a batch tensor every image gets the same ops. Per-image draws are what make these policies work, and doing
-them image by image through PIL is what the memory-resident path exists to avoid (25-30x slower, see
+them image by image through PIL is what the memory-resident path exists to avoid (many times slower:
 benchmarks/README.md). Here every operation is a masked tensor op on the batch; the geometric ones share one
 `affine_grid` + `grid_sample` per slot. All randomness comes from the given generator, so `--resume` is exact.
 

@@ -295,13 +295,3 @@ def cached_split(split: Split, layout: Layout, bad_images: str = "skip", root: P
                 dropped=split.dropped + [p for p, _ in bad])
     return CacheResult(out, hit, decoded, reused, data_path)
 
-
-def clear_cache(root: Path | None = None) -> int:
-    """Remove every entry (and leftover) under the cache root; returns the bytes freed."""
-    root = root or cache_root()
-    freed = 0
-    for p in root.glob("*/*"):
-        if p.is_file():
-            freed += p.stat().st_size
-            p.unlink(missing_ok=True)
-    return freed

@@ -15,6 +15,8 @@ import torch
 
 from ..core.config import MEMORY_LIMIT_MB
 from ..core.errors import TuduiError
+from ..core.modes import AUGMENTS, AUTO_AUGMENT
+from ..core.options import EVAL_BATCH_SIZE
 from ..core.pyfile import is_file_ref, load_object
 from .cache import cached_split
 from .folders import read_folder_splits
@@ -27,7 +29,6 @@ from .split import Split, concat_splits, stratified_split
 from .user import splits_from_object
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
-EVAL_BATCH_SIZE = 512  # images per evaluation batch (no gradients: larger batches cost little memory)
 
 IMAGENET_CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
 PHOTO_MIN_SIDE = 64  # smallest native short side (px) of RGB images that get the photo recipe
@@ -50,7 +51,7 @@ def train_layout(spec: DataSpec, augment: str) -> Layout:
     """What a training row holds: for photo augmentation with an evaluation crop, the centre square of each photo at
     the evaluation resize side (256 for 224 at 0.875), the margin random-resized-crop cuts from; else the same
     pixels as evaluation."""
-    if augment == "photo" and spec.crop_pct:
+    if AUGMENTS[augment].photo and spec.crop_pct:
         return Layout(spec.channels, resize_side(spec.img_size, spec.crop_pct), 1.0)
     return eval_layout(spec)
 
@@ -187,9 +188,7 @@ def load_decoded(split: Split, layout: Layout, cache: str = "auto", memory: str 
 
 def resolve_augment(augment: str, photo: bool) -> str:
     """--augment auto: the photo recipe for RGB photos, horizontal flips (today's recipe) for everything else."""
-    if augment != "auto":
-        return augment
-    return "photo" if photo else "flip"
+    return AUTO_AUGMENT[photo] if augment == "auto" else augment
 
 
 def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,

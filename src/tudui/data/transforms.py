@@ -1,7 +1,9 @@
 """What happens between a spec's two steps (spec.py: decode, then `normalize`) and after them.
 
-Training adds `augment_batch` between them, applied to a whole uint8 batch on the
-training device (random crop with zero padding = random translation, horizontal flip).
+Training augments between them, a whole uint8 batch at a time on the training device (engine/run.py
+`Run.prepare`), as the --augment mode's row in core/modes.AUGMENTS says: `augment_batch` here (random crop with zero
+padding = random translation, horizontal flip), or data/augment.py's random-resized-crop for photos, then its
+RandAugment/TrivialAugment and random erasing; mixup/cutmix (data/augment.py) mix the normalised batch.
 `model_logits` runs the model on a normalised batch (with flip test-time augmentation when the spec asks), and
 `eval_transforms` gives the same evaluation steps per image, torchvision-style.
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+from ..core.modes import AUGMENTS
 from .spec import DataSpec
 
 
@@ -49,10 +52,9 @@ def augment_batch(x: torch.Tensor, pad: int, flip: bool, generator: torch.Genera
 
 
 def augment_options(augment: str, spec: DataSpec) -> tuple[int, bool]:
-    """(crop padding in px, flip?) for an `--augment` name."""
-    crop = augment in ("crop-flip", "crop")
-    flip = augment in ("crop-flip", "flip") and spec.hflip
-    return (spec.pad if crop else 0), flip
+    """(crop padding in px, flip?) for an `--augment` name (its row in core/modes.AUGMENTS)."""
+    mode = AUGMENTS[augment]
+    return (spec.pad if mode.crop else 0), mode.flip and spec.hflip
 
 
 class _Decode:

@@ -26,6 +26,7 @@ import torch.nn as nn
 
 from ..core.console import Progress
 from ..core.device import autocast
+from ..core.modes import AUGMENTS
 from ..data import make_loader, eval_batch_size
 from .finetune import frozen_phase, set_frozen_modes
 from .metrics import add_counts, batch_counts, compute_metrics
@@ -94,8 +95,7 @@ class FeatureTrainer:
         cfg, spec, augment = run.cfg, run.spec, run.data.augment  # augment: --augment auto resolved
         if cfg.overfit_batches:
             return False
-        return (augment in ("photo", "crop", "crop-flip", "randaugment", "trivialaugment")
-                or (augment == "flip" and spec.hflip) or cfg.erase > 0)
+        return AUGMENTS[augment].is_random(spec.hflip) or cfg.erase > 0
 
     # --- features ------------------------------------------------------------------------------------------------
     def _sequential_loader(self, split, layout, in_memory: bool):

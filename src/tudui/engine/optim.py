@@ -1,8 +1,14 @@
-"""Factories for the loss, optimizer and learning-rate schedule, looked up by name."""
+"""Factories for the loss, optimizer and learning-rate schedule, looked up by name.
+
+The names (and their --help texts) are core/modes.py's LOSSES, OPTIMIZERS and SCHEDULERS; the builders are the
+tables below, keyed by the same names (tests/engine/test_options.py checks they match). A new loss: its row in
+core/modes.LOSSES and its builder in LOSSES here.
+"""
 from __future__ import annotations
 
 import math
 import warnings
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -20,11 +26,12 @@ def _as_probabilities(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tens
 
 
 class OneHotRegression(nn.Module):
-    """The course's L1/MSE losses applied to softmax probabilities against one-hot (or soft) targets."""
+    """The course's L1/MSE losses (`fn`: F.l1_loss, F.mse_loss) applied to softmax probabilities against one-hot
+    (or soft) targets."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
-        self.fn = F.mse_loss if kind == "mse" else F.l1_loss
+        self.fn = fn
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return self.fn(logits.softmax(1), _as_probabilities(targets, logits))
@@ -52,17 +59,20 @@ def class_weights(counts, device) -> torch.Tensor:
     return (w / w[c > 0].mean()).to(device)
 
 
+# --loss name -> builder(cfg, class weights (K,) or None); names and help: core/modes.LOSSES
+LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "cross-entropy": lambda cfg, weight: nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
+    "nll": lambda cfg, weight: NLL(weight),
+    "mse": lambda cfg, weight: OneHotRegression(F.mse_loss),
+    "l1": lambda cfg, weight: OneHotRegression(F.l1_loss),
+}
+
+
 def create_loss(cfg, counts, device) -> nn.Module:
+    """The training criterion of --loss (TrainConfig `cfg`, its label smoothing already range-checked), with
+    inverse-frequency class weights from the training set's per-class `counts` under --class-weights auto."""
     weight = class_weights(counts, device) if cfg.class_weights == "auto" else None
-    if not 0 <= cfg.label_smoothing < 1:
-        raise TuduiError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    losses = {
-        "cross-entropy": lambda: nn.CrossEntropyLoss(weight=weight, label_smoothing=cfg.label_smoothing),
-        "nll": lambda: NLL(weight),
-        "mse": lambda: OneHotRegression("mse"),
-        "l1": lambda: OneHotRegression("l1"),
-    }
-    return losses[cfg.loss]()
+    return LOSSES[cfg.loss](cfg, weight)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -72,31 +82,39 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+# --optimizer name -> builder(param groups, cfg, **fused); names and help: core/modes.OPTIMIZERS
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
+    "sgd": lambda groups, cfg, **kw: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
+                                                     nesterov=cfg.momentum > 0, **kw),
+    "adam": lambda groups, cfg, **kw: torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **kw),
+    "adamw": lambda groups, cfg, **kw: torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **kw),
+}
+
+
 def create_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
+    """The --optimizer for `model`'s trainable parameters at the peak rate `cfg.lr` (a TrainConfig: its range was
+    checked when it was built; `--lr auto` must have been resolved to a number first).
+
+    Weight decay spares biases and norm scales (`param_groups`); with --fine-tune the head and the backbone get
+    groups of their own, the backbone at lr x --backbone-lr-mult. Fused kernels (one call per group) where this
+    torch has them for the device, else torch's per-tensor loop; benchmarks/README.md has the timings.
+    """
     if not isinstance(cfg.lr, (int, float)):
         raise TuduiError(f"--lr {cfg.lr}: resolve it (tudui lr-find) before building the optimizer")
-    if cfg.lr <= 0:
-        raise TuduiError(f"--lr must be positive, got {cfg.lr}")
     if getattr(cfg, "fine_tune", 0):  # head and backbone groups, the backbone at lr x --backbone-lr-mult
         groups = finetune_groups(model, cfg.weight_decay, cfg.lr, cfg.backbone_lr_mult)
     else:
         groups = param_groups(model, cfg.weight_decay)
     if not any(g["params"] for g in groups):
         raise TuduiError("the model has no trainable parameters (is everything frozen?)")
-    optimizers = {
-        "sgd": lambda **kw: torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, **kw),
-        "adam": lambda **kw: torch.optim.Adam(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **kw),
-        "adamw": lambda **kw: torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **kw),
-    }
     # The fused kernels update all of a group's tensors in one call; torch's default on the CPU is a Python loop of
     # about ten operations per tensor, and on a GPU each operation is a kernel launch (what bounds small models'
-    # steps there: benchmarks/gpu_time_to_accuracy.py). On 2 CPU cores AdamW's step alone took 0.48 ms for `fast`
-    # and 4.9 ms for `fast-res-wide`, fused 0.16 and 0.69 ms; whole training steps were the same within 2%.
-    # Where this torch has no fused kernels for the device, its default.
+    # steps there).
+    build = OPTIMIZERS[cfg.optimizer]
     try:
-        return optimizers[cfg.optimizer](fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        return optimizers[cfg.optimizer]()
+        return build(groups, cfg, fused=True)
+    except (RuntimeError, TypeError, ValueError):  # no fused kernels for this device in this torch
+        return build(groups, cfg)
 
 
 def continue_schedule(scheduler, step: int) -> None:

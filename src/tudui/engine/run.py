@@ -13,6 +13,7 @@ from ..core.checkpoint import make_checkpoint
 from ..core.config import TrainConfig
 from ..core.device import World
 from ..core.lock import FileLock
+from ..core.modes import AUGMENTS
 from ..data import DataBundle, DataSpec, augment_batch, augment_options, normalize
 from ..data.augment import center_crop_batch, erase_batch, mix_batch, policy_batch, resized_crop_batch
 from .callbacks import Callback
@@ -95,14 +96,15 @@ class Run:
         """uint8 batch on the device -> augmented (when training) and normalised float batch."""
         if train and not self.cfg.overfit_batches:  # the overfitting check learns the batches as they are
             cfg, g = self.cfg, self.aug_generator
-            if self.data.augment == "photo":  # per-image crop, scale, flip (+ rotation, colour): data/augment.py
+            mode = AUGMENTS[self.data.augment]  # what the resolved --augment does: core/modes.py
+            if mode.photo:  # per-image crop, scale, flip (+ rotation, colour): data/augment.py
                 x = resized_crop_batch(x, self.spec.img_size, tuple(cfg.crop_scale), flip=self.spec.hflip,
                                        rotate=cfg.rotate, jitter=cfg.color_jitter, generator=g)
             else:
                 pad, flip = augment_options(self.data.augment, self.spec)
                 x = augment_batch(x, pad, flip, g)
-            if cfg.augment in ("randaugment", "trivialaugment"):
-                x = policy_batch(x, cfg.augment, g)  # per-image ops and magnitudes (data/augment.py)
+            if mode.policy:
+                x = policy_batch(x, mode.policy, g)  # per-image ops and magnitudes (data/augment.py)
             x = erase_batch(x, cfg.erase, g)
         x = center_crop_batch(x, self.spec.img_size)  # photo rows not augmented: the evaluation crop
         x = normalize(x, self.spec)

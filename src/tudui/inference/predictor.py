@@ -8,6 +8,7 @@ import numpy as np
 import torch
 
 from ..core.errors import TuduiError
+from ..core.options import PredictOptions
 from ..data import DataSpec, model_logits, normalize
 from ..data.images import BadImage, ImageScan, scan_images, shown, special_file
 from .formats import load_model, runtime_device
@@ -54,7 +55,7 @@ def expand_paths(paths: list[str]) -> list[str]:
 
 
 class Predictor:
-    """A model plus its DataSpec: `Predictor.from_checkpoint("runs/exp/best.pt").predict(["cat.png"])`."""
+    """A model plus its DataSpec: `Predictor.from_path("runs/exp/best.pt").predict(["cat.png"])`."""
 
     def __init__(self, model: torch.nn.Module, spec: DataSpec, device: torch.device | str = "cpu",
                  source: str | None = None, format: str = "module", meta: dict | None = None) -> None:
@@ -77,11 +78,6 @@ class Predictor:
         dev = runtime_device(path, device)
         loaded = load_model(path, dev, model_file, trust_code)
         return cls(loaded.model, loaded.spec.with_tta(tta), dev, loaded.path, loaded.format, loaded.meta)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", tta: bool | None = None) -> "Predictor":
-        """Same as `from_path` (kept for the name used in examples)."""
-        return cls.from_path(path, device, tta)
 
     @property
     def classes(self) -> list[str]:
@@ -109,7 +105,8 @@ class Predictor:
         values, idx = probs.topk(k, dim=1)
         return [[(self.classes[c], float(v)) for v, c in zip(vr, ir)] for vr, ir in zip(values.tolist(), idx.tolist())]
 
-    def predict(self, sources: list, topk: int = 5, batch_size: int = 64) -> list[Prediction]:
+    def predict(self, sources: list, topk: int = PredictOptions.topk,
+                batch_size: int = PredictOptions.batch_size) -> list[Prediction]:
         """Top-k classes for each source, in order; an unreadable image gives a Prediction with `error` set."""
         results: list[Prediction] = []
         for start in range(0, len(sources), batch_size):

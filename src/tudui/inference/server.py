@@ -44,6 +44,7 @@ from pathlib import Path
 
 from ..core import __version__
 from ..core.errors import TuduiError
+from ..core.options import ServeOptions
 from ..data.images import MAX_PIXELS, BadImage, decode_cost
 from .batching import MicroBatcher
 from .budget import DecodeBudget, cores
@@ -51,12 +52,6 @@ from .predictor import Predictor
 
 INSTALL_SERVE = "pip install 'tudui[serve]'"
 MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing (boundaries, part headers) allowed beyond the file limit
-MAX_BATCH = 32  # default --max-batch: requests answered by one forward pass at most
-MAX_WAIT_MS = 2.0  # default --max-wait-ms: how long the oldest queued request waits for others to share its batch
-READ_TIMEOUT_S = 30.0  # default --read-timeout: seconds the whole request body may take to arrive
-# Default --max-decode-mb: MiB that the decodes running at once may hold together. The costliest image within the
-# pixel limit, a 64-Mpx RGBA WebP, declares ~1,000 MiB (a 64-Mpx 16-bit PNG ~260, a float TIFF or RGBA PNG ~510).
-MAX_DECODE_MB = 1024.0
 DOCS_ASSETS = "/docs/assets"  # where Swagger UI's script, styles and icon are served from
 
 # /predict takes its body as bytes it reads itself (to bound size and time), so its OpenAPI entry declares the
@@ -167,17 +162,20 @@ def _public_arch(name: str | None) -> str | None:
     return Path(name).name if name and ".py:" in name else name
 
 
-def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 5, max_pixels: int = MAX_PIXELS,
-               max_batch: int = MAX_BATCH, max_wait_ms: float = MAX_WAIT_MS, read_timeout_s: float = READ_TIMEOUT_S,
-               docs: bool = True, max_decode_mb: float = MAX_DECODE_MB, max_decodes: int | None = None):
-    """The FastAPI app serving `predictor`; uploads over `max_upload_mb` MiB or `max_pixels` pixels get 413, and so
-    does an image whose decoding would hold more than `max_decode_mb` MiB.
+def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, max_pixels: int = MAX_PIXELS,
+               max_decodes: int | None = None, **limits):
+    """The FastAPI app serving `predictor` with the limits of `options` (or ServeOptions' fields as keywords:
+    `create_app(predictor, max_batch=8)`); uploads over max_upload_mb MiB or `max_pixels` pixels get 413, and so
+    does an image whose decoding would hold more than max_decode_mb MiB.
 
     max_batch: concurrent requests answered by one forward pass at most (1: one request per pass, in arrival
     order); max_wait_ms: how long a request may wait for others to join its batch; read_timeout_s: the
     whole request body must arrive within this many seconds (408 otherwise); docs: serve /docs (Swagger UI);
     max_decodes: images decoded at once at most (None: one per CPU core), their declared bytes within max_decode_mb.
     """
+    o = options or ServeOptions.build({"model": predictor.source or "", **limits})  # checks every limit's range
+    max_upload_mb, topk, max_batch, max_wait_ms = o.max_upload_mb, o.topk, o.max_batch, o.max_wait_ms
+    read_timeout_s, docs, max_decode_mb = o.read_timeout_s, o.docs, o.max_decode_mb
     fastapi = _import_web()
     import anyio
     from fastapi import Request
@@ -186,14 +184,6 @@ def create_app(predictor: "Predictor", max_upload_mb: float = 10.0, topk: int = 
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
-    if max_batch < 1:
-        raise TuduiError(f"--max-batch must be at least 1, got {max_batch}")
-    if max_wait_ms < 0:
-        raise TuduiError(f"--max-wait-ms must be 0 or more, got {max_wait_ms}")
-    if read_timeout_s <= 0:
-        raise TuduiError(f"--read-timeout must be positive, got {read_timeout_s}")
-    if max_decode_mb <= 0:
-        raise TuduiError(f"--max-decode-mb must be positive, got {max_decode_mb}")
     max_bytes = int(max_upload_mb * 1024 * 1024)
     # Decoding blocks a thread and holds memory (a 64-Mpx 16-bit PNG: 260 MiB): one decode per core at most, and
     # their declared bytes within the budget, however many requests arrive at once.
@@ -407,36 +397,29 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(model: str, host: str = "127.0.0.1", port: int = 8000, max_upload_mb: float = 10.0, topk: int = 5,
-          device: str = "auto", log_level: str = "info", tta: bool | None = None, max_batch: int = MAX_BATCH,
-          max_wait_ms: float = MAX_WAIT_MS, read_timeout_s: float = READ_TIMEOUT_S, docs: bool = True,
-          model_file: str | None = None, trust_code: bool = False, max_decode_mb: float = MAX_DECODE_MB) -> None:
-    """Load `model` (checkpoint, run directory, .onnx, ...) and serve it with uvicorn until interrupted."""
+def serve(options: ServeOptions) -> None:
+    """Load `options.model` (checkpoint, run directory, .onnx, ...) and serve it with uvicorn until interrupted.
+
+    The options were checked when they were built (core/options.py), so a typo costs no waiting for the model."""
     _import_web()
     import uvicorn
 
-    if max_upload_mb <= 0:
-        raise TuduiError(f"--max-upload-mb must be positive, got {max_upload_mb}")
-    if max_decode_mb <= 0:
-        raise TuduiError(f"--max-decode-mb must be positive, got {max_decode_mb}")
-    for flag, value, low in (("--max-batch", max_batch, 1), ("--max-wait-ms", max_wait_ms, 0)):
-        if value < low:  # checked before the model is loaded, so a typo costs no waiting
-            raise TuduiError(f"{flag} must be at least {low}, got {value}")
-    if read_timeout_s <= 0:
-        raise TuduiError(f"--read-timeout must be positive, got {read_timeout_s}")
-    predictor = Predictor.from_path(model, device=device, tta=tta, model_file=model_file, trust_code=trust_code)
-    app = create_app(predictor, max_upload_mb=max_upload_mb, topk=topk, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                     read_timeout_s=read_timeout_s, docs=docs, max_decode_mb=max_decode_mb)
+    o = options
+    host, port = o.host, o.port
+    predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
+                                    trust_code=o.trust_code)
+    app = create_app(predictor, o)
     sock = listen_socket(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0 or an interface address: reachable from outside
         print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the model "
               "(there is no authentication); use the default --host 127.0.0.1 to keep it local",
               file=sys.stderr)
     shown = f"[{host}]" if ":" in host else host
-    batching = f"batches of up to {max_batch}, {max_wait_ms:g} ms wait" if max_batch > 1 else "one request per pass"
+    batching = f"batches of up to {o.max_batch}, {o.max_wait_ms:g} ms wait" if o.max_batch > 1 else \
+        "one request per pass"
     print(f"tudui: serving {predictor.source} ({predictor.format}, {len(predictor.classes)} classes; {batching}) "
           f"on http://{shown}:{sock.getsockname()[1]}/  (Ctrl+C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=o.log_level))
     try:
         server.run(sockets=[sock])
     finally:

@@ -41,6 +41,17 @@ _REGISTRY: dict[str, ModelInfo] = {}
 
 def register_model(name: str, *, description: str, family: str = "tudui", min_size: int = 8,
                    default_size: int = 32) -> Callable:
+    """Decorator that adds a model builder to the registry under `name` (`--model NAME`, `tudui models`).
+
+        @register_model("my-net", description="two convs and a linear head", min_size=16)
+        def my_net(num_classes: int, in_channels: int, img_size: int, **kwargs) -> nn.Module: ...
+
+    The builder is called with the classes, input channels and square input side the data needs, plus any
+    `--model-args` as keywords; min_size is the smallest side it accepts, default_size the side `tudui summary`
+    and `tudui models` build it for; family groups the listing (tudui, course, torchvision). A name registered
+    twice is a ValueError. Every registered model is exercised by tests/models/test_registry.py.
+    """
+
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from ..core import __version__
 from ..core.console import shown
+from ..core.modes import AUGMENTS
 from ..data.images import resize_side
 from ..engine.callbacks import Callback
 from ..models import count_parameters
@@ -63,8 +64,9 @@ def _chosen(run) -> list[str]:
     crop = f"eval resize {resize_side(s.img_size, s.crop_pct)} + centre crop {s.img_size}" if s.crop_pct else \
         "eval squash"
     augment = f"augment {d.augment}" + (" (RGB photos)" if d.photo and run.cfg.augment == "auto" else "")
-    if d.augment in ("flip", "crop-flip") and not s.hflip:  # digits: a mirrored 2 is no 2 (data/sources.NAMED)
-        augment = f"augment {'none' if d.augment == 'flip' else 'crop'} (flips would change this data's labels; " \
+    unflipped = AUGMENTS[d.augment].without_flip()
+    if unflipped and not s.hflip:  # digits: a mirrored 2 is no 2 (data/sources.NAMED)
+        augment = f"augment {unflipped} (flips would change this data's labels; " \
                   "--hflip allows them)"
     out = [f"{augment}, {crop}"]
     out += run.choices

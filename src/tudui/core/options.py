@@ -1,0 +1,243 @@
+"""Typed options of every command, each field written once: its default, CLI flag, help, choices and range.
+
+    @dataclass
+    class PredictOptions(Options):
+        batch_size: int = option(64, "images per forward pass", min=1)
+
+gives `tudui predict --batch-size N` (cli.py builds every command's flags from these fields), the `batch_size=64`
+keyword of `tudui.predict(...)` (api.py builds the dataclass from its keywords) and the check that N >= 1, which runs
+when the options are built: before any model or data is read, however the command was called. TrainConfig
+(core/config.py) is built the same way.
+
+Field metadata (all optional): `flag` (default: `--` + the name with dashes), `positional` (a positional argument),
+`group` (the section of `--help` it is listed in), `choices`, `min`/`max` (inclusive bounds), `gt`/`lt` (exclusive
+bounds), `what` (what the value is, for the range error), `cli=False` (a library keyword only), `store_true` (a
+switch with no --no- form), and argparse's own `nargs`, `type`, `const`, `metavar`; `no_flag` adds `--no-NAME`
+meaning that value.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import TuduiError
+
+MISSING = dataclasses.MISSING
+
+
+def option(default: Any = MISSING, help: str = "", **meta: Any) -> Any:
+    """A dataclass field carrying its CLI flag, help text, choices and range (see the module docstring).
+
+    No default (MISSING): a required keyword of the library call and a required argument on the command line.
+    """
+    meta = {"help": help, **meta}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line name of a field: `img_size` -> `--img-size` (a positional's own name)."""
+    if f.metadata.get("positional"):
+        return f.name
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def bounds_text(meta: dict) -> str | None:
+    """'in [0, 1]', 'in (0, 1]', 'at least 1', 'positive', ... for a field's range; None without one."""
+    lo, lo_open = (meta["gt"], True) if "gt" in meta else (meta.get("min"), False)
+    hi, hi_open = (meta["lt"], True) if "lt" in meta else (meta.get("max"), False)
+    if lo is None and hi is None:
+        return None
+    if hi is None:
+        return ("positive" if lo == 0 else f"greater than {lo}") if lo_open else f"at least {lo}"
+    if lo is None:
+        return f"below {hi}" if hi_open else f"at most {hi}"
+    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def in_bounds(value: Any, meta: dict) -> bool:
+    """Whether a number lies within the field's range (min/max inclusive, gt/lt exclusive)."""
+    return not (("min" in meta and value < meta["min"]) or ("max" in meta and value > meta["max"])
+                or ("gt" in meta and value <= meta["gt"]) or ("lt" in meta and value >= meta["lt"]))
+
+
+class Options:
+    """Base of the option dataclasses: building one checks every field's choices and range (`validate`)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """A value outside its field's choices or range is a one-line TuduiError naming the flag, before any work."""
+        for f in dataclasses.fields(self):
+            value, meta = getattr(self, f.name), f.metadata
+            if value is None:
+                continue
+            choices = meta.get("choices")
+            if choices and value not in choices:
+                raise TuduiError(f"{flag_of(f)} takes one of {', '.join(map(str, choices))}, got {value!r}")
+            bound = bounds_text(meta)
+            if bound is None or isinstance(value, str):  # 'auto' and other words: their own parser checks them
+                continue
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                if not in_bounds(v, meta):
+                    what = f" ({meta['what']})" if "what" in meta else ""
+                    raise TuduiError(f"{flag_of(f)} must be {bound}{what}, got {v}")
+
+    @classmethod
+    def build(cls, values: dict) -> "Options":
+        """The options from keyword values, an unknown keyword being a one-line error naming the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise TuduiError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.default is MISSING
+                   and f.default_factory is MISSING]
+        if missing:
+            raise TuduiError(f"missing option(s): {', '.join(missing)}")
+        return cls(**values)
+
+
+def workers_value(value) -> int | str:
+    """--workers: a number of DataLoader processes, or 'auto' (the cores available, at most 8)."""
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise TuduiError(f"--workers takes a number of processes or auto, got {value!r}") from None
+    if n < 0:
+        raise TuduiError(f"--workers must be 0 or more (0: decode in the training process), got {n}")
+    return n
+
+
+# The sections of `--help`, in the order it lists them (timm's grouping): a field's `group` names one.
+GROUPS = {"data": "data", "model": "model", "optimisation": "optimisation", "augmentation": "augmentation",
+          "run": "run and output", "device": "device and scale", "lr-find": "learning-rate range test"}
+
+
+# --- fields several commands share ---------------------------------------------------------------------------------
+MODEL_PATH_HELP = "a tudui checkpoint (.pt), a run directory, or an export (.onnx, .torchscript, .safetensors)"
+CACHE_MODES = ["auto", "disk", "ram", "off"]
+EVAL_BATCH_SIZE = 512  # images per evaluation batch (no gradients: larger batches cost little memory)
+
+
+def device_option() -> Any:
+    return option("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps", group="device")
+
+
+def tta_option() -> Any:
+    return option(None, "flip test-time augmentation: average each image with its mirror (--no-tta: off) "
+                        "[default: as the model was trained, see `tudui train --tta`]", group="model")
+
+
+def model_file_option() -> Any:
+    return option(None, "the Python file of your own model (trained with --model file.py:Name) to rebuild it from: "
+                        "where it is now if it has moved, or a file you have read. A file the model names is run "
+                        "only if you trained with it here (or --trust-code)", metavar="PATH", group="model")
+
+
+def trust_code_option() -> Any:
+    return option(False, "run the Python file the model names even though you neither named it nor trained with it "
+                         "on this machine: only for a model from someone you trust", store_true=True, group="model")
+
+
+@dataclass
+class ModelFileOptions(Options):
+    """How a model file that names your own Python file is rebuilt (eval, predict, export, serve, summary)."""
+
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+
+
+# --- eval, predict, export, serve ----------------------------------------------------------------------------------
+@dataclass
+class EvalOptions(Options):
+    """`tudui eval` / `tudui.evaluate(...)`: a model file's metrics on a labelled split."""
+
+    checkpoint: str = option(MISSING, MODEL_PATH_HELP, positional=True)
+    data: list = option(MISSING, "dataset name, folder(s) or CSV, as for train", nargs="+", group="data")
+    split: str = option("test", "which split", choices=["train", "val", "test"], group="data")
+    data_root: str | None = option(None, "where named datasets are looked for first", group="data")
+    batch_size: int = option(EVAL_BATCH_SIZE, "images per evaluation batch", min=1, group="data")
+    workers: int | str = option("auto", "DataLoader processes for images decoded from their files: a number or auto "
+                                        "(the cores available, at most 8)", type=str, group="data")
+    cache: str = option("auto", "where decoded images come from, as for train: an image folder is read from the "
+                                "disk cache", choices=CACHE_MODES, group="data")
+    device: str = device_option()
+    tta: bool | None = tta_option()
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+
+    def __post_init__(self) -> None:
+        self.data = [self.data] if isinstance(self.data, str) else [str(d) for d in self.data]
+        self.workers = workers_value(self.workers)
+        super().__post_init__()
+
+
+@dataclass
+class PredictOptions(Options):
+    """`tudui predict` / `tudui.predict(...)`: top-k classes of image files and folders."""
+
+    model: str = option(MISSING, MODEL_PATH_HELP, positional=True, metavar="checkpoint")
+    sources: list = option(MISSING, "image files and/or folders (searched recursively)", positional=True, nargs="+")
+    topk: int = option(5, "classes to show per image")
+    batch_size: int = option(64, "images per forward pass", min=1)
+    device: str = device_option()
+    tta: bool | None = tta_option()
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+
+    def __post_init__(self) -> None:
+        self.sources = [self.sources] if isinstance(self.sources, str) else [str(s) for s in self.sources]
+        super().__post_init__()
+
+
+@dataclass
+class ExportOptions(Options):
+    """`tudui export` / `tudui.export(...)`: a checkpoint as ONNX, TorchScript or safetensors."""
+
+    checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory", positional=True)
+    format: str = option("onnx", "onnx (onnxruntime, metadata in metadata_props), torchscript (.torchscript), or "
+                                 "safetensors weights + a .safetensors.json sidecar",
+                         choices=["onnx", "torchscript", "safetensors"])
+    out: str | None = option(None, "output file [default: the checkpoint's name with the format's suffix]")
+    dynamic_batch: bool = option(False, "ONNX: any batch size (default: fixed at 1)", store_true=True)
+    opset: int | None = option(None, "ONNX opset version [default: the exporter's]")
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+
+
+# Default --max-decode-mb: MiB that the decodes running at once may hold together. The costliest image within the
+# pixel limit, a 64-Mpx RGBA WebP, declares ~1,000 MiB (a 64-Mpx 16-bit PNG ~260, a float TIFF or RGBA PNG ~510).
+MAX_DECODE_MB = 1024.0
+
+
+@dataclass
+class ServeOptions(Options):
+    """`tudui serve` / `tudui.serve(...)`: the model over HTTP (inference/server.py), and its serving limits."""
+
+    model: str = option(MISSING, "a checkpoint (.pt), run directory, .onnx, .torchscript or .safetensors",
+                        positional=True)
+    host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 makes the model reachable from other machines")
+    port: int = option(8000, "TCP port (0: any free port)", min=0, max=65535)
+    max_upload_mb: float = option(10.0, "largest accepted upload in MiB", gt=0)
+    topk: int = option(5, "classes returned per image (?topk=N overrides)")
+    device: str = device_option()
+    tta: bool | None = tta_option()
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+    max_batch: int = option(32, "concurrent requests answered by one forward pass at most; 1: one request per pass",
+                            min=1)
+    max_wait_ms: float = option(2.0, "how long a batch may wait for requests still being decoded, in ms (a lone "
+                                     "request never waits)", min=0)
+    read_timeout_s: float = option(30.0, "seconds a request's whole body may take to arrive; slower uploads get 408",
+                                   flag="--read-timeout", gt=0)
+    max_decode_mb: float = option(MAX_DECODE_MB, "MiB the images being decoded at once (one per CPU core) may hold "
+                                                 "together; an image needing more alone gets 413", gt=0)
+    docs: bool = option(True, "serve the API's Swagger UI at /docs, its files from this server")
+    log_level: str = option("info", "uvicorn's log level", cli=False)

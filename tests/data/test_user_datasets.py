@@ -1,6 +1,8 @@
 """Your own Dataset: the image and label forms it may return, and the mistakes it may make."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -100,3 +102,22 @@ def test_a_train_config_holding_objects_trains_them(tmp_path):
         assert r.spec.channels == 1 and r.spec.img_size == 8 and r.val["n"] == 20
         assert isinstance(cfg.data[0], torch.utils.data.Dataset) and cfg.model is net  # the config is not changed
     assert not torch.equal(net[1].weight.detach(), before)  # the module given was the one trained
+
+
+def test_subset_is_a_seeded_random_choice_as_its_help_says():
+    """--subset N: N training images drawn at random with --seed (kept in their order), not the first N: the first 20
+    of a dataset sorted by class would be one class."""
+    from tudui.core.config import TrainConfig
+
+    items = Items([(np.full((4, 4), i, np.uint8), "a" if i < 50 else "b") for i in range(100)])
+
+    def chosen(seed):
+        train, _, _ = load_splits([items], val_split=0, subset=20, seed=seed)
+        return [p.index for p in train.paths]  # which items of the Dataset
+
+    first = chosen(0)
+    assert len(first) == 20 and first == sorted(first) and first != list(range(20))
+    assert any(i < 50 for i in first) and any(i >= 50 for i in first)
+    assert chosen(0) == first and chosen(1) != first
+    words = next(f for f in dataclasses.fields(TrainConfig) if f.name == "subset").metadata["help"]
+    assert "seeded random" in words and "--seed" in words and "first" not in words

@@ -33,7 +33,7 @@ from ..data.augment import center_crop_batch, erase_batch, mix_batch, policy_bat
 from ..core.checkpoint import read_weights
 from ..models import count_parameters, create_model, get_model_info, make_arch
 from ..core.pyfile import is_file_ref
-from ..models.user import call_builder, parse_model_args, ref_for, source_record
+from ..models.user import call_builder, module_in_channels, parse_model_args, ref_for, source_record
 from ..models.zoo import head_path, load_weights, weights_crop_pct
 from . import cuda_graph, distributed, features, finetune
 from .choices import resolve_amp, resolve_cuda_graph, resolve_model, resolve_workers
@@ -195,8 +195,11 @@ def build_model(cfg: TrainConfig, spec: DataSpec, device: torch.device) -> tuple
     model = model.to(device)
     if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster; ~1.4x for `fast` on a CPU
         model = model.to(memory_format=torch.channels_last)
-    hint = "check its first layer's in_channels (--channels) and the size its Linear expects (--img-size)" \
-        if user_code else f"try --img-size {get_model_info(cfg.model).default_size}"
+    if not isinstance(cfg.model, str):  # an object: only a library call passes one, so the keywords are named
+        hint = "check its first layer's in_channels (channels=) and the size its Linear expects (img_size=)"
+    else:
+        hint = "check its first layer's in_channels (--channels) and the size its Linear expects (--img-size)" \
+            if user_code else f"try --img-size {get_model_info(cfg.model).default_size}"
     _check_forward(model, spec, name, device, hint)
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
@@ -296,7 +299,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     pretrained = bool(cfg.weights and info and info.family == "torchvision")
     imagenet = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else None  # and the weights' own evaluation crop:
     data = build_data(cfg, default_norm=imagenet, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
-                      else None)
+                      else None, default_channels=module_in_channels(cfg.model))  # a built model's own channels
     debug_splits(cfg, data)
     model, arch = build_model(cfg, data.spec, device)
     workers, workers_note = resolve_workers(cfg, data, w)

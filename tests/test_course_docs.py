@@ -70,3 +70,18 @@ def test_both_languages_give_the_same_commands_and_no_todo_is_left():
     en, zh = (d.read_text(encoding="utf-8") for d in DOCS)
     assert commands(en) == commands(zh)
     assert "TODO" not in en and "TODO" not in zh
+
+
+def test_every_convert_line_of_the_readmes_and_docs_parses():
+    """`tudui convert` has a required --out: a line without it (placeholders such as FILE and NAME are fine) would
+    stop a reader who copies it with argparse's usage error."""
+    parser = build_parser()
+    pages = [REPO / "README.md", REPO / "README.zh-CN.md", *sorted((REPO / "docs").glob("*.md"))]
+    lines = [(p.name, c) for p in pages for c in commands(p.read_text(encoding="utf-8"))
+             if c.startswith("tudui convert ")]
+    assert len(lines) >= 6, lines
+    for page, cmd in lines:
+        try:
+            parser.parse_known_args(shlex.split(cmd)[1:])
+        except SystemExit:
+            pytest.fail(f"{page}: `{cmd}` does not parse")

@@ -20,7 +20,7 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", default="fashion-mnist", help="a dataset name or folder [default: fashion-mnist]")
 parser.add_argument("--out", default="runs/course", help="project folder for the run directories [default: runs/course]")
 parser.add_argument("--epochs", type=int, default=5)
-parser.add_argument("--subset", type=int, default=None, help="train on the first N images only (quick tries)")
+parser.add_argument("--subset", type=int, default=None, help="train on N images only (a seeded random choice)")
 args = parser.parse_args()
 
 # The routine. Everything the course writes by hand (the loops, model.train()/eval(), torch.no_grad(), the

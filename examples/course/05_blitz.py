@@ -17,7 +17,7 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--data", default="fashion-mnist", help="a dataset name or folder [default: fashion-mnist]")
 parser.add_argument("--out", default="runs/course", help="project folder [default: runs/course]")
 parser.add_argument("--epochs", type=int, default=3)
-parser.add_argument("--subset", type=int, default=None, help="train on the first N images only (quick tries)")
+parser.add_argument("--subset", type=int, default=None, help="train on N images only (a seeded random choice)")
 args = parser.parse_args()
 
 assert tudui_cli(["info"]) == 0  # torch version, CUDA/MPS devices, CPU threads, where each dataset is

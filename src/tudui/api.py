@@ -104,8 +104,9 @@ def train(cfg: TrainConfig | None = None, callbacks: list[Callback] | None = Non
     resume. With nproc > 1 (outside torchrun) the job is re-run in nproc processes under torchrun and None is
     returned (rank 0 prints where the run went); `argv` is the command line to re-run (the CLI passes its own).
     """
-    if cfg is not None:
-        options = ({"resume": cfg.resume} if cfg.resume else cfg.to_dict()) | options
+    if cfg is not None:  # its values as they are: to_dict() would turn a Dataset or nn.Module into a description
+        given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+        options = ({"resume": cfg.resume} if cfg.resume else given) | options
     cfg = resolve_config(options, config_file)
     if cfg.nproc != 1 and not under_torchrun():
         _launch(cfg, argv)

@@ -142,7 +142,7 @@ def test_jpeg_dct_scaling_decodes_far_fewer_pixels_for_the_same_result():
     assert open_image(data).size == (1024, 768)
     assert open_image(data, draft=128).size == (256, 192)  # 1/4: the smallest scale with both sides >= 128
     assert open_image(data, draft=1000).size == (1024, 768)  # no smaller scale keeps 1000 px
-    fast = decode_image(data, 3, 64)  # drafted at >= 2 x 64
+    fast = decode_image(data, 3, 64)  # drafted where a scale keeps images.DRAFT_GAP x 64 px
     full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 64), Image.BILINEAR), dtype=np.int16)
     assert np.abs(fast.astype(np.int16) - full).max() <= 4  # what DCT scaling changes is within JPEG's own noise
 

@@ -1,6 +1,8 @@
 """Your own Dataset: the image and label forms it may return, and the mistakes it may make."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -84,3 +86,38 @@ def test_library_trains_a_dataset_of_arrays_and_dict_splits(tmp_path):
     assert r.val["top1"] > 0.5
     cfg = (r.run_dir / "config.yaml").read_text()
     assert "<dict object" in cfg or "<Items object" in cfg  # objects are described, not pickled, in config.yaml
+
+
+def test_a_train_config_holding_objects_trains_them(tmp_path):
+    """tudui.train(TrainConfig(data=[dataset], model=module)): the objects themselves reach the run, not the
+    descriptions config.yaml writes for them."""
+    x = torch.from_numpy(np.stack([im for im, _ in digits_items(200)]))[:, None]  # (200, 1, 8, 8) uint8
+    y = torch.tensor([label for _, label in digits_items(200)])
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    before = net[1].weight.detach().clone()
+    for data in (torch.utils.data.TensorDataset(x, y), Items(digits_items(200))):
+        cfg = tudui.TrainConfig(data=[data], model=net, epochs=1, batch_size=32, project=str(tmp_path), plots=False,
+                                tensorboard=False)
+        r = tudui.train(cfg)
+        assert r.spec.channels == 1 and r.spec.img_size == 8 and r.val["n"] == 20
+        assert isinstance(cfg.data[0], torch.utils.data.Dataset) and cfg.model is net  # the config is not changed
+    assert not torch.equal(net[1].weight.detach(), before)  # the module given was the one trained
+
+
+def test_subset_is_a_seeded_random_choice_as_its_help_says():
+    """--subset N: N training images drawn at random with --seed (kept in their order), not the first N: the first 20
+    of a dataset sorted by class would be one class."""
+    from tudui.core.config import TrainConfig
+
+    items = Items([(np.full((4, 4), i, np.uint8), "a" if i < 50 else "b") for i in range(100)])
+
+    def chosen(seed):
+        train, _, _ = load_splits([items], val_split=0, subset=20, seed=seed)
+        return [p.index for p in train.paths]  # which items of the Dataset
+
+    first = chosen(0)
+    assert len(first) == 20 and first == sorted(first) and first != list(range(20))
+    assert any(i < 50 for i in first) and any(i >= 50 for i in first)
+    assert chosen(0) == first and chosen(1) != first
+    words = next(f for f in dataclasses.fields(TrainConfig) if f.name == "subset").metadata["help"]
+    assert "seeded random" in words and "--seed" in words and "first" not in words

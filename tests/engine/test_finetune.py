@@ -104,3 +104,19 @@ def test_fine_tune_mistake_from_the_command_line(capsys):
     assert tudui_main(["train", "--data", "digits", "--fine-tune", "3", "--epochs", "2"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --fine-tune 3 leaves no epoch") and len(err.strip().splitlines()) == 1
+
+
+def _lr_column(run_dir) -> list[float]:
+    with open(run_dir / "results.csv", newline="") as f:
+        return [float(row["lr"]) for row in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("scheduler, warmup", [("onecycle", 1.0), ("cosine", 0.5)])
+def test_each_fine_tune_phase_has_the_learning_rates_of_a_plain_run_of_its_length(tmp_path, scheduler, warmup):
+    """--fine-tune 2 --epochs 5: the lr column (each epoch's first step) of epochs 1-2 is a plain 2-epoch run's and of
+    epochs 3-5 a plain 3-epoch run's, --warmup-epochs included: one function builds both curves."""
+    opts = BASE | dict(scheduler=scheduler, warmup_epochs=warmup, project=str(tmp_path))
+    tuned = _lr_column(tudui.train(**opts, epochs=5, fine_tune=2, name="ft").run_dir)
+    head = _lr_column(tudui.train(**opts, epochs=2, name="plain2").run_dir)
+    rest = _lr_column(tudui.train(**opts, epochs=3, name="plain3").run_dir)
+    assert tuned == pytest.approx(head + rest, rel=1e-5)  # results.csv holds 6 significant digits

@@ -272,6 +272,17 @@ def test_onecycle_runs_for_any_number_of_steps(steps):
     assert all(math.isfinite(g["lr"]) for g in opt.param_groups)
 
 
+@pytest.mark.parametrize("epochs, steps, warmup", [(1, 1, 0.0), (1, 3, 0.0), (2, 4, 0.0), (3, 7, 0.0), (10, 40, 0.0),
+                                                   (4, 10, 1.0), (2, 4, 3.0)])
+def test_the_onecycle_curve_is_torchs_step_for_step(epochs, steps, warmup):
+    """lr_curve, which builds the --fine-tune phases' rates, gives the rates torch's OneCycleLR gives a plain run."""
+    from tudui.engine.optim import lr_curve
+
+    cfg = TrainConfig(lr=1.0, epochs=epochs, scheduler="onecycle", warmup_epochs=warmup)
+    curve = lr_curve(cfg, epochs, steps)
+    assert [curve(s) for s in range(epochs * steps)] == pytest.approx(_lrs(cfg, steps), rel=1e-9, abs=1e-12)
+
+
 # --- one table per switch ---------------------------------------------------------------------------------------------
 def test_the_config_choices_and_the_builders_read_the_same_tables():
     import dataclasses

@@ -97,3 +97,30 @@ def test_unknown_model_args_and_malformed_pairs(nets, capsys):
     assert "key=value" in capsys.readouterr().err
     assert run("summary", f"{nets}:Small", "--input", "1x8x8", "--model-args", "width=2") == 0
     assert "Conv2d" in capsys.readouterr().out
+
+
+def test_a_library_model_for_rgb_trains_on_greyscale_images(tmp_path):
+    """torchvision.models.resnet18(num_classes=10) (first conv: 3 channels) on greyscale digits: without `channels`
+    the model's own input channels are used, each grey image replicated to RGB as convert('RGB') does."""
+    import tudui
+    from torchvision.models import resnet18
+
+    from tudui.data.images import decode_image
+    from PIL import Image
+
+    r = tudui.train(data="digits", model=resnet18(num_classes=10), subset=100, epochs=1, batch_size=50,
+                    project=str(tmp_path), plots=False, tensorboard=False)
+    assert r.spec.channels == 3 and len(r.spec.mean) == 3
+    grey = Image.fromarray(torch.arange(64, dtype=torch.uint8).reshape(8, 8).numpy() * 4)
+    rgb = decode_image(grey, 3, 8)  # (H, W, 3) uint8: three equal planes
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+
+
+def test_channels_that_do_not_fit_a_library_model_name_the_keyword(tmp_path):
+    import tudui
+    from torchvision.models import resnet18
+
+    with pytest.raises(TuduiError) as e:
+        tudui.train(data="digits", model=resnet18(num_classes=10), channels=1, subset=100, epochs=1,
+                    project=str(tmp_path), plots=False, tensorboard=False)
+    assert "cannot take 1x8x8 input" in str(e.value) and "channels=" in str(e.value)

@@ -139,7 +139,9 @@ class TrainConfig(Options):
                             "files, ram for your own Datasets", choices=["auto", "disk", "ram", "off"], group="data")
     memory_limit_mb: int = _f(MEMORY_LIMIT_MB, "largest decoded dataset (MB) that `--memory auto` keeps in memory",
                               group="data")
-    subset: int | None = _f(None, "use only the first N training images (quick experiments, tests)", group="data")
+    subset: int | None = _f(None, "use only N training images, a seeded random choice (--seed) made after the "
+                                  "validation hold-out and kept in the data's order (quick experiments, tests)",
+                            group="data")
     bad_images: str = _f("skip", "what to do with unreadable images: skip (one warning listing them) or error",
                          choices=["skip", "error"], group="data")
     # --- model --------------------------------------------------------------

@@ -49,7 +49,7 @@ from .spec import Layout
 from .split import Split
 
 # Bumped whenever decode_image would give other pixels for the same file (entries of another format are never hit).
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2
 CHUNK = 64  # images decoded per thread-pool round: bounds the decoded rows waiting to be written
 
 

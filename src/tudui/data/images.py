@@ -37,8 +37,9 @@ TILE_PIXELS = 1 << 18
 # Bytes Pillow's bilinear resize may take (filter coefficients, ~16 bytes per source pixel along each axis; the
 # horizontal pass's image, output width x source height; the output). An image that needs more (an extreme aspect
 # ratio: a 1 x 8,000,000 image squashed to 32 x 32 took 122 MB, 16 bytes per pixel of its long side) is first
-# box-reduced by an integer factor (Pillow's reducing_gap), which keeps at least DRAFT_GAP times the output's side.
+# box-reduced by an integer factor (Pillow's reducing_gap), which keeps at least REDUCING_GAP times the output's side.
 RESAMPLE_BYTES = 64 << 20
+REDUCING_GAP = 2.0
 # Bytes per pixel of width a decoder may hold in row buffers (two rows of 8 bytes: 16-bit RGBA PNG filtering).
 DECODER_ROW_BYTES = 16
 # What decode_cost adds for everything else a decode holds (decoder state, the file's bytes, tiles, Python objects).
@@ -47,10 +48,14 @@ DECODE_SLACK = 16 << 20
 RESIZE_BYTES = RESAMPLE_BYTES + (32 << 20)
 
 # JPEG DCT scaling (Pillow's `draft`) decodes a large JPEG at 1/2, 1/4 or 1/8 of its size straight from the DCT
-# coefficients, so pixels that the resize would throw away are never computed. The draft keeps at least DRAFT_GAP
-# times the side the resize produces, as Pillow's own `thumbnail(reducing_gap=2.0)` does, so the final bilinear
-# (antialiased) resize still has real detail to average over.
-DRAFT_GAP = 2.0
+# coefficients, so pixels that the resize would throw away are never computed. Used only where the result is the full
+# decode's to within what a model notices (tests/data/test_images.py: against torchvision's full decode + Resize on
+# real photos, a 32-px model's probabilities within 1e-3): at a scale that divides both sides, else the last, partial
+# block becomes a whole pixel and the picture is stretched (258 px at 1/4: 65 pixels for 64.5); and keeping at least
+# DRAFT_GAP times the side the resize produces. Pillow's thumbnail keeps 2x: a course model's answer on its own
+# 258x258 JPEG at 32 px moved by 0.8 points of probability; 4x with whole blocks still moved a model by 3e-3, 8x by
+# 6e-4 (the speed-up stays for small training sizes from large photos: 1/8 of a 4032x3024 photo for 32 px).
+DRAFT_GAP = 8.0
 
 
 class BadImage(TuduiError):
@@ -280,8 +285,8 @@ def open_image(src, draft: int | None = None) -> Image.Image:
     """Open and fully decode `src` (a path, raw bytes, a PIL image, or a lazy item with an `open()` method such as
     a user Dataset's item, data/user.py); raise BadImage on failure.
 
-    draft: a JPEG is decoded with DCT scaling to the smallest of 1/1, 1/2, 1/4, 1/8 of its size whose sides are both
-    at least `draft` pixels (other formats are decoded whole).
+    draft: a JPEG is decoded with DCT scaling (`set_draft`) to sides of at least `draft` pixels (other formats are
+    decoded whole).
     """
     if isinstance(src, Image.Image):
         return src
@@ -299,8 +304,7 @@ def open_image(src, draft: int | None = None) -> Image.Image:
                 w, h = img.size
                 if w * h > MAX_PIXELS:
                     raise BadImage(name, f"{w}x{h} pixels is over the limit of {MAX_PIXELS:,}", "too-large")
-                if draft and img.format == "JPEG":
-                    img.draft(None, (draft, draft))  # square request: the same scale whatever the EXIF rotation
+                set_draft(img, draft)
                 img.load()  # decode now so truncated files fail here, not in the training loop
     except (BadImage, TuduiError):  # TuduiError: a user Dataset item of an unusable type is a mistake to report
         raise
@@ -386,9 +390,7 @@ def decode_cost(img: Image.Image, channels: int, size: int | None, crop_pct: flo
     transparency RGBA then RGB 8); plus the resize's filter coefficients, first pass and output (at most
     RESIZE_BYTES: `_resize`). An estimate from measured peaks, not a guarantee for every format Pillow reads.
     """
-    draft = _draft_side(size, crop_pct)
-    if draft and img.format == "JPEG":
-        img.draft(None, (draft, draft))  # as open_image does: the size and mode decoding will produce
+    set_draft(img, _draft_side(size, crop_pct))  # as open_image does: the size and mode decoding will produce
     w, h = img.size
     bpp = _bytes_per_pixel(img.mode)
     if img.mode == "P":
@@ -419,6 +421,19 @@ def resize_side(size: int, crop_pct: float) -> int:
     return max(size, int(math.floor(size / crop_pct + 1e-6)))
 
 
+def set_draft(img: Image.Image, side: int | None) -> None:
+    """Have a JPEG whose pixels are not loaded yet decoded at the smallest of 1/8, 1/4, 1/2 of its size that divides
+    both its sides and keeps the short one at least `side` pixels (else whole; other formats always whole). The
+    short side: the same scale whatever the EXIF rotation."""
+    if not side or img.format != "JPEG":
+        return
+    w, h = img.size
+    for scale in (8, 4, 2):
+        if w % scale == 0 and h % scale == 0 and min(w, h) >= scale * side:  # each pixel one scale x scale block
+            img.draft(None, (w // scale, h // scale))
+            return
+
+
 def _draft_side(size: int | None, crop_pct: float | None) -> int | None:
     """The smallest side a JPEG is decoded at (DCT scaling) for this output, or None: decode it whole."""
     target = size if size is None or crop_pct is None else resize_side(size, crop_pct)
@@ -443,7 +458,7 @@ def _resize(img: Image.Image, new: tuple[int, int], box: tuple[float, float, flo
     extreme aspect ratios: every other image gets exactly Pillow's plain resize)."""
     if box is None and _resample_bytes(img, new) <= RESAMPLE_BYTES:
         return img.resize(new, Image.BILINEAR)
-    return img.resize(new, Image.BILINEAR, box=box, reducing_gap=DRAFT_GAP)
+    return img.resize(new, Image.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
 
 
 def _crop_geometry(w: int, h: int, size: int, crop_pct: float) -> tuple[tuple[int, int], int, int]:

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import TuduiError
-from .finetune import finetune_groups, finetune_scheduler
+from .finetune import finetune_groups
 
 
 def _as_probabilities(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -127,24 +127,43 @@ def continue_schedule(scheduler, step: int) -> None:
 
 
 ONECYCLE_WARMUP = 0.05  # fraction of a one-cycle schedule spent warming up when --warmup-epochs is 0
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # one-cycle starts at lr / 25 and ends at lr / 25 / 1e4 (torch's defaults)
 
 
-def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
-    """A per-step schedule (scheduler.step() after every optimizer step); steps_per_epoch counts optimiser steps."""
-    if getattr(cfg, "fine_tune", 0):  # two phases, a curve each (engine/finetune.py)
-        return finetune_scheduler(cfg, optimizer, steps_per_epoch)
-    total = max(1, cfg.epochs * steps_per_epoch)
+def onecycle_warmup(cfg, epochs: int, total: int) -> float:
+    """The fraction of a one-cycle curve of `epochs` epochs (`total` steps) spent warming up."""
+    # Linear warm-up from lr/25 (over --warmup-epochs, else the first 5% of steps), then linear decay to ~0: the best
+    # of the schedules tried for short CPU budgets. 5% rather than 15%: the first epoch ends nearer the peak and up to
+    # ~1 point more accurate (val top-1 after epoch 1, 2 seeds, benchmarks/README.md), same final accuracy.
+    pct = min(0.5, cfg.warmup_epochs / epochs) if cfg.warmup_epochs > 0 and epochs > 0 else ONECYCLE_WARMUP
+    # OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step raises ZeroDivisionError. At least
+    # 2 steps (at most 30% of a very short run, where pct x total stays below 1 and the warm-up is skipped).
+    if pct * total < 2:
+        pct = min(2 / total, 0.3)
+    return pct
+
+
+def lr_curve(cfg, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """The --scheduler's learning-rate factor (x --lr) `step` optimisation steps into a run of `epochs` epochs.
+
+    Every schedule is this curve: a plain run's over its --epochs, each `--fine-tune` phase's over the phase's
+    epochs (so each phase has the rates of a plain run of its length, --warmup-epochs included). A plain one-cycle
+    run is stepped by torch's OneCycleLR (its state is what checkpoints hold); the one-cycle branch below is that
+    schedule's formula, step for step (tests/engine/test_options.py compares them).
+    """
+    total = max(1, epochs * steps_per_epoch)
     if cfg.scheduler == "onecycle":
-        # Linear warm-up from lr/25 (over --warmup-epochs, else the first 5% of steps), then linear decay to ~0: the
-        # best of the schedules tried for short CPU budgets. 5% rather than 15%: the first epoch ends nearer the peak
-        # and up to ~1 point more accurate (val top-1 after epoch 1, 2 seeds, benchmarks/README.md), same final accuracy.
-        pct = min(0.5, cfg.warmup_epochs / cfg.epochs) if cfg.warmup_epochs > 0 else ONECYCLE_WARMUP
-        # OneCycleLR divides by (warm-up steps - 1): a warm-up of exactly one step raises ZeroDivisionError. At least
-        # 2 steps (at most 30% of a very short run, where pct x total stays below 1 and the warm-up is skipped).
-        if pct * total < 2:
-            pct = min(2 / total, 0.3)
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=pct,
-                                                   anneal_strategy="linear", cycle_momentum=False)
+        # torch's OneCycleLR, linear annealing: lr/25 -> lr over steps [0, up], then lr -> lr/25/1e4 over [up, total-1]
+        up = onecycle_warmup(cfg, epochs, total) * total - 1
+        lo = 1 / ONECYCLE_DIV
+        floor = lo / ONECYCLE_FINAL_DIV
+
+        def onecycle(step: int) -> float:
+            if step <= up:
+                return lo + (1 - lo) * step / up
+            return 1 + (floor - 1) * min(1.0, (step - up) / (total - 1 - up))  # held at the floor past the end
+
+        return onecycle
     warmup = cfg.warmup_epochs * steps_per_epoch
 
     def factor(step: int) -> float:
@@ -157,4 +176,35 @@ def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int
             return 0.5 * (1 + math.cos(math.pi * t))
         return 1.0
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return factor
+
+
+def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step schedule (scheduler.step() after every optimizer step); steps_per_epoch counts optimiser steps."""
+    if getattr(cfg, "fine_tune", 0):  # two phases, a curve each
+        return _finetune_scheduler(cfg, optimizer, steps_per_epoch)
+    total = max(1, cfg.epochs * steps_per_epoch)
+    if cfg.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total, pct_start=onecycle_warmup(cfg, cfg.epochs, total),
+            anneal_strategy="linear", cycle_momentum=False, div_factor=ONECYCLE_DIV, final_div_factor=ONECYCLE_FINAL_DIV)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_curve(cfg, cfg.epochs, steps_per_epoch))
+
+
+def _finetune_scheduler(cfg, optimizer: torch.optim.Optimizer,
+                        steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """`--fine-tune N`: one LambdaLR for both phases (engine/finetune.py): per group, the --scheduler curve of an
+    N-epoch run over the head phase, then a fresh curve of an (--epochs - N)-epoch run over the rest; the backbone's
+    groups stay at zero during the head phase. Being one scheduler, --resume and --time handle it as any other."""
+    first = cfg.fine_tune * steps_per_epoch
+    head_phase = lr_curve(cfg, cfg.fine_tune, steps_per_epoch)
+    rest = lr_curve(cfg, cfg.epochs - cfg.fine_tune, steps_per_epoch)
+
+    def head(step: int) -> float:
+        return head_phase(step) if step < first else rest(step - first)
+
+    def backbone(step: int) -> float:
+        return 0.0 if step < first else rest(step - first)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, [backbone if g.get("backbone") else head
+                                                         for g in optimizer.param_groups])

@@ -20,6 +20,7 @@ from ..core.files import close_run_dir, open_run_dir, versions
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data, eval_batch_size, make_loader
 from ..models import get_model_info
 from ..models.training import create_training_model
+from ..models.user import module_in_channels
 from ..models.surgery import head_path
 from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
@@ -139,7 +140,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     pretrained = bool(cfg.weights and info and info.family == "torchvision")
     imagenet = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else None  # and the weights' own evaluation crop:
     data = build_data(cfg, default_norm=imagenet, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
-                      else None)
+                      else None, default_channels=module_in_channels(cfg.model))  # a built model's own channels
     debug_splits(cfg, data)
     model, arch = create_training_model(cfg, data.spec, device)
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)

@@ -61,8 +61,11 @@ def create_training_model(cfg, spec, device: torch.device) -> tuple[nn.Module, d
     model = model.to(device)
     if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster; ~1.4x for `fast` on a CPU
         model = model.to(memory_format=torch.channels_last)
-    hint = "check its first layer's in_channels (--channels) and the size its Linear expects (--img-size)" \
-        if user_code else f"try --img-size {get_model_info(cfg.model).default_size}"
+    if not isinstance(cfg.model, str):  # an object: only a library call passes one, so the keywords are named
+        hint = "check its first layer's in_channels (channels=) and the size its Linear expects (img_size=)"
+    else:
+        hint = "check its first layer's in_channels (--channels) and the size its Linear expects (--img-size)" \
+            if user_code else f"try --img-size {get_model_info(cfg.model).default_size}"
     check_forward(model, spec, name, device, hint)
     arch = make_arch(name, spec.num_classes, spec.channels, spec.img_size, **args)
     if user_code:  # rebuilt later from its file

@@ -85,6 +85,15 @@ def call_builder(fn: Callable, num_classes: int, in_channels: int, img_size: int
     return model
 
 
+def module_in_channels(model: Any) -> int | None:
+    """The input channels a model built outside tudui (an nn.Module given as it is) takes: its first Conv2d's
+    in_channels when 1 or 3, else None (a name, file or builder is built for the data's channels instead)."""
+    if not isinstance(model, nn.Module):
+        return None
+    conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv.in_channels if conv is not None and conv.in_channels in (1, 3) else None
+
+
 def ref_for(obj: Any) -> str | None:
     """'path/file.py:Name' for a class or function defined at the top level of a Python file, else None
     (defined in a notebook, the interpreter, or nested inside a function)."""

@@ -271,10 +271,7 @@ class TrainConfig(Options):
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
         """The config from explicit `values`; a `preset` fills in the options they do not mention."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise TuduiError(f"unknown config key(s): {', '.join(unknown)}; see `tudui train --help` for the valid ones")
+        cls.refuse_unknown(values, "unknown config key(s):", "see `tudui train --help` for the valid ones")
         preset = values.get("preset")
         if preset is not None:
             if preset not in PRESETS:

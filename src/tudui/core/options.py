@@ -89,12 +89,18 @@ class Options:
                     raise TuduiError(f"{flag_of(f)} must be {bound}{what}, got {v}")
 
     @classmethod
-    def build(cls, values: dict) -> "Options":
-        """The options from keyword values, an unknown keyword being a one-line error naming the valid ones."""
+    def refuse_unknown(cls, values: dict, what: str, hint: str | None = None) -> None:
+        """A key of `values` that is no field of `cls` is a one-line TuduiError: '{what} KEYS; {hint}' (by default
+        the valid names)."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise TuduiError(f"unknown option(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+            raise TuduiError(f"{what} {', '.join(unknown)}; {hint or 'valid: ' + ', '.join(sorted(known))}")
+
+    @classmethod
+    def build(cls, values: dict) -> "Options":
+        """The options from keyword values, an unknown keyword being a one-line error naming the valid ones."""
+        cls.refuse_unknown(values, "unknown option(s)")
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in values and f.default is MISSING
                    and f.default_factory is MISSING]
         if missing:

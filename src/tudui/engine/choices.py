@@ -5,29 +5,24 @@ Each resolver writes the concrete choice back into the config (so config.yaml an
 short note for the run's first line.
 
 --amp auto on a CPU. The flags say whether the CPU has bf16 units (avx512_bf16, amx_bf16); they do not say whether
-bf16 is faster there: measured bf16/fp32 training-step speed of `fast` at 28 px, batch 128, was 1.66x on a Xeon
-with AMX and 1.4-1.9x (run to run) on an AMD EPYC with avx512_bf16 only, while other CPUs with avx512_bf16 have run
-it no faster than fp32 (and without the flags, emulated bf16 is several times slower). So the CPU is measured once
-per machine: `bf16_speedup()` times a few training steps of `fast` in each precision, in pairs, and keeps the median
-ratio (about 0.2 s; more rounds when it lies near the threshold: median_speedup). A run's config.yaml records the
-concrete model and amp, so `--config` and `--resume` repeat them without measuring. Then per model: bf16 needs
-every convolution dense (groups == 1: depthwise convolutions gain nothing and pay for the conversions,
-mobilenet_v3_small measured 0.6x). Where the model does many multiply-adds per weight per step
-(>= AMP_MIN_INTENSITY) bf16 wins wherever `fast` does: each step converts every weight to bf16 (cost ~ parameters)
-and gains on the multiply-adds (~ per image x batch). Below that the outcome depends on the CPU (resnet18 at 32 px,
-batch 64, 212 per weight: 1.00x on the Xeon, 1.10-1.12x on the AMD EPYC; at 16 px, 89 per weight: 0.71x on the
-Xeon), so the model itself is measured in the run's shape and batch (`model_bf16_speedup`, a few steps each way,
-kept per machine like the CPU's figure) and bf16 is used from MODEL_MIN_SPEEDUP.
-benchmarks/amp_speed.py prints the table and checks the choice on any machine. On CUDA: bf16 where supported, else
-fp16 (with loss scaling).
+bf16 is faster there: the same training step has run well over 1.15x faster on some CPUs with those flags and no
+faster on others (and without them, emulated bf16 is several times slower). So the CPU is measured once per machine:
+`bf16_speedup()` times a few training steps of `fast` in each precision, in pairs, and keeps the median ratio (about
+0.2 s; more rounds when it lies near the threshold: median_speedup). A run's config.yaml records the concrete model
+and amp, so `--config` and `--resume` repeat them without measuring. Then per model: bf16 needs every convolution
+dense (groups == 1: depthwise convolutions gain nothing and pay for the conversions). Where the model does many
+multiply-adds per weight per step (>= AMP_MIN_INTENSITY) bf16 wins wherever `fast` does: each step converts every
+weight to bf16 (cost ~ parameters) and gains on the multiply-adds (~ per image x batch). Below that the outcome
+depends on the CPU, so the model itself is measured in the run's shape and batch (`model_bf16_speedup`, a few steps
+each way, kept per machine like the CPU's figure) and bf16 is used from MODEL_MIN_SPEEDUP.
+benchmarks/amp_speed.py prints the table and checks the choice on any machine; benchmarks/README.md holds the dated
+figures behind these thresholds. On CUDA: bf16 where supported, else fp16 (with loss scaling).
 
---model auto: `fast-wide` (2.8x the multiply-adds of `fast`, ~0.5 points more accurate on Fashion-MNIST) where the
-device runs it about as fast as `fast` runs in fp32: a GPU, or a CPU with AMX where bf16 passes the measurement above
-(Xeon, 2 cores: fast-wide in bf16 11,434 images/s, fast in fp32 11,216). Elsewhere `fast-mlp` (`fast` with a hidden
-layer of 256 in its head): on the AMD EPYC with avx512_bf16 only, fast-wide in bf16 took 11 s per Fashion-MNIST
-epoch against fast's 6 s, which misses issue 17's first-epoch target there, while the hidden layer costs ~10% more
-time for +0.6 points of validation top-1 (3 seeds; wider late stages, residual blocks and more epochs gained less
-per second: benchmarks/README.md). So the default's seconds per epoch stay about the same on every machine.
+--model auto: `fast-wide` (2.8x the multiply-adds of `fast`, more accurate on Fashion-MNIST) where the device runs it
+about as fast as `fast` runs in fp32: a GPU, or a CPU with AMX where bf16 passes the measurement above. Elsewhere
+`fast-mlp` (`fast` with a hidden layer of 256 in its head), which costs about as many seconds per epoch as `fast`
+for more accuracy, so the default's seconds per epoch stay about the same on every machine (the measurements:
+benchmarks/README.md, "The default became `fast-mlp`").
 """
 from __future__ import annotations
 

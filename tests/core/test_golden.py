@@ -108,6 +108,21 @@ def test_resume_of_an_old_last_pt_continues(run_copy, capsys):
     assert rows[:epoch] == old_rows
 
 
+def test_an_old_config_yaml_still_configures_the_same_run(folder):
+    """`tudui train --config old/config.yaml` reads every value as written; only `name` is dropped (a repeated run
+    gets a new directory) and the old boolean --amp reads as off/on."""
+    import yaml
+
+    from tudui.api import resolve_config
+
+    written = yaml.safe_load((folder / "config.yaml").read_text())
+    got = resolve_config({}, folder / "config.yaml").to_dict()
+    written.pop("name")
+    if isinstance(written.get("amp"), bool):
+        written["amp"] = "on" if written["amp"] else "off"
+    assert {k: got[k] for k in written} == written
+
+
 def test_old_checkpoint_exports_and_summarises(run_copy, tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     out = tmp_path / "again.onnx"

@@ -135,14 +135,25 @@ def test_old_checkpoint_exports_and_summarises(run_copy, tmp_path, capsys):
     assert f"parameters: {golden(run_copy)['parameters']:,}" in text  # as the writing version counted them
 
 
-def test_a_checkpoint_from_a_newer_tudui_is_refused_in_one_line(tmp_path, capsys):
+@pytest.mark.parametrize("command", ["predict", "eval", "export", "summary", "resume"])
+def test_a_checkpoint_from_a_newer_tudui_is_refused_in_one_line(command, tmp_path, capsys):
+    """Every command that reads a checkpoint says it was written by a newer tudui (a copy with format_version + 1),
+    in one line and before it does anything else."""
     from tudui.core.checkpoint import FORMAT_VERSION
 
-    ckpt = torch.load(FOLDERS[-1] / "best.pt", map_location="cpu", weights_only=True)
-    ckpt["format_version"] = FORMAT_VERSION + 1
-    newer = tmp_path / "newer.pt"
-    torch.save(ckpt, newer)
-    assert tudui_main(["predict", str(newer), IMAGES[0]]) == 2
+    run = Path(shutil.copytree(FOLDERS[-1], tmp_path / "run"))
+    for name in ("best.pt", "last.pt"):
+        ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
+        ckpt["format_version"] = FORMAT_VERSION + 1
+        torch.save(ckpt, run / name)
+    best = str(run / "best.pt")
+    argv = {"predict": ["predict", best, IMAGES[0]],
+            "eval": ["eval", best, "--data", "digits", "--out", str(tmp_path)],
+            "export": ["export", best, "--format", "safetensors", "--out", str(tmp_path / "m.safetensors")],
+            "summary": ["summary", best],
+            "resume": ["train", "--resume", str(run / "last.pt"), "--epochs", "9"]}[command]
+    assert tudui_main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0, err
     assert "written by a newer tudui" in err and f"format {FORMAT_VERSION + 1}" in err and "upgrade tudui" in err
+    assert not (tmp_path / "m.safetensors").exists()

@@ -67,7 +67,7 @@ RANGES = [("lr", 0, "--lr must be positive"), ("lr", -1e-3, "--lr must be positi
           ("val_split", 1.5, r"--val-split must be in \[0, 1\)"),
           ("val_split", -0.1, r"--val-split must be in \[0, 1\)"),
           ("label_smoothing", 1.0, r"--label-smoothing must be in \[0, 1\)"),
-          ("batch_size", 0, "--batch-size must be at least 1"), ("time", 0, "--time must be positive")]
+          ("batch_size", 0, "--batch-size must be at least 1"), ("time", 0, "--time is a budget in minutes and must be positive")]
 
 
 @pytest.mark.parametrize("option, value, message", RANGES)

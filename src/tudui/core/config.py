@@ -195,7 +195,7 @@ class TrainConfig(Options):
     # --- budgets and debug runs -------------------------------------------
     time: float | None = _f(None, "training budget in minutes: after the first epoch the run plans its epochs and "
                                   "schedule to end within it (replaces --epochs)",
-                            group="run", gt=0, what="a budget in minutes")
+                            group="run", gt=0, kind="a budget in minutes")
     fraction: float = _f(1.0, "fraction of the training images used (a seeded random subset)", group="run", gt=0, max=1)
     fast_dev_run: bool = _f(False, "one batch of train, val and test, every artefact written: checks a set-up in "
                                    "seconds", group="run")

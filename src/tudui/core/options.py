@@ -11,7 +11,8 @@ when the options are built: before any model or data is read, however the comman
 
 Field metadata (all optional): `flag` (default: `--` + the name with dashes), `positional` (a positional argument),
 `group` (the section of `--help` it is listed in), `choices`, `min`/`max` (inclusive bounds), `gt`/`lt` (exclusive
-bounds), `what` (what the value is, for the range error), `cli=False` (a library keyword only), `store_true` (a
+bounds), `what` (what the value is, in brackets after the range error) or `kind` (what the value is, named
+first: '--time is a budget in minutes and must be positive'), `cli=False` (a library keyword only), `store_true` (a
 switch with no --no- form), and argparse's own `nargs`, `type`, `const`, `metavar`; `no_flag` adds `--no-NAME`
 meaning that value.
 """
@@ -86,7 +87,8 @@ class Options:
             for v in value if isinstance(value, (list, tuple)) else [value]:
                 if not in_bounds(v, meta):
                     what = f" ({meta['what']})" if "what" in meta else ""
-                    raise TuduiError(f"{flag_of(f)} must be {bound}{what}, got {v}")
+                    kind = f" is {meta['kind']} and" if "kind" in meta else ""
+                    raise TuduiError(f"{flag_of(f)}{kind} must be {bound}{what}, got {v}")
 
     @classmethod
     def refuse_unknown(cls, values: dict, what: str, hint: str | None = None) -> None:

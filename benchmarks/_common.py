@@ -6,11 +6,14 @@ installed), so the figures belong to the code beside them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,11 +34,28 @@ QUICK_SUBSET = 3000  # training images in --quick mode (a smoke test, not a meas
 QUICK_EVAL = {"val_split": 0.02, "tta": False}
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, quick_help: str | None = None) -> argparse.ArgumentParser:
+    """Every script's options: --quick (a smoke test) and --workdir (where everything it writes goes)."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--quick", action="store_true",
-                   help=f"smoke test: 1 epoch, a {QUICK_SUBSET:,}-image subset, 1 repeat (the figures mean nothing)")
+    p.add_argument("--quick", action="store_true", help=quick_help or (
+        f"smoke test: 1 epoch, a {QUICK_SUBSET:,}-image subset, 1 repeat (the figures mean nothing)"))
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="folder for everything the script writes (data it makes, downloads, weights, runs, "
+                        "caches), kept afterwards: a later run with the same folder reuses what is there "
+                        "[a new temporary folder, removed at the end]")
     return p
+
+
+@contextlib.contextmanager
+def workdir(args: argparse.Namespace, prefix: str = "tudui-bench-") -> Iterator[Path]:
+    """The absolute folder `--workdir` names (made if missing, kept), or a new temporary one removed on exit."""
+    if args.workdir is None:
+        with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+            yield Path(tmp)
+    else:
+        path = Path(args.workdir).absolute()
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
 
 
 def header(title: str, quick: bool) -> None:
@@ -150,13 +170,14 @@ _HWM_WRAPPER = (
 )
 
 
-def peak_rss_mib(args: list[str], env: dict | None = None, **popen) -> tuple[float, int]:
+def peak_rss_mib(args: list[str], env: dict | None = None, hwm_dir: Path | None = None,
+                 **popen) -> tuple[float, int]:
     """(peak resident MiB of `python ARGS` (ARGS = ['-m', module, ...] or ['-c', code, ...]), its exit code).
 
-    The child's own VmHWM at exit: see _HWM_WRAPPER for why not ru_maxrss. Output goes where `popen` says."""
+    The child's own VmHWM at exit: see _HWM_WRAPPER for why not ru_maxrss; it writes it to a file in `hwm_dir` (the
+    script's --workdir; None: the system's temporary folder). Output goes where `popen` says."""
     import subprocess
-    import tempfile
-    with tempfile.NamedTemporaryFile("r", suffix=".hwm") as f:
+    with tempfile.NamedTemporaryFile("r", suffix=".hwm", dir=hwm_dir) as f:
         proc = subprocess.run([sys.executable, "-c", _HWM_WRAPPER, f.name, *args], env=env, **popen)
         text = Path(f.name).read_text().strip()
     return (int(text) / 1024 if text else float("nan")), proc.returncode

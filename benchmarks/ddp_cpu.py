@@ -1,9 +1,10 @@
 """1 process vs N processes (DDP, gloo) on this machine's CPU: time per epoch and throughput, side by side.
 
     python benchmarks/ddp_cpu.py [--data fashion-mnist] [--subset 12000] [--epochs 2] [--nproc 2] [--quick]
+                                 [--workdir DIR]
 
-Each configuration is a real `tudui train` run (in a temporary folder); the figures come from its
-results.csv (epoch_time_s = the slowest rank's time, images_per_s = images of all ranks / that time).
+Each configuration is a real `tudui train` run (in --workdir, by default a temporary folder); the figures come
+from its results.csv (epoch_time_s = the slowest rank's time, images_per_s = images of all ranks / that time).
 The first epoch includes warm-up, so the last epoch is reported.
 """
 from __future__ import annotations
@@ -13,11 +14,12 @@ import csv
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+import _common as C
+
+SRC = C.ROOT / "src"
 
 
 def run(nproc: int, args: argparse.Namespace, project: Path) -> dict:
@@ -42,22 +44,20 @@ def run(nproc: int, args: argparse.Namespace, project: Path) -> dict:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = C.parser(__doc__.splitlines()[0], "smoke test: 1 epoch on 1,000 images (the figures mean nothing)")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--subset", type=int, default=12000, help="training images (0: all)")
     p.add_argument("--model", default="fast")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=128, help="per process")
     p.add_argument("--nproc", type=int, default=2)
-    p.add_argument("--quick", action="store_true",
-                   help="smoke test: 1 epoch on 1,000 images (the figures mean nothing)")
     args = p.parse_args()
     if args.quick:
         args.subset, args.epochs = 1000, 1
         print("[--quick smoke test: figures are not measurements]")
     cores = os.cpu_count()
-    with tempfile.TemporaryDirectory() as tmp:
-        one, many = run(1, args, Path(tmp)), run(args.nproc, args, Path(tmp))
+    with C.workdir(args) as work:
+        one, many = run(1, args, work), run(args.nproc, args, work)
     n = args.nproc
     print(f"{args.data} ({args.subset or 'all'} train images), model {args.model}, batch {args.batch_size} per process, "
           f"{cores} CPU cores, last of {args.epochs} epochs")

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from pathlib import Path
 
@@ -115,7 +114,8 @@ def main() -> None:
     train = C.tudui.train  # tudui.api imported before any clock (a process's start, as the CUDA context)
     start, last_s = time.perf_counter(), {}
     runs: dict[str, list[tuple[int, list[dict]]]] = {name: [] for name in RECIPES}
-    with tempfile.TemporaryDirectory(prefix="tudui-gpu-") as project:
+    with C.workdir(args, prefix="tudui-gpu-") as work:
+        project = str(work)
         for name, seed in schedule(args.seeds, args.quick):
             left = args.budget_s - (time.perf_counter() - start)
             if last_s.get(name, EXPECTED_S[name]) > left and not args.quick:

@@ -17,7 +17,6 @@ epochs alternate so drift in the machine's load touches both alike; Lightning ru
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 
 import _common as C
@@ -136,7 +135,8 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     C.header("loop overhead: tudui's trainer vs a plain PyTorch loop vs Lightning", args.quick)
 
-    with tempfile.TemporaryDirectory(prefix="tudui-bench-") as project:
+    with C.workdir(args, prefix="tudui-bench-") as work:
+        project = str(work)
         # epochs = warm-up + timed, so each schedule ends exactly where its run does.
         cfg = TrainConfig(data=["fashion-mnist"], epochs=1 + repeats, project=project, exist_ok=True,
                           subset=C.QUICK_SUBSET if args.quick else None)

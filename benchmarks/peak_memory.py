@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import time
+from pathlib import Path
 
 import _common as C
 
 TARGET_MIB = 2048  # issue 4: peak resident memory of a Fashion-MNIST training run <= 2 GiB
 
 
-def peak_rss(cmd: list[str]) -> tuple[float, float]:
+def peak_rss(cmd: list[str], work: Path) -> tuple[float, float]:
     """(peak resident MiB, wall s) of a child `python ARGS` (cmd[0] is this Python); its output goes through to ours."""
     env = os.environ | {"PYTHONPATH": os.pathsep.join(filter(None, [str(C.ROOT / "src"), os.environ.get("PYTHONPATH")]))}
     t0 = time.perf_counter()
-    mib, code = C.peak_rss_mib(cmd[1:], env=env)
+    mib, code = C.peak_rss_mib(cmd[1:], env=env, hwm_dir=work)
     if code != 0:
         raise SystemExit(f"{' '.join(cmd)} failed with exit code {code}")
     return mib, time.perf_counter() - t0
@@ -34,13 +34,14 @@ def main() -> None:
     args = p.parse_args()
     C.header("peak resident memory of a Fashion-MNIST training run", args.quick)
 
-    with tempfile.TemporaryDirectory(prefix="tudui-bench-") as project:
+    with C.workdir(args, prefix="tudui-bench-") as work:
+        project = str(work)
         train = [sys.executable, "-m", "tudui", "train", "--data", "fashion-mnist", "--epochs", str(args.epochs),
                  "--project", project, "--name", "mem"] + (["--subset", str(C.QUICK_SUBSET)] if args.quick else [])
         floor = [sys.executable, "-c", "import torch, torchvision"]
         label = f"tudui train --data fashion-mnist --epochs {args.epochs}" + \
             (f" --subset {C.QUICK_SUBSET}" if args.quick else "")
-        results = {"floor: import torch, torchvision": peak_rss(floor), label: peak_rss(train)}
+        results = {"floor: import torch, torchvision": peak_rss(floor, work), label: peak_rss(train, work)}
 
     floor_mib = results[next(iter(results))][0]
     rows = [[k, f"{mib:,.0f}", f"{mib / floor_mib:.1f}x", f"{wall:.1f}"] for k, (mib, wall) in results.items()]

@@ -10,7 +10,7 @@ Each tool's wall time per epoch is when its results.csv gains that epoch's row, 
 moment the command starts (start-up included, for both). Printed: per-epoch time and top-1 for both, and how
 long each takes to reach the other's final accuracy.
 
-    python benchmarks/peers.py --yolo .venv-peers/bin/yolo [--epochs 10] [--quick]
+    python benchmarks/peers.py --yolo .venv-peers/bin/yolo [--epochs 10] [--quick] [--workdir DIR]
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -79,8 +78,8 @@ def main() -> None:
     p.add_argument("--yolo", default=str(C.ROOT / ".venv-peers" / "bin" / "yolo"),
                    help="the `yolo` command of a separate environment with ultralytics installed")
     p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "tudui-peers-fashion-mnist"),
-                   help="where the PNG folders are written (kept for the next run)")
+    p.add_argument("--data", default=None,
+                   help="where the PNG folders are written (kept for the next run) [WORKDIR/fashion-mnist-folders]")
     args = p.parse_args()
     if not Path(args.yolo).exists():
         sys.exit(f"{args.yolo} not found: make bench creates it (python -m venv .venv-peers && "
@@ -89,10 +88,12 @@ def main() -> None:
     epochs = 1 if args.quick else args.epochs
     C.header(f"peers: Ultralytics yolov8n-cls vs tudui default, Fashion-MNIST PNG folders, {epochs} epoch(s)",
              args.quick)
-    data = write_folders(Path(args.data + ("-quick" if args.quick else "")).absolute(), args.quick)
     env = os.environ | {"YOLO_OFFLINE": "1", "PYTHONPATH": str(C.ROOT / "src")}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
+    with C.workdir(args) as tmp:
+        folders = Path(args.data) if args.data else tmp / "fashion-mnist-folders"
+        data = write_folders(Path(str(folders) + ("-quick" if args.quick else "")).absolute(), args.quick)
+        for scratch in ("yolo", "tudui", "decoded"):  # a kept --workdir: each run starts from nothing, cold cache
+            shutil.rmtree(tmp / scratch, ignore_errors=True)
         yolo_dir = tmp / "yolo"
         yolo = watch([args.yolo, "classify", "train", f"data={data}", "model=yolov8n-cls.yaml", "pretrained=False",
                       "imgsz=32", f"epochs={epochs}", "device=cpu", "plots=False", f"project={yolo_dir}",

@@ -24,10 +24,14 @@ Comparisons (each model: resnet18 at 224 px, and mobilenet_v3_small):
      own footprint) and with the default limit (the decoded data held).
 
     .venv/bin/python benchmarks/photos.py [--quick] [--epochs 10] [--models resnet18 mobilenet_v3_small]
-                                          [--workdir /tmp/tudui-bench-photos]
+                                          [--workdir DIR]
+(a kept --workdir holds the photo folder and the backbones for the next run: --quick's under DIR/quick)
 """
 from __future__ import annotations
 
+import argparse
+import hashlib
+import json
 import os
 import shutil
 import time
@@ -86,17 +90,24 @@ def pretrained(arch: str, workdir: Path, epochs: int, quick: bool) -> Path:
     fine-tuning runs normalise), its BatchNorm statistics then re-estimated on 1,000 of those images at the
     training size of the comparisons (ImageNet weights' statistics match the inputs they are used with), the head
     removed."""
-    side = 32 if quick else 64
-    out = workdir / f"{arch}-fmnist-test-{epochs}ep-{side}px.pth"
+    side, bn_side = (32, 64) if quick else (64, 224)
+    images, targets = C.load_fmnist(False, 1000 if quick else None)
+    # The file's name carries a digest of everything the weights depend on (the images, every setting, the
+    # versions that build and train the net), so a kept workdir never hands out weights made another way.
+    data_sha = hashlib.sha256(images.tobytes() + targets.tobytes()).hexdigest()
+    recipe = {"arch": arch, "epochs": epochs, "side": side, "bn_side": bn_side, "images": data_sha,
+              "tudui": tudui.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+    out = workdir / f"{arch}-fmnist-test-{epochs}ep-{side}px-{key}.pth"
     if out.exists():
         return out
-    images, targets = C.load_fmnist(False, 1000 if quick else None)
     src = workdir / ("pretrain-quick" if quick else "pretrain")
-    if not (src / ".made").exists():
+    if not (src / ".made").is_file() or (src / ".made").read_text() != data_sha:
+        shutil.rmtree(src, ignore_errors=True)
         for i, (img, t) in enumerate(zip(images, targets)):
             (src / f"class{t}").mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(src / f"class{t}" / f"{i:05d}.png")
-        (src / ".made").touch()
+        (src / ".made").write_text(data_sha)
     t0 = time.perf_counter()
     os.environ["TUDUI_CACHE"] = str(workdir / "cache-pretrain")  # not the user's ~/.cache
     r = tudui.train(data=str(src), model=arch, channels=3, img_size=side, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -104,9 +115,11 @@ def pretrained(arch: str, workdir: Path, epochs: int, quick: bool) -> Path:
                     name=f"pre-{arch}", exist_ok=True)
     model = tudui.create_model(arch, 10, 3, side)
     model.load_state_dict(torch.load(r.best, weights_only=True)["model"])
-    recalibrate_bn(model, images[:1000], 64 if quick else 224)
+    recalibrate_bn(model, images[:1000], bn_side)
     head = head_path(model)
-    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith(head + ".")}, out)
+    partial = out.with_suffix(".partial")  # an interrupted save never leaves a file under the final name
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith(head + ".")}, partial)
+    partial.replace(out)
     print(f"pretrained {arch} on {len(targets):,} Fashion-MNIST test images at {side} px for {epochs} epochs in "
           f"{time.perf_counter() - t0:.0f} s: val top-1 {r.val['top1']:.2%} -> {out.name}", flush=True)
     return out
@@ -257,7 +270,7 @@ def run_peak(args: list[str], env: dict, workdir: Path) -> tuple[float, str]:
     """(peak resident MiB of `python -m tudui ARGS`, the child's own (_common.peak_rss_mib); its first line)."""
     out_path, err_path = workdir / "rss.out", workdir / "rss.err"
     with open(out_path, "w") as out, open(err_path, "w") as err:
-        mib, code = C.peak_rss_mib(["-m", "tudui", *args], env=env, stdout=out, stderr=err)
+        mib, code = C.peak_rss_mib(["-m", "tudui", *args], env=env, hwm_dir=workdir, stdout=out, stderr=err)
     if code != 0:
         raise RuntimeError(f"tudui {' '.join(args)} failed: {err_path.read_text()[-2000:]}")
     lines = out_path.read_text().splitlines()
@@ -274,18 +287,22 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=10, help="epochs of comparison 1 [10]")
     p.add_argument("--models", nargs="+", default=["resnet18", "mobilenet_v3_small"])
-    p.add_argument("--workdir", default="/tmp/tudui-bench-photos", help="photo folder, weights, caches, runs")
     p.add_argument("--pretrain-epochs", type=int, default=4)
     p.add_argument("--steps", type=int, default=10, help="optimisation steps per throughput measurement [10]")
     p.add_argument("--parts", nargs="+", type=int, default=[1, 2, 3, 4], choices=[1, 2, 3, 4],
                    help="which comparisons to run [all four]")
     args = p.parse_args()
+    with C.workdir(args) as base:  # photo folder, weights, caches, runs
+        workdir = base / "quick" if args.quick else base
+        workdir.mkdir(exist_ok=True)
+        bench(args, workdir)
+
+
+def bench(args: argparse.Namespace, workdir: Path) -> None:
     quick, parts = args.quick, set(args.parts)
     epochs, size = (1, 64) if quick else (args.epochs, 224)
     models = ["mobilenet_v3_small"] if quick else args.models
     steps = 4 if quick else args.steps
-    workdir = Path(args.workdir + ("-quick" if quick else ""))
-    workdir.mkdir(parents=True, exist_ok=True)
     C.header("photos: frozen-backbone training, start-up, fine-tuning throughput, memory", quick)
     folder = make_folder(workdir / "photos", (14, 3) if quick else (270, 30), (80, 120) if quick else (256, 500))
     n_files = sum(1 for _ in folder.rglob("*.jpg"))

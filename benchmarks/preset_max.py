@@ -9,7 +9,6 @@ is measured at each epoch's end with the clock paused (time_to_accuracy.TestEver
 """
 from __future__ import annotations
 
-import tempfile
 
 import _common as C
 import numpy as np
@@ -32,7 +31,8 @@ def main() -> None:
         {"time": None, "epochs": 1, "subset": C.QUICK_SUBSET} | C.QUICK_EVAL if args.quick else {})
     clock = C.Clock()
     cb = TestEveryEpoch(clock, test_split, "tudui preset=max")
-    with tempfile.TemporaryDirectory(prefix="tudui-bench-") as project:
+    with C.workdir(args, prefix="tudui-bench-") as work:
+        project = str(work)
         C.tudui.train(data="fashion-mnist", project=project, name="max", callbacks=[cb], **options)
     rows = cb.rows
     print("\nwall time from the start of training to each epoch's end, and test accuracy then")

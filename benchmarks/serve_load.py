@@ -24,7 +24,6 @@ import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -153,7 +152,8 @@ def main() -> int:
         args.duration, args.warmup = min(args.duration, 3.0), min(args.warmup, 1.0)
     C.header("serve load: one request per forward pass against micro-batching", args.quick)
 
-    with tempfile.TemporaryDirectory() as tmp:
+    with C.workdir(args) as work:
+        tmp = str(work)
         model = args.model
         if model is None:
             import tudui

@@ -16,7 +16,6 @@ loading, validation and checkpoint writes.
 """
 from __future__ import annotations
 
-import tempfile
 
 import _common as C
 import numpy as np
@@ -148,7 +147,8 @@ def main() -> None:
     course = run_course(1 if args.quick else args.epochs, limit, test)  # the baseline: one run, seed 0
     recipes = {"tudui default": quick} | ({long_name: parse_options(args.long) | quick} if args.long else {})
     runs: dict[str, list[list[dict]]] = {name: [] for name in recipes}  # recipe -> one row list per seed
-    with tempfile.TemporaryDirectory(prefix="tudui-bench-") as project:
+    with C.workdir(args, prefix="tudui-bench-") as work:
+        project = str(work)
         for seed in seeds:
             for name, options in recipes.items():
                 label = f"{name} seed {seed}"

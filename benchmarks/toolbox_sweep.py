@@ -9,7 +9,6 @@ the record. Accuracies at a fixed number of epochs do not depend on how busy the
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 
 import _common as C
@@ -37,7 +36,8 @@ def main() -> None:
         args.variants = [v for v in args.variants if v in ("baseline", "trivialaugment", "mixup 0.2")]
     C.header("toolbox sweep: one switch at a time on the default recipe", args.quick)
     rows, base_val = [], None
-    with tempfile.TemporaryDirectory() as tmp:
+    with C.workdir(args) as work:
+        tmp = str(work)
         for name in args.variants:
             vals, tests, secs = [], [], []
             for seed in args.seeds[:1] if args.quick else args.seeds:

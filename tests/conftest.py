@@ -6,8 +6,10 @@ import os
 import signal
 import struct
 import queue
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -18,6 +20,113 @@ import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def in_ci() -> bool:
+    """True where the environment says this run is CI (CI=true, as GitHub Actions, GitLab and most runners set)."""
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+# Hypothesis keeps no example database: it would write .hypothesis/ into the checkout (the tests' working folder);
+# its other files (the Unicode and constants caches) go to a temp folder of the run (pytest_configure below).
+# In CI it is also derandomized, so a run's examples depend on the code alone and a red build can be rerun as is.
+try:
+    from hypothesis import settings as _hypothesis_settings
+except ImportError:  # a declared dev dependency: without it the fuzz tests' imports fail (and say so)
+    pass
+else:
+    _hypothesis_settings.register_profile("tudui", database=None)
+    _hypothesis_settings.register_profile("tudui-ci", database=None, derandomize=True)
+    _hypothesis_settings.load_profile("tudui-ci" if in_ci() else "tudui")
+
+
+def pytest_configure(config):
+    """Hypothesis' storage folder (caches it writes even without a database, some while the test modules are
+    imported) in a temp folder of this run, removed at its end, instead of ./.hypothesis."""
+    try:
+        from hypothesis.configuration import set_hypothesis_home_dir
+    except ImportError:
+        return
+    config._hypothesis_home = tempfile.mkdtemp(prefix="tudui-tests-hypothesis-")
+    set_hypothesis_home_dir(config._hypothesis_home)
+
+
+def pytest_unconfigure(config):
+    if getattr(config, "_hypothesis_home", None):
+        shutil.rmtree(config._hypothesis_home, ignore_errors=True)
+
+
+# The skips that stay skips under CI=true: reason text (a substring of the skip's message) -> why it may skip there.
+# Under CI every other skip fails the test (pytest_runtest_makereport, pytest_make_collect_report below): a missing
+# declared dependency (importorskip), missing data (Fashion-MNIST), a missing browser (chromium) or CJK font means a
+# broken install, which must not pass green. The "slow" tests are deselected by `-m "not slow"`, not skipped.
+ALLOWED_SKIPS: dict[str, str] = {
+    "needs a CUDA GPU": "GPU tests: CI runners have none (`make bench-gpu` runs them where CUDA is)",
+    "Ultralytics' environment .venv-peers is made by `make bench`": "a benchmark peer, never a tudui dependency",
+    "root writes into read-only folders": "as root the real read-only check cannot fail; a simulated test covers it",
+    "is large: exported in the slow test": "covered by the slow test test_export_big_models (`make test-all`)",
+    "POSIX FIFOs": "the platform has no FIFOs (not an install problem)",
+    "this file system takes only UTF-8 names": "the file system's own rule (not an install problem)",
+    "this file system folds Unicode spellings itself": "the file system's own rule (not an install problem)",
+    "glibc only": "the platform's C library (not an install problem)",
+}
+
+
+def _skip_reason(report) -> str:
+    """The message of a skipped report: its longrepr is (path, line, "Skipped: REASON") or, for a mark, REASON."""
+    longrepr = report.longrepr
+    text = longrepr[2] if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return text.removeprefix("Skipped: ")
+
+
+def _fail_unallowed_skip(report) -> None:
+    """Under CI, turn `report` (skipped, not an xfail) into a failure unless its reason is in ALLOWED_SKIPS."""
+    if not (report.skipped and in_ci()) or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if any(allowed in reason for allowed in ALLOWED_SKIPS):
+        return
+    report.outcome = "failed"
+    report.longrepr = (f"skipped under CI=true, which allows only the skips in tests/conftest.py ALLOWED_SKIPS: "
+                       f"{reason}\n(a declared dependency, data, the browser or a CJK font is missing: `make test` "
+                       "installs them)")
+
+
+# What a run may add at the checkout's top level: pytest's own cache. Anything else (runs/, .hypothesis/, a file
+# written relative to the working folder) means a test or a benchmark wrote into the checkout instead of tmp_path.
+CHECKOUT_MAY_GAIN = {".pytest_cache", "__pycache__"}
+
+
+def pytest_sessionstart(session):
+    session.config._checkout_before = set(os.listdir(REPO))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    before = getattr(session.config, "_checkout_before", None)
+    if before is None or hasattr(session.config, "workerinput"):  # an xdist worker: the controller checks
+        return
+    session.config._checkout_gained = sorted(set(os.listdir(REPO)) - before - CHECKOUT_MAY_GAIN)
+    if session.config._checkout_gained:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if getattr(config, "_checkout_gained", None):
+        terminalreporter.write_line(f"FAILED: the tests wrote into the checkout ({REPO}): "
+                                    f"{', '.join(config._checkout_gained)}; write into tmp_path instead", red=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_unallowed_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """A module-level skip (pytest.importorskip at the top of a file) skips at collection: the same rule."""
+    outcome = yield
+    _fail_unallowed_skip(outcome.get_result())
 
 
 @pytest.fixture(scope="session", autouse=True)

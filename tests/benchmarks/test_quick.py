@@ -35,13 +35,24 @@ def test_every_script_is_listed():
     assert scripts == set(SCRIPTS)  # a new benchmark must be smoke-tested too
 
 
+def test_every_script_writes_only_into_its_workdir():
+    """Each script takes --workdir from _common.parser and writes its files there (C.workdir): none names a fixed
+    folder of its own (/tmp/...) or makes a temporary folder outside it."""
+    writes_nothing = {"amp_speed.py", "data_path.py"}  # they time in memory; --workdir is accepted, unused
+    for script in SCRIPTS:
+        text = (BENCH / script).read_text()
+        assert "C.parser(" in text and ("C.workdir(args" in text or script in writes_nothing), script
+        for fixed in ("/tmp", "gettempdir", "TemporaryDirectory", "mkdtemp"):
+            assert fixed not in text, (script, fixed)
+
+
 @pytest.mark.parametrize("script", sorted(name for name, line in SCRIPTS.items() if line is not None))
 def test_quick_run(script, request, tmp_path):
     if script == "peers.py" and not PEERS_YOLO.exists():
         pytest.skip("Ultralytics' environment .venv-peers is made by `make bench`")
     request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
     env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, str(BENCH / script), "--quick"], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path, env=env)
+    r = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--workdir", str(tmp_path / "work")],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "--quick smoke test" in r.stdout and SCRIPTS[script] in r.stdout, r.stdout[-3000:]

@@ -9,12 +9,12 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def test_short_load_run_has_no_errors_and_batches_form(tiny_model):
+def test_short_load_run_has_no_errors_and_batches_form(tiny_model, tmp_path):
     pytest.importorskip("fastapi")
     pytest.importorskip("psutil")
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), str(tiny_model), "--quick",
-                        "--duration", "2", "--warmup", "1", "--concurrency", "16"],
-                       capture_output=True, text=True, timeout=300)
+                        "--duration", "2", "--warmup", "1", "--concurrency", "16", "--workdir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     def row(label: str) -> list[str]:  # the two modes' cells of one row of the side-by-side table

@@ -64,7 +64,8 @@ def test_a_name_is_one_folder_inside_the_project(tmp_path, capsys, name):
     assert sorted(p.name for p in tmp_path.rglob("*")) == []  # nothing written anywhere, not even --project
 
 
-def test_user_given_paths_are_printed_without_control_characters(tmp_path, capsys):
+def test_user_given_paths_are_printed_without_control_characters(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default --project (runs/) lands here, not in the checkout
     assert tudui_main(["train", "--data", str(tmp_path / "x\x1b[2J\nforged: ok")]) == 2
     err = one_error_line(capsys)
     assert "\\x1b[2J\\nforged: ok" in err

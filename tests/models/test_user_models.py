@@ -124,3 +124,32 @@ def test_channels_that_do_not_fit_a_library_model_name_the_keyword(tmp_path):
         tudui.train(data="digits", model=resnet18(num_classes=10), channels=1, subset=100, epochs=1,
                     project=str(tmp_path), plots=False, tensorboard=False)
     assert "cannot take 1x8x8 input" in str(e.value) and "channels=" in str(e.value)
+
+
+def test_a_model_with_lazy_layers_trains_and_predicts(tmp_path, monkeypatch):
+    """nn.LazyLinear has no weight shape until its first forward pass: the dry run before training gives it one, so
+    the channels-last conversion, the optimiser and the checkpoint see real parameters (this was a traceback)."""
+    import tudui
+
+    (tmp_path / "lazy.py").write_text(textwrap.dedent('''
+        from torch import nn
+
+
+        class Lazy(nn.Module):
+            def __init__(self, num_classes):
+                super().__init__()
+                self.net = nn.Sequential(nn.Flatten(), nn.LazyLinear(num_classes))
+
+            def forward(self, x):
+                return self.net(x)
+    '''))
+    monkeypatch.chdir(tmp_path)
+    assert tudui_main([*TRAIN, "--model", "lazy.py:Lazy", "--project", str(tmp_path), "--name", "lazy"]) == 0
+    ckpt = torch.load(tmp_path / "lazy" / "best.pt", weights_only=True)
+    assert ckpt["model"]["net.1.weight"].shape == (10, 64)
+    png = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (8, 8)).save(png)
+    _, [pred] = tudui.predict(tmp_path / "lazy" / "best.pt", [str(png)], topk=1)
+    assert pred.error is None and 0 < pred.topk[0][1] <= 1

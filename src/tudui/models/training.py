@@ -59,14 +59,14 @@ def create_training_model(cfg, spec, device: torch.device) -> tuple[nn.Module, d
     if cfg.weights and user_code:
         load_weights(model, read_weights(cfg.weights), cfg.weights)
     model = model.to(device)
-    if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster; ~1.4x for `fast` on a CPU
-        model = model.to(memory_format=torch.channels_last)
     if not isinstance(cfg.model, str):  # an object: only a library call passes one, so the keywords are named
         hint = "check its first layer's in_channels (channels=) and the size its Linear expects (img_size=)"
     else:
         hint = "check its first layer's in_channels (--channels) and the size its Linear expects (--img-size)" \
             if user_code else f"try --img-size {get_model_info(cfg.model).default_size}"
-    check_forward(model, spec, name, device, hint)
+    check_forward(model, spec, name, device, hint)  # first: it also gives lazy layers (nn.LazyLinear) their shapes
+    if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster (benchmarks/README.md)
+        model = model.to(memory_format=torch.channels_last)
     arch = make_arch(name, spec.num_classes, spec.channels, spec.img_size, **args)
     if user_code:  # rebuilt later from its file
         arch["source"] = source_record(ref, args) if ref else {"name": name, "path": None, "args": args}

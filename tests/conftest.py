@@ -129,6 +129,25 @@ def pytest_make_collect_report(collector):
     _fail_unallowed_skip(outcome.get_result())
 
 
+@pytest.fixture(autouse=True)
+def each_test_leaves_the_process_and_the_checkout_as_it_found_them(request):
+    """Restore what an in-process training changes for the whole process (`--threads` sets torch's thread count,
+    `--deterministic` its algorithm flag), so a later test's bit-exact comparison with a subprocess is not run with
+    another thread count; and name the test that wrote into the checkout (the session check above says only what)."""
+    import torch
+
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    yield
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+    before = getattr(request.config, "_checkout_before", None)
+    gained = sorted(set(os.listdir(REPO)) - before - CHECKOUT_MAY_GAIN) if before is not None else []
+    if gained:
+        request.config._checkout_before = before | set(gained)  # reported once, by the test that wrote it
+        pytest.fail(f"this test wrote into the checkout ({REPO}): {', '.join(gained)}; write into tmp_path instead")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def decoded_cache(tmp_path_factory):
     """The decoded-image cache of every test (and of the CLI runs they start) in a temp folder, not ~/.cache."""

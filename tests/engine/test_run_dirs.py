@@ -143,3 +143,15 @@ def test_a_run_directory_made_read_only_mid_run_says_how_to_resume(tmp_path, mon
     state["read_only"] = False  # writable again: the printed way on works
     assert tudui_main(["train", "--resume", str(run)]) == 0
     assert load_checkpoint(run / "last.pt")["epoch"] == 3
+
+
+def test_a_run_that_fails_in_set_up_leaves_no_folder_behind(tmp_path, capsys):
+    """`tudui train --data typo` in a fresh folder left an empty runs/ there: the folders a failed set-up created
+    (--project and those above it that were new, and the run directory) are removed; a project that existed stays."""
+    project = tmp_path / "new" / "runs"
+    assert tudui_main(["train", "--data", str(tmp_path / "no-such-folder"), "--project", str(project)]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "kept").mkdir()
+    assert tudui_main(["train", "--data", str(tmp_path / "no-such-folder"), "--project", str(tmp_path / "kept")]) == 2
+    assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())

@@ -136,8 +136,8 @@ def _check_project(project: Path) -> None:
                              "holding the run directories")
 
 
-def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple[Path, FileLock, bool]:
-    """(run directory, its lock (held), whether it was created now): runs/exp, runs/exp2, ...
+def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple[Path, FileLock, list[Path]]:
+    """(run directory, its lock (held), the folders created now, innermost first): runs/exp, runs/exp2, ...
 
     An existing name gets the next free number rather than being overwritten. `mkdir` without exist_ok is atomic,
     so two runs started at the same moment with the same name get two different directories: the loser of the race
@@ -149,11 +149,12 @@ def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple
     name = check_run_name(name if name is not None else "exp")
     base = project / name
     _check_project(project)
+    # the project folder and those above it that do not exist yet: a run that fails in set-up leaves none behind
+    created = [p for p in (project, *project.parents) if not os.path.lexists(p)]
     try:
         project.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _run_dir_error(project, e, project) from None
-    created = False
     if exist_ok:
         if base.is_symlink() and not base.exists():
             raise TuduiError(f"{shown(base)} is a link to {shown(os.readlink(base))}, which does not exist; remove the "
@@ -162,7 +163,7 @@ def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple
             raise TuduiError(f"{shown(base)} exists and is not a folder; choose another --name")
         try:
             base.mkdir()
-            created = True
+            created.insert(0, base)
         except FileExistsError:
             pass
         except OSError as e:
@@ -173,7 +174,7 @@ def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple
             run_dir = base if i == 1 else base.with_name(f"{base.name}{i}")
             try:
                 run_dir.mkdir()
-                created = True
+                created.insert(0, run_dir)
                 break
             except FileExistsError:
                 continue
@@ -185,8 +186,7 @@ def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple
     try:
         lock.acquire(blocking=False)
     except Locked as e:
-        if created:
-            _remove_if_empty(run_dir)
+        _remove_if_empty(created)
         if e.pid is not None and not pid_alive(e.pid):  # its forked helpers (DataLoader workers) still hold it
             raise TuduiError(f"{shown(run_dir)} is still held by processes that training {e.pid} started (it has "
                              "ended); try again in a few seconds, or choose another --name") from None
@@ -194,25 +194,26 @@ def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple
         raise TuduiError(f"{shown(run_dir)} is in use by another training ({who}, still running); wait for it to "
                          "end, or choose another --name") from None
     except OSError as e:
-        if created:
-            _remove_if_empty(run_dir)
+        _remove_if_empty(created)
         raise _run_dir_error(run_dir, e, project) from None
     return run_dir, lock, created
 
 
-def _remove_if_empty(folder: Path) -> None:
-    try:
-        folder.rmdir()  # only an empty folder: nothing of anyone's is lost
-    except OSError:
-        pass
+def _remove_if_empty(folders: list[Path]) -> None:
+    """Remove `folders` (innermost first) while each is empty: nothing of anyone's is lost."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
 
 
-def close_run_dir(run_dir: Path, lock: FileLock | None, created: bool) -> None:
-    """Release the lock; a directory created by a run that failed before writing anything is removed again."""
+def close_run_dir(run_dir: Path, lock: FileLock | None, created: list[Path]) -> None:
+    """Release the lock; the folders `open_run_dir` created for a run that failed before writing anything (the run
+    directory, and `--project` when it was new) are removed again."""
     if lock is not None:
         lock.release()
-    if created:
-        _remove_if_empty(run_dir)
+    _remove_if_empty(created)
 
 
 def make_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> Path:

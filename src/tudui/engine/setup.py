@@ -105,7 +105,7 @@ def setup(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> Run:
 
     The run directory stays locked until `run.close()` (fit does it), so no second training writes into it
     meanwhile; when set-up fails, a directory it made and left empty is removed again."""
-    held: list = []  # rank 0: (lock, created now)
+    held: list = []  # rank 0: (lock, the folders created now)
 
     def claim() -> Path:
         run_dir, lock, created = open_run_dir(cfg.project, cfg.name, cfg.exist_ok)

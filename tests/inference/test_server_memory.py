@@ -9,7 +9,6 @@ from __future__ import annotations
 import concurrent.futures
 import ctypes
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -19,6 +18,8 @@ from tests.conftest import big_float_tiff, big_png
 httpx = pytest.importorskip("httpx")
 psutil = pytest.importorskip("psutil")
 pytest.importorskip("fastapi")
+
+from tests.memory import peak_rss_growth_mb  # noqa: E402  (imports psutil: after its importorskip)
 
 # The server under test decodes 16-Mpx images (a quarter of the pixel limit) with a quarter of the default budget,
 # so 8 uploads take seconds; the bound scales with both.
@@ -54,21 +55,9 @@ def test_concurrent_worst_case_uploads_stay_within_the_memory_bound(predictor, l
     uploads = _uploads()
     # 8 decodes allowed at once by count, so the byte budget is what holds them back (on any number of cores).
     app = create_app(predictor, max_decode_mb=BUDGET_MB, max_decodes=8)
-    me = psutil.Process()
     with live_server(app) as url, httpx.Client(timeout=120) as client:
         assert client.post(f"{url}/predict", content=big_png(64, 64)).status_code == 200  # warm: model, threads
         _trim_heap()
-        base = me.memory_info().rss
-        peak, done = base, threading.Event()
-
-        def sample():  # the server runs in this process: its resident size, every 2 ms
-            nonlocal peak
-            while not done.is_set():
-                peak = max(peak, me.memory_info().rss)
-                time.sleep(0.002)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
         start = threading.Barrier(len(uploads))
 
         def send(data: bytes):
@@ -76,16 +65,15 @@ def test_concurrent_worst_case_uploads_stay_within_the_memory_bound(predictor, l
                 start.wait()
                 return c.post(f"{url}/predict", content=data)
 
-        try:
+        def send_all():  # the server runs in this process: its resident size is what peak_rss_growth_mb samples
             with concurrent.futures.ThreadPoolExecutor(len(uploads)) as pool:
-                answers = list(pool.map(send, [data for _, data in uploads]))
-        finally:
-            done.set()
-            sampler.join(5)
+                return list(pool.map(send, [data for _, data in uploads]))
+
+        answers, grown = peak_rss_growth_mb(send_all)
         budget = app.state.decode_budget
+    assert not isinstance(answers, Exception), answers
     assert [r.status_code for r in answers] == [200] * len(uploads), [r.text[:200] for r in answers]
     assert budget.peak_bytes <= BUDGET_MB * 2**20 and budget.used == 0 and budget.running == 0
-    grown = (peak - base) / 2**20
     print(f"resident memory grew {grown:.0f} MiB; decodes held at most {budget.peak_bytes / 2**20:.0f} MiB")
     assert grown <= BUDGET_MB + SLACK_MB, f"resident memory grew {grown:.0f} MiB (bound {BUDGET_MB + SLACK_MB} MiB)"
     # The server's answer is `tudui predict`'s: the same decoding path for 16-bit images.

@@ -121,3 +121,15 @@ def test_subset_is_a_seeded_random_choice_as_its_help_says():
     assert chosen(0) == first and chosen(1) != first
     words = next(f for f in dataclasses.fields(TrainConfig) if f.name == "subset").metadata["help"]
     assert "seeded random" in words and "--seed" in words and "first" not in words
+
+
+def test_a_dataset_file_runs_whole(tmp_path):
+    """`--data data.py:train_set` names an object the file's statements make (and may read settings such as
+    `ROOT = os.environ.get(...)`): a Dataset file runs whole, unlike a model's file (core/toplevel.py)."""
+    path = tmp_path / "data.py"
+    path.write_text("import os\nimport numpy as np\nimport torch\n\nSIDE = int(os.environ.get('SIDE', '8'))\n\n\n"
+                    "class Squares(torch.utils.data.Dataset):\n    def __getitem__(self, i):\n"
+                    "        return np.full((SIDE, SIDE), 40 * i, np.uint8), i % 2\n\n    def __len__(self):\n"
+                    "        return 6\n\n\ntrain_set = Squares()\n")
+    train, _, _ = load_splits([f"{path}:train_set"], val_split=0)
+    assert len(train) == 6 and train.classes == ["0", "1"]

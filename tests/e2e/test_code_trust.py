@@ -14,10 +14,10 @@ EVIL = '''
 import pathlib
 import torch.nn as nn
 
-pathlib.Path({marker!r}).write_text("this file ran")
-
 
 class Net(nn.Module):
+    pathlib.Path({marker!r}).write_text("this file ran")  # a class body runs whenever the file is loaded
+
     def __init__(self, num_classes):
         super().__init__()
         self.fc = nn.Linear(16, num_classes)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -179,3 +180,53 @@ def test_own_model_serves(tudui_run, fmnist_folders):
     r = client.post("/predict", files={"file": (image.name, image.read_bytes(), "image/jpeg")})
     assert r.status_code == 200 and len(r.json()["predictions"]) == 5
     assert client.get("/info").json()["arch"].endswith("model.py:Tudui")
+
+
+BLITZ_SCRIPT = '''"""train_main.py as a learner writes it: the class, then its training, with no __main__ guard."""
+import tudui
+from torch import nn
+
+HIDDEN = 32
+
+
+class Tudui(nn.Module):
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+print("train_main.py is training")
+with open("trainings.txt", "a") as f:
+    f.write("one training\\n")
+tudui.train(model=Tudui(), data="digits", epochs=1, subset=100, project="runs", name="x", plots=False,
+            tensorboard=False)
+'''
+
+
+def test_predicting_does_not_rerun_a_training_script(tmp_path, capsys):
+    """`python train_main.py`, then `tudui predict runs/x/best.pt`: the prediction rebuilds Tudui from the script
+    without running the script (no second training, no script output); the training said so when it started."""
+    from PIL import Image
+
+    from tudui.cli import main as tudui_main
+
+    code = tmp_path / "我的 code"
+    code.mkdir()
+    (code / "train_main.py").write_text(BLITZ_SCRIPT)
+    env = os.environ.copy() | {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
+    r = subprocess.run([sys.executable, "train_main.py"], cwd=code, capture_output=True, text=True, timeout=300,
+                       env=env)  # as the learner runs it: the script is __main__
+    assert r.returncode == 0, r.stderr
+    warnings = [line for line in r.stderr.splitlines() if "top-level statement" in line]
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: {code / 'train_main.py'} runs 3 top-level"), \
+        r.stderr
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "digit.png")
+    # predict in this process (a subprocess would add only torch's import time): the file is loaded afresh
+    assert tudui_main(["predict", str(code / "runs" / "x" / "best.pt"), str(tmp_path / "digit.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "digit.png" in out and "is training" not in out + err
+    assert (code / "trainings.txt").read_text() == "one training\n"
+    assert [p.name for p in (code / "runs").iterdir()] == ["x"]

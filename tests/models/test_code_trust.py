@@ -2,8 +2,9 @@
 
 The attack: a weights-only `.pt` (or a `.safetensors` sidecar) whose `arch.source.relpath` points at a model.py shipped
 beside it, or whose `arch.name` is '/any/dir/model.py:Net'. Loading it must not import that file unless the user named
-it (--model-file), trained with exactly its contents here, or passed --trust-code. The file here writes a marker when
-imported, so a test sees whether it ran. Every test has its own trust store ($TUDUI_CACHE in its tmp_path).
+it (--model-file), trained with exactly its contents here, or passed --trust-code. The file here writes a marker from
+its class body, which runs whenever the file is loaded (only a file's other top-level statements are skipped), so a
+test sees whether it ran. Every test has its own trust store ($TUDUI_CACHE in its tmp_path).
 """
 from __future__ import annotations
 
@@ -26,10 +27,10 @@ MODEL_PY = '''
 import pathlib
 import torch.nn as nn
 
-pathlib.Path({marker!r}).write_text("this file ran")
-
 
 class Net(nn.Module):
+    pathlib.Path({marker!r}).write_text("this file ran")  # a class body runs whenever the file is loaded
+
     def __init__(self, num_classes, in_channels=1, img_size=8):
         super().__init__()
         self.fc = nn.Linear(in_channels * img_size * img_size, num_classes)
@@ -65,13 +66,17 @@ def crafted(tmp_path, monkeypatch):
     torch.manual_seed(0)
     spec = DataSpec(["a", "b"], 8, 1, [0.5], [0.25], True)
     save_checkpoint(make_checkpoint(Twin(), arch, spec.to_dict(), epoch=1), d / "best.pt")
-    images = tmp_path / "images"
+    return d, marker, class_folders(tmp_path / "images"), arch
+
+
+def class_folders(images: Path) -> Path:
+    """images/a and images/b, three random 8x8 greyscale PNGs each."""
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
         (images / c).mkdir(parents=True)
         for i in range(3):
             Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(images / c / f"{i}.png")
-    return d, marker, images, arch
+    return images
 
 
 def command(name: str, ckpt: Path, images: Path, tmp_path: Path) -> list:
@@ -210,3 +215,103 @@ def test_a_model_defined_outside_a_file_asks_for_model_file():
     with pytest.raises(TuduiError, match="not defined in a file when it was trained; name a file that defines it "
                                          "with --model-file"):
         build_model(arch, base_dir="/tmp")
+
+
+# A learner's train_main.py (the blitz's shape): the class, then its training at the top level with no
+# `if __name__ == "__main__":` guard. Rebuilding Tudui must run the imports, constants and helper it needs, and none
+# of the script: a marker file and a print stand in for the `tudui.train(model=Tudui(), ...)` call.
+SCRIPT = '''"""train_main.py: the model and its training in one file."""
+import pathlib
+import torch
+from torch import nn
+
+try:
+    import a_module_nobody_has
+except ImportError:
+    a_module_nobody_has = None
+
+SIDE = 8
+HIDDEN: int = 16
+CLASSES = ["a", "b"]
+NUM_CLASSES = len(CLASSES)
+ACT = nn.ReLU
+
+
+def hidden_width():
+    return HIDDEN
+
+
+class Tudui(nn.Module):
+    def __init__(self, num_classes=NUM_CLASSES, in_channels=1):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(in_channels * SIDE * SIDE, hidden_width()), ACT(),
+                                 nn.Linear(hidden_width(), num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+print("train_main.py is training")
+pathlib.Path({marker!r}).write_text("trained again")
+writer = open({marker!r}, "a")
+for epoch in range(2):
+    writer.write(f"epoch {{epoch}}")
+model = Tudui()  # tudui.train(model=Tudui(), ...) in the real script
+'''
+
+
+class ScriptTwin(nn.Module):
+    """train_main.py's Tudui, built here so the test itself never runs the file."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 2))
+
+
+@pytest.fixture
+def script_run(tmp_path, monkeypatch):
+    """runs/x/best.pt of a Tudui trained by train_main.py (recorded as training records it), and images."""
+    from tudui.models.user import source_record
+
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path / "cache"))
+    code = tmp_path / "课程 code"
+    code.mkdir()
+    marker = tmp_path / "MARKER"
+    script = code / "train_main.py"
+    script.write_text(SCRIPT.format(marker=str(marker)))
+    run_dir = code / "runs" / "x"
+    run_dir.mkdir(parents=True)
+    arch = {"name": f"{script}:Tudui", "num_classes": 2, "in_channels": 1, "img_size": 8, "kwargs": {},
+            "source": source_record(f"{script}:Tudui", {}, run_dir)}  # trained with here: no consent flag needed
+    torch.manual_seed(0)
+    twin = ScriptTwin()
+    save_checkpoint(make_checkpoint(twin, arch, DataSpec(["a", "b"], 8, 1, [0.5], [0.25]).to_dict(), epoch=1),
+                    run_dir / "best.pt")
+    return run_dir, marker, class_folders(tmp_path / "images"), twin
+
+
+@pytest.mark.parametrize("cmd", ["predict", "eval", "summary", "export", "serve"])
+def test_rebuilding_a_model_runs_none_of_the_script_around_it(script_run, tmp_path, capsys, cmd, no_listening):
+    run_dir, marker, images, _ = script_run
+    capsys.readouterr()
+    rc = run(*command(cmd, run_dir / "best.pt", images, tmp_path))
+    out, err = capsys.readouterr()
+    assert rc == (2 if cmd == "serve" else 0), err  # serve stops where it would listen, the model loaded
+    assert not marker.exists(), "the script's top-level statements ran"
+    assert "is training" not in out + err
+    if cmd == "serve":
+        assert "stopped before listening" in err
+    if cmd == "predict":
+        assert "0.png" in out
+
+
+def test_a_rebuilt_model_is_the_trained_one(script_run):
+    """The class, its constant, its helper and `len(CLASSES)` are there: the rebuilt net gives the twin's logits."""
+    import tudui
+
+    run_dir, marker, _, twin = script_run
+    predictor = tudui.Predictor.from_path(run_dir, device="cpu")
+    x = torch.rand(3, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(predictor.model(x), twin.net(x), atol=1e-6)
+    assert type(predictor.model).__name__ == "Tudui" and not marker.exists()

@@ -66,8 +66,9 @@ def test_class_and_builder_get_the_arguments_they_accept(nets):
     assert get_model_info(f"{nets}:Small").family == "user"
 
 
-def test_own_model_trains_with_model_args(nets, tmp_path):
+def test_own_model_trains_with_model_args(nets, tmp_path, capsys):
     assert run(*TRAIN, "--model", f"{nets}:Small", "--model-args", "width=4", "--project", tmp_path, "--name", "s") == 0
+    assert "top-level statement" not in capsys.readouterr().err  # a file of definitions only: no warning
     ckpt = torch.load(tmp_path / "s" / "best.pt", weights_only=True)
     assert ckpt["arch"]["source"]["args"] == {"width": 4} and ckpt["model"]["conv.weight"].shape[0] == 4
 
@@ -153,3 +154,129 @@ def test_a_model_with_lazy_layers_trains_and_predicts(tmp_path, monkeypatch):
     Image.new("L", (8, 8)).save(png)
     _, [pred] = tudui.predict(tmp_path / "lazy" / "best.pt", [str(png)], topk=1)
     assert pred.error is None and 0 < pred.topk[0][1] <= 1
+
+
+# What of a model's file runs when tudui loads the model from it: imports, definitions and plain assignments.
+MIXED = '''"""docstring"""
+from __future__ import annotations
+import os
+import sys
+import torch
+from torch import nn
+sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+try:
+    import a_module_nobody_has
+except ImportError:
+    a_module_nobody_has = None
+N = 10
+X: int = 3
+CLASSES = ("a", "b")
+NUM = len(CLASSES)
+ACT = nn.ReLU
+__all__ = ["Net"]
+if N > 5:
+    BIG = True
+    print("inside an if")
+layer = nn.ReLU()
+os.environ["SOMETHING"] = "1"
+torch.backends.cudnn.benchmark = True
+for i in range(3):
+    pass
+with open(__file__) as f:
+    text = f.read()
+SIZE = len(text)
+print("hello")
+assert N == 10
+
+
+@torch.no_grad()
+def helper(x=N):
+    return x
+
+
+class Net(nn.Module):
+    pass
+
+
+if __name__ == "__main__":
+    print("main")
+'''
+
+
+def test_only_imports_definitions_and_plain_assignments_are_kept():
+    from tudui.core.toplevel import scan
+
+    top = scan(MIXED, "mixed.py")
+    lines = MIXED.splitlines()
+    skipped = [lines[s.lineno - 1] for s in top.skipped]
+    assert skipped == ['    print("inside an if")', "layer = nn.ReLU()", 'os.environ["SOMETHING"] = "1"',
+                       "torch.backends.cudnn.benchmark = True", "for i in range(3):", "with open(__file__) as f:",
+                       "SIZE = len(text)", 'print("hello")', "assert N == 10"]  # the __main__ block: not a word
+    assert set(top.only_skipped) == {"layer", "i", "f", "text", "SIZE"}
+    kept = "\n".join(lines[s.lineno - 1] for s in top.kept)
+    for line in ("import torch", "sys.path.append(", "try:", "N = 10", "X: int = 3", "NUM = len(CLASSES)",
+                 "ACT = nn.ReLU", "__all__", "if N > 5:", "def helper(x=N):", "class Net"):
+        assert line in kept, line
+
+
+def test_a_file_with_top_level_code_loads_its_definitions_only(tmp_path, capsys):
+    marker = tmp_path / "MARKER"
+    path = tmp_path / "mixed.py"
+    path.write_text(MIXED + f"open({str(marker)!r}, 'w').write('ran')\n")
+    info = get_model_info(f"{path}:Net")
+    module = __import__("sys").modules[type(info.builder(num_classes=2, in_channels=1, img_size=8)).__module__]
+    assert module.NUM == 2 and module.BIG is True and module.a_module_nobody_has is None
+    assert not hasattr(module, "layer") and "SOMETHING" not in __import__("os").environ
+    assert not marker.exists() and capsys.readouterr().out == ""
+    import inspect
+
+    assert inspect.getsourcefile(module.Net) == str(path)  # compiled under the file's own name
+
+
+def test_a_value_the_model_needs_that_is_made_by_a_call_is_named_with_its_line(tmp_path, capsys):
+    path = tmp_path / "needs_call.py"
+    path.write_text("from torch import nn\n\nACT = nn.ReLU()\n\n\nclass Net(nn.Module):\n"
+                    "    def __init__(self, num_classes):\n        super().__init__()\n        self.act = ACT\n"
+                    "        self.fc = nn.Linear(64, num_classes)\n\n    def forward(self, x):\n"
+                    "        return self.fc(self.act(x.flatten(1)))\n\n\nnet = Net(10)\n")
+    with pytest.raises(TuduiError, match=r"NameError: name 'ACT' is not defined; ACT is set by line 3: "
+                                         r"`ACT = nn.ReLU\(\)`, which tudui does not run"):
+        create_model(f"{path}:Net", 2, 1, 8)
+    assert run(*TRAIN, "--model", f"{path}:net", "--project", tmp_path) == 2  # an object the script made
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "net is made by running the file (line 16" in err
+
+
+def test_training_warns_once_about_top_level_code_and_runs_none_of_it(tmp_path, capsys):
+    from tests.models.test_code_trust import SCRIPT
+
+    marker = tmp_path / "MARKER"
+    script = tmp_path / "train_main.py"
+    script.write_text(SCRIPT.format(marker=str(marker)))
+    assert run(*TRAIN, "--model", f"{script}:Tudui", "--project", tmp_path, "--name", "s") == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if "top-level statement" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith(f"warning: {script} runs 5 top-level statement(s) when imported (line 32: "
+                                  '`print("train_main.py is training")` and 4 more); ')
+    assert "predict, eval, export, serve and summary" in warnings[0] and '__name__ == "__main__"' in warnings[0]
+    assert "tudui export RUN --format onnx" in warnings[0]
+    # the CLI's training loaded the file as predict will: none of the script ran
+    assert not marker.exists() and "train_main.py is training" not in (out + err).splitlines()
+
+
+def test_the_warning_says_when_the_model_needs_a_value_predict_will_lack(tmp_path):
+    from tudui.models.user import top_level_warning
+
+    path = tmp_path / "m.py"
+    path.write_text("import torch\nfrom torch import nn\ndevice = torch.device('cpu')\nACT = nn.ReLU()\n\n\n"
+                    "def block():\n    return nn.Sequential(nn.Linear(4, 4), ACT)\n\n\nclass Net(nn.Module):\n"
+                    "    def __init__(self):\n        super().__init__()\n        self.b = block()\n\n"
+                    "    def forward(self, x):\n        device = x.device\n        return self.b(x.to(device))\n")
+    warning = top_level_warning({"path": str(path), "name": "Net"})
+    assert "runs 2 top-level statement(s)" in warning and "\n" not in warning
+    assert "Net uses ACT (line 4), set only by such a statement, so rebuilding it will fail" in warning
+    assert "device" not in warning.split("Net uses")[1]  # forward's own local `device` is not the skipped one
+    path.write_text("from torch import nn\n\n\nclass Net(nn.Module):\n    pass\n\n\nif __name__ == '__main__':\n"
+                    "    print(Net())\n")
+    assert top_level_warning({"path": str(path), "name": "Net"}) is None

@@ -73,7 +73,7 @@ def _load_one(entry, data_root: str | None, download: bool, classes: list[str] |
     if not isinstance(entry, str):  # the library's own Dataset objects
         return splits_from_object(entry, type(entry).__name__, classes)
     if is_file_ref(entry):  # --data data.py:name
-        obj, _, name = load_object(entry, "dataset")
+        obj, _, name = load_object(entry, "dataset", whole=True)  # its Datasets are made by its statements
         return splits_from_object(obj, name, classes)
     if entry.lower() in NAMED:
         name = entry.lower()

@@ -20,7 +20,7 @@ from ..core.files import close_run_dir, open_run_dir, versions
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data, eval_batch_size, make_loader
 from ..models import get_model_info
 from ..models.training import create_training_model
-from ..models.user import module_in_channels
+from ..models.user import module_in_channels, top_level_warning
 from ..models.surgery import head_path
 from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
@@ -143,6 +143,9 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
                       else None, default_channels=module_in_channels(cfg.model))  # a built model's own channels
     debug_splits(cfg, data)
     model, arch = create_training_model(cfg, data.spec, device)
+    warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None
+    if warning:  # a script that trains the model it defines: what predict will skip when it rebuilds the model
+        print(warning, file=sys.stderr, flush=True)
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note = resolve_workers(cfg, data, w)

@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from ..core.checkpoint import read_weights
 from ..core.errors import TuduiError
-from ..core.pyfile import is_file_ref
+from ..core.pyfile import is_file_ref, skipped_hint
 from .registry import create_model, get_model_info, make_arch
 from .user import call_builder, parse_model_args, ref_for, source_record
 from .surgery import load_weights
@@ -27,6 +27,9 @@ def check_forward(model: nn.Module, spec, name: str, device: torch.device, hint:
     except RuntimeError as e:
         raise TuduiError(f"model {name} cannot take {spec.channels}x{spec.img_size}x{spec.img_size} input "
                          f"({str(e).splitlines()[0]}); {hint}") from None
+    except NameError as e:  # a global its file never set (or that loading the file skipped: the hint says which)
+        raise TuduiError(f"model {name} failed on a batch of 2 images: NameError: {e}"
+                         f"{skipped_hint(type(model).__module__, e)}") from None
     if not isinstance(out, torch.Tensor) or out.shape != (2, spec.num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise TuduiError(f"model {name} returns {got} for a batch of 2 images; a classifier for {spec.num_classes} "

@@ -5,8 +5,10 @@ a function that returns a module) from its file, constructs it with whichever of
 and `img_size` its signature accepts (plus `--model-args key=value`), and records in the checkpoint where it
 came from: the file's path (absolute, and relative to the run directory), the name, the arguments and the
 file's SHA-256. Predict, eval, export, serve and summary rebuild it from there (`--model-file PATH` when the
-file has moved; a changed file gives a warning). The file is imported under a private module name, so its
-`if __name__ == "__main__":` block does not run.
+file has moved; a changed file gives a warning). The file is loaded under a private module name from its
+definitions only: imports, `def`s, `class`es and plain assignments run, its other top-level statements (a
+`tudui.train(...)` at the bottom of the script that defined the class) do not (core/toplevel.py); a run whose model
+file has such statements says so when it starts (`top_level_warning`).
 
 Importing a file runs it, and a checkpoint is only data: the file a checkpoint (or an export's metadata) names is
 imported only with the user's consent (`build_from_source`, the one place every such import goes through): the
@@ -25,7 +27,9 @@ from typing import Any, Callable
 import torch.nn as nn
 
 from ..core.errors import TuduiError
-from ..core.pyfile import file_sha256, load_object, split_ref
+from ..core.console import shown
+from ..core.pyfile import file_sha256, load_object, skipped_hint, split_ref
+from ..core.toplevel import needs, scan
 from ..core.trust import is_trusted, remember
 
 BUILD_ARGS = ("num_classes", "in_channels", "img_size")  # what tudui knows from the data and passes when accepted
@@ -79,7 +83,7 @@ def call_builder(fn: Callable, num_classes: int, in_channels: int, img_size: int
         raise
     except Exception as e:  # noqa: BLE001 - the user's constructor failed: one line naming it
         raise TuduiError(f"building {label}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())}) failed: "
-                         f"{type(e).__name__}: {e}") from None
+                         f"{type(e).__name__}: {e}{skipped_hint(getattr(fn, '__module__', None), e)}") from None
     if not isinstance(model, nn.Module):
         raise TuduiError(f"{label} returned a {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -119,6 +123,36 @@ def source_record(ref: str, args: dict, run_dir: Path | None = None) -> dict:
     sha = file_sha256(path)
     remember(path, sha)
     return {"path": str(path), "relpath": rel, "name": name, "args": dict(args), "sha256": sha}
+
+
+def top_level_warning(source: dict) -> str | None:
+    """One `warning:` line for a run's start-up when the file its model comes from has top-level statements that run
+    on import (a script that trains the model it defines), which predict, eval, export, serve and summary skip when
+    they rebuild the model; None for a clean file. Reads the source only (ast): cheap, and nothing of it runs."""
+    path, name = source.get("path"), source.get("name")
+    if not path:
+        return None
+    try:
+        text = Path(path).read_bytes()
+        top = scan(text, path)
+    except (OSError, SyntaxError, ValueError):
+        return None
+    if not top.skipped:
+        return None
+    n = len(top.skipped)
+    first = top.quote(top.skipped[0]) + (f" and {n - 1} more" if n > 1 else "")
+    missing = needs(text, path, name, top)
+    fails = ""
+    if missing:
+        where = ", ".join(f"{k} (line {line})" for k, line in missing.items())
+        fails = (f"; {name} uses {where}, set only by such a statement, so rebuilding it will fail: create "
+                 f"{'it' if len(missing) == 1 else 'them'} inside {name} or give {'it' if len(missing) == 1 else 'them'}"
+                 f" a value that calls nothing")
+    return (f"warning: {shown(path)} runs {n} top-level statement(s) when imported ({first}); predict, eval, export, "
+            f"serve and summary rebuild {name} from it running only its imports, definitions and plain assignments, "
+            f"so they skip {'it' if n == 1 else 'them'}{fails}. Keep a script's own work under "
+            f"`if __name__ == \"__main__\":`, or export the model (`tudui export RUN --format onnx`) to use it "
+            f"without its file")
 
 
 def locate_source(source: dict, model_file: str | Path | None = None, base_dir: str | Path | None = None) -> Path:

@@ -206,7 +206,7 @@ tudui.train(model=Tudui(), data="digits", epochs=1, subset=100, project="runs", 
 '''
 
 
-def test_predicting_does_not_rerun_a_training_script(tmp_path, capsys):
+def test_predicting_does_not_rerun_a_training_script(tmp_path, capsys, monkeypatch):
     """`python train_main.py`, then `tudui predict runs/x/best.pt`: the prediction rebuilds Tudui from the script
     without running the script (no second training, no script output); the training said so when it started."""
     from PIL import Image
@@ -224,7 +224,9 @@ def test_predicting_does_not_rerun_a_training_script(tmp_path, capsys):
     assert len(warnings) == 1 and warnings[0].startswith(f"warning: {code / 'train_main.py'} runs 3 top-level"), \
         r.stderr
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / "digit.png")
-    # predict in this process (a subprocess would add only torch's import time): the file is loaded afresh
+    # predict in this process (a subprocess would add only torch's import time): the file is loaded afresh, from the
+    # script's folder as the learner would run it (a rerun script would write there, not into the checkout)
+    monkeypatch.chdir(code)
     assert tudui_main(["predict", str(code / "runs" / "x" / "best.pt"), str(tmp_path / "digit.png")]) == 0
     out, err = capsys.readouterr()
     assert "digit.png" in out and "is training" not in out + err

@@ -5,6 +5,9 @@ beside it, or whose `arch.name` is '/any/dir/model.py:Net'. Loading it must not 
 it (--model-file), trained with exactly its contents here, or passed --trust-code. The file here writes a marker from
 its class body, which runs whenever the file is loaded (only a file's other top-level statements are skipped), so a
 test sees whether it ran. Every test has its own trust store ($TUDUI_CACHE in its tmp_path).
+
+Once consent is given, which of the file runs: a learner's script that defines the model and trains it at its top
+level is rebuilt without rerunning the script, and its training says so when it starts.
 """
 from __future__ import annotations
 
@@ -315,3 +318,20 @@ def test_a_rebuilt_model_is_the_trained_one(script_run):
     with torch.no_grad():
         assert torch.allclose(predictor.model(x), twin.net(x), atol=1e-6)
     assert type(predictor.model).__name__ == "Tudui" and not marker.exists()
+
+
+def test_training_warns_once_about_top_level_code_and_runs_none_of_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path / "cache"))
+    marker = tmp_path / "MARKER"
+    script = tmp_path / "train_main.py"
+    script.write_text(SCRIPT.format(marker=str(marker)))
+    assert run(*TRAIN, "--model", f"{script}:Tudui", "--project", tmp_path, "--name", "s") == 0
+    out, err = capsys.readouterr()
+    warnings = [line for line in err.splitlines() if "top-level statement" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith(f"warning: {script} runs 5 top-level statement(s) when imported (line 32: "
+                                  '`print("train_main.py is training")` and 4 more); ')
+    assert "predict, eval, export, serve and summary" in warnings[0] and '__name__ == "__main__"' in warnings[0]
+    assert "tudui export RUN --format onnx" in warnings[0]
+    # the CLI's training loaded the file as predict will: none of the script ran
+    assert not marker.exists() and "train_main.py is training" not in (out + err).splitlines()

@@ -1,6 +1,10 @@
-"""Your own model from a file: building it, and every user mistake as one line with exit code 2."""
+"""Your own model from a file: building it, which of the file runs, and every user mistake as one line with exit
+code 2."""
 from __future__ import annotations
 
+import inspect
+import os
+import sys
 import textwrap
 
 import pytest
@@ -224,12 +228,10 @@ def test_a_file_with_top_level_code_loads_its_definitions_only(tmp_path, capsys)
     path = tmp_path / "mixed.py"
     path.write_text(MIXED + f"open({str(marker)!r}, 'w').write('ran')\n")
     info = get_model_info(f"{path}:Net")
-    module = __import__("sys").modules[type(info.builder(num_classes=2, in_channels=1, img_size=8)).__module__]
+    module = sys.modules[type(info.builder(num_classes=2, in_channels=1, img_size=8)).__module__]
     assert module.NUM == 2 and module.BIG is True and module.a_module_nobody_has is None
-    assert not hasattr(module, "layer") and "SOMETHING" not in __import__("os").environ
+    assert not hasattr(module, "layer") and "SOMETHING" not in os.environ
     assert not marker.exists() and capsys.readouterr().out == ""
-    import inspect
-
     assert inspect.getsourcefile(module.Net) == str(path)  # compiled under the file's own name
 
 
@@ -246,23 +248,14 @@ def test_a_value_the_model_needs_that_is_made_by_a_call_is_named_with_its_line(t
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "net is made by running the file (line 16" in err
 
-
-def test_training_warns_once_about_top_level_code_and_runs_none_of_it(tmp_path, capsys):
-    from tests.models.test_code_trust import SCRIPT
-
-    marker = tmp_path / "MARKER"
-    script = tmp_path / "train_main.py"
-    script.write_text(SCRIPT.format(marker=str(marker)))
-    assert run(*TRAIN, "--model", f"{script}:Tudui", "--project", tmp_path, "--name", "s") == 0
-    out, err = capsys.readouterr()
-    warnings = [line for line in err.splitlines() if "top-level statement" in line]
-    assert len(warnings) == 1, err
-    assert warnings[0].startswith(f"warning: {script} runs 5 top-level statement(s) when imported (line 32: "
-                                  '`print("train_main.py is training")` and 4 more); ')
-    assert "predict, eval, export, serve and summary" in warnings[0] and '__name__ == "__main__"' in warnings[0]
-    assert "tudui export RUN --format onnx" in warnings[0]
-    # the CLI's training loaded the file as predict will: none of the script ran
-    assert not marker.exists() and "train_main.py is training" not in (out + err).splitlines()
+    # a class whose base is made by a call is skipped with it; the file's other classes still load
+    path.write_text("from torch import nn\n\nBase = getattr(nn, 'Module')\n\n\nclass Odd(Base):\n    pass\n\n\n"
+                    "class Net(nn.Module):\n    def __init__(self, num_classes):\n        super().__init__()\n"
+                    "        self.fc = nn.Linear(64, num_classes)\n")
+    assert create_model(f"{path}:Net", 3, 1, 8).fc.out_features == 3
+    with pytest.raises(TuduiError, match=r"Odd \(line 6: `class Odd\(Base\):`\) is defined with Base, which only "
+                                         r"running the file makes"):
+        create_model(f"{path}:Odd", 3, 1, 8)
 
 
 def test_the_warning_says_when_the_model_needs_a_value_predict_will_lack(tmp_path):

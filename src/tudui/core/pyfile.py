@@ -93,9 +93,15 @@ def load_object(ref: str, what: str = "model", whole: bool = False) -> tuple[Any
     top = _SKIPPED.get(module.__name__)
     if not hasattr(module, name) and top is not None and name in top.only_skipped:
         stmt = next(s for s in top.skipped if s.lineno == top.only_skipped[name])
-        raise TuduiError(f"{path}'s {name} is made by running the file ({top.quote(stmt)}), and tudui runs only a "
-                         f"{what} file's imports, definitions and plain assignments, so that loading a {what} never "
-                         f"reruns a script: name the class or a function that builds it, e.g. {path}:<ClassName>")
+        rule = (f"tudui runs only a {what} file's imports, definitions and plain assignments, so that loading a "
+                f"{what} never reruns a script")
+        if isinstance(stmt, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):  # defined with a skipped value
+            lacking = sorted({n.id for n in ast.walk(stmt) if isinstance(n, ast.Name) and n.id in top.only_skipped})
+            raise TuduiError(f"{path}'s {name} ({top.quote(stmt)}) is defined with {', '.join(lacking)}, which only "
+                             f"running the file makes, and {rule}: give {name} values that call nothing (build the "
+                             f"rest inside it)")
+        raise TuduiError(f"{path}'s {name} is made by running the file ({top.quote(stmt)}), and {rule}: name the "
+                         f"class or a function that builds it, e.g. {path}:<ClassName>")
     if not hasattr(module, name):
         defined = sorted(k for k, v in vars(module).items() if not k.startswith("_") and
                          getattr(v, "__module__", None) == module.__name__)

@@ -17,8 +17,10 @@ model's file is loaded from its definitions only (core/pyfile.py): the statement
 Everything else is skipped: calls (`tudui.train(...)`, `print(...)`, `writer = SummaryWriter("logs")`,
 `model = Tudui()`, `ACT = nn.ReLU()`), loops, `with` blocks, assignments into objects (`os.environ["X"] = "1"`,
 `torch.backends.cudnn.benchmark = True`), `assert`, `del`. The `if __name__ == "__main__":` block is dropped
-without a word: it never runs on import anyway. A value that needs a call is built where the model uses it
-(in `__init__`), or in a function.
+without a word: it never runs on import anyway. A kept statement that would read a name only a skipped one sets
+(`NUM = len(CLASSES)` after `CLASSES = os.listdir(...)`, `class Net(Base)` after `Base = make_base()`) is skipped
+too, so the rest of the file still loads. A value that needs a call is built where the model uses it (in
+`__init__`), or in a function.
 
 `scan` parses a file into what is kept and what is skipped; `needs` says which skipped names a definition uses.
 Both read the source only (ast, symtable): nothing of the file runs here.
@@ -62,14 +64,28 @@ def scan(source: str | bytes, filename: str = "<file>") -> TopLevel:
     kept = _filter(tree.body, pure, skipped)
     while True:  # `NUM = len(CLASSES)` after a skipped `CLASSES = load()` would fail: it is skipped too
         only = _only_skipped(kept, skipped)
-        stranded = [s for s in kept if not isinstance(s, _DEFINITIONS) and
-                    any(isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in only
-                        for n in ast.walk(s))]
+        stranded = [s for s in kept if any(isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load) and n.id in only
+                                           for n in _run_now(s))]
         if not stranded:
             break
         kept = [s for s in kept if s not in stranded]
         skipped = sorted(skipped + stranded, key=lambda s: s.lineno)
     return TopLevel(kept, skipped, text.splitlines(), only)
+
+
+def _run_now(stmt: ast.stmt):
+    """The nodes evaluated when `stmt` runs at the top level: all of a plain statement; of a definition, its decorators,
+    bases and defaults, and a class body's statements (a function body runs only when called)."""
+    if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        for node in [*stmt.decorator_list, *stmt.args.defaults, *(d for d in stmt.args.kw_defaults if d)]:
+            yield from ast.walk(node)
+    elif isinstance(stmt, ast.ClassDef):
+        for node in [*stmt.decorator_list, *stmt.bases, *stmt.keywords]:
+            yield from ast.walk(node)
+        for inner in stmt.body:
+            yield from _run_now(inner)
+    else:
+        yield from ast.walk(stmt)
 
 
 def _only_skipped(kept: list[ast.stmt], skipped: list[ast.stmt]) -> dict[str, int]:

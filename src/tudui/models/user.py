@@ -145,9 +145,9 @@ def top_level_warning(source: dict) -> str | None:
     fails = ""
     if missing:
         where = ", ".join(f"{k} (line {line})" for k, line in missing.items())
-        fails = (f"; {name} uses {where}, set only by such a statement, so rebuilding it will fail: create "
-                 f"{'it' if len(missing) == 1 else 'them'} inside {name} or give {'it' if len(missing) == 1 else 'them'}"
-                 f" a value that calls nothing")
+        it = "it" if len(missing) == 1 else "them"
+        fails = (f"; {name} uses {where}, set only by such a statement, so rebuilding it will fail: create {it} "
+                 f"inside {name} or give {it} a value that calls nothing")
     return (f"warning: {shown(path)} runs {n} top-level statement(s) when imported ({first}); predict, eval, export, "
             f"serve and summary rebuild {name} from it running only its imports, definitions and plain assignments, "
             f"so they skip {'it' if n == 1 else 'them'}{fails}. Keep a script's own work under "

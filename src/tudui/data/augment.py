@@ -103,13 +103,13 @@ def _affine(names: list[str], x: torch.Tensor, mags: list[torch.Tensor], masks: 
 
 
 def policy_batch(x: torch.Tensor, policy: str, generator: torch.Generator | None = None, num_ops: int = 2,
-                 magnitude: float = 9 / 30) -> torch.Tensor:
+                 magnitude: float = 9 / 30, ops: tuple[str, ...] | None = None) -> torch.Tensor:
     """RandAugment (num_ops operations at a fixed magnitude, drawn per image) or TrivialAugment (one operation at a
     uniformly random magnitude per image). Operations of one slot run in a fixed order, each on the images that
-    drew it; x (B, C, H, W) uint8 -> same."""
+    drew it; x (B, C, H, W) uint8 -> same. `ops`: the operations drawn from (default: all of `policy_ops`)."""
     b, c = x.shape[:2]
     dev = x.device
-    ops = policy_ops(c)
+    ops = ops or policy_ops(c)
     slots = num_ops if policy == "randaugment" else 1
     out = x.float() / 255
     for _ in range(slots):
@@ -118,7 +118,7 @@ def policy_batch(x: torch.Tensor, policy: str, generator: torch.Generator | None
         sign = torch.where(_uniform(b, dev, generator) < 0.5, -1.0, 1.0)
         mags = {name: level * MAX_MAG.get(name, 0.0) * (sign if name in SIGNED else 1.0) for name in ops}
         masks = {name: choice == k for k, name in enumerate(ops)}
-        geo = [n for n in GEOMETRIC if masks[n].any()]
+        geo = [n for n in GEOMETRIC if n in masks and masks[n].any()]
         if geo:
             out = _affine(geo, out, [mags[n] for n in geo], [masks[n] for n in geo])
         for name in ops:

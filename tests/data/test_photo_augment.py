@@ -153,7 +153,7 @@ def test_a_fixed_box_is_torchvisions_resized_crop(photo_squares, side, box, size
     resized_crop with the same box, bilinear, no antialiasing: 1 grey level inside a 1-pixel frame. The frame
     differs where the crop enlarges: torchvision crops first, so its outermost samples, which fall outside the box's
     outer pixel centres, repeat the box's edge pixels; tudui samples the whole image and blends in the pixels just
-    outside the box (the image's own content there)."""
+    outside the box (the image's own content there, or black beyond the image's edge)."""
     x = photo_squares(side)
     diff = (_box_crop(x, *box, size) - _tv_crop(x, *box, size)).abs()
     assert diff[..., 1:-1, 1:-1].max() <= 1

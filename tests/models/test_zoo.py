@@ -11,6 +11,16 @@ from tudui.models.surgery import head_path, load_weights
 ZOO = [m for m in list_models() if m.family == "torchvision"]
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Forward passes of two images of 16-32 pixels gain nothing from more threads; on a busy machine each of their
+    hundreds of small operations would wait for a second one (several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def torchvision_model(arch: str) -> torch.nn.Module:
     """torchvision's own `arch` for 10 classes, in eval mode, with seeded random weights and BatchNorm statistics.
 

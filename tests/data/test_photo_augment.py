@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
 
-from tudui.data.augment import center_crop_batch, resized_crop_batch
+from tudui.data.augment import center_crop_batch, resized_crop_batch, sample_boxes
 from tudui.data.images import decode_image
 
 
@@ -93,3 +96,66 @@ def test_resample_matches_interpolate_when_only_scaling():
     out = resized_crop_batch(x, 32, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=False, generator=_gen())
     want = F.interpolate(x.float(), size=(32, 32), mode="bilinear", align_corners=False).round().clamp(0, 255)
     assert (out.float() - want).abs().max() <= 1
+
+
+# --- against torchvision's resized_crop --------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def photo_squares():
+    """side -> scikit-learn's two sample photos (china.jpg, flower.jpg), centre 400x400 resized to side x side:
+    (2, 3, side, side) uint8, the cache's centre squares."""
+    from sklearn.datasets import load_sample_image
+
+    imgs = [torch.from_numpy(load_sample_image(f).copy()).permute(2, 0, 1) for f in ("china.jpg", "flower.jpg")]
+    return lambda side: torch.stack([TF.resize(TF.center_crop(i, [400, 400]), [side, side], antialias=True)
+                                     for i in imgs])
+
+
+def _tv_crop(x, top, left, height, width, size, antialias=False):
+    return TF.resized_crop(x, top, left, height, width, [size, size], interpolation=InterpolationMode.BILINEAR,
+                           antialias=antialias).float()
+
+
+def _box_crop(x, top, left, height, width, size):
+    """sample_boxes on one pixel box for every image (the conversion its docstring gives), rounded like the crops."""
+    side, b = x.shape[-1], x.shape[0]
+
+    def full(v):
+        return torch.full((b,), float(v))
+
+    out = sample_boxes(x, size, full((2 * left + width) / side - 1), full((2 * top + height) / side - 1),
+                       full(width / side), full(height / side))
+    return out.round().clamp(0, 255)
+
+
+def test_resized_crop_batch_is_torchvisions_resized_crop(photo_squares):
+    """The whole 256-pixel square cropped to 224 (the cache's square; scale and ratio 1 fix the box): torchvision's
+    bilinear resized_crop to 1 grey level at every pixel (float grids, rounding), each image mirrored or not.
+    torchvision's default antialias=True differs by under a grey level on average: tudui resamples without an
+    antialiasing filter, as the docstring says, since its crops shrink by at most 256/224."""
+    x = photo_squares(256).repeat(4, 1, 1, 1)
+    out = resized_crop_batch(x, 224, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=True, generator=_gen(3)).float()
+    want = _tv_crop(x, 0, 0, 256, 256, 224)
+    plain = (out - want).abs().amax((1, 2, 3))
+    mirrored = (out - TF.horizontal_flip(want)).abs().amax((1, 2, 3))
+    assert torch.minimum(plain, mirrored).max() <= 1
+    assert (plain <= 1).any() and (mirrored <= 1).any()  # both kinds drawn
+    unflipped = plain <= 1
+    assert (out[unflipped] - _tv_crop(x, 0, 0, 256, 256, 224, antialias=True)[unflipped]).abs().mean() < 1
+
+
+@pytest.mark.parametrize("side, box, size", [
+    (256, (5, 20, 240, 236), 224),  # shrinks, as the random crops of the cached squares do at large scales
+    (64, (3, 7, 50, 56), 40),  # shrinks more, a box of another aspect
+    (64, (10, 14, 40, 32), 48),  # enlarges, as small-scale crops do
+])
+def test_a_fixed_box_is_torchvisions_resized_crop(photo_squares, side, box, size):
+    """sample_boxes (the resampling resized_crop_batch draws its boxes for) on a fixed pixel box against torchvision's
+    resized_crop with the same box, bilinear, no antialiasing: 1 grey level inside a 1-pixel frame. The frame
+    differs where the crop enlarges: torchvision crops first, so its outermost samples, which fall outside the box's
+    outer pixel centres, repeat the box's edge pixels; tudui samples the whole image and blends in the pixels just
+    outside the box (the image's own content there, or black beyond the image's edge)."""
+    x = photo_squares(side)
+    diff = (_box_crop(x, *box, size) - _tv_crop(x, *box, size)).abs()
+    assert diff[..., 1:-1, 1:-1].max() <= 1
+    if size <= min(box[2:]):  # shrinking: no sample falls outside the box, the frame agrees too
+        assert diff.max() <= 1

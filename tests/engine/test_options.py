@@ -19,7 +19,7 @@ import tudui
 from tudui.cli import main as tudui_main
 from tudui.core.config import TrainConfig
 from tudui.engine.callbacks import Callback
-from tudui.engine.optim import create_loss, create_optimizer, create_scheduler, param_groups
+from tudui.engine.optim import create_loss, create_optimizer, create_scheduler, lr_curve, param_groups
 from tudui.engine.setup import setup
 from tudui.models import create_model
 
@@ -281,6 +281,53 @@ def test_the_onecycle_curve_is_torchs_step_for_step(epochs, steps, warmup):
     cfg = TrainConfig(lr=1.0, epochs=epochs, scheduler="onecycle", warmup_epochs=warmup)
     curve = lr_curve(cfg, epochs, steps)
     assert [curve(s) for s in range(epochs * steps)] == pytest.approx(_lrs(cfg, steps), rel=1e-9, abs=1e-12)
+
+
+def _run_schedule(sched_of, lr: float, momentum: float, total: int) -> tuple[list[float], list[float]]:
+    """(learning rate, momentum) before each of `total` optimisation steps of the scheduler `sched_of(optimizer)`."""
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr, momentum=momentum)
+    sched = sched_of(opt)
+    lrs, moms = [], []
+    for _ in range(total):
+        lrs.append(opt.param_groups[0]["lr"])
+        moms.append(opt.param_groups[0]["momentum"])
+        opt.step()
+        sched.step()
+    return lrs, moms
+
+
+@pytest.mark.parametrize("epochs, steps, warmup_epochs, pct_start", [
+    (3, 100, 0.0, 0.05),  # the default: 5% of the steps warm up
+    (10, 37, 0.0, 0.05),  # a warm-up that ends between two steps (18.5 steps)
+    (4, 75, 1.0, 0.25),  # --warmup-epochs 1 of 4: a quarter of the run
+])
+def test_the_default_schedule_is_torchs_one_cycle_with_linear_annealing(epochs, steps, warmup_epochs, pct_start):
+    """The default schedule against torch's OneCycleLR configured independently (the constants are written out
+    here, not read from tudui): warm-up from lr/25 over the first `pct_start` of the steps, then down to lr/25/1e4,
+    every rate equal to 1e-9 over a whole run of a few hundred steps; the momentum is not cycled."""
+    cfg = TrainConfig(lr=0.1, epochs=epochs, warmup_epochs=warmup_epochs)
+    assert cfg.scheduler == "onecycle"  # what a run gets without --scheduler
+    total = epochs * steps
+    ours, our_momentum = _run_schedule(lambda opt: create_scheduler(cfg, opt, steps), cfg.lr, cfg.momentum, total)
+
+    def reference(opt, anneal: str = "linear"):
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.1, total_steps=total, pct_start=pct_start,
+                                                   div_factor=25.0, final_div_factor=1e4, anneal_strategy=anneal,
+                                                   cycle_momentum=False)
+
+    want, _ = _run_schedule(reference, 0.1, cfg.momentum, total)
+    assert ours == pytest.approx(want, rel=1e-9, abs=0)
+    # From lr/25 to the peak (exactly, or within a step of it when the warm-up ends between two steps).
+    assert ours[0] == pytest.approx(0.1 / 25) and max(ours) == pytest.approx(0.1, rel=2e-3) and max(ours) <= 0.1
+    # The --fine-tune phases' curve (lr_curve, a formula) gives the same rates.
+    curve = lr_curve(cfg, epochs, steps)
+    assert [cfg.lr * curve(s) for s in range(total)] == pytest.approx(want, rel=1e-9, abs=1e-15)
+    # Two deliberate differences from OneCycleLR's defaults, pinned: the rate falls linearly, not along torch's
+    # default cosine (the linear decay trained better in tudui's short CPU runs: benchmarks/README.md), and the
+    # momentum stays --momentum (torch cycles it between 0.85 and 0.95 by default; Adam's beta1 would cycle too).
+    cosine, _ = _run_schedule(lambda opt: reference(opt, "cos"), 0.1, cfg.momentum, total)
+    assert ours != pytest.approx(cosine, rel=1e-3)
+    assert set(our_momentum) == {cfg.momentum}
 
 
 # --- one table per switch ---------------------------------------------------------------------------------------------

@@ -1,9 +1,12 @@
 """tudui summary: shapes, parameter counts and size arithmetic checked against hand-computed values."""
 import pytest
+import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
+import tudui.api
 from tudui.core.errors import TuduiError
-from tudui.models import count_parameters, create_model
+from tudui.models import count_parameters, create_model, list_models
 from tudui.models.summary import find_fitting_input, parse_input, size_arithmetic, summarize_model as summarize
 
 
@@ -75,3 +78,23 @@ def test_parse_input_rejects(bad):
     with pytest.raises(TuduiError, match="CxHxW"):
         parse_input(bad)
     assert parse_input("1x28x28") == (1, 28, 28)
+
+
+@pytest.mark.parametrize("name", [m.name for m in list_models()])
+def test_multiply_adds_are_torchs_flop_count_halved(name):
+    """`tudui summary`'s multiply-adds (Conv and Linear layers) for every registered model at its smallest input
+    against torch.utils.flop_counter.FlopCounterMode on the same model: a convolution or matrix product of m
+    multiply-adds is 2m FLOPs there. Equal: FlopCounterMode counts no other operation of these models (it leaves out
+    pooling, norms, activations and additions as tudui does), and an operation it counts that tudui's per-module
+    count would miss (a functional F.linear or matmul, attention) shows up in the set of counted operations.
+    Both sides on the meta device: shapes only, so even VGG-16 takes no memory or arithmetic."""
+    side = next(m for m in list_models() if m.name == name).min_size
+    summary, _ = tudui.api.summary(name, f"3x{side}x{side}")
+    with torch.device("meta"):
+        model = create_model(name, 10, 3, side).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, side, side, device="meta"))
+    counted = {str(op) for op in counter.get_flop_counts()["Global"]}
+    assert counted <= {"aten.convolution", "aten.mm", "aten.addmm", "aten.bmm"}, counted
+    assert summary.macs > 0 and 2 * summary.macs == counter.get_total_flops()

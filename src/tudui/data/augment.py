@@ -103,13 +103,13 @@ def _affine(names: list[str], x: torch.Tensor, mags: list[torch.Tensor], masks: 
 
 
 def policy_batch(x: torch.Tensor, policy: str, generator: torch.Generator | None = None, num_ops: int = 2,
-                 magnitude: float = 9 / 30) -> torch.Tensor:
+                 magnitude: float = 9 / 30, ops: tuple[str, ...] | None = None) -> torch.Tensor:
     """RandAugment (num_ops operations at a fixed magnitude, drawn per image) or TrivialAugment (one operation at a
     uniformly random magnitude per image). Operations of one slot run in a fixed order, each on the images that
-    drew it; x (B, C, H, W) uint8 -> same."""
+    drew it; x (B, C, H, W) uint8 -> same. `ops`: the operations drawn from (default: all of `policy_ops`)."""
     b, c = x.shape[:2]
     dev = x.device
-    ops = policy_ops(c)
+    ops = ops or policy_ops(c)
     slots = num_ops if policy == "randaugment" else 1
     out = x.float() / 255
     for _ in range(slots):
@@ -118,7 +118,7 @@ def policy_batch(x: torch.Tensor, policy: str, generator: torch.Generator | None
         sign = torch.where(_uniform(b, dev, generator) < 0.5, -1.0, 1.0)
         mags = {name: level * MAX_MAG.get(name, 0.0) * (sign if name in SIGNED else 1.0) for name in ops}
         masks = {name: choice == k for k, name in enumerate(ops)}
-        geo = [n for n in GEOMETRIC if masks[n].any()]
+        geo = [n for n in GEOMETRIC if n in masks and masks[n].any()]
         if geo:
             out = _affine(geo, out, [mags[n] for n in geo], [masks[n] for n in geo])
         for name in ops:
@@ -238,11 +238,7 @@ def resized_crop_batch(x: torch.Tensor, size: int, scale: tuple[float, float] = 
     cy = (2 * _uniform(b, dev, generator) - 1) * (1 - h)
     sx = w * torch.where(_uniform(b, dev, generator) < 0.5, -1.0, 1.0) if flip else w
     angle = (2 * _uniform(b, dev, generator) - 1) * math.radians(rotate) if rotate > 0 else torch.zeros(b, device=dev)
-    cos, sin = angle.cos(), angle.sin()
-    # output (u, v) in [-1, 1]^2 -> input: centre + R(angle) @ diag(sx, h) @ (u, v)
-    theta = torch.stack([torch.stack([cos * sx, -sin * h, cx], 1), torch.stack([sin * sx, cos * h, cy], 1)], 1)
-    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
-    out = F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False) / 255
+    out = sample_boxes(x, size, cx, cy, sx, h, angle) / 255
     if jitter > 0:
         def factor() -> torch.Tensor:
             return 1 + (2 * _uniform(b, dev, generator) - 1) * jitter
@@ -251,6 +247,24 @@ def resized_crop_batch(x: torch.Tensor, size: int, scale: tuple[float, float] = 
         if c == 3:
             out = _blend(out, _gray(out), factor())  # saturation
     return (out * 255).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def sample_boxes(x: torch.Tensor, size: int, cx: torch.Tensor, cy: torch.Tensor, w: torch.Tensor, h: torch.Tensor,
+                 angle: torch.Tensor | None = None) -> torch.Tensor:
+    """Each image's box resampled to size x size (bilinear, black beyond the image): (B, C, size, size) float 0-255.
+
+    Boxes in normalised coordinates, all (B,): centre (cx, cy) in [-1, 1] and half-sides (w, h) as fractions of the
+    image's (w = h = 1, centre 0: the whole image; a negative w mirrors it); `angle` turns the box about its centre
+    (radians). A box of `width` x `height` pixels at (`left`, `top`) of a W x H image: cx = (2 left + width) / W - 1,
+    w = width / W (and the same for y).
+    """
+    b, c = x.shape[:2]
+    angle = torch.zeros_like(cx) if angle is None else angle
+    cos, sin = angle.cos(), angle.sin()
+    # output (u, v) in [-1, 1]^2 -> input: centre + R(angle) @ diag(w, h) @ (u, v)
+    theta = torch.stack([torch.stack([cos * w, -sin * h, cx], 1), torch.stack([sin * w, cos * h, cy], 1)], 1)
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
 def center_crop_batch(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -325,3 +325,38 @@ def test_a_link_to_a_folder_read_later_does_not_take_its_images(tmp_path, capfd)
     assert sorted(_values(s)) == ["cls/b/c/0.png", "cls/b/c/1.png", "other/0.png", "other/1.png"]
     err = capfd.readouterr().err
     assert "kept" in err and "skipped" in err and "cls/a/0.png" in err
+
+
+def test_folders_of_images_without_class_folders_are_one_class_each(tmp_path):
+    """`--data ants bees` (the course's `ants_dataset + bees_dataset`): each folder of images is one class named
+    after it; one such folder alone is refused as one class, naming it."""
+    for cls, n in (("ants", 3), ("bees", 4)):
+        for i in range(n):
+            _img(tmp_path / "hymenoptera" / cls / f"{i}.jpg", 10 * i)
+    ants, bees = tmp_path / "hymenoptera" / "ants", tmp_path / "hymenoptera" / "bees"
+    train, val, test = load_splits([str(ants), str(bees)], val_split=0)
+    assert train.classes == ["ants", "bees"] and train.counts().tolist() == [3, 4] and val is test is None
+    assert sorted(train.paths) == sorted(str(p) for p in (tmp_path / "hymenoptera").rglob("*.jpg"))
+    with pytest.raises(TuduiError, match=r"only one class \(ants\).*--data ants bees"):
+        load_splits([str(ants)])
+    whole, _, _ = load_splits([str(tmp_path / "hymenoptera")], val_split=0)  # the parent: class folders as before
+    assert whole.classes == ["ants", "bees"]
+
+
+def test_classes_json_names_the_class_folders(tmp_path):
+    """classes.json beside class folders maps each folder to its class name (UTF-8, in NFC like folder names);
+    folders it does not name keep their own name; a broken manifest is one clear error."""
+    for cls in ("T-shirt_top", "Bag", "shoes"):
+        for i in range(2):
+            _img(tmp_path / "data" / cls / f"{i}.png")
+    manifest = tmp_path / "data" / "classes.json"
+    manifest.write_text('{"T-shirt_top": "T-shirt/top", "shoes": "%s"}' % unicodedata.normalize("NFD", "café 鞋"),
+                        encoding="utf-8")
+    s = read_folder_splits(str(tmp_path / "data"))["train"]
+    assert s.classes == ["Bag", "T-shirt/top", "café 鞋"] and s.counts().tolist() == [2, 2, 2]
+    for text, match in (("[1, 2]", "JSON object of folder names"), ("{", "cannot be read"),
+                        ('{"Bag": "x", "shoes": "x"}', "names the class 'x' for 2 folders")):
+        manifest.write_text(text, encoding="utf-8")
+        with pytest.raises(TuduiError, match=match):
+            read_folder_splits(str(tmp_path / "data"))
+

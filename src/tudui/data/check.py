@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..core.console import table
 from ..core.errors import TuduiError
-from .folders import is_label_file_layout, read_layout, split_folders
+from .folders import MANIFEST, is_label_file_layout, read_layout, split_folders
 from .images import BadImage, is_image_file, open_image
 
 USUAL_MODES = {"L", "RGB"}
@@ -97,7 +97,8 @@ def _other_files(root: Path, listed: set[str]) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in label_dirs)
         for f in sorted(filenames):
             p = os.path.join(dirpath, f)
-            if not f.startswith(".") and p not in listed and not is_image_file(f):
+            if not f.startswith(".") and p not in listed and not is_image_file(f) \
+                    and not (f == MANIFEST and dirpath == str(root)):  # the class names of the folders
                 out.append(p)
     return out
 

@@ -25,7 +25,7 @@ from .loaders import decode_split
 from .overlap import same_files, warn_overlap
 from .sources import NAMED, load_named
 from .spec import DataSpec, Layout, eval_layout
-from .split import Split, concat_splits, stratified_split
+from .split import Split, concat_splits, require_two_classes, stratified_split
 from .user import splits_from_object
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -112,9 +112,7 @@ def load_splits(data: list, data_root: str | None = None, download: bool = False
     for s in (val, test):
         if s is not None:
             s.reindex(train.classes)
-    if len(train.classes) < 2 or np.count_nonzero(train.counts()) < 2:
-        raise TuduiError(f"the training data ({train.origin}) has only one class; a classifier needs at least two "
-                         "(one subfolder per class)")
+    require_two_classes(train)
     return train, val, test
 
 

@@ -31,6 +31,20 @@ def test_an_export_keeps_the_class_names_its_folders_cannot_carry(fmnist, tmp_pa
     assert "T-shirt/top" in run.spec.classes and saved == run.spec.classes == sorted(names)
 
 
+def test_a_model_trained_on_the_named_dataset_scores_its_export(fmnist, tmp_path, capsys):
+    """The classes of the export are the named dataset's own: `tudui eval` of a Fashion-MNIST model on the exported
+    folder scores every image, T-shirt/top included (it refused 'classes the model does not know: T-shirt_top')."""
+    out = tmp_path / "fm"
+    tudui.data.export_images.export_images("fashion-mnist", str(out), "test", limit=30)
+    run = tudui.train(data="fashion-mnist", model="fast-mlp", fast_dev_run=True, batch_size=32,
+                      project=str(tmp_path), name="named", plots=False)  # one batch of each split: a model file
+    capsys.readouterr()
+    assert tudui_main(["eval", str(run.best), "--data", str(out), "--json", "--out", str(tmp_path / "eval")]) == 0
+    scored = json.loads(capsys.readouterr().out)
+    shirts = len(list((out / "T-shirt_top").iterdir()))
+    assert scored["n"] == 30 and shirts and scored["per_class"]["support"][scored["classes"].index("T-shirt/top")] == shirts
+
+
 def test_folder_names_are_distinct_even_where_safe_names_collide():
     from tudui.data.export_images import folder_names
 

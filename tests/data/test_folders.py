@@ -360,3 +360,22 @@ def test_classes_json_names_the_class_folders(tmp_path):
         with pytest.raises(TuduiError, match=match):
             read_folder_splits(str(tmp_path / "data"))
 
+
+def test_eval_split_all_is_every_image_and_the_default_without_split_folders(tmp_path):
+    """`tudui eval --split all` scores every image; it is the default for data with no train/val/test folders,
+    test stays the default where there is one (digits: tests/e2e/test_export_cli.py), and train/ + val/ without test/ names the splits it has."""
+    from tudui.data import load_eval_split
+
+    for cls in ("a", "b", "c"):
+        for i in range(10):
+            _img(tmp_path / "flat" / cls / f"{i}.png", i)
+        for split in ("train", "val"):
+            _img(tmp_path / "split" / split / cls / "x.png")
+    flat = str(tmp_path / "flat")
+    chosen, name = load_eval_split([flat])
+    assert name == "all" and len(chosen) == 30 and chosen.classes == ["a", "b", "c"]
+    held, name = load_eval_split([flat], "val", val_split=0.1)
+    assert name == "val" and len(held) == 3  # the training run's hold-out, as before
+    with pytest.raises(TuduiError, match="no test split; use --split val, or --split all"):
+        load_eval_split([str(tmp_path / "split")])
+    assert len(load_eval_split([str(tmp_path / "split")], "all")[0]) == 6

@@ -193,7 +193,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 # --- data --------------------------------------------------------------------------------------------------------------
 def cmd_data_export(args: argparse.Namespace) -> int:
     files = _api().export_images(args.name, args.out, args.split, args.limit, args.format, args.data_root, args.seed)
-    print(f"wrote {len(files)} images to {args.out}/<class>/")
+    print(f"wrote {len(files)} images to {args.out}/<class>/"
+          + (f", and the class each folder holds to {os.path.join(args.out, 'classes.json')}" if files else ""))
     return 0
 
 

@@ -17,6 +17,7 @@ def test_an_export_keeps_the_class_names_its_folders_cannot_carry(fmnist, tmp_pa
     data check) gives 'T-shirt/top' back, so a model trained on the export answers the dataset's own names."""
     out = tmp_path / "fm"
     assert tudui_main(["data", "export", "fashion-mnist", "--split", "test", "--limit", "40", "--out", str(out)]) == 0
+    assert f"and the class each folder holds to {out / 'classes.json'}" in capsys.readouterr().out
     assert (out / "T-shirt_top").is_dir()
     manifest = json.loads((out / "classes.json").read_text(encoding="utf-8"))
     assert manifest["T-shirt_top"] == "T-shirt/top" and manifest["Bag"] == "Bag"

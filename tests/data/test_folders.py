@@ -379,3 +379,15 @@ def test_eval_split_all_is_every_image_and_the_default_without_split_folders(tmp
     with pytest.raises(TuduiError, match="no test split; use --split val, or --split all"):
         load_eval_split([str(tmp_path / "split")])
     assert len(load_eval_split([str(tmp_path / "split")], "all")[0]) == 6
+
+
+def test_classes_json_names_the_classes_of_the_label_file_layout(tmp_path):
+    """The same classes.json beside `X_image/` + `X_label/` folders: a label may hold the folder's X or the class."""
+    for folder, text in (("T-shirt_top", "T-shirt_top"), ("Bag", "Bag")):
+        for i, label in enumerate((text, "T-shirt/top" if folder == "T-shirt_top" else "Bag")):
+            _img(tmp_path / f"{folder}_image" / f"{i}.png")
+            (tmp_path / f"{folder}_label").mkdir(exist_ok=True)
+            (tmp_path / f"{folder}_label" / f"{i}.txt").write_text(label, encoding="utf-8")
+    (tmp_path / "classes.json").write_text('{"T-shirt_top": "T-shirt/top"}', encoding="utf-8")
+    s = read_folder_splits(str(tmp_path))["train"]
+    assert s.classes == ["Bag", "T-shirt/top"] and s.counts().tolist() == [2, 2]

@@ -4,7 +4,8 @@ Layouts, detected in this order for each `--data` path:
   * a .csv file of `path,label` rows (paths relative to the CSV's folder);
   * split folders: `root/train/` plus optional `root/val/` (or `valid/`) and `root/test/`,
     each in one of the layouts below;
-  * label files: `root/ants_image/x.jpg` with `root/ants_label/x.txt` holding `ants`;
+  * label files: `root/ants_image/x.jpg` with `root/ants_label/x.txt` holding `ants` (a `root/classes.json`
+    names classes here too: {"T-shirt_top": "T-shirt/top"} for `T-shirt_top_image/`);
   * class folders: `root/ants/*.jpg`, `root/bees/*.jpg` (classes sorted as torchvision's ImageFolder); a
     `root/classes.json` beside them (`tudui data export` writes one) names the class each folder holds, for names a
     folder cannot carry ('T-shirt/top' in the folder `T-shirt_top`);
@@ -138,10 +139,12 @@ def is_label_file_layout(root: Path) -> bool:
 def read_label_files(root: Path) -> Split:
     """The course's layout: `X_image/img.jpg` + `X_label/img.txt` whose text is the label."""
     pairs = [(d, root / (d.name[: -len("_image")] + "_label")) for d in _subdirs(root) if d.name.endswith("_image")]
+    names = read_manifest(root)  # X -> the class X_image holds, as for class folders
     spellings: dict[str, set[str]] = {}
     for d, lab in pairs:
         if lab.is_dir():
-            spellings.setdefault(class_name(d, d.name[: -len("_image")]), set()).add(d.name[: -len("_image")])
+            folder = class_name(d, d.name[: -len("_image")])
+            spellings.setdefault(names.get(folder, folder), set()).add(d.name[: -len("_image")])
     _warn_merged(spellings, "label-file folders")
     classes = sorted(spellings)
     items, missing = [], []
@@ -160,6 +163,7 @@ def read_label_files(root: Path) -> Split:
                 missing.append(shown(txt))
                 continue
             label = unicodedata.normalize("NFC", text.decode("utf-8", errors="replace").strip())
+            label = names.get(label, label)  # a label may name its folder (T-shirt_top) or its class (T-shirt/top)
             if not label:
                 raise TuduiError(f"label file {txt} is empty; write the class name of {f.name} into it")
             if label not in classes:

@@ -42,6 +42,9 @@ for image in sorted((folders / "train").glob("*/*.png")):
     (labels / f"{name}_label").mkdir(parents=True, exist_ok=True)
     shutil.copy(image, labels / f"{name}_image" / image.name)
     (labels / f"{name}_label" / f"{image.stem}.txt").write_text(name, encoding="utf-8")
+# classes.json, written by the export, names the class each folder holds where a folder name cannot (T-shirt/top
+# lives in T-shirt_top/); beside the label-file folders it does the same, so both layouts give the same classes.
+shutil.copy(folders / "train" / "classes.json", labels / "classes.json")
 
 # What the course's MyData.__len__/__getitem__ give, for both layouts: `tudui data check` counts each class and
 # reports unreadable or duplicated images before a night's training finds them.

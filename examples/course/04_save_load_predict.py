@@ -9,6 +9,7 @@ and ToTensor. tudui's checkpoint carries the class names and that preprocessing,
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import torch
@@ -60,11 +61,12 @@ rgba = Image.open(first).convert("RGBA").resize((96, 96))
 rgba.save(new / "like_airplane.png")
 files = sorted(new.glob("*/*.png")) + [new / "like_airplane.png"]
 
+names = json.loads((new / "classes.json").read_text(encoding="utf-8"))  # folder -> class name (T-shirt/top)
 predictor = tudui.Predictor.from_path(result.best, tta=False)  # tta: see `tudui train --help`; converted
 again = tudui.Predictor.from_path(converted, tta=False)         # checkpoints have it off
 for p, q in zip(predictor.predict(files, topk=3), again.predict(files, topk=3)):
     assert p.error is None and p.topk == q.topk  # the converted file gives the same answers
-    truth = Path(p.source).parent.name if Path(p.source).parent != new else "?"
+    truth = names.get(Path(p.source).parent.name, "?")
     print(f"{Path(p.source).name:18s} true {truth:12s} -> " + ", ".join(f"{c} {prob:.0%}" for c, prob in p.topk))
 
 # The same from the shell (a folder is searched recursively):

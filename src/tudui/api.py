@@ -22,7 +22,7 @@ from .core.console import shown
 from .core.device import auto_workers, under_torchrun
 from .core.errors import TuduiError
 from .core.files import write_text
-from .data import eval_layout, load_decoded, load_splits, make_loader
+from .data import eval_layout, load_decoded, load_eval_split, make_loader
 from .data.check import check_data, format_report
 from .data.export_images import export_images
 from .engine.callbacks import Callback
@@ -162,8 +162,9 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     """Loss, top-1/top-5, per-class precision/recall/F1 and confusion matrix of a model file on `split`.
 
     Any model file tudui writes (checkpoint or run directory, .onnx, .torchscript, .safetensors), with the
-    preprocessing it was trained with. split='val' re-creates the training run's hold-out (same --val-split and
-    --seed) when the data has no val folder. options: core/options.EvalOptions' fields (`tudui eval --help`):
+    preprocessing it was trained with. split: 'auto' (test where the data has a test split, 'all' for a folder or
+    CSV with no train/val/test folders), 'test', 'val' (re-creates the training run's hold-out, same --val-split
+    and --seed, when the data has no val folder), 'train', or 'all' (every image, nothing held out). options: core/options.EvalOptions' fields (`tudui eval --help`):
     data_root, batch_size, workers, device, cache, tta (flip test-time augmentation on/off; None: as trained),
     model_file (where your own model's Python file is now, if it moved since training, or a file you have read),
     trust_code (run the Python file a checkpoint names even if you neither named it nor trained with its contents
@@ -175,15 +176,12 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     dev = runtime_device(o.checkpoint, o.device)
     loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
     model, spec, cfg = loaded.model, loaded.spec.with_tta(o.tta), loaded.meta.get("training", {})
-    train_split, val, test = load_splits(o.data, o.data_root, False, cfg.get("val_split", 0.1), cfg.get("seed", 0))
-    chosen = {"train": train_split, "val": val, "test": test}[o.split]
-    if chosen is None:
-        raise TuduiError(f"the data has no {o.split} split; use --split " + ("val" if val is not None else "train"))
+    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0))
     chosen = chosen.reindex(spec.classes)  # the model's class order
     chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
     loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
     result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
-    return result | {"classes": spec.classes, "split": o.split, "checkpoint": loaded.path, "tta": spec.flip_tta}
+    return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
 
 
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process

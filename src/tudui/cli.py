@@ -127,7 +127,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{r['checkpoint']} on {', '.join(args.data)} [{r['split']}]: {r['n']:,} images"
           + (" (flip TTA)" if r["tta"] else ""))
-    print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}\n")
+    absent = [r["classes"][i] for i in r["absent"]]
+    print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}"
+          + (f" (over the {len(r['classes']) - len(absent)} classes present; no images of {len(absent)}: "
+             f"{', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''})" if absent else "") + "\n")
     print(api.per_class_table(r["classes"], r) + "\n")
     print(api.confusion_table(r["classes"], r["confusion"]))
     print("\nwrote " + ", ".join(map(str, files)))
@@ -190,7 +193,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 # --- data --------------------------------------------------------------------------------------------------------------
 def cmd_data_export(args: argparse.Namespace) -> int:
     files = _api().export_images(args.name, args.out, args.split, args.limit, args.format, args.data_root, args.seed)
-    print(f"wrote {len(files)} images to {args.out}/<class>/")
+    print(f"wrote {len(files)} images to {args.out}/<class>/"
+          + (f", and the class each folder holds to {os.path.join(args.out, 'classes.json')}" if files else ""))
     return 0
 
 

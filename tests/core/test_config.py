@@ -94,7 +94,7 @@ def test_the_cli_refuses_a_value_out_of_range_before_looking_for_the_data(option
 
 @pytest.mark.parametrize("call, message", [
     (lambda t, p: t.predict(p / "missing.pt", [str(p)], batch_size=0), "--batch-size must be at least 1"),
-    (lambda t, p: t.evaluate(p / "missing.pt", "digits", split="holdout"), "--split takes one of train, val, test"),
+    (lambda t, p: t.evaluate(p / "missing.pt", "digits", split="holdout"), "--split takes one of auto, test, val, train, all"),
     (lambda t, p: t.evaluate(p / "missing.pt", "digits", batch_size=-1), "--batch-size must be at least 1"),
     (lambda t, p: t.export(p / "missing.pt", "tflite"), "--format takes one of onnx, torchscript, safetensors"),
     (lambda t, p: t.serve(p / "missing.pt", max_batch=0), "--max-batch must be at least 1"),

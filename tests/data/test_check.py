@@ -124,3 +124,60 @@ def test_data_check_lists_ten_findings_of_a_kind_then_counts_the_rest(tmp_path, 
     assert "... and 15 more" in out and "errors (25):" in out
     tudui_main(["data", "check", str(tmp_path), "--json"])
     assert json.loads(capsys.readouterr().out)["errors"] == 25  # every finding, for programs
+
+
+def _pngs(folder, n: int, mode: str = "L", start: int = 0) -> None:
+    """n distinct 16x16 PNGs start.png ... in `mode` (L, RGBA or P): pixel (0, 0) and (1, 0) hold the number."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(start, start + n):
+        img = Image.new("RGBA", (16, 16), (90, 0, 0, 128))
+        img.putpixel((0, 0), (i % 256,) * 3 + (128,))
+        img.putpixel((1, 0), (i // 256,) * 3 + (128,))
+        {"RGBA": img, "P": img.convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE),
+         "L": img.convert("L")}[mode].save(folder / f"{i:03d}.png")
+
+
+def test_data_check_refuses_one_class_as_training_does(tmp_path, capsys):
+    """A one-class folder is an error in data check with training's own words; folders checked together count
+    together, as `tudui train --data a b` trains on them together."""
+    from tudui.data import load_splits
+
+    _pngs(tmp_path / "one" / "cats", 4)
+    with pytest.raises(TuduiError) as refused:
+        load_splits([str(tmp_path / "one")])
+    report = check_data([str(tmp_path / "one")])
+    assert [(i.kind, i.detail) for i in report.errors] == [("one-class", str(refused.value))]
+    assert tudui_main(["data", "check", str(tmp_path / "one")]) == 1
+    assert "only one class (cats)" in capsys.readouterr().out
+    _pngs(tmp_path / "dogs", 4, start=50)  # a folder of images is one class: cats + dogs are two
+    assert not check_data([str(tmp_path / "one" / "cats"), str(tmp_path / "dogs")]).errors
+    assert [i.kind for i in check_data([str(tmp_path / "dogs")]).errors] == ["one-class"]
+
+
+def test_data_check_sums_up_unusual_modes_by_kind(tmp_path, capsys):
+    """One warning per unusual mode with its count, what reading it does and a few example files, not one per file
+    (and palette images that differ only in their palettes' colours are not duplicates)."""
+    _pngs(tmp_path / "a", 8, "RGBA")
+    _pngs(tmp_path / "b", 5, "P", start=20)
+    _pngs(tmp_path / "b", 3, "L", start=40)
+    report = check_data([str(tmp_path)])
+    modes = [i for i in report.warnings if i.kind == "mode"]
+    assert [i.path for i in modes] == [str(tmp_path)] * 2 and len(report.warnings) == 2
+    assert modes[0].detail.startswith("8 of 16 images are RGBA (RGB with transparency): the alpha channel is dropped")
+    assert "e.g. a/000.png, a/001.png, a/002.png, ..." in modes[0].detail
+    assert modes[1].detail.startswith("5 of 16 images are P (palette colours): expanded to RGB")
+    assert tudui_main(["data", "check", str(tmp_path)]) == 0
+    assert "warnings (2):" in capsys.readouterr().out
+
+
+def test_data_check_says_when_all_classes_are_the_same_size(tmp_path, capsys):
+    for c in ("a", "b", "c"):
+        _pngs(tmp_path / "even" / c, 3, start=10 * ord(c))
+    assert tudui_main(["data", "check", str(tmp_path / "even")]) == 0
+    out = capsys.readouterr().out
+    assert "9 readable images, 3 classes; all classes have 3 images" in out and "largest" not in out
+    _pngs(tmp_path / "even" / "c", 3, start=500)
+    assert tudui_main(["data", "check", str(tmp_path / "even")]) == 0
+    assert "largest c (6), smallest a (3), imbalance ratio 2.00" in capsys.readouterr().out

@@ -325,3 +325,69 @@ def test_a_link_to_a_folder_read_later_does_not_take_its_images(tmp_path, capfd)
     assert sorted(_values(s)) == ["cls/b/c/0.png", "cls/b/c/1.png", "other/0.png", "other/1.png"]
     err = capfd.readouterr().err
     assert "kept" in err and "skipped" in err and "cls/a/0.png" in err
+
+
+def test_folders_of_images_without_class_folders_are_one_class_each(tmp_path):
+    """`--data ants bees` (the course's `ants_dataset + bees_dataset`): each folder of images is one class named
+    after it; one such folder alone is refused as one class, naming it."""
+    for cls, n in (("ants", 3), ("bees", 4)):
+        for i in range(n):
+            _img(tmp_path / "hymenoptera" / cls / f"{i}.jpg", 10 * i)
+    ants, bees = tmp_path / "hymenoptera" / "ants", tmp_path / "hymenoptera" / "bees"
+    train, val, test = load_splits([str(ants), str(bees)], val_split=0)
+    assert train.classes == ["ants", "bees"] and train.counts().tolist() == [3, 4] and val is test is None
+    assert sorted(train.paths) == sorted(str(p) for p in (tmp_path / "hymenoptera").rglob("*.jpg"))
+    with pytest.raises(TuduiError, match=r"only one class \(ants\).*--data ants bees"):
+        load_splits([str(ants)])
+    whole, _, _ = load_splits([str(tmp_path / "hymenoptera")], val_split=0)  # the parent: class folders as before
+    assert whole.classes == ["ants", "bees"]
+
+
+def test_classes_json_names_the_class_folders(tmp_path):
+    """classes.json beside class folders maps each folder to its class name (UTF-8, in NFC like folder names);
+    folders it does not name keep their own name; a broken manifest is one clear error."""
+    for cls in ("T-shirt_top", "Bag", "shoes"):
+        for i in range(2):
+            _img(tmp_path / "data" / cls / f"{i}.png")
+    manifest = tmp_path / "data" / "classes.json"
+    manifest.write_text('{"T-shirt_top": "T-shirt/top", "shoes": "%s"}' % unicodedata.normalize("NFD", "café 鞋"),
+                        encoding="utf-8")
+    s = read_folder_splits(str(tmp_path / "data"))["train"]
+    assert s.classes == ["Bag", "T-shirt/top", "café 鞋"] and s.counts().tolist() == [2, 2, 2]
+    for text, match in (("[1, 2]", "JSON object of folder names"), ("{", "cannot be read"),
+                        ('{"Bag": "x", "shoes": "x"}', "names the class 'x' for 2 folders")):
+        manifest.write_text(text, encoding="utf-8")
+        with pytest.raises(TuduiError, match=match):
+            read_folder_splits(str(tmp_path / "data"))
+
+
+def test_eval_split_all_is_every_image_and_the_default_without_split_folders(tmp_path):
+    """`tudui eval --split all` scores every image; it is the default for data with no train/val/test folders,
+    test stays the default where there is one (digits: tests/e2e/test_export_cli.py), and train/ + val/ without test/ names the splits it has."""
+    from tudui.data import load_eval_split
+
+    for cls in ("a", "b", "c"):
+        for i in range(10):
+            _img(tmp_path / "flat" / cls / f"{i}.png", i)
+        for split in ("train", "val"):
+            _img(tmp_path / "split" / split / cls / "x.png")
+    flat = str(tmp_path / "flat")
+    chosen, name = load_eval_split([flat])
+    assert name == "all" and len(chosen) == 30 and chosen.classes == ["a", "b", "c"]
+    held, name = load_eval_split([flat], "val", val_split=0.1)
+    assert name == "val" and len(held) == 3  # the training run's hold-out, as before
+    with pytest.raises(TuduiError, match="no test split; use --split val, or --split all"):
+        load_eval_split([str(tmp_path / "split")])
+    assert len(load_eval_split([str(tmp_path / "split")], "all")[0]) == 6
+
+
+def test_classes_json_names_the_classes_of_the_label_file_layout(tmp_path):
+    """The same classes.json beside `X_image/` + `X_label/` folders: a label may hold the folder's X or the class."""
+    for folder, text in (("T-shirt_top", "T-shirt_top"), ("Bag", "Bag")):
+        for i, label in enumerate((text, "T-shirt/top" if folder == "T-shirt_top" else "Bag")):
+            _img(tmp_path / f"{folder}_image" / f"{i}.png")
+            (tmp_path / f"{folder}_label").mkdir(exist_ok=True)
+            (tmp_path / f"{folder}_label" / f"{i}.txt").write_text(label, encoding="utf-8")
+    (tmp_path / "classes.json").write_text('{"T-shirt_top": "T-shirt/top"}', encoding="utf-8")
+    s = read_folder_splits(str(tmp_path))["train"]
+    assert s.classes == ["Bag", "T-shirt/top"] and s.counts().tolist() == [2, 2]

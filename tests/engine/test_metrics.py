@@ -1,6 +1,7 @@
 import numpy as np
+import pytest
 import torch
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 from tudui.engine.metrics import add_counts, batch_counts, compute_metrics as summarize
 
@@ -21,6 +22,23 @@ def test_counts_add_up_to_dataset_metrics():
     p, rc, f, s = precision_recall_fscore_support(targets, pred, labels=range(7), zero_division=0)
     assert np.allclose(r["per_class"]["precision"], p) and np.allclose(r["per_class"]["recall"], rc)
     assert np.allclose(r["per_class"]["f1"], f) and r["per_class"]["support"] == s.tolist()
+
+
+def test_macro_f1_averages_the_classes_present_as_scikit_learn():
+    """Data holding 3 of 7 classes: macro-F1 is scikit-learn's f1_score(average='macro', labels=present) (absent
+    classes left out, even when some images are taken for them), and 'absent' names the others; a perfect score on
+    such data is 1.0, not 3/7."""
+    rng = np.random.default_rng(1)
+    targets = torch.tensor(rng.choice([0, 2, 5], 200))
+    logits = torch.tensor(rng.normal(size=(200, 7)), dtype=torch.float32)
+    logits[torch.arange(200), targets] += 1.5  # mostly right; some images go to absent classes
+    r = summarize(batch_counts(logits, targets, 7))
+    pred = logits.argmax(1)
+    assert set(pred.tolist()) - {0, 2, 5}  # the test means something: absent classes are predicted too
+    assert r["macro_f1"] == pytest.approx(f1_score(targets, pred, labels=[0, 2, 5], average="macro"), abs=1e-12)
+    assert r["absent"] == [1, 3, 4, 6]
+    perfect = torch.nn.functional.one_hot(targets, 7).float()
+    assert summarize(batch_counts(perfect, targets, 7))["macro_f1"] == 1.0
 
 
 def test_mistakes_from_the_evaluation_pass_equal_a_second_pass():

@@ -169,7 +169,9 @@ class EvalOptions(Options):
 
     checkpoint: str = option(MISSING, MODEL_PATH_HELP, positional=True)
     data: list = option(MISSING, "dataset name, folder(s) or CSV, as for train", nargs="+", group="data")
-    split: str = option("test", "which split", choices=["train", "val", "test"], group="data")
+    split: str = option("auto", "which images: test, val (a val/ folder, else the training run's hold-out), train, "
+                                "all (every image), or auto: test where the data has one, else all",
+                        choices=["auto", "test", "val", "train", "all"], group="data")
     data_root: str | None = option(None, "where named datasets are looked for first", group="data")
     batch_size: int = option(EVAL_BATCH_SIZE, "images per evaluation batch", min=1, group="data")
     workers: int | str = option("auto", "DataLoader processes for images decoded from their files: a number or auto "

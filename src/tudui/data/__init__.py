@@ -11,14 +11,14 @@ This module only re-exports.
 """
 from ..core.config import MEMORY_LIMIT_MB
 from .factory import (EVAL_BATCH_SIZE, IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data,
-                      eval_batch_size, fits_in_memory, load_decoded, load_splits, train_layout)
+                      eval_batch_size, fits_in_memory, load_decoded, load_eval_split, load_splits, train_layout)
 from .images import decode_image
 from .loaders import make_loader
 from .spec import DataSpec, Layout, denormalize, eval_layout, normalize
 from .split import Split
 from .transforms import augment_batch, augment_options, eval_transforms, model_logits
 
-__all__ = ["DataBundle", "DataSpec", "Split", "Layout", "build_data", "load_splits", "load_decoded", "make_loader",
+__all__ = ["DataBundle", "DataSpec", "Split", "Layout", "build_data", "load_splits", "load_eval_split", "load_decoded", "make_loader",
            "normalize", "denormalize", "model_logits", "augment_batch", "augment_options", "eval_transforms",
            "decode_image", "eval_batch_size", "fits_in_memory", "eval_layout", "train_layout", "IMAGENET_MEAN",
            "IMAGENET_STD", "IMAGENET_CROP_PCT", "EVAL_BATCH_SIZE", "MEMORY_LIMIT_MB"]

@@ -4,9 +4,11 @@ Each PATH is a dataset folder (with train/ val/ test/ split folders, or one spli
 any layout folders.py reads) or a CSV of path,label. Reported:
   errors   (exit status 1): zero-byte, truncated/corrupt and non-image files with image
            extensions; the same image in train and in val/test (test data leaking into
-           training); the same image under two labels; layout problems (e.g. a label file missing)
+           training); the same image under two labels; layout problems (e.g. a label file missing);
+           training data of one class (all PATHs together, as `tudui train --data PATH...` refuses it)
   warnings: other files in class folders (training ignores them), duplicates within a split,
-           unusual colour modes, very small or very elongated images, strong class imbalance
+           unusual colour modes (one finding per mode and split, with a few example files), very small or
+           very elongated images, strong class imbalance
 Duplicates are exact: a BLAKE2b hash of the decoded pixels (mode, size, bytes), so the
 same picture saved twice, or as PNG and BMP, is found; lossy re-encodings are not. A file
 listed several times (a CSV naming it on many rows) is read once and reported once.
@@ -24,14 +26,30 @@ from pathlib import Path
 
 from ..core.console import table
 from ..core.errors import TuduiError
-from .folders import is_label_file_layout, read_layout, split_folders
+from .folders import MANIFEST, is_label_file_layout, read_layout, split_folders
 from .images import BadImage, is_image_file, open_image
+from .split import concat_splits, require_two_classes
 
 USUAL_MODES = {"L", "RGB"}
 MIN_SIDE = 8  # pixels; smaller images carry almost nothing once resized
 MAX_ASPECT = 4.0  # longer side / shorter side; more is distorted by the square resize
 IMBALANCE_WARN = 10.0  # largest class / smallest class
 SHOWN_PER_KIND = 10  # findings of one kind printed before "and N more"
+EXAMPLES = 3  # files named in a summary of many (the images of one unusual mode)
+
+# Each unusual Pillow mode: (what it is, what reading it for training does: images.py's _to_mode).
+_ALPHA = "the alpha channel is dropped"
+_DEEP = "scaled to 8 bits"
+MODE_NOTES = {
+    "RGBA": ("RGB with transparency", _ALPHA), "RGBa": ("RGB with transparency", _ALPHA),
+    "LA": ("grey with transparency", _ALPHA), "La": ("grey with transparency", _ALPHA),
+    "PA": ("palette with transparency", "expanded to RGB, " + _ALPHA),
+    "P": ("palette colours", "expanded to RGB, or to grey for a 1-channel model"),
+    "1": ("1-bit black and white", "converted to 8-bit grey"),
+    "I;16": ("16-bit grey", _DEEP), "I;16B": ("16-bit grey", _DEEP), "I;16L": ("16-bit grey", _DEEP),
+    "I;16N": ("16-bit grey", _DEEP), "I": ("32-bit grey", _DEEP + " by its range"),
+    "F": ("floating-point grey", _DEEP + " by its range"), "CMYK": ("print colours", "converted to RGB"),
+}
 
 
 @dataclass
@@ -79,6 +97,8 @@ def _inspect(path: str) -> tuple[str | None, tuple[int, int] | None, str | None,
         img = open_image(path)
         digest = hashlib.blake2b(f"{img.mode}{img.size}".encode(), digest_size=16)
         digest.update(img.tobytes())
+        if img.mode in ("P", "PA"):  # the bytes are palette indices: two pictures can share them in other colours
+            digest.update(bytes(img.getpalette() or []))
         return digest.hexdigest(), img.size, img.mode, None
     except BadImage as e:
         return None, None, None, f"{e.kind}: {e.reason}"
@@ -97,14 +117,18 @@ def _other_files(root: Path, listed: set[str]) -> list[str]:
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in label_dirs)
         for f in sorted(filenames):
             p = os.path.join(dirpath, f)
-            if not f.startswith(".") and p not in listed and not is_image_file(f):
+            if not f.startswith(".") and p not in listed and not is_image_file(f) \
+                    and not (f == MANIFEST and dirpath == str(root)):  # the class names of the folders
                 out.append(p)
     return out
 
 
 def check_data(paths: list[str]) -> CheckReport:
+    """Every finding on the datasets at `paths`, read as `tudui train --data PATH...` reads them: the training
+    images of all paths together must have two classes, as training requires."""
     report = CheckReport()
     seen: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # hash -> [(split, path, label)]
+    training = []  # the splits `tudui train --data PATHS` trains on: train/ folders, or whole paths without them
     for entry in paths:
         path = Path(entry).expanduser()
         if not path.exists():
@@ -117,6 +141,8 @@ def check_data(paths: list[str]) -> CheckReport:
                 continue
             if split.paths is None:
                 continue
+            if root == path or split_name == "train":
+                training.append(split)
             sr = SplitReport(split_name, str(root))
             report.splits.append(sr)
             listed = set(split.paths)
@@ -128,6 +154,7 @@ def check_data(paths: list[str]) -> CheckReport:
             results = [inspected[p] for p in split.paths]
             reported: set[str] = set()  # files already reported on: a file's findings are said once
             counts, sizes, modes = Counter(), Counter(), Counter()
+            unusual: dict[str, list[str]] = defaultdict(list)  # mode -> its files
             for p, target, (digest, size, mode, problem) in zip(split.paths, split.targets, results):
                 label = split.classes[target]
                 if problem:
@@ -145,10 +172,13 @@ def check_data(paths: list[str]) -> CheckReport:
                     continue
                 reported.add(p)
                 if mode not in USUAL_MODES:
-                    report.issues.append(Issue("warning", "mode", p, f"mode {mode} (converted to L or RGB when used)"))
+                    unusual[mode].append(p)
                 if min(size) < MIN_SIDE or max(size) / max(1, min(size)) > MAX_ASPECT:
                     report.issues.append(Issue("warning", "size", p, f"{size[0]}x{size[1]} pixels: very small or "
                                                "elongated; it is resized to a square"))
+            for mode, files in sorted(unusual.items(), key=lambda m: -len(m[1])):  # one finding per mode, not per file
+                report.issues.append(Issue("warning", "mode", str(root),
+                                           _mode_summary(mode, files, sum(counts.values()), root)))
             sr.images = sum(counts.values())
             sr.classes = {c: counts.get(c, 0) for c in split.classes}
             present = [n for n in sr.classes.values() if n]
@@ -160,6 +190,11 @@ def check_data(paths: list[str]) -> CheckReport:
             empty = [c for c, n in sr.classes.items() if n == 0]
             if empty:
                 report.issues.append(Issue("error", "empty-class", str(root), f"no readable images for {', '.join(empty)}"))
+    if training and not any(i.kind == "layout" for i in report.issues):
+        try:
+            require_two_classes(concat_splits(training) if len(training) > 1 else training[0])
+        except TuduiError as e:
+            report.issues.append(Issue("error", "one-class", " + ".join(s.origin for s in training), str(e)))
     _duplicates(report, seen)
     return report
 
@@ -210,9 +245,15 @@ def format_report(report: CheckReport) -> str:
         lo = min(counts, key=counts.get) if counts else "-"
         hi = max(counts, key=counts.get) if counts else "-"
         size = next(iter(s.sizes), "-")
-        lines.append(f"{s.name} ({s.root}): {s.images:,} readable images, {len(counts)} classes; "
-                     f"largest {hi} ({counts.get(hi, 0)}), smallest {lo} ({counts.get(lo, 0)}), imbalance ratio "
-                     f"{s.imbalance:.2f}" if s.imbalance else f"{s.name} ({s.root}): no readable images")
+        if not s.imbalance:
+            lines.append(f"{s.name} ({s.root}): no readable images")
+        elif len(set(counts.values())) == 1:
+            lines.append(f"{s.name} ({s.root}): {s.images:,} readable images, {len(counts)} "
+                         + (f"classes; all classes have {counts[hi]:,} images" if len(counts) > 1 else
+                            f"class ({hi})"))
+        else:
+            lines.append(f"{s.name} ({s.root}): {s.images:,} readable images, {len(counts)} classes; largest {hi} "
+                         f"({counts[hi]:,}), smallest {lo} ({counts[lo]:,}), imbalance ratio {s.imbalance:.2f}")
         lines.append(f"  most common size {size} ({len(s.sizes)} distinct), modes "
                      + ", ".join(f"{m} {n}" for m, n in s.modes.items()))
         lines.append(table(["class", "images"], [[c, n] for c, n in counts.items()]))
@@ -224,3 +265,11 @@ def format_report(report: CheckReport) -> str:
             lines.append("")
     lines.append(f"{len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     return "\n".join(lines)
+
+
+def _mode_summary(mode: str, files: list[str], images: int, root: Path) -> str:
+    """'103 of 121 images are RGBA (RGB with transparency): the alpha channel is dropped ...; e.g. a/1.png, ...'."""
+    what, done = MODE_NOTES.get(mode, ("", "converted to RGB or grey"))
+    examples = ", ".join(os.path.relpath(f, root) if root.is_dir() else f for f in files[:EXAMPLES])
+    return (f"{len(files):,} of {images:,} images are {mode}" + (f" ({what})" if what else "")
+            + f": {done} when they are read; e.g. {examples}" + (", ..." if len(files) > EXAMPLES else ""))

@@ -9,6 +9,7 @@ import shlex
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,13 +20,13 @@ from ..core.modes import AUGMENTS, AUTO_AUGMENT
 from ..core.options import EVAL_BATCH_SIZE
 from ..core.pyfile import is_file_ref, load_object
 from .cache import cached_split
-from .folders import read_folder_splits
+from .folders import read_folder_splits, split_folders
 from .images import gray_mode, peek_image, resize_side
 from .loaders import decode_split
 from .overlap import same_files, warn_overlap
 from .sources import NAMED, load_named
 from .spec import DataSpec, Layout, eval_layout
-from .split import Split, concat_splits, stratified_split
+from .split import Split, concat_splits, require_two_classes, stratified_split
 from .user import splits_from_object
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -82,18 +83,9 @@ def _load_one(entry, data_root: str | None, download: bool, classes: list[str] |
     return read_folder_splits(entry)
 
 
-def load_splits(data: list, data_root: str | None = None, download: bool = False, val_split: float = 0.1,
-                seed: int = 0, subset: int | None = None, classes: list[str] | None = None,
-                fraction: float = 1.0) -> tuple[Split, Split | None, Split | None]:
-    """(train, val, test) from one or more `--data` entries; val held out of train when absent.
-
-    An entry is a dataset name, a folder, a CSV, 'file.py:name', or (library) a Dataset, a list of them or a
-    dict {'train': ..., 'val': ..., 'test': ...}; `classes` names a user Dataset's classes in output order.
-    """
-    if not data:
-        raise TuduiError(f"no --data given; name a dataset ({', '.join(NAMED)}), "
-                         "a folder of class subfolders, or a CSV of path,label")
-    loaded = [_load_one(d, data_root, download, classes) for d in data]
+def _assemble(loaded: list[dict[str, Split]], val_split: float, seed: int) -> tuple[Split, Split | None, Split | None]:
+    """(train, val, test) of loaded entries: each split concatenated over them; val held out of train, stratified
+    and seeded, when no entry has one."""
     train = concat_splits([s["train"] for s in loaded])
     val_parts = [s["val"] for s in loaded if "val" in s]
     test_parts = [s["test"] for s in loaded if "test" in s]
@@ -104,6 +96,25 @@ def load_splits(data: list, data_root: str | None = None, download: bool = False
             raise TuduiError(f"--val-split must be in (0, 1), got {val_split}")
         keep, held = stratified_split(train.targets, val_split, seed)
         train, val = train.subset(keep), (train.subset(held) if len(held) else None)
+    return train, val, test
+
+
+def _no_data() -> TuduiError:
+    return TuduiError(f"no --data given; name a dataset ({', '.join(NAMED)}), "
+                      "a folder of class subfolders, or a CSV of path,label")
+
+
+def load_splits(data: list, data_root: str | None = None, download: bool = False, val_split: float = 0.1,
+                seed: int = 0, subset: int | None = None, classes: list[str] | None = None,
+                fraction: float = 1.0) -> tuple[Split, Split | None, Split | None]:
+    """(train, val, test) from one or more `--data` entries; val held out of train when absent.
+
+    An entry is a dataset name, a folder, a CSV, 'file.py:name', or (library) a Dataset, a list of them or a
+    dict {'train': ..., 'val': ..., 'test': ...}; `classes` names a user Dataset's classes in output order.
+    """
+    if not data:
+        raise _no_data()
+    train, val, test = _assemble([_load_one(d, data_root, download, classes) for d in data], val_split, seed)
     if fraction < 1:  # --fraction: a seeded random share of the training images
         subset = min(subset or len(train), max(1, round(fraction * len(train))))
     if subset is not None and subset < len(train):
@@ -112,10 +123,34 @@ def load_splits(data: list, data_root: str | None = None, download: bool = False
     for s in (val, test):
         if s is not None:
             s.reindex(train.classes)
-    if len(train.classes) < 2 or np.count_nonzero(train.counts()) < 2:
-        raise TuduiError(f"the training data ({train.origin}) has only one class; a classifier needs at least two "
-                         "(one subfolder per class)")
+    require_two_classes(train)
     return train, val, test
+
+
+def load_eval_split(data: list, split: str = "auto", data_root: str | None = None, val_split: float = 0.1,
+                    seed: int = 0) -> tuple[Split, str]:
+    """(the split `tudui eval` scores, its name) from `--data` entries, in the data's own class order.
+
+    split: 'test', 'val' (the data's val folder, or the training run's hold-out re-created from `val_split` and
+    `seed`), 'train' (less that hold-out), 'all' (every image of the data, nothing held out) or 'auto': 'test' where
+    the data has a test split, 'all' where no entry has any split structure (a folder of class folders, a CSV).
+    Images of any subset of the classes are scored; the caller maps them to the model's classes.
+    """
+    if not data:
+        raise _no_data()
+    loaded = [_load_one(d, data_root, False, None) for d in data]
+    if split == "auto":
+        unsplit = all(set(s) == {"train"} for s in loaded) and \
+            not any(isinstance(d, str) and split_folders(Path(d).expanduser()) for d in data)  # a lone train/
+        split = "all" if unsplit else "test"
+    if split == "all":  # every split of every entry, in train, val, test order
+        return concat_splits([s[k] for s in loaded for k in ("train", "val", "test") if k in s]), split
+    train, val, test = _assemble(loaded, val_split, seed)
+    chosen = {"train": train, "val": val, "test": test}[split]
+    if chosen is None:
+        raise TuduiError(f"the data has no {split} split; use --split " + ("val" if val is not None else "train")
+                         + ", or --split all for every image of it")
+    return chosen, split
 
 
 def _native_format(split: Split) -> tuple[int, int, int]:

@@ -4,12 +4,18 @@ Layouts, detected in this order for each `--data` path:
   * a .csv file of `path,label` rows (paths relative to the CSV's folder);
   * split folders: `root/train/` plus optional `root/val/` (or `valid/`) and `root/test/`,
     each in one of the layouts below;
-  * label files: `root/ants_image/x.jpg` with `root/ants_label/x.txt` holding `ants`;
-  * class folders: `root/ants/*.jpg`, `root/bees/*.jpg` (classes sorted as torchvision's ImageFolder).
+  * label files: `root/ants_image/x.jpg` with `root/ants_label/x.txt` holding `ants` (a `root/classes.json`
+    names classes here too: {"T-shirt_top": "T-shirt/top"} for `T-shirt_top_image/`);
+  * class folders: `root/ants/*.jpg`, `root/bees/*.jpg` (classes sorted as torchvision's ImageFolder); a
+    `root/classes.json` beside them (`tudui data export` writes one) names the class each folder holds, for names a
+    folder cannot carry ('T-shirt/top' in the folder `T-shirt_top`);
+  * one class: `ants/*.jpg`, a folder of images with no class folders is the class `ants` (`--data ants bees` is
+    the course's `ants_dataset + bees_dataset`).
 """
 from __future__ import annotations
 
 import csv
+import json
 import os
 import sys
 import unicodedata
@@ -18,11 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import TuduiError
+from ..core.files import write_text
 from .images import BadImage, ImageScan, open_regular, scan_images, shown, special_file
 from .sources import NAMED
 from .split import Split
 
 VAL_NAMES = ("val", "valid", "validation")
+MANIFEST = "classes.json"  # {folder name: class name} beside class folders, UTF-8 JSON
 
 
 def _subdirs(root: Path) -> list[Path]:
@@ -61,14 +69,58 @@ def _warn_merged(spellings: dict[str, set[str]], what: str = "class folders") ->
               file=sys.stderr)
 
 
+def read_manifest(root: Path) -> dict[str, str]:
+    """{folder name: class name} from `root/classes.json`, {} when there is none; both sides in NFC, as class_name
+    reads folder names."""
+    path = root / MANIFEST
+    if not path.is_file():
+        return {}
+    what = f"{shown(path)} (class folder -> class name)"
+    try:
+        with open_regular(path) as fh:
+            names = json.loads(fh.read().decode("utf-8"))
+    except (BadImage, OSError, UnicodeDecodeError, ValueError) as e:
+        raise TuduiError(f"{what} cannot be read: {e}; write it as a UTF-8 JSON object such as "
+                         '{"T-shirt_top": "T-shirt/top"}, or delete it to use the folder names') from None
+    if not isinstance(names, dict) or not all(isinstance(k, str) and isinstance(v, str) and v.strip()
+                                              for k, v in names.items()):
+        raise TuduiError(f"{what} must be a JSON object of folder names to non-empty class names, such as "
+                         '{"T-shirt_top": "T-shirt/top"}; fix it, or delete it to use the folder names')
+    nfc = {unicodedata.normalize("NFC", k): unicodedata.normalize("NFC", v.strip()) for k, v in names.items()}
+    by_name: dict[str, list[str]] = {}
+    for folder, name in nfc.items():
+        by_name.setdefault(name, []).append(folder)
+    twice = {n: f for n, f in by_name.items() if len(f) > 1}
+    if twice:
+        n, f = next(iter(twice.items()))
+        raise TuduiError(f"{what} names the class {n!r} for {len(f)} folders ({', '.join(f)}); give each folder its "
+                         "own class name (or put the images in one folder)")
+    return nfc
+
+
+def write_manifest(root: Path, names: dict[str, str]) -> Path:
+    """Write `root/classes.json`: {folder name: class name}, UTF-8 (non-ASCII names as they are)."""
+    return write_text(root / MANIFEST, json.dumps(names, ensure_ascii=False, indent=1) + "\n")
+
+
 def read_class_folders(root: Path) -> Split:
+    """Class folders under `root`, named by `root/classes.json` where it names them; a folder of images with no
+    class folders holding images is one class named after the folder."""
     dirs = _subdirs(root)
     scan = scan_images(dirs)
+    if not any(scan.files):
+        flat = scan_images([root])  # recursive; the subfolders hold none, so these lie in root itself
+        if flat.files[0]:
+            flat.warn()
+            name = class_name(Path(os.path.abspath(root)))  # `--data .` is the folder's own name
+            return _make([name], [(str(f), name) for f in flat.files[0]], str(root))
     scan.warn()
+    names = read_manifest(root)
     items, spellings = [], {}
     for d, files in zip(dirs, scan.files):
         if files:  # a folder without images is no class, whatever its name
-            name = class_name(d)
+            folder = class_name(d)
+            name = names.get(folder, folder)
             spellings.setdefault(name, set()).add(d.name)
             items.extend((str(f), name) for f in files)
     _warn_merged(spellings)
@@ -87,10 +139,12 @@ def is_label_file_layout(root: Path) -> bool:
 def read_label_files(root: Path) -> Split:
     """The course's layout: `X_image/img.jpg` + `X_label/img.txt` whose text is the label."""
     pairs = [(d, root / (d.name[: -len("_image")] + "_label")) for d in _subdirs(root) if d.name.endswith("_image")]
+    names = read_manifest(root)  # X -> the class X_image holds, as for class folders
     spellings: dict[str, set[str]] = {}
     for d, lab in pairs:
         if lab.is_dir():
-            spellings.setdefault(class_name(d, d.name[: -len("_image")]), set()).add(d.name[: -len("_image")])
+            folder = class_name(d, d.name[: -len("_image")])
+            spellings.setdefault(names.get(folder, folder), set()).add(d.name[: -len("_image")])
     _warn_merged(spellings, "label-file folders")
     classes = sorted(spellings)
     items, missing = [], []
@@ -109,6 +163,7 @@ def read_label_files(root: Path) -> Split:
                 missing.append(shown(txt))
                 continue
             label = unicodedata.normalize("NFC", text.decode("utf-8", errors="replace").strip())
+            label = names.get(label, label)  # a label may name its folder (T-shirt_top) or its class (T-shirt/top)
             if not label:
                 raise TuduiError(f"label file {txt} is empty; write the class name of {f.name} into it")
             if label not in classes:

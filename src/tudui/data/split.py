@@ -60,6 +60,16 @@ class Split:
         return self
 
 
+def require_two_classes(split: Split) -> None:
+    """Refuse training data with images of fewer than two classes (`tudui train` and `tudui data check` alike)."""
+    present = [c for c, n in zip(split.classes, split.counts()) if n]
+    if len(present) < 2:
+        raise TuduiError(f"the training data ({split.origin}) has only one class"
+                         + (f" ({present[0]})" if present else "") + "; a classifier needs at least two: one "
+                         "subfolder per class (root/ants/*.jpg, root/bees/*.jpg), or one folder per class "
+                         "(--data ants bees)")
+
+
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out): `fraction` of every class held out, seeded.
 

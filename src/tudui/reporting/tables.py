@@ -8,8 +8,11 @@ from ..core.console import table
 
 def per_class_table(classes: list[str], metrics: dict) -> str:
     pc = metrics["per_class"]
-    rows = [[c, f"{p:.3f}", f"{r:.3f}", f"{f:.3f}", s] for c, p, r, f, s in
-            zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"])]
+    # A class with no images has no recall or F1 ("-", and macro-F1 leaves it out); its precision is shown when
+    # images were taken for it (0: each of them is a mistake).
+    taken = [sum(col) for col in zip(*metrics["confusion"])] if "confusion" in metrics else [1] * len(classes)
+    rows = [[c, f"{p:.3f}" if s or t else "-", f"{r:.3f}" if s else "-", f"{f:.3f}" if s else "-", s]
+            for c, p, r, f, s, t in zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"], taken)]
     return table(["class", "precision", "recall", "f1", "support"], rows)
 
 

@@ -170,3 +170,36 @@ def test_a_file_name_that_is_not_utf8_is_cached(tmp_path):
     for path, row in zip(split.paths, np.asarray(second.split.images)):
         assert np.array_equal(row, decode_image(path, 3, 24, 0.875))
     assert os.fsencode(split.paths[0]) == folder + b"/cafe/caf\xe9.png"
+
+
+def _files(root) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir()}
+
+
+def test_cache_ram_writes_nothing_but_the_run_folder(tmp_path, fmnist, monkeypatch):
+    """`--cache ram` decodes into memory without writing a file: not into $TUDUI_CACHE, not into ~/.cache, not into
+    the temp folder, not beside the images; the run folder is all a run adds. `--cache disk` (the control) does
+    write its entry, so the check sees writes where there are some."""
+    import tempfile
+
+    import tudui
+    from tudui.core.config import TrainConfig
+    from tudui.data import build_data
+
+    data = tmp_path / "data"
+    write_photos(data / "train", fmnist[0], 4, classes=3)
+    write_photos(data / "val", fmnist[1], 2, classes=3, seed=1)
+    for name in ("cache", "home", "tmp"):
+        (tmp_path / name).mkdir()
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    opts = dict(data=str(data), model="fast", img_size=16, epochs=1, batch_size=4, plots=False, tensorboard=False,
+                project=str(tmp_path / "runs"))
+    before = _files(tmp_path)
+    tudui.train(**opts, cache="ram", name="ram")
+    added = _files(tmp_path) - before
+    assert added and all(p.startswith("runs/ram/") for p in added), sorted(added)
+
+    build_data(TrainConfig(data=[str(data)], img_size=16, cache="disk"))
+    assert any(p.startswith("cache/") for p in _files(tmp_path) - before)  # the control: an entry was written

@@ -66,16 +66,26 @@ def test_fine_tune_unfreezes_at_its_epoch_with_the_backbone_at_its_own_rate(tmp_
     assert not torch.equal(final["0.weight"], seen.start["0.weight"].cpu().contiguous())
 
 
-def test_fine_tune_resumes_in_its_second_phase(tmp_path):
-    """A run stopped after its head phase continues unfrozen, with the same rates as an uninterrupted run."""
-    whole = tudui.train(**BASE, epochs=4, fine_tune=2, project=str(tmp_path), name="whole")
-    with pytest.raises(KeyboardInterrupt):
-        tudui.train(**BASE, epochs=4, fine_tune=2, project=str(tmp_path), name="part", callbacks=[StopAfter(3)])
-    resumed = tudui.train(resume=str(tmp_path / "part"))
-    a = torch.load(whole.last, weights_only=True)["model"]
-    b = torch.load(resumed.last, weights_only=True)["model"]
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+def test_fine_tune_resumes_in_each_phase_and_exactly_at_the_unfreeze_epoch(tmp_path):
+    """--fine-tune 2 --epochs 4 stopped after epoch 1 (the head phase goes on, from cached features), after epoch 2
+    (the next epoch is the first to unfreeze) and after epoch 3 (in the second phase): each resumed run ends with
+    the weights of the uninterrupted run, bit for bit, and trains its epochs frozen or unfrozen as the schedule
+    says."""
+    # 2 steps per epoch; random shifts, so each view of the cached features (and a resumed run's) has its own draws
+    opts = BASE | dict(subset=128, augment="crop", epochs=4, fine_tune=2, project=str(tmp_path))
+    whole = torch.load(tudui.train(**opts, name="whole").last, weights_only=True)["model"]
+    for stop in (1, 2, 3):
+        with pytest.raises(KeyboardInterrupt):
+            tudui.train(**opts, name=f"stop{stop}", callbacks=[StopAfter(stop)])
+        seen = Phases()
+        resumed = tudui.train(resume=str(tmp_path / f"stop{stop}"), callbacks=[seen])
+        epochs = sorted({s[0] for s in seen.steps})
+        assert epochs == list(range(stop, 4)), epochs  # only the epochs left were trained
+        for epoch, _, _, trainable, bn_training in seen.steps:  # frozen (and in eval mode) in the head phase only
+            assert trainable == bn_training == (epoch >= 2), (stop, epoch)
+        final = torch.load(resumed.last, weights_only=True)["model"]
+        for k in whole:
+            assert torch.equal(whole[k], final[k]), (stop, k)
 
 
 class StopAfter(Callback):

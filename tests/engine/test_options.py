@@ -1,7 +1,8 @@
 """Training options the README promises, each checked by what it must do to the run (not only that it is accepted).
 
---loss mse|l1, --class-weights auto, no weight decay on biases and norm layers, --scheduler step|cosine with
---warmup-epochs, --amp on the CPU, --weights FILE with a torchvision state_dict, --freeze-backbone, --augment.
+--loss mse|l1|nll, --class-weights auto, no weight decay on biases and norm layers, --scheduler step|cosine with
+--warmup-epochs, --amp on the CPU, --weights FILE with a torchvision state_dict, --freeze-backbone, --augment;
+--momentum, --crop-scale, --rotate, --color-jitter, --ema-decay and --mix-prob reaching the objects that use them.
 """
 from __future__ import annotations
 
@@ -368,3 +369,102 @@ def test_every_augment_mode_does_what_its_row_says(tmp_path):
         assert (pad > 0, flip) == (mode.crop, mode.flip), name
     assert {n: m.without_flip() for n, m in AUGMENTS.items() if m.without_flip()} == {"flip": "none",
                                                                                        "crop-flip": "crop"}
+
+
+# --- flags that reach the objects that use them --------------------------------------------------------------------
+def setup_from_cli(tmp_path, monkeypatch, *flags: str):
+    """`tudui train --data digits ... FLAGS` as the CLI parses it into a TrainConfig, set up but not trained: the
+    Run whose optimizer, EMA, augmentation and mixer training would use."""
+    import tudui.api
+
+    runs = []
+
+    def set_up_only(cfg, callbacks=None):
+        runs.append(setup(cfg))
+        runs[-1].close()
+
+    monkeypatch.setattr(tudui.api, "fit", set_up_only)
+    argv = ["train", "--data", "digits", "--model", "mnist-cnn", "--subset", "256", "--batch-size", "64",
+            "--no-plots", "--no-tensorboard", "--project", str(tmp_path), *flags]
+    assert tudui_main(argv) == 0
+    return runs[0]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+def test_momentum_reaches_the_optimizer(tmp_path, monkeypatch, optimizer):
+    """--momentum is SGD's (Nesterov) momentum and Adam/AdamW's beta1, in every parameter group."""
+    run = setup_from_cli(tmp_path, monkeypatch, "--optimizer", optimizer, "--momentum", "0.73")
+    groups = run.optimizer.param_groups
+    assert type(run.optimizer).__name__.lower() == optimizer and len(groups) == 2
+    for g in groups:
+        if optimizer == "sgd":
+            assert g["momentum"] == 0.73 and g["nesterov"] is True
+        else:
+            assert g["betas"] == (0.73, 0.999)
+
+
+def test_augment_ema_and_mix_flags_reach_the_objects_that_use_them(tmp_path, monkeypatch):
+    """--crop-scale, --rotate and --color-jitter reach the photo augmentation of every training batch, --ema-decay
+    the EMA, --mix-prob the mixer: parsed by the CLI, carried by the TrainConfig, received by the code."""
+    import tudui.engine.run as run_module
+
+    run = setup_from_cli(tmp_path, monkeypatch, "--augment", "photo", "--crop-scale", "0.3", "0.9", "--rotate", "12",
+                         "--color-jitter", "0.2", "--ema", "--ema-decay", "0.95", "--mixup", "0.2", "--mix-prob",
+                         "0.4")
+    assert run.ema is not None and run.ema.decay == 0.95
+    seen = {}
+
+    def spy(name, fn):
+        def called(*args, **kwargs):
+            seen[name] = inspect.signature(fn).bind(*args, **kwargs).arguments
+            return fn(*args, **kwargs)
+        monkeypatch.setattr(run_module, name, called)
+
+    spy("resized_crop_batch", run_module.resized_crop_batch)
+    spy("mix_batch", run_module.mix_batch)
+    x = torch.randint(0, 256, (8, 1, 8, 8), dtype=torch.uint8)
+    run.mix(run.prepare(x, train=True), torch.arange(8) % 10)
+    crop = seen["resized_crop_batch"]
+    assert tuple(crop["scale"]) == (0.3, 0.9) and crop["rotate"] == 12 and crop["jitter"] == 0.2
+    assert seen["mix_batch"]["prob"] == 0.4 and seen["mix_batch"]["mixup"] == 0.2
+
+
+def test_nll_loss_trains_as_cross_entropy_does(tmp_path):
+    """--loss nll (log-softmax + NLLLoss) is cross-entropy: the same criterion values (hard targets, class weights,
+    mixup's soft targets) and, from the same seed, the same weights after training (--label-smoothing 0: smoothing
+    is cross-entropy's own option)."""
+    g = torch.Generator().manual_seed(0)
+    logits, y = torch.randn(16, 5, generator=g), torch.randint(0, 5, (16,), generator=g)
+    soft = torch.softmax(torch.randn(16, 5, generator=g), 1)
+    counts = [1, 3, 5, 2, 9]
+    for weights in ("none", "auto"):
+        cfg = TrainConfig(loss="nll", label_smoothing=0.0, class_weights=weights)
+        nll = create_loss(cfg, counts, torch.device("cpu"))
+        ce = create_loss(TrainConfig(label_smoothing=0.0, class_weights=weights), counts, torch.device("cpu"))
+        assert isinstance(ce, nn.CrossEntropyLoss)
+        for target in (y, soft):
+            assert torch.allclose(nll(logits, target), ce(logits, target), rtol=1e-6, atol=0), (weights, target.dtype)
+    two_steps = SMALL | dict(subset=128, label_smoothing=0.0, project=str(tmp_path))
+    (a, loss_a), (b, loss_b) = (train_an_epoch(TrainConfig(**two_steps, loss=loss, name=loss))
+                                for loss in ("cross-entropy", "nll"))
+    assert loss_a == pytest.approx(loss_b, rel=1e-6) and any(not torch.equal(a[k], TRAINED_FROM[k]) for k in a)
+    for k in a:
+        assert torch.allclose(a[k], b[k], rtol=1e-5, atol=1e-7), k
+
+
+TRAINED_FROM = {}  # the initial weights of the last run train_an_epoch set up
+
+
+def train_an_epoch(cfg: TrainConfig) -> tuple[dict, float]:
+    """(the weights, the mean training loss) after one epoch of `cfg`'s run: the loop's own epoch, without the
+    validation, checkpoints and final evaluation that tudui.train adds."""
+    from tudui.engine.trainer import train_one_epoch
+
+    run = setup(cfg)
+    try:
+        TRAINED_FROM.clear()
+        TRAINED_FROM.update({k: v.clone() for k, v in run.model.state_dict().items()})
+        loss = train_one_epoch(run, 0)["train_loss"]
+    finally:
+        run.close()
+    return {k: v.detach().clone() for k, v in run.model.state_dict().items()}, loss

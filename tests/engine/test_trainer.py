@@ -9,7 +9,9 @@ import yaml
 import tudui
 from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
+from tudui.core.config import TrainConfig
 from tudui.core.errors import TuduiError
+from tudui.engine.callbacks import Callback
 
 
 def test_run_directory_contents(digits_run):
@@ -128,3 +130,63 @@ def test_a_batch_of_one_image_on_1x1_maps_is_a_clear_error(tmp_path, cli):
             "--no-plots", "--project", tmp_path, "--name", "cli")
     assert r.returncode != 0 and "Traceback" not in r.stderr and "--batch-size 2 or more" in r.stderr
     assert not (tmp_path / "cli" / "best.pt").exists()  # no epoch finished, so no best weights were claimed
+
+
+def _epoch_of(cfg: TrainConfig, callbacks=()) -> dict:
+    """The weights after one epoch of `cfg`'s run (the loop's own epoch: no validation, checkpoint or final pass)."""
+    from tudui.engine.setup import setup
+    from tudui.engine.trainer import train_one_epoch
+
+    run = setup(cfg, list(callbacks))
+    try:
+        for cb in callbacks:
+            cb.on_fit_start(run)
+        train_one_epoch(run, 0)
+    finally:
+        run.close()
+    return {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+
+
+def test_clip_grad_bounds_the_total_norm_of_the_gradients_applied(tmp_path, monkeypatch):
+    """--clip-grad X: every optimiser step applies gradients whose total L2 norm is at most X, where the same
+    steps' gradients before clipping (what an unclipped run applies) are larger."""
+    import tudui.engine.trainer as trainer
+
+    applied, before = [], []
+    clip = trainer.torch.nn.utils.clip_grad_norm_
+
+    def recorded_clip(params, max_norm, *a, **k):
+        before.append(float(clip(params, max_norm, *a, **k)))  # torch returns the norm before clipping
+        return before[-1]
+
+    monkeypatch.setattr(trainer.torch.nn.utils, "clip_grad_norm_", recorded_clip)
+
+    class AppliedNorm(Callback):
+        def on_fit_start(self, run):
+            def hook(optimizer, args, kwargs):
+                grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+                applied.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g)
+                                                                              for g in grads]))))
+            run.optimizer.register_step_pre_hook(hook)
+
+    _epoch_of(TrainConfig(data=["digits"], model="mnist-cnn", subset=128, batch_size=32, clip_grad=0.05,
+                          plots=False, tensorboard=False, project=str(tmp_path)), [AppliedNorm()])
+    assert len(applied) == len(before) == 4  # every step clipped
+    assert all(n > 0.05 for n in before)  # unclipped, these steps would apply more
+    assert all(n <= 0.05 * (1 + 1e-5) for n in applied) and max(applied) > 0.05 * 0.99, applied
+
+
+def test_accumulate_n_equals_one_step_of_an_n_times_larger_batch(tmp_path):
+    """--accumulate 4 --batch-size 16 takes the steps of --batch-size 64: the same images per step (one seeded
+    order), the mean loss over them, the same schedule, so the same weights up to float rounding. mnist-cnn has no
+    BatchNorm (in training mode it normalises each micro-batch by its own statistics, which a 64-image batch cannot
+    reproduce), no dropout, and --augment none draws no per-batch randomness; SGD because Adam's first steps are
+    about sign(gradient), where a gradient near zero turns rounding into a full step."""
+    opts = dict(data=["digits"], model="mnist-cnn", subset=128, augment="none", optimizer="sgd", lr=0.05,
+                plots=False, tensorboard=False, project=str(tmp_path))
+    small = _epoch_of(TrainConfig(**opts, batch_size=16, accumulate=4, name="acc"))
+    big = _epoch_of(TrainConfig(**opts, batch_size=64, name="big"))
+    plain = _epoch_of(TrainConfig(**opts, batch_size=16, name="plain"))  # 8 small steps: another result
+    for k in big:
+        assert torch.allclose(small[k], big[k], rtol=1e-4, atol=1e-6), (k, (small[k] - big[k]).abs().max())
+    assert any(not torch.allclose(plain[k], big[k], rtol=1e-4, atol=1e-6) for k in big)

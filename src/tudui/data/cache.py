@@ -20,9 +20,11 @@ a reader needs both with matching sizes: a run killed while writing leaves a tem
 once its process is gone), never an entry that looks whole. Two processes building the same entry (torchrun ranks)
 take turns on a lock file; the second finds the first's entry.
 
-Resident memory: a run whose decoded data is over `--memory-limit-mb` keeps it mapped and copies one batch at a time
-(`MappedLoader`, data/loaders.py); after each batch the mapping's pages are dropped from the process (`release`, the
-kernel keeps them in its page cache), so a folder larger than RAM trains with a bounded resident set.
+Resident memory: a run whose decoded data is over `--memory-limit-mb` keeps it mapped but reads one batch at a time
+from the file (`read_rows`, by `MappedLoader` in data/loaders.py): the mapping is not touched, since a kernel with
+large folios maps up to 2 MB of page cache around every row touched, so a folder larger than RAM trains with the
+resident set of a batch. Whatever did touch the mapping drops its pages from the process with `release` (the kernel
+keeps them in its page cache).
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ import mmap
 import os
 import sys
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,10 +64,11 @@ def cache_root() -> Path:
 
 class MappedArray(np.ndarray):
     """A uint8 array over a memory-mapped cache file (never written to); `release()` drops its pages from this
-    process."""
+    process; `read_rows` copies rows out of the file without touching the mapping."""
 
     def __array_finalize__(self, obj) -> None:
         self.mapping = getattr(obj, "mapping", None)
+        self.file = None  # set by map_rows on the whole entry only: a slice or a copy indexes itself
 
     def release(self) -> None:
         """Unmap the pages read so far from this process's resident set (they stay in the kernel's page cache, so
@@ -73,17 +77,53 @@ class MappedArray(np.ndarray):
         if mapping is not None and hasattr(mapping, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             mapping.madvise(mmap.MADV_DONTNEED)
 
+    def read_rows(self, index: np.ndarray) -> np.ndarray:
+        """Rows `index` (ascending: runs of consecutive rows are one read each) as a new (len, S, S, C) array.
+
+        The whole entry reads them from its file (pread), so this process holds the rows it asked for and nothing
+        more. Touching the mapping instead makes whole page-cache folios resident: a kernel with large folios (ext4,
+        XFS, tmpfs on Linux 6.x) maps up to 2 MB around each row touched, so one batch of scattered 16 KB rows
+        mapped ~1 MB per row. Other arrays, and systems without pread, index themselves."""
+        index = np.asarray(index, dtype=np.int64)
+        file = getattr(self, "file", None)
+        if file is None or not hasattr(os, "pread"):
+            return np.array(self[index], dtype=np.uint8)
+        out = np.empty((len(index), *self.shape[1:]), np.uint8)
+        flat = out.reshape(len(index), -1)  # (len, row bytes), C order: the file's own
+        row_bytes = flat.shape[1]
+        breaks = (np.flatnonzero(np.diff(index) != 1) + 1).tolist()
+        for lo, hi in zip([0, *breaks], [*breaks, len(index)]):
+            _read_exactly(file, memoryview(flat[lo:hi]).cast("B"), int(index[lo]) * row_bytes)
+        return out
+
+
+def _read_exactly(file, buf: memoryview, offset: int) -> None:
+    """Fill `buf` from `file` at `offset` (a positional read: the file's offset is shared by no one)."""
+    while len(buf):
+        if hasattr(os, "preadv"):
+            n = os.preadv(file.fileno(), [buf], offset)
+        else:
+            got = os.pread(file.fileno(), len(buf), offset)
+            n = len(got)
+            buf[:n] = got
+        if n == 0:
+            raise TuduiError(f"the decoded-image cache entry {file.name} is shorter than its rows (truncated?); "
+                             "delete it and run again")
+        buf, offset = buf[n:], offset + n
+
 
 def map_rows(path: Path, n: int, layout: Layout) -> MappedArray:
-    """The (n, S, S, C) uint8 rows of a cache file, memory-mapped read-only."""
+    """The (n, S, S, C) uint8 rows of a cache file, memory-mapped read-only (and the file kept open for
+    `read_rows`: an entry replaced or deleted meanwhile is still the one read)."""
     if n == 0:
         return np.zeros((0, *layout.row_shape), np.uint8).view(MappedArray)
-    with open(path, "rb") as f:
-        # ACCESS_COPY: private pages, so the array is writable for torch.from_numpy; nothing is ever written to it,
-        # so the pages stay the file's own, shared with the page cache and every other process mapping the entry
-        mapping = mmap.mmap(f.fileno(), n * layout.row_bytes, access=mmap.ACCESS_COPY)
+    file = open(path, "rb", buffering=0)  # noqa: SIM115 - open as long as the array (closed with it)
+    # ACCESS_COPY: private pages, so the array is writable for torch.from_numpy; nothing is ever written to it,
+    # so the pages stay the file's own, shared with the page cache and every other process mapping the entry
+    mapping = mmap.mmap(file.fileno(), n * layout.row_bytes, access=mmap.ACCESS_COPY)
     arr = np.frombuffer(mapping, dtype=np.uint8).reshape(n, *layout.row_shape).view(MappedArray)
-    arr.mapping = mapping
+    arr.mapping, arr.file = mapping, file
+    weakref.finalize(arr, file.close)  # views keep the mapping, never the file
     return arr
 
 
@@ -228,7 +268,7 @@ def _build(split: Split, layout: Layout, records: list, folder: Path, key: str) 
                     if src not in sources:
                         meta = _read_meta(src.with_suffix(".json"))
                         sources[src] = map_rows(src, int(meta["rows"]), layout)
-                    arr, why = np.asarray(sources[src][src_row]), None
+                    arr, why = sources[src].read_rows([src_row])[0], None
                     reused += 1
                 if arr is None:
                     out_records.append([*rec, -1, why])

@@ -172,7 +172,7 @@ def _measure_mean_std(split: Split, layout: Layout) -> tuple[list[float], list[f
     if split.images is not None and not hasattr(split.images, "release"):
         imgs = split.images
     elif split.images is not None:  # memory-mapped cache rows: a sorted sample, read in order
-        imgs = np.asarray(split.images[np.arange(0, len(split), max(1, len(split) // 2000))])
+        imgs = split.images.read_rows(np.arange(0, len(split), max(1, len(split) // 2000)))
         split.images.release()
     else:
         step = max(1, len(split.paths) // 2000)

@@ -125,10 +125,11 @@ class MemoryLoader:
 class MappedLoader(MemoryLoader):
     """Shuffled batches copied from memory-mapped cache rows (data/cache.py) that are too large to hold in memory.
 
-    The same batches as MemoryLoader (same shuffle, shards and ragged ends); each batch is gathered from the
-    mapping and moved to the device, then the mapping's pages are dropped from the process, so the resident set
-    stays at about a batch whatever the size of the data. The next batch is gathered on a thread while the current
-    one trains (copying from the mapping waits on the disk, not on Python).
+    The same batches as MemoryLoader (same shuffle, shards and ragged ends); each batch's rows are read from the
+    cache file (`MappedArray.read_rows`, not through the mapping, which would keep whole page-cache folios around
+    each row resident) and moved to the device, so the resident set stays at about a batch whatever the size of the
+    data. The next batch is read on a thread while the current one trains (reading waits on the disk, not on
+    Python).
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, train: bool, device: torch.device,
@@ -137,7 +138,9 @@ class MappedLoader(MemoryLoader):
         self.device = device  # images stay (N, H, W, C) uint8 on the host
 
     def _gather(self, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.from_numpy(np.ascontiguousarray(self.images[np.sort(b)]))  # sorted: sequential reads
+        rows = np.sort(b)  # sorted: sequential reads
+        read = getattr(self.images, "read_rows", None)  # a cache entry: read from its file, the mapping untouched
+        x = torch.from_numpy(np.ascontiguousarray(read(rows) if read is not None else self.images[rows]))
         order = np.argsort(np.argsort(b))  # back to the shuffled order
         x = x[torch.from_numpy(order)].permute(0, 3, 1, 2).contiguous()  # (B, C, H, W) uint8
         release = getattr(self.images, "release", None)

@@ -50,6 +50,25 @@ def test_config_file_with_flags_overriding_it(digits_run, tmp_path):
     assert load_checkpoint(run / "last.pt")["arch"]["name"] == original["model"] == "fast"
 
 
+def test_library_config_file_with_keywords_overriding_it(tmp_path, capsys):
+    """`tudui.train(config_file=...)`: every option the file sets is used, and a keyword given wins over the file."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": "digits", "model": "fast", "epochs": 1, "subset": 320, "seed": 7,
+                                      "batch_size": 32, "lr": 0.02, "label_smoothing": 0.1, "plots": False,
+                                      "tensorboard": False, "project": str(tmp_path / "from-file"),
+                                      "name": "from-file"}))
+    result = tudui.train(config_file=config, seed=3, batch_size=64, project=str(tmp_path / "kw"), name="lib")
+    assert result.run_dir == tmp_path / "kw" / "lib" and not (tmp_path / "from-file").exists()
+    for used in (yaml.safe_load(open(result.run_dir / "config.yaml")), load_checkpoint(result.last)["config"]):
+        assert (used["seed"], used["batch_size"]) == (3, 64)  # the keywords
+        assert (used["model"], used["epochs"], used["subset"], used["lr"], used["label_smoothing"]) == \
+            ("fast", 1, 320, 0.02, 0.1)  # the file
+        assert used["plots"] is False and used["tensorboard"] is False
+    assert len(list(csv.DictReader(open(result.run_dir / "results.csv")))) == 1
+    assert "320 train" in capsys.readouterr().out
+    assert not list(result.run_dir.glob("*.png")) and not list(result.run_dir.glob("events.out.tfevents.*"))
+
+
 def test_gpu_saved_checkpoint_loads_on_cpu(digits_run, tmp_path, monkeypatch, capsys):
     """A checkpoint whose tensors are stored as CUDA tensors loads, evaluates and predicts on a CPU-only machine."""
     ckpt = torch.load(digits_run.best, weights_only=True)

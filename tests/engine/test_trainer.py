@@ -21,6 +21,22 @@ def test_run_directory_contents(digits_run):
     assert digits_run.test["top1"] > 0.5 and digits_run.test["n"] == 359
 
 
+def test_env_yaml_records_the_versions_device_threads_and_command_line(digits_run):
+    """env.yaml (docs/training.md): tudui/torch/torchvision/python versions, device, threads, command line and the
+    number of processes, each as this process has them (the shared run trained in it)."""
+    import platform
+    import sys
+
+    import torchvision
+
+    env = yaml.safe_load(open(digits_run.run_dir / "env.yaml"))
+    assert env == {"tudui": tudui.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                   "python": platform.python_version(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+                   "threads": torch.get_num_threads(), "argv": sys.argv, "world_size": 1}
+    assert load_checkpoint(digits_run.best)["versions"] == {k: env[k] for k in ("tudui", "torch", "torchvision",
+                                                                                  "python")}
+
+
 def test_checkpoint_carries_everything_to_use_it(digits_run):
     ckpt = load_checkpoint(digits_run.best)
     assert ckpt["arch"]["name"] == "fast" and ckpt["data"]["classes"] == [str(i) for i in range(10)]

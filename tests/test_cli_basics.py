@@ -101,6 +101,7 @@ def test_every_commands_help_prints_its_usage_and_every_flag(capsys):
 def test_importing_the_cli_and_every_help_loads_no_torch():
     """`tudui --help` and each command's --help answer at once: torch (seconds to import) is loaded on first use
     only. A fresh interpreter, since this one has imported torch long ago."""
+    import os
     import subprocess
     import sys
 
@@ -118,5 +119,5 @@ def test_importing_the_cli_and_every_help_loads_no_torch():
             "print('no torch')\n")
     commands = [" ".join(argv) for argv, _ in _commands() if argv]
     r = subprocess.run([sys.executable, "-c", code, *commands], capture_output=True, text=True, timeout=60,
-                       env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")})
+                       env=os.environ | {"PYTHONPATH": str(REPO / "src")})
     assert r.returncode == 0 and r.stdout.rstrip().endswith("no torch"), r.stderr[-2000:]

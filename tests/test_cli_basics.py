@@ -58,3 +58,66 @@ def test_flags_not_given_leave_the_dataclass_default():
     assert not hasattr(args, "batch_size") and not hasattr(args, "topk")  # PredictOptions' defaults apply
     args = build_parser().parse_args(["serve", "m.pt", "--read-timeout", "5"])
     assert args.read_timeout_s == 5.0 and not hasattr(args, "max_batch")
+
+
+def _commands():
+    """Every command and sub-command of `tudui`'s parser, found by walking it: [(argv, parser)], so a command
+    added to the table is covered with nothing to list here."""
+    import argparse
+
+    from tudui.cli import build_parser
+
+    found = [([], build_parser())]
+    for argv, parser in found:  # grows while walked: the sub-commands' own sub-commands too
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                found += [([*argv, name], p) for name, p in action.choices.items()]
+    return found
+
+
+def test_every_commands_help_prints_its_usage_and_every_flag(capsys):
+    import argparse
+
+    from tudui.cli import main
+
+    commands = _commands()
+    names = {" ".join(argv) for argv, _ in commands}
+    assert {"", "train", "eval", "predict", "serve", "board", "data", "data check", "data export"} <= names
+    for argv, parser in commands:
+        with pytest.raises(SystemExit) as exit_:
+            main([*argv, "--help"])
+        out, err = capsys.readouterr()
+        assert exit_.value.code == 0 and err == "", (argv, err)
+        assert out.startswith(" ".join(["usage: tudui", *argv])), (argv, out[:200])
+        shown = "".join(out.split())  # argparse wraps long lines (at spaces and after hyphens)
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            assert all(s in out for s in action.option_strings), (argv, action.option_strings)
+            if action.help and "%" not in action.help:  # argparse fills %(default)s in
+                assert "".join(action.help.split()) in shown, (argv, action.help)
+
+
+def test_importing_the_cli_and_every_help_loads_no_torch():
+    """`tudui --help` and each command's --help answer at once: torch (seconds to import) is loaded on first use
+    only. A fresh interpreter, since this one has imported torch long ago."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys\n"
+            "import tudui.cli\n"
+            "assert 'torch' not in sys.modules, 'import tudui.cli loaded torch'\n"
+            "for argv in sys.argv[1:]:\n"
+            "    try:\n"
+            "        tudui.cli.main(argv.split() + ['--help'])\n"
+            "    except SystemExit:\n"
+            "        pass\n"
+            "    assert 'torch' not in sys.modules, f'tudui {argv} --help loaded torch'\n"
+            "print('no torch')\n")
+    commands = [" ".join(argv) for argv, _ in _commands() if argv]
+    r = subprocess.run([sys.executable, "-c", code, *commands], capture_output=True, text=True, timeout=60,
+                       env=os.environ | {"PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0 and r.stdout.rstrip().endswith("no torch"), r.stderr[-2000:]

@@ -19,7 +19,7 @@ import torch.nn as nn
 from .core.config import LrFindOptions, TrainConfig, load_yaml, save_yaml
 from .core.options import EvalOptions, ExportOptions, PredictOptions, ServeOptions
 from .core.console import shown
-from .core.device import auto_workers, under_torchrun
+from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
 from .core.files import write_text
 from .data import eval_layout, load_decoded, load_eval_split, make_loader
@@ -34,7 +34,7 @@ from .engine.distributed import session as distributed_session
 from .engine.lr_find import LRFinding, lr_range_test
 from .engine.optim import create_optimizer
 from .engine.run import RunResult
-from .engine.setup import setup
+from .engine.setup import refuse_lr_auto, setup
 from .engine.trainer import fit
 from .inference.convert import convert
 from .inference.export import ExportResult, export_model
@@ -108,6 +108,8 @@ def train(cfg: TrainConfig | None = None, callbacks: list[Callback] | None = Non
         given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
         options = ({"resume": cfg.resume} if cfg.resume else given) | options
     cfg = resolve_config(options, config_file)
+    # before torchrun starts, or before this rank joins its job: the processes it will have
+    refuse_lr_auto(cfg, world().size if under_torchrun() else cfg.nproc)
     if cfg.nproc != 1 and not under_torchrun():
         _launch(cfg, argv)
         return None

@@ -4,14 +4,16 @@
 
 MODE `train` writes OUT_DIR/rank<R>.json: the training indices of each epoch, a hash of the parameters
 at the end of training (before the best weights are reloaded), and the evaluation summaries the rank
-returned. MODE `fail` makes rank 1 fail with a TuduiError while loading its data. MODE `twice` trains two runs
-in one job (saving a torchrun start): TRAIN_ARGS with `--epochs 2 --name straight`, then `--epochs 1 --name resumed`.
+returned. MODE `fail` makes rank 1 fail with a TuduiError while loading its data; MODE `hang` makes it hang there
+(it writes OUT_DIR/rank1-hangs, the time.time() it started, and sleeps). MODE `twice` trains two runs in one job
+(saving a torchrun start): TRAIN_ARGS with `--epochs 2 --name straight`, then `--epochs 1 --name resumed`.
 The hooks wrap tudui's own functions from outside, so the product carries no test-only code.
 """
 import hashlib
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 from tudui import cli
@@ -27,6 +29,14 @@ if mode == "fail" and rank == 1:
         raise TuduiError("the data on rank 1 is unreadable")
 
     engine_setup.build_data = broken_data
+
+if mode == "hang" and rank == 1:
+    def hanging_data(*args, **kwargs):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "rank1-hangs").write_text(repr(time.time()))
+        time.sleep(3600)  # ended by torchrun once rank 0 gives up waiting
+
+    engine_setup.build_data = hanging_data
 
 real_setup, real_finish = trainer.setup, trainer._finish
 

@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, write_class_folders
+from tests.conftest import REPO, kill_tree, write_class_folders
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
@@ -100,6 +101,29 @@ def test_a_failing_rank_ends_the_job_with_its_message(tmp_path):
     assert r.returncode != 0
     assert "error: rank 1: the data on rank 1 is unreadable" in r.stderr
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_a_hanging_rank_ends_the_job_after_tudui_dist_timeout(tmp_path):
+    """Rank 1 hangs while loading its data; rank 0 waits for it in a collective for TUDUI_DIST_TIMEOUT seconds (3
+    here, 600 by default), then stops with one error line that names the setting, and torchrun ends the job."""
+    env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+                               "TUDUI_DIST_TIMEOUT": "3"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), "hang",
+           str(tmp_path / "ranks"), "--data", "digits", "--model", "mnist-cnn", "--epochs", "1", "--no-plots",
+           "--project", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        out, err = proc.communicate(timeout=150)
+        ended = time.time()
+    finally:
+        kill_tree(proc)  # the launcher and its workers, if the job is still waiting: nothing else
+    hung_at = float((tmp_path / "ranks" / "rank1-hangs").read_text())
+    assert proc.returncode != 0
+    assert ended - hung_at < 60, ended - hung_at  # the timeout and a start-up, not the default 600 s
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert errors == ["error: rank 0: no answer from another process of this job within 3 s (TUDUI_DIST_TIMEOUT): "
+                      "it hangs or has stopped; if its work takes longer, raise TUDUI_DIST_TIMEOUT"], err[-3000:]
+    assert "[rank0]: Traceback" not in err, err[-3000:]
 
 
 def test_resume_under_torchrun_continues_exactly(tmp_path, cli):

@@ -64,3 +64,32 @@ def test_info(cli):
     assert r.returncode == 0, r.stderr
     env = json.loads(r.stdout)
     assert env["datasets"]["digits"] == "bundled with scikit-learn" and "torch" in env["versions"]
+
+
+def test_eval_writes_its_reports_next_to_the_checkpoint(tiny_model, tmp_path, monkeypatch, capsys):
+    """Without --out, `tudui eval CKPT` (or a run directory) writes its files beside the checkpoint, wherever the
+    command runs from (docs/seeing-training.md); a folder name with a space and Chinese on purpose."""
+    import shutil
+
+    run = tmp_path / "my run 运行"
+    run.mkdir()
+    shutil.copy(tiny_model, run / "best.pt")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert tudui_main(["eval", str(run / "best.pt"), "--data", "digits", "--split", "test", "--json"]) == 0
+    out = capsys.readouterr()
+    metrics = json.loads(out.out)
+    written = {"eval_test_confusion_matrix.png", "eval_test_confusion_matrix.csv", "eval_test_per_class.csv"}
+    assert {p.name for p in run.iterdir()} == {"best.pt"} | written and list(elsewhere.iterdir()) == []
+    assert out.err == "wrote " + ", ".join(str(run / n) for n in ("eval_test_confusion_matrix.png",
+                                                                  "eval_test_confusion_matrix.csv",
+                                                                  "eval_test_per_class.csv")) + "\n"
+    classes, cm = read_confusion_csv(run / "eval_test_confusion_matrix.csv")
+    assert classes == metrics["classes"] and cm == metrics["confusion"] and np.sum(cm) == metrics["n"] == 359
+    assert len((run / "eval_test_per_class.csv").read_text().splitlines()) == 1 + len(classes)
+
+    assert tudui_main(["eval", str(run), "--data", "digits", "--split", "val"]) == 0  # the run directory itself
+    assert "eval_val_per_class.csv" in capsys.readouterr().out
+    assert {p.name for p in run.iterdir()} == {"best.pt"} | written | {n.replace("test", "val") for n in written}
+    assert list(elsewhere.iterdir()) == []

@@ -116,3 +116,22 @@ def test_collective_helpers_in_a_group(one_rank_group):
     r = evaluate(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 2)), empty, SPEC,
                              torch.device("cpu"), torch.nn.CrossEntropyLoss())
     assert r["n"] == 0 and r["confusion"] == [[0, 0], [0, 0]]
+
+
+@pytest.mark.parametrize("how", ["torchrun", "nproc"])
+def test_lr_auto_is_refused_for_several_processes_before_the_job_starts(how, tmp_path, monkeypatch, capsys):
+    """`--lr auto` (a range test in one process) under torchrun, or with --nproc 2: one `error:` line, before any
+    process group, data or run directory. Under torchrun this is rank 0 as torchrun starts it (its environment)."""
+    from tudui import api, cli
+
+    if how == "torchrun":
+        for name, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}.items():
+            monkeypatch.setenv(name, value)
+    monkeypatch.setattr(api, "launch", lambda *a, **k: pytest.fail("torchrun was started"))
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pytest.fail("a process group was started"))
+    argv = ["train", "--data", "digits", "--lr", "auto", "--project", str(tmp_path / "runs")]
+    assert cli.main(argv + (["--nproc", "2"] if how == "nproc" else [])) == 2
+    out, err = capsys.readouterr()
+    assert err == ("error: --lr auto runs in one process, not in a job of 2; run `tudui lr-find` with the same "
+                   "options first and pass the --lr it suggests\n"), err
+    assert out == "" and not (tmp_path / "runs").exists()

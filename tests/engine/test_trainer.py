@@ -23,6 +23,22 @@ def test_run_directory_contents(digits_run):
     assert digits_run.test["top1"] > 0.5 and digits_run.test["n"] == 359
 
 
+def test_env_yaml_records_the_versions_device_threads_and_command_line(digits_run):
+    """env.yaml (docs/training.md): tudui/torch/torchvision/python versions, device, threads, command line and the
+    number of processes, each as this process has them (the shared run trained in it)."""
+    import platform
+    import sys
+
+    import torchvision
+
+    env = yaml.safe_load(open(digits_run.run_dir / "env.yaml"))
+    assert env == {"tudui": tudui.__version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+                   "python": platform.python_version(), "device": "cuda" if torch.cuda.is_available() else "cpu",
+                   "threads": torch.get_num_threads(), "argv": sys.argv, "world_size": 1}
+    assert load_checkpoint(digits_run.best)["versions"] == {k: env[k] for k in ("tudui", "torch", "torchvision",
+                                                                                  "python")}
+
+
 def test_checkpoint_carries_everything_to_use_it(digits_run):
     ckpt = load_checkpoint(digits_run.best)
     assert ckpt["arch"]["name"] == "fast" and ckpt["data"]["classes"] == [str(i) for i in range(10)]
@@ -50,6 +66,25 @@ def test_config_file_with_flags_overriding_it(digits_run, tmp_path):
     assert cfg["epochs"] == 1 and cfg["batch_size"] == 32 and cfg["plots"] is False
     assert {k for k in cfg if cfg[k] != original[k]} == {"epochs", "batch_size", "plots", "project", "name"}
     assert load_checkpoint(run / "last.pt")["arch"]["name"] == original["model"] == "fast"
+
+
+def test_library_config_file_with_keywords_overriding_it(tmp_path, capsys):
+    """`tudui.train(config_file=...)`: every option the file sets is used, and a keyword given wins over the file."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": "digits", "model": "fast", "epochs": 1, "subset": 320, "seed": 7,
+                                      "batch_size": 32, "lr": 0.02, "label_smoothing": 0.1, "plots": False,
+                                      "tensorboard": False, "project": str(tmp_path / "from-file"),
+                                      "name": "from-file"}))
+    result = tudui.train(config_file=config, seed=3, batch_size=64, project=str(tmp_path / "kw"), name="lib")
+    assert result.run_dir == tmp_path / "kw" / "lib" and not (tmp_path / "from-file").exists()
+    for used in (yaml.safe_load(open(result.run_dir / "config.yaml")), load_checkpoint(result.last)["config"]):
+        assert (used["seed"], used["batch_size"]) == (3, 64)  # the keywords
+        assert (used["model"], used["epochs"], used["subset"], used["lr"], used["label_smoothing"]) == \
+            ("fast", 1, 320, 0.02, 0.1)  # the file
+        assert used["plots"] is False and used["tensorboard"] is False
+    assert len(list(csv.DictReader(open(result.run_dir / "results.csv")))) == 1
+    assert "320 train" in capsys.readouterr().out
+    assert not list(result.run_dir.glob("*.png")) and not list(result.run_dir.glob("events.out.tfevents.*"))
 
 
 def test_gpu_saved_checkpoint_loads_on_cpu(digits_run, tmp_path, monkeypatch, capsys):

@@ -35,3 +35,34 @@ def _live_server(app):
         srv.should_exit = True
         thread.join(10)
         sock.close()
+
+
+@pytest.fixture(scope="session")
+def tta_checkpoint(tiny_model, tmp_path_factory):
+    """A checkpoint that predicts with flip TTA (the tiny digits model, its DataSpec saying hflip and tta), a digit
+    image it sees differently from its mirror, and the reference probabilities on that image computed here with
+    torch alone: (checkpoint, image, plain forward pass, mean of the image's and the mirror's logits)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from tudui.core.checkpoint import load_checkpoint
+    from tudui.data.sources import load_named
+    from tudui.models.registry import build_model
+
+    ckpt = load_checkpoint(tiny_model)
+    ckpt["data"] |= {"hflip": True, "tta": True}
+    root = tmp_path_factory.mktemp("tta")
+    torch.save(ckpt, root / "tta.pt")
+    model = build_model(ckpt["arch"])
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    mean, std = ckpt["data"]["mean"][0], ckpt["data"]["std"][0]
+    images = load_named("digits", False).images[:32, ..., 0]  # (32, 8, 8) uint8
+    x = (torch.from_numpy(images).float()[:, None] / 255 - mean) / std  # (32, 1, 8, 8)
+    with torch.no_grad():
+        logits, mirrored = model(x), model(x.flip(3))
+    plain, tta = logits.softmax(1), ((logits + mirrored) / 2).softmax(1)
+    i = int((plain - tta).abs().amax(1).argmax())  # the digit whose mirror changes the answer most
+    Image.fromarray(images[i]).save(root / "digit.png")
+    return root / "tta.pt", root / "digit.png", plain[i].numpy(), tta[i].numpy()

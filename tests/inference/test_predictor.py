@@ -31,6 +31,21 @@ def test_predict_files_and_bad_images(tmp_path, digits_run):
     assert len(full) == 10 and abs(sum(v for _, v in full) - 1) < 1e-5
 
 
+def test_no_tta_predicts_with_the_plain_forward_pass(tta_checkpoint, capsys):
+    """`tudui predict` uses the flip TTA a model was trained with; `--no-tta` gives the plain forward pass."""
+    import json
+
+    from tudui.cli import main as tudui_main
+
+    ckpt, image, plain, tta = tta_checkpoint
+    assert np.abs(plain - tta).max() > 0.02  # the two answers differ enough to tell which one was given
+    for flags, expected in (([], tta), (["--no-tta"], plain)):
+        assert tudui_main(["predict", str(ckpt), str(image), "--topk", "10", "--device", "cpu", "--json",
+                           *flags]) == 0
+        given = {p["class"]: p["probability"] for p in json.loads(capsys.readouterr().out)[0]["predictions"]}
+        np.testing.assert_allclose([given[str(c)] for c in range(10)], expected, atol=1e-5, err_msg=str(flags))
+
+
 def test_predict_leaves_special_files_out_of_a_folder_and_refuses_one_named(tmp_path, capsys):
     """A FIFO named x.png in a folder hung `tudui predict` silently: only regular files are listed, one warning
     names the others, and one given by name is refused with what it is."""

@@ -137,3 +137,28 @@ def test_serve_refuses_bad_settings_in_one_line(cli, flag, value, tmp_path):
     r = cli("serve", str(tmp_path / "none.pt"), flag, value, timeout=120)
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith(f"error: {flag} must be") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_serve_no_tta_answers_with_the_plain_forward_pass(tta_checkpoint, monkeypatch, capsys):
+    """`tudui serve` answers with the flip TTA the model was trained with; `--no-tta` with the plain forward pass.
+    The command runs in-process up to uvicorn, whose run() here sends one request to the app instead of serving."""
+    import numpy as np
+    import uvicorn
+    from fastapi.testclient import TestClient
+
+    from tudui.cli import main as tudui_main
+
+    ckpt, image, plain, tta = tta_checkpoint
+    answers = []
+
+    def one_request(server, sockets=None):
+        with TestClient(server.config.app) as client:
+            answers.append(client.post("/predict?topk=10", content=image.read_bytes()).json())
+
+    monkeypatch.setattr(uvicorn.Server, "run", one_request)
+    for flags, expected in (([], tta), (["--no-tta"], plain)):
+        assert tudui_main(["serve", str(ckpt), "--port", "0", "--device", "cpu", *flags]) == 0
+        assert "tudui: serving" in capsys.readouterr().out
+        given = {p["class"]: p["probability"] for p in answers.pop()["predictions"]}
+        np.testing.assert_allclose([given[str(c)] for c in range(10)], expected, atol=1e-5, err_msg=str(flags))
+    assert np.abs(plain - tta).max() > 0.02

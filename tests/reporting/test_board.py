@@ -45,3 +45,39 @@ def test_board_errors(tmp_path):
         s.listen()
         with pytest.raises(TuduiError, match="TensorBoard could not start"):
             start_board([str(tmp_path)], port=s.getsockname()[1], wait_s=60)
+
+
+def test_board_without_a_folder_serves_runs_in_the_working_folder(tmp_path, monkeypatch, capsys):
+    """`tudui board` alone means `tudui board runs` (docs/seeing-training.md): the folder TensorBoard is given is
+    ./runs resolved. TensorBoard itself is not started: its start is replaced by one that records the --logdir."""
+    import signal
+
+    from tudui import api, cli
+
+    monkeypatch.chdir(tmp_path)
+    sigterm = signal.getsignal(signal.SIGTERM)  # cmd_board installs its own SIGTERM handler
+    try:
+        assert cli.main(["board"]) == 2  # the real start: nothing to serve yet, one line says what to pass
+        assert capsys.readouterr().err == ("error: not a folder: runs; pass run directories (e.g. runs/exp) or the "
+                                           "folder holding them (runs)\n")
+
+        logdirs = []
+
+        class Exited:  # a TensorBoard that was stopped at once
+            def wait(self, timeout=None):
+                return 0
+
+            def poll(self):
+                return 0
+
+        def start(run_dirs, port=None):
+            logdirs.append(logdir_args(run_dirs))
+            return Exited(), "http://127.0.0.1:6006/"
+
+        monkeypatch.setattr(api, "start_board", start)
+        (tmp_path / "runs" / "exp").mkdir(parents=True)
+        assert cli.main(["board"]) == 0
+        assert logdirs == [["--logdir", str((tmp_path / "runs").resolve())]]
+        assert "TensorBoard: http://127.0.0.1:6006/" in capsys.readouterr().out
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)

@@ -50,7 +50,8 @@ def session(device_name: str = "auto"):
     """Join the torchrun job for the duration of the block (nothing happens in a single process).
 
     A TuduiError raised on one rank gets the rank in its message, so the line torchrun relays says which
-    process failed; torchrun then stops the other ranks instead of leaving them waiting.
+    process failed; torchrun then stops the other ranks instead of leaving them waiting. So does a collective
+    that waited TUDUI_DIST_TIMEOUT seconds for a rank that hangs: one line instead of torch's traceback.
     """
     w = world()
     if not w.enabled or dist.is_initialized():
@@ -60,16 +61,30 @@ def session(device_name: str = "auto"):
     if device.type == "cuda":
         torch.cuda.set_device(device)  # nccl and object collectives use the current device
     backend = "nccl" if device.type == "cuda" else "gloo"
-    # env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE set by torchrun.
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=_timeout_s()))
+    timeout = _timeout_s()
     try:
+        # env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE set by torchrun.
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
         yield w
     except TuduiError as e:
         if e.args and isinstance(e.args[0], str):
             e.args = (f"rank {w.rank}: {e.args[0]}", *e.args[1:])  # same type: the CLI still tells them apart
         raise
+    except RuntimeError as e:  # torch's DistBackendError and DistStoreError are RuntimeErrors
+        if not _timed_out(e):
+            raise
+        raise TuduiError(f"rank {w.rank}: no answer from another process of this job within {timeout:g} s "
+                         "(TUDUI_DIST_TIMEOUT): it hangs or has stopped; if its work takes longer, raise "
+                         "TUDUI_DIST_TIMEOUT") from e
     finally:
         teardown()
+
+
+def _timed_out(e: RuntimeError) -> bool:
+    """Whether torch.distributed gave up waiting for another rank: gloo's "Timed out waiting 3000ms for recv
+    operation", the store's "Timed out after 3 seconds waiting for clients", a "Socket Timeout"."""
+    text = str(e).lower()
+    return "timed out" in text or "timeout" in text
 
 
 def teardown() -> None:

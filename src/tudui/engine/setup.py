@@ -73,13 +73,19 @@ def debug_splits(cfg: TrainConfig, data: DataBundle) -> None:
         data.val, data.test = data.train, None
 
 
+def refuse_lr_auto(cfg: TrainConfig, processes: int) -> None:
+    """--lr auto is a range test in one process: a job of several processes is refused (api.train asks before the
+    job starts, resolve_lr again for a caller of fit)."""
+    if cfg.lr == "auto" and processes > 1:
+        raise TuduiError(f"--lr auto runs in one process, not in a job of {processes}; run `tudui lr-find` with the "
+                         "same options first and pass the --lr it suggests")
+
+
 def resolve_lr(cfg: TrainConfig, run: Run) -> None:
     """--lr auto: a range test on the run's model and data (restored afterwards), then its suggestion."""
     if cfg.lr != "auto":
         return
-    if run.world.enabled:
-        raise TuduiError("--lr auto runs in one process; run `tudui lr-find` first and pass its --lr to the "
-                         "torchrun job")
+    refuse_lr_auto(cfg, run.world.size)
     found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y), run.criterion,
                           lambda: create_optimizer(replace(cfg, lr=1e-7), run.model), run.device, cfg.amp)
     cfg.lr = float(f"{found.suggestion:.3g}")

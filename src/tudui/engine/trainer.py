@@ -96,11 +96,15 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
 
 
 def validate(run: Run, epoch: int, criterion: nn.Module) -> dict | None:
-    """The validation summary of the weights best.pt would get (None without validation data)."""
+    """The validation summary of the weights best.pt would get (None without validation data).
+
+    In full precision whatever --amp trains in, as the final evaluation of best.pt, `tudui eval` and predict are:
+    every validation figure of a run is then the one a later evaluation of the same weights gives (under bf16
+    autocast a few images near a decision boundary change class, so top-1 moved by tenths of a point and best.pt
+    was chosen on figures no later evaluation reproduced). Its cost is a forward pass of the validation split."""
     if features.active(run.head_trainer, run, epoch):  # the head alone, on cached features
         return run.head_trainer.evaluate(run.eval_model, criterion)
-    return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion, run.cfg.amp) \
-        if run.val_loader else None
+    return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
 
 
 class TimeBudget:

@@ -42,3 +42,27 @@ def test_a_bf16_run_reports_its_best_epoch_with_the_figures_of_that_epoch(tmp_pa
 
 def _best_epoch(r) -> int:
     return json.loads((r.run_dir / "metrics.json").read_text())["best_epoch"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """best.pt of 3 epochs of the course's MNIST net on digits: confident predictions, where label smoothing and
+    the MSE of probabilities are far from the cross-entropy."""
+    return tudui.train(**DIGITS, epochs=3, amp="off", project=str(tmp_path_factory.mktemp("runs")), name="w").best
+
+
+@pytest.mark.parametrize("objective", [dict(label_smoothing=0.1), dict(loss="mse")], ids=["label-smoothing", "mse"])
+def test_train_loss_and_val_loss_are_one_measure_whatever_the_objective(tmp_path, trained, objective):
+    """Trained and validated on the same two batches (--overfit-batches: no augmentation), from trained weights that
+    do not move (lr 1e-12) in a net without dropout or BatchNorm: train_loss and val_loss are the same cross-entropy
+    of the same images, equal to float rounding; the objective is logged beside it as train_objective."""
+    r = tudui.train(**DIGITS, epochs=1, overfit_batches=2, weights=str(trained), optimizer="sgd", momentum=0.0,
+                    lr=1e-12, weight_decay=0.0, scheduler="none", tta=False, amp="off", project=str(tmp_path),
+                    name="same", **objective)
+    row = _rows(r.run_dir)[0]
+    train, val = float(row["train_loss"]), float(row["val_loss"])
+    assert val < 1.0  # the trained weights: confident, mostly right
+    assert train == pytest.approx(val, rel=1e-5)
+    trained_on = float(row["train_objective"])
+    assert abs(trained_on - train) > 0.1  # the objective is another number, kept in its own column
+    assert r.history[0]["train_objective"] == pytest.approx(trained_on, rel=1e-5)

@@ -1,8 +1,9 @@
 """TensorBoard event files in the run directory, through torch.utils.tensorboard.
 
 Tags (x axis in brackets):
-  step/train_loss                      training loss of one batch, every --log-every steps [optimisation step]
-  epoch/train_loss, epoch/val_loss     mean losses of the epoch [epoch]
+  step/train_loss                      cross-entropy of one training batch, every --log-every steps [optimisation step]
+  epoch/train_loss, epoch/val_loss     mean cross-entropy of the epoch's training batches and of validation [epoch]
+  epoch/train_objective                mean training objective (--loss, with its label smoothing) [epoch]
   epoch/val_top1, epoch/val_top5       validation accuracy in [0, 1] [epoch]
   epoch/lr                             learning rate at the start of the epoch [epoch]
   train/first_batch (image)            the first augmented training batch, de-normalised
@@ -91,7 +92,7 @@ class TensorBoardCallback(Callback):
             self.graph_done = True
             self._add_graph(run)
         e = row["epoch"]
-        for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr"):
+        for key in ("train_loss", "train_objective", "val_loss", "val_top1", "val_top5", "lr"):
             if row.get(key, "") != "":
                 self.writer.add_scalar(f"epoch/{key}", float(row[key]), e)
         self.writer.flush()  # a crash later loses nothing already logged

@@ -127,7 +127,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     print(f"{r['checkpoint']} on {', '.join(args.data)} [{r['split']}]: {r['n']:,} images"
           + (" (flip TTA)" if r["tta"] else ""))
-    print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}  top5 {r['top5']:.2%}  macro-F1 {r['macro_f1']:.3f}\n")
+    top5 = f"  top5 {r['top5']:.2%}" if len(r["classes"]) > 5 else ""  # 100% by definition with 5 classes or fewer
+    print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}{top5}  macro-F1 {r['macro_f1']:.3f}\n")
     print(api.per_class_table(r["classes"], r) + "\n")
     print(api.confusion_table(r["classes"], r["confusion"]))
     print("\nwrote " + ", ".join(map(str, files)))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -109,6 +110,16 @@ def validate(run: Run, epoch: int, criterion: nn.Module) -> dict | None:
     return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
 
 
+def improves(run: Run, val: dict | None) -> bool:
+    """Whether `val` beats the best epoch so far: a higher validation top-1, or the same top-1 at a lower
+    validation loss (of two epochs that classify as many images right, the one surer of its answers)."""
+    if val is None:
+        return True
+    best = next((r for r in run.history if r["epoch"] == run.best_epoch and r["val_loss"] != ""), None)
+    best_loss = float(best["val_loss"]) if best else math.inf
+    return val["top1"] > run.best_top1 or (val["top1"] == run.best_top1 and val["loss"] < best_loss)
+
+
 def epoch_row(epoch: int, stats: dict, val: dict | None, lr: float) -> dict:
     """The results.csv row of epoch `epoch` (1-based): train_loss and val_loss are both plain cross-entropy."""
     v = val or {}
@@ -204,9 +215,9 @@ def _train(run: Run) -> RunResult:
         stats = train_one_epoch(run, epoch)
         val = validate(run, epoch, plain_ce)
         run.epoch = epoch + 1
+        improved = improves(run, val)
         row = epoch_row(run.epoch, stats, val, lr)
         run.history.append(row)
-        improved = val is None or val["top1"] > run.best_top1
         if improved:
             run.best_top1, run.best_epoch, stale = (val["top1"] if val else -1.0), run.epoch, 0
         else:
@@ -217,7 +228,7 @@ def _train(run: Run) -> RunResult:
         for cb in run.callbacks:
             cb.on_epoch_end(run, row, val)
         if cfg.patience is not None and stale >= cfg.patience:
-            run.stopped_early = True  # no better validation top-1 for --patience epochs
+            run.stopped_early = True  # no better epoch (trainer.improves) for --patience epochs
             break
         if budget is not None:
             budget.plan(run)  # after each epoch: how many fit in what is left of --time

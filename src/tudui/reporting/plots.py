@@ -49,12 +49,14 @@ def objective_name(cfg) -> str:
     return ", ".join(parts)
 
 
-def plot_curves(rows: list[dict], path: str | Path, objective: str | None = None) -> Path:
+def plot_curves(rows: list[dict], path: str | Path, objective: str | None = None,
+                num_classes: int | None = None) -> Path:
     """Loss (train, val), accuracy (val top-1, top-5) and learning rate against epoch, from results.csv rows.
 
     train_loss and val_loss are one measure, plain cross-entropy (engine/results.py), drawn and labelled as such;
     the training objective (train_objective, `objective` names it) is drawn dashed beside them where it differs.
     A results.csv from before train_objective existed held the objective in train_loss: its line says so.
+    Top-5 is drawn for more than 5 classes only (`num_classes`; None: whenever the rows have it).
     """
     fig = _figure(13, 3.8)
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
@@ -73,7 +75,8 @@ def plot_curves(rows: list[dict], path: str | Path, objective: str | None = None
                      label=f"train objective ({objective})" if objective else "train objective")
     ax_loss.set(title="loss" if older else "loss: cross-entropy, train and val alike", xlabel="epoch")
     ax_acc.plot(epoch, [100 * v for v in col("val_top1")], "o-", label="val top-1")
-    ax_acc.plot(epoch, [100 * v for v in col("val_top5")], "s-", label="val top-5")
+    if num_classes is None or num_classes > 5:  # with 5 classes or fewer top-5 is 100% by definition
+        ax_acc.plot(epoch, [100 * v for v in col("val_top5")], "s-", label="val top-5")
     ax_acc.set(title="accuracy (%)", xlabel="epoch")
     ax_lr.plot(epoch, col("lr"), "o-")
     ax_lr.set(title="learning rate (at epoch start)", xlabel="epoch")
@@ -221,7 +224,7 @@ class PlotsCallback(Callback):
     def on_fit_end(self, run, result) -> None:
         d, classes = run.run_dir, run.spec.classes
         if self._draw("training curves", plot_curves, read_results(d / "results.csv"), d / "curves.png",
-                      objective_name(run.cfg)):
+                      objective_name(run.cfg), run.spec.num_classes):
             self.files.append(d / "curves.png")
         split, summary = ("val", result.val) if result.val else ("test", result.test)
         if summary is not None:

@@ -85,8 +85,9 @@ def train_one_epoch(run: Run, epoch: int) -> dict:
             progress.update(1)
             continue
         optimizer_step(run)
+        shown = torch.where(loss.isfinite(), ce, loss.detach())  # a non-finite objective reaches FiniteLossGuard
         for cb in run.callbacks:
-            cb.on_train_batch(run, run.step, *(feed.shown or (x, y)), ce)
+            cb.on_train_batch(run, run.step, *(feed.shown or (x, y)), shown)
         if progress.due():  # .item() syncs the device: only when something is shown
             progress.update(1, loss=f"{sums[0].item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         else:

@@ -78,7 +78,8 @@ def _three_steps_both_ways(create_model, GraphedStep, amp: str, tolerance: float
         assert step.failed is None and step.graph is not None
         torch.testing.assert_close(loss, ref.detach(), rtol=tolerance, atol=1e-5)
         # the plain cross-entropy beside the smoothed loss, read from this replay's logits
-        torch.testing.assert_close(ce, nn.functional.cross_entropy(logits.detach().float(), y), rtol=tolerance, atol=1e-5)
+        ref_ce = nn.functional.cross_entropy(logits.detach().float(), y)
+        torch.testing.assert_close(ce, ref_ce, rtol=tolerance, atol=1e-5)
         for (name, p), q in zip(model.named_parameters(), eager.parameters()):  # within tolerance x its size
             err = float((p.grad - q.grad).norm()) / (float(q.grad.norm()) + 1e-12)
             assert err <= tolerance, f"step {i}: {name}'s gradient differs by {err:.2g} of its norm"

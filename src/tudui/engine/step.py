@@ -4,8 +4,9 @@ A step is a callable `step(x, y) -> (loss, cross-entropy)`: the forward pass und
 training objective, --loss with its label smoothing and class weights) and the backward pass of loss / --accumulate
 (times fp16's loss scale), leaving the batch's gradients in each parameter's .grad for the trainer's optimizer_step.
 The second value is the batch's plain cross-entropy, computed from the same logits in fp32: the measure validation
-reports (val_loss), so results.csv's train_loss and val_loss are one quantity whatever --loss trains on. Set-up chooses the kind once (engine/setup.py): `EagerStep` here, or
-cuda_graph.GraphedStep, which replays the same arithmetic from a CUDA graph.
+reports (val_loss), so results.csv's train_loss and val_loss are one quantity whatever --loss trains on. Set-up
+chooses the kind once (engine/setup.py): `EagerStep` here, or cuda_graph.GraphedStep, which replays the same
+arithmetic from a CUDA graph.
 
 A `Feed` is one epoch's input to the loop: batches ready for its step. The image path's (engine/trainer.py) are
 the loader's images augmented on the device; the cached-feature path's (engine/features.py) are the backbone's

@@ -70,12 +70,16 @@ def _three_steps_both_ways(create_model, GraphedStep, amp: str, tolerance: float
     for i in range(3):
         x = torch.randn(64, 1, 28, 28, device="cuda").contiguous(memory_format=torch.channels_last)
         y = torch.randint(0, 10, (64,), device="cuda")
-        loss = step(x, y)
+        loss, ce = step(x, y)
         with autocast(dev, amp):
-            ref = crit(eager(x), y)
+            logits = eager(x)
+            ref = crit(logits, y)
         scaler.scale(ref).backward()
         assert step.failed is None and step.graph is not None
         torch.testing.assert_close(loss, ref.detach(), rtol=tolerance, atol=1e-5)
+        # the plain cross-entropy beside the smoothed loss, read from this replay's logits
+        ref_ce = nn.functional.cross_entropy(logits.detach().float(), y)
+        torch.testing.assert_close(ce, ref_ce, rtol=tolerance, atol=1e-5)
         for (name, p), q in zip(model.named_parameters(), eager.parameters()):  # within tolerance x its size
             err = float((p.grad - q.grad).norm()) / (float(q.grad.norm()) + 1e-12)
             assert err <= tolerance, f"step {i}: {name}'s gradient differs by {err:.2g} of its norm"

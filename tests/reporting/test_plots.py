@@ -109,6 +109,9 @@ def test_curves_and_batch(tmp_path, figures):
     assert np.allclose(ys[2], [[0.1, 0.05]])
     assert colored_pixels(tmp_path / "curves.png") > 500  # the plotted lines and markers
 
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == ["train: training objective", "val cross-entropy"]
+    # ^ a results.csv from before train_objective: its train_loss was the objective, and its line says so
+
     images = torch.rand(10, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     plot_batch(images, torch.arange(10) % 2, ["cat", "dog"], tmp_path / "b.png")
     assert min(_open(tmp_path / "b.png")) > 100
@@ -118,3 +121,23 @@ def test_curves_and_batch(tmp_path, figures):
     assert np.allclose(canvas[4:12, 0:8], images[0].permute(1, 2, 0).numpy())
     assert np.allclose(canvas[4:12, 9:17], images[1].permute(1, 2, 0).numpy())
     assert colored_pixels(tmp_path / "b.png") > 0.1 * min(_open(tmp_path / "b.png")) ** 2
+
+
+def test_curves_say_that_train_and_val_loss_are_one_measure_beside_the_objective(tmp_path, figures):
+    """results.csv's train_loss and val_loss are both plain cross-entropy: the loss panel says so, and draws the
+    training objective (label smoothing here) dashed beside them, named; where the objective is the cross-entropy
+    itself it adds nothing and is not drawn."""
+    header = "epoch,train_loss,val_loss,val_top1,val_top5,lr,epoch_time_s,images_per_s,train_objective\n"
+    csv = tmp_path / "results.csv"
+    csv.write_text(header + "1,1.2,1.1,0.6,0.9,0.001,1,100,1.4\n2,0.4,0.5,0.8,0.95,0.002,1,100,0.75\n")
+    plot_curves(read_results(csv), tmp_path / "curves.png", "cross-entropy, label smoothing 0.1")
+    loss = figures[-1].axes[0]
+    assert loss.get_title() == "loss: cross-entropy, train and val alike"
+    labels = [t.get_text() for t in loss.get_legend().get_texts()]
+    assert labels == ["train cross-entropy (training batches)", "val cross-entropy",
+                      "train objective (cross-entropy, label smoothing 0.1)"]
+    assert [list(line.get_ydata()) for line in loss.lines] == [[1.2, 0.4], [1.1, 0.5], [1.4, 0.75]]
+    assert loss.lines[2].get_linestyle() == "--"
+    csv.write_text(header + "1,1.2,1.1,0.6,0.9,0.001,1,100,1.2\n2,0.4,0.5,0.8,0.95,0.002,1,100,0.4\n")
+    plot_curves(read_results(csv), tmp_path / "curves.png", "cross-entropy")
+    assert len(figures[-1].axes[0].lines) == 2

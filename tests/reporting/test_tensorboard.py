@@ -30,7 +30,8 @@ def test_scalars_images_graph_and_hparams(tiny_run):
     steps_per_epoch = 640 // 64
     total = 2 * steps_per_epoch
     assert [e.step for e in ea.Scalars("step/train_loss")] == list(range(7, total + 1, 7))
-    for tag in ("epoch/train_loss", "epoch/val_loss", "epoch/val_top1", "epoch/val_top5", "epoch/lr"):
+    for tag in ("epoch/train_loss", "epoch/train_objective", "epoch/val_loss", "epoch/val_top1", "epoch/val_top5",
+                "epoch/lr"):
         assert [e.step for e in ea.Scalars(tag)] == [1, 2], tag
     history = tiny_run.history
     assert [e.value for e in ea.Scalars("epoch/val_top1")] == pytest.approx([r["val_top1"] for r in history])

@@ -19,7 +19,8 @@ class Callback:
 
     def on_train_batch(self, run, step: int, x, y, loss) -> None:
         """After each optimisation step. x: (B, C, H, W) normalised float batch as trained on (while the head trains
-        on cached features: the first images they were computed from), y its labels; loss: 0-d tensor.
+        on cached features: the first images they were computed from), y its labels; loss: 0-d tensor, the batch's
+        plain cross-entropy (results.csv's train_loss), or the training objective itself where that is not finite.
 
         `step` counts optimisation steps since the start of training (global, across epochs).
         """

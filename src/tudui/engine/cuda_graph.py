@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from ..core.device import autocast
-from .step import EagerStep
+from .step import EagerStep, plain_cross_entropy
 
 WARMUP = 3  # eager passes on the side stream before capture (torch's examples use 3; cuDNN's autotuning is done)
 
@@ -47,7 +47,8 @@ def unsupported(cfg, device: torch.device, ddp: bool) -> str | None:
 
 
 class GraphedStep:
-    """`step(x, y)` = criterion(model(x), y) and its backward pass, replayed from a CUDA graph; returns the loss.
+    """`step(x, y)` = criterion(model(x), y) and its backward pass, replayed from a CUDA graph; returns the loss and
+    the batch's plain cross-entropy (as step.EagerStep does).
 
     x: (B, C, H, W) float, prepared as the eager step would get it; y: (B,) classes or (B, K) soft targets.
     After a call every trainable parameter's .grad holds this batch's gradient (not a sum over calls).
@@ -59,7 +60,7 @@ class GraphedStep:
         self.model, self.criterion, self.device, self.amp = model, criterion, device, amp
         self.scale = scale  # GradScaler.scale with fp16: multiplies by the scale tensor, read afresh at each replay
         self.key = None  # what the current graph was recorded for
-        self.graph = self.x = self.y = self.loss = None
+        self.graph = self.x = self.y = self.loss = self.ce = None
         self.params: list[nn.Parameter] = []
         self.grads: list[torch.Tensor] = []
         self.failed: str | None = None  # why capture failed: every step is then `eager`'s
@@ -69,9 +70,11 @@ class GraphedStep:
         return (x.shape, x.stride(), x.dtype, y.shape, y.dtype, tuple(p.requires_grad for p in self.model.parameters()),
                 tuple(m.training for m in self.model.modules()))
 
-    def _forward(self) -> torch.Tensor:
+    def _forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.amp, cache=False):  # a cached cast would be made once, outside the graph
-            return self.criterion(self.model(self.x), self.y)
+            logits = self.model(self.x)
+            loss = self.criterion(logits, self.y)
+        return loss, plain_cross_entropy(logits, self.y)
 
     def _capture(self, x: torch.Tensor, y: torch.Tensor, key: tuple) -> None:
         self.graph = None
@@ -85,7 +88,7 @@ class GraphedStep:
             for _ in range(WARMUP):
                 for p in self.params:
                     p.grad = None
-                self.scale(self._forward()).backward()
+                self.scale(self._forward()[0]).backward()
         torch.cuda.current_stream(self.device).wait_stream(side)
         with torch.no_grad():
             for b, v in zip(buffers, saved):  # the warm-ups' BatchNorm updates undone
@@ -94,7 +97,7 @@ class GraphedStep:
             p.grad = None  # so the recorded backward pass allocates (not adds to) every gradient
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self.loss = self._forward()
+            self.loss, self.ce = self._forward()
             self.scale(self.loss).backward()
         self.grads = [p.grad for p in self.params]
         self.graph, self.key = graph, key
@@ -103,14 +106,15 @@ class GraphedStep:
         self.failed = str(e).splitlines()[0] if str(e) else type(e).__name__
         for p in self.model.parameters():
             p.grad = None
-        self.graph = self.x = self.y = self.loss = None
+        self.graph = self.x = self.y = self.loss = self.ce = None
         self.grads = []
         print(f"warning: --cuda-graph: this model's training step cannot be recorded as a CUDA graph ({self.failed}); "
               "training on without one (its forward pass may read values back to the host)", file=sys.stderr,
               flush=True)
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The batch's loss (0-d), from a replay, or from the eager step once no graph can be recorded."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and cross-entropy (0-d each), from a replay, or from the eager step once no graph can be
+        recorded."""
         if self.failed is not None:
             return self.eager(x, y)
         key = self._key(x, y)
@@ -125,4 +129,4 @@ class GraphedStep:
         self.graph.replay()
         for p, g in zip(self.params, self.grads):  # zero_grad(set_to_none=True) elsewhere only drops the names
             p.grad = g
-        return self.loss.detach().clone()  # the graph's loss tensor is overwritten by the next replay
+        return self.loss.detach().clone(), self.ce.clone()  # the graph's outputs are overwritten by the next replay

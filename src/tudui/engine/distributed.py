@@ -158,12 +158,13 @@ def all_reduce_counts(counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return counts
 
 
-def reduce_train_stats(loss_sum: float, images: int, seconds: float, device: torch.device) -> tuple[float, int, float]:
-    """(summed loss*images, summed images, slowest rank's seconds) over all ranks."""
+def reduce_train_stats(loss_sums: list[float], images: int, seconds: float,
+                       device: torch.device) -> tuple[list[float], int, float]:
+    """(each of `loss_sums` (loss x images) summed, summed images, slowest rank's seconds) over all ranks."""
     if not dist.is_initialized():
-        return loss_sum, images, seconds
-    sums = torch.tensor([loss_sum, float(images)], dtype=torch.float64, device=device)
+        return loss_sums, images, seconds
+    sums = torch.tensor([*loss_sums, float(images)], dtype=torch.float64, device=device)
     slowest = torch.tensor([seconds], dtype=torch.float64, device=device)
     dist.all_reduce(sums, op=dist.ReduceOp.SUM)
     dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
-    return float(sums[0]), int(sums[1]), float(slowest[0])
+    return sums[:-1].tolist(), int(sums[-1]), float(slowest[0])

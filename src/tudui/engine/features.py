@@ -104,8 +104,9 @@ class FeatureTrainer:
                            workers=run.workers, bad_images=run.cfg.bad_images, layout=layout, in_memory=in_memory)
 
     @torch.no_grad()
-    def _features(self, loader, prepare, desc: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, D) float32 features and (N,) targets of every batch of `loader` (in its order) after `prepare`.
+    def _features(self, loader, prepare, desc: str, amp: str | bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, D) float32 features and (N,) targets of every batch of `loader` (in its order) after `prepare`, the
+        backbone run under autocast of `amp` (the run's --amp for training views, off for validation's).
 
         The first prepared images (up to 32) are kept for the callbacks (TensorBoard's and the pictures' first
         training batch), which are shown what the head's features came from."""
@@ -120,7 +121,7 @@ class FeatureTrainer:
                 x = prepare(x.to(run.device, non_blocking=True))
                 if self.first_batch is None:
                     self.first_batch = (x[:32], y[:32].to(run.device))
-                with autocast(run.device, run.cfg.amp):
+                with autocast(run.device, amp):
                     model(x)
                 feats.append(hook.value.float())
                 ys.append(y.to(run.device))
@@ -151,7 +152,7 @@ class FeatureTrainer:
             v = len(self.views)
             loader = self._sequential_loader(run.data.train, run.data.train_layout, run.data.in_memory)
             feats, ys = self._features(loader, self._view_prepare(v),
-                                       f"backbone features, view {v + 1}/{self.max_views}")
+                                       f"backbone features, view {v + 1}/{self.max_views}", run.cfg.amp)
             # the labels as loaded: a file that became unreadable is replaced by the next readable one, with its own
             # label (data/loaders.py), the same way in every view
             self.targets = ys
@@ -162,11 +163,12 @@ class FeatureTrainer:
         if self.val_feats is not None or run.data.val is None:
             return
         loader = self._sequential_loader(run.data.val, None, run.data.in_memory)
-        feats, ys = self._features(loader, lambda x: run.prepare(x, train=False), "backbone features, val")
+        # in full precision, as every evaluation of a run is (trainer.validate)
+        feats, ys = self._features(loader, lambda x: run.prepare(x, train=False), "backbone features, val", "off")
         mirror = None
         if run.spec.flip_tta:
             mirror, _ = self._features(loader, lambda x: run.prepare(x, train=False).flip(3),
-                                       "backbone features, val mirrored")
+                                       "backbone features, val mirrored", "off")
         self.val_feats = (feats, mirror, ys)
 
     # --- an epoch's training input and its validation -----------------------------------------------------------------
@@ -205,7 +207,8 @@ class FeatureTrainer:
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, criterion: nn.Module) -> dict | None:
-        """Validation metrics of `model`'s head on the cached validation features (flip TTA: the mirror's too)."""
+        """Validation metrics of `model`'s head on the cached validation features (flip TTA: the mirror's too), in
+        full precision like every evaluation of a run (trainer.validate)."""
         run = self.run
         if run.data.val is None:
             return None
@@ -216,11 +219,9 @@ class FeatureTrainer:
         total = None
         for s in range(0, len(ys), eval_batch_size(run.cfg.batch_size)):
             sl = slice(s, s + eval_batch_size(run.cfg.batch_size))
-            with autocast(run.device, run.cfg.amp):
-                logits = head(feats[sl])
-                if mirror is not None:
-                    logits = (logits + head(mirror[sl])) / 2
-            logits = logits.float()
+            logits = head(feats[sl])
+            if mirror is not None:
+                logits = (logits + head(mirror[sl])) / 2
             counts = batch_counts(logits, ys[sl], k)
             counts["loss_sum"] = criterion(logits, ys[sl]).to(torch.float64) * len(ys[sl])
             total = add_counts(total, counts)

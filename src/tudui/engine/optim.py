@@ -179,6 +179,13 @@ def lr_curve(cfg, epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
     return factor
 
 
+def warms_up(cfg, steps_per_epoch: int) -> bool:
+    """Whether the run's schedule starts below --lr and rises (one-cycle, --warmup-epochs): its first rate is then
+    the warm-up's start, not the rate asked for (a one-cycle run of one or two steps may start in its decay)."""
+    curve = lr_curve(cfg, cfg.epochs, steps_per_epoch)
+    return curve(1) > curve(0)
+
+
 def create_scheduler(cfg, optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """A per-step schedule (scheduler.step() after every optimizer step); steps_per_epoch counts optimiser steps."""
     if getattr(cfg, "fine_tune", 0):  # two phases, a curve each

@@ -65,8 +65,8 @@ def _finished_message(run_dir: Path, epoch: int, epochs: int, best_epoch: int, p
         return (f"run {run_dir} already finished its {epochs} epoch(s) (best epoch {best_epoch}); nothing to resume. "
                 f"To train longer: tudui train --resume {run_dir} --epochs {epochs + 5}")
     if patience is not None and best_epoch > 0 and epoch - best_epoch >= patience:
-        return (f"run {run_dir} stopped early at epoch {epoch} (no better validation top-1 for {patience} epoch(s) "
-                f"after epoch {best_epoch}); nothing to resume")
+        return (f"run {run_dir} stopped early at epoch {epoch} (no better validation top-1, nor the same at a lower "
+                f"loss, for {patience} epoch(s) after epoch {best_epoch}); nothing to resume")
     return None
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -66,41 +67,67 @@ def image_feed(run: Run, epoch: int) -> Feed:
 def train_one_epoch(run: Run, epoch: int) -> dict:
     """Train epoch `epoch` (0-based): every batch of its feed through the run's step, an optimiser step every
     --accumulate batches, the callbacks after each. The feed is the images, or the head's cached features while
-    the backbone is frozen. Returns {train_loss, epoch_time_s, images_per_s} over all ranks."""
+    the backbone is frozen. Returns {train_loss, train_objective, epoch_time_s, images_per_s} over all ranks:
+    train_loss the plain cross-entropy of the batches as trained (validation's measure), train_objective --loss's."""
     dev, acc, t0 = run.device, run.cfg.accumulate, time.perf_counter()
     run.train_module.train()
     if finetune.frozen_phase(run.cfg, epoch):  # the frozen backbone in eval mode: its BatchNorm statistics kept
         finetune.set_frozen_modes(run.model, head_path(run.model))
     feed = run.head_trainer.feed(epoch) if features.active(run.head_trainer, run, epoch) else image_feed(run, epoch)
     progress = Progress(feed.count, feed.label, enabled=run.world.rank == 0)
-    loss_sum, seen = torch.zeros((), device=dev, dtype=torch.float64), 0
+    sums, seen = torch.zeros(2, device=dev, dtype=torch.float64), 0  # (cross-entropy, objective) x images
     run.optimizer.zero_grad(set_to_none=True)
     for i, (x, y) in enumerate(feed.batches):
-        loss = feed.step(x, y)  # forward, loss, backward of loss / acc: gradients summed over `acc` batches
-        loss_sum += loss.detach() * len(y)
+        loss, ce = feed.step(x, y)  # forward, loss, backward of loss / acc: gradients summed over `acc` batches
+        sums += torch.stack([ce.double(), loss.detach().double()]) * len(y)
         seen += len(y)
         if (i + 1) % acc and i + 1 < feed.count:
             progress.update(1)
             continue
         optimizer_step(run)
+        shown = torch.where(loss.isfinite(), ce, loss.detach())  # a non-finite objective reaches FiniteLossGuard
         for cb in run.callbacks:
-            cb.on_train_batch(run, run.step, *(feed.shown or (x, y)), loss.detach())
+            cb.on_train_batch(run, run.step, *(feed.shown or (x, y)), shown)
         if progress.due():  # .item() syncs the device: only when something is shown
-            progress.update(1, loss=f"{loss_sum.item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+            progress.update(1, loss=f"{sums[0].item() / seen:.4f}", img_s=f"{seen / (time.perf_counter() - t0):.0f}")
         else:
             progress.update(1)
     progress.close()
-    # Over all ranks: the mean loss of every image trained on, images/s of the whole job.
-    total, seen, dt = distributed.reduce_train_stats(loss_sum.item(), seen, time.perf_counter() - t0, dev)
-    return {"train_loss": total / max(seen, 1), "epoch_time_s": dt, "images_per_s": seen / dt}
+    # Over all ranks: the mean losses of every image trained on, images/s of the whole job.
+    (ce, objective), seen, dt = distributed.reduce_train_stats(sums.tolist(), seen, time.perf_counter() - t0, dev)
+    return {"train_loss": ce / max(seen, 1), "train_objective": objective / max(seen, 1), "epoch_time_s": dt,
+            "images_per_s": seen / dt}
 
 
 def validate(run: Run, epoch: int, criterion: nn.Module) -> dict | None:
-    """The validation summary of the weights best.pt would get (None without validation data)."""
+    """The validation summary of the weights best.pt would get (None without validation data).
+
+    In full precision whatever --amp trains in, as the final evaluation of best.pt, `tudui eval` and predict are:
+    every validation figure of a run is then the one a later evaluation of the same weights gives (under bf16
+    autocast a few images near a decision boundary change class, so top-1 moved by tenths of a point and best.pt
+    was chosen on figures no later evaluation reproduced). Its cost is a forward pass of the validation split."""
     if features.active(run.head_trainer, run, epoch):  # the head alone, on cached features
         return run.head_trainer.evaluate(run.eval_model, criterion)
-    return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion, run.cfg.amp) \
-        if run.val_loader else None
+    return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
+
+
+def improves(run: Run, val: dict | None) -> bool:
+    """Whether `val` beats the best epoch so far: a higher validation top-1, or the same top-1 at a lower
+    validation loss (of two epochs that classify as many images right, the one surer of its answers)."""
+    if val is None:
+        return True
+    best = next((r for r in run.history if r["epoch"] == run.best_epoch and r["val_loss"] != ""), None)
+    best_loss = float(best["val_loss"]) if best else math.inf
+    return val["top1"] > run.best_top1 or (val["top1"] == run.best_top1 and val["loss"] < best_loss)
+
+
+def epoch_row(epoch: int, stats: dict, val: dict | None, lr: float) -> dict:
+    """The results.csv row of epoch `epoch` (1-based): train_loss and val_loss are both plain cross-entropy."""
+    v = val or {}
+    return {"epoch": epoch, "train_loss": stats["train_loss"], "val_loss": v.get("loss", ""),
+            "val_top1": v.get("top1", ""), "val_top5": v.get("top5", ""), "lr": lr,
+            "epoch_time_s": stats["epoch_time_s"], "images_per_s": stats["images_per_s"],
+            "train_objective": stats["train_objective"]}
 
 
 class TimeBudget:
@@ -189,11 +216,9 @@ def _train(run: Run) -> RunResult:
         stats = train_one_epoch(run, epoch)
         val = validate(run, epoch, plain_ce)
         run.epoch = epoch + 1
-        row = {"epoch": run.epoch, "train_loss": stats["train_loss"], "val_loss": val["loss"] if val else "",
-               "val_top1": val["top1"] if val else "", "val_top5": val["top5"] if val else "", "lr": lr,
-               "epoch_time_s": stats["epoch_time_s"], "images_per_s": stats["images_per_s"]}
+        improved = improves(run, val)
+        row = epoch_row(run.epoch, stats, val, lr)
         run.history.append(row)
-        improved = val is None or val["top1"] > run.best_top1
         if improved:
             run.best_top1, run.best_epoch, stale = (val["top1"] if val else -1.0), run.epoch, 0
         else:
@@ -204,7 +229,7 @@ def _train(run: Run) -> RunResult:
         for cb in run.callbacks:
             cb.on_epoch_end(run, row, val)
         if cfg.patience is not None and stale >= cfg.patience:
-            run.stopped_early = True  # no better validation top-1 for --patience epochs
+            run.stopped_early = True  # no better epoch (trainer.improves) for --patience epochs
             break
         if budget is not None:
             budget.plan(run)  # after each epoch: how many fit in what is left of --time

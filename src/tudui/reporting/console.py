@@ -11,6 +11,7 @@ from ..core.console import shown
 from ..core.modes import AUGMENTS
 from ..data.images import resize_side
 from ..engine.callbacks import Callback
+from ..engine.optim import warms_up
 from ..models import count_parameters
 
 
@@ -19,12 +20,13 @@ class ConsoleCallback(Callback):
         print(first_line(run), flush=True)
 
     def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
-        print(epoch_line(row, run.cfg.epochs), flush=True)
+        peak = run.cfg.lr if warms_up(run.cfg, run.steps_per_epoch) else None  # epoch 1 starts the warm-up
+        print(epoch_line(row, run.cfg.epochs, run.spec.num_classes, peak), flush=True)
 
     def on_train_end(self, run) -> None:
         if run.stopped_early:
-            print(f"early stop: no better validation top-1 for {run.cfg.patience} epoch(s); "
-                  f"best was epoch {run.best_epoch}")
+            print(f"early stop: no better validation top-1 (nor the same at a lower loss) for {run.cfg.patience} "
+                  f"epoch(s); best was epoch {run.best_epoch}")
 
     def on_fit_end(self, run, result) -> None:
         parts = [f"best epoch {run.best_epoch}"]
@@ -32,15 +34,28 @@ class ConsoleCallback(Callback):
             parts.append(f"val top1 {result.val['top1']:.2%}")
         if result.test:
             t = result.test
-            parts.append(f"test top1 {t['top1']:.2%} top5 {t['top5']:.2%} loss {t['loss']:.4f}")
+            top5 = f" top5 {t['top5']:.2%}" if shows_top5(run.spec.num_classes) else ""
+            parts.append(f"test top1 {t['top1']:.2%}{top5} loss {t['loss']:.4f}")
         print("done: " + ", ".join(parts) + f"; weights: {shown(result.best)}", flush=True)
 
 
-def epoch_line(row: dict, epochs: int) -> str:
-    """'epoch 3/10  train_loss 0.4123  val_loss ...  lr 0.002  4.1s  14592 img/s' from a results.csv row."""
-    val = (f"val_loss {row['val_loss']:.4f}  top1 {row['val_top1']:.2%}  top5 {row['val_top5']:.2%}  "
-           if row["val_top1"] != "" else "")
-    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {val}lr {row['lr']:.3g}  "
+def shows_top5(num_classes: int | None) -> bool:
+    """Top-5 accuracy says something only with more than 5 classes (with 5 or fewer it is 100% by definition)."""
+    return num_classes is None or num_classes > 5
+
+
+def epoch_line(row: dict, epochs: int, num_classes: int | None = None, peak_lr: float | None = None) -> str:
+    """'epoch 3/10  train_loss 0.4123  val_loss ...  lr 0.002  4.1s  14592 img/s' from a results.csv row.
+
+    Both losses are plain cross-entropy (engine/results.py). Top-5 is left out for `num_classes` of 5 or fewer. The
+    first epoch of a schedule that warms up to `peak_lr` (--lr) from a lower rate says so: `lr 0.003 (warm-up from
+    0.00012)`, the rate asked for first; the row's lr is the rate at the epoch's start."""
+    top5 = f"  top5 {row['val_top5']:.2%}" if shows_top5(num_classes) and row["val_top5"] != "" else ""
+    val = f"val_loss {row['val_loss']:.4f}  top1 {row['val_top1']:.2%}{top5}  " if row["val_top1"] != "" else ""
+    lr = f"lr {row['lr']:.3g}"
+    if row["epoch"] == 1 and peak_lr is not None and row["lr"] < peak_lr * (1 - 1e-6):
+        lr = f"lr {peak_lr:.3g} (warm-up from {row['lr']:.3g})"
+    return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {val}{lr}  "
             f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:.0f} img/s")
 
 

@@ -39,8 +39,25 @@ def read_results(path: str | Path) -> list[dict[str, float]]:
         return [{k: float(v) if v not in ("", None) else math.nan for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_curves(rows: list[dict], path: str | Path) -> Path:
-    """Loss (train, val), accuracy (val top-1, top-5) and learning rate against epoch, from results.csv rows."""
+def objective_name(cfg) -> str:
+    """What a run's --loss minimised, in words for curves.png: 'cross-entropy, label smoothing 0.1', 'mse', ..."""
+    parts = [cfg.loss]
+    if cfg.loss == "cross-entropy" and cfg.label_smoothing:
+        parts.append(f"label smoothing {cfg.label_smoothing:g}")
+    if cfg.class_weights == "auto" and cfg.loss in ("cross-entropy", "nll"):
+        parts.append("class weights")
+    return ", ".join(parts)
+
+
+def plot_curves(rows: list[dict], path: str | Path, objective: str | None = None,
+                num_classes: int | None = None) -> Path:
+    """Loss (train, val), accuracy (val top-1, top-5) and learning rate against epoch, from results.csv rows.
+
+    train_loss and val_loss are one measure, plain cross-entropy (engine/results.py), drawn and labelled as such;
+    the training objective (train_objective, `objective` names it) is drawn dashed beside them where it differs.
+    A results.csv from before train_objective existed held the objective in train_loss: its line says so.
+    Top-5 is drawn for more than 5 classes only (`num_classes`; None: whenever the rows have it).
+    """
     fig = _figure(13, 3.8)
     ax_loss, ax_acc, ax_lr = fig.subplots(1, 3)
     epoch = [r["epoch"] for r in rows]
@@ -48,16 +65,23 @@ def plot_curves(rows: list[dict], path: str | Path) -> Path:
     def col(name: str) -> list[float]:
         return [float(r.get(name, math.nan)) if r.get(name, "") != "" else math.nan for r in rows]
 
-    ax_loss.plot(epoch, col("train_loss"), "o-", label="train")
-    ax_loss.plot(epoch, col("val_loss"), "s-", label="val")
-    ax_loss.set(title="loss", xlabel="epoch")
+    older = not any("train_objective" in r for r in rows)  # train_loss was the objective then
+    ax_loss.plot(epoch, col("train_loss"), "o-",
+                 label="train: training objective" if older else "train cross-entropy (training batches)")
+    ax_loss.plot(epoch, col("val_loss"), "s-", label="val cross-entropy")
+    train, objective_col = col("train_loss"), col("train_objective")
+    if any(math.isfinite(o) and not math.isclose(o, t, rel_tol=0.01) for o, t in zip(objective_col, train)):
+        ax_loss.plot(epoch, objective_col, "^--", color="grey",
+                     label=f"train objective ({objective})" if objective else "train objective")
+    ax_loss.set(title="loss" if older else "loss: cross-entropy, train and val alike", xlabel="epoch")
     ax_acc.plot(epoch, [100 * v for v in col("val_top1")], "o-", label="val top-1")
-    ax_acc.plot(epoch, [100 * v for v in col("val_top5")], "s-", label="val top-5")
+    if num_classes is None or num_classes > 5:  # with 5 classes or fewer top-5 is 100% by definition
+        ax_acc.plot(epoch, [100 * v for v in col("val_top5")], "s-", label="val top-5")
     ax_acc.set(title="accuracy (%)", xlabel="epoch")
     ax_lr.plot(epoch, col("lr"), "o-")
     ax_lr.set(title="learning rate (at epoch start)", xlabel="epoch")
     for ax in (ax_loss, ax_acc):
-        ax.legend()
+        ax.legend(fontsize=8)
     for ax in (ax_loss, ax_acc, ax_lr):
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -199,7 +223,8 @@ class PlotsCallback(Callback):
 
     def on_fit_end(self, run, result) -> None:
         d, classes = run.run_dir, run.spec.classes
-        if self._draw("training curves", plot_curves, read_results(d / "results.csv"), d / "curves.png"):
+        if self._draw("training curves", plot_curves, read_results(d / "results.csv"), d / "curves.png",
+                      objective_name(run.cfg), run.spec.num_classes):
             self.files.append(d / "curves.png")
         split, summary = ("val", result.val) if result.val else ("test", result.test)
         if summary is not None:

@@ -1,9 +1,10 @@
 """TensorBoard event files in the run directory, through torch.utils.tensorboard.
 
 Tags (x axis in brackets):
-  step/train_loss                      training loss of one batch, every --log-every steps [optimisation step]
-  epoch/train_loss, epoch/val_loss     mean losses of the epoch [epoch]
-  epoch/val_top1, epoch/val_top5       validation accuracy in [0, 1] [epoch]
+  step/train_loss                      cross-entropy of one training batch, every --log-every steps [optimisation step]
+  epoch/train_loss, epoch/val_loss     mean cross-entropy of the epoch's training batches and of validation [epoch]
+  epoch/train_objective                mean training objective (--loss, with its label smoothing) [epoch]
+  epoch/val_top1, epoch/val_top5       validation accuracy in [0, 1] (top-5 with more than 5 classes) [epoch]
   epoch/lr                             learning rate at the start of the epoch [epoch]
   train/first_batch (image)            the first augmented training batch, de-normalised
   train/first_batch_labels (image)     the same batch (up to 32 images) as a grid titled with class names, drawn
@@ -91,8 +92,9 @@ class TensorBoardCallback(Callback):
             self.graph_done = True
             self._add_graph(run)
         e = row["epoch"]
-        for key in ("train_loss", "val_loss", "val_top1", "val_top5", "lr"):
-            if row.get(key, "") != "":
+        top5 = run.spec.num_classes > 5  # top-5 of 5 classes or fewer is 100% by definition
+        for key in ("train_loss", "train_objective", "val_loss", "val_top1", "val_top5", "lr"):
+            if row.get(key, "") != "" and (top5 or key != "val_top5"):
                 self.writer.add_scalar(f"epoch/{key}", float(row[key]), e)
         self.writer.flush()  # a crash later loses nothing already logged
 
@@ -103,7 +105,7 @@ class TensorBoardCallback(Callback):
         for split, summary in (("val", result.val), ("test", result.test)):
             if summary:
                 for k in ("top1", "top5", "loss", "macro_f1"):
-                    if k in summary and math.isfinite(summary[k]):
+                    if k in summary and math.isfinite(summary[k]) and (k != "top5" or run.spec.num_classes > 5):
                         metrics[f"hparam/{split}_{k}"] = float(summary[k])
         hparams = {k: _hparam_value(v) for k, v in run.cfg.to_dict().items()}
         hparams |= {"img_size": run.spec.img_size, "channels": run.spec.channels}

@@ -7,6 +7,9 @@ TUDUI := $(VENV)/bin/tudui
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.tudui-installed
 DEMO_EPOCHS ?=
+# make test runs pytest in one worker per core (pytest-xdist; at most 4: each worker holds its own torch, ~1 GB);
+# PARALLEL= runs it in one process.
+PARALLEL ?= -n auto --maxprocesses 4 --dist worksteal
 
 .PHONY: install data demo test test-all bench bench-gpu clean
 
@@ -52,10 +55,10 @@ demo: data
 
 # The CI suite; the big-model ONNX parity checks are marked slow and run with `make test-all`.
 test: data
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" $(PARALLEL)
 
 test-all: data
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(PARALLEL)
 
 # Full benchmark runs (benchmarks/README.md; tens of minutes on a 2-core CPU: run on a quiet machine), then the
 # serving soak and a longer API fuzzing run.

@@ -29,6 +29,8 @@ def run(nproc: int, args: argparse.Namespace, project: Path) -> dict:
            "--name", name, "--nproc", str(nproc)]
     if args.subset:
         cmd += ["--subset", str(args.subset)]
+    if args.data_root:
+        cmd += ["--data-root", args.data_root]
     env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p)}
     if nproc == 1:  # torchrun gives each of N>1 processes one thread; one process gets all the cores
         env.pop("OMP_NUM_THREADS", None)
@@ -44,8 +46,10 @@ def run(nproc: int, args: argparse.Namespace, project: Path) -> dict:
 
 
 def main() -> None:
-    p = C.parser(__doc__.splitlines()[0], "smoke test: 1 epoch on 1,000 images (the figures mean nothing)")
+    p = C.parser(__doc__.splitlines()[0],
+                 f"smoke test: 1 epoch on {C.QUICK_SUBSET:,} images (the figures mean nothing)")
     p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data-root", default=None, help="where the named dataset's files are [tudui's search]")
     p.add_argument("--subset", type=int, default=12000, help="training images (0: all)")
     p.add_argument("--model", default="fast")
     p.add_argument("--epochs", type=int, default=2)
@@ -53,10 +57,12 @@ def main() -> None:
     p.add_argument("--nproc", type=int, default=2)
     args = p.parse_args()
     if args.quick:
-        args.subset, args.epochs = 1000, 1
+        args.subset, args.epochs = C.QUICK_SUBSET, 1
         print("[--quick smoke test: figures are not measurements]")
     cores = os.cpu_count()
     with C.workdir(args) as work:
+        if args.quick and args.data == "fashion-mnist":
+            args.data_root = C.quick_data_root(work)
         one, many = run(1, args, work), run(args.nproc, args, work)
     n = args.nproc
     print(f"{args.data} ({args.subset or 'all'} train images), model {args.model}, batch {args.batch_size} per process, "

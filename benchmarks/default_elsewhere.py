@@ -111,7 +111,7 @@ def main() -> None:
         print("--quick: the rows named mnist and folders train on 5,000 local Fashion-MNIST items standing in for "
               "the MNIST digits (no download)\n", flush=True)
     seeds = args.seeds[:1] if args.quick else args.seeds
-    quick = {"epochs": 1} if args.quick else {}
+    quick = {"epochs": 1, "subset": C.QUICK_SUBSET} if args.quick else {}
     rows, verdicts = [], []
     with C.workdir(args) as workdir:
         project = str(workdir / "runs")

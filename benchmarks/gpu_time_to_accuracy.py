@@ -34,7 +34,6 @@ import time
 from pathlib import Path
 
 import _common as C
-import numpy as np
 import torch
 
 from time_to_accuracy import TestEveryEpoch, first_time, fmt_s
@@ -104,18 +103,16 @@ def main() -> None:
               f"CUDA {torch.version.cuda}, cuDNN {torch.backends.cudnn.version()}, bf16 "
               f"{torch.cuda.is_bf16_supported()}; CUDA context created in {time.perf_counter() - t0:.1f} s "
               "(before any clock)\n", flush=True)
-    test_split = load_named("fashion-mnist", False)  # the benchmark's, read before any clock
-    if args.quick:
-        test_split = test_split.subset(np.sort(np.random.default_rng(0).permutation(len(test_split))[:2000]))
-    quick = {"epochs": 1, "subset": C.QUICK_SUBSET} | C.QUICK_EVAL if args.quick else {}
     out = Path(args.out) if args.out else None
     if out:
         out.mkdir(parents=True, exist_ok=True)
     train = C.tudui.train  # tudui.api imported before any clock (a process's start, as the CUDA context)
-    start, last_s = time.perf_counter(), {}
     runs: dict[str, list[tuple[int, list[dict]]]] = {name: [] for name in RECIPES}
     with C.workdir(args, prefix="tudui-gpu-") as work:
-        project = str(work)
+        project, root = str(work), C.quick_data_root(work) if args.quick else None
+        test_split = load_named("fashion-mnist", False, root)  # the benchmark's, read before any clock
+        quick = {"epochs": 1, "data_root": root} | C.QUICK_EVAL if args.quick else {}
+        start, last_s = time.perf_counter(), {}
         for name, seed in schedule(args.seeds, args.quick):
             left = args.budget_s - (time.perf_counter() - start)
             if last_s.get(name, EXPECTED_S[name]) > left and not args.quick:

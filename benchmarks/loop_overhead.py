@@ -139,7 +139,7 @@ def main() -> None:
         project = str(work)
         # epochs = warm-up + timed, so each schedule ends exactly where its run does.
         cfg = TrainConfig(data=["fashion-mnist"], epochs=1 + repeats, project=project, exist_ok=True,
-                          subset=C.QUICK_SUBSET if args.quick else None)
+                          data_root=C.quick_data_root(work) if args.quick else None)
         runs = {name: setup(TrainConfig.from_dict(cfg.to_dict() | {"name": name}))
                 for name in ("plain", "lightning")}
         # tudui trains with the callbacks `tudui train` gives it (as engine.trainer.fit composes them): the loss

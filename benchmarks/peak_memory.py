@@ -37,10 +37,10 @@ def main() -> None:
     with C.workdir(args, prefix="tudui-bench-") as work:
         project = str(work)
         train = [sys.executable, "-m", "tudui", "train", "--data", "fashion-mnist", "--epochs", str(args.epochs),
-                 "--project", project, "--name", "mem"] + (["--subset", str(C.QUICK_SUBSET)] if args.quick else [])
+                 "--project", project, "--name", "mem"] + (["--data-root", C.quick_data_root(work)] if args.quick else [])
         floor = [sys.executable, "-c", "import torch, torchvision"]
         label = f"tudui train --data fashion-mnist --epochs {args.epochs}" + \
-            (f" --subset {C.QUICK_SUBSET}" if args.quick else "")
+            (f" (--quick: a {C.QUICK_SUBSET:,}-image copy)" if args.quick else "")
         results = {"floor: import torch, torchvision": peak_rss(floor, work), label: peak_rss(train, work)}
 
     floor_mib = results[next(iter(results))][0]

@@ -37,7 +37,7 @@ def write_folders(root: Path, quick: bool) -> Path:
     if not done.exists():
         shutil.rmtree(root, ignore_errors=True)
         export_images("fashion-mnist", str(root / "train"), "train", C.QUICK_SUBSET if quick else None)
-        export_images("fashion-mnist", str(root / "val"), "test", 1000 if quick else None)
+        export_images("fashion-mnist", str(root / "val"), "test", C.QUICK_TEST if quick else None)
         done.write_text("ok\n")
     return root
 

@@ -91,7 +91,7 @@ def pretrained(arch: str, workdir: Path, epochs: int, quick: bool) -> Path:
     training size of the comparisons (ImageNet weights' statistics match the inputs they are used with), the head
     removed."""
     side, bn_side = (32, 64) if quick else (64, 224)
-    images, targets = C.load_fmnist(False, 1000 if quick else None)
+    images, targets = C.load_fmnist(False, C.QUICK_SUBSET if quick else None)
     # The file's name carries a digest of everything the weights depend on (the images, every setting, the
     # versions that build and train the net), so a kept workdir never hands out weights made another way.
     data_sha = hashlib.sha256(images.tobytes() + targets.tobytes()).hexdigest()

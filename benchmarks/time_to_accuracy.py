@@ -34,7 +34,6 @@ from tudui.models import create_model
 TARGET_SPEEDUP = 25.0  # the default passes the course's final accuracy >= 25x sooner than the course reaches it
 TARGET_DEFAULT = (0.930, 0.4)  # the default ends at >= 93.0% test top-1 within <= 0.4x the course's 10-epoch time
 TARGET_LONG = (0.940, 1.5)  # --preset best reaches >= 94.0% within <= 1.5x the course's 10-epoch time
-QUICK_TEST = 2000  # test images in --quick mode
 
 
 # --- (a) the course's routine --------------------------------------------------------------------------------------
@@ -135,20 +134,16 @@ def main() -> None:
     seeds = args.seeds[:1] if args.quick else args.seeds
 
     limit = C.QUICK_SUBSET if args.quick else None
-    test_limit = QUICK_TEST if args.quick else None
-    # The test set is read before any clock starts: it is the benchmark's, not the runs'.
-    test_split = load_named("fashion-mnist", False)
-    if test_limit:
-        test_split = test_split.subset(np.sort(np.random.default_rng(0).permutation(len(test_split))[:test_limit]))
-    test = (np.ascontiguousarray(test_split.images[..., 0]), test_split.targets)  # (N, 28, 28) uint8 for PIL
-    quick = {"epochs": 1, "subset": C.QUICK_SUBSET} if args.quick else {}
     long_name = ("tudui " + " ".join(args.long) + (" (quick: 1 epoch)" if args.quick else "")) if args.long else None
-
-    course = run_course(1 if args.quick else args.epochs, limit, test)  # the baseline: one run, seed 0
-    recipes = {"tudui default": quick} | ({long_name: parse_options(args.long) | quick} if args.long else {})
-    runs: dict[str, list[list[dict]]] = {name: [] for name in recipes}  # recipe -> one row list per seed
     with C.workdir(args, prefix="tudui-bench-") as work:
-        project = str(work)
+        project, root = str(work), C.quick_data_root(work) if args.quick else None
+        # The test set is read before any clock starts: it is the benchmark's, not the runs'.
+        test_split = load_named("fashion-mnist", False, root)
+        test = (np.ascontiguousarray(test_split.images[..., 0]), test_split.targets)  # (N, 28, 28) uint8 for PIL
+        quick = {"epochs": 1, "data_root": root} if args.quick else {}
+        course = run_course(1 if args.quick else args.epochs, limit, test)  # the baseline: one run, seed 0
+        recipes = {"tudui default": quick} | ({long_name: parse_options(args.long) | quick} if args.long else {})
+        runs: dict[str, list[list[dict]]] = {name: [] for name in recipes}  # recipe -> one row list per seed
         for seed in seeds:
             for name, options in recipes.items():
                 label = f"{name} seed {seed}"

@@ -44,7 +44,7 @@ def main() -> None:
                 opts = dict(data="fashion-mnist", seed=seed, plots=False, tensorboard=False, project=tmp,
                             name=f"{name.replace(' ', '_')}_{seed}") | VARIANTS[name]
                 if args.quick:
-                    opts |= {"epochs": 1, "subset": C.QUICK_SUBSET}
+                    opts |= {"epochs": 1, "data_root": C.quick_data_root(work)}
                 t0 = time.perf_counter()
                 r = tudui.train(**opts)
                 secs.append(time.perf_counter() - t0)

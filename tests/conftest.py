@@ -21,6 +21,12 @@ from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
+# `make test` runs the suite in one pytest-xdist worker per core (-n auto). Each worker, and every CLI run or
+# benchmark it starts, then uses one intra-op thread, so the workers do not fight over the cores: with torch's
+# default (a thread per core in every worker) their OpenMP threads wait on each other. Set before torch is imported.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def in_ci() -> bool:
     """True where the environment says this run is CI (CI=true, as GitHub Actions, GitLab and most runners set)."""

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.metadata
+import importlib.util
 import os
 import platform
+import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -226,7 +230,18 @@ def make_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> Path:
 def versions() -> dict[str, str]:
     """tudui/torch/torchvision/python versions, written into every run and export."""
     import torch
-    import torchvision
 
-    return {"tudui": __version__, "torch": str(torch.__version__), "torchvision": str(torchvision.__version__),
+    return {"tudui": __version__, "torch": str(torch.__version__), "torchvision": _torchvision_version(),
             "python": platform.python_version()}
+
+
+def _torchvision_version() -> str:
+    """torchvision.__version__ (with its build tag, e.g. 0.29.1+cu130) without importing torchvision, which costs a
+    third of tudui's start-up (models/zoo.py): read from its version.py, or the installed distribution's version."""
+    if "torchvision" in sys.modules:
+        return str(sys.modules["torchvision"].__version__)
+    try:
+        text = (Path(importlib.util.find_spec("torchvision").origin).parent / "version.py").read_text()
+        return re.search(r"^__version__ = ['\"]([^'\"]+)['\"]", text, re.M).group(1)
+    except (AttributeError, TypeError, OSError):  # no spec, no file, another layout
+        return importlib.metadata.version("torchvision")

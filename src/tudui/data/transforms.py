@@ -9,11 +9,15 @@ RandAugment/TrivialAugment and random erasing; mixup/cutmix (data/augment.py) mi
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torchvision.transforms import v2
 
 from ..core.modes import AUGMENTS
 from .spec import DataSpec
+
+if TYPE_CHECKING:  # imported where used: torchvision costs a third of tudui's start-up (models/zoo.py says why)
+    from torchvision.transforms import v2
 
 
 def model_logits(model, x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
@@ -68,4 +72,6 @@ class _Decode:
 def eval_transforms(spec: DataSpec) -> v2.Compose:
     """Per-image evaluation preset: decode + resize (+ centre crop with spec.crop_pct), then ToTensor + Normalize
     semantics."""
+    from torchvision.transforms import v2
+
     return v2.Compose([_Decode(spec), v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])

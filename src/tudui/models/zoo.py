@@ -6,12 +6,14 @@ Linear is added after it (`vgg16.classifier.add_module('add_linear', ...)`).
 Pretrained weights come from a local state_dict file (`weights="path.pth"`) or
 torchvision's weights enum (`weights="DEFAULT"`, cached under $TORCH_HOME). The head and first-conv surgery
 itself is in surgery.py.
+
+torchvision is imported inside the functions that use it, not here: importing it pulls in torch._dynamo (through
+torchvision.ops), about a third of `tudui`'s start-up, which a run or a prediction of tudui's own nets never needs.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torchvision
 
 from ..core.checkpoint import read_weights
 from ..core.errors import TuduiError
@@ -32,6 +34,8 @@ ARCHITECTURES = {
 
 
 def torchvision_weights(arch: str, which: str) -> dict[str, torch.Tensor]:
+    import torchvision
+
     try:
         enum = torchvision.models.get_model_weights(arch)
         weights = enum[which.upper()] if which.upper() != "DEFAULT" else enum.DEFAULT
@@ -46,6 +50,8 @@ def torchvision_weights(arch: str, which: str) -> dict[str, torch.Tensor]:
 
 def build_torchvision(arch: str, num_classes: int, in_channels: int, weights: str | None = None,
                       head: str = "replace") -> nn.Module:
+    import torchvision
+
     model = torchvision.models.get_model(arch, weights=None)  # ImageNet shape: 3 channels, 1000 classes
     adapt_first_conv(model, in_channels)
     if head == "replace":
@@ -83,6 +89,8 @@ def weights_crop_pct(arch, which: str | None) -> float | None:
     name (the caller then uses ImageNet's 0.875)."""
     if not which or not isinstance(arch, str) or _is_path(which):
         return None
+    import torchvision
+
     try:
         enum = torchvision.models.get_model_weights(arch)
         weights = enum[which.upper()] if which.upper() != "DEFAULT" else enum.DEFAULT

@@ -6,7 +6,7 @@ and compared with the PyTorch model on sample inputs; only when the largest
 logit difference is within tolerance and every argmax agrees is it renamed into
 place. A failed or interrupted (Ctrl-C, SIGTERM) export leaves no file behind.
 
-ONNX uses PyTorch's TorchScript-based exporter (`dynamo=False` from torch 2.5 on): the default
+ONNX uses PyTorch's TorchScript-based exporter (`dynamo=False`): the default
 torch.export-based exporter needs the extra `onnxscript` package, and for these
 plain feed-forward CNNs the older exporter gives the same graph with no new
 dependency. Its deprecation warning is silenced; the parity check is what
@@ -15,7 +15,6 @@ guards correctness either way.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -88,12 +87,10 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, 
     except ImportError:
         raise TuduiError(f"ONNX export needs onnx and onnxruntime: {INSTALL_EXPORT}") from None
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
-    # torch 2.4's torch.onnx.export has no `dynamo` argument: it is the TorchScript-based exporter there
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning and tracer warnings
-            torch.onnx.export(model, (example,), str(tmp), **legacy, input_names=["input"],
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
                               output_names=["logits"], dynamic_axes=axes, opset_version=opset,
                               do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - unsupported operators / opsets surface as various types

@@ -11,7 +11,7 @@ DEMO_EPOCHS ?=
 # PARALLEL= runs it in one process.
 PARALLEL ?= -n auto --maxprocesses 4 --dist worksteal
 
-.PHONY: install data demo test test-all bench bench-gpu clean
+.PHONY: install data demo test test-all test-min bench bench-gpu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -59,6 +59,19 @@ test: data
 
 test-all: data
 	$(PY) -m pytest -q $(PARALLEL)
+
+# The oldest torch/torchvision pair pyproject.toml accepts (`torch>=`, `torchvision>=`: change all three together), in
+# an environment of its own, so the floor is a tested one: `make test-min` installs tudui there as `make install`
+# does and runs the unit tests (MIN_TESTS: the end-to-end, example, benchmark and slow tests are left to `make test`),
+# a few minutes. Not part of `make test`: a second torch is about 5 GB. `rm -rf .venv-min` when done.
+VENV_MIN ?= .venv-min
+TORCH_MIN ?= torch==2.4.0 torchvision==0.19.0
+MIN_TESTS ?= tests/core tests/data tests/models tests/engine tests/inference
+
+test-min:
+	$(MAKE) --no-print-directory data VENV=$(VENV_MIN) TORCH="$(TORCH_MIN)"
+	$(VENV_MIN)/bin/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
+	$(VENV_MIN)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not gpu" $(MIN_TESTS)
 
 # Full benchmark runs (benchmarks/README.md; tens of minutes on a 2-core CPU: run on a quiet machine), then the
 # serving soak and a longer API fuzzing run.

@@ -255,3 +255,19 @@ def test_readme_starts_with_set_up_and_links_every_page():
     zh = (REPO / "README.zh-CN.md").read_text(encoding="utf-8")
     zh_pages = {p.name for p in (REPO / "docs").glob("*.zh-CN.md")}
     assert zh_pages <= {Path(link).name for link in links(zh)}, sorted(zh_pages)
+
+
+# --- the torch floor is a tested one -------------------------------------------------------------------------------------
+def test_the_claimed_torch_floor_is_the_pair_make_test_min_runs():
+    """pyproject.toml's `torch>=`/`torchvision>=`, the Makefile's TORCH_MIN (the pair `make test-min` installs and
+    runs the unit tests on) and both READMEs name one pair: raising or lowering one of them alone fails here."""
+    floor = dict(re.findall(r'"(torch|torchvision)>=([\d.]+)"', (REPO / "pyproject.toml").read_text(encoding="utf-8")))
+    make = re.search(r"^TORCH_MIN \?= (.*)$", (REPO / "Makefile").read_text(encoding="utf-8"), re.M).group(1)
+    pinned = dict(re.findall(r"\b(torch|torchvision)==([\d.]+)", make))
+    assert set(floor) == set(pinned) == {"torch", "torchvision"}, (floor, make)
+    for name in floor:
+        assert pinned[name] in (floor[name], f"{floor[name]}.0"), f"{name}>={floor[name]} but TORCH_MIN tests {make}"
+    for readme in ("README.md", "README.zh-CN.md"):
+        text = " ".join((REPO / readme).read_text(encoding="utf-8").split())
+        for name in floor:
+            assert f"{name} >= {floor[name]}" in text and f"{name} {pinned[name]}" in text, (readme, name)

@@ -124,13 +124,16 @@ def test_optimizer_falls_back_where_torch_has_no_fused_kernels(monkeypatch):
     real = torch.optim.AdamW
 
     def no_fused(*args, fused=None, **kw):
+        # as torch does for a device without the kernels: fused=True is written into the groups, then refused
+        opt = real(*args, fused=fused, **kw)
         if fused:
             raise RuntimeError("`fused=True` requires all the params to be floating point Tensors of supported devices")
-        return real(*args, **kw)
+        return opt
 
     monkeypatch.setattr(torch.optim, "AdamW", no_fused)
     opt = create_optimizer(TrainConfig(), create_model("fast", 10, 1, 28))
     assert not opt.defaults.get("fused")
+    assert [g["fused"] for g in opt.param_groups] == [None, None]  # what step() reads: the per-tensor loop
 
 
 # --- schedules --------------------------------------------------------------------------------------------------------

@@ -112,7 +112,8 @@ def create_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     # steps there).
     build = OPTIMIZERS[cfg.optimizer]
     try:
-        return build(groups, cfg, fused=True)
+        # copies: torch writes its defaults (fused=True among them) into the group dicts before it refuses them
+        return build([dict(g) for g in groups], cfg, fused=True)
     except (RuntimeError, TypeError, ValueError):  # no fused kernels for this device in this torch
         return build(groups, cfg)
 

@@ -106,7 +106,7 @@ class MemoryLoader:
             order = torch.randperm(n, generator=g)
             per_rank = n // self.world_size
             return order[self.rank:per_rank * self.world_size:self.world_size]
-        return torch.arange(self.rank, n, self.world_size)
+        return torch.arange(n)[self.rank::self.world_size]  # empty on a rank past the end (arange would raise)
 
     def __len__(self) -> int:  # counted, not drawn: callers ask every step (a permutation of 60,000 costs 0.3 ms)
         total = len(self.targets)

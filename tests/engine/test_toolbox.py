@@ -12,6 +12,7 @@ import yaml
 import tudui
 from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
+from tudui.engine.callbacks import Callback
 from tudui.engine.ema import ModelEMA
 from tudui.engine.lr_find import lr_range_test, suggest
 
@@ -33,15 +34,35 @@ def test_ema_follows_the_formula():
     assert torch.allclose(ema.module.weight, d * w0 + (1 - d) * model.weight)
 
 
+class WeightsPerEpoch(Callback):
+    """The averaged and the raw weights at the end of every epoch (after its checkpoints were written)."""
+
+    def __init__(self) -> None:
+        self.ema, self.raw = {}, {}
+
+    def on_epoch_end(self, run, row, val) -> None:
+        copy = lambda m: {k: v.detach().clone() for k, v in m.state_dict().items()}  # noqa: E731
+        self.ema[row["epoch"]], self.raw[row["epoch"]] = copy(run.ema.module), copy(run.model)
+
+
 def test_ema_is_validated_and_saved_as_best(tmp_path):
+    seen = WeightsPerEpoch()
     r = tudui.train(data="digits", model="mnist-cnn", epochs=2, batch_size=64, ema=True, ema_tau=5, project=str(tmp_path),
-                    name="e", **QUIET)
+                    name="e", callbacks=[seen], **QUIET)
     last, best = load_checkpoint(r.last), load_checkpoint(r.best)
     assert "ema" in last and "ema" not in best and last["ema"]["updates"] == last["step"]
-    if best["epoch"] == last["epoch"]:
-        for k, v in best["model"].items():
-            assert torch.equal(v, last["ema"]["module"][k]), k  # best.pt holds the averaged weights
-        assert any(not torch.equal(v, last["model"][k]) for k, v in best["model"].items())  # not the raw ones
+    assert sorted(seen.ema) == [1, 2] and best["epoch"] in (1, 2)
+    # best.pt holds the averaged weights of its epoch, whichever epoch was best, not the raw ones
+    for k, v in best["model"].items():
+        assert torch.equal(v, seen.ema[best["epoch"]][k]), k
+    assert any(not torch.equal(v, seen.raw[best["epoch"]][k]) for k, v in best["model"].items())
+    for k, v in last["ema"]["module"].items():
+        assert torch.equal(v, seen.ema[2][k]), k  # last.pt keeps the average beside the raw weights
+    # the epoch's validation figures are the average's: best.pt evaluated again gives them
+    again = tudui.evaluate(str(r.best), "digits", "val", device="cpu")
+    row = r.history[best["epoch"] - 1]
+    assert again["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-4)
+    assert again["top1"] == pytest.approx(float(row["val_top1"]), abs=1e-4)
 
 
 def test_resume_after_sigkill_is_bit_exact_with_ema_and_strong_augmentation(tmp_path):

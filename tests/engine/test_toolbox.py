@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import time
 
 import pytest
@@ -106,14 +107,43 @@ def test_lr_range_test_leaves_the_weights_and_suggests_a_rate():
     assert abs(math.log10(suggest(lrs, losses)) + 2) < 0.11
 
 
-def test_lr_find_command_and_lr_auto(tmp_path, capsys):
+def assert_documented_sweep(lrs: list[float], steps: int) -> None:
+    """An exponential sweep from 1e-7 towards 10 in `steps` steps (stopped early where the loss diverged)."""
+    gamma = (10 / 1e-7) ** (1 / (steps - 1))
+    assert 10 < len(lrs) <= steps and lrs[0] == pytest.approx(1e-7, rel=1e-5)
+    assert all(b / a == pytest.approx(gamma, rel=1e-4) for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] <= 10 * (1 + 1e-5)
+
+
+def test_lr_find_command_and_lr_auto(tmp_path, capsys, monkeypatch):
     assert tudui_main(["lr-find", *TINY, "--project", str(tmp_path), "--steps", "40"]) == 0
     out = capsys.readouterr().out
-    assert "suggested learning rate" in out and (tmp_path / "lr-find" / "lr_find.png").is_file()
+    assert (tmp_path / "lr-find" / "lr_find.png").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "lr-find" / "lr_find.csv")))
+    lrs = [float(row["lr"]) for row in rows]
+    assert_documented_sweep(lrs, 40)
+    suggested = re.search(r"^suggested learning rate: (\S+) \(.*; (\d+) steps from (\S+) to (\S+)\)$", out, re.M)
+    assert suggested and int(suggested.group(2)) == len(lrs)
+    assert float(suggested.group(3)) == pytest.approx(lrs[0], rel=0.05)
+    assert float(suggested.group(4)) == pytest.approx(lrs[-1], rel=1e-3)
+    rate = float(suggested.group(1))
+    assert lrs[0] < rate < lrs[-1] and any(rate == pytest.approx(v, rel=5e-3) for v in lrs)  # one of the swept rates
+
+    from tudui.engine import setup as engine_setup
+    sweeps = []
+
+    def recorded(*args, **kwargs):
+        sweeps.append(lr_range_test(*args, **kwargs))
+        return sweeps[-1]
+    monkeypatch.setattr(engine_setup, "lr_range_test", recorded)
     r = tudui.train(data="digits", model="mnist-cnn", epochs=1, lr="auto", project=str(tmp_path), name="auto",
                     **QUIET)
+    [found] = sweeps
+    assert_documented_sweep(found.lrs, 100)  # --lr auto sweeps as `tudui lr-find` does by default
     lr = load_checkpoint(r.last)["config"]["lr"]
-    assert isinstance(lr, float) and 1e-7 < lr < 10
+    assert isinstance(lr, float) and lr == float(f"{found.suggestion:.3g}")  # the sweep's suggestion, 3 digits
+    assert found.lrs[0] < lr < found.lrs[-1]  # inside the part of the sweep that ran
+    assert f"--lr auto: {lr:g} ({found.rule}; {len(found.lrs)} steps of the range test)" in capsys.readouterr().out
     assert yaml.safe_load((r.run_dir / "config.yaml").read_text())["lr"] == lr  # recorded, so --resume repeats it
 
 

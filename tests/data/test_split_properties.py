@@ -6,7 +6,7 @@ from hypothesis import given, settings, strategies as st
 
 from tudui.data.split import stratified_split
 
-PROPS = settings(max_examples=150, deadline=None)
+PROPS = settings(max_examples=100, deadline=None)
 
 # Labels: any non-negative ints (not necessarily 0..K-1, classes may be missing), many repeats of a few values.
 labels = st.lists(st.integers(0, 7) | st.integers(0, 10_000), min_size=1, max_size=300)

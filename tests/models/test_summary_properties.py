@@ -11,7 +11,7 @@ from hypothesis import assume, given, settings, strategies as st
 
 from tudui.models.summary import size_arithmetic, summarize_model
 
-PROPS = settings(max_examples=150, deadline=None)
+PROPS = settings(max_examples=60, deadline=None)
 
 pairs = st.integers(1, 5) | st.tuples(st.integers(1, 5), st.integers(1, 5))
 
@@ -75,7 +75,7 @@ def test_size_arithmetic_equals_the_shape_of_a_real_layer(layer, h, w):
     assert predicted(lines, (h, w)) == want, (layer, (h, w), lines)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(stack=st.lists(layers(), min_size=1, max_size=4), h=st.integers(8, 40), w=st.integers(8, 40))
 def test_summary_rows_state_the_sizes_the_layers_give(stack, h, w):
     """Through summarize_model (a forward pass on the meta device): each row's arithmetic states its output size."""

@@ -190,10 +190,12 @@ def _photos(out: str, tables: list[Table]) -> None:
     assert len(tuning.rows) == 5 and {r[0] for r in tuning.rows} == {model}
     memory = find(tables, "run", "peak RSS MiB")
     assert_rows(memory, r"64 images \(the model's own\)",
-                r"all, --memory-limit-mb \d+ \(decoded \d+ MiB: memory-mapped\)", r"all, default limit \(decoded \d+ MiB: held\)")
+                r"all, --memory-limit-mb \d+ \(decoded \d+ MiB: memory-mapped\)",
+                r"all, default limit \(decoded \d+ MiB: held\)")
     assert re.search(r"second \S+ s \(cache hit\): \S+x$", out, re.M)
     targets(tables, rf"frozen backbone, {model}: >= 8x faster than the course's way",
-            rf"frozen backbone, {model}: equal or better val top-1 \(last epoch\)", r"start-up with the cache >= 10x sooner",
+            rf"frozen backbone, {model}: equal or better val top-1 \(last epoch\)",
+            r"start-up with the cache >= 10x sooner",
             rf"full fine-tuning, {model}: tudui defaults / plain loop as written >= 1\.0",
             rf"full fine-tuning, {model}: tudui / plain loop, like for like \(the lower pair\) >= 1\.0",
             r"peak RSS over the limit <= limit \(\d+ MiB\) \+ the model's own \(\d+ MiB\)")

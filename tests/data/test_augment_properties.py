@@ -41,7 +41,8 @@ def test_erase_boxes_lie_inside_and_have_the_drawn_area_and_aspect(b, c, h, w, s
     [(args, (top, left, bottom, right))] = calls
     area, aspect = args[3], args[4]
     # the configured ranges: 2-33% of the image, aspect (h/w) 0.3-3.3
-    assert bool(((area >= 0.02) & (area <= 0.33)).all()) and bool(((aspect >= 0.3 - 1e-6) & (aspect <= 3.3 + 1e-6)).all())
+    assert bool(((area >= 0.02) & (area <= 0.33)).all())
+    assert bool(((aspect >= 0.3 - 1e-6) & (aspect <= 3.3 + 1e-6)).all())
     bh, bw = bottom - top, right - left
     assert bool(((top >= 0) & (left >= 0) & (bottom <= h) & (right <= w) & (bh >= 1) & (bw >= 1)).all())  # inside
     # the drawn height and width, to the nearest pixel, unless that is less than one pixel or more than the image

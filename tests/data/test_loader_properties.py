@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 from PIL import Image
 
 from tudui.data.cache import map_rows
@@ -19,7 +19,7 @@ from tudui.data.split import Split
 
 N_MAX = 70
 KINDS = ("memory", "mapped", "files")
-PROPS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+PROPS = settings(max_examples=50, deadline=None)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
-"""Every benchmark script runs end to end with --quick, as `make test` promises (figures are not checked: a smoke
-test on a shared machine measures nothing). Each needs the real Fashion-MNIST."""
+"""Every benchmark script runs end to end with --quick, as `make test` promises, and prints its tables in full
+(tables.check_report: every row, finite and plausible figures; the figures are not held to targets: a smoke test on a
+shared machine measures nothing). Each needs the real Fashion-MNIST."""
 from __future__ import annotations
 
 import os
@@ -8,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from tests.benchmarks.tables import check_report
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 # script -> a line its final report must contain (None: its --quick run is another test's)
@@ -56,3 +59,4 @@ def test_quick_run(script, request, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "--quick smoke test" in r.stdout and SCRIPTS[script] in r.stdout, r.stdout[-3000:]
+    check_report(script, r.stdout)  # every table: the rows it must have, finite and plausible figures

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tudui.core.errors import TuduiError
 from tudui.data.cache import cached_split
 from tudui.data.spec import Layout
 from tudui.data.folders import read_class_folders
@@ -75,7 +77,8 @@ def test_unreadable_files_are_dropped_on_a_build_and_on_a_hit(tmp_path, fmnist, 
         assert len(got.split) == 14 and got.split.dropped[-1] == split.paths[4]
         assert np.delete(split.targets, 4).tolist() == got.split.targets.tolist()  # labels stay with their images
         assert f"skipped 1 unreadable image(s): {split.paths[4]}" in capfd.readouterr().err
-    with pytest.raises(Exception, match="--bad-images skip"):
+    with pytest.raises(TuduiError, match=rf"^1 unreadable image\(s\): {re.escape(split.paths[4])} \(.*\)\. "
+                       "Remove them, or train with --bad-images skip$"):
         cached_split(split, LAYOUT, "error", root=root)
 
 

@@ -2,11 +2,12 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE OUT_DIR TRAIN_ARGS...
 
-MODE `train` writes OUT_DIR/rank<R>.json: the training indices of each epoch, a hash of the parameters
-at the end of training (before the best weights are reloaded), and the evaluation summaries the rank
-returned. MODE `fail` makes rank 1 fail with a TuduiError while loading its data; MODE `hang` makes it hang there
-(it writes OUT_DIR/rank1-hangs, the time.time() it started, and sleeps). MODE `twice` trains two runs in one job
-(saving a torchrun start): TRAIN_ARGS with `--epochs 2 --name straight`, then `--epochs 1 --name resumed`.
+MODE `train` writes OUT_DIR/rank<R>.json: the training indices of each epoch, the class names in the order the
+rank trained with, a hash of the parameters at the end of training (before the best weights are reloaded), and the
+evaluation summaries the rank returned. MODE `fail` makes rank 1 fail with a TuduiError while loading its data; MODE
+`hang` makes it hang there (it writes OUT_DIR/rank1-hangs, the time.time() it started, and sleeps). MODE `twice`
+trains two runs in one job (saving a torchrun start): TRAIN_ARGS with `--epochs 2 --name straight`, then
+`--epochs 1 --name resumed`.
 The hooks wrap tudui's own functions from outside, so the product carries no test-only code.
 """
 import hashlib
@@ -51,6 +52,7 @@ def setup(cfg, callbacks=None):
 
     loader.set_epoch = set_epoch
     record["ddp"] = run.ddp is not None
+    record["classes"] = list(run.spec.classes)  # the class order this rank trains with
     return run
 
 

@@ -65,12 +65,19 @@ def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, capsys):
             assert dist_eval["loss"] == pytest.approx(single["loss"], rel=1e-4)
     assert ranks[0]["test"]["n"] == 359
 
-    # The DDP checkpoint is usable by `tudui predict` as it is.
-    files = export_images("digits", tmp_path / "samples", "test", 6, "png", None, 0)
+    # Both ranks trained with the digits' classes in their order, and the checkpoint keeps exactly that order.
+    digits = [str(i) for i in range(10)]
+    assert [rk["classes"] for rk in ranks] == [digits, digits] and ckpt["data"]["classes"] == digits
+
+    # The DDP checkpoint is usable by `tudui predict` as it is: test images saved under their class's folder are
+    # predicted as that class about as often as the test top-1 says (two short epochs: ~65% here), far more often
+    # than a shuffled class order would (about one in ten).
+    files = export_images("digits", tmp_path / "samples", "test", 20, "png", None, 0)
     assert cli.main(["predict", str(runs[0] / "best.pt"), str(tmp_path / "samples"), "--json", "--device", "cpu"]) == 0
     preds = json.loads(capsys.readouterr().out)
     assert len(preds) == len(files) and all(p["error"] is None for p in preds)
-    assert all(p["predictions"][0]["class"] in ckpt["data"]["classes"] for p in preds)
+    right = [p["predictions"][0]["class"] == Path(p["source"]).parent.name for p in preds]
+    assert ranks[0]["test"]["top1"] > 0.4 and sum(right) >= 0.35 * len(preds), (sum(right), ranks[0]["test"]["top1"])
 
 
 def test_nproc_relaunches_under_torchrun_and_counts_each_file_once(tmp_path, fmnist, cli):

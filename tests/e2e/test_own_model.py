@@ -118,8 +118,11 @@ def test_library_trains_course_mydata_added_together(ants_bees, user_files, tmp_
     assert result.spec.classes == ["ants", "bees"]
     assert result.val["top1"] > 0.8  # trousers and sneakers: an easy pair
     predictor = tudui.Predictor.from_path(result.best)
-    pred = predictor.predict([str(next((ants_bees / "bees").iterdir()))], topk=1)[0]
-    assert pred.error is None and pred.label in ("ants", "bees")
+    # a sneaker filed under bees and a trouser under ants: each predicted as its own folder's class
+    files = [str(sorted((ants_bees / name).iterdir())[0]) for name in ("bees", "ants")]
+    preds = predictor.predict(files, topk=2)
+    assert [p.error for p in preds] == [None, None]
+    assert [p.label for p in preds] == ["bees", "ants"]
 
 
 def test_cli_data_from_a_file_function(ants_bees, user_files, tmp_path, cli):

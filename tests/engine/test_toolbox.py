@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 import tudui
 from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
+from tudui.engine.callbacks import Callback
 from tudui.engine.ema import ModelEMA
 from tudui.engine.lr_find import lr_range_test, suggest
 
@@ -33,15 +35,35 @@ def test_ema_follows_the_formula():
     assert torch.allclose(ema.module.weight, d * w0 + (1 - d) * model.weight)
 
 
+class WeightsPerEpoch(Callback):
+    """The averaged and the raw weights at the end of every epoch (after its checkpoints were written)."""
+
+    def __init__(self) -> None:
+        self.ema, self.raw = {}, {}
+
+    def on_epoch_end(self, run, row, val) -> None:
+        copy = lambda m: {k: v.detach().clone() for k, v in m.state_dict().items()}  # noqa: E731
+        self.ema[row["epoch"]], self.raw[row["epoch"]] = copy(run.ema.module), copy(run.model)
+
+
 def test_ema_is_validated_and_saved_as_best(tmp_path):
+    seen = WeightsPerEpoch()
     r = tudui.train(data="digits", model="mnist-cnn", epochs=2, batch_size=64, ema=True, ema_tau=5, project=str(tmp_path),
-                    name="e", **QUIET)
+                    name="e", callbacks=[seen], **QUIET)
     last, best = load_checkpoint(r.last), load_checkpoint(r.best)
     assert "ema" in last and "ema" not in best and last["ema"]["updates"] == last["step"]
-    if best["epoch"] == last["epoch"]:
-        for k, v in best["model"].items():
-            assert torch.equal(v, last["ema"]["module"][k]), k  # best.pt holds the averaged weights
-        assert any(not torch.equal(v, last["model"][k]) for k, v in best["model"].items())  # not the raw ones
+    assert sorted(seen.ema) == [1, 2] and best["epoch"] in (1, 2)
+    # best.pt holds the averaged weights of its epoch, whichever epoch was best, not the raw ones
+    for k, v in best["model"].items():
+        assert torch.equal(v, seen.ema[best["epoch"]][k]), k
+    assert any(not torch.equal(v, seen.raw[best["epoch"]][k]) for k, v in best["model"].items())
+    for k, v in last["ema"]["module"].items():
+        assert torch.equal(v, seen.ema[2][k]), k  # last.pt keeps the average beside the raw weights
+    # the epoch's validation figures are the average's: best.pt evaluated again gives them
+    again = tudui.evaluate(str(r.best), "digits", "val", device="cpu")
+    row = r.history[best["epoch"] - 1]
+    assert again["loss"] == pytest.approx(float(row["val_loss"]), rel=1e-4)
+    assert again["top1"] == pytest.approx(float(row["val_top1"]), abs=1e-4)
 
 
 def test_resume_after_sigkill_is_bit_exact_with_ema_and_strong_augmentation(tmp_path):
@@ -85,14 +107,43 @@ def test_lr_range_test_leaves_the_weights_and_suggests_a_rate():
     assert abs(math.log10(suggest(lrs, losses)) + 2) < 0.11
 
 
-def test_lr_find_command_and_lr_auto(tmp_path, capsys):
+def assert_documented_sweep(lrs: list[float], steps: int) -> None:
+    """An exponential sweep from 1e-7 towards 10 in `steps` steps (stopped early where the loss diverged)."""
+    gamma = (10 / 1e-7) ** (1 / (steps - 1))
+    assert 10 < len(lrs) <= steps and lrs[0] == pytest.approx(1e-7, rel=1e-5)
+    assert all(b / a == pytest.approx(gamma, rel=1e-4) for a, b in zip(lrs, lrs[1:]))
+    assert lrs[-1] <= 10 * (1 + 1e-5)
+
+
+def test_lr_find_command_and_lr_auto(tmp_path, capsys, monkeypatch):
     assert tudui_main(["lr-find", *TINY, "--project", str(tmp_path), "--steps", "40"]) == 0
     out = capsys.readouterr().out
-    assert "suggested learning rate" in out and (tmp_path / "lr-find" / "lr_find.png").is_file()
+    assert (tmp_path / "lr-find" / "lr_find.png").is_file()
+    rows = list(csv.DictReader(open(tmp_path / "lr-find" / "lr_find.csv")))
+    lrs = [float(row["lr"]) for row in rows]
+    assert_documented_sweep(lrs, 40)
+    suggested = re.search(r"^suggested learning rate: (\S+) \(.*; (\d+) steps from (\S+) to (\S+)\)$", out, re.M)
+    assert suggested and int(suggested.group(2)) == len(lrs)
+    assert float(suggested.group(3)) == pytest.approx(lrs[0], rel=0.05)
+    assert float(suggested.group(4)) == pytest.approx(lrs[-1], rel=1e-3)
+    rate = float(suggested.group(1))
+    assert lrs[0] < rate < lrs[-1] and any(rate == pytest.approx(v, rel=5e-3) for v in lrs)  # one of the swept rates
+
+    from tudui.engine import setup as engine_setup
+    sweeps = []
+
+    def recorded(*args, **kwargs):
+        sweeps.append(lr_range_test(*args, **kwargs))
+        return sweeps[-1]
+    monkeypatch.setattr(engine_setup, "lr_range_test", recorded)
     r = tudui.train(data="digits", model="mnist-cnn", epochs=1, lr="auto", project=str(tmp_path), name="auto",
                     **QUIET)
+    [found] = sweeps
+    assert_documented_sweep(found.lrs, 100)  # --lr auto sweeps as `tudui lr-find` does by default
     lr = load_checkpoint(r.last)["config"]["lr"]
-    assert isinstance(lr, float) and 1e-7 < lr < 10
+    assert isinstance(lr, float) and lr == float(f"{found.suggestion:.3g}")  # the sweep's suggestion, 3 digits
+    assert found.lrs[0] < lr < found.lrs[-1]  # inside the part of the sweep that ran
+    assert f"--lr auto: {lr:g} ({found.rule}; {len(found.lrs)} steps of the range test)" in capsys.readouterr().out
     assert yaml.safe_load((r.run_dir / "config.yaml").read_text())["lr"] == lr  # recorded, so --resume repeats it
 
 

@@ -106,7 +106,7 @@ class MemoryLoader:
             order = torch.randperm(n, generator=g)
             per_rank = n // self.world_size
             return order[self.rank:per_rank * self.world_size:self.world_size]
-        return torch.arange(self.rank, n, self.world_size)
+        return torch.arange(n)[self.rank::self.world_size]  # empty on a rank past the end (arange would raise)
 
     def __len__(self) -> int:  # counted, not drawn: callers ask every step (a permutation of 60,000 costs 0.3 ms)
         total = len(self.targets)
@@ -250,9 +250,13 @@ def file_loader(split: Split, channels: int, size: int, batch_size: int, train: 
                 seed: int = 0, bad_images: str = "skip", sampler=None, crop_pct: float | None = None) -> FileLoader:
     ds = FileDataset(split, channels, size, crop_pct)
     g = torch.Generator().manual_seed(seed)
+    # Training drops the ragged end unless this rank's share is less than one batch: then that share is the one
+    # batch (as MemoryLoader does), not nothing (a rank's share, not the whole set: 100 images on 2 ranks at batch
+    # 64 are one batch of 50 each)
+    share = len(sampler) if sampler is not None else len(ds)
     return FileLoader(
         ds, bad_images, str(split.origin or ""), batch_size=batch_size, shuffle=train and sampler is None,
-        sampler=sampler, drop_last=train and len(ds) >= batch_size, num_workers=workers, generator=g,
+        sampler=sampler, drop_last=train and share >= batch_size, num_workers=workers, generator=g,
         persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
 

@@ -7,6 +7,9 @@ MaxPool2d and AvgPool2d the output size is also worked out with PyTorch's formul
 
     H_out = floor((H + 2p - d(k - 1) - 1) / s + 1)      (ceil with ceil_mode=True)
 
+with ceil_mode one window fewer when the last would start in the right padding (PyTorch drops it; a pooling of
+8 by kernel 1, stride 2 gives 4, not ceil(4.5) = 5).
+
 When the input does not fit (a Linear expecting 1024 features receives 576), the
 error names the layer and both sizes, and suggests an input size that fits, found by
 trying sizes near the given one. The passes run on PyTorch's "meta" device (shapes
@@ -97,7 +100,11 @@ def size_arithmetic(module: nn.Module, in_hw: tuple[int, int]) -> list[str]:
         x = in_hw[i]
         out = (x + 2 * p[i] - d[i] * (k[i] - 1) - 1) / s[i] + 1
         out = math.ceil(out) if rnd == "ceil" else math.floor(out)
-        lines.append(f"{axis}_out = {rnd}(({x} + 2*{p[i]} - {d[i]}*({k[i]}-1) - 1)/{s[i]} + 1) = {out}")
+        formula = f"{rnd}(({x} + 2*{p[i]} - {d[i]}*({k[i]}-1) - 1)/{s[i]} + 1)"
+        if rnd == "ceil" and (out - 1) * s[i] >= x + p[i]:  # the last window would start in the right padding
+            lines.append(f"{axis}_out = {formula} - 1 = {out - 1} (no window starts in the right padding)")
+        else:
+            lines.append(f"{axis}_out = {formula} = {out}")
     if in_hw[0] == in_hw[1] and k[0] == k[1] and s[0] == s[1] and p[0] == p[1] and d[0] == d[1]:
         return [lines[0].replace("H_out", "H_out = W_out", 1)]
     return lines

@@ -165,7 +165,7 @@ class TrainConfig(Options):
     backbone_lr_mult: float = _f(0.1, "with --fine-tune: the backbone's learning rate as a fraction of the head's",
                                  group="model", gt=0)
     # --- optimisation -------------------------------------------------------
-    epochs: int = _f(10, "passes over the training set", group="optimisation")
+    epochs: int = _f(10, "passes over the training set", group="optimisation", min=1, what="passes over the data")
     loss: str = _f("cross-entropy", "loss: " + describe_modes(LOSSES), choices=list(LOSSES), group="optimisation")
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)", group="optimisation", min=0, lt=1)
     class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"],

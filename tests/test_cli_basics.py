@@ -76,7 +76,7 @@ def test_a_mistyped_flag_gets_its_commands_usage_and_the_nearest_flag(argv, usag
     err = capsys.readouterr().err
     assert e.value.code == 2 and err.startswith(usage), err
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"tudui {' '.join(usage.split()[2:])}: error: unrecognized arguments: ") and \
+    assert last.startswith(f"{usage.removeprefix('usage: ').split(' --')[0]}: error: unrecognized arguments: ") and \
         last.endswith(f"; {hint}"), last
 
 

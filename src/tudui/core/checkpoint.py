@@ -217,21 +217,25 @@ def _check_types(ckpt: dict, path: Path) -> None:
         check_data(ckpt["data"], path)
 
 
+def run_file(path: Path, prefer: str = "best") -> Path:
+    """A run directory's best.pt (or with prefer="last" its last.pt; the other when the preferred one is missing);
+    any other path as it is."""
+    if not path.is_dir():
+        return path
+    names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    raise TuduiError(f"{path} is a folder without best.pt or last.pt")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", prefer: str = "best") -> dict[str, Any]:
     """Load a tudui checkpoint onto `map_location` (CPU by default: GPU-saved files load anywhere).
 
     A run directory means its best.pt (the weights to use), or with prefer="last" its last.pt (the state to
     resume from); the other one is taken when the preferred one is missing.
     """
-    path = Path(path)
-    if path.is_dir():
-        names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
-        for name in names:
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise TuduiError(f"{path} is a folder without best.pt or last.pt")
+    path = run_file(Path(path), prefer)
     ckpt = torch_load(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise TuduiError(f"{path} is not a tudui checkpoint (a plain state_dict can be used as initial weights "
@@ -244,8 +248,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a weights file: .safetensors, a plain state_dict, a tudui checkpoint, or {'state_dict': ...}."""
-    path = Path(path)
+    """Tensors from a weights file: .safetensors, a plain state_dict, a tudui checkpoint (or a run directory: its
+    best.pt), or {'state_dict': ...}."""
+    path = run_file(Path(path))
     if not path.is_file():
         raise TuduiError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":

@@ -151,7 +151,8 @@ class TrainConfig(Options):
                             "per epoch on each)", group="model")
     model_args: list = _f([], "keyword arguments for the model's constructor or builder, as key=value (YAML values: "
                               "width=32 act=relu)", nargs="+", group="model")
-    weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained",
+    weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, a run directory (its best.pt), or "
+                                   "DEFAULT for torchvision's pretrained",
                              group="model")
     freeze_backbone: bool = _f(False, "train the classification head only: the frozen part runs in eval mode "
                                       "(BatchNorm statistics kept), once per --feature-views view, and the head "

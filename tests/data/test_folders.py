@@ -325,3 +325,24 @@ def test_a_link_to_a_folder_read_later_does_not_take_its_images(tmp_path, capfd)
     assert sorted(_values(s)) == ["cls/b/c/0.png", "cls/b/c/1.png", "other/0.png", "other/1.png"]
     err = capfd.readouterr().err
     assert "kept" in err and "skipped" in err and "cls/a/0.png" in err
+
+
+def test_a_folder_that_holds_no_class_folders_is_told_what_it_does_hold(tmp_path):
+    """Loose images, a lone CSV and one class folder were all told the same "(one subfolder per class)" story."""
+    for i in range(3):
+        _img(tmp_path / "loose" / f"{i}.png", 10 * i)
+    (tmp_path / "table").mkdir()
+    (tmp_path / "table" / "labels.csv").write_text("path,label\n", encoding="utf-8")
+    for i in range(3):
+        _img(tmp_path / "one" / "only" / f"{i}.png", 10 * i)
+    said = {}
+    for name in ("loose", "table", "one"):
+        with pytest.raises(TuduiError) as e:
+            load_splits([str(tmp_path / name)])
+        said[name] = str(e.value)
+    assert said["loose"] == (f"{tmp_path / 'loose'} holds 3 image(s) but no class folders, so their classes are "
+                             f"unknown; put each class's images in a subfolder named after it: "
+                             f"{tmp_path / 'loose'}/<class name>/<image files>")
+    assert said["table"] == (f"{tmp_path / 'table'} holds no images but a CSV file (labels.csv); to read path,label "
+                             f"rows, pass the CSV itself: --data {tmp_path / 'table' / 'labels.csv'}")
+    assert said["one"].endswith("has only one class; a classifier needs at least two (one subfolder per class)")

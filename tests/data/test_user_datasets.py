@@ -121,3 +121,10 @@ def test_subset_is_a_seeded_random_choice_as_its_help_says():
     assert chosen(0) == first and chosen(1) != first
     words = next(f for f in dataclasses.fields(TrainConfig) if f.name == "subset").metadata["help"]
     assert "seeded random" in words and "--seed" in words and "first" not in words
+
+
+def test_a_one_class_dataset_is_told_about_its_labels_not_about_subfolders():
+    with pytest.raises(TuduiError) as e:
+        load_splits([Items([(np.zeros((4, 4), np.uint8), 1)] * 6)], val_split=0)
+    assert str(e.value).endswith("has only one class; a classifier needs at least two (every item your Dataset "
+                                 "returns has the same label; its (image, label) pairs need two or more)")

@@ -114,8 +114,19 @@ def load_splits(data: list, data_root: str | None = None, download: bool = False
             s.reindex(train.classes)
     if len(train.classes) < 2 or np.count_nonzero(train.counts()) < 2:
         raise TuduiError(f"the training data ({train.origin}) has only one class; a classifier needs at least two "
-                         "(one subfolder per class)")
+                         f"({_one_class_hint(train)})")
     return train, val, test
+
+
+def _one_class_hint(train: Split) -> str:
+    """What holds the labels of a one-class training split, in the words of where it came from."""
+    if train.paths and not isinstance(train.paths[0], str):  # DatasetItems: the user's own Dataset
+        return "every item your Dataset returns has the same label; its (image, label) pairs need two or more"
+    if train.origin.lower().endswith(".csv"):
+        return "the CSV's label column holds one value; it needs two or more"
+    if train.paths:
+        return "one subfolder per class"
+    return "its labels hold one value"
 
 
 def _native_format(split: Split) -> tuple[int, int, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import TuduiError
-from .images import BadImage, ImageScan, open_regular, scan_images, shown, special_file
+from .images import BadImage, ImageScan, is_image_file, open_regular, scan_images, shown, special_file
 from .sources import NAMED
 from .split import Split
 
@@ -74,9 +74,23 @@ def read_class_folders(root: Path) -> Split:
     _warn_merged(spellings)
     classes = sorted(spellings)
     if not items:
-        raise TuduiError(f"no images found in class folders under {root}; expected {root}/<class name>/<image files> "
-                         f"(extensions: .jpg .png .bmp .tif .webp ...)")
+        raise TuduiError(_no_class_folders(root))
     return _make(classes, items, str(root))
+
+
+def _no_class_folders(root: Path) -> str:
+    """Why a folder gave no images, by what it does hold: loose images, a CSV, or nothing usable."""
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    loose = [p for p in files if is_image_file(p)]
+    csvs = [p for p in files if p.suffix.lower() == ".csv"]
+    if loose:
+        return (f"{root} holds {len(loose)} image(s) but no class folders, so their classes are unknown; put each "
+                f"class's images in a subfolder named after it: {root}/<class name>/<image files>")
+    if csvs:
+        return (f"{root} holds no images but {'a CSV file' if len(csvs) == 1 else 'CSV files'} "
+                f"({', '.join(p.name for p in csvs)}); to read path,label rows, pass the CSV itself: --data {csvs[0]}")
+    return (f"no images found in class folders under {root}; expected {root}/<class name>/<image files> "
+            f"(extensions: .jpg .png .bmp .tif .webp ...)")
 
 
 def is_label_file_layout(root: Path) -> bool:

@@ -128,7 +128,8 @@ def test_a_pickled_models_hint_names_its_class_and_convert_names_the_input_that_
     torch.save(importlib.import_module("hint_model").Tudui(), "whole.pth")
     with pytest.raises(TuduiError) as e:
         load_checkpoint("whole.pth")
-    assert "`tudui convert whole.pth --trust --model hint_model.py:Tudui --num-classes N --out whole.pt`" in str(e.value)
+    hint = "`tudui convert whole.pth --trust --model hint_model.py:Tudui --num-classes N --out whole.pt`"
+    assert hint in str(e.value)
     argv = [("10" if a == "N" else a) for a in _hinted_command(str(e.value))]
     assert tudui_main(argv) == 2  # built for 3x32x32 by default, the Linear takes 64 features: convert says which
     assert capsys.readouterr().err.strip().endswith("the model takes 1x8x8 inputs: add --channels 1 --img-size 8")

@@ -121,3 +121,44 @@ def test_importing_the_cli_and_every_help_loads_no_torch():
     r = subprocess.run([sys.executable, "-c", code, *commands], capture_output=True, text=True, timeout=60,
                        env=os.environ | {"PYTHONPATH": str(REPO / "src")})
     assert r.returncode == 0 and r.stdout.rstrip().endswith("no torch"), r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("argv, usage, hint", [
+    (["train", "--data", "digits", "--epochz", "1"], "usage: tudui train --data", "did you mean --epochs?"),
+    (["train", "--data", "digits", "--batchsize=64"], "usage: tudui train --data", "did you mean --batch-size?"),
+    (["predict", "m.pt", "x.png", "--top-k", "3"], "usage: tudui predict", "did you mean --topk?"),
+    (["data", "check", "x", "--jsn"], "usage: tudui data check", "did you mean --json?"),
+])
+def test_a_mistyped_flag_gets_its_commands_usage_and_the_nearest_flag(argv, usage, hint, capsys):
+    """Not the top level's `usage: tudui [-h] ... COMMAND` with no clue: the command's own usage and its nearest
+    flag (difflib over that command's options)."""
+    from tudui.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith(usage), err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"{usage.removeprefix('usage: ').split(' --')[0]}: error: unrecognized arguments: ") and \
+        last.endswith(f"; {hint}"), last
+
+
+def test_epochs_zero_is_one_error_line_and_leaves_no_run_folder(tmp_path, capsys):
+    """Was a FileNotFoundError traceback (best.pt never written) and a half-made run folder."""
+    from tudui.cli import main
+
+    assert main(["train", "--data", "digits", "--epochs", "0", "--project", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err == "error: --epochs must be at least 1 (passes over the data), got 0\n"
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv", [["train", "--data", "digits"], ["lr-find", "--data", "digits"],
+                                  ["eval", "m.pt", "--data", "digits"], ["predict", "m.pt", "x.png"]])
+@pytest.mark.parametrize("size", ["0", "-4"])
+def test_batch_size_below_one_is_one_error_line_in_every_command(argv, size, tmp_path, capsys):
+    from tudui.cli import main
+
+    project = ["--project", str(tmp_path)] if argv[0] in ("train", "lr-find") else []
+    assert main([*argv, "--batch-size", size, *project]) == 2
+    assert capsys.readouterr().err == f"error: --batch-size must be at least 1, got {size}\n"
+    assert list(tmp_path.iterdir()) == []

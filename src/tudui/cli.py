@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -340,8 +341,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The (sub)parser of the command that was given: `tudui data check ...` -> the parser of `data check`."""
+    p = parser
+    for dest in ("command", "data_command"):
+        sub = next((a for a in p._actions if isinstance(a, argparse._SubParsersAction)), None)
+        name = getattr(args, dest, None)
+        if sub is None or name not in sub.choices:
+            break
+        p = sub.choices[name]
+    return p
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that an unknown flag is reported by its command's parser (its usage line, not the top
+    level's) with the nearest flag that command has: `tudui train --epochz 1` -> 'did you mean --epochs?'."""
+    args, extra = parser.parse_known_args(argv)
+    if not extra:
+        return args
+    p = _command_parser(parser, args)
+    flags = [s for a in p._actions for s in a.option_strings if s.startswith("--")]
+    guesses = [difflib.get_close_matches(x.split("=")[0], flags, n=1, cutoff=0.6) for x in extra if x.startswith("-")]
+    hint = "; ".join(dict.fromkeys(f"did you mean {g[0]}?" for g in guesses if g))
+    p.error(f"unrecognized arguments: {' '.join(extra)}" + (f"; {hint}" if hint else ""))
+    raise AssertionError("unreachable")  # p.error exits
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _parse(build_parser(), argv)
     args._argv = list(sys.argv[1:] if argv is None else argv)  # `train --nproc N` re-runs it under torchrun
     debug = getattr(args, "debug", False)
     if getattr(sys.stdout, "errors", None) == "strict" and hasattr(sys.stdout, "reconfigure"):

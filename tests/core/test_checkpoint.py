@@ -264,3 +264,13 @@ def test_bad_weight_files_through_the_cli(tmp_path, capsys):
     r = run_cli("predict", tmp_path / "nul.pt", tmp_path / "x.png", timeout=120)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert "is not a readable PyTorch file" in r.stderr and "weights_only" not in r.stderr and "legacy" not in r.stderr
+
+
+def test_weights_may_be_a_run_directory_as_everywhere_else_a_model_file_is_named(digits_run, tmp_path):
+    """`--weights runs/fm` was 'weights file not found' where eval, predict and export take the folder."""
+    run = digits_run.best.parent
+    got, want = read_weights(run), read_weights(run / "best.pt")
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TuduiError, match="folder without best.pt or last.pt"):
+        read_weights(tmp_path / "empty")

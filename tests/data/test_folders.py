@@ -391,3 +391,25 @@ def test_classes_json_names_the_classes_of_the_label_file_layout(tmp_path):
     (tmp_path / "classes.json").write_text('{"T-shirt_top": "T-shirt/top"}', encoding="utf-8")
     s = read_folder_splits(str(tmp_path))["train"]
     assert s.classes == ["Bag", "T-shirt/top"] and s.counts().tolist() == [2, 2]
+
+
+def test_a_folder_that_holds_no_class_folders_is_told_what_it_does_hold(tmp_path):
+    """Loose images, a lone CSV and one class folder were all told the same "(one subfolder per class)" story; a
+    folder of loose images is one class now (named after it), so alone it is told it is one class."""
+    for i in range(3):
+        _img(tmp_path / "loose" / f"{i}.png", 10 * i)
+    (tmp_path / "table").mkdir()
+    (tmp_path / "table" / "labels.csv").write_text("path,label\n", encoding="utf-8")
+    for i in range(3):
+        _img(tmp_path / "one" / "only" / f"{i}.png", 10 * i)
+    said = {}
+    for name in ("loose", "table", "one"):
+        with pytest.raises(TuduiError) as e:
+            load_splits([str(tmp_path / name)])
+        said[name] = str(e.value)
+    assert said["loose"].endswith("has only one class (loose); a classifier needs at least two: one subfolder per "
+                                  "class (root/ants/*.jpg, root/bees/*.jpg), or one folder per class (--data ants bees)")
+    assert said["table"] == (f"{tmp_path / 'table'} holds no images but a CSV file (labels.csv); to read path,label "
+                             f"rows, pass the CSV itself: --data {tmp_path / 'table' / 'labels.csv'}")
+    assert said["one"].endswith("has only one class (only); a classifier needs at least two: one subfolder per "
+                                "class (root/ants/*.jpg, root/bees/*.jpg), or one folder per class (--data ants bees)")

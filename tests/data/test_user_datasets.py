@@ -133,3 +133,32 @@ def test_a_dataset_file_runs_whole(tmp_path):
                     "        return 6\n\n\ntrain_set = Squares()\n")
     train, _, _ = load_splits([f"{path}:train_set"], val_split=0)
     assert len(train) == 6 and train.classes == ["0", "1"]
+
+
+def test_a_one_class_dataset_is_told_about_its_labels_not_about_subfolders():
+    with pytest.raises(TuduiError) as e:
+        load_splits([Items([(np.zeros((4, 4), np.uint8), 1)] * 6)], val_split=0)
+    assert str(e.value).endswith("has only one class (1); a classifier needs at least two: every item your Dataset "
+                                 "returns has the same label; its (image, label) pairs need two or more")
+
+
+def test_a_dataset_class_is_made_when_it_needs_no_arguments_and_otherwise_told_how_to_pass_them(tmp_path):
+    """`--data mydata.py:MyData` naming a class whose constructor needs arguments was told 'MyData has no length'."""
+    (tmp_path / "mydata.py").write_text(
+        "import torch\n"
+        "class MyData(torch.utils.data.Dataset):\n"
+        "    def __init__(self, root, train=True, *, size):\n        self.n = size\n"
+        "    def __len__(self):\n        return self.n\n"
+        "    def __getitem__(self, i):\n        return torch.zeros(1, 4, 4), i % 2\n"
+        "class Ready(MyData):\n"
+        "    def __init__(self):\n        super().__init__('.', size=8)\n", encoding="utf-8")
+    ref = f"{tmp_path / 'mydata.py'}:MyData"
+    with pytest.raises(TuduiError) as e:
+        load_splits([ref])
+    call = "MyData(root=..., size=...)"
+    assert str(e.value) == (f"MyData is a Dataset class whose constructor needs arguments (root, size); --data "
+                            f"FILE.py:NAME takes a dataset object or a function of no arguments: add `train_data = "
+                            f"{call}` to {tmp_path / 'mydata.py'} and pass --data {tmp_path / 'mydata.py'}:train_data "
+                            f"(or, in Python, tudui.train(data={call}, ...))")
+    train, val, _ = load_splits([f"{tmp_path / 'mydata.py'}:Ready"], val_split=0.25)
+    assert len(train) + len(val) == 8 and train.classes == ["0", "1"]

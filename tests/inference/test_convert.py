@@ -90,3 +90,48 @@ def test_safetensors_weights_load_and_convert(tmp_path):
     assert tudui_main(["convert", str(path), "--out", str(tmp_path / "w.pt"), "--model", "mnist-cnn",
                        "--num-classes", "10", "--mean", "0.5", "--std", "0.5"]) == 0
     assert load_checkpoint(tmp_path / "w.pt")["data"]["mean"] == [0.5]
+
+
+def _hinted_command(err: str) -> list[str]:
+    """The `tudui convert ...` command an error line suggests, as argv (without the leading `tudui`)."""
+    import re
+    import shlex
+
+    return shlex.split(re.search(r"`tudui (convert [^`]*)`", err).group(1))
+
+
+def test_predicting_a_state_dict_suggests_a_convert_command_that_works(tmp_path, capsys):
+    """Was: 'use it with `tudui train --weights`', which does not predict anything."""
+    from PIL import Image
+
+    torch.save(create_model("fast", 3, 1, 28).state_dict(), tmp_path / "sd.pth")  # at fast's default size
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    assert tudui_main(["predict", str(tmp_path / "sd.pth"), str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert f"`tudui convert {tmp_path / 'sd.pth'} --model MODEL --num-classes 3 --out {tmp_path / 'sd.pt'}`" in err
+    argv = [("fast" if a == "MODEL" else a) for a in _hinted_command(err)]  # MODEL: the one word the user adds
+    assert tudui_main(argv) == 0
+    assert tudui_main(["predict", str(tmp_path / "sd.pt"), str(tmp_path / "x.png")]) == 0
+
+
+def test_a_pickled_models_hint_names_its_class_and_convert_names_the_input_that_fits(tmp_path, capsys, monkeypatch):
+    """Was: `tudui convert x.pth --trust`, which fails for lack of --model and --out."""
+    (tmp_path / "hint_model.py").write_text(
+        "import torch.nn as nn\n"
+        "class Tudui(nn.Module):\n"
+        "    def __init__(self):\n        super().__init__()\n        self.fc = nn.Linear(64, 10)\n"
+        "    def forward(self, x):\n        return self.fc(x.flatten(1))\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    torch.save(importlib.import_module("hint_model").Tudui(), "whole.pth")
+    with pytest.raises(TuduiError) as e:
+        load_checkpoint("whole.pth")
+    hint = "`tudui convert whole.pth --trust --model hint_model.py:Tudui --num-classes N --out whole.pt`"
+    assert hint in str(e.value)
+    argv = [("10" if a == "N" else a) for a in _hinted_command(str(e.value))]
+    assert tudui_main(argv) == 2  # built for 3x32x32 by default, the Linear takes 64 features: convert says which
+    assert capsys.readouterr().err.strip().endswith("the model takes 1x8x8 inputs: add --channels 1 --img-size 8")
+    assert tudui_main(argv + ["--channels", "1", "--img-size", "8"]) == 0
+    assert load_checkpoint("whole.pt")["data"]["img_size"] == 8

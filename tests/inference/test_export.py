@@ -74,7 +74,7 @@ def test_export_big_models(tmp_path, name):
 @pytest.mark.slow
 def test_vgg_below_224_fails_cleanly_and_writes_nothing(tmp_path):
     make_checkpoint(tmp_path / "best.pt", "vgg11", 32)
-    with pytest.raises(TuduiError, match="img-size"):
+    with pytest.raises(TuduiError, match="--img-size 224 "):
         export_model(tmp_path / "best.pt", "onnx", log=None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
 
@@ -137,3 +137,21 @@ def test_option_mistakes_are_one_line_errors(tmp_path):
         export_model(tmp_path / "best.pt", "onnx", out=tmp_path / "best.pt")
     with pytest.raises(TuduiError, match="sidecar"):
         Predictor.from_path(tmp_path / "missing.safetensors")
+
+
+def test_onnx_export_an_adaptive_pool_cannot_write_is_one_message_naming_the_size_that_fits(tmp_path, capfd):
+    """The exporter printed the whole Torch IR graph (83 lines for VGG at 32 px) on stdout before raising; the
+    error names the input size from which the pool's input is a multiple of its output (VGG at 32 px: 224)."""
+    from tudui.inference.export import _write_onnx
+
+    # 8 px -> conv (k3, s4) -> 2x2 maps -> AdaptiveAvgPool2d(3): 2 is no multiple of 3; 11 px gives 3x3 maps
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, stride=4), torch.nn.AdaptiveAvgPool2d(3),
+                                torch.nn.Flatten(), torch.nn.Linear(18, 2)).eval()
+    with pytest.raises(TuduiError) as e:
+        _write_onnx(model, torch.zeros(1, 1, 8, 8), {}, tmp_path / "m.onnx", False, None)
+    assert "at 8x8 input" in str(e.value) and "--img-size 11 " in str(e.value) and "\n" not in str(e.value)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    model(torch.zeros(1, 1, 11, 11))  # the size named does go through the model, and through the exporter:
+    _write_onnx(model, torch.zeros(1, 1, 11, 11), {"channels": 1, "img_size": 11}, tmp_path / "m.onnx", False, None)
+    assert (tmp_path / "m.onnx").is_file()

@@ -132,6 +132,23 @@ def test_bad_query_parameter_is_a_one_line_json_error(predictor, live_server):
         assert "topk" in r.json()["error"] and "\n" not in r.json()["error"]
 
 
+def test_topk_zero_is_refused_by_predict_serve_and_the_server_in_the_same_words(predictor, live_server, tiny_model,
+                                                                                 tmp_path, capsys):
+    import tudui.cli
+    from PIL import Image
+    from tudui.inference.server import create_app
+
+    Image.new("L", (8, 8)).save(tmp_path / "x.png")
+    words = "topk must be at least 1 (classes per image), got 0"
+    assert tudui.cli.main(["predict", str(tiny_model), str(tmp_path / "x.png"), "--topk", "0"]) == 2
+    assert capsys.readouterr().err == f"error: --{words}\n"  # was accepted: a table with no classes
+    assert tudui.cli.main(["serve", str(tiny_model), "--topk", "0"]) == 2  # refused before the model is read
+    assert capsys.readouterr().err == f"error: --{words}\n"
+    with live_server(create_app(predictor)) as url:
+        r = httpx.post(f"{url}/predict?topk=0", content=b"x")
+    assert r.status_code == 422 and r.json()["error"] == f"invalid request: {words}"
+
+
 @pytest.mark.parametrize("flag, value", [("--max-batch", "0"), ("--max-wait-ms", "-1"), ("--read-timeout", "0")])
 def test_serve_refuses_bad_settings_in_one_line(cli, flag, value, tmp_path):
     r = cli("serve", str(tmp_path / "none.pt"), flag, value, timeout=120)

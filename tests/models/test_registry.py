@@ -110,3 +110,22 @@ def test_register_model_makes_a_user_architecture_a_first_class_one(tmp_path, mo
     capsys.readouterr()  # the training's own output
     assert tudui_main(["summary", str(r.best), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["params"] == 64 * 32 + 32 + 32 * 10 + 10
+
+
+def test_a_model_file_without_a_class_name_is_told_the_modules_it_defines_without_running_it(tmp_path):
+    """`--model model.py` was "unknown model 'model.py'": the file's nn.Module classes are read with ast."""
+
+    ran = tmp_path / "ran"
+    (tmp_path / "model.py").write_text(
+        "import torch.nn as nn\nfrom torch import nn as tnn\n"
+        f"open({str(ran)!r}, 'w')  # the file must not run just to be named in an error\n"
+        "class Tudui(nn.Module):\n    pass\nclass Helper:\n    pass\n", encoding="utf-8")
+    with pytest.raises(TuduiError) as e:
+        create_model(str(tmp_path / "model.py"), 10)
+    assert str(e.value) == (f"--model {tmp_path / 'model.py'} names a file, not the model in it: write "
+                            f"--model {tmp_path / 'model.py'}:Tudui")
+    (tmp_path / "two.py").write_text("import torch\nclass A(torch.nn.Module): pass\nclass B(A): pass\n"
+                                     "class C(torch.nn.Sequential): pass\nclass D: pass\n", encoding="utf-8")
+    with pytest.raises(TuduiError, match=r"two.py:NAME with NAME one of the nn.Module classes it defines: A, B, C$"):
+        create_model(str(tmp_path / "two.py"), 10)
+    assert not ran.exists()

@@ -128,7 +128,8 @@ def test_channels_that_do_not_fit_a_library_model_name_the_keyword(tmp_path):
     with pytest.raises(TuduiError) as e:
         tudui.train(data="digits", model=resnet18(num_classes=10), channels=1, subset=100, epochs=1,
                     project=str(tmp_path), plots=False, tensorboard=False)
-    assert "cannot take 1x8x8 input" in str(e.value) and "channels=" in str(e.value)
+    assert "input 1x8x8 does not fit" in str(e.value) and "expects 3 channels but gets 1" in str(e.value) \
+        and "train with channels=3 " in str(e.value)
 
 
 def test_a_model_with_lazy_layers_trains_and_predicts(tmp_path, monkeypatch):
@@ -273,3 +274,31 @@ def test_the_warning_says_when_the_model_needs_a_value_predict_will_lack(tmp_pat
     path.write_text("from torch import nn\n\n\nclass Net(nn.Module):\n    pass\n\n\nif __name__ == '__main__':\n"
                     "    print(Net())\n")
     assert top_level_warning({"path": str(path), "name": "Net"}) is None
+
+
+def test_a_model_that_cannot_take_the_datas_size_is_told_the_size_it_takes_before_any_run_folder(tmp_path, capsys):
+    """Was PyTorch's 'mat1 and mat2 shapes cannot be multiplied (2x64 and 1024x64)': now the layer, both sizes and
+    the input that fits, as `tudui summary` finds it, with the flag (or keyword) that trains at it."""
+    import tudui
+
+    (tmp_path / "m.py").write_text(textwrap.dedent("""
+        import torch.nn as nn
+        class Tudui(nn.Module):
+            def __init__(self, num_classes=10):
+                super().__init__()
+                self.net = nn.Sequential(nn.Flatten(), nn.Linear(1024, 64), nn.ReLU(), nn.Linear(64, num_classes))
+            def forward(self, x):
+                return self.net(x)
+        """), encoding="utf-8")
+    why = ("input 1x8x8 does not fit: layer #2 (Linear 'net.1') expects 1024 input features but gets 64 (layer #1 "
+           "Flatten outputs 64); an input of 1x32x32 fits; train with ")
+    ref = f"{tmp_path / 'm.py'}:Tudui"
+    assert tudui_main(["train", "--data", "digits", "--model", ref, "--project", str(tmp_path / "runs")]) == 2
+    assert capsys.readouterr().err == \
+        f"error: model {ref}: {why}--img-size 32 (tudui converts the images to it), or change the model\n"
+    assert not (tmp_path / "runs").exists()
+    from tudui.core.pyfile import load_object
+
+    with pytest.raises(TuduiError) as e:  # the library's keywords, for a model passed as an object
+        tudui.train(data="digits", model=load_object(ref)[0](), project=str(tmp_path / "runs"))
+    assert str(e.value).endswith(f"{why}img_size=32 (tudui converts the images to it), or change the model")

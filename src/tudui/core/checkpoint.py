@@ -113,6 +113,56 @@ def check_archive(path: Path) -> None:
                          f"starts with bytes {head.hex(' ')} (neither a zip archive nor a pickle)")
 
 
+def pickled_class(path: Path) -> tuple[str, str] | None:
+    """(module, name) of the first class a torch.save pickle names (a whole model's own class), read from the
+    opcodes without unpickling anything; None when there is none or the file is not such an archive."""
+    import pickletools
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            entry = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            data = z.read(entry) if entry else b""
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("GLOBAL", "INST"):
+                module, _, name = str(arg).partition(" ")
+                return module, name
+            if op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                return strings[-2], strings[-1]
+            if isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - any damage: no guess
+        return None
+    return None
+
+
+def _outputs(state: dict) -> int | None:
+    """The output count of a state_dict's last layer (its last tensor's first dimension), usually the classes."""
+    last = list(state.values())[-1]
+    return int(last.shape[0]) if last.dim() in (1, 2) else None
+
+
+def convert_command(path: Path, pickled: bool = False, outputs: int | None = None) -> str:
+    """A complete `tudui convert` command for a file that is weights or a pickled model, with what is known filled
+    in (the pickled model's class, the classes its last layer gives) and a word on each placeholder left."""
+    model, notes = "MODEL", []
+    found = pickled_class(path) if pickled else None
+    if found and not found[0].startswith(("torch", "collections", "builtins")):
+        module, name = found
+        model = f"{module.rsplit('.', 1)[-1]}.py:{name}" if module != "__main__" else f"FILE.py:{name}"
+        if module == "__main__":
+            notes.append(f"FILE.py: the file that defines class {name}")
+    else:
+        notes.append("MODEL: the architecture the weights belong to, a name `tudui models` lists or your "
+                     "file.py:ClassName")
+    classes = f"--num-classes {outputs}" if outputs else "--num-classes N"
+    if not outputs:
+        notes.append("N: the number of classes, or --classes A B ... in output order")
+    out = path.with_suffix(".pt") if path.suffix != ".pt" else path.with_name(path.stem + "-tudui.pt")
+    cmd = f"`tudui convert {path}{' --trust' if pickled else ''} --model {model} {classes} --out {out}`"
+    return cmd + (f" ({'; '.join(notes)})" if notes else "")
+
+
 def torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
     if not path.is_file():
         raise TuduiError(f"checkpoint not found: {path}")
@@ -130,7 +180,7 @@ def torch_load(path: Path, map_location: str | torch.device = "cpu") -> Any:
         raise PickledObjects(
             f"{path} contains pickled Python objects (for example a whole model saved with torch.save(model)); "
             "tudui loads only weights, because unpickling can run arbitrary code. If you trust the file, "
-            f"convert it with `tudui convert {path} --trust`") from e
+            f"convert it: {convert_command(path, pickled=True)}") from e
     except MemoryError:
         raise TuduiError(f"{path} needs more memory to load than this machine has free") from None
     except Exception as e:  # noqa: BLE001 - damaged files raise anything from KeyError to struct.error in torch.load
@@ -217,25 +267,33 @@ def _check_types(ckpt: dict, path: Path) -> None:
         check_data(ckpt["data"], path)
 
 
+def run_file(path: Path, prefer: str = "best") -> Path:
+    """A run directory's best.pt (or with prefer="last" its last.pt; the other when the preferred one is missing);
+    any other path as it is."""
+    if not path.is_dir():
+        return path
+    names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
+    for name in names:
+        if (path / name).is_file():
+            return path / name
+    raise TuduiError(f"{path} is a folder without best.pt or last.pt")
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", prefer: str = "best") -> dict[str, Any]:
     """Load a tudui checkpoint onto `map_location` (CPU by default: GPU-saved files load anywhere).
 
     A run directory means its best.pt (the weights to use), or with prefer="last" its last.pt (the state to
     resume from); the other one is taken when the preferred one is missing.
     """
-    path = Path(path)
-    if path.is_dir():
-        names = ("best.pt", "last.pt") if prefer == "best" else ("last.pt", "best.pt")
-        for name in names:
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise TuduiError(f"{path} is a folder without best.pt or last.pt")
+    path = run_file(Path(path), prefer)
     ckpt = torch_load(path, map_location)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise TuduiError(f"{path} is not a tudui checkpoint (a plain state_dict can be used as initial weights "
-                         "with `tudui train --weights FILE`)")
+        if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            raise TuduiError(f"{path} holds plain weights (a state_dict), not a tudui checkpoint, which also records "
+                             "the architecture, classes and input size; make one: "
+                             f"{convert_command(path, outputs=_outputs(ckpt))}; or start a training from these "
+                             f"weights: `tudui train --weights {path} ...`")
+        raise TuduiError(f"{path} is not a tudui checkpoint (tudui train writes them: runs/NAME/best.pt)")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise TuduiError(f"{path} was written by a newer tudui (format {ckpt['format_version']}); upgrade tudui")
     _check_types(ckpt, path)
@@ -244,8 +302,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a weights file: .safetensors, a plain state_dict, a tudui checkpoint, or {'state_dict': ...}."""
-    path = Path(path)
+    """Tensors from a weights file: .safetensors, a plain state_dict, a tudui checkpoint (or a run directory: its
+    best.pt), or {'state_dict': ...}."""
+    path = run_file(Path(path))
     if not path.is_file():
         raise TuduiError(f"weights file not found: {path}")
     if path.suffix == ".safetensors":

@@ -151,7 +151,8 @@ class TrainConfig(Options):
                             "per epoch on each)", group="model")
     model_args: list = _f([], "keyword arguments for the model's constructor or builder, as key=value (YAML values: "
                               "width=32 act=relu)", nargs="+", group="model")
-    weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, or DEFAULT for torchvision's pretrained",
+    weights: str | None = _f(None, "initial weights: a state_dict/checkpoint file, a run directory (its best.pt), or "
+                                   "DEFAULT for torchvision's pretrained",
                              group="model")
     freeze_backbone: bool = _f(False, "train the classification head only: the frozen part runs in eval mode "
                                       "(BatchNorm statistics kept), once per --feature-views view, and the head "
@@ -165,7 +166,7 @@ class TrainConfig(Options):
     backbone_lr_mult: float = _f(0.1, "with --fine-tune: the backbone's learning rate as a fraction of the head's",
                                  group="model", gt=0)
     # --- optimisation -------------------------------------------------------
-    epochs: int = _f(10, "passes over the training set", group="optimisation")
+    epochs: int = _f(10, "passes over the training set", group="optimisation", min=1, what="passes over the data")
     loss: str = _f("cross-entropy", "loss: " + describe_modes(LOSSES), choices=list(LOSSES), group="optimisation")
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)", group="optimisation", min=0, lt=1)
     class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"],

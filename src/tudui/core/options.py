@@ -66,6 +66,19 @@ def in_bounds(value: Any, meta: dict) -> bool:
                 or ("gt" in meta and value <= meta["gt"]) or ("lt" in meta and value >= meta["lt"]))
 
 
+def field_meta(cls, name: str) -> dict:
+    """The metadata (help, range, ...) of the field `name` of an options dataclass."""
+    return dict(next(f for f in dataclasses.fields(cls) if f.name == name).metadata)
+
+
+def range_message(name: str, value: Any, meta: dict) -> str:
+    """'--topk must be at least 1 (classes per image), got 0': the one wording of a value outside a field's range,
+    whether it came as a flag, a keyword or (the server's `?topk=`) a query parameter."""
+    what = f" ({meta['what']})" if "what" in meta else ""
+    kind = f" is {meta['kind']} and" if "kind" in meta else ""
+    return f"{name}{kind} must be {bounds_text(meta)}{what}, got {value}"
+
+
 class Options:
     """Base of the option dataclasses: building one checks every field's choices and range (`validate`)."""
 
@@ -86,9 +99,7 @@ class Options:
                 continue
             for v in value if isinstance(value, (list, tuple)) else [value]:
                 if not in_bounds(v, meta):
-                    what = f" ({meta['what']})" if "what" in meta else ""
-                    kind = f" is {meta['kind']} and" if "kind" in meta else ""
-                    raise TuduiError(f"{flag_of(f)}{kind} must be {bound}{what}, got {v}")
+                    raise TuduiError(range_message(flag_of(f), v, meta))
 
     @classmethod
     def refuse_unknown(cls, values: dict, what: str, hint: str | None = None) -> None:
@@ -195,7 +206,7 @@ class PredictOptions(Options):
 
     model: str = option(MISSING, MODEL_PATH_HELP, positional=True, metavar="checkpoint")
     sources: list = option(MISSING, "image files and/or folders (searched recursively)", positional=True, nargs="+")
-    topk: int = option(5, "classes to show per image")
+    topk: int = option(5, "classes to show per image", min=1, what="classes per image")
     batch_size: int = option(64, "images per forward pass", min=1)
     device: str = device_option()
     tta: bool | None = tta_option()
@@ -236,7 +247,7 @@ class ServeOptions(Options):
     host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 makes the model reachable from other machines")
     port: int = option(8000, "TCP port (0: any free port)", min=0, max=65535)
     max_upload_mb: float = option(10.0, "largest accepted upload in MiB", gt=0)
-    topk: int = option(5, "classes returned per image (?topk=N overrides)")
+    topk: int = option(5, "classes returned per image (?topk=N overrides)", min=1, what="classes per image")
     device: str = device_option()
     tta: bool | None = tta_option()
     model_file: str | None = model_file_option()

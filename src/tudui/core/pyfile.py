@@ -127,3 +127,22 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+
+
+MODULE_BASES = {"Module", "Sequential"}  # nn.Module, torch.nn.Module, Module, nn.Sequential, ...
+
+
+def module_classes(path: str | Path) -> list[str]:
+    """The classes a Python file defines at top level that subclass torch's nn.Module (directly, through nn.Sequential
+    or through another such class of the file), read with `ast`: the file is not run. [] when it cannot be read."""
+    try:
+        tree = ast.parse(Path(path).expanduser().read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        return []
+    found: list[str] = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            names = [b.attr if isinstance(b, ast.Attribute) else getattr(b, "id", None) for b in node.bases]
+            if any(n in MODULE_BASES or n in found for n in names):
+                found.append(node.name)
+    return found

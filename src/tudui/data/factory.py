@@ -75,7 +75,7 @@ def _load_one(entry, data_root: str | None, download: bool, classes: list[str] |
         return splits_from_object(entry, type(entry).__name__, classes)
     if is_file_ref(entry):  # --data data.py:name
         obj, _, name = load_object(entry, "dataset", whole=True)  # its Datasets are made by its statements
-        return splits_from_object(obj, name, classes)
+        return splits_from_object(obj, name, classes, ref=entry)
     if entry.lower() in NAMED:
         name = entry.lower()
         return {"train": load_named(name, True, data_root, download),

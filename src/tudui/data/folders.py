@@ -126,9 +126,20 @@ def read_class_folders(root: Path) -> Split:
     _warn_merged(spellings)
     classes = sorted(spellings)
     if not items:
-        raise TuduiError(f"no images found in class folders under {root}; expected {root}/<class name>/<image files> "
-                         f"(extensions: .jpg .png .bmp .tif .webp ...)")
+        raise TuduiError(_no_class_folders(root))
     return _make(classes, items, str(root))
+
+
+def _no_class_folders(root: Path) -> str:
+    """Why a folder gave no images, by what it does hold: a CSV, or nothing usable (a folder of loose images is one
+    class: read_class_folders)."""
+    files = sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    csvs = [p for p in files if p.suffix.lower() == ".csv"]
+    if csvs:
+        return (f"{root} holds no images but {'a CSV file' if len(csvs) == 1 else 'CSV files'} "
+                f"({', '.join(p.name for p in csvs)}); to read path,label rows, pass the CSV itself: --data {csvs[0]}")
+    return (f"no images found in class folders under {root}; expected {root}/<class name>/<image files> "
+            f"(extensions: .jpg .png .bmp .tif .webp ...)")
 
 
 def is_label_file_layout(root: Path) -> bool:

@@ -65,9 +65,20 @@ def require_two_classes(split: Split) -> None:
     present = [c for c, n in zip(split.classes, split.counts()) if n]
     if len(present) < 2:
         raise TuduiError(f"the training data ({split.origin}) has only one class"
-                         + (f" ({present[0]})" if present else "") + "; a classifier needs at least two: one "
-                         "subfolder per class (root/ants/*.jpg, root/bees/*.jpg), or one folder per class "
-                         "(--data ants bees)")
+                         + (f" ({present[0]})" if present else "") + f"; a classifier needs at least two: "
+                         + _one_class_hint(split))
+
+
+def _one_class_hint(split: Split) -> str:
+    """Where the labels of a one-class split would have to change, in the words of where it came from."""
+    if split.paths and not isinstance(split.paths[0], str):  # DatasetItems: the user's own Dataset
+        return "every item your Dataset returns has the same label; its (image, label) pairs need two or more"
+    if split.origin.lower().endswith(".csv"):
+        return "the CSV's label column holds one value; it needs two or more"
+    if split.paths:
+        return ("one subfolder per class (root/ants/*.jpg, root/bees/*.jpg), or one folder per class "
+                "(--data ants bees)")
+    return "its labels hold one value"
 
 
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

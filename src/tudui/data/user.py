@@ -9,6 +9,7 @@ files goes: decoded once into uint8 memory when it fits, read through a DataLoad
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import numpy as np
@@ -123,8 +124,33 @@ def split_from_dataset(ds: Any, origin: str, classes: list[str] | None = None) -
     return Split(names, np.asarray(targets, dtype=np.int64), paths=items, origin=origin)
 
 
-def splits_from_object(obj: Any, origin: str, classes: list[str] | None = None) -> dict[str, Split]:
-    """{'train': ..., optional 'val', 'test'} from a Dataset, a list of Datasets (concatenated) or a dict of them."""
+def _instance_of(cls: type, origin: str, ref: str | None) -> Any:
+    """`--data data.py:MyData` names a class: an instance of it when its constructor needs no arguments."""
+    try:
+        params = inspect.signature(cls).parameters.values()
+    except (TypeError, ValueError):  # a signature Python cannot read (a C extension class): just try it
+        params = []
+    needed = [p.name for p in params if p.default is p.empty and p.kind in (p.POSITIONAL_ONLY,
+                                                                             p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if needed:
+        file = ref.rpartition(":")[0] if ref else "your_file.py"
+        call = f"{cls.__name__}({', '.join(f'{n}=...' for n in needed)})"
+        raise TuduiError(f"{origin} is a Dataset class whose constructor needs arguments ({', '.join(needed)}); "
+                         f"--data FILE.py:NAME takes a dataset object or a function of no arguments: add "
+                         f"`train_data = {call}` to {file} and pass --data {file}:train_data (or, in Python, "
+                         f"tudui.train(data={call}, ...))")
+    try:
+        return cls()
+    except TypeError as e:
+        raise TuduiError(f"{origin} is a class; tudui made one with no arguments and that failed ({e})") from None
+
+
+def splits_from_object(obj: Any, origin: str, classes: list[str] | None = None, ref: str | None = None
+                       ) -> dict[str, Split]:
+    """{'train': ..., optional 'val', 'test'} from a Dataset, a list of Datasets (concatenated) or a dict of them;
+    `ref` is the 'file.py:name' it was named by, for messages."""
+    if isinstance(obj, type):  # `--data data.py:MyData`: the class, not a dataset made from it
+        obj = _instance_of(obj, origin, ref)
     if callable(obj) and not is_dataset(obj) and not isinstance(obj, type):
         try:
             obj = obj()  # `--data data.py:make_dataset`: a function of no arguments

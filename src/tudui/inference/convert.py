@@ -20,6 +20,7 @@ from ..core.checkpoint import (FORMAT, PickledObjects, check_data, make_checkpoi
                                torch_load)
 from ..data import DataSpec
 from ..models import create_model, get_model_info, make_arch
+from ..models.summary import find_fitting_input, shape_str
 from ..models.user import parse_model_args, source_record
 
 
@@ -151,13 +152,18 @@ def convert(src: str | Path, out: str | Path, *, model: str, trust: bool = False
     if log:
         log("tensor mapping (file -> model):\n" + "\n".join(f"  {a} -> {b}  {'x'.join(map(str, s))}"
                                                             for a, b, s in mapping))
+    loaded = False
     try:
         net.load_state_dict(state)
+        loaded = True
         with torch.no_grad():
             logits = net.eval()(torch.zeros(1, channels, img_size, img_size))
     except RuntimeError as e:
+        fit = find_fitting_input(net, (channels, img_size, img_size)) if loaded else None  # the weights fit: the input?
+        hint = f"; the model takes {shape_str(fit)} inputs: add --channels {fit[0]} --img-size {fit[1]}" \
+            if fit and fit[1] == fit[2] else ""
         raise TuduiError(f"{src} does not fit --model {model} with {len(classes)} classes, {channels} channel(s) "
-                         f"at {img_size}px: {str(e).splitlines()[0][:300]}") from None
+                         f"at {img_size}px: {str(e).splitlines()[0][:300]}{hint}") from None
     if logits.shape != (1, len(classes)):
         raise TuduiError(f"--model {model} gives {logits.shape[1]} outputs but {len(classes)} classes were given")
     spec = DataSpec(list(classes), img_size, channels, [float(m) for m in mean], [float(s) for s in std], hflip)

@@ -15,7 +15,11 @@ guards correctness either way.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
+import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +83,57 @@ def _compare(reference: torch.Tensor, got: torch.Tensor) -> tuple[float, int]:
     return diff, int((got.argmax(1) == reference.argmax(1)).sum())
 
 
+@contextlib.contextmanager
+def _exporter_output_dropped():
+    """Drop what torch.onnx's C++ side writes to file descriptor 1 while it runs: on an unsupported operator it
+    prints the whole Torch IR graph (80+ lines for VGG) before raising, and the error below already says what
+    failed and what to do."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no stdout at all: nothing to protect
+        yield
+        return
+    try:
+        with tempfile.TemporaryFile() as sink:
+            os.dup2(sink.fileno(), 1)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                os.dup2(saved, 1)
+    finally:
+        os.close(saved)
+
+
+def onnx_pool_size(model: nn.Module, channels: int, img_size: int, max_size: int = 1024) -> int | None:
+    """The smallest input side from `img_size` up at which every AdaptiveAvgPool2d's input is a multiple of its
+    output, the one case the ONNX exporter can write (VGG's pool to 7x7 needs 7x7 feature maps: 224 px); None when
+    no side up to `max_size` is. Shapes only: the passes run on the meta device."""
+    meta = copy.deepcopy(model).to("meta").eval()
+    pools = [m for m in meta.modules() if isinstance(m, nn.AdaptiveAvgPool2d)]
+    seen: list[bool] = []
+
+    def check(mod, args, out):
+        seen.append(all(i % o == 0 for i, o in zip(args[0].shape[-2:], out.shape[-2:]) if o))
+
+    handles = [m.register_forward_hook(check) for m in pools]
+    try:
+        for side in range(img_size, max_size + 1):
+            seen.clear()
+            try:
+                with torch.no_grad():
+                    meta(torch.zeros(1, channels, side, side, device="meta"))
+            except Exception:  # noqa: BLE001 - a size the model cannot take at all: try the next
+                continue
+            if all(seen):
+                return side
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+
+
 # --- writers: (model, spec, meta, tmp path, options) -> opset or None ---------------------------------------------------
 def _write_onnx(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, dynamic_batch: bool,
                 opset: int | None) -> int:
@@ -88,18 +143,22 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, meta: dict, tmp: Path, 
         raise TuduiError(f"ONNX export needs onnx and onnxruntime: {INSTALL_EXPORT}") from None
     axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _exporter_output_dropped():
             warnings.simplefilter("ignore")  # the legacy exporter's DeprecationWarning and tracer warnings
             torch.onnx.export(model, (example,), str(tmp), dynamo=False, input_names=["input"],
                               output_names=["logits"], dynamic_axes=axes, opset_version=opset,
                               do_constant_folding=True)
     except Exception as e:  # noqa: BLE001 - unsupported operators / opsets surface as various types
-        hint = ""
         if "adaptive_avg_pool2d" in str(e):  # e.g. VGG below 224 px: AdaptiveAvgPool2d(7) over a 1x1 feature map
-            hint = ("; this exporter needs the adaptive pool's input to be a multiple of its output: train at a "
-                    "larger --img-size (224 for VGG), or use --format torchscript or safetensors")
+            c, size = example.shape[1], example.shape[-1]
+            fit = onnx_pool_size(model, c, size)
+            larger = f"--img-size {fit} (the smallest from {size} up at which it is)" if fit else "a larger --img-size"
+            raise TuduiError(f"ONNX export failed{f' at opset {opset}' if opset else ''}: this model's adaptive "
+                             f"pooling cannot be written to ONNX at {size}x{size} input (its input must be a "
+                             f"multiple of its output size); train at {larger}, or export with --format "
+                             "torchscript or safetensors") from None
         raise TuduiError(f"ONNX export failed{f' at opset {opset}' if opset else ''}: "
-                         f"{str(e).splitlines()[0][:200]}{hint}") from None
+                         f"{str(e).splitlines()[0][:200]}") from None
     proto = onnx.load(str(tmp))
     for key, value in meta.items():  # string -> JSON string, readable by any ONNX runtime
         entry = proto.metadata_props.add()

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from ..core import __version__
 from ..core.errors import TuduiError
-from ..core.options import ServeOptions
+from ..core.options import ServeOptions, field_meta, range_message
 from ..data.images import MAX_PIXELS, BadImage, decode_cost
 from .batching import MicroBatcher
 from .budget import DecodeBudget, cores
@@ -247,6 +247,10 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
 
     @app.exception_handler(RequestValidationError)
     async def _bad_parameter(request: Request, exc: RequestValidationError):
+        for e in exc.errors():  # ?topk=0: the words `tudui predict --topk 0` and `tudui serve --topk 0` use
+            if tuple(e.get("loc", ()))[-1:] == ("topk",) and e.get("type") == "greater_than_equal":
+                message = range_message("topk", e.get("input"), field_meta(ServeOptions, "topk"))
+                return error(422, f"invalid request: {message}")
         problems = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
         return error(422, f"invalid request: {problems}")
 

@@ -15,13 +15,14 @@ from __future__ import annotations
 import difflib
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch.nn as nn
 
 from ..core.checkpoint import read_weights
 from ..core.errors import TuduiError
-from ..core.pyfile import is_file_ref, load_object, split_ref
+from ..core.pyfile import is_file_ref, load_object, module_classes, split_ref
 from .surgery import load_weights
 from .user import build_from_source, call_builder
 
@@ -74,11 +75,28 @@ def get_model_info(name: str) -> ModelInfo:
             return call_builder(obj, num_classes, in_channels, img_size, args, label=attr)
 
         return ModelInfo(name, builder, f"{attr} from {path}", "user", 1, 32)
+    if name not in _REGISTRY and name.endswith(".py"):
+        raise TuduiError(file_without_name(name))
     if name not in _REGISTRY:
         close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise TuduiError(f"unknown model '{name}'; {hint}`tudui models` lists the {len(_REGISTRY)} available")
     return _REGISTRY[name]
+
+
+def file_without_name(name: str) -> str:
+    """The error for `--model model.py`: the file, but not which class in it (listed without running the file)."""
+    path = Path(name).expanduser()
+    if not path.is_file():
+        return f"--model {name}: no such Python file (name your own model as path/to/file.py:ClassName)"
+    classes = module_classes(path)
+    if len(classes) == 1:
+        return f"--model {name} names a file, not the model in it: write --model {name}:{classes[0]}"
+    if classes:
+        return (f"--model {name} names a file, not the model in it: write --model {name}:NAME with NAME one of the "
+                f"nn.Module classes it defines: {', '.join(classes)}")
+    return (f"--model {name} names a file, not the model in it, and it defines no nn.Module class at top level; "
+            f"write --model {name}:NAME naming the class (or a function returning the model)")
 
 
 def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: int = 32, **kwargs) -> nn.Module:

@@ -229,7 +229,16 @@ def _mismatch_message(failure, shape, rows, model) -> str:
         else:
             msg = f"input {given} does not fit: {label} cannot take {shape_str(got)}{prev}: {first_line}"
     fit = find_fitting_input(model, shape)
-    return msg + (f"; an input of {shape_str(fit)} fits" if fit else "; no nearby input size fits")
+    return msg + (f"; an input of {shape_str(fit)} fits" if fit else "; no nearby input size fits"), fit
+
+
+def input_mismatch(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[str, tuple | None] | None:
+    """(why `model` cannot take one input of `input_shape` (C, H, W), the nearest input that fits or None), or None
+    when it can: the layer, both sizes and the fitting size of `tudui summary`'s error, for any caller."""
+    input_shape = tuple(int(v) for v in input_shape)
+    meta = _shape_model(model)
+    rows, failure = _forward(meta, input_shape, record=True)
+    return None if failure is None else _mismatch_message(failure, input_shape, rows, meta)
 
 
 def summarize_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSummary:
@@ -241,7 +250,7 @@ def summarize_model(model: nn.Module, input_shape: tuple[int, ...]) -> ModelSumm
     meta = _shape_model(model)
     rows, failure = _forward(meta, input_shape, record=True)
     if failure is not None:
-        raise TuduiError(_mismatch_message(failure, input_shape, rows, meta))
+        raise TuduiError(_mismatch_message(failure, input_shape, rows, meta)[0])
     params = {id(p): p for p in model.parameters()}.values()
     size = sum(p.numel() * p.element_size() for p in params) + sum(b.numel() * b.element_size()
                                                                    for b in model.buffers())

@@ -227,7 +227,7 @@ class TrainConfig(Options):
                        group="device")
     # --- output -------------------------------------------------------------
     project: str = _f("runs", "folder that holds run directories", group="run")
-    name: str | None = _f(None, "run directory name (default: exp, exp2, ...)", group="run")
+    name: str | None = _f(None, "run directory name (default: exp, exp-2, ...)", group="run")
     exist_ok: bool = _f(False, "reuse an existing run directory of the same name", group="run")
     resume: str | None = _f(None, "continue a run exactly at its next epoch: a run directory or its last.pt "
                                   "(only --epochs, raised, and --device/--workers/--data-root may be given with it)",

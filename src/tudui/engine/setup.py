@@ -15,6 +15,7 @@ import torch
 
 from ..core.config import TrainConfig, save_yaml
 from ..core.device import World, make_scaler, reuse_freed_memory, seed_everything, select_device, world
+from ..core.console import shown
 from ..core.errors import TuduiError
 from ..core.files import close_run_dir, open_run_dir, versions
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data, eval_batch_size, make_loader
@@ -57,6 +58,13 @@ def write_run_files(run: Run) -> None:
     save_yaml(resolved, run.run_dir / "config.yaml")
     if not cfg.resume:
         write_results(run.run_dir / "results.csv", [])  # a new run starts a new table
+        # --exist-ok: an earlier run's TensorBoard events would put its steps 1, 2 under this run's 1, 2, 3
+        old = sorted(run.run_dir.glob("events.out.tfevents.*"))
+        for f in old:
+            f.unlink()
+        if old:
+            run.notes.append(f"removed {len(old)} TensorBoard event file(s) of the earlier run in "
+                             f"{shown(run.run_dir)} (--exist-ok starts a new run; --resume continues one)")
         (run.run_dir / "metrics.json").unlink(missing_ok=True)  # an older run's (--exist-ok): written again at the end
     save_yaml(versions() | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
                             "world_size": w.size}, run.run_dir / "env.yaml")

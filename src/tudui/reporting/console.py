@@ -17,6 +17,8 @@ from ..models import count_parameters
 class ConsoleCallback(Callback):
     def on_fit_start(self, run) -> None:
         print(first_line(run), flush=True)
+        for note in run.notes:
+            print(f"note: {note}", flush=True)
 
     def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
         print(epoch_line(row, run.cfg.epochs), flush=True)

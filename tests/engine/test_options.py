@@ -218,7 +218,8 @@ def test_torchvision_state_dict_then_freeze_backbone_trains_only_the_head(tmp_pa
                       "skipped (1000 classes in the file, 10 here; trained anew), first conv adapted 3->1 channels "
                       "(RGB kernels summed); normalised with ImageNet's mean/std (averaged over the channels), as "
                       "the weights were trained")
-    assert r.spec.mean == pytest.approx([sum(IMAGENET_MEAN) / 3]) and r.spec.std == pytest.approx([sum(IMAGENET_STD) / 3])
+    assert r.spec.mean == pytest.approx([sum(IMAGENET_MEAN) / 3])
+    assert r.spec.std == pytest.approx([sum(IMAGENET_STD) / 3])
     head = "classifier.3"  # the last Linear; classifier.0 (also a Linear) belongs to the backbone here
     assert start.trainable == {f"{head}.weight", f"{head}.bias"}
     final = torch.load(r.last, weights_only=True)["model"]
@@ -247,14 +248,14 @@ def test_a_one_channel_checkpoint_in_a_three_channel_run_is_adapted_and_said(tin
     head_in = create_model("fast", 10, 3, 16).get_submodule(head_path).in_features
     assert note.startswith(f"note: weights: {len(ckpt['model']) - 2} tensors loaded from {tiny_model}, head skipped "
                            f"({ckpt['model'][head_path + '.weight'].shape[1]} input features in the file, {head_in} "
-                           "here; trained anew), first conv adapted 1->3 channels (grey kernels repeated over RGB, divided by 3); trained on 1x8x8 "
-                           "input, this run is 3x16x16; normalised with the checkpoint's mean/std (repeated for each "
-                           "channel)"), note
+                           "here; trained anew), first conv adapted 1->3 channels (grey kernels repeated over RGB, "
+                           "divided by 3); trained on 1x8x8 input, this run is 3x16x16; normalised with the "
+                           "checkpoint's mean/std (repeated for each channel)"), note
     assert r.spec.mean == ckpt["data"]["mean"] * 3 and r.spec.std == ckpt["data"]["std"] * 3
     conv = next(k for k, v in ckpt["model"].items() if v.dim() == 4)
     grey = torch.rand(1, 1, 8, 8)
-    assert torch.allclose(F.conv2d(grey.repeat(1, 3, 1, 1), start.state[conv].cpu()), F.conv2d(grey, ckpt["model"][conv]),
-                          atol=1e-5)
+    assert torch.allclose(F.conv2d(grey.repeat(1, 3, 1, 1), start.state[conv].cpu()),
+                          F.conv2d(grey, ckpt["model"][conv]), atol=1e-5)
 
 
 def test_freeze_backbone_without_weights_is_an_error_with_the_way_out(tmp_path, capsys):
@@ -280,8 +281,8 @@ def test_unused_workers_and_val_split_are_said(fmnist, tmp_path, capsys):
                        "--project", str(tmp_path / "runs")]) == 0
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
     assert notes == [
-        f"note: --val-split 0.2 not used: the data has its own validation split (20 images in {tmp_path / 'd' / 'val'}),"
-        " which is validated on; move those images into train/ to hold out a share instead",
+        f"note: --val-split 0.2 not used: the data has its own validation split (20 images in "
+        f"{tmp_path / 'd' / 'val'}), which is validated on; move those images into train/ to hold out a share instead",
         "note: --workers 2 not used: every split is held decoded in memory (or memory-mapped), so batches need no "
         "decoding; workers decode image files read every epoch (--cache off)"]
 

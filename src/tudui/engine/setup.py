@@ -15,9 +15,9 @@ import torch
 
 from ..core.config import TrainConfig, save_yaml
 from ..core.device import World, make_scaler, reuse_freed_memory, seed_everything, select_device, world
+from ..core.checkpoint import weights_data
 from ..core.console import shown
 from ..core.errors import TuduiError
-from ..core.checkpoint import weights_data
 from ..core.files import close_run_dir, open_run_dir, versions
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data, eval_batch_size, make_loader
 from ..models import get_model_info
@@ -166,6 +166,8 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     info = get_model_info(cfg.model) if isinstance(cfg.model, str) else None
     pretrained = bool(cfg.weights and info and info.family == "torchvision")
     trained = weights_data(cfg.weights) if cfg.weights else None  # a tudui checkpoint's input contract
+    if trained and not all(isinstance(trained.get(k), list) and len(trained[k]) in (1, 3) for k in ("mean", "std")):
+        trained = None  # a hand-edited record: normalised as for any state_dict
     # The weights' own normalisation: a tudui checkpoint's mean/std, ImageNet's for torchvision's weights
     norm, norm_note = ((trained["mean"], trained["std"]), "the checkpoint's mean/std") if trained else \
         ((IMAGENET_MEAN, IMAGENET_STD), "ImageNet's mean/std") if pretrained else (None, None)
@@ -173,7 +175,9 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
                       else None, default_channels=module_in_channels(cfg.model))  # a built model's own channels
     debug_splits(cfg, data)
     model, arch = create_training_model(cfg, data.spec, device)
-    notes = [_weights_note(cfg, data.spec, take_weights_report(model), trained, norm, norm_note)] if cfg.weights else []
+    report = take_weights_report(model)
+    # --resume: the weights come from last.pt; the first run said where it started from
+    notes = [_weights_note(cfg, data.spec, report, trained, norm, norm_note)] if cfg.weights and not cfg.resume else []
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note, unused = resolve_workers(cfg, data, w)

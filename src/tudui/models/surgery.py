@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..core.console import shown
 from ..core.errors import TuduiError
 
 
@@ -75,7 +76,8 @@ class WeightsReport:
     def line(self) -> str:
         """'weights: 60 tensors loaded from FILE, head skipped (1000 classes in the file, 10 here), first conv
         adapted 3->1 channels (RGB kernels summed)'."""
-        parts = [f"weights: {self.loaded} tensors loaded from {self.source}"]
+        source = "torchvision's pretrained weights (DEFAULT)" if self.source.upper() == "DEFAULT" else shown(self.source)
+        parts = [f"weights: {self.loaded} tensors loaded from {source}"]
         if self.head:
             (a, a_in), (b, b_in) = self.head
             why = f"{a} classes in the file, {b} here" if a != b else f"{a_in} input features in the file, {b_in} here"

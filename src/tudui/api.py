@@ -189,13 +189,13 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
 def predict(model: str | Path, sources: list[str] | str, **options) -> tuple[Predictor, list[Prediction]]:
     """Top-k predictions for image files and folders (searched recursively); an unreadable file gets `error`.
-    options: core/options.PredictOptions' fields (`tudui predict --help`): topk, batch_size, device, tta,
-    model_file, trust_code (as for `evaluate`)."""
+    options: core/options.PredictOptions' fields (`tudui predict --help`): topk, batch_size, save_input (a folder
+    for the images as the model saw them), device, tta, model_file, trust_code (as for `evaluate`)."""
     o = PredictOptions.build({"model": str(model), "sources": sources, **options})
     files = expand_paths(o.sources)
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=o.trust_code)
-    return predictor, predictor.predict(files, topk=o.topk, batch_size=o.batch_size)
+    return predictor, predictor.predict(files, topk=o.topk, batch_size=o.batch_size, save_input=o.save_input)
 
 
 # --- export, serve ---------------------------------------------------------------------------------------------------

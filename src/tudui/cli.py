@@ -148,7 +148,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
 
 # --- predict -----------------------------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .core.console import table
+    from .core.console import shown, table
 
     predictor, preds = _api().predict(**options_of(args, PredictOptions))
     if args.json:
@@ -159,6 +159,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
                  "  ".join(f"{c} {prob:.1%}" for c, prob in p.topk)] for p in preds]
         print(table(["image", f"top-{min(topk, len(predictor.classes))} (class probability)"], rows, "<<"))
     bad = sum(p.error is not None for p in preds)
+    folder = getattr(args, "save_input", None)  # absent from the namespace when not given
+    if folder and not args.json:
+        print(f"wrote {len(preds) - bad} image(s) as the model saw them to {shown(folder)}")
     if bad:
         print(f"warning: {bad} of {len(preds)} image(s) could not be read", file=sys.stderr)
     return 1 if bad == len(preds) else 0

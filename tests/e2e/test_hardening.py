@@ -78,7 +78,7 @@ def test_two_runs_racing_for_one_name_get_two_directories(tmp_path):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
     dirs = sorted(d.name for d in tmp_path.iterdir())
-    assert dirs == ["same", "same2"]
+    assert dirs == ["same", "same-2"]
     seeds = {load_checkpoint(tmp_path / d / "best.pt")["config"]["seed"] for d in dirs}
     assert seeds == {1, 2}  # each run wrote its own directory; nothing was overwritten
 

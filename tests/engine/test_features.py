@@ -18,6 +18,16 @@ BASE = dict(data=["digits"], model="fast", batch_size=64, subset=256, plots=Fals
             freeze_backbone=True, lr=0.01, hflip=True, tta=True)
 
 
+@pytest.fixture(scope="module")
+def frozen(tmp_path_factory) -> dict:
+    """BASE with --weights: a freshly initialised `fast` saved as a state_dict (a frozen backbone needs weights; what
+    they hold does not matter to these tests)."""
+    path = tmp_path_factory.mktemp("weights") / "fast.pth"
+    torch.manual_seed(0)
+    torch.save(create_model("fast", 10, 1, 8).state_dict(), path)
+    return BASE | {"weights": str(path)}
+
+
 class Snapshot(Callback):
     """The weights at the start, and how many times the backbone's first conv ran by the end of each epoch."""
 
@@ -38,11 +48,11 @@ def _rows(run_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_without_augmentation_cached_features_train_the_head_as_the_image_path_does(tmp_path, monkeypatch):
+def test_without_augmentation_cached_features_train_the_head_as_the_image_path_does(frozen, tmp_path, monkeypatch):
     cached, plain = Snapshot(), Snapshot()
-    a = tudui.train(**BASE, augment="none", epochs=3, project=str(tmp_path), name="cached", callbacks=[cached])
+    a = tudui.train(**frozen, augment="none", epochs=3, project=str(tmp_path), name="cached", callbacks=[cached])
     monkeypatch.setattr(features, "maybe_feature_trainer", lambda run: None)  # the image path, every epoch
-    b = tudui.train(**BASE, augment="none", epochs=3, project=str(tmp_path), name="plain", callbacks=[plain])
+    b = tudui.train(**frozen, augment="none", epochs=3, project=str(tmp_path), name="plain", callbacks=[plain])
     ra, rb = _rows(a.run_dir), _rows(b.run_dir)
     for x, y in zip(ra, rb):
         for key in ("train_loss", "val_loss", "val_top1"):
@@ -61,9 +71,9 @@ def test_without_augmentation_cached_features_train_the_head_as_the_image_path_d
     assert plain.per_epoch[2] - plain.per_epoch[1] >= 4  # 4 training batches (+ validation) per epoch
 
 
-def test_epochs_after_the_views_cost_no_backbone_pass(tmp_path):
+def test_epochs_after_the_views_cost_no_backbone_pass(frozen, tmp_path):
     snap = Snapshot()
-    r = tudui.train(**BASE, augment="flip", feature_views=2, epochs=4, project=str(tmp_path), name="views",
+    r = tudui.train(**frozen, augment="flip", feature_views=2, epochs=4, project=str(tmp_path), name="views",
                     callbacks=[snap])
     first, second, third, fourth = snap.per_epoch
     assert first > 0 and second > first  # epoch 1: view 1 and validation; epoch 2: view 2
@@ -72,15 +82,15 @@ def test_epochs_after_the_views_cost_no_backbone_pass(tmp_path):
     assert len(rows) == 4 and float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
 
 
-def test_the_first_line_says_the_head_trains_on_cached_features(tmp_path, capsys):
-    tudui.train(**BASE, epochs=1, feature_views=2, project=str(tmp_path), name="line")
+def test_the_first_line_says_the_head_trains_on_cached_features(frozen, tmp_path, capsys):
+    tudui.train(**frozen, epochs=1, feature_views=2, project=str(tmp_path), name="line")
     first = capsys.readouterr().out.splitlines()[0]
     assert "head on cached features (2 view(s))" in first
 
 
-def test_mixup_keeps_the_image_path_and_says_why(tmp_path, capsys):
+def test_mixup_keeps_the_image_path_and_says_why(frozen, tmp_path, capsys):
     snap = Snapshot()
-    tudui.train(**BASE, epochs=2, mixup=0.2, project=str(tmp_path), name="mix", callbacks=[snap])
+    tudui.train(**frozen, epochs=2, mixup=0.2, project=str(tmp_path), name="mix", callbacks=[snap])
     out = capsys.readouterr().out
     assert "note: the head trains on images, not cached features: --mixup/--cutmix blend images" in out
     assert snap.per_epoch[1] - snap.per_epoch[0] >= 4  # the backbone ran in epoch 2

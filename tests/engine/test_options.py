@@ -202,8 +202,10 @@ class StartState(Callback):
         self.trainable = {n for n, p in run.model.named_parameters() if p.requires_grad}
 
 
-def test_torchvision_state_dict_then_freeze_backbone_trains_only_the_head(tmp_path):
+def test_torchvision_state_dict_then_freeze_backbone_trains_only_the_head(tmp_path, capsys):
     import torchvision
+
+    from tudui.data import IMAGENET_MEAN, IMAGENET_STD
 
     torch.manual_seed(5)
     src = torchvision.models.mobilenet_v3_small(weights=None).state_dict()  # ImageNet-shaped: RGB in, 1000 out
@@ -212,6 +214,16 @@ def test_torchvision_state_dict_then_freeze_backbone_trains_only_the_head(tmp_pa
     r = tudui.train(data="digits", model="mobilenet_v3_small", weights=str(tmp_path / "mobilenet_v3_small.pth"),
                     img_size=16, freeze_backbone=True, epochs=1, batch_size=64, subset=256, lr=0.01, plots=False,
                     tensorboard=False, project=str(tmp_path), name="frozen", callbacks=[start])
+    # what was loaded, skipped and adapted, and the weights' own normalisation (ImageNet's, as one grey channel),
+    # said in one line under the first
+    tensors = len(create_model("mobilenet_v3_small", 10, 1, 16).state_dict()) - 2  # all but the head's two
+    out = capsys.readouterr().out.splitlines()
+    assert out[1] == (f"note: weights: {tensors} tensors loaded from {tmp_path / 'mobilenet_v3_small.pth'}, head "
+                      "skipped (1000 classes in the file, 10 here; trained anew), first conv adapted 3->1 channels "
+                      "(RGB kernels summed); normalised with ImageNet's mean/std (averaged over the channels), as "
+                      "the weights were trained")
+    assert r.spec.mean == pytest.approx([sum(IMAGENET_MEAN) / 3])
+    assert r.spec.std == pytest.approx([sum(IMAGENET_STD) / 3])
     head = "classifier.3"  # the last Linear; classifier.0 (also a Linear) belongs to the backbone here
     assert start.trainable == {f"{head}.weight", f"{head}.bias"}
     final = torch.load(r.last, weights_only=True)["model"]
@@ -223,6 +235,60 @@ def test_torchvision_state_dict_then_freeze_backbone_trains_only_the_head(tmp_pa
             assert torch.allclose(final[name], src[name].sum(1, keepdim=True)), name
         else:
             assert torch.equal(final[name], src[name]), name  # loaded from the file and left untouched
+
+
+def test_a_one_channel_checkpoint_in_a_three_channel_run_is_adapted_and_said(tiny_model, tmp_path, capsys):
+    # The 1x8x8 digits checkpoint as the start of a 3x16x16 run: accepted, and now said, with the checkpoint's own
+    # mean/std (not measured anew) and its grey first conv spread over RGB so a grey image gives the same response.
+    from tudui.models.surgery import head_path as find_head
+
+    ckpt = torch.load(tiny_model, weights_only=True)
+    head_path = find_head(create_model("fast", 10, 1, 8))
+    start = StartState()
+    r = tudui.train(data="digits", model="fast", weights=str(tiny_model), channels=3, img_size=16, epochs=1,
+                    batch_size=64, subset=128, plots=False, tensorboard=False, project=str(tmp_path), name="rgb",
+                    callbacks=[start])
+    note = capsys.readouterr().out.splitlines()[1]
+    head_in = create_model("fast", 10, 3, 16).get_submodule(head_path).in_features
+    assert note.startswith(f"note: weights: {len(ckpt['model']) - 2} tensors loaded from {tiny_model}, head skipped "
+                           f"({ckpt['model'][head_path + '.weight'].shape[1]} input features in the file, {head_in} "
+                           "here; trained anew), first conv adapted 1->3 channels (grey kernels repeated over RGB, "
+                           "divided by 3); trained on 1x8x8 input, this run is 3x16x16; normalised with the "
+                           "checkpoint's mean/std (repeated for each channel)"), note
+    assert r.spec.mean == ckpt["data"]["mean"] * 3 and r.spec.std == ckpt["data"]["std"] * 3
+    conv = next(k for k, v in ckpt["model"].items() if v.dim() == 4)
+    grey = torch.rand(1, 1, 8, 8)
+    assert torch.allclose(F.conv2d(grey.repeat(1, 3, 1, 1), start.state[conv].cpu()),
+                          F.conv2d(grey, ckpt["model"][conv]), atol=1e-5)
+
+
+def test_freeze_backbone_without_weights_is_an_error_with_the_way_out(tmp_path, capsys):
+    # it used to freeze a random backbone and train a head on its noise (19.8% on Fashion-MNIST)
+    assert tudui_main(["train", "--data", "digits", "--model", "fast", "--freeze-backbone", "--project",
+                       str(tmp_path / "runs")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: --freeze-backbone without --weights") and \
+        "--weights DEFAULT" in err and "drop --freeze-backbone" in err, err
+    assert list(tmp_path.iterdir()) == []
+    # an nn.Module given built (library) carries whatever weights its owner loaded: allowed
+    TrainConfig(model=create_model("fast", 10, 1, 8), freeze_backbone=True)
+
+
+def test_unused_workers_and_val_split_are_said(fmnist, tmp_path, capsys):
+    from tests.conftest import write_class_folders
+
+    train, test = fmnist
+    write_class_folders(tmp_path / "d" / "train", train, 4)
+    write_class_folders(tmp_path / "d" / "val", test, 2)
+    assert tudui_main(["train", "--data", str(tmp_path / "d"), "--model", "fast-mlp", "--epochs", "1",
+                       "--batch-size", "8", "--val-split", "0.2", "--workers", "2", "--no-tensorboard", "--no-plots",
+                       "--project", str(tmp_path / "runs")]) == 0
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("note: ")]
+    assert notes == [
+        f"note: --val-split 0.2 not used: the data has its own validation split (20 images in "
+        f"{tmp_path / 'd' / 'val'}), which is validated on; move those images into train/ to hold out a share instead",
+        "note: --workers 2 not used: every split is held decoded in memory (or memory-mapped), so batches need no "
+        "decoding; workers decode image files read every epoch (--cache off)"]
 
 
 # --- augmentation -----------------------------------------------------------------------------------------------------

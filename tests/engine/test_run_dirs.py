@@ -155,3 +155,27 @@ def test_a_run_that_fails_in_set_up_leaves_no_folder_behind(tmp_path, capsys):
     (tmp_path / "kept").mkdir()
     assert tudui_main(["train", "--data", str(tmp_path / "no-such-folder"), "--project", str(tmp_path / "kept")]) == 2
     assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
+
+
+def test_a_taken_name_gets_its_number_after_a_dash(tmp_path):
+    # `run1` a second time used to become run12, which reads as run twelve
+    from tudui.core.files import make_run_dir
+
+    names = [make_run_dir(tmp_path, "run1", False).name for _ in range(3)]
+    names += [make_run_dir(tmp_path, None, False).name for _ in range(2)]
+    assert names == ["run1", "run1-2", "run1-3", "exp", "exp-2"]
+
+
+def test_exist_ok_removes_the_earlier_runs_tensorboard_events_and_says_so(tmp_path, capsys):
+    # The earlier run's events stayed beside the new run's, so TensorBoard drew one run with steps 1, 2, 1, 2, 3.
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "same"
+    with SummaryWriter(str(run)) as w:  # what an earlier training in this folder left
+        for step in (1, 2):
+            w.add_scalar("step/train_loss", 1.0, step)
+    args = ["train", *TINY, "--epochs", "1", "--project", str(tmp_path), "--name", "same", "--exist-ok"]
+    assert tudui_main(args) == 0
+    out = capsys.readouterr().out
+    assert f"note: removed 1 TensorBoard event file(s) of the earlier run in {run}" in out
+    assert list(run.glob("events.out.tfevents.*")) == []  # --no-tensorboard (TINY): this run writes none

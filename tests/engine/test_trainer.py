@@ -124,11 +124,11 @@ def test_early_stopping_and_existing_names(tmp_path):
                      patience=1, project=str(tmp_path), name="p")
     assert len(r1.history) < 6  # no improvement at a vanishing learning rate
     r2 = tudui.train(data="digits", model="mnist-cnn", epochs=1, project=str(tmp_path), name="p")
-    assert r2.run_dir.name == "p2" and r1.best.exists()  # nothing overwritten
+    assert r2.run_dir.name == "p-2" and r1.best.exists()  # nothing overwritten
     # --exist-ok: the same directory again, its files replaced by the new run's.
     assert tudui_main(["train", "--data", "digits", "--model", "mnist-cnn", "--epochs", "1", "--no-plots",
                        "--project", str(tmp_path), "--name", "p", "--exist-ok"]) == 0
-    assert sorted(d.name for d in tmp_path.iterdir()) == ["p", "p2"]
+    assert sorted(d.name for d in tmp_path.iterdir()) == ["p", "p-2"]
     rows = list(csv.DictReader(open(tmp_path / "p" / "results.csv")))
     assert [r["epoch"] for r in rows] == ["1"] and load_checkpoint(tmp_path / "p" / "last.pt")["epoch"] == 1
 

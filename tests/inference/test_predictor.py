@@ -222,3 +222,52 @@ def test_torchscript_and_safetensors_metadata_are_checked(tmp_path, tiny_model, 
     err, grown = peak_rss_growth_mb(lambda: Predictor.from_path(st))
     assert isinstance(err, TuduiError) and "[10, 128] in the file, [1000000, 128] in the architecture" in str(err)
     assert grown < LOAD_BOUND_MB, f"refusing it cost {grown:.0f} MiB (bound {LOAD_BOUND_MB} MiB)"
+
+
+def _photo(path, w: int, h: int, seed: int = 0):
+    """A colour image of w x h: smooth gradients in R and G and noise in B (not grey, not flat)."""
+    rng = np.random.default_rng(seed)
+    x, y = np.meshgrid(np.linspace(0, 255, w), np.linspace(0, 255, h))
+    rgb = np.stack([x, y, rng.uniform(0, 255, (h, w))], -1).astype(np.uint8)
+    Image.fromarray(rgb).save(path)
+    return str(path)
+
+
+def test_save_input_writes_the_exact_tensor_the_model_saw(tmp_path, tiny_model):
+    import torch
+
+    from tudui.data import denormalize
+
+    (tmp_path / "b").mkdir()
+    files = [_photo(tmp_path / "照片 1.jpg", 100, 80), _photo(tmp_path / "b" / "照片 1.png", 60, 90, seed=1)]
+    predictor = tudui.Predictor.from_path(tiny_model)
+    seen = []
+    predictor.model.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    preds = predictor.predict(files, save_input=tmp_path / "seen")
+    # named after the input (a second 照片 1.* gets -2), the model's 8x8 grey input with its normalisation undone
+    assert [p.seen.name for p in preds] == ["照片 1.png", "照片 1-2.png"]
+    assert sorted(f.name for f in (tmp_path / "seen").iterdir()) == ["照片 1-2.png", "照片 1.png"]
+    want = (denormalize(seen[0], predictor.spec) * 255).round().to(torch.uint8)[:, 0].numpy()  # (2, 8, 8)
+    for p, w in zip(preds, want):
+        with Image.open(p.seen) as im:
+            assert im.mode == "L" and im.size == (8, 8)
+            assert np.array_equal(np.asarray(im), w)
+    assert preds[0].to_dict()["input_png"] == str(tmp_path / "seen" / "照片 1.png")
+
+
+def test_predict_warns_once_when_images_are_far_from_the_training_data(tmp_path, tiny_model, capsys):
+    from tudui.cli import main as tudui_main
+    from tudui.data.sources import load_named
+
+    digit = tmp_path / "digit.png"  # a real 8x8 grey digit, as the model was trained on: nothing to say
+    Image.fromarray(load_named("digits", False).images[0][..., 0]).save(digit)
+    assert tudui_main(["predict", str(tiny_model), str(digit)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    photos = [_photo(tmp_path / f"photo{i}.jpg", 100, 80, seed=i) for i in range(3)]  # colour, 10x the input
+    assert tudui_main(["predict", str(tiny_model), str(digit), *photos, "--save-input", str(tmp_path / "s")]) == 0
+    out, err = capsys.readouterr()
+    assert err == (f"warning: images are resized to 8x8 and converted to grey for this model ({photos[0]} is "
+                   f"100x80 RGB); {tmp_path / 's'} shows what it saw\n")  # once for the run, not per image
+    assert f"wrote 4 image(s) as the model saw them to {tmp_path / 's'}" in out
+    assert tudui_main(["predict", str(tiny_model), photos[0]]) == 0
+    assert capsys.readouterr().err.endswith("; --save-input DIR shows what it saw\n")

@@ -24,13 +24,15 @@ def test_board_serves_two_runs_and_stops(tmp_path):
         assert url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(url + "data/runs", timeout=20) as r:
             runs = json.loads(r.read())
-        # Both runs of the same name stay visible ("/." : the event files sit in the run folder itself).
-        assert sorted(runs) == ["exp/.", "exp_2/."]
+        # Both runs of the same name stay visible, each under its folder's name (not "exp/.")
+        assert sorted(runs) == ["exp", "exp_2"]
         with urllib.request.urlopen(url + "data/plugin/scalars/tags", timeout=20) as r:
-            assert "epoch/val_top1" in json.loads(r.read())["exp/."]
+            tags = json.loads(r.read())
+        assert "epoch/val_top1" in tags["exp"] and "epoch/val_top1" in tags["exp_2"]
     finally:
         stop_board(proc)
     assert proc.poll() is not None
+    assert a.is_dir() and b.is_dir() and not proc.tudui_links.exists()  # the links went, the runs stayed
 
 
 def test_board_errors(tmp_path):

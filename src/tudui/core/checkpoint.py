@@ -301,6 +301,18 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return ckpt
 
 
+def weights_data(path: str | Path) -> dict | None:
+    """The DataSpec record (input size, channels, mean/std) of a tudui checkpoint used as --weights; None for any other
+    weights file (a state_dict knows nothing of the images it was trained on)."""
+    path = Path(path)
+    if not path.is_file() or path.suffix == ".safetensors":
+        return None
+    obj = torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("data"), dict):
+        return obj["data"]
+    return None
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a weights file: .safetensors, a plain state_dict, a tudui checkpoint (or a run directory: its
     best.pt), or {'state_dict': ...}."""

@@ -156,7 +156,8 @@ class TrainConfig(Options):
                              group="model")
     freeze_backbone: bool = _f(False, "train the classification head only: the frozen part runs in eval mode "
                                       "(BatchNorm statistics kept), once per --feature-views view, and the head "
-                                      "trains on its cached features", group="model")
+                                      "trains on its cached features; needs --weights (a frozen random backbone is no "
+                                      "feature extractor)", group="model")
     feature_views: int = _f(3, "head training from cached features: augmented views of the training set passed "
                                "through the frozen backbone (one per epoch until there are K; later epochs draw "
                                "each image's features from one of them); 1 with --augment none", group="model", min=1)
@@ -228,7 +229,7 @@ class TrainConfig(Options):
                        group="device")
     # --- output -------------------------------------------------------------
     project: str = _f("runs", "folder that holds run directories", group="run")
-    name: str | None = _f(None, "run directory name (default: exp, exp2, ...)", group="run")
+    name: str | None = _f(None, "run directory name (default: exp, exp-2, ...)", group="run")
     exist_ok: bool = _f(False, "reuse an existing run directory of the same name", group="run")
     resume: str | None = _f(None, "continue a run exactly at its next epoch: a run directory or its last.pt "
                                   "(only --epochs, raised, and --device/--workers/--data-root may be given with it)",
@@ -258,6 +259,12 @@ class TrainConfig(Options):
         if len(self.crop_scale) != 2 or not 0 < lo <= hi <= 1:
             raise TuduiError(f"--crop-scale takes MIN MAX with 0 < MIN <= MAX <= 1 (area fractions), got "
                              f"{' '.join(map(str, self.crop_scale))}")
+        # a model tudui builds starts random; an nn.Module given built (library) has whatever weights it was given
+        built = hasattr(self.model, "state_dict") and not isinstance(self.model, type)
+        if self.freeze_backbone and not self.weights and not built:
+            raise TuduiError("--freeze-backbone without --weights would train a head on a randomly initialised, "
+                             "frozen backbone; pass --weights DEFAULT (torchvision's pretrained weights) or --weights "
+                             "FILE (a checkpoint or state_dict), or drop --freeze-backbone to train the whole model")
         if self.fine_tune and self.freeze_backbone:
             raise TuduiError("--fine-tune N unfreezes the backbone after N epochs and --freeze-backbone keeps it "
                              "frozen; give one of them")

@@ -110,9 +110,9 @@ def check_run_name(name: str) -> str:
         raise TuduiError(f"--name '{shown(name)}' contains control characters (newlines, terminal escape codes); "
                          "choose a name of printable characters")
     size = len(os.fsencode(name))
-    if size > NAME_MAX - 4:  # room for the run number tudui appends to a taken name (exp -> exp9999)
-        raise TuduiError(f"--name is {size} bytes long; a folder name can have at most {NAME_MAX - 4} here "
-                         "(the file system allows 255, tudui keeps 4 for the run number). Choose a shorter name")
+    if size > NAME_MAX - 5:  # room for the run number tudui appends to a taken name (exp -> exp-9999)
+        raise TuduiError(f"--name is {size} bytes long; a folder name can have at most {NAME_MAX - 5} here "
+                         "(the file system allows 255, tudui keeps 5 for the run number). Choose a shorter name")
     return name
 
 
@@ -141,9 +141,10 @@ def _check_project(project: Path) -> None:
 
 
 def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple[Path, FileLock, list[Path]]:
-    """(run directory, its lock (held), the folders created now, innermost first): runs/exp, runs/exp2, ...
+    """(run directory, its lock (held), the folders created now, innermost first): runs/exp, runs/exp-2, ...
 
-    An existing name gets the next free number rather than being overwritten. `mkdir` without exist_ok is atomic,
+    An existing name gets the next free number rather than being overwritten, after a '-' (`run1` then `run1-2`,
+    never `run12`, which reads as run twelve). `mkdir` without exist_ok is atomic,
     so two runs started at the same moment with the same name get two different directories: the loser of the race
     sees FileExistsError and takes the next number. With exist_ok (and on --resume) the directory may be another
     training's: its lock (held while a training writes, dropped by the kernel when that process dies however it
@@ -175,7 +176,7 @@ def open_run_dir(project: str | Path, name: str | None, exist_ok: bool) -> tuple
         run_dir = base
     else:
         for i in range(1, 10_000):
-            run_dir = base if i == 1 else base.with_name(f"{base.name}{i}")
+            run_dir = base if i == 1 else base.with_name(f"{base.name}-{i}")  # run1-2, not run12
             try:
                 run_dir.mkdir()
                 created.insert(0, run_dir)

@@ -208,6 +208,9 @@ class PredictOptions(Options):
     sources: list = option(MISSING, "image files and/or folders (searched recursively)", positional=True, nargs="+")
     topk: int = option(5, "classes to show per image", min=1, what="classes per image")
     batch_size: int = option(64, "images per forward pass", min=1)
+    save_input: str | None = option(None, "write each image as the model saw it (resized, converted to its channels, "
+                                          "normalisation undone) into DIR as a PNG named after the input",
+                                    metavar="DIR")
     device: str = device_option()
     tta: bool | None = tta_option()
     model_file: str | None = model_file_option()

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.config import MEMORY_LIMIT_MB
+from ..core.config import MEMORY_LIMIT_MB, TrainConfig
+from ..core.console import shown
 from ..core.errors import TuduiError
 from ..core.modes import AUGMENTS, AUTO_AUGMENT
 from ..core.options import EVAL_BATCH_SIZE
@@ -32,6 +33,7 @@ from .user import splits_from_object
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 IMAGENET_CROP_PCT = 0.875  # torchvision's and timm's ImageNet evaluation: resize to 256, centre crop 224
+VAL_SPLIT = TrainConfig.__dataclass_fields__["val_split"].default  # --val-split not given (or given as the default)
 PHOTO_MIN_SIDE = 64  # smallest native short side (px) of RGB images that get the photo recipe
 
 
@@ -68,6 +70,7 @@ class DataBundle:
     train_layout: Layout | None = None  # what a training row holds (None: the spec's evaluation layout)
     notes: list[str] = field(default_factory=list)  # how each split was obtained, for the run's first line
     photo: bool = False  # RGB photos at least the training size (the photo recipe's trigger)
+    said: list[str] = field(default_factory=list)  # lines for under the run's first line (an option not used)
 
 
 def _load_one(entry, data_root: str | None, download: bool, classes: list[str] | None) -> dict[str, Split]:
@@ -106,15 +109,22 @@ def _no_data() -> TuduiError:
 
 def load_splits(data: list, data_root: str | None = None, download: bool = False, val_split: float = 0.1,
                 seed: int = 0, subset: int | None = None, classes: list[str] | None = None,
-                fraction: float = 1.0) -> tuple[Split, Split | None, Split | None]:
-    """(train, val, test) from one or more `--data` entries; val held out of train when absent.
+                fraction: float = 1.0, said: list[str] | None = None) -> tuple[Split, Split | None, Split | None]:
+    """(train, val, test) from one or more `--data` entries; val held out of train when absent (`said` gets a line
+    when a --val-split given is not used because the data has its own validation split).
 
     An entry is a dataset name, a folder, a CSV, 'file.py:name', or (library) a Dataset, a list of them or a
     dict {'train': ..., 'val': ..., 'test': ...}; `classes` names a user Dataset's classes in output order.
     """
     if not data:
         raise _no_data()
-    train, val, test = _assemble([_load_one(d, data_root, download, classes) for d in data], val_split, seed)
+    loaded = [_load_one(d, data_root, download, classes) for d in data]
+    train, val, test = _assemble(loaded, val_split, seed)
+    val_parts = [s["val"] for s in loaded if "val" in s]
+    if val_parts and said is not None and val_split != VAL_SPLIT:
+        said.append(f"--val-split {val_split:g} not used: the data has its own validation split ({len(val):,} images "
+                    f"in {', '.join(dict.fromkeys(shown(p.origin) for p in val_parts))}), which is validated on; move "
+                    "those images into train/ to hold out a share instead")
     if fraction < 1:  # --fraction: a seeded random share of the training images
         subset = min(subset or len(train), max(1, round(fraction * len(train))))
     if subset is not None and subset < len(train):
@@ -230,12 +240,14 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
                default_crop: float | None = None, default_channels: int | None = None) -> DataBundle:
     """Load the splits named by `cfg` (a TrainConfig) and resolve the DataSpec and how each split is held.
 
-    default_norm / default_crop: the pretrained weights' mean/std and evaluation crop (ImageNet's), if any.
+    default_norm / default_crop: the pretrained weights' mean/std (ImageNet's, or a tudui checkpoint's own) and
+    evaluation crop, if any.
     default_channels: the input channels of a model given already built, used when --channels is not given
     (greyscale images are replicated to RGB for a 3-channel model, as PIL's convert('RGB') does).
     """
+    said: list[str] = []
     train, val, test = load_splits(cfg.data, cfg.data_root, cfg.download, cfg.val_split, cfg.seed, cfg.subset,
-                                   cfg.classes, cfg.fraction)
+                                   cfg.classes, cfg.fraction, said)
     native_size, native_ch, native_short = _native_format(train)
     size, channels = cfg.img_size or native_size, cfg.channels or default_channels or native_ch
     if channels not in (1, 3):
@@ -274,9 +286,9 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
         mean, std = [float(m) for m in cfg.mean], [float(s) for s in cfg.std]
         if not all(0 < s < float("inf") for s in std):  # NaN fails too: every pixel is divided by it
             raise TuduiError(f"--std must be finite and positive (one per channel), got {' '.join(map(str, std))}")
-    elif default_norm is not None and channels == len(default_norm[0]):
-        mean, std = default_norm
+    elif default_norm is not None:  # for another channel count: their average per grey channel, repeated for RGB
+        mean, std = (v if len(v) == channels else [sum(v) / len(v)] * channels for v in default_norm)
     else:
         mean, std = _measure_mean_std(train, t_layout)
     spec.mean, spec.std = list(mean), list(std)
-    return DataBundle(spec, train, val, test, in_memory, augment, t_layout, notes, photo)
+    return DataBundle(spec, train, val, test, in_memory, augment, t_layout, notes, photo, said)

@@ -272,10 +272,14 @@ def resolve_cuda_graph(cfg, device: torch.device, ddp: bool, registered: bool) -
     return True, "cuda graph on" + (" (auto: a registered model on CUDA)" if auto else "")
 
 
-def resolve_workers(cfg, data, w: World) -> tuple[int, str | None]:
-    """(DataLoader workers, a note when some split is decoded from its files every epoch, else None)."""
+def resolve_workers(cfg, data, w: World) -> tuple[int, str | None, str | None]:
+    """(DataLoader workers, a note for the first line when some split is decoded from its files every epoch, a line
+    saying that a --workers given does nothing because no split is), the notes None when there is nothing to say."""
     n = auto_workers(cfg.workers, w.local_size)
     from_files = any(s is not None and s.images is None for s in (data.train, data.val, data.test))
     if not from_files:
-        return n, None
-    return n, f"{n} DataLoader worker(s)" + (" (auto)" if cfg.workers == "auto" else "")
+        if cfg.workers != "auto" and n > 0:  # asked for, but every split is decoded already
+            return n, None, (f"--workers {n} not used: every split is held decoded in memory (or memory-mapped), "
+                             "so batches need no decoding; workers decode image files read every epoch (--cache off)")
+        return n, None, None
+    return n, f"{n} DataLoader worker(s)" + (" (auto)" if cfg.workers == "auto" else ""), None

@@ -95,7 +95,7 @@ def teardown() -> None:
 def on_main(fn, *args, **kwargs):
     """fn(*args) on rank 0 only; every rank returns its result (or raises its TuduiError).
 
-    Used for choices that must agree, such as the run directory name (runs/exp2 on every rank).
+    Used for choices that must agree, such as the run directory name (runs/exp-2 on every rank).
     """
     if not dist.is_initialized():
         return fn(*args, **kwargs)

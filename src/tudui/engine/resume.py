@@ -1,4 +1,4 @@
-"""Exact resume: `tudui train --resume runs/exp3` continues a run at its next epoch.
+"""Exact resume: `tudui train --resume runs/exp-3` continues a run at its next epoch.
 
 Design (exact by construction): a run is resumable only from an epoch boundary.
 `last.pt` is written atomically when training starts (epoch 0) and after every
@@ -46,7 +46,7 @@ class RunFinished(TuduiError):
 
 
 def resume_paths(target: str | Path) -> tuple[Path, Path]:
-    """(run directory, last.pt) for `--resume runs/exp3` or `--resume runs/exp3/last.pt`."""
+    """(run directory, last.pt) for `--resume runs/exp-3` or `--resume runs/exp-3/last.pt`."""
     p = Path(target).expanduser()
     if p.is_dir():
         run_dir, ckpt = p, p / "last.pt"

@@ -62,6 +62,8 @@ class Run:
     workers: int = 0  # DataLoader processes (--workers auto resolved)
     head_trainer: object = None  # features.FeatureTrainer: the head on cached features while the backbone is frozen
     choices: list[str] = field(default_factory=list)  # what --amp/--workers auto chose, for the first line
+    # lines printed under the first line, one each: what an option given did not do, or what tudui did unasked
+    notes: list[str] = field(default_factory=list)
     lock: FileLock | None = None  # rank 0: the run directory's lock, held until the run ends (core/lock.py)
     saved: int = -1  # the epoch last.pt holds, once this process has written it
     final_only: bool = False  # --resume of a run whose training ended but whose final evaluation did not

@@ -15,13 +15,15 @@ import torch
 
 from ..core.config import TrainConfig, save_yaml
 from ..core.device import World, make_scaler, reuse_freed_memory, seed_everything, select_device, world
+from ..core.checkpoint import weights_data
+from ..core.console import shown
 from ..core.errors import TuduiError
 from ..core.files import close_run_dir, open_run_dir, versions
 from ..data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data, eval_batch_size, make_loader
 from ..models import get_model_info
 from ..models.training import create_training_model
 from ..models.user import module_in_channels, top_level_warning
-from ..models.surgery import head_path
+from ..models.surgery import head_path, take_weights_report
 from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
 from .callbacks import Callback
@@ -34,6 +36,24 @@ from .results import write_results
 from .resume import restore_run
 from .run import Run
 from .step import EagerStep
+
+
+def _weights_note(cfg: TrainConfig, spec, report, trained: dict | None, norm, norm_note: str | None) -> str:
+    """One line on --weights: what was loaded, skipped and adapted, the input the weights were trained on where it
+    differs from this run's, and which mean/std the images are normalised with."""
+    parts = [report.line()] if report else [f"weights: {shown(cfg.weights)}"]
+    if trained and (trained.get("channels"), trained.get("img_size")) != (spec.channels, spec.img_size):
+        parts.append(f"trained on {trained.get('channels')}x{trained.get('img_size')}x{trained.get('img_size')} "
+                     f"input, this run is {spec.channels}x{spec.img_size}x{spec.img_size}")
+    if cfg.mean is not None:
+        parts.append("normalised with --mean/--std")
+    elif norm_note:
+        fitted = "" if len(norm[0]) == spec.channels else " (averaged over the channels)" if spec.channels == 1 \
+            else " (repeated for each channel)"
+        parts.append(f"normalised with {norm_note}{fitted}, as the weights were trained")
+    else:
+        parts.append("mean/std measured on this data (the file does not say which the weights were trained with)")
+    return "; ".join(parts)
 
 
 def build_loaders(cfg: TrainConfig, data: DataBundle, device: torch.device, w: World, workers: int = 0) -> tuple:
@@ -57,6 +77,13 @@ def write_run_files(run: Run) -> None:
     save_yaml(resolved, run.run_dir / "config.yaml")
     if not cfg.resume:
         write_results(run.run_dir / "results.csv", [])  # a new run starts a new table
+        # --exist-ok: an earlier run's TensorBoard events would put its steps 1, 2 under this run's 1, 2, 3
+        old = sorted(run.run_dir.glob("events.out.tfevents.*"))
+        for f in old:
+            f.unlink()
+        if old:
+            run.notes.append(f"removed {len(old)} TensorBoard event file(s) of the earlier run in "
+                             f"{shown(run.run_dir)} (--exist-ok starts a new run; --resume continues one)")
         (run.run_dir / "metrics.json").unlink(missing_ok=True)  # an older run's (--exist-ok): written again at the end
     save_yaml(versions() | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
                             "world_size": w.size}, run.run_dir / "env.yaml")
@@ -144,17 +171,26 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     # fail fast on a misspelt name or a broken file, before loading data
     info = get_model_info(cfg.model) if isinstance(cfg.model, str) else None
     pretrained = bool(cfg.weights and info and info.family == "torchvision")
-    imagenet = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else None  # and the weights' own evaluation crop:
-    data = build_data(cfg, default_norm=imagenet, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
+    trained = weights_data(cfg.weights) if cfg.weights else None  # a tudui checkpoint's input contract
+    if trained and not all(isinstance(trained.get(k), list) and len(trained[k]) in (1, 3) for k in ("mean", "std")):
+        trained = None  # a hand-edited record: normalised as for any state_dict
+    # The weights' own normalisation: a tudui checkpoint's mean/std, ImageNet's for torchvision's weights
+    norm, norm_note = ((trained["mean"], trained["std"]), "the checkpoint's mean/std") if trained else \
+        ((IMAGENET_MEAN, IMAGENET_STD), "ImageNet's mean/std") if pretrained else (None, None)
+    data = build_data(cfg, default_norm=norm, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
                       else None, default_channels=module_in_channels(cfg.model))  # a built model's own channels
     debug_splits(cfg, data)
     model, arch = create_training_model(cfg, data.spec, device)
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None
     if warning:  # a script that trains the model it defines: what predict will skip when it rebuilds the model
         print(warning, file=sys.stderr, flush=True)
+    report = take_weights_report(model)
+    # --resume: the weights come from last.pt; the first run said where it started from
+    notes = [_weights_note(cfg, data.spec, report, trained, norm, norm_note)] if cfg.weights and not cfg.resume else []
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
-    workers, workers_note = resolve_workers(cfg, data, w)
+    workers, workers_note, unused = resolve_workers(cfg, data, w)
+    notes += [*data.said, unused]
     choices = [model_note, resolve_amp(cfg, model, data.spec, device), workers_note]
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)
     train_loader, val_loader = build_loaders(cfg, data, device, w, workers)
@@ -170,7 +206,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
               aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1_000_003 * w.rank),
               callbacks=list(callbacks or []) if w.rank == 0 else [], ddp=ddp, world=w,
               ema=ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None, workers=workers,
-              choices=[c for c in choices if c])
+              choices=[c for c in choices if c], notes=[n for n in notes if n])
     run.train_module = torch.compile(ddp or model) if cfg.compile else (ddp or model)
     graph_note = create_train_step(run)
     run.choices += [graph_note] if graph_note else []

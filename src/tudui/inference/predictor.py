@@ -1,16 +1,19 @@
 """Predictions on new images with exactly the preprocessing the model was trained with."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 from ..core.errors import TuduiError
+from ..core.files import atomic_path
 from ..core.options import PredictOptions
-from ..data import DataSpec, model_logits, normalize
-from ..data.images import BadImage, ImageScan, scan_images, shown, special_file
+from ..data import DataSpec, denormalize, model_logits, normalize
+from ..data.images import BadImage, ImageScan, gray_mode, peek_image, scan_images, shown, special_file
 from .formats import load_model, runtime_device
 
 
@@ -19,14 +22,17 @@ class Prediction:
     source: str | Path
     topk: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability), best first
     error: str | None = None  # why the image could not be read
+    seen: Path | None = None  # --save-input: the PNG of what the model saw
+
 
     @property
     def label(self) -> str | None:
         return self.topk[0][0] if self.topk else None
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "error": self.error,
-                "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
+        out = {"source": self.source, "error": self.error,
+               "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
+        return out | ({"input_png": str(self.seen)} if self.seen else {})
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -52,6 +58,54 @@ def expand_paths(paths: list[str]) -> list[str]:
         else:
             out.append(str(path))
     return out
+
+
+FAR = 4  # an image whose short side is this many times the model's input side (or less than 1/FAR of it) is far
+# from what a squash model (built-in sets, small images) was trained on
+
+
+def far_from_training(source, spec: DataSpec) -> tuple[str, str] | None:
+    """(what preprocessing does to `source` that the training images did not need, its size and mode): 'resized to
+    28x28' for an image far larger or smaller than the model's input (squash models: photo models crop large photos
+    as in training), 'converted to grey' for a colour image given to a greyscale model, with '1280x960 RGB'; None when
+    nothing is far off."""
+    if isinstance(source, (str, Path)):
+        head = peek_image(source)
+    elif hasattr(source, "size") and hasattr(source, "mode"):  # a PIL image
+        head = source.size, source.mode
+    else:  # bytes: decoded once, for the model only
+        return None
+    if head is None:
+        return None
+    (w, h), mode = head
+    side = spec.img_size
+    what = []
+    if spec.crop_pct is None and not side / FAR < min(w, h) < side * FAR:
+        what.append(f"resized to {side}x{side}")
+    if spec.channels == 1 and not gray_mode(mode):
+        what.append("converted to grey")
+    return (" and ".join(what), f"{w}x{h} {mode}") if what else None
+
+
+def save_seen(x: torch.Tensor, spec: DataSpec, path: Path) -> Path:
+    """One normalised (C, H, W) input as the model saw it, de-normalised to an 8-bit PNG (grey or RGB) at `path`."""
+    pixels = (denormalize(x[None].float(), spec)[0] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    with atomic_path(path) as tmp:
+        image.save(tmp, format="PNG")
+    return path
+
+
+def seen_name(source, index: int, taken: set[str]) -> str:
+    """'photo.png' for photo.jpg (the input's name, any script), 'photo-2.png' for a second photo.*, 'image-3.png'
+    for an input that is not a file."""
+    stem = Path(source).stem if isinstance(source, (str, Path)) else f"image-{index}"
+    name, n = f"{stem}.png", 1
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return name
 
 
 class Predictor:
@@ -106,8 +160,19 @@ class Predictor:
         return [[(self.classes[c], float(v)) for v, c in zip(vr, ir)] for vr, ir in zip(values.tolist(), idx.tolist())]
 
     def predict(self, sources: list, topk: int = PredictOptions.topk,
-                batch_size: int = PredictOptions.batch_size) -> list[Prediction]:
-        """Top-k classes for each source, in order; an unreadable image gives a Prediction with `error` set."""
+                batch_size: int = PredictOptions.batch_size, save_input: str | Path | None = None) -> list[Prediction]:
+        """Top-k classes for each source, in order; an unreadable image gives a Prediction with `error` set.
+
+        save_input: a folder to write each image into as the model saw it (after resizing and conversion, the
+        normalisation undone), as a PNG named after the input. The first image far from the training images' size
+        or colour gets one warning (on stderr) saying what preprocessing did to it."""
+        folder = Path(save_input).expanduser() if save_input is not None else None
+        if folder is not None:
+            if folder.exists() and not folder.is_dir():
+                raise TuduiError(f"--save-input {shown(save_input)} is a file; name a folder for the PNGs")
+            folder.mkdir(parents=True, exist_ok=True)
+        taken: set[str] = set()
+        warned = False
         results: list[Prediction] = []
         for start in range(0, len(sources), batch_size):
             chunk = sources[start:start + batch_size]
@@ -119,8 +184,17 @@ class Predictor:
                 except BadImage as e:
                     preds[i].error = e.reason
             if arrays:
-                tops = self.top_classes(self.probabilities(self.batch(list(arrays.values()))), topk)
-                for i, top in zip(arrays, tops):
+                x = self.batch(list(arrays.values()))
+                tops = self.top_classes(self.probabilities(x), topk)
+                for row, (i, top) in enumerate(zip(arrays, tops)):
                     preds[i].topk = top
+                    if folder is not None:
+                        preds[i].seen = save_seen(x[row], self.spec, folder / seen_name(chunk[i], start + i, taken))
+                    if not warned and (far := far_from_training(chunk[i], self.spec)):
+                        warned = True  # once: the same is true of every such image
+                        where = f"{shown(folder)} shows" if folder is not None else "--save-input DIR shows"
+                        print(f"warning: images are {far[0]} for this model ({shown(preds[i].source)} is {far[1]}); "
+                              f"{where} what it saw", file=sys.stderr)
             results.extend(preds)
         return results
+

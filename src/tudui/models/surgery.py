@@ -6,9 +6,12 @@ fine-tuning and cached-feature training (engine/), which split a model at its he
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 
+from ..core.console import shown
 from ..core.errors import TuduiError
 
 
@@ -59,11 +62,51 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> nn.Module:
     return model
 
 
+@dataclass
+class WeightsReport:
+    """What `load_weights` did, for the run's start-up output."""
+
+    source: str
+    loaded: int  # tensors copied (the first conv's adapted ones included)
+    head: tuple[tuple, tuple] | None = None  # (its weight's shape in the file, here): the head was skipped
+    conv: tuple[int, int] | None = None  # (channels in the file, channels here): the first conv was adapted
+    missing: int = 0  # tensors of the model, not of its head, the file lacks (left at their initial values)
+    unused: int = 0  # tensors of the file the model has no place for
+
+    def line(self) -> str:
+        """'weights: 60 tensors loaded from FILE, head skipped (1000 classes in the file, 10 here), first conv
+        adapted 3->1 channels (RGB kernels summed)'."""
+        source = "torchvision's pretrained weights (DEFAULT)" if self.source.upper() == "DEFAULT" else shown(self.source)
+        parts = [f"weights: {self.loaded} tensors loaded from {source}"]
+        if self.head:
+            (a, a_in), (b, b_in) = self.head
+            why = f"{a} classes in the file, {b} here" if a != b else f"{a_in} input features in the file, {b_in} here"
+            parts.append(f"head skipped ({why}; trained anew)")
+        if self.conv:
+            a, b = self.conv
+            how = "RGB kernels summed" if b == 1 else "grey kernels repeated over RGB, divided by 3"
+            parts.append(f"first conv adapted {a}->{b} channels ({how})")
+        if self.missing:
+            parts.append(f"{self.missing} tensors not in the file (left at their initial values)")
+        if self.unused:
+            parts.append(f"{self.unused} tensors of the file unused")
+        return ", ".join(parts)
+
+
+REPORT = "_tudui_weights_report"  # where load_weights leaves its report on the model
+
+
+def take_weights_report(model: nn.Module) -> WeightsReport | None:
+    """The report of the weights `load_weights` copied into `model` (None: none were), removed from the model."""
+    return model.__dict__.pop(REPORT, None)
+
+
 def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> list[str]:
-    """Copy `state` into `model`; returns the names left at their initial values.
+    """Copy `state` into `model`; returns the names left at their initial values. What was loaded, skipped and
+    adapted is left on the model for `take_weights_report` (the builders that call this return only the model).
 
     Tensors of equal shape are copied. The first conv's weights are adapted when
-    channels differ (RGB summed for 1 channel, gray repeated/3 for 3 channels).
+    channels differ (RGB summed for 1 channel, grey repeated and divided by 3 for 3 channels).
     Head tensors of another class count are skipped (the head is re-initialised
     for the new classes). Any other mismatch is an error naming the layer.
     """
@@ -79,7 +122,8 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
         elif src.shape == target.shape:
             loaded[key] = src
         elif key == first_conv and src.dim() == 4 and src.shape[0] == target.shape[0] and src.shape[2:] == target.shape[2:]:
-            loaded[key] = src.sum(1, keepdim=True) if target.shape[1] == 1 else src.mean(1, keepdim=True).repeat(1, target.shape[1], 1, 1)
+            # a grey image given as RGB (x, x, x) meets the same kernel sum: RGB -> 1 sums, 1 -> RGB repeats / 3
+            loaded[key] = src.sum(1, keepdim=True).repeat(1, target.shape[1], 1, 1) / target.shape[1]
         elif key.startswith(head + ".") or key.startswith(head.rpartition(".")[0] + ".add_linear"):
             skipped.append(key)
         else:
@@ -90,5 +134,16 @@ def load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     if len(loaded) == 0 or len(non_head) > len(own) // 2:
         raise TuduiError(f"weights {source} share almost no layers with this model ({len(loaded)} of {len(own)} "
                          "tensors match); check that --model names the architecture the weights were trained for")
+    w = head + ".weight"
+    head_skipped = w in skipped and w in state
+    if head_skipped:  # the head is trained anew as a whole: its bias is not kept beside a new weight
+        for key in [k for k in loaded if k.startswith(head + ".")]:
+            del loaded[key]
+            skipped.append(key)
     model.load_state_dict(loaded, strict=False)
+    conv = first_conv in loaded and state[first_conv].shape[1] != own[first_conv].shape[1]
+    model.__dict__[REPORT] = WeightsReport(
+        source, len(loaded), (tuple(state[w].shape), tuple(own[w].shape)) if head_skipped else None,
+        (state[first_conv].shape[1], own[first_conv].shape[1]) if conv else None, missing=len(non_head),
+        unused=len(set(state) - set(own)))
     return skipped

@@ -18,6 +18,8 @@ from ..models import count_parameters
 class ConsoleCallback(Callback):
     def on_fit_start(self, run) -> None:
         print(first_line(run), flush=True)
+        for note in run.notes:
+            print(f"note: {note}", flush=True)
 
     def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
         peak = run.cfg.lr if warms_up(run.cfg, run.steps_per_epoch) else None  # epoch 1 starts the warm-up

@@ -370,6 +370,21 @@ def cli():
     return run_cli
 
 
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib Figures the plotting functions save, in order (each is still saved to its PNG)."""
+    from matplotlib.figure import Figure
+
+    saved, real = [], Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        saved.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", spy)
+    return saved
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
 

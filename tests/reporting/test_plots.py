@@ -21,21 +21,6 @@ def _open(path):
         return im.size
 
 
-@pytest.fixture
-def figures(monkeypatch):
-    """The matplotlib Figures the plotting functions save, in order (each is still saved to its PNG)."""
-    from matplotlib.figure import Figure
-
-    saved, real = [], Figure.savefig
-
-    def spy(self, *args, **kwargs):
-        saved.append(self)
-        return real(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", spy)
-    return saved
-
-
 def test_a_blank_figure_has_no_colored_pixels(tmp_path):
     from tudui.reporting.plots import _figure, _save
 

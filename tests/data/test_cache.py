@@ -170,3 +170,22 @@ def test_a_file_name_that_is_not_utf8_is_cached(tmp_path):
     for path, row in zip(split.paths, np.asarray(second.split.images)):
         assert np.array_equal(row, decode_image(path, 3, 24, 0.875))
     assert os.fsencode(split.paths[0]) == folder + b"/cafe/caf\xe9.png"
+
+
+@pytest.mark.parametrize("model, why", [("fast", "needs inputs of at least 8x8"),  # the registry's size check
+                                        ("linear-100", "cannot take 1x6x6 input")])  # the dry forward pass
+def test_a_run_the_model_refuses_writes_no_cache(tmp_path, fmnist_folders, monkeypatch, model, why):
+    """The model's size check comes before any image is decoded: a refused run leaves no decoded-image cache."""
+    import torch
+
+    import tudui
+    from tudui.core.errors import TuduiError
+
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path / "cache"))
+    if model == "linear-100":  # a Linear that expects 10x10 pixels
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 10))
+    with pytest.raises(TuduiError, match=why):
+        tudui.train(data=str(fmnist_folders), model=model, img_size=6, epochs=1, project=str(tmp_path / "runs"),
+                    plots=False, tensorboard=False)
+    written = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert written == [], written

@@ -139,10 +139,16 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     info = get_model_info(cfg.model) if isinstance(cfg.model, str) else None
     pretrained = bool(cfg.weights and info and info.family == "torchvision")
     imagenet = (IMAGENET_MEAN, IMAGENET_STD) if pretrained else None  # and the weights' own evaluation crop:
+    built: list = []  # the model is built (and its size checked) before any image is decoded or cached
+
+    def build_model(spec) -> None:
+        built.append(create_training_model(cfg, spec, device))
+
     data = build_data(cfg, default_norm=imagenet, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
-                      else None, default_channels=module_in_channels(cfg.model))  # a built model's own channels
+                      else None, default_channels=module_in_channels(cfg.model),  # a built model's own channels
+                      before_decoding=build_model)
     debug_splits(cfg, data)
-    model, arch = create_training_model(cfg, data.spec, device)
+    model, arch = built[0]
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note = resolve_workers(cfg, data, w)

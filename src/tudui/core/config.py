@@ -234,7 +234,8 @@ class TrainConfig(Options):
                             group="run")
     tensorboard: bool = _f(True, "write TensorBoard event files into the run directory (see `tudui board`)",
                            group="run")
-    log_every: int = _f(50, "log the training loss to TensorBoard every N optimisation steps", group="run")
+    log_every: int = _f(50, "log the training loss to TensorBoard every N optimisation steps (and at least 4 times an "
+                            "epoch)", group="run")
     plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end",
                      group="run")
 

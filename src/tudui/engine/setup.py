@@ -81,11 +81,14 @@ def resolve_lr(cfg: TrainConfig, run: Run) -> None:
         raise TuduiError("--lr auto runs in one process; run `tudui lr-find` first and pass its --lr to the "
                          "torchrun job")
     found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y), run.criterion,
-                          lambda: create_optimizer(replace(cfg, lr=1e-7), run.model), run.device, cfg.amp)
-    cfg.lr = float(f"{found.suggestion:.3g}")
+                          lambda: create_optimizer(replace(cfg, lr=1e-7), run.model), run.device, cfg.amp,
+                          default=TrainConfig.lr)
+    cfg.lr = float(f"{found.chosen:.3g}")
     run.optimizer = create_optimizer(cfg, run.model)
     run.scheduler = create_scheduler(cfg, run.optimizer, run.steps_per_epoch)
-    print(f"--lr auto: {cfg.lr:g} ({found.rule}; {len(found.lrs)} steps of the range test)", flush=True)
+    why = (f"the default: the range test's {found.suggestion:.3g} is no better (rates {found.band[0]:.3g} to "
+           f"{found.band[1]:.3g} suit)" if found.keep_default else found.rule)
+    print(f"--lr auto: {cfg.lr:g} ({why}; {len(found.lrs)} steps of the range test)", flush=True)
 
 
 def create_train_step(run: Run) -> str | None:

@@ -34,8 +34,8 @@ from ..core.device import autocast
 PEAK_FACTOR = 4.0  # a one-cycle peak over the steep/valley point of the range test
 CEILING = 10.0  # ... and at most the rate at the smoothed loss's minimum over this
 CLOSE = 2.0  # a suggestion within this factor of the default rate is no reason to leave the default
-RULE = (f"one-cycle peak: {PEAK_FACTOR:g}x the steep/valley point of the smoothed loss, at most 1/{CEILING:g} of the "
-        "rate at its minimum")
+RULE = (f"one-cycle peak: {PEAK_FACTOR:g}x the steep/valley point of the smoothed loss, capped at 1/{CEILING:g} of the "
+        "rate at its minimum but never below that point")
 
 
 @dataclass

@@ -6,7 +6,8 @@ default --lr 3e-3. "recommended" is what lr-find tells the user to use (and `--l
 default where lr-find says the default is already as good a choice. Test top-1 is read at the end of each run (its
 best epoch, chosen on its validation split); test-time augmentation is off in both arms, to save time.
 Datasets (all real, all local): scikit-learn's digits; a seeded 5,000-image Fashion-MNIST subset (tested on its 10,000
-test images); a PNG class folder written from Fashion-MNIST (2,000 train, 1,000 test images; 10% of train held out).
+test images); a PNG class folder written from Fashion-MNIST (seeded random 2,000 train and 1,000 test images; 10% of
+train held out).
 
     .venv/bin/python benchmarks/lr_find_rule.py [--quick] [--epochs N] [--seeds 0 1 2] [--workdir DIR]
 """
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import _common as C
+import numpy as np
 from PIL import Image
 
 from tudui import api  # noqa: E402  (_common put this checkout's src/ first)
@@ -25,11 +27,18 @@ DEFAULT_LR = 3e-3
 COMMON = {"plots": False, "tensorboard": False, "tta": False, "exist_ok": True}
 
 
-def png_folder(root: Path, train: int, test: int) -> Path:
-    """Fashion-MNIST as PNG class folders: train/ (`train` images) and test/ (`test` images), written once."""
+def png_folder(root: Path, train: int, test: int, per_class: bool = False) -> Path:
+    """Fashion-MNIST as PNG class folders: train/ (`train` images) and test/ (`test` images), written once; a seeded
+    random subset of each split, or with `per_class` the first train // 10 (test // 10) images of each class (so that
+    a tiny folder still has every class in both splits)."""
     if not (root / ".complete").exists():
         for split, n, is_train in (("train", train, True), ("test", test, False)):
-            images, labels = C.load_fmnist(is_train, n, seed=0)
+            if per_class:
+                images, labels = C.load_fmnist(is_train)
+                keep = np.sort(np.concatenate([np.flatnonzero(labels == c)[:n // 10] for c in range(10)]))
+                images, labels = images[keep], labels[keep]
+            else:
+                images, labels = C.load_fmnist(is_train, n, seed=0)
             for i, (im, y) in enumerate(zip(images, labels)):
                 (root / split / f"class{y}").mkdir(parents=True, exist_ok=True)
                 Image.fromarray(im).save(root / split / f"class{y}" / f"{i:05d}.png")
@@ -38,9 +47,9 @@ def png_folder(root: Path, train: int, test: int) -> Path:
 
 
 def datasets(workdir: Path, quick: bool) -> dict[str, dict]:
-    if quick:  # literal small sizes: the script's path end to end in seconds
+    if quick:  # literal small sizes: the script's path end to end in seconds (the PNG folder: 30 images, 1 epoch)
         return {"digits-300": {"data": "digits", "subset": 300},
-                "fmnist-png-50": {"data": str(png_folder(workdir / "fmnist-png-quick", 50, 20))}}
+                "fmnist-png-30": {"data": str(png_folder(workdir / "fmnist-png-quick", 20, 10, per_class=True))}}
     return {"digits": {"data": "digits"},
             "fmnist-png-2k": {"data": str(png_folder(workdir / "fmnist-png", 2000, 1000))},
             "fmnist-5k": {"data": "fashion-mnist", "subset": 5000}}
@@ -52,7 +61,7 @@ def top1(project: str, name: str, seed: int, lr: float, options: dict) -> float:
 
 
 def main() -> None:
-    p = C.parser(__doc__.splitlines()[0], "smoke test: digits (300 images) and a 50-image PNG folder, model fast, "
+    p = C.parser(__doc__.splitlines()[0], "smoke test: digits (300 images) and a 30-image PNG folder, model fast, "
                                           "1 seed, 1 epoch, a 10-step range test (the figures mean nothing)")
     p.add_argument("--epochs", type=int, default=3, help="epochs of each training run [3]")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds [0 1 2]")

@@ -149,7 +149,7 @@ def lr_find(*, config_file: str | Path | None = None, **options) -> tuple[LRFind
         with contextlib.closing(run):  # its directory stays locked until these files are written
             found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y),
                                   run.criterion, lambda: create_optimizer(cfg, run.model), run.device, cfg.amp,
-                                  sweep.start, sweep.end, sweep.steps)
+                                  sweep.start, sweep.end, sweep.steps, default=float(cfg.lr))
             csv_path = run.run_dir / "lr_find.csv"
             write_text(csv_path, "lr,loss,smoothed_loss\n" + "".join(f"{a:.6g},{b:.6g},{c:.6g}\n" for a, b, c in
                                                                     zip(found.lrs, found.raw, found.losses)))

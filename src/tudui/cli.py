@@ -105,10 +105,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_lr_find(args: argparse.Namespace) -> int:
     found, files = _api().lr_find(config_file=getattr(args, "_config", None),
                                   **options_of(args, TrainConfig), **options_of(args, LrFindOptions))
-    print(f"suggested learning rate: {found.suggestion:.3g} ({found.rule}; {len(found.lrs)} steps from "
-          f"{found.lrs[0]:.1g} to {found.lrs[-1]:.3g})")
+    lo, hi = found.band
+    print(f"suggested learning rate: {found.suggestion:.3g} ({found.rule}; steep {found.steep:.3g}, valley "
+          f"{found.valley:.3g}, minimum {found.minimum:.3g}; {len(found.lrs)} steps from {found.lrs[0]:.1g} to "
+          f"{found.lrs[-1]:.3g})")
     print("wrote " + ", ".join(map(str, files)))
-    print(f"use it: tudui train ... --lr {found.suggestion:.3g}   (or --lr auto to run this test first)")
+    if found.keep_default:
+        print(f"keep --lr {found.default:g}: it is already as good a choice (rates {lo:.3g} to {hi:.3g} suit a "
+              f"one-cycle peak here, and one range test cannot tell {found.default:g} from {found.suggestion:.3g})"
+              + ("; --lr auto keeps it too" if found.default == TrainConfig.lr else ""))
+    else:
+        print(f"use it: tudui train ... --lr {found.suggestion:.3g}   (or --lr auto to run this test first)")
     return 0
 
 

@@ -20,7 +20,7 @@ from tudui.data.spec import Layout
 from tudui.data.folders import read_class_folders
 from tudui.data.images import decode_image, open_image
 
-from tests.conftest import REPO, write_photos
+from tests.conftest import REPO, write_class_folders, write_photos
 
 LAYOUT = Layout(3, 24, 0.875)  # evaluation rows: short side 27, centre 24 x 24
 
@@ -76,9 +76,10 @@ def test_unreadable_files_are_dropped_on_a_build_and_on_a_hit(tmp_path, fmnist, 
         got = cached_split(split, LAYOUT, root=root)
         assert len(got.split) == 14 and got.split.dropped[-1] == split.paths[4]
         assert np.delete(split.targets, 4).tolist() == got.split.targets.tolist()  # labels stay with their images
-        assert f"skipped 1 unreadable image(s): {split.paths[4]}" in capfd.readouterr().err
-    with pytest.raises(TuduiError, match=rf"^1 unreadable image\(s\): {re.escape(split.paths[4])} \(.*\)\. "
-                       "Remove them, or train with --bad-images skip$"):
+        rel = os.path.relpath(split.paths[4], split.origin)
+        assert f"skipped 1 unreadable image(s) in {split.origin}: {rel} (" in capfd.readouterr().err
+    with pytest.raises(TuduiError, match=rf"^1 unreadable image\(s\) in {re.escape(split.origin)}: {re.escape(rel)} "
+                       r"\(.*\)\. Remove them, or train with --bad-images skip$"):
         cached_split(split, LAYOUT, "error", root=root)
 
 
@@ -206,3 +207,41 @@ def test_cache_ram_writes_nothing_but_the_run_folder(tmp_path, fmnist, monkeypat
 
     build_data(TrainConfig(data=[str(data)], img_size=16, cache="disk"))
     assert any(p.startswith("cache/") for p in _files(tmp_path) - before)  # the control: an entry was written
+
+
+@pytest.mark.parametrize("model, why", [("fast", "needs inputs of at least 8x8"),  # the registry's size check
+                                        ("linear-100", "input 1x6x6 does not fit")])  # the dry forward pass
+def test_a_run_the_model_refuses_writes_no_cache(tmp_path, fmnist_folders, monkeypatch, model, why):
+    """The model's size check comes before any image is decoded: a refused run leaves no decoded-image cache."""
+    import torch
+
+    import tudui
+    from tudui.core.errors import TuduiError
+
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path / "cache"))
+    if model == "linear-100":  # a Linear that expects 10x10 pixels
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(100, 10))
+    with pytest.raises(TuduiError, match=why):
+        tudui.train(data=str(fmnist_folders), model=model, img_size=6, epochs=1, project=str(tmp_path / "runs"),
+                    plots=False, tensorboard=False)
+    written = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert written == [], written
+
+
+@pytest.mark.parametrize("cache", ["disk", "ram"])
+def test_skipped_images_are_named_relative_to_the_data_folder(tmp_path, fmnist, monkeypatch, capfd, cache):
+    """The warning names the folder given once and each skipped file under it, not by its absolute path."""
+    from tudui.data.factory import load_decoded
+    from tudui.data.folders import read_folder_splits
+
+    monkeypatch.setenv("TUDUI_CACHE", str(tmp_path / "cache"))
+    write_class_folders(tmp_path / "my data" / "train", fmnist[0], 3)
+    bad = tmp_path / "my data" / "train" / "Bag" / "broken.png"
+    bad.write_bytes(b"not a png")
+    monkeypatch.chdir(tmp_path)
+    for given in ("my data", str(tmp_path / "my data")):  # relative and absolute, as typed
+        split = read_folder_splits(given)["train"]
+        got, _, _ = load_decoded(split, Layout(1, 28), cache=cache)
+        err = capfd.readouterr().err
+        assert len(got) == 30 and f"skipped 1 unreadable image(s) in {given}/train: Bag/broken.png (" in err, err
+        assert str(tmp_path) not in err.split(f"in {given}/train: ")[1], err  # the listing: no absolute path

@@ -81,7 +81,7 @@ def test_training_skips_bad_files_with_one_warning(dirty, tmp_path, capsys):
     assert len(warnings) == 1, err
     assert all(n in warnings[0] for n in ("truncated.png", "empty.png", "fake.jpg"))
     assert len(result.history) == 1
-    with pytest.raises(TuduiError, match=r"3 unreadable image\(s\): .*--bad-images skip"):
+    with pytest.raises(TuduiError, match=r"3 unreadable image\(s\)( in [^:]+)?: .*--bad-images skip"):
         fit(TrainConfig(**(cfg.to_dict() | {"bad_images": "error", "name": "strict"})))
 
 

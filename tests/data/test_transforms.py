@@ -90,3 +90,11 @@ def test_with_tta_overrides_and_refuses_where_flips_change_the_label():
     assert digits.with_tta(False).flip_tta is False
     with pytest.raises(TuduiError, match="--no-hflip"):
         digits.with_tta(True)
+
+
+def test_eval_transforms_print_what_the_decode_step_does():
+    """print(eval_transforms(spec)) says the size, channels and crop of the decode step (not an object address)."""
+    grey = repr(eval_transforms(DataSpec(["a", "b"], 28, 1, [0.5], [0.5])))
+    assert "Decode(any image -> 1x28x28 uint8: grey, squashed to 28x28)" in grey and " at 0x" not in grey
+    photo = repr(eval_transforms(DataSpec(["a", "b"], 224, 3, [0.5] * 3, [0.5] * 3, crop_pct=0.875)))
+    assert "3x224x224 uint8: RGB, short side resized to 256, centre crop 224x224 (crop_pct 0.875)" in photo

@@ -15,9 +15,9 @@ from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
 from tudui.engine.callbacks import Callback
 from tudui.engine.ema import ModelEMA
-from tudui.engine.lr_find import lr_range_test, suggest
+from tudui.engine.lr_find import LRFinding, lr_range_test, steep, suggest, valley
 
-from tests.conftest import sigkill_after_line
+from tests.conftest import REPO, sigkill_after_line
 from tests.engine.test_resume import metric_rows
 
 QUIET = dict(plots=False, tensorboard=False, device="cpu")
@@ -101,10 +101,76 @@ def test_lr_range_test_leaves_the_weights_and_suggests_a_rate():
                           lambda: torch.optim.SGD(model.parameters(), lr=1e-7), torch.device("cpu"), steps=60)
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert 1e-7 <= found.suggestion <= 10 and len(found.lrs) == len(found.losses) > 10
-    # the rule: on a curve that falls fastest at lr 1e-2, that is the suggestion
+    # steep: on a curve that falls fastest at lr 1e-2, that is the steepest-descent point
     lrs = [10 ** (-5 + i / 10) for i in range(60)]
     losses = [2 - math.tanh((math.log10(v) + 2) * 2) for v in lrs]
-    assert abs(math.log10(suggest(lrs, losses)) + 2) < 0.11
+    assert abs(math.log10(steep(lrs, losses)) + 2) < 0.11
+    # the suggestion, a one-cycle peak: 4x that point, as long as it stays under a tenth of the minimum's rate (the
+    # curve is lowest at its end, lr 0.8): ~4e-2
+    assert abs(math.log10(suggest(lrs, losses)) - math.log10(4e-2)) < 0.11
+    # ... and capped at that tenth where the minimum comes sooner: the same curve, diverging after lr 0.1
+    turned = [v if lr <= 0.1 else losses[40] + (lr - 0.1) for lr, v in zip(lrs, losses)]
+    assert abs(math.log10(suggest(lrs, turned)) - math.log10(0.1 / 10)) < 0.11
+
+
+def _measured_curve() -> tuple[list[float], list[float]]:
+    """A range test `tudui lr-find` measured: model fast on 2,000 Fashion-MNIST images as PNG class folders."""
+    with open(REPO / "tests" / "fixtures" / "lr_find_fmnist_folder.csv") as f:
+        rows = list(csv.DictReader(f))
+    return [float(r["lr"]) for r in rows], [float(r["smoothed_loss"]) for r in rows]
+
+
+def test_lr_find_suggests_a_one_cycle_peak_and_says_when_to_keep_the_default():
+    """On a measured curve whose steepest descent is at 0.000756 (a rate that trains 2-5 points worse than the
+    default 3e-3 under one-cycle), the suggestion is a one-cycle peak several times higher, and the finding says the
+    default is as good a choice (it lies between the steep point and a tenth of the minimum's rate)."""
+    lrs, losses = _measured_curve()
+    assert steep(lrs, losses) == pytest.approx(7.56e-4, rel=0.01)
+    s = suggest(lrs, losses)
+    assert 2 * 7.56e-4 < s <= 0.1 * lrs[losses.index(min(losses))] * 1.0001
+    found = LRFinding(lrs=lrs, losses=losses, suggestion=s, steep=steep(lrs, losses), valley=valley(lrs, losses),
+                      minimum=lrs[losses.index(min(losses))], default=3e-3)
+    assert found.keep_default and found.chosen == 3e-3
+    far = LRFinding(suggestion=0.05, steep=0.012, valley=0.0006, minimum=0.55, default=3e-3)
+    assert not far.keep_default and far.chosen == 0.05  # the default below the band and 16x below the suggestion
+    near = LRFinding(suggestion=0.005, steep=0.005, valley=0.001, minimum=0.02, default=3e-3)
+    assert near.keep_default  # outside the band, but within a factor of 2: one range test cannot tell them apart
+    assert not LRFinding(suggestion=0.005, steep=0.005, valley=0.001, minimum=0.02).keep_default  # no default known
+
+
+def _finding(suggestion: float, steep_at: float, minimum: float) -> LRFinding:
+    return LRFinding(lrs=[1e-7, 10.0], losses=[2.3, 2.2], raw=[2.3, 2.2], suggestion=suggestion, steep=steep_at,
+                     valley=steep_at / 4, minimum=minimum, default=3e-3)
+
+
+def test_lr_find_output_says_whether_to_keep_the_default(monkeypatch, capsys, tmp_path):
+    from tudui import api
+
+    for found, says, not_says in ((_finding(0.00179, 0.000756, 0.0179), "keep --lr 0.003", "use it:"),
+                                  (_finding(0.05, 0.012, 0.55), "use it: tudui train ... --lr 0.05", "keep --lr")):
+        monkeypatch.setattr(api, "lr_find", lambda *a, _f=found, **k: (_f, [tmp_path / "lr_find.png"]))
+        assert tudui_main(["lr-find", "--data", "digits"]) == 0
+        out = capsys.readouterr().out
+        assert says in out and not_says not in out, out
+        assert f"suggested learning rate: {found.suggestion:.3g} (one-cycle peak" in out
+
+
+def test_lr_auto_keeps_the_default_where_lr_find_says_so(monkeypatch, tmp_path, capsys):
+    import tudui.engine.setup as setup_module
+
+    seen = {}
+
+    def fake_test(*args, default=None, **kwargs):
+        seen["default"] = default
+        found = _finding(0.00179, 0.000756, 0.0179)
+        found.default = default
+        return found
+
+    monkeypatch.setattr(setup_module, "lr_range_test", fake_test)
+    r = tudui.train(data="digits", model="mnist-cnn", epochs=1, subset=200, lr="auto", project=str(tmp_path),
+                    name="auto", **QUIET)
+    assert seen["default"] == 0.003 and load_checkpoint(r.last)["config"]["lr"] == 0.003
+    assert "--lr auto: 0.003 (the default: the range test's 0.00179 is no better" in capsys.readouterr().out
 
 
 def assert_documented_sweep(lrs: list[float], steps: int) -> None:

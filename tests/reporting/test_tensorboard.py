@@ -11,11 +11,12 @@ from tudui.api import default_callbacks
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    """640 digits (8x8) -> 10 steps of 64 per epoch; epoch 1, a killed partial epoch 2, then --resume to 2 epochs."""
+    """640 digits (8x8) -> 10 steps of 64 per epoch; epoch 1, a killed partial epoch 2, then --resume to 2 epochs.
+    The default --log-every 50 is more than a whole run: the loss is still logged 4 times an epoch or more."""
     from torch.utils.tensorboard import SummaryWriter
 
     project = tmp_path_factory.mktemp("tb")
-    first = tudui.train(data="digits", model="mnist-cnn", epochs=1, batch_size=64, subset=640, log_every=7,
+    first = tudui.train(data="digits", model="mnist-cnn", epochs=1, batch_size=64, subset=640,
                         plots=False, project=str(project), name="r")
     with SummaryWriter(str(first.run_dir)) as w:  # what a process killed in epoch 2 would have left behind
         for step in (12, 14, 16):
@@ -29,7 +30,7 @@ def test_scalars_images_graph_and_hparams(tiny_run):
     tags = ea.Tags()
     steps_per_epoch = 640 // 64
     total = 2 * steps_per_epoch
-    assert [e.step for e in ea.Scalars("step/train_loss")] == list(range(7, total + 1, 7))
+    assert [e.step for e in ea.Scalars("step/train_loss")] == list(range(2, total + 1, 2))  # every 10 // 4 steps
     for tag in ("epoch/train_loss", "epoch/train_objective", "epoch/val_loss", "epoch/val_top1", "epoch/val_top5",
                 "epoch/lr"):
         assert [e.step for e in ea.Scalars(tag)] == [1, 2], tag
@@ -65,3 +66,11 @@ def test_flags_choose_the_callbacks():
     assert names(TrainConfig()) == ["TensorBoardCallback", "PlotsCallback"]
     assert names(TrainConfig(tensorboard=False, plots=False)) == []
     assert default_callbacks(TrainConfig(log_every=3))[0].log_every == 3
+
+
+def test_loss_is_logged_every_log_every_steps_and_at_least_4_times_an_epoch():
+    from tudui.reporting.tensorboard import log_interval
+
+    assert log_interval(50, 48) == 12  # a course-sized run: 4 points an epoch, not one point every 50 steps
+    assert log_interval(50, 1000) == 50 and log_interval(3, 48) == 3  # --log-every where it is the more frequent
+    assert log_interval(50, 3) == 1 and log_interval(0, 48) == 1

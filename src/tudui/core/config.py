@@ -174,7 +174,7 @@ class TrainConfig(Options):
                             group="optimisation")
     optimizer: str = _f("adamw", describe_modes(OPTIMIZERS), choices=list(OPTIMIZERS), group="optimisation")
     lr: float | str = _f(0.003, "peak learning rate, or auto: a learning-rate range test first (as `tudui lr-find`), "
-                                "then its suggestion", type=str, group="optimisation", gt=0)
+                                "then its suggestion (or 0.003 where the test says the default is as good)", type=str, group="optimisation", gt=0)
     momentum: float = _f(0.9, "SGD momentum (Nesterov) / Adam beta1", group="optimisation")
     weight_decay: float = _f(0.05, "L2 weight decay (not applied to biases and norm layers)", group="optimisation")
     scheduler: str = _f("onecycle", "learning-rate schedule: " + describe_modes(SCHEDULERS), choices=list(SCHEDULERS),
@@ -236,7 +236,8 @@ class TrainConfig(Options):
                             group="run")
     tensorboard: bool = _f(True, "write TensorBoard event files into the run directory (see `tudui board`)",
                            group="run")
-    log_every: int = _f(50, "log the training loss to TensorBoard every N optimisation steps", group="run")
+    log_every: int = _f(50, "log the training loss to TensorBoard every N optimisation steps (and at least 4 times an "
+                            "epoch)", group="run")
     plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end",
                      group="run")
 

@@ -325,8 +325,10 @@ def cached_split(split: Split, layout: Layout, bad_images: str = "skip", root: P
     with contextlib.suppress(OSError):
         os.utime(json_path)  # last use, for whoever cleans the cache by age
     rows = [r[3] for r in meta["records"]]
-    bad = [(p, meta["unreadable"].get(p, "unreadable")) for p, _, _, r in meta["records"] if r < 0]
-    warn_dropped(bad, bad_images)
+    # the split's own paths (as the data folder was given; the records hold absolute ones), in the same order
+    bad = [(given, meta["unreadable"].get(p, "unreadable"))
+           for given, (p, _, _, r) in zip(map(str, split.paths), meta["records"]) if r < 0]
+    warn_dropped(bad, bad_images, str(split.origin or ""))
     keep = np.array([i for i, r in enumerate(rows) if r >= 0], dtype=np.int64)
     if len(keep) == 0:
         raise TuduiError(f"none of the {len(split)} images in {split.origin} could be read")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shlex
 import statistics
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,13 +238,17 @@ def resolve_augment(augment: str, photo: bool) -> str:
 
 
 def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
-               default_crop: float | None = None, default_channels: int | None = None) -> DataBundle:
+               default_crop: float | None = None, default_channels: int | None = None,
+               before_decoding: Callable[[DataSpec], None] | None = None) -> DataBundle:
     """Load the splits named by `cfg` (a TrainConfig) and resolve the DataSpec and how each split is held.
 
     default_norm / default_crop: the pretrained weights' mean/std (ImageNet's, or a tudui checkpoint's own) and
     evaluation crop, if any.
     default_channels: the input channels of a model given already built, used when --channels is not given
     (greyscale images are replicated to RGB for a 3-channel model, as PIL's convert('RGB') does).
+    before_decoding: called with the DataSpec (classes, size, channels; mean/std not yet measured) once it is known
+    and before any image is decoded or a decoded-image cache written, so a run the model refuses (too small an
+    --img-size, a size its layers cannot take) leaves nothing behind.
     """
     said: list[str] = []
     train, val, test = load_splits(cfg.data, cfg.data_root, cfg.download, cfg.val_split, cfg.seed, cfg.subset,
@@ -267,6 +272,8 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     hflip = cfg.hflip if cfg.hflip is not None else all(NAMED[n].hflip for n in names if n in NAMED)
     spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=[0.0] * channels,
                     std=[1.0] * channels, hflip=hflip, tta=bool(cfg.tta and hflip), crop_pct=crop_pct)
+    if before_decoding is not None:
+        before_decoding(spec)
     t_layout, e_layout = train_layout(spec, augment), eval_layout(spec)
     by_file = {n: same_files(train, s) for n, s in (("val", val), ("test", test)) if s is not None}  # while files
     opts = dict(cache=cfg.cache, memory=cfg.memory, limit_mb=cfg.memory_limit_mb, bad_images=cfg.bad_images)

@@ -16,18 +16,37 @@ import torch
 from PIL import Image
 
 from ..core.errors import TuduiError
-from .images import BadImage, decode_image
+from .images import BadImage, decode_image, shown
 from .spec import DataSpec, Layout, eval_layout
 from .split import Split
 
 
-def warn_dropped(bad: list[tuple[str, str]], policy: str) -> None:
+def in_data(path: str, origin: str) -> str:
+    """`path` as a message about the data `origin` (the folder or CSV file given as --data) shows it: relative to that
+    folder when it lies under it, else as given; printable either way (images.shown)."""
+    base = None
+    if origin and os.path.isdir(origin):
+        base = origin
+    elif origin and os.path.isfile(origin):  # a CSV file: its folder
+        base = os.path.dirname(origin) or "."
+    if base is not None:
+        rel = os.path.relpath(os.path.abspath(path), os.path.abspath(base))
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return shown(rel)
+    return shown(path)
+
+
+def warn_dropped(bad: list[tuple[str, str]], policy: str, origin: str = "") -> None:
+    """One warning (policy 'skip') or one error ('error') listing unreadable images, relative to the data `origin`."""
     if not bad:
         return
-    listing = "; ".join(f"{p} ({why})" for p, why in bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+    where = f" in {shown(origin)}" if origin and os.path.exists(origin) else ""
+    listing = "; ".join(f"{in_data(p, origin)} ({why})" for p, why in bad[:5]) + \
+        (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
     if policy == "error":
-        raise TuduiError(f"{len(bad)} unreadable image(s): {listing}. Remove them, or train with --bad-images skip")
-    print(f"warning: skipped {len(bad)} unreadable image(s): {listing}", file=sys.stderr)
+        raise TuduiError(f"{len(bad)} unreadable image(s){where}: {listing}. Remove them, or train with "
+                         "--bad-images skip")
+    print(f"warning: skipped {len(bad)} unreadable image(s){where}: {listing}", file=sys.stderr)
 
 
 def decode_split(split: Split, channels: int, size: int, bad_images: str = "skip",
@@ -56,7 +75,7 @@ def decode_split(split: Split, channels: int, size: int, bad_images: str = "skip
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:  # Pillow decodes without the GIL
         results = list(pool.map(one, split.paths, chunksize=64))
     bad = [(p, why) for p, (_, why) in zip(split.paths, results) if why is not None]
-    warn_dropped(bad, bad_images)
+    warn_dropped(bad, bad_images, str(split.origin or ""))
     keep = np.array([i for i, (arr, _) in enumerate(results) if arr is not None], dtype=np.int64)
     if len(keep) == 0:
         raise TuduiError(f"none of the {len(split)} images in {split.origin} could be read")
@@ -230,8 +249,9 @@ class FileLoader(torch.utils.data.DataLoader):
                 unlisted += 1
                 continue
             more = " (further ones will be counted, not listed)" if len(self.unreadable) == self.LISTED else ""
-            print(f"warning: image {path} became unreadable during the run ({why}); the next readable image takes "
-                  f"its place{more}", file=sys.stderr, flush=True)
+            where = f" in {shown(self.origin)}" if self.origin and os.path.exists(self.origin) else ""
+            print(f"warning: image {in_data(path, self.origin)}{where} became unreadable during the run ({why}); the "
+                  f"next readable image takes its place{more}", file=sys.stderr, flush=True)
         return unlisted
 
     def __iter__(self):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..core.modes import AUGMENTS
+from .images import resize_side
 from .spec import DataSpec
 
 if TYPE_CHECKING:  # imported where used: torchvision costs a third of tudui's start-up (models/zoo.py says why)
@@ -62,8 +63,16 @@ def augment_options(augment: str, spec: DataSpec) -> tuple[int, bool]:
 
 
 class _Decode:
+    """A path, bytes or PIL image -> (C, S, S) uint8, as the spec decodes it (`DataSpec.decode`)."""
+
     def __init__(self, spec: DataSpec) -> None:
         self.spec = spec
+
+    def __repr__(self) -> str:  # what print(eval_transforms(spec)) shows for this step
+        s, c, crop = self.spec.img_size, self.spec.channels, self.spec.crop_pct
+        how = f"squashed to {s}x{s}" if crop is None else \
+            f"short side resized to {resize_side(s, crop)}, centre crop {s}x{s} (crop_pct {crop:g})"
+        return f"Decode(any image -> {c}x{s}x{s} uint8: {'grey' if c == 1 else 'RGB'}, {how})"
 
     def __call__(self, src) -> torch.Tensor:  # path, bytes or PIL image -> (C, S, S) uint8
         return torch.from_numpy(self.spec.decode(src)).permute(2, 0, 1).contiguous()

@@ -114,11 +114,14 @@ def resolve_lr(cfg: TrainConfig, run: Run) -> None:
         return
     refuse_lr_auto(cfg, run.world.size)
     found = lr_range_test(run.model, run.train_loader, lambda x, y: (run.prepare(x, False), y), run.criterion,
-                          lambda: create_optimizer(replace(cfg, lr=1e-7), run.model), run.device, cfg.amp)
-    cfg.lr = float(f"{found.suggestion:.3g}")
+                          lambda: create_optimizer(replace(cfg, lr=1e-7), run.model), run.device, cfg.amp,
+                          default=TrainConfig.lr)
+    cfg.lr = float(f"{found.chosen:.3g}")
     run.optimizer = create_optimizer(cfg, run.model)
     run.scheduler = create_scheduler(cfg, run.optimizer, run.steps_per_epoch)
-    print(f"--lr auto: {cfg.lr:g} ({found.rule}; {len(found.lrs)} steps of the range test)", flush=True)
+    why = (f"the default: the range test's {found.suggestion:.3g} is no better (rates {found.band[0]:.3g} to "
+           f"{found.band[1]:.3g} suit)" if found.keep_default else found.rule)
+    print(f"--lr auto: {cfg.lr:g} ({why}; {len(found.lrs)} steps of the range test)", flush=True)
 
 
 def create_train_step(run: Run) -> str | None:
@@ -177,10 +180,16 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     # The weights' own normalisation: a tudui checkpoint's mean/std, ImageNet's for torchvision's weights
     norm, norm_note = ((trained["mean"], trained["std"]), "the checkpoint's mean/std") if trained else \
         ((IMAGENET_MEAN, IMAGENET_STD), "ImageNet's mean/std") if pretrained else (None, None)
+    built: list = []  # the model is built (and its size checked) before any image is decoded or cached
+
+    def build_model(spec) -> None:
+        built.append(create_training_model(cfg, spec, device))
+
     data = build_data(cfg, default_norm=norm, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
-                      else None, default_channels=module_in_channels(cfg.model))  # a built model's own channels
+                      else None, default_channels=module_in_channels(cfg.model),  # a built model's own channels
+                      before_decoding=build_model)
     debug_splits(cfg, data)
-    model, arch = create_training_model(cfg, data.spec, device)
+    model, arch = built[0]
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None
     if warning:  # a script that trains the model it defines: what predict will skip when it rebuilds the model
         print(warning, file=sys.stderr, flush=True)

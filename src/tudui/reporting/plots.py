@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import math
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -189,13 +190,14 @@ def plot_lr_find(lrs: list[float], losses: list[float], raw: list[float], sugges
     ax = fig.subplots()
     ax.plot(lrs, raw, color="0.75", linewidth=0.8, label="loss")
     ax.plot(lrs, losses, color="C0", label="smoothed")
-    ax.axvline(suggestion, color="C3", linestyle="--", label=f"suggested lr {suggestion:.3g}\n({rule})")
+    ax.axvline(suggestion, color="C3", linestyle="--",  # the rule wrapped: the legend stays inside the axes
+               label=f"suggested lr {suggestion:.3g}\n" + textwrap.fill(f"({rule})", 50))
     finite = [v for v in losses + raw if math.isfinite(v)]
     if finite:  # the diverging tail would squash the interesting part
         lo, first = min(finite), losses[0]
         ax.set_ylim(lo - 0.05 * abs(lo), max(first, lo) * 1.3)
     ax.set(xscale="log", xlabel="learning rate", ylabel="training loss", title="learning-rate range test")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")  # the flat start of the curve is at the top left
     return _save(fig, path)
 
 

@@ -1,7 +1,8 @@
 """TensorBoard event files in the run directory, through torch.utils.tensorboard.
 
 Tags (x axis in brackets):
-  step/train_loss                      cross-entropy of one training batch, every --log-every steps [optimisation step]
+  step/train_loss                      cross-entropy of one training batch, every --log-every steps, and at least 4
+                                       times an epoch (`log_interval`) [optimisation step]
   epoch/train_loss, epoch/val_loss     mean cross-entropy of the epoch's training batches and of validation [epoch]
   epoch/train_objective                mean training objective (--loss, with its label smoothing) [epoch]
   epoch/val_top1, epoch/val_top5       validation accuracy in [0, 1] (top-5 with more than 5 classes) [epoch]
@@ -30,9 +31,16 @@ def _hparam_value(v):
     return "" if v is None else str(v)
 
 
+def log_interval(log_every: int, steps_per_epoch: int) -> int:
+    """Steps between two step/train_loss points: every `log_every` steps, but at least 4 points an epoch, so that a
+    course-sized run (48 steps an epoch, --log-every 50) still draws a per-step curve."""
+    return max(1, min(int(log_every), steps_per_epoch // 4))
+
+
 class TensorBoardCallback(Callback):
     def __init__(self, log_every: int = 50, max_images: int = 64) -> None:
         self.log_every = max(1, int(log_every))
+        self.every = self.log_every  # the interval used, log_interval's (set when the run starts)
         self.max_images = max_images
         self.writer = None
         self.logged_batch = False
@@ -44,6 +52,7 @@ class TensorBoardCallback(Callback):
         # A resumed run redoes its interrupted epoch from step run.step: TensorBoard drops the step/* points the
         # killed process logged after that (epoch/* points use epochs 1..k <= run.step, so they are kept).
         self.writer = SummaryWriter(log_dir=str(run.run_dir), purge_step=run.step + 1 if run.step else None)
+        self.every = log_interval(self.log_every, run.steps_per_epoch)
         self.graph_done = False  # the graph is traced after the first epoch, not before the first step: tracing
         # (with its check) takes 0.4 s for resnet18, as long as the rest of a cached run's start-up together
 
@@ -71,7 +80,7 @@ class TensorBoardCallback(Callback):
             self.writer.add_images("train/first_batch", images, step, dataformats="NCHW")
             self._add_labelled_batch(images, y, run.spec.classes, step)
             self.logged_batch = True
-        if step % self.log_every == 0:  # .item() syncs the device, so only every log_every steps
+        if step % self.every == 0:  # .item() syncs the device, so only every few steps
             self.writer.add_scalar("step/train_loss", loss.item(), step)
 
     def _add_labelled_batch(self, images, labels, classes, step: int) -> None:

@@ -3,7 +3,8 @@
 (a) the course's routine: a Dataset of PIL images -> ToTensor + Normalize -> DataLoader(batch 64, shuffle),
     the course's CIFAR-10 net adapted to 1x28x28, CrossEntropyLoss, SGD lr 0.01, 10 epochs;
 (b) tudui's defaults: `tudui.train(data="fashion-mnist")`, once per seed (--seeds, default 0 1 2);
-(c) optionally a longer recipe: `--long epochs=30` (any TrainConfig options, e.g. `--long preset=best`), per seed.
+(c) optionally a longer recipe: `--long epochs=30` (any TrainConfig options, e.g. `--long preset=best`), per seed;
+(d) optionally, with --course-preset, `tudui.train(preset="course")`: the course's routine through tudui, per seed.
 The course runs once (seed 0): it is the baseline every ratio divides by. A target counts as met when the median
 over tudui's seeds meets it; each seed's figures are printed beside the median.
 
@@ -34,6 +35,8 @@ from tudui.models import create_model
 TARGET_SPEEDUP = 25.0  # the default passes the course's final accuracy >= 25x sooner than the course reaches it
 TARGET_DEFAULT = (0.930, 0.4)  # the default ends at >= 93.0% test top-1 within <= 0.4x the course's 10-epoch time
 TARGET_LONG = (0.940, 1.5)  # --preset best reaches >= 94.0% within <= 1.5x the course's 10-epoch time
+TARGET_COURSE_PRESET = 0.01  # --preset course ends within 1 point of the course's own final test accuracy
+COURSE_PRESET = "tudui preset=course"
 
 
 # --- (a) the course's routine --------------------------------------------------------------------------------------
@@ -127,6 +130,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10, help="epochs of the course's routine [10]")
     p.add_argument("--long", nargs="+", metavar="KEY=VALUE", default=None,
                    help="also run tudui with these TrainConfig options (a longer recipe), e.g. epochs=30")
+    p.add_argument("--course-preset", action="store_true",
+                   help="also run tudui --preset course (the course's routine through tudui) per seed")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
                    help="tudui's runs are repeated with each seed; targets count when the median seed meets them")
     args = p.parse_args()
@@ -143,6 +148,8 @@ def main() -> None:
         quick = {"epochs": 1, "data_root": root} if args.quick else {}
         course = run_course(1 if args.quick else args.epochs, limit, test)  # the baseline: one run, seed 0
         recipes = {"tudui default": quick} | ({long_name: parse_options(args.long) | quick} if args.long else {})
+        if args.course_preset:
+            recipes[COURSE_PRESET] = {"preset": "course"} | quick
         runs: dict[str, list[list[dict]]] = {name: [] for name in recipes}  # recipe -> one row list per seed
         for seed in seeds:
             for name, options in recipes.items():
@@ -192,6 +199,12 @@ def main() -> None:
         targets.append([f"longer recipe reaches {TARGET_LONG[0]:.1%} within <= {TARGET_LONG[1]:g}x the course's time",
                         spread(t94, "{:.2f}x").replace("infx", "never"),
                         C.verdict(None if args.quick else C.median(t94) <= TARGET_LONG[1])])
+    if args.course_preset:
+        finals = stats[COURSE_PRESET]["final"]
+        gap = abs(C.median(finals) - course_final)
+        targets.append([f"--preset course ends within {100 * TARGET_COURSE_PRESET:g} point of the course's "
+                        f"{course_final:.2%}", spread([100 * a for a in finals], "{:.2f}%"),
+                        C.verdict(None if args.quick else gap <= TARGET_COURSE_PRESET)])
     print("\ntargets (issue 17; the median over tudui's seeds, each against the course's run above)")
     print(C.table(["target", "measured", "verdict"], targets))
 

@@ -43,7 +43,10 @@ state_dict_file = out / "cifar_net_state_dict.pth"
 torch.save(model.state_dict(), state_dict_file)
 # ... and a state_dict from anywhere becomes a tudui checkpoint once told the classes and the input (no --trust:
 # a state_dict holds tensors only). The course's way 1, torch.save(model), pickles the class itself: tudui
-# convert loads such a file only with --trust, and only where the class can be imported.
+# convert loads such a file only with --trust (unpickling can run code), and then even where the class cannot be
+# imported (a tudui_9.pth saved by a script run as __main__): the module tree and weights are read without the
+# class's code and mapped onto --model, e.g. `tudui convert tudui_9.pth --trust --model cifar-net --num-classes 10
+# --out tudui_9.pt` (docs/models.md).
 classes = ckpt["data"]["classes"]
 converted = out / "converted.pt"
 assert tudui_cli(["convert", str(state_dict_file), "--model", "cifar-net", "--classes", *classes,
@@ -62,12 +65,19 @@ rgba.save(new / "like_airplane.png")
 files = sorted(new.glob("*/*.png")) + [new / "like_airplane.png"]
 
 names = json.loads((new / "classes.json").read_text(encoding="utf-8"))  # folder -> class name (T-shirt/top)
-predictor = tudui.Predictor.from_path(result.best, tta=False)  # tta: see `tudui train --help`; converted
-again = tudui.Predictor.from_path(converted, tta=False)         # checkpoints have it off
+# Flip test-time augmentation (TTA) off for every prediction below, so all of them print the same probabilities:
+# this run validated each image averaged with its mirror (`tudui train --tta`, on by default where flips keep the
+# label), and best.pt remembers that, so `tudui predict best.pt` without --no-tta would average each image with its
+# mirror and print slightly different probabilities; a converted state_dict carries no TTA setting (off).
+predictor = tudui.Predictor.from_path(result.best, tta=False)
+again = tudui.Predictor.from_path(converted, tta=False)
+trained_tta = tudui.data.DataSpec.from_dict(ckpt["data"]).flip_tta
+print(f"predictions with flip TTA off (best.pt's own setting: {'on' if trained_tta else 'off'}; converted: off)")
 for p, q in zip(predictor.predict(files, topk=3), again.predict(files, topk=3)):
     assert p.error is None and p.topk == q.topk  # the converted file gives the same answers
     truth = names.get(Path(p.source).parent.name, "?")
-    print(f"{Path(p.source).name:18s} true {truth:12s} -> " + ", ".join(f"{c} {prob:.0%}" for c, prob in p.topk))
+    print(f"{Path(p.source).name:18s} true {truth:12s} -> " + ", ".join(f"{c} {prob:.1%}" for c, prob in p.topk))
 
-# The same from the shell (a folder is searched recursively):
-assert tudui_cli(["predict", str(result.best), str(new), "--topk", "2"]) == 0
+# The same from the shell (a folder is searched recursively), TTA off as above: the same probabilities.
+print("the same images from the shell, `tudui predict ... --no-tta`:")
+assert tudui_cli(["predict", str(result.best), str(new), "--topk", "3", "--no-tta"]) == 0

@@ -1,4 +1,6 @@
 """TrainConfig: presets fill in what is not given."""
+import dataclasses
+
 import pytest
 
 from tudui.core.config import PRESETS, TrainConfig
@@ -27,6 +29,50 @@ def test_explicit_epochs_replace_a_presets_time_budget():
     cfg = TrainConfig.from_dict({"preset": "max", "epochs": 2})
     assert cfg.time is None and cfg.epochs == 2 and cfg.model == "fast-res-wide"
     assert TrainConfig.from_dict({"preset": "max", "epochs": 2, "time": 5}).time == 5
+
+
+# The lessons' routines as the course notes write them (course: train.py's DataLoader(batch_size=64), SGD(lr=1e-2),
+# 10 epochs, the CIFAR-10 net; blitz: batch_size=50, Adam(lr=0.001), EPOCH = 1, the MNIST CNN), plus everything
+# tudui adds by default switched off: smoothing, decay, augmentation, TTA, EMA, clipping, warm-up, mixed precision.
+PLAIN = {"loss": "cross-entropy", "label_smoothing": 0.0, "weight_decay": 0.0, "augment": "none", "tta": False,
+         "scheduler": "none", "warmup_epochs": 0.0, "ema": False, "clip_grad": None, "amp": "off"}
+LESSONS = {
+    "course": PLAIN | {"model": "cifar-net", "batch_size": 64, "optimizer": "sgd", "lr": 0.01, "momentum": 0.0,
+                       "epochs": 10},
+    "blitz": PLAIN | {"model": "mnist-cnn", "batch_size": 50, "optimizer": "adam", "lr": 0.001, "momentum": 0.9,
+                      "epochs": 1},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(LESSONS))
+def test_the_lesson_presets_are_the_lessons_routines_and_change_nothing_else(preset):
+    cfg = TrainConfig.from_dict({"data": ["digits"], "preset": preset})
+    default = TrainConfig.from_dict({"data": ["digits"]})
+    for field in dataclasses.fields(TrainConfig):
+        expected = LESSONS[preset].get(field.name, getattr(default, field.name))
+        if field.name != "preset":
+            assert getattr(cfg, field.name) == expected, field.name
+
+
+@pytest.mark.parametrize("preset", sorted(LESSONS))
+def test_options_given_on_the_command_line_win_over_a_lesson_preset(preset, monkeypatch, tmp_path):
+    """`tudui train --preset course --lr 0.1 ...` trains at 0.1 with the rest of the course (the config the run
+    gets, resolved by the CLI exactly as for training; the training itself is replaced by a stub)."""
+    import tudui.api
+    from tudui.cli import main
+
+    seen = []
+    monkeypatch.setattr(tudui.api, "fit", lambda cfg, callbacks: seen.append(cfg))
+    given = {"lr": 0.1, "momentum": 0.5, "scheduler": "onecycle", "tta": True, "batch_size": 32, "epochs": 2,
+             "augment": "flip", "amp": "bf16", "weight_decay": 0.01}
+    argv = ["train", "--data", "digits", "--preset", preset, "--project", str(tmp_path), "--lr", "0.1",
+            "--momentum", "0.5", "--scheduler", "onecycle", "--tta", "--batch-size", "32", "--epochs", "2",
+            "--augment", "flip", "--amp", "bf16", "--weight-decay", "0.01"]
+    assert main(argv) == 0
+    (cfg,) = seen
+    for key, value in (LESSONS[preset] | given).items():
+        assert getattr(cfg, key) == value, key
+    assert not list(tmp_path.iterdir())  # resolving the options wrote nothing
 
 
 @pytest.mark.parametrize("option, value", [("cuda_graph", "maybe"), ("augment", "xyz"), ("bad_images", "ignore"),

@@ -1,6 +1,7 @@
 """Every script of examples/course/ runs to the end with tiny settings on real offline data (so the docs that point
 at them cannot drift). Each script checks its own results with asserts; here the exit code and one line it prints."""
 import os
+import re
 import subprocess
 import sys
 
@@ -18,6 +19,23 @@ TINY = {
     "04_save_load_predict.py": (["--data", "{data}", "--epochs", "1", "--out", "{out}"], "like_airplane.png"),
     "05_blitz.py": (["--data", "{data}", "--epochs", "1", "--out", "{out}"], "hardest class:"),
 }
+
+
+def same_probabilities_in_python_and_shell(stdout: str) -> None:
+    """04 prints each image's top-3 from Predictor and then from `tudui predict`: the same numbers (the same TTA
+    setting on both), or a learner sees two answers for one image with nothing saying why."""
+    python, _, shell = stdout.partition("the same images from the shell")
+    assert shell, stdout[-3000:]
+    rows = re.findall(r"^(\S+)\s+true .+? -> (.+)$", python, re.M)  # (file name, "Bag 93.1%, Coat 4.2%, ...")
+    assert len(rows) == 7, python[-3000:]  # 6 exported test images and the RGBA one
+    lines = shell.splitlines()
+    for name, topk in rows:
+        line = next((ln for ln in lines if re.search(rf"[/\\]{re.escape(name)}\s", ln)), None)
+        assert line is not None, f"{name} missing from `tudui predict`'s table:\n{shell}"
+        assert "  ".join(topk.split(", ")) in line, f"Python says {topk}; the shell says {line}"
+
+
+CHECKS = {"04_save_load_predict.py": same_probabilities_in_python_and_shell}
 
 
 @pytest.fixture(scope="module")
@@ -45,3 +63,5 @@ def test_example_runs(script, request, tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert expected in r.stdout, r.stdout[-3000:]
     assert "Traceback" not in r.stderr
+    if script in CHECKS:
+        CHECKS[script](r.stdout)

@@ -149,7 +149,7 @@ def _data_path(out: str, tables: list[Table]) -> None:
 
 def _peak_memory(out: str, tables: list[Table]) -> None:
     mem = find(tables, "process", "peak MiB", "/ floor", "wall s")
-    assert_rows(mem, r"floor: import torch, torchvision", r"tudui train --data fashion-mnist --epochs 1 --subset \d+")
+    assert_rows(mem, r"floor: import torch, torchvision", r"tudui train --data fashion-mnist --epochs 1 \(--quick: a [\d,]+-image copy\)")
     floor, run = (figures(c)[0][0] for c in mem.column("peak MiB"))
     assert 20 < floor <= run < 64 * 1024  # MiB: more than an empty interpreter, less than any machine here
     targets(tables, r"peak resident memory <= 2 GiB")

@@ -100,7 +100,7 @@ class StopAfter(Callback):
 
 
 @pytest.mark.parametrize("values, message", [
-    (dict(fine_tune=2, freeze_backbone=True), "give one of them"),
+    (dict(fine_tune=2, freeze_backbone=True, weights="start.pth"), "give one of them"),
     (dict(fine_tune=4, epochs=4), "--epochs counts both phases"),
     (dict(backbone_lr_mult=0), "--backbone-lr-mult must be positive"),
     (dict(feature_views=0), "--feature-views must be at least 1"),

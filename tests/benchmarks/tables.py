@@ -171,8 +171,18 @@ def _toolbox_sweep(out: str, tables: list[Table]) -> None:
         for cell in (row[1], row[3]):  # 'mean ± sd' in points of top-1
             mean, sd = (v for v, _ in figures(cell))
             assert 0 <= mean <= 100 and sd == 0, row  # one seed: no spread
-        assert row[5] == "1" and figures(row[4])[0][0] > 0
+        assert row[5] == "1" and figures(row[4])[0][0] >= 0  # a --quick run on 512 images may round to 0 s
     assert sweep.rows[0][2] == "+0.00"  # the baseline against itself
+
+
+def _lr_find_rule(out: str, tables: list[Table]) -> None:
+    rule = find(tables, "dataset x model", "suggested lr (per seed)", "keep default?", "top-1 % with suggestion",
+                "top-1 % with default 3e-3", "recommended - default (points)", "time s")
+    assert len(rule.rows) >= 2  # --quick: two dataset x model pairs
+    for row in rule.rows:
+        for cell in (row[3], row[4]):
+            assert all(0 <= v <= 100 for v, _ in figures(cell)), row
+    assert re.search(r"recommended vs default: .* is [+-]\d+\.\d\d to [+-]\d+\.\d\d points", out)
 
 
 def _peers(out: str, tables: list[Table]) -> None:
@@ -240,6 +250,7 @@ CHECKS = {
     "peak_memory.py": _peak_memory,
     "ddp_cpu.py": _ddp_cpu,
     "toolbox_sweep.py": _toolbox_sweep,
+    "lr_find_rule.py": _lr_find_rule,
     "peers.py": _peers,
     "photos.py": _photos,
     "preset_max.py": _preset_max,

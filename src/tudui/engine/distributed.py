@@ -66,10 +66,6 @@ def session(device_name: str = "auto"):
         # env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE set by torchrun.
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
         yield w
-        # A rank whose work is done waits for the others before its process group goes: a rank that tore gloo down
-        # while rank 0 was still writing pictures was seen to abort (std::terminate) now and then on a busy machine,
-        # and torchrun then failed the finished job.
-        dist.barrier()
     except TuduiError as e:
         if e.args and isinstance(e.args[0], str):
             e.args = (f"rank {w.rank}: {e.args[0]}", *e.args[1:])  # same type: the CLI still tells them apart

@@ -3,8 +3,9 @@
     python -m torch.distributed.run --standalone --nproc_per_node 2 ddp_worker.py MODE OUT_DIR TRAIN_ARGS...
 
 MODE `train` writes OUT_DIR/rank<R>.json: the training indices of each epoch, the class names in the order the
-rank trained with, a hash of the parameters at the end of training (before the best weights are reloaded), and the
-evaluation summaries the rank returned. MODE `fail` makes rank 1 fail with a TuduiError while loading its data; MODE
+rank trained with, a hash of the parameters at the end of training (before the best weights are reloaded), the
+evaluation summaries the rank returned, and the names of the process's threads once `tudui train` has returned
+(the process group's gloo threads must be gone then: one left into interpreter shutdown can abort the rank). MODE `fail` makes rank 1 fail with a TuduiError while loading its data; MODE
 `hang` makes it hang there (it writes OUT_DIR/rank1-hangs, the time.time() it started, and sleeps). MODE `twice`
 trains two runs in one job (saving a torchrun start): TRAIN_ARGS with `--epochs 2 --name straight`, then
 `--epochs 1 --name resumed`.
@@ -69,6 +70,7 @@ def finish(run, criterion):
 
 trainer.setup, trainer._finish = setup, finish
 if mode == "twice":
+    import torch._dynamo  # noqa: F401  before the group, as tudui does (engine/distributed._import_dynamo)
     import torch.distributed as dist
 
     dist.init_process_group("gloo")  # held across both runs: tudui joins a group that exists instead of making one
@@ -77,6 +79,8 @@ if mode == "twice":
     dist.destroy_process_group()
 else:
     rc = cli.main(["train", *train_args])
+tasks = Path("/proc/self/task")
+record["threads"] = sorted((t / "comm").read_text().strip() for t in tasks.iterdir()) if tasks.is_dir() else None
 out.mkdir(parents=True, exist_ok=True)
 (out / f"rank{rank}.json").write_text(json.dumps(record))
 sys.exit(rc)

@@ -36,6 +36,10 @@ def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, capsys):
     assert "2 processes x batch 64 = global batch 128" in r.stdout
     ranks = [json.loads((tmp_path / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
     assert all(rk["ddp"] and rk["world_size"] == 2 for rk in ranks)
+    # The job was left cleanly: no thread of the process group outlives `tudui train` on either rank (a gloo
+    # worker left into interpreter shutdown aborted the finished rank now and then, and torchrun failed the job).
+    left = [[t for t in rk["threads"] or [] if "gloo" in t] for rk in ranks]
+    assert left == [[], []] and ranks[0]["threads"] is not None, [rk["threads"] for rk in ranks]
 
     # Each epoch: the two shards are disjoint, equally long, and reshuffled between epochs.
     assert len(ranks[0]["indices"]) == len(ranks[1]["indices"]) == 2

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 import warnings
 
@@ -62,6 +63,7 @@ def session(device_name: str = "auto"):
         torch.cuda.set_device(device)  # nccl and object collectives use the current device
     backend = "nccl" if device.type == "cuda" else "gloo"
     timeout = _timeout_s()
+    _import_dynamo()
     try:
         # env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE set by torchrun.
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout))
@@ -87,8 +89,22 @@ def _timed_out(e: RuntimeError) -> bool:
     return "timed out" in text or "timeout" in text
 
 
+def _import_dynamo() -> None:
+    """Import torch._dynamo before the process group exists, never after.
+
+    torch._dynamo imported while a group exists keeps a reference to it (torch 2.14), so destroy_process_group
+    cannot free the gloo backend and its worker threads live on into interpreter shutdown. A worker that drops
+    its last finished work there needs the GIL, cannot take it, and aborts the rank ("terminate called without
+    an active exception", SIGABRT) after all its work is done, and torchrun fails the job: now and then on a
+    busy machine. DDP imports torch._dynamo when it is built, so importing it first costs nothing (~1 s).
+    """
+    import torch._dynamo  # noqa: F401
+
+
 def teardown() -> None:
+    """Leave the job: the group and its backend's threads are gone when this returns (see _import_dynamo)."""
     if dist.is_initialized():
+        gc.collect()  # a DDP wrapper lives in reference cycles (its hooks) and holds the group until collected
         dist.destroy_process_group()
 
 

@@ -79,10 +79,13 @@ class Run:
         return self.data.spec
 
     def close(self) -> None:
-        """Let another training use the run directory (the lock also ends with the process, however it ends)."""
+        """Let another training use the run directory (the lock also ends with the process, however it ends),
+        and let go of the DDP wrapper, which holds the process group: a callback may keep this Run alive after
+        training, and the group must be freed when the job is left (engine/distributed.teardown)."""
         if self.lock is not None:
             self.lock.release()
             self.lock = None
+        self.ddp = self.train_module = self.train_step = None  # each holds the DDP wrapper under torchrun
 
     @property
     def steps_per_epoch(self) -> int:

@@ -7,10 +7,9 @@ TUDUI := $(VENV)/bin/tudui
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.tudui-installed
 DEMO_EPOCHS ?=
-# make test runs pytest in one process. PARALLEL="-n auto --maxprocesses 4 --dist worksteal" runs one worker per core
-# (pytest-xdist; each worker holds its own torch, ~1 GB): about 1.7x sooner on 2 cores, but under that load a rank of
-# a 2-process torchrun test sometimes aborts at exit (std::terminate), a defect not yet found, so it is not the default.
-PARALLEL ?=
+# make test runs one pytest-xdist worker per core (each holds its own torch, ~1 GB; tests/conftest.py gives each one
+# intra-op thread): about 1.8x sooner than one process on 2 cores. PARALLEL= (empty) runs pytest in one process.
+PARALLEL ?= -n auto --maxprocesses 4 --dist worksteal
 
 .PHONY: install data demo test test-all test-min bench bench-gpu clean
 

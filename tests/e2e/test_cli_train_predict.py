@@ -60,7 +60,7 @@ def test_label_file_layout(fmnist, tmp_path, capsys):
 
 
 def test_fashion_mnist_subset_reaches_80_percent_then_predicts_pngs(cli, fmnist, tmp_path):
-    r = _ok(cli("train", "--data", "fashion-mnist", "--subset", "12000", "--epochs", "3", "--project", tmp_path,
+    r = _ok(cli("train", "--data", "fashion-mnist", "--subset", "4000", "--epochs", "2", "--project", tmp_path,
                 "--name", "fm"))
     metrics = json.loads((tmp_path / "fm" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 10000 and metrics["test"]["top1"] >= 0.80, r.stdout

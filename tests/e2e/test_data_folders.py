@@ -74,9 +74,17 @@ def test_a_link_back_into_the_dataset_does_not_relabel_it(tmp_path):
     assert "warning: did not follow 1 folder link(s)" in out.stderr and "tshirt/again -> .." in out.stderr
 
 
-def test_names_that_are_not_utf8(tmp_path):
+def test_names_that_are_not_utf8(tmp_path, capsys):
     """A class folder b'caf\\xe9' stopped training with a UnicodeEncodeError traceback (and with --cache off trained
-    a model the server answered 500 for): one line names it; a file so named in a good class folder trains."""
+    a model the server answered 500 for): one line names it; a file so named in a good class folder trains.
+    In-process (tudui.cli.main) but for the one command whose point is a child's strict UTF-8 stdout."""
+    from tudui.cli import main
+
+    def here(*args) -> tuple[int, str, str]:
+        rc = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
     root = os.fsencode(tmp_path / "data")
     try:
         os.makedirs(root + b"/caf\xe9")
@@ -85,20 +93,20 @@ def test_names_that_are_not_utf8(tmp_path):
     images(tmp_path / "data" / os.fsdecode(b"caf\xe9"), 4, 40)
     images(tmp_path / "data" / "tea", 4, 210)
     for cache in ("auto", "off"):
-        out = tudui("train", "--data", tmp_path / "data", *TINY, "--cache", cache, "--project", tmp_path / "runs")
-        assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
-        assert out.stderr.splitlines() == [
+        rc, _, err = here("train", "--data", tmp_path / "data", *TINY, "--cache", cache, "--project", tmp_path / "runs")
+        assert rc == 2 and "Traceback" not in err, err[-2000:]
+        assert err.splitlines() == [
             f"error: class folder {tmp_path}/data/caf\\xe9 has a name that is not UTF-8 text (the \\x escapes are its "
             "undecodable bytes); rename it in UTF-8, e.g. with `convmv -f latin1 -t utf-8`"]
     os.rename(root + b"/caf\xe9", root + b"/cafe")
     os.rename(root + b"/cafe/0.png", root + b"/cafe/caf\xe9.png")
-    out = tudui("train", "--data", tmp_path / "data", *TINY, "--val-split", "0.25", "--project", tmp_path / "runs",
-                "--name", "ok")
-    assert out.returncode == 0 and "6 train / 2 val" in out.stdout and "cache built" in out.stdout, out.stderr
+    rc, out, err = here("train", "--data", tmp_path / "data", *TINY, "--val-split", "0.25", "--project",
+                        tmp_path / "runs", "--name", "ok")
+    assert rc == 0 and "6 train / 2 val" in out and "cache built" in out, err
     # a desktop locale's stdout is strict UTF-8: the file's name is printed escaped, not as a traceback
-    out = tudui("predict", tmp_path / "runs" / "ok", tmp_path / "data" / "cafe", "--json",
-                env={"PYTHONIOENCODING": "utf-8:strict"})
-    assert out.returncode == 0 and "caf\\udce9.png" in out.stdout and "Traceback" not in out.stderr, out.stderr
+    child = tudui("predict", tmp_path / "runs" / "ok", tmp_path / "data" / "cafe", "--json",
+                  env={"PYTHONIOENCODING": "utf-8:strict"})
+    assert child.returncode == 0 and "caf\\udce9.png" in child.stdout and "Traceback" not in child.stderr, child.stderr
     # a model trained before such class names were refused: one line when it is loaded, not a 500 per request
     import torch
 
@@ -107,7 +115,7 @@ def test_names_that_are_not_utf8(tmp_path):
     torch.save(ckpt, tmp_path / "latin1.pt")
     for cmd in (["predict", tmp_path / "latin1.pt", tmp_path / "data" / "tea"], ["serve", tmp_path / "latin1.pt",
                                                                                  "--port", "0"]):
-        out = tudui(*cmd, timeout=120)
-        assert out.returncode == 2 and out.stderr.splitlines() == [
+        rc, _, err = here(*cmd)
+        assert rc == 2 and err.splitlines() == [
             "error: this model's class name 'caf\\xe9' is not UTF-8 text, so it cannot be shown or served; rename "
-            "the class folder in UTF-8 and train again"], out.stderr
+            "the class folder in UTF-8 and train again"], err

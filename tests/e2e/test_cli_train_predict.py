@@ -22,8 +22,9 @@ def test_class_folders_train_eval_predict(cli, fmnist_folders, tmp_path, capsys)
             "--project", tmp_path, "--name", "folders"))
     run = tmp_path / "folders"
     assert (run / "best.pt").exists() and (run / "results.csv").read_text().count("\n") == 5
-    r = _ok(cli("eval", run / "best.pt", "--data", fmnist_folders, "--split", "val", "--json"))
-    metrics = json.loads(r.stdout)
+    capsys.readouterr()
+    assert tudui_main(["eval", str(run / "best.pt"), "--data", str(fmnist_folders), "--split", "val", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
     assert metrics["n"] == 200 and metrics["top1"] > 0.3  # 4 short epochs on 600 images; chance is 0.1
     # Evaluated as in training (flip TTA is saved with the model): the same figure the run reported.
     run_val = json.loads((run / "metrics.json").read_text())["val"]
@@ -64,7 +65,8 @@ def test_fashion_mnist_subset_reaches_80_percent_then_predicts_pngs(cli, fmnist,
                 "--name", "fm"))
     metrics = json.loads((tmp_path / "fm" / "metrics.json").read_text())
     assert metrics["test"]["n"] == 10000 and metrics["test"]["top1"] >= 0.80, r.stdout
-    _ok(cli("data", "export", "fashion-mnist", "--split", "test", "--limit", "40", "--out", tmp_path / "pngs"))
+    assert tudui_main(["data", "export", "fashion-mnist", "--split", "test", "--limit", "40", "--out",
+                       str(tmp_path / "pngs")]) == 0  # in-process: the child processes are train and predict
     r = _ok(cli("predict", tmp_path / "fm" / "best.pt", tmp_path / "pngs", "--json"))
     preds = json.loads(r.stdout)
     hits = sum(Path(p["source"]).parent.name == p["predictions"][0]["class"].replace("/", "_") for p in preds)

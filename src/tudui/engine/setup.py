@@ -24,6 +24,7 @@ from ..models import get_model_info
 from ..models.training import create_training_model
 from ..models.user import module_in_channels, top_level_warning
 from ..models.surgery import head_path, take_weights_report
+from ..models.timm_models import is_timm, pretrained_cfg, take_weights_mapping, weights_kind
 from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
 from .callbacks import Callback
@@ -38,10 +39,44 @@ from .run import Run
 from .step import EagerStep
 
 
-def _weights_note(cfg: TrainConfig, spec, report, trained: dict | None, norm, norm_note: str | None) -> str:
+def timm_preprocessing(cfg: TrainConfig) -> tuple:
+    """(mean/std, crop ratio, input side, the line saying what came from where, the mean/std's source) a timm
+    model's pretrained weights were trained with (their pretrained_cfg); --img-size, --crop-pct and --mean/--std
+    given on the command line win."""
+    pcfg = pretrained_cfg(cfg.model)
+    tag = f"{pcfg.get('architecture')}.{pcfg.get('tag')}" if pcfg.get("tag") else cfg.model
+    src = f"timm's pretrained_cfg of {tag}"
+    norm = (list(pcfg["mean"]), list(pcfg["std"])) if pcfg.get("mean") and pcfg.get("std") else None
+    side = (pcfg.get("input_size") or (0, 0, 0))[-1] or None
+    taken = []
+    if norm and cfg.mean is None:
+        taken.append("mean/std " + "/".join(f"{v:g}" for v in norm[0]) + " " + "/".join(f"{v:g}" for v in norm[1]))
+    if side and not cfg.img_size:
+        taken.append(f"input {side} px")
+    if pcfg.get("crop_pct") and cfg.crop_pct is None:
+        taken.append(f"evaluation crop {pcfg['crop_pct']:g} (photos)")
+    given = [f for f, v in (("--img-size", cfg.img_size), ("--crop-pct", cfg.crop_pct), ("--mean/--std", cfg.mean))
+             if v is not None]
+    interp = pcfg.get("interpolation")
+    line = f"preprocessing: {', '.join(taken) or 'nothing'} from {src}" + \
+        (f"; {', '.join(given)} from the command line" if given else "") + \
+        (f"; the weights were trained on {interp} resizes, tudui resizes bilinearly" if interp and interp != "bilinear"
+         else "")
+    return norm, pcfg.get("crop_pct"), side, line, src if norm else None
+
+
+def _weights_note(cfg: TrainConfig, spec, report, trained: dict | None, norm, norm_note: str | None,
+                  mapping: list | None = None) -> str:
     """One line on --weights: what was loaded, skipped and adapted, the input the weights were trained on where it
-    differs from this run's, and which mean/std the images are normalised with."""
-    parts = [report.line()] if report else [f"weights: {shown(cfg.weights)}"]
+    differs from this run's, and which mean/std the images are normalised with; a file in another naming mapped by
+    order says so, with the mapping."""
+    hub = f"timm's pretrained weights for {cfg.model} (through its Hugging Face Hub cache), head new for " \
+        f"{spec.num_classes} classes" if is_timm(cfg.model) and weights_kind(cfg.model, cfg.weights) == "hub" else None
+    parts = [report.line()] if report else [f"weights: {hub or shown(cfg.weights or cfg.model)}"]
+    if mapping:
+        shown_pairs = [f"{a} -> {b}" for a, b in mapping[:3]] + ["..."] + [f"{a} -> {b}" for a, b in mapping[-2:]]
+        parts.append(f"the file's {len(mapping)} tensors mapped to timm's names by order and shape "
+                     f"({', '.join(shown_pairs)})")
     if trained and (trained.get("channels"), trained.get("img_size")) != (spec.channels, spec.img_size):
         parts.append(f"trained on {trained.get('channels')}x{trained.get('img_size')}x{trained.get('img_size')} "
                      f"input, this run is {spec.channels}x{spec.img_size}x{spec.img_size}")
@@ -180,13 +215,16 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     # The weights' own normalisation: a tudui checkpoint's mean/std, ImageNet's for torchvision's weights
     norm, norm_note = ((trained["mean"], trained["std"]), "the checkpoint's mean/std") if trained else \
         ((IMAGENET_MEAN, IMAGENET_STD), "ImageNet's mean/std") if pretrained else (None, None)
+    crop, size, timm_note = weights_crop_pct(cfg.model, cfg.weights) if pretrained else None, None, None
+    if is_timm(cfg.model) and not trained and weights_kind(cfg.model, cfg.weights):
+        norm, crop, size, timm_note, norm_note = timm_preprocessing(cfg)
     built: list = []  # the model is built (and its size checked) before any image is decoded or cached
 
     def build_model(spec) -> None:
         built.append(create_training_model(cfg, spec, device))
 
-    data = build_data(cfg, default_norm=norm, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
-                      else None, default_channels=module_in_channels(cfg.model),  # a built model's own channels
+    data = build_data(cfg, default_norm=norm, default_crop=crop, default_size=size,
+                      default_channels=module_in_channels(cfg.model),  # a built model's own channels
                       before_decoding=build_model)
     debug_splits(cfg, data)
     model, arch = built[0]
@@ -195,7 +233,10 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
         print(warning, file=sys.stderr, flush=True)
     report = take_weights_report(model)
     # --resume: the weights come from last.pt; the first run said where it started from
-    notes = [_weights_note(cfg, data.spec, report, trained, norm, norm_note)] if cfg.weights and not cfg.resume else []
+    mapping = take_weights_mapping(model)
+    notes = [timm_note] if timm_note and not cfg.resume else []
+    if (cfg.weights or timm_note) and not cfg.resume:
+        notes.append(_weights_note(cfg, data.spec, report, trained, norm, norm_note, mapping))
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note, unused = resolve_workers(cfg, data, w)

@@ -25,7 +25,15 @@ def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def head_path(model: nn.Module) -> str:
-    """Dotted name of the classification head: the last nn.Linear of the model."""
+    """Dotted name of the classification head: the module a timm model's `get_classifier()` returns, else the last
+    nn.Linear of the model."""
+    if callable(getattr(model, "get_classifier", None)):
+        classifier = model.get_classifier()
+        found = [name for name, m in model.named_modules() if m is classifier and name]
+        if found and any(isinstance(m, nn.Linear) for m in classifier.modules()):
+            return found[0]
+        raise TuduiError(f"{type(model).__name__}'s get_classifier() names no Linear head "
+                         f"({type(classifier).__name__}), so --freeze-backbone and --fine-tune cannot split it")
     last = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not last:
         raise TuduiError("model has no Linear layer to use as its classification head")

@@ -40,7 +40,8 @@ from .step import EagerStep
 
 
 def timm_preprocessing(cfg: TrainConfig) -> tuple:
-    """(mean/std, crop ratio, input side, the line saying what came from where, the mean/std's source) a timm
+    """(mean/std, crop ratio, input side, the line saying what came from where, the mean/std's source, the record the
+    DataSpec keeps) a timm
     model's pretrained weights were trained with (their pretrained_cfg); --img-size, --crop-pct and --mean/--std
     given on the command line win."""
     pcfg = pretrained_cfg(cfg.model)
@@ -62,7 +63,9 @@ def timm_preprocessing(cfg: TrainConfig) -> tuple:
         (f"; {', '.join(given)} from the command line" if given else "") + \
         (f"; the weights were trained on {interp} resizes, tudui resizes bilinearly" if interp and interp != "bilinear"
          else "")
-    return norm, pcfg.get("crop_pct"), side, line, src if norm else None
+    record = {"source": src, **{k: list(v) if isinstance(v, tuple) else v for k, v in pcfg.items()
+                                if k in ("mean", "std", "input_size", "crop_pct", "interpolation", "hf_hub_id")}}
+    return norm, pcfg.get("crop_pct"), side, line, src if norm else None, record
 
 
 def _weights_note(cfg: TrainConfig, spec, report, trained: dict | None, norm, norm_note: str | None,
@@ -215,9 +218,9 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     # The weights' own normalisation: a tudui checkpoint's mean/std, ImageNet's for torchvision's weights
     norm, norm_note = ((trained["mean"], trained["std"]), "the checkpoint's mean/std") if trained else \
         ((IMAGENET_MEAN, IMAGENET_STD), "ImageNet's mean/std") if pretrained else (None, None)
-    crop, size, timm_note = weights_crop_pct(cfg.model, cfg.weights) if pretrained else None, None, None
+    crop, size, timm_note, record = weights_crop_pct(cfg.model, cfg.weights) if pretrained else None, None, None, None
     if is_timm(cfg.model) and not trained and weights_kind(cfg.model, cfg.weights):
-        norm, crop, size, timm_note, norm_note = timm_preprocessing(cfg)
+        norm, crop, size, timm_note, norm_note, record = timm_preprocessing(cfg)
     built: list = []  # the model is built (and its size checked) before any image is decoded or cached
 
     def build_model(spec) -> None:
@@ -226,6 +229,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     data = build_data(cfg, default_norm=norm, default_crop=crop, default_size=size,
                       default_channels=module_in_channels(cfg.model),  # a built model's own channels
                       before_decoding=build_model)
+    data.spec.pretrained_cfg = record  # travels with the DataSpec into every checkpoint and export
     debug_splits(cfg, data)
     model, arch = built[0]
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None

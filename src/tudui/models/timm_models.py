@@ -157,7 +157,8 @@ def offline_error(name: str, cfg: dict, err: Exception) -> TuduiError:
                  f"--weights FILE, or fill timm's Hugging Face cache folder {repo_dir} (`hf download {hub}`)")
     else:
         where = f"download {cfg.get('url') or 'the weights'} and pass --weights FILE"
-    first = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+    text = str(err).strip()
+    first = text.splitlines()[0].split(". ")[0][:160] if text else type(err).__name__
     return TuduiError(f"could not get {name}'s pretrained weights ({first}); {where}")
 
 

@@ -46,7 +46,8 @@ def timm_preprocessing(cfg: TrainConfig) -> tuple:
     given on the command line win."""
     pcfg = pretrained_cfg(cfg.model)
     tag = f"{pcfg.get('architecture')}.{pcfg.get('tag')}" if pcfg.get("tag") else cfg.model
-    src = f"timm's pretrained_cfg of {tag}"
+    src = f"the pretrained_cfg in {shown(pcfg['source'])}" if str(cfg.model).startswith("local-dir:") else \
+        f"timm's pretrained_cfg of {tag}"
     norm = (list(pcfg["mean"]), list(pcfg["std"])) if pcfg.get("mean") and pcfg.get("std") else None
     side = (pcfg.get("input_size") or (0, 0, 0))[-1] or None
     taken = []

@@ -84,7 +84,9 @@ def pretrained_cfg(name: str) -> dict:
     """The weights' pretrained_cfg as a dict (mean, std, input_size, crop_pct, interpolation, hf_hub_id, ...), read
     from timm's tables (or a local-dir's config.json) without building the model."""
     if name.startswith(LOCAL):
-        return dict(_local_config(name).get("pretrained_cfg") or {})
+        config = _local_config(name)
+        return {"architecture": config.get("architecture"), **(config.get("pretrained_cfg") or {}),
+                "source": f"{name.removeprefix(LOCAL)}/config.json"}
     timm = import_timm()
     arch, tag = split_name(name)
     cfg = timm.models.get_pretrained_cfg(f"{arch}.{tag}" if tag else arch)

@@ -87,6 +87,8 @@ def test_models_lists_timm_names_with_their_parameters_and_weights(capsys):
 def test_the_head_is_the_one_timm_names():
     model = create_model("timm:test_convnext", num_classes=4, in_channels=3, img_size=32)
     assert model.get_submodule(head_path(model)) is model.get_classifier()  # head.fc, not a guess
+    dla = create_model("timm:dla46_c", num_classes=4, in_channels=3, img_size=32)  # a 1x1 convolution as its head
+    assert head_path(dla) == "fc" and isinstance(dla.fc, nn.Conv2d)
 
 
 def test_a_head_without_weights_cannot_be_split(tmp_path, capsys):
@@ -159,22 +161,31 @@ def test_pretrained_cfg_travels_into_the_checkpoint_predict_and_onnx(tmp_path, c
     pytest.importorskip("onnxruntime")
     import onnx
 
-    run = tudui.train(model="timm:efficientnet_lite0", weights=_lite0_file(), **QUICK | dict(img_size=32), epochs=1,
-                      freeze_backbone=True, project=str(tmp_path), name="lite0")
+    # timm's test_efficientnet weights under other names (as EfficientNet-PyTorch's are): mapped by order and shape
+    path = tmp_path / "renamed.pth"
+    state = timm.create_model("test_efficientnet").state_dict()
+    torch.save({f"layer{i}.{k.rpartition('.')[2]}": v for i, (k, v) in enumerate(state.items())}, path)
+    quick = {k: v for k, v in QUICK.items() if k != "img_size"}  # the size comes from the weights' pretrained_cfg
+    run = tudui.train(model="timm:test_efficientnet", weights=str(path), **quick, epochs=1, freeze_backbone=True,
+                      project=str(tmp_path), name="pretrained")
     first = capsys.readouterr().out
-    cfg = timm.models.get_pretrained_cfg("efficientnet_lite0").to_dict()
-    assert "from timm's pretrained_cfg of efficientnet_lite0.ra_in1k; --img-size from the command line" in first
-    assert "mapped to timm's names by order and shape (_conv_stem.weight -> conv_stem.weight" in first
+    cfg = timm.models.get_pretrained_cfg("test_efficientnet").to_dict()
+    side = cfg["input_size"][-1]
+    assert f"input {side} px, evaluation crop {cfg['crop_pct']:g} (photos) from timm's pretrained_cfg of " \
+        f"test_efficientnet.{cfg['tag']}" in first
+    assert "mapped to timm's names by order and shape (layer0.weight -> conv_stem.weight" in first
     data = load_checkpoint(run.best)["data"]
-    grey = [sum(cfg["mean"]) / 3], [sum(cfg["std"]) / 3]  # ImageNet's, averaged for 1-channel digits
-    assert data["mean"] == pytest.approx(grey[0]) and data["std"] == pytest.approx(grey[1]) and data["img_size"] == 32
-    assert data["pretrained_cfg"]["interpolation"] == "bicubic" and data["pretrained_cfg"]["crop_pct"] == 0.875
-    assert tudui.Predictor.from_path(run.best, device="cpu").spec.mean == pytest.approx(grey[0])
+    grey = [sum(cfg["mean"]) / 3], [sum(cfg["std"]) / 3]  # ImageNet's, averaged for the 1-channel digits
+    assert data["mean"] == pytest.approx(grey[0]) and data["std"] == pytest.approx(grey[1]) and data["img_size"] == side
+    record = data["pretrained_cfg"]
+    assert (record["interpolation"], record["crop_pct"]) == (cfg["interpolation"], cfg["crop_pct"])
+    spec = tudui.Predictor.from_path(run.best, device="cpu").spec
+    assert spec.mean == pytest.approx(grey[0]) and spec.img_size == side
     out = tmp_path / "m.onnx"
     assert cli_main(["export", str(run.best), "--format", "onnx", "--out", str(out)]) == 0
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
-    assert meta["pretrained_cfg"]["source"].startswith("timm's pretrained_cfg of efficientnet_lite0")
-    assert meta["mean"] == pytest.approx(grey[0])
+    assert meta["pretrained_cfg"]["source"] == f"timm's pretrained_cfg of test_efficientnet.{cfg['tag']}"
+    assert meta["mean"] == pytest.approx(grey[0]) and meta["img_size"] == side
 
 
 def test_cached_head_features_equal_the_image_path_for_a_timm_model(tmp_path, monkeypatch):

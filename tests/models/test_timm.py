@@ -87,6 +87,12 @@ def test_models_lists_timm_names_with_their_parameters_and_weights(capsys):
 def test_the_head_is_the_one_timm_names():
     model = create_model("timm:test_convnext", num_classes=4, in_channels=3, img_size=32)
     assert model.get_submodule(head_path(model)) is model.get_classifier()  # head.fc, not a guess
+    from tudui.engine.features import HeadInput
+
+    hook, x = HeadInput(model.get_classifier()), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # what cached-feature training keeps is timm's pooled pre-logits
+        model.eval()(x)
+        assert torch.allclose(hook.value, model.forward_head(model.forward_features(x), pre_logits=True))
     dla = create_model("timm:dla46_c", num_classes=4, in_channels=3, img_size=32)  # a 1x1 convolution as its head
     assert head_path(dla) == "fc" and isinstance(dla.fc, nn.Conv2d)
 
@@ -188,7 +194,7 @@ def test_pretrained_cfg_travels_into_the_checkpoint_predict_and_onnx(tmp_path, c
     assert meta["mean"] == pytest.approx(grey[0]) and meta["img_size"] == side
 
 
-def test_cached_head_features_equal_the_image_path_for_a_timm_model(tmp_path, monkeypatch):
+def test_cached_head_features_equal_the_image_path_for_a_timm_model(tmp_path, monkeypatch, capsys):
     from tudui.engine import features
 
     path = tmp_path / "w.pth"
@@ -197,6 +203,7 @@ def test_cached_head_features_equal_the_image_path_for_a_timm_model(tmp_path, mo
     args = dict(model="timm:test_resnet", weights=str(path), **QUICK, epochs=2, augment="none",
                 freeze_backbone=True, lr=0.01, project=str(tmp_path))
     cached = tudui.train(**args, name="cached")
+    assert "head on cached features" in capsys.readouterr().out  # timm's head input: its pooled pre-logits
     monkeypatch.setattr(features, "maybe_feature_trainer", lambda run: None)
     plain = tudui.train(**args, name="plain")
     a, b = (load_checkpoint(r.last)["model"] for r in (cached, plain))

@@ -167,8 +167,10 @@ def create_train_step(run: Run) -> str | None:
     """Choose the step kind once: a CUDA graph replay (--cuda-graph: engine/cuda_graph.py) or the eager step.
     Sets run.train_step; returns the note for the first line (None: nothing to say)."""
     cfg = run.cfg
-    # arch["source"] marks a model of the user's (create_training_model), as it does wherever a checkpoint is rebuilt
-    graphed, note = resolve_cuda_graph(cfg, run.device, run.ddp is not None, registered="source" not in run.arch)
+    # arch["source"] marks a model of the user's (create_training_model), as it does wherever a checkpoint is rebuilt;
+    # timm's architectures are not tudui's own either: --cuda-graph auto records only the nets tudui ships and tests
+    ours = "source" not in run.arch and not str(run.arch["name"]).startswith("timm:")
+    graphed, note = resolve_cuda_graph(cfg, run.device, run.ddp is not None, registered=ours)
     args = (run.train_module, run.criterion, run.device, cfg.amp, run.scaler.scale)  # fp16: the loss scaled
     run.train_step = GraphedStep(*args) if graphed else EagerStep(*args, accumulate=cfg.accumulate)
     return note

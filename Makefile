@@ -94,7 +94,7 @@ $(PEERS_VENV)/bin/yolo:
 	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PEERS_VENV)/bin/python -m pip install -q $(TORCH) ultralytics
 
-bench: data $(PEERS_VENV)/bin/yolo
+bench: data $(TEST_STAMP) $(PEERS_VENV)/bin/yolo
 	$(PY) -m pip install -q "lightning>=2.0"
 	$(PY) benchmarks/time_to_accuracy.py $(if $(BENCH_LONG),--long $(BENCH_LONG))
 	$(PY) benchmarks/peers.py --yolo $(PEERS_VENV)/bin/yolo
@@ -106,6 +106,7 @@ bench: data $(PEERS_VENV)/bin/yolo
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/peak_memory.py
 	$(PY) benchmarks/photos.py
+	$(PY) benchmarks/timm_transfer.py
 	$(PY) benchmarks/serve_load.py
 	@# The API fuzzing of `make test`, 20 times longer (about 7,800 requests; the counts are printed).
 	TUDUI_FUZZ_SCALE=20 $(PY) -m pytest -q -s -p no:cacheprovider tests/inference/test_server_fuzz.py

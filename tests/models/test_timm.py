@@ -265,6 +265,8 @@ def test_hf_folder_loads_in_timm_with_identical_logits_and_trains_again(resnet_r
     x = torch.randn(4, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(ours(x), theirs(x))
+    as_weights = create_model("timm:test_resnet", num_classes=3, in_channels=1, img_size=16, weights=str(folder))
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in as_weights.state_dict().items())  # --weights FOLDER
     again = tudui.train(model=f"local-dir:{folder}", **QUICK, epochs=1, project=str(tmp_path), name="again")
     first = capsys.readouterr().out
     assert f"from the pretrained_cfg in {folder}/config.json" in first

@@ -24,7 +24,7 @@ from ..models import get_model_info
 from ..models.training import create_training_model
 from ..models.user import module_in_channels, top_level_warning
 from ..models.surgery import head_path, take_weights_report
-from ..models.timm_models import is_timm, pretrained_cfg, take_weights_mapping, weights_kind
+from ..models.timm_models import hf_folder, is_timm, pretrained_cfg, take_weights_mapping, weights_kind
 from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
 from .callbacks import Callback
@@ -41,13 +41,12 @@ from .step import EagerStep
 
 def timm_preprocessing(cfg: TrainConfig) -> tuple:
     """(mean/std, crop ratio, input side, the line saying what came from where, the mean/std's source, the record the
-    DataSpec keeps) a timm
-    model's pretrained weights were trained with (their pretrained_cfg); --img-size, --crop-pct and --mean/--std
-    given on the command line win."""
-    pcfg = pretrained_cfg(cfg.model)
+    DataSpec keeps) a timm model's pretrained weights were trained with (their pretrained_cfg, or a local-dir: or
+    --weights folder's config.json); --img-size, --crop-pct and --mean/--std given on the command line win."""
+    pcfg = pretrained_cfg("local-dir:" + cfg.weights if hf_folder(cfg.weights) else cfg.model)
     tag = f"{pcfg.get('architecture')}.{pcfg.get('tag')}" if pcfg.get("tag") else cfg.model
-    src = f"the pretrained_cfg in {shown(pcfg['source'])}" if str(cfg.model).startswith("local-dir:") else \
-        f"timm's pretrained_cfg of {tag}"
+    local = str(pcfg.get("source")).endswith("config.json")
+    src = f"the pretrained_cfg in {shown(pcfg['source'])}" if local else f"timm's pretrained_cfg of {tag}"
     norm = (list(pcfg["mean"]), list(pcfg["std"])) if pcfg.get("mean") and pcfg.get("std") else None
     side = (pcfg.get("input_size") or (0, 0, 0))[-1] or None
     taken = []

@@ -98,8 +98,8 @@ def weights_kind(name: str, weights: str | None) -> str | None:
     --weights: timm's Hugging Face Hub cache), 'local' (a local-dir: folder's own), 'file' (--weights FILE), None."""
     if weights is not None and weights.upper() != "DEFAULT":
         return "file"
-    if name.startswith(LOCAL):
-        return "local" if weights is None else "file"
+    if name.startswith(LOCAL):  # the folder's own weights (DEFAULT names them too)
+        return "local"
     if weights is not None or split_name(name)[1]:
         return "hub"
     return None
@@ -113,8 +113,16 @@ def arch_name(name: str) -> str:
     return TIMM + split_name(name)[0]
 
 
+def hf_folder(weights: str | None) -> bool:
+    """Whether --weights names a folder timm loads (config.json + model.safetensors: `tudui export --format hf`)."""
+    if not weights:
+        return False
+    folder = Path(weights).expanduser()
+    return (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+
+
 def _state_of(weights: str) -> dict[str, torch.Tensor]:
-    state = read_weights(weights)
+    state = read_weights(Path(weights).expanduser() / "model.safetensors" if hf_folder(weights) else weights)
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 

@@ -97,6 +97,17 @@ def test_the_head_is_the_one_timm_names():
     assert head_path(dla) == "fc" and isinstance(dla.fc, nn.Conv2d)
 
 
+def test_fine_tuning_splits_a_timm_model_at_the_head_timm_names():
+    from tudui.engine.finetune import finetune_groups
+
+    for name in ("test_vit", "dla46_c"):  # fc_norm before the head; a 1x1 convolution as the head
+        model = create_model(f"timm:{name}", num_classes=4, in_channels=3, img_size=32)
+        groups = finetune_groups(model, weight_decay=0.05, lr=1e-3, backbone_lr_mult=0.1)
+        head = {id(p) for g in groups if not g["backbone"] for p in g["params"]}
+        assert head == {id(p) for p in model.get_classifier().parameters()}, name
+    assert all(g["lr"] == pytest.approx(1e-4) for g in groups if g["backbone"])
+
+
 def test_a_head_without_weights_cannot_be_split(tmp_path, capsys):
     class NoHead(nn.Module):
         def __init__(self):

@@ -62,6 +62,9 @@ def test_unknown_names_and_tags_get_close_names_on_one_line(capsys):
     # the name a new user tries first: tudui's own registry points at timm's
     assert "did you mean timm:convnext_nano?" in _error(capsys, "train", "--model", "convnext_nano", "--data", "digits")
     assert "a1_in1k" in _error(capsys, "train", "--model", "timm:resnet18.a1_in1kk", "--data", "digits")
+    assert "unexpected keyword argument 'bogus'" in _error(capsys, "train", "--model", "timm:test_resnet", "--data",
+                                                           "digits", "--model-args", "bogus=1")
+    assert "config.json not found" in _error(capsys, "train", "--model", "local-dir:/nonexistent", "--data", "digits")
 
 
 def test_without_timm_the_error_is_the_install_line(monkeypatch, capsys):

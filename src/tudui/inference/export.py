@@ -255,7 +255,8 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
         def verify(ref: torch.Tensor, got: torch.Tensor) -> None:
             found.extend(_parity(format, ref, got, len(x), tolerance, log))
 
-        export_hf(model, ckpt, spec, meta, x, reference, out, verify)
+        with sigterm_as_interrupt():  # SIGTERM raises like Ctrl-C: the half-written folder is removed
+            export_hf(model, ckpt, spec, meta, x, reference, out, verify)
         return ExportResult(out, format, found[0], found[1], len(x), sorted(out.iterdir()), None)
     example = x[:1]  # the traced/exported batch size (1 unless --dynamic-batch makes it symbolic)
     sidecar = Path(str(out) + SIDECAR_SUFFIX)

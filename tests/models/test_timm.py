@@ -292,3 +292,12 @@ def test_hf_export_of_a_model_timm_does_not_know_is_one_line(tiny_model, tmp_pat
     assert "for timm models (--model timm:NAME)" in _error(capsys, "export", str(tiny_model), "--format", "hf",
                                                            "--out", str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()
+
+
+def test_an_hf_folder_that_fails_parity_is_not_written(resnet_run, tmp_path, monkeypatch, capsys):
+    from tudui.inference import export
+
+    monkeypatch.setattr(export, "_compare", lambda ref, got: (1.0, 0))  # timm's load of the folder disagrees
+    assert cli_main(["export", str(resnet_run.best), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    assert "parity check failed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary twin

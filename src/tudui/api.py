@@ -233,6 +233,13 @@ def model_rows(num_classes: int = 10) -> list[tuple[ModelInfo, int]]:
     return rows
 
 
+def timm_models(pattern: str) -> list[tuple[str, int, bool]]:
+    """(timm name, parameters at 1000 classes, whether pretrained weights are known) for `tudui models --timm PATTERN`."""
+    from .models.timm_models import list_timm
+
+    return list_timm(pattern)
+
+
 def summary(model: str | Path, input: str | None = None, *, num_classes: int = 10, build_size: int | None = None,
             model_args: list[str] | dict | None = None,
             model_file: str | Path | None = None,

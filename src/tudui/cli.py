@@ -195,6 +195,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from .core.console import table
 
+    if args.timm is not None:
+        found = _api().timm_models(args.timm)
+        if not found:
+            raise TuduiError(f"no timm model matches '{args.timm}'; try a shorter pattern (e.g. --timm resnet)")
+        print(table(["model", "params (1000 classes)", "pretrained weights"],
+                    [["timm:" + n, f"{p:,}" if p >= 0 else "?", "yes" if w else "no"] for n, p, w in found], "<><"))
+        print(f"{len(found)} timm models; train one with --model timm:NAME (--weights DEFAULT for its pretrained "
+              "weights)")
+        return 0
     rows = [[info.name, info.family, f"{n:,}", info.min_size, info.description]
             for info, n in _api().model_rows(args.num_classes)]
     print(table(["model", "family", f"params ({args.num_classes} classes, RGB)", "min input", "description"],
@@ -325,8 +334,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check",
                lambda p: add_options(p, ExportOptions), cmd_export),
     "serve": ("serve a model over HTTP with a page to try it", lambda p: add_options(p, ServeOptions), cmd_serve),
-    "models": ("list the registered models", lambda p: p.add_argument("--num-classes", type=int, default=10),
-               cmd_models),
+    "models": ("list the registered models (--timm PATTERN: timm's)", lambda p: (
+        p.add_argument("--num-classes", type=int, default=10),
+        p.add_argument("--timm", metavar="PATTERN", default=None,
+                       help="list timm's architectures matching PATTERN (wildcards, or a part of the name) with "
+                            "their parameters and whether pretrained weights are known; needs timm")), cmd_models),
     "data": ("dataset utilities", add_data_args, None),
     "convert": ("turn a trusted pickled model or plain weights into a tudui checkpoint", add_convert_args, cmd_convert),
     "summary": ("per-layer output shapes, parameters and size arithmetic of a model", add_summary_args, cmd_summary),

@@ -260,6 +260,16 @@ CHECKS = {
 }
 
 
+def _timm_transfer(out: str, tables: list[Table]) -> None:
+    runs = find(tables, "train images", "run", "val top-1", "wall s")
+    assert len(runs.rows) == 10 and len(set(runs.column("train images"))) == 2
+    targets(tables, r"pretrained features beat scratch at \d+ images by >= 20 points",
+            r"frozen head, \d+ epochs <= 1\.5x one backbone pass \(\d+ images\)")
+
+
+CHECKS["timm_transfer.py"] = _timm_transfer
+
+
 def check_report(script: str, stdout: str) -> None:
     """Every table of `script`'s report parses, holds only finite, plausible figures and the rows it must have."""
     tables = parse_tables(stdout)

@@ -29,6 +29,7 @@ SCRIPTS = {
     "amp_speed.py": "--amp auto picks the faster precision",
     "gpu_time_to_accuracy.py": "94% test top-1 within 10 s on the GPU",  # --quick runs on the CPU where no CUDA
     "lr_find_rule.py": "recommended vs default",
+    "timm_transfer.py": "pretrained features beat scratch at",
 }
 # Ultralytics lives in its own environment, made by `make bench` only (a benchmark peer, never a dependency).
 PEERS_YOLO = Path(__file__).resolve().parents[2] / ".venv-peers" / "bin" / "yolo"
@@ -50,7 +51,13 @@ def test_every_script_writes_only_into_its_workdir():
             assert fixed not in text, (script, fixed)
 
 
-@pytest.mark.parametrize("script", sorted(name for name, line in SCRIPTS.items() if line is not None))
+# --quick runs that train real nets at length even at their smallest (ten EfficientNet-Lite0 runs, ~1-2 minutes on two
+# cores): `make test-all` runs them, `make test` does not
+SLOW = {"timm_transfer.py"}
+
+
+@pytest.mark.parametrize("script", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+                                    for name in sorted(n for n, line in SCRIPTS.items() if line is not None)])
 def test_quick_run(script, request, tmp_path):
     if script == "peers.py" and not PEERS_YOLO.exists():
         pytest.skip("Ultralytics' environment .venv-peers is made by `make bench`")

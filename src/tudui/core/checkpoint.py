@@ -10,7 +10,8 @@ then compares the declared sizes with the weights' shapes before building anythi
   model                    state_dict (saved from the unwrapped module: no `module.` prefix, standard layout)
   arch                     {name, num_classes, in_channels, img_size, kwargs} for models' build_model, and for
                            your own model the `source` record of its Python file (models/user.py)
-  data                     DataSpec: classes, img_size, channels, mean, std, hflip, tta, crop_pct
+  data                     DataSpec: classes, img_size, channels, mean, std, hflip, tta, crop_pct,
+                           pretrained_cfg (timm weights' preprocessing record, or null)
   versions                 tudui, torch, torchvision, ... that wrote it
 Training checkpoints (engine/trainer.py `Run.checkpoint`) add:
   epoch, step              epochs and optimisation steps completed
@@ -227,6 +228,9 @@ def check_data(d: Any, where: str | Path, entry: str = "data") -> None:
     if crop is not None and (not _is_number(crop) or not 0 < crop <= 1 or size / crop > 2 * MAX_IMG_SIZE):
         raise bad(f"'{entry}.crop_pct' should be in (0, 1] with img_size / crop_pct at most {2 * MAX_IMG_SIZE} px "
                   f"(the side images are resized to), got {crop!r}")
+    if d.get("pretrained_cfg") is not None and not isinstance(d["pretrained_cfg"], dict):
+        raise bad(f"'{entry}.pretrained_cfg' should be a dict (where the preprocessing came from) or null, got "
+                  f"{type(d['pretrained_cfg']).__name__}")
     for k in ("hflip", "tta"):
         if k in d and not isinstance(d[k], bool):
             raise bad(f"'{entry}.{k}' should be true or false, got {d[k]!r}")

@@ -276,9 +276,12 @@ class TrainConfig(Options):
                              f"{' '.join(map(str, self.crop_scale))}")
         # a model tudui builds starts random; an nn.Module given built (library) has whatever weights it was given
         built = hasattr(self.model, "state_dict") and not isinstance(self.model, type)
-        if self.freeze_backbone and not self.weights and not built:
+        # a model name that carries its weights: a timm tag (timm:NAME.TAG) or a local-dir: folder (timm_models.py)
+        named = isinstance(self.model, str) and (self.model.startswith("local-dir:") or
+                                                  self.model.startswith("timm:") and "." in self.model)
+        if self.freeze_backbone and not self.weights and not built and not named:
             raise TuduiError("--freeze-backbone without --weights would train a head on a randomly initialised, "
-                             "frozen backbone; pass --weights DEFAULT (torchvision's pretrained weights) or --weights "
+                             "frozen backbone; pass --weights DEFAULT (torchvision's or timm's pretrained weights) or --weights "
                              "FILE (a checkpoint or state_dict), or drop --freeze-backbone to train the whole model")
         if self.fine_tune and self.freeze_backbone:
             raise TuduiError("--fine-tune N unfreezes the backbone after N epochs and --freeze-backbone keeps it "

@@ -227,9 +227,11 @@ class ExportOptions(Options):
 
     checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory", positional=True)
     format: str = option("onnx", "onnx (onnxruntime, metadata in metadata_props), torchscript (.torchscript), or "
-                                 "safetensors weights + a .safetensors.json sidecar",
-                         choices=["onnx", "torchscript", "safetensors"])
-    out: str | None = option(None, "output file [default: the checkpoint's name with the format's suffix]")
+                                 "safetensors weights + a .safetensors.json sidecar, or hf (timm models: a folder "
+                                 "timm.create_model('local-dir:FOLDER') loads, with a model card)",
+                         choices=["onnx", "torchscript", "safetensors", "hf"])
+    out: str | None = option(None, "output file (hf: folder) [default: the checkpoint's name with the format's "
+                                   "suffix; best-hf/ for hf]")
     dynamic_batch: bool = option(False, "ONNX: any batch size (default: fixed at 1)", store_true=True)
     opset: int | None = option(None, "ONNX opset version [default: the exporter's]")
     model_file: str | None = model_file_option()

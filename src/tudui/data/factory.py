@@ -239,11 +239,12 @@ def resolve_augment(augment: str, photo: bool) -> str:
 
 def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
                default_crop: float | None = None, default_channels: int | None = None,
-               before_decoding: Callable[[DataSpec], None] | None = None) -> DataBundle:
+               default_size: int | None = None, before_decoding: Callable[[DataSpec], None] | None = None) -> DataBundle:
     """Load the splits named by `cfg` (a TrainConfig) and resolve the DataSpec and how each split is held.
 
     default_norm / default_crop: the pretrained weights' mean/std (ImageNet's, or a tudui checkpoint's own) and
     evaluation crop, if any.
+    default_size: the pretrained weights' input side, used when --img-size is not given (timm's pretrained_cfg).
     default_channels: the input channels of a model given already built, used when --channels is not given
     (greyscale images are replicated to RGB for a 3-channel model, as PIL's convert('RGB') does).
     before_decoding: called with the DataSpec (classes, size, channels; mean/std not yet measured) once it is known
@@ -254,7 +255,7 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     train, val, test = load_splits(cfg.data, cfg.data_root, cfg.download, cfg.val_split, cfg.seed, cfg.subset,
                                    cfg.classes, cfg.fraction, said)
     native_size, native_ch, native_short = _native_format(train)
-    size, channels = cfg.img_size or native_size, cfg.channels or default_channels or native_ch
+    size, channels = cfg.img_size or default_size or native_size, cfg.channels or default_channels or native_ch
     if channels not in (1, 3):
         raise TuduiError(f"--channels must be 1 or 3, got {channels}")
     if size < 4:

@@ -62,6 +62,10 @@ class DataSpec:
     # img_size x img_size. None: squash the whole image to img_size x img_size (tudui's recipe for small images, and
     # what every checkpoint written before this field existed does).
     crop_pct: float | None = None
+    # Where the preprocessing above came from when pretrained weights set it: timm's pretrained_cfg of the weights
+    # (source, mean, std, input_size, crop_pct, interpolation), kept as it was, for eval, predict, serve and exports
+    # to show; None for every other run. Decoding reads the fields above, never this record.
+    pretrained_cfg: dict | None = None
 
     def decode(self, src) -> np.ndarray:
         """A path, bytes or PIL image -> (S, S, C) uint8, exactly as this model's evaluation sees it."""
@@ -99,7 +103,8 @@ class DataSpec:
             if isinstance(name, str) and not _is_utf8(name):  # a Latin-1 class folder, before tudui refused them
                 raise TuduiError(f"this model's class name '{shown(name)}' is not UTF-8 text, so it cannot be shown "
                                  "or served; rename the class folder in UTF-8 and train again")
-        return cls(**{k: d[k] for k in ("classes", "img_size", "channels", "mean", "std", "hflip", "tta", "crop_pct")
+        return cls(**{k: d[k] for k in ("classes", "img_size", "channels", "mean", "std", "hflip", "tta", "crop_pct",
+                                                "pretrained_cfg")
                      if k in d})
 
 

@@ -24,6 +24,7 @@ from ..models import get_model_info
 from ..models.training import create_training_model
 from ..models.user import module_in_channels, top_level_warning
 from ..models.surgery import head_path, take_weights_report
+from ..models.timm_models import hf_folder, is_timm, pretrained_cfg, take_weights_mapping, weights_kind
 from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
 from .callbacks import Callback
@@ -38,10 +39,47 @@ from .run import Run
 from .step import EagerStep
 
 
-def _weights_note(cfg: TrainConfig, spec, report, trained: dict | None, norm, norm_note: str | None) -> str:
+def timm_preprocessing(cfg: TrainConfig) -> tuple:
+    """(mean/std, crop ratio, input side, the line saying what came from where, the mean/std's source, the record the
+    DataSpec keeps) a timm model's pretrained weights were trained with (their pretrained_cfg, or a local-dir: or
+    --weights folder's config.json); --img-size, --crop-pct and --mean/--std given on the command line win."""
+    pcfg = pretrained_cfg("local-dir:" + cfg.weights if hf_folder(cfg.weights) else cfg.model)
+    tag = f"{pcfg.get('architecture')}.{pcfg.get('tag')}" if pcfg.get("tag") else cfg.model
+    local = str(pcfg.get("source")).endswith("config.json")
+    src = f"the pretrained_cfg in {shown(pcfg['source'])}" if local else f"timm's pretrained_cfg of {tag}"
+    norm = (list(pcfg["mean"]), list(pcfg["std"])) if pcfg.get("mean") and pcfg.get("std") else None
+    side = (pcfg.get("input_size") or (0, 0, 0))[-1] or None
+    taken = []
+    if norm and cfg.mean is None:
+        taken.append("mean/std " + "/".join(f"{v:g}" for v in norm[0]) + " " + "/".join(f"{v:g}" for v in norm[1]))
+    if side and not cfg.img_size:
+        taken.append(f"input {side} px")
+    if pcfg.get("crop_pct") and cfg.crop_pct is None:
+        taken.append(f"evaluation crop {pcfg['crop_pct']:g} (photos)")
+    given = [f for f, v in (("--img-size", cfg.img_size), ("--crop-pct", cfg.crop_pct), ("--mean/--std", cfg.mean))
+             if v is not None]
+    interp = pcfg.get("interpolation")
+    line = f"preprocessing: {', '.join(taken) or 'nothing'} from {src}" + \
+        (f"; {', '.join(given)} from the command line" if given else "") + \
+        (f"; the weights were trained on {interp} resizes, tudui resizes bilinearly" if interp and interp != "bilinear"
+         else "")
+    record = {"source": src, **{k: list(v) if isinstance(v, tuple) else v for k, v in pcfg.items()
+                                if k in ("mean", "std", "input_size", "crop_pct", "interpolation", "hf_hub_id")}}
+    return norm, pcfg.get("crop_pct"), side, line, src if norm else None, record
+
+
+def _weights_note(cfg: TrainConfig, spec, report, trained: dict | None, norm, norm_note: str | None,
+                  mapping: list | None = None) -> str:
     """One line on --weights: what was loaded, skipped and adapted, the input the weights were trained on where it
-    differs from this run's, and which mean/std the images are normalised with."""
-    parts = [report.line()] if report else [f"weights: {shown(cfg.weights)}"]
+    differs from this run's, and which mean/std the images are normalised with; a file in another naming mapped by
+    order says so, with the mapping."""
+    hub = f"timm's pretrained weights for {cfg.model} (through its Hugging Face Hub cache), head new for " \
+        f"{spec.num_classes} classes" if is_timm(cfg.model) and weights_kind(cfg.model, cfg.weights) == "hub" else None
+    parts = [report.line()] if report else [f"weights: {hub or shown(cfg.weights or cfg.model)}"]
+    if mapping:
+        shown_pairs = [f"{a} -> {b}" for a, b in mapping[:3]] + ["..."] + [f"{a} -> {b}" for a, b in mapping[-2:]]
+        parts.append(f"the file's {len(mapping)} tensors mapped to timm's names by order and shape "
+                     f"({', '.join(shown_pairs)})")
     if trained and (trained.get("channels"), trained.get("img_size")) != (spec.channels, spec.img_size):
         parts.append(f"trained on {trained.get('channels')}x{trained.get('img_size')}x{trained.get('img_size')} "
                      f"input, this run is {spec.channels}x{spec.img_size}x{spec.img_size}")
@@ -85,7 +123,8 @@ def write_run_files(run: Run) -> None:
             run.notes.append(f"removed {len(old)} TensorBoard event file(s) of the earlier run in "
                              f"{shown(run.run_dir)} (--exist-ok starts a new run; --resume continues one)")
         (run.run_dir / "metrics.json").unlink(missing_ok=True)  # an older run's (--exist-ok): written again at the end
-    save_yaml(versions() | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
+    timm = sys.modules.get("timm")  # a timm:NAME model's library, whose version decides its architecture
+    save_yaml(versions() | ({"timm": str(timm.__version__)} if timm else {}) | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
                             "world_size": w.size}, run.run_dir / "env.yaml")
 
 
@@ -128,8 +167,10 @@ def create_train_step(run: Run) -> str | None:
     """Choose the step kind once: a CUDA graph replay (--cuda-graph: engine/cuda_graph.py) or the eager step.
     Sets run.train_step; returns the note for the first line (None: nothing to say)."""
     cfg = run.cfg
-    # arch["source"] marks a model of the user's (create_training_model), as it does wherever a checkpoint is rebuilt
-    graphed, note = resolve_cuda_graph(cfg, run.device, run.ddp is not None, registered="source" not in run.arch)
+    # arch["source"] marks a model of the user's (create_training_model), as it does wherever a checkpoint is rebuilt;
+    # timm's architectures are not tudui's own either: --cuda-graph auto records only the nets tudui ships and tests
+    ours = "source" not in run.arch and not str(run.arch["name"]).startswith("timm:")
+    graphed, note = resolve_cuda_graph(cfg, run.device, run.ddp is not None, registered=ours)
     args = (run.train_module, run.criterion, run.device, cfg.amp, run.scaler.scale)  # fp16: the loss scaled
     run.train_step = GraphedStep(*args) if graphed else EagerStep(*args, accumulate=cfg.accumulate)
     return note
@@ -180,14 +221,18 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     # The weights' own normalisation: a tudui checkpoint's mean/std, ImageNet's for torchvision's weights
     norm, norm_note = ((trained["mean"], trained["std"]), "the checkpoint's mean/std") if trained else \
         ((IMAGENET_MEAN, IMAGENET_STD), "ImageNet's mean/std") if pretrained else (None, None)
+    crop, size, timm_note, record = weights_crop_pct(cfg.model, cfg.weights) if pretrained else None, None, None, None
+    if is_timm(cfg.model) and not trained and weights_kind(cfg.model, cfg.weights):
+        norm, crop, size, timm_note, norm_note, record = timm_preprocessing(cfg)
     built: list = []  # the model is built (and its size checked) before any image is decoded or cached
 
     def build_model(spec) -> None:
         built.append(create_training_model(cfg, spec, device))
 
-    data = build_data(cfg, default_norm=norm, default_crop=weights_crop_pct(cfg.model, cfg.weights) if pretrained
-                      else None, default_channels=module_in_channels(cfg.model),  # a built model's own channels
+    data = build_data(cfg, default_norm=norm, default_crop=crop, default_size=size,
+                      default_channels=module_in_channels(cfg.model),  # a built model's own channels
                       before_decoding=build_model)
+    data.spec.pretrained_cfg = record  # travels with the DataSpec into every checkpoint and export
     debug_splits(cfg, data)
     model, arch = built[0]
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None
@@ -195,7 +240,10 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
         print(warning, file=sys.stderr, flush=True)
     report = take_weights_report(model)
     # --resume: the weights come from last.pt; the first run said where it started from
-    notes = [_weights_note(cfg, data.spec, report, trained, norm, norm_note)] if cfg.weights and not cfg.resume else []
+    mapping = take_weights_mapping(model)
+    notes = [timm_note] if timm_note and not cfg.resume else []
+    if (cfg.weights or timm_note) and not cfg.resume:
+        notes.append(_weights_note(cfg, data.spec, report, trained, norm, norm_note, mapping))
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note, unused = resolve_workers(cfg, data, w)

@@ -35,10 +35,11 @@ from ..core.files import atomic_path
 from ..data import DataSpec, normalize
 from ..engine.signals import sigterm_as_interrupt
 from . import formats
+from .hf import export_hf
 from .formats import SIDECAR_SUFFIX, TS_EXTRA_FILE, build_from_safetensors, export_metadata, model_from_checkpoint
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors"}
+FORMATS = ("onnx", "torchscript", "safetensors", "hf")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors", "hf": "-hf"}
 TOLERANCE = 1e-4  # largest |logit difference| accepted for fp32 (absolute)
 
 
@@ -198,8 +199,24 @@ def _reload(fmt: str, tmp: Path, meta: dict, model_file: str | Path | None = Non
 
 
 def default_output(checkpoint_path: Path, fmt: str) -> Path:
-    """runs/exp/best.pt -> runs/exp/best.onnx (or .torchscript, .safetensors)."""
+    """runs/exp/best.pt -> runs/exp/best.onnx (or .torchscript, .safetensors; the folder best-hf for hf)."""
+    if fmt == "hf":
+        return checkpoint_path.with_name(checkpoint_path.stem + SUFFIX[fmt])
     return checkpoint_path.with_suffix(SUFFIX[fmt])
+
+
+def _parity(format: str, reference: torch.Tensor, got: torch.Tensor, n: int, tolerance: float, log) -> tuple:
+    """(max |logit diff|, argmax agreements) of an export's reloaded logits, said; an ExportError beyond tolerance."""
+    diff, agree = _compare(reference, got)
+    ok = diff <= tolerance and agree == n
+    if log:
+        log(f"parity ({format} vs PyTorch, {n} samples): max |logit diff| {diff:.3g} "
+            f"(tolerance {tolerance:g}), same argmax {agree}/{n} -> {'ok' if ok else 'FAILED'}")
+    if not ok:
+        raise ExportError(f"parity check failed: max |logit diff| {diff:.3g} (tolerance {tolerance:g}), same "
+                          f"argmax {agree}/{n}; nothing was written"
+                          + ("; try another --opset" if format == "onnx" else ""))
+    return diff, agree
 
 
 def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None,
@@ -225,13 +242,22 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
     out = Path(out).expanduser() if out else default_output(source, format)
     if out.resolve() == source.resolve():
         raise TuduiError(f"--out {out} is the checkpoint itself; choose another file name")
-    if out.is_dir():
+    if out.is_dir() and not (format == "hf" and (out / "config.json").is_file()):  # not an earlier hf export
         out = out / default_output(source, format).name
     out.parent.mkdir(parents=True, exist_ok=True)
 
     x = sample_inputs(spec, n_samples)  # (n, C, S, S) normalised float32
     with torch.no_grad():
         reference = model(x).float()
+    if format == "hf":  # a folder timm loads (inference/hf.py), checked through timm's own loader
+        found: list = []
+
+        def verify(ref: torch.Tensor, got: torch.Tensor) -> None:
+            found.extend(_parity(format, ref, got, len(x), tolerance, log))
+
+        with sigterm_as_interrupt():  # SIGTERM raises like Ctrl-C: the half-written folder is removed
+            export_hf(model, ckpt, spec, meta, x, reference, out, verify)
+        return ExportResult(out, format, found[0], found[1], len(x), sorted(out.iterdir()), None)
     example = x[:1]  # the traced/exported batch size (1 unless --dynamic-batch makes it symbolic)
     sidecar = Path(str(out) + SIDECAR_SUFFIX)
     # Both files are renamed into place only after the parity check passes, the sidecar first (its context is
@@ -246,15 +272,7 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
         with torch.no_grad():
             # A fixed-batch ONNX model is run one sample at a time by OnnxModule; the rest see the whole batch.
             got = reloaded(x)
-        diff, agree = _compare(reference, got)
-        ok = diff <= tolerance and agree == len(x)
-        if log:
-            log(f"parity ({format} vs PyTorch, {len(x)} samples): max |logit diff| {diff:.3g} "
-                f"(tolerance {tolerance:g}), same argmax {agree}/{len(x)} -> {'ok' if ok else 'FAILED'}")
-        if not ok:
-            raise ExportError(f"parity check failed: max |logit diff| {diff:.3g} (tolerance {tolerance:g}), same "
-                              f"argmax {agree}/{len(x)}; nothing was written"
-                              + ("; try another --opset" if format == "onnx" else ""))
+        diff, agree = _parity(format, reference, got, len(x), tolerance, log)
         if tmp_sidecar is not None:
             tmp_sidecar.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     files = [out] + ([sidecar] if format == "safetensors" else [])

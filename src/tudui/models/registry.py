@@ -32,12 +32,23 @@ class ModelInfo:
     name: str
     builder: Callable[..., nn.Module]
     description: str
-    family: str  # "course", "tudui" or "torchvision"
+    family: str  # "course", "tudui", "torchvision", "timm" or "user"
     min_size: int  # smallest square input (pixels) the architecture accepts
     default_size: int  # a sensible input size when the data does not dictate one
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
+_SOURCES: dict[str, Callable[[str], ModelInfo]] = {}  # name prefix ('timm:') -> the ModelInfo of a name it starts
+_SUGGEST: list[Callable[[str], list[str]]] = []  # an unknown name -> the names a source would take instead
+
+
+def register_source(prefix: str, resolve: Callable[[str], ModelInfo],
+                    suggest: Callable[[str], list[str]] | None = None) -> None:
+    """A family of models named 'PREFIX...' (timm_models.py: 'timm:NAME', 'local-dir:FOLDER'), resolved on demand
+    instead of being registered one by one; `suggest` offers its names for an unknown plain name."""
+    _SOURCES[prefix] = resolve
+    if suggest is not None:
+        _SUGGEST.append(suggest)
 
 
 def register_model(name: str, *, description: str, family: str = "tudui", min_size: int = 8,
@@ -75,10 +86,14 @@ def get_model_info(name: str) -> ModelInfo:
             return call_builder(obj, num_classes, in_channels, img_size, args, label=attr)
 
         return ModelInfo(name, builder, f"{attr} from {path}", "user", 1, 32)
+    prefix = next((p for p in _SOURCES if name.startswith(p)), None)
+    if prefix is not None:
+        return _SOURCES[prefix](name)
     if name not in _REGISTRY and name.endswith(".py"):
         raise TuduiError(file_without_name(name))
     if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
+        close = [n for suggest in _SUGGEST for n in suggest(name)] or \
+            difflib.get_close_matches(name, _REGISTRY, n=3, cutoff=0.5)
         hint = f"did you mean {', '.join(close)}? " if close else ""
         raise TuduiError(f"unknown model '{name}'; {hint}`tudui models` lists the {len(_REGISTRY)} available")
     return _REGISTRY[name]

@@ -25,7 +25,16 @@ def _set_module(model: nn.Module, path: str, new: nn.Module) -> None:
 
 
 def head_path(model: nn.Module) -> str:
-    """Dotted name of the classification head: the last nn.Linear of the model."""
+    """Dotted name of the classification head: the module a timm model's `get_classifier()` returns, else the last
+    nn.Linear of the model."""
+    if callable(getattr(model, "get_classifier", None)):
+        classifier = model.get_classifier()
+        found = [name for name, m in model.named_modules() if m is classifier and name]
+        if found and any(True for _ in classifier.parameters()):
+            return found[0]
+        raise TuduiError(f"{type(model).__name__}'s get_classifier() returns {type(classifier).__name__}, a layer "
+                         "without weights, so tudui cannot tell its head from its backbone (--freeze-backbone, "
+                         "--fine-tune, weights with another class count); build it with a classifier")
     last = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if not last:
         raise TuduiError("model has no Linear layer to use as its classification head")

@@ -16,6 +16,7 @@ from ..core.pyfile import is_file_ref, skipped_hint
 from .registry import create_model, get_model_info, make_arch
 from .user import call_builder, parse_model_args, ref_for, source_record
 from .summary import input_mismatch
+from .timm_models import arch_name, is_timm
 from .surgery import load_weights
 
 
@@ -83,6 +84,8 @@ def create_training_model(cfg, spec, device: torch.device) -> tuple[nn.Module, d
     check_forward(model, spec, name, device, hint, keywords=not isinstance(cfg.model, str))
     if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster (benchmarks/README.md)
         model = model.to(memory_format=torch.channels_last)
+    if is_timm(name):  # rebuilt without the weights' tag or the local-dir: folder (its weights are the run's)
+        name = arch_name(name)
     arch = make_arch(name, spec.num_classes, spec.channels, spec.img_size, **args)
     if user_code:  # rebuilt later from its file
         arch["source"] = source_record(ref, args) if ref else {"name": name, "path": None, "args": args}

@@ -90,12 +90,35 @@ def call_builder(fn: Callable, num_classes: int, in_channels: int, img_size: int
 
 
 def module_in_channels(model: Any) -> int | None:
-    """The input channels a model built outside tudui (an nn.Module given as it is) takes: its first Conv2d's
-    in_channels when 1 or 3, else None (a name, file or builder is built for the data's channels instead)."""
+    """The input channels a model built outside tudui takes: its first Conv2d's in_channels when 1 or 3, else None.
+
+    An nn.Module given as it is is read directly; a class or builder (library) that takes no `in_channels` is built
+    once on the meta device (shapes only) to read it; a name, a file or a builder taking `in_channels` is built for
+    the data's channels instead (None)."""
+    if callable(model) and not isinstance(model, (nn.Module, str)):
+        if _takes_channels(model):
+            return None
+        import torch
+
+        try:
+            with torch.device("meta"):
+                model = call_builder(model, 10, 3, 32)
+        except Exception:  # noqa: BLE001 - building it for the data reports the problem properly
+            return None
     if not isinstance(model, nn.Module):
         return None
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     return conv.in_channels if conv is not None and conv.in_channels in (1, 3) else None
+
+
+def _takes_channels(fn: Callable) -> bool:
+    """Whether a class or builder accepts `in_channels` (or any keyword): tudui then builds it for the data."""
+    try:
+        target = fn if not (inspect.isclass(fn) and fn.__init__ is nn.Module.__init__) else (lambda: None)
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return True
+    return "in_channels" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
 def ref_for(obj: Any) -> str | None:

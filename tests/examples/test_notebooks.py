@@ -35,8 +35,8 @@ def code_cell(nb, starts: str):
 
 @pytest.fixture
 def jupyter(tmp_path, monkeypatch):
-    """A kernel spec running this interpreter on this checkout's src/, with Jupyter's and IPython's own files (connection
-    files, profiles) under tmp_path."""
+    """A kernel spec running this interpreter on this checkout's src/, with Jupyter's and IPython's own files
+    (connection files, profiles) under tmp_path."""
     spec = tmp_path / "jupyter" / "kernels" / "tudui-test"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -57,7 +57,7 @@ def test_the_course_notebooks_run_end_to_end(jupyter, fmnist, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     client = nbclient.NotebookClient(books[0], timeout=CELL_TIMEOUT_S, kernel_name=jupyter,
-                                     resources={"metadata": {"path": str(work)}})
+                                     shutdown_kernel="immediate", resources={"metadata": {"path": str(work)}})
     with client.setup_kernel():  # one kernel: the second notebook runs where the first left off, as a learner would
         for nb in books:
             client.nb = nb

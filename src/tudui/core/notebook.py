@@ -13,8 +13,6 @@ import io
 import sys
 from pathlib import Path
 
-import numpy as np
-
 
 def in_notebook() -> bool:
     """True where an IPython kernel (Jupyter, VS Code, Colab) runs this process: the same test as tqdm.autonotebook.
@@ -47,10 +45,12 @@ def escape(text: object) -> str:
 def png_uri(image, max_side: int | None = None) -> str:
     """A PIL image, an (H, W[, C]) uint8 array or a PNG file as a `data:image/png;base64,...` URI; `max_side`: shrunk
     (keeping its shape) to at most that many pixels a side."""
+    import numpy as np
     from PIL import Image
 
     if isinstance(image, (str, Path)):
-        image = Image.open(image)
+        with Image.open(image) as opened:
+            image = opened.copy()  # read now, the file closed
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image)
     if max_side and max(image.size) > max_side:

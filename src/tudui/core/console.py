@@ -1,4 +1,5 @@
-"""Console output every layer may use: progress bars on a terminal (one line every few seconds in logs), text tables."""
+"""Console output every layer may use: progress bars on a terminal or in a notebook (one line every few seconds in
+logs), text tables."""
 from __future__ import annotations
 
 import os
@@ -8,16 +9,21 @@ import time
 import wcwidth
 from tqdm import tqdm
 
+from .notebook import has_widgets, in_notebook
+
 
 class Progress:
-    """Progress over `total` steps. A tqdm bar on a terminal; otherwise a plain line every `interval` s."""
+    """Progress over `total` steps. A tqdm bar on a terminal; in a notebook (an IPython kernel) tqdm's widget where
+    ipywidgets is installed, its text bar otherwise; anywhere else (logs, pipes) a plain line every `interval` s."""
 
     def __init__(self, total: int, desc: str, interval: float = 10.0, enabled: bool = True) -> None:
         self.total, self.desc, self.interval = total, desc, interval
         self.enabled = enabled
         self.tty = sys.stderr.isatty()
-        self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr) \
-            if enabled and self.tty else None
+        self.notebook = enabled and in_notebook()  # a kernel's stderr is no terminal, but its output shows a bar
+        self.bar = widget_bar(total, desc) if enabled and self.notebook and has_widgets() else None
+        if self.bar is None and enabled and (self.tty or self.notebook):
+            self.bar = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
         self.start = self.last = time.perf_counter()
         self.n = 0
 
@@ -47,6 +53,16 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def widget_bar(total: int, desc: str):
+    """tqdm's notebook widget, or None where ipywidgets cannot make one (then the text bar is used)."""
+    from tqdm.notebook import tqdm as notebook_tqdm  # imports IPython.display and ipywidgets: in a kernel only
+
+    try:
+        return notebook_tqdm(total=total, desc=desc, leave=False)
+    except ImportError:  # "IProgress not found": an ipywidgets too old or broken to import
+        return None
 
 
 def table(headers: list[str], rows: list[list], align: str | None = None) -> str:

@@ -13,7 +13,9 @@ from ..core.checkpoint import make_checkpoint
 from ..core.config import TrainConfig
 from ..core.device import World
 from ..core.lock import FileLock
+from ..core.errors import TuduiError
 from ..core.modes import AUGMENTS
+from ..core.notebook import display, escape, html_table, in_notebook, png_uri
 from ..data import DataBundle, DataSpec, augment_batch, augment_options, normalize
 from ..data.augment import center_crop_batch, erase_batch, mix_batch, policy_batch, resized_crop_batch
 from .callbacks import Callback
@@ -33,6 +35,75 @@ class RunResult:
     # the most confidently wrong images of the split the pictures use (val, else test), from the same final pass
     # (this process's share under torchrun): [(probability, (H, W, C) uint8, true, predicted)]
     mistakes: list | None = None
+    best_epoch: int | None = None  # the epoch best.pt holds
+    model: str = ""  # the architecture's name ("fast", "resnet18", "model.py:Net")
+    data: str = ""  # what it was trained on, as the first line says it ("digits", "data/pets")
+    # the run's pictures by name, as the pictures callback (reporting/plots.py) wrote them: "curves", "confusion",
+    # "mistakes", "batch" -> the PNG's path
+    pictures: dict[str, Path] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        """One short line instead of arrays: `RunResult(fast on digits: best epoch 3, val top1 95.00%, test top1
+        94.72%; runs/exp)`."""
+        return f"RunResult({self.summary()})"
+
+    def summary(self) -> str:
+        what = f"{self.model or 'model'} on {self.data or 'data'}: best epoch {self.best_epoch}"
+        metrics = [f"{split} top1 {m['top1']:.2%}" for split, m in (("val", self.val), ("test", self.test)) if m]
+        return ", ".join([what, *metrics]) + f"; {self.run_dir}"
+
+    def images(self, what: str | None = None) -> list:
+        """The run's pictures as PIL images: all that were drawn, in the order curves, confusion, mistakes, batch, or
+        the one named (raises TuduiError when it was not drawn or `what` names none)."""
+        from PIL import Image
+
+        if what is not None and what not in PICTURES:
+            raise TuduiError(f"show() takes one of {', '.join(map(repr, PICTURES))}, not {what!r}")
+        names = [n for n in PICTURES if n in self.pictures and (what is None or n == what)]
+        if what is not None and not names:
+            raise TuduiError(f"this run drew no {what} picture (trained with plots=False, or it had nothing to draw)")
+        out = []
+        for name in names:
+            with Image.open(self.pictures[name]) as im:
+                out.append(im.copy())  # loaded: the file may be replaced by a later run in the same folder
+        return out
+
+    def show(self, what: str | None = None) -> "Pictures":
+        """The run's pictures: `show()` all of them, `show("curves" | "confusion" | "mistakes" | "batch")` one.
+        In a notebook each is displayed inline. Returns the PIL images, a list (one image for a name given)."""
+        images = Pictures(self.images(what))
+        images.displayed = in_notebook()
+        for im in images:
+            display(im)
+        return images
+
+    def _repr_html_(self) -> str:
+        """The summary as a table with the training curves under it (what a notebook shows for a RunResult)."""
+        rows = [["model", self.model], ["data", self.data], ["best epoch", self.best_epoch]]
+        for split, m in (("val", self.val), ("test", self.test)):
+            if m:
+                top5 = f", top5 {m['top5']:.2%}" if m.get("top5") is not None and len(self.spec.classes) > 5 else ""
+                rows.append([split, f"top1 {m['top1']:.2%}{top5}, loss {m['loss']:.4f}"])
+        rows += [["run directory", self.run_dir], ["best weights", self.best]]
+        out = html_table(["RunResult", ""], rows)
+        if "curves" in self.pictures and Path(self.pictures["curves"]).is_file():
+            out += f'<img src="{png_uri(self.pictures["curves"], 900)}" alt="{escape("training curves")}">'
+        return out
+
+
+class Pictures(list):
+    """The PIL images `RunResult.show()` returns. A notebook has displayed them already, so as a cell's result they
+    show nothing more (IPython asks `_ipython_display_` before any other way of showing an object)."""
+
+    displayed = False
+
+    def _ipython_display_(self) -> None:
+        if not self.displayed:  # IPython without a kernel (its terminal shell): the list as text
+            print(repr(list(self)))
+
+
+# RunResult.show's names, in the order show() gives them
+PICTURES = ("curves", "confusion", "mistakes", "batch")
 
 
 @dataclass

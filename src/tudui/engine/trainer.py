@@ -269,7 +269,8 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
         test = evaluate(run.model, test_loader, run.spec, run.device, criterion,
                         mistakes=None if val is not None else mistakes)
     result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec,
-                       mistakes.items if val is not None or test is not None else None)
+                       mistakes.items if val is not None or test is not None else None, run.best_epoch,
+                       run.arch["name"], ", ".join(map(shown, run.cfg.to_dict()["data"])))
     if run.world.rank != 0:
         return result
     for cb in run.callbacks:  # the `done:` line (reporting/console.py), the pictures

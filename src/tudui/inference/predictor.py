@@ -11,6 +11,7 @@ from PIL import Image
 
 from ..core.errors import TuduiError
 from ..core.files import atomic_path
+from ..core.notebook import html_table, png_uri
 from ..core.options import PredictOptions
 from ..data import DataSpec, denormalize, model_logits, normalize
 from ..data.images import BadImage, ImageScan, gray_mode, peek_image, scan_images, shown, special_file
@@ -33,6 +34,27 @@ class Prediction:
         out = {"source": self.source, "error": self.error,
                "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
         return out | ({"input_png": str(self.seen)} if self.seen else {})
+
+
+class Predictions(list):
+    """What `Predictor.predict` returns: a list of Prediction that a notebook shows as a table, each image's
+    thumbnail (files only; the PNG of what the model saw with save_input) beside its top classes."""
+
+    SHOWN = 50  # rows a notebook shows; the list itself holds every prediction
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for p in self[:self.SHOWN]:
+            picture = p.seen or (p.source if isinstance(p.source, Path) or (
+                isinstance(p.source, str) and Path(p.source).is_file()) else None)
+            try:
+                thumb = f'<img src="{png_uri(picture, 64)}">' if picture is not None and not p.error else ""
+            except (OSError, ValueError):  # changed or gone since it was predicted
+                thumb = ""
+            top = p.error and f"error: {p.error}" or ", ".join(f"{c} {prob:.1%}" for c, prob in p.topk)
+            rows.append([thumb, shown(p.source), top])
+        more = f"<p>... and {len(self) - self.SHOWN} more</p>" if len(self) > self.SHOWN else ""
+        return html_table(["image", "source", "top classes"], rows, raw=(0,)) + more
 
 
 def expand_paths(paths: list[str]) -> list[str]:
@@ -160,7 +182,7 @@ class Predictor:
         return [[(self.classes[c], float(v)) for v, c in zip(vr, ir)] for vr, ir in zip(values.tolist(), idx.tolist())]
 
     def predict(self, sources: list, topk: int = PredictOptions.topk,
-                batch_size: int = PredictOptions.batch_size, save_input: str | Path | None = None) -> list[Prediction]:
+                batch_size: int = PredictOptions.batch_size, save_input: str | Path | None = None) -> Predictions:
         """Top-k classes for each source, in order; an unreadable image gives a Prediction with `error` set.
 
         save_input: a folder to write each image into as the model saw it (after resizing and conversion, the
@@ -173,7 +195,7 @@ class Predictor:
             folder.mkdir(parents=True, exist_ok=True)
         taken: set[str] = set()
         warned = False
-        results: list[Prediction] = []
+        results = Predictions()
         for start in range(0, len(sources), batch_size):
             chunk = sources[start:start + batch_size]
             preds = [Prediction(s if isinstance(s, (str, Path)) else f"<image {start + i}>") for i, s in enumerate(chunk)]

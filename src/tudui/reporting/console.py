@@ -3,11 +3,16 @@ early stop and the `done:` line, as a callback (engine/callbacks.py) on rank 0, 
 
 api.train passes it to engine's `fit` first among the callbacks, so its lines come before anything another
 callback prints at the same moment (a Ctrl-C message after the epoch's line, the pictures' file list after `done:`).
+
+In a notebook (an IPython kernel, core/notebook.py) the epoch lines are one HTML table instead, updated in place as
+each epoch ends, under the first line; the progress bar (core/console.Progress) is tqdm's notebook widget there. A
+terminal or a log gets the same lines as ever.
 """
 from __future__ import annotations
 
 from ..core import __version__
 from ..core.console import shown
+from ..core.notebook import HTML, display, html_table, in_notebook
 from ..core.modes import AUGMENTS
 from ..data.images import resize_side
 from ..engine.callbacks import Callback
@@ -16,6 +21,9 @@ from ..models import count_parameters
 
 
 class ConsoleCallback(Callback):
+    def __init__(self) -> None:
+        self.table = None  # in a notebook: the display handle of the epoch table
+
     def on_fit_start(self, run) -> None:
         print(first_line(run), flush=True)
         for note in run.notes:
@@ -23,7 +31,14 @@ class ConsoleCallback(Callback):
 
     def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
         peak = run.cfg.lr if warms_up(run.cfg, run.steps_per_epoch) else None  # epoch 1 starts the warm-up
-        print(epoch_line(row, run.cfg.epochs, run.spec.num_classes, peak), flush=True)
+        if not in_notebook():
+            print(epoch_line(row, run.cfg.epochs, run.spec.num_classes, peak), flush=True)
+            return
+        table = HTML(epoch_table(run.history, run.cfg.epochs, run.spec.num_classes))
+        if self.table is None:
+            self.table = display(table, display_id=True)
+        else:
+            self.table.update(table)
 
     def on_train_end(self, run) -> None:
         if run.stopped_early:
@@ -59,6 +74,20 @@ def epoch_line(row: dict, epochs: int, num_classes: int | None = None, peak_lr: 
         lr = f"lr {peak_lr:.3g} (warm-up from {row['lr']:.3g})"
     return (f"epoch {row['epoch']}/{epochs}  train_loss {row['train_loss']:.4f}  {val}{lr}  "
             f"{row['epoch_time_s']:.1f}s  {row['images_per_s']:.0f} img/s")
+
+
+def epoch_table(rows: list[dict], epochs: int, num_classes: int | None = None) -> str:
+    """results.csv rows as the HTML table a notebook shows while training: the columns of epoch_line."""
+    top5 = shows_top5(num_classes)
+    headers = ["epoch", "train_loss", "val_loss", "top1", *(["top5"] if top5 else []), "lr", "time", "img/s"]
+
+    def cell(v, fmt: str) -> str:
+        return format(v, fmt) if v != "" else ""
+
+    body = [[f"{r['epoch']}/{epochs}", f"{r['train_loss']:.4f}", cell(r["val_loss"], ".4f"), cell(r["val_top1"], ".2%"),
+             *([cell(r["val_top5"], ".2%")] if top5 else []), f"{r['lr']:.3g}", f"{r['epoch_time_s']:.1f}s",
+             f"{r['images_per_s']:.0f}"] for r in rows]
+    return html_table(headers, body)
 
 
 def first_line(run) -> str:

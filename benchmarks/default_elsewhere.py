@@ -10,7 +10,8 @@ the same seeds, one run after the other:
     folder path (decode, cache, val/ chooses the best epoch) is the one a user's own folder takes.
 --quick (a smoke test of the script, offline) stands in 5,000 local Fashion-MNIST training items for the MNIST
 digits, written the same two ways, so that it needs no network and no download.
-The previous default is spelt out: model fast, 8 epochs, amp off, warm-up 15% of the schedule (1.2 of 8 epochs).
+The previous default is spelt out: model fast, 8 epochs, batch 128, amp off, warm-up 15% of the schedule (1.2 of 8
+epochs).
 Test top-1 is read once at the end of each run (its best epoch, chosen on its validation split).
 
     .venv/bin/python benchmarks/default_elsewhere.py [--quick] [--seeds 0 1 2 ...] [--workdir DIR]
@@ -32,7 +33,7 @@ import _common as C
 import numpy as np
 from PIL import Image
 
-PREVIOUS = {"model": "fast", "epochs": 8, "amp": "off", "warmup_epochs": 1.2}  # the default before issue 17
+PREVIOUS = {"model": "fast", "epochs": 8, "batch_size": 128, "amp": "off", "warmup_epochs": 1.2}  # before issue 17
 NOW: dict = {}  # today's defaults
 TOLERANCE = 0.5  # points of test top-1: "not worse" allows the median to sit this far below (seed noise)
 

@@ -243,7 +243,20 @@ def _gpu_time_to_accuracy(out: str, tables: list[Table]) -> None:
             text_ok=(r"94% test top-1 within 10 s on the GPU \(best b512\)", r"time to 95% test top-1 \(report\)"))
 
 
+def _small_data(out: str, tables: list[Table]) -> None:
+    runs = find(tables, "set", "per class", "recipe", "test top-1 per seed", "mean", "s per run", "batch, epochs")
+    recipes = ["a new", "b today", "c course", "d keras", "e oracle"]
+    assert [r[:3] for r in runs.rows] == [["hard", "10", r] for r in recipes]  # --quick: one set, one size
+    check_figures(runs)
+    for row in runs.rows:
+        assert 0 <= float(row[3]) <= 100 and row[3] == row[4] and float(row[5]) > 0  # one seed: it is the mean
+    assert runs.rows[1][6] == "batch 128, 10 epochs" and runs.rows[0][6] == "batch 16, 40 epochs"  # 36 images
+    targets(tables, r"hard 10/class: new within 1\.5 points of the oracle",
+            r"hard 10/class: new >= 10 points over today's", r"hard 10/class: new not below the course or keras")
+
+
 CHECKS = {
+    "small_data.py": _small_data,
     "time_to_accuracy.py": _time_to_accuracy,
     "loop_overhead.py": _loop_overhead,
     "data_path.py": _data_path,

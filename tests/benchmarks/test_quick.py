@@ -30,6 +30,7 @@ SCRIPTS = {
     "gpu_time_to_accuracy.py": "94% test top-1 within 10 s on the GPU",  # --quick runs on the CPU where no CUDA
     "lr_find_rule.py": "recommended vs default",
     "timm_transfer.py": "pretrained features beat scratch at",
+    "small_data.py": "new within 1.5 points of the oracle",
 }
 # Ultralytics lives in its own environment, made by `make bench` only (a benchmark peer, never a dependency).
 PEERS_YOLO = Path(__file__).resolve().parents[2] / ".venv-peers" / "bin" / "yolo"

@@ -164,12 +164,13 @@ def test_data_check_sums_up_unusual_modes_by_kind(tmp_path, capsys):
     _pngs(tmp_path / "b", 3, "L", start=40)
     report = check_data([str(tmp_path)])
     modes = [i for i in report.warnings if i.kind == "mode"]
-    assert [i.path for i in modes] == [str(tmp_path)] * 2 and len(report.warnings) == 2
+    assert [i.path for i in modes] == [str(tmp_path)] * 2 and \
+        len([i for i in report.warnings if i.kind != "few-val"]) == 2  # (16 images: few validation images too)
     assert modes[0].detail.startswith("8 of 16 images are RGBA (RGB with transparency): the alpha channel is dropped")
     assert "e.g. a/000.png, a/001.png, a/002.png, ..." in modes[0].detail
     assert modes[1].detail.startswith("5 of 16 images are P (palette colours): expanded to RGB")
     assert tudui_main(["data", "check", str(tmp_path)]) == 0
-    assert "warnings (2):" in capsys.readouterr().out
+    assert "warnings (3):" in capsys.readouterr().out  # the two modes and few validation images
 
 
 def test_data_check_says_when_all_classes_are_the_same_size(tmp_path, capsys):
@@ -181,3 +182,19 @@ def test_data_check_says_when_all_classes_are_the_same_size(tmp_path, capsys):
     _pngs(tmp_path / "even" / "c", 3, start=500)
     assert tudui_main(["data", "check", str(tmp_path / "even")]) == 0
     assert "largest c (6), smallest a (3), imbalance ratio 2.00" in capsys.readouterr().out
+
+
+def test_data_check_warns_about_classes_with_few_validation_images(dirty, tmp_path):
+    """Fewer than 10 validation images of a class: a val/ folder's own, or the 10% --val-split would hold out."""
+    few = [i for i in check_data([str(dirty)]).issues if i.kind == "few-val"]  # val/ holds 2 images a class
+    assert len(few) == 1 and few[0].severity == "warning" and few[0].path == str(dirty / "val")
+    assert "val/ has 10 class(es) fewer than 10 validation images" in few[0].detail
+    from PIL import Image
+
+    for name, n in (("big", 100), ("small", 90)):  # a hold-out of 10 and of 9 images
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("L", (8, 8), i).save(tmp_path / "data" / name / f"{i}.png")
+    few = [i for i in check_data([str(tmp_path / "data")]).issues if i.kind == "few-val"]
+    assert len(few) == 1 and "--val-split 0.1 hold-out gives 1 class(es)" in few[0].detail
+    assert "(small: 9)" in few[0].detail

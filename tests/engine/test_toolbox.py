@@ -228,8 +228,8 @@ def test_time_budget_ends_within_budget_plus_one_epoch(tmp_path):
 
 
 def test_fast_dev_run_writes_every_artefact(tmp_path):
-    r = tudui.train(data="digits", model="mnist-cnn", fast_dev_run=True, epochs=50, project=str(tmp_path), name="f",
-                    device="cpu")
+    r = tudui.train(data="digits", model="mnist-cnn", fast_dev_run=True, epochs=50, batch_size=128,
+                    project=str(tmp_path), name="f", device="cpu")
     names = {p.name for p in r.run_dir.iterdir()}
     assert {"best.pt", "last.pt", "results.csv", "config.yaml", "env.yaml", "metrics.json", "curves.png",
             "confusion_matrix.png", "train_batch.png"} <= names

@@ -21,6 +21,25 @@ from .files import write_text
 from .modes import AUGMENTS, LOSSES, OPTIMIZERS, SCHEDULERS, describe_modes
 from .options import Options, option, workers_value  # noqa: F401 (workers_value: re-exported)
 
+def count_or_auto(flag: str):
+    """A parser for --batch-size/--epochs: a whole number or 'auto' (chosen from the training set's size,
+    engine/choices.py resolve_length; from the command line both arrive as text)."""
+    def parse(value) -> int | str:
+        if isinstance(value, str) and value.lower() == "auto":
+            return "auto"
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise TuduiError(f"{flag} takes a whole number or auto, got {value!r}") from None
+        if isinstance(value, float) and value != n:
+            raise TuduiError(f"{flag} takes a whole number or auto, got {value!r}")
+        return n  # its range: the field's (validate)
+    return parse
+
+
+batch_value, epochs_value = count_or_auto("--batch-size"), count_or_auto("--epochs")
+
+
 def lr_value(value) -> float | str:
     """--lr: a number or 'auto' (from the command line both arrive as text)."""
     if isinstance(value, str) and value.lower() == "auto":
@@ -140,7 +159,10 @@ class TrainConfig(Options):
     tta: bool = _f(True, "test-time augmentation: validate, test and predict on each image and its horizontal mirror, "
                          "averaging the logits (only where flips keep the label; saved with the model)",
                    group="augmentation")
-    batch_size: int = _f(128, "images per optimisation step (per process under torchrun)", group="optimisation", min=1)
+    batch_size: int | str = _f("auto", "images per optimisation step (per process under torchrun), or auto: about "
+                                       "1 per 32 training images, a power of two from 16 to 128 (the global batch "
+                                       "under torchrun; 128 from 4,096 images on); the first line says what was "
+                                       "chosen", type=str, group="optimisation", min=1)
     workers: int | str = _f("auto", "DataLoader worker processes for images decoded from their files every epoch "
                                     "(--cache off, large Datasets of your own): a number, or auto (the cores "
                                     "available, at most 8)", type=str, group="data")
@@ -181,7 +203,10 @@ class TrainConfig(Options):
     backbone_lr_mult: float = _f(0.1, "with --fine-tune: the backbone's learning rate as a fraction of the head's",
                                  group="model", gt=0)
     # --- optimisation -------------------------------------------------------
-    epochs: int = _f(10, "passes over the training set", group="optimisation", min=1, what="passes over the data")
+    epochs: int | str = _f("auto", "passes over the training set, or auto: 10, raised on small data until the run "
+                                   "makes at least 500 optimisation steps (at most 40 epochs); the first line says "
+                                   "what was chosen", type=str, group="optimisation", min=1,
+                           what="passes over the data")
     loss: str = _f("cross-entropy", "loss: " + describe_modes(LOSSES), choices=list(LOSSES), group="optimisation")
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)", group="optimisation", min=0, lt=1)
     class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"],
@@ -199,6 +224,12 @@ class TrainConfig(Options):
     gamma: float = _f(0.1, "decay factor for --scheduler step", group="optimisation")
     patience: int | None = _f(None, "stop after this many epochs without a better validation top-1",
                               group="optimisation")
+    best_by: str = _f("auto", "which epoch best.pt keeps: top1 (the highest validation top-1, ties to the lower "
+                              "validation loss), last (the last epoch: the one-cycle schedule ends at its lowest "
+                              "rate), or auto: last when the validation split has fewer than 10 images of some "
+                              "class (too few to rank epochs by top-1) and no --patience is given, else top1; the "
+                              "first line says which",
+                      choices=["auto", "top1", "last"], group="optimisation")
     ema: bool = _f(False, "validate and save (best.pt, exports) an exponential moving average of the weights",
                    group="optimisation")
     ema_decay: float = _f(0.999, "EMA decay per optimisation step",
@@ -262,6 +293,7 @@ class TrainConfig(Options):
             self.data = [self.data]
         self.data = [str(d) if isinstance(d, Path) else d for d in self.data]
         self.lr = lr_value(self.lr)
+        self.batch_size, self.epochs = batch_value(self.batch_size), epochs_value(self.epochs)
         self.workers = workers_value(self.workers)
         self.amp = amp_value(self.amp)
         self.validate()
@@ -286,7 +318,7 @@ class TrainConfig(Options):
         if self.fine_tune and self.freeze_backbone:
             raise TuduiError("--fine-tune N unfreezes the backbone after N epochs and --freeze-backbone keeps it "
                              "frozen; give one of them")
-        if self.fine_tune and self.fine_tune >= self.epochs and self.time is None:
+        if self.fine_tune and self.epochs != "auto" and self.fine_tune >= self.epochs and self.time is None:
             raise TuduiError(f"--fine-tune {self.fine_tune} leaves no epoch of --epochs {self.epochs} to train the "
                              f"unfrozen backbone; --epochs counts both phases (e.g. --epochs {self.fine_tune + 5})")
 

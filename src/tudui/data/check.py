@@ -8,7 +8,8 @@ any layout folders.py reads) or a CSV of path,label. Reported:
            training data of one class (all PATHs together, as `tudui train --data PATH...` refuses it)
   warnings: other files in class folders (training ignores them), duplicates within a split,
            unusual colour modes (one finding per mode and split, with a few example files), very small or
-           very elongated images, strong class imbalance
+           very elongated images, strong class imbalance, fewer than 10 validation images of a class (a val/
+           folder's, or about 10% of a class's training images when --val-split holds them out)
 Duplicates are exact: a BLAKE2b hash of the decoded pixels (mode, size, bytes), so the
 same picture saved twice, or as PNG and BMP, is found; lossy re-encodings are not. A file
 listed several times (a CSV naming it on many rows) is read once and reported once.
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..core.config import TrainConfig
 from ..core.console import table
 from ..core.errors import TuduiError
 from .folders import MANIFEST, is_label_file_layout, read_layout, split_folders
@@ -34,6 +36,10 @@ USUAL_MODES = {"L", "RGB"}
 MIN_SIDE = 8  # pixels; smaller images carry almost nothing once resized
 MAX_ASPECT = 4.0  # longer side / shorter side; more is distorted by the square resize
 IMBALANCE_WARN = 10.0  # largest class / smallest class
+# fewer validation images of a class than this: top-1 on them cannot rank epochs (`--best-by auto` then keeps the last
+# epoch: engine/choices.py AUTO_BEST, the same number)
+MIN_VAL_PER_CLASS = 10
+VAL_SPLIT = TrainConfig.__dataclass_fields__["val_split"].default  # the hold-out when there is no val/ folder
 SHOWN_PER_KIND = 10  # findings of one kind printed before "and N more"
 EXAMPLES = 3  # files named in a summary of many (the images of one unusual mode)
 
@@ -133,6 +139,7 @@ def check_data(paths: list[str]) -> CheckReport:
         path = Path(entry).expanduser()
         if not path.exists():
             raise TuduiError(f"data check {entry}: no such file or folder")
+        these: list[SplitReport] = []  # this path's splits
         for split_name, root in (split_folders(path) or {path.name or str(path): path}).items():
             try:
                 split = read_layout(root)
@@ -145,6 +152,7 @@ def check_data(paths: list[str]) -> CheckReport:
                 training.append(split)
             sr = SplitReport(split_name, str(root))
             report.splits.append(sr)
+            these.append(sr)
             listed = set(split.paths)
             for p in _other_files(root, listed):
                 report.issues.append(Issue("warning", "other-file", p, "not an image file; training ignores it"))
@@ -190,6 +198,7 @@ def check_data(paths: list[str]) -> CheckReport:
             empty = [c for c, n in sr.classes.items() if n == 0]
             if empty:
                 report.issues.append(Issue("error", "empty-class", str(root), f"no readable images for {', '.join(empty)}"))
+        _few_validation_images(report, these)
     if training and not any(i.kind == "layout" for i in report.issues):
         try:
             require_two_classes(concat_splits(training) if len(training) > 1 else training[0])
@@ -197,6 +206,27 @@ def check_data(paths: list[str]) -> CheckReport:
             report.issues.append(Issue("error", "one-class", " + ".join(s.origin for s in training), str(e)))
     _duplicates(report, seen)
     return report
+
+
+def _few_validation_images(report: CheckReport, splits: list[SplitReport]) -> None:
+    """A warning for a path whose validation split has fewer than MIN_VAL_PER_CLASS images of some class: its val/
+    folder's, else the --val-split hold-out of its training images (stratified, about 10% of each class)."""
+    val = next((s for s in splits if s.name == "val"), None)
+    if val is None:
+        train = next((s for s in splits if s.name == "train"), splits[0] if len(splits) == 1 else None)
+        if train is None or not train.classes:
+            return
+        held = {c: round(n * VAL_SPLIT) for c, n in train.classes.items() if n}
+        where = f"the --val-split {VAL_SPLIT:g} hold-out gives"
+    else:
+        held, where = {c: n for c, n in val.classes.items() if n}, "val/ has"
+    few = sorted((n, c) for c, n in held.items() if n < MIN_VAL_PER_CLASS)
+    if few:
+        n, c = few[0]
+        report.issues.append(Issue("warning", "few-val", (val or train).root,
+                                   f"{where} {len(few)} class(es) fewer than {MIN_VAL_PER_CLASS} validation images "
+                                   f"({c}: {n}): too few to rank epochs by top-1; best.pt will be the last epoch "
+                                   "(--best-by auto)"))
 
 
 def _duplicates(report: CheckReport, seen: dict[str, list[tuple[str, str, str]]]) -> None:

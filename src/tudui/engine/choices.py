@@ -283,3 +283,78 @@ def resolve_workers(cfg, data, w: World) -> tuple[int, str | None, str | None]:
                              "so batches need no decoding; workers decode image files read every epoch (--cache off)")
         return n, None, None
     return n, f"{n} DataLoader worker(s)" + (" (auto)" if cfg.workers == "auto" else ""), None
+
+
+# --batch-size auto and --epochs auto: the recipe (AdamW one-cycle at 3e-3, batch 128, 10 epochs) was tuned on
+# Fashion-MNIST's 54,000 training images, where it makes 4,210 optimisation steps. On a few hundred images the same
+# recipe makes 2 steps an epoch, 20 in all, and ends far from trained (benchmarks/README.md, "Defaults for small
+# data": 4 classes x 60 images, 56% at batch 128 against 75% at batch 16). So each rule below is a table of numbers:
+AUTO_BATCH = {"images_per_step": 32,  # the global batch is about n / 32 training images ...
+              "min": 16,  # ... a power of two from 16 ...
+              "max": 128}  # ... to 128 per process (today's recipe from 4,096 images on)
+AUTO_EPOCHS = {"epochs": 10,  # the recipe's length at scale ...
+               "min_steps": 500,  # ... raised until the run makes this many optimisation steps ...
+               "max": 40}  # ... to at most this many epochs (small data: each epoch takes well under a second)
+
+
+def _power_of_two_below(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(x, 1)))))
+
+
+def auto_batch(n: int, processes: int = 1) -> int:
+    """The per-process batch --batch-size auto gives for `n` training images in a job of `processes`: the global
+    batch is the power of two at or below n / 32, at least 16 and at most 128 per process, shared by the processes
+    (each gets at least 1)."""
+    rule = AUTO_BATCH
+    global_batch = min(max(_power_of_two_below(n / rule["images_per_step"]), rule["min"]), rule["max"] * processes)
+    return max(1, global_batch // processes)
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    """--epochs auto for a run of `steps_per_epoch` optimisation steps an epoch: 10, or more until the run makes
+    AUTO_EPOCHS["min_steps"] steps, at most AUTO_EPOCHS["max"]."""
+    rule = AUTO_EPOCHS
+    return min(max(rule["epochs"], -(-rule["min_steps"] // max(1, steps_per_epoch))), rule["max"])
+
+
+def resolve_length(cfg, n: int, w: World) -> str | None:
+    """Settle --batch-size auto and --epochs auto from the `n` training images (all ranks see the same n, so every
+    process settles to the same choice); returns the note for the first line (None when neither is auto)."""
+    notes = []
+    if cfg.batch_size == "auto":
+        cfg.batch_size = auto_batch(n, w.size)
+        per = f" per process, global {cfg.batch_size * w.size}" if w.size > 1 else ""
+        notes.append(f"batch {cfg.batch_size}{per} (auto: {n:,} training images)")
+    if cfg.epochs == "auto":
+        shard = n // w.size  # each rank's share; the training loader drops a last partial batch
+        steps = max(1, shard // cfg.batch_size if shard >= cfg.batch_size else 1) // cfg.accumulate or 1
+        cfg.epochs = auto_epochs(steps)
+        if cfg.fine_tune:  # --fine-tune N: at least one epoch with the backbone unfrozen
+            cfg.epochs = max(cfg.epochs, cfg.fine_tune + 1)
+        raised = cfg.epochs > AUTO_EPOCHS["epochs"]
+        notes.append(f"{cfg.epochs} epochs (auto: {steps * cfg.epochs:,} steps of {steps}" +
+                     (f"; raised to reach {AUTO_EPOCHS['min_steps']:,}" if raised and cfg.epochs < AUTO_EPOCHS["max"]
+                      else f"; at most {AUTO_EPOCHS['max']} epochs" if raised else "") + ")")
+    return "; ".join(notes) or None
+
+
+# --best-by auto: on a validation split with fewer than this many images of some class, one image moves top-1 by
+# several points and the "best" epoch is chosen by noise; the last epoch (the one-cycle schedule ends at its lowest
+# rate) was better on the test set there (benchmarks/README.md, "Defaults for small data"). data/check.py warns
+# below the same count.
+AUTO_BEST = {"min_val_per_class": 10}
+
+
+def resolve_best_by(cfg, val_counts) -> str | None:
+    """Settle --best-by auto from the validation split's images per class (`val_counts`, None without a validation
+    split: every epoch is then the best one anyway); returns the note for the first line (None: nothing to say)."""
+    if cfg.best_by != "auto":
+        return None if cfg.best_by == "top1" else f"best.pt: the {cfg.best_by} epoch"
+    fewest = int(min(val_counts)) if val_counts is not None and len(val_counts) else None
+    # --patience stops on epochs without a better validation top-1: it needs epochs ranked by it
+    if fewest is None or fewest >= AUTO_BEST["min_val_per_class"] or cfg.patience is not None:
+        cfg.best_by = "top1"
+        return None
+    cfg.best_by = "last"
+    return (f"best.pt: the last epoch (auto: {int(sum(val_counts))} validation images, {fewest} of the smallest "
+            f"class, too few to rank epochs by top-1; --best-by top1 ranks them anyway)")

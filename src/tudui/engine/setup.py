@@ -28,7 +28,7 @@ from ..models.timm_models import hf_folder, is_timm, pretrained_cfg, take_weight
 from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
 from .callbacks import Callback
-from .choices import resolve_amp, resolve_cuda_graph, resolve_model, resolve_workers
+from .choices import resolve_amp, resolve_best_by, resolve_cuda_graph, resolve_length, resolve_model, resolve_workers
 from .cuda_graph import GraphedStep
 from .ema import ModelEMA
 from .lr_find import lr_range_test
@@ -233,6 +233,8 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
                       default_channels=module_in_channels(cfg.model),  # a built model's own channels
                       before_decoding=build_model)
     data.spec.pretrained_cfg = record  # travels with the DataSpec into every checkpoint and export
+    length_note = resolve_length(cfg, len(data.train), w)  # --batch-size/--epochs auto: from the training set's size
+    best_note = resolve_best_by(cfg, data.val.counts() if data.val is not None else None)
     debug_splits(cfg, data)
     model, arch = built[0]
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None
@@ -248,7 +250,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note, unused = resolve_workers(cfg, data, w)
     notes += [*data.said, unused]
-    choices = [model_note, resolve_amp(cfg, model, data.spec, device), workers_note]
+    choices = [length_note, best_note, model_note, resolve_amp(cfg, model, data.spec, device), workers_note]
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)
     train_loader, val_loader = build_loaders(cfg, data, device, w, workers)
     placeholder = replace(cfg, lr=1e-7) if cfg.lr == "auto" else cfg  # --lr auto: resolve_lr replaces both below

@@ -113,8 +113,9 @@ def validate(run: Run, epoch: int, criterion: nn.Module) -> dict | None:
 
 def improves(run: Run, val: dict | None) -> bool:
     """Whether `val` beats the best epoch so far: a higher validation top-1, or the same top-1 at a lower
-    validation loss (of two epochs that classify as many images right, the one surer of its answers)."""
-    if val is None:
+    validation loss (of two epochs that classify as many images right, the one surer of its answers); with
+    --best-by last (auto on a validation split too small to rank epochs: engine/choices.py) every epoch does."""
+    if val is None or run.cfg.best_by == "last":  # --best-by last: every epoch replaces best.pt
         return True
     best = next((r for r in run.history if r["epoch"] == run.best_epoch and r["val_loss"] != ""), None)
     best_loss = float(best["val_loss"]) if best else math.inf

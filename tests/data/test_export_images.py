@@ -24,7 +24,8 @@ def test_an_export_keeps_the_class_names_its_folders_cannot_carry(fmnist, tmp_pa
     names = fmnist[1].classes
     assert read_folder_splits(str(out))["train"].classes == sorted(names)  # every class, by its true name
     report = check_data([str(out)])
-    assert "T-shirt/top" in report.splits[0].classes and not report.issues  # classes.json is no stray file
+    # classes.json is no stray file (40 images: the only issue is their few validation images a class)
+    assert "T-shirt/top" in report.splits[0].classes and [i.kind for i in report.issues] == ["few-val"]
     capsys.readouterr()
     run = tudui.train(data=str(out), model="fast-mlp", epochs=1, batch_size=16, val_split=0.25, project=str(tmp_path),
                       name="on-export", plots=False)

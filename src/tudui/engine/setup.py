@@ -123,9 +123,12 @@ def write_run_files(run: Run) -> None:
             run.notes.append(f"removed {len(old)} TensorBoard event file(s) of the earlier run in "
                              f"{shown(run.run_dir)} (--exist-ok starts a new run; --resume continues one)")
         (run.run_dir / "metrics.json").unlink(missing_ok=True)  # an older run's (--exist-ok): written again at the end
-    timm = sys.modules.get("timm")  # a timm:NAME model's library, whose version decides its architecture
-    save_yaml(versions() | ({"timm": str(timm.__version__)} if timm else {}) | {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv,
-                            "world_size": w.size}, run.run_dir / "env.yaml")
+    # a timm:NAME model's library, whose version decides its architecture (only for such a model: another test or
+    # notebook cell may have imported timm without this run using it)
+    timm = sys.modules.get("timm") if is_timm(run.arch.get("name")) else None
+    save_yaml(versions() | ({"timm": str(timm.__version__)} if timm else {}) |
+              {"device": str(run.device), "threads": torch.get_num_threads(), "argv": sys.argv, "world_size": w.size},
+              run.run_dir / "env.yaml")
 
 
 def debug_splits(cfg: TrainConfig, data: DataBundle) -> None:

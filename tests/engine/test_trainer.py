@@ -120,8 +120,8 @@ def test_gpu_saved_checkpoint_loads_on_cpu(digits_run, tmp_path, monkeypatch, ca
 
 
 def test_early_stopping_and_existing_names(tmp_path):
-    r1 = tudui.train(data="digits", model="mnist-cnn", epochs=6, lr=1e-9, optimizer="sgd", scheduler="none",
-                     patience=1, project=str(tmp_path), name="p")
+    r1 = tudui.train(data="digits", model="mnist-cnn", epochs=6, batch_size=128, lr=1e-9, optimizer="sgd",
+                     scheduler="none", patience=1, project=str(tmp_path), name="p")
     assert len(r1.history) < 6  # no improvement at a vanishing learning rate
     r2 = tudui.train(data="digits", model="mnist-cnn", epochs=1, project=str(tmp_path), name="p")
     assert r2.run_dir.name == "p-2" and r1.best.exists()  # nothing overwritten

@@ -19,25 +19,11 @@ import yaml
 from .errors import TuduiError
 from .files import write_text
 from .modes import AUGMENTS, LOSSES, OPTIMIZERS, SCHEDULERS, describe_modes
-from .options import Options, option, workers_value  # noqa: F401 (workers_value: re-exported)
+from .options import Options, option, whole_or_auto, workers_value  # noqa: F401 (workers_value: re-exported)
 
-def count_or_auto(flag: str):
-    """A parser for --batch-size/--epochs: a whole number or 'auto' (chosen from the training set's size,
-    engine/choices.py resolve_length; from the command line both arrive as text)."""
-    def parse(value) -> int | str:
-        if isinstance(value, str) and value.lower() == "auto":
-            return "auto"
-        try:
-            n = int(value)
-        except (TypeError, ValueError):
-            raise TuduiError(f"{flag} takes a whole number or auto, got {value!r}") from None
-        if isinstance(value, float) and value != n:
-            raise TuduiError(f"{flag} takes a whole number or auto, got {value!r}")
-        return n  # its range: the field's (validate)
-    return parse
-
-
-batch_value, epochs_value = count_or_auto("--batch-size"), count_or_auto("--epochs")
+# --batch-size/--epochs auto: chosen from the training set's size (engine/choices.py resolve_length); the
+# range of a number is the field's (validate)
+batch_value, epochs_value = whole_or_auto("--batch-size"), whole_or_auto("--epochs")
 
 
 def lr_value(value) -> float | str:

@@ -121,15 +121,26 @@ class Options:
         return cls(**values)
 
 
+def whole_or_auto(flag: str, what: str = "a whole number"):
+    """A parser for a count that may be 'auto' (--workers, --batch-size, --epochs): an int or the text 'auto', from
+    the command line (text) or the library (int, float or str); a fractional or other value is one error line."""
+    def parse(value) -> int | str:
+        if isinstance(value, str) and value.lower() == "auto":
+            return "auto"
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            raise TuduiError(f"{flag} takes {what} or auto, got {value!r}") from None
+        if isinstance(value, float) and value != n:
+            raise TuduiError(f"{flag} takes {what} or auto, got {value!r}")
+        return n
+    return parse
+
+
 def workers_value(value) -> int | str:
     """--workers: a number of DataLoader processes, or 'auto' (the cores available, at most 8)."""
-    if isinstance(value, str) and value.lower() == "auto":
-        return "auto"
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise TuduiError(f"--workers takes a number of processes or auto, got {value!r}") from None
-    if n < 0:
+    n = whole_or_auto("--workers", "a number of processes")(value)
+    if n != "auto" and n < 0:
         raise TuduiError(f"--workers must be 0 or more (0: decode in the training process), got {n}")
     return n
 

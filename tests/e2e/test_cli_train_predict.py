@@ -93,9 +93,10 @@ def test_user_mistakes_are_one_line_exit_2(cli, args, message, subprocess, capsy
 
 def test_eval_scores_every_image_of_a_folder_holding_some_classes(tiny_model, tmp_path, capsys):
     """A folder of class folders with no train/val/test folders is scored whole (`--split all`, its default), and
-    macro-F1 is over the classes it holds (scikit-learn's f1_score(labels=present)), the others named as absent."""
+    macro-F1 and balanced accuracy are over the classes it holds (scikit-learn's f1_score(labels=present) and
+    balanced_accuracy_score), the others named as absent."""
     import numpy as np
-    from sklearn.metrics import f1_score
+    from sklearn.metrics import balanced_accuracy_score, f1_score
 
     from tudui.data.sources import load_named
 
@@ -112,9 +113,11 @@ def test_eval_scores_every_image_of_a_folder_holding_some_classes(tiny_model, tm
     truth, pred = np.nonzero(cm)
     y_true, y_pred = np.repeat(truth, cm[truth, pred]), np.repeat(pred, cm[truth, pred])
     assert r["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, labels=[0, 3, 7], average="macro"), abs=1e-9)
+    assert r["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred), abs=1e-9)
     assert [r["classes"][i] for i in r["absent"]] == ["1", "2", "4", "5", "6", "8", "9"]
     assert tudui_main(args) == 0
     out = capsys.readouterr().out
+    assert f"balanced accuracy {r['balanced_accuracy']:.2%}  macro-F1 {r['macro_f1']:.3f}" in out
     assert "[all]: 36 images" in out and "(over the 3 classes present; no images of 7: 1, 2, 4, 5, 6, 8, 9)" in out
     rows = {line.split()[0]: line.split()[1:] for line in out.split("rows: true class")[0].splitlines()[3:] if line}
     assert rows["9"][1:] == ["-", "-", "0"] and rows["0"][1:3] != ["-", "-"]  # an absent class has no recall or F1

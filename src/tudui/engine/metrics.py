@@ -48,17 +48,20 @@ def per_class(confusion: torch.Tensor) -> dict[str, list[float]]:
 
 
 def compute_metrics(counts: dict[str, torch.Tensor]) -> dict:
-    """Counts -> {'n', 'loss', 'top1', 'top5', 'confusion', 'per_class', 'macro_f1', 'absent'} (accuracies in
-    [0, 1]).
+    """Counts -> {'n', 'loss', 'top1', 'top5', 'confusion', 'per_class', 'macro_f1', 'balanced_accuracy', 'absent'}
+    (accuracies in [0, 1]).
 
     macro_f1 averages the F1 of the classes present in the data (support > 0), as scikit-learn's
     `f1_score(average="macro", labels=present)`: a class with no image has no recall, and counting it as 0 would
     score a perfect prediction of a folder holding 3 of 10 classes 0.3. 'absent' lists those classes' indices.
+    balanced_accuracy is the mean recall over the same present classes (scikit-learn's balanced_accuracy_score):
+    on long-tailed data a model that ignores the rare classes keeps a high top-1, not a high balanced accuracy.
     """
     n = max(float(counts["n"]), 1.0)
     cm = counts["confusion"].cpu()
     pc = per_class(cm)
     present = [f for f, s in zip(pc["f1"], pc["support"]) if s > 0]
+    recalls = [r for r, s in zip(pc["recall"], pc["support"]) if s > 0]
     out = {
         "n": int(counts["n"]),
         "top1": float(counts["correct1"]) / n,
@@ -66,6 +69,7 @@ def compute_metrics(counts: dict[str, torch.Tensor]) -> dict:
         "confusion": cm.to(torch.int64).tolist(),
         "per_class": pc,
         "macro_f1": sum(present) / len(present) if present else 0.0,
+        "balanced_accuracy": sum(recalls) / len(recalls) if recalls else 0.0,
         "absent": [i for i, s in enumerate(pc["support"]) if s == 0],
     }
     if "loss_sum" in counts:

@@ -7,11 +7,12 @@ from pathlib import Path
 from ..core.files import atomic_path
 
 # train_loss and val_loss: plain cross-entropy, on the training batches as trained (augmented, mixed, dropout on) and
-# on the validation split; train_objective: what --loss minimised (label smoothing, class weights, mse, ...). Columns
-# are only ever added at the end, so a reader of older files (where train_loss was the objective, and there was no
-# train_objective) keeps working.
+# on the validation split; train_objective: what --loss minimised (label smoothing, class weights, mse, ...);
+# val_macro_f1 and val_balanced_acc (the mean recall of the classes present) see the rare classes top-1 hides.
+# Columns are only ever added at the end, so a reader of older files (where train_loss was the objective, and there
+# was no train_objective) keeps working.
 FIELDS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "epoch_time_s", "images_per_s",
-          "train_objective"]
+          "train_objective", "val_macro_f1", "val_balanced_acc"]
 
 
 def _cells(row: dict) -> dict:

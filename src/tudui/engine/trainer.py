@@ -128,7 +128,8 @@ def epoch_row(epoch: int, stats: dict, val: dict | None, lr: float) -> dict:
     return {"epoch": epoch, "train_loss": stats["train_loss"], "val_loss": v.get("loss", ""),
             "val_top1": v.get("top1", ""), "val_top5": v.get("top5", ""), "lr": lr,
             "epoch_time_s": stats["epoch_time_s"], "images_per_s": stats["images_per_s"],
-            "train_objective": stats["train_objective"]}
+            "train_objective": stats["train_objective"], "val_macro_f1": v.get("macro_f1", ""),
+            "val_balanced_acc": v.get("balanced_accuracy", "")}
 
 
 class TimeBudget:

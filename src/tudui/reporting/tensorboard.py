@@ -6,6 +6,7 @@ Tags (x axis in brackets):
   epoch/train_loss, epoch/val_loss     mean cross-entropy of the epoch's training batches and of validation [epoch]
   epoch/train_objective                mean training objective (--loss, with its label smoothing) [epoch]
   epoch/val_top1, epoch/val_top5       validation accuracy in [0, 1] (top-5 with more than 5 classes) [epoch]
+  epoch/val_macro_f1, val_balanced_acc macro-F1 and balanced accuracy (mean recall) of the classes present [epoch]
   epoch/lr                             learning rate at the start of the epoch [epoch]
   train/first_batch (image)            the first augmented training batch, de-normalised
   train/first_batch_labels (image)     the same batch (up to 32 images) as a grid titled with class names, drawn
@@ -102,7 +103,8 @@ class TensorBoardCallback(Callback):
             self._add_graph(run)
         e = row["epoch"]
         top5 = run.spec.num_classes > 5  # top-5 of 5 classes or fewer is 100% by definition
-        for key in ("train_loss", "train_objective", "val_loss", "val_top1", "val_top5", "lr"):
+        for key in ("train_loss", "train_objective", "val_loss", "val_top1", "val_top5", "val_macro_f1",
+                    "val_balanced_acc", "lr"):
             if row.get(key, "") != "" and (top5 or key != "val_top5"):
                 self.writer.add_scalar(f"epoch/{key}", float(row[key]), e)
         self.writer.flush()  # a crash later loses nothing already logged
@@ -113,7 +115,7 @@ class TensorBoardCallback(Callback):
         metrics = {"hparam/best_epoch": float(run.best_epoch)}
         for split, summary in (("val", result.val), ("test", result.test)):
             if summary:
-                for k in ("top1", "top5", "loss", "macro_f1"):
+                for k in ("top1", "top5", "loss", "macro_f1", "balanced_accuracy"):
                     if k in summary and math.isfinite(summary[k]) and (k != "top5" or run.spec.num_classes > 5):
                         metrics[f"hparam/{split}_{k}"] = float(summary[k])
         hparams = {k: _hparam_value(v) for k, v in run.cfg.to_dict().items()}

@@ -39,3 +39,161 @@ def test_every_epoch_and_the_final_summary_carry_balanced_accuracy_and_macro_f1(
     for col, key in (("val_balanced_acc", "balanced_accuracy"), ("val_macro_f1", "macro_f1")):
         assert float(best[col]) == pytest.approx(summary["val"][key], abs=1e-5)
     assert summary["val"]["balanced_accuracy"] != summary["val"]["top1"]  # a number of its own
+
+
+# --- which epoch best.pt keeps --------------------------------------------------------------------------------------
+def _run(best_by: str, best_score: float, history: list[dict]):
+    from types import SimpleNamespace
+    return SimpleNamespace(cfg=SimpleNamespace(best_by=best_by), best_score=best_score, best_epoch=1, history=history)
+
+
+@pytest.mark.parametrize("best_by, better", [("top1", False), ("balanced-accuracy", True), ("macro-f1", True)])
+def test_best_by_ranks_epochs_by_the_figure_it_names(best_by, better):
+    """Epoch 2 classifies fewer images right than epoch 1 (top-1 0.80 < 0.90) but sees the rare classes (balanced
+    accuracy 0.70 > 0.50, macro-F1 0.65 > 0.45): best.pt moves to it by balanced accuracy or macro-F1, not by top-1;
+    a tie keeps going to the lower validation loss."""
+    from tudui.engine import trainer
+
+    first = {"top1": 0.90, "balanced_accuracy": 0.50, "macro_f1": 0.45, "loss": 0.3}
+    history = [{"epoch": 1, "val_loss": first["loss"]}]
+    run = _run(best_by, trainer.score(_run(best_by, 0, []), first), history)
+    second = {"top1": 0.80, "balanced_accuracy": 0.70, "macro_f1": 0.65, "loss": 0.9}
+    assert trainer.improves(run, second) is better
+    tie = first | {"loss": 0.2}
+    assert trainer.improves(run, tie) and not trainer.improves(run, first | {"loss": 0.4})
+
+
+def test_best_by_auto_ranks_long_tailed_data_by_balanced_accuracy():
+    """Over 10x from the largest training class to the smallest: balanced accuracy, even on a validation split too
+    small for top-1 to rank epochs; up to 10x: as before (last on such a split, else top1)."""
+    from tudui.core.config import TrainConfig
+    from tudui.engine.choices import resolve_best_by
+
+    cfg = TrainConfig(data=["x"])
+    note = resolve_best_by(cfg, np.array([60, 20, 6]), np.array([540, 180, 50]))
+    assert cfg.best_by == "balanced-accuracy" and "10.8x the images of the smallest" in note
+    cfg = TrainConfig(data=["x"])
+    resolve_best_by(cfg, np.array([60, 20, 6]), np.array([500, 180, 50]))
+    assert cfg.best_by == "last"
+    cfg = TrainConfig(data=["x"])
+    resolve_best_by(cfg, np.array([60, 20, 12]), np.array([500, 180, 110]))
+    assert cfg.best_by == "top1"
+    cfg = TrainConfig(data=["x"], best_by="macro-f1")
+    assert "macro-f1" in resolve_best_by(cfg, np.array([60, 20, 6]), np.array([540, 180, 50]))
+    assert cfg.best_by == "macro-f1"
+
+
+# --- --balance --------------------------------------------------------------------------------------------------------
+def test_logit_adjustment_adds_tau_times_the_log_priors_to_the_logits():
+    """The logit-adjusted loss (Menon et al. 2021, eq. 10) is the plain loss of logits + tau * log(prior), the prior
+    of each class its share of the training images; with label smoothing and with soft (mixup) targets too."""
+    import torch.nn.functional as F
+
+    from tudui.core.config import TrainConfig
+    from tudui.engine.optim import create_loss
+
+    counts = np.array([500, 120, 30, 5])
+    prior = torch.tensor(counts / counts.sum(), dtype=torch.float32)
+    logits = torch.randn(16, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 4, (16,), generator=torch.Generator().manual_seed(1))
+    for tau, smoothing in ((1.0, 0.0), (1.5, 0.1)):
+        cfg = TrainConfig(data=["x"], balance="logit-adjust", logit_tau=tau, label_smoothing=smoothing)
+        loss = create_loss(cfg, counts, torch.device("cpu"))
+        want = F.cross_entropy(logits + tau * prior.log(), y, label_smoothing=smoothing)
+        assert loss(logits, y) == pytest.approx(want.item(), rel=1e-6)
+        assert loss(logits, y) != pytest.approx(F.cross_entropy(logits, y, label_smoothing=smoothing).item())
+    soft = torch.softmax(torch.randn(16, 4), 1)
+    cfg = TrainConfig(data=["x"], balance="logit-adjust", label_smoothing=0.0)
+    assert create_loss(cfg, counts, torch.device("cpu"))(logits, soft) == \
+        pytest.approx(F.cross_entropy(logits + prior.log(), soft).item(), rel=1e-6)
+
+
+def test_balance_loss_is_class_weights_auto():
+    """--balance loss weights the loss by inverse class frequency, as --class-weights auto did (which now sets it);
+    the two cannot ask for different things."""
+    import torch.nn.functional as F
+
+    from tudui.core.config import TrainConfig
+    from tudui.core.errors import TuduiError
+    from tudui.engine.optim import class_weights, create_loss
+
+    counts = np.array([500, 120, 30, 5])
+    logits, y = torch.randn(16, 4), torch.randint(0, 4, (16,))
+    want = F.cross_entropy(logits, y, weight=class_weights(counts, "cpu"), label_smoothing=0.1)
+    for cfg in (TrainConfig(data=["x"], balance="loss"), TrainConfig(data=["x"], class_weights="auto")):
+        assert cfg.balance == "loss"
+        assert create_loss(cfg, counts, torch.device("cpu"))(logits, y) == pytest.approx(want.item(), rel=1e-6)
+    with pytest.raises(TuduiError, match="--class-weights auto is --balance loss"):
+        TrainConfig(data=["x"], class_weights="auto", balance="sampler")
+
+
+def _long_tailed(root, per_class=(36, 18, 9, 5, 3)):
+    """Class folders of real 8x8 digits, 12x from the largest class to the smallest (13.5x once a quarter of each
+    is held out: 27 to 2)."""
+    from PIL import Image
+
+    from tudui.data.sources import load_named
+
+    digits = load_named("digits", False)
+    for c, n in enumerate(per_class):
+        (root / f"digit {c}").mkdir(parents=True)
+        for i in np.flatnonzero(digits.targets == c)[:n]:
+            Image.fromarray(digits.images[i][..., 0]).save(root / f"digit {c}" / f"{i}.png")
+    return root
+
+
+def test_a_long_tailed_folder_trains_balanced_by_default(tmp_path, capsys):
+    """Default options on a long-tailed folder: --balance auto says in a note: line that it adjusts the logits, the
+    training criterion is the logit-adjusted loss, best.pt is the epoch of the highest validation balanced accuracy
+    (results.csv's column), and config.yaml records both choices for --config and --resume."""
+    import yaml
+
+    import tudui
+    from tudui.engine.optim import LogitAdjusted
+
+    seen = {}
+
+    from tudui.engine.callbacks import Callback
+
+    class Spy(Callback):
+        def on_fit_start(self, run):
+            seen["criterion"] = run.criterion
+
+    data = _long_tailed(tmp_path / "long tail")
+    result = tudui.train(data=str(data), model="fast", epochs=4, batch_size=16, val_split=0.25, device="cpu",
+                         project=str(tmp_path), name="lt", plots=False, tensorboard=False, callbacks=[Spy()])
+    out = capsys.readouterr().out
+    assert "note: balance logit-adjust (auto: the largest class has 13.5x the images of the smallest" in out
+    assert isinstance(seen["criterion"], LogitAdjusted)
+    saved = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
+    assert (saved["balance"], saved["best_by"]) == ("logit-adjust", "balanced-accuracy")
+    with open(result.run_dir / "results.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    best = max(rows, key=lambda r: (float(r["val_balanced_acc"]), -float(r["val_loss"])))
+    assert result.best_epoch == int(best["epoch"])
+
+
+@pytest.mark.parametrize("cache", ["ram", "off"])  # the in-memory loader, and the DataLoader of files
+def test_a_sampler_run_resumed_after_a_crash_ends_bit_identical(tmp_path, cache):
+    """--balance sampler draws each epoch from (seed, epoch) alone: a run that crashed after epoch 1 and was resumed
+    ends with exactly the weights of a run that was never interrupted."""
+    import tudui
+    from tudui.core.checkpoint import load_checkpoint
+    from tudui.engine.callbacks import Callback
+
+    class CrashAfterEpoch1(Callback):
+        def on_epoch_end(self, run, row, val):
+            if run.epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    opts = dict(data=str(_long_tailed(tmp_path / "data")), model="fast", batch_size=8, epochs=2, balance="sampler",
+                cache=cache, workers=0, device="cpu", deterministic=True, project=str(tmp_path), plots=False,
+                tensorboard=False)
+    tudui.train(name="full", **opts)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        tudui.train(name="crashed", callbacks=[CrashAfterEpoch1()], **opts)
+    tudui.train(resume=str(tmp_path / "crashed"))
+    a, b = (load_checkpoint(tmp_path / name, prefer="last") for name in ("full", "crashed"))
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

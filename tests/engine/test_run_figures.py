@@ -98,13 +98,13 @@ def test_of_two_epochs_with_equal_top1_the_one_with_lower_val_loss_is_best(tmp_p
 def test_improves_breaks_a_top1_tie_by_the_lower_val_loss():
     from types import SimpleNamespace
 
-    run = SimpleNamespace(cfg=SimpleNamespace(best_by="top1"), best_top1=0.8, best_epoch=2,
+    run = SimpleNamespace(cfg=SimpleNamespace(best_by="top1"), best_score=0.8, best_epoch=2,
                           history=[{"epoch": 1, "val_loss": 0.2}, {"epoch": 2, "val_loss": 0.9}])
     assert trainer.improves(run, {"top1": 0.8, "loss": 0.5})  # the tie at a lower loss than epoch 2's
     assert not trainer.improves(run, {"top1": 0.8, "loss": 0.9})  # equal on both: the earlier epoch stays
     assert not trainer.improves(run, {"top1": 0.79, "loss": 0.01})  # top-1 first
     assert trainer.improves(run, {"top1": 0.81, "loss": 5.0})
-    assert trainer.improves(SimpleNamespace(cfg=run.cfg, best_top1=-1.0, best_epoch=0, history=[]),
+    assert trainer.improves(SimpleNamespace(cfg=run.cfg, best_score=-1.0, best_epoch=0, history=[]),
                             {"top1": 0.0, "loss": 9.0})
 
 

@@ -15,7 +15,7 @@ then compares the declared sizes with the weights' shapes before building anythi
   versions                 tudui, torch, torchvision, ... that wrote it
 Training checkpoints (engine/trainer.py `Run.checkpoint`) add:
   epoch, step              epochs and optimisation steps completed
-  optimizer, scheduler, scaler, trainer   state to resume training exactly (trainer: best_top1, best_epoch)
+  optimizer, scheduler, scaler, trainer   state to resume training exactly (trainer: best_score, best_epoch)
   resume                   RNG states and the metrics rows so far (engine/resume.py)
   ema                      the weights' moving average, in last.pt with --ema (best.pt holds it as `model`)
   metrics, config          the last epoch's metrics row and the run's TrainConfig as plain values

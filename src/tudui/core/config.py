@@ -18,7 +18,7 @@ import yaml
 
 from .errors import TuduiError
 from .files import write_text
-from .modes import AUGMENTS, LOSSES, OPTIMIZERS, SCHEDULERS, describe_modes
+from .modes import AUGMENTS, BALANCES, LOSSES, OPTIMIZERS, SCHEDULERS, describe_modes
 from .options import Options, option, whole_or_auto, workers_value  # noqa: F401 (workers_value: re-exported)
 
 # --batch-size/--epochs auto: chosen from the training set's size (engine/choices.py resolve_length); the
@@ -195,8 +195,18 @@ class TrainConfig(Options):
                            what="passes over the data")
     loss: str = _f("cross-entropy", "loss: " + describe_modes(LOSSES), choices=list(LOSSES), group="optimisation")
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)", group="optimisation", min=0, lt=1)
-    class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency)", choices=["none", "auto"],
-                            group="optimisation")
+    class_weights: str = _f("none", "weight classes in the loss: none or auto (inverse frequency; the same as "
+                                    "--balance loss, which it sets)", choices=["none", "auto"], group="optimisation")
+    balance: str = _f("auto", "what evens out classes of very different sizes in training: " +
+                      describe_modes(BALANCES) + "; auto: logit-adjust when the largest training class has over 10x "
+                      "the images of the smallest, else none; the first line says which",
+                      choices=["auto", *BALANCES], group="optimisation")
+    sampler_weights: str = _f("inverse", "--balance sampler: an image's chance of being drawn, inverse (1 / its "
+                                         "class's images: every class equally often) or sqrt (1 / their square root: "
+                                         "the rare classes raised, their images repeated less)",
+                              choices=["inverse", "sqrt"], group="optimisation")
+    logit_tau: float = _f(1.0, "--balance logit-adjust: tau, the multiple of the log class priors added to the "
+                               "logits in training", group="optimisation", min=0, what="a multiple of the log priors")
     optimizer: str = _f("adamw", describe_modes(OPTIMIZERS), choices=list(OPTIMIZERS), group="optimisation")
     lr: float | str = _f(0.003, "peak learning rate, or auto: a learning-rate range test first (as `tudui lr-find`), "
                                 "then its suggestion (or 0.003 where the test says the default is as good)", type=str, group="optimisation", gt=0)
@@ -208,14 +218,16 @@ class TrainConfig(Options):
                                    "onecycle)", group="optimisation")
     step_size: int = _f(5, "epochs between decays for --scheduler step", group="optimisation")
     gamma: float = _f(0.1, "decay factor for --scheduler step", group="optimisation")
-    patience: int | None = _f(None, "stop after this many epochs without a better validation top-1",
+    patience: int | None = _f(None, "stop after this many epochs without a better validation score (--best-by's)",
                               group="optimisation")
-    best_by: str = _f("auto", "which epoch best.pt keeps: top1 (the highest validation top-1, ties to the lower "
-                              "validation loss), last (the last epoch: the one-cycle schedule ends at its lowest "
-                              "rate), or auto: last when the validation split has fewer than 10 images of some "
-                              "class (too few to rank epochs by top-1) and no --patience is given, else top1; the "
-                              "first line says which",
-                      choices=["auto", "top1", "last"], group="optimisation")
+    best_by: str = _f("auto", "which epoch best.pt keeps (and --patience waits to improve): top1, balanced-accuracy "
+                              "(the mean recall of the classes) or macro-f1, each the highest on validation, ties to "
+                              "the lower validation loss; last (the last epoch: the one-cycle schedule ends at its "
+                              "lowest rate); or auto: balanced-accuracy when the largest training class has over 10x "
+                              "the images of the smallest, else last when the validation split has fewer than 10 "
+                              "images of some class (too few to rank epochs) and no --patience is given, else top1; "
+                              "the first line says which",
+                      choices=["auto", "top1", "balanced-accuracy", "macro-f1", "last"], group="optimisation")
     ema: bool = _f(False, "validate and save (best.pt, exports) an exponential moving average of the weights",
                    group="optimisation")
     ema_decay: float = _f(0.999, "EMA decay per optimisation step",
@@ -282,6 +294,11 @@ class TrainConfig(Options):
         self.batch_size, self.epochs = batch_value(self.batch_size), epochs_value(self.epochs)
         self.workers = workers_value(self.workers)
         self.amp = amp_value(self.amp)
+        if self.class_weights == "auto":  # the older spelling of --balance loss
+            if self.balance not in ("auto", "loss"):
+                raise TuduiError(f"--class-weights auto is --balance loss; it cannot go with --balance {self.balance}: "
+                                 "give one of them")
+            self.balance = "loss"
         self.validate()
 
     def validate(self) -> None:

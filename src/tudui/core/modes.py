@@ -1,4 +1,5 @@
-"""The named modes of tudui's string switches, each defined once: --augment, --loss, --scheduler, --optimizer.
+"""The named modes of tudui's string switches, each defined once: --augment, --loss, --balance, --scheduler,
+--optimizer.
 
 A row says what its mode does (as data) and how `--help` describes it. The config's choices and help text
 (core/config.py) and the code that acts on a mode read the same row: the training batches (engine/trainer.py
@@ -63,6 +64,16 @@ LOSSES: dict[str, str] = {
     "mse": "mean squared error of the probabilities against one-hot targets",
     "l1": "mean absolute error of the probabilities against one-hot targets",
 }
+# --balance: what evens out unequal classes in training (data/sampler.py, engine/optim.create_loss); auto picks by
+# the training set's imbalance ratio (data/sampler.auto_balance)
+BALANCES: dict[str, str] = {
+    "none": "every image once an epoch, every class as it comes",
+    "sampler": "each epoch's images drawn with replacement, rare classes more often (--sampler-weights)",
+    "loss": "the loss weighted by inverse class frequency",
+    "logit-adjust": "the log class priors (x --logit-tau) added to the logits in training, so the model learns "
+                    "what the priors do not explain (Menon et al. 2021)",
+}
+
 OPTIMIZERS: dict[str, str] = {
     "sgd": "SGD with Nesterov momentum",
     "adam": "Adam",

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..core.errors import TuduiError
 from .images import BadImage, decode_image, shown
+from .sampler import BalancedSampler, epoch_order, rank_share, sample_weights
 from .spec import DataSpec, Layout, eval_layout
 from .split import Split
 
@@ -106,13 +107,16 @@ class MemoryLoader:
     Under torchrun each rank takes every `world_size`-th index of the same
     permutation, so ranks see disjoint shards. Training drops the ragged end so all
     ranks make the same number of steps; evaluation keeps every sample exactly once.
+    With `weights` (--balance sampler: data/sampler.py) training draws the epoch's images in proportion to them
+    instead of shuffling, sharded the same way.
     """
 
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, batch_size: int, train: bool,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
+                 seed: int = 0, rank: int = 0, world_size: int = 1, weights: torch.Tensor | None = None) -> None:
         self.images, self.targets = images, targets  # (N, C, H, W) uint8, (N,) int64, same device
         self.batch_size, self.train = batch_size, train
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.weights = weights  # (N,) float64 on the CPU, or None: a permutation
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -121,10 +125,8 @@ class MemoryLoader:
     def _indices(self) -> torch.Tensor:
         n = len(self.targets)
         if self.train:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-            per_rank = n // self.world_size
-            return order[self.rank:per_rank * self.world_size:self.world_size]
+            order = epoch_order(n, self.seed, self.epoch, self.weights)
+            return rank_share(order, self.rank, self.world_size)
         return torch.arange(n)[self.rank::self.world_size]  # empty on a rank past the end (arange would raise)
 
     def __len__(self) -> int:  # counted, not drawn: callers ask every step (a permutation of 60,000 costs 0.3 ms)
@@ -152,8 +154,9 @@ class MappedLoader(MemoryLoader):
     """
 
     def __init__(self, images: np.ndarray, targets: np.ndarray, batch_size: int, train: bool, device: torch.device,
-                 seed: int = 0, rank: int = 0, world_size: int = 1) -> None:
-        super().__init__(images, torch.from_numpy(np.asarray(targets)), batch_size, train, seed, rank, world_size)
+                 seed: int = 0, rank: int = 0, world_size: int = 1, weights: torch.Tensor | None = None) -> None:
+        super().__init__(images, torch.from_numpy(np.asarray(targets)), batch_size, train, seed, rank, world_size,
+                         weights)
         self.device = device  # images stay (N, H, W, C) uint8 on the host
 
     def _gather(self, b: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -282,19 +285,24 @@ def file_loader(split: Split, channels: int, size: int, batch_size: int, train: 
 
 def make_loader(split: Split, spec: DataSpec, batch_size: int, train: bool, device: torch.device, *,
                 workers: int = 0, seed: int = 0, bad_images: str = "skip", rank: int = 0, world_size: int = 1,
-                layout: Layout | None = None, in_memory: bool = True):
+                layout: Layout | None = None, in_memory: bool = True, sampler_weights: str | None = None):
     """Batches of (uint8 images, int64 targets): from memory when decoded and held (in_memory), memory-mapped
     cache rows batch by batch when they are not, else decoded from files (in `layout`: default the spec's
-    evaluation layout)."""
+    evaluation layout). `sampler_weights` ('inverse' or 'sqrt', training only): each epoch's images drawn by
+    data/sampler.py's balanced sampler instead of shuffled."""
+    weights = sample_weights(split.targets, len(split.classes), sampler_weights) if train and sampler_weights \
+        else None
     if split.images is not None and (in_memory or not hasattr(split.images, "release")):
         return MemoryLoader(to_tensor(split.images, device), torch.from_numpy(split.targets).to(device),
-                            batch_size, train, seed=seed, rank=rank, world_size=world_size)
+                            batch_size, train, seed=seed, rank=rank, world_size=world_size, weights=weights)
     if split.images is not None:
         return MappedLoader(split.images, split.targets, batch_size, train, device, seed=seed, rank=rank,
-                            world_size=world_size)
+                            world_size=world_size, weights=weights)
     layout = layout or eval_layout(spec)
     sampler = None
-    if world_size > 1 and train:
+    if weights is not None:  # the same draws as MemoryLoader's, this rank's share
+        sampler = BalancedSampler(weights, seed, rank, world_size)
+    elif world_size > 1 and train:
         # Same seeded permutation on every rank, a disjoint slice each; set_epoch reshuffles. drop_last: all
         # ranks make the same number of steps (DDP needs that).
         sampler = torch.utils.data.distributed.DistributedSampler(

@@ -42,6 +42,7 @@ from ..core.device import World, auto_workers, cpu_bf16_flags, cpu_model
 from ..core.errors import TuduiError
 from ..core.files import atomic_path
 from ..data.cache import cache_root
+from ..data.sampler import LONG_TAILED, auto_balance, imbalance_ratio
 from ..models.registry import create_model
 from ..models.summary import summarize_model
 from . import cuda_graph, distributed
@@ -338,18 +339,28 @@ def resolve_length(cfg, n: int, w: World) -> str | None:
     return "; ".join(notes) or None
 
 
-# --best-by auto: on a validation split with fewer than this many images of some class, one image moves top-1 by
-# several points and the "best" epoch is chosen by noise; the last epoch (the one-cycle schedule ends at its lowest
-# rate) was better on the test set there (benchmarks/README.md, "Defaults for small data"). data/check.py warns
-# below the same count.
+# --best-by auto: on long-tailed training data (the largest class over LONG_TAILED times the smallest) top-1 is
+# mostly the common classes' and an epoch that gives up a rare class can rank first, so epochs are ranked by balanced
+# accuracy (the mean recall of the classes). Otherwise: on a validation split with fewer than this many images of
+# some class, one image moves top-1 by several points and the "best" epoch is chosen by noise; the last epoch (the
+# one-cycle schedule ends at its lowest rate) was better on the test set there (benchmarks/README.md, "Defaults for
+# small data"). data/check.py warns below the same count.
 AUTO_BEST = {"min_val_per_class": 10}
+BEST_BY_METRIC = {"top1": "top1", "balanced-accuracy": "balanced_accuracy", "macro-f1": "macro_f1"}  # -> metrics key
 
 
-def resolve_best_by(cfg, val_counts) -> str | None:
-    """Settle --best-by auto from the validation split's images per class (`val_counts`, None without a validation
-    split: every epoch is then the best one anyway); returns the note for the first line (None: nothing to say)."""
+def resolve_best_by(cfg, val_counts, train_counts=None) -> str | None:
+    """Settle --best-by auto from the training split's images per class (`train_counts`) and the validation split's
+    (`val_counts`, None without a validation split: every epoch is then the best one anyway); returns the note for
+    the first line (None: nothing to say)."""
     if cfg.best_by != "auto":
-        return None if cfg.best_by == "top1" else f"best.pt: the {cfg.best_by} epoch"
+        return None if cfg.best_by == "top1" else f"best.pt: the {cfg.best_by} epoch" if cfg.best_by == "last" \
+            else f"best.pt: the epoch of the highest validation {cfg.best_by}"
+    ratio = imbalance_ratio(train_counts) if train_counts is not None else 1.0
+    if ratio > LONG_TAILED and val_counts is not None:
+        cfg.best_by = "balanced-accuracy"
+        return (f"best.pt: the epoch of the highest validation balanced accuracy (auto: the largest training class has "
+                f"{ratio:.1f}x the images of the smallest, over {LONG_TAILED:g})")
     fewest = int(min(val_counts)) if val_counts is not None and len(val_counts) else None
     # --patience stops on epochs without a better validation top-1: it needs epochs ranked by it
     if fewest is None or fewest >= AUTO_BEST["min_val_per_class"] or cfg.patience is not None:
@@ -358,3 +369,14 @@ def resolve_best_by(cfg, val_counts) -> str | None:
     cfg.best_by = "last"
     return (f"best.pt: the last epoch (auto: {int(sum(val_counts))} validation images, {fewest} of the smallest "
             f"class, too few to rank epochs by top-1; --best-by top1 ranks them anyway)")
+
+
+def resolve_balance(cfg, train_counts) -> str | None:
+    """Settle --balance auto from the training split's images per class (data/sampler.auto_balance); returns the
+    note for the first line (None: balanced data, nothing done and nothing to say)."""
+    if cfg.balance != "auto":
+        return None if cfg.balance == "none" else f"balance {cfg.balance}" + \
+            (f" ({cfg.sampler_weights} weights)" if cfg.balance == "sampler" else
+             f" (tau {cfg.logit_tau:g})" if cfg.balance == "logit-adjust" else "")
+    cfg.balance, why = auto_balance(train_counts)
+    return f"balance {cfg.balance} (auto: {why})" if cfg.balance != "none" else None

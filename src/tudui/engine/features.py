@@ -27,7 +27,7 @@ import torch.nn as nn
 from ..core.console import Progress
 from ..core.device import autocast
 from ..core.modes import AUGMENTS
-from ..data import make_loader, eval_batch_size
+from ..data import epoch_order, make_loader, eval_batch_size
 from .finetune import frozen_phase, set_frozen_modes
 from .metrics import add_counts, batch_counts, compute_metrics
 from ..models.surgery import head_path
@@ -173,10 +173,11 @@ class FeatureTrainer:
 
     # --- an epoch's training input and its validation -----------------------------------------------------------------
     def _order(self, epoch: int) -> torch.Tensor:
-        """MemoryLoader's training order for `epoch` (the same seeded permutation the image path uses)."""
-        n = len(self.targets)
-        g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-        return torch.randperm(n, generator=g)
+        """MemoryLoader's training order for `epoch` (the same seeded permutation, or --balance sampler's draw, that
+        the image path uses: data/sampler.py)."""
+        loader = self.run.train_loader
+        weights = getattr(loader, "weights", getattr(getattr(loader, "sampler", None), "weights", None))
+        return epoch_order(len(self.targets), self.seed, epoch, weights)
 
     def feed(self, epoch: int) -> Feed:
         """Epoch `epoch`'s training input for the trainer's loop (engine/trainer.py train_one_epoch): batches of

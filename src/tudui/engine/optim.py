@@ -68,11 +68,30 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+class LogitAdjusted(nn.Module):
+    """--balance logit-adjust: `loss(logits + tau * log(priors), targets)` in training (Menon et al. 2021, the
+    logit-adjusted loss). The adjustment raises the common classes' logits by what their frequency alone explains, so
+    the model's own logits learn the rest and are not biased to the common classes; predictions use the logits as
+    they are (validation, eval, predict and exports never see the adjustment)."""
+
+    def __init__(self, loss: nn.Module, counts, tau: float, device) -> None:
+        super().__init__()
+        c = torch.as_tensor(counts, dtype=torch.float64).clamp_min(1)  # a class with no training image: as one
+        self.loss = loss
+        self.register_buffer("adjustment", (tau * torch.log(c / c.sum())).to(torch.float32).to(device))  # (K,)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return self.loss(logits + self.adjustment.to(logits.dtype), targets)
+
+
 def create_loss(cfg, counts, device) -> nn.Module:
-    """The training criterion of --loss (TrainConfig `cfg`, its label smoothing already range-checked), with
-    inverse-frequency class weights from the training set's per-class `counts` under --class-weights auto."""
-    weight = class_weights(counts, device) if cfg.class_weights == "auto" else None
-    return LOSSES[cfg.loss](cfg, weight)
+    """The training criterion of --loss (TrainConfig `cfg`, its label smoothing already range-checked): with
+    inverse-frequency class weights from the training set's per-class `counts` under --balance loss (or
+    --class-weights auto), on logits adjusted by the log class priors under --balance logit-adjust."""
+    balance = getattr(cfg, "balance", "none")
+    weight = class_weights(counts, device) if cfg.class_weights == "auto" or balance == "loss" else None
+    loss = LOSSES[cfg.loss](cfg, weight)
+    return LogitAdjusted(loss, counts, cfg.logit_tau, device) if balance == "logit-adjust" else loss
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -65,7 +65,7 @@ def _finished_message(run_dir: Path, epoch: int, epochs: int, best_epoch: int, p
         return (f"run {run_dir} already finished its {epochs} epoch(s) (best epoch {best_epoch}); nothing to resume. "
                 f"To train longer: tudui train --resume {run_dir} --epochs {epochs + 5}")
     if patience is not None and best_epoch > 0 and epoch - best_epoch >= patience:
-        return (f"run {run_dir} stopped early at epoch {epoch} (no better validation top-1, nor the same at a lower "
+        return (f"run {run_dir} stopped early at epoch {epoch} (no better validation score, nor the same at a lower "
                 f"loss, for {patience} epoch(s) after epoch {best_epoch}); nothing to resume")
     return None
 
@@ -102,6 +102,7 @@ def resume_config(values: dict[str, Any]) -> TrainConfig:
     # itself: it continues that way.
     stored.setdefault("crop_pct", 0)
     stored.setdefault("augment", "flip")
+    stored.setdefault("balance", "none")  # and from before --balance: no balancing
     changed = sorted(k for k, v in values.items() if k not in RESUME_MAY_CHANGE and stored.get(k) != v)
     if changed:
         flags = ", ".join("--" + k.replace("_", "-") for k in changed)
@@ -189,7 +190,8 @@ def restore_run(run) -> None:
         run.ema.load_state_dict(ckpt["ema"])
     run.scaler.load_state_dict(ckpt["scaler"])
     run.epoch, run.step = int(ckpt["epoch"]), int(ckpt["step"])
-    run.best_top1 = float(ckpt["trainer"]["best_top1"])
+    trainer = ckpt["trainer"]  # "best_top1" in checkpoints written before --best-by ranked by other figures
+    run.best_score = float(trainer["best_score"] if "best_score" in trainer else trainer["best_top1"])
     run.best_epoch = int(ckpt["trainer"]["best_epoch"])
     run.history = list(state["history"])
     msg = _finished_message(run.run_dir, run.epoch, run.cfg.epochs, run.best_epoch, run.cfg.patience)

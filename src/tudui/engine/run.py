@@ -140,7 +140,7 @@ class Run:
     final_only: bool = False  # --resume of a run whose training ended but whose final evaluation did not
     epoch: int = 0  # epochs completed
     step: int = 0  # optimisation steps completed
-    best_top1: float = -1.0
+    best_score: float = -1.0  # the best epoch's validation figure --best-by ranks by (trainer.score)
     best_epoch: int = 0
     stopped_early: bool = False  # --patience ended the epochs
     history: list[dict] = field(default_factory=list)
@@ -199,6 +199,6 @@ class Run:
         return make_checkpoint(
             self.eval_model if best else self.model, self.arch, self.spec.to_dict(), epoch=self.epoch, step=self.step,
             optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
-            scaler=self.scaler.state_dict(), trainer={"best_top1": self.best_top1, "best_epoch": self.best_epoch},
+            scaler=self.scaler.state_dict(), trainer={"best_score": self.best_score, "best_epoch": self.best_epoch},
             metrics=self.history[-1] if self.history else {}, config=self.cfg.to_dict(),
             resume=resume_state(self), **extra)  # RNG states and metrics rows for an exact --resume (engine/resume.py)

@@ -28,7 +28,8 @@ from ..models.timm_models import hf_folder, is_timm, pretrained_cfg, take_weight
 from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
 from .callbacks import Callback
-from .choices import resolve_amp, resolve_best_by, resolve_cuda_graph, resolve_length, resolve_model, resolve_workers
+from .choices import (resolve_amp, resolve_balance, resolve_best_by, resolve_cuda_graph, resolve_length,
+                      resolve_model, resolve_workers)
 from .cuda_graph import GraphedStep
 from .ema import ModelEMA
 from .lr_find import lr_range_test
@@ -98,7 +99,8 @@ def build_loaders(cfg: TrainConfig, data: DataBundle, device: torch.device, w: W
     """(train loader, val loader or None); under torchrun each rank gets its own shard."""
     args = dict(device=device, workers=workers, seed=cfg.seed, bad_images=cfg.bad_images, rank=w.rank,
                 world_size=w.size, in_memory=data.in_memory)
-    train = make_loader(data.train, data.spec, cfg.batch_size, True, layout=data.train_layout, **args)
+    train = make_loader(data.train, data.spec, cfg.batch_size, True, layout=data.train_layout,
+                        sampler_weights=cfg.sampler_weights if cfg.balance == "sampler" else None, **args)
     if len(train) == 0:
         raise TuduiError(f"--batch-size {cfg.batch_size} is larger than the training set ({len(data.train)} images)")
     val = make_loader(data.val, data.spec, eval_batch_size(cfg.batch_size), False, **args) if data.val else None
@@ -237,7 +239,9 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
                       before_decoding=build_model)
     data.spec.pretrained_cfg = record  # travels with the DataSpec into every checkpoint and export
     length_note = resolve_length(cfg, len(data.train), w)  # --batch-size/--epochs auto: from the training set's size
-    best_note = resolve_best_by(cfg, data.val.counts() if data.val is not None else None)
+    best_note = resolve_best_by(cfg, data.val.counts() if data.val is not None else None, data.train.counts())
+    balance_auto = cfg.balance == "auto"
+    balance_note = resolve_balance(cfg, data.train.counts())  # --balance auto: said in a note: line
     debug_splits(cfg, data)
     model, arch = built[0]
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None
@@ -252,8 +256,8 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note, unused = resolve_workers(cfg, data, w)
-    notes += [*data.said, unused]
-    choices = [length_note, best_note, model_note, resolve_amp(cfg, model, data.spec, device), workers_note]
+    notes += [*data.said, unused] + ([balance_note] if balance_auto else [])
+    choices = [length_note, best_note, None if balance_auto else balance_note, model_note, resolve_amp(cfg, model, data.spec, device), workers_note]
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)
     train_loader, val_loader = build_loaders(cfg, data, device, w, workers)
     placeholder = replace(cfg, lr=1e-7) if cfg.lr == "auto" else cfg  # --lr auto: resolve_lr replaces both below

@@ -26,6 +26,7 @@ from ..data import eval_batch_size, make_loader
 from ..models.surgery import head_path
 from . import distributed, features, finetune
 from .callbacks import Callback
+from .choices import BEST_BY_METRIC
 from .evaluate import evaluate
 from .guards import FiniteLossGuard
 from .metrics import TopMistakes
@@ -111,15 +112,22 @@ def validate(run: Run, epoch: int, criterion: nn.Module) -> dict | None:
     return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
 
 
+def score(run: Run, val: dict | None) -> float:
+    """The validation figure --best-by ranks epochs by (top-1, balanced accuracy or macro-F1); -1 without one."""
+    return val[BEST_BY_METRIC[run.cfg.best_by]] if val is not None and run.cfg.best_by in BEST_BY_METRIC else -1.0
+
+
 def improves(run: Run, val: dict | None) -> bool:
-    """Whether `val` beats the best epoch so far: a higher validation top-1, or the same top-1 at a lower
-    validation loss (of two epochs that classify as many images right, the one surer of its answers); with
-    --best-by last (auto on a validation split too small to rank epochs: engine/choices.py) every epoch does."""
+    """Whether `val` beats the best epoch so far: a higher validation score (--best-by: top-1, balanced accuracy or
+    macro-F1), or the same score at a lower validation loss (of two epochs that classify as well, the one surer of
+    its answers); with --best-by last (auto on a validation split too small to rank epochs: engine/choices.py)
+    every epoch does."""
     if val is None or run.cfg.best_by == "last":  # --best-by last: every epoch replaces best.pt
         return True
     best = next((r for r in run.history if r["epoch"] == run.best_epoch and r["val_loss"] != ""), None)
     best_loss = float(best["val_loss"]) if best else math.inf
-    return val["top1"] > run.best_top1 or (val["top1"] == run.best_top1 and val["loss"] < best_loss)
+    now = score(run, val)
+    return now > run.best_score or (now == run.best_score and val["loss"] < best_loss)
 
 
 def epoch_row(epoch: int, stats: dict, val: dict | None, lr: float) -> dict:
@@ -222,7 +230,7 @@ def _train(run: Run) -> RunResult:
         row = epoch_row(run.epoch, stats, val, lr)
         run.history.append(row)
         if improved:
-            run.best_top1, run.best_epoch, stale = (val["top1"] if val else -1.0), run.epoch, 0
+            run.best_score, run.best_epoch, stale = score(run, val), run.epoch, 0
         else:
             stale += 1
         _save(run, ["last.pt", "best.pt"] if improved else ["last.pt"])  # val is the same on every rank

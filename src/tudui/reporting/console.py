@@ -42,7 +42,8 @@ class ConsoleCallback(Callback):
 
     def on_train_end(self, run) -> None:
         if run.stopped_early:
-            print(f"early stop: no better validation top-1 (nor the same at a lower loss) for {run.cfg.patience} "
+            what = {"balanced-accuracy": "balanced accuracy", "macro-f1": "macro-F1"}.get(run.cfg.best_by, "top-1")
+            print(f"early stop: no better validation {what} (nor the same at a lower loss) for {run.cfg.patience} "
                   f"epoch(s); best was epoch {run.best_epoch}")
 
     def on_fit_end(self, run, result) -> None:

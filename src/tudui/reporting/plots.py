@@ -45,8 +45,11 @@ def objective_name(cfg) -> str:
     parts = [cfg.loss]
     if cfg.loss == "cross-entropy" and cfg.label_smoothing:
         parts.append(f"label smoothing {cfg.label_smoothing:g}")
-    if cfg.class_weights == "auto" and cfg.loss in ("cross-entropy", "nll"):
+    balance = getattr(cfg, "balance", "none")
+    if (cfg.class_weights == "auto" or balance == "loss") and cfg.loss in ("cross-entropy", "nll"):
         parts.append("class weights")
+    if balance == "logit-adjust":
+        parts.append("logit-adjusted")
     return ", ".join(parts)
 
 

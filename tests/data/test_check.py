@@ -198,3 +198,27 @@ def test_data_check_warns_about_classes_with_few_validation_images(dirty, tmp_pa
     few = [i for i in check_data([str(tmp_path / "data")]).issues if i.kind == "few-val"]
     assert len(few) == 1 and "--val-split 0.1 hold-out gives 1 class(es)" in few[0].detail
     assert "(small: 9)" in few[0].detail
+
+
+def test_data_check_recommends_a_balance_mode_and_says_why(tmp_path, capsys):
+    """Long-tailed training images get logit-adjust, the mode --balance auto picks from the same counts (those left
+    once the --val-split hold-out is taken: 16x where the folder holds 12x), with the ratio and the reason; a
+    train/ val/ layout is measured on train/ as it is; classes of about one size get none."""
+    from tests.engine.test_balance import _long_tailed
+
+    data = _long_tailed(tmp_path / "long tail")  # 36, 18, 9, 5, 3 images; the 10% hold-out leaves 32 and 2
+    assert tudui_main(["data", "check", str(data)]) == 0
+    out = capsys.readouterr().out
+    assert ("--balance logit-adjust recommended (what --balance auto picks): the largest training class has 16.0x "
+            "the images of the smallest once --val-split 0.1 holds images out, over 10") in out
+    assert "best.pt by balanced accuracy" in out
+    report = check_data([str(data)])
+    assert report.balance["mode"] == "logit-adjust" and report.to_dict()["balance"] == report.balance
+    split = tmp_path / "split"
+    shutil.copytree(data, split / "train")
+    shutil.copytree(data / "digit 0", split / "val" / "digit 0")
+    assert "the largest training class has 12.0x the images of the smallest, over 10" in \
+        check_data([str(split)]).balance["why"]
+    for c in ("a", "b"):
+        _pngs(tmp_path / "even" / c, 4 if c == "a" else 3, start=10 * ord(c))
+    assert check_data([str(tmp_path / "even")]).balance["mode"] == "none"

@@ -25,17 +25,20 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from ..core.config import TrainConfig
 from ..core.console import table
 from ..core.errors import TuduiError
 from .folders import MANIFEST, is_label_file_layout, read_layout, split_folders
 from .images import BadImage, is_image_file, open_image
-from .split import concat_splits, require_two_classes
+from .sampler import LONG_TAILED, auto_balance, imbalance_ratio
+from .split import concat_splits, require_two_classes, stratified_split
 
 USUAL_MODES = {"L", "RGB"}
 MIN_SIDE = 8  # pixels; smaller images carry almost nothing once resized
 MAX_ASPECT = 4.0  # longer side / shorter side; more is distorted by the square resize
-IMBALANCE_WARN = 10.0  # largest class / smallest class
+IMBALANCE_WARN = LONG_TAILED  # largest class / smallest class (10: where --balance auto and --best-by auto act)
 # fewer validation images of a class than this: top-1 on them cannot rank epochs (`--best-by auto` then keeps the last
 # epoch: engine/choices.py AUTO_BEST, the same number)
 MIN_VAL_PER_CLASS = 10
@@ -81,6 +84,8 @@ class SplitReport:
 class CheckReport:
     splits: list[SplitReport] = field(default_factory=list)
     issues: list[Issue] = field(default_factory=list)
+    # the --balance mode recommended for the training images: {"mode", "why"} (None: no readable training images)
+    balance: dict | None = None
 
     @property
     def errors(self) -> list[Issue]:
@@ -92,7 +97,7 @@ class CheckReport:
 
     def to_dict(self) -> dict:
         return {"splits": [asdict(s) for s in self.splits], "issues": [asdict(i) for i in self.issues],
-                "errors": len(self.errors), "warnings": len(self.warnings)}
+                "balance": self.balance, "errors": len(self.errors), "warnings": len(self.warnings)}
 
 
 def _inspect(path: str) -> tuple[str | None, tuple[int, int] | None, str | None, str | None]:
@@ -135,6 +140,7 @@ def check_data(paths: list[str]) -> CheckReport:
     report = CheckReport()
     seen: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # hash -> [(split, path, label)]
     training = []  # the splits `tudui train --data PATHS` trains on: train/ folders, or whole paths without them
+    trained_on: list[tuple[SplitReport, bool]] = []  # their reports, and whether --val-split holds images out
     for entry in paths:
         path = Path(entry).expanduser()
         if not path.exists():
@@ -148,9 +154,10 @@ def check_data(paths: list[str]) -> CheckReport:
                 continue
             if split.paths is None:
                 continue
+            sr = SplitReport(split_name, str(root))
             if root == path or split_name == "train":
                 training.append(split)
-            sr = SplitReport(split_name, str(root))
+                trained_on.append((sr, "val" not in (split_folders(path) or {})))
             report.splits.append(sr)
             these.append(sr)
             listed = set(split.paths)
@@ -194,7 +201,7 @@ def check_data(paths: list[str]) -> CheckReport:
             sr.sizes, sr.modes = dict(sizes.most_common()), dict(modes.most_common())
             if sr.imbalance and sr.imbalance > IMBALANCE_WARN:
                 report.issues.append(Issue("warning", "imbalance", str(root), f"largest class has {sr.imbalance:.1f}x "
-                                           "the images of the smallest; consider --class-weights auto"))
+                                           "the images of the smallest; see the --balance line below"))
             empty = [c for c, n in sr.classes.items() if n == 0]
             if empty:
                 report.issues.append(Issue("error", "empty-class", str(root), f"no readable images for {', '.join(empty)}"))
@@ -205,7 +212,35 @@ def check_data(paths: list[str]) -> CheckReport:
         except TuduiError as e:
             report.issues.append(Issue("error", "one-class", " + ".join(s.origin for s in training), str(e)))
     _duplicates(report, seen)
+    report.balance = _recommend_balance(trained_on)
     return report
+
+
+def _recommend_balance(trained_on: list[tuple[SplitReport, bool]]) -> dict | None:
+    """The --balance mode for the readable training images of all paths together, less the --val-split hold-out
+    where a path has no val/ folder (what --balance auto picks from the same counts: data/sampler.auto_balance), and
+    why; None without readable training images of two classes."""
+    counts: Counter = Counter()
+    held = any(h for _, h in trained_on)
+    for sr, held_out in trained_on:
+        n = np.array(list(sr.classes.values()), dtype=np.int64)
+        if held_out and n.sum():  # the stratified hold-out's counts (split.stratified_split: any seed, same counts)
+            keep, _ = stratified_split(np.repeat(np.arange(len(n)), n), VAL_SPLIT, 0)
+            n = np.bincount(np.repeat(np.arange(len(n)), n)[keep], minlength=len(n))
+        counts.update(dict(zip(sr.classes, n.tolist())))
+    if len([n for n in counts.values() if n]) < 2:
+        return None
+    ratio = imbalance_ratio(list(counts.values()))
+    mode, _ = auto_balance(list(counts.values()))
+    out = f" once --val-split {VAL_SPLIT:g} holds images out" if held else ""
+    if mode == "none":
+        return {"mode": mode, "why": f"the training classes' sizes are within {ratio:.1f}x of each other{out}, at "
+                                     f"most {LONG_TAILED:g}: close enough for plain training"}
+    size = f"the largest training class has {ratio:.1f}x the images of the smallest{out}"
+    return {"mode": mode, "why": f"{size}, over {LONG_TAILED:g}: adding the log class priors to the logits in "
+                                 "training repeats no image (sampler draws the rare ones again and again) and keeps "
+                                 "the loss's scale (loss weights their gradients by up to the ratio); best.pt by "
+                                 "balanced accuracy (--best-by auto), which counts every class alike"}
 
 
 def _few_validation_images(report: CheckReport, splits: list[SplitReport]) -> None:
@@ -226,7 +261,7 @@ def _few_validation_images(report: CheckReport, splits: list[SplitReport]) -> No
         report.issues.append(Issue("warning", "few-val", (val or train).root,
                                    f"{where} {len(few)} class(es) fewer than {MIN_VAL_PER_CLASS} validation images "
                                    f"({c}: {n}): too few to rank epochs by top-1; best.pt will be the last epoch "
-                                   "(--best-by auto)"))
+                                   "(--best-by auto; on long-tailed data the epoch of the best balanced accuracy)"))
 
 
 def _duplicates(report: CheckReport, seen: dict[str, list[tuple[str, str, str]]]) -> None:
@@ -287,6 +322,10 @@ def format_report(report: CheckReport) -> str:
         lines.append(f"  most common size {size} ({len(s.sizes)} distinct), modes "
                      + ", ".join(f"{m} {n}" for m, n in s.modes.items()))
         lines.append(table(["class", "images"], [[c, n] for c, n in counts.items()]))
+        lines.append("")
+    if report.balance:
+        lines.append(f"--balance {report.balance['mode']} recommended (what --balance auto picks): "
+                     f"{report.balance['why']}")
         lines.append("")
     for title, items in (("errors", report.errors), ("warnings", report.warnings)):
         if items:

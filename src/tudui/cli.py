@@ -64,7 +64,8 @@ def add_options(p: argparse.ArgumentParser, cls) -> None:
             kw["type"] = meta.get("type") or _arg_type(hint)
         required = f.default is MISSING and f.default_factory is MISSING
         target = groups.get(meta.get("group"), p)
-        target.add_argument(flag_of(f), dest=f.name, default=argparse.SUPPRESS, required=required, **kw)
+        target.add_argument(flag_of(f), *meta.get("aliases", ()), dest=f.name, default=argparse.SUPPRESS,
+                            required=required, **kw)
         if "no_flag" in meta:  # `--no-amp`, as when the option was a switch
             target.add_argument("--no-" + flag_of(f)[2:], dest=f.name, action="store_const", const=meta["no_flag"],
                                 default=argparse.SUPPRESS, help=f"the same as {flag_of(f)} {meta['no_flag']}")

@@ -165,6 +165,8 @@ def test_a_long_tailed_folder_trains_balanced_by_default(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "note: balance logit-adjust (auto: the largest class has 13.5x the images of the smallest" in out
     assert isinstance(seen["criterion"], LogitAdjusted)
+    assert "balanced accuracy" in out.splitlines()[2] and "epoch 1/4" in out.splitlines()[2]  # each epoch shows it
+    assert f"val balanced accuracy {result.val['balanced_accuracy']:.2%}; weights" in out
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
     assert (saved["balance"], saved["best_by"]) == ("logit-adjust", "balanced-accuracy")
     with open(result.run_dir / "results.csv", encoding="utf-8") as f:
@@ -197,3 +199,32 @@ def test_a_sampler_run_resumed_after_a_crash_ends_bit_identical(tmp_path, cache)
     assert a["epoch"] == b["epoch"] == 2
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--balance", "loss", "--loss", "mse"], "--balance loss weights the classes in cross-entropy or nll"),
+    (["--class-weights", "auto", "--balance", "sampler"], "--class-weights auto is --balance loss"),
+    (["--logit-tau", "-1"], "--logit-tau must be at least 0"),
+    (["--balance", "sampler", "--overfit-batches", "2"], "--overfit-batches trains on the same batches"),
+])
+def test_balance_options_that_cannot_work_are_one_error_line(tmp_path, capsys, flags, message):
+    """Refused before any data is read: one `error:` line saying what to do, exit 2, no run folder."""
+    from tudui.cli import main as tudui_main
+
+    assert tudui_main(["train", "--data", "digits", "--project", str(tmp_path / "runs"), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_select_by_is_another_spelling_of_best_by(tmp_path):
+    """`--select-by balanced-accuracy` sets --best-by (one option, one config key: best_by)."""
+    import argparse
+
+    from tudui.cli import add_train_args, options_of
+    from tudui.core.config import TrainConfig
+
+    p = argparse.ArgumentParser()
+    add_train_args(p)
+    args = p.parse_args(["--data", "digits", "--select-by", "balanced-accuracy"])
+    assert options_of(args, TrainConfig)["best_by"] == "balanced-accuracy"

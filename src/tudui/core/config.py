@@ -227,7 +227,8 @@ class TrainConfig(Options):
                               "the images of the smallest, else last when the validation split has fewer than 10 "
                               "images of some class (too few to rank epochs) and no --patience is given, else top1; "
                               "the first line says which",
-                      choices=["auto", "top1", "balanced-accuracy", "macro-f1", "last"], group="optimisation")
+                      choices=["auto", "top1", "balanced-accuracy", "macro-f1", "last"], group="optimisation",
+                      aliases=["--select-by"])
     ema: bool = _f(False, "validate and save (best.pt, exports) an exponential moving average of the weights",
                    group="optimisation")
     ema_decay: float = _f(0.999, "EMA decay per optimisation step",
@@ -318,6 +319,12 @@ class TrainConfig(Options):
             raise TuduiError("--freeze-backbone without --weights would train a head on a randomly initialised, "
                              "frozen backbone; pass --weights DEFAULT (torchvision's or timm's pretrained weights) or --weights "
                              "FILE (a checkpoint or state_dict), or drop --freeze-backbone to train the whole model")
+        if self.balance == "loss" and self.loss not in ("cross-entropy", "nll"):
+            raise TuduiError(f"--balance loss weights the classes in cross-entropy or nll; --loss {self.loss} takes no "
+                             "class weights: use --balance sampler or logit-adjust with it, or --loss cross-entropy")
+        if self.balance == "sampler" and self.overfit_batches:
+            raise TuduiError("--overfit-batches trains on the same batches every epoch and --balance sampler draws "
+                             "others each epoch; give one of them")
         if self.fine_tune and self.freeze_backbone:
             raise TuduiError("--fine-tune N unfreezes the backbone after N epochs and --freeze-backbone keeps it "
                              "frozen; give one of them")

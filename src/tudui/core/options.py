@@ -14,7 +14,7 @@ Field metadata (all optional): `flag` (default: `--` + the name with dashes), `p
 bounds), `what` (what the value is, in brackets after the range error) or `kind` (what the value is, named
 first: '--time is a budget in minutes and must be positive'), `cli=False` (a library keyword only), `store_true` (a
 switch with no --no- form), and argparse's own `nargs`, `type`, `const`, `metavar`; `no_flag` adds `--no-NAME`
-meaning that value.
+meaning that value; `aliases` other spellings of the flag (`--select-by` for `--best-by`).
 """
 from __future__ import annotations
 

@@ -32,7 +32,7 @@ class ConsoleCallback(Callback):
     def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
         peak = run.cfg.lr if warms_up(run.cfg, run.steps_per_epoch) else None  # epoch 1 starts the warm-up
         if not in_notebook():
-            print(epoch_line(row, run.cfg.epochs, run.spec.num_classes, peak), flush=True)
+            print(epoch_line(row, run.cfg.epochs, run.spec.num_classes, peak, run.cfg.best_by), flush=True)
             return
         table = HTML(epoch_table(run.history, run.cfg.epochs, run.spec.num_classes))
         if self.table is None:
@@ -50,6 +50,8 @@ class ConsoleCallback(Callback):
         parts = [f"best epoch {run.best_epoch}"]
         if result.val:
             parts.append(f"val top1 {result.val['top1']:.2%}")
+            ranked = _ranked_figure(run.cfg.best_by, result.val).strip()
+            parts += [f"val {ranked}"] if ranked else []
         if result.test:
             t = result.test
             top5 = f" top5 {t['top5']:.2%}" if shows_top5(run.spec.num_classes) else ""
@@ -62,13 +64,26 @@ def shows_top5(num_classes: int | None) -> bool:
     return num_classes is None or num_classes > 5
 
 
-def epoch_line(row: dict, epochs: int, num_classes: int | None = None, peak_lr: float | None = None) -> str:
+def _ranked_figure(best_by: str | None, val: dict) -> str:
+    """'  balanced accuracy 71.20%' or '  macro-F1 0.684' where --best-by ranks epochs by it, else ''."""
+    if best_by == "balanced-accuracy" and val.get("balanced_accuracy", "") != "":
+        return f"  balanced accuracy {val['balanced_accuracy']:.2%}"
+    if best_by == "macro-f1" and val.get("macro_f1", "") != "":
+        return f"  macro-F1 {val['macro_f1']:.3f}"
+    return ""
+
+
+def epoch_line(row: dict, epochs: int, num_classes: int | None = None, peak_lr: float | None = None,
+               best_by: str | None = None) -> str:
     """'epoch 3/10  train_loss 0.4123  val_loss ...  lr 0.002  4.1s  14592 img/s' from a results.csv row.
 
     Both losses are plain cross-entropy (engine/results.py). Top-5 is left out for `num_classes` of 5 or fewer. The
     first epoch of a schedule that warms up to `peak_lr` (--lr) from a lower rate says so: `lr 0.003 (warm-up from
-    0.00012)`, the rate asked for first; the row's lr is the rate at the epoch's start."""
+    0.00012)`, the rate asked for first; the row's lr is the rate at the epoch's start. The figure --best-by ranks
+    epochs by (`best_by` balanced-accuracy or macro-f1) follows top-1."""
     top5 = f"  top5 {row['val_top5']:.2%}" if shows_top5(num_classes) and row["val_top5"] != "" else ""
+    top5 += _ranked_figure(best_by, {"balanced_accuracy": row.get("val_balanced_acc", ""),
+                                     "macro_f1": row.get("val_macro_f1", "")})
     val = f"val_loss {row['val_loss']:.4f}  top1 {row['val_top1']:.2%}{top5}  " if row["val_top1"] != "" else ""
     lr = f"lr {row['lr']:.3g}"
     if row["epoch"] == 1 and peak_lr is not None and row["lr"] < peak_lr * (1 - 1e-6):

@@ -255,8 +255,21 @@ def _small_data(out: str, tables: list[Table]) -> None:
             r"hard 10/class: new >= 10 points over today's", r"hard 10/class: new not below the course or keras")
 
 
+def _labels(out: str, tables: list[Table]) -> None:
+    runs = find(tables, "mode", "balanced acc per seed", "mean", "top-1 mean", "s per run", "balance, best.pt")
+    assert_rows(runs, "today", "none", "sampler", "loss", "logit-adjust", "auto")
+    for row in runs.rows:
+        assert 0 <= float(row[1]) <= 100 and row[1] == row[2] and float(row[4]) > 0  # one seed: it is the mean
+    chosen = dict(zip(runs.labels(), runs.column("balance, best.pt")))
+    assert chosen["today"] == "none, best by top1" and chosen["sampler"] == "sampler, best by balanced-accuracy"
+    assert chosen["auto"] == "logit-adjust, best by balanced-accuracy"  # ratio 100: over 10
+    assert "training images per class [200, 119, 71, 43, 25, 15, 9, 5, 3, 2]" in out  # the exponential profile
+    targets(tables, r"--balance auto >= 3 points of balanced accuracy over none")
+
+
 CHECKS = {
     "small_data.py": _small_data,
+    "labels.py": _labels,
     "time_to_accuracy.py": _time_to_accuracy,
     "loop_overhead.py": _loop_overhead,
     "data_path.py": _data_path,

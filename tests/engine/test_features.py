@@ -48,11 +48,15 @@ def _rows(run_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_without_augmentation_cached_features_train_the_head_as_the_image_path_does(frozen, tmp_path, monkeypatch):
+@pytest.mark.parametrize("balance", ["none", "sampler"])  # the sampler: the cached path takes the image path's draws
+def test_without_augmentation_cached_features_train_the_head_as_the_image_path_does(frozen, tmp_path, monkeypatch,
+                                                                                     balance):
     cached, plain = Snapshot(), Snapshot()
-    a = tudui.train(**frozen, augment="none", epochs=3, project=str(tmp_path), name="cached", callbacks=[cached])
+    a = tudui.train(**frozen, augment="none", epochs=3, balance=balance, project=str(tmp_path), name="cached",
+                    callbacks=[cached])
     monkeypatch.setattr(features, "maybe_feature_trainer", lambda run: None)  # the image path, every epoch
-    b = tudui.train(**frozen, augment="none", epochs=3, project=str(tmp_path), name="plain", callbacks=[plain])
+    b = tudui.train(**frozen, augment="none", epochs=3, balance=balance, project=str(tmp_path), name="plain",
+                    callbacks=[plain])
     ra, rb = _rows(a.run_dir), _rows(b.run_dir)
     for x, y in zip(ra, rb):
         for key in ("train_loss", "val_loss", "val_top1"):

@@ -257,7 +257,8 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note, unused = resolve_workers(cfg, data, w)
     notes += [*data.said, unused] + ([balance_note] if balance_auto else [])
-    choices = [length_note, best_note, None if balance_auto else balance_note, model_note, resolve_amp(cfg, model, data.spec, device), workers_note]
+    choices = [length_note, best_note, None if balance_auto else balance_note, model_note,
+               resolve_amp(cfg, model, data.spec, device), workers_note]
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)
     train_loader, val_loader = build_loaders(cfg, data, device, w, workers)
     placeholder = replace(cfg, lr=1e-7) if cfg.lr == "auto" else cfg  # --lr auto: resolve_lr replaces both below

@@ -62,6 +62,7 @@ LOSSES: dict[str, str] = {
     "nll": "log-softmax + negative log-likelihood",
     "mse": "mean squared error of the probabilities against one-hot targets",
     "l1": "mean absolute error of the probabilities against one-hot targets",
+    "asl": "multi-label only: asymmetric loss, easy negatives down-weighted (many absent classes per image)",
 }
 OPTIMIZERS: dict[str, str] = {
     "sgd": "SGD with Nesterov momentum",

@@ -286,7 +286,8 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     names = [d.lower() for d in cfg.data if isinstance(d, str)]
     hflip = cfg.hflip if cfg.hflip is not None else all(NAMED[n].hflip for n in names if n in NAMED)
     spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=[0.0] * channels,
-                    std=[1.0] * channels, hflip=hflip, tta=bool(cfg.tta and hflip), crop_pct=crop_pct)
+                    std=[1.0] * channels, hflip=hflip, tta=bool(cfg.tta and hflip), crop_pct=crop_pct,
+                    multi_label=train.multi)
     if before_decoding is not None:
         before_decoding(spec)
     t_layout, e_layout = train_layout(spec, augment), eval_layout(spec)

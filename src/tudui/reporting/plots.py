@@ -169,6 +169,10 @@ def batch_figure(images: torch.Tensor, labels, classes: list[str], title: str = 
                  limit: int = 32):
     """images: (B, C, H, W) float in [0, 1] (de-normalised) or uint8; labels: (B,) class indices."""
     x = images[:limit].detach().cpu().permute(0, 2, 3, 1).numpy()
+    if getattr(labels, "ndim", 1) == 2:  # multi-hot (multi-label) or mixed targets: the classes each row carries
+        names = ["|".join(classes[k] for k in range(len(classes)) if float(row[k]) > 0.5) or "(none)"
+                 for row in labels[:limit]]
+        return _grid_figure(x, names, title)
     return _grid_figure(x, [classes[int(i)] for i in labels[:limit]], title)
 
 
@@ -231,7 +235,7 @@ class PlotsCallback(Callback):
                       objective_name(run.cfg), run.spec.num_classes):
             self.files.append(d / "curves.png")
         split, summary = ("val", result.val) if result.val else ("test", result.test)
-        if summary is not None:
+        if summary is not None and "confusion" in summary:  # (a multi-label model has none)
             drawn = self._draw("the confusion matrix", plot_confusion, summary["confusion"], classes,
                                d / "confusion_matrix.png", f"best weights on {split}")
             if drawn is not None:

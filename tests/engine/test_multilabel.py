@@ -2,8 +2,6 @@
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-from sklearn.datasets import load_digits
 from sklearn.metrics import average_precision_score, f1_score
 
 import tudui
@@ -53,26 +51,8 @@ def test_multi_hot_losses_smoothing_and_mixing():
     assert ((mixed >= 0) & (mixed <= 1)).all()  # each row a blend of two multi-hot rows: both images' labels
 
 
-@pytest.fixture(scope="module")
-def pairs_csv(tmp_path_factory):
-    """Digits side by side: each 8x16 image carries the classes of its two digits (1 or 2 labels)."""
-    root = tmp_path_factory.mktemp("pairs")
-    d = load_digits()
-    x, y = (d.images * 16).clip(0, 255).astype(np.uint8), d.target
-    rng = np.random.default_rng(0)
-    (root / "img").mkdir()
-    rows = ["image_id,tags"]
-    for i in range(160):
-        a, b = rng.integers(0, len(x), 2)
-        Image.fromarray(np.concatenate([x[a], x[b]], 1)).save(root / "img" / f"{i}.png")
-        rows.append(f"img/{i}.png,{' '.join(sorted({f'd{y[a]}', f'd{y[b]}'}))}")
-    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
-    return root / "pairs.csv"
-
-
-def test_a_multi_label_csv_trains_ranks_epochs_by_map_and_saves_its_thresholds(pairs_csv, tmp_path):
-    r = tudui.train(data=[str(pairs_csv)], model="fast", epochs=2, batch_size=32, img_size=8, project=str(tmp_path),
-                    name="ml", best_by="top1", val_split=0.25, mixup=0.2)
+def test_a_multi_label_csv_trains_ranks_epochs_by_map_and_saves_its_thresholds(pairs_run):
+    r = pairs_run
     rows = r.history
     assert all(0 <= row["val_map"] <= 1 for row in rows) and rows[-1]["val_map"] > 0.2
     best = max(rows, key=lambda row: (row["val_map"], -row["val_loss"]))
@@ -80,7 +60,7 @@ def test_a_multi_label_csv_trains_ranks_epochs_by_map_and_saves_its_thresholds(p
     ck = torch.load(r.best, weights_only=True)
     assert ck["data"]["multi_label"] and len(ck["data"]["thresholds"]) == 10
     assert r.val["thresholds"] == ck["data"]["thresholds"] and r.val["map"] == pytest.approx(best["val_map"])
-    header = (tmp_path / "ml" / "results.csv").read_text().splitlines()[0]
+    header = (r.run_dir / "results.csv").read_text().splitlines()[0]
     assert header.endswith("val_map,val_micro_f1,val_macro_f1")
 
 

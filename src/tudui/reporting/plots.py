@@ -280,9 +280,12 @@ def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> 
     pc = metrics["per_class"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["class", "precision", "recall", "f1", "support"])
-        for row in zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"]):
-            w.writerow([row[0]] + [f"{v:.6g}" for v in row[1:4]] + [row[4]])
+        multi = "ap" in pc  # a multi-label model's: each class's average precision and threshold too
+        w.writerow(["class", "precision", "recall", "f1", "support"] + (["ap", "threshold"] if multi else []))
+        for i, row in enumerate(zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"])):
+            extra = ["" if pc["ap"][i] is None else f"{pc['ap'][i]:.6g}", f"{metrics['thresholds'][i]:.6g}"] \
+                if multi else []
+            w.writerow([row[0]] + [f"{v:.6g}" for v in row[1:4]] + [row[4]] + extra)
     return Path(path)
 
 
@@ -293,6 +296,8 @@ def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
     """
     out, split, classes = Path(out_dir), result["split"], result["classes"]
     out.mkdir(parents=True, exist_ok=True)
+    if "confusion" not in result:  # a multi-label model: per-class figures only (AP and threshold beside them)
+        return [write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
     png = out / f"eval_{split}_confusion_matrix.png"
     plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
     return [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),

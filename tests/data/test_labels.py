@@ -140,3 +140,17 @@ def test_a_multi_hot_vector_of_the_wrong_length_is_refused():
         load_splits([Items([[1, 0, 1], [1, 0], [0, 1, 1]], classes=["a", "b", "c"])], val_split=0)
     with pytest.raises(TuduiError, match=r"--task takes one of auto, single, multi, got 'both'"):
         LabelReading.of(task="both")
+
+
+def test_data_check_reports_label_cardinality_counts_pairs_and_images_with_no_label(tmp_path):
+    from tudui.data.check import check_data, format_report
+
+    paths = _imgs(tmp_path, 6)
+    cells = ["cat|dog", "cat", "", "cat|dog|bird", "dog", ""]
+    (tmp_path / "m.csv").write_text("path,labels\n" + "".join(f"{p},{c}\n" for p, c in zip(paths, cells)))
+    report = check_data([str(tmp_path / "m.csv")])
+    s = report.splits[0]
+    assert s.multi_label and s.images == 6 and s.no_label == 2 and s.most_labels == 3
+    assert s.classes == {"bird": 1, "cat": 3, "dog": 3} and s.cardinality == pytest.approx(7 / 6)
+    assert s.pairs == {"cat + dog": 2, "bird + cat": 1, "bird + dog": 1}
+    assert "multi-label: 1.17 labels per image on average (at most 3), 2 image(s) with no label" in format_report(report)

@@ -154,3 +154,21 @@ def test_data_check_reports_label_cardinality_counts_pairs_and_images_with_no_la
     assert s.classes == {"bird": 1, "cat": 3, "dog": 3} and s.cardinality == pytest.approx(7 / 6)
     assert s.pairs == {"cat + dog": 2, "bird + cat": 1, "bird + dog": 1}
     assert "multi-label: 1.17 labels per image on average (at most 3), 2 image(s) with no label" in format_report(report)
+
+
+@pytest.mark.parametrize("cells,args,message", [
+    (["cat", "", "dog"], ["--task", "single"], "has no label; --task single takes exactly one label per image"),
+    (["cat|dog", "cat", "dog"], ["--task", "single"], "has 2 labels (cat|dog); --task single"),
+    (["cat", "bird", "dog"], ["--classes", "cat", "dog"], "has the label 'bird', which is not one of the classes"),
+    (["cat", "dog", "cat"], ["--threshold", "1.5"], "--threshold must be in [0, 1] (a probability), got 1.5"),
+    (["cat", "dog", "cat"], ["--csv-columns", "path"], "--csv-columns takes the path column, then the label column"),
+])
+def test_bad_label_input_is_one_error_line_and_exit_2(tmp_path, capsys, cells, args, message):
+    from tudui.cli import main
+
+    paths = _imgs(tmp_path, 3)
+    (tmp_path / "m.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in zip(paths, cells)))
+    code = main(["train", "--data", str(tmp_path / "m.csv"), "--project", str(tmp_path / "runs"), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+    assert not (tmp_path / "runs").exists()  # nothing half-written

@@ -25,6 +25,7 @@ from .core.files import write_text
 from .data import eval_layout, load_decoded, load_eval_split, make_loader
 from .data.check import check_data, format_report
 from .data.export_images import export_images
+from .data.labels import LabelReading
 from .data.split import as_multi_hot
 from .engine.callbacks import Callback
 from .engine.evaluate import evaluate as evaluate_model
@@ -180,7 +181,8 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     dev = runtime_device(o.checkpoint, o.device)
     loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
     model, spec, cfg = loaded.model, loaded.spec.with_tta(o.tta), loaded.meta.get("training", {})
-    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0))
+    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0),
+                                    LabelReading.of(o.csv_columns))
     if chosen.multi and not spec.multi_label:
         raise TuduiError(f"{', '.join(map(str, o.data))} has images of several (or no) labels and "
                          f"{loaded.path} is a single-label model; evaluate a model trained on multi-label data")

@@ -66,3 +66,13 @@ def test_serve_answers_with_the_labels_over_their_thresholds(pairs_run, pairs_cs
             body = httpx.post(f"{url}/predict", content=open(f, "rb").read(), timeout=30).json()
             want = p.predict([f])[0].labels
             assert [x["class"] for x in body["labels"]] == [c for c, _ in want] and len(body["predictions"]) == 2
+
+
+def test_eval_reads_a_wider_csv_by_its_column_names_and_recreates_the_validation_split(pairs_run, pairs_csv,
+                                                                                        tmp_path):
+    rows = pairs_csv.read_text().splitlines()[1:]
+    wide = tmp_path / "wide.csv"  # absolute image paths, read where they are
+    wide.write_text("n,file,note,labels\n" + "".join(f"{i},{pairs_csv.parent / r.split(',')[0]},x,{r.split(',')[1]}\n"
+                                                      for i, r in enumerate(rows)))
+    r = tudui.evaluate(pairs_run.best, [str(wide)], csv_columns=["file", "labels"], split="val")
+    assert r["n"] == pairs_run.val["n"] and r["map"] == pytest.approx(pairs_run.val["map"], abs=1e-6)

@@ -75,3 +75,18 @@ def test_single_label_losses_are_refused_for_multi_label_data_and_asl_for_single
 def test_epochs_of_a_multi_label_model_are_ranked_by_map():
     from tudui.engine.trainer import score
     assert score({"map": 0.3, "top1": 0.9}) == 0.3 and score({"top1": 0.9}) == 0.9
+
+
+def test_a_multi_label_run_resumes_and_a_frozen_backbone_trains_its_head_through_it(pairs_csv, pairs_run, tmp_path,
+                                                                                    capsys):
+    opts = dict(data=[str(pairs_csv)], model="fast", batch_size=32, img_size=8, project=str(tmp_path), val_split=0.25)
+    tudui.train(**opts, epochs=1, name="r", scheduler="none")
+    r = tudui.train(resume=str(tmp_path / "r"), epochs=2)
+    assert [row["epoch"] for row in r.history] == [1, 2] and all(row["val_map"] != "" for row in r.history)
+    rows = (tmp_path / "r" / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(row.split(",")[-3] for row in rows[1:])  # val_map in both epochs' rows
+    assert torch.load(r.best, weights_only=True)["data"]["thresholds"] == r.val["thresholds"]
+    capsys.readouterr()
+    f = tudui.train(**opts, epochs=1, name="frozen", weights=str(pairs_run.best), freeze_backbone=True)
+    assert "note: the head trains on images, not cached features: a multi-label head" in capsys.readouterr().out
+    assert f.val["map"] > 0

@@ -67,6 +67,9 @@ def test_a_class_name_with_a_space_stays_one_class(tmp_path):
     (tmp_path / "s.csv").write_text("path,label\n" + "".join(f"{p},{c}\n" for p, c in zip(paths, names)))
     s = _read(tmp_path / "s.csv")
     assert not s.multi and s.classes == ["cat", "golden retriever"]
+    names = ["Ankle boot|Bag", "Bag", "Ankle boot", "T-shirt/top"]  # `|` separates: spaces belong to the names
+    (tmp_path / "m.csv").write_text("path,labels\n" + "".join(f"{p},{c}\n" for p, c in zip(paths, names)))
+    assert _read(tmp_path / "m.csv", task="multi").classes == ["Ankle boot", "Bag", "T-shirt/top"]
 
 
 def test_a_multi_hot_csv_names_its_classes_in_the_header(tmp_path):

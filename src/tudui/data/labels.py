@@ -1,10 +1,10 @@
 """Labels as datasets write them: one class name per image, or several (multi-label), as names or multi-hot.
 
 A label cell of a CSV (or a line of a label file) may hold several names: `cat|dog`, `cat;dog`, or `cat dog`
-(fastai's and Keras' space-separated form). `|` and `;` always separate names. A space separates names under
-`--task multi`, and under `--task auto` when the column is named in the plural (`labels`, `tags`, `classes`,
-`categories`) or every word of the cell is, alone, the label of some other image: `golden retriever` stays one
-class where no image is labelled `golden` alone.
+(fastai's and Keras' space-separated form). `|` and `;` always separate names. Where no cell of the column uses them,
+a space separates names under `--task multi`, and under `--task auto` when the column is named in the plural
+(`labels`, `tags`, `classes`, `categories`) or every word of the cell is, alone, the label of some other image:
+`golden retriever` stays one class where no image is labelled `golden` alone, and `Ankle boot|Bag` is two classes.
 
 `--task`: single (one class per image, softmax), multi (any number per image, sigmoid per class) or auto: multi as
 soon as one image has more or fewer than one label. A multi-label split's targets are multi-hot, (N, K) float32;
@@ -64,8 +64,10 @@ def parse_cells(cells: Sequence[str], task: str = "auto", column: str | None = N
     """Each label cell's class names (see the module docstring for when a space separates names)."""
     if task == "single":  # names are taken whole; `|` and `;` still show a cell of several (refused later)
         return [split_cell(c, False) for c in cells]
-    spaces = task == "multi" or (column is not None and column.strip().lower() in PLURAL_COLUMNS)
     lists = [split_cell(c, False) for c in cells]
+    if any(_SEPARATORS.search(c) for c in cells):  # `|` or `;` separate this column's names: a space is part of one
+        return lists
+    spaces = task == "multi" or (column is not None and column.strip().lower() in PLURAL_COLUMNS)
     if spaces:
         return [[w for n in names for w in n.split()] for names in lists]
     alone = {names[0] for names in lists if len(names) == 1}

@@ -291,3 +291,14 @@ def check_report(script: str, stdout: str) -> None:
         assert all(len(r) == len(table.headers) for r in table.rows)
         check_figures(table)
     CHECKS[script](stdout, tables)
+
+
+def _labels(out: str, tables: list[Table]) -> None:
+    runs = find(tables, "run", "test mAP", "macro-F1 at 0.5", "macro-F1 tuned", "wall s")
+    assert_rows(runs, r"tudui default \([\w-]+, \d+ epochs\)", r"learner's loop \(resnet18, BCE, Adam, \d+ epochs\)")
+    assert all(figures(c) for col in ("test mAP", "macro-F1 at 0.5", "macro-F1 tuned") for c in runs.column(col))
+    targets(tables, r"tudui mAP >= the loop's", r"\.\.\. in <= 0\.5x its time",
+            r"tuned thresholds raise tudui's macro-F1 over 0\.5")
+
+
+CHECKS["labels.py"] = _labels

@@ -31,6 +31,7 @@ SCRIPTS = {
     "lr_find_rule.py": "recommended vs default",
     "timm_transfer.py": "pretrained features beat scratch at",
     "small_data.py": "new within 1.5 points of the oracle",
+    "labels.py": "tuned thresholds raise tudui's macro-F1 over 0.5",
 }
 # Ultralytics lives in its own environment, made by `make bench` only (a benchmark peer, never a dependency).
 PEERS_YOLO = Path(__file__).resolve().parents[2] / ".venv-peers" / "bin" / "yolo"

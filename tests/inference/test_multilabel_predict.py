@@ -31,6 +31,9 @@ def test_predict_returns_every_class_over_its_threshold_with_its_sigmoid(pairs_r
         assert len(pred.topk) == 3 and pred.to_dict()["labels"] == [{"class": c, "probability": v}
                                                                      for c, v in pred.labels]
     assert any(len(pred.labels) >= 2 for pred in preds)  # images of two digits get two labels
+    two = next(pred for pred in preds if len(pred.labels) >= 2)
+    cell = "<td>" + ", ".join(f"{c} {v:.1%}" for c, v in two.labels) + "</td>"
+    assert cell in type(preds)([two])._repr_html_()  # a notebook's table shows the labels, not the top-k
 
 
 def test_onnx_metadata_carries_the_thresholds_and_gives_the_same_labels(pairs_run, pairs_csv, tmp_path):

@@ -55,7 +55,8 @@ class Predictions(list):
                 thumb = f'<img src="{png_uri(picture, 64)}">' if picture is not None and not p.error else ""
             except (OSError, ValueError):  # changed or gone since it was predicted
                 thumb = ""
-            top = p.error and f"error: {p.error}" or ", ".join(f"{c} {prob:.1%}" for c, prob in p.topk)
+            shown_classes = p.labels if p.labels is not None else p.topk  # a multi-label model: its labels
+            top = p.error and f"error: {p.error}" or ", ".join(f"{c} {prob:.1%}" for c, prob in shown_classes) or "-"
             rows.append([thumb, shown(p.source), top])
         more = f"<p>... and {len(self) - self.SHOWN} more</p>" if len(self) > self.SHOWN else ""
         return html_table(["image", "source", "top classes"], rows, raw=(0,)) + more

@@ -233,7 +233,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     api = _api()
-    report = api.check_data(args.paths)
+    report = api.check_data(args.paths, args.csv_columns)
     print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) if args.json else api.format_report(report))
     return 1 if report.errors else 0
 
@@ -244,6 +244,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                        "(exit 1 on errors)")
     c.add_argument("paths", nargs="+", metavar="PATH", help="dataset folder(s) (train/ val/ test/ or one split) or CSV")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--csv-columns", nargs="+", default=None, metavar="COLUMN", help="a CSV's path column and label "
+                   "column(s) by their header names, as for train")
     c.set_defaults(func=cmd_data_check)
     e = sub.add_parser("export", help="write a named dataset's images as class folders of PNG/JPEG files")
     e.add_argument("name", help="a named dataset (`tudui info` lists them)")

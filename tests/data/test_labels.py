@@ -175,3 +175,14 @@ def test_bad_label_input_is_one_error_line_and_exit_2(tmp_path, capsys, cells, a
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0]
     assert not (tmp_path / "runs").exists()  # nothing half-written
+
+
+def test_data_check_reads_a_wider_csv_by_the_columns_named(tmp_path, capsys):
+    from tudui.cli import main
+
+    paths = _imgs(tmp_path, 4)
+    (tmp_path / "w.csv").write_text("n,file,tags\n" + "".join(f"{i},{p},{'a|b' if i % 2 else 'a'}\n"
+                                                            for i, p in enumerate(paths)))
+    main(["data", "check", str(tmp_path / "w.csv"), "--csv-columns", "file", "tags"])
+    out = capsys.readouterr().out
+    assert "4 readable images, 2 classes" in out and "multi-label: 1.50 labels per image" in out

@@ -30,7 +30,7 @@ from ..core.console import table
 from ..core.errors import TuduiError
 from .folders import MANIFEST, is_label_file_layout, read_layout, split_folders
 from .images import BadImage, is_image_file, open_image
-from .labels import names_of
+from .labels import LabelReading, names_of
 from .split import concat_splits, require_two_classes
 
 USUAL_MODES = {"L", "RGB"}
@@ -136,10 +136,11 @@ def _other_files(root: Path, listed: set[str]) -> list[str]:
     return out
 
 
-def check_data(paths: list[str]) -> CheckReport:
-    """Every finding on the datasets at `paths`, read as `tudui train --data PATH...` reads them: the training
-    images of all paths together must have two classes, as training requires."""
+def check_data(paths: list[str], csv_columns: list[str] | None = None) -> CheckReport:
+    """Every finding on the datasets at `paths`, read as `tudui train --data PATH...` reads them (`csv_columns`: its
+    --csv-columns): the training images of all paths together must have two classes, as training requires."""
     report = CheckReport()
+    reading = LabelReading.of(csv_columns)
     seen: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # hash -> [(split, path, label)]
     training = []  # the splits `tudui train --data PATHS` trains on: train/ folders, or whole paths without them
     for entry in paths:
@@ -149,7 +150,7 @@ def check_data(paths: list[str]) -> CheckReport:
         these: list[SplitReport] = []  # this path's splits
         for split_name, root in (split_folders(path) or {path.name or str(path): path}).items():
             try:
-                split = read_layout(root)
+                split = read_layout(root, reading)
             except TuduiError as e:
                 report.issues.append(Issue("error", "layout", str(root), str(e)))
                 continue

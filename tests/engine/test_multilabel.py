@@ -91,3 +91,13 @@ def test_a_multi_label_run_resumes_and_a_frozen_backbone_trains_its_head_through
     f = tudui.train(**opts, epochs=1, name="frozen", weights=str(pairs_run.best), freeze_backbone=True)
     assert "note: the head trains on images, not cached features: a multi-label head" in capsys.readouterr().out
     assert f.val["map"] > 0
+
+
+def test_best_by_auto_counts_multi_label_validation_images_not_labels():
+    from tudui.core.config import TrainConfig
+    from tudui.engine.choices import resolve_best_by
+
+    cfg = TrainConfig()
+    note = resolve_best_by(cfg, np.array([4, 30, 12]), 31, "mAP")  # 46 labels on 31 images
+    assert cfg.best_by == "last" and "auto: 31 validation images, 4 of the smallest class" in note
+    assert "too few to rank epochs by mAP" in note

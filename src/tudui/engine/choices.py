@@ -345,9 +345,11 @@ def resolve_length(cfg, n: int, w: World) -> str | None:
 AUTO_BEST = {"min_val_per_class": 10}
 
 
-def resolve_best_by(cfg, val_counts) -> str | None:
+def resolve_best_by(cfg, val_counts, images: int | None = None, measure: str = "top-1") -> str | None:
     """Settle --best-by auto from the validation split's images per class (`val_counts`, None without a validation
-    split: every epoch is then the best one anyway); returns the note for the first line (None: nothing to say)."""
+    split: every epoch is then the best one anyway); returns the note for the first line (None: nothing to say).
+    `images`: the validation images when they are not the sum of `val_counts` (multi-label data, several classes per
+    image), `measure` what ranks the epochs (a multi-label model's mAP)."""
     if cfg.best_by != "auto":
         return None if cfg.best_by == "top1" else f"best.pt: the {cfg.best_by} epoch"
     fewest = int(min(val_counts)) if val_counts is not None and len(val_counts) else None
@@ -356,5 +358,6 @@ def resolve_best_by(cfg, val_counts) -> str | None:
         cfg.best_by = "top1"
         return None
     cfg.best_by = "last"
-    return (f"best.pt: the last epoch (auto: {int(sum(val_counts))} validation images, {fewest} of the smallest "
-            f"class, too few to rank epochs by top-1; --best-by top1 ranks them anyway)")
+    n = int(sum(val_counts)) if images is None else images
+    return (f"best.pt: the last epoch (auto: {n} validation images, {fewest} of the smallest "
+            f"class, too few to rank epochs by {measure}; --best-by top1 ranks them anyway)")

@@ -245,7 +245,8 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
                       before_decoding=build_model)
     data.spec.pretrained_cfg = record  # travels with the DataSpec into every checkpoint and export
     length_note = resolve_length(cfg, len(data.train), w)  # --batch-size/--epochs auto: from the training set's size
-    best_note = resolve_best_by(cfg, data.val.counts() if data.val is not None else None)
+    best_note = resolve_best_by(cfg, data.val.counts() if data.val is not None else None,
+                                *((len(data.val), "mAP") if data.val is not None and data.val.multi else ()))
     debug_splits(cfg, data)
     model, arch = built[0]
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None

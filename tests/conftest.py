@@ -409,6 +409,37 @@ def digits_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def pairs_csv(tmp_path_factory):
+    """A multi-label CSV of real digits side by side: each 8x16 image carries the classes of its two digits (1 or 2
+    labels, space-separated under an `image_id,tags` header), 160 rows."""
+    from sklearn.datasets import load_digits
+
+    root = tmp_path_factory.mktemp("pairs")
+    d = load_digits()
+    x, y = (d.images * 16).clip(0, 255).astype(np.uint8), d.target
+    rng = np.random.default_rng(0)
+    (root / "img").mkdir()
+    rows = ["image_id,tags"]
+    for i in range(160):
+        a, b = rng.integers(0, len(x), 2)
+        Image.fromarray(np.concatenate([x[a], x[b]], 1)).save(root / "img" / f"{i}.png")
+        rows.append(f"img/{i}.png,{' '.join(sorted({f'd{y[a]}', f'd{y[b]}'}))}")
+    (root / "pairs.csv").write_text("\n".join(rows) + "\n")
+    return root / "pairs.csv"
+
+
+@pytest.fixture(scope="session")
+def pairs_run(pairs_csv, tmp_path_factory):
+    """One multi-label training run on `pairs_csv` shared by the session (2 epochs of `fast`, best epoch by mAP, the
+    thresholds chosen on its 25% validation split, mixup on): a RunResult. Tests must not change its files."""
+    import tudui
+
+    project = tmp_path_factory.mktemp("runs")
+    return tudui.train(data=[str(pairs_csv)], model="fast", epochs=2, batch_size=32, img_size=8,
+                       project=str(project), name="pairs", best_by="top1", val_split=0.25, mixup=0.2)
+
+
+@pytest.fixture(scope="session")
 def tiny_model(digits_run):
     """The path of the shared digits run's best.pt (1x8x8 input, 10 classes)."""
     return digits_run.best

@@ -25,6 +25,8 @@ from .core.files import write_text
 from .data import eval_layout, load_decoded, load_eval_split, make_loader
 from .data.check import check_data, format_report
 from .data.export_images import export_images
+from .data.labels import LabelReading
+from .data.split import as_multi_hot
 from .engine.callbacks import Callback
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
@@ -32,6 +34,7 @@ from .engine.resume import RunFinished, resume_config
 from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interrupt
 from .engine.distributed import session as distributed_session
 from .engine.lr_find import LRFinding, lr_range_test
+from .engine.multilabel import evaluate_multilabel
 from .engine.optim import create_optimizer
 from .engine.run import RunResult
 from .engine.setup import refuse_lr_auto, setup
@@ -178,10 +181,17 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     dev = runtime_device(o.checkpoint, o.device)
     loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
     model, spec, cfg = loaded.model, loaded.spec.with_tta(o.tta), loaded.meta.get("training", {})
-    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0))
-    chosen = chosen.reindex(spec.classes)  # the model's class order
+    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0),
+                                    LabelReading.of(o.csv_columns))
+    if chosen.multi and not spec.multi_label:
+        raise TuduiError(f"{', '.join(map(str, o.data))} has images of several (or no) labels and "
+                         f"{loaded.path} is a single-label model; evaluate a model trained on multi-label data")
+    chosen = (as_multi_hot(chosen) if spec.multi_label else chosen).reindex(spec.classes)  # the model's class order
     chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
     loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
+    if spec.multi_label:  # at the thresholds the model was saved with (chosen on its validation split)
+        result = evaluate_multilabel(model.to(dev), loader, spec, dev, tune=False)
+        return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
     result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
     return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
 

@@ -137,6 +137,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{r['checkpoint']} on {', '.join(args.data)} [{r['split']}]: {r['n']:,} images"
           + (" (flip TTA)" if r["tta"] else ""))
     absent = [r["classes"][i] for i in r["absent"]]
+    if "map" in r:  # a multi-label model, at the thresholds saved with it
+        print(f"loss {r['loss']:.4f}  mAP {r['map']:.2%}  macro-F1 {r['macro_f1']:.3f}  micro-F1 {r['micro_f1']:.3f}  "
+              f"exact match {r['exact_match']:.2%} (at each class's threshold)"
+              + (f"; no images of {len(absent)}: {', '.join(absent[:10])}" if absent else "") + "\n")
+        print(api.per_class_table(r["classes"], r))
+        print("\nwrote " + ", ".join(map(str, files)))
+        return 0
     top5 = f"  top5 {r['top5']:.2%}" if len(r["classes"]) > 5 else ""  # 100% by definition with 5 classes or fewer
     print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}{top5}  balanced accuracy {r['balanced_accuracy']:.2%}  "
           f"macro-F1 {r['macro_f1']:.3f}"
@@ -166,7 +173,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
         topk = getattr(args, "topk", PredictOptions.topk)
         rows = [[str(p.source), p.error and f"error: {p.error}" or
                  "  ".join(f"{c} {prob:.1%}" for c, prob in p.topk)] for p in preds]
-        print(table(["image", f"top-{min(topk, len(predictor.classes))} (class probability)"], rows, "<<"))
+        head = ["image", f"top-{min(topk, len(predictor.classes))} (class probability)"]
+        if predictor.thresholds is not None:  # multi-label: the classes over their thresholds first
+            rows = [[r[0], "" if p.error else "  ".join(f"{c} {prob:.1%}" for c, prob in p.labels) or "(none)", r[1]]
+                    for r, p in zip(rows, preds)]
+            head.insert(1, "labels (over each class's threshold)")
+        print(table(head, rows, "<" * len(head)))
     bad = sum(p.error is not None for p in preds)
     folder = getattr(args, "save_input", None)  # absent from the namespace when not given
     if folder and not args.json:
@@ -223,7 +235,7 @@ def cmd_data_export(args: argparse.Namespace) -> int:
 
 def cmd_data_check(args: argparse.Namespace) -> int:
     api = _api()
-    report = api.check_data(args.paths)
+    report = api.check_data(args.paths, args.csv_columns)
     print(json.dumps(report.to_dict(), indent=1, ensure_ascii=False) if args.json else api.format_report(report))
     return 1 if report.errors else 0
 
@@ -234,6 +246,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                        "(exit 1 on errors)")
     c.add_argument("paths", nargs="+", metavar="PATH", help="dataset folder(s) (train/ val/ test/ or one split) or CSV")
     c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.add_argument("--csv-columns", nargs="+", default=None, metavar="COLUMN", help="a CSV's path column and label "
+                   "column(s) by their header names, as for train")
     c.set_defaults(func=cmd_data_check)
     e = sub.add_parser("export", help="write a named dataset's images as class folders of PNG/JPEG files")
     e.add_argument("name", help="a named dataset (`tudui info` lists them)")

@@ -412,8 +412,10 @@ def test_the_config_choices_and_the_builders_read_the_same_tables():
     assert set(optim.OPTIMIZERS) == set(modes.OPTIMIZERS) and choices["optimizer"] == list(modes.OPTIMIZERS)
     assert choices["scheduler"] == list(modes.SCHEDULERS) and choices["augment"] == ["auto", *modes.AUGMENTS]
     model = create_model("fast", 10, 1, 28)
-    for name in modes.LOSSES:
-        assert isinstance(create_loss(TrainConfig(loss=name), [1] * 10, torch.device("cpu")), nn.Module)
+    for name in modes.LOSSES:  # each loss for the data it is for: single-label, or multi-label (engine/multilabel)
+        multi = name not in ("cross-entropy", "nll", "mse", "l1")
+        assert isinstance(create_loss(TrainConfig(loss=name), [1] * 10, torch.device("cpu"), multi), nn.Module)
+    assert set(optim.MULTI_LABEL_LOSSES) <= set(modes.LOSSES)
     for name in modes.OPTIMIZERS:
         assert isinstance(create_optimizer(TrainConfig(optimizer=name), model), torch.optim.Optimizer)
     for name in modes.SCHEDULERS:

@@ -97,6 +97,16 @@ class TrainConfig(Options):
     classes: list | None = _f(None, "class names in the model's output order, for your own Dataset's labels "
                                     "(default: int labels as they are, str labels sorted as ImageFolder sorts them)",
                                nargs="+", group="data")
+    csv_columns: list | None = _f(None, "the CSV's columns by their header names: the image path, then its label "
+                                        "column (names separated by |, ; or spaces) or one 0/1 column per class "
+                                        "(multi-hot), e.g. --csv-columns image_id tags", nargs="+", group="data",
+                                  metavar="COLUMN")
+    task: str = _f("auto", "single (one class per image, softmax), multi (any number of classes per image, a "
+                           "sigmoid per class) or auto: multi as soon as one image has more or fewer than one label",
+                   choices=["auto", "single", "multi"], group="data")
+    threshold: float | None = _f(None, "multi-label: one probability threshold for every class (default: each "
+                                       "class's threshold with the highest F1 on the validation split); saved with "
+                                       "the model", group="data", min=0, max=1, what="a probability")
     preset: str | None = _f(None, "a recipe that sets every option not given explicitly: best (fast-res for 14 "
                                   "epochs), max (fast-res-wide for 55 minutes, crop-flip, erasing, EMA); see "
                                   "benchmarks/README.md; course (the course's routine: cifar-net, batch 64, plain SGD "

@@ -63,6 +63,7 @@ LOSSES: dict[str, str] = {
     "nll": "log-softmax + negative log-likelihood",
     "mse": "mean squared error of the probabilities against one-hot targets",
     "l1": "mean absolute error of the probabilities against one-hot targets",
+    "asl": "multi-label only: asymmetric loss, easy negatives down-weighted (many absent classes per image)",
 }
 # --balance: what evens out unequal classes in training (data/sampler.py, engine/optim.create_loss); auto picks by
 # the training set's imbalance ratio (data/sampler.auto_balance)

@@ -195,6 +195,8 @@ class EvalOptions(Options):
                                 "all (every image), or auto: test where the data has one, else all",
                         choices=["auto", "test", "val", "train", "all"], group="data")
     data_root: str | None = option(None, "where named datasets are looked for first", group="data")
+    csv_columns: list | None = option(None, "the CSV's path column and label column(s) by their header names, as for "
+                                            "train", nargs="+", group="data", metavar="COLUMN")
     batch_size: int = option(EVAL_BATCH_SIZE, "images per evaluation batch", min=1, group="data")
     workers: int | str = option("auto", "DataLoader processes for images decoded from their files: a number or auto "
                                         "(the cores available, at most 8)", type=str, group="data")

@@ -178,7 +178,8 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, mixup: float, 
     """
     b, _, h, w = x.shape
     dev = x.device
-    target = F.one_hot(y, num_classes).to(x.dtype)
+    # (B,) classes -> one-hot; (B, K) multi-hot targets are mixed as they are (both images' labels, weighted)
+    target = y.to(x.dtype) if y.is_floating_point() else F.one_hot(y, num_classes).to(x.dtype)
     if (mixup <= 0 and cutmix <= 0) or prob <= 0:
         return x, target
     partner = torch.randperm(b, device=dev, generator=generator)

@@ -32,6 +32,7 @@ from ..core.console import table
 from ..core.errors import TuduiError
 from .folders import MANIFEST, is_label_file_layout, read_layout, split_folders
 from .images import BadImage, is_image_file, open_image
+from .labels import LabelReading, names_of
 from .sampler import LONG_TAILED, auto_balance, imbalance_ratio
 from .split import concat_splits, require_two_classes, stratified_split
 
@@ -78,6 +79,12 @@ class SplitReport:
     imbalance: float | None = None  # largest class / smallest class
     sizes: dict[str, int] = field(default_factory=dict)  # "WxH" -> count (most common first)
     modes: dict[str, int] = field(default_factory=dict)
+    # multi-label data (several or no classes per image): `classes` counts the images carrying each class
+    multi_label: bool = False
+    cardinality: float | None = None  # labels per readable image, on average
+    most_labels: int = 0  # the most labels one image carries
+    no_label: int = 0  # readable images carrying no class
+    pairs: dict[str, int] = field(default_factory=dict)  # "a + b" -> images carrying both (most common first, 10)
 
 
 @dataclass
@@ -134,10 +141,11 @@ def _other_files(root: Path, listed: set[str]) -> list[str]:
     return out
 
 
-def check_data(paths: list[str]) -> CheckReport:
-    """Every finding on the datasets at `paths`, read as `tudui train --data PATH...` reads them: the training
-    images of all paths together must have two classes, as training requires."""
+def check_data(paths: list[str], csv_columns: list[str] | None = None) -> CheckReport:
+    """Every finding on the datasets at `paths`, read as `tudui train --data PATH...` reads them (`csv_columns`: its
+    --csv-columns): the training images of all paths together must have two classes, as training requires."""
     report = CheckReport()
+    reading = LabelReading.of(csv_columns)
     seen: dict[str, list[tuple[str, str, str]]] = defaultdict(list)  # hash -> [(split, path, label)]
     training = []  # the splits `tudui train --data PATHS` trains on: train/ folders, or whole paths without them
     trained_on: list[tuple[SplitReport, bool]] = []  # their reports, and whether --val-split holds images out
@@ -148,7 +156,7 @@ def check_data(paths: list[str]) -> CheckReport:
         these: list[SplitReport] = []  # this path's splits
         for split_name, root in (split_folders(path) or {path.name or str(path): path}).items():
             try:
-                split = read_layout(root)
+                split = read_layout(root, reading)
             except TuduiError as e:
                 report.issues.append(Issue("error", "layout", str(root), str(e)))
                 continue
@@ -168,10 +176,11 @@ def check_data(paths: list[str]) -> CheckReport:
                 inspected = dict(zip(unique, pool.map(_inspect, unique)))
             results = [inspected[p] for p in split.paths]
             reported: set[str] = set()  # files already reported on: a file's findings are said once
-            counts, sizes, modes = Counter(), Counter(), Counter()
+            counts, sizes, modes, pairs, cardinality = Counter(), Counter(), Counter(), Counter(), Counter()
             unusual: dict[str, list[str]] = defaultdict(list)  # mode -> its files
             for p, target, (digest, size, mode, problem) in zip(split.paths, split.targets, results):
-                label = split.classes[target]
+                names = names_of(target, split.classes) if split.multi else [split.classes[target]]
+                label = "|".join(names)  # a multi-label image's set of classes: the same image twice must match it
                 if problem:
                     if p not in reported:
                         reported.add(p)
@@ -179,7 +188,9 @@ def check_data(paths: list[str]) -> CheckReport:
                         report.issues.append(Issue("error", kind, p,
                                                    detail + "; training skips it (--bad-images skip)"))
                     continue
-                counts[label] += 1
+                counts.update(names)
+                cardinality[len(names)] += 1
+                pairs.update(f"{a} + {b}" for i, a in enumerate(names) for b in names[i + 1:])
                 sizes[f"{size[0]}x{size[1]}"] += 1
                 modes[mode] += 1
                 seen[digest].append((split_name, p, label))
@@ -194,14 +205,19 @@ def check_data(paths: list[str]) -> CheckReport:
             for mode, files in sorted(unusual.items(), key=lambda m: -len(m[1])):  # one finding per mode, not per file
                 report.issues.append(Issue("warning", "mode", str(root),
                                            _mode_summary(mode, files, sum(counts.values()), root)))
-            sr.images = sum(counts.values())
+            sr.images = sum(cardinality.values())
+            if split.multi:
+                sr.multi_label, sr.no_label, sr.pairs = True, cardinality.get(0, 0), dict(pairs.most_common(10))
+                sr.cardinality = sum(k * n for k, n in cardinality.items()) / max(1, sr.images)
+                sr.most_labels = max(cardinality, default=0)
             sr.classes = {c: counts.get(c, 0) for c in split.classes}
             present = [n for n in sr.classes.values() if n]
             sr.imbalance = max(present) / min(present) if present else None
             sr.sizes, sr.modes = dict(sizes.most_common()), dict(modes.most_common())
             if sr.imbalance and sr.imbalance > IMBALANCE_WARN:
                 report.issues.append(Issue("warning", "imbalance", str(root), f"largest class has {sr.imbalance:.1f}x "
-                                           "the images of the smallest; see the --balance line below"))
+                                           "the images of the smallest; "
+                                           + ("consider --loss asl" if split.multi else "see the --balance line below")))
             empty = [c for c, n in sr.classes.items() if n == 0]
             if empty:
                 report.issues.append(Issue("error", "empty-class", str(root), f"no readable images for {', '.join(empty)}"))
@@ -219,7 +235,10 @@ def check_data(paths: list[str]) -> CheckReport:
 def _recommend_balance(trained_on: list[tuple[SplitReport, bool]]) -> dict | None:
     """The --balance mode for the readable training images of all paths together, less the --val-split hold-out
     where a path has no val/ folder (what --balance auto picks from the same counts: data/sampler.auto_balance), and
-    why; None without readable training images of two classes."""
+    why; None without readable training images of two classes, and for multi-label data (--balance weighs classes of
+    one label per image; the imbalance warning points such data to --loss asl)."""
+    if any(sr.multi_label for sr, _ in trained_on):
+        return None
     counts: Counter = Counter()
     held = any(h for _, h in trained_on)
     for sr, held_out in trained_on:
@@ -321,6 +340,11 @@ def format_report(report: CheckReport) -> str:
                          f"({counts[hi]:,}), smallest {lo} ({counts[lo]:,}), imbalance ratio {s.imbalance:.2f}")
         lines.append(f"  most common size {size} ({len(s.sizes)} distinct), modes "
                      + ", ".join(f"{m} {n}" for m, n in s.modes.items()))
+        if s.multi_label:
+            lines.append(f"  multi-label: {s.cardinality:.2f} labels per image on average (at most {s.most_labels}), "
+                         f"{s.no_label:,} image(s) with no label"
+                         + ("; most frequent together: " + ", ".join(f"{p} ({n:,})" for p, n in s.pairs.items())
+                            if s.pairs else ""))
         lines.append(table(["class", "images"], [[c, n] for c, n in counts.items()]))
         lines.append("")
     if report.balance:

@@ -24,11 +24,12 @@ from ..core.pyfile import is_file_ref, load_object
 from .cache import cached_split
 from .folders import read_folder_splits, split_folders
 from .images import gray_mode, peek_image, resize_side
+from .labels import LabelReading
 from .loaders import decode_split
 from .overlap import same_files, warn_overlap
 from .sources import NAMED, load_named
 from .spec import DataSpec, Layout, eval_layout
-from .split import Split, concat_splits, require_two_classes, stratified_split
+from .split import Split, as_multi_hot, concat_splits, require_two_classes, stratified_split
 from .user import splits_from_object
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
@@ -74,17 +75,20 @@ class DataBundle:
     said: list[str] = field(default_factory=list)  # lines for under the run's first line (an option not used)
 
 
-def _load_one(entry, data_root: str | None, download: bool, classes: list[str] | None) -> dict[str, Split]:
+def _load_one(entry, data_root: str | None, download: bool, classes: list[str] | None,
+              reading: LabelReading = LabelReading()) -> dict[str, Split]:
     if not isinstance(entry, str):  # the library's own Dataset objects
-        return splits_from_object(entry, type(entry).__name__, classes)
+        return splits_from_object(entry, type(entry).__name__, classes, task=reading.task)
     if is_file_ref(entry):  # --data data.py:name
         obj, _, name = load_object(entry, "dataset", whole=True)  # its Datasets are made by its statements
-        return splits_from_object(obj, name, classes, ref=entry)
+        return splits_from_object(obj, name, classes, ref=entry, task=reading.task)
     if entry.lower() in NAMED:
         name = entry.lower()
+        if reading.task == "multi":
+            raise TuduiError(f"--task multi: {entry} has one class per image; train it with --task auto or single")
         return {"train": load_named(name, True, data_root, download),
                 "test": load_named(name, False, data_root, download)}
-    return read_folder_splits(entry)
+    return read_folder_splits(entry, reading)
 
 
 def _assemble(loaded: list[dict[str, Split]], val_split: float, seed: int) -> tuple[Split, Split | None, Split | None]:
@@ -103,6 +107,11 @@ def _assemble(loaded: list[dict[str, Split]], val_split: float, seed: int) -> tu
     return train, val, test
 
 
+def reading_of(cfg) -> LabelReading:
+    """How a TrainConfig's data is labelled: --csv-columns, --task, and --classes for CSVs and label files."""
+    return LabelReading.of(getattr(cfg, "csv_columns", None), getattr(cfg, "task", "auto"), cfg.classes)
+
+
 def _no_data() -> TuduiError:
     return TuduiError(f"no --data given; name a dataset ({', '.join(NAMED)}), "
                       "a folder of class subfolders, or a CSV of path,label")
@@ -110,17 +119,22 @@ def _no_data() -> TuduiError:
 
 def load_splits(data: list, data_root: str | None = None, download: bool = False, val_split: float = 0.1,
                 seed: int = 0, subset: int | None = None, classes: list[str] | None = None,
-                fraction: float = 1.0, said: list[str] | None = None) -> tuple[Split, Split | None, Split | None]:
+                fraction: float = 1.0, said: list[str] | None = None,
+                reading: LabelReading | None = None) -> tuple[Split, Split | None, Split | None]:
     """(train, val, test) from one or more `--data` entries; val held out of train when absent (`said` gets a line
     when a --val-split given is not used because the data has its own validation split).
 
     An entry is a dataset name, a folder, a CSV, 'file.py:name', or (library) a Dataset, a list of them or a
-    dict {'train': ..., 'val': ..., 'test': ...}; `classes` names a user Dataset's classes in output order.
+    dict {'train': ..., 'val': ..., 'test': ...}; `classes` names a user Dataset's classes in output order;
+    `reading`: how CSVs and label files are read (--csv-columns, --task; data/labels.py).
     """
     if not data:
         raise _no_data()
-    loaded = [_load_one(d, data_root, download, classes) for d in data]
+    reading = reading or LabelReading()
+    loaded = [_load_one(d, data_root, download, classes, reading) for d in data]
     train, val, test = _assemble(loaded, val_split, seed)
+    if reading.task == "multi" or train.multi:  # every split multi-hot when any is (a val/ of one label each)
+        train, val, test = (None if s is None else as_multi_hot(s) for s in (train, val, test))
     val_parts = [s["val"] for s in loaded if "val" in s]
     if val_parts and said is not None and val_split != VAL_SPLIT:
         said.append(f"--val-split {val_split:g} not used: the data has its own validation split ({len(val):,} images "
@@ -139,7 +153,7 @@ def load_splits(data: list, data_root: str | None = None, download: bool = False
 
 
 def load_eval_split(data: list, split: str = "auto", data_root: str | None = None, val_split: float = 0.1,
-                    seed: int = 0) -> tuple[Split, str]:
+                    seed: int = 0, reading: LabelReading | None = None) -> tuple[Split, str]:
     """(the split `tudui eval` scores, its name) from `--data` entries, in the data's own class order.
 
     split: 'test', 'val' (the data's val folder, or the training run's hold-out re-created from `val_split` and
@@ -149,7 +163,7 @@ def load_eval_split(data: list, split: str = "auto", data_root: str | None = Non
     """
     if not data:
         raise _no_data()
-    loaded = [_load_one(d, data_root, False, None) for d in data]
+    loaded = [_load_one(d, data_root, False, None, reading or LabelReading()) for d in data]
     if split == "auto":
         unsplit = all(set(s) == {"train"} for s in loaded) and \
             not any(isinstance(d, str) and split_folders(Path(d).expanduser()) for d in data)  # a lone train/
@@ -253,7 +267,7 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     """
     said: list[str] = []
     train, val, test = load_splits(cfg.data, cfg.data_root, cfg.download, cfg.val_split, cfg.seed, cfg.subset,
-                                   cfg.classes, cfg.fraction, said)
+                                   cfg.classes, cfg.fraction, said, reading_of(cfg))
     native_size, native_ch, native_short = _native_format(train)
     size, channels = cfg.img_size or default_size or native_size, cfg.channels or default_channels or native_ch
     if channels not in (1, 3):
@@ -272,7 +286,8 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     names = [d.lower() for d in cfg.data if isinstance(d, str)]
     hflip = cfg.hflip if cfg.hflip is not None else all(NAMED[n].hflip for n in names if n in NAMED)
     spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=[0.0] * channels,
-                    std=[1.0] * channels, hflip=hflip, tta=bool(cfg.tta and hflip), crop_pct=crop_pct)
+                    std=[1.0] * channels, hflip=hflip, tta=bool(cfg.tta and hflip), crop_pct=crop_pct,
+                    multi_label=train.multi)
     if before_decoding is not None:
         before_decoding(spec)
     t_layout, e_layout = train_layout(spec, augment), eval_layout(spec)

@@ -27,6 +27,7 @@ from ..core.errors import TuduiError
 from ..core.files import write_text
 from .images import BadImage, ImageScan, open_regular, scan_images, shown, special_file
 from .sources import NAMED
+from .labels import HOT_VALUES, LabelReading, hot_value, labelled_split, nfc, parse_cells
 from .split import Split
 
 VAL_NAMES = ("val", "valid", "validation")
@@ -147,8 +148,9 @@ def is_label_file_layout(root: Path) -> bool:
     return any(n.endswith("_image") and n[: -len("_image")] + "_label" in dirs for n in dirs)
 
 
-def read_label_files(root: Path) -> Split:
-    """The course's layout: `X_image/img.jpg` + `X_label/img.txt` whose text is the label."""
+def read_label_files(root: Path, reading: LabelReading = LabelReading()) -> Split:
+    """The course's layout: `X_image/img.jpg` + `X_label/img.txt` whose text is the label; a file of several lines
+    (or a line `cat|dog`) gives its image several labels, and then the classes are the names the files hold."""
     pairs = [(d, root / (d.name[: -len("_image")] + "_label")) for d in _subdirs(root) if d.name.endswith("_image")]
     names = read_manifest(root)  # X -> the class X_image holds, as for class folders
     spellings: dict[str, set[str]] = {}
@@ -158,11 +160,11 @@ def read_label_files(root: Path) -> Split:
             spellings.setdefault(names.get(folder, folder), set()).add(d.name[: -len("_image")])
     _warn_merged(spellings, "label-file folders")
     classes = sorted(spellings)
-    items, missing = [], []
+    paths, cells, files, missing = [], [], [], []
     scan = scan_images([d for d, _ in pairs])
     scan.warn()
-    for (img_dir, lab_dir), files in zip(pairs, scan.files):
-        for f in files:
+    for (img_dir, lab_dir), found in zip(pairs, scan.files):
+        for f in found:
             txt = lab_dir / f.relative_to(img_dir).with_suffix(".txt")
             try:
                 with open_regular(txt) as fh:  # a FIFO or /dev/zero named x.txt is refused, never read
@@ -173,69 +175,155 @@ def read_label_files(root: Path) -> Split:
             except OSError:
                 missing.append(shown(txt))
                 continue
-            label = unicodedata.normalize("NFC", text.decode("utf-8", errors="replace").strip())
-            label = names.get(label, label)  # a label may name its folder (T-shirt_top) or its class (T-shirt/top)
-            if not label:
-                raise TuduiError(f"label file {txt} is empty; write the class name of {f.name} into it")
-            if label not in classes:
-                raise TuduiError(f"label '{label}' in {txt} names no class; classes (from the *_image folders) are: "
-                                 f"{', '.join(classes)}. Fix the label or add a {label}_image/{label}_label pair")
-            items.append((str(f), label))
+            lines = [ln for ln in text.decode("utf-8", errors="replace").splitlines() if ln.strip()]
+            paths.append(str(f))
+            cells.append(lines)
+            files.append(txt)
     if missing:
         raise TuduiError(f"{len(missing)} image(s) have no label file, e.g. {missing[0]}; "
                          "each X_image/name.ext needs X_label/name.txt holding its class name")
-    if not items:
+    if not paths:
         raise TuduiError(f"no labelled images found under {root}")
-    return _make(classes, items, str(root))
+    # one line of one name is today's single label; several lines, or `cat|dog` on a line, are several labels
+    lists = [[names.get(n, n) for line in lines for n in parse_cells([line], reading.task)[0]] for lines in cells]
+    # auto: several names in one file make the data multi-label; an empty file stays a mistake unless --task multi
+    multi = reading.task == "multi" or (reading.task == "auto" and any(len(labels) > 1 for labels in lists))
+    if not multi:
+        for txt, f, labels in zip(files, paths, lists):
+            if not labels:
+                raise TuduiError(f"label file {txt} is empty; write the class name of {Path(f).name} into it")
+            if len(labels) == 1 and labels[0] not in classes:
+                raise TuduiError(f"label '{labels[0]}' in {txt} names no class; classes (from the *_image folders) "
+                                 f"are: {', '.join(classes)}. Fix the label or add a {labels[0]}_image/"
+                                 f"{labels[0]}_label pair")
+    found = {n for labels in lists for n in labels}
+    # multi-label: the *_image folders' classes where the files name only those, else the names the files hold (one
+    # `photos_image/` + `photos_label/` pair whose files list each photo's classes)
+    return labelled_split(paths, lists, str(root), reading, lambda i: f"label file {files[i]}",
+                          classes if not multi or found <= set(classes) else None)
 
 
-def read_csv(path: Path) -> Split:
-    """A CSV of `path,label` (header optional); paths relative to the CSV's folder."""
+KNOWN_HEADERS = {("path", "label"), ("image", "label"), ("file", "label"), ("filename", "label")}
+HEADER_PROBE = 5  # rows after the first looked at to decide whether the first is a header
+
+
+def _csv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """(line number, cells stripped) of every row that is not blank or a # comment."""
     rows = []
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         for lineno, row in enumerate(csv.reader(f), start=1):
             if not row or not "".join(row).strip() or row[0].lstrip().startswith("#"):
                 continue
-            if len(row) < 2:
-                raise TuduiError(f"{path}:{lineno}: expected `path,label`, got {','.join(row)!r}")
-            p, label = row[0].strip(), row[1].strip()
-            if lineno == 1 and (p.lower(), label.lower()) in {("path", "label"), ("image", "label"), ("file", "label"),
-                                                            ("filename", "label")}:
-                continue
-            if not p or not label:
-                raise TuduiError(f"{path}:{lineno}: empty path or label")
-            label = unicodedata.normalize("NFC", label)  # as class folder names (class_name)
-            rows.append((str((path.parent / p) if not os.path.isabs(p) else Path(p)), label))
+            rows.append((lineno, [c.strip() for c in row]))
+    return rows
+
+
+def _resolve(csv_path: Path, p: str) -> str:
+    return str((csv_path.parent / p) if not os.path.isabs(p) else Path(p))
+
+
+def _has_header(path: Path, rows: list[tuple[int, list[str]]]) -> bool:
+    """A first row whose path is not a file while a row after it is (`image_id,label`, `fname,labels`, ...), or
+    one of the usual spellings (`path,label`) whatever the files."""
+    first = rows[0][1]
+    if len(first) >= 2 and (first[0].lower(), first[1].lower()) in KNOWN_HEADERS:
+        return True
+    if os.path.lexists(_resolve(path, first[0])):
+        return False
+    return any(os.path.isfile(_resolve(path, r[0])) for _, r in rows[1:1 + HEADER_PROBE])
+
+
+def _columns(path: Path, header: list[str], reading: LabelReading) -> tuple[int, list[int]]:
+    """(path column, label columns) by --csv-columns' names, found in the header."""
+    lower = [h.lower() for h in header]
+    found = []
+    for name in reading.columns:
+        if name in header:
+            found.append(header.index(name))
+        elif name.lower() in lower:
+            found.append(lower.index(name.lower()))
+        else:
+            raise TuduiError(f"--csv-columns names {name!r}, which is not a column of {shown(path)}; its header is "
+                             f"{','.join(header)}")
+    return found[0], found[1:]
+
+
+def read_csv(path: Path, reading: LabelReading = LabelReading()) -> Split:
+    """A CSV of `path,label` rows (paths relative to the CSV's folder), with or without a header.
+
+    The first row is a header when its path is not a file and a row after it names one (or it is `path,label`).
+    Columns: --csv-columns PATH LABEL... names them; else the first is the path and the second the label, or, where a
+    header names three or more columns all of whose values after the first are 0 or 1, those columns are the
+    classes (multi-hot). A label cell may name several classes (`cat|dog`: data/labels.py)."""
+    rows = _csv_rows(path)
     if not rows:
         raise TuduiError(f"{path} holds no `path,label` rows")
+    header = rows[0][1] if reading.columns or _has_header(path, rows) else None
+    if header is not None:
+        rows = rows[1:]
+        if not rows:
+            raise TuduiError(f"{path} holds a header ({','.join(header)}) and no rows")
+    if reading.columns:
+        pcol, lcols = _columns(path, header, reading)
+    else:
+        pcol, lcols = 0, [1]
+        if header is not None and len(header) >= 3 and all(r[k].lower() in HOT_VALUES for _, r in rows
+                                                            for k in range(1, len(header)) if k < len(r)):
+            lcols = list(range(1, len(header)))  # one 0/1 column per class
+    need = max(pcol, *lcols) + 1
+    paths, cells, lines = [], [], []
+    for lineno, row in rows:
+        if len(row) < need:
+            raise TuduiError(f"{path}:{lineno}: expected {need} columns"
+                             + (f" ({','.join(header)})" if header else " (`path,label`)") + f", got {','.join(row)!r}")
+        if not row[pcol]:
+            raise TuduiError(f"{path}:{lineno}: empty path")
+        paths.append(_resolve(path, row[pcol]))
+        cells.append([row[k] for k in lcols])
+        lines.append(lineno)
+    where = lambda i: f"{path}:{lines[i]}"  # noqa: E731
+    if len(lcols) > 1:  # multi-hot: the header names the classes
+        classes = [nfc(header[k]) for k in lcols]
+        lists = [[c for c, k, cell in zip(classes, lcols, row) if hot_value(cell, where(i), header[k]) == 1.0]
+                 for i, row in enumerate(cells)]
+        if reading.task != "single":
+            reading = LabelReading(reading.columns, "multi", reading.classes)
+    else:
+        classes = None
+        lists = parse_cells([c[0] for c in cells], reading.task, header[lcols[0]] if header else None)
     missing, scan = [], ImageScan()
-    for p, _ in rows:
+    for p in paths:
         what = special_file(p)
         if what:  # a FIFO would hang the run, /dev/zero would fill the memory: never read, named in a warning
             scan.special.append((p, what))
         elif not os.path.isfile(p):
             missing.append(p)
     if missing:
-        raise TuduiError(f"{len(missing)} file(s) listed in {path} do not exist, e.g. {missing[0]}")
+        raise TuduiError(f"{len(missing)} file(s) listed in {path} do not exist, e.g. {missing[0]}"
+                         + ("" if header else "; if the first row is a header, name the columns with "
+                            "--csv-columns PATH LABEL"))
     scan.warn()
     special = {p for p, _ in scan.special}
-    rows = [r for r in rows if r[0] not in special]
-    if not rows:
+    keep = [i for i, p in enumerate(paths) if p not in special]
+    if not keep:
         raise TuduiError(f"none of the files listed in {path} is a regular file")
-    return _make(sorted({label for _, label in rows}), rows, str(path))
+    return labelled_split([paths[i] for i in keep], [lists[i] for i in keep], str(path), reading,
+                          lambda j: where(keep[j]), classes)
 
 
-def read_layout(root: Path) -> Split:
+def read_layout(root: Path, reading: LabelReading = LabelReading()) -> Split:
     """One folder (or CSV) in whichever layout it uses."""
+    if reading.columns and not (root.is_file() and root.suffix.lower() == ".csv"):
+        raise TuduiError(f"--csv-columns names the columns of a CSV, and --data {shown(root)} is not a .csv file")
     if root.is_file():
         if root.suffix.lower() == ".csv":
-            return read_csv(root)
+            return read_csv(root, reading)
         raise TuduiError(f"{root} is a file; --data takes a dataset name, a folder or a .csv of path,label")
     if not root.is_dir():
         raise TuduiError(f"{shown(root)} is {special_file(root) or 'not a file or folder'}; --data takes a dataset name, a folder "
                          "or a .csv of path,label")
     if is_label_file_layout(root):
-        return read_label_files(root)
+        return read_label_files(root, reading)
     return read_class_folders(root)
 
 
@@ -253,14 +341,15 @@ def split_folders(root: Path) -> dict[str, Path]:
     return found
 
 
-def read_folder_splits(path: str) -> dict[str, Split]:
-    """{'train': ..., optional 'val', 'test'} for one `--data` path."""
+def read_folder_splits(path: str, reading: LabelReading = LabelReading()) -> dict[str, Split]:
+    """{'train': ..., optional 'val', 'test'} for one `--data` path; `reading`: how CSV columns and label cells are
+    read (--csv-columns, --task, --classes)."""
     root = Path(path).expanduser()
     if not root.exists():
         raise TuduiError(f"--data {path}: no such file or folder (named datasets: {', '.join(NAMED)})")
     folders = split_folders(root)
     if folders:
-        return {name: read_layout(folder) for name, folder in folders.items()}
+        return {name: read_layout(folder, reading) for name, folder in folders.items()}
     if root.is_dir() and not any(True for _ in root.iterdir()):
         raise TuduiError(f"--data {path} is an empty folder")
-    return {"train": read_layout(root)}
+    return {"train": read_layout(root, reading)}

@@ -208,16 +208,20 @@ class FileDataset(torch.utils.data.Dataset):
             j = (i + attempt) % len(self.paths)
             try:
                 arr = decode_image(self.paths[j], self.channels, self.size, self.crop_pct)
-                return torch.from_numpy(arr).permute(2, 0, 1), int(self.targets[j]), tuple(bad)
+                y = torch.from_numpy(self.targets[j]) if self.targets.ndim == 2 else int(self.targets[j])
+                return torch.from_numpy(arr).permute(2, 0, 1), y, tuple(bad)
             except BadImage as e:
                 bad.append((self.paths[j], e.reason))
         # Nothing readable is left: an empty image the main process never uses (it stops with an error).
-        return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), -1, (*bad, (None, "none left"))
+        y = torch.zeros(self.targets.shape[1]) if self.targets.ndim == 2 else -1
+        return torch.zeros(self.channels, self.size, self.size, dtype=torch.uint8), y, (*bad, (None, "none left"))
 
 
 def _collate(samples: list) -> tuple[torch.Tensor, torch.Tensor, list]:
     """FileDataset samples -> (B, C, H, W) uint8, (B,) int64, [(path, why), ...] (module level: workers pickle it)."""
-    return (torch.stack([s[0] for s in samples]), torch.tensor([s[1] for s in samples], dtype=torch.int64),
+    ys = [s[1] for s in samples]  # class indices, or (K,) multi-hot rows
+    return (torch.stack([s[0] for s in samples]),
+            torch.stack(ys) if isinstance(ys[0], torch.Tensor) else torch.tensor(ys, dtype=torch.int64),
             [b for s in samples for b in s[2]])
 
 

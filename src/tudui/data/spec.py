@@ -66,6 +66,10 @@ class DataSpec:
     # (source, mean, std, input_size, crop_pct, interpolation), kept as it was, for eval, predict, serve and exports
     # to show; None for every other run. Decoding reads the fields above, never this record.
     pretrained_cfg: dict | None = None
+    # Multi-label (several classes per image): a sigmoid per class, and each class's probability threshold chosen on
+    # the validation split (engine/multilabel.py), applied by eval, predict, serve and every export.
+    multi_label: bool = False
+    thresholds: list[float] | None = None
 
     def decode(self, src) -> np.ndarray:
         """A path, bytes or PIL image -> (S, S, C) uint8, exactly as this model's evaluation sees it."""
@@ -104,7 +108,7 @@ class DataSpec:
                 raise TuduiError(f"this model's class name '{shown(name)}' is not UTF-8 text, so it cannot be shown "
                                  "or served; rename the class folder in UTF-8 and train again")
         return cls(**{k: d[k] for k in ("classes", "img_size", "channels", "mean", "std", "hflip", "tta", "crop_pct",
-                                                "pretrained_cfg")
+                                                "pretrained_cfg", "multi_label", "thresholds")
                      if k in d})
 
 

@@ -18,7 +18,7 @@ class Split:
     """
 
     classes: list[str]
-    targets: np.ndarray  # (N,) int64 indices into `classes`
+    targets: np.ndarray  # (N,) int64 indices into `classes`; multi-label: (N, K) float32 multi-hot (data/labels.py)
     images: np.ndarray | None = None  # (N, H, W, C) uint8
     paths: list[str] | None = None
     origin: str = ""  # where it came from, for messages
@@ -37,7 +37,15 @@ class Split:
             dropped=self.dropped,
         )
 
+    @property
+    def multi(self) -> bool:
+        """Whether this split is multi-label (several or no classes per image)."""
+        return self.targets.ndim == 2
+
     def counts(self) -> np.ndarray:
+        """Images per class (multi-label: images carrying each class)."""
+        if self.multi:
+            return (self.targets > 0.5).sum(0).astype(np.int64)
         return np.bincount(self.targets, minlength=len(self.classes))
 
     def reindex(self, classes: list[str]) -> "Split":
@@ -55,7 +63,12 @@ class Split:
             raise TuduiError(f"{self.origin or 'the data'} has classes the model does not know: "
                              f"{', '.join(unknown[:10])}; the known classes are: {', '.join(list(classes)[:20])}")
         mine = [index[unicodedata.normalize("NFC", c)] for c in self.classes]
-        self.targets = np.array([mine[t] for t in self.targets], dtype=np.int64)
+        if self.multi:  # the columns moved to the model's order, classes this split lacks as zeros
+            hot = np.zeros((len(self), len(classes)), dtype=np.float32)
+            hot[:, mine] = self.targets
+            self.targets = hot
+        else:
+            self.targets = np.array([mine[t] for t in self.targets], dtype=np.int64)
         self.classes = list(classes)
         return self
 
@@ -84,8 +97,13 @@ def _one_class_hint(split: Split) -> str:
 def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (keep, held_out): `fraction` of every class held out, seeded.
 
-    A class with at least 2 samples gives at least one to each side.
+    A class with at least 2 samples gives at least one to each side. Multi-hot targets (N, K) are stratified by
+    each image's rarest class (images with no class as one more group), so a rare class reaches both sides.
     """
+    if targets.ndim == 2:
+        hot = targets > 0.5
+        freq = np.where(hot, hot.sum(0)[None, :], np.iinfo(np.int64).max)
+        targets = np.where(hot.any(1), freq.argmin(1), -1)
     rng = np.random.default_rng(seed)
     keep, held = [], []
     for c in np.unique(targets):
@@ -101,6 +119,12 @@ def stratified_split(targets: np.ndarray, fraction: float, seed: int) -> tuple[n
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def as_multi_hot(split: Split) -> Split:
+    """A copy of `split` with multi-hot targets (N, K) float32 (a single-label split's as one-hot)."""
+    hot = split.targets if split.multi else np.eye(len(split.classes), dtype=np.float32)[split.targets]
+    return Split(list(split.classes), hot, split.images, split.paths, split.origin, split.dropped)
+
+
 def concat_splits(splits: list[Split]) -> Split:
     """Concatenate splits (the course's `ants_dataset + bees_dataset`), merging class names.
 
@@ -110,7 +134,11 @@ def concat_splits(splits: list[Split]) -> Split:
         return splits[0]
     classes = sorted({c for s in splits for c in s.classes})
     index = {c: i for i, c in enumerate(classes)}
-    targets = np.concatenate([np.array([index[s.classes[t]] for t in s.targets], dtype=np.int64) for s in splits])
+    if any(s.multi for s in splits):  # one multi-label part makes the whole multi-label
+        targets = np.concatenate([as_multi_hot(s).reindex(classes).targets for s in splits])
+    else:
+        targets = np.concatenate([np.array([index[s.classes[t]] for t in s.targets], dtype=np.int64)
+                                  for s in splits])
     origin = " + ".join(s.origin for s in splits)
     dropped = [p for s in splits for p in s.dropped]
     if all(s.paths is not None for s in splits):

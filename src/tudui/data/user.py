@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 
 from ..core.errors import TuduiError
+from .labels import LabelReading, labelled_split, nfc
 from .split import Split
 
 SPLITS = ("train", "val", "test")
@@ -32,9 +33,18 @@ def _label_of(item: Any, i: int, origin: str) -> int | str:
     label = item[1]
     if hasattr(label, "item") and getattr(label, "ndim", 1) == 0:  # 0-d tensor or numpy scalar
         label = label.item()
+    if isinstance(label, (list, tuple)) and all(isinstance(n, str) for n in label):
+        return [nfc(n) for n in label]  # several class names (multi-label)
+    if hasattr(label, "detach"):  # a tensor: (K,) multi-hot
+        label = label.detach().cpu().numpy()
+    if isinstance(label, (list, tuple, np.ndarray)):
+        hot = np.asarray(label)
+        if hot.ndim == 1 and hot.dtype.kind in "biuf" and np.isin(hot, (0, 1)).all():
+            return hot.astype(np.float32)  # a multi-hot vector
     if isinstance(label, (bool, float)) or not isinstance(label, (int, np.integer, str)):
         raise TuduiError(f"item {i} of {origin} has the label {label!r} ({type(label).__name__}); labels must be a "
-                         "class index (int) or a class name (str)")
+                         "class index (int), a class name (str), a list of class names or a multi-hot vector of "
+                         "0/1 (several labels per image)")
     return int(label) if not isinstance(label, str) else label
 
 
@@ -94,8 +104,38 @@ def _labels(ds: Any, origin: str) -> list[int | str]:
     return [_label_of(ds[i], i, origin) for i in range(len(ds))]
 
 
-def split_from_dataset(ds: Any, origin: str, classes: list[str] | None = None) -> Split:
-    """A Split of lazy DatasetItems with targets indexing `classes` (given, or from the labels)."""
+def _multi_split(labels: list, ds: Any, origin: str, classes: list[str] | None, task: str) -> Split:
+    """Items labelled by lists of names or multi-hot vectors: a multi-label Split (or, with --task single, a
+    single-label one where each item has exactly one)."""
+    vectors = [label for label in labels if isinstance(label, np.ndarray)]
+    if vectors:
+        if len(vectors) != len(labels):
+            raise TuduiError(f"{origin} mixes multi-hot vectors with other labels; use one kind")
+        given = classes or getattr(ds, "classes", None)
+        k = len(given) if given else len(vectors[0])
+        bad = next((i for i, v in enumerate(vectors) if len(v) != k), None)
+        if bad is not None:
+            raise TuduiError(f"item {bad} of {origin} has a multi-hot vector of length {len(vectors[bad])}; "
+                             + (f"there are {k} classes" if given else f"item 0's has {k}")
+                             + ": every label vector needs one 0/1 per class")
+        names = [str(c) for c in given] if given else [str(j) for j in range(k)]
+        lists = [[names[j] for j in np.flatnonzero(v)] for v in vectors]
+        reading = LabelReading(task=task)
+        return labelled_split(_items(ds, origin), lists, origin, reading, lambda i: f"item {i} of {origin}", names)
+    if any(isinstance(label, int) for label in labels):
+        raise TuduiError(f"{origin} mixes int labels with lists of class names; use one kind")
+    lists = [label if isinstance(label, list) else [label] for label in labels]
+    reading = LabelReading.of(None, task, classes)
+    return labelled_split(_items(ds, origin), lists, origin, reading, lambda i: f"item {i} of {origin}")
+
+
+def _items(ds: Any, origin: str) -> list:
+    return [DatasetItem(ds, i, origin) for i in range(len(ds))]
+
+
+def split_from_dataset(ds: Any, origin: str, classes: list[str] | None = None, task: str = "auto") -> Split:
+    """A Split of lazy DatasetItems with targets indexing `classes` (given, or from the labels); items labelled by a
+    list of names or a multi-hot vector make a multi-label Split (data/labels.py)."""
     try:
         n = len(ds)
     except TypeError:
@@ -104,6 +144,8 @@ def split_from_dataset(ds: Any, origin: str, classes: list[str] | None = None) -
         raise TuduiError(f"{origin} is empty")
     labels = _labels(ds, origin)
     kinds = {type(label) for label in labels}
+    if kinds & {list, np.ndarray}:
+        return _multi_split(labels, ds, origin, classes, task)
     if kinds == {str}:
         names = list(classes) if classes else sorted(set(labels))
         unknown = sorted(set(labels) - set(names))
@@ -145,8 +187,8 @@ def _instance_of(cls: type, origin: str, ref: str | None) -> Any:
         raise TuduiError(f"{origin} is a class; tudui made one with no arguments and that failed ({e})") from None
 
 
-def splits_from_object(obj: Any, origin: str, classes: list[str] | None = None, ref: str | None = None
-                       ) -> dict[str, Split]:
+def splits_from_object(obj: Any, origin: str, classes: list[str] | None = None, ref: str | None = None,
+                       task: str = "auto") -> dict[str, Split]:
     """{'train': ..., optional 'val', 'test'} from a Dataset, a list of Datasets (concatenated) or a dict of them;
     `ref` is the 'file.py:name' it was named by, for messages."""
     if isinstance(obj, type):  # `--data data.py:MyData`: the class, not a dataset made from it
@@ -161,13 +203,13 @@ def splits_from_object(obj: Any, origin: str, classes: list[str] | None = None, 
         if unknown or "train" not in obj:
             raise TuduiError(f"{origin}: a dict of datasets needs a 'train' key and may have 'val' and 'test' "
                              f"(got {', '.join(map(str, obj))})")
-        found = {k: splits_from_object(v, f"{origin}[{k!r}]", classes)["train"] for k, v in obj.items() if v is not None}
+        found = {k: splits_from_object(v, f"{origin}[{k!r}]", classes, task=task)["train"] for k, v in obj.items() if v is not None}
         return found
     if isinstance(obj, (list, tuple)):
         from torch.utils.data import ConcatDataset  # the course's `ants_dataset + bees_dataset` is one too
 
-        return {"train": split_from_dataset(ConcatDataset(list(obj)), origin, classes)}
+        return {"train": split_from_dataset(ConcatDataset(list(obj)), origin, classes, task)}
     if is_dataset(obj):
-        return {"train": split_from_dataset(obj, origin, classes)}
+        return {"train": split_from_dataset(obj, origin, classes, task)}
     raise TuduiError(f"{origin} is a {type(obj).__name__}, not a Dataset (with __len__ and __getitem__), a list of "
                      "them, or a dict of 'train'/'val'/'test' datasets")

@@ -349,10 +349,13 @@ AUTO_BEST = {"min_val_per_class": 10}
 BEST_BY_METRIC = {"top1": "top1", "balanced-accuracy": "balanced_accuracy", "macro-f1": "macro_f1"}  # -> metrics key
 
 
-def resolve_best_by(cfg, val_counts, train_counts=None) -> str | None:
-    """Settle --best-by auto from the training split's images per class (`train_counts`) and the validation split's
-    (`val_counts`, None without a validation split: every epoch is then the best one anyway); returns the note for
-    the first line (None: nothing to say)."""
+def resolve_best_by(cfg, val_counts, train_counts=None, images: int | None = None,
+                    measure: str = "top-1") -> str | None:
+    """Settle --best-by auto from the training split's images per class (`train_counts`; None for multi-label data,
+    whose epochs rank by mAP) and the validation split's (`val_counts`, None without a validation split: every epoch
+    is then the best one anyway); returns the note for the first line (None: nothing to say). `images`: the
+    validation images when they are not the sum of `val_counts` (multi-label data, several classes per image),
+    `measure` what ranks the epochs (a multi-label model's mAP)."""
     if cfg.best_by != "auto":
         return None if cfg.best_by == "top1" else f"best.pt: the {cfg.best_by} epoch" if cfg.best_by == "last" \
             else f"best.pt: the epoch of the highest validation {cfg.best_by}"
@@ -367,13 +370,21 @@ def resolve_best_by(cfg, val_counts, train_counts=None) -> str | None:
         cfg.best_by = "top1"
         return None
     cfg.best_by = "last"
-    return (f"best.pt: the last epoch (auto: {int(sum(val_counts))} validation images, {fewest} of the smallest "
-            f"class, too few to rank epochs by top-1; --best-by top1 ranks them anyway)")
+    n = int(sum(val_counts)) if images is None else images
+    return (f"best.pt: the last epoch (auto: {n} validation images, {fewest} of the smallest "
+            f"class, too few to rank epochs by {measure}; --best-by top1 ranks them anyway)")
 
 
-def resolve_balance(cfg, train_counts) -> str | None:
+def resolve_balance(cfg, train_counts, multi_label: bool = False) -> str | None:
     """Settle --balance auto from the training split's images per class (data/sampler.auto_balance); returns the
-    note for the first line (None: balanced data, nothing done and nothing to say)."""
+    note for the first line (None: balanced data, nothing done and nothing to say). Multi-label data is not balanced
+    by class (an image carries several): auto settles to none there, and another mode is an error."""
+    if multi_label:
+        if cfg.balance not in ("auto", "none"):
+            raise TuduiError(f"--balance {cfg.balance} weighs the classes of data with one label per image, and this "
+                             "data is multi-label; drop it (--loss asl down-weights the many absent labels)")
+        cfg.balance = "none"
+        return None
     if cfg.balance != "auto":
         return None if cfg.balance == "none" else f"balance {cfg.balance}" + \
             (f" ({cfg.sampler_weights} weights)" if cfg.balance == "sampler" else

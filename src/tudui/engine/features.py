@@ -55,6 +55,8 @@ def unusable_reason(run) -> str | None:
         return "under torchrun each process runs the backbone on its own shard"
     if cfg.mixup > 0 or cfg.cutmix > 0:
         return "--mixup/--cutmix blend images, which cached features cannot"
+    if run.spec.multi_label:
+        return "a multi-label head is validated on every image's scores (engine/multilabel.py), not on counts"
     head = run.model.get_submodule(head_path(run.model))
     if not isinstance(head, nn.Linear):
         return "the model's head is not an nn.Linear"

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from ..core.errors import TuduiError
 from .finetune import finetune_groups
+from .multilabel import AsymmetricLoss, MultiHotBCE
 
 
 def _as_probabilities(targets: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
@@ -65,6 +66,12 @@ LOSSES: dict[str, Callable[..., nn.Module]] = {
     "nll": lambda cfg, weight: NLL(weight),
     "mse": lambda cfg, weight: OneHotRegression(F.mse_loss),
     "l1": lambda cfg, weight: OneHotRegression(F.l1_loss),
+    "asl": lambda cfg, weight: AsymmetricLoss(smoothing=cfg.label_smoothing),
+}
+# a multi-label model's losses (a sigmoid per class): cross-entropy is its binary form (BCEWithLogits)
+MULTI_LABEL_LOSSES: dict[str, Callable[..., nn.Module]] = {
+    "cross-entropy": lambda cfg: MultiHotBCE(cfg.label_smoothing),
+    "asl": lambda cfg: AsymmetricLoss(smoothing=cfg.label_smoothing),
 }
 
 
@@ -84,10 +91,22 @@ class LogitAdjusted(nn.Module):
         return self.loss(logits + self.adjustment.to(logits.dtype), targets)
 
 
-def create_loss(cfg, counts, device) -> nn.Module:
+def create_loss(cfg, counts, device, multi_label: bool = False) -> nn.Module:
     """The training criterion of --loss (TrainConfig `cfg`, its label smoothing already range-checked): with
     inverse-frequency class weights from the training set's per-class `counts` under --balance loss (or
-    --class-weights auto), on logits adjusted by the log class priors under --balance logit-adjust."""
+    --class-weights auto), on logits adjusted by the log class priors under --balance logit-adjust; for a
+    multi-label model (`multi_label`), binary cross-entropy per class or the asymmetric loss."""
+    if multi_label:
+        if cfg.loss not in MULTI_LABEL_LOSSES:
+            raise TuduiError(f"--loss {cfg.loss} is a single-label loss and this data is multi-label; use "
+                             f"--loss {' or '.join(MULTI_LABEL_LOSSES)}")
+        if cfg.class_weights == "auto":
+            raise TuduiError("--class-weights auto weighs the classes of single-label data; for multi-label data "
+                             "drop it (--loss asl down-weights the many absent classes)")
+        return MULTI_LABEL_LOSSES[cfg.loss](cfg)
+    if cfg.loss not in ("cross-entropy", "nll", "mse", "l1"):
+        raise TuduiError(f"--loss {cfg.loss} is for multi-label data (several classes per image) and this data has "
+                         "one class per image; use --loss cross-entropy")
     balance = getattr(cfg, "balance", "none")
     weight = class_weights(counts, device) if cfg.class_weights == "auto" or balance == "loss" else None
     loss = LOSSES[cfg.loss](cfg, weight)

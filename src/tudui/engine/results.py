@@ -12,12 +12,12 @@ from ..core.files import atomic_path
 # Columns are only ever added at the end, so a reader of older files (where train_loss was the objective, and there
 # was no train_objective) keeps working.
 FIELDS = ["epoch", "train_loss", "val_loss", "val_top1", "val_top5", "lr", "epoch_time_s", "images_per_s",
-          "train_objective", "val_macro_f1", "val_balanced_acc"]
+          "train_objective", "val_macro_f1", "val_balanced_acc", "val_map", "val_micro_f1"]  # the last two: multi-label
 
 
 def _cells(row: dict) -> dict:
     """Floats with 6 significant digits; empty strings (no validation data) and ints as they are."""
-    return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+    return {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items() if k in FIELDS}
 
 
 def write_results(path: Path, history: list[dict]) -> None:

@@ -49,7 +49,8 @@ class RunResult:
 
     def summary(self) -> str:
         what = f"{self.model or 'model'} on {self.data or 'data'}: best epoch {self.best_epoch}"
-        metrics = [f"{split} top1 {m['top1']:.2%}" for split, m in (("val", self.val), ("test", self.test)) if m]
+        metrics = [f"{split} mAP {m['map']:.2%}" if "map" in m else f"{split} top1 {m['top1']:.2%}"  # multi-label: mAP
+                   for split, m in (("val", self.val), ("test", self.test)) if m]
         return ", ".join([what, *metrics]) + f"; {self.run_dir}"
 
     def images(self, what: str | None = None) -> list:
@@ -83,7 +84,11 @@ class RunResult:
         for split, m in (("val", self.val), ("test", self.test)):
             if m:
                 top5 = f", top5 {m['top5']:.2%}" if m.get("top5") is not None and len(self.spec.classes) > 5 else ""
-                rows.append([split, f"top1 {m['top1']:.2%}{top5}, loss {m['loss']:.4f}"])
+                if "map" in m:  # a multi-label model
+                    rows.append([split, f"mAP {m['map']:.2%}, macro-F1 {m['macro_f1']:.2%}, exact match "
+                                        f"{m['exact_match']:.2%}, loss {m['loss']:.4f}"])
+                else:
+                    rows.append([split, f"top1 {m['top1']:.2%}{top5}, loss {m['loss']:.4f}"])
         rows += [["run directory", self.run_dir], ["best weights", self.best]]
         out = html_table(["RunResult", ""], rows)
         if "curves" in self.pictures and Path(self.pictures["curves"]).is_file():

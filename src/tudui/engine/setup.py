@@ -37,7 +37,8 @@ from .optim import create_loss, create_optimizer, create_scheduler
 from .results import write_results
 from .resume import restore_run
 from .run import Run
-from .step import EagerStep
+from .multilabel import plain_bce
+from .step import EagerStep, plain_cross_entropy
 
 
 def timm_preprocessing(cfg: TrainConfig) -> tuple:
@@ -176,8 +177,11 @@ def create_train_step(run: Run) -> str | None:
     # timm's architectures are not tudui's own either: --cuda-graph auto records only the nets tudui ships and tests
     ours = "source" not in run.arch and not str(run.arch["name"]).startswith("timm:")
     graphed, note = resolve_cuda_graph(cfg, run.device, run.ddp is not None, registered=ours)
+    if graphed and run.spec.multi_label:  # the graphed step measures plain cross-entropy, a single-label quantity
+        graphed, note = False, "--cuda-graph: off for a multi-label model (its step is eager)"
     args = (run.train_module, run.criterion, run.device, cfg.amp, run.scaler.scale)  # fp16: the loss scaled
-    run.train_step = GraphedStep(*args) if graphed else EagerStep(*args, accumulate=cfg.accumulate)
+    measure = plain_bce if run.spec.multi_label else plain_cross_entropy
+    run.train_step = GraphedStep(*args) if graphed else EagerStep(*args, accumulate=cfg.accumulate, measure=measure)
     return note
 
 
@@ -232,6 +236,10 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     built: list = []  # the model is built (and its size checked) before any image is decoded or cached
 
     def build_model(spec) -> None:
+        if spec.multi_label and w.enabled:  # validation scores every image in one process (engine/multilabel.py)
+            raise TuduiError("multi-label data trains in one process: its validation ranks epochs by mAP over every "
+                             "image's scores, which is not yet gathered across torchrun processes; drop --nproc / "
+                             "torchrun")
         built.append(create_training_model(cfg, spec, device))
 
     data = build_data(cfg, default_norm=norm, default_crop=crop, default_size=size,
@@ -239,9 +247,12 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
                       before_decoding=build_model)
     data.spec.pretrained_cfg = record  # travels with the DataSpec into every checkpoint and export
     length_note = resolve_length(cfg, len(data.train), w)  # --batch-size/--epochs auto: from the training set's size
-    best_note = resolve_best_by(cfg, data.val.counts() if data.val is not None else None, data.train.counts())
+    multi = data.train.multi  # several labels per image: epochs rank by mAP, classes are not balanced
+    val_counts = data.val.counts() if data.val is not None else None
+    best_note = resolve_best_by(cfg, val_counts, None if multi else data.train.counts(),
+                                *((len(data.val), "mAP") if data.val is not None and multi else ()))
     balance_auto = cfg.balance == "auto"
-    balance_note = resolve_balance(cfg, data.train.counts())  # --balance auto: said in a note: line
+    balance_note = resolve_balance(cfg, data.train.counts(), multi)  # --balance auto: said in a note: line
     debug_splits(cfg, data)
     model, arch = built[0]
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None
@@ -265,7 +276,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     optimizer = create_optimizer(placeholder, model)
     steps = -(-len(train_loader) // cfg.accumulate)
     run = Run(cfg=cfg, device=device, data=data, model=model, arch=arch,
-              criterion=create_loss(cfg, data.train.counts(), device), optimizer=optimizer,
+              criterion=create_loss(cfg, data.train.counts(), device, data.spec.multi_label), optimizer=optimizer,
               scheduler=create_scheduler(placeholder, optimizer, steps), scaler=make_scaler(device, cfg.amp),
               train_loader=train_loader, val_loader=val_loader,
               run_dir=run_dir,

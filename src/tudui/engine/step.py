@@ -36,16 +36,18 @@ class EagerStep:
     returns (loss, plain cross-entropy of the same logits)."""
 
     def __init__(self, module: nn.Module, criterion: nn.Module, device: torch.device, amp: str,
-                 scale: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss, accumulate: int = 1) -> None:
+                 scale: Callable[[torch.Tensor], torch.Tensor] = lambda loss: loss, accumulate: int = 1,
+                 measure: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = plain_cross_entropy) -> None:
         self.module, self.criterion, self.device, self.amp = module, criterion, device, amp
         self.scale, self.accumulate = scale, accumulate
+        self.measure = measure  # validation's measure of the same logits (multi-label: plain binary cross-entropy)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.device, self.amp):
             logits = self.module(x)
             loss = self.criterion(logits, y)
         self.scale(loss / self.accumulate).backward()  # gradients summed over `accumulate` batches: their mean loss
-        return loss, plain_cross_entropy(logits, y)
+        return loss, self.measure(logits, y)
 
 
 @dataclass

@@ -30,6 +30,7 @@ from .choices import BEST_BY_METRIC
 from .evaluate import evaluate
 from .guards import FiniteLossGuard
 from .metrics import TopMistakes
+from .multilabel import evaluate_multilabel
 from .optim import continue_schedule, create_scheduler
 from .results import append_result
 from .resume import gather_rank_rng
@@ -109,12 +110,20 @@ def validate(run: Run, epoch: int, criterion: nn.Module) -> dict | None:
     was chosen on figures no later evaluation reproduced). Its cost is a forward pass of the validation split."""
     if features.active(run.head_trainer, run, epoch):  # the head alone, on cached features
         return run.head_trainer.evaluate(run.eval_model, criterion)
+    if run.spec.multi_label:  # mAP, F1s, exact match at thresholds chosen on this split (engine/multilabel.py)
+        return evaluate_multilabel(run.eval_model, run.val_loader, run.spec, run.device, run.cfg.threshold) \
+            if run.val_loader else None
     return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
 
 
 def score(run: Run, val: dict | None) -> float:
-    """The validation figure --best-by ranks epochs by (top-1, balanced accuracy or macro-F1); -1 without one."""
-    return val[BEST_BY_METRIC[run.cfg.best_by]] if val is not None and run.cfg.best_by in BEST_BY_METRIC else -1.0
+    """The validation figure --best-by ranks epochs by (top-1, balanced accuracy or macro-F1; a multi-label model's
+    mAP, or its macro-F1 under --best-by macro-f1); -1 without one."""
+    if val is None or run.cfg.best_by not in BEST_BY_METRIC:
+        return -1.0
+    if "map" in val and run.cfg.best_by != "macro-f1":  # multi-label (engine/multilabel.py): no top-1 to rank by
+        return val["map"]
+    return val[BEST_BY_METRIC[run.cfg.best_by]]
 
 
 def improves(run: Run, val: dict | None) -> bool:
@@ -133,11 +142,14 @@ def improves(run: Run, val: dict | None) -> bool:
 def epoch_row(epoch: int, stats: dict, val: dict | None, lr: float) -> dict:
     """The results.csv row of epoch `epoch` (1-based): train_loss and val_loss are both plain cross-entropy."""
     v = val or {}
-    return {"epoch": epoch, "train_loss": stats["train_loss"], "val_loss": v.get("loss", ""),
-            "val_top1": v.get("top1", ""), "val_top5": v.get("top5", ""), "lr": lr,
-            "epoch_time_s": stats["epoch_time_s"], "images_per_s": stats["images_per_s"],
-            "train_objective": stats["train_objective"], "val_macro_f1": v.get("macro_f1", ""),
-            "val_balanced_acc": v.get("balanced_accuracy", "")}
+    row = {"epoch": epoch, "train_loss": stats["train_loss"], "val_loss": v.get("loss", ""),
+           "val_top1": v.get("top1", ""), "val_top5": "" if v.get("top5") is None else v["top5"], "lr": lr,
+           "epoch_time_s": stats["epoch_time_s"], "images_per_s": stats["images_per_s"],
+           "train_objective": stats["train_objective"], "val_macro_f1": v.get("macro_f1", ""),
+           "val_balanced_acc": v.get("balanced_accuracy", "")}
+    if "map" in v:  # multi-label: val_top1 is the exact-match ratio; these beside it
+        row |= {"val_map": v["map"], "val_micro_f1": v["micro_f1"]}
+    return row
 
 
 class TimeBudget:
@@ -231,6 +243,8 @@ def _train(run: Run) -> RunResult:
         run.history.append(row)
         if improved:
             run.best_score, run.best_epoch, stale = score(run, val), run.epoch, 0
+            if run.spec.multi_label and val:  # the thresholds chosen with these weights travel with them
+                run.spec.thresholds = val["thresholds"]
         else:
             stale += 1
         _save(run, ["last.pt", "best.pt"] if improved else ["last.pt"])  # val is the same on every rank
@@ -261,13 +275,38 @@ def _save(run: Run, names: list[str]) -> None:
                 run.saved = run.epoch
 
 
+def _finish_multilabel(run: Run) -> RunResult:
+    """The best weights on validation (thresholds chosen there, as best.pt holds them) and on test data at those
+    thresholds; no mistakes picture (a multi-label mistake is a set of missed and spurious labels)."""
+    val = evaluate_multilabel(run.model, run.val_loader, run.spec, run.device, run.cfg.threshold) \
+        if run.val_loader else None
+    test = None
+    if run.data.test is not None:
+        loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
+                             workers=run.workers, bad_images=run.cfg.bad_images, in_memory=run.data.in_memory)
+        test = evaluate_multilabel(run.model, loader, run.spec, run.device, run.cfg.threshold, tune=False)
+    result = RunResult(run.run_dir, run.run_dir / "best.pt", run.run_dir / "last.pt", run.history, val, test,
+                       run.spec, None, run.best_epoch, run.arch["name"],
+                       ", ".join(map(shown, run.cfg.to_dict()["data"])))
+    if run.world.rank != 0:
+        return result
+    for cb in run.callbacks:
+        cb.on_fit_end(run, result)
+    summary = {"best_epoch": run.best_epoch, "epoch": run.epoch, "val": val, "test": test}
+    write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
+    return result
+
+
 def _finish(run: Run, criterion: nn.Module) -> RunResult:
     """Reload the best weights and report them on validation and test data."""
     best = run.run_dir / "best.pt"
     if run.world.rank == 0:  # the file is on rank 0's machine; the weights go to the others
-        state = torch.load(best, map_location=run.device, weights_only=True)["model"]
-        run.model.load_state_dict(state)
+        saved = torch.load(best, map_location=run.device, weights_only=True)
+        run.model.load_state_dict(saved["model"])
+        run.spec.thresholds = saved["data"].get("thresholds") if run.spec.multi_label else None
     distributed.broadcast_module(run.model)
+    if run.spec.multi_label:
+        return _finish_multilabel(run)
     mistakes = TopMistakes()
     val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion, mistakes=mistakes) \
         if run.val_loader else None

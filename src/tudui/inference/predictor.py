@@ -24,6 +24,8 @@ class Prediction:
     topk: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability), best first
     error: str | None = None  # why the image could not be read
     seen: Path | None = None  # --save-input: the PNG of what the model saw
+    # multi-label models: every class whose sigmoid probability reaches its threshold, most probable first
+    labels: list[tuple[str, float]] | None = None
 
 
     @property
@@ -33,6 +35,8 @@ class Prediction:
     def to_dict(self) -> dict:
         out = {"source": self.source, "error": self.error,
                "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
+        if self.labels is not None:
+            out["labels"] = [{"class": c, "probability": p} for c, p in self.labels]
         return out | ({"input_png": str(self.seen)} if self.seen else {})
 
 
@@ -51,7 +55,8 @@ class Predictions(list):
                 thumb = f'<img src="{png_uri(picture, 64)}">' if picture is not None and not p.error else ""
             except (OSError, ValueError):  # changed or gone since it was predicted
                 thumb = ""
-            top = p.error and f"error: {p.error}" or ", ".join(f"{c} {prob:.1%}" for c, prob in p.topk)
+            shown_classes = p.labels if p.labels is not None else p.topk  # a multi-label model: its labels
+            top = p.error and f"error: {p.error}" or ", ".join(f"{c} {prob:.1%}" for c, prob in shown_classes) or "-"
             rows.append([thumb, shown(p.source), top])
         more = f"<p>... and {len(self) - self.SHOWN} more</p>" if len(self) > self.SHOWN else ""
         return html_table(["image", "source", "top classes"], rows, raw=(0,)) + more
@@ -169,8 +174,30 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities."""
-        return model_logits(self.model, x.to(self.device), self.spec).float().softmax(1).cpu()
+        """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities (a multi-label model's: each
+        class's sigmoid)."""
+        logits = model_logits(self.model, x.to(self.device), self.spec).float()
+        return (logits.sigmoid() if self.spec.multi_label else logits.softmax(1)).cpu()
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label model's per-class probability thresholds (chosen on validation at training, or 0.5 where
+        the model has none); None for a single-label model."""
+        if not self.spec.multi_label:
+            return None
+        return list(self.spec.thresholds or [0.5] * len(self.classes))
+
+    def labels_above(self, probs: torch.Tensor) -> list[list[tuple[str, float]]] | None:
+        """(B, num_classes) probabilities -> per row every (class, probability) at or above its class's threshold,
+        most probable first; None for a single-label model."""
+        if not self.spec.multi_label:
+            return None
+        th = torch.tensor(self.thresholds, dtype=probs.dtype)
+        rows = []
+        for p in probs:
+            idx = torch.nonzero(p >= th).flatten().tolist()
+            rows.append(sorted(((self.classes[c], float(p[c])) for c in idx), key=lambda t: -t[1]))
+        return rows
 
     def top_classes(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         """(B, num_classes) probabilities -> per row the k most likely (class name, probability), best first.
@@ -207,9 +234,11 @@ class Predictor:
                     preds[i].error = e.reason
             if arrays:
                 x = self.batch(list(arrays.values()))
-                tops = self.top_classes(self.probabilities(x), topk)
+                probs = self.probabilities(x)
+                tops, above = self.top_classes(probs, topk), self.labels_above(probs)
                 for row, (i, top) in enumerate(zip(arrays, tops)):
                     preds[i].topk = top
+                    preds[i].labels = above[row] if above is not None else None
                     if folder is not None:
                         preds[i].seen = save_seen(x[row], self.spec, folder / seen_name(chunk[i], start + i, taken))
                     if not warned and (far := far_from_training(chunk[i], self.spec)):

@@ -93,6 +93,9 @@ def _schemas():
 
     class PredictResponse(BaseModel):
         predictions: list[ClassProbability] = Field(description="the top-k classes, most probable first")
+        labels: list[ClassProbability] | None = Field(None, description="a multi-label model's answer: every class "
+                                                                        "whose sigmoid probability reaches its "
+                                                                        "threshold, most probable first")
         time_ms: float = Field(description="time in the server from the request's arrival to the answer (ms)")
         preprocess_ms: float = Field(description="decoding and resizing the image (ms)")
         inference_ms: float = Field(description="the forward pass this image was part of (ms)")
@@ -125,6 +128,8 @@ def _schemas():
         max_batch: int
         max_wait_ms: float
         read_timeout_s: float
+        multi_label: bool = False
+        thresholds: list[float] | None = Field(None, description="a multi-label model's per-class thresholds")
 
     return PredictResponse, ErrorResponse, Health, Info
 
@@ -197,7 +202,8 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
             "arch": _public_arch(predictor.meta.get("arch", {}).get("name")), "tudui_version": predictor.meta.get("tudui_version"),
             "max_upload_mb": max_upload_mb, "max_pixels": max_pixels, "max_decode_mb": max_decode_mb,
             "max_decodes": budget.slots, "topk": topk, "max_batch": max_batch,
-            "max_wait_ms": max_wait_ms, "read_timeout_s": read_timeout_s}
+            "max_wait_ms": max_wait_ms, "read_timeout_s": read_timeout_s,
+            "multi_label": predictor.spec.multi_label, "thresholds": predictor.thresholds}
 
     def forward(arrays: list) -> list:
         """[(H, W, C) uint8 array, ...] -> one (num_classes,) probability row per array, from one forward pass.
@@ -369,7 +375,9 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
                 arr, pre_ms = await run_in_threadpool(decode)
         probs, batch, inf_ms = await batcher.submit(arr)  # (num_classes,) probabilities
         top = predictor.top_classes(probs[None], k or topk)[0]
-        return {"predictions": [{"class": c, "probability": p} for c, p in top],
+        above = predictor.labels_above(probs[None])  # a multi-label model: every class over its threshold
+        labels = {} if above is None else {"labels": [{"class": c, "probability": p} for c, p in above[0]]}
+        return {"predictions": [{"class": c, "probability": p} for c, p in top], **labels,
                 "time_ms": round((time.perf_counter() - t0) * 1000, 3), "preprocess_ms": round(pre_ms, 3),
                 "inference_ms": round(inf_ms, 3), "batch": batch,
                 "image": {"width": width, "height": height, "bytes": len(data)}}

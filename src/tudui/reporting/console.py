@@ -48,15 +48,23 @@ class ConsoleCallback(Callback):
 
     def on_fit_end(self, run, result) -> None:
         parts = [f"best epoch {run.best_epoch}"]
-        if result.val:
+        if result.val and "map" in result.val:  # multi-label: mAP, macro F1 and exact match at the thresholds
+            parts.append(_multi(result.val, "val"))
+        elif result.val:
             parts.append(f"val top1 {result.val['top1']:.2%}")
             ranked = _ranked_figure(run.cfg.best_by, result.val).strip()
             parts += [f"val {ranked}"] if ranked else []
-        if result.test:
+        if result.test and "map" in result.test:
+            parts.append(_multi(result.test, "test"))
+        elif result.test:
             t = result.test
             top5 = f" top5 {t['top5']:.2%}" if shows_top5(run.spec.num_classes) else ""
             parts.append(f"test top1 {t['top1']:.2%}{top5} loss {t['loss']:.4f}")
         print("done: " + ", ".join(parts) + f"; weights: {shown(result.best)}", flush=True)
+
+
+def _multi(m: dict, split: str) -> str:
+    return f"{split} mAP {m['map']:.2%} macro-F1 {m['macro_f1']:.2%} exact match {m['exact_match']:.2%}"
 
 
 def shows_top5(num_classes: int | None) -> bool:
@@ -85,6 +93,9 @@ def epoch_line(row: dict, epochs: int, num_classes: int | None = None, peak_lr: 
     top5 += _ranked_figure(best_by, {"balanced_accuracy": row.get("val_balanced_acc", ""),
                                      "macro_f1": row.get("val_macro_f1", "")})
     val = f"val_loss {row['val_loss']:.4f}  top1 {row['val_top1']:.2%}{top5}  " if row["val_top1"] != "" else ""
+    if row.get("val_map", "") != "":  # multi-label: top1 is the exact-match ratio
+        val = (f"val_loss {row['val_loss']:.4f}  mAP {row['val_map']:.2%}  macro-F1 {row['val_macro_f1']:.2%}  "
+               f"exact {row['val_top1']:.2%}  ")
     lr = f"lr {row['lr']:.3g}"
     if row["epoch"] == 1 and peak_lr is not None and row["lr"] < peak_lr * (1 - 1e-6):
         lr = f"lr {peak_lr:.3g} (warm-up from {row['lr']:.3g})"

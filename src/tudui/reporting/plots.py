@@ -172,6 +172,10 @@ def batch_figure(images: torch.Tensor, labels, classes: list[str], title: str = 
                  limit: int = 32):
     """images: (B, C, H, W) float in [0, 1] (de-normalised) or uint8; labels: (B,) class indices."""
     x = images[:limit].detach().cpu().permute(0, 2, 3, 1).numpy()
+    if getattr(labels, "ndim", 1) == 2:  # multi-hot (multi-label) or mixed targets: the classes each row carries
+        names = ["|".join(classes[k] for k in range(len(classes)) if float(row[k]) > 0.5) or "(none)"
+                 for row in labels[:limit]]
+        return _grid_figure(x, names, title)
     return _grid_figure(x, [classes[int(i)] for i in labels[:limit]], title)
 
 
@@ -234,7 +238,7 @@ class PlotsCallback(Callback):
                       objective_name(run.cfg), run.spec.num_classes):
             self.files.append(d / "curves.png")
         split, summary = ("val", result.val) if result.val else ("test", result.test)
-        if summary is not None:
+        if summary is not None and "confusion" in summary:  # (a multi-label model has none)
             drawn = self._draw("the confusion matrix", plot_confusion, summary["confusion"], classes,
                                d / "confusion_matrix.png", f"best weights on {split}")
             if drawn is not None:
@@ -279,9 +283,12 @@ def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> 
     pc = metrics["per_class"]
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["class", "precision", "recall", "f1", "support"])
-        for row in zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"]):
-            w.writerow([row[0]] + [f"{v:.6g}" for v in row[1:4]] + [row[4]])
+        multi = "ap" in pc  # a multi-label model's: each class's average precision and threshold too
+        w.writerow(["class", "precision", "recall", "f1", "support"] + (["ap", "threshold"] if multi else []))
+        for i, row in enumerate(zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"])):
+            extra = ["" if pc["ap"][i] is None else f"{pc['ap'][i]:.6g}", f"{metrics['thresholds'][i]:.6g}"] \
+                if multi else []
+            w.writerow([row[0]] + [f"{v:.6g}" for v in row[1:4]] + [row[4]] + extra)
     return Path(path)
 
 
@@ -292,6 +299,8 @@ def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
     """
     out, split, classes = Path(out_dir), result["split"], result["classes"]
     out.mkdir(parents=True, exist_ok=True)
+    if "confusion" not in result:  # a multi-label model: per-class figures only (AP and threshold beside them)
+        return [write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
     png = out / f"eval_{split}_confusion_matrix.png"
     plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
     return [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),

@@ -13,6 +13,10 @@ def per_class_table(classes: list[str], metrics: dict) -> str:
     taken = [sum(col) for col in zip(*metrics["confusion"])] if "confusion" in metrics else [1] * len(classes)
     rows = [[c, f"{p:.3f}" if s or t else "-", f"{r:.3f}" if s else "-", f"{f:.3f}" if s else "-", s]
             for c, p, r, f, s, t in zip(classes, pc["precision"], pc["recall"], pc["f1"], pc["support"], taken)]
+    if "ap" in pc:  # a multi-label model: each class's average precision and the threshold it was scored at
+        rows = [r + ["-" if a is None else f"{a:.3f}", f"{t:.3f}"] for r, a, t in zip(rows, pc["ap"],
+                                                                                      metrics["thresholds"])]
+        return table(["class", "precision", "recall", "f1", "support", "AP", "threshold"], rows)
     return table(["class", "precision", "recall", "f1", "support"], rows)
 
 

@@ -104,7 +104,7 @@ class TensorBoardCallback(Callback):
         e = row["epoch"]
         top5 = run.spec.num_classes > 5  # top-5 of 5 classes or fewer is 100% by definition
         for key in ("train_loss", "train_objective", "val_loss", "val_top1", "val_top5", "val_macro_f1",
-                    "val_balanced_acc", "lr"):
+                    "val_balanced_acc", "lr", "val_map", "val_micro_f1"):  # the last two: multi-label runs
             if row.get(key, "") != "" and (top5 or key != "val_top5"):
                 self.writer.add_scalar(f"epoch/{key}", float(row[key]), e)
         self.writer.flush()  # a crash later loses nothing already logged
@@ -115,8 +115,8 @@ class TensorBoardCallback(Callback):
         metrics = {"hparam/best_epoch": float(run.best_epoch)}
         for split, summary in (("val", result.val), ("test", result.test)):
             if summary:
-                for k in ("top1", "top5", "loss", "macro_f1", "balanced_accuracy"):
-                    if k in summary and math.isfinite(summary[k]) and (k != "top5" or run.spec.num_classes > 5):
+                for k in ("top1", "top5", "loss", "macro_f1", "balanced_accuracy", "map", "micro_f1"):
+                    if summary.get(k) is not None and math.isfinite(summary[k]) and (k != "top5" or run.spec.num_classes > 5):
                         metrics[f"hparam/{split}_{k}"] = float(summary[k])
         hparams = {k: _hparam_value(v) for k, v in run.cfg.to_dict().items()}
         hparams |= {"img_size": run.spec.img_size, "channels": run.spec.channels}

@@ -1,0 +1,81 @@
+"""A multi-label model's thresholds travel: checkpoint, ONNX metadata, predict, eval and serve apply them."""
+import httpx
+import numpy as np
+import pytest
+import torch
+
+import tudui
+from tudui.cli import main
+from tudui.data import model_logits
+from tudui.inference import Predictor
+
+
+def _images(pairs_csv, n=12):
+    return [str(pairs_csv.parent / "img" / f"{i}.png") for i in range(n)]
+
+
+def test_predict_returns_every_class_over_its_threshold_with_its_sigmoid(pairs_run, pairs_csv):
+    p = Predictor.from_path(pairs_run.best, device="cpu")
+    saved = torch.load(pairs_run.best, weights_only=True)["data"]["thresholds"]
+    assert p.thresholds == saved and len(set(saved)) > 1  # each class its own, chosen on validation
+    files = _images(pairs_csv)
+    preds = p.predict(files, topk=3)
+    x = p.preprocess(files)
+    with torch.no_grad():
+        probs = torch.sigmoid(model_logits(p.model, x, p.spec)).numpy()
+    for pred, row in zip(preds, probs):
+        want = sorted(((p.classes[k], float(row[k])) for k in range(len(row)) if row[k] >= saved[k]),
+                      key=lambda t: -t[1])
+        assert [c for c, _ in pred.labels] == [c for c, _ in want]
+        assert np.allclose([v for _, v in pred.labels], [v for _, v in want], atol=1e-6)
+        assert len(pred.topk) == 3 and pred.to_dict()["labels"] == [{"class": c, "probability": v}
+                                                                     for c, v in pred.labels]
+    assert any(len(pred.labels) >= 2 for pred in preds)  # images of two digits get two labels
+    two = next(pred for pred in preds if len(pred.labels) >= 2)
+    cell = "<td>" + ", ".join(f"{c} {v:.1%}" for c, v in two.labels) + "</td>"
+    assert cell in type(preds)([two])._repr_html_()  # a notebook's table shows the labels, not the top-k
+
+
+def test_onnx_metadata_carries_the_thresholds_and_gives_the_same_labels(pairs_run, pairs_csv, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tudui.export(pairs_run.best, "onnx", tmp_path / "m.onnx").path
+    onnx_p, pt = Predictor.from_path(out, device="cpu"), Predictor.from_path(pairs_run.best, device="cpu")
+    saved = torch.load(pairs_run.best, weights_only=True)["data"]["thresholds"]
+    assert onnx_p.spec.multi_label and onnx_p.thresholds == pt.thresholds == saved  # read from the .onnx itself
+    files = _images(pairs_csv)
+    assert [[c for c, _ in r.labels] for r in onnx_p.predict(files)] == \
+        [[c for c, _ in r.labels] for r in pt.predict(files)]
+
+
+def test_eval_scores_at_the_saved_thresholds(pairs_run, pairs_csv, tmp_path, capsys):
+    r = tudui.evaluate(pairs_run.best, [str(pairs_csv)])
+    assert r["thresholds"] == Predictor.from_path(pairs_run.best, device="cpu").thresholds
+    assert 0 < r["map"] <= 1 and r["n"] == 160 and "confusion" not in r
+    assert main(["eval", str(pairs_run.best), "--data", str(pairs_csv), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "mAP" in out and "threshold" in out
+    header = (tmp_path / "eval_all_per_class.csv").read_text().splitlines()[0]
+    assert header == "class,precision,recall,f1,support,ap,threshold"
+
+
+def test_serve_answers_with_the_labels_over_their_thresholds(pairs_run, pairs_csv, live_server):
+    from tudui.inference.server import create_app
+
+    p = Predictor.from_path(pairs_run.best, device="cpu")
+    with live_server(create_app(p, topk=2)) as url:
+        info = httpx.get(f"{url}/info", timeout=30).json()
+        assert info["multi_label"] and info["thresholds"] == p.thresholds
+        for f in _images(pairs_csv, 4):
+            body = httpx.post(f"{url}/predict", content=open(f, "rb").read(), timeout=30).json()
+            want = p.predict([f])[0].labels
+            assert [x["class"] for x in body["labels"]] == [c for c, _ in want] and len(body["predictions"]) == 2
+
+
+def test_eval_reads_a_wider_csv_by_its_column_names_and_recreates_the_validation_split(pairs_run, pairs_csv,
+                                                                                        tmp_path):
+    rows = pairs_csv.read_text().splitlines()[1:]
+    wide = tmp_path / "wide.csv"  # absolute image paths, read where they are
+    wide.write_text("n,file,note,labels\n" + "".join(f"{i},{pairs_csv.parent / r.split(',')[0]},x,{r.split(',')[1]}\n"
+                                                      for i, r in enumerate(rows)))
+    r = tudui.evaluate(pairs_run.best, [str(wide)], csv_columns=["file", "labels"], split="val")
+    assert r["n"] == pairs_run.val["n"] and r["map"] == pytest.approx(pairs_run.val["map"], abs=1e-6)

@@ -62,7 +62,7 @@ def test_a_multi_label_csv_trains_ranks_epochs_by_map_and_saves_its_thresholds(p
     assert r.val["thresholds"] == ck["data"]["thresholds"] and r.val["map"] == pytest.approx(best["val_map"])
     assert f"val mAP {r.val['map']:.2%}" in repr(r) and "exact match" in r._repr_html_()
     header = (r.run_dir / "results.csv").read_text().splitlines()[0]
-    assert header.endswith("val_map,val_micro_f1,val_macro_f1")
+    assert header.endswith("val_macro_f1,val_balanced_acc,val_map,val_micro_f1")
 
 
 def test_single_label_losses_are_refused_for_multi_label_data_and_asl_for_single(pairs_csv, tmp_path):

@@ -73,9 +73,17 @@ def test_single_label_losses_are_refused_for_multi_label_data_and_asl_for_single
                    )
 
 
-def test_epochs_of_a_multi_label_model_are_ranked_by_map():
+@pytest.mark.parametrize("best_by, figure", [("top1", 0.3), ("macro-f1", 0.5)])
+def test_epochs_of_a_multi_label_model_are_ranked_by_map(best_by, figure):
+    """A multi-label model's epochs rank by mAP (its top-1 is the exact-match ratio), or by its macro-F1 when
+    --best-by says so; a single-label model's by top-1."""
+    from types import SimpleNamespace
+
     from tudui.engine.trainer import score
-    assert score({"map": 0.3, "top1": 0.9}) == 0.3 and score({"top1": 0.9}) == 0.9
+
+    run = SimpleNamespace(cfg=SimpleNamespace(best_by=best_by))
+    assert score(run, {"map": 0.3, "top1": 0.9, "macro_f1": 0.5}) == figure
+    assert score(SimpleNamespace(cfg=SimpleNamespace(best_by="top1")), {"top1": 0.9, "macro_f1": 0.5}) == 0.9
 
 
 def test_a_multi_label_run_resumes_and_a_frozen_backbone_trains_its_head_through_it(pairs_csv, pairs_run, tmp_path,
@@ -85,7 +93,7 @@ def test_a_multi_label_run_resumes_and_a_frozen_backbone_trains_its_head_through
     r = tudui.train(resume=str(tmp_path / "r"), epochs=2)
     assert [row["epoch"] for row in r.history] == [1, 2] and all(row["val_map"] != "" for row in r.history)
     rows = (tmp_path / "r" / "results.csv").read_text().splitlines()
-    assert len(rows) == 3 and all(row.split(",")[-3] for row in rows[1:])  # val_map in both epochs' rows
+    assert len(rows) == 3 and all(row.split(",")[-2] for row in rows[1:])  # val_map in both epochs' rows
     assert torch.load(r.best, weights_only=True)["data"]["thresholds"] == r.val["thresholds"]
     capsys.readouterr()
     f = tudui.train(**opts, epochs=1, name="frozen", weights=str(pairs_run.best), freeze_backbone=True)
@@ -98,6 +106,6 @@ def test_best_by_auto_counts_multi_label_validation_images_not_labels():
     from tudui.engine.choices import resolve_best_by
 
     cfg = TrainConfig()
-    note = resolve_best_by(cfg, np.array([4, 30, 12]), 31, "mAP")  # 46 labels on 31 images
+    note = resolve_best_by(cfg, np.array([4, 30, 12]), images=31, measure="mAP")  # 46 labels on 31 images
     assert cfg.best_by == "last" and "auto: 31 validation images, 4 of the smallest class" in note
     assert "too few to rank epochs by mAP" in note

@@ -250,7 +250,8 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     multi = data.train.multi  # several labels per image: epochs rank by mAP, classes are not balanced
     val_counts = data.val.counts() if data.val is not None else None
     best_note = resolve_best_by(cfg, val_counts, None if multi else data.train.counts(),
-                                *((len(data.val), "mAP") if data.val is not None and multi else ()))
+                                **({"images": len(data.val), "measure": "mAP"} if data.val is not None and multi
+                                   else {}))
     balance_auto = cfg.balance == "auto"
     balance_note = resolve_balance(cfg, data.train.counts(), multi)  # --balance auto: said in a note: line
     debug_splits(cfg, data)

@@ -109,3 +109,17 @@ def test_best_by_auto_counts_multi_label_validation_images_not_labels():
     note = resolve_best_by(cfg, np.array([4, 30, 12]), images=31, measure="mAP")  # 46 labels on 31 images
     assert cfg.best_by == "last" and "auto: 31 validation images, 4 of the smallest class" in note
     assert "too few to rank epochs by mAP" in note
+
+
+def test_balance_modes_are_for_one_label_per_image(pairs_csv, tmp_path):
+    """--balance weighs the classes of single-label data: on multi-label data auto settles to none, another mode is
+    one error (a multi-hot image belongs to several classes, so it has no one class to draw or weigh it by)."""
+    from tudui.core.config import TrainConfig
+    from tudui.engine.choices import resolve_balance
+
+    cfg = TrainConfig()
+    assert resolve_balance(cfg, [50, 2, 9], multi_label=True) is None and cfg.balance == "none"
+    assert resolve_balance(TrainConfig(), [50, 2, 9]) is not None  # the same counts, one label each: logit-adjust
+    with pytest.raises(TuduiError, match="--balance sampler weighs the classes of data with one label per image"):
+        tudui.train(data=[str(pairs_csv)], model="fast", epochs=1, balance="sampler", img_size=8,
+                    project=str(tmp_path))

@@ -202,13 +202,15 @@ def predict(model: str | Path, sources: list[str] | str, **options) -> tuple[Pre
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
 def export(checkpoint: str | Path, format: str = ExportOptions.format, out: str | Path | None = None,
            **options) -> ExportResult:
-    """ONNX, TorchScript or safetensors, written only when it gives PyTorch's answers (inference/export.py);
-    options: core/options.ExportOptions' fields (`tudui export --help`): dynamic_batch, opset, model_file and
-    trust_code (as for `evaluate`)."""
+    """ONNX (fp32 or int8), TorchScript, safetensors or OpenVINO (fp32 or int8), written only when it gives PyTorch's
+    answers and its validation top-1 is within max_drop points of PyTorch's (inference/export.py); options:
+    core/options.ExportOptions' fields (`tudui export --help`): dynamic_batch, opset, int8, calib, max_drop, force,
+    data, model_file and trust_code (as for `evaluate`)."""
     o = ExportOptions.build({"checkpoint": str(checkpoint), "format": format,
                              "out": None if out is None else str(out), **options})
     return export_model(o.checkpoint, o.format, o.out, dynamic_batch=o.dynamic_batch, opset=o.opset,
-                        model_file=o.model_file, trust_code=o.trust_code)
+                        model_file=o.model_file, trust_code=o.trust_code, int8=o.int8, calib=o.calib,
+                        max_drop=o.max_drop, force=o.force, data=o.data)
 
 
 def serve(model: str | Path, **options) -> None:

@@ -331,7 +331,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
                 cmd_lr_find),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
-    "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check",
+    "export": ("export a checkpoint to ONNX, TorchScript, safetensors or OpenVINO (fp32 or int8), checked on the "
+               "validation split",
                lambda p: add_options(p, ExportOptions), cmd_export),
     "serve": ("serve a model over HTTP with a page to try it", lambda p: add_options(p, ServeOptions), cmd_serve),
     "models": ("list the registered models (--timm PATTERN: timm's)", lambda p: (

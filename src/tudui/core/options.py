@@ -151,7 +151,8 @@ GROUPS = {"data": "data", "model": "model", "optimisation": "optimisation", "aug
 
 
 # --- fields several commands share ---------------------------------------------------------------------------------
-MODEL_PATH_HELP = "a tudui checkpoint (.pt), a run directory, or an export (.onnx, .torchscript, .safetensors)"
+MODEL_PATH_HELP = ("a tudui checkpoint (.pt), a run directory, or an export (.onnx, .torchscript, .safetensors, OpenVINO "
+                   ".xml)")
 CACHE_MODES = ["auto", "disk", "ram", "off"]
 EVAL_BATCH_SIZE = 512  # images per evaluation batch (no gradients: larger batches cost little memory)
 
@@ -239,14 +240,29 @@ class ExportOptions(Options):
     checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory", positional=True)
     format: str = option("onnx", "onnx (onnxruntime, metadata in metadata_props), torchscript (.torchscript), or "
                                  "safetensors weights + a .safetensors.json sidecar, or hf (timm models: a folder "
-                                 "timm.create_model('local-dir:FOLDER') loads, with a model card)",
-                         choices=["onnx", "torchscript", "safetensors", "hf"])
+                                 "timm.create_model('local-dir:FOLDER') loads, with a model card), or openvino (.xml "
+                                 "+ .bin for the OpenVINO runtime; pip install 'tudui[openvino]')",
+                         choices=["onnx", "torchscript", "safetensors", "hf", "openvino"])
     out: str | None = option(None, "output file (hf: folder) [default: the checkpoint's name with the format's "
                                    "suffix; best-hf/ for hf]")
     dynamic_batch: bool = option(False, "ONNX: any batch size (default: fixed at 1)", store_true=True)
     opset: int | None = option(None, "ONNX opset version [default: the exporter's]")
+    int8: bool = option(False, "onnx, openvino: quantise to int8 (ONNX Runtime's static QDQ quantisation, per-channel "
+                               "weights; NNCF for OpenVINO), calibrated on --calib training images", store_true=True)
+    calib: int = option(300, "--int8: training images to calibrate on, the same number of each class", min=1)
+    max_drop: float = option(1.0, "refuse the export when its top-1 on the validation split is more than this many "
+                                  "points below the PyTorch model's", min=0)
+    force: bool = option(False, "write the export even when it fails --max-drop (the figures go into its "
+                                "metadata)", store_true=True)
+    data: list | None = option(None, "the data the validation (and calibration) images come from [default: the "
+                                     "training run's]", nargs="+")
     model_file: str | None = model_file_option()
     trust_code: bool = trust_code_option()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        super().__post_init__()
 
 
 # Default --max-decode-mb: MiB that the decodes running at once may hold together. The costliest image within the
@@ -258,8 +274,8 @@ MAX_DECODE_MB = 1024.0
 class ServeOptions(Options):
     """`tudui serve` / `tudui.serve(...)`: the model over HTTP (inference/server.py), and its serving limits."""
 
-    model: str = option(MISSING, "a checkpoint (.pt), run directory, .onnx, .torchscript or .safetensors",
-                        positional=True)
+    model: str = option(MISSING, "a checkpoint (.pt), run directory, .onnx, .torchscript, .safetensors or OpenVINO "
+                                 ".xml", positional=True)
     host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 makes the model reachable from other machines")
     port: int = option(8000, "TCP port (0: any free port)", min=0, max=65535)
     max_upload_mb: float = option(10.0, "largest accepted upload in MiB", gt=0)

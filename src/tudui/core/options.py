@@ -265,6 +265,35 @@ class ExportOptions(Options):
         super().__post_init__()
 
 
+BENCHMARK_FORMATS = ["pytorch", "torchscript", "onnx", "onnx-int8", "openvino", "openvino-int8"]
+
+
+@dataclass
+class BenchmarkOptions(Options):
+    """`tudui benchmark` / `tudui.benchmark(...)`: every export format of a run, measured side by side."""
+
+    checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory", positional=True)
+    data: list | None = option(None, "the data the validation (and calibration) images come from [default: the "
+                                     "training run's]", nargs="+")
+    formats: list = option(list(BENCHMARK_FORMATS), f"formats to measure, of {', '.join(BENCHMARK_FORMATS)} "
+                                                    "[default: every one installed here]", nargs="+", metavar="FORMAT")
+    latency_runs: int = option(200, "single-image passes timed for the batch-1 latency", min=1)
+    throughput_batches: int = option(20, "batches of 64 timed for the throughput", min=1)
+    calib: int = option(300, "int8 formats: training images to calibrate on", min=1)
+    max_drop: float = option(1.0, "points of validation top-1 below PyTorch's that a format to ship may lose", min=0)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.formats, str):
+            self.formats = [self.formats]
+        unknown = [f for f in self.formats if f not in BENCHMARK_FORMATS]
+        if unknown or not self.formats:
+            raise TuduiError(f"--formats takes one or more of {', '.join(BENCHMARK_FORMATS)}, got "
+                             f"{', '.join(map(repr, unknown)) or 'none'}")
+        super().__post_init__()
+
+
 # Default --max-decode-mb: MiB that the decodes running at once may hold together. The costliest image within the
 # pixel limit, a 64-Mpx RGBA WebP, declares ~1,000 MiB (a 64-Mpx 16-bit PNG ~260, a float TIFF or RGBA PNG ~510).
 MAX_DECODE_MB = 1024.0

@@ -19,6 +19,7 @@ meaning that value.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -322,4 +323,24 @@ class ServeOptions(Options):
     max_decode_mb: float = option(MAX_DECODE_MB, "MiB the images being decoded at once (one per CPU core) may hold "
                                                  "together; an image needing more alone gets 413", gt=0)
     docs: bool = option(True, "serve the API's Swagger UI at /docs, its files from this server")
+    workers: int | str = option("auto", "server processes sharing the port, each loading the model and running it on "
+                                        "one thread: a number, or auto (the cores available, at most 4)", type=str)
+    header_timeout_s: float = option(10.0, "seconds a connection may take to send a request's headers; a slower one "
+                                           "(slow-loris) is closed", flag="--header-timeout", gt=0)
     log_level: str = option("info", "uvicorn's log level", cli=False)
+
+    def __post_init__(self) -> None:
+        self.workers = whole_or_auto("--workers", "a number of processes")(self.workers)
+        if self.workers != "auto" and self.workers < 1:
+            raise TuduiError(f"--workers must be at least 1 (server processes), got {self.workers}")
+        super().__post_init__()
+
+    def processes(self) -> int:
+        """--workers as a number: auto is the cores this process may use, at most 4."""
+        if self.workers != "auto":
+            return int(self.workers)
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count() or 1
+        return max(1, min(4, n))

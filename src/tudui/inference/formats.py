@@ -204,7 +204,9 @@ class OnnxModule(nn.Module):
         super().__init__()
         ort = import_onnxruntime()
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()  # tudui's thread count (one per `serve` worker)
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise TuduiError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
         inp = self.session.get_inputs()[0]
@@ -261,7 +263,8 @@ class OpenVinoModule(nn.Module):
             core = ov.Core()
             self.ov_model = core.read_model(str(path))
             self.compiled = core.compile_model(self.ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
-                                                                      "PERFORMANCE_HINT": "LATENCY"})
+                                                                      "PERFORMANCE_HINT": "LATENCY",
+                                                                      "INFERENCE_NUM_THREADS": torch.get_num_threads()})
         except Exception as e:  # noqa: BLE001 - openvino raises RuntimeError and its own types
             # openvino's first line names its own source file ("Exception from src/inference/..."): skip such lines
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("Exception from")]

@@ -343,7 +343,7 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
             diff, agree = _parity("onnx", reference, got, len(x), tolerance, log)
             if format == "onnx" and int8:
                 quant = q.quantize_onnx(fp32, tmp, calib_x, fixed)
-                q.set_onnx_metadata(tmp, meta | {"quantization": quant}, replace=True)
+                q.set_onnx_metadata(tmp, meta | {"quantization": quant})
             elif format == "openvino":
                 ov_model, quant = q.openvino_model(fp32, meta, calib_x, fixed)
                 q.save_openvino(ov_model, tmp)

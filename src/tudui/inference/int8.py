@@ -82,13 +82,21 @@ def quantize_onnx(fp32: Path, out: Path, calib: torch.Tensor, fixed_batch: int |
             "int8_weights": i8, "float_weights": f32}
 
 
-def set_onnx_metadata(path: Path, entries: dict, replace: bool = False) -> None:
-    """Set (add or replace) metadata_props of an ONNX file, each value as a JSON string; replace: drop the others
-    (the quantiser's own marks, which are not JSON)."""
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def set_onnx_metadata(path: Path, entries: dict) -> None:
+    """Set (add or replace) metadata_props of an ONNX file, each value as a JSON string; what is there already is
+    kept, except values that are not JSON (the quantiser's own marks, which tudui's loader would refuse)."""
     import onnx
 
     proto = onnx.load(str(path))
-    kept = [] if replace else [(p.key, p.value) for p in proto.metadata_props if p.key not in entries]
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key not in entries and _is_json(p.value)]
     del proto.metadata_props[:]
     for key, value in kept + [(k, json.dumps(v, ensure_ascii=False)) for k, v in entries.items()]:
         entry = proto.metadata_props.add()

@@ -27,7 +27,7 @@ from PIL import Image  # noqa: E402
 import tudui  # noqa: E402
 from tudui.data.sources import load_named  # noqa: E402
 from tudui.core.console import table  # noqa: E402,F401  (re-exported for the scripts)
-from tudui.core.device import cpu_bf16_flags, cpu_model  # noqa: E402
+from tudui.core.device import cpu_bf16_flags, cpu_model, machine_line  # noqa: E402,F401
 
 # --quick proves a script runs end to end (every table, every line); its figures mean nothing, so it trains on as
 # little as keeps every class in every split: make test runs all of them
@@ -63,8 +63,6 @@ def workdir(args: argparse.Namespace, prefix: str = "tudui-bench-") -> Iterator[
 
 def header(title: str, quick: bool) -> None:
     """Print what ran, where, and with which versions (part of every table that gets pasted)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     versions = [f"tudui {tudui.__version__}", f"torch {torch.__version__}", f"torchvision {torchvision.__version__}",
                 f"numpy {np.__version__}", f"python {platform.python_version()}"]
     try:
@@ -73,9 +71,7 @@ def header(title: str, quick: bool) -> None:
     except ImportError:
         pass
     print(f"# {title}{'  [--quick smoke test: figures are not measurements]' if quick else ''}")
-    print(f"machine: {cpu_model()}, {cores} cores usable ({os.cpu_count()} logical), "
-          f"torch threads {torch.get_num_threads()}, native bf16 {'/'.join(cpu_bf16_flags()) or 'none'}, GPU {gpu}, "
-          f"{platform.system()} {platform.release()}")
+    print(machine_line())
     print("versions: " + ", ".join(versions))
     print(f"date: {time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n", flush=True)
 

@@ -1,19 +1,23 @@
-"""Bounded load and soak of `tudui serve` on loopback: one request per forward pass against micro-batching.
+"""Bounded load and soak of `tudui serve` on loopback: the minimal server a user would write, against tudui serve
+answering one request per forward pass and with micro-batching.
 
     python benchmarks/serve_load.py [MODEL] [--duration 60] [--warmup 10] [--concurrency 64] [--max-batch 32]
-                                    [--max-wait-ms 2] [--quick]
+                                    [--max-wait-ms 2] [--workers 1] [--no-baseline] [--quick]
 
 MODEL is a checkpoint, run directory or .onnx; without it the default model (`fast`, 1x28x28, 10 classes) is
-trained for one epoch on the bundled digits first (a few seconds; the weights do not matter for speed). For
-each mode, `tudui serve MODEL --port 0 --max-batch B` runs in its own process on 127.0.0.1, as users run it,
-and `--concurrency` clients (one httpx client and connection each, all on one asyncio loop in this
+trained for one epoch on the bundled digits first (a few seconds; the weights do not matter for speed). The
+baseline is the server a user would write in about 30 lines (MINIMAL_SERVER below: FastAPI, ONNX Runtime and
+Pillow, one endpoint, the model's ONNX export, one request per forward pass). For each mode the server runs in its
+own process on 127.0.0.1 (`tudui serve MODEL --port 0 --max-batch B --workers W`, as users run it), and
+`--concurrency` clients (one httpx client and connection each, all on one asyncio loop in this
 process) send POST /predict with 28x28 PNGs
 (real Fashion-MNIST test images where installed, else noise) back to back: first `--warmup` seconds not
 counted, then `--duration` seconds counted, then the load stops by itself. The server's resident memory
-(psutil) is read at the end of the warm-up, every half second after it, and at the end.
+(psutil; with --workers, summed over its processes) is read at the end of the warm-up, every half second after it,
+and at the end.
 
-Prints one table with both modes side by side (requests/s, latency percentiles, batch sizes, memory) and
-the ratio batched / one-at-a-time. Exits 1 if any request failed. A benchmark, not a test: speed is
+Prints one table with the modes side by side (requests/s, latency percentiles, batch sizes, memory) and
+the ratios. Exits 1 if any request failed. A benchmark, not a test: speed is
 printed with a verdict, never asserted.
 """
 from __future__ import annotations
@@ -36,12 +40,50 @@ from PIL import Image
 from tudui.inference import Predictor
 
 
-def start_server(model: str, max_batch: int, max_wait_ms: float) -> tuple[subprocess.Popen, str]:
-    """`tudui serve MODEL --port 0 ...` in its own process; returns it and its base URL once it listens."""
+# The baseline: what a user would write to serve the ONNX export (argv: the .onnx file). Prints its URL, then serves.
+MINIMAL_SERVER = """
+import io, json, socket, sys
+import numpy as np, onnxruntime as ort, uvicorn
+from fastapi import FastAPI, Request
+from PIL import Image
+
+sess = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+meta = {k: json.loads(v) for k, v in sess.get_modelmeta().custom_metadata_map.items()}
+size, mode = meta["img_size"], "L" if meta["channels"] == 1 else "RGB"
+mean = np.array(meta["mean"], np.float32)[:, None, None]
+std = np.array(meta["std"], np.float32)[:, None, None]
+app = FastAPI()
+
+@app.post("/predict")
+async def predict(request: Request):
+    img = Image.open(io.BytesIO(await request.body())).convert(mode).resize((size, size))
+    x = (np.asarray(img, np.float32).reshape(size, size, -1).transpose(2, 0, 1) / 255 - mean) / std
+    logits = sess.run(None, {"input": x[None]})[0][0]
+    p = np.exp(logits - logits.max())
+    p /= p.sum()
+    return {"predictions": [{"class": meta["classes"][i], "probability": float(p[i])}
+                            for i in np.argsort(-p)[:5]], "batch": 1}
+
+@app.get("/health")
+def health():
+    return {"status": "ok"}
+
+sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+sock.bind(("127.0.0.1", 0))
+print(f"serving on http://127.0.0.1:{sock.getsockname()[1]}/", flush=True)
+uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+"""
+
+
+def start_server(model: str, max_batch: int, max_wait_ms: float, workers: int = 1,
+                 baseline: bool = False) -> tuple[subprocess.Popen, str]:
+    """`tudui serve MODEL --port 0 ...` (or, baseline, MINIMAL_SERVER on the .onnx MODEL) in its own process;
+    returns it and its base URL once it listens."""
     env = os.environ | {"PYTHONPATH": f"{C.ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                         "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "tudui", "serve", model, "--port", "0", "--device", "cpu",
-           "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms)]
+    cmd = [sys.executable, "-c", MINIMAL_SERVER, model] if baseline else \
+        [sys.executable, "-m", "tudui", "serve", model, "--port", "0", "--device", "cpu", "--max-batch",
+         str(max_batch), "--max-wait-ms", str(max_wait_ms), "--workers", str(workers)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
     for line in proc.stdout:
@@ -75,6 +117,10 @@ def sample_images(channels: int, side: int, n: int = 64) -> list[bytes]:
 async def load(url: str, pid: int, images: list[bytes], concurrency: int, warmup_s: float, duration_s: float) -> dict:
     """`concurrency` clients posting back to back for warmup_s + duration_s; what the counted part measured."""
     server = psutil.Process(pid)
+
+    def resident() -> int:  # bytes, the server and its worker processes
+        procs = [server, *server.children(recursive=True)]
+        return sum(p.memory_info().rss for p in procs if p.is_running())
     latencies, batches, errors, warm_errors = [], [], [], []
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     t_start = time.perf_counter()
@@ -106,10 +152,10 @@ async def load(url: str, pid: int, images: list[bytes], concurrency: int, warmup
 
     async def watch_memory() -> None:
         await asyncio.sleep(max(0.0, t_warm - time.perf_counter()))
-        rss["warm"] = server.memory_info().rss
+        rss["warm"] = resident()
         while time.perf_counter() < t_end:
             await asyncio.sleep(0.5)
-            rss["samples"].append(server.memory_info().rss)
+            rss["samples"].append(resident())
 
     # One client object (one keep-alive connection) per simulated client, as separate users would have: a single
     # httpx client shared by 64 tasks spends its time in its own connection pool (~170 requests/s at most here,
@@ -121,13 +167,13 @@ async def load(url: str, pid: int, images: list[bytes], concurrency: int, warmup
         for c in clients:
             await c.aclose()
     wall = time.perf_counter() - t_warm  # from the end of the warm-up to the last answer
-    rss["end"] = server.memory_info().rss
+    rss["end"] = resident()
     return {"latencies": latencies, "batches": batches, "errors": errors, "warm_errors": warm_errors, "wall": wall,
             "rss_warm": rss["warm"], "rss_end": rss["end"], "rss_peak": max(rss["samples"] + [rss["end"]])}
 
 
-def run_mode(model: str, max_batch: int, max_wait_ms: float, images: list[bytes], args) -> dict:
-    proc, url = start_server(model, max_batch, max_wait_ms)
+def run_mode(model: str, max_batch: int, max_wait_ms: float, images: list[bytes], args, baseline: bool = False) -> dict:
+    proc, url = start_server(model, max_batch, max_wait_ms, args.workers, baseline)
     try:
         load_before = os.getloadavg()[0]
         result = asyncio.run(load(url, proc.pid, images, args.concurrency, args.warmup, args.duration))
@@ -147,6 +193,9 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=64, help="clients sending at once [default: 64]")
     ap.add_argument("--max-batch", type=int, default=32, help="the batched mode's --max-batch [default: 32]")
     ap.add_argument("--max-wait-ms", type=float, default=2.0, help="the batched mode's --max-wait-ms [default: 2]")
+    ap.add_argument("--workers", type=int, default=1, help="tudui serve's --workers [default: 1]")
+    ap.add_argument("--no-baseline", dest="baseline", action="store_false",
+                    help="leave out the minimal FastAPI + ONNX Runtime server")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.warmup = min(args.duration, 3.0), min(args.warmup, 1.0)
@@ -167,6 +216,11 @@ def main() -> int:
         modes = [("one request per pass", 1, 0.0), (f"micro-batching (max {args.max_batch}, {args.max_wait_ms:g} ms)",
                                                     args.max_batch, args.max_wait_ms)]
         results = {}
+        if args.baseline:
+            onnx = model if model.endswith(".onnx") else str(tudui_export(model, work / "baseline.onnx"))
+            name = "minimal FastAPI + ORT"
+            print(f"{name}: {args.warmup:g} s warm-up + {args.duration:g} s of {args.concurrency} clients...", flush=True)
+            results[name] = run_mode(onnx, 1, 0.0, images, args, baseline=True)
         for name, max_batch, wait in modes:
             print(f"{name}: {args.warmup:g} s warm-up + {args.duration:g} s of {args.concurrency} clients...", flush=True)
             results[name] = run_mode(model, max_batch, wait, images, args)
@@ -177,7 +231,7 @@ def main() -> int:
           f"{spec.img_size}x{spec.img_size} PNGs, {args.warmup:g} s warm-up then {args.duration:g} s counted\n")
     # One column per mode, one row per figure: the two modes side by side.
     names = list(results)
-    single = results[names[0]]
+    single = results["one request per pass"]
     base = len(single["latencies"]) / single["wall"]
     lines = {k: [] for k in ("requests counted", "failed requests", "requests/s", "requests/s vs one per pass",
                              "latency p50 ms", "latency p90 ms", "latency p99 ms", "latency max ms", "mean batch",
@@ -201,18 +255,34 @@ def main() -> int:
         if r["errors"] or r["warm_errors"]:
             print(f"{name}: first error: {(r['errors'] or r['warm_errors'])[0]}")
 
-    batched = results[names[1]]
+    batched = results[names[-1]]
     ratio = (len(batched["latencies"]) / batched["wall"]) / (len(single["latencies"]) / single["wall"])
+    rows = []
+    if args.baseline:
+        minimal = results[names[0]]
+        vs = (len(batched["latencies"]) / batched["wall"]) / max(len(minimal["latencies"]) / minimal["wall"], 1e-9)
+        p99 = [float(np.percentile(r["latencies"], 99)) if r["latencies"] else float("nan")
+               for r in (batched, minimal)]
+        rows.append([f"tudui serve >= 2x the minimal server's requests/s ({args.concurrency} clients)", f"{vs:.2f}x",
+                     C.verdict(vs >= 2.0)])
+        rows.append(["... with a lower p99", f"{p99[0]:.1f} ms vs {p99[1]:.1f} ms", C.verdict(p99[0] < p99[1])])
     worst_growth = max((r["rss_end"] - r["rss_warm"]) / r["rss_warm"] for r in results.values())
     n_errors = sum(len(r["errors"]) + len(r["warm_errors"]) for r in results.values())
-    print("\ntargets (issue 16)\n" + C.table(["target", "measured", "verdict"], [
-        ["zero failed requests (warm-up included)", str(n_errors), C.verdict(n_errors == 0)],
+    print("\ntargets (issues 16 and 32)\n" + C.table(["target", "measured", "verdict"], [
+        ["zero failed requests (warm-up included)", str(n_errors), C.verdict(n_errors == 0)], *rows,
         ["resident memory growth after warm-up < 10%", f"{worst_growth:+.1%}", C.verdict(worst_growth < 0.10)],
         ["micro-batching serves more requests/s", f"{ratio:.2f}x", C.verdict(ratio > 1.0)],
         ["/health answers after the load", "yes" if all(r["alive"] for r in results.values()) else "no",
          C.verdict(all(r["alive"] for r in results.values()))],
     ]))
     return 1 if n_errors or not all(r["alive"] for r in results.values()) else 0
+
+
+def tudui_export(model: str, out) -> str:
+    """The model's fp32 ONNX export (one image per pass, as the minimal server runs it), for the baseline."""
+    import tudui
+
+    return str(tudui.export(model, "onnx", str(out), force=True).path)
 
 
 if __name__ == "__main__":

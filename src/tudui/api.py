@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .core.config import LrFindOptions, TrainConfig, load_yaml, save_yaml
-from .core.options import EvalOptions, ExportOptions, PredictOptions, ServeOptions
+from .core.options import BenchmarkOptions, EvalOptions, ExportOptions, PredictOptions, ServeOptions
 from .core.console import shown
 from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
@@ -40,6 +40,7 @@ from .engine.run import RunResult
 from .engine.setup import refuse_lr_auto, setup
 from .engine.trainer import fit
 from .inference.convert import convert
+from .inference.benchmark import BenchmarkResult, benchmark as benchmark_formats, format_table as benchmark_table
 from .inference.export import ExportResult, export_model
 from .inference.formats import load_model, runtime_device
 from .inference.predictor import Prediction, Predictor, expand_paths
@@ -54,7 +55,7 @@ from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
-           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export",
+           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export", "benchmark",
            "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
            "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
            "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
@@ -212,13 +213,26 @@ def predict(model: str | Path, sources: list[str] | str, **options) -> tuple[Pre
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
 def export(checkpoint: str | Path, format: str = ExportOptions.format, out: str | Path | None = None,
            **options) -> ExportResult:
-    """ONNX, TorchScript or safetensors, written only when it gives PyTorch's answers (inference/export.py);
-    options: core/options.ExportOptions' fields (`tudui export --help`): dynamic_batch, opset, model_file and
-    trust_code (as for `evaluate`)."""
+    """ONNX (fp32 or int8), TorchScript, safetensors or OpenVINO (fp32 or int8), written only when it gives PyTorch's
+    answers and its validation top-1 is within max_drop points of PyTorch's (inference/export.py); options:
+    core/options.ExportOptions' fields (`tudui export --help`): dynamic_batch, opset, int8, calib, max_drop, force,
+    data, model_file and trust_code (as for `evaluate`)."""
     o = ExportOptions.build({"checkpoint": str(checkpoint), "format": format,
                              "out": None if out is None else str(out), **options})
     return export_model(o.checkpoint, o.format, o.out, dynamic_batch=o.dynamic_batch, opset=o.opset,
-                        model_file=o.model_file, trust_code=o.trust_code)
+                        model_file=o.model_file, trust_code=o.trust_code, int8=o.int8, calib=o.calib,
+                        max_drop=o.max_drop, force=o.force, data=o.data)
+
+
+@sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: the temporary exports are removed
+def benchmark(checkpoint: str | Path, **options) -> BenchmarkResult:
+    """Every export format of a run side by side (inference/benchmark.py): file size, validation top-1, batch-1
+    latency, batch-64 throughput and peak memory per format, the machine they were measured on, and which format to
+    ship. options: core/options.BenchmarkOptions' fields (`tudui benchmark --help`): data, formats, latency_runs,
+    throughput_batches, calib, max_drop."""
+    o = BenchmarkOptions.build({"checkpoint": str(checkpoint), **options})
+    return benchmark_formats(o.checkpoint, o.data, o.formats, latency_runs=o.latency_runs,
+                             throughput_batches=o.throughput_batches, calib=o.calib, max_drop=o.max_drop)
 
 
 def serve(model: str | Path, **options) -> None:

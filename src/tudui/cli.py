@@ -17,8 +17,8 @@ from typing import Callable
 from .core import __version__
 from .core.config import LrFindOptions, TrainConfig
 from .core.errors import TuduiError
-from .core.options import (GROUPS, MISSING, EvalOptions, ExportOptions, ModelFileOptions, PredictOptions,
-                           ServeOptions, flag_of)
+from .core.options import (GROUPS, MISSING, BenchmarkOptions, EvalOptions, ExportOptions, ModelFileOptions,
+                           PredictOptions, ServeOptions, flag_of)
 
 
 def _api():
@@ -200,6 +200,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    api = _api()
+    result = api.benchmark(**options_of(args, BenchmarkOptions))
+    print(json.dumps(result.to_dict(), indent=1, ensure_ascii=False) if args.json else api.benchmark_table(result))
+    return 0
+
+
+def add_benchmark_args(p: argparse.ArgumentParser) -> None:
+    add_options(p, BenchmarkOptions)
+    p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     _api().serve(**options_of(args, ServeOptions))
     return 0
@@ -347,8 +359,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
                 cmd_lr_find),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
-    "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check",
+    "export": ("export a checkpoint to ONNX, TorchScript, safetensors or OpenVINO (fp32 or int8), checked on the "
+               "validation split",
                lambda p: add_options(p, ExportOptions), cmd_export),
+    "benchmark": ("every export format of a run side by side (size, validation top-1, latency, throughput, memory) "
+                  "and which to ship", add_benchmark_args, cmd_benchmark),
     "serve": ("serve a model over HTTP with a page to try it", lambda p: add_options(p, ServeOptions), cmd_serve),
     "models": ("list the registered models (--timm PATTERN: timm's)", lambda p: (
         p.add_argument("--num-classes", type=int, default=10),

@@ -1,4 +1,5 @@
-"""A short run of benchmarks/serve_load.py (the soak and load benchmark) as a user runs it: both modes, zero errors."""
+"""A short run of benchmarks/serve_load.py (the soak and load benchmark) as a user runs it: the minimal FastAPI + ONNX
+Runtime server and tudui serve's two modes, zero errors."""
 import re
 import subprocess
 import sys
@@ -17,12 +18,14 @@ def test_short_load_run_has_no_errors_and_batches_form(tiny_model, tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
-    def row(label: str) -> list[str]:  # the two modes' cells of one row of the side-by-side table
-        return re.search(rf"^{re.escape(label)}\s+(\S+)\s+(\S+)\s*$", r.stdout, re.M).groups()
+    def row(label: str) -> list[str]:  # the three modes' cells of one row of the side-by-side table
+        return re.search(rf"^{re.escape(label)}\s+(\S+)\s+(\S+)\s+(\S+)\s*$", r.stdout, re.M).groups()
 
-    assert row("failed requests") == ("0", "0")
+    assert re.search(r"^\s+minimal FastAPI \+ ORT\s+one request per pass\s+micro-batching", r.stdout, re.M)
+    assert row("failed requests") == ("0", "0", "0")
     assert all(int(n.replace(",", "")) > 0 for n in row("requests counted"))
-    assert row("/health after the load") == ("yes", "yes")
-    assert row("largest batch")[0] == "1"  # --max-batch 1: one request per forward pass
-    assert float(row("mean batch")[1]) > 1  # 16 clients at once: the batched server did answer several per pass
+    assert row("/health after the load") == ("yes", "yes", "yes")
+    assert row("largest batch")[:2] == ("1", "1")  # the minimal server and --max-batch 1: one request per pass
+    assert float(row("mean batch")[2]) > 1  # 16 clients at once: the batched server did answer several per pass
     assert re.search(r"zero failed requests \(warm-up included\)\s+0\s+met", r.stdout)
+    assert re.search(r"tudui serve >= 2x the minimal server's requests/s \(16 clients\)\s+\S+x\s+", r.stdout)

@@ -174,7 +174,7 @@ def test_serve_no_tta_answers_with_the_plain_forward_pass(tta_checkpoint, monkey
 
     monkeypatch.setattr(uvicorn.Server, "run", one_request)
     for flags, expected in (([], tta), (["--no-tta"], plain)):
-        assert tudui_main(["serve", str(ckpt), "--port", "0", "--device", "cpu", *flags]) == 0
+        assert tudui_main(["serve", str(ckpt), "--port", "0", "--device", "cpu", "--workers", "1", *flags]) == 0
         assert "tudui: serving" in capsys.readouterr().out
         given = {p["class"]: p["probability"] for p in answers.pop()["predictions"]}
         np.testing.assert_allclose([given[str(c)] for c in range(10)], expected, atol=1e-5, err_msg=str(flags))

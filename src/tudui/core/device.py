@@ -166,6 +166,29 @@ def make_scaler(device: torch.device, amp: bool | str) -> torch.amp.GradScaler:
     return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and amp_dtype(device, amp) == torch.float16)
 
 
+def cpu_int8_flags(cpuinfo: str | None = None) -> list[str]:
+    """The CPU flags that speed up int8 inference (VNNI dot products, AMX tiles), from /proc/cpuinfo ([] elsewhere):
+    without them an int8 model saves memory but little time."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return []
+    flags = next((set(line.partition(":")[2].split()) for line in cpuinfo.splitlines() if line.startswith("flags")),
+                 set())
+    return [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]
+
+
+def machine_line() -> str:
+    """One line naming the machine a timing was taken on: CPU model, usable cores, torch threads, the bf16 and int8
+    units, the GPU and the OS (above every benchmark table)."""
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return (f"machine: {cpu_model()}, {available_cores()} cores usable ({os.cpu_count()} logical), torch threads "
+            f"{torch.get_num_threads()}, native bf16 {'/'.join(cpu_bf16_flags()) or 'none'}, int8 units "
+            f"{'/'.join(cpu_int8_flags()) or 'none'}, GPU {gpu}, {platform.system()} {platform.release()}")
+
+
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, which containers and taskset narrow)."""
     try:

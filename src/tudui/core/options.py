@@ -19,6 +19,7 @@ meaning that value; `aliases` other spellings of the flag (`--select-by` for `--
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,7 +152,8 @@ GROUPS = {"data": "data", "model": "model", "optimisation": "optimisation", "aug
 
 
 # --- fields several commands share ---------------------------------------------------------------------------------
-MODEL_PATH_HELP = "a tudui checkpoint (.pt), a run directory, or an export (.onnx, .torchscript, .safetensors)"
+MODEL_PATH_HELP = ("a tudui checkpoint (.pt), a run directory, or an export (.onnx, .torchscript, .safetensors, OpenVINO "
+                   ".xml)")
 CACHE_MODES = ["auto", "disk", "ram", "off"]
 EVAL_BATCH_SIZE = 512  # images per evaluation batch (no gradients: larger batches cost little memory)
 
@@ -241,14 +243,58 @@ class ExportOptions(Options):
     checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory", positional=True)
     format: str = option("onnx", "onnx (onnxruntime, metadata in metadata_props), torchscript (.torchscript), or "
                                  "safetensors weights + a .safetensors.json sidecar, or hf (timm models: a folder "
-                                 "timm.create_model('local-dir:FOLDER') loads, with a model card)",
-                         choices=["onnx", "torchscript", "safetensors", "hf"])
+                                 "timm.create_model('local-dir:FOLDER') loads, with a model card), or openvino (.xml "
+                                 "+ .bin for the OpenVINO runtime; pip install 'tudui[openvino]')",
+                         choices=["onnx", "torchscript", "safetensors", "hf", "openvino"])
     out: str | None = option(None, "output file (hf: folder) [default: the checkpoint's name with the format's "
                                    "suffix; best-hf/ for hf]")
     dynamic_batch: bool = option(False, "ONNX: any batch size (default: fixed at 1)", store_true=True)
     opset: int | None = option(None, "ONNX opset version [default: the exporter's]")
+    int8: bool = option(False, "onnx, openvino: quantise to int8 (ONNX Runtime's static QDQ quantisation, per-channel "
+                               "weights; NNCF for OpenVINO), calibrated on --calib training images", store_true=True)
+    calib: int = option(300, "--int8: training images to calibrate on, the same number of each class", min=1)
+    max_drop: float = option(1.0, "refuse the export when its top-1 on the validation split is more than this many "
+                                  "points below the PyTorch model's", min=0)
+    force: bool = option(False, "write the export even when it fails --max-drop (the figures go into its "
+                                "metadata)", store_true=True)
+    data: list | None = option(None, "the data the validation (and calibration) images come from [default: the "
+                                     "training run's]", nargs="+")
     model_file: str | None = model_file_option()
     trust_code: bool = trust_code_option()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        super().__post_init__()
+
+
+BENCHMARK_FORMATS = ["pytorch", "torchscript", "onnx", "onnx-int8", "openvino", "openvino-int8"]
+
+
+@dataclass
+class BenchmarkOptions(Options):
+    """`tudui benchmark` / `tudui.benchmark(...)`: every export format of a run, measured side by side."""
+
+    checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory", positional=True)
+    data: list | None = option(None, "the data the validation (and calibration) images come from [default: the "
+                                     "training run's]", nargs="+")
+    formats: list = option(list(BENCHMARK_FORMATS), f"formats to measure, of {', '.join(BENCHMARK_FORMATS)} "
+                                                    "[default: every one installed here]", nargs="+", metavar="FORMAT")
+    latency_runs: int = option(200, "single-image passes timed for the batch-1 latency", min=1)
+    throughput_batches: int = option(20, "batches of 64 timed for the throughput", min=1)
+    calib: int = option(300, "int8 formats: training images to calibrate on", min=1)
+    max_drop: float = option(1.0, "points of validation top-1 below PyTorch's that a format to ship may lose", min=0)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, str):
+            self.data = [self.data]
+        if isinstance(self.formats, str):
+            self.formats = [self.formats]
+        unknown = [f for f in self.formats if f not in BENCHMARK_FORMATS]
+        if unknown or not self.formats:
+            raise TuduiError(f"--formats takes one or more of {', '.join(BENCHMARK_FORMATS)}, got "
+                             f"{', '.join(map(repr, unknown)) or 'none'}")
+        super().__post_init__()
 
 
 # Default --max-decode-mb: MiB that the decodes running at once may hold together. The costliest image within the
@@ -260,8 +306,8 @@ MAX_DECODE_MB = 1024.0
 class ServeOptions(Options):
     """`tudui serve` / `tudui.serve(...)`: the model over HTTP (inference/server.py), and its serving limits."""
 
-    model: str = option(MISSING, "a checkpoint (.pt), run directory, .onnx, .torchscript or .safetensors",
-                        positional=True)
+    model: str = option(MISSING, "a checkpoint (.pt), run directory, .onnx, .torchscript, .safetensors or OpenVINO "
+                                 ".xml", positional=True)
     host: str = option("127.0.0.1", "address to listen on; 0.0.0.0 makes the model reachable from other machines")
     port: int = option(8000, "TCP port (0: any free port)", min=0, max=65535)
     max_upload_mb: float = option(10.0, "largest accepted upload in MiB", gt=0)
@@ -279,4 +325,24 @@ class ServeOptions(Options):
     max_decode_mb: float = option(MAX_DECODE_MB, "MiB the images being decoded at once (one per CPU core) may hold "
                                                  "together; an image needing more alone gets 413", gt=0)
     docs: bool = option(True, "serve the API's Swagger UI at /docs, its files from this server")
+    workers: int | str = option("auto", "server processes sharing the port, each loading the model and running it on "
+                                        "one thread: a number, or auto (the cores available, at most 4)", type=str)
+    header_timeout_s: float = option(10.0, "seconds a connection may take to send a request's headers; a slower one "
+                                           "(slow-loris) is closed", flag="--header-timeout", gt=0)
     log_level: str = option("info", "uvicorn's log level", cli=False)
+
+    def __post_init__(self) -> None:
+        self.workers = whole_or_auto("--workers", "a number of processes")(self.workers)
+        if self.workers != "auto" and self.workers < 1:
+            raise TuduiError(f"--workers must be at least 1 (server processes), got {self.workers}")
+        super().__post_init__()
+
+    def processes(self) -> int:
+        """--workers as a number: auto is the cores this process may use, at most 4."""
+        if self.workers != "auto":
+            return int(self.workers)
+        try:
+            n = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            n = os.cpu_count() or 1
+        return max(1, min(4, n))

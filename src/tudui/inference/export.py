@@ -11,6 +11,10 @@ torch.export-based exporter needs the extra `onnxscript` package, and for these
 plain feed-forward CNNs the older exporter gives the same graph with no new
 dependency. Its deprecation warning is silenced; the parity check is what
 guards correctness either way.
+
+Every file export is then scored on the training run's validation split beside the PyTorch model (inference/gate.py)
+and refused when its top-1 falls more than `max_drop` points; `--int8` (ONNX Runtime's static quantisation, or NNCF's
+for OpenVINO: inference/int8.py) is calibrated on class-balanced training images and passes the same gate.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import sys
 import tempfile
 import warnings
@@ -32,14 +37,19 @@ import torch.nn as nn
 from ..core.checkpoint import INSTALL_EXPORT, import_safetensors, load_checkpoint
 from ..core.errors import TuduiError
 from ..core.files import atomic_path
+from ..core.options import ExportOptions
 from ..data import DataSpec, normalize
 from ..engine.signals import sigterm_as_interrupt
-from . import formats
+from . import formats, gate, int8 as q
 from .hf import export_hf
 from .formats import SIDECAR_SUFFIX, TS_EXTRA_FILE, build_from_safetensors, export_metadata, model_from_checkpoint
 
-FORMATS = ("onnx", "torchscript", "safetensors", "hf")
-SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors", "hf": "-hf"}
+FORMATS = ("onnx", "torchscript", "safetensors", "hf", "openvino")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript", "safetensors": ".safetensors", "hf": "-hf",
+          "openvino": ".xml"}
+INT8_FORMATS = ("onnx", "openvino")
+CALIB_IMAGES = ExportOptions.calib  # default --calib: training images the int8 ranges are measured on
+MAX_DROP = ExportOptions.max_drop  # default --max-drop: points of validation top-1 an export may lose against PyTorch
 TOLERANCE = 1e-4  # largest |logit difference| accepted for fp32 (absolute)
 
 
@@ -56,6 +66,8 @@ class ExportResult:
     n_samples: int
     files: list[Path] = field(default_factory=list)  # every file written (weights + sidecar for safetensors)
     opset: int | None = None
+    accuracy: gate.Accuracy | None = None  # the validation figures (None: the images could not be read)
+    quantization: dict | None = None  # int8: how it was quantised (also in the file's metadata)
 
 
 def sample_inputs(spec: DataSpec, n: int = 8, seed: int = 0) -> torch.Tensor:
@@ -195,13 +207,15 @@ def _reload(fmt: str, tmp: Path, meta: dict, model_file: str | Path | None = Non
     if fmt == "safetensors":
         return build_from_safetensors(tmp, meta, model_file, trust_code)
     # A temp name has no telling suffix: load through the format's own loader.
-    return {"onnx": formats._load_onnx, "torchscript": formats._load_torchscript}[fmt](tmp).model
+    return {"onnx": formats._load_onnx, "torchscript": formats._load_torchscript,
+            "openvino": formats._load_openvino}[fmt](tmp).model
 
 
-def default_output(checkpoint_path: Path, fmt: str) -> Path:
-    """runs/exp/best.pt -> runs/exp/best.onnx (or .torchscript, .safetensors; the folder best-hf for hf)."""
-    if fmt == "hf":
-        return checkpoint_path.with_name(checkpoint_path.stem + SUFFIX[fmt])
+def default_output(checkpoint_path: Path, fmt: str, int8: bool = False) -> Path:
+    """runs/exp/best.pt -> runs/exp/best.onnx (or .torchscript, .safetensors, .xml; best-int8.onnx for int8; the
+    folder best-hf for hf)."""
+    if fmt == "hf" or int8:
+        return checkpoint_path.with_name(checkpoint_path.stem + ("-int8" if int8 else "") + SUFFIX[fmt])
     return checkpoint_path.with_suffix(SUFFIX[fmt])
 
 
@@ -219,31 +233,78 @@ def _parity(format: str, reference: torch.Tensor, got: torch.Tensor, n: int, tol
     return diff, agree
 
 
+def _gate_images(cfg: dict, data: list | None, spec: DataSpec, int8: bool, log) -> list | None:
+    """The validation batches the export is scored on; None (said as a warning) for an fp32 export whose run's data
+    cannot be read here. Data given by --data, and every int8 export, must be readable."""
+    try:
+        return gate.validation_batches(cfg, data, spec)
+    except TuduiError as e:
+        if data or int8:
+            raise TuduiError(f"cannot read the validation images the export is checked on ({e}); pass --data with "
+                             "the data the model was trained on") from None
+        if log:
+            print(f"warning: not checked on validation images ({e}); pass --data with the data the model was "
+                  "trained on to check it", file=sys.stderr)
+        return None
+
+
+def _restamp_torchscript(tmp: Path, meta: dict) -> None:
+    """Rewrite a TorchScript archive's metadata file (the gate's figures are known only after it was reloaded)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = torch.jit.load(str(tmp), map_location="cpu")
+        torch.jit.save(m, str(tmp), _extra_files={TS_EXTRA_FILE: json.dumps(meta)})
+
+
+@contextlib.contextmanager
+def _openvino_paths(out: Path):
+    """(temp .xml path) in a hidden folder beside `out`; on a clean exit the .bin then the .xml are renamed into
+    place (the model never appears without its weights); the folder is removed either way."""
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tmp = work / "model.xml"
+        yield tmp
+        os.replace(tmp.with_suffix(".bin"), out.with_suffix(".bin"))
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path | None = None,
                  dynamic_batch: bool = False, opset: int | None = None, *, n_samples: int = 8,
                  tolerance: float = TOLERANCE, log: Callable[[str], None] | None = print,
-                 model_file: str | Path | None = None, trust_code: bool = False) -> ExportResult:
-    """Export `checkpoint` (a tudui checkpoint or run directory) and prove parity; returns where and how close.
+                 model_file: str | Path | None = None, trust_code: bool = False, int8: bool = False,
+                 calib: int = CALIB_IMAGES, max_drop: float = MAX_DROP, force: bool = False,
+                 data: list | None = None) -> ExportResult:
+    """Export `checkpoint` (a tudui checkpoint or run directory), prove parity and hold it to the accuracy gate;
+    returns where, how close and what the gate measured.
 
     dynamic_batch: ONNX input/output batch dimension symbolic ("batch"); otherwise fixed at 1.
     opset: ONNX opset version (default: the exporter's).
     model_file, trust_code: which Python file a user's own model is rebuilt from, and whether a file the checkpoint
     names may run without the user's having named or trained with it (models/user.py build_from_source).
+    int8: quantise (onnx, openvino), calibrated on `calib` class-balanced training images.
+    max_drop, force: the largest validation top-1 drop (points) written without `force`.
+    data: the data to take the validation (and calibration) images from [default: the run's own].
     """
     if format not in FORMATS:
         raise TuduiError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
-    if format != "onnx" and (opset is not None or dynamic_batch):
-        raise TuduiError("--opset and --dynamic-batch apply to --format onnx only (TorchScript traces are "
-                         "batch-size independent here, safetensors holds weights only)")
+    if format not in ("onnx", "openvino") and (opset is not None or dynamic_batch):
+        raise TuduiError("--opset and --dynamic-batch shape the ONNX graph, so apply to --format openvino and onnx only "
+                         "(TorchScript traces are batch-size independent here, safetensors holds weights only)")
+    if int8 and format not in INT8_FORMATS:
+        raise TuduiError(f"--int8 applies to --format onnx or openvino, not {format}")
     ckpt = load_checkpoint(checkpoint, map_location="cpu")
     source = Path(ckpt["path"])
     model, spec = model_from_checkpoint(ckpt, model_file, trust_code)
     meta = export_metadata(ckpt)
-    out = Path(out).expanduser() if out else default_output(source, format)
+    out = Path(out).expanduser() if out else default_output(source, format, int8)
     if out.resolve() == source.resolve():
         raise TuduiError(f"--out {out} is the checkpoint itself; choose another file name")
     if out.is_dir() and not (format == "hf" and (out / "config.json").is_file()):  # not an earlier hf export
-        out = out / default_output(source, format).name
+        out = out / default_output(source, format, int8).name
+    if format == "openvino" and out.suffix.lower() != ".xml":
+        raise TuduiError(f"--out of an OpenVINO export is its .xml file (the weights go beside it as .bin), got {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
 
     x = sample_inputs(spec, n_samples)  # (n, C, S, S) normalised float32
@@ -258,22 +319,66 @@ def export_model(checkpoint: str | Path, format: str = "onnx", out: str | Path |
         with sigterm_as_interrupt():  # SIGTERM raises like Ctrl-C: the half-written folder is removed
             export_hf(model, ckpt, spec, meta, x, reference, out, verify)
         return ExportResult(out, format, found[0], found[1], len(x), sorted(out.iterdir()), None)
+    cfg = ckpt.get("config", {})
+    batches = _gate_images(cfg, data, spec, int8, log)
+    calib_x = gate.calibration_images(cfg, data, spec, calib) if int8 else None
     example = x[:1]  # the traced/exported batch size (1 unless --dynamic-batch makes it symbolic)
     sidecar = Path(str(out) + SIDECAR_SUFFIX)
-    # Both files are renamed into place only after the parity check passes, the sidecar first (its context is
-    # the inner one): weights never appear without what they need. A failure anywhere writes nothing.
+    fixed = None if dynamic_batch else 1
+    quant = None
+    # Both files are renamed into place only after the parity check and the gate pass, the sidecar first (its context
+    # is the inner one): weights never appear without what they need. A failure anywhere writes nothing.
     # SIGTERM raises like Ctrl-C while the temp files exist, so atomic_path removes them (the default action would
     # end the process on the spot and leave them behind).
-    with sigterm_as_interrupt(), atomic_path(out) as tmp, \
-            (atomic_path(sidecar) if format == "safetensors" else contextlib.nullcontext()) as tmp_sidecar:
-        with torch.no_grad():
-            opset_used = WRITERS[format](model, example, meta, tmp, dynamic_batch=dynamic_batch, opset=opset)
+    with sigterm_as_interrupt(), (_openvino_paths(out) if format == "openvino" else atomic_path(out)) as tmp, \
+            (atomic_path(sidecar) if format == "safetensors" else contextlib.nullcontext()) as tmp_sidecar, \
+            tempfile.TemporaryDirectory(prefix="tudui-export-") as work:
+        if format in ("onnx", "openvino"):
+            # the fp32 ONNX graph first, proven against PyTorch; int8 and OpenVINO are made from it
+            fp32 = tmp if format == "onnx" and not int8 else Path(work) / "fp32.onnx"
+            with torch.no_grad():
+                opset_used = _write_onnx(model, example, meta, fp32, dynamic_batch=dynamic_batch, opset=opset)
+            with torch.no_grad():
+                got = formats._load_onnx(fp32).model(x)
+            diff, agree = _parity("onnx", reference, got, len(x), tolerance, log)
+            if format == "onnx" and int8:
+                quant = q.quantize_onnx(fp32, tmp, calib_x, fixed)
+                q.set_onnx_metadata(tmp, meta | {"quantization": quant})
+            elif format == "openvino":
+                ov_model, quant = q.openvino_model(fp32, meta, calib_x, fixed)
+                q.save_openvino(ov_model, tmp)
+        else:
+            with torch.no_grad():
+                opset_used = WRITERS[format](model, example, meta, tmp, dynamic_batch=dynamic_batch, opset=opset)
         reloaded = _reload(format, tmp, meta, model_file, trust_code)
-        with torch.no_grad():
-            # A fixed-batch ONNX model is run one sample at a time by OnnxModule; the rest see the whole batch.
-            got = reloaded(x)
-        diff, agree = _parity(format, reference, got, len(x), tolerance, log)
+        if quant is None and format != "onnx":  # (fp32 ONNX was checked above: it is the file itself)
+            with torch.no_grad():
+                # A fixed-batch model is run one sample at a time by OnnxModule/OpenVinoModule; the rest see the batch.
+                got = reloaded(x)
+            diff, agree = _parity(format, reference, got, len(x), tolerance, log)
+        elif quant is not None:  # int8 logits differ by design: said, and judged by the gate on real images
+            with torch.no_grad():
+                diff, agree = _compare(reference, reloaded(x))
+            if log:
+                log(f"int8 ({format}) vs PyTorch on {len(x)} samples: max |logit diff| {diff:.3g}, same argmax "
+                    f"{agree}/{len(x)} (judged on the validation images below)")
+        acc = None
+        if batches is not None:
+            what = f"{format}{' int8' if quant else ''}"
+            acc = gate.check(gate.score(model, reloaded, batches, spec, max_drop), what, force)
+            if log:
+                log(acc.line(what))
+            stamp = {"validation": acc.to_dict()}
+            if format == "onnx":
+                q.set_onnx_metadata(tmp, stamp)
+            elif format == "openvino":
+                q.set_openvino_metadata(ov_model, stamp)
+                q.save_openvino(ov_model, tmp)
+            elif format == "torchscript":
+                _restamp_torchscript(tmp, meta | stamp)
+            meta = meta | stamp
         if tmp_sidecar is not None:
             tmp_sidecar.write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    files = [out] + ([sidecar] if format == "safetensors" else [])
-    return ExportResult(out, format, diff, agree, len(x), files, opset_used)
+    files = [out] + ([sidecar] if format == "safetensors" else []) + \
+        ([out.with_suffix(".bin")] if format == "openvino" else [])
+    return ExportResult(out, format, diff, agree, len(x), files, opset_used if format == "onnx" else None, acc, quant)

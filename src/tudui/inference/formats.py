@@ -4,6 +4,7 @@
     model.onnx                     ONNX, run by onnxruntime on the CPU; preprocessing from its metadata_props
     model.torchscript              TorchScript; metadata in the archive's extra file `tudui.json`
     model.safetensors              weights, with the sidecar `model.safetensors.json` (architecture + DataSpec)
+    model.xml (+ model.bin)        OpenVINO IR, run by the openvino runtime on the CPU; metadata in its rt_info
 
 Every backend yields an nn.Module mapping a normalised (B, C, H, W) float batch to
 (B, num_classes) logits, plus the DataSpec it was trained with, so Predictor,
@@ -27,7 +28,9 @@ from ..core.errors import TuduiError
 from ..core.pyfile import is_file_ref
 from ..data import DataSpec
 from ..models import build_model, get_model_info
+from .int8 import import_openvino, openvino_metadata
 
+CPU_RUNTIMES = ("onnx", "openvino")  # formats run by their own runtime on the CPU, whatever --device says
 EXPORT_FORMAT = "tudui.export"  # the "format" entry of every export's metadata
 TS_EXTRA_FILE = "tudui.json"  # name of the metadata file inside a TorchScript archive
 SIDECAR_SUFFIX = ".json"  # model.safetensors -> model.safetensors.json
@@ -38,7 +41,7 @@ class LoadedModel:
     model: nn.Module  # normalised (B, C, H, W) float32 -> (B, num_classes) logits, in eval mode
     spec: DataSpec
     path: str
-    format: str  # "checkpoint", "onnx", "torchscript" or "safetensors"
+    format: str  # "checkpoint", "onnx", "torchscript", "safetensors" or "openvino"
     meta: dict = field(default_factory=dict)  # arch, training (val_split, seed), tudui_version, ...
 
 
@@ -115,7 +118,8 @@ def check_runs(model: nn.Module, spec: DataSpec, where: str | Path, device: torc
 
 def suffix_format(path: str | Path) -> str:
     name = str(path).lower()
-    for fmt, ends in (("onnx", ".onnx"), ("torchscript", ".torchscript"), ("safetensors", ".safetensors")):
+    for fmt, ends in (("onnx", ".onnx"), ("torchscript", ".torchscript"), ("safetensors", ".safetensors"),
+                      ("openvino", ".xml")):
         if name.endswith(ends):
             return fmt
     if name.endswith(".safetensors" + SIDECAR_SUFFIX):
@@ -124,8 +128,8 @@ def suffix_format(path: str | Path) -> str:
 
 
 def runtime_device(path: str | Path, device: str = "auto") -> torch.device:
-    """Where a model file runs: onnxruntime runs on the CPU here; the others go where `device` says."""
-    return torch.device("cpu") if suffix_format(path) == "onnx" else select_device(device)
+    """Where a model file runs: onnxruntime and OpenVINO run on the CPU here; the others go where `device` says."""
+    return torch.device("cpu") if suffix_format(path) in CPU_RUNTIMES else select_device(device)
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu", model_file: str | Path | None = None,
@@ -144,10 +148,10 @@ def load_model(path: str | Path, device: torch.device | str = "cpu", model_file:
     elif fmt == "safetensors":
         loaded = _load_safetensors(path, model_file, trust_code)
     else:
-        loaded = {"onnx": _load_onnx, "torchscript": _load_torchscript}[fmt](path)
-    if fmt != "onnx":
+        loaded = {"onnx": _load_onnx, "torchscript": _load_torchscript, "openvino": _load_openvino}[fmt](path)
+    if fmt not in CPU_RUNTIMES:
         loaded.model.to(device)
-    check_runs(loaded.model, loaded.spec, loaded.path, "cpu" if fmt == "onnx" else device)
+    check_runs(loaded.model, loaded.spec, loaded.path, "cpu" if fmt in CPU_RUNTIMES else device)
     return loaded
 
 
@@ -200,7 +204,9 @@ class OnnxModule(nn.Module):
         super().__init__()
         ort = import_onnxruntime()
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = torch.get_num_threads()  # tudui's thread count (one per `serve` worker)
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise TuduiError(f"{path} is not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
         inp = self.session.get_inputs()[0]
@@ -233,6 +239,65 @@ def _load_onnx(path: Path) -> LoadedModel:
             raise TuduiError(f"{path} is not a usable tudui model: its graph has {dims[i]} {what}, its metadata "
                              f"says {want}")
     return LoadedModel(module.eval(), spec, str(path), "onnx", meta)
+
+
+def _check_graph_dims(path: Path, spec: DataSpec, inp: list, out: list) -> None:
+    """The graph's fixed dimensions (ints; named or -1 ones are dynamic) must be what the metadata promises."""
+    for dims, i, want, what in ((inp, 1, spec.channels, "input channels"), (inp, 2, spec.img_size, "input height"),
+                                (inp, 3, spec.img_size, "input width"), (out, 1, spec.num_classes, "outputs")):
+        if len(dims) > i and isinstance(dims[i], int) and dims[i] > 0 and dims[i] != want:
+            raise TuduiError(f"{path} is not a usable tudui model: its graph has {dims[i]} {what}, its metadata "
+                             f"says {want}")
+
+
+# --- OpenVINO ----------------------------------------------------------------------------------------------------------
+class OpenVinoModule(nn.Module):
+    """An OpenVINO model compiled for the CPU behind the nn.Module interface (no gradients); a fixed batch size (1,
+    without --dynamic-batch) is run in chunks like OnnxModule. Inference in fp32 (OpenVINO would otherwise pick bf16
+    on CPUs that have it, and the export's accuracy was measured in fp32); int8 layers stay int8."""
+
+    def __init__(self, path: str | Path) -> None:
+        super().__init__()
+        ov = import_openvino()
+        try:
+            core = ov.Core()
+            self.ov_model = core.read_model(str(path))
+            self.compiled = core.compile_model(self.ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32",
+                                                                      "PERFORMANCE_HINT": "LATENCY",
+                                                                      "INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        except Exception as e:  # noqa: BLE001 - openvino raises RuntimeError and its own types
+            # openvino's first line names its own source file ("Exception from src/inference/..."): skip such lines
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.startswith("Exception from")]
+            raise TuduiError(f"{path} is not a loadable OpenVINO model ({(lines or [type(e).__name__])[0][:200]})") \
+                from None
+        self.request = self.compiled.create_infer_request()
+        shape = self.ov_model.inputs[0].get_partial_shape()
+        self.fixed_batch = shape[0].get_length() if shape.rank.is_static and shape[0].is_static else None
+        self.metadata = openvino_metadata(self.ov_model)
+
+    def dims(self) -> tuple[list, list]:
+        def of(port) -> list:
+            return [d.get_length() if d.is_static else -1 for d in port.get_partial_shape()]
+
+        return of(self.ov_model.inputs[0]), of(self.ov_model.outputs[0])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) float -> (B, K) float32, on x's device
+        arr = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        step = self.fixed_batch or max(len(arr), 1)
+        outs = [np.array(self.request.infer({0: arr[i:i + step]})[0], copy=True) for i in range(0, len(arr), step)]
+        return torch.from_numpy(np.concatenate(outs)).to(x.device)
+
+
+def _load_openvino(path: Path) -> LoadedModel:
+    if not path.is_file():
+        raise TuduiError(f"model file not found: {path}")
+    if not path.with_suffix(".bin").is_file():
+        raise TuduiError(f"{path.with_suffix('.bin')} not found: an OpenVINO model needs its weights ({path.stem}.bin) "
+                         f"beside {path.name}")
+    module = OpenVinoModule(path)
+    spec = _spec_from_meta(module.metadata, path)
+    _check_graph_dims(path, spec, *module.dims())
+    return LoadedModel(module.eval(), spec, str(path), "openvino", module.metadata)
 
 
 # --- TorchScript -------------------------------------------------------------------------------------------------------

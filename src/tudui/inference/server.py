@@ -34,7 +34,10 @@ while other requests are still being decoded, a batch waits for them, at most
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime.
 import contextlib
+import dataclasses
 import io
+import json
+import os
 import socket
 import sys
 import time
@@ -409,18 +412,38 @@ def listen_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(options: ServeOptions) -> None:
-    """Load `options.model` (checkpoint, run directory, .onnx, ...) and serve it with uvicorn until interrupted.
+WORKER_OPTIONS_ENV = "TUDUI_SERVE_OPTIONS"  # the ServeOptions (JSON) each --workers process builds its app from
 
-    The options were checked when they were built (core/options.py), so a typo costs no waiting for the model."""
+
+def worker_app():
+    """The app of one `--workers` process (uvicorn's factory, run in the spawned process): its own model, run on one
+    thread, so N processes use N cores without fighting over them."""
+    import torch
+
+    o = ServeOptions(**json.loads(os.environ[WORKER_OPTIONS_ENV]))
+    torch.set_num_threads(1)  # also onnxruntime's and OpenVINO's thread count (inference/formats.py)
+    predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
+                                    trust_code=True)  # the parent already had the user's consent, or refused
+    return create_app(predictor, o)
+
+
+def serve(options: ServeOptions) -> None:
+    """Load `options.model` (checkpoint, run directory, .onnx, ...) and serve it with uvicorn until interrupted:
+    in this process (--workers 1), or in N spawned processes sharing the listening socket (inference/http.py).
+
+    The options were checked when they were built (core/options.py), so a typo costs no waiting for the model; the
+    model is loaded here first either way, so a bad model file is one error line before anything listens."""
     _import_web()
     import uvicorn
 
+    from .http import run_workers, uvicorn_config
+
     o = options
     host, port = o.host, o.port
+    workers = o.processes()
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=o.trust_code)
-    app = create_app(predictor, o)
+    app = create_app(predictor, o) if workers == 1 else None
     sock = listen_socket(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0 or an interface address: reachable from outside
         print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the model "
@@ -429,10 +452,17 @@ def serve(options: ServeOptions) -> None:
     shown = f"[{host}]" if ":" in host else host
     batching = f"batches of up to {o.max_batch}, {o.max_wait_ms:g} ms wait" if o.max_batch > 1 else \
         "one request per pass"
-    print(f"tudui: serving {predictor.source} ({predictor.format}, {len(predictor.classes)} classes; {batching}) "
-          f"on http://{shown}:{sock.getsockname()[1]}/  (Ctrl+C stops)", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level=o.log_level))
+    processes = f"; {workers} worker processes" if workers > 1 else ""
+    line = (f"tudui: serving {predictor.source} ({predictor.format}, {len(predictor.classes)} classes; {batching}"
+            f"{processes}) on http://{shown}:{sock.getsockname()[1]}/  (Ctrl+C stops)")
     try:
-        server.run(sockets=[sock])
+        if workers == 1:
+            print(line, flush=True)
+            uvicorn.Server(uvicorn_config(app, o)).run(sockets=[sock])
+        else:
+            del predictor  # each worker loads its own
+            os.environ[WORKER_OPTIONS_ENV] = json.dumps(dataclasses.asdict(o))  # inherited by the spawned workers
+            run_workers(uvicorn_config(f"{__name__}:worker_app", o, factory=True, workers=workers), sock,
+                        lambda: print(line, flush=True))
     finally:
         sock.close()

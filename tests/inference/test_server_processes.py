@@ -1,0 +1,163 @@
+"""`tudui serve`'s connections and processes: slow-loris clients closed after --header-timeout while others are
+answered, raw image bodies, and --workers N processes sharing one port that stop cleanly."""
+from __future__ import annotations
+
+import contextlib
+import re
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+import httpx  # noqa: E402
+
+from tests.conftest import Child  # noqa: E402
+
+IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "images"
+
+
+@contextlib.contextmanager
+def served(app, header_timeout_s: float):
+    """`tudui serve`'s uvicorn setup (inference/http.py) for `app` in a thread, on a free loopback port."""
+    import uvicorn
+
+    from tudui.core.options import ServeOptions
+    from tudui.inference.http import uvicorn_config
+    from tudui.inference.server import listen_socket
+
+    o = ServeOptions(model="m.pt", header_timeout_s=header_timeout_s, log_level="warning", workers=1)
+    sock = listen_socket("127.0.0.1", 0)
+    srv = uvicorn.Server(uvicorn_config(app, o))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    try:
+        while not srv.started:
+            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+            time.sleep(0.05)
+        yield sock.getsockname()[1]
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+def closed_by_server(s: socket.socket, within: float) -> bool:
+    """Whether the server closes `s` (EOF or reset) within `within` seconds."""
+    s.settimeout(within)
+    try:
+        return s.recv(1024) == b""
+    except ConnectionResetError:
+        return True
+    except socket.timeout:
+        return False
+
+
+def test_slow_loris_clients_are_closed_while_others_are_answered(tiny_model):
+    from tudui.inference import Predictor
+    from tudui.inference.server import create_app
+
+    app = create_app(Predictor.from_path(tiny_model, device="cpu"))
+    image = (IMAGES / "digit0003.png").read_bytes()
+    with served(app, header_timeout_s=1.0) as port:
+        lorises = []
+        for _ in range(30):  # each sends a request line and one header, then never finishes
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\n")
+            lorises.append(s)
+        trickler = socket.create_connection(("127.0.0.1", port))  # keeps sending, a byte at a time, never done
+        stop = threading.Event()
+
+        def trickle():
+            with contextlib.suppress(OSError):
+                for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 1000:
+                    if stop.wait(0.1):
+                        return
+                    trickler.sendall(bytes([byte]))
+
+        t = threading.Thread(target=trickle, daemon=True)
+        t.start()
+        started = time.monotonic()
+        with httpx.Client(timeout=10) as client:  # an ordinary client is answered meanwhile, at once
+            r = client.post(f"http://127.0.0.1:{port}/predict", content=image, headers={"Content-Type": "image/png"})
+            assert r.status_code == 200 and r.json()["predictions"]
+            assert time.monotonic() - started < 1.0
+        try:
+            assert all(closed_by_server(s, 5) for s in lorises)
+            assert closed_by_server(trickler, 5)  # its bytes kept coming, but its headers never ended
+            assert time.monotonic() - started < 8
+        finally:
+            stop.set()
+            for s in [*lorises, trickler]:
+                s.close()
+        # a kept-alive connection is not cut off by the deadline: its second request is answered after it
+        with httpx.Client(timeout=10) as client:
+            assert client.get(f"http://127.0.0.1:{port}/health").status_code == 200
+            time.sleep(1.5)
+            assert client.get(f"http://127.0.0.1:{port}/health").json() == {"status": "ok"}
+
+
+def test_raw_image_bodies_with_an_image_content_type(tiny_model):
+    from fastapi.testclient import TestClient
+
+    from tudui.inference import Predictor
+    from tudui.inference.server import create_app
+
+    predictor = Predictor.from_path(tiny_model, device="cpu")
+    path = IMAGES / "digit0003.png"
+    want = predictor.predict([path], topk=1)[0].topk[0][0]
+    with TestClient(create_app(predictor)) as client:
+        for kind in ("image/png", "image/*", "application/octet-stream"):
+            r = client.post("/predict", content=path.read_bytes(), headers={"Content-Type": kind})
+            assert r.status_code == 200 and r.json()["predictions"][0]["class"] == want, (kind, r.text)
+        r = client.post("/predict", content=b"not an image", headers={"Content-Type": "image/png"})
+        assert r.status_code == 415
+
+
+def test_workers_share_one_port_and_stop_cleanly(tiny_model):
+    """As a user runs it: `tudui serve --workers 2`; both worker processes listen on the one port, answer, and are
+    gone after SIGTERM to the command."""
+    import psutil
+
+    child = Child("serve", tiny_model, "--port", "0", "--device", "cpu", "--workers", "2")
+    try:
+        child.wait_for_line("tudui: serving", timeout=120)
+        line = "".join(child.stdout)
+        assert "2 worker processes" in line
+        port = int(re.search(r"on http://127\.0\.0\.1:(\d+)/", line).group(1))
+        image = (IMAGES / "digit0003.png").read_bytes()
+        with httpx.Client(timeout=60) as client:
+            for _ in range(4):
+                r = client.post(f"http://127.0.0.1:{port}/predict", content=image,
+                                headers={"Content-Type": "image/png"})
+                assert r.status_code == 200, r.text
+        parent = psutil.Process(child.proc.pid)
+        deadline = time.monotonic() + 60
+        while True:  # both workers listening on the port (the second may still be loading the model)
+            listening = [p for p in parent.children(recursive=True)
+                         if any(c.status == psutil.CONN_LISTEN and c.laddr.port == port
+                                for c in p.net_connections("tcp"))]
+            if len(listening) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert len(listening) == 2, parent.children(recursive=True)
+        pids = [p.pid for p in listening]
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.wait(60) == 0, child.err
+        assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+                       for pid in pids)
+    finally:
+        child.kill()
+
+
+def test_workers_must_be_a_positive_count(tiny_model, capsys):
+    from tudui.cli import main as tudui_main
+
+    for value, words in (("0", "--workers must be at least 1"), ("1.5", "--workers takes a number of processes")):
+        assert tudui_main(["serve", str(tiny_model), "--workers", value]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and words in err, err

@@ -79,3 +79,30 @@ def test_eval_reads_a_wider_csv_by_its_column_names_and_recreates_the_validation
                                                       for i, r in enumerate(rows)))
     r = tudui.evaluate(pairs_run.best, [str(wide)], csv_columns=["file", "labels"], split="val")
     assert r["n"] == pairs_run.val["n"] and r["map"] == pytest.approx(pairs_run.val["map"], abs=1e-6)
+
+
+def test_the_export_gate_scores_a_multi_label_model_by_map(pairs_run, tmp_path):
+    """The export gate ranks a multi-label export as training ranks its epochs: mAP against the PyTorch model's on
+    the validation split (scikit-learn's average_precision_score as the reference), the largest per-class AP drop;
+    int8 calibration draws images of every class (an image of several classes once)."""
+    pytest.importorskip("onnxruntime")
+    from sklearn.metrics import average_precision_score
+
+    from tudui.core.checkpoint import load_checkpoint
+    from tudui.data import normalize
+    from tudui.inference import gate
+
+    ckpt = load_checkpoint(pairs_run.best)
+    acc = tudui.export(pairs_run.best, "onnx", tmp_path / "q.onnx", int8=True, calib=40, max_drop=100).accuracy
+    pt = Predictor.from_path(pairs_run.best, device="cpu")
+    batches = gate.validation_batches(ckpt["config"], None, pt.spec)
+    x = torch.cat([normalize(b, pt.spec) for b, _ in batches])
+    y = torch.cat([t for _, t in batches]).numpy()
+    with torch.no_grad():
+        s = torch.sigmoid(model_logits(pt.model, x, pt.spec)).numpy()
+    present = y.sum(0) > 0
+    assert acc.measure == "mAP" and acc.images == len(y) and "mAP" in acc.line("onnx int8")
+    assert acc.top1_pytorch == pytest.approx(100 * average_precision_score(y[:, present], s[:, present],
+                                                                           average="macro"), abs=1e-6)
+    calib = gate.calibration_images(ckpt["config"], None, pt.spec, 40)
+    assert 0 < len(calib) <= 40

@@ -20,6 +20,7 @@ import torch
 from ..core.errors import TuduiError
 from ..data import DataSpec, eval_layout, load_decoded, load_eval_split, make_loader, normalize
 from ..data.transforms import model_logits
+from ..engine.multilabel import average_precision
 
 GATE_BATCH = 256  # images per forward pass while scoring
 
@@ -41,13 +42,14 @@ class Accuracy:
     worst_class_drop: float  # its fall, points
     max_drop: float  # the gate it was held to
     forced: bool = False  # written although drop > max_drop (--force)
+    measure: str = "top-1"  # what top1/drop measure: top-1, or a multi-label model's mAP (worst class: its AP)
 
     def to_dict(self) -> dict:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
     def line(self, fmt: str) -> str:
         verdict = "ok" if self.drop <= self.max_drop else ("FORCED" if self.forced else "REFUSED")
-        return (f"validation ({self.split}, {self.images} images): {fmt} top-1 {self.top1:.2f}% vs PyTorch "
+        return (f"validation ({self.split}, {self.images} images): {fmt} {self.measure} {self.top1:.2f}% vs PyTorch "
                 f"{self.top1_pytorch:.2f}% (drop {self.drop:+.2f} points, --max-drop {self.max_drop:g}); largest "
                 f"per-class drop {self.worst_class_drop:+.2f} points ({self.worst_class}) -> {verdict}")
 
@@ -86,12 +88,14 @@ def calibration_images(cfg: dict, data: list | None, spec: DataSpec, n: int, see
     per_class = max(1, -(-n // spec.num_classes))  # ceil
     picked = []
     for c in range(spec.num_classes):
-        idx = np.flatnonzero(chosen.targets == c)
+        # a multi-label split's targets are (N, K) multi-hot: the images carrying class c
+        idx = np.flatnonzero(chosen.targets[:, c] > 0 if chosen.targets.ndim == 2 else chosen.targets == c)
         picked.append(rng.permutation(idx)[:per_class])
     # cut to n by rank within its class (every class's first image, then every class's second, ...), so a cut
     # never drops whole classes
     rank = np.concatenate([np.arange(len(p)) for p in picked])
-    index = np.sort(np.concatenate(picked)[np.argsort(rank, kind="stable")][:n])
+    order = np.concatenate(picked)[np.argsort(rank, kind="stable")]
+    index = np.sort(order[np.sort(np.unique(order, return_index=True)[1])][:n])  # an image of several classes once
     if len(index) == 0:
         raise TuduiError("the training split has no images to calibrate the int8 model on")
     sub, _, _ = load_decoded(chosen.subset(index), eval_layout(spec), cache="off")
@@ -108,24 +112,33 @@ def _recall(pred: np.ndarray, target: np.ndarray, k: int) -> np.ndarray:
 
 
 def score(reference: Callable, exported: Callable, batches: list, spec: DataSpec, max_drop: float) -> Accuracy:
-    """Both models on the same validation batches: top-1 of each and the largest per-class recall drop."""
-    preds: dict[str, list] = {"ref": [], "exp": []}
+    """Both models on the same validation batches: top-1 of each and the largest per-class recall drop (a
+    multi-label model: mAP of each and the largest per-class average-precision drop)."""
+    outs: dict[str, list] = {"ref": [], "exp": []}
     targets = []
     with torch.no_grad():
         for raw, y in batches:
             x = normalize(raw, spec)  # (B, C, S, S) float32
-            preds["ref"].append(model_logits(reference, x, spec).argmax(1).numpy())
-            preds["exp"].append(model_logits(exported, x, spec).argmax(1).numpy())
-            targets.append(y.numpy())
-    t = np.concatenate(targets)
-    ref, exp = np.concatenate(preds["ref"]), np.concatenate(preds["exp"])
-    top_ref, top_exp = 100 * float((ref == t).mean()), 100 * float((exp == t).mean())
-    k = spec.num_classes
-    class_drop = _recall(ref, t, k) - _recall(exp, t, k)
-    present = np.flatnonzero(~np.isnan(class_drop))
+            outs["ref"].append(model_logits(reference, x, spec).float())
+            outs["exp"].append(model_logits(exported, x, spec).float())
+            targets.append(y)
+    if spec.multi_label:  # (N, K) multi-hot targets: ranked by average precision, as training ranks its epochs
+        t = torch.cat(targets).float()
+        ap_ref, ap_exp = (100 * average_precision(torch.cat(outs[k]).sigmoid(), t) for k in ("ref", "exp"))  # (K,)
+        class_drop = (ap_ref - ap_exp).numpy()
+        present = np.flatnonzero(~np.isnan(class_drop))
+        top_ref, top_exp = float(np.nanmean(ap_ref.numpy())), float(np.nanmean(ap_exp.numpy()))
+        measure = "mAP"
+    else:
+        t = torch.cat(targets).numpy()
+        ref, exp = (torch.cat(outs[k]).argmax(1).numpy() for k in ("ref", "exp"))
+        top_ref, top_exp = 100 * float((ref == t).mean()), 100 * float((exp == t).mean())
+        class_drop = _recall(ref, t, spec.num_classes) - _recall(exp, t, spec.num_classes)
+        present = np.flatnonzero(~np.isnan(class_drop))
+        measure = "top-1"
     worst = int(present[np.argmax(class_drop[present])])
     return Accuracy("val", len(t), top_exp, top_ref, top_ref - top_exp, spec.classes[worst],
-                    float(class_drop[worst]), max_drop)
+                    float(class_drop[worst]), max_drop, measure=measure)
 
 
 def check(acc: Accuracy, fmt: str, force: bool) -> Accuracy:
@@ -133,7 +146,7 @@ def check(acc: Accuracy, fmt: str, force: bool) -> Accuracy:
     if acc.drop > acc.max_drop + 1e-9:
         if not force:
             raise AccuracyDropError(
-                f"{fmt} export refused: top-1 on the validation split ({acc.images} images) is {acc.top1:.2f}%, "
+                f"{fmt} export refused: {acc.measure} on the validation split ({acc.images} images) is {acc.top1:.2f}%, "
                 f"{acc.drop:.2f} points below PyTorch's {acc.top1_pytorch:.2f}% (--max-drop {acc.max_drop:g}); "
                 f"largest per-class drop {acc.worst_class_drop:.2f} points ({acc.worst_class}); nothing was written. "
                 "Raise --max-drop, calibrate on more images (--calib), or --force to write it anyway")

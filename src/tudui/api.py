@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .core.config import LrFindOptions, TrainConfig, load_yaml, save_yaml
-from .core.options import EvalOptions, ExportOptions, PredictOptions, ServeOptions
+from .core.options import EvalOptions, ExplainOptions, ExportOptions, PredictOptions, ServeOptions
 from .core.console import shown
 from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
@@ -26,6 +26,7 @@ from .data import eval_layout, load_decoded, load_eval_split, make_loader
 from .data.check import check_data, format_report
 from .data.export_images import export_images
 from .engine.callbacks import Callback
+from .engine import cam
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
 from .engine.resume import RunFinished, resume_config
@@ -43,6 +44,7 @@ from .inference.predictor import Prediction, Predictor, expand_paths
 from .models import ModelInfo, count_parameters, create_model, get_model_info, list_models, register_model
 from .models.user import parse_model_args
 from .models.summary import ModelSummary, parse_input, summarize_model
+from .reporting.cams import overlay, plot_cam_grid, save_png
 from .reporting.console import ConsoleCallback
 from .reporting.info import environment, format_environment
 from .reporting.plots import PlotsCallback, plot_lr_find, write_eval_reports
@@ -51,7 +53,7 @@ from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
-           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export",
+           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "predict", "explain", "Predictor", "Prediction", "export",
            "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
            "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
            "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
@@ -196,6 +198,87 @@ def predict(model: str | Path, sources: list[str] | str, **options) -> tuple[Pre
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=o.trust_code)
     return predictor, predictor.predict(files, topk=o.topk, batch_size=o.batch_size, save_input=o.save_input)
+
+
+# --- explain ---------------------------------------------------------------------------------------------------------
+@sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
+def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Explained:
+    """Class-activation maps (engine/cam.py): per image, where the model's evidence for a class lies, drawn over
+    the image as the model saw it (after the same crop as predict) into `out` as <name>.png, with cams.png, a grid
+    of them all. options: core/options.ExplainOptions' fields (`tudui explain --help`): method, layer, class_name
+    (default: each image's top class), box (x0, y0, x1, y1 in the image's pixels: each map's share inside it),
+    out, sanity (cascading randomisation of the weights, Spearman correlations), batch_size, device, model_file,
+    trust_code (as for `evaluate`). Needs a checkpoint or run directory: exports carry no gradients to hook."""
+    from .data.images import BadImage, seen_region
+
+    o = ExplainOptions.build({"model": str(model), "sources": sources, **options})
+    files = expand_paths(o.sources)
+    dev = runtime_device(o.model, o.device)
+    loaded = load_model(o.model, dev, o.model_file, o.trust_code)
+    if loaded.format not in ("checkpoint", "safetensors"):
+        raise TuduiError(f"tudui explain needs the PyTorch model (a checkpoint .pt or a run directory); "
+                         f"{shown(o.model)} is {loaded.format}, which carries no gradients to read maps from")
+    net, spec = loaded.model.to(dev).eval(), loaded.spec
+    if o.class_name is not None and o.class_name not in spec.classes:
+        raise TuduiError(f"--class {o.class_name!r} is not one of this model's classes: "
+                         f"{', '.join(spec.classes[:20])}{', ...' if len(spec.classes) > 20 else ''}")
+    out = Path(o.out).expanduser() if o.out else Path(loaded.path).parent / "explain"
+    if out.exists() and not out.is_dir():
+        raise TuduiError(f"--out {shown(o.out)} is a file; name a folder for the pictures")
+    results = [cam.Explanation(str(f)) for f in files]
+    pixels = {}
+    for i, f in enumerate(files):
+        try:
+            pixels[i] = spec.decode(f)
+        except BadImage as e:
+            results[i].error = e.reason
+    if not pixels:
+        raise TuduiError(f"none of the {len(files)} image(s) could be read")
+    to_batch = Predictor(net, spec, dev).batch
+    layer = cam.choose_layer(net, to_batch([next(iter(pixels.values()))]), o.layer)
+    out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = {"cams.png"}
+    pictures, titles, xs, targets = [], [], [], []
+    rows = list(pixels)
+    for start in range(0, len(rows), o.batch_size):
+        chunk = rows[start:start + o.batch_size]
+        x = to_batch([pixels[i] for i in chunk])
+        with torch.no_grad():
+            probs = net(x).float().softmax(1).cpu()
+        wanted = [spec.classes.index(o.class_name)] * len(chunk) if o.class_name is not None else \
+            probs.argmax(1).tolist()
+        maps = cam.class_maps(net, x, wanted, o.method, layer, o.batch_size)
+        for i, c, p, m in zip(chunk, wanted, probs, maps):
+            e = results[i]
+            image, region = seen_region(files[i], spec.img_size, spec.crop_pct)
+            size, scale = cam.region_of(image.size, region)
+            shown_map = cam.resample(m, size)
+            px, py = cam.peak(shown_map)
+            e.class_name, e.probability, e.map = spec.classes[c], float(p[c]), m
+            e.peak = (int(region[0] + (px + 0.5) / scale), int(region[1] + (py + 0.5) / scale))
+            if o.box is not None:
+                e.box_share = cam.box_share(shown_map, tuple((v - region[k % 2]) * scale for k, v in enumerate(o.box)))
+            pic = overlay(image, region, shown_map)
+            e.png = str(save_png(pic, out / cam_name(files[i], taken)))
+            pictures.append(pic)
+            titles.append(f"{Path(files[i]).name}\n{e.class_name} {e.probability:.0%}")
+        if o.sanity:
+            xs.append(x.cpu())
+            targets.extend(wanted)
+    grid = plot_cam_grid(pictures, titles, out / "cams.png", f"{o.method} from layer {layer.name}")
+    sanity = cam.sanity_check(net, torch.cat(xs), targets, o.method, layer.name) if o.sanity else None
+    return cam.Explained(results, o.method, layer.name, str(out), str(grid), sanity)
+
+
+def cam_name(source: str, taken: set[str]) -> str:
+    """'photo-cam.png' for photo.jpg ('photo-cam-2.png' for a second photo.*): never the name of an input."""
+    stem, n = Path(source).stem + "-cam", 1
+    name = f"{stem}.png"
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return name
 
 
 # --- export, serve ---------------------------------------------------------------------------------------------------

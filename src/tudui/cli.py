@@ -17,8 +17,8 @@ from typing import Callable
 from .core import __version__
 from .core.config import LrFindOptions, TrainConfig
 from .core.errors import TuduiError
-from .core.options import (GROUPS, MISSING, EvalOptions, ExportOptions, ModelFileOptions, PredictOptions,
-                           ServeOptions, flag_of)
+from .core.options import (GROUPS, MISSING, EvalOptions, ExplainOptions, ExportOptions, ModelFileOptions,
+                           PredictOptions, ServeOptions, flag_of)
 
 
 def _api():
@@ -179,6 +179,42 @@ def add_predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+# --- explain -----------------------------------------------------------------------------------------------------------
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .core.console import shown, table
+
+    r = _api().explain(**options_of(args, ExplainOptions))
+    bad = sum(e.error is not None for e in r.images)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=1, ensure_ascii=False))
+    else:
+        box = getattr(args, "box", None) is not None
+        rows = [[str(e.source)] + ([f"error: {e.error}", ""] + [""] * box if e.error else
+                                   [f"{e.class_name} {e.probability:.1%}", f"{e.peak[0]},{e.peak[1]}"]
+                                   + ([f"{e.box_share:.1%}"] if box else []))
+                for e in r.images]
+        print(f"{r.method} from layer {r.layer}")
+        print(table(["image", "class", "peak x,y"] + (["in box"] if box else []), rows, "<<>" + (">" if box else "")))
+        if r.sanity is not None:
+            print("\nsanity check: the maps against those of the model with its weights randomised from the top down "
+                  "(Spearman; near 0: the maps depend on what the model learnt)")
+            print(table(["randomised down to", "rank correlation"],
+                        [[n, "n/a (flat maps)" if rho != rho else f"{rho:+.2f}"] for n, rho in r.sanity], "<>"))
+        print(f"wrote {len(r.images) - bad} map(s) and the grid {shown(r.grid)} to {shown(r.out)}")
+    flat = sum(e.map is not None and not e.map.any() for e in r.images)
+    if flat:
+        print(f"warning: {flat} map(s) are flat: {r.method} found no positive evidence at layer {r.layer}; try "
+              "another --method (layercam) or --layer", file=sys.stderr)
+    if bad:
+        print(f"warning: {bad} of {len(r.images)} image(s) could not be read", file=sys.stderr)
+    return 0
+
+
+def add_explain_args(p: argparse.ArgumentParser) -> None:
+    add_options(p, ExplainOptions)
+    p.add_argument("--json", action="store_true", help="print JSON (each map's peak and --box share) instead of a table")
+
+
 # --- export / serve ----------------------------------------------------------------------------------------------------
 def cmd_export(args: argparse.Namespace) -> int:
     r = _api().export(**options_of(args, ExportOptions))
@@ -331,6 +367,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
                 cmd_lr_find),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
+    "explain": ("class-activation maps: where in each image the evidence for a class lies", add_explain_args,
+                cmd_explain),
     "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check",
                lambda p: add_options(p, ExportOptions), cmd_export),
     "serve": ("serve a model over HTTP with a page to try it", lambda p: add_options(p, ServeOptions), cmd_serve),

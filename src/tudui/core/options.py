@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TuduiError
+from .modes import CAM_METHODS
 
 MISSING = dataclasses.MISSING
 
@@ -278,3 +279,42 @@ class ServeOptions(Options):
                                                  "together; an image needing more alone gets 413", gt=0)
     docs: bool = option(True, "serve the API's Swagger UI at /docs, its files from this server")
     log_level: str = option("info", "uvicorn's log level", cli=False)
+
+
+@dataclass
+class ExplainOptions(Options):
+    """`tudui explain` / `tudui.explain(...)`: class-activation maps of a model on image files and folders."""
+
+    model: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory (maps need the PyTorch model)",
+                        positional=True, metavar="checkpoint")
+    sources: list = option(MISSING, "image files and/or folders (searched recursively)", positional=True, nargs="+")
+    method: str = option("layercam", "how the map is computed (pytorch-grad-cam's methods). layercam weighs each "
+                                     "position by its own gradient, which suits heads that read each position with "
+                                     "their own weights, as tudui's nets do; gradcam averages the gradient over the "
+                                     "map and can give flat maps there",
+                         choices=list(CAM_METHODS))
+    layer: str | None = option(None, "the layer the map is read from, by its name in the model (e.g. features.7, "
+                                     "blocks.5.norm1) [default: the last layer with a spatial output that the score "
+                                     "depends on]", metavar="NAME")
+    class_name: str | None = option(None, "the class whose evidence is mapped [default: each image's top prediction]",
+                                    flag="--class", metavar="NAME")
+    box: list | None = option(None, "a box in the image's pixels; --json gives the share of each map inside it",
+                              nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"))
+    out: str | None = option(None, "folder for the PNGs [default: explain/ beside the checkpoint]", metavar="DIR")
+    sanity: bool = option(False, "also compare each map with the maps of the same model with its weights "
+                                 "randomised layer by layer from the top (Spearman rank correlation)",
+                          store_true=True)
+    batch_size: int = option(16, "images per pass", min=1)
+    device: str = device_option()
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+
+    def __post_init__(self) -> None:
+        self.sources = [self.sources] if isinstance(self.sources, str) else [str(s) for s in self.sources]
+        if self.box is not None:
+            if len(self.box) != 4:
+                raise TuduiError(f"--box takes four numbers X0 Y0 X1 Y1, got {len(self.box)}")
+            self.box = [float(v) for v in self.box]
+            if not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
+                raise TuduiError(f"--box X0 Y0 X1 Y1 needs X0 < X1 and Y0 < Y1, got {' '.join(map(str, self.box))}")
+        super().__post_init__()

@@ -141,13 +141,12 @@ def test_a_trained_models_maps_differ_from_its_randomised_copies(digits_run):
     before = {k: v.clone() for k, v in net.state_dict().items()}
     classes = net(x).argmax(1).tolist()
     layer = cam.find_layer(net, x[:1]).name
-    rows = cam.sanity_check(net, x, classes, "layercam", layer)
+    rows = cam.sanity_check(net, x, classes, "gradcam", layer)
     names = [n for n, _ in rows]
     assert names[0] == "13" and names[-1] == "0"  # the classifier first, the first conv last
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
-    fully = rows[-1][1]
-    assert not math.isnan(fully) and abs(fully) < 0.5, rows
-    # the same check against an unchanged copy is 1: what differs above is the weights
-    same = cam.class_maps(net, x, classes, "layercam", cam.named_layer(net, x[:1], layer))
-    again = cam.class_maps(net, x, classes, "layercam", cam.named_layer(net, x[:1], layer))
-    assert np.mean([cam.spearman(a, b) for a, b in zip(same, again)]) == pytest.approx(1.0)
+    assert all(not math.isnan(rho) and abs(rho) < 0.5 for _, rho in rows), rows
+    # the trained model's own maps are not flat (a flat map would correlate with nothing) and come back the same
+    same = cam.class_maps(net, x, classes, "gradcam", cam.named_layer(net, x[:1], layer))
+    again = cam.class_maps(net, x, classes, "gradcam", cam.named_layer(net, x[:1], layer))
+    assert np.array_equal(same, again) and sum(np.ptp(m) > 0 for m in same) >= 6

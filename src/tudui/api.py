@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from .core.checkpoint import load_checkpoint, save_checkpoint
 from .core.config import LrFindOptions, TrainConfig, load_yaml, save_yaml
-from .core.options import EvalOptions, ExplainOptions, ExportOptions, PredictOptions, ServeOptions
+from .core.options import CalibrateOptions, EvalOptions, ExplainOptions, ExportOptions, PredictOptions, ServeOptions
 from .core.console import shown
 from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
@@ -27,6 +28,7 @@ from .data.check import check_data, format_report
 from .data.export_images import export_images
 from .engine.callbacks import Callback
 from .engine import cam
+from .engine.calibration import TemperatureScaled, calibrate as fit_calibration
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
 from .engine.resume import RunFinished, resume_config
@@ -39,21 +41,21 @@ from .engine.setup import refuse_lr_auto, setup
 from .engine.trainer import fit
 from .inference.convert import convert
 from .inference.export import ExportResult, export_model
-from .inference.formats import load_model, runtime_device
-from .inference.predictor import Prediction, Predictor, expand_paths
+from .inference.formats import load_model, runtime_device, suffix_format
+from .inference.predictor import Prediction, Predictor, expand_paths, temperature_of
 from .models import ModelInfo, count_parameters, create_model, get_model_info, list_models, register_model
 from .models.user import parse_model_args
 from .models.summary import ModelSummary, parse_input, summarize_model
 from .reporting.cams import overlay, plot_cam_grid, save_png
 from .reporting.console import ConsoleCallback
 from .reporting.info import environment, format_environment
-from .reporting.plots import PlotsCallback, plot_lr_find, write_eval_reports
+from .reporting.plots import PlotsCallback, plot_lr_find, plot_reliability, write_eval_reports
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
-           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "predict", "explain", "Predictor", "Prediction", "export",
+           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "calibrate", "predict", "explain", "Predictor", "Prediction", "export",
            "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
            "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
            "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
@@ -184,8 +186,38 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     chosen = chosen.reindex(spec.classes)  # the model's class order
     chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
     loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
+    temperature = temperature_of(loaded.meta)  # calibrated probabilities: the loss is that of the divided logits
+    model = TemperatureScaled(model, temperature) if temperature != 1.0 else model
     result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
-    return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
+    return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta,
+                     "temperature": temperature}
+
+
+@sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
+def calibrate(checkpoint: str | Path, data: list[str] | str, split: str = CalibrateOptions.split,
+              **options) -> dict:
+    """Fit a checkpoint's calibration temperature on `split` (engine/calibration.py) and write it into the
+    checkpoint, so predict, eval, serve and new exports divide its logits by it; reliability.png beside it.
+    For a checkpoint trained before tudui calibrated, or to calibrate on other data. options: core/options.
+    CalibrateOptions' fields (`tudui calibrate --help`). Returns {"temperature", "bins", "val": {"n", "ece_before",
+    "ece_after", "nll_before", "nll_after", ...}, "checkpoint", "split", "picture"}."""
+    o = CalibrateOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
+    if suffix_format(o.checkpoint) != "checkpoint":
+        raise TuduiError(f"tudui calibrate writes the temperature into a tudui checkpoint (.pt) or run directory; "
+                         f"{shown(o.checkpoint)} is an export: calibrate its checkpoint, then export it again")
+    dev = runtime_device(o.checkpoint, o.device)
+    loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
+    model, spec, cfg = loaded.model, loaded.spec, loaded.meta.get("training", {})
+    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0))
+    chosen, in_memory, _ = load_decoded(chosen.reindex(spec.classes), eval_layout(spec), cache=o.cache)
+    loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
+    found = fit_calibration(model.to(dev), loader, spec, dev)
+    ckpt = load_checkpoint(loaded.path)
+    path = Path(ckpt.pop("path"))
+    ckpt["temperature"] = found["temperature"]
+    save_checkpoint(ckpt, path)
+    picture = plot_reliability(found, path.parent / "reliability.png")
+    return found | {"checkpoint": str(path), "split": split, "picture": str(picture)}
 
 
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process

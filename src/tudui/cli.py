@@ -17,7 +17,7 @@ from typing import Callable
 from .core import __version__
 from .core.config import LrFindOptions, TrainConfig
 from .core.errors import TuduiError
-from .core.options import (GROUPS, MISSING, EvalOptions, ExplainOptions, ExportOptions, ModelFileOptions,
+from .core.options import (GROUPS, MISSING, CalibrateOptions, EvalOptions, ExplainOptions, ExportOptions, ModelFileOptions,
                            PredictOptions, ServeOptions, flag_of)
 
 
@@ -151,6 +151,29 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--out", default=None, metavar="DIR", help="where the confusion-matrix PNG/CSV and per-class CSV "
                    "go [default: the checkpoint's folder]")
+
+
+# --- calibrate ---------------------------------------------------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    r = _api().calibrate(**options_of(args, CalibrateOptions))
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k not in ("val", "test")}
+                         | {"ece_before": r["val"]["ece_before"], "ece_after": r["val"]["ece_after"],
+                            "nll_before": r["val"]["nll_before"], "nll_after": r["val"]["nll_after"],
+                            "n": r["val"]["n"]}, indent=1, ensure_ascii=False))
+        return 0
+    v = r["val"]
+    print(f"temperature {r['temperature']:.4g}, fitted on {v['n']:,} images [{r['split']}]: expected calibration "
+          f"error {v['ece_before']:.4f} -> {v['ece_after']:.4f} ({r['bins']} bins), negative log-likelihood "
+          f"{v['nll_before']:.4f} -> {v['nll_after']:.4f}")
+    print(f"wrote the temperature into {r['checkpoint']} (predict, eval, serve and new exports apply it), "
+          f"and {r['picture']}")
+    return 0
+
+
+def add_calibrate_args(p: argparse.ArgumentParser) -> None:
+    add_options(p, CalibrateOptions)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 # --- predict -----------------------------------------------------------------------------------------------------------
@@ -366,6 +389,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "lr-find": ("learning-rate range test on your data and model: a plot and a suggested --lr", add_lr_find_args,
                 cmd_lr_find),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
+    "calibrate": ("fit a checkpoint's calibration temperature on labelled images (for checkpoints trained "
+                  "before tudui calibrated)", add_calibrate_args, cmd_calibrate),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
     "explain": ("class-activation maps: where in each image the evidence for a class lies", add_explain_args,
                 cmd_explain),

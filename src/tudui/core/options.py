@@ -318,3 +318,28 @@ class ExplainOptions(Options):
             if not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
                 raise TuduiError(f"--box X0 Y0 X1 Y1 needs X0 < X1 and Y0 < Y1, got {' '.join(map(str, self.box))}")
         super().__post_init__()
+
+
+@dataclass
+class CalibrateOptions(Options):
+    """`tudui calibrate` / `tudui.calibrate(...)`: fit a checkpoint's calibration temperature on a labelled split."""
+
+    checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory (its best.pt); the temperature is "
+                                      "written into it", positional=True)
+    data: list = option(MISSING, "dataset name, folder(s) or CSV, as for train", nargs="+", group="data")
+    split: str = option("val", "the images the temperature is fitted on: val (a val/ folder, else the training run's "
+                               "hold-out) or another labelled split the model never trained on",
+                        choices=["val", "test", "all"], group="data")
+    data_root: str | None = option(None, "where named datasets are looked for first", group="data")
+    batch_size: int = option(EVAL_BATCH_SIZE, "images per evaluation batch", min=1, group="data")
+    workers: int | str = option("auto", "DataLoader processes for images decoded from their files: a number or auto",
+                                type=str, group="data")
+    cache: str = option("auto", "where decoded images come from, as for eval", choices=CACHE_MODES, group="data")
+    device: str = device_option()
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+
+    def __post_init__(self) -> None:
+        self.data = [self.data] if isinstance(self.data, str) else [str(d) for d in self.data]
+        self.workers = workers_value(self.workers)
+        super().__post_init__()

@@ -1,6 +1,7 @@
 """Predictions on new images with exactly the preprocessing the model was trained with."""
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +131,18 @@ def seen_name(source, index: int, taken: set[str]) -> str:
     return name
 
 
+def temperature_of(meta: dict) -> float:
+    """The calibration temperature a model file's metadata carries (a checkpoint's, an export's), checked: a
+    positive finite number; 1.0 when it has none."""
+    t = meta.get("temperature")
+    if t is None:
+        return 1.0
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise TuduiError(f"this model's calibration temperature is {t!r}, not a positive number; calibrate it again "
+                         "with `tudui calibrate`")
+    return float(t)
+
+
 class Predictor:
     """A model plus its DataSpec: `Predictor.from_path("runs/exp/best.pt").predict(["cat.png"])`."""
 
@@ -140,7 +153,9 @@ class Predictor:
         self.spec = spec
         self.source = source  # the file the model came from, when it came from one
         self.format = format  # "checkpoint", "onnx", "torchscript", "safetensors" or "module"
-        self.meta = meta or {}  # export metadata: arch, training, tudui_version
+        self.meta = meta or {}  # export metadata: arch, training, tudui_version, temperature
+        # the calibration temperature the logits are divided by before the softmax (1: none was fitted)
+        self.temperature = temperature_of(self.meta)
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "auto", tta: bool | None = None,
@@ -169,8 +184,9 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities."""
-        return model_logits(self.model, x.to(self.device), self.spec).float().softmax(1).cpu()
+        """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities of the logits divided by the
+        model's calibration temperature."""
+        return (model_logits(self.model, x.to(self.device), self.spec).float() / self.temperature).softmax(1).cpu()
 
     def top_classes(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         """(B, num_classes) probabilities -> per row the k most likely (class name, probability), best first.

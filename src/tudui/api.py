@@ -13,6 +13,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -23,13 +24,15 @@ from .core.console import shown
 from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
 from .core.files import write_text
-from .data import eval_layout, load_decoded, load_eval_split, make_loader
+from .data import eval_layout, load_decoded, load_eval_split, make_loader, normalize
 from .data.check import check_data, format_report
 from .data.export_images import export_images
 from .engine.callbacks import Callback
 from .engine import cam
-from .engine.calibration import TemperatureScaled, calibrate as fit_calibration
+from .engine import rejection
+from .engine.calibration import TemperatureScaled, calibrate as fit_calibration, collect_logits
 from .engine.evaluate import evaluate as evaluate_model
+from .engine.metrics import TopMistakes
 from .engine.launcher import launch
 from .engine.resume import RunFinished, resume_config
 from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interrupt
@@ -175,7 +178,10 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     model_file (where your own model's Python file is now, if it moved since training, or a file you have read),
     trust_code (run the Python file a checkpoint names even if you neither named it nor trained with its contents
     on this machine; only for a model from someone you trust; the same for predict, export, serve and summary:
-    without it such a file is refused with a TuduiError naming it). cache: where the decoded images come from
+    without it such a file is refused with a TuduiError naming it); reject_below, reject ('auto'), coverage, score:
+    also report what answering unknown below that threshold does (result["rejection"]: the share rejected, top-1 on
+    the accepted images); cam: a tudui explain method, for result["cam_mistakes"] (the most confidently wrong images
+    with their maps, drawn by write_eval_reports). cache: where the decoded images come from
     (`tudui train --cache`): an image folder is read from the disk cache a training run on it wrote.
     """
     o = EvalOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
@@ -187,8 +193,17 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
     loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
     temperature = temperature_of(loaded.meta)  # calibrated probabilities: the loss is that of the divided logits
-    model = TemperatureScaled(model, temperature) if temperature != 1.0 else model
-    result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
+    limit = rejection.threshold(loaded.meta, o.reject, o.reject_below, o.coverage, o.score)
+    scaled = TemperatureScaled(model, temperature) if temperature != 1.0 else model
+    mistakes = TopMistakes() if o.cam else None
+    result = evaluate_model(scaled.to(dev), loader, spec, dev, nn.CrossEntropyLoss(), mistakes=mistakes)
+    if mistakes is not None and mistakes.items:  # --cam: each mistake's map for the class it was taken for
+        x = normalize(torch.from_numpy(np.stack([m[1] for m in mistakes.items])).permute(0, 3, 1, 2).to(dev), spec)
+        maps = cam.class_maps(model, x, [m[3] for m in mistakes.items], o.cam, cam.choose_layer(model, x))
+        result["cam_mistakes"] = {"method": o.cam, "items": [m + (c,) for m, c in zip(mistakes.items, maps)]}
+    if limit is not None:  # "unknown": what rejecting below the threshold does to this split
+        logits, targets = collect_logits(model.to(dev), loader, spec, dev)
+        result["rejection"] = rejection.rejection_report(logits, targets, limit, o.score, temperature)
     return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta,
                      "temperature": temperature}
 
@@ -214,7 +229,7 @@ def calibrate(checkpoint: str | Path, data: list[str] | str, split: str = Calibr
     found = fit_calibration(model.to(dev), loader, spec, dev)
     ckpt = load_checkpoint(loaded.path)
     path = Path(ckpt.pop("path"))
-    ckpt["temperature"] = found["temperature"]
+    ckpt["temperature"], ckpt["rejection"] = found["temperature"], found["rejection"]
     save_checkpoint(ckpt, path)
     picture = plot_reliability(found, path.parent / "reliability.png")
     return found | {"checkpoint": str(path), "split": split, "picture": str(picture)}
@@ -224,11 +239,13 @@ def calibrate(checkpoint: str | Path, data: list[str] | str, split: str = Calibr
 def predict(model: str | Path, sources: list[str] | str, **options) -> tuple[Predictor, list[Prediction]]:
     """Top-k predictions for image files and folders (searched recursively); an unreadable file gets `error`.
     options: core/options.PredictOptions' fields (`tudui predict --help`): topk, batch_size, save_input (a folder
-    for the images as the model saw them), device, tta, model_file, trust_code (as for `evaluate`)."""
+    for the images as the model saw them), device, tta, model_file, trust_code (as for `evaluate`); reject_below,
+    reject ('auto'), coverage, score ('msp' or 'energy'): answer unknown below a threshold (Predictor.reject)."""
     o = PredictOptions.build({"model": str(model), "sources": sources, **options})
     files = expand_paths(o.sources)
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=o.trust_code)
+    predictor.reject(o.reject_below, o.reject, o.coverage, o.score)
     return predictor, predictor.predict(files, topk=o.topk, batch_size=o.batch_size, save_input=o.save_input)
 
 
@@ -330,7 +347,8 @@ def serve(model: str | Path, **options) -> None:
     """The model over HTTP with a page to try it, until interrupted (inference/server.py). options:
     core/options.ServeOptions' fields (`tudui serve --help`): host, port, max_upload_mb, max_decode_mb, topk,
     max_batch, max_wait_ms, read_timeout_s, docs, device, tta, model_file, trust_code (as for `evaluate`),
-    log_level; they are checked before anything is loaded."""
+    log_level, reject_below, reject, coverage, score (as for `predict`); they are checked before anything is
+    loaded."""
     o = ServeOptions.build({"model": str(model), **options})
     from .inference.server import serve as run_server  # FastAPI/uvicorn are an optional extra: imported on use
 

@@ -129,6 +129,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     api = _api()
     r = api.evaluate(**options_of(args, EvalOptions))
     files = api.write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
+    r.pop("cam_mistakes", None)  # images and maps, drawn above
     if args.json:
         print(json.dumps(r, indent=1, ensure_ascii=False))
         print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
@@ -140,6 +141,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}{top5}  macro-F1 {r['macro_f1']:.3f}"
           + (f" (over the {len(r['classes']) - len(absent)} classes present; no images of {len(absent)}: "
              f"{', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''})" if absent else "") + "\n")
+    if "rejection" in r:
+        j = r["rejection"]
+        print(f"unknown below {j['score']} {j['threshold']:.4g}: {j['rejected']:.1%} rejected, top1 "
+              f"{j['accepted_top1']:.2%} on the {j['n'] - round(j['rejected'] * j['n']):,} accepted images\n")
     print(api.per_class_table(r["classes"], r) + "\n")
     print(api.confusion_table(r["classes"], r["confusion"]))
     print("\nwrote " + ", ".join(map(str, files)))
@@ -185,7 +190,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in preds], indent=1, ensure_ascii=False))
     else:
         topk = getattr(args, "topk", PredictOptions.topk)
-        rows = [[str(p.source), p.error and f"error: {p.error}" or
+        rows = [[str(p.source), p.error and f"error: {p.error}" or ("unknown: " if p.unknown else "") +
                  "  ".join(f"{c} {prob:.1%}" for c, prob in p.topk)] for p in preds]
         print(table(["image", f"top-{min(topk, len(predictor.classes))} (class probability)"], rows, "<<"))
     bad = sum(p.error is not None for p in preds)

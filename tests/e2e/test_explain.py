@@ -125,3 +125,25 @@ def test_bad_input_is_one_error_line(digits_run, digit_pngs, tmp_path, capsys):
     assert "no spatial map" in _error(capsys, *base, "--layer", "13")
     assert "--box X0 Y0 X1 Y1 needs X0 < X1" in _error(capsys, *base, "--box", "5", "0", "1", "8")
     assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_eval_cam_draws_the_mistakes_with_their_maps(digits_run, tmp_path, capsys):
+    from tests.conftest import colored_pixels
+    from tudui.data import normalize
+    from tudui.inference.formats import load_model
+
+    assert cli_main(["eval", str(digits_run.best), "--data", "digits", "--split", "val", "--cam", "--json",
+                     "--out", str(tmp_path)]) == 0
+    assert "cam_mistakes" not in json.loads(capsys.readouterr().out)
+    assert colored_pixels(tmp_path / "eval_val_mistakes.png") > 2000  # the heat maps' colours
+    r = tudui.evaluate(digits_run.best, "digits", split="val", cam="layercam")["cam_mistakes"]
+    items = r["items"]
+    assert r["method"] == "layercam" and len(items) >= 2 and all(t != p for _, _, t, p, _ in items)
+    loaded = load_model(digits_run.best)
+    x = normalize(torch.from_numpy(np.stack([i[1] for i in items])).permute(0, 3, 1, 2), loaded.spec)
+    layer = cam.find_layer(loaded.model, x[:1])
+    taken_for = cam.class_maps(loaded.model, x, [i[3] for i in items], "layercam", layer)
+    truth = cam.class_maps(loaded.model, x, [i[2] for i in items], "layercam", layer)
+    maps = np.stack([i[4] for i in items])
+    assert maps.shape[1:] == (8, 8) and np.allclose(maps, taken_for, atol=1e-5)  # the class it was taken for
+    assert not np.allclose(maps, truth, atol=1e-3)  # which is not the true class's map

@@ -90,3 +90,9 @@ CAM_METHODS: dict[str, str] = {
     "eigencam": "EigenCAM",
     "scorecam": "ScoreCAM",
 }
+
+# `--score`: what "unknown" is decided on (engine/rejection.py)
+REJECT_SCORES: dict[str, str] = {
+    "msp": "the top softmax probability (calibrated)",
+    "energy": "the logsumexp of the calibrated logits (higher: more like the training images)",
+}

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TuduiError
-from .modes import CAM_METHODS
+from .modes import CAM_METHODS, REJECT_SCORES, describe_modes
 
 MISSING = dataclasses.MISSING
 
@@ -148,7 +148,8 @@ def workers_value(value) -> int | str:
 
 # The sections of `--help`, in the order it lists them (timm's grouping): a field's `group` names one.
 GROUPS = {"data": "data", "model": "model", "optimisation": "optimisation", "augmentation": "augmentation",
-          "run": "run and output", "device": "device and scale", "lr-find": "learning-rate range test"}
+          "run": "run and output", "device": "device and scale", "lr-find": "learning-rate range test",
+          "unknown": "unknown: rejecting images unlike the training data"}
 
 
 # --- fields several commands share ---------------------------------------------------------------------------------
@@ -175,6 +176,26 @@ def model_file_option() -> Any:
 def trust_code_option() -> Any:
     return option(False, "run the Python file the model names even though you neither named it nor trained with it "
                          "on this machine: only for a model from someone you trust", store_true=True, group="model")
+
+
+def reject_below_option() -> Any:
+    return option(None, "answer unknown for an image whose --score is below P (a top probability in [0, 1] for msp), "
+                        "still listing its scores", metavar="P", group="unknown")
+
+
+def reject_option() -> Any:
+    return option(None, "auto: the threshold that keeps --coverage of the validation images, stored with the model",
+                  choices=["auto"], group="unknown")
+
+
+def coverage_option() -> Any:
+    return option(0.95, "with --reject auto: the share of validation images kept", gt=0, max=1, what="a share",
+                  group="unknown")
+
+
+def score_option() -> Any:
+    return option("msp", f"what unknown is decided on: {describe_modes(REJECT_SCORES)}", choices=list(REJECT_SCORES),
+                  group="unknown")
 
 
 @dataclass
@@ -205,6 +226,14 @@ class EvalOptions(Options):
     tta: bool | None = tta_option()
     model_file: str | None = model_file_option()
     trust_code: bool = trust_code_option()
+    reject_below: float | None = reject_below_option()
+    reject: str | None = reject_option()
+    coverage: float = coverage_option()
+    score: str = score_option()
+    cam: str | None = option(None, "also draw eval_<split>_mistakes.png: the most confidently wrong images, each with "
+                                   "the class-activation map of the class it was taken for (--cam alone: layercam; "
+                                   "see tudui explain)", nargs="?", const="layercam", choices=list(CAM_METHODS),
+                             metavar="METHOD")
 
     def __post_init__(self) -> None:
         self.data = [self.data] if isinstance(self.data, str) else [str(d) for d in self.data]
@@ -227,6 +256,10 @@ class PredictOptions(Options):
     tta: bool | None = tta_option()
     model_file: str | None = model_file_option()
     trust_code: bool = trust_code_option()
+    reject_below: float | None = reject_below_option()
+    reject: str | None = reject_option()
+    coverage: float = coverage_option()
+    score: str = score_option()
 
     def __post_init__(self) -> None:
         self.sources = [self.sources] if isinstance(self.sources, str) else [str(s) for s in self.sources]
@@ -279,6 +312,10 @@ class ServeOptions(Options):
                                                  "together; an image needing more alone gets 413", gt=0)
     docs: bool = option(True, "serve the API's Swagger UI at /docs, its files from this server")
     log_level: str = option("info", "uvicorn's log level", cli=False)
+    reject_below: float | None = reject_below_option()
+    reject: str | None = reject_option()
+    coverage: float = coverage_option()
+    score: str = score_option()
 
 
 @dataclass

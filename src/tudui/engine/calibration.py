@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data import DataSpec, model_logits, normalize
+from .rejection import tables
 
 ECE_BINS = 15
 
@@ -102,10 +103,12 @@ def calibration_report(logits: torch.Tensor, targets: torch.Tensor, temperature:
 
 
 def calibrate(model: nn.Module, val_loader, spec: DataSpec, device: torch.device, test_loader=None) -> dict:
-    """Fit the temperature on `val_loader`'s images; {"temperature", "val": report, "test": report or None}."""
+    """Fit the temperature on `val_loader`'s images; {"temperature", "val": report, "test": report or None,
+    "rejection": the scores' quantile tables (engine/rejection.py)}."""
     logits, targets = collect_logits(model, val_loader, spec, device)
     t = fit_temperature(logits, targets)
-    out = {"temperature": t, "bins": ECE_BINS, "val": calibration_report(logits, targets, t), "test": None}
+    out = {"temperature": t, "bins": ECE_BINS, "val": calibration_report(logits, targets, t), "test": None,
+           "rejection": tables(logits, t)}  # each score's validation quantiles, for --reject auto
     if test_loader is not None:
         out["test"] = calibration_report(*collect_logits(model, test_loader, spec, device), t)
     return out

@@ -254,14 +254,15 @@ def _save(run: Run, names: list[str]) -> None:
 
 
 def _calibrate(run: Run, best: Path, test_loader) -> dict | None:
-    """--calibrate on: the temperature fitted on the validation split (engine/calibration.py), written into best.pt;
+    """--calibrate on: the temperature fitted on the validation split (engine/calibration.py), written into best.pt
+    with the validation scores' quantiles that --reject auto reads (engine/rejection.py);
     None without validation data, or under torchrun (each rank holds a share of the split: `tudui calibrate` the
     run afterwards)."""
     if run.cfg.calibrate != "on" or run.val_loader is None or run.world.size > 1:
         return None
     found = calibrate(run.model, run.val_loader, run.spec, run.device, test_loader)
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
-    ckpt["temperature"] = found["temperature"]
+    ckpt["temperature"], ckpt["rejection"] = found["temperature"], found["rejection"]
     save_checkpoint(ckpt, best)
     return found
 

@@ -16,7 +16,11 @@ from ..core.notebook import html_table, png_uri
 from ..core.options import PredictOptions
 from ..data import DataSpec, denormalize, model_logits, normalize
 from ..data.images import BadImage, ImageScan, gray_mode, peek_image, scan_images, shown, special_file
+from ..engine import rejection
 from .formats import load_model, runtime_device
+
+
+UNKNOWN = "unknown"  # the label of an image rejected as unlike the training data
 
 
 @dataclass
@@ -25,15 +29,20 @@ class Prediction:
     topk: list[tuple[str, float]] = field(default_factory=list)  # (class name, probability), best first
     error: str | None = None  # why the image could not be read
     seen: Path | None = None  # --save-input: the PNG of what the model saw
+    unknown: bool = False  # its score is below the rejection threshold (--reject-below, --reject auto)
+    score: float | None = None  # that score (--score), when rejection is on
 
 
     @property
     def label(self) -> str | None:
-        return self.topk[0][0] if self.topk else None
+        """The top class, or 'unknown' for a rejected image (its scores stay in `topk`)."""
+        return UNKNOWN if self.unknown else self.topk[0][0] if self.topk else None
 
     def to_dict(self) -> dict:
         out = {"source": self.source, "error": self.error,
                "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
+        if self.score is not None:
+            out |= {"label": self.label, "unknown": self.unknown, "score": self.score}
         return out | ({"input_png": str(self.seen)} if self.seen else {})
 
 
@@ -156,6 +165,17 @@ class Predictor:
         self.meta = meta or {}  # export metadata: arch, training, tudui_version, temperature
         # the calibration temperature the logits are divided by before the softmax (1: none was fitted)
         self.temperature = temperature_of(self.meta)
+        self.reject_limit: float | None = None  # images scoring below it are unknown (`reject`)
+        self.reject_score = "msp"
+
+    def reject(self, reject_below: float | None = None, reject: str | None = None, coverage: float = 0.95,
+               score: str = "msp") -> "Predictor":
+        """Answer unknown for images whose `score` ('msp' or 'energy') is below `reject_below`, or with
+        reject='auto' below the threshold that keeps `coverage` of the validation images (stored with the model by
+        training or `tudui calibrate`). Returns the predictor."""
+        self.reject_limit = rejection.threshold(self.meta, reject, reject_below, coverage, score)
+        self.reject_score = score
+        return self
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "auto", tta: bool | None = None,
@@ -183,10 +203,14 @@ class Predictor:
         return normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device), self.spec)
 
     @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised float -> (B, num_classes) float logits on the CPU, not divided by the temperature."""
+        return model_logits(self.model, x.to(self.device), self.spec).float().cpu()
+
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities of the logits divided by the
         model's calibration temperature."""
-        return (model_logits(self.model, x.to(self.device), self.spec).float() / self.temperature).softmax(1).cpu()
+        return (self.logits(x) / self.temperature).softmax(1)
 
     def top_classes(self, probs: torch.Tensor, k: int) -> list[list[tuple[str, float]]]:
         """(B, num_classes) probabilities -> per row the k most likely (class name, probability), best first.
@@ -223,9 +247,14 @@ class Predictor:
                     preds[i].error = e.reason
             if arrays:
                 x = self.batch(list(arrays.values()))
-                tops = self.top_classes(self.probabilities(x), topk)
-                for row, (i, top) in enumerate(zip(arrays, tops)):
+                logits = self.logits(x)
+                tops = self.top_classes((logits / self.temperature).softmax(1), topk)
+                scores = rejection.score(logits, self.reject_score, self.temperature).tolist() \
+                    if self.reject_limit is not None else [None] * len(tops)
+                for row, (i, top, sc) in enumerate(zip(arrays, tops, scores)):
                     preds[i].topk = top
+                    if sc is not None:
+                        preds[i].score, preds[i].unknown = sc, sc < self.reject_limit
                     if folder is not None:
                         preds[i].seen = save_seen(x[row], self.spec, folder / seen_name(chunk[i], start + i, taken))
                     if not warned and (far := far_from_training(chunk[i], self.spec)):

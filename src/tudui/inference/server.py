@@ -46,9 +46,10 @@ from ..core import __version__
 from ..core.errors import TuduiError
 from ..core.options import ServeOptions, field_meta, range_message
 from ..data.images import MAX_PIXELS, BadImage, decode_cost
+from ..engine import rejection
 from .batching import MicroBatcher
 from .budget import DecodeBudget, cores
-from .predictor import Predictor
+from .predictor import UNKNOWN, Predictor
 
 INSTALL_SERVE = "pip install 'tudui[serve]'"
 MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing (boundaries, part headers) allowed beyond the file limit
@@ -98,6 +99,10 @@ def _schemas():
         inference_ms: float = Field(description="the forward pass this image was part of (ms)")
         batch: int = Field(ge=1, description="how many requests that forward pass answered")
         image: ImageInfo
+        label: str | None = Field(None, description="with --reject-below / --reject auto: the top class, or "
+                                                    "'unknown' when the score is below the threshold")
+        unknown: bool | None = Field(None, description="with rejection on: whether the image was rejected")
+        score: float | None = Field(None, description="with rejection on: the image's --score (msp or energy)")
 
     class ErrorResponse(BaseModel):
         error: str
@@ -200,12 +205,17 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
             "max_wait_ms": max_wait_ms, "read_timeout_s": read_timeout_s}
 
     def forward(arrays: list) -> list:
-        """[(H, W, C) uint8 array, ...] -> one (num_classes,) probability row per array, from one forward pass.
+        """[(H, W, C) uint8 array, ...] -> one ((num_classes,) probabilities, score or None) per array, from one
+        forward pass.
 
         All torch work happens here, on the batcher's single thread: torch calls from many threads at once would
         each start their own team of intra-op threads and fight over the cores.
         """
-        return list(predictor.probabilities(predictor.batch(arrays)))  # (B, C, H, W) normalised -> (B, K)
+        logits = predictor.logits(predictor.batch(arrays))  # (B, C, H, W) normalised -> (B, K)
+        # with --reject-below / --reject auto, each row's score too (an energy needs the logits, not the probabilities)
+        scores = rejection.score(logits, predictor.reject_score, predictor.temperature).tolist() \
+            if predictor.reject_limit is not None else [None] * len(arrays)
+        return list(zip((logits / predictor.temperature).softmax(1), scores))
 
     # --max-batch 1 goes through it too: one request per forward pass, in arrival order.
     batcher = MicroBatcher(forward, max_batch, max_wait_ms)
@@ -367,9 +377,11 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         async with budget.admit(cost):
             with batcher.expecting():  # a batch that is forming waits for this request (at most --max-wait-ms)
                 arr, pre_ms = await run_in_threadpool(decode)
-        probs, batch, inf_ms = await batcher.submit(arr)  # (num_classes,) probabilities
+        (probs, score), batch, inf_ms = await batcher.submit(arr)  # (num_classes,) probabilities, score
         top = predictor.top_classes(probs[None], k or topk)[0]
-        return {"predictions": [{"class": c, "probability": p} for c, p in top],
+        unknown = {} if score is None else {"label": UNKNOWN if score < predictor.reject_limit else top[0][0],
+                                            "unknown": score < predictor.reject_limit, "score": score}
+        return {"predictions": [{"class": c, "probability": p} for c, p in top], **unknown,
                 "time_ms": round((time.perf_counter() - t0) * 1000, 3), "preprocess_ms": round(pre_ms, 3),
                 "inference_ms": round(inf_ms, 3), "batch": batch,
                 "image": {"width": width, "height": height, "bytes": len(data)}}
@@ -412,6 +424,7 @@ def serve(options: ServeOptions) -> None:
     host, port = o.host, o.port
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=o.trust_code)
+    predictor.reject(o.reject_below, o.reject, o.coverage, o.score)  # "unknown" below a threshold
     app = create_app(predictor, o)
     sock = listen_socket(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0 or an interface address: reachable from outside

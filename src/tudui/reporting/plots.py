@@ -311,7 +311,8 @@ def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> 
 
 
 def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
-    """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`.
+    """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`, and
+    with `--cam` eval_<split>_mistakes.png (each mistake with its map, half and half).
 
     Named after the split so they sit beside a run's own confusion_matrix.png without replacing it.
     """
@@ -319,5 +320,17 @@ def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     png = out / f"eval_{split}_confusion_matrix.png"
     plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
-    return [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),
-            write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+    files = [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),
+             write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+    if result.get("cam_mistakes"):  # `tudui eval --cam`: the mistakes with their class-activation maps
+        from matplotlib import colormaps
+
+        found = result["cam_mistakes"]
+        heat = [colormaps["jet"](np.clip(m[4], 0, 1))[..., :3] for m in found["items"]]
+        pictures = np.stack([0.5 * (m[1] / 255.0 if m[1].shape[-1] == 3 else np.repeat(m[1], 3, -1) / 255.0) + 0.5 * h
+                             for m, h in zip(found["items"], heat)])
+        titles = [f"true {classes[t]}\npred {classes[p]} {c:.0%}" for c, _, t, p, _ in found["items"]]
+        files.append(_image_grid(pictures, titles, out / f"eval_{split}_mistakes.png",
+                                 f"most confidently wrong on {split}, {found['method']} maps of the predicted class",
+                                 cols=4))
+    return files

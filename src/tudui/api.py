@@ -267,7 +267,7 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
     if loaded.format not in ("checkpoint", "safetensors"):
         raise TuduiError(f"tudui explain needs the PyTorch model (a checkpoint .pt or a run directory); "
                          f"{shown(o.model)} is {loaded.format}, which carries no gradients to read maps from")
-    net, spec = loaded.model.to(dev).eval(), loaded.spec
+    net, spec, temperature = loaded.model.to(dev).eval(), loaded.spec, temperature_of(loaded.meta)
     if o.class_name is not None and o.class_name not in spec.classes:
         raise TuduiError(f"--class {o.class_name!r} is not one of this model's classes: "
                          f"{', '.join(spec.classes[:20])}{', ...' if len(spec.classes) > 20 else ''}")
@@ -292,8 +292,8 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
     for start in range(0, len(rows), o.batch_size):
         chunk = rows[start:start + o.batch_size]
         x = to_batch([pixels[i] for i in chunk])
-        with torch.no_grad():
-            probs = net(x).float().softmax(1).cpu()
+        with torch.no_grad():  # the calibrated probabilities predict reports (its flip TTA aside: maps are of one pass)
+            probs = (net(x).float() / temperature).softmax(1).cpu()
         wanted = [spec.classes.index(o.class_name)] * len(chunk) if o.class_name is not None else \
             probs.argmax(1).tolist()
         maps = cam.class_maps(net, x, wanted, o.method, layer, o.batch_size)

@@ -66,7 +66,7 @@ def threshold(meta: dict, reject: str | None, reject_below: float | None, covera
     if not table:
         raise TuduiError("this model stores no validation scores for --reject auto (it was trained before tudui "
                          "stored them, or without validation data); run `tudui calibrate CHECKPOINT --data D` on "
-                         "it, or give --reject-below P")
+                         "it (an export: on its checkpoint, then export again), or give --reject-below P")
     k = round((1 - coverage) * (len(table) - 1))
     return float(table[max(0, min(k, len(table) - 1))])
 

@@ -67,6 +67,10 @@ def threshold(meta: dict, reject: str | None, reject_below: float | None, covera
         raise TuduiError("this model stores no validation scores for --reject auto (it was trained before tudui "
                          "stored them, or without validation data); run `tudui calibrate CHECKPOINT --data D` on "
                          "it (an export: on its checkpoint, then export again), or give --reject-below P")
+    if not isinstance(table, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                              and math.isfinite(v) for v in table):
+        raise TuduiError(f"this model's stored {kind} thresholds are not a list of numbers; run `tudui calibrate` on "
+                         "it again")
     k = round((1 - coverage) * (len(table) - 1))
     return float(table[max(0, min(k, len(table) - 1))])
 

@@ -68,7 +68,7 @@ def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int =
         return loss
 
     opt.step(closure)
-    t = float(log_t.exp())
+    t = float(log_t.detach().exp())
     return t if math.isfinite(t) and t > 0 else 1.0
 
 

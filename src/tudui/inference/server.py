@@ -37,16 +37,20 @@ import contextlib
 import io
 import socket
 import sys
+import threading
 import time
 import warnings
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from ..core import __version__
 from ..core.errors import TuduiError
 from ..core.options import ServeOptions, field_meta, range_message
 from ..data.images import MAX_PIXELS, BadImage, decode_cost
-from ..engine import rejection
+from ..engine import cam, rejection
 from .batching import MicroBatcher
 from .budget import DecodeBudget, cores
 from .predictor import UNKNOWN, Predictor
@@ -162,6 +166,24 @@ def check_pixels(data: bytes, max_pixels: int, spec=None) -> tuple[int, int, int
     return w, h, cost
 
 
+EXPLAIN_METHOD = "layercam"  # POST /explain's method: `tudui explain`'s default
+
+
+def map_png(arr: np.ndarray, m: np.ndarray, side: int = 224) -> bytes:
+    """The (S, S, C) uint8 image the model saw, enlarged to `side` px, with the (S, S) map in [0, 1] over it (jet
+    colours at half opacity) as PNG bytes."""
+    from matplotlib import colormaps
+
+    image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB").resize((side, side),
+                                                                                           Image.BILINEAR)
+    heat = Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+    colours = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
+    pixels = np.round(0.5 * np.asarray(image) + 0.5 * colours * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
 def _public_arch(name: str | None) -> str | None:
     """A user model's 'path/to/model.py:Tudui' as 'model.py:Tudui': no directories in what the server tells."""
     return Path(name).name if name and ".py:" in name else name
@@ -185,7 +207,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
     import anyio
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -349,6 +371,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         (408, "the body did not arrive within --read-timeout"),
         (413, "over --max-upload-mb, more pixels than the server's limit, or decoding needs over --max-decode-mb"),
         (415, "not an image that can be decoded"), (422, "a bad query parameter"),
+        (501, "POST /explain on a server running an ONNX or TorchScript export"),
         (500, "an unexpected error in the server (its log has the traceback)"))}
 
     @app.post("/predict", responses={200: {"model": PredictResponse}, **documented}, summary="classify one image",
@@ -385,6 +408,58 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
                 "time_ms": round((time.perf_counter() - t0) * 1000, 3), "preprocess_ms": round(pre_ms, 3),
                 "inference_ms": round(inf_ms, 3), "batch": batch,
                 "image": {"width": width, "height": height, "bytes": len(data)}}
+
+    explain_lock = threading.Lock()  # maps need gradients: one at a time, off the batcher's thread
+    explain_layer: list = []  # the layer maps are read from, chosen on the first request
+
+    def class_map(arr, wanted: str | None):
+        """(H, W, C) uint8 -> ((S, S) map in [0, 1], class index, its probability): engine/cam.py's default method
+        and layer, as `tudui explain` computes them."""
+        with explain_lock:
+            x = predictor.batch([arr])
+            probs = predictor.probabilities(x)[0]
+            c = predictor.classes.index(wanted) if wanted is not None else int(probs.argmax())
+            if not explain_layer:
+                explain_layer.append(cam.find_layer(predictor.model, x))
+            m = cam.class_maps(predictor.model, x, [c], EXPLAIN_METHOD, explain_layer[0])[0]
+        return m, c, float(probs[c])
+
+    @app.post("/explain", responses={200: {"description": "the image as the model saw it with the map over it "
+                                                          "(PNG), or with ?format=json the map as numbers",
+                                           "content": {"image/png": {}, "application/json": {}}}, **documented},
+              summary="where the evidence for a class lies in one image (class-activation map)",
+              openapi_extra={"requestBody": PREDICT_BODY})
+    async def explain(request: Request, fmt: str = fastapi.Query("png", alias="format", pattern="^(png|json)$",
+                                                                 description="png, or json for the map as numbers"),
+                      wanted: str | None = fastapi.Query(None, alias="class", description="the class mapped "
+                                                         "(default: the image's top class)",
+                                                         json_schema_extra={"enum": list(predictor.classes)})):
+        if predictor.format not in ("checkpoint", "safetensors", "module"):
+            raise ApiError(501, f"maps need the PyTorch model; this server runs a {predictor.format} export: serve "
+                                "its checkpoint to explain")
+        if wanted is not None and wanted not in predictor.classes:
+            raise ApiError(422, f"invalid request: class {wanted!r} is not one of the model's classes")
+        data = await read_body(request)
+        if not data:
+            raise ApiError(400, "empty upload: send an image as multipart field 'file' or as the request body")
+        width, height, cost = check_pixels(data, max_pixels, predictor.spec)
+        if cost > budget.capacity:
+            raise ApiError(413, f"decoding this {width}x{height} image needs about {cost / 2**20:,.0f} MiB, over this "
+                                f"server's limit of {max_decode_mb:g} MiB (--max-decode-mb)")
+
+        def decode():
+            try:
+                return predictor.spec.decode(data)
+            except BadImage as e:
+                raise ApiError(415, f"the upload is not a readable image: {e.reason}") from None
+
+        async with budget.admit(cost):
+            arr = await run_in_threadpool(decode)
+        m, c, prob = await run_in_threadpool(class_map, arr, wanted)
+        if fmt == "json":
+            return {"class": predictor.classes[c], "probability": prob, "method": EXPLAIN_METHOD,
+                    "layer": explain_layer[0].name, "map": np.round(m, 4).tolist()}
+        return Response(map_png(arr, m), media_type="image/png")
 
     app.state.batcher = batcher  # for tests and benchmarks: batches run, items answered
     app.state.decode_budget = budget  # for tests: the most bytes and decodes admitted at once

@@ -11,8 +11,8 @@ from .core import __version__
 from .core.config import TrainConfig
 from .core.errors import TuduiError
 
-_API = ("train", "evaluate", "predict", "export", "benchmark", "serve", "convert", "summary", "Predictor", "RunResult",
-        "create_model", "list_models", "register_model", "resolve_config", "default_callbacks")
+_API = ("train", "evaluate", "calibrate", "predict", "explain", "export", "benchmark", "serve", "convert", "summary",
+        "Predictor", "RunResult", "create_model", "list_models", "register_model", "resolve_config", "default_callbacks")
 
 
 def __getattr__(name: str):

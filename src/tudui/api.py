@@ -13,22 +13,29 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
+from .core.checkpoint import load_checkpoint, save_checkpoint
 from .core.config import LrFindOptions, TrainConfig, load_yaml, save_yaml
-from .core.options import BenchmarkOptions, EvalOptions, ExportOptions, PredictOptions, ServeOptions
+from .core.options import (BenchmarkOptions, CalibrateOptions, EvalOptions, ExplainOptions, ExportOptions, PredictOptions,
+                           ServeOptions)
 from .core.console import shown
 from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
 from .core.files import write_text
-from .data import eval_layout, load_decoded, load_eval_split, make_loader
+from .data import eval_layout, load_decoded, load_eval_split, make_loader, normalize
 from .data.check import check_data, format_report
 from .data.export_images import export_images
 from .data.labels import LabelReading
 from .data.split import as_multi_hot
 from .engine.callbacks import Callback
+from .engine import cam
+from .engine import rejection
+from .engine.calibration import TemperatureScaled, calibrate as fit_calibration, collect_logits
 from .engine.evaluate import evaluate as evaluate_model
+from .engine.metrics import TopMistakes
 from .engine.launcher import launch
 from .engine.resume import RunFinished, resume_config
 from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interrupt
@@ -42,20 +49,21 @@ from .engine.trainer import fit
 from .inference.convert import convert
 from .inference.benchmark import BenchmarkResult, benchmark as benchmark_formats, format_table as benchmark_table
 from .inference.export import ExportResult, export_model
-from .inference.formats import load_model, runtime_device
-from .inference.predictor import Prediction, Predictor, expand_paths
+from .inference.formats import load_model, runtime_device, suffix_format
+from .inference.predictor import Prediction, Predictor, expand_paths, temperature_of
 from .models import ModelInfo, count_parameters, create_model, get_model_info, list_models, register_model
 from .models.user import parse_model_args
 from .models.summary import ModelSummary, parse_input, summarize_model
+from .reporting.cams import overlay, plot_cam_grid, save_png
 from .reporting.console import ConsoleCallback
 from .reporting.info import environment, format_environment
-from .reporting.plots import PlotsCallback, plot_lr_find, write_eval_reports
+from .reporting.plots import PlotsCallback, plot_lr_find, plot_reliability, write_eval_reports
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
-           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export", "benchmark",
+           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "calibrate", "predict", "explain", "Predictor", "Prediction", "export", "benchmark",
            "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
            "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
            "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
@@ -175,7 +183,10 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     model_file (where your own model's Python file is now, if it moved since training, or a file you have read),
     trust_code (run the Python file a checkpoint names even if you neither named it nor trained with its contents
     on this machine; only for a model from someone you trust; the same for predict, export, serve and summary:
-    without it such a file is refused with a TuduiError naming it). cache: where the decoded images come from
+    without it such a file is refused with a TuduiError naming it); reject_below, reject ('auto'), coverage, score:
+    also report what answering unknown below that threshold does (result["rejection"]: the share rejected, top-1 on
+    the accepted images); cam: a tudui explain method, for result["cam_mistakes"] (the most confidently wrong images
+    with their maps, drawn by write_eval_reports). cache: where the decoded images come from
     (`tudui train --cache`): an image folder is read from the disk cache a training run on it wrote.
     """
     o = EvalOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
@@ -193,20 +204,145 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     if spec.multi_label:  # at the thresholds the model was saved with (chosen on its validation split)
         result = evaluate_multilabel(model.to(dev), loader, spec, dev, tune=False)
         return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
-    result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss())
-    return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
+    temperature = temperature_of(loaded.meta)  # calibrated probabilities: the loss is that of the divided logits
+    limit = rejection.threshold(loaded.meta, o.reject, o.reject_below, o.coverage, o.score)
+    scaled = TemperatureScaled(model, temperature) if temperature != 1.0 else model
+    mistakes = TopMistakes() if o.cam else None
+    result = evaluate_model(scaled.to(dev), loader, spec, dev, nn.CrossEntropyLoss(), mistakes=mistakes)
+    if mistakes is not None and mistakes.items:  # --cam: each mistake's map for the class it was taken for
+        x = normalize(torch.from_numpy(np.stack([m[1] for m in mistakes.items])).permute(0, 3, 1, 2).to(dev), spec)
+        maps = cam.class_maps(model, x, [m[3] for m in mistakes.items], o.cam, cam.choose_layer(model, x))
+        result["cam_mistakes"] = {"method": o.cam, "items": [m + (c,) for m, c in zip(mistakes.items, maps)]}
+    if limit is not None:  # "unknown": what rejecting below the threshold does to this split
+        logits, targets = collect_logits(model.to(dev), loader, spec, dev)
+        result["rejection"] = rejection.rejection_report(logits, targets, limit, o.score, temperature)
+    return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta,
+                     "temperature": temperature}
+
+
+@sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
+def calibrate(checkpoint: str | Path, data: list[str] | str, split: str = CalibrateOptions.split,
+              **options) -> dict:
+    """Fit a checkpoint's calibration temperature on `split` (engine/calibration.py) and write it into the
+    checkpoint, so predict, eval, serve and new exports divide its logits by it; reliability.png beside it.
+    For a checkpoint trained before tudui calibrated, or to calibrate on other data. options: core/options.
+    CalibrateOptions' fields (`tudui calibrate --help`). Returns {"temperature", "bins", "val": {"n", "ece_before",
+    "ece_after", "nll_before", "nll_after", ...}, "checkpoint", "split", "picture"}."""
+    o = CalibrateOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
+    if suffix_format(o.checkpoint) != "checkpoint":
+        raise TuduiError(f"tudui calibrate writes the temperature into a tudui checkpoint (.pt) or run directory; "
+                         f"{shown(o.checkpoint)} is an export: calibrate its checkpoint, then export it again")
+    dev = runtime_device(o.checkpoint, o.device)
+    loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
+    model, spec, cfg = loaded.model, loaded.spec, loaded.meta.get("training", {})
+    if spec.multi_label:
+        raise TuduiError("tudui calibrate fits one temperature to a single-label model's softmax; this model is "
+                         "multi-label (each class's sigmoid has its own threshold, chosen on validation)")
+    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0))
+    chosen, in_memory, _ = load_decoded(chosen.reindex(spec.classes), eval_layout(spec), cache=o.cache)
+    loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
+    found = fit_calibration(model.to(dev), loader, spec, dev)
+    ckpt = load_checkpoint(loaded.path)
+    path = Path(ckpt.pop("path"))
+    ckpt["temperature"], ckpt["rejection"] = found["temperature"], found["rejection"]
+    save_checkpoint(ckpt, path)
+    picture = plot_reliability(found, path.parent / "reliability.png")
+    return found | {"checkpoint": str(path), "split": split, "picture": str(picture)}
 
 
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
 def predict(model: str | Path, sources: list[str] | str, **options) -> tuple[Predictor, list[Prediction]]:
     """Top-k predictions for image files and folders (searched recursively); an unreadable file gets `error`.
     options: core/options.PredictOptions' fields (`tudui predict --help`): topk, batch_size, save_input (a folder
-    for the images as the model saw them), device, tta, model_file, trust_code (as for `evaluate`)."""
+    for the images as the model saw them), device, tta, model_file, trust_code (as for `evaluate`); reject_below,
+    reject ('auto'), coverage, score ('msp' or 'energy'): answer unknown below a threshold (Predictor.reject)."""
     o = PredictOptions.build({"model": str(model), "sources": sources, **options})
     files = expand_paths(o.sources)
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=o.trust_code)
+    predictor.reject(o.reject_below, o.reject, o.coverage, o.score)
     return predictor, predictor.predict(files, topk=o.topk, batch_size=o.batch_size, save_input=o.save_input)
+
+
+# --- explain ---------------------------------------------------------------------------------------------------------
+@sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
+def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Explained:
+    """Class-activation maps (engine/cam.py): per image, where the model's evidence for a class lies, drawn over
+    the image as the model saw it (after the same crop as predict) into `out` as <name>.png, with cams.png, a grid
+    of them all. options: core/options.ExplainOptions' fields (`tudui explain --help`): method, layer, class_name
+    (default: each image's top class), box (x0, y0, x1, y1 in the image's pixels: each map's share inside it),
+    out, sanity (cascading randomisation of the weights, Spearman correlations), batch_size, device, model_file,
+    trust_code (as for `evaluate`). Needs a checkpoint or run directory: exports carry no gradients to hook."""
+    from .data.images import BadImage, seen_region
+
+    o = ExplainOptions.build({"model": str(model), "sources": sources, **options})
+    files = expand_paths(o.sources)
+    dev = runtime_device(o.model, o.device)
+    loaded = load_model(o.model, dev, o.model_file, o.trust_code)
+    if loaded.format not in ("checkpoint", "safetensors"):
+        raise TuduiError(f"tudui explain needs the PyTorch model (a checkpoint .pt or a run directory); "
+                         f"{shown(o.model)} is {loaded.format}, which carries no gradients to read maps from")
+    net, spec, temperature = loaded.model.to(dev).eval(), loaded.spec, temperature_of(loaded.meta)
+    if o.class_name is not None and o.class_name not in spec.classes:
+        raise TuduiError(f"--class {o.class_name!r} is not one of this model's classes: "
+                         f"{', '.join(spec.classes[:20])}{', ...' if len(spec.classes) > 20 else ''}")
+    out = Path(o.out).expanduser() if o.out else Path(loaded.path).parent / "explain"
+    if out.exists() and not out.is_dir():
+        raise TuduiError(f"--out {shown(o.out)} is a file; name a folder for the pictures")
+    results = [cam.Explanation(str(f)) for f in files]
+    pixels = {}
+    for i, f in enumerate(files):
+        try:
+            pixels[i] = spec.decode(f)
+        except BadImage as e:
+            results[i].error = e.reason
+    if not pixels:
+        raise TuduiError(f"none of the {len(files)} image(s) could be read")
+    to_batch = Predictor(net, spec, dev).batch
+    layer = cam.choose_layer(net, to_batch([next(iter(pixels.values()))]), o.layer)
+    out.mkdir(parents=True, exist_ok=True)
+    taken: set[str] = {"cams.png"}
+    pictures, titles, xs, targets = [], [], [], []
+    rows = list(pixels)
+    for start in range(0, len(rows), o.batch_size):
+        chunk = rows[start:start + o.batch_size]
+        x = to_batch([pixels[i] for i in chunk])
+        with torch.no_grad():  # the calibrated probabilities predict reports (its flip TTA aside: maps are of one pass)
+            probs = (net(x).float() / temperature).softmax(1).cpu()
+        wanted = [spec.classes.index(o.class_name)] * len(chunk) if o.class_name is not None else \
+            probs.argmax(1).tolist()
+        maps = cam.class_maps(net, x, wanted, o.method, layer, o.batch_size)
+        for i, c, p, m in zip(chunk, wanted, probs, maps):
+            e = results[i]
+            image, region = seen_region(files[i], spec.img_size, spec.crop_pct)
+            size, scale = cam.region_of(image.size, region)
+            shown_map = cam.resample(m, size)
+            px, py = cam.peak(shown_map)
+            e.class_name, e.probability, e.map = spec.classes[c], float(p[c]), m
+            e.peak = (int(region[0] + (px + 0.5) / scale), int(region[1] + (py + 0.5) / scale))
+            if o.box is not None:
+                e.box_share = cam.box_share(shown_map, tuple((v - region[k % 2]) * scale for k, v in enumerate(o.box)))
+            pic = overlay(image, region, shown_map)
+            e.png = str(save_png(pic, out / cam_name(files[i], taken)))
+            pictures.append(pic)
+            titles.append(f"{Path(files[i]).name}\n{e.class_name} {e.probability:.0%}")
+        if o.sanity:
+            xs.append(x.cpu())
+            targets.extend(wanted)
+    grid = plot_cam_grid(pictures, titles, out / "cams.png", f"{o.method} from layer {layer.name}")
+    sanity = cam.sanity_check(net, torch.cat(xs), targets, o.method, layer.name) if o.sanity else None
+    return cam.Explained(results, o.method, layer.name, str(out), str(grid), sanity)
+
+
+def cam_name(source: str, taken: set[str]) -> str:
+    """'photo-cam.png' for photo.jpg ('photo-cam-2.png' for a second photo.*): never the name of an input."""
+    stem, n = Path(source).stem + "-cam", 1
+    name = f"{stem}.png"
+    while name in taken:
+        n += 1
+        name = f"{stem}-{n}.png"
+    taken.add(name)
+    return name
 
 
 # --- export, serve ---------------------------------------------------------------------------------------------------
@@ -239,7 +375,8 @@ def serve(model: str | Path, **options) -> None:
     """The model over HTTP with a page to try it, until interrupted (inference/server.py). options:
     core/options.ServeOptions' fields (`tudui serve --help`): host, port, max_upload_mb, max_decode_mb, topk,
     max_batch, max_wait_ms, read_timeout_s, docs, device, tta, model_file, trust_code (as for `evaluate`),
-    log_level; they are checked before anything is loaded."""
+    log_level, reject_below, reject, coverage, score (as for `predict`); they are checked before anything is
+    loaded."""
     o = ServeOptions.build({"model": str(model), **options})
     from .inference.server import serve as run_server  # FastAPI/uvicorn are an optional extra: imported on use
 

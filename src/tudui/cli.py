@@ -17,7 +17,8 @@ from typing import Callable
 from .core import __version__
 from .core.config import LrFindOptions, TrainConfig
 from .core.errors import TuduiError
-from .core.options import (GROUPS, MISSING, BenchmarkOptions, EvalOptions, ExportOptions, ModelFileOptions,
+from .core.options import (GROUPS, MISSING, BenchmarkOptions, CalibrateOptions, EvalOptions, ExplainOptions, ExportOptions,
+                           ModelFileOptions,
                            PredictOptions, ServeOptions, flag_of)
 
 
@@ -130,6 +131,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     api = _api()
     r = api.evaluate(**options_of(args, EvalOptions))
     files = api.write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
+    r.pop("cam_mistakes", None)  # images and maps, drawn above
     if args.json:
         print(json.dumps(r, indent=1, ensure_ascii=False))
         print("wrote " + ", ".join(map(str, files)), file=sys.stderr)
@@ -149,6 +151,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
           f"macro-F1 {r['macro_f1']:.3f}"
           + (f" (over the {len(r['classes']) - len(absent)} classes present; no images of {len(absent)}: "
              f"{', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''})" if absent else "") + "\n")
+    if "rejection" in r:
+        j = r["rejection"]
+        print(f"unknown below {j['score']} {j['threshold']:.4g}: {j['rejected']:.1%} rejected, top1 "
+              f"{j['accepted_top1']:.2%} on the {j['n'] - round(j['rejected'] * j['n']):,} accepted images\n")
     print(api.per_class_table(r["classes"], r) + "\n")
     print(api.confusion_table(r["classes"], r["confusion"]))
     print("\nwrote " + ", ".join(map(str, files)))
@@ -162,6 +168,29 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
                    "go [default: the checkpoint's folder]")
 
 
+# --- calibrate ---------------------------------------------------------------------------------------------------------
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    r = _api().calibrate(**options_of(args, CalibrateOptions))
+    if args.json:
+        print(json.dumps({k: v for k, v in r.items() if k not in ("val", "test")}
+                         | {"ece_before": r["val"]["ece_before"], "ece_after": r["val"]["ece_after"],
+                            "nll_before": r["val"]["nll_before"], "nll_after": r["val"]["nll_after"],
+                            "n": r["val"]["n"]}, indent=1, ensure_ascii=False))
+        return 0
+    v = r["val"]
+    print(f"temperature {r['temperature']:.4g}, fitted on {v['n']:,} images [{r['split']}]: expected calibration "
+          f"error {v['ece_before']:.4f} -> {v['ece_after']:.4f} ({r['bins']} bins), negative log-likelihood "
+          f"{v['nll_before']:.4f} -> {v['nll_after']:.4f}")
+    print(f"wrote the temperature into {r['checkpoint']} (predict, eval, serve and new exports apply it), "
+          f"and {r['picture']}")
+    return 0
+
+
+def add_calibrate_args(p: argparse.ArgumentParser) -> None:
+    add_options(p, CalibrateOptions)
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+
+
 # --- predict -----------------------------------------------------------------------------------------------------------
 def cmd_predict(args: argparse.Namespace) -> int:
     from .core.console import shown, table
@@ -171,7 +200,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(json.dumps([p.to_dict() for p in preds], indent=1, ensure_ascii=False))
     else:
         topk = getattr(args, "topk", PredictOptions.topk)
-        rows = [[str(p.source), p.error and f"error: {p.error}" or
+        rows = [[str(p.source), p.error and f"error: {p.error}" or ("unknown: " if p.unknown else "") +
                  "  ".join(f"{c} {prob:.1%}" for c, prob in p.topk)] for p in preds]
         head = ["image", f"top-{min(topk, len(predictor.classes))} (class probability)"]
         if predictor.thresholds is not None:  # multi-label: the classes over their thresholds first
@@ -191,6 +220,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def add_predict_args(p: argparse.ArgumentParser) -> None:
     add_options(p, PredictOptions)
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+# --- explain -----------------------------------------------------------------------------------------------------------
+def cmd_explain(args: argparse.Namespace) -> int:
+    from .core.console import shown, table
+
+    r = _api().explain(**options_of(args, ExplainOptions))
+    bad = sum(e.error is not None for e in r.images)
+    if args.json:
+        print(json.dumps(r.to_dict(), indent=1, ensure_ascii=False))
+    else:
+        box = getattr(args, "box", None) is not None
+        rows = [[str(e.source)] + ([f"error: {e.error}", ""] + [""] * box if e.error else
+                                   [f"{e.class_name} {e.probability:.1%}", f"{e.peak[0]},{e.peak[1]}"]
+                                   + ([f"{e.box_share:.1%}"] if box else []))
+                for e in r.images]
+        print(f"{r.method} from layer {r.layer}")
+        print(table(["image", "class", "peak x,y"] + (["in box"] if box else []), rows, "<<>" + (">" if box else "")))
+        if r.sanity is not None:
+            print("\nsanity check: the maps against those of the model with its weights randomised from the top down "
+                  "(Spearman; near 0: the maps depend on what the model learnt)")
+            print(table(["randomised down to", "rank correlation"],
+                        [[n, "n/a (flat maps)" if rho != rho else f"{rho:+.2f}"] for n, rho in r.sanity], "<>"))
+        print(f"wrote {len(r.images) - bad} map(s) and the grid {shown(r.grid)} to {shown(r.out)}")
+    flat = sum(e.map is not None and not e.map.any() for e in r.images)
+    if flat:
+        print(f"warning: {flat} map(s) are flat: {r.method} found no positive evidence at layer {r.layer}; try "
+              "another --method (layercam) or --layer", file=sys.stderr)
+    if bad:
+        print(f"warning: {bad} of {len(r.images)} image(s) could not be read", file=sys.stderr)
+    return 0
+
+
+def add_explain_args(p: argparse.ArgumentParser) -> None:
+    add_options(p, ExplainOptions)
+    p.add_argument("--json", action="store_true", help="print JSON (each map's peak and --box share) instead of a table")
 
 
 # --- export / serve ----------------------------------------------------------------------------------------------------
@@ -358,7 +423,11 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "lr-find": ("learning-rate range test on your data and model: a plot and a suggested --lr", add_lr_find_args,
                 cmd_lr_find),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
+    "calibrate": ("fit a checkpoint's calibration temperature on labelled images (for checkpoints trained "
+                  "before tudui calibrated)", add_calibrate_args, cmd_calibrate),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
+    "explain": ("class-activation maps: where in each image the evidence for a class lies", add_explain_args,
+                cmd_explain),
     "export": ("export a checkpoint to ONNX, TorchScript, safetensors or OpenVINO (fp32 or int8), checked on the "
                "validation split",
                lambda p: add_options(p, ExportOptions), cmd_export),

@@ -62,7 +62,8 @@ def tta_checkpoint(tiny_model, tmp_path_factory):
     x = (torch.from_numpy(images).float()[:, None] / 255 - mean) / std  # (32, 1, 8, 8)
     with torch.no_grad():
         logits, mirrored = model(x), model(x.flip(3))
-    plain, tta = logits.softmax(1), ((logits + mirrored) / 2).softmax(1)
+    t = ckpt.get("temperature", 1.0)  # the run's calibration temperature, which predict divides the logits by
+    plain, tta = (logits / t).softmax(1), ((logits + mirrored) / 2 / t).softmax(1)
     i = int((plain - tta).abs().amax(1).argmax())  # the digit whose mirror changes the answer most
     Image.fromarray(images[i]).save(root / "digit.png")
     return root / "tta.pt", root / "digit.png", plain[i].numpy(), tta[i].numpy()

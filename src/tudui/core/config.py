@@ -294,6 +294,10 @@ class TrainConfig(Options):
                             "epoch)", group="run")
     plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end",
                      group="run")
+    calibrate: str = _f("on", "at the end, fit one temperature on the validation split (minimising its negative "
+                              "log-likelihood) that divides the logits, so predict, eval and serve report calibrated "
+                              "probabilities; saved with the model (off: probabilities as trained)",
+                        group="run", choices=["on", "off"])
 
     def __post_init__(self) -> None:
         # The library also takes objects: `model` an nn.Module or a builder, `data` torch Datasets (or a list of

@@ -92,3 +92,19 @@ SCHEDULERS: dict[str, str] = {
 def describe_modes(table: dict) -> str:
     """'a (what a does), b (what b does), ...' for a --help text."""
     return ", ".join(f"{name} ({row if isinstance(row, str) else row.help})" for name, row in table.items())
+
+
+# `tudui explain --method`: name -> pytorch-grad-cam's class of that name (engine/cam.py builds it)
+CAM_METHODS: dict[str, str] = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "layercam": "LayerCAM",
+    "eigencam": "EigenCAM",
+    "scorecam": "ScoreCAM",
+}
+
+# `--score`: what "unknown" is decided on (engine/rejection.py)
+REJECT_SCORES: dict[str, str] = {
+    "msp": "the top softmax probability (calibrated)",
+    "energy": "the logsumexp of the calibrated logits (higher: more like the training images)",
+}

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TuduiError
+from .modes import CAM_METHODS, REJECT_SCORES, describe_modes
 
 MISSING = dataclasses.MISSING
 
@@ -148,7 +149,8 @@ def workers_value(value) -> int | str:
 
 # The sections of `--help`, in the order it lists them (timm's grouping): a field's `group` names one.
 GROUPS = {"data": "data", "model": "model", "optimisation": "optimisation", "augmentation": "augmentation",
-          "run": "run and output", "device": "device and scale", "lr-find": "learning-rate range test"}
+          "run": "run and output", "device": "device and scale", "lr-find": "learning-rate range test",
+          "unknown": "unknown: rejecting images unlike the training data"}
 
 
 # --- fields several commands share ---------------------------------------------------------------------------------
@@ -176,6 +178,26 @@ def model_file_option() -> Any:
 def trust_code_option() -> Any:
     return option(False, "run the Python file the model names even though you neither named it nor trained with it "
                          "on this machine: only for a model from someone you trust", store_true=True, group="model")
+
+
+def reject_below_option() -> Any:
+    return option(None, "answer unknown for an image whose --score is below P (a top probability in [0, 1] for msp), "
+                        "still listing its scores", metavar="P", group="unknown")
+
+
+def reject_option() -> Any:
+    return option(None, "auto: the threshold that keeps --coverage of the validation images, stored with the model",
+                  choices=["auto"], group="unknown")
+
+
+def coverage_option() -> Any:
+    return option(0.95, "with --reject auto: the share of validation images kept", gt=0, max=1, what="a share",
+                  group="unknown")
+
+
+def score_option() -> Any:
+    return option("msp", f"what unknown is decided on: {describe_modes(REJECT_SCORES)}", choices=list(REJECT_SCORES),
+                  group="unknown")
 
 
 @dataclass
@@ -208,6 +230,14 @@ class EvalOptions(Options):
     tta: bool | None = tta_option()
     model_file: str | None = model_file_option()
     trust_code: bool = trust_code_option()
+    reject_below: float | None = reject_below_option()
+    reject: str | None = reject_option()
+    coverage: float = coverage_option()
+    score: str = score_option()
+    cam: str | None = option(None, "also draw eval_<split>_mistakes.png: the most confidently wrong images, each with "
+                                   "the class-activation map of the class it was taken for (--cam alone: layercam; "
+                                   "see tudui explain)", nargs="?", const="layercam", choices=list(CAM_METHODS),
+                             metavar="METHOD")
 
     def __post_init__(self) -> None:
         self.data = [self.data] if isinstance(self.data, str) else [str(d) for d in self.data]
@@ -230,6 +260,10 @@ class PredictOptions(Options):
     tta: bool | None = tta_option()
     model_file: str | None = model_file_option()
     trust_code: bool = trust_code_option()
+    reject_below: float | None = reject_below_option()
+    reject: str | None = reject_option()
+    coverage: float = coverage_option()
+    score: str = score_option()
 
     def __post_init__(self) -> None:
         self.sources = [self.sources] if isinstance(self.sources, str) else [str(s) for s in self.sources]
@@ -330,6 +364,10 @@ class ServeOptions(Options):
     header_timeout_s: float = option(10.0, "seconds a connection may take to send a request's headers; a slower one "
                                            "(slow-loris) is closed", flag="--header-timeout", gt=0)
     log_level: str = option("info", "uvicorn's log level", cli=False)
+    reject_below: float | None = reject_below_option()
+    reject: str | None = reject_option()
+    coverage: float = coverage_option()
+    score: str = score_option()
 
     def __post_init__(self) -> None:
         self.workers = whole_or_auto("--workers", "a number of processes")(self.workers)
@@ -346,3 +384,67 @@ class ServeOptions(Options):
         except (AttributeError, OSError):
             n = os.cpu_count() or 1
         return max(1, min(4, n))
+
+
+@dataclass
+class ExplainOptions(Options):
+    """`tudui explain` / `tudui.explain(...)`: class-activation maps of a model on image files and folders."""
+
+    model: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory (maps need the PyTorch model)",
+                        positional=True, metavar="checkpoint")
+    sources: list = option(MISSING, "image files and/or folders (searched recursively)", positional=True, nargs="+")
+    method: str = option("layercam", "how the map is computed (pytorch-grad-cam's methods). layercam weighs each "
+                                     "position by its own gradient, which suits heads that read each position with "
+                                     "their own weights, as tudui's nets do; gradcam averages the gradient over the "
+                                     "map and can give flat maps there",
+                         choices=list(CAM_METHODS))
+    layer: str | None = option(None, "the layer the map is read from, by its name in the model (e.g. features.7, "
+                                     "blocks.5.norm1) [default: the last layer with a spatial output that the score "
+                                     "depends on]", metavar="NAME")
+    class_name: str | None = option(None, "the class whose evidence is mapped [default: each image's top prediction]",
+                                    flag="--class", metavar="NAME")
+    box: list | None = option(None, "a box in the image's pixels; --json gives the share of each map inside it",
+                              nargs=4, type=float, metavar=("X0", "Y0", "X1", "Y1"))
+    out: str | None = option(None, "folder for the PNGs [default: explain/ beside the checkpoint]", metavar="DIR")
+    sanity: bool = option(False, "also compare each map with the maps of the same model with its weights "
+                                 "randomised layer by layer from the top (Spearman rank correlation)",
+                          store_true=True)
+    batch_size: int = option(16, "images per pass", min=1)
+    device: str = device_option()
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+
+    def __post_init__(self) -> None:
+        self.sources = [self.sources] if isinstance(self.sources, str) else [str(s) for s in self.sources]
+        if self.box is not None:
+            if len(self.box) != 4:
+                raise TuduiError(f"--box takes four numbers X0 Y0 X1 Y1, got {len(self.box)}")
+            self.box = [float(v) for v in self.box]
+            if not (self.box[0] < self.box[2] and self.box[1] < self.box[3]):
+                raise TuduiError(f"--box X0 Y0 X1 Y1 needs X0 < X1 and Y0 < Y1, got {' '.join(map(str, self.box))}")
+        super().__post_init__()
+
+
+@dataclass
+class CalibrateOptions(Options):
+    """`tudui calibrate` / `tudui.calibrate(...)`: fit a checkpoint's calibration temperature on a labelled split."""
+
+    checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory (its best.pt); the temperature is "
+                                      "written into it", positional=True)
+    data: list = option(MISSING, "dataset name, folder(s) or CSV, as for train", nargs="+", group="data")
+    split: str = option("val", "the images the temperature is fitted on: val (a val/ folder, else the training run's "
+                               "hold-out) or another labelled split the model never trained on",
+                        choices=["val", "test", "all"], group="data")
+    data_root: str | None = option(None, "where named datasets are looked for first", group="data")
+    batch_size: int = option(EVAL_BATCH_SIZE, "images per evaluation batch", min=1, group="data")
+    workers: int | str = option("auto", "DataLoader processes for images decoded from their files: a number or auto",
+                                type=str, group="data")
+    cache: str = option("auto", "where decoded images come from, as for eval", choices=CACHE_MODES, group="data")
+    device: str = device_option()
+    model_file: str | None = model_file_option()
+    trust_code: bool = trust_code_option()
+
+    def __post_init__(self) -> None:
+        self.data = [self.data] if isinstance(self.data, str) else [str(d) for d in self.data]
+        self.workers = workers_value(self.workers)
+        super().__post_init__()

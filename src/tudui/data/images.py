@@ -575,3 +575,21 @@ def peek_image(path) -> tuple[tuple[int, int], str] | None:
 
 def gray_mode(mode: str) -> bool:
     return mode in _GRAY_MODES
+
+
+def seen_region(src, size: int, crop_pct: float | None) -> tuple[Image.Image, tuple[float, float, float, float]]:
+    """(the image as given: EXIF orientation applied, RGB; the part of it `decode_image` gives the model, as
+    (x0, y0, x1, y1) in its pixels): the whole image for a squash model, the centre crop's source box for a crop
+    model. What a class-activation map is drawn over."""
+    img = open_image(src)
+    try:
+        img = _to_mode(ImageOps.exif_transpose(img), 3)  # 16-bit and float images as decode_image reads them
+        img = img if img.mode == "RGB" else img.convert("RGB")
+    except (OSError, ValueError) as e:
+        raise BadImage(src if not isinstance(src, (bytes, bytearray)) else "<bytes>", f"cannot convert ({e})") from None
+    w, h = img.size
+    if crop_pct is None:
+        return img, (0.0, 0.0, float(w), float(h))
+    new, left, top = _crop_geometry(w, h, size, crop_pct)
+    sx, sy = w / new[0], h / new[1]
+    return img, (left * sx, top * sy, (left + size) * sx, (top + size) * sy)

@@ -149,6 +149,7 @@ class Run:
     best_epoch: int = 0
     stopped_early: bool = False  # --patience ended the epochs
     history: list[dict] = field(default_factory=list)
+    calibration: dict | None = None  # --calibrate on: the temperature and ECE before/after (engine/calibration.py)
 
     @property
     def spec(self) -> DataSpec:

@@ -25,6 +25,7 @@ from ..core.files import write_text
 from ..data import eval_batch_size, make_loader
 from ..models.surgery import head_path
 from . import distributed, features, finetune
+from .calibration import calibrate
 from .callbacks import Callback
 from .choices import BEST_BY_METRIC
 from .evaluate import evaluate
@@ -295,6 +296,18 @@ def _finish_multilabel(run: Run) -> RunResult:
     summary = {"best_epoch": run.best_epoch, "epoch": run.epoch, "val": val, "test": test}
     write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
     return result
+def _calibrate(run: Run, best: Path, test_loader) -> dict | None:
+    """--calibrate on: the temperature fitted on the validation split (engine/calibration.py), written into best.pt
+    with the validation scores' quantiles that --reject auto reads (engine/rejection.py);
+    None without validation data, or under torchrun (each rank holds a share of the split: `tudui calibrate` the
+    run afterwards)."""
+    if run.cfg.calibrate != "on" or run.val_loader is None or run.world.size > 1:
+        return None
+    found = calibrate(run.model, run.val_loader, run.spec, run.device, test_loader)
+    ckpt = torch.load(best, map_location="cpu", weights_only=True)
+    ckpt["temperature"], ckpt["rejection"] = found["temperature"], found["rejection"]
+    save_checkpoint(ckpt, best)
+    return found
 
 
 def _finish(run: Run, criterion: nn.Module) -> RunResult:
@@ -310,13 +323,14 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
     mistakes = TopMistakes()
     val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion, mistakes=mistakes) \
         if run.val_loader else None
-    test = None
+    test, test_loader = None, None
     if run.data.test is not None:
         test_loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
                                   workers=run.workers, bad_images=run.cfg.bad_images, rank=run.world.rank,
                                   world_size=run.world.size, in_memory=run.data.in_memory)
         test = evaluate(run.model, test_loader, run.spec, run.device, criterion,
                         mistakes=None if val is not None else mistakes)
+    run.calibration = _calibrate(run, best, test_loader if test is not None else None)
     result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec,
                        mistakes.items if val is not None or test is not None else None, run.best_epoch,
                        run.arch["name"], ", ".join(map(shown, run.cfg.to_dict()["data"])))
@@ -326,5 +340,9 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
         cb.on_fit_end(run, result)
     # Last: metrics.json says the final evaluation is complete (`--resume` of a run without it does that evaluation).
     summary = {"best_epoch": run.best_epoch, "epoch": run.epoch, "val": val, "test": test}
+    if run.calibration is not None:  # ECE and NLL before/after on val and test (the reliability tables: the PNG)
+        summary["calibration"] = {"temperature": run.calibration["temperature"], "bins": run.calibration["bins"],
+                                  **{split: {k: v for k, v in r.items() if not k.startswith("reliability")}
+                                     for split in ("val", "test") if (r := run.calibration[split]) is not None}}
     write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
     return result

@@ -50,7 +50,11 @@ def export_metadata(ckpt: dict) -> dict:
     cfg = ckpt.get("config", {})
     return {"format": EXPORT_FORMAT, "tudui_version": __version__, **DataSpec.from_dict(ckpt["data"]).to_dict(),
             "arch": ckpt["arch"], "training": {"val_split": cfg.get("val_split", 0.1), "seed": cfg.get("seed", 0),
-                                               "epoch": ckpt.get("epoch")}}
+                                               "epoch": ckpt.get("epoch")},
+            # the calibration temperature the logits are divided by (engine/calibration.py), when one was fitted
+            **({"temperature": float(ckpt["temperature"])} if ckpt.get("temperature") is not None else {}),
+            # the validation scores' quantiles `--reject auto` reads (engine/rejection.py)
+            **({"rejection": ckpt["rejection"]} if ckpt.get("rejection") else {})}
 
 
 def _spec_from_meta(meta: dict, path: Path) -> DataSpec:

@@ -1,6 +1,7 @@
 """Predictions on new images with exactly the preprocessing the model was trained with."""
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +16,11 @@ from ..core.notebook import html_table, png_uri
 from ..core.options import PredictOptions
 from ..data import DataSpec, denormalize, model_logits, normalize
 from ..data.images import BadImage, ImageScan, gray_mode, peek_image, scan_images, shown, special_file
+from ..engine import rejection
 from .formats import load_model, runtime_device
+
+
+UNKNOWN = "unknown"  # the label of an image rejected as unlike the training data
 
 
 @dataclass
@@ -26,17 +31,22 @@ class Prediction:
     seen: Path | None = None  # --save-input: the PNG of what the model saw
     # multi-label models: every class whose sigmoid probability reaches its threshold, most probable first
     labels: list[tuple[str, float]] | None = None
+    unknown: bool = False  # its score is below the rejection threshold (--reject-below, --reject auto)
+    score: float | None = None  # that score (--score), when rejection is on
 
 
     @property
     def label(self) -> str | None:
-        return self.topk[0][0] if self.topk else None
+        """The top class, or 'unknown' for a rejected image (its scores stay in `topk`)."""
+        return UNKNOWN if self.unknown else self.topk[0][0] if self.topk else None
 
     def to_dict(self) -> dict:
         out = {"source": self.source, "error": self.error,
                "predictions": [{"class": c, "probability": p} for c, p in self.topk]}
         if self.labels is not None:
             out["labels"] = [{"class": c, "probability": p} for c, p in self.labels]
+        if self.score is not None:
+            out |= {"label": self.label, "unknown": self.unknown, "score": self.score}
         return out | ({"input_png": str(self.seen)} if self.seen else {})
 
 
@@ -135,6 +145,18 @@ def seen_name(source, index: int, taken: set[str]) -> str:
     return name
 
 
+def temperature_of(meta: dict) -> float:
+    """The calibration temperature a model file's metadata carries (a checkpoint's, an export's), checked: a
+    positive finite number; 1.0 when it has none."""
+    t = meta.get("temperature")
+    if t is None:
+        return 1.0
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise TuduiError(f"this model's calibration temperature is {t!r}, not a positive number; calibrate it again "
+                         "with `tudui calibrate`")
+    return float(t)
+
+
 class Predictor:
     """A model plus its DataSpec: `Predictor.from_path("runs/exp/best.pt").predict(["cat.png"])`."""
 
@@ -145,7 +167,24 @@ class Predictor:
         self.spec = spec
         self.source = source  # the file the model came from, when it came from one
         self.format = format  # "checkpoint", "onnx", "torchscript", "safetensors" or "module"
-        self.meta = meta or {}  # export metadata: arch, training, tudui_version
+        self.meta = meta or {}  # export metadata: arch, training, tudui_version, temperature
+        # the calibration temperature the logits are divided by before the softmax (1: none was fitted)
+        self.temperature = temperature_of(self.meta)
+        self.reject_limit: float | None = None  # images scoring below it are unknown (`reject`)
+        self.reject_score = "msp"
+
+    def reject(self, reject_below: float | None = None, reject: str | None = None, coverage: float = 0.95,
+               score: str = "msp") -> "Predictor":
+        """Answer unknown for images whose `score` ('msp' or 'energy') is below `reject_below`, or with
+        reject='auto' below the threshold that keeps `coverage` of the validation images (stored with the model by
+        training or `tudui calibrate`). Returns the predictor. A multi-label model answers its labels over their
+        thresholds instead (none above: no label), so rejection is an error there."""
+        if self.spec.multi_label and (reject_below is not None or reject is not None):
+            raise TuduiError("--reject-below and --reject answer unknown for a single-label model's top class; this "
+                             "model is multi-label: an image with no class over its threshold gets no label")
+        self.reject_limit = rejection.threshold(self.meta, reject, reject_below, coverage, score)
+        self.reject_score = score
+        return self
 
     @classmethod
     def from_path(cls, path: str | Path, device: str = "auto", tta: bool | None = None,
@@ -173,11 +212,18 @@ class Predictor:
         return normalize(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(self.device), self.spec)
 
     @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) normalised float -> (B, num_classes) float logits on the CPU, not divided by the temperature."""
+        return model_logits(self.model, x.to(self.device), self.spec).float().cpu()
+
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities (a multi-label model's: each
-        class's sigmoid)."""
-        logits = model_logits(self.model, x.to(self.device), self.spec).float()
-        return (logits.sigmoid() if self.spec.multi_label else logits.softmax(1)).cpu()
+        """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities of the logits divided by the
+        model's calibration temperature (a multi-label model's: each class's sigmoid, uncalibrated)."""
+        return self.probabilities_of(self.logits(x))
+
+    def probabilities_of(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, num_classes) logits -> the probabilities `probabilities` gives."""
+        return logits.sigmoid() if self.spec.multi_label else (logits / self.temperature).softmax(1)
 
     @property
     def thresholds(self) -> list[float] | None:
@@ -234,11 +280,16 @@ class Predictor:
                     preds[i].error = e.reason
             if arrays:
                 x = self.batch(list(arrays.values()))
-                probs = self.probabilities(x)
+                logits = self.logits(x)
+                probs = self.probabilities_of(logits)
                 tops, above = self.top_classes(probs, topk), self.labels_above(probs)
-                for row, (i, top) in enumerate(zip(arrays, tops)):
+                scores = rejection.score(logits, self.reject_score, self.temperature).tolist() \
+                    if self.reject_limit is not None else [None] * len(tops)
+                for row, (i, top, sc) in enumerate(zip(arrays, tops, scores)):
                     preds[i].topk = top
                     preds[i].labels = above[row] if above is not None else None
+                    if sc is not None:
+                        preds[i].score, preds[i].unknown = sc, sc < self.reject_limit
                     if folder is not None:
                         preds[i].seen = save_seen(x[row], self.spec, folder / seen_name(chunk[i], start + i, taken))
                     if not warned and (far := far_from_training(chunk[i], self.spec)):

@@ -40,18 +40,23 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 import warnings
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from ..core import __version__
 from ..core.errors import TuduiError
 from ..core.options import ServeOptions, field_meta, range_message
 from ..data.images import MAX_PIXELS, BadImage, decode_cost
+from ..engine import cam, rejection
 from .batching import MicroBatcher
 from .budget import DecodeBudget, cores
-from .predictor import Predictor
+from .predictor import UNKNOWN, Predictor
 
 INSTALL_SERVE = "pip install 'tudui[serve]'"
 MULTIPART_SLACK = 64 * 1024  # bytes of multipart framing (boundaries, part headers) allowed beyond the file limit
@@ -104,6 +109,10 @@ def _schemas():
         inference_ms: float = Field(description="the forward pass this image was part of (ms)")
         batch: int = Field(ge=1, description="how many requests that forward pass answered")
         image: ImageInfo
+        label: str | None = Field(None, description="with --reject-below / --reject auto: the top class, or "
+                                                    "'unknown' when the score is below the threshold")
+        unknown: bool | None = Field(None, description="with rejection on: whether the image was rejected")
+        score: float | None = Field(None, description="with rejection on: the image's --score (msp or energy)")
 
     class ErrorResponse(BaseModel):
         error: str
@@ -165,6 +174,24 @@ def check_pixels(data: bytes, max_pixels: int, spec=None) -> tuple[int, int, int
     return w, h, cost
 
 
+EXPLAIN_METHOD = "layercam"  # POST /explain's method: `tudui explain`'s default
+
+
+def map_png(arr: np.ndarray, m: np.ndarray, side: int = 224) -> bytes:
+    """The (S, S, C) uint8 image the model saw, enlarged to `side` px, with the (S, S) map in [0, 1] over it (jet
+    colours at half opacity) as PNG bytes."""
+    from matplotlib import colormaps
+
+    image = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr).convert("RGB").resize((side, side),
+                                                                                           Image.BILINEAR)
+    heat = Image.fromarray((np.clip(m, 0, 1) * 255).astype(np.uint8)).resize((side, side), Image.BILINEAR)
+    colours = colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
+    pixels = np.round(0.5 * np.asarray(image) + 0.5 * colours * 255).astype(np.uint8)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
 def _public_arch(name: str | None) -> str | None:
     """A user model's 'path/to/model.py:Tudui' as 'model.py:Tudui': no directories in what the server tells."""
     return Path(name).name if name and ".py:" in name else name
@@ -188,7 +215,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
     import anyio
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -209,12 +236,17 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
             "multi_label": predictor.spec.multi_label, "thresholds": predictor.thresholds}
 
     def forward(arrays: list) -> list:
-        """[(H, W, C) uint8 array, ...] -> one (num_classes,) probability row per array, from one forward pass.
+        """[(H, W, C) uint8 array, ...] -> one ((num_classes,) probabilities, score or None) per array, from one
+        forward pass.
 
         All torch work happens here, on the batcher's single thread: torch calls from many threads at once would
         each start their own team of intra-op threads and fight over the cores.
         """
-        return list(predictor.probabilities(predictor.batch(arrays)))  # (B, C, H, W) normalised -> (B, K)
+        logits = predictor.logits(predictor.batch(arrays))  # (B, C, H, W) normalised -> (B, K)
+        # with --reject-below / --reject auto, each row's score too (an energy needs the logits, not the probabilities)
+        scores = rejection.score(logits, predictor.reject_score, predictor.temperature).tolist() \
+            if predictor.reject_limit is not None else [None] * len(arrays)
+        return list(zip(predictor.probabilities_of(logits), scores))  # calibrated softmax, or multi-label sigmoids
 
     # --max-batch 1 goes through it too: one request per forward pass, in arrival order.
     batcher = MicroBatcher(forward, max_batch, max_wait_ms)
@@ -348,6 +380,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         (408, "the body did not arrive within --read-timeout"),
         (413, "over --max-upload-mb, more pixels than the server's limit, or decoding needs over --max-decode-mb"),
         (415, "not an image that can be decoded"), (422, "a bad query parameter"),
+        (501, "POST /explain on a server running an ONNX or TorchScript export"),
         (500, "an unexpected error in the server (its log has the traceback)"))}
 
     @app.post("/predict", responses={200: {"model": PredictResponse}, **documented}, summary="classify one image",
@@ -376,14 +409,68 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         async with budget.admit(cost):
             with batcher.expecting():  # a batch that is forming waits for this request (at most --max-wait-ms)
                 arr, pre_ms = await run_in_threadpool(decode)
-        probs, batch, inf_ms = await batcher.submit(arr)  # (num_classes,) probabilities
+        (probs, score), batch, inf_ms = await batcher.submit(arr)  # (num_classes,) probabilities, score
         top = predictor.top_classes(probs[None], k or topk)[0]
         above = predictor.labels_above(probs[None])  # a multi-label model: every class over its threshold
         labels = {} if above is None else {"labels": [{"class": c, "probability": p} for c, p in above[0]]}
-        return {"predictions": [{"class": c, "probability": p} for c, p in top], **labels,
+        unknown = {} if score is None else {"label": UNKNOWN if score < predictor.reject_limit else top[0][0],
+                                            "unknown": score < predictor.reject_limit, "score": score}
+        return {"predictions": [{"class": c, "probability": p} for c, p in top], **labels, **unknown,
                 "time_ms": round((time.perf_counter() - t0) * 1000, 3), "preprocess_ms": round(pre_ms, 3),
                 "inference_ms": round(inf_ms, 3), "batch": batch,
                 "image": {"width": width, "height": height, "bytes": len(data)}}
+
+    explain_lock = threading.Lock()  # maps need gradients: one at a time, off the batcher's thread
+    explain_layer: list = []  # the layer maps are read from, chosen on the first request
+
+    def class_map(arr, wanted: str | None):
+        """(H, W, C) uint8 -> ((S, S) map in [0, 1], class index, its probability): engine/cam.py's default method
+        and layer, as `tudui explain` computes them."""
+        with explain_lock:
+            x = predictor.batch([arr])
+            probs = predictor.probabilities(x)[0]
+            c = predictor.classes.index(wanted) if wanted is not None else int(probs.argmax())
+            if not explain_layer:
+                explain_layer.append(cam.find_layer(predictor.model, x))
+            m = cam.class_maps(predictor.model, x, [c], EXPLAIN_METHOD, explain_layer[0])[0]
+        return m, c, float(probs[c])
+
+    @app.post("/explain", responses={200: {"description": "the image as the model saw it with the map over it "
+                                                          "(PNG), or with ?format=json the map as numbers",
+                                           "content": {"image/png": {}, "application/json": {}}}, **documented},
+              summary="where the evidence for a class lies in one image (class-activation map)",
+              openapi_extra={"requestBody": PREDICT_BODY})
+    async def explain(request: Request, fmt: str = fastapi.Query("png", alias="format", pattern="^(png|json)$",
+                                                                 description="png, or json for the map as numbers"),
+                      wanted: str | None = fastapi.Query(None, alias="class", description="the class mapped "
+                                                         "(default: the image's top class)",
+                                                         json_schema_extra={"enum": list(predictor.classes)})):
+        if predictor.format not in ("checkpoint", "safetensors", "module"):
+            raise ApiError(501, f"maps need the PyTorch model; this server runs a {predictor.format} export: serve "
+                                "its checkpoint to explain")
+        if wanted is not None and wanted not in predictor.classes:
+            raise ApiError(422, f"invalid request: class {wanted!r} is not one of the model's classes")
+        data = await read_body(request)
+        if not data:
+            raise ApiError(400, "empty upload: send an image as multipart field 'file' or as the request body")
+        width, height, cost = check_pixels(data, max_pixels, predictor.spec)
+        if cost > budget.capacity:
+            raise ApiError(413, f"decoding this {width}x{height} image needs about {cost / 2**20:,.0f} MiB, over this "
+                                f"server's limit of {max_decode_mb:g} MiB (--max-decode-mb)")
+
+        def decode():
+            try:
+                return predictor.spec.decode(data)
+            except BadImage as e:
+                raise ApiError(415, f"the upload is not a readable image: {e.reason}") from None
+
+        async with budget.admit(cost):
+            arr = await run_in_threadpool(decode)
+        m, c, prob = await run_in_threadpool(class_map, arr, wanted)
+        if fmt == "json":
+            return {"class": predictor.classes[c], "probability": prob, "method": EXPLAIN_METHOD,
+                    "layer": explain_layer[0].name, "map": np.round(m, 4).tolist()}
+        return Response(map_png(arr, m), media_type="image/png")
 
     app.state.batcher = batcher  # for tests and benchmarks: batches run, items answered
     app.state.decode_budget = budget  # for tests: the most bytes and decodes admitted at once
@@ -424,6 +511,7 @@ def worker_app():
     torch.set_num_threads(1)  # also onnxruntime's and OpenVINO's thread count (inference/formats.py)
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=True)  # the parent already had the user's consent, or refused
+    predictor.reject(o.reject_below, o.reject, o.coverage, o.score)  # as the parent checked it
     return create_app(predictor, o)
 
 
@@ -443,6 +531,7 @@ def serve(options: ServeOptions) -> None:
     workers = o.processes()
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=o.trust_code)
+    predictor.reject(o.reject_below, o.reject, o.coverage, o.score)  # "unknown" below a threshold (checked here)
     app = create_app(predictor, o) if workers == 1 else None
     sock = listen_socket(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0 or an interface address: reachable from outside

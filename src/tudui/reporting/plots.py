@@ -1,4 +1,5 @@
-"""Pictures of a run (PNG, matplotlib's Agg renderer): curves, confusion matrix, mistakes, a training batch.
+"""Pictures of a run (PNG, matplotlib's Agg renderer): curves, confusion matrix, mistakes, a training batch, the
+reliability diagram.
 
 Figures are built with `matplotlib.figure.Figure` rather than pyplot, so no GUI
 backend or global figure state is involved (safe in a headless server or a thread).
@@ -208,6 +209,30 @@ def plot_lr_find(lrs: list[float], losses: list[float], raw: list[float], sugges
     return _save(fig, path)
 
 
+def plot_reliability(calibration: dict, path: str | Path, split: str = "val") -> Path:
+    """Two panels, before and after: each bin's accuracy as a bar at its mean confidence's bin, the diagonal a
+    perfectly calibrated model would follow, and the share of images per bin as a grey line."""
+    report = calibration[split]
+    bins = calibration["bins"]
+    edges = np.linspace(0, 1, bins + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    fig = _figure(9, 4.2)
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, when, ece_key in zip(axes, ("before", "after"), ("ece_before", "ece_after")):
+        r = report[f"reliability_{when}"]
+        acc = np.nan_to_num(np.array(r["accuracy"], dtype=float))
+        ax.bar(centres, acc, width=1 / bins, edgecolor="C0", color="C0", alpha=0.7, label="accuracy")
+        ax.plot([0, 1], [0, 1], "--", color="0.4", linewidth=1, label="calibrated")
+        share = np.array(r["count"], dtype=float) / max(1, sum(r["count"]))
+        ax.plot(centres, share, color="0.6", marker=".", linewidth=1, label="share of images")
+        t = f", T = {calibration['temperature']:.3g}" if when == "after" else ""
+        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)",
+               title=f"{when} temperature scaling{t}\nECE {report[ece_key]:.4f} ({split}, {report['n']:,} images)")
+    axes[0].set_ylabel("accuracy")
+    axes[0].legend(fontsize=8, loc="upper left")
+    return _save(fig, path)
+
+
 class PlotsCallback(Callback):
     """Writes the run's pictures at the end of fit and lists them on the console.
 
@@ -248,8 +273,11 @@ class PlotsCallback(Callback):
         if self.batch is not None and self._draw("the training batch", plot_batch, *self.batch, classes,
                                                  d / "train_batch.png"):
             self.files.append(d / "train_batch.png")
+        if getattr(run, "calibration", None) is not None:  # --calibrate on: engine/calibration.py
+            if self._draw("the reliability diagram", plot_reliability, run.calibration, d / "reliability.png"):
+                self.files.append(d / "reliability.png")
         names = {"curves.png": "curves", "confusion_matrix.png": "confusion", "mistakes.png": "mistakes",
-                 "train_batch.png": "batch"}
+                 "train_batch.png": "batch", "reliability.png": "reliability"}
         result.pictures.update({names[f.name]: f for f in self.files})
         if self.files:
             print("pictures: " + ", ".join(str(f) for f in self.files), flush=True)
@@ -293,7 +321,8 @@ def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> 
 
 
 def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
-    """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`.
+    """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`, and
+    with `--cam` eval_<split>_mistakes.png (each mistake with its map, half and half).
 
     Named after the split so they sit beside a run's own confusion_matrix.png without replacing it.
     """
@@ -303,5 +332,17 @@ def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
         return [write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
     png = out / f"eval_{split}_confusion_matrix.png"
     plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
-    return [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),
-            write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+    files = [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),
+             write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+    if result.get("cam_mistakes"):  # `tudui eval --cam`: the mistakes with their class-activation maps
+        from matplotlib import colormaps
+
+        found = result["cam_mistakes"]
+        heat = [colormaps["jet"](np.clip(m[4], 0, 1))[..., :3] for m in found["items"]]
+        pictures = np.stack([0.5 * (m[1] / 255.0 if m[1].shape[-1] == 3 else np.repeat(m[1], 3, -1) / 255.0) + 0.5 * h
+                             for m, h in zip(found["items"], heat)])
+        titles = [f"true {classes[t]}\npred {classes[p]} {c:.0%}" for c, _, t, p, _ in found["items"]]
+        files.append(_image_grid(pictures, titles, out / f"eval_{split}_mistakes.png",
+                                 f"most confidently wrong on {split}, {found['method']} maps of the predicted class",
+                                 cols=4))
+    return files

@@ -308,7 +308,8 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
         chunk = rows[start:start + o.batch_size]
         x = to_batch([pixels[i] for i in chunk])
         with torch.no_grad():  # the calibrated probabilities predict reports (its flip TTA aside: maps are of one pass)
-            probs = (net(x).float() / temperature).softmax(1).cpu()
+            logits = net(x).float().cpu()
+            probs = logits.sigmoid() if spec.multi_label else (logits / temperature).softmax(1)
         wanted = [spec.classes.index(o.class_name)] * len(chunk) if o.class_name is not None else \
             probs.argmax(1).tolist()
         maps = cam.class_maps(net, x, wanted, o.method, layer, o.batch_size)

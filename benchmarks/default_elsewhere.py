@@ -8,8 +8,8 @@ the same seeds, one run after the other:
   - digits: scikit-learn's bundled 8x8 digits (1,437 train, 360 test);
   - folders: the same 5,000 MNIST digits as PNG class folders, train/ (3,500), val/ (500), test/ (1,000), so the
     folder path (decode, cache, val/ chooses the best epoch) is the one a user's own folder takes.
---quick (a smoke test of the script, offline) stands in 5,000 local Fashion-MNIST training items for the MNIST
-digits, written the same two ways, so that it needs no network and no download.
+--quick (a smoke test of the script, offline) stands in 1,000 local Fashion-MNIST training items for the MNIST
+digits, written the same two ways in the same proportions, so that it needs no network and no download.
 The previous default is spelt out: model fast, 8 epochs, batch 128, amp off, warm-up 15% of the schedule (1.2 of 8
 epochs).
 Test top-1 is read once at the end of each run (its best epoch, chosen on its validation split).
@@ -52,10 +52,11 @@ def mnist_5k(workdir: Path) -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1].reshape(-1, 28, 28).astype(np.uint8), table[:, -1]
 
 
-def standin_5k() -> tuple[np.ndarray, np.ndarray]:
-    """--quick's stand-in for mnist_5k, from local data: 5,000 seeded Fashion-MNIST training items, (5000, 28, 28)
-    uint8 and their labels 0-9, in the same shapes and order of magnitude, so every step after it runs unchanged."""
-    return C.load_fmnist(True, 5000, seed=0)
+def standin(n: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+    """--quick's stand-in for mnist_5k, from local data: `n` seeded Fashion-MNIST training items, (n, 28, 28) uint8
+    and their labels 0-9, in the same shapes, so every step after it runs unchanged (a fifth of the 5,000: a smoke
+    test writes and decodes a fifth of the PNGs)."""
+    return C.load_fmnist(True, n, seed=0)
 
 
 def write_idx(folder: Path, images: np.ndarray, labels: np.ndarray, train: bool) -> None:
@@ -77,17 +78,19 @@ def datasets(workdir: Path, quick: bool) -> dict[str, dict]:
     of its own, so that a kept workdir never mixes the two)."""
     if quick:
         workdir = workdir / "quick-standin"
-        images, labels = standin_5k()
+        images, labels = standin()
     else:
         images, labels = mnist_5k(workdir)
+    n = len(images)  # 5,000: 4,000 train and 1,000 test; folders 3,500 train, 500 val, 1,000 test (the same shares)
     mnist = workdir / "mnist"
     if not (mnist / "t10k-labels-idx1-ubyte.gz").exists():
         mnist.mkdir(parents=True, exist_ok=True)
-        write_idx(mnist, images[:4000], labels[:4000], True)
-        write_idx(mnist, images[4000:], labels[4000:], False)
+        write_idx(mnist, images[:n * 4 // 5], labels[:n * 4 // 5], True)
+        write_idx(mnist, images[n * 4 // 5:], labels[n * 4 // 5:], False)
     folders = workdir / "mnist-folders"
     if not (folders / ".complete").exists():
-        for name, sl in (("train", slice(0, 3500)), ("val", slice(3500, 4000)), ("test", slice(4000, 5000))):
+        for name, sl in (("train", slice(0, n * 7 // 10)), ("val", slice(n * 7 // 10, n * 4 // 5)),
+                         ("test", slice(n * 4 // 5, n))):
             write_pngs(folders / name, images[sl], labels[sl])
         (folders / ".complete").write_text("ok\n")
     return {"mnist": {"data": "mnist", "data_root": str(workdir)}, "digits": {"data": "digits"},
@@ -109,7 +112,7 @@ def main() -> None:
     args = p.parse_args()
     C.header("the default recipe beyond Fashion-MNIST: previous vs today's", args.quick)
     if args.quick:
-        print("--quick: the rows named mnist and folders train on 5,000 local Fashion-MNIST items standing in for "
+        print("--quick: the rows named mnist and folders train on 1,000 local Fashion-MNIST items standing in for "
               "the MNIST digits (no download)\n", flush=True)
     seeds = args.seeds[:1] if args.quick else args.seeds
     quick = {"epochs": 1, "subset": C.QUICK_SUBSET} if args.quick else {}

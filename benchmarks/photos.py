@@ -322,8 +322,8 @@ def bench(args: argparse.Namespace, workdir: Path) -> None:
             rows1 += [[m, "course's way", f"{course['seconds']:.1f}", f"{course['last']:.2%}", f"{course['best']:.2%}",
                        ""],
                       [m, "tudui --freeze-backbone", f"{ours['seconds']:.1f}", f"{ours['last']:.2%}",
-                       f"{ours['best']:.2%}", f"{speedup:.1f}x"]]
-            targets += [[f"frozen backbone, {m}: >= 8x faster than the course's way", f"{speedup:.1f}x",
+                       f"{ours['best']:.2%}", f"{speedup:.2f}x"]]
+            targets += [[f"frozen backbone, {m}: >= 8x faster than the course's way", f"{speedup:.2f}x",
                          C.verdict(speedup >= TARGETS["speed"])],
                         [f"frozen backbone, {m}: equal or better val top-1 (last epoch)",
                          f"{ours['last']:.2%} vs {course['last']:.2%}", C.verdict(acc_ok)]]

@@ -1,10 +1,15 @@
 """Every benchmark script runs end to end with --quick, as `make test` promises, and prints its tables in full
 (tables.check_report: every row, finite and plausible figures; the figures are not held to targets: a smoke test on a
-shared machine measures nothing). Each needs the real Fashion-MNIST."""
+shared machine measures nothing). Each needs the real Fashion-MNIST.
+
+A script runs in the test's own interpreter, as `python benchmarks/SCRIPT --quick` would run it (its folder first on
+sys.path, `__main__`, its argv): a child interpreter would cost each of them seconds of importing torch. What it
+changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
+working folder, and (conftest) torch's threads and determinism flags."""
 from __future__ import annotations
 
 import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -60,13 +65,23 @@ SLOW = {"timm_transfer.py"}
 
 @pytest.mark.parametrize("script", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
                                     for name in sorted(n for n, line in SCRIPTS.items() if line is not None)])
-def test_quick_run(script, request, tmp_path):
+def test_quick_run(script, request, tmp_path, capfd, monkeypatch):
     if script == "peers.py" and not PEERS_YOLO.exists():
         pytest.skip("Ultralytics' environment .venv-peers is made by `make bench`")
     request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
-    env = os.environ | {"PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, str(BENCH / script), "--quick", "--workdir", str(tmp_path / "work")],
-                       capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "--quick smoke test" in r.stdout and SCRIPTS[script] in r.stdout, r.stdout[-3000:]
-    check_report(script, r.stdout)  # every table: the rows it must have, finite and plausible figures
+    env = dict(os.environ)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", "--workdir", str(tmp_path / "work")])
+    monkeypatch.setattr(sys, "path", [str(BENCH), *sys.path])
+    try:
+        runpy.run_path(str(BENCH / script), run_name="__main__")
+        code = 0
+    except SystemExit as e:  # sys.exit(message) on failure, sys.exit(0) or sys.exit(main()) at the end
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else e.code)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    out, err = capfd.readouterr()  # the script's prints and its children's output alike
+    assert code == 0, out[-3000:] + err[-3000:] + str(code)
+    assert "--quick smoke test" in out and SCRIPTS[script] in out, out[-3000:]
+    check_report(script, out)  # every table: the rows it must have, finite and plausible figures

@@ -68,6 +68,31 @@ def test_resize_to_square():
     assert out.shape == (16, 16, 3)
 
 
+@pytest.mark.parametrize("crop_pct", [None, 0.875])
+def test_bicubic_decoding_is_torchvisions_bicubic_resize(crop_pct):
+    """interpolation='bicubic' (a timm model's weights) gives torchvision's Resize(..., BICUBIC) [+ CenterCrop]
+    pixels on a PIL image, and differs from the bilinear default."""
+    from torchvision.transforms import v2
+    from torchvision.transforms.v2 import InterpolationMode as IM
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (61, 83, 3), dtype=np.uint8))
+    if crop_pct is None:
+        ref = v2.Resize((24, 24), IM.BICUBIC, antialias=True)(img)
+    else:
+        ref = v2.CenterCrop(24)(v2.Resize(images.resize_side(24, crop_pct), IM.BICUBIC, antialias=True)(img))
+    out = decode_image(img, 3, 24, crop_pct, interpolation="bicubic")
+    assert np.array_equal(out, np.array(ref))
+    assert not np.array_equal(out, decode_image(img, 3, 24, crop_pct))
+
+
+def test_the_layout_tag_names_a_filter_other_than_bilinear():
+    from tudui.data import Layout
+
+    assert Layout(3, 24, 0.875).tag == "c3-s24-crop0.875"  # as before the filter was recorded: caches stay valid
+    assert Layout(3, 24, 0.875, "bicubic").tag == "c3-s24-crop0.875-bicubic"
+
+
 @pytest.mark.parametrize("data", [b"", b"not an image at all", _png(Image.new("RGB", (64, 64)))[:60]])
 def test_bad_bytes_raise_badimage(data):
     with pytest.raises(BadImage):

@@ -6,9 +6,10 @@ MODE `train` writes OUT_DIR/rank<R>.json: the training indices of each epoch, th
 rank trained with, a hash of the parameters at the end of training (before the best weights are reloaded), the
 evaluation summaries the rank returned, and the names of the process's threads once `tudui train` has returned
 (the process group's gloo threads must be gone then: one left into interpreter shutdown can abort the rank). MODE `fail` makes rank 1 fail with a TuduiError while loading its data; MODE
-`hang` makes it hang there (it writes OUT_DIR/rank1-hangs, the time.time() it started, and sleeps). MODE `twice`
-trains two runs in one job (saving a torchrun start): TRAIN_ARGS with `--epochs 2 --name straight`, then
-`--epochs 1 --name resumed`.
+`hang` makes it hang there (it writes OUT_DIR/rank1-hangs, the time.time() it started, and sleeps). MODE `several`
+trains several runs in one job (each torchrun start costs seconds of two processes importing torch): TRAIN_ARGS is
+one JSON list of argument lists, trained in order in one process group held across them; the record's `runs` maps
+each run folder's name to its parameter hash.
 The hooks wrap tudui's own functions from outside, so the product carries no test-only code.
 """
 import hashlib
@@ -64,18 +65,18 @@ def finish(run, criterion):
         h.update(p.detach().cpu().numpy().tobytes())
     record["param_sha256"] = h.hexdigest()
     result = real_finish(run, criterion)
+    record.setdefault("runs", {})[result.run_dir.name] = record["param_sha256"]
     record.update(val=result.val, test=result.test, run_dir=str(result.run_dir))
     return result
 
 
 trainer.setup, trainer._finish = setup, finish
-if mode == "twice":
+if mode == "several":
     import torch._dynamo  # noqa: F401  before the group, as tudui does (engine/distributed._import_dynamo)
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")  # held across both runs: tudui joins a group that exists instead of making one
-    rc = max(cli.main(["train", *train_args, "--epochs", epochs, "--name", name])
-             for epochs, name in (("2", "straight"), ("1", "resumed")))
+    dist.init_process_group("gloo")  # held across the runs: tudui joins a group that exists instead of making one
+    rc = max(cli.main(["train", *args]) for args in json.loads(train_args[0]))
     dist.destroy_process_group()
 else:
     rc = cli.main(["train", *train_args])

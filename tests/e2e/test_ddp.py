@@ -137,21 +137,39 @@ def test_a_hanging_rank_ends_the_job_after_tudui_dist_timeout(tmp_path):
     assert "[rank0]: Traceback" not in err, err[-3000:]
 
 
-def test_resume_under_torchrun_continues_exactly(tmp_path, cli):
-    """A 2-process job trained 1 epoch and resumed to 2 ends bit-identical to one trained 2 epochs straight.
+def test_resume_and_the_toolbox_under_torchrun(tmp_path, cli):
+    """Three runs share one torchrun job (ddp_worker.py `several`: a torchrun start is two processes importing torch).
 
-    Both first runs share one torchrun job (ddp_worker.py `twice`). The resume command names no --nproc: the run's
-    config.yaml says 2, so it re-runs itself under torchrun, as a user's `tudui train --resume` does. With
-    --scheduler none, raising --epochs on resume changes nothing else; --augment crop makes every rank's own
-    augmentation stream part of what must be restored.
+    Resume: a 2-process job trained 1 epoch and resumed to 2 ends bit-identical to one trained 2 epochs straight. The
+    resume command names no --nproc: the run's config.yaml says 2, so it re-runs itself under torchrun, as a user's
+    `tudui train --resume` does. With --scheduler none, raising --epochs on resume changes nothing else; --augment
+    crop makes every rank's own augmentation stream part of what must be restored.
+
+    Toolbox: EMA, per-image policies, erasing, mixup/cutmix, accumulation and --time in a 2-process job: the ranks
+    stay in step (same weights at the end, one run directory) and best.pt holds the EMA.
     """
     import torch
+
+    from tudui.core.checkpoint import load_checkpoint
 
     args = ["--data", "digits", "--model", "mnist-cnn", "--batch-size", "64", "--subset", "512", "--augment", "crop",
             "--scheduler", "none", "--device", "cpu", "--deterministic", "--no-plots", "--no-tensorboard",
             "--project", str(tmp_path)]
-    r = torchrun(str(WORKER), "twice", str(tmp_path / "ranks"), *args, cwd=tmp_path)  # `straight` and `resumed`
+    toolbox = ["--data", "digits", "--model", "mnist-cnn", "--epochs", "2", "--batch-size", "64", "--ema", "--augment",
+               "trivialaugment", "--erase", "0.2", "--mixup", "0.2", "--cutmix", "1.0", "--accumulate", "2", "--time",
+               "0.05", "--project", str(tmp_path / "runs"), "--name", "toolbox"]
+    jobs = [args + ["--epochs", "2", "--name", "straight"], args + ["--epochs", "1", "--name", "resumed"], toolbox]
+    r = torchrun(str(WORKER), "several", str(tmp_path / "ranks"), json.dumps(jobs), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
+    ranks = [json.loads((tmp_path / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
+
+    # the toolbox run: ranks in step, one run directory, best.pt's EMA
+    assert ranks[0]["runs"]["toolbox"] == ranks[1]["runs"]["toolbox"]
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == ["toolbox"]
+    last = load_checkpoint(tmp_path / "runs" / "toolbox" / "last.pt")
+    assert last["ema"]["updates"] == last["step"] and last["config"]["ema"] and last["config"]["mixup"] == 0.2
+
+    # resume under torchrun
     env = {"OMP_NUM_THREADS": "1"}
     r = cli("train", "--resume", tmp_path / "resumed", "--epochs", "2", cwd=tmp_path, timeout=240, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
@@ -167,19 +185,3 @@ def test_resume_under_torchrun_continues_exactly(tmp_path, cli):
     rows = [[{k: v for k, v in row.items() if k not in ("epoch_time_s", "images_per_s")}
              for row in csv.DictReader(open(tmp_path / n / "results.csv"))] for n in ("straight", "resumed")]
     assert rows[0] == rows[1] and [row["epoch"] for row in rows[1]] == ["1", "2"]
-
-
-def test_toolbox_under_torchrun(tmp_path):
-    """EMA, per-image policies, erasing, mixup/cutmix, accumulation and --time in a 2-process job: the ranks stay in
-    step (same weights at the end, one run directory) and best.pt holds the EMA."""
-    from tudui.core.checkpoint import load_checkpoint
-
-    r = torchrun(str(WORKER), "train", str(tmp_path / "ranks"), "--data", "digits", "--model", "mnist-cnn",
-                 "--epochs", "2", "--batch-size", "64", "--ema", "--augment", "trivialaugment", "--erase", "0.2",
-                 "--mixup", "0.2", "--cutmix", "1.0", "--accumulate", "2", "--time", "0.05",
-                 "--project", str(tmp_path / "runs"), cwd=tmp_path)
-    assert r.returncode == 0, r.stdout + r.stderr
-    ranks = [json.loads((tmp_path / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
-    assert ranks[0]["param_sha256"] == ranks[1]["param_sha256"]
-    last = load_checkpoint(tmp_path / "runs" / "exp" / "last.pt")
-    assert last["ema"]["updates"] == last["step"] and last["config"]["ema"] and last["config"]["mixup"] == 0.2

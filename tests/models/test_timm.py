@@ -197,21 +197,23 @@ def test_pretrained_cfg_travels_into_the_checkpoint_predict_and_onnx(tmp_path, c
     first = capsys.readouterr().out
     cfg = timm.models.get_pretrained_cfg("test_efficientnet").to_dict()
     side = cfg["input_size"][-1]
-    assert f"input {side} px, evaluation crop {cfg['crop_pct']:g} (photos) from timm's pretrained_cfg of " \
-        f"test_efficientnet.{cfg['tag']}" in first
+    assert f"input {side} px, evaluation crop {cfg['crop_pct']:g} (photos), bicubic resizes from timm's " \
+        f"pretrained_cfg of test_efficientnet.{cfg['tag']}" in first
     assert "mapped to timm's names by order and shape (layer0.weight -> conv_stem.weight" in first
     data = load_checkpoint(run.best)["data"]
     grey = [sum(cfg["mean"]) / 3], [sum(cfg["std"]) / 3]  # ImageNet's, averaged for the 1-channel digits
     assert data["mean"] == pytest.approx(grey[0]) and data["std"] == pytest.approx(grey[1]) and data["img_size"] == side
     record = data["pretrained_cfg"]
     assert (record["interpolation"], record["crop_pct"]) == (cfg["interpolation"], cfg["crop_pct"])
+    assert data["interpolation"] == cfg["interpolation"] == "bicubic"  # the decode's filter is the weights'
+
     spec = tudui.Predictor.from_path(run.best, device="cpu").spec
-    assert spec.mean == pytest.approx(grey[0]) and spec.img_size == side
+    assert spec.mean == pytest.approx(grey[0]) and spec.img_size == side and spec.interpolation == "bicubic"
     out = tmp_path / "m.onnx"
     assert cli_main(["export", str(run.best), "--format", "onnx", "--out", str(out)]) == 0
     meta = {p.key: json.loads(p.value) for p in onnx.load(str(out)).metadata_props}
     assert meta["pretrained_cfg"]["source"] == f"timm's pretrained_cfg of test_efficientnet.{cfg['tag']}"
-    assert meta["mean"] == pytest.approx(grey[0]) and meta["img_size"] == side
+    assert meta["mean"] == pytest.approx(grey[0]) and meta["img_size"] == side and meta["interpolation"] == "bicubic"
 
 
 def test_cached_head_features_equal_the_image_path_for_a_timm_model(tmp_path, monkeypatch, capsys):

@@ -13,7 +13,7 @@ This module only re-exports.
 from ..core.config import MEMORY_LIMIT_MB
 from .factory import (EVAL_BATCH_SIZE, IMAGENET_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data,
                       eval_batch_size, fits_in_memory, load_decoded, load_eval_split, load_splits, train_layout)
-from .images import decode_image
+from .images import RESAMPLE, decode_image
 from .loaders import make_loader
 from .sampler import LONG_TAILED, auto_balance, epoch_order, imbalance_ratio
 from .spec import DataSpec, Layout, denormalize, eval_layout, normalize
@@ -24,4 +24,4 @@ __all__ = ["DataBundle", "DataSpec", "Split", "Layout", "build_data", "load_spli
            "normalize", "denormalize", "model_logits", "augment_batch", "augment_options", "eval_transforms",
            "decode_image", "eval_batch_size", "fits_in_memory", "eval_layout", "train_layout", "IMAGENET_MEAN",
            "IMAGENET_STD", "IMAGENET_CROP_PCT", "EVAL_BATCH_SIZE", "MEMORY_LIMIT_MB", "LONG_TAILED", "auto_balance",
-           "epoch_order", "imbalance_ratio"]
+           "epoch_order", "imbalance_ratio", "RESAMPLE"]

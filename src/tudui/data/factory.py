@@ -23,7 +23,7 @@ from ..core.options import EVAL_BATCH_SIZE
 from ..core.pyfile import is_file_ref, load_object
 from .cache import cached_split
 from .folders import read_folder_splits, split_folders
-from .images import gray_mode, peek_image, resize_side
+from .images import RESAMPLE, gray_mode, peek_image, resize_side
 from .labels import LabelReading
 from .loaders import decode_split
 from .overlap import same_files, warn_overlap
@@ -57,7 +57,7 @@ def train_layout(spec: DataSpec, augment: str) -> Layout:
     the evaluation resize side (256 for 224 at 0.875), the margin random-resized-crop cuts from; else the same
     pixels as evaluation."""
     if AUGMENTS[augment].photo and spec.crop_pct:
-        return Layout(spec.channels, resize_side(spec.img_size, spec.crop_pct), 1.0)
+        return Layout(spec.channels, resize_side(spec.img_size, spec.crop_pct), 1.0, spec.interpolation)
     return eval_layout(spec)
 
 
@@ -253,12 +253,14 @@ def resolve_augment(augment: str, photo: bool) -> str:
 
 def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
                default_crop: float | None = None, default_channels: int | None = None,
-               default_size: int | None = None, before_decoding: Callable[[DataSpec], None] | None = None) -> DataBundle:
+               default_size: int | None = None, default_interpolation: str | None = None, before_decoding: Callable[[DataSpec], None] | None = None) -> DataBundle:
     """Load the splits named by `cfg` (a TrainConfig) and resolve the DataSpec and how each split is held.
 
     default_norm / default_crop: the pretrained weights' mean/std (ImageNet's, or a tudui checkpoint's own) and
     evaluation crop, if any.
     default_size: the pretrained weights' input side, used when --img-size is not given (timm's pretrained_cfg).
+    default_interpolation: the resize filter the pretrained weights were trained on (timm's pretrained_cfg), used
+    for every decode of this run (bilinear otherwise).
     default_channels: the input channels of a model given already built, used when --channels is not given
     (greyscale images are replicated to RGB for a 3-channel model, as PIL's convert('RGB') does).
     before_decoding: called with the DataSpec (classes, size, channels; mean/std not yet measured) once it is known
@@ -287,7 +289,8 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     hflip = cfg.hflip if cfg.hflip is not None else all(NAMED[n].hflip for n in names if n in NAMED)
     spec = DataSpec(classes=list(train.classes), img_size=size, channels=channels, mean=[0.0] * channels,
                     std=[1.0] * channels, hflip=hflip, tta=bool(cfg.tta and hflip), crop_pct=crop_pct,
-                    multi_label=train.multi)
+                    multi_label=train.multi,
+                    interpolation=default_interpolation if default_interpolation in RESAMPLE else "bilinear")
     if before_decoding is not None:
         before_decoding(spec)
     t_layout, e_layout = train_layout(spec, augment), eval_layout(spec)

@@ -40,6 +40,10 @@ TILE_PIXELS = 1 << 18
 # box-reduced by an integer factor (Pillow's reducing_gap), which keeps at least REDUCING_GAP times the output's side.
 RESAMPLE_BYTES = 64 << 20
 REDUCING_GAP = 2.0
+# --interpolation name -> (Pillow filter, its support in source pixels per unit of scale: the width of its
+# coefficient tables relative to bilinear's). Bilinear is tudui's own recipe; bicubic is what most timm weights
+# were trained on (their pretrained_cfg says so), so a timm model is evaluated on the resize it learnt from.
+RESAMPLE = {"bilinear": (Image.BILINEAR, 1), "bicubic": (Image.BICUBIC, 2)}
 # Bytes per pixel of width a decoder may hold in row buffers (two rows of 8 bytes: 16-bit RGBA PNG filtering).
 DECODER_ROW_BYTES = 16
 # What decode_cost adds for everything else a decode holds (decoder state, the file's bytes, tiles, Python objects).
@@ -440,25 +444,27 @@ def _draft_side(size: int | None, crop_pct: float | None) -> int | None:
     return math.ceil(target * DRAFT_GAP) if target else None
 
 
-def _resample_bytes(img: Image.Image, new: tuple[int, int]) -> int:
+def _resample_bytes(img: Image.Image, new: tuple[int, int], interpolation: str = "bilinear") -> int:
     """Bytes Pillow's resize of `img` to `new` allocates (see `_resample_cost`)."""
-    return _resample_cost(img.size, new, _bytes_per_pixel(img.mode))
+    return _resample_cost(img.size, new, _bytes_per_pixel(img.mode), RESAMPLE[interpolation][1])
 
 
-def _resample_cost(size: tuple[int, int], new: tuple[int, int], bpp: int) -> int:
-    """Bytes a bilinear resize from `size` to `new` allocates: coefficients per axis (8-byte doubles, ~2 per source
-    pixel when shrinking, ~2 per output pixel when enlarging), the horizontal pass's (new width x height) image and
-    the output, `bpp` bytes per pixel."""
+def _resample_cost(size: tuple[int, int], new: tuple[int, int], bpp: int, support: int = 1) -> int:
+    """Bytes a resize from `size` to `new` allocates: coefficients per axis (8-byte doubles, ~2 x `support` per
+    source pixel when shrinking, per output pixel when enlarging; support 1 bilinear, 2 bicubic), the horizontal
+    pass's (new width x height) image and the output, `bpp` bytes per pixel."""
     (w, h) = size
-    return 16 * (w + h + new[0] + new[1]) + (new[0] * h + new[0] * new[1]) * bpp
+    return 16 * support * (w + h + new[0] + new[1]) + (new[0] * h + new[0] * new[1]) * bpp
 
 
-def _resize(img: Image.Image, new: tuple[int, int], box: tuple[float, float, float, float] | None = None):
-    """Bilinear (antialiased) resize; box-reduced first when the plain resize would take over RESAMPLE_BYTES (only
-    extreme aspect ratios: every other image gets exactly Pillow's plain resize)."""
-    if box is None and _resample_bytes(img, new) <= RESAMPLE_BYTES:
-        return img.resize(new, Image.BILINEAR)
-    return img.resize(new, Image.BILINEAR, box=box, reducing_gap=REDUCING_GAP)
+def _resize(img: Image.Image, new: tuple[int, int], box: tuple[float, float, float, float] | None = None,
+            interpolation: str = "bilinear"):
+    """Antialiased resize with the named filter (RESAMPLE); box-reduced first when the plain resize would take over
+    RESAMPLE_BYTES (only extreme aspect ratios: every other image gets exactly Pillow's plain resize)."""
+    resample = RESAMPLE[interpolation][0]
+    if box is None and _resample_bytes(img, new, interpolation) <= RESAMPLE_BYTES:
+        return img.resize(new, resample)
+    return img.resize(new, resample, box=box, reducing_gap=REDUCING_GAP)
 
 
 def _crop_geometry(w: int, h: int, size: int, crop_pct: float) -> tuple[tuple[int, int], int, int]:
@@ -471,18 +477,18 @@ def _crop_geometry(w: int, h: int, size: int, crop_pct: float) -> tuple[tuple[in
     return new, int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
 
 
-def _resize_crop(img: Image.Image, size: int, crop_pct: float) -> Image.Image:
+def _resize_crop(img: Image.Image, size: int, crop_pct: float, interpolation: str = "bilinear") -> Image.Image:
     """Resize the short side to resize_side(size, crop_pct), then cut the centre size x size (torchvision's
     Resize(int) + CenterCrop: the long side is int(side * long / short), the crop's corner rounds half away)."""
     w, h = img.size
     new, left, top = _crop_geometry(w, h, size, crop_pct)
-    if new != img.size and _resample_bytes(img, new) > RESAMPLE_BYTES:
+    if new != img.size and _resample_bytes(img, new, interpolation) > RESAMPLE_BYTES:
         # The whole resized image would be huge (a 64,000,000 x 1 image at side 256 is 16e9 x 256): resize only the
         # source box that becomes the crop (the same sampling positions), box-reduced first.
         sx, sy = w / new[0], h / new[1]
-        return _resize(img, (size, size), (left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+        return _resize(img, (size, size), (left * sx, top * sy, (left + size) * sx, (top + size) * sy), interpolation)
     if new != img.size:
-        img = img.resize(new, Image.BILINEAR)
+        img = img.resize(new, RESAMPLE[interpolation][0])
     return img.crop((left, top, left + size, top + size))
 
 
@@ -523,11 +529,12 @@ def _decode_plain_png(path: str | Path, channels: int, size: int | None) -> np.n
 
 
 def decode_image(src: str | Path | bytes | Image.Image, channels: int, size: int | None,
-                 crop_pct: float | None = None) -> np.ndarray:
+                 crop_pct: float | None = None, interpolation: str = "bilinear") -> np.ndarray:
     """Decode `src` into a (size, size, channels) uint8 array.
 
     EXIF orientation is applied and the mode is converted by `_to_mode`. Then, with `crop_pct` None, the image is
-    resized to size x size (squashed, bilinear with antialiasing: tudui's recipe for small images); with a
+    resized to size x size (squashed, antialiased with the `interpolation` filter, bilinear by default: tudui's
+    recipe for small images; a timm model's weights may ask for bicubic); with a
     `crop_pct` in (0, 1], its short side is resized to `resize_side(size, crop_pct)` and the centre size x size is
     cut out (the photo recipe, aspect ratio kept). Large JPEGs are DCT-scaled while decoding (see DRAFT_GAP).
     `size=None` keeps the image's own size. Memory: at most `decode_cost` bytes (16-bit and float images are
@@ -547,9 +554,9 @@ def decode_image(src: str | Path | bytes | Image.Image, channels: int, size: int
             img = ImageOps.exif_transpose(img)
         img = _to_mode(img, channels)  # 'L' or 'RGB'; a grey image stays 'L' until after the resize
         if size is not None and crop_pct is not None:
-            img = _resize_crop(img, size, crop_pct)
+            img = _resize_crop(img, size, crop_pct, interpolation)
         elif size is not None and img.size != (size, size):
-            img = _resize(img, (size, size))
+            img = _resize(img, (size, size), interpolation=interpolation)
         if channels == 3 and img.mode == "L":
             img = img.convert("RGB")
     except (OSError, ValueError) as e:

@@ -19,21 +19,25 @@ import numpy as np
 import torch
 
 from ..core.errors import TuduiError
-from .images import decode_image, shown
+from .images import RESAMPLE, decode_image, shown
 
 
 @dataclass(frozen=True)
 class Layout:
-    """What one decoded row holds: `decode_image(path, channels, size, crop_pct)`, (size, size, channels) uint8."""
+    """What one decoded row holds: `decode_image(path, channels, size, crop_pct, interpolation)`, (size, size,
+    channels) uint8."""
 
     channels: int
     size: int
     crop_pct: float | None = None  # None: squashed to a square; else short side resized, centre cropped
+    interpolation: str = "bilinear"  # the resize filter, a name of images.RESAMPLE
 
     @property
     def tag(self) -> str:
         how = "squash" if self.crop_pct is None else f"crop{self.crop_pct:g}"
-        return f"c{self.channels}-s{self.size}-{how}"
+        # bilinear rows keep the tag they always had, so existing disk caches stay valid
+        filt = "" if self.interpolation == "bilinear" else f"-{self.interpolation}"
+        return f"c{self.channels}-s{self.size}-{how}{filt}"
 
     @property
     def row_shape(self) -> tuple[int, int, int]:
@@ -44,7 +48,7 @@ class Layout:
         return self.size * self.size * self.channels
 
     def decode(self, src) -> np.ndarray:
-        return decode_image(src, self.channels, self.size, self.crop_pct)
+        return decode_image(src, self.channels, self.size, self.crop_pct, self.interpolation)
 
 
 @dataclass
@@ -70,10 +74,13 @@ class DataSpec:
     # the validation split (engine/multilabel.py), applied by eval, predict, serve and every export.
     multi_label: bool = False
     thresholds: list[float] | None = None
+    # The resize filter (images.RESAMPLE): bilinear, tudui's recipe and every checkpoint's before this field existed;
+    # bicubic when a timm model's pretrained weights were trained on it (their pretrained_cfg's interpolation).
+    interpolation: str = "bilinear"
 
     def decode(self, src) -> np.ndarray:
         """A path, bytes or PIL image -> (S, S, C) uint8, exactly as this model's evaluation sees it."""
-        return decode_image(src, self.channels, self.img_size, self.crop_pct)
+        return decode_image(src, self.channels, self.img_size, self.crop_pct, self.interpolation)
 
     @property
     def flip_tta(self) -> bool:
@@ -107,8 +114,11 @@ class DataSpec:
             if isinstance(name, str) and not _is_utf8(name):  # a Latin-1 class folder, before tudui refused them
                 raise TuduiError(f"this model's class name '{shown(name)}' is not UTF-8 text, so it cannot be shown "
                                  "or served; rename the class folder in UTF-8 and train again")
+        if d.get("interpolation", "bilinear") not in RESAMPLE:
+            raise TuduiError(f"this model resizes its images with '{d['interpolation']}', which this tudui does not "
+                             f"know ({', '.join(RESAMPLE)}); upgrade tudui")
         return cls(**{k: d[k] for k in ("classes", "img_size", "channels", "mean", "std", "hflip", "tta", "crop_pct",
-                                                "pretrained_cfg", "multi_label", "thresholds")
+                                                "pretrained_cfg", "multi_label", "thresholds", "interpolation")
                      if k in d})
 
 
@@ -147,4 +157,4 @@ def denormalize(x: torch.Tensor, spec: DataSpec) -> torch.Tensor:
 
 def eval_layout(spec: DataSpec) -> Layout:
     """What evaluation, predict, serve and exports feed the model: spec.decode's pixels."""
-    return Layout(spec.channels, spec.img_size, spec.crop_pct)
+    return Layout(spec.channels, spec.img_size, spec.crop_pct, spec.interpolation)

@@ -19,7 +19,7 @@ from ..core.checkpoint import weights_data
 from ..core.console import shown
 from ..core.errors import TuduiError
 from ..core.files import close_run_dir, open_run_dir, versions
-from ..data import IMAGENET_MEAN, IMAGENET_STD, DataBundle, build_data, eval_batch_size, make_loader
+from ..data import IMAGENET_MEAN, IMAGENET_STD, RESAMPLE, DataBundle, build_data, eval_batch_size, make_loader
 from ..models import get_model_info
 from ..models.training import create_training_model
 from ..models.user import module_in_channels, top_level_warning
@@ -61,10 +61,12 @@ def timm_preprocessing(cfg: TrainConfig) -> tuple:
     given = [f for f, v in (("--img-size", cfg.img_size), ("--crop-pct", cfg.crop_pct), ("--mean/--std", cfg.mean))
              if v is not None]
     interp = pcfg.get("interpolation")
+    if interp in RESAMPLE and interp != "bilinear":
+        taken.append(f"{interp} resizes")
     line = f"preprocessing: {', '.join(taken) or 'nothing'} from {src}" + \
         (f"; {', '.join(given)} from the command line" if given else "") + \
-        (f"; the weights were trained on {interp} resizes, tudui resizes bilinearly" if interp and interp != "bilinear"
-         else "")
+        (f"; the weights were trained on {interp} resizes, tudui resizes bilinearly" if interp and
+         interp not in RESAMPLE else "")
     record = {"source": src, **{k: list(v) if isinstance(v, tuple) else v for k, v in pcfg.items()
                                 if k in ("mean", "std", "input_size", "crop_pct", "interpolation", "hf_hub_id")}}
     return norm, pcfg.get("crop_pct"), side, line, src if norm else None, record
@@ -242,7 +244,9 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
                              "torchrun")
         built.append(create_training_model(cfg, spec, device))
 
-    data = build_data(cfg, default_norm=norm, default_crop=crop, default_size=size,
+    # the resize filter the weights learnt from: a tudui checkpoint's own, or timm's pretrained_cfg (often bicubic)
+    interp = (trained or {}).get("interpolation") or (record or {}).get("interpolation")
+    data = build_data(cfg, default_norm=norm, default_crop=crop, default_size=size, default_interpolation=interp,
                       default_channels=module_in_channels(cfg.model),  # a built model's own channels
                       before_decoding=build_model)
     data.spec.pretrained_cfg = record  # travels with the DataSpec into every checkpoint and export

@@ -22,9 +22,8 @@ from ..models.timm_models import TIMM, import_timm
 
 def hf_config(spec: DataSpec) -> dict:
     """The preprocessing timm's config.json records: the run's own (what tudui's validation fed the model)."""
-    interp = (spec.pretrained_cfg or {}).get("interpolation") or "bilinear"
     return {"input_size": [spec.channels, spec.img_size, spec.img_size], "mean": list(spec.mean),
-            "std": list(spec.std), "crop_pct": spec.crop_pct or 1.0, "interpolation": interp}
+            "std": list(spec.std), "crop_pct": spec.crop_pct or 1.0, "interpolation": spec.interpolation}
 
 
 def model_card(arch: str, spec: DataSpec, metrics: dict | None, has_matrix: bool) -> str:

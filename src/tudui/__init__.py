@@ -12,7 +12,7 @@ from .core.config import TrainConfig
 from .core.errors import TuduiError
 
 _API = ("train", "evaluate", "predict", "export", "serve", "convert", "summary", "Predictor", "RunResult",
-        "create_model", "list_models", "register_model", "resolve_config", "default_callbacks")
+        "create_model", "list_models", "register_model", "resolve_config", "default_callbacks", "tune", "runs")
 
 
 def __getattr__(name: str):

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .core.config import LrFindOptions, TrainConfig, load_yaml, save_yaml
-from .core.options import EvalOptions, ExportOptions, PredictOptions, ServeOptions
+from .core.config import LrFindOptions, TrainConfig, save_yaml
+from .core.options import EvalOptions, ExportOptions, PredictOptions, ServeOptions, TuneOptions
 from .core.console import shown
 from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
@@ -26,6 +26,7 @@ from .data import eval_layout, load_decoded, load_eval_split, make_loader
 from .data.check import check_data, format_report
 from .data.export_images import export_images
 from .engine.callbacks import Callback
+from .engine.configure import resolve_config
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
 from .engine.resume import RunFinished, resume_config
@@ -49,9 +50,10 @@ from .reporting.plots import PlotsCallback, plot_lr_find, write_eval_reports
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
+from .tuning.study import TuneResult, run_study
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
-           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export",
+           "resolve_config", "default_callbacks", "train", "tune", "TuneResult", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export",
            "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
            "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
            "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
@@ -66,22 +68,6 @@ class LaunchFailed(TuduiError):
 
 
 # --- train -----------------------------------------------------------------------------------------------------------
-def resolve_config(values: dict, config_file: str | Path | None = None) -> TrainConfig:
-    """The TrainConfig a run uses: `config_file` (YAML) overridden by `values`, a `preset` filling the rest.
-
-    With `values["resume"]` it is the run's own config.yaml with only the options that may change on resume
-    (engine/resume.py); a run that has nothing left to do raises RunFinished.
-    """
-    values = dict(values)
-    if values.get("resume"):
-        return resume_config(values | {"_config": config_file})
-    base = load_yaml(config_file) if config_file else {}
-    if config_file and "name" not in values:
-        base.pop("name", None)  # a repeated run gets a new directory
-    base.pop("resume", None)
-    return TrainConfig.from_dict(base | values)
-
-
 def default_callbacks(cfg: TrainConfig) -> list[Callback]:
     """The reporting callbacks a config asks for (--tensorboard, --plots)."""
     callbacks: list[Callback] = []
@@ -130,6 +116,31 @@ def _launch(cfg: TrainConfig, argv: list[str] | None) -> None:
         code = launch(argv, cfg.nproc)
     if code != 0:
         raise LaunchFailed(f"the {cfg.nproc}-process training job ended with exit code {code}", code)
+
+
+TUNE_KEYS = [f.name for f in dataclasses.fields(TuneOptions)]
+
+
+def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = None, enqueue: list[dict] | None = None,
+         **options) -> TuneResult:
+    """An Optuna study over training options (tuning/study.py): each trial a run in PROJECT/tune/STUDY/trial-K,
+    trained as `train` would with the same console lines, TensorBoard and pictures; returns every trial and the
+    best, whose config is written to the study folder's best.yaml.
+
+        tudui.tune(data="digits", trials=20, epochs=4)                  # --space default
+        tudui.tune(data="digits", trials=10, space="space.yaml", study="lr")
+
+    options: TrainConfig's (fixed for every trial) and TuneOptions' trials, space, study, storage, pruner,
+    startup_trials. seed_sampler: the TPE sampler's seed; enqueue: parameter sets tried first."""
+    study = TuneOptions.build({k: options.pop(k) for k in TUNE_KEYS if k in options})
+    if options.get("nproc", 1) != 1:
+        raise TuduiError("tudui tune runs each trial in this process; drop --nproc (start more `tudui tune --study "
+                         "NAME` processes to run trials side by side)")
+    with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step (the trial is recorded as failed)
+        return run_study(options, config_file=config_file, space=study.space, trials=study.trials, study=study.study,
+                         storage=study.storage, pruner=study.pruner, startup_trials=study.startup_trials,
+                         seed=seed_sampler, enqueue=enqueue,
+                         callbacks=lambda cfg: [ConsoleCallback(), *default_callbacks(cfg), stop])
 
 
 LR_FIND_KEYS = [f.name for f in dataclasses.fields(LrFindOptions)]

@@ -18,7 +18,7 @@ from .core import __version__
 from .core.config import LrFindOptions, TrainConfig
 from .core.errors import TuduiError
 from .core.options import (GROUPS, MISSING, EvalOptions, ExportOptions, ModelFileOptions, PredictOptions,
-                           ServeOptions, flag_of)
+                           ServeOptions, TuneOptions, flag_of)
 
 
 def _api():
@@ -123,6 +123,36 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def add_lr_find_args(p: argparse.ArgumentParser) -> None:
     add_train_args(p)
     add_options(p, LrFindOptions)
+
+
+# --- tune --------------------------------------------------------------------------------------------------------------
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    add_train_args(p)
+    p.usage = "%(prog)s --data DATA [DATA ...] --trials N [--space default|YAML] [--study NAME] [train options]"
+    add_options(p, TuneOptions)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .core.console import shown, table
+
+    r = _api().tune(config_file=getattr(args, "_config", None), **options_of(args, TrainConfig),
+                    **options_of(args, TuneOptions))
+    names = list(dict.fromkeys(k for t in r.trials for k in t.params))
+    rows = [[t.number, *(_value(t.params.get(k)) for k in names), "" if t.value is None else f"{t.value:.4f}",
+             t.epochs or "", "" if t.seconds is None else f"{t.seconds:.1f}", t.state] for t in r.trials]
+    print(f"\nstudy {shown(r.study)} ({shown(r.storage)}): {len(r.trials)} trials")
+    print(table(["trial", *names, r.metric, "epochs", "seconds", "state"], rows, ">" * (len(names) + 4) + "<"))
+    if r.best is None:
+        print("no trial has finished yet")
+        return 0
+    print(f"best: trial {r.best.number}, {r.metric} {r.best.value:.4f} ({shown(r.best.run_dir)})")
+    if r.best_config is not None:
+        print(f"re-run it: tudui train --config {shown(r.best_config)}")
+    return 0
+
+
+def _value(v) -> str:
+    return "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 # --- eval --------------------------------------------------------------------------------------------------------------
@@ -331,6 +361,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "train": ("train a classifier (writes runs/<name>/)", add_train_args, cmd_train),
     "lr-find": ("learning-rate range test on your data and model: a plot and a suggested --lr", add_lr_find_args,
                 cmd_lr_find),
+    "tune": ("search training options with Optuna: each trial a run in runs/tune/STUDY/", add_tune_args, cmd_tune),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
     "export": ("export a checkpoint to ONNX, TorchScript or safetensors, with a parity check",

@@ -87,7 +87,7 @@ class TrainConfig(Options):
     Fields hold plain values (a run's config.yaml is this object written out); the library also accepts a torch
     Dataset (or a {"train", "val", "test"} dict of them) in `data` and an nn.Module class or builder in `model`.
     Building one checks every value's choices and range (`validate`); `from_dict` adds a preset's values and
-    refuses unknown keys, as config files need. `api.resolve_config` is how a run's config is assembled.
+    refuses unknown keys, as config files need. `engine/configure.resolve_config` is how a run's config is assembled.
     """
 
     # --- data ---------------------------------------------------------------

@@ -147,7 +147,8 @@ def workers_value(value) -> int | str:
 
 # The sections of `--help`, in the order it lists them (timm's grouping): a field's `group` names one.
 GROUPS = {"data": "data", "model": "model", "optimisation": "optimisation", "augmentation": "augmentation",
-          "run": "run and output", "device": "device and scale", "lr-find": "learning-rate range test"}
+          "run": "run and output", "device": "device and scale", "lr-find": "learning-rate range test",
+          "tune": "the study (tudui tune)"}
 
 
 # --- fields several commands share ---------------------------------------------------------------------------------
@@ -278,3 +279,24 @@ class ServeOptions(Options):
                                                  "together; an image needing more alone gets 413", gt=0)
     docs: bool = option(True, "serve the API's Swagger UI at /docs, its files from this server")
     log_level: str = option("info", "uvicorn's log level", cli=False)
+
+
+@dataclass
+class TuneOptions(Options):
+    """`tudui tune`'s own options (the study); every trial's data, model and fixed options are TrainConfig's."""
+
+    trials: int = option(20, "trials to run in this process (a shared study counts every worker's)", group="tune",
+                         min=1)
+    space: str = option("default", "the search space: 'default' (lr, weight decay, label smoothing, batch size, "
+                        "augmentation, EMA) or a YAML file of option: {low, high[, log]} ranges and option: [choices]",
+                        group="tune")
+    study: str | None = option(None, "the study's name: its folder PROJECT/tune/NAME holds the trials and the journal; "
+                               "an existing study is continued (several processes may share one) [default: a new "
+                               "study-N]", group="tune")
+    storage: str | None = option(None, "an Optuna database URL (postgresql://..., mysql://..., sqlite:///FILE) "
+                                 "instead of the journal file in the study's folder", group="tune")
+    pruner: str = option("median", "stop a trial whose validation figure after an epoch is below the median of "
+                         "earlier trials' at that epoch (median), or never (none)", group="tune",
+                         choices=["median", "none"])
+    startup_trials: int = option(3, "trials that finish before the pruner compares against them", group="tune",
+                                 min=0)

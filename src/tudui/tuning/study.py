@@ -1,0 +1,194 @@
+"""An Optuna study whose trials are ordinary tudui runs.
+
+Each trial resolves its TrainConfig exactly as `tudui train` does (engine/configure.py: the fixed options, the
+trial's sampled ones) and trains it with engine's `fit` into PROJECT/tune/STUDY/trial-K, so any trial can be
+evaluated, exported or continued like any run. The figure a trial reports after each epoch, and is judged by, is
+the one its best.pt is chosen by (--best-by / --select-by: top-1, balanced accuracy or macro-F1) on the validation
+split; the test split never chooses. TPE samples; the median pruner stops a trial whose figure after an epoch is
+below the median of earlier trials' at that epoch.
+
+The study lives in Optuna's journal file in the study folder (several processes, or machines sharing the file
+system, may run the same study at once and share its trials), or in a database (`storage`).
+"""
+from __future__ import annotations
+
+import datetime
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import optuna
+
+from ..core.config import TrainConfig, load_yaml, save_yaml
+from ..core.errors import TuduiError
+from ..core.files import check_run_name
+from ..engine.callbacks import Callback
+from ..engine.choices import BEST_BY_METRIC
+from ..engine.configure import resolve_config
+from ..engine.trainer import fit
+from .space import Param, load_space
+
+JOURNAL = "journal.log"
+BEST_CONFIG = "best.yaml"
+METRIC_NAMES = {"top1": "val top1", "balanced_accuracy": "val balanced acc", "macro_f1": "val macro-F1"}
+
+
+def figure_key(cfg: TrainConfig) -> str:
+    """The validation summary's key a run's best.pt is chosen by (top-1 where every epoch is the best: --best-by last)."""
+    return BEST_BY_METRIC.get(cfg.best_by, "top1")
+
+
+class TrialReport(Callback):
+    """Reports each epoch's validation figure to the trial, prunes it when the pruner says so, and records the
+    trial's run folder, epochs and the best epoch's figure."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial, self.value = trial, None
+
+    def on_fit_start(self, run) -> None:
+        self.trial.set_user_attr("run_dir", str(run.run_dir))
+
+    def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
+        if val is None:
+            raise TuduiError("tudui tune needs a validation split to judge trials by; give --val-split above 0 or "
+                             "data with a val/ folder")
+        key = figure_key(run.cfg)
+        figure = float(val[key])
+        self.trial.set_user_attr("metric", key)
+        self.trial.set_user_attr("epochs", run.epoch)
+        if run.best_epoch == run.epoch:  # the epoch best.pt now holds
+            self.value = figure
+        self.trial.report(figure, run.epoch)
+        if run.epoch < run.cfg.epochs and self.trial.should_prune():
+            raise optuna.TrialPruned(f"epoch {run.epoch}: {key} {figure:.4f} below the median")
+
+
+@dataclass
+class TrialRow:
+    number: int
+    state: str
+    params: dict
+    value: float | None
+    epochs: int | None
+    seconds: float | None
+    run_dir: str | None
+
+
+@dataclass
+class TuneResult:
+    """What a study holds after this process's trials: every trial, the best, where its config went."""
+
+    study: str
+    folder: Path
+    storage: str
+    metric: str
+    trials: list[TrialRow] = field(default_factory=list)
+    best: TrialRow | None = None
+    best_config: Path | None = None
+
+
+def study_folder(project: str | Path, study: str | None) -> tuple[str, Path]:
+    """(name, folder) of the study: PROJECT/tune/NAME; without a name the first free study-N."""
+    root = Path(project) / "tune"
+    if study is not None:
+        try:
+            check_run_name(study)
+        except TuduiError as e:
+            raise TuduiError(str(e).replace("--name", "--study", 1).replace("--project", "PROJECT/tune")) from None
+        return study, root / study
+    n = 1
+    while (root / f"study-{n}").exists():
+        n += 1
+    return f"study-{n}", root / f"study-{n}"
+
+
+def open_study(name: str, folder: Path, storage: str | None, pruner: str, startup_trials: int,
+               seed: int | None = None) -> tuple[optuna.Study, str]:
+    """The study (created, or loaded when it exists) and where it is stored."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if storage is None:
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        where = str(folder / JOURNAL)
+        store = JournalStorage(JournalFileBackend(where))
+    else:
+        where = store = storage
+    pruning = optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0) \
+        if pruner == "median" else optuna.pruners.NopPruner()
+    try:
+        study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
+                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruning)
+    except (ImportError, ModuleNotFoundError) as e:
+        raise TuduiError(f"--storage {storage} needs a database driver that is not installed ({e}); "
+                         "pip install it (e.g. psycopg2-binary for postgresql://, pymysql for mysql+pymysql://)") \
+            from None
+    except Exception as e:  # a URL SQLAlchemy cannot parse or a server that does not answer
+        if storage is None:
+            raise
+        raise TuduiError(f"cannot open the study in --storage {storage}: {str(e).splitlines()[0]}") from None
+    return study, where
+
+
+def run_study(values: dict, *, config_file: str | Path | None = None, space: str | Path | dict = "default",
+              trials: int = 20, study: str | None = None, storage: str | None = None, pruner: str = "median",
+              startup_trials: int = 3, seed: int | None = None, enqueue: list[dict] | None = None,
+              callbacks: Callable[[TrainConfig], list[Callback]] = lambda cfg: []) -> TuneResult:
+    """Run `trials` trials of the study over `space`, each a run trained by engine's `fit` with the options `values`
+    (and `config_file`) fix and the trial's own; `callbacks(cfg)` gives each run's reporting callbacks. `enqueue`:
+    parameter sets tried first (Optuna's enqueue_trial). Writes the best trial's config (best.yaml) into the study
+    folder."""
+    if values.get("resume"):
+        raise TuduiError("tudui tune starts its own runs; --resume continues one run (tudui train --resume RUN)")
+    fixed = (load_yaml(config_file) if config_file else {}) | values
+    fixed.pop("name", None)
+    params = load_space(space, fixed)
+    base = resolve_config(values, config_file)  # the fixed options, checked before any trial starts
+    name, folder = study_folder(base.project, study)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # tudui prints its own lines
+    opened, where = open_study(name, folder, storage, pruner, startup_trials, seed)
+    for p in enqueue or []:
+        opened.enqueue_trial(p, skip_if_exists=True)
+
+    def objective(trial: optuna.Trial) -> float:
+        chosen = {p.name: p.suggest(trial) for p in params}
+        cfg = resolve_config(values | chosen | {"project": str(folder), "name": f"trial-{trial.number}",
+                                                "exist_ok": False}, config_file)
+        report = TrialReport(trial)
+        print(f"trial {trial.number}: " + ", ".join(f"{k}={_shown(v)}" for k, v in chosen.items()), flush=True)
+        fit(cfg, [*callbacks(cfg), report])
+        if report.value is None or not math.isfinite(report.value):
+            raise TuduiError(f"trial {trial.number} ended with no validation figure")
+        return report.value
+
+    opened.optimize(objective, n_trials=trials, catch=())
+    return summarize(opened, name, folder, where, base.project)
+
+
+def _shown(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def summarize(study: optuna.Study, name: str, folder: Path, where: str, project: str | Path) -> TuneResult:
+    """Every trial of the study as a row, the best one, and its config written to FOLDER/best.yaml (its `project`
+    back to the user's, so `tudui train --config` writes a new run beside the others)."""
+    rows = []
+    metric = "top1"
+    for t in study.get_trials(deepcopy=False):
+        seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
+            if t.datetime_complete and t.datetime_start else None
+        metric = t.user_attrs.get("metric", metric)
+        rows.append(TrialRow(t.number, t.state.name.lower(), dict(t.params), t.value, t.user_attrs.get("epochs"),
+                             seconds, t.user_attrs.get("run_dir")))
+    result = TuneResult(name, folder, where, METRIC_NAMES.get(metric, metric), rows)
+    done = [r for r in rows if r.state == "complete" and r.value is not None]
+    if done:
+        result.best = max(done, key=lambda r: (r.value, -r.number))
+        config = Path(result.best.run_dir or "") / "config.yaml"
+        if config.is_file():
+            best = load_yaml(config)
+            best.pop("name", None)
+            best["project"] = str(project)
+            result.best_config = folder / BEST_CONFIG
+            save_yaml(best, result.best_config)
+    return result

@@ -47,13 +47,14 @@ from .models.summary import ModelSummary, parse_input, summarize_model
 from .reporting.console import ConsoleCallback
 from .reporting.info import environment, format_environment
 from .reporting.plots import PlotsCallback, plot_lr_find, write_eval_reports
+from .reporting.runs import RunRow, compare_runs, list_runs
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
 from .tuning.study import TuneResult, run_study
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
-           "resolve_config", "default_callbacks", "train", "tune", "TuneResult", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export",
+           "resolve_config", "default_callbacks", "train", "tune", "TuneResult", "runs", "compare_runs", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export",
            "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
            "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
            "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
@@ -167,6 +168,14 @@ def lr_find(*, config_file: str | Path | None = None, **options) -> tuple[LRFind
             png = plot_lr_find(found.lrs, found.losses, found.raw, found.suggestion, found.rule,
                                run.run_dir / "lr_find.png")
     return found, [csv_path, png]
+
+
+# --- runs ------------------------------------------------------------------------------------------------------------
+def runs(folder: str | Path = "runs", sort: str = "date") -> list[RunRow]:
+    """Every run under `folder` (reporting/runs.py): date, data, model, the options that differ between the runs,
+    epochs, best.pt's validation top-1, the test top-1, training seconds, and whether it finished; sorted by `sort`
+    (date, run, val, test, time, epochs)."""
+    return list_runs(folder, sort)
 
 
 # --- evaluate, predict -----------------------------------------------------------------------------------------------

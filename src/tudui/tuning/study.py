@@ -35,7 +35,7 @@ METRIC_NAMES = {"top1": "val top1", "balanced_accuracy": "val balanced acc", "ma
 
 
 def figure_key(cfg: TrainConfig) -> str:
-    """The validation summary's key a run's best.pt is chosen by (top-1 where every epoch is the best: --best-by last)."""
+    """The validation summary's key a run's best.pt is chosen by (top-1 where every epoch is best: --best-by last)."""
     return BEST_BY_METRIC.get(cfg.best_by, "top1")
 
 

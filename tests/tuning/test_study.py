@@ -79,3 +79,20 @@ def test_yaml_numbers_without_a_dot_are_numbers(tmp_path):
     lr, epochs = load_space(path, {"data": "digits"})
     assert (lr.low, lr.high, lr.log) == (1e-4, 1e-2, True) and isinstance(lr.low, float)
     assert (epochs.low, epochs.high) == (1, 3) and isinstance(epochs.low, int)
+
+
+def test_storage_url_puts_the_study_in_a_database(tmp_path, capsys):
+    pytest.importorskip("sqlalchemy")
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    r = tudui.tune(**(TINY | {"epochs": 1}), project=str(tmp_path), study="db", storage=url, trials=1,
+                   space={"lr": [0.01]})
+    stored = optuna.load_study(study_name="db", storage=url)
+    assert [t.value for t in stored.trials] == [r.trials[0].value] and r.trials[0].state == "complete"
+    assert r.storage == url and not (tmp_path / "tune/db/journal.log").exists()
+
+    code = cli.main(["tune", "--data", "digits", "--trials", "1", "--project", str(tmp_path),
+                     "--storage", "nosuch://nowhere"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: cannot open the study in --storage nosuch://nowhere") \
+        and err.count("\n") == 1, err
+    assert not (tmp_path / "tune/study-1").exists()

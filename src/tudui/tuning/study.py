@@ -106,8 +106,8 @@ def study_folder(project: str | Path, study: str | None) -> tuple[str, Path]:
 def open_study(name: str, folder: Path, storage: str | None, pruner: str, startup_trials: int,
                seed: int | None = None) -> tuple[optuna.Study, str]:
     """The study (created, or loaded when it exists) and where it is stored."""
-    folder.mkdir(parents=True, exist_ok=True)
     if storage is None:
+        folder.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         where = str(folder / JOURNAL)

@@ -9,6 +9,11 @@ below the median of earlier trials' at that epoch.
 
 The study lives in Optuna's journal file in the study folder (several processes, or machines sharing the file
 system, may run the same study at once and share its trials), or in a database (`storage`).
+
+A worker killed in mid-trial (SIGKILL, a lost machine) leaves its trial "running" in the study and its run folder
+unlocked (the kernel drops a dead process's lock: core/lock.py). The next `tudui tune` of the study marks that trial
+failed and queues a trial that continues its run from last.pt (tudui's exact resume) with the same options, so no
+finished epoch is trained again and the killed trial is not counted as a result twice.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import optuna
 
 from ..core.config import TrainConfig, load_yaml, save_yaml
 from ..core.errors import TuduiError
-from ..core.files import check_run_name
+from ..core.files import RUN_LOCK, check_run_name
+from ..core.lock import FileLock, Locked
 from ..engine.callbacks import Callback
 from ..engine.choices import BEST_BY_METRIC
 from ..engine.configure import resolve_config
@@ -31,6 +37,7 @@ from .space import Param, load_space
 
 JOURNAL = "journal.log"
 BEST_CONFIG = "best.yaml"
+HISTORY_KEYS = {"top1": "val_top1", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1"}  # results.csv
 METRIC_NAMES = {"top1": "val top1", "balanced_accuracy": "val balanced acc", "macro_f1": "val macro-F1"}
 
 
@@ -48,6 +55,13 @@ class TrialReport(Callback):
 
     def on_fit_start(self, run) -> None:
         self.trial.set_user_attr("run_dir", str(run.run_dir))
+        key = figure_key(run.cfg)
+        for row in run.history:  # a resumed run: the epochs it trained before count for this trial too
+            figure = float(row[HISTORY_KEYS[key]])
+            self.trial.report(figure, int(row["epoch"]))
+            if int(row["epoch"]) == run.best_epoch:
+                self.value = figure
+            self.trial.set_user_attr("epochs", int(row["epoch"]))
 
     def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
         if val is None:
@@ -147,15 +161,22 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
     name, folder = study_folder(base.project, study)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # tudui prints its own lines
     opened, where = open_study(name, folder, storage, pruner, startup_trials, seed)
+    adopt_orphans(opened)
     for p in enqueue or []:
         opened.enqueue_trial(p, skip_if_exists=True)
 
     def objective(trial: optuna.Trial) -> float:
-        chosen = {p.name: p.suggest(trial) for p in params}
-        cfg = resolve_config(values | chosen | {"project": str(folder), "name": f"trial-{trial.number}",
-                                                "exist_ok": False}, config_file)
+        chosen = {p.name: p.suggest(trial) for p in params}  # a queued trial's own values (Optuna's fixed params)
+        resumes = trial.user_attrs.get("resumes")
+        if resumes is not None:  # the run of a killed worker's trial, continued where its last.pt is
+            cfg = resolve_config({"resume": trial.user_attrs["run_dir"]})
+        else:
+            cfg = resolve_config(values | chosen | {"project": str(folder), "name": f"trial-{trial.number}",
+                                                    "exist_ok": False}, config_file)
         report = TrialReport(trial)
-        print(f"trial {trial.number}: " + ", ".join(f"{k}={_shown(v)}" for k, v in chosen.items()), flush=True)
+        print(f"trial {trial.number}: " + ", ".join(f"{k}={_shown(v)}" for k, v in chosen.items())
+              + (f" (continues trial {resumes}: {trial.user_attrs['run_dir']})" if resumes is not None else ""),
+              flush=True)
         fit(cfg, [*callbacks(cfg), report])
         if report.value is None or not math.isfinite(report.value):
             raise TuduiError(f"trial {trial.number} ended with no validation figure")
@@ -163,6 +184,39 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
 
     opened.optimize(objective, n_trials=trials, catch=())
     return summarize(opened, name, folder, where, base.project)
+
+
+def adopt_orphans(study: optuna.Study) -> list[int]:
+    """Trials left "running" by a worker that died: their run folder is not locked by a live training. Each is marked
+    failed (the storage refuses a second worker doing the same, so one of them adopts it) and a trial with its
+    options is queued: one that continues its run (`resumes`) where it saved last.pt, else one that starts over.
+    Returns the numbers of the trials adopted."""
+    adopted = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        run_dir = t.user_attrs.get("run_dir")
+        if run_dir is not None and (Path(run_dir) / "metrics.json").exists():
+            continue  # trained and evaluated: its worker is recording the result (its lock is already released)
+        if run_dir is not None:
+            lock = FileLock(Path(run_dir) / RUN_LOCK)
+            try:
+                lock.acquire(blocking=False, grace_s=0)
+            except (Locked, OSError):
+                continue  # a live training holds it (or it cannot be told): not an orphan
+            lock.release()
+        elif t.datetime_start and (datetime.datetime.now() - t.datetime_start).total_seconds() < ORPHAN_AFTER_S:
+            continue  # a trial still being set up in another process
+        try:
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+        except (RuntimeError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # another worker adopted it first
+        resumable = run_dir is not None and (Path(run_dir) / "last.pt").is_file()
+        study.enqueue_trial(dict(t.params), user_attrs={"resumes": t.number, "run_dir": run_dir} if resumable else {})
+        adopted.append(t.number)
+    return adopted
+
+
+# A trial recorded as running with no run folder yet, this long after it started, belongs to a dead worker.
+ORPHAN_AFTER_S = 600
 
 
 def _shown(v) -> str:
@@ -178,10 +232,12 @@ def summarize(study: optuna.Study, name: str, folder: Path, where: str, project:
         seconds = (t.datetime_complete - t.datetime_start).total_seconds() \
             if t.datetime_complete and t.datetime_start else None
         metric = t.user_attrs.get("metric", metric)
-        rows.append(TrialRow(t.number, t.state.name.lower(), dict(t.params), t.value, t.user_attrs.get("epochs"),
+        state = t.state.name.lower() + (f" (continued trial {t.user_attrs['resumes']})"
+                                         if "resumes" in t.user_attrs else "")
+        rows.append(TrialRow(t.number, state, dict(t.params), t.value, t.user_attrs.get("epochs"),
                              seconds, t.user_attrs.get("run_dir")))
     result = TuneResult(name, folder, where, METRIC_NAMES.get(metric, metric), rows)
-    done = [r for r in rows if r.state == "complete" and r.value is not None]
+    done = [r for r in rows if r.state.startswith("complete") and r.value is not None]
     if done:
         result.best = max(done, key=lambda r: (r.value, -r.number))
         config = Path(result.best.run_dir or "") / "config.yaml"

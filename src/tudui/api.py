@@ -51,7 +51,7 @@ from .reporting.runs import RunRow, compare_runs, list_runs
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
-from .tuning.study import TuneResult, run_study
+from .tuning.study import TuneResult, report_study, run_study
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
            "resolve_config", "default_callbacks", "train", "tune", "TuneResult", "runs", "compare_runs", "lr_find", "evaluate", "predict", "Predictor", "Prediction", "export",
@@ -132,8 +132,10 @@ def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = No
         tudui.tune(data="digits", trials=10, space="space.yaml", study="lr")
 
     options: TrainConfig's (fixed for every trial) and TuneOptions' trials, space, study, storage, pruner,
-    startup_trials. seed_sampler: the TPE sampler's seed; enqueue: parameter sets tried first."""
+    startup_trials, report (no trial: the table, best.yaml and pictures of an existing study). seed_sampler: the TPE sampler's seed; enqueue: parameter sets tried first."""
     study = TuneOptions.build({k: options.pop(k) for k in TUNE_KEYS if k in options})
+    if study.report:
+        return report_study(options.get("project", TrainConfig.project), study.study, study.storage)
     if options.get("nproc", 1) != 1:
         raise TuduiError("tudui tune runs each trial in this process; drop --nproc (start more `tudui tune --study "
                          "NAME` processes to run trials side by side)")

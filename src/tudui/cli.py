@@ -128,8 +128,10 @@ def add_lr_find_args(p: argparse.ArgumentParser) -> None:
 # --- tune --------------------------------------------------------------------------------------------------------------
 def add_tune_args(p: argparse.ArgumentParser) -> None:
     add_train_args(p)
-    p.usage = "%(prog)s --data DATA [DATA ...] --trials N [--space default|YAML] [--study NAME] [train options]"
+    p.usage = ("%(prog)s --data DATA [DATA ...] --trials N [--space default|YAML] [--study NAME] [train options]   "
+               "(or --study NAME --report)")
     add_options(p, TuneOptions)
+    next(a for a in p._actions if a.dest == "data").required = False  # --report reads a study: no data
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
@@ -148,6 +150,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"best: trial {r.best.number}, {r.metric} {r.best.value:.4f} ({shown(r.best.run_dir)})")
     if r.best_config is not None:
         print(f"re-run it: tudui train --config {shown(r.best_config)}")
+    if r.pictures:
+        print("wrote " + ", ".join(shown(p) for p in r.pictures))
+    for note in r.notes:
+        print(f"note: no {note}")
     return 0
 
 

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import yaml
+from PIL import Image
 
 optuna = pytest.importorskip("optuna")
 
@@ -51,6 +52,22 @@ def test_study_prunes_a_bad_trial_and_writes_the_best_config(tmp_path, capsys):
     assert table[5].split()[-1] == "pruned" and table[6].split()[-1] == "complete"
     assert f"re-run it: tudui train --config {tmp_path / 'tune/s/best.yaml'}" in out
     assert (tmp_path / "tune/s/trial-3/best.pt").is_file()
+
+    # --report: no trial runs; the table, best.yaml and Optuna's pictures of the study, tudui's plot style untouched
+    import matplotlib
+
+    style = dict(matplotlib.rcParams)
+    assert cli.main(["tune", "--study", "s", "--project", str(tmp_path), "--report"]) == 0
+    out = capsys.readouterr().out
+    assert "4 trials" in out and not (tmp_path / "tune/s/trial-4").exists()
+    for name in ("history.png", "importances.png", "parallel.png"):
+        with Image.open(tmp_path / "tune/s" / name) as im:
+            assert im.format == "PNG" and im.size == (900, 500)
+        assert str(tmp_path / "tune/s" / name) in out
+    assert dict(matplotlib.rcParams) == style
+    assert cli.main(["tune", "--study", "nope", "--project", str(tmp_path), "--report"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no study 'nope' in") and err.count("\n") == 1
 
 
 @pytest.mark.parametrize("space, message", [

@@ -300,3 +300,6 @@ class TuneOptions(Options):
                          choices=["median", "none"])
     startup_trials: int = option(3, "trials that finish before the pruner compares against them", group="tune",
                                  min=0)
+    report: bool = option(False, "run no trial: print the table of --study NAME, write its best.yaml and draw its "
+                          "pictures (optimisation history, parameter importances, parallel coordinates)", group="tune",
+                          store_true=True)

@@ -33,6 +33,7 @@ from ..engine.callbacks import Callback
 from ..engine.choices import BEST_BY_METRIC
 from ..engine.configure import resolve_config
 from ..engine.trainer import fit
+from .report import draw_study
 from .space import Param, load_space
 
 JOURNAL = "journal.log"
@@ -100,6 +101,8 @@ class TuneResult:
     trials: list[TrialRow] = field(default_factory=list)
     best: TrialRow | None = None
     best_config: Path | None = None
+    pictures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # pictures that could not be drawn, and why
 
 
 def study_folder(project: str | Path, study: str | None) -> tuple[str, Path]:
@@ -144,6 +147,23 @@ def open_study(name: str, folder: Path, storage: str | None, pruner: str, startu
     return study, where
 
 
+def report_study(project: str | Path, study: str | None, storage: str | None) -> TuneResult:
+    """An existing study's table, best.yaml and pictures, running no trial (`tudui tune --study NAME --report`)."""
+    if study is None:
+        raise TuduiError("--report needs --study NAME (the folders under PROJECT/tune are the studies)")
+    name, folder = study_folder(project, study)
+    if storage is None and not (folder / JOURNAL).is_file():
+        raise TuduiError(f"no study {study!r} in {folder.parent} (no {JOURNAL}); check --study and --project")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if storage is not None:
+        try:
+            optuna.load_study(study_name=name, storage=storage)
+        except KeyError:
+            raise TuduiError(f"no study {study!r} in --storage {storage}") from None
+    opened, where = open_study(name, folder, storage, "none", 0)
+    return summarize(opened, name, folder, where, project, pictures=True)
+
+
 def run_study(values: dict, *, config_file: str | Path | None = None, space: str | Path | dict = "default",
               trials: int = 20, study: str | None = None, storage: str | None = None, pruner: str = "median",
               startup_trials: int = 3, seed: int | None = None, enqueue: list[dict] | None = None,
@@ -155,6 +175,8 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
     if values.get("resume"):
         raise TuduiError("tudui tune starts its own runs; --resume continues one run (tudui train --resume RUN)")
     fixed = (load_yaml(config_file) if config_file else {}) | values
+    if not fixed.get("data"):
+        raise TuduiError("tudui tune needs --data (the data every trial trains on), or --study NAME --report")
     fixed.pop("name", None)
     params = load_space(space, fixed)
     base = resolve_config(values, config_file)  # the fixed options, checked before any trial starts
@@ -183,7 +205,7 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
         return report.value
 
     opened.optimize(objective, n_trials=trials, catch=())
-    return summarize(opened, name, folder, where, base.project)
+    return summarize(opened, name, folder, where, base.project, pictures=base.plots)
 
 
 def adopt_orphans(study: optuna.Study) -> list[int]:
@@ -223,9 +245,11 @@ def _shown(v) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def summarize(study: optuna.Study, name: str, folder: Path, where: str, project: str | Path) -> TuneResult:
+def summarize(study: optuna.Study, name: str, folder: Path, where: str, project: str | Path,
+              pictures: bool = False) -> TuneResult:
     """Every trial of the study as a row, the best one, and its config written to FOLDER/best.yaml (its `project`
-    back to the user's, so `tudui train --config` writes a new run beside the others)."""
+    back to the user's, so `tudui train --config` writes a new run beside the others); with `pictures` the study's
+    pictures (tuning/report.py) in FOLDER."""
     rows = []
     metric = "top1"
     for t in study.get_trials(deepcopy=False):
@@ -247,4 +271,7 @@ def summarize(study: optuna.Study, name: str, folder: Path, where: str, project:
             best["project"] = str(project)
             result.best_config = folder / BEST_CONFIG
             save_yaml(best, result.best_config)
+    if pictures:
+        folder.mkdir(parents=True, exist_ok=True)
+        result.pictures, result.notes = draw_study(study, folder, result.metric)
     return result

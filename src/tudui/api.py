@@ -47,6 +47,7 @@ from .models.summary import ModelSummary, parse_input, summarize_model
 from .reporting.console import ConsoleCallback
 from .reporting.info import environment, format_environment
 from .reporting.plots import PlotsCallback, plot_lr_find, write_eval_reports
+from .reporting.loggers import MLflowCallback, mlflow_available
 from .reporting.runs import RunRow, compare_runs, list_runs
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
@@ -70,12 +71,15 @@ class LaunchFailed(TuduiError):
 
 # --- train -----------------------------------------------------------------------------------------------------------
 def default_callbacks(cfg: TrainConfig) -> list[Callback]:
-    """The reporting callbacks a config asks for (--tensorboard, --plots)."""
+    """The reporting callbacks a config asks for (--tensorboard, --plots, --logger)."""
     callbacks: list[Callback] = []
     if cfg.tensorboard:
         callbacks.append(TensorBoardCallback(log_every=cfg.log_every))
     if cfg.plots:
         callbacks.append(PlotsCallback())
+    if cfg.logger == "mlflow":  # after the pictures: they go to MLflow as artefacts
+        mlflow_available()
+        callbacks.append(MLflowCallback(cfg.project))
     return callbacks
 
 

@@ -284,6 +284,9 @@ class TrainConfig(Options):
                             "epoch)", group="run")
     plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end",
                      group="run")
+    logger: str | None = _f(None, "also log to an experiment tracker: mlflow (the options, every epoch's metrics, the "
+                            "pictures and best.pt, to $MLFLOW_TRACKING_URI or PROJECT/mlflow.db; pip install "
+                            "'tudui[mlflow]')", group="run", choices=["mlflow"])
 
     def __post_init__(self) -> None:
         # The library also takes objects: `model` an nn.Module or a builder, `data` torch Datasets (or a list of

@@ -127,7 +127,7 @@ TUNE_KEYS = [f.name for f in dataclasses.fields(TuneOptions)]
 
 
 def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = None, enqueue: list[dict] | None = None,
-         **options) -> TuneResult:
+         argv: list[str] | None = None, **options) -> TuneResult:
     """An Optuna study over training options (tuning/study.py): each trial a run in PROJECT/tune/STUDY/trial-K,
     trained as `train` would with the same console lines, TensorBoard and pictures; returns every trial and the
     best, whose config is written to the study folder's best.yaml.
@@ -136,7 +136,8 @@ def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = No
         tudui.tune(data="digits", trials=10, space="space.yaml", study="lr")
 
     options: TrainConfig's (fixed for every trial) and TuneOptions' trials, space, study, storage, pruner,
-    startup_trials, report (no trial: the table, best.yaml and pictures of an existing study). seed_sampler: the TPE sampler's seed; enqueue: parameter sets tried first."""
+    startup_trials, jobs (worker processes: the command line `argv` started JOBS-1 more times), report (no trial:
+    the table, best.yaml and pictures of an existing study). seed_sampler: the TPE sampler's seed; enqueue: parameter sets tried first."""
     study = TuneOptions.build({k: options.pop(k) for k in TUNE_KEYS if k in options})
     if study.report:
         return report_study(options.get("project", TrainConfig.project), study.study, study.storage)
@@ -146,7 +147,7 @@ def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = No
     with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step (the trial is recorded as failed)
         return run_study(options, config_file=config_file, space=study.space, trials=study.trials, study=study.study,
                          storage=study.storage, pruner=study.pruner, startup_trials=study.startup_trials,
-                         seed=seed_sampler, enqueue=enqueue,
+                         seed=seed_sampler, enqueue=enqueue, jobs=study.jobs, argv=argv,
                          callbacks=lambda cfg: [ConsoleCallback(), *default_callbacks(cfg), stop])
 
 

@@ -137,8 +137,11 @@ def add_tune_args(p: argparse.ArgumentParser) -> None:
 def cmd_tune(args: argparse.Namespace) -> int:
     from .core.console import shown, table
 
-    r = _api().tune(config_file=getattr(args, "_config", None), **options_of(args, TrainConfig),
+    r = _api().tune(config_file=getattr(args, "_config", None), argv=args._argv, **options_of(args, TrainConfig),
                     **options_of(args, TuneOptions))
+    if r.worker:
+        print(f"tune worker {os.getpid()}: done with study {shown(r.study)}")
+        return 0
     names = list(dict.fromkeys(k for t in r.trials for k in t.params))
     rows = [[t.number, *(_value(t.params.get(k)) for k in names), "" if t.value is None else f"{t.value:.4f}",
              t.epochs or "", "" if t.seconds is None else f"{t.seconds:.1f}", t.state] for t in r.trials]

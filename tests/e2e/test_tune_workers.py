@@ -69,3 +69,19 @@ def test_a_killed_workers_trial_continues_from_its_checkpoint(tmp_path):
     study = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(
         str(tmp_path / "runs/tune/s/journal.log"))))
     assert sorted(study.trials[1].intermediate_values) == [1, 2, 3] and r.best.number == 1
+
+
+@pytest.mark.slow
+def test_jobs_starts_workers_that_run_the_trials_together(tmp_path):
+    from tests.conftest import run_cli
+
+    (tmp_path / "space.yaml").write_text("lr: {low: 0.001, high: 0.03, log: true}\n")
+    r = run_cli("tune", "--data", "digits", "--model", "fast", "--epochs", "1", "--subset", "200", "--no-tensorboard",
+                "--no-plots", "--project", tmp_path / "runs", "--space", tmp_path / "space.yaml", "--trials", "4",
+                "--jobs", "2", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("study study-1 (") == 1 and len(re.findall(r"^tune worker \d+: done", r.stdout, re.M)) == 1
+    assert sorted(int(n) for n in re.findall(r"^trial (\d+): lr=", r.stdout, re.M)) == [0, 1, 2, 3]
+    study = optuna.load_study(study_name="study-1", storage=JournalStorage(JournalFileBackend(
+        str(tmp_path / "runs/tune/study-1/journal.log"))))
+    assert len(study.trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)

@@ -113,3 +113,12 @@ def test_storage_url_puts_the_study_in_a_database(tmp_path, capsys):
     assert code == 2 and err.startswith("error: cannot open the study in --storage nosuch://nowhere") \
         and err.count("\n") == 1, err
     assert not (tmp_path / "tune/study-1").exists()
+
+
+@pytest.mark.parametrize("pruner, kind", [("median", "MedianPruner"), ("hyperband", "HyperbandPruner"),
+                                          ("none", "NopPruner")])
+def test_pruner_choice(tmp_path, pruner, kind):
+    from tudui.tuning.study import open_study
+
+    study, where = open_study("p", tmp_path / "p", None, pruner, 2)
+    assert type(study.pruner).__name__ == kind and where == str(tmp_path / "p" / "journal.log")

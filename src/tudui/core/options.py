@@ -296,8 +296,10 @@ class TuneOptions(Options):
     storage: str | None = option(None, "an Optuna database URL (postgresql://..., mysql://..., sqlite:///FILE) "
                                  "instead of the journal file in the study's folder", group="tune")
     pruner: str = option("median", "stop a trial whose validation figure after an epoch is below the median of "
-                         "earlier trials' at that epoch (median), or never (none)", group="tune",
-                         choices=["median", "none"])
+                         "earlier trials' at that epoch (median), by successive halving over brackets (hyperband), "
+                         "or never (none)", group="tune", choices=["median", "hyperband", "none"])
+    jobs: int = option(1, "worker processes on this machine sharing the study (this one and JOBS-1 more); --trials "
+                       "then counts all of theirs", group="tune", min=1)
     startup_trials: int = option(3, "trials that finish before the pruner compares against them", group="tune",
                                  min=0)
     report: bool = option(False, "run no trial: print the table of --study NAME, write its best.yaml and draw its "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -35,6 +36,7 @@ from ..engine.configure import resolve_config
 from ..engine.trainer import fit
 from .report import draw_study
 from .space import Param, load_space
+from .workers import UNTIL_ENV, start_workers
 
 JOURNAL = "journal.log"
 BEST_CONFIG = "best.yaml"
@@ -102,6 +104,7 @@ class TuneResult:
     best: TrialRow | None = None
     best_config: Path | None = None
     pictures: list[Path] = field(default_factory=list)
+    worker: bool = False  # started by another `tudui tune --jobs K`, which prints the study's table
     notes: list[str] = field(default_factory=list)  # pictures that could not be drawn, and why
 
 
@@ -132,7 +135,8 @@ def open_study(name: str, folder: Path, storage: str | None, pruner: str, startu
     else:
         where = store = storage
     pruning = optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0) \
-        if pruner == "median" else optuna.pruners.NopPruner()
+        if pruner == "median" else optuna.pruners.HyperbandPruner(min_resource=1) if pruner == "hyperband" \
+        else optuna.pruners.NopPruner()
     try:
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
                                     sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruning)
@@ -167,11 +171,13 @@ def report_study(project: str | Path, study: str | None, storage: str | None) ->
 def run_study(values: dict, *, config_file: str | Path | None = None, space: str | Path | dict = "default",
               trials: int = 20, study: str | None = None, storage: str | None = None, pruner: str = "median",
               startup_trials: int = 3, seed: int | None = None, enqueue: list[dict] | None = None,
-              callbacks: Callable[[TrainConfig], list[Callback]] = lambda cfg: []) -> TuneResult:
+              callbacks: Callable[[TrainConfig], list[Callback]] = lambda cfg: [], jobs: int = 1,
+              argv: list[str] | None = None) -> TuneResult:
     """Run `trials` trials of the study over `space`, each a run trained by engine's `fit` with the options `values`
     (and `config_file`) fix and the trial's own; `callbacks(cfg)` gives each run's reporting callbacks. `enqueue`:
     parameter sets tried first (Optuna's enqueue_trial). Writes the best trial's config (best.yaml) into the study
-    folder."""
+    folder. jobs > 1: JOBS-1 more `tudui tune` processes (the command line `argv`, this study) share the trials, all
+    of them together running `trials` (tuning/workers.py)."""
     if values.get("resume"):
         raise TuduiError("tudui tune starts its own runs; --resume continues one run (tudui train --resume RUN)")
     fixed = (load_yaml(config_file) if config_file else {}) | values
@@ -204,7 +210,14 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
             raise TuduiError(f"trial {trial.number} ended with no validation figure")
         return report.value
 
-    opened.optimize(objective, n_trials=trials, catch=())
+    # every worker of one --jobs start stops at the same total (the count when the first one started, plus --trials)
+    until = int(os.environ.get(UNTIL_ENV) or len(opened.get_trials(deepcopy=False)) + trials)
+    limit = [optuna.study.MaxTrialsCallback(until, states=None)]
+    with start_workers(argv, jobs, name, until):
+        if len(opened.get_trials(deepcopy=False)) < until:
+            opened.optimize(objective, n_trials=trials, catch=(), callbacks=limit)
+    if os.environ.get(UNTIL_ENV):  # one of --jobs' extra workers: the first process reports the study
+        return TuneResult(name, folder, where, "", worker=True)
     return summarize(opened, name, folder, where, base.project, pictures=base.plots)
 
 

@@ -143,14 +143,15 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"tune worker {os.getpid()}: done with study {shown(r.study)}")
         return 0
     names = list(dict.fromkeys(k for t in r.trials for k in t.params))
-    rows = [[t.number, *(_value(t.params.get(k)) for k in names), "" if t.value is None else f"{t.value:.4f}",
+    figure = "{:.3f}" if r.metric.endswith("F1") else "{:.2%}"  # macro-F1 as a fraction, as `tudui eval` shows it
+    rows = [[t.number, *(_value(t.params.get(k)) for k in names), "" if t.value is None else figure.format(t.value),
              t.epochs or "", "" if t.seconds is None else f"{t.seconds:.1f}", t.state] for t in r.trials]
     print(f"\nstudy {shown(r.study)} ({shown(r.storage)}): {len(r.trials)} trials")
     print(table(["trial", *names, r.metric, "epochs", "seconds", "state"], rows, ">" * (len(names) + 4) + "<"))
     if r.best is None:
         print("no trial has finished yet")
         return 0
-    print(f"best: trial {r.best.number}, {r.metric} {r.best.value:.4f} ({shown(r.best.run_dir)})")
+    print(f"best: trial {r.best.number}, {r.metric} {figure.format(r.best.value)} ({shown(r.best.run_dir)})")
     if r.best_config is not None:
         print(f"re-run it: tudui train --config {shown(r.best_config)}")
     if r.pictures:

@@ -285,8 +285,7 @@ class ServeOptions(Options):
 class TuneOptions(Options):
     """`tudui tune`'s own options (the study); every trial's data, model and fixed options are TrainConfig's."""
 
-    trials: int = option(20, "trials to run in this process (a shared study counts every worker's)", group="tune",
-                         min=1)
+    trials: int = option(20, "trials this process runs (with --jobs, all its workers together)", group="tune", min=1)
     space: str = option("default", "the search space: 'default' (lr, weight decay, label smoothing, batch size, "
                         "augmentation, EMA) or a YAML file of option: {low, high[, log]} ranges and option: [choices]",
                         group="tune")

@@ -211,10 +211,12 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
         return report.value
 
     # every worker of one --jobs start stops at the same total (the count when the first one started, plus --trials)
+    # (a process started on its own runs its --trials, whatever others sharing the study run)
     until = int(os.environ.get(UNTIL_ENV) or len(opened.get_trials(deepcopy=False)) + trials)
-    limit = [optuna.study.MaxTrialsCallback(until, states=None)]
+    shared = jobs > 1 or bool(os.environ.get(UNTIL_ENV))
+    limit = [optuna.study.MaxTrialsCallback(until, states=None)] if shared else []
     with start_workers(argv, jobs, name, until):
-        if len(opened.get_trials(deepcopy=False)) < until:
+        if not shared or len(opened.get_trials(deepcopy=False)) < until:
             opened.optimize(objective, n_trials=trials, catch=(), callbacks=limit)
     if os.environ.get(UNTIL_ENV):  # one of --jobs' extra workers: the first process reports the study
         return TuneResult(name, folder, where, "", worker=True)

@@ -29,7 +29,7 @@ from .engine.callbacks import Callback
 from .engine.configure import resolve_config
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.launcher import launch
-from .engine.resume import RunFinished, resume_config
+from .engine.resume import RunFinished
 from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interrupt
 from .engine.distributed import session as distributed_session
 from .engine.lr_find import LRFinding, lr_range_test

@@ -35,7 +35,7 @@ from ..engine.choices import BEST_BY_METRIC
 from ..engine.configure import resolve_config
 from ..engine.trainer import fit
 from .report import draw_study
-from .space import Param, load_space
+from .space import load_space
 from .workers import UNTIL_ENV, start_workers
 
 JOURNAL = "journal.log"
@@ -164,6 +164,8 @@ def report_study(project: str | Path, study: str | None, storage: str | None) ->
             optuna.load_study(study_name=name, storage=storage)
         except KeyError:
             raise TuduiError(f"no study {study!r} in --storage {storage}") from None
+        except Exception as e:  # a URL SQLAlchemy cannot parse, a server that does not answer, a missing driver
+            raise TuduiError(f"cannot open the study in --storage {storage}: {str(e).splitlines()[0]}") from None
     opened, where = open_study(name, folder, storage, "none", 0)
     return summarize(opened, name, folder, where, project, pictures=True)
 

@@ -33,6 +33,7 @@ def test_every_train_flag_is_listed_in_a_named_group():
 @pytest.mark.parametrize("command, classes, cli_only", [
     ("train", ["TrainConfig"], {"_config"}),
     ("lr-find", ["TrainConfig", "LrFindOptions"], {"_config"}),
+    ("tune", ["TrainConfig", "TuneOptions"], {"_config"}),
     ("eval", ["EvalOptions"], {"json", "out"}),
     ("predict", ["PredictOptions"], {"json"}),
     ("export", ["ExportOptions"], set()),

@@ -1,7 +1,7 @@
 """The package is a strict stack of layers: every module imports only from layers below its own.
 
 The order is written once, here. Every import counts, at the top of a module or inside a function (a lazy
-import is no way around a layer). Packages on the same level (data and models; reporting and inference)
+import is no way around a layer). Packages on the same level (data and models; reporting, inference and tuning)
 do not import each other, so no package cycle can form. The CLI talks to `api` (and `core`) only.
 
 Inside a package the modules form no circle either: no module imports, directly or through others, a module that
@@ -22,7 +22,7 @@ LAYERS = [
     {"core"},
     {"data", "models"},
     {"engine"},
-    {"reporting", "inference"},
+    {"reporting", "inference", "tuning"},
     {"api"},
     {"cli"},
     {"__main__", "__init__"},  # `python -m tudui` and `import tudui`: the entry points

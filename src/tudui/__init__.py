@@ -12,7 +12,8 @@ from .core.config import TrainConfig
 from .core.errors import TuduiError
 
 _API = ("train", "evaluate", "calibrate", "predict", "explain", "export", "benchmark", "serve", "convert", "summary",
-        "Predictor", "RunResult", "create_model", "list_models", "register_model", "resolve_config", "default_callbacks")
+        "Predictor", "RunResult", "create_model", "list_models", "register_model", "resolve_config", "default_callbacks",
+        "tune", "runs")
 
 
 def __getattr__(name: str):

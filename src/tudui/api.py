@@ -18,9 +18,9 @@ import torch
 import torch.nn as nn
 
 from .core.checkpoint import load_checkpoint, save_checkpoint
-from .core.config import LrFindOptions, TrainConfig, load_yaml, save_yaml
+from .core.config import LrFindOptions, TrainConfig, save_yaml
 from .core.options import (BenchmarkOptions, CalibrateOptions, EvalOptions, ExplainOptions, ExportOptions, PredictOptions,
-                           ServeOptions)
+                           ServeOptions, TuneOptions)
 from .core.console import shown
 from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
@@ -34,10 +34,11 @@ from .engine.callbacks import Callback
 from .engine import cam
 from .engine import rejection
 from .engine.calibration import TemperatureScaled, calibrate as fit_calibration, collect_logits
+from .engine.configure import resolve_config
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.metrics import TopMistakes
 from .engine.launcher import launch
-from .engine.resume import RunFinished, resume_config
+from .engine.resume import RunFinished
 from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interrupt
 from .engine.distributed import session as distributed_session
 from .engine.lr_find import LRFinding, lr_range_test
@@ -58,12 +59,15 @@ from .reporting.cams import overlay, plot_cam_grid, save_png
 from .reporting.console import ConsoleCallback
 from .reporting.info import environment, format_environment
 from .reporting.plots import PlotsCallback, plot_lr_find, plot_reliability, write_eval_reports
+from .reporting.loggers import MLflowCallback, mlflow_available
+from .reporting.runs import RunRow, compare_runs, list_runs
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
+from .tuning.study import TuneResult, report_study, run_study
 
 __all__ = ["TrainConfig", "TuduiError", "RunResult", "RunFinished", "TrainingInterrupted", "LaunchFailed",
-           "resolve_config", "default_callbacks", "train", "lr_find", "evaluate", "calibrate", "predict", "explain", "Predictor", "Prediction", "export", "benchmark",
+           "resolve_config", "default_callbacks", "train", "tune", "TuneResult", "runs", "compare_runs", "lr_find", "evaluate", "calibrate", "predict", "explain", "Predictor", "Prediction", "export", "benchmark",
            "serve", "convert", "summary", "model_rows", "create_model", "list_models", "register_model",
            "check_data", "format_report", "export_images", "environment", "format_environment", "start_board",
            "stop_board", "write_eval_reports", "per_class_table", "confusion_table"]
@@ -78,29 +82,16 @@ class LaunchFailed(TuduiError):
 
 
 # --- train -----------------------------------------------------------------------------------------------------------
-def resolve_config(values: dict, config_file: str | Path | None = None) -> TrainConfig:
-    """The TrainConfig a run uses: `config_file` (YAML) overridden by `values`, a `preset` filling the rest.
-
-    With `values["resume"]` it is the run's own config.yaml with only the options that may change on resume
-    (engine/resume.py); a run that has nothing left to do raises RunFinished.
-    """
-    values = dict(values)
-    if values.get("resume"):
-        return resume_config(values | {"_config": config_file})
-    base = load_yaml(config_file) if config_file else {}
-    if config_file and "name" not in values:
-        base.pop("name", None)  # a repeated run gets a new directory
-    base.pop("resume", None)
-    return TrainConfig.from_dict(base | values)
-
-
 def default_callbacks(cfg: TrainConfig) -> list[Callback]:
-    """The reporting callbacks a config asks for (--tensorboard, --plots)."""
+    """The reporting callbacks a config asks for (--tensorboard, --plots, --logger)."""
     callbacks: list[Callback] = []
     if cfg.tensorboard:
         callbacks.append(TensorBoardCallback(log_every=cfg.log_every))
     if cfg.plots:
         callbacks.append(PlotsCallback())
+    if cfg.logger == "mlflow":  # after the pictures: they go to MLflow as artefacts
+        mlflow_available()
+        callbacks.append(MLflowCallback(cfg.project))
     return callbacks
 
 
@@ -144,6 +135,34 @@ def _launch(cfg: TrainConfig, argv: list[str] | None) -> None:
         raise LaunchFailed(f"the {cfg.nproc}-process training job ended with exit code {code}", code)
 
 
+TUNE_KEYS = [f.name for f in dataclasses.fields(TuneOptions)]
+
+
+def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = None, enqueue: list[dict] | None = None,
+         argv: list[str] | None = None, **options) -> TuneResult:
+    """An Optuna study over training options (tuning/study.py): each trial a run in PROJECT/tune/STUDY/trial-K,
+    trained as `train` would with the same console lines, TensorBoard and pictures; returns every trial and the
+    best, whose config is written to the study folder's best.yaml.
+
+        tudui.tune(data="digits", trials=20, epochs=4)                  # --space default
+        tudui.tune(data="digits", trials=10, space="space.yaml", study="lr")
+
+    options: TrainConfig's (fixed for every trial) and TuneOptions' trials, space, study, storage, pruner,
+    startup_trials, jobs (worker processes: the command line `argv` started JOBS-1 more times), report (no trial:
+    the table, best.yaml and pictures of an existing study). seed_sampler: the TPE sampler's seed; enqueue: parameter sets tried first."""
+    study = TuneOptions.build({k: options.pop(k) for k in TUNE_KEYS if k in options})
+    if study.report:
+        return report_study(options.get("project", TrainConfig.project), study.study, study.storage)
+    if options.get("nproc", 1) != 1:
+        raise TuduiError("tudui tune runs each trial in this process; drop --nproc (start more `tudui tune --study "
+                         "NAME` processes to run trials side by side)")
+    with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step (the trial is recorded as failed)
+        return run_study(options, config_file=config_file, space=study.space, trials=study.trials, study=study.study,
+                         storage=study.storage, pruner=study.pruner, startup_trials=study.startup_trials,
+                         seed=seed_sampler, enqueue=enqueue, jobs=study.jobs, argv=argv,
+                         callbacks=lambda cfg: [ConsoleCallback(), *default_callbacks(cfg), stop])
+
+
 LR_FIND_KEYS = [f.name for f in dataclasses.fields(LrFindOptions)]
 
 
@@ -168,6 +187,14 @@ def lr_find(*, config_file: str | Path | None = None, **options) -> tuple[LRFind
             png = plot_lr_find(found.lrs, found.losses, found.raw, found.suggestion, found.rule,
                                run.run_dir / "lr_find.png")
     return found, [csv_path, png]
+
+
+# --- runs ------------------------------------------------------------------------------------------------------------
+def runs(folder: str | Path = "runs", sort: str = "date") -> list[RunRow]:
+    """Every run under `folder` (reporting/runs.py): date, data, model, the options that differ between the runs,
+    epochs, best.pt's validation top-1, the test top-1, training seconds, and whether it finished; sorted by `sort`
+    (date, run, val, test, time, epochs)."""
+    return list_runs(folder, sort)
 
 
 # --- evaluate, predict -----------------------------------------------------------------------------------------------

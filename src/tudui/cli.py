@@ -17,9 +17,8 @@ from typing import Callable
 from .core import __version__
 from .core.config import LrFindOptions, TrainConfig
 from .core.errors import TuduiError
-from .core.options import (GROUPS, MISSING, BenchmarkOptions, CalibrateOptions, EvalOptions, ExplainOptions, ExportOptions,
-                           ModelFileOptions,
-                           PredictOptions, ServeOptions, flag_of)
+from .core.options import (GROUPS, MISSING, BenchmarkOptions, CalibrateOptions, EvalOptions, ExplainOptions,
+                           ExportOptions, ModelFileOptions, PredictOptions, ServeOptions, TuneOptions, flag_of)
 
 
 def _api():
@@ -124,6 +123,97 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 def add_lr_find_args(p: argparse.ArgumentParser) -> None:
     add_train_args(p)
     add_options(p, LrFindOptions)
+
+
+# --- tune --------------------------------------------------------------------------------------------------------------
+def add_tune_args(p: argparse.ArgumentParser) -> None:
+    add_train_args(p)
+    p.usage = ("%(prog)s --data DATA [DATA ...] --trials N [--space default|YAML] [--study NAME] [train options]   "
+               "(or --study NAME --report)")
+    add_options(p, TuneOptions)
+    next(a for a in p._actions if a.dest == "data").required = False  # --report reads a study: no data
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .core.console import shown, table
+
+    r = _api().tune(config_file=getattr(args, "_config", None), argv=args._argv, **options_of(args, TrainConfig),
+                    **options_of(args, TuneOptions))
+    if r.worker:
+        print(f"tune worker {os.getpid()}: done with study {shown(r.study)}")
+        return 0
+    names = list(dict.fromkeys(k for t in r.trials for k in t.params))
+    figure = "{:.3f}" if r.metric.endswith("F1") else "{:.2%}"  # macro-F1 as a fraction, as `tudui eval` shows it
+    rows = [[t.number, *(_value(t.params.get(k)) for k in names), "" if t.value is None else figure.format(t.value),
+             t.epochs or "", "" if t.seconds is None else f"{t.seconds:.1f}", t.state] for t in r.trials]
+    print(f"\nstudy {shown(r.study)} ({shown(r.storage)}): {len(r.trials)} trials")
+    print(table(["trial", *names, r.metric, "epochs", "seconds", "state"], rows, ">" * (len(names) + 4) + "<"))
+    if r.best is None:
+        print("no trial has finished yet")
+        return 0
+    print(f"best: trial {r.best.number}, {r.metric} {figure.format(r.best.value)} ({shown(r.best.run_dir)})")
+    if r.best_config is not None:
+        print(f"re-run it: tudui train --config {shown(r.best_config)}")
+    if r.pictures:
+        print("wrote " + ", ".join(shown(p) for p in r.pictures))
+    for note in r.notes:
+        print(f"note: no {note}")
+    return 0
+
+
+def _value(v) -> str:
+    return "" if v is None else f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+# --- runs --------------------------------------------------------------------------------------------------------------
+def add_runs_args(p: argparse.ArgumentParser) -> None:
+    p.usage = "%(prog)s [DIR] [--sort KEY] [--json]   or   %(prog)s compare RUN RUN [RUN ...] [--out PNG]"
+    p.add_argument("paths", nargs="*", metavar="DIR", help="the folder that holds the runs [default: runs]; after "
+                   "`compare`, two or more run folders")
+    p.add_argument("--sort", default="date", choices=["date", "run", "val", "test", "time", "epochs"],
+                   help="order of the table (val, test, time, epochs: highest first) [default: date]")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--out", default="compare.png", metavar="PNG", help="`compare`: where the picture of the runs' "
+                   "curves goes [default: compare.png]")
+
+
+def _pct(v) -> str:
+    return "" if v is None else f"{v:.2%}"
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from .core.console import shown, table
+
+    api = _api()
+    if args.paths[:1] == ["compare"]:
+        rows, keys, png = api.compare_runs(args.paths[1:], args.out)
+        if args.json:
+            print(json.dumps({"runs": [r.path for r in rows], "differs": {k: [r.options.get(k) for r in rows]
+                                                                           for k in keys}, "picture": str(png)},
+                             indent=1, ensure_ascii=False, default=str))
+            return 0
+        print(table(["option", *(r.path for r in rows)], [[k, *(_value(r.options.get(k)) for r in rows)]
+                                                          for k in keys], "<" * (len(rows) + 1))
+                    if keys else "no option differs")
+        print(table(["run", "epochs", "val top1", "test top1", "state"],
+                    [[r.path, r.epochs, _pct(r.val), _pct(r.test), r.state] for r in rows], "<>>><"))
+        print(f"wrote {shown(png)}")
+        return 0
+    if len(args.paths) > 1:
+        raise TuduiError("tudui runs takes one folder (tudui runs compare RUN RUN ... compares runs)")
+    rows = api.runs(args.paths[0] if args.paths else "runs", args.sort)
+    if args.json:
+        print(json.dumps([r.to_dict() for r in rows], indent=1, ensure_ascii=False, default=str))
+        return 0
+    if not rows:
+        print(f"no runs under {shown(args.paths[0] if args.paths else 'runs')}")
+        return 0
+    print(table(["run", "date", "data", "model", "options that differ", "epochs", "val top1", "test top1", "train s",
+                 "state"],
+                [[r.run, r.date, r.data, r.model, " ".join(f"{k}={_value(v)}" for k, v in r.differs.items()),
+                  f"{r.epochs}/{r.planned}" if r.planned is not None else r.epochs, _pct(r.val), _pct(r.test),
+                  f"{r.seconds:.1f}", r.state] for r in rows], "<<<<<>>>><"))
+    return 0
 
 
 # --- eval --------------------------------------------------------------------------------------------------------------
@@ -422,6 +512,9 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "train": ("train a classifier (writes runs/<name>/)", add_train_args, cmd_train),
     "lr-find": ("learning-rate range test on your data and model: a plot and a suggested --lr", add_lr_find_args,
                 cmd_lr_find),
+    "tune": ("search training options with Optuna: each trial a run in runs/tune/STUDY/", add_tune_args, cmd_tune),
+    "runs": ("list the runs under a folder (runs compare RUN RUN: their differing options and curves)",
+             add_runs_args, cmd_runs),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
     "calibrate": ("fit a checkpoint's calibration temperature on labelled images (for checkpoints trained "
                   "before tudui calibrated)", add_calibrate_args, cmd_calibrate),

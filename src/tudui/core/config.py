@@ -87,7 +87,7 @@ class TrainConfig(Options):
     Fields hold plain values (a run's config.yaml is this object written out); the library also accepts a torch
     Dataset (or a {"train", "val", "test"} dict of them) in `data` and an nn.Module class or builder in `model`.
     Building one checks every value's choices and range (`validate`); `from_dict` adds a preset's values and
-    refuses unknown keys, as config files need. `api.resolve_config` is how a run's config is assembled.
+    refuses unknown keys, as config files need. `engine/configure.resolve_config` is how a run's config is assembled.
     """
 
     # --- data ---------------------------------------------------------------
@@ -298,6 +298,9 @@ class TrainConfig(Options):
                               "log-likelihood) that divides the logits, so predict, eval and serve report calibrated "
                               "probabilities; saved with the model (off: probabilities as trained)",
                         group="run", choices=["on", "off"])
+    logger: str | None = _f(None, "also log to an experiment tracker: mlflow (the options, every epoch's metrics, the "
+                            "pictures and best.pt, to $MLFLOW_TRACKING_URI or PROJECT/mlflow.db; pip install "
+                            "'tudui[mlflow]')", group="run", choices=["mlflow"])
 
     def __post_init__(self) -> None:
         # The library also takes objects: `model` an nn.Module or a builder, `data` torch Datasets (or a list of

@@ -150,7 +150,7 @@ def workers_value(value) -> int | str:
 # The sections of `--help`, in the order it lists them (timm's grouping): a field's `group` names one.
 GROUPS = {"data": "data", "model": "model", "optimisation": "optimisation", "augmentation": "augmentation",
           "run": "run and output", "device": "device and scale", "lr-find": "learning-rate range test",
-          "unknown": "unknown: rejecting images unlike the training data"}
+          "unknown": "unknown: rejecting images unlike the training data", "tune": "the study (tudui tune)"}
 
 
 # --- fields several commands share ---------------------------------------------------------------------------------
@@ -448,3 +448,28 @@ class CalibrateOptions(Options):
         self.data = [self.data] if isinstance(self.data, str) else [str(d) for d in self.data]
         self.workers = workers_value(self.workers)
         super().__post_init__()
+
+
+@dataclass
+class TuneOptions(Options):
+    """`tudui tune`'s own options (the study); every trial's data, model and fixed options are TrainConfig's."""
+
+    trials: int = option(20, "trials this process runs (with --jobs, all its workers together)", group="tune", min=1)
+    space: str = option("default", "the search space: 'default' (lr, weight decay, label smoothing, batch size, "
+                        "augmentation, EMA) or a YAML file of option: {low, high[, log]} ranges and option: [choices]",
+                        group="tune")
+    study: str | None = option(None, "the study's name: its folder PROJECT/tune/NAME holds the trials and the journal; "
+                               "an existing study is continued (several processes may share one) [default: a new "
+                               "study-N]", group="tune")
+    storage: str | None = option(None, "an Optuna database URL (postgresql://..., mysql://..., sqlite:///FILE) "
+                                 "instead of the journal file in the study's folder", group="tune")
+    pruner: str = option("median", "stop a trial whose validation figure after an epoch is below the median of "
+                         "earlier trials' at that epoch (median), by successive halving over brackets (hyperband), "
+                         "or never (none)", group="tune", choices=["median", "hyperband", "none"])
+    jobs: int = option(1, "worker processes on this machine sharing the study (this one and JOBS-1 more); --trials "
+                       "then counts all of theirs", group="tune", min=1)
+    startup_trials: int = option(3, "trials that finish before the pruner compares against them", group="tune",
+                                 min=0)
+    report: bool = option(False, "run no trial: print the table of --study NAME, write its best.yaml and draw its "
+                          "pictures (optimisation history, parameter importances, parallel coordinates)", group="tune",
+                          store_true=True)

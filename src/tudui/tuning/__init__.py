@@ -1,0 +1,1 @@
+"""Optuna studies over training options: the search space (space.py), the study and its trials as runs (study.py)."""

@@ -119,18 +119,22 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _cpuinfo() -> str:
+    """/proc/cpuinfo's text ('' where there is none: no flags)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
     """The CPU flags that give native bf16 arithmetic (avx512_bf16, amx_bf16), from /proc/cpuinfo ([] elsewhere).
 
     oneDNN runs bf16 convolutions and matrix products on these units; without them bf16 is emulated and slower
     than fp32, so `--amp auto` uses bf16 on a CPU only when one of them is present.
     """
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return []
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     flags: set[str] = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
@@ -169,12 +173,7 @@ def make_scaler(device: torch.device, amp: bool | str) -> torch.amp.GradScaler:
 def cpu_int8_flags(cpuinfo: str | None = None) -> list[str]:
     """The CPU flags that speed up int8 inference (VNNI dot products, AMX tiles), from /proc/cpuinfo ([] elsewhere):
     without them an int8 model saves memory but little time."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-                cpuinfo = f.read()
-        except OSError:
-            return []
+    cpuinfo = _cpuinfo() if cpuinfo is None else cpuinfo
     flags = next((set(line.partition(":")[2].split()) for line in cpuinfo.splitlines() if line.startswith("flags")),
                  set())
     return [f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in flags]

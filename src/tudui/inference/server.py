@@ -383,11 +383,10 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         (501, "POST /explain on a server running an ONNX or TorchScript export"),
         (500, "an unexpected error in the server (its log has the traceback)"))}
 
-    @app.post("/predict", responses={200: {"model": PredictResponse}, **documented}, summary="classify one image",
-              openapi_extra={"requestBody": PREDICT_BODY})
-    async def predict(request: Request, k: int | None = fastapi.Query(
-            None, alias="topk", ge=1, description="classes to return (default: the server's --topk)")):
-        t0 = time.perf_counter()
+    async def upload(request: Request) -> tuple[bytes, int, int, int]:
+        """The request's image bytes, its width and height and the bytes decoding it will take, or the ApiError every
+        upload route answers the same way: 400 empty, 413 over --max-decode-mb (and read_body's and check_pixels'
+        own)."""
         data = await read_body(request)
         if not data:
             raise ApiError(400, "empty upload: send an image as multipart field 'file' or as the request body")
@@ -395,6 +394,14 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         if cost > budget.capacity:
             raise ApiError(413, f"decoding this {width}x{height} image needs about {cost / 2**20:,.0f} MiB, over this "
                                 f"server's limit of {max_decode_mb:g} MiB (--max-decode-mb)")
+        return data, width, height, cost
+
+    @app.post("/predict", responses={200: {"model": PredictResponse}, **documented}, summary="classify one image",
+              openapi_extra={"requestBody": PREDICT_BODY})
+    async def predict(request: Request, k: int | None = fastapi.Query(
+            None, alias="topk", ge=1, description="classes to return (default: the server's --topk)")):
+        t0 = time.perf_counter()
+        data, width, height, cost = await upload(request)
 
         def decode():  # Pillow decoding blocks (and releases the GIL): in the thread pool, one per core at most
             t1 = time.perf_counter()
@@ -450,13 +457,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
                                 "its checkpoint to explain")
         if wanted is not None and wanted not in predictor.classes:
             raise ApiError(422, f"invalid request: class {wanted!r} is not one of the model's classes")
-        data = await read_body(request)
-        if not data:
-            raise ApiError(400, "empty upload: send an image as multipart field 'file' or as the request body")
-        width, height, cost = check_pixels(data, max_pixels, predictor.spec)
-        if cost > budget.capacity:
-            raise ApiError(413, f"decoding this {width}x{height} image needs about {cost / 2**20:,.0f} MiB, over this "
-                                f"server's limit of {max_decode_mb:g} MiB (--max-decode-mb)")
+        data, width, height, cost = await upload(request)
 
         def decode():
             try:

@@ -33,7 +33,7 @@ from .data.split import as_multi_hot
 from .engine.callbacks import Callback
 from .engine import cam
 from .engine import rejection
-from .engine.calibration import TemperatureScaled, calibrate as fit_calibration, collect_logits
+from .engine.calibration import calibrate as fit_calibration, collect_logits
 from .engine.configure import resolve_config
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.metrics import TopMistakes
@@ -233,9 +233,10 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
         return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
     temperature = temperature_of(loaded.meta)  # calibrated probabilities: the loss is that of the divided logits
     limit = rejection.threshold(loaded.meta, o.reject, o.reject_below, o.coverage, o.score)
-    scaled = TemperatureScaled(model, temperature) if temperature != 1.0 else model
     mistakes = TopMistakes() if o.cam else None
-    result = evaluate_model(scaled.to(dev), loader, spec, dev, nn.CrossEntropyLoss(), mistakes=mistakes)
+    # loss: of the logits as trained (results.csv's val_loss); calibrated_loss: of the logits / the temperature
+    result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss(), mistakes=mistakes,
+                            temperature=temperature)
     if mistakes is not None and mistakes.items:  # --cam: each mistake's map for the class it was taken for
         x = normalize(torch.from_numpy(np.stack([m[1] for m in mistakes.items])).permute(0, 3, 1, 2).to(dev), spec)
         maps = cam.class_maps(model, x, [m[3] for m in mistakes.items], o.cam, cam.choose_layer(model, x))

@@ -237,7 +237,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print("\nwrote " + ", ".join(map(str, files)))
         return 0
     top5 = f"  top5 {r['top5']:.2%}" if len(r["classes"]) > 5 else ""  # 100% by definition with 5 classes or fewer
-    print(f"loss {r['loss']:.4f}  top1 {r['top1']:.2%}{top5}  balanced accuracy {r['balanced_accuracy']:.2%}  "
+    calibrated = f" (calibrated {r['calibrated_loss']:.4f})" if "calibrated_loss" in r else ""
+    print(f"loss {r['loss']:.4f}{calibrated}  top1 {r['top1']:.2%}{top5}  balanced accuracy "
+          f"{r['balanced_accuracy']:.2%}  "
           f"macro-F1 {r['macro_f1']:.3f}"
           + (f" (over the {len(r['classes']) - len(absent)} classes present; no images of {len(absent)}: "
              f"{', '.join(absent[:10])}{', ...' if len(absent) > 10 else ''})" if absent else "") + "\n")

@@ -52,9 +52,13 @@ def test_train_time_validation_eval_predict_onnx_and_serve_agree(photo_run, phot
     paths, targets = _val_files(photo_folder)
     metrics = json.loads((photo_run.run_dir / "metrics.json").read_text())["val"]
     predictor = Predictor.from_path(photo_run.best, device="cpu")
-    probs = predictor.probabilities(predictor.preprocess(paths))  # (16, 4), flip TTA as trained
-    # train-time validation (best weights, metrics.json) = predict: same loss and top-1 from the same pixels
-    loss = F.nll_loss(torch.log(probs), torch.from_numpy(targets)).item()
+    x = predictor.preprocess(paths)
+    probs = predictor.probabilities(x)  # (16, 4), flip TTA as trained, calibrated
+    # train-time validation (best weights, metrics.json) = predict: same loss and top-1 from the same pixels; the
+    # probabilities predict reports are those logits divided by the run's calibration temperature
+    logits = predictor.logits(x)
+    assert torch.allclose(probs, (logits / predictor.temperature).softmax(1), atol=1e-6)
+    loss = F.cross_entropy(logits, torch.from_numpy(targets)).item()
     assert loss == pytest.approx(metrics["loss"], rel=1e-4)
     assert (probs.argmax(1).numpy() == targets).mean() == pytest.approx(metrics["top1"])
     evaluated = tudui.evaluate(photo_run.best, str(photo_folder), "val", device="cpu")

@@ -76,7 +76,10 @@ def test_predict_eval_and_onnx_apply_the_temperature(digits_run, tiny_onnx):
     assert torch.allclose(onnx.probabilities(x), expected, atol=1e-4)
     r = tudui.evaluate(digits_run.best, "digits", split="val")
     logits, targets = _val_logits(digits_run.best)
-    assert r["temperature"] == pytest.approx(t) and r["loss"] == pytest.approx(cal.nll(logits, targets, t), rel=1e-4)
+    assert r["temperature"] == pytest.approx(t)
+    # loss: the logits as trained (results.csv's val_loss measure); calibrated_loss: divided by the temperature
+    assert r["loss"] == pytest.approx(cal.nll(logits, targets, 1.0), rel=1e-4)
+    assert r["calibrated_loss"] == pytest.approx(cal.nll(logits, targets, t), rel=1e-4)
 
 
 def test_calibrate_an_older_checkpoint(digits_run, tmp_path, capsys):

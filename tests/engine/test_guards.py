@@ -35,7 +35,7 @@ def test_a_nonfinite_objective_stops_at_its_own_step(tmp_path, monkeypatch):
             loss = nn.functional.cross_entropy(logits, y)
             return loss * float("nan") if NanAtThirdStep.calls == 3 else loss
 
-    monkeypatch.setattr(setup, "create_loss", lambda cfg, counts, device: NanAtThirdStep())
+    monkeypatch.setattr(setup, "create_loss", lambda cfg, counts, device, multi_label=False: NanAtThirdStep())
     cfg = TrainConfig(data=["digits"], model="mnist-cnn", epochs=1, batch_size=64, subset=640, device="cpu",
                       project=str(tmp_path), name="nan3", plots=False, tensorboard=False)
     with pytest.raises(NonFiniteLoss, match=r"non-finite \(nan\) at step 3 "):

@@ -74,6 +74,8 @@ def compute_metrics(counts: dict[str, torch.Tensor]) -> dict:
     }
     if "loss_sum" in counts:
         out["loss"] = float(counts["loss_sum"]) / n
+    if "calibrated_loss_sum" in counts:  # the loss of the logits divided by a calibrated model's temperature
+        out["calibrated_loss"] = float(counts["calibrated_loss_sum"]) / n
     return out
 
 

@@ -154,6 +154,16 @@ def each_test_leaves_the_process_and_the_checkout_as_it_found_them(request):
         pytest.fail(f"this test wrote into the checkout ({REPO}): {', '.join(gained)}; write into tmp_path instead")
 
 
+@pytest.fixture(autouse=True)
+def in_a_working_folder_of_its_own(tmp_path_factory, monkeypatch):
+    """Every test starts in an empty temporary working folder of its own (not its tmp_path, whose contents tests
+    check): whatever a relative path writes lands there, never in the checkout. A train that stops with an error
+    claims runs/exp in the working folder before it removes it again; run from the checkout, that folder came and
+    went under the other pytest-xdist worker's checkout check, which then blamed whichever test it was tearing down.
+    Tests that need the checkout name it (REPO)."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def decoded_cache(tmp_path_factory):
     """The decoded-image cache of every test (and of the CLI runs they start) in a temp folder, not ~/.cache."""

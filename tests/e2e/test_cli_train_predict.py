@@ -77,15 +77,17 @@ def test_fashion_mnist_subset_reaches_80_percent_then_predicts_pngs(cli, fmnist,
     (["train", "--data", "/no/such/folder"], "no such file or folder", True),
     (["train", "--data", "digits", "--model", "resnet19"], "did you mean resnet18", False),
     (["predict", "/no/such.pt", "x.png"], "no such file or folder", False),
-    (["eval", "README.md", "--data", "digits"], "not a readable PyTorch file", False),
+    (["eval", str(Path(__file__).resolve().parents[2] / "README.md"), "--data", "digits"],
+     "not a readable PyTorch file", False),
 ])
-def test_user_mistakes_are_one_line_exit_2(cli, args, message, subprocess, capsys, monkeypatch):
-    repo = Path(__file__).resolve().parents[2]
+def test_user_mistakes_are_one_line_exit_2(cli, args, message, subprocess, capsys, monkeypatch, tmp_path):
+    # in tmp_path: a train that stops with an error claims runs/exp in the working folder before it removes it again,
+    # and in the checkout that folder came and went under the other test workers' checkout check
     if subprocess:  # as a user sees it
-        r = cli(*args, cwd=repo)
+        r = cli(*args, cwd=tmp_path)
         rc, err = r.returncode, r.stderr
     else:
-        monkeypatch.chdir(repo)
+        monkeypatch.chdir(tmp_path)
         rc, err = tudui_main(args), capsys.readouterr().err
     assert rc == 2 and message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and err.startswith("error: ")

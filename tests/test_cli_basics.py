@@ -163,3 +163,23 @@ def test_batch_size_below_one_is_one_error_line_in_every_command(argv, size, tmp
     assert main([*argv, "--batch-size", size, *project]) == 2
     assert capsys.readouterr().err == f"error: --batch-size must be at least 1, got {size}\n"
     assert list(tmp_path.iterdir()) == []
+
+
+def test_tudui_works_without_its_optional_extras():
+    """`make demo` installs only the export and serve extras: with Optuna, MLflow, pytorch-grad-cam, OpenVINO, NNCF
+    and timm unimportable, `import tudui.api` and a command's start still work (each extra is imported where used)."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    code = ("import sys\n"
+            "for name in ('optuna', 'mlflow', 'pytorch_grad_cam', 'openvino', 'nncf', 'timm'):\n"
+            "    sys.modules[name] = None  # import raises ImportError\n"
+            "import tudui.api\n"
+            "from tudui.cli import main\n"
+            "sys.exit(main(['models']))\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env=os.environ | {"PYTHONPATH": str(REPO / "src")})
+    assert r.returncode == 0 and "fast" in r.stdout, r.stderr[-3000:]

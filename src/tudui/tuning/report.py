@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import optuna
 
 from ..core.files import atomic_path
 
@@ -21,6 +20,7 @@ def draw_study(study: optuna.Study, folder: Path, metric: str) -> tuple[list[Pat
     if "matplotlib.pyplot" not in __import__("sys").modules:
         matplotlib.use("Agg")  # files only: no window, whatever the environment's default backend
     import matplotlib.pyplot as plt
+    import optuna  # the tune extra: only a study that exists gets here
     from optuna.visualization import matplotlib as drawing
 
     finished = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]

@@ -22,9 +22,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
-
-import optuna
+from typing import TYPE_CHECKING, Callable
 
 from ..core.config import TrainConfig, load_yaml, save_yaml
 from ..core.errors import TuduiError
@@ -37,6 +35,19 @@ from ..engine.trainer import fit
 from .report import draw_study
 from .space import load_space
 from .workers import UNTIL_ENV, start_workers
+
+if TYPE_CHECKING:
+    import optuna
+
+
+def import_optuna():
+    """Optuna, an optional dependency (the `tune` extra): imported when a study runs, so `import tudui` and every
+    other command work without it."""
+    try:
+        import optuna
+    except ImportError:
+        raise TuduiError("tudui tune needs Optuna, an optional dependency: pip install 'tudui[tune]'") from None
+    return optuna
 
 JOURNAL = "journal.log"
 BEST_CONFIG = "best.yaml"
@@ -67,6 +78,7 @@ class TrialReport(Callback):
             self.trial.set_user_attr("epochs", int(row["epoch"]))
 
     def on_epoch_end(self, run, row: dict, val: dict | None) -> None:
+        optuna = import_optuna()
         if val is None:
             raise TuduiError("tudui tune needs a validation split to judge trials by; give --val-split above 0 or "
                              "data with a val/ folder")
@@ -126,6 +138,7 @@ def study_folder(project: str | Path, study: str | None) -> tuple[str, Path]:
 def open_study(name: str, folder: Path, storage: str | None, pruner: str, startup_trials: int,
                seed: int | None = None) -> tuple[optuna.Study, str]:
     """The study (created, or loaded when it exists) and where it is stored."""
+    optuna = import_optuna()
     if storage is None:
         folder.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -153,6 +166,7 @@ def open_study(name: str, folder: Path, storage: str | None, pruner: str, startu
 
 def report_study(project: str | Path, study: str | None, storage: str | None) -> TuneResult:
     """An existing study's table, best.yaml and pictures, running no trial (`tudui tune --study NAME --report`)."""
+    optuna = import_optuna()
     if study is None:
         raise TuduiError("--report needs --study NAME (the folders under PROJECT/tune are the studies)")
     name, folder = study_folder(project, study)
@@ -180,6 +194,7 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
     parameter sets tried first (Optuna's enqueue_trial). Writes the best trial's config (best.yaml) into the study
     folder. jobs > 1: JOBS-1 more `tudui tune` processes (the command line `argv`, this study) share the trials, all
     of them together running `trials` (tuning/workers.py)."""
+    optuna = import_optuna()
     if values.get("resume"):
         raise TuduiError("tudui tune starts its own runs; --resume continues one run (tudui train --resume RUN)")
     fixed = (load_yaml(config_file) if config_file else {}) | values
@@ -230,6 +245,7 @@ def adopt_orphans(study: optuna.Study) -> list[int]:
     failed (the storage refuses a second worker doing the same, so one of them adopts it) and a trial with its
     options is queued: one that continues its run (`resumes`) where it saved last.pt, else one that starts over.
     Returns the numbers of the trials adopted."""
+    optuna = import_optuna()
     adopted = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         run_dir = t.user_attrs.get("run_dir")

@@ -164,12 +164,7 @@ def learner_loop(train: tuple, val: tuple, test: tuple, epochs: int) -> tuple[np
     loader = torch.utils.data.DataLoader(Mosaics(*train), batch_size=LOOP_BATCH, shuffle=True)
     loss_fn, opt = nn.BCEWithLogitsLoss(), torch.optim.Adam(model.parameters(), lr=LOOP_LR)
     for _ in range(epochs):
-        model.train()
-        for x, y in loader:
-            loss = loss_fn(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        C.course_epoch(model, loader, loss_fn, opt)  # the hand-written loop, as time_to_accuracy.py's course runs it
     scores = loop_scores(model, *test)
     seconds = time.perf_counter() - t0
     th = best_thresholds(torch.from_numpy(loop_scores(model, *val)), torch.from_numpy(val[1])).numpy()

@@ -13,18 +13,8 @@ from PIL import Image
 import tudui
 from tudui.cli import main as cli_main
 from tudui.engine import rejection
-from tudui.engine.calibration import collect_logits
-from tudui.data import eval_layout, load_decoded, load_eval_split, make_loader
-from tudui.inference.formats import load_model
 
-
-def _val_logits(path):
-    loaded = load_model(path)
-    cfg = loaded.meta["training"]
-    split, _ = load_eval_split(["digits"], "val", None, cfg["val_split"], cfg["seed"])
-    split, in_memory, _ = load_decoded(split.reindex(loaded.spec.classes), eval_layout(loaded.spec))
-    loader = make_loader(split, loaded.spec, 512, False, torch.device("cpu"), in_memory=in_memory)
-    return collect_logits(loaded.model, loader, loaded.spec, torch.device("cpu"))
+from tests.engine.test_calibration import _val_logits  # the digits run's validation logits
 
 
 @pytest.mark.parametrize("kind", ["msp", "energy"])

@@ -15,14 +15,15 @@ def live_server():
 
 
 @contextlib.contextmanager
-def _live_server(app):
-    """Serve `app` on 127.0.0.1:<free port>; yields the base URL and stops the server on exit."""
+def _live_server(app, config=None):
+    """Serve `app` on 127.0.0.1:<free port> (with uvicorn `config` when given, e.g. `tudui serve`'s own); yields the
+    base URL and stops the server on exit."""
     import uvicorn
 
     from tudui.inference.server import listen_socket
 
     sock = listen_socket("127.0.0.1", 0)  # as `tudui serve` binds
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    srv = uvicorn.Server(config or uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

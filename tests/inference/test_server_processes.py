@@ -23,27 +23,13 @@ IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "images"
 @contextlib.contextmanager
 def served(app, header_timeout_s: float):
     """`tudui serve`'s uvicorn setup (inference/http.py) for `app` in a thread, on a free loopback port."""
-    import uvicorn
-
+    from tests.inference.conftest import _live_server
     from tudui.core.options import ServeOptions
     from tudui.inference.http import uvicorn_config
-    from tudui.inference.server import listen_socket
 
     o = ServeOptions(model="m.pt", header_timeout_s=header_timeout_s, log_level="warning", workers=1)
-    sock = listen_socket("127.0.0.1", 0)
-    srv = uvicorn.Server(uvicorn_config(app, o))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    try:
-        while not srv.started:
-            assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        yield sock.getsockname()[1]
-    finally:
-        srv.should_exit = True
-        thread.join(10)
-        sock.close()
+    with _live_server(app, uvicorn_config(app, o)) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def closed_by_server(s: socket.socket, within: float) -> bool:

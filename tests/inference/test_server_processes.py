@@ -21,14 +21,14 @@ IMAGES = Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "images"
 
 
 @contextlib.contextmanager
-def served(app, header_timeout_s: float):
+def served(app, header_timeout_s: float, http: str = "auto"):
     """`tudui serve`'s uvicorn setup (inference/http.py) for `app` in a thread, on a free loopback port."""
     from tests.inference.conftest import _live_server
     from tudui.core.options import ServeOptions
     from tudui.inference.http import uvicorn_config
 
     o = ServeOptions(model="m.pt", header_timeout_s=header_timeout_s, log_level="warning", workers=1)
-    with _live_server(app, uvicorn_config(app, o)) as url:
+    with _live_server(app, uvicorn_config(app, o, http=http)) as url:
         yield int(url.rsplit(":", 1)[1])
 
 
@@ -43,13 +43,16 @@ def closed_by_server(s: socket.socket, within: float) -> bool:
         return False
 
 
-def test_slow_loris_clients_are_closed_while_others_are_answered(tiny_model):
+@pytest.mark.parametrize("http", ["httptools", "h11"])
+def test_slow_loris_clients_are_closed_while_others_are_answered(tiny_model, http):
     from tudui.inference import Predictor
+    from tudui.inference.http import protocol
     from tudui.inference.server import create_app
 
+    assert protocol(http).__name__ == {"httptools": "HeaderDeadlineHttpTools", "h11": "HeaderDeadlineH11"}[http]
     app = create_app(Predictor.from_path(tiny_model, device="cpu"))
     image = (IMAGES / "digit0003.png").read_bytes()
-    with served(app, header_timeout_s=1.0) as port:
+    with served(app, header_timeout_s=1.0, http=http) as port:
         lorises = []
         for _ in range(30):  # each sends a request line and one header, then never finishes
             s = socket.create_connection(("127.0.0.1", port))

@@ -1,11 +1,16 @@
 """How `tudui serve` runs uvicorn: its HTTP/1.1 protocol with a deadline on request headers, and `--workers N`
 server processes sharing one listening socket.
 
+Protocol: uvicorn's httptools protocol (the C parser of Node.js's llhttp) where the `httptools` package is installed
+(the serve extra installs it, with uvloop, which uvicorn then runs as its event loop), else its pure-Python h11 one.
+Parsing a request with h11 took about as long as the rest of a 28-px prediction (benchmarks/serve_load.py).
+
 Slow-loris: a client that opens a connection and sends its request headers a byte at a time (or never finishes
 them) holds the connection for as long as it likes under uvicorn alone: its keep-alive timeout runs only between
-requests, and `--read-timeout` starts once the headers are in. HeaderDeadlineH11 closes a connection whose request
-head is not complete `--header-timeout` seconds after the connection opened (or after the previous response on a
-kept-alive connection); the event loop never waits on such a client, so everyone else is answered meanwhile.
+requests, and `--read-timeout` starts once the headers are in. HeaderDeadline closes a connection whose request
+head is not complete `--header-timeout` seconds after the connection opened (or after the first byte of the next
+request on a kept-alive connection); the event loop never waits on such a client, so everyone else is answered
+meanwhile.
 
 Workers: the parent binds the socket and starts N processes (uvicorn's own supervisor: spawned, restarted if one
 dies, all stopped on Ctrl-C or SIGTERM); each loads the model itself and accepts connections from the shared socket.
@@ -20,17 +25,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 HEADER_TIMEOUT_ATTR = "tudui_header_timeout_s"  # set on uvicorn's Config; travels with it into spawned workers
 
 
-class HeaderDeadlineH11(H11Protocol):
-    """uvicorn's h11 protocol, closing a connection whose request head has not arrived within the deadline."""
+class HeaderDeadline:
+    """The deadline on request heads, mixed into one of uvicorn's HTTP protocols: armed when a connection opens
+    and when a request's first bytes arrive, disarmed when its headers are complete."""
 
-    def __init__(self, config, *args, **kwargs) -> None:
-        super().__init__(config, *args, **kwargs)
-        self.header_timeout_s: float = getattr(config, HEADER_TIMEOUT_ATTR, 10.0)
-        self.header_deadline: asyncio.TimerHandle | None = None
+    header_deadline: asyncio.TimerHandle | None = None
 
     def _arm(self) -> None:
         if self.header_deadline is None:
-            self.header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+            timeout = getattr(self.config, HEADER_TIMEOUT_ATTR, 10.0)  # s
+            self.header_deadline = self.loop.call_later(timeout, self._headers_too_slow)
 
     def _disarm(self) -> None:
         if self.header_deadline is not None:
@@ -38,11 +42,29 @@ class HeaderDeadlineH11(H11Protocol):
             self.header_deadline = None
 
     def _waiting_for_head(self) -> bool:
-        return self.conn.their_state is h11.IDLE  # no complete request line and headers yet
+        raise NotImplementedError
+
+    def _headers_too_slow(self) -> None:
+        self.header_deadline = None
+        if self._waiting_for_head() and not self.transport.is_closing():
+            self.logger.info("closed a connection whose request headers took over %gs",
+                             getattr(self.config, HEADER_TIMEOUT_ATTR, 10.0))
+            self.transport.close()
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm()
+
+    def connection_lost(self, exc) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+class HeaderDeadlineH11(HeaderDeadline, H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request head has not arrived within the deadline."""
+
+    def _waiting_for_head(self) -> bool:
+        return self.conn.their_state is h11.IDLE  # no complete request line and headers yet
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -50,21 +72,42 @@ class HeaderDeadlineH11(H11Protocol):
             self._arm()  # a new request's head has begun (or not yet): the deadline runs
         else:
             self._disarm()
+        # after a response, the next request on this connection gets a deadline of its own once it starts (here);
+        # until then uvicorn's keep-alive timeout closes an idle connection
 
-    def on_response_complete(self) -> None:
-        super().on_response_complete()
-        # the next request on this connection gets a deadline of its own once it starts (data_received); until
-        # then uvicorn's keep-alive timeout closes an idle connection
 
-    def connection_lost(self, exc) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+try:  # the httptools package (the serve extra installs it); uvicorn's module imports it
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+except ImportError:
+    HttpToolsProtocol = None
 
-    def _headers_too_slow(self) -> None:
-        self.header_deadline = None
-        if self._waiting_for_head() and not self.transport.is_closing():
-            self.logger.info("closed a connection whose request headers took over %gs", self.header_timeout_s)
-            self.transport.close()
+if HttpToolsProtocol is not None:
+    # At module level, so spawned --workers processes can unpickle the Config that names it.
+    class HeaderDeadlineHttpTools(HeaderDeadline, HttpToolsProtocol):
+        """uvicorn's httptools protocol, closing a connection whose request head has not arrived in time."""
+
+        in_head = True  # from the connection's opening until its first request's headers are parsed
+
+        def _waiting_for_head(self) -> bool:
+            return self.in_head
+
+        def on_message_begin(self) -> None:  # a request's first byte (a kept-alive connection's next request)
+            super().on_message_begin()
+            self.in_head = True
+            self._arm()
+
+        def on_headers_complete(self) -> None:
+            self.in_head = False
+            self._disarm()
+            super().on_headers_complete()
+
+
+def protocol(name: str = "auto"):
+    """The HTTP protocol class `tudui serve` runs, both with the header deadline: "httptools" (where installed),
+    "h11", or "auto" (httptools where installed, else h11)."""
+    if name == "h11" or HttpToolsProtocol is None:
+        return HeaderDeadlineH11
+    return HeaderDeadlineHttpTools
 
 
 def run_workers(config, sock, announce) -> None:
@@ -88,11 +131,12 @@ def run_workers(config, sock, announce) -> None:
     Workers(config, sockets=[sock]).run()
 
 
-def uvicorn_config(app, options, **kwargs):
-    """uvicorn's Config for `tudui serve`: the h11 protocol with the header deadline of options.header_timeout_s.
-    `app`: the ASGI app, or an import string with factory=True (workers)."""
+def uvicorn_config(app, options, http: str = "auto", **kwargs):
+    """uvicorn's Config for `tudui serve`: protocol()'s HTTP protocol with the header deadline of
+    options.header_timeout_s, and uvloop as the event loop where installed (uvicorn's loop "auto").
+    `app`: the ASGI app, or an import string with factory=True (workers); `http`: protocol()'s name."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=options.log_level, http=HeaderDeadlineH11, **kwargs)
+    config = uvicorn.Config(app, log_level=options.log_level, http=protocol(http), **kwargs)
     setattr(config, HEADER_TIMEOUT_ATTR, options.header_timeout_s)
     return config

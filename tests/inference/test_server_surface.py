@@ -179,3 +179,41 @@ def test_serve_no_tta_answers_with_the_plain_forward_pass(tta_checkpoint, monkey
         given = {p["class"]: p["probability"] for p in answers.pop()["predictions"]}
         np.testing.assert_allclose([given[str(c)] for c in range(10)], expected, atol=1e-5, err_msg=str(flags))
     assert np.abs(plain - tta).max() > 0.02
+
+
+def test_the_direct_predict_path_answers_as_fastapis_route(predictor, monkeypatch):
+    """POST /predict without a query string (or with topk=K) skips FastAPI's routing (server._with_direct_predict);
+    any other query goes through FastAPI's route. Both give the same JSON, statuses, errors and headers."""
+    from fastapi.testclient import TestClient
+
+    from tudui.inference import server
+
+    image = (Path(__file__).resolve().parents[1] / "fixtures" / "golden" / "images" / "digit0003.png").read_bytes()
+    direct_calls = []
+    app = server.create_app(predictor, max_upload_mb=0.01)
+    inner = app.direct_predict
+
+    async def counted(*args):
+        direct_calls.append(args[-1])
+        await inner(*args)
+    app.direct_predict = counted
+    bodies = {"image": (image, "image/png"), "empty": (b"", "image/png"), "not an image": (b"GIF89a...", "image/gif"),
+              "too big": (b"\0" * 20_000, "image/png")}
+    timing = ("time_ms", "preprocess_ms", "inference_ms")
+    with TestClient(app) as client:
+        for name, (body, kind) in bodies.items():
+            for query in ("", "?topk=3"):
+                direct = client.post(f"/predict{query}", content=body, headers={"Content-Type": kind})
+                routed = client.post(f"/predict{query}{'&' if query else '?'}unused=1", content=body,
+                                     headers={"Content-Type": kind})
+                assert direct.status_code == routed.status_code, (name, query, direct.text, routed.text)
+                assert direct.headers["content-type"] == routed.headers["content-type"] == "application/json"
+                assert direct.headers.get("connection") == routed.headers.get("connection"), name
+                a, b = direct.json(), routed.json()
+                for key in timing:
+                    a.pop(key, None), b.pop(key, None)
+                assert a == b, (name, query)
+        assert len(direct_calls) == 2 * len(bodies)  # the unusual queries never reached it
+        assert direct_calls[:2] == [None, 3]
+        assert len(client.post("/predict?topk=3", content=image).json()["predictions"]) == 3
+        assert client.post("/predict?topk=0", content=image).status_code == 422  # FastAPI's check, its words

@@ -114,7 +114,8 @@ bench: data $(TEST_STAMP) $(PEERS_VENV)/bin/yolo
 	$(PY) benchmarks/peak_memory.py
 	$(PY) benchmarks/photos.py
 	$(PY) benchmarks/timm_transfer.py
-	$(PY) benchmarks/serve_load.py
+	@$(MAKE) --no-print-directory apt-get PKGS="$$(command -v wrk >/dev/null || echo wrk)"
+	$(PY) benchmarks/serve_load.py --before de0c730
 	@# The API fuzzing of `make test`, 20 times longer (about 7,800 requests; the counts are printed).
 	TUDUI_FUZZ_SCALE=20 $(PY) -m pytest -q -s -p no:cacheprovider tests/inference/test_server_fuzz.py
 

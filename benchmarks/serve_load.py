@@ -1,8 +1,18 @@
 """Bounded load and soak of `tudui serve` on loopback: the minimal server a user would write, against tudui serve
-answering one request per forward pass and with micro-batching.
+answering one request per forward pass and with micro-batching (the soak); then requests/s and latency at 1 to 128
+clients from a compiled load generator (the sweep).
 
-    python benchmarks/serve_load.py [MODEL] [--duration 60] [--warmup 10] [--concurrency 64] [--max-batch 32]
-                                    [--max-wait-ms 2] [--workers 1] [--no-baseline] [--quick]
+    python benchmarks/serve_load.py [MODEL] [--parts soak sweep] [--duration 60] [--warmup 10] [--concurrency 64]
+                                    [--max-batch 32] [--max-wait-ms 2] [--workers 1] [--no-baseline]
+                                    [--clients 1 8 32 64 128] [--sweep-duration 10] [--generator auto|wrk|python]
+                                    [--before REF] [--quick]
+
+The sweep: for each server (the minimal one; `tudui serve` as a user starts it, `--workers auto`; the same with
+`--workers 1`; with --before REF, `tudui serve --workers 1` from that commit of this repository, the same
+environment) and each number of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's
+`wrk` (one thread, C code, a Lua script cycling through the same PNGs) where it is on the PATH, else this script's
+own asyncio client (which then takes a core itself). The generator's CPU time is reported (its rusage), so a
+saturated generator shows.
 
 MODEL is a checkpoint, run directory or .onnx; without it the default model (`fast`, 1x28x28, 10 classes) is
 trained for one epoch on the bundled digits first (a few seconds; the weights do not matter for speed). The
@@ -26,6 +36,7 @@ import asyncio
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -75,11 +86,11 @@ uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 """
 
 
-def start_server(model: str, max_batch: int, max_wait_ms: float, workers: int = 1,
-                 baseline: bool = False) -> tuple[subprocess.Popen, str]:
-    """`tudui serve MODEL --port 0 ...` (or, baseline, MINIMAL_SERVER on the .onnx MODEL) in its own process;
-    returns it and its base URL once it listens."""
-    env = os.environ | {"PYTHONPATH": f"{C.ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+def start_server(model: str, max_batch: int, max_wait_ms: float, workers: int | str = 1,
+                 baseline: bool = False, src=None) -> tuple[subprocess.Popen, str]:
+    """`tudui serve MODEL --port 0 ...` (from the `src` folder of another tudui, default this checkout's; or,
+    baseline, MINIMAL_SERVER on the .onnx MODEL) in its own process; returns it and its base URL once it listens."""
+    env = os.environ | {"PYTHONPATH": f"{src or C.ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                         "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-c", MINIMAL_SERVER, model] if baseline else \
         [sys.executable, "-m", "tudui", "serve", model, "--port", "0", "--device", "cpu", "--max-batch",
@@ -185,6 +196,143 @@ def run_mode(model: str, max_batch: int, max_wait_ms: float, images: list[bytes]
     return result
 
 
+def wrk_script(work, images: list[bytes]) -> str:
+    """A wrk Lua script posting the images (written under work/bodies) in turn as raw image/png bodies."""
+    folder = work / "bodies"
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, body in enumerate(images):
+        (folder / f"{i:03d}.png").write_bytes(body)
+        paths.append(str(folder / f"{i:03d}.png"))
+    script = work / "post.lua"
+    script.write_text("local bodies = {}\n"
+                      + "".join(f'do local f = io.open("{p}", "rb"); bodies[#bodies + 1] = f:read("*a"); f:close() end\n'
+                                for p in paths)
+                      + "local i = 0\n"
+                      + "request = function()\n  i = i % #bodies + 1\n"
+                      + '  return wrk.format("POST", "/predict", {["Content-Type"] = "image/png"}, bodies[i])\nend\n')
+    return str(script)
+
+
+UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def run_wrk(url: str, clients: int, seconds: float, script: str) -> dict:
+    """One wrk run: requests/s, latency percentiles (ms), failed requests, and wrk's own CPU seconds (rusage)."""
+    proc = subprocess.Popen(["wrk", "-t1", f"-c{clients}", f"-d{max(1, round(seconds))}s", "--latency",
+                             "--timeout", "30s", "-s", script, f"{url}/predict"], stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0 or "Requests/sec" not in out:
+        raise SystemExit(f"wrk failed (exit {proc.returncode}):\n{out}")
+    pct = {int(q): float(v) * UNITS_MS[u] for q, v, u in re.findall(r"^\s+(50|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rate": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50": pct[50], "p99": pct[99],
+            "failed": (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0),
+            "cpu_s": usage.ru_utime + usage.ru_stime, "seconds": max(1, round(seconds))}
+
+
+def run_python_client(url: str, pid: int, images: list[bytes], clients: int, seconds: float) -> dict:
+    """The same figures from this script's asyncio client (no wrk), its CPU time from this process's."""
+    cpu0 = time.process_time()
+    r = asyncio.run(load(url, pid, images, clients, 0.0, seconds))
+    lat = np.array(r["latencies"]) if r["latencies"] else np.array([float("nan")])
+    return {"rate": len(r["latencies"]) / r["wall"], "p50": float(np.percentile(lat, 50)),
+            "p99": float(np.percentile(lat, 99)), "failed": len(r["errors"]) + len(r["warm_errors"]),
+            "cpu_s": time.process_time() - cpu0, "seconds": r["wall"]}
+
+
+def server_rss(pid: int) -> int:
+    """Bytes resident in the server process and its worker processes."""
+    server = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [server, *server.children(recursive=True)] if p.is_running())
+
+
+def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list[list[str]]:
+    """The sweep's rows (and the targets' figures in args.sweep_results): every server at every client count."""
+    generator = args.generator
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "python"
+    script = wrk_script(work, images) if generator == "wrk" else None
+    servers = []
+    if onnx is not None:
+        servers.append(("minimal FastAPI + ORT", dict(model=onnx, baseline=True, workers=1)))
+    servers.append(("tudui serve", dict(model=model, workers="auto")))
+    if not args.quick:  # (the same code as --workers auto on one process: the smoke test leaves it out)
+        servers.append(("tudui serve --workers 1", dict(model=model, workers=1)))
+    if args.before:
+        before = work / f"before-{args.before}"
+        if not (before / "src" / "tudui").is_dir():
+            before.mkdir(parents=True, exist_ok=True)
+            archive = subprocess.run(["git", "-C", str(C.ROOT), "archive", args.before, "src"], capture_output=True,
+                                     check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
+        servers.append((f"tudui serve --workers 1 at {args.before}", dict(model=model, workers=1, src=before / "src")))
+    print(f"sweep: {generator} as the load generator, clients {args.clients}, 2 s warm-up + {args.sweep_duration:g} s "
+          f"counted each", flush=True)
+    rows, results = [], {}
+    for name, kw in servers:
+        proc, url = start_server(kw["model"], args.max_batch, args.max_wait_ms, kw["workers"],
+                                 kw.get("baseline", False), kw.get("src"))
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # printing its address comes before listening in the minimal server: wait for an answer
+                try:
+                    if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.1)
+            rss0 = None
+            for clients in args.clients:
+                def once(seconds):
+                    if generator == "wrk":
+                        return run_wrk(url, clients, seconds, script)
+                    return run_python_client(url, proc.pid, images, clients, seconds)
+                once(2.0)  # warm-up, not counted
+                rss0 = rss0 if rss0 is not None else server_rss(proc.pid)
+                r = once(args.sweep_duration)
+                results[name, clients] = r
+                print(f"  {name}, {clients} clients: {r['rate']:,.0f} requests/s", flush=True)
+            growth = (server_rss(proc.pid) - rss0) / rss0
+            alive = httpx.get(f"{url}/health", timeout=30).json() == {"status": "ok"}
+        finally:
+            proc.terminate()
+            proc.wait(30)
+        for clients in args.clients:
+            r = results[name, clients]
+            rows.append([str(clients), name, f"{r['rate']:,.0f}", f"{r['p50']:.1f}", f"{r['p99']:.1f}", str(r["failed"]),
+                         f"{r['cpu_s'] / r['seconds']:.0%}", f"{growth:+.1%}", "yes" if alive else "NO"])
+        results[name, "growth"], results[name, "alive"] = growth, alive
+    args.sweep_results, args.sweep_generator = results, generator
+    return rows
+
+
+def sweep_targets(args) -> list[list[str]]:
+    """The sweep's verdicts: tudui serve against the minimal server at 32 clients, and against --before at 64."""
+    res, rows = args.sweep_results, []
+    failed = sum(r["failed"] for k, r in res.items() if isinstance(k[1], int))
+    rows.append(["sweep: zero failed requests", str(failed), C.verdict(failed == 0)])
+    growth = max(v for k, v in res.items() if k[1] == "growth")
+    rows.append(["sweep: resident memory growth after warm-up < 10%", f"{growth:+.1%}", C.verdict(growth < 0.10)])
+    near = lambda n: min(args.clients, key=lambda c: abs(c - n))  # noqa: E731 - the sweep's level closest to n
+    if ("minimal FastAPI + ORT", near(32)) in res:
+        t, m = res["tudui serve", near(32)], res["minimal FastAPI + ORT", near(32)]
+        rows.append([f"tudui serve >= 2x the minimal server's requests/s ({near(32)} clients)",
+                     f"{t['rate'] / m['rate']:.2f}x", C.verdict(t["rate"] >= 2 * m["rate"])])
+        rows.append(["... with a lower p99", f"{t['p99']:.1f} ms vs {m['p99']:.1f} ms", C.verdict(t["p99"] < m["p99"])])
+    if args.before:
+        b = res[f"tudui serve --workers 1 at {args.before}", near(64)]
+        t = res["tudui serve", near(64)]
+        rows.append([f"tudui serve >= 3x tudui serve at {args.before} ({near(64)} clients)",
+                     f"{t['rate'] / b['rate']:.2f}x", C.verdict(t["rate"] >= 3 * b["rate"])])
+    return rows
+
+
 def main() -> int:
     ap = C.parser(__doc__.splitlines()[0])
     ap.add_argument("model", nargs="?", help="checkpoint, run directory or .onnx (default: train the default model)")
@@ -196,9 +344,20 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1, help="tudui serve's --workers [default: 1]")
     ap.add_argument("--no-baseline", dest="baseline", action="store_false",
                     help="leave out the minimal FastAPI + ONNX Runtime server")
+    ap.add_argument("--parts", nargs="+", choices=["soak", "sweep"], default=["soak", "sweep"],
+                    help="the soak (asyncio clients, batch sizes, memory), the sweep (1-128 clients) [default: both]")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 64, 128],
+                    help="the sweep's numbers of concurrent clients [default: 1 8 32 64 128]")
+    ap.add_argument("--sweep-duration", type=float, default=10.0, help="counted seconds per sweep cell [default: 10]")
+    ap.add_argument("--generator", choices=["auto", "wrk", "python"], default="auto",
+                    help="the sweep's load generator: wrk (Debian's package), this script's asyncio client, or auto "
+                         "(wrk where on the PATH) [default: auto]")
+    ap.add_argument("--before", metavar="REF", help="also sweep `tudui serve --workers 1` from this commit (git archive "
+                                                    "of its src/ into the work folder), same environment")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.warmup = min(args.duration, 3.0), min(args.warmup, 1.0)
+        args.sweep_duration, args.clients = min(args.sweep_duration, 1.0), args.clients[:2]
     C.header("serve load: one request per forward pass against micro-batching", args.quick)
 
     with C.workdir(args) as work:
@@ -215,18 +374,42 @@ def main() -> int:
         images = sample_images(spec.channels, spec.img_size)
         modes = [("one request per pass", 1, 0.0), (f"micro-batching (max {args.max_batch}, {args.max_wait_ms:g} ms)",
                                                     args.max_batch, args.max_wait_ms)]
-        results = {}
+        results, sweep_rows = {}, []
+        onnx = None
         if args.baseline:
             onnx = model if model.endswith(".onnx") else str(tudui_export(model, work / "baseline.onnx"))
-            name = "minimal FastAPI + ORT"
-            print(f"{name}: {args.warmup:g} s warm-up + {args.duration:g} s of {args.concurrency} clients...", flush=True)
-            results[name] = run_mode(onnx, 1, 0.0, images, args, baseline=True)
-        for name, max_batch, wait in modes:
-            print(f"{name}: {args.warmup:g} s warm-up + {args.duration:g} s of {args.concurrency} clients...", flush=True)
-            results[name] = run_mode(model, max_batch, wait, images, args)
+        if "soak" in args.parts:
+            if onnx is not None:
+                name = "minimal FastAPI + ORT"
+                print(f"{name}: {args.warmup:g} s warm-up + {args.duration:g} s of {args.concurrency} clients...",
+                      flush=True)
+                results[name] = run_mode(onnx, 1, 0.0, images, args, baseline=True)
+            for name, max_batch, wait in modes:
+                print(f"{name}: {args.warmup:g} s warm-up + {args.duration:g} s of {args.concurrency} clients...",
+                      flush=True)
+                results[name] = run_mode(model, max_batch, wait, images, args)
+        if "sweep" in args.parts:
+            sweep_rows = sweep(model, onnx, images, work, args)
 
     print(f"\nmodel    {predictor.meta.get('arch', {}).get('name')} ({predictor.format}), {spec.channels}x{spec.img_size}"
           f"x{spec.img_size}, {len(spec.classes)} classes, TTA {'on' if spec.tta else 'off'}; device cpu")
+    rows = []
+    if results:
+        rows += soak_table(results, images, spec, args)
+    if sweep_rows:
+        print(f"\nthe sweep: POST /predict (raw image/png bodies, {len(images)} different images), keep-alive clients "
+              f"from {args.sweep_generator}, {args.sweep_duration:g} s counted per cell; generator CPU: its CPU time "
+              "over the cell's seconds (100% = one core); memory: the server's growth over the sweep")
+        print(C.table(["clients", "server", "requests/s", "p50 ms", "p99 ms", "failed", "generator CPU",
+                       "memory", "/health after"], sweep_rows))
+        rows += sweep_targets(args)
+    print("\ntargets (issues 16 and 32)\n" + C.table(["target", "measured", "verdict"], rows))
+    failed = any(r[2] == C.verdict(False) for r in rows if r[0].startswith(("zero", "sweep: zero", "/health")))
+    return 1 if failed else 0
+
+
+def soak_table(results: dict, images: list[bytes], spec, args) -> list[list[str]]:
+    """Prints the soak's side-by-side table; its target rows."""
     print(f"load     {args.concurrency} concurrent clients on 127.0.0.1, POST /predict with {len(images)} different "
           f"{spec.img_size}x{spec.img_size} PNGs, {args.warmup:g} s warm-up then {args.duration:g} s counted\n")
     # One column per mode, one row per figure: the two modes side by side.
@@ -268,14 +451,11 @@ def main() -> int:
         rows.append(["... with a lower p99", f"{p99[0]:.1f} ms vs {p99[1]:.1f} ms", C.verdict(p99[0] < p99[1])])
     worst_growth = max((r["rss_end"] - r["rss_warm"]) / r["rss_warm"] for r in results.values())
     n_errors = sum(len(r["errors"]) + len(r["warm_errors"]) for r in results.values())
-    print("\ntargets (issues 16 and 32)\n" + C.table(["target", "measured", "verdict"], [
-        ["zero failed requests (warm-up included)", str(n_errors), C.verdict(n_errors == 0)], *rows,
-        ["resident memory growth after warm-up < 10%", f"{worst_growth:+.1%}", C.verdict(worst_growth < 0.10)],
-        ["micro-batching serves more requests/s", f"{ratio:.2f}x", C.verdict(ratio > 1.0)],
-        ["/health answers after the load", "yes" if all(r["alive"] for r in results.values()) else "no",
-         C.verdict(all(r["alive"] for r in results.values()))],
-    ]))
-    return 1 if n_errors or not all(r["alive"] for r in results.values()) else 0
+    return [["zero failed requests (warm-up included)", str(n_errors), C.verdict(n_errors == 0)], *rows,
+            ["resident memory growth after warm-up < 10%", f"{worst_growth:+.1%}", C.verdict(worst_growth < 0.10)],
+            ["micro-batching serves more requests/s", f"{ratio:.2f}x", C.verdict(ratio > 1.0)],
+            ["/health answers after the load", "yes" if all(r["alive"] for r in results.values()) else "no",
+             C.verdict(all(r["alive"] for r in results.values()))]]
 
 
 def tudui_export(model: str, out) -> str:

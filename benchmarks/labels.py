@@ -31,7 +31,7 @@ The figure is balanced accuracy on the test set (the mean recall of the 10 class
 the target: auto >= 3 points over none (mean over the seeds).
 
     .venv/bin/python benchmarks/labels.py [--quick] [--parts multi long-tail] [--ratio 100] [--seeds 0 1 2]
-        [--modes ...] [--epochs N] [--workdir DIR]
+        [--modes ...] [--head N] [--epochs N] [--mosaics TRAIN TEST] [--workdir DIR]
 
 The default is both full parts (the long-tailed one: 6 modes x 3 seeds of ~15,000 images at tudui's default
 length); the flags run a part of them (benchmarks/README.md says which part its figures are).
@@ -180,7 +180,8 @@ def figures(scores: np.ndarray, hot: np.ndarray, th: np.ndarray) -> dict[str, fl
 
 def multi_label(args, work: Path) -> list[list[str]]:
     """The multi-label comparison; prints its table and returns the targets' rows."""
-    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = QUICK_SIZES if args.quick else \
+        (dict(zip(("train", "test"), args.mosaics)) if args.mosaics else SIZES)
     data = {}
     for split, is_train in (("train", True), ("test", False)):
         images, labels = C.load_fmnist(is_train)
@@ -226,7 +227,7 @@ def multi_label(args, work: Path) -> list[list[str]]:
 
 def long_tailed(args, work: Path) -> list[list[str]]:
     """The long-tailed comparison; prints its table and returns the targets' rows."""
-    plan = {"head": HEAD, "seeds": args.seeds, "test": None, "epochs": args.epochs} | (QUICK if args.quick else {})
+    plan = {"head": args.head, "seeds": args.seeds, "test": None, "epochs": args.epochs} | (QUICK if args.quick else {})
     counts = long_tailed_counts(plan["head"], args.ratio)
     print(f"Long-tailed Fashion-MNIST (ratio {args.ratio:g}): training images per class {counts} ({sum(counts):,}; "
           f"tudui holds out 10% of each for validation), test {plan['test'] or 10_000:,} balanced, seeds "
@@ -267,7 +268,10 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="long-tail: seeds (each draws its own subset) [0 1 2]")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="long-tail: runs [all]")
+    p.add_argument("--head", type=int, default=HEAD, help=f"long-tail: training images of class 0 [{HEAD}]")
     p.add_argument("--epochs", type=int, default=None, help="long-tail: epochs of every run [tudui's auto]")
+    p.add_argument("--mosaics", nargs=2, type=int, metavar=("TRAIN", "TEST"), default=None,
+                   help=f"multi: training and test mosaics [{SIZES['train']} {SIZES['test']}]")
     args = p.parse_args()
     C.header("Labels as they are: several labels per image, long-tailed classes (benchmarks/labels.py)", args.quick)
     rows = []

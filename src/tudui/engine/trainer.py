@@ -31,7 +31,7 @@ from .choices import BEST_BY_METRIC
 from .evaluate import evaluate
 from .guards import FiniteLossGuard
 from .metrics import TopMistakes
-from .multilabel import evaluate_multilabel
+from .multilabel import LabelMistakes, evaluate_multilabel
 from .optim import continue_schedule, create_scheduler
 from .results import append_result
 from .resume import gather_rank_rng
@@ -278,17 +278,22 @@ def _save(run: Run, names: list[str]) -> None:
 
 def _finish_multilabel(run: Run) -> RunResult:
     """The best weights on validation (thresholds chosen there, as best.pt holds them) and on test data at those
-    thresholds; no mistakes picture (a multi-label mistake is a set of missed and spurious labels)."""
-    val = evaluate_multilabel(run.model, run.val_loader, run.spec, run.device, run.cfg.threshold) \
-        if run.val_loader else None
+    thresholds. The split the pictures use (val, else test) also gives the images furthest from their labels
+    (mistakes.png: missed and spurious labels) and every image's probabilities (the precision-recall curves)."""
+    mistakes, kept = LabelMistakes(), {}
+    val = evaluate_multilabel(run.model, run.val_loader, run.spec, run.device, run.cfg.threshold,
+                              mistakes=mistakes, keep=kept) if run.val_loader else None
     test = None
     if run.data.test is not None:
         loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
                              workers=run.workers, bad_images=run.cfg.bad_images, in_memory=run.data.in_memory)
-        test = evaluate_multilabel(run.model, loader, run.spec, run.device, run.cfg.threshold, tune=False)
+        pictured = val is None  # the test split is pictured only without a validation split
+        test = evaluate_multilabel(run.model, loader, run.spec, run.device, run.cfg.threshold, tune=False,
+                                   mistakes=mistakes if pictured else None, keep=kept if pictured else None)
     result = RunResult(run.run_dir, run.run_dir / "best.pt", run.run_dir / "last.pt", run.history, val, test,
-                       run.spec, None, run.best_epoch, run.arch["name"],
-                       ", ".join(map(shown, run.cfg.to_dict()["data"])))
+                       run.spec, mistakes.items if kept else None, run.best_epoch, run.arch["name"],
+                       ", ".join(map(shown, run.cfg.to_dict()["data"])),
+                       scores=(kept["probs"], kept["targets"]) if kept else None)
     if run.world.rank != 0:
         return result
     for cb in run.callbacks:

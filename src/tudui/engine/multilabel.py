@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..core.device import autocast
 from ..data import DataSpec, model_logits, normalize
-from .distributed import broadcast_module
+from .distributed import all_gather_rows, broadcast_module
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -221,15 +221,18 @@ def summarize(logits: torch.Tensor, targets: torch.Tensor, spec: DataSpec, thres
 
 def evaluate_multilabel(model: nn.Module, loader, spec: DataSpec, device: torch.device,
                         threshold: float | None = None, tune: bool = True, amp: bool = False,
-                        mistakes: LabelMistakes | None = None, keep: dict | None = None) -> dict:
+                        mistakes: LabelMistakes | None = None, keep: dict | None = None, gather: bool = False) -> dict:
     """The multi-label summary of a split: loss (plain BCE), mAP, F1s, exact match, at thresholds chosen on this
     split (`tune`: each class's best F1), fixed (`threshold`), or the spec's own (tune False: a model's saved
     thresholds applied to new data). 'top1' is the exact-match ratio, the multi-label form of "the answer is right".
     `mistakes` collects the images furthest from their labels; `keep` receives "probs" and "targets" (N, K) for the
-    pictures (precision-recall curves). One process only: under torchrun each rank scores the whole split (the run
-    refuses torchrun otherwise)."""
+    pictures (precision-recall curves). `gather`: the loader is this torchrun rank's shard (a run's validation
+    split), so every rank's scores are gathered first and each rank summarises the whole split (the same thresholds
+    and mAP everywhere); `mistakes` then sees this rank's shard only."""
     broadcast_module(model, buffers_only=True)
     logits, targets = predict_scores(model, loader, spec, device, amp, mistakes)
+    if gather:
+        logits, targets = all_gather_rows(logits, device), all_gather_rows(targets, device)
     if keep is not None:
         keep["probs"], keep["targets"] = logits.sigmoid().numpy(), targets.numpy()
     return summarize(logits, targets, spec, threshold, tune)

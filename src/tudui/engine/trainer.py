@@ -112,8 +112,8 @@ def validate(run: Run, epoch: int, criterion: nn.Module) -> dict | None:
     if features.active(run.head_trainer, run, epoch):  # the head alone, on cached features
         return run.head_trainer.evaluate(run.eval_model, criterion)
     if run.spec.multi_label:  # mAP, F1s, exact match at thresholds chosen on this split (engine/multilabel.py)
-        return evaluate_multilabel(run.eval_model, run.val_loader, run.spec, run.device, run.cfg.threshold) \
-            if run.val_loader else None
+        return evaluate_multilabel(run.eval_model, run.val_loader, run.spec, run.device, run.cfg.threshold,
+                                   gather=True) if run.val_loader else None  # torchrun: every rank's shard
     return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
 
 
@@ -279,10 +279,12 @@ def _save(run: Run, names: list[str]) -> None:
 def _finish_multilabel(run: Run) -> RunResult:
     """The best weights on validation (thresholds chosen there, as best.pt holds them) and on test data at those
     thresholds. The split the pictures use (val, else test) also gives the images furthest from their labels
-    (mistakes.png: missed and spurious labels) and every image's probabilities (the precision-recall curves)."""
+    (mistakes.png: missed and spurious labels; under torchrun rank 0's shard of val) and every image's probabilities
+    (the precision-recall curves). Under torchrun the validation shards' scores are gathered, and every rank scores
+    the whole test split."""
     mistakes, kept = LabelMistakes(), {}
     val = evaluate_multilabel(run.model, run.val_loader, run.spec, run.device, run.cfg.threshold,
-                              mistakes=mistakes, keep=kept) if run.val_loader else None
+                              mistakes=mistakes, keep=kept, gather=True) if run.val_loader else None
     test = None
     if run.data.test is not None:
         loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,

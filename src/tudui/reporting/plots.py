@@ -348,9 +348,11 @@ class PlotsCallback(Callback):
         if result.scores is not None and self._draw("the precision-recall curves", plot_pr_curves, *result.scores,
                                                     classes, d / "pr_curves.png", f"best weights on {split}"):
             self.files.append(d / "pr_curves.png")
+        size = getattr(getattr(run, "world", None), "size", 1)  # under torchrun rank 0 sees its val shard only
+        share = f" (rank 0's 1/{size} share)" if size > 1 and split == "val" else ""
         if result.mistakes and self._draw("the mistakes", plot_label_mistakes, result.mistakes, classes,
                                           summary["thresholds"], d / "mistakes.png",
-                                          f"furthest from their labels on {split}"):
+                                          f"furthest from their labels on {split}{share}"):
             self.files.append(d / "mistakes.png")
 
     def _plot_mistakes(self, run, mistakes: list, split: str) -> None:
@@ -393,14 +395,21 @@ def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> 
 
 def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
     """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`, and
-    with `--cam` eval_<split>_mistakes.png (each mistake with its map, half and half).
+    with `--cam` eval_<split>_mistakes.png (each mistake with its map, half and half); for a multi-label model
+    eval_<split>_per_class.csv and eval_<split>_pr_curves.png.
 
     Named after the split so they sit beside a run's own confusion_matrix.png without replacing it.
     """
     out, split, classes = Path(out_dir), result["split"], result["classes"]
     out.mkdir(parents=True, exist_ok=True)
-    if "confusion" not in result:  # a multi-label model: per-class figures only (AP and threshold beside them)
-        return [write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+    if "confusion" not in result:  # a multi-label model: per-class figures (AP and threshold beside them), PR curves
+        files = [write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+        if result.get("scores"):
+            png = out / f"eval_{split}_pr_curves.png"
+            plot_pr_curves(result["scores"]["probs"], result["scores"]["targets"], classes, png,
+                           f"{Path(result['checkpoint']).name} on {split}")
+            files.append(png)
+        return files
     png = out / f"eval_{split}_confusion_matrix.png"
     plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
     files = [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),

@@ -197,7 +197,9 @@ def multi_label(args, work: Path) -> list[list[str]]:
     x = torch.cat([predictor.preprocess(files[i:i + 512]) for i in range(0, len(files), 512)])
     scores = torch.cat([predictor.probabilities(x[i:i + 512]) for i in range(0, len(x), 512)]).numpy()
     tudui_s = time.perf_counter() - t0
-    ours = figures(scores, data["test"][1], np.array(predictor.thresholds))
+    # tudui's columns follow its classes (the CSV's names, sorted); the test rows' follow Fashion-MNIST's label order
+    column = [predictor.classes.index(name) for name in FASHION_CLASSES]
+    ours = figures(scores[:, column], data["test"][1], np.array(predictor.thresholds)[column])
 
     # the loop holds out the same share tudui does (10%, seeded) to choose its thresholds
     n = len(data["train"][1])

@@ -16,7 +16,7 @@ the test mosaics. Wall time covers training and the test pass (the mosaics are w
 
 Part `long-tail`: long-tailed Fashion-MNIST, each --balance mode on the same data.
 The training set is made long-tailed as CIFAR-10-LT is: class i of Fashion-MNIST's training set keeps
-6000 x RATIO^(-i/9) of its images (a seeded choice; RATIO 100: 6,000 t-shirts down to 60 ankle boots, 14,899 in all),
+6000 x RATIO^(-i/9) of its images (a seeded choice; RATIO 100: 6,000 t-shirts down to 60 ankle boots, 14,886 in all),
 written as the four IDX files of a `--data-root`, so tudui reads it through its own named-dataset loader; the test set
 is Fashion-MNIST's balanced 10,000 images. tudui holds out its usual stratified 10% of the long-tailed training images
 for validation, and every choice (best.pt included) is made on that validation split only. Each seed draws its own

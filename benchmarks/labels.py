@@ -16,7 +16,7 @@ the test mosaics. Wall time covers training and the test pass (the mosaics are w
 
 Part `long-tail`: long-tailed Fashion-MNIST, each --balance mode on the same data.
 The training set is made long-tailed as CIFAR-10-LT is: class i of Fashion-MNIST's training set keeps
-6000 x RATIO^(-i/9) of its images (a seeded choice; RATIO 100: 6,000 t-shirts down to 60 ankle boots, 14,899 in all),
+6000 x RATIO^(-i/9) of its images (a seeded choice; RATIO 100: 6,000 t-shirts down to 60 ankle boots, 14,886 in all),
 written as the four IDX files of a `--data-root`, so tudui reads it through its own named-dataset loader; the test set
 is Fashion-MNIST's balanced 10,000 images. tudui holds out its usual stratified 10% of the long-tailed training images
 for validation, and every choice (best.pt included) is made on that validation split only. Each seed draws its own
@@ -31,7 +31,7 @@ The figure is balanced accuracy on the test set (the mean recall of the 10 class
 the target: auto >= 3 points over none (mean over the seeds).
 
     .venv/bin/python benchmarks/labels.py [--quick] [--parts multi long-tail] [--ratio 100] [--seeds 0 1 2]
-        [--modes ...] [--epochs N] [--workdir DIR]
+        [--modes ...] [--head N] [--epochs N] [--mosaics TRAIN TEST] [--workdir DIR]
 
 The default is both full parts (the long-tailed one: 6 modes x 3 seeds of ~15,000 images at tudui's default
 length); the flags run a part of them (benchmarks/README.md says which part its figures are).
@@ -180,7 +180,8 @@ def figures(scores: np.ndarray, hot: np.ndarray, th: np.ndarray) -> dict[str, fl
 
 def multi_label(args, work: Path) -> list[list[str]]:
     """The multi-label comparison; prints its table and returns the targets' rows."""
-    sizes = QUICK_SIZES if args.quick else SIZES
+    sizes = QUICK_SIZES if args.quick else \
+        (dict(zip(("train", "test"), args.mosaics)) if args.mosaics else SIZES)
     data = {}
     for split, is_train in (("train", True), ("test", False)):
         images, labels = C.load_fmnist(is_train)
@@ -196,7 +197,9 @@ def multi_label(args, work: Path) -> list[list[str]]:
     x = torch.cat([predictor.preprocess(files[i:i + 512]) for i in range(0, len(files), 512)])
     scores = torch.cat([predictor.probabilities(x[i:i + 512]) for i in range(0, len(x), 512)]).numpy()
     tudui_s = time.perf_counter() - t0
-    ours = figures(scores, data["test"][1], np.array(predictor.thresholds))
+    # tudui's columns follow its classes (the CSV's names, sorted); the test rows' follow Fashion-MNIST's label order
+    column = [predictor.classes.index(name) for name in FASHION_CLASSES]
+    ours = figures(scores[:, column], data["test"][1], np.array(predictor.thresholds)[column])
 
     # the loop holds out the same share tudui does (10%, seeded) to choose its thresholds
     n = len(data["train"][1])
@@ -226,7 +229,7 @@ def multi_label(args, work: Path) -> list[list[str]]:
 
 def long_tailed(args, work: Path) -> list[list[str]]:
     """The long-tailed comparison; prints its table and returns the targets' rows."""
-    plan = {"head": HEAD, "seeds": args.seeds, "test": None, "epochs": args.epochs} | (QUICK if args.quick else {})
+    plan = {"head": args.head, "seeds": args.seeds, "test": None, "epochs": args.epochs} | (QUICK if args.quick else {})
     counts = long_tailed_counts(plan["head"], args.ratio)
     print(f"Long-tailed Fashion-MNIST (ratio {args.ratio:g}): training images per class {counts} ({sum(counts):,}; "
           f"tudui holds out 10% of each for validation), test {plan['test'] or 10_000:,} balanced, seeds "
@@ -267,7 +270,10 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
                    help="long-tail: seeds (each draws its own subset) [0 1 2]")
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), help="long-tail: runs [all]")
+    p.add_argument("--head", type=int, default=HEAD, help=f"long-tail: training images of class 0 [{HEAD}]")
     p.add_argument("--epochs", type=int, default=None, help="long-tail: epochs of every run [tudui's auto]")
+    p.add_argument("--mosaics", nargs=2, type=int, metavar=("TRAIN", "TEST"), default=None,
+                   help=f"multi: training and test mosaics [{SIZES['train']} {SIZES['test']}]")
     args = p.parse_args()
     C.header("Labels as they are: several labels per image, long-tailed classes (benchmarks/labels.py)", args.quick)
     rows = []

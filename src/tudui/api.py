@@ -213,7 +213,9 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     without it such a file is refused with a TuduiError naming it); reject_below, reject ('auto'), coverage, score:
     also report what answering unknown below that threshold does (result["rejection"]: the share rejected, top-1 on
     the accepted images); cam: a tudui explain method, for result["cam_mistakes"] (the most confidently wrong images
-    with their maps, drawn by write_eval_reports). cache: where the decoded images come from
+    with their maps, drawn by write_eval_reports; a multi-label model's result["scores"] holds every image's
+    probabilities and targets, (N, K) arrays "probs" and "targets", its precision-recall curves). cache: where the
+    decoded images come from
     (`tudui train --cache`): an image folder is read from the disk cache a training run on it wrote.
     """
     o = EvalOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
@@ -229,8 +231,10 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
     loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
     if spec.multi_label:  # at the thresholds the model was saved with (chosen on its validation split)
-        result = evaluate_multilabel(model.to(dev), loader, spec, dev, tune=False)
-        return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta}
+        kept: dict = {}
+        result = evaluate_multilabel(model.to(dev), loader, spec, dev, tune=False, keep=kept)
+        return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta,
+                         "scores": kept}
     temperature = temperature_of(loaded.meta)  # calibrated probabilities: the loss is that of the divided logits
     limit = rejection.threshold(loaded.meta, o.reject, o.reject_below, o.coverage, o.score)
     mistakes = TopMistakes() if o.cam else None

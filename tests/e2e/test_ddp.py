@@ -137,8 +137,8 @@ def test_a_hanging_rank_ends_the_job_after_tudui_dist_timeout(tmp_path):
     assert "[rank0]: Traceback" not in err, err[-3000:]
 
 
-def test_resume_and_the_toolbox_under_torchrun(tmp_path, cli):
-    """Three runs share one torchrun job (ddp_worker.py `several`: a torchrun start is two processes importing torch).
+def test_resume_the_toolbox_and_multi_label_data_under_torchrun(tmp_path, cli, pairs_csv):
+    """Four runs share one torchrun job (ddp_worker.py `several`: a torchrun start is two processes importing torch).
 
     Resume: a 2-process job trained 1 epoch and resumed to 2 ends bit-identical to one trained 2 epochs straight. The
     resume command names no --nproc: the run's config.yaml says 2, so it re-runs itself under torchrun, as a user's
@@ -147,9 +147,13 @@ def test_resume_and_the_toolbox_under_torchrun(tmp_path, cli):
 
     Toolbox: EMA, per-image policies, erasing, mixup/cutmix, accumulation and --time in a 2-process job: the ranks
     stay in step (same weights at the end, one run directory) and best.pt holds the EMA.
+
+    Multi-label: each rank validates its shard, and the scores of both are gathered before mAP and the thresholds are
+    computed: both ranks report the whole validation split's figures, the ones `tudui eval` gives for best.pt there.
     """
     import torch
 
+    import tudui
     from tudui.core.checkpoint import load_checkpoint
 
     args = ["--data", "digits", "--model", "mnist-cnn", "--batch-size", "64", "--subset", "512", "--augment", "crop",
@@ -158,10 +162,24 @@ def test_resume_and_the_toolbox_under_torchrun(tmp_path, cli):
     toolbox = ["--data", "digits", "--model", "mnist-cnn", "--epochs", "2", "--batch-size", "64", "--ema", "--augment",
                "trivialaugment", "--erase", "0.2", "--mixup", "0.2", "--cutmix", "1.0", "--accumulate", "2", "--time",
                "0.05", "--project", str(tmp_path / "runs"), "--name", "toolbox"]
-    jobs = [args + ["--epochs", "2", "--name", "straight"], args + ["--epochs", "1", "--name", "resumed"], toolbox]
+    multi = ["--data", str(pairs_csv), "--model", "fast", "--img-size", "8", "--epochs", "2", "--batch-size", "16",
+             "--val-split", "0.25", "--device", "cpu", "--no-plots", "--no-tensorboard", "--project",
+             str(tmp_path / "multi"), "--name", "pairs"]
+    jobs = [args + ["--epochs", "2", "--name", "straight"], args + ["--epochs", "1", "--name", "resumed"], toolbox,
+            multi]  # the multi-label run last: the ranks' records hold its val summary
     r = torchrun(str(WORKER), "several", str(tmp_path / "ranks"), json.dumps(jobs), cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     ranks = [json.loads((tmp_path / "ranks" / f"rank{i}.json").read_text()) for i in (0, 1)]
+
+    # multi-label: the whole validation split's figures on both ranks (40 of 160 images; a rank's shard is 20)
+    a, b = ranks[0]["val"], ranks[1]["val"]
+    assert a["n"] == b["n"] == 40 and a["map"] == b["map"] and a["thresholds"] == b["thresholds"]
+    assert ranks[0]["runs"]["pairs"] == ranks[1]["runs"]["pairs"]
+    best = tmp_path / "multi" / "pairs" / "best.pt"
+    assert load_checkpoint(best)["data"]["thresholds"] == a["thresholds"]
+    again = tudui.evaluate(best, [str(pairs_csv)], split="val")  # one process, the same hold-out re-created
+    assert again["n"] == 40 and again["map"] == pytest.approx(a["map"], abs=1e-6)
+    assert again["macro_f1"] == pytest.approx(a["macro_f1"], abs=1e-6)
 
     # the toolbox run: ranks in step, one run directory, best.pt's EMA
     assert ranks[0]["runs"]["toolbox"] == ranks[1]["runs"]["toolbox"]

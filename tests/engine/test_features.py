@@ -75,6 +75,32 @@ def test_without_augmentation_cached_features_train_the_head_as_the_image_path_d
     assert plain.per_epoch[2] - plain.per_epoch[1] >= 4  # 4 training batches (+ validation) per epoch
 
 
+def test_multi_label_cached_features_train_the_head_as_the_image_path_does(frozen, pairs_csv, tmp_path, monkeypatch,
+                                                                        capsys):
+    """Multi-hot targets travel with the cached features: without augmentation the head, the per-epoch mAP and the
+    thresholds chosen on validation (flip TTA: the mirror's features too) are the image path's."""
+    opts = {k: v for k, v in frozen.items() if k != "subset"} | dict(
+        data=[str(pairs_csv)], augment="none", epochs=3, batch_size=32, val_split=0.25, img_size=8,
+        project=str(tmp_path))
+    cached, plain = Snapshot(), Snapshot()
+    a = tudui.train(**opts, name="cached", callbacks=[cached])
+    assert "head on cached features" in capsys.readouterr().out.splitlines()[0]
+    monkeypatch.setattr(features, "maybe_feature_trainer", lambda run: None)  # the image path, every epoch
+    b = tudui.train(**opts, name="plain", callbacks=[plain])
+    ra, rb = _rows(a.run_dir), _rows(b.run_dir)
+    assert len(ra) == len(rb) == 3
+    for x, y in zip(ra, rb):
+        for key in ("train_loss", "val_loss", "val_map", "val_micro_f1", "val_macro_f1", "val_top1"):
+            assert float(x[key]) == pytest.approx(float(y[key]), rel=1e-5, abs=1e-6), key
+    wa = torch.load(a.last, weights_only=True)["model"]
+    wb = torch.load(b.last, weights_only=True)["model"]
+    for k in wa:
+        assert torch.allclose(wa[k].float(), wb[k].float(), rtol=1e-4, atol=1e-5), k
+    ta = torch.load(a.best, weights_only=True)["data"]["thresholds"]
+    assert ta == pytest.approx(torch.load(b.best, weights_only=True)["data"]["thresholds"], abs=1e-5)
+    assert cached.per_epoch[0] == cached.per_epoch[2] and plain.per_epoch[2] - plain.per_epoch[1] >= 3
+
+
 def test_epochs_after_the_views_cost_no_backbone_pass(frozen, tmp_path):
     snap = Snapshot()
     r = tudui.train(**frozen, augment="flip", feature_views=2, epochs=4, project=str(tmp_path), name="views",

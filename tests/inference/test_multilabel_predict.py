@@ -1,8 +1,11 @@
 """A multi-label model's thresholds travel: checkpoint, ONNX metadata, predict, eval and serve apply them."""
+import json
+
 import httpx
 import numpy as np
 import pytest
 import torch
+from sklearn.metrics import average_precision_score
 
 import tudui
 from tudui.cli import main
@@ -56,6 +59,13 @@ def test_eval_scores_at_the_saved_thresholds(pairs_run, pairs_csv, tmp_path, cap
     assert "mAP" in out and "threshold" in out
     header = (tmp_path / "eval_all_per_class.csv").read_text().splitlines()[0]
     assert header == "class,precision,recall,f1,support,ap,threshold"
+    assert "eval_all_pr_curves.png" in out and (tmp_path / "eval_all_pr_curves.png").stat().st_size > 0
+    probs, targets = r["scores"]["probs"], r["scores"]["targets"]  # every image's, from which mAP was computed
+    present = targets.sum(0) > 0
+    assert probs.shape == (160, 10) and r["map"] == pytest.approx(
+        average_precision_score(targets[:, present], probs[:, present]))
+    assert main(["eval", str(pairs_run.best), "--data", str(pairs_csv), "--out", str(tmp_path), "--json"]) == 0
+    assert "scores" not in json.loads(capsys.readouterr().out)  # the arrays are drawn, not printed
 
 
 def test_serve_answers_with_the_labels_over_their_thresholds(pairs_run, pairs_csv, live_server):

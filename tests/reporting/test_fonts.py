@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tudui.reporting import fonts
-from tudui.reporting.plots import plot_batch, plot_confusion, plot_mistakes, render
+from tudui.reporting.plots import (plot_batch, plot_confusion, plot_label_mistakes, plot_mistakes, plot_pr_curves,
+                                   render)
 
 ZH = ["裤子", "运动鞋", "T恤/上衣"]
 PAGE = Path(fonts.__file__).resolve().parents[1] / "inference" / "static" / "index.html"
@@ -46,10 +47,15 @@ def test_chinese_labels_are_drawn_by_a_cjk_font(fresh, tmp_path, capsys):
         warnings.simplefilter("always")
         plot_confusion(np.array([[3, 1, 0], [0, 4, 0], [1, 0, 2]]), ZH, tmp_path / "cm.png", "验证集")
         plot_batch(torch.rand(6, 1, 8, 8), torch.arange(6) % 3, ZH, tmp_path / "batch.png")
+        hot = np.array([[1.0, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]])  # multi-label: the legend, missed/spurious
+        plot_pr_curves(np.array([[0.9, 0.2, 0.4], [0.3, 0.8, 0.6], [0.6, 0.7, 0.1], [0.2, 0.1, 0.9]]), hot, ZH,
+                       tmp_path / "pr.png")
+        plot_label_mistakes([(1.2, np.zeros((8, 8, 1), np.uint8), np.array([0.2, 0.7, 0.9]), hot[0])], ZH,
+                            [0.5, 0.5, 0.5], tmp_path / "m.png")
         a, b = _glyph("裤"), _glyph("子")
     assert not [w for w in caught if "missing from font" in str(w.message)]
     assert "warning" not in capsys.readouterr().err
-    assert (tmp_path / "cm.png").stat().st_size > 0 and (tmp_path / "batch.png").stat().st_size > 0
+    assert all((tmp_path / f).stat().st_size > 0 for f in ("cm.png", "batch.png", "pr.png", "m.png"))
     # Two different ideographs give two different pictures (a missing glyph is the same empty box for both).
     assert (a < 128).sum() > 50 and not np.array_equal(a, b)
 

@@ -11,8 +11,9 @@ from PIL import Image
 from tests.conftest import colored_pixels
 
 from tudui.engine.metrics import TopMistakes
-from tudui.reporting.plots import (plot_batch, plot_confusion, plot_curves, plot_mistakes,
-                                   read_confusion_csv, read_results, write_confusion_csv)
+from tudui.engine.multilabel import LabelMistakes
+from tudui.reporting.plots import (plot_batch, plot_confusion, plot_curves, plot_label_mistakes, plot_mistakes,
+                                   plot_pr_curves, read_confusion_csv, read_results, write_confusion_csv)
 
 
 def _open(path):
@@ -75,6 +76,46 @@ def test_top_mistakes_keep_the_most_confident_wrong(tmp_path, figures):
                                                 "true dog\npred cat 60%"]
     canvas = ax.images[0].get_array()  # the montage: each image (value i / 255, grey) in its cell, white around
     assert sorted(np.unique(np.round(np.asarray(canvas) * 255)).tolist()) == [1, 2, 4, 255]
+
+
+def test_pr_curves_draw_scikit_learns_points_for_each_class(tmp_path, figures):
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    g = torch.Generator().manual_seed(0)
+    targets = (torch.rand(120, 3, generator=g) < 0.3).float()
+    targets[:, 2] = 0  # a class with no positive image: no curve (its recall is undefined)
+    probs = ((torch.rand(120, 3, generator=g) * 0.7 + targets * 0.3) * 20).round() / 20  # ties, as real scores have
+    drawn = plot_pr_curves(probs.numpy(), targets.numpy(), ["猫", "dog", "bird"], tmp_path / "pr.png")
+    assert len(drawn) == 2 and colored_pixels(tmp_path / "pr.png") > 500
+    for c in (0, 1):
+        precision, recall, _ = precision_recall_curve(targets[:, c].numpy(), probs[:, c].numpy())
+        np.testing.assert_allclose(drawn[c], np.stack([recall, precision], 1), rtol=1e-12)
+    labels = [t.get_text() for t in figures[-1].axes[0].get_legend().get_texts()]
+    ap = average_precision_score(targets[:, 0].numpy(), probs[:, 0].numpy())
+    assert labels == [f"猫 (AP {ap:.2f})", labels[1]] and labels[1].startswith("dog (AP ")
+
+
+def test_label_mistakes_keep_the_images_furthest_from_their_labels_and_name_missed_and_spurious(tmp_path, figures):
+    x = torch.arange(5, dtype=torch.uint8).view(5, 1, 1, 1).expand(5, 1, 4, 4)  # image i is filled with value i
+    probs = torch.tensor([[0.9, 0.1, 0.2], [0.2, 0.8, 0.9], [0.5, 0.6, 0.5], [0.1, 0.1, 0.1], [0.5, 0.7, 0.5]])
+    y = torch.tensor([[1.0, 0, 0], [1, 0, 1], [0, 1, 1], [0, 0, 0], [1, 1, 1]])
+    # |y - p| summed: 0.4, 1.7, 1.4, 0.3, 1.3 -> the three furthest are images 1, 2, 4
+    top = LabelMistakes(k=3)
+    top.update(x[:2], probs[:2], y[:2])
+    top.update(x[2:], probs[2:], y[2:])
+    assert [int(m[1][0, 0, 0]) for m in top.items] == [1, 2, 4]
+    assert [round(m[0], 2) for m in top.items] == [1.7, 1.4, 1.3]
+    path = plot_label_mistakes(top.items, ["cat", "dog", "bird"], [0.5, 0.5, 0.7], tmp_path / "m.png")
+    assert path == tmp_path / "m.png" and min(_open(path)) > 100
+    ax = figures[-1].axes[0]
+    # image 1 misses cat (0.2 < 0.5) and is given dog (0.8 >= 0.5); bird's 0.9 is over its 0.7: right.
+    # image 2 misses bird (0.5 < 0.7) and is given cat (0.5, at its threshold), which it lacks.
+    # image 4 has every label, each at or over its threshold but bird (0.5 < 0.7): one missed label
+    assert [t.get_text() for t in ax.texts] == ["- cat 20%\n+ dog 80%", "- bird 50%\n+ cat 50%", "- bird 50%"]
+    # an image whose every label is right at the thresholds is not drawn; with none left, no picture
+    right = (0.3, np.zeros((4, 4, 1), np.uint8), np.array([0.9, 0.1, 0.8]), np.array([1.0, 0, 1]))
+    assert plot_label_mistakes([right], ["cat", "dog", "bird"], [0.5, 0.5, 0.7], tmp_path / "n.png") is None
+    assert not (tmp_path / "n.png").exists()
 
 
 def test_curves_and_batch(tmp_path, figures):

@@ -174,6 +174,24 @@ def all_reduce_counts(counts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
     return counts
 
 
+def all_gather_rows(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Every rank's (N_r, ...) rows stacked in rank order, on every rank (ranks may hold different numbers of rows:
+    an evaluation shard keeps every image once, so the last ranks may have one fewer); `t` itself outside torchrun.
+    Sent through `device` (NCCL moves CUDA tensors only); returned on the CPU."""
+    if not dist.is_initialized():
+        return t
+    size = dist.get_world_size()
+    count = torch.tensor([len(t)], dtype=torch.int64, device=device)
+    counts = [torch.zeros_like(count) for _ in range(size)]
+    dist.all_gather(counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=device)
+    padded[:len(t)] = t.to(device)
+    parts = [torch.zeros_like(padded) for _ in range(size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:int(c.item())] for part, c in zip(parts, counts)]).cpu()
+
+
 def reduce_train_stats(loss_sums: list[float], images: int, seconds: float,
                        device: torch.device) -> tuple[list[float], int, float]:
     """(each of `loss_sums` (loss x images) summed, summed images, slowest rank's seconds) over all ranks."""

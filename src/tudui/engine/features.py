@@ -14,7 +14,9 @@ without a backbone pass. Each view's generator is seeded by (seed, view) and eac
 so a resumed run recomputes the same features and continues exactly.
 
 With no augmentation every view is the same, K is 1, and training equals the image path's within floating-point
-tolerance (the same batches, the same order, BatchNorm in eval mode on both; tests/engine/test_features.py).
+tolerance (the same batches, the same order, BatchNorm in eval mode on both; tests/engine/test_features.py). A
+multi-label model's (N, K) multi-hot targets travel with the features as class indices do; its validation scores
+every cached image at once (mAP, thresholds: engine/multilabel.py), as its image path does.
 
 Cached features are not used (the image path runs as before, a note says why) under torchrun, with mixup/cutmix
 (which blend images, not features), or for a model whose output is not its last Linear's.
@@ -31,7 +33,8 @@ from ..data import epoch_order, make_loader, eval_batch_size
 from .finetune import frozen_phase, set_frozen_modes
 from .metrics import add_counts, batch_counts, compute_metrics
 from ..models.surgery import head_path
-from .step import EagerStep, Feed
+from .multilabel import plain_bce, summarize
+from .step import EagerStep, Feed, plain_cross_entropy
 
 
 class HeadInput:
@@ -55,8 +58,6 @@ def unusable_reason(run) -> str | None:
         return "under torchrun each process runs the backbone on its own shard"
     if cfg.mixup > 0 or cfg.cutmix > 0:
         return "--mixup/--cutmix blend images, which cached features cannot"
-    if run.spec.multi_label:
-        return "a multi-label head is validated on every image's scores (engine/multilabel.py), not on counts"
     head = run.model.get_submodule(head_path(run.model))
     if not isinstance(head, nn.Linear):
         return "the model's head is not an nn.Linear"
@@ -86,6 +87,7 @@ class FeatureTrainer:
         self.views: list[torch.Tensor] = []  # each (N, D) float32 on the device
         self.max_views = views if self.augmenting(run) else 1
         self.val_feats: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor] | None = None  # (F, F of mirror, y)
+        # (N,) class indices, or (N, K) multi-hot rows for a multi-label model
         self.targets = torch.from_numpy(run.data.train.targets).to(run.device)
         self.first_batch: tuple[torch.Tensor, torch.Tensor] | None = None  # images the callbacks are shown
         self.batch_size = cfg.batch_size
@@ -107,7 +109,8 @@ class FeatureTrainer:
 
     @torch.no_grad()
     def _features(self, loader, prepare, desc: str, amp: str | bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """(N, D) float32 features and (N,) targets of every batch of `loader` (in its order) after `prepare`, the
+        """(N, D) float32 features and (N,) targets ((N, K) multi-hot) of every batch of `loader` (in its order) after
+        `prepare`, the
         backbone run under autocast of `amp` (the run's --amp for training views, off for validation's).
 
         The first prepared images (up to 32) are kept for the callbacks (TensorBoard's and the pictures' first
@@ -183,7 +186,8 @@ class FeatureTrainer:
 
     def feed(self, epoch: int) -> Feed:
         """Epoch `epoch`'s training input for the trainer's loop (engine/trainer.py train_one_epoch): batches of
-        (B, D) features and (B,) targets in the image path's order, stepped through the head alone."""
+        (B, D) features and (B,) targets ((B, K) multi-hot) in the image path's order, stepped through the head
+        alone."""
         run, cfg, dev = self.run, self.run.cfg, self.run.device
         self.ensure_views(epoch + 1)
         head = run.model.get_submodule(self.head_name)
@@ -204,7 +208,8 @@ class FeatureTrainer:
         def features():
             for idx in batches:
                 yield (feats[idx] if pick is None else feats[pick[idx], idx]), self.targets[idx]  # (B, D), (B,)
-        step = EagerStep(head, run.criterion, dev, cfg.amp, run.scaler.scale, cfg.accumulate)
+        measure = plain_bce if run.spec.multi_label else plain_cross_entropy  # as the image path's step measures
+        step = EagerStep(head, run.criterion, dev, cfg.amp, run.scaler.scale, cfg.accumulate, measure)
         return Feed(features(), len(batches), step, f"epoch {epoch + 1}/{cfg.epochs} (head on cached features)",
                     shown=self.first_batch)  # set by the first view's pass
 
@@ -219,15 +224,21 @@ class FeatureTrainer:
         feats, mirror, ys = self.val_feats
         head = model.get_submodule(self.head_name)
         k = run.spec.num_classes
-        total = None
+        total, every = None, []
         for s in range(0, len(ys), eval_batch_size(run.cfg.batch_size)):
             sl = slice(s, s + eval_batch_size(run.cfg.batch_size))
             logits = head(feats[sl])
             if mirror is not None:
                 logits = (logits + head(mirror[sl])) / 2
+            if run.spec.multi_label:  # scored as a whole below: average precision needs every image's score
+                every.append(logits.float().cpu())
+                continue
             counts = batch_counts(logits, ys[sl], k)
             counts["loss_sum"] = criterion(logits, ys[sl]).to(torch.float64) * len(ys[sl])
             total = add_counts(total, counts)
+        if run.spec.multi_label:  # mAP, F1s, exact match at thresholds chosen here, as evaluate_multilabel does
+            return summarize(torch.cat(every) if every else torch.zeros(0, k), ys.float().cpu(), run.spec,
+                             run.cfg.threshold)
         return compute_metrics(total)
 
 

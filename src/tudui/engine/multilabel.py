@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ..core.device import autocast
 from ..data import DataSpec, model_logits, normalize
-from .distributed import broadcast_module
+from .distributed import all_gather_rows, broadcast_module
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -135,16 +135,67 @@ def multilabel_metrics(scores: torch.Tensor, targets: torch.Tensor, thresholds: 
     }
 
 
+def precision_recall_points(scores: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One class's precision-recall curve from its scores (N,) and 0/1 targets (N,), scikit-learn's
+    `precision_recall_curve` points: (precision, recall) at every distinct score taken as the threshold, recall
+    decreasing, then the end point (precision 1, recall 0). Float64 tensors; a class with no positive has none
+    (empty tensors): its recall is undefined."""
+    positives = float((targets > 0.5).sum())
+    if positives == 0 or len(scores) == 0:
+        empty = torch.zeros(0, dtype=torch.float64)
+        return empty, empty
+    order = scores.double().argsort(descending=True)
+    s, t = scores.double()[order], (targets[order] > 0.5).double()
+    tp, taken = t.cumsum(0), torch.arange(1, len(s) + 1, dtype=torch.float64)
+    last = torch.ones_like(s, dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]  # a threshold takes every image of its score at once
+    precision, recall = (tp / taken)[last], (tp / positives)[last]
+    one, zero = torch.ones(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    return torch.cat([precision.flip(0), one]), torch.cat([recall.flip(0), zero])
+
+
+class LabelMistakes:
+    """The k images whose scores are furthest from their labels (the sum over classes of |target - probability|),
+    largest first, for a multi-label model's mistakes.png: missed labels (present, scored under their threshold) and
+    spurious ones (absent, scored over it) are read at the thresholds when drawn, which are known only once the
+    whole split is scored. `update` takes one batch at a time, so only k images are kept: items are
+    (error, (H, W, C) uint8 image on the CPU, (K,) probabilities, (K,) 0/1 targets) as numpy arrays."""
+
+    def __init__(self, k: int = 16) -> None:
+        self.k = k
+        self.items: list[tuple] = []
+
+    def update(self, x: torch.Tensor, probs: torch.Tensor, y: torch.Tensor) -> None:
+        """x (B, C, H, W) uint8 as loaded, probs (B, K) sigmoid, y (B, K) multi-hot."""
+        error = (y.float().to(probs.device) - probs.float()).abs().sum(1)
+        top = error.argsort(descending=True)[: self.k]
+        imgs = x[top.to(x.device)].permute(0, 2, 3, 1).cpu().numpy()
+        self.items += [(float(error[i]), img, probs[i].float().cpu().numpy(), y[i].float().cpu().numpy())
+                       for i, img in zip(top.tolist(), imgs)]
+        self.items = sorted(self.items, key=lambda t: -t[0])[: self.k]
+
+
+def wrong_labels(probs, targets, thresholds) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(missed, spurious) of one image: the classes it has that score under their threshold, and those it lacks
+    that score at or over it, each as (class, probability), the furthest from its threshold first."""
+    missed = [(c, float(p)) for c, (p, t, th) in enumerate(zip(probs, targets, thresholds)) if t > 0.5 and p < th]
+    spurious = [(c, float(p)) for c, (p, t, th) in enumerate(zip(probs, targets, thresholds)) if t <= 0.5 and p >= th]
+    return (sorted(missed, key=lambda m: m[1] - thresholds[m[0]]),
+            sorted(spurious, key=lambda m: thresholds[m[0]] - m[1]))
+
+
 @torch.no_grad()
-def predict_scores(model: nn.Module, loader, spec: DataSpec, device: torch.device, amp: bool = False
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sigmoid probabilities (N, K), multi-hot targets (N, K)) of a loader's images, on the CPU."""
+def predict_scores(model: nn.Module, loader, spec: DataSpec, device: torch.device, amp: bool = False,
+                   mistakes: LabelMistakes | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, K), multi-hot targets (N, K)) of a loader's images, on the CPU; `mistakes` is shown every batch."""
     model.eval()
     scores, targets = [], []
     for raw, y in loader:
         raw = raw.to(device, non_blocking=True)
         with autocast(device, amp):
             logits = model_logits(model, normalize(raw, spec), spec)
+        if mistakes is not None:
+            mistakes.update(raw, logits.float().sigmoid(), y)
         scores.append(logits.float().cpu())
         targets.append(y.float().cpu())
     k = spec.num_classes
@@ -152,15 +203,10 @@ def predict_scores(model: nn.Module, loader, spec: DataSpec, device: torch.devic
     return logits, torch.cat(targets) if targets else torch.zeros(0, k)
 
 
-def evaluate_multilabel(model: nn.Module, loader, spec: DataSpec, device: torch.device,
-                        threshold: float | None = None, tune: bool = True, amp: bool = False) -> dict:
-    """The multi-label summary of a split: loss (plain BCE), mAP, F1s, exact match, at thresholds chosen on this
-    split (`tune`: each class's best F1), fixed (`threshold`), or the spec's own (tune False: a model's saved
-    thresholds applied to new data). 'top1' is the exact-match ratio, the multi-label form of "the answer is right".
-    One process only: under torchrun each rank scores the whole split (the run refuses torchrun otherwise)."""
-    broadcast_module(model, buffers_only=True)
-    logits, targets = predict_scores(model, loader, spec, device, amp)
-    scores = logits.sigmoid()
+def summarize(logits: torch.Tensor, targets: torch.Tensor, spec: DataSpec, threshold: float | None = None,
+              tune: bool = True) -> dict:
+    """The multi-label summary of logits (N, K) against multi-hot targets (N, K): see `evaluate_multilabel`."""
+    scores = logits.float().sigmoid()
     if threshold is not None:
         th = torch.full((spec.num_classes,), float(threshold))
     elif tune and len(scores):
@@ -171,3 +217,22 @@ def evaluate_multilabel(model: nn.Module, loader, spec: DataSpec, device: torch.
     out["loss"] = float(plain_bce(logits, targets)) if len(scores) else 0.0
     out["top1"], out["top5"] = out["exact_match"], None
     return out
+
+
+def evaluate_multilabel(model: nn.Module, loader, spec: DataSpec, device: torch.device,
+                        threshold: float | None = None, tune: bool = True, amp: bool = False,
+                        mistakes: LabelMistakes | None = None, keep: dict | None = None, gather: bool = False) -> dict:
+    """The multi-label summary of a split: loss (plain BCE), mAP, F1s, exact match, at thresholds chosen on this
+    split (`tune`: each class's best F1), fixed (`threshold`), or the spec's own (tune False: a model's saved
+    thresholds applied to new data). 'top1' is the exact-match ratio, the multi-label form of "the answer is right".
+    `mistakes` collects the images furthest from their labels; `keep` receives "probs" and "targets" (N, K) for the
+    pictures (precision-recall curves). `gather`: the loader is this torchrun rank's shard (a run's validation
+    split), so every rank's scores are gathered first and each rank summarises the whole split (the same thresholds
+    and mAP everywhere); `mistakes` then sees this rank's shard only."""
+    broadcast_module(model, buffers_only=True)
+    logits, targets = predict_scores(model, loader, spec, device, amp, mistakes)
+    if gather:
+        logits, targets = all_gather_rows(logits, device), all_gather_rows(targets, device)
+    if keep is not None:
+        keep["probs"], keep["targets"] = logits.sigmoid().numpy(), targets.numpy()
+    return summarize(logits, targets, spec, threshold, tune)

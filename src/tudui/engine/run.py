@@ -33,14 +33,18 @@ class RunResult:
     test: dict | None  # best checkpoint on the test split, when the data has one
     spec: DataSpec
     # the most confidently wrong images of the split the pictures use (val, else test), from the same final pass
-    # (this process's share under torchrun): [(probability, (H, W, C) uint8, true, predicted)]
+    # (this process's share under torchrun): [(probability, (H, W, C) uint8, true, predicted)]; a multi-label
+    # model's: the images furthest from their labels, [(error, image, (K,) probabilities, (K,) targets)]
     mistakes: list | None = None
     best_epoch: int | None = None  # the epoch best.pt holds
     model: str = ""  # the architecture's name ("fast", "resnet18", "model.py:Net")
     data: str = ""  # what it was trained on, as the first line says it ("digits", "data/pets")
     # the run's pictures by name, as the pictures callback (reporting/plots.py) wrote them: "curves", "confusion",
-    # "mistakes", "batch" -> the PNG's path
+    # "pr_curves" (multi-label), "mistakes", "batch" -> the PNG's path
     pictures: dict[str, Path] = field(default_factory=dict)
+    # a multi-label model's (probabilities (N, K), multi-hot targets (N, K)) numpy arrays of the split the pictures
+    # use, from the same final pass: its precision-recall curves (pr_curves.png)
+    scores: tuple | None = None
 
     def __repr__(self) -> str:
         """One short line instead of arrays: `RunResult(fast on digits: best epoch 3, val top1 95.00%, test top1
@@ -54,8 +58,8 @@ class RunResult:
         return ", ".join([what, *metrics]) + f"; {self.run_dir}"
 
     def images(self, what: str | None = None) -> list:
-        """The run's pictures as PIL images: all that were drawn, in the order curves, confusion, mistakes, batch, or
-        the one named (raises TuduiError when it was not drawn or `what` names none)."""
+        """The run's pictures as PIL images: all that were drawn, in the order curves, confusion, pr_curves, mistakes,
+        batch, or the one named (raises TuduiError when it was not drawn or `what` names none)."""
         from PIL import Image
 
         if what is not None and what not in PICTURES:
@@ -70,8 +74,8 @@ class RunResult:
         return out
 
     def show(self, what: str | None = None) -> "Pictures":
-        """The run's pictures: `show()` all of them, `show("curves" | "confusion" | "mistakes" | "batch")` one.
-        In a notebook each is displayed inline. Returns the PIL images, a list (one image for a name given)."""
+        """The run's pictures: `show()` all of them, `show("curves" | "confusion" | "pr_curves" | "mistakes" |
+        "batch")` one. In a notebook each is displayed inline. Returns the PIL images, a list (one image for a name given)."""
         images = Pictures(self.images(what))
         images.displayed = in_notebook()
         for im in images:
@@ -108,7 +112,7 @@ class Pictures(list):
 
 
 # RunResult.show's names, in the order show() gives them
-PICTURES = ("curves", "confusion", "mistakes", "batch")
+PICTURES = ("curves", "confusion", "pr_curves", "mistakes", "batch")
 
 
 @dataclass

@@ -238,10 +238,6 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     built: list = []  # the model is built (and its size checked) before any image is decoded or cached
 
     def build_model(spec) -> None:
-        if spec.multi_label and w.enabled:  # validation scores every image in one process (engine/multilabel.py)
-            raise TuduiError("multi-label data trains in one process: its validation ranks epochs by mAP over every "
-                             "image's scores, which is not yet gathered across torchrun processes; drop --nproc / "
-                             "torchrun")
         built.append(create_training_model(cfg, spec, device))
 
     # the resize filter the weights learnt from: a tudui checkpoint's own, or timm's pretrained_cfg (often bicubic)

@@ -31,7 +31,7 @@ from .choices import BEST_BY_METRIC
 from .evaluate import evaluate
 from .guards import FiniteLossGuard
 from .metrics import TopMistakes
-from .multilabel import evaluate_multilabel
+from .multilabel import LabelMistakes, evaluate_multilabel
 from .optim import continue_schedule, create_scheduler
 from .results import append_result
 from .resume import gather_rank_rng
@@ -112,8 +112,8 @@ def validate(run: Run, epoch: int, criterion: nn.Module) -> dict | None:
     if features.active(run.head_trainer, run, epoch):  # the head alone, on cached features
         return run.head_trainer.evaluate(run.eval_model, criterion)
     if run.spec.multi_label:  # mAP, F1s, exact match at thresholds chosen on this split (engine/multilabel.py)
-        return evaluate_multilabel(run.eval_model, run.val_loader, run.spec, run.device, run.cfg.threshold) \
-            if run.val_loader else None
+        return evaluate_multilabel(run.eval_model, run.val_loader, run.spec, run.device, run.cfg.threshold,
+                                   gather=True) if run.val_loader else None  # torchrun: every rank's shard
     return evaluate(run.eval_model, run.val_loader, run.spec, run.device, criterion) if run.val_loader else None
 
 
@@ -278,17 +278,24 @@ def _save(run: Run, names: list[str]) -> None:
 
 def _finish_multilabel(run: Run) -> RunResult:
     """The best weights on validation (thresholds chosen there, as best.pt holds them) and on test data at those
-    thresholds; no mistakes picture (a multi-label mistake is a set of missed and spurious labels)."""
-    val = evaluate_multilabel(run.model, run.val_loader, run.spec, run.device, run.cfg.threshold) \
-        if run.val_loader else None
+    thresholds. The split the pictures use (val, else test) also gives the images furthest from their labels
+    (mistakes.png: missed and spurious labels; under torchrun rank 0's shard of val) and every image's probabilities
+    (the precision-recall curves). Under torchrun the validation shards' scores are gathered, and every rank scores
+    the whole test split."""
+    mistakes, kept = LabelMistakes(), {}
+    val = evaluate_multilabel(run.model, run.val_loader, run.spec, run.device, run.cfg.threshold,
+                              mistakes=mistakes, keep=kept, gather=True) if run.val_loader else None
     test = None
     if run.data.test is not None:
         loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
                              workers=run.workers, bad_images=run.cfg.bad_images, in_memory=run.data.in_memory)
-        test = evaluate_multilabel(run.model, loader, run.spec, run.device, run.cfg.threshold, tune=False)
+        pictured = val is None  # the test split is pictured only without a validation split
+        test = evaluate_multilabel(run.model, loader, run.spec, run.device, run.cfg.threshold, tune=False,
+                                   mistakes=mistakes if pictured else None, keep=kept if pictured else None)
     result = RunResult(run.run_dir, run.run_dir / "best.pt", run.run_dir / "last.pt", run.history, val, test,
-                       run.spec, None, run.best_epoch, run.arch["name"],
-                       ", ".join(map(shown, run.cfg.to_dict()["data"])))
+                       run.spec, mistakes.items if kept else None, run.best_epoch, run.arch["name"],
+                       ", ".join(map(shown, run.cfg.to_dict()["data"])),
+                       scores=(kept["probs"], kept["targets"]) if kept else None)
     if run.world.rank != 0:
         return result
     for cb in run.callbacks:

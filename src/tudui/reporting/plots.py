@@ -1,5 +1,5 @@
-"""Pictures of a run (PNG, matplotlib's Agg renderer): curves, confusion matrix, mistakes, a training batch, the
-reliability diagram.
+"""Pictures of a run (PNG, matplotlib's Agg renderer): curves, confusion matrix (a multi-label model: precision-recall
+curves), mistakes, a training batch, the reliability diagram.
 
 Figures are built with `matplotlib.figure.Figure` rather than pyplot, so no GUI
 backend or global figure state is involved (safe in a headless server or a thread).
@@ -20,6 +20,7 @@ import torch
 from ..core.files import atomic_path
 from ..data import denormalize
 from ..engine.callbacks import Callback
+from ..engine.multilabel import precision_recall_points, wrong_labels
 from .fonts import cjk_fonts
 
 
@@ -191,6 +192,61 @@ def plot_mistakes(mistakes: list[tuple[float, np.ndarray, int, int]], classes: l
     return _image_grid(np.stack([m[1] for m in mistakes]), titles, path, title, cols=4)
 
 
+def plot_pr_curves(probs, targets, classes: list[str], path: str | Path, title: str = "") -> list[np.ndarray]:
+    """A multi-label model's precision-recall curves, one per class (probabilities and multi-hot targets (N, K)),
+    each labelled with its class and average precision; a class with no positive image has no curve (its recall is
+    undefined). Returns the (M, 2) (recall, precision) points of each curve drawn, in class order, as drawn."""
+    probs, targets = torch.as_tensor(np.asarray(probs)), torch.as_tensor(np.asarray(targets))
+    k = len(classes)
+    fig = _figure(9.5 if k > 12 else 7.5, 5.5)
+    ax = fig.subplots()
+    from matplotlib import colormaps
+
+    colours = [f"C{i}" for i in range(10)] if k <= 10 else [colormaps["turbo"](i / max(1, k - 1)) for i in range(k)]
+    drawn = []
+    for c, name in enumerate(classes):
+        precision, recall = precision_recall_points(probs[:, c], targets[:, c])
+        if not len(precision):
+            continue
+        ap = float((torch.diff(recall.flip(0)) * precision.flip(0)[1:]).sum())  # scikit-learn's average precision
+        line, = ax.plot(recall.numpy(), precision.numpy(), drawstyle="steps-post", color=colours[c], linewidth=1.2,
+                        label=f"{name} (AP {ap:.2f})")
+        drawn.append(np.asarray(line.get_xydata()))
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="recall", ylabel="precision",
+           title=f"{title + ': ' if title else ''}precision-recall per class, {len(probs):,} images")
+    ax.grid(alpha=0.3)
+    if drawn:  # the legend beside the axes; it shrinks with many classes
+        ax.legend(fontsize=8 if len(drawn) <= 20 else max(4.0, 8 - len(drawn) / 20), loc="center left",
+                  bbox_to_anchor=(1.01, 0.5), ncol=1 if len(drawn) <= 30 else 2)
+    _save(fig, path)
+    return drawn
+
+
+def label_mistake_title(probs, targets, thresholds, classes: list[str], lines: int = 3) -> str:
+    """One image's title in a multi-label mistakes.png: a line per wrong label, "- name 12%" for a label it has that
+    was missed (its probability under its threshold), "+ name 91%" for one it lacks that was given, the furthest
+    from its threshold first; at most `lines` lines (the last says how many more)."""
+    missed, spurious = wrong_labels(probs, targets, thresholds)
+    rows = [f"- {classes[c]} {p:.0%}" for c, p in missed] + [f"+ {classes[c]} {p:.0%}" for c, p in spurious]
+    if len(rows) > lines:
+        rows = rows[:lines - 1] + [f"and {len(rows) - lines + 1} more"]
+    return "\n".join(rows)
+
+
+def plot_label_mistakes(items: list, classes: list[str], thresholds, path: str | Path,
+                        title: str = "furthest from their labels") -> Path | None:
+    """A multi-label model's mistakes: the images furthest from their labels (engine.multilabel.LabelMistakes' items)
+    that have a wrong label at `thresholds`, each titled with its missed (-) and spurious (+) labels; None when no
+    image has one."""
+    wrong = [m for m in items if any(wrong_labels(m[2], m[3], thresholds))]
+    if not wrong:
+        return None
+    titles = [label_mistake_title(m[2], m[3], thresholds, classes) for m in wrong]
+    return _image_grid(np.stack([m[1] for m in wrong]), titles, path,
+                       f"{title}\n- missed label, + spurious label (at the thresholds)",
+                       cols=4)
+
+
 def plot_lr_find(lrs: list[float], losses: list[float], raw: list[float], suggestion: float, rule: str,
                  path: str | Path) -> Path:
     """The learning-rate range test: raw and smoothed loss against the rate (log scale), the suggestion marked."""
@@ -238,8 +294,10 @@ class PlotsCallback(Callback):
 
     curves.png (from results.csv), confusion_matrix.png (+ .csv of the counts it was drawn from; best weights on
     val, else test), mistakes.png (most confidently wrong of that split), train_batch.png (first augmented batch).
-    Each one drawn is also named in the RunResult's `pictures` ("curves", "confusion", "mistakes", "batch"), which
-    `RunResult.show()` displays.
+    A multi-label model has pr_curves.png (each class's precision-recall curve on that split) instead of the
+    confusion matrix, and its mistakes.png shows the images furthest from their labels, missed and spurious labels.
+    Each one drawn is also named in the RunResult's `pictures` ("curves", "confusion", "pr_curves", "mistakes",
+    "batch"), which `RunResult.show()` displays.
     """
 
     def __init__(self) -> None:
@@ -263,6 +321,8 @@ class PlotsCallback(Callback):
                       objective_name(run.cfg), run.spec.num_classes):
             self.files.append(d / "curves.png")
         split, summary = ("val", result.val) if result.val else ("test", result.test)
+        if summary is not None and "map" in summary:  # a multi-label model: curves per class, missed/spurious labels
+            self._plot_multilabel(run, result, summary, split)
         if summary is not None and "confusion" in summary:  # (a multi-label model has none)
             drawn = self._draw("the confusion matrix", plot_confusion, summary["confusion"], classes,
                                d / "confusion_matrix.png", f"best weights on {split}")
@@ -276,11 +336,24 @@ class PlotsCallback(Callback):
         if getattr(run, "calibration", None) is not None:  # --calibrate on: engine/calibration.py
             if self._draw("the reliability diagram", plot_reliability, run.calibration, d / "reliability.png"):
                 self.files.append(d / "reliability.png")
-        names = {"curves.png": "curves", "confusion_matrix.png": "confusion", "mistakes.png": "mistakes",
+        names = {"curves.png": "curves", "confusion_matrix.png": "confusion", "pr_curves.png": "pr_curves",
+                 "mistakes.png": "mistakes",
                  "train_batch.png": "batch", "reliability.png": "reliability"}
         result.pictures.update({names[f.name]: f for f in self.files})
         if self.files:
             print("pictures: " + ", ".join(str(f) for f in self.files), flush=True)
+
+    def _plot_multilabel(self, run, result, summary: dict, split: str) -> None:
+        d, classes = run.run_dir, run.spec.classes
+        if result.scores is not None and self._draw("the precision-recall curves", plot_pr_curves, *result.scores,
+                                                    classes, d / "pr_curves.png", f"best weights on {split}"):
+            self.files.append(d / "pr_curves.png")
+        size = getattr(getattr(run, "world", None), "size", 1)  # under torchrun rank 0 sees its val shard only
+        share = f" (rank 0's 1/{size} share)" if size > 1 and split == "val" else ""
+        if result.mistakes and self._draw("the mistakes", plot_label_mistakes, result.mistakes, classes,
+                                          summary["thresholds"], d / "mistakes.png",
+                                          f"furthest from their labels on {split}{share}"):
+            self.files.append(d / "mistakes.png")
 
     def _plot_mistakes(self, run, mistakes: list, split: str) -> None:
         size = getattr(getattr(run, "world", None), "size", 1)  # under torchrun rank 0 sees its shard only
@@ -322,14 +395,21 @@ def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> 
 
 def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
     """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`, and
-    with `--cam` eval_<split>_mistakes.png (each mistake with its map, half and half).
+    with `--cam` eval_<split>_mistakes.png (each mistake with its map, half and half); for a multi-label model
+    eval_<split>_per_class.csv and eval_<split>_pr_curves.png.
 
     Named after the split so they sit beside a run's own confusion_matrix.png without replacing it.
     """
     out, split, classes = Path(out_dir), result["split"], result["classes"]
     out.mkdir(parents=True, exist_ok=True)
-    if "confusion" not in result:  # a multi-label model: per-class figures only (AP and threshold beside them)
-        return [write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+    if "confusion" not in result:  # a multi-label model: per-class figures (AP and threshold beside them), PR curves
+        files = [write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+        if result.get("scores"):
+            png = out / f"eval_{split}_pr_curves.png"
+            plot_pr_curves(result["scores"]["probs"], result["scores"]["targets"], classes, png,
+                           f"{Path(result['checkpoint']).name} on {split}")
+            files.append(png)
+        return files
     png = out / f"eval_{split}_confusion_matrix.png"
     plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
     files = [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),

@@ -201,8 +201,8 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
     if not fixed.get("data"):
         raise TuduiError("tudui tune needs --data (the data every trial trains on), or --study NAME --report")
     fixed.pop("name", None)
-    params = load_space(space, fixed)
     base = resolve_config(values, config_file)  # the fixed options, checked before any trial starts
+    params = load_space(space, fixed, base)
     name, folder = study_folder(base.project, study)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # tudui prints its own lines
     opened, where = open_study(name, folder, storage, pruner, startup_trials, seed)

@@ -147,7 +147,7 @@ def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = No
         tudui.tune(data="digits", trials=20, epochs=4)                  # --space default
         tudui.tune(data="digits", trials=10, space="space.yaml", study="lr")
 
-    options: TrainConfig's (fixed for every trial) and TuneOptions' trials, space, study, storage, pruner,
+    options: TrainConfig's (fixed for every trial) and TuneOptions' trials, space, study, storage, pruner, sampler,
     startup_trials, jobs (worker processes: the command line `argv` started JOBS-1 more times), report (no trial:
     the table, best.yaml and pictures of an existing study). seed_sampler: the TPE sampler's seed; enqueue: parameter sets tried first."""
     study = TuneOptions.build({k: options.pop(k) for k in TUNE_KEYS if k in options})
@@ -158,7 +158,7 @@ def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = No
                          "NAME` processes to run trials side by side)")
     with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step (the trial is recorded as failed)
         return run_study(options, config_file=config_file, space=study.space, trials=study.trials, study=study.study,
-                         storage=study.storage, pruner=study.pruner, startup_trials=study.startup_trials,
+                         storage=study.storage, pruner=study.pruner, sampler=study.sampler, startup_trials=study.startup_trials,
                          seed=seed_sampler, enqueue=enqueue, jobs=study.jobs, argv=argv,
                          callbacks=lambda cfg: [ConsoleCallback(), *default_callbacks(cfg), stop])
 

@@ -122,3 +122,11 @@ def test_pruner_choice(tmp_path, pruner, kind):
 
     study, where = open_study("p", tmp_path / "p", None, pruner, 2)
     assert type(study.pruner).__name__ == kind and where == str(tmp_path / "p" / "journal.log")
+
+
+@pytest.mark.parametrize("sampler, kind", [("tpe", "TPESampler"), ("random", "RandomSampler")])
+def test_sampler_choice(tmp_path, sampler, kind):
+    from tudui.tuning.study import open_study
+
+    study, _ = open_study("p", tmp_path / "p", None, "none", 0, seed=1, sampler=sampler)
+    assert type(study.sampler).__name__ == kind

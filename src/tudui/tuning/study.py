@@ -4,8 +4,8 @@ Each trial resolves its TrainConfig exactly as `tudui train` does (engine/config
 trial's sampled ones) and trains it with engine's `fit` into PROJECT/tune/STUDY/trial-K, so any trial can be
 evaluated, exported or continued like any run. The figure a trial reports after each epoch, and is judged by, is
 the one its best.pt is chosen by (--best-by / --select-by: top-1, balanced accuracy or macro-F1) on the validation
-split; the test split never chooses. TPE samples; the median pruner stops a trial whose figure after an epoch is
-below the median of earlier trials' at that epoch.
+split; the test split never chooses. TPE samples (--sampler random: independent random values); the median pruner
+stops a trial whose figure after an epoch is below the median of earlier trials' at that epoch.
 
 The study lives in Optuna's journal file in the study folder (several processes, or machines sharing the file
 system, may run the same study at once and share its trials), or in a database (`storage`).
@@ -50,6 +50,8 @@ def import_optuna():
     return optuna
 
 JOURNAL = "journal.log"
+# --sampler: how each trial's values are chosen (the sampler is the process's own: workers of one study may differ)
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}  # optuna.samplers' classes
 BEST_CONFIG = "best.yaml"
 HISTORY_KEYS = {"top1": "val_top1", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1"}  # results.csv
 METRIC_NAMES = {"top1": "val top1", "balanced_accuracy": "val balanced acc", "macro_f1": "val macro-F1"}
@@ -136,7 +138,7 @@ def study_folder(project: str | Path, study: str | None) -> tuple[str, Path]:
 
 
 def open_study(name: str, folder: Path, storage: str | None, pruner: str, startup_trials: int,
-               seed: int | None = None) -> tuple[optuna.Study, str]:
+               seed: int | None = None, sampler: str = "tpe") -> tuple[optuna.Study, str]:
     """The study (created, or loaded when it exists) and where it is stored."""
     optuna = import_optuna()
     if storage is None:
@@ -152,7 +154,8 @@ def open_study(name: str, folder: Path, storage: str | None, pruner: str, startu
         else optuna.pruners.NopPruner()
     try:
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruning)
+                                    sampler=getattr(optuna.samplers, SAMPLERS[sampler])(seed=seed),
+                                    pruner=pruning)
     except (ImportError, ModuleNotFoundError) as e:
         raise TuduiError(f"--storage {storage} needs a database driver that is not installed ({e}); "
                          "pip install it (e.g. psycopg2-binary for postgresql://, pymysql for mysql+pymysql://)") \
@@ -186,6 +189,7 @@ def report_study(project: str | Path, study: str | None, storage: str | None) ->
 
 def run_study(values: dict, *, config_file: str | Path | None = None, space: str | Path | dict = "default",
               trials: int = 20, study: str | None = None, storage: str | None = None, pruner: str = "median",
+              sampler: str = "tpe",
               startup_trials: int = 3, seed: int | None = None, enqueue: list[dict] | None = None,
               callbacks: Callable[[TrainConfig], list[Callback]] = lambda cfg: [], jobs: int = 1,
               argv: list[str] | None = None) -> TuneResult:
@@ -205,7 +209,7 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
     params = load_space(space, fixed, base)
     name, folder = study_folder(base.project, study)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # tudui prints its own lines
-    opened, where = open_study(name, folder, storage, pruner, startup_trials, seed)
+    opened, where = open_study(name, folder, storage, pruner, startup_trials, seed, sampler)
     adopt_orphans(opened)
     for p in enqueue or []:
         opened.enqueue_trial(p, skip_if_exists=True)

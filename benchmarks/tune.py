@@ -43,7 +43,7 @@ def row(label: str, r, seconds: float) -> list[str]:
 
 
 def main() -> None:
-    p = C.parser(__doc__.splitlines()[0], f"smoke test: 3 trials of 1 epoch on a {C.QUICK_SUBSET}-image subset, the "
+    p = C.parser(__doc__.splitlines()[0], f"smoke test: 2 trials of 1 epoch on a {C.QUICK_SUBSET}-image subset, the "
                                           "retrained runs 1 epoch (the figures mean nothing)")
     p.add_argument("--trials", type=int, default=40, help="trials in each study [40]")
     p.add_argument("--epochs", type=int, default=4, help="epochs of each trial at most [4]")
@@ -53,7 +53,7 @@ def main() -> None:
                                                             "if one is given [auto: 10 on all of Fashion-MNIST]")
     args = p.parse_args()
     C.header("tudui tune (TPE + median pruning) against random search, Fashion-MNIST", args.quick)
-    trials, epochs = (3, 1) if args.quick else (args.trials, args.epochs)
+    trials, epochs = (2, 1) if args.quick else (args.trials, args.epochs)
     retrain = 1 if args.quick else args.retrain_epochs
     with C.workdir(args) as work:
         data = {"data": "fashion-mnist", **({"data_root": C.quick_data_root(work)} if args.quick else {})}

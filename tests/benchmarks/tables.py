@@ -308,9 +308,9 @@ def _tune(out: str, tables: list[Table]) -> None:
     for row in searches.rows:
         assert len(figures(row[1])) == 1 and figures(row[1])[0][1] == "%", row
         complete, pruned = (int(v) for v in row[3].split("/"))
-        assert 1 <= int(row[2]) <= complete + pruned == 3 and int(row[4]) == 3, row  # --quick: 3 trials of 1 epoch
+        assert 1 <= int(row[2]) <= complete + pruned == 2 and int(row[4]) == 2, row  # --quick: 2 trials of 1 epoch
         assert "lr=" in row[6] and "model=" in row[6], row  # the default space, the model among its options
-    assert searches.rows[1][3] == "3/0"  # random search prunes nothing
+    assert searches.rows[1][3] == "2/0"  # random search prunes nothing
     retrained = find(tables, "retrained", "epochs", "val top-1", "test top-1", "wall s")
     assert_rows(retrained, r"tudui tune's best config", r"today's default")
     assert retrained.column("epochs") == ["1", "1"]

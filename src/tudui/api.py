@@ -59,8 +59,9 @@ from .reporting.cams import overlay, plot_cam_grid, save_png
 from .reporting.console import ConsoleCallback
 from .reporting.info import environment, format_environment
 from .reporting.plots import PlotsCallback, plot_lr_find, plot_reliability, write_eval_reports
-from .reporting.loggers import MLflowCallback, mlflow_available
+from .reporting.loggers import MLflowCallback, WandbCallback, mlflow_available, wandb_available
 from .reporting.runs import RunRow, compare_runs, list_runs
+from .reporting.studies import draw_study
 from .reporting.tables import confusion_table, per_class_table
 from .reporting.tensorboard import TensorBoardCallback
 from .reporting.tensorboard_server import start_board, stop_board
@@ -92,6 +93,9 @@ def default_callbacks(cfg: TrainConfig) -> list[Callback]:
     if cfg.logger == "mlflow":  # after the pictures: they go to MLflow as artefacts
         mlflow_available()
         callbacks.append(MLflowCallback(cfg.project))
+    elif cfg.logger == "wandb":  # after the pictures, too
+        wandb_available()
+        callbacks.append(WandbCallback(cfg.project))
     return callbacks
 
 
@@ -147,19 +151,21 @@ def tune(*, config_file: str | Path | None = None, seed_sampler: int | None = No
         tudui.tune(data="digits", trials=20, epochs=4)                  # --space default
         tudui.tune(data="digits", trials=10, space="space.yaml", study="lr")
 
-    options: TrainConfig's (fixed for every trial) and TuneOptions' trials, space, study, storage, pruner,
+    options: TrainConfig's (fixed for every trial) and TuneOptions' trials, space, study, storage, pruner, sampler,
     startup_trials, jobs (worker processes: the command line `argv` started JOBS-1 more times), report (no trial:
     the table, best.yaml and pictures of an existing study). seed_sampler: the TPE sampler's seed; enqueue: parameter sets tried first."""
     study = TuneOptions.build({k: options.pop(k) for k in TUNE_KEYS if k in options})
     if study.report:
-        return report_study(options.get("project", TrainConfig.project), study.study, study.storage)
+        return report_study(options.get("project", TrainConfig.project), study.study, study.storage,
+                            draw=draw_study)
     if options.get("nproc", 1) != 1:
         raise TuduiError("tudui tune runs each trial in this process; drop --nproc (start more `tudui tune --study "
                          "NAME` processes to run trials side by side)")
     with GracefulStop() as stop:  # Ctrl-C / SIGTERM: stop after the step (the trial is recorded as failed)
         return run_study(options, config_file=config_file, space=study.space, trials=study.trials, study=study.study,
-                         storage=study.storage, pruner=study.pruner, startup_trials=study.startup_trials,
-                         seed=seed_sampler, enqueue=enqueue, jobs=study.jobs, argv=argv,
+                         storage=study.storage, pruner=study.pruner, sampler=study.sampler,
+                         startup_trials=study.startup_trials,
+                         seed=seed_sampler, enqueue=enqueue, jobs=study.jobs, argv=argv, draw=draw_study,
                          callbacks=lambda cfg: [ConsoleCallback(), *default_callbacks(cfg), stop])
 
 

@@ -301,6 +301,27 @@ def _timm_transfer(out: str, tables: list[Table]) -> None:
 CHECKS["timm_transfer.py"] = _timm_transfer
 
 
+def _tune(out: str, tables: list[Table]) -> None:
+    searches = find(tables, "search", "best val top-1", "found at trial", "complete/pruned", "epochs trained", "wall s",
+                    "best values")
+    assert_rows(searches, r"tudui tune \(TPE, median pruner\)", r"random search \(no pruning\)")
+    for row in searches.rows:
+        assert len(figures(row[1])) == 1 and figures(row[1])[0][1] == "%", row
+        complete, pruned = (int(v) for v in row[3].split("/"))
+        assert 1 <= int(row[2]) <= complete + pruned == 2 and int(row[4]) == 2, row  # --quick: 2 trials of 1 epoch
+        assert "lr=" in row[6] and "model=" in row[6], row  # the default space, the model among its options
+    assert searches.rows[1][3] == "2/0"  # random search prunes nothing
+    retrained = find(tables, "retrained", "epochs", "val top-1", "test top-1", "wall s")
+    assert_rows(retrained, r"tudui tune's best config", r"today's default")
+    assert retrained.column("epochs") == ["1", "1"]
+    assert re.search(r"^what tuning bought: [+-]\d+\.\d\d points of test top-1 over today's default; TPE's best "
+                     r"validation top-1 [+-]\d+\.\d\d points from random search's, in \d+\.\d\dx its wall time$",
+                     out, re.M)
+
+
+CHECKS["tune.py"] = _tune
+
+
 def check_report(script: str, stdout: str) -> None:
     """Every table of `script`'s report parses, holds only finite, plausible figures and the rows it must have."""
     tables = parse_tables(stdout)

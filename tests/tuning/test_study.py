@@ -106,6 +106,7 @@ def test_storage_url_puts_the_study_in_a_database(tmp_path, capsys):
     stored = optuna.load_study(study_name="db", storage=url)
     assert [t.value for t in stored.trials] == [r.trials[0].value] and r.trials[0].state == "complete"
     assert r.storage == url and not (tmp_path / "tune/db/journal.log").exists()
+    capsys.readouterr()  # the trial's lines (on a loaded machine, a progress line on stderr too)
 
     code = cli.main(["tune", "--data", "digits", "--trials", "1", "--project", str(tmp_path),
                      "--storage", "nosuch://nowhere"])
@@ -122,3 +123,11 @@ def test_pruner_choice(tmp_path, pruner, kind):
 
     study, where = open_study("p", tmp_path / "p", None, pruner, 2)
     assert type(study.pruner).__name__ == kind and where == str(tmp_path / "p" / "journal.log")
+
+
+@pytest.mark.parametrize("sampler, kind", [("tpe", "TPESampler"), ("random", "RandomSampler")])
+def test_sampler_choice(tmp_path, sampler, kind):
+    from tudui.tuning.study import open_study
+
+    study, _ = open_study("p", tmp_path / "p", None, "none", 0, seed=1, sampler=sampler)
+    assert type(study.sampler).__name__ == kind

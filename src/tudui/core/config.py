@@ -300,7 +300,9 @@ class TrainConfig(Options):
                         group="run", choices=["on", "off"])
     logger: str | None = _f(None, "also log to an experiment tracker: mlflow (the options, every epoch's metrics, the "
                             "pictures and best.pt, to $MLFLOW_TRACKING_URI or PROJECT/mlflow.db; pip install "
-                            "'tudui[mlflow]')", group="run", choices=["mlflow"])
+                            "'tudui[mlflow]') or wandb (the same to Weights & Biases, offline into PROJECT/wandb "
+                            "without a network or API key; pip install 'tudui[wandb]')", group="run",
+                            choices=["mlflow", "wandb"])
 
     def __post_init__(self) -> None:
         # The library also takes objects: `model` an nn.Module or a builder, `data` torch Datasets (or a list of

@@ -456,7 +456,8 @@ class TuneOptions(Options):
 
     trials: int = option(20, "trials this process runs (with --jobs, all its workers together)", group="tune", min=1)
     space: str = option("default", "the search space: 'default' (lr, weight decay, label smoothing, batch size, "
-                        "augmentation, EMA) or a YAML file of option: {low, high[, log]} ranges and option: [choices]",
+                        "augmentation, EMA, and the model among tudui's nets that fit the data unless --model is "
+                        "given) or a YAML file of option: {low, high[, log]} ranges and option: [choices]",
                         group="tune")
     study: str | None = option(None, "the study's name: its folder PROJECT/tune/NAME holds the trials and the journal; "
                                "an existing study is continued (several processes may share one) [default: a new "
@@ -466,6 +467,9 @@ class TuneOptions(Options):
     pruner: str = option("median", "stop a trial whose validation figure after an epoch is below the median of "
                          "earlier trials' at that epoch (median), by successive halving over brackets (hyperband), "
                          "or never (none)", group="tune", choices=["median", "hyperband", "none"])
+    sampler: str = option("tpe", "how each trial's values are chosen: Optuna's TPE sampler, which learns from the "
+                          "trials so far (tpe), or independently at random (random: the baseline a search is judged "
+                          "against)", group="tune", choices=["tpe", "random"])
     jobs: int = option(1, "worker processes on this machine sharing the study (this one and JOBS-1 more); --trials "
                        "then counts all of theirs", group="tune", min=1)
     startup_trials: int = option(3, "trials that finish before the pruner compares against them", group="tune",

@@ -192,6 +192,15 @@ def _native_format(split: Split) -> tuple[int, int, int]:
     return min(224, min(w, h)), (1 if all(gray_mode(m) for _, m in heads) else 3), short
 
 
+def input_format(cfg) -> tuple[int, int, int]:
+    """(side, channels, classes) a run of `cfg` (a TrainConfig) trains on, from --img-size/--channels or the data's
+    own format, without decoding any image (file headers only): what `tudui tune`'s default space fits models to."""
+    train, _, _ = load_splits(cfg.data, cfg.data_root, False, cfg.val_split, cfg.seed, cfg.subset, cfg.classes,
+                              cfg.fraction, None, reading_of(cfg))
+    native_size, native_ch, _ = _native_format(train)
+    return cfg.img_size or native_size, cfg.channels or native_ch, len(train.classes)
+
+
 def _measure_mean_std(split: Split, layout: Layout) -> tuple[list[float], list[float]]:
     """Per-channel mean/std in [0, 1] over the training images (a 2,000-image sample for files and cached rows)."""
     if split.images is not None and not hasattr(split.images, "release"):

@@ -19,8 +19,11 @@ import yaml
 
 from ..core.config import TrainConfig
 from ..core.errors import TuduiError
+from ..data.factory import input_format
+from ..models import count_parameters, create_model, list_models
 
-# The default space: the options the defaults were tuned over, around today's defaults (core/config.py).
+# The default space: the options the defaults were tuned over, around today's defaults (core/config.py), and the
+# model among tudui's own nets that fit the data (default_models), unless --model is given.
 DEFAULT_SPACE: dict[str, Any] = {
     "lr": {"low": 3e-4, "high": 3e-2, "log": True},
     "weight_decay": {"low": 1e-4, "high": 0.3, "log": True},
@@ -29,6 +32,12 @@ DEFAULT_SPACE: dict[str, Any] = {
     "augment": ["auto", "none", "crop-flip", "trivialaugment"],
     "ema": [False, True],
 }
+
+# The default space's models: tudui's own nets (family "tudui": built for small images, trained from scratch) that
+# take the data's input side and have at most this many parameters there: cheap to train for a few epochs each
+# (fast, fast-mlp, fast-wide, fast-res; not fast-res-wide, --preset max's net, 1.7 M).
+DEFAULT_MODEL_FAMILY = "tudui"
+DEFAULT_MODEL_MAX_PARAMS = 1_000_000
 
 # Options a trial cannot take from a space: where it is written and how it runs are the study's.
 NOT_SEARCHABLE = {"data", "project", "name", "exist_ok", "resume", "nproc", "preset"}
@@ -56,14 +65,32 @@ class Param:
         return list(self.choices) if self.choices is not None else [self.low, self.high]
 
 
-def load_space(space: str | Path | dict, fixed: dict) -> list[Param]:
+def default_models(cfg: TrainConfig) -> list[str]:
+    """The models `--space default` chooses among for the run `cfg` (the fixed options): none when --model (or
+    --model-args) is given, else the registered nets of DEFAULT_MODEL_FAMILY whose smallest input is within the
+    data's side and that have at most DEFAULT_MODEL_MAX_PARAMS parameters at the data's format, in registry order."""
+    if not (isinstance(cfg.model, str) and cfg.model == "auto") or cfg.model_args:
+        return []
+    side, channels, classes = input_format(cfg)
+    return [m.name for m in list_models() if m.family == DEFAULT_MODEL_FAMILY and m.min_size <= side
+            and count_parameters(create_model(m.name, classes, channels, side)) <= DEFAULT_MODEL_MAX_PARAMS]
+
+
+def default_space(cfg: TrainConfig) -> dict[str, Any]:
+    """DEFAULT_SPACE, with `model` among default_models(cfg) where --model is not fixed."""
+    models = default_models(cfg)
+    return DEFAULT_SPACE | ({"model": models} if models else {})
+
+
+def load_space(space: str | Path | dict, fixed: dict, cfg: TrainConfig | None = None) -> list[Param]:
     """The parameters of `space` ('default', a YAML file, or a dict), each checked against TrainConfig: an unknown
     option, an empty range or a value the option refuses is a TuduiError naming it. `fixed`: the run's other options
-    (every searched value is checked with them)."""
+    (every searched value is checked with them); `cfg`: those options resolved, which the default space fits its
+    models to (without it the default space searches no model)."""
     if isinstance(space, dict):
         spec, where = space, "the search space"
     elif str(space) == "default":
-        spec, where = DEFAULT_SPACE, "the default space"
+        spec, where = (default_space(cfg) if cfg is not None else DEFAULT_SPACE), "the default space"
     else:
         path = Path(space)
         if not path.is_file():

@@ -4,8 +4,8 @@ Each trial resolves its TrainConfig exactly as `tudui train` does (engine/config
 trial's sampled ones) and trains it with engine's `fit` into PROJECT/tune/STUDY/trial-K, so any trial can be
 evaluated, exported or continued like any run. The figure a trial reports after each epoch, and is judged by, is
 the one its best.pt is chosen by (--best-by / --select-by: top-1, balanced accuracy or macro-F1) on the validation
-split; the test split never chooses. TPE samples; the median pruner stops a trial whose figure after an epoch is
-below the median of earlier trials' at that epoch.
+split; the test split never chooses. TPE samples (--sampler random: independent random values); the median pruner
+stops a trial whose figure after an epoch is below the median of earlier trials' at that epoch.
 
 The study lives in Optuna's journal file in the study folder (several processes, or machines sharing the file
 system, may run the same study at once and share its trials), or in a database (`storage`).
@@ -24,6 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+# draws a study's pictures into a folder (reporting/studies.py's draw_study, handed down by api):
+# (study, folder, metric name) -> (the pictures written, a note for each that could not be drawn)
+DrawStudy = Callable[["optuna.Study", Path, str], "tuple[list[Path], list[str]]"]
+
 from ..core.config import TrainConfig, load_yaml, save_yaml
 from ..core.errors import TuduiError
 from ..core.files import RUN_LOCK, check_run_name
@@ -32,7 +36,6 @@ from ..engine.callbacks import Callback
 from ..engine.choices import BEST_BY_METRIC
 from ..engine.configure import resolve_config
 from ..engine.trainer import fit
-from .report import draw_study
 from .space import load_space
 from .workers import UNTIL_ENV, start_workers
 
@@ -50,6 +53,8 @@ def import_optuna():
     return optuna
 
 JOURNAL = "journal.log"
+# --sampler: how each trial's values are chosen (the sampler is the process's own: workers of one study may differ)
+SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler"}  # optuna.samplers' classes
 BEST_CONFIG = "best.yaml"
 HISTORY_KEYS = {"top1": "val_top1", "balanced_accuracy": "val_balanced_acc", "macro_f1": "val_macro_f1"}  # results.csv
 METRIC_NAMES = {"top1": "val top1", "balanced_accuracy": "val balanced acc", "macro_f1": "val macro-F1"}
@@ -136,7 +141,7 @@ def study_folder(project: str | Path, study: str | None) -> tuple[str, Path]:
 
 
 def open_study(name: str, folder: Path, storage: str | None, pruner: str, startup_trials: int,
-               seed: int | None = None) -> tuple[optuna.Study, str]:
+               seed: int | None = None, sampler: str = "tpe") -> tuple[optuna.Study, str]:
     """The study (created, or loaded when it exists) and where it is stored."""
     optuna = import_optuna()
     if storage is None:
@@ -152,7 +157,8 @@ def open_study(name: str, folder: Path, storage: str | None, pruner: str, startu
         else optuna.pruners.NopPruner()
     try:
         study = optuna.create_study(study_name=name, storage=store, direction="maximize", load_if_exists=True,
-                                    sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruning)
+                                    sampler=getattr(optuna.samplers, SAMPLERS[sampler])(seed=seed),
+                                    pruner=pruning)
     except (ImportError, ModuleNotFoundError) as e:
         raise TuduiError(f"--storage {storage} needs a database driver that is not installed ({e}); "
                          "pip install it (e.g. psycopg2-binary for postgresql://, pymysql for mysql+pymysql://)") \
@@ -164,7 +170,8 @@ def open_study(name: str, folder: Path, storage: str | None, pruner: str, startu
     return study, where
 
 
-def report_study(project: str | Path, study: str | None, storage: str | None) -> TuneResult:
+def report_study(project: str | Path, study: str | None, storage: str | None,
+                 draw: DrawStudy | None = None) -> TuneResult:
     """An existing study's table, best.yaml and pictures, running no trial (`tudui tune --study NAME --report`)."""
     optuna = import_optuna()
     if study is None:
@@ -181,14 +188,15 @@ def report_study(project: str | Path, study: str | None, storage: str | None) ->
         except Exception as e:  # a URL SQLAlchemy cannot parse, a server that does not answer, a missing driver
             raise TuduiError(f"cannot open the study in --storage {storage}: {str(e).splitlines()[0]}") from None
     opened, where = open_study(name, folder, storage, "none", 0)
-    return summarize(opened, name, folder, where, project, pictures=True)
+    return summarize(opened, name, folder, where, project, draw=draw)
 
 
 def run_study(values: dict, *, config_file: str | Path | None = None, space: str | Path | dict = "default",
               trials: int = 20, study: str | None = None, storage: str | None = None, pruner: str = "median",
+              sampler: str = "tpe",
               startup_trials: int = 3, seed: int | None = None, enqueue: list[dict] | None = None,
               callbacks: Callable[[TrainConfig], list[Callback]] = lambda cfg: [], jobs: int = 1,
-              argv: list[str] | None = None) -> TuneResult:
+              argv: list[str] | None = None, draw: DrawStudy | None = None) -> TuneResult:
     """Run `trials` trials of the study over `space`, each a run trained by engine's `fit` with the options `values`
     (and `config_file`) fix and the trial's own; `callbacks(cfg)` gives each run's reporting callbacks. `enqueue`:
     parameter sets tried first (Optuna's enqueue_trial). Writes the best trial's config (best.yaml) into the study
@@ -201,11 +209,11 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
     if not fixed.get("data"):
         raise TuduiError("tudui tune needs --data (the data every trial trains on), or --study NAME --report")
     fixed.pop("name", None)
-    params = load_space(space, fixed)
     base = resolve_config(values, config_file)  # the fixed options, checked before any trial starts
+    params = load_space(space, fixed, base)
     name, folder = study_folder(base.project, study)
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # tudui prints its own lines
-    opened, where = open_study(name, folder, storage, pruner, startup_trials, seed)
+    opened, where = open_study(name, folder, storage, pruner, startup_trials, seed, sampler)
     adopt_orphans(opened)
     for p in enqueue or []:
         opened.enqueue_trial(p, skip_if_exists=True)
@@ -237,7 +245,7 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
             opened.optimize(objective, n_trials=trials, catch=(), callbacks=limit)
     if os.environ.get(UNTIL_ENV):  # one of --jobs' extra workers: the first process reports the study
         return TuneResult(name, folder, where, "", worker=True)
-    return summarize(opened, name, folder, where, base.project, pictures=base.plots)
+    return summarize(opened, name, folder, where, base.project, draw=draw if base.plots else None)
 
 
 def adopt_orphans(study: optuna.Study) -> list[int]:
@@ -279,10 +287,10 @@ def _shown(v) -> str:
 
 
 def summarize(study: optuna.Study, name: str, folder: Path, where: str, project: str | Path,
-              pictures: bool = False) -> TuneResult:
+              draw: DrawStudy | None = None) -> TuneResult:
     """Every trial of the study as a row, the best one, and its config written to FOLDER/best.yaml (its `project`
-    back to the user's, so `tudui train --config` writes a new run beside the others); with `pictures` the study's
-    pictures (tuning/report.py) in FOLDER."""
+    back to the user's, so `tudui train --config` writes a new run beside the others); with `draw` the study's
+    pictures in FOLDER."""
     rows = []
     metric = "top1"
     for t in study.get_trials(deepcopy=False):
@@ -304,7 +312,7 @@ def summarize(study: optuna.Study, name: str, folder: Path, where: str, project:
             best["project"] = str(project)
             result.best_config = folder / BEST_CONFIG
             save_yaml(best, result.best_config)
-    if pictures:
+    if draw is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        result.pictures, result.notes = draw_study(study, folder, result.metric)
+        result.pictures, result.notes = draw(study, folder, result.metric)
     return result

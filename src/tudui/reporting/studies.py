@@ -1,12 +1,14 @@
 """A study's pictures, drawn by Optuna's matplotlib visualisations: the optimisation history (each trial's figure and
-the best so far), the parameters' importances and the parallel coordinates of every trial's values."""
+the best so far), the parameters' importances and the parallel coordinates of every trial's values. Each title names
+the study; Chinese (CJK) study names, parameters and values are drawn by the fallback fonts of tudui's other pictures
+(fonts.py). tuning/ hands a study here through api (the `draw` of tuning.study.run_study)."""
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
 
-
 from ..core.files import atomic_path
+from .fonts import cjk_fonts
 
 PICTURES = {"history.png": "plot_optimization_history", "importances.png": "plot_param_importances",
             "parallel.png": "plot_parallel_coordinate"}
@@ -39,11 +41,13 @@ def draw_study(study: optuna.Study, folder: Path, metric: str) -> tuple[list[Pat
                 notes.append(f"{name}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
                 plt.close("all")
                 continue
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            first = ax.flat[0] if hasattr(ax, "flat") else ax
+            fig = first.figure
+            first.set_title(f"{first.get_title()}: study {study.study_name}")
             fig.set_size_inches(9, 5)
-            fig.tight_layout()
             path = folder / name
-            with atomic_path(path) as tmp:
+            with cjk_fonts(fig), atomic_path(path) as tmp:
+                fig.tight_layout()
                 fig.savefig(tmp, format="png", dpi=100)
             plt.close(fig)
             written.append(path)

@@ -212,7 +212,9 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     on this machine; only for a model from someone you trust; the same for predict, export, serve and summary:
     without it such a file is refused with a TuduiError naming it); reject_below, reject ('auto'), coverage, score:
     also report what answering unknown below that threshold does (result["rejection"]: the share rejected, top-1 on
-    the accepted images); cam: a tudui explain method, for result["cam_mistakes"] (the most confidently wrong images
+    the accepted images); result["risk_coverage"]: for a single-label model, top-1 on the accepted images against the
+    share accepted at every threshold of `score` (engine/rejection.risk_coverage; drawn by write_eval_reports as
+    eval_<split>_risk_coverage.png); cam: a tudui explain method, for result["cam_mistakes"] (the most confidently wrong images
     with their maps, drawn by write_eval_reports). cache: where the decoded images come from
     (`tudui train --cache`): an image folder is read from the disk cache a training run on it wrote.
     """
@@ -238,11 +240,11 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss(), mistakes=mistakes,
                             temperature=temperature)
     if mistakes is not None and mistakes.items:  # --cam: each mistake's map for the class it was taken for
-        x = normalize(torch.from_numpy(np.stack([m[1] for m in mistakes.items])).permute(0, 3, 1, 2).to(dev), spec)
-        maps = cam.class_maps(model, x, [m[3] for m in mistakes.items], o.cam, cam.choose_layer(model, x))
-        result["cam_mistakes"] = {"method": o.cam, "items": [m + (c,) for m, c in zip(mistakes.items, maps)]}
+        result["cam_mistakes"] = {"method": o.cam, "items": cam.mistake_maps(model, mistakes.items, spec, o.cam, dev)}
+    logits, targets = collect_logits(model.to(dev), loader, spec, dev)
+    # accuracy on the accepted images against the share accepted, at every threshold of the score (--score)
+    result["risk_coverage"] = rejection.risk_coverage(logits, targets, o.score, temperature)
     if limit is not None:  # "unknown": what rejecting below the threshold does to this split
-        logits, targets = collect_logits(model.to(dev), loader, spec, dev)
         result["rejection"] = rejection.rejection_report(logits, targets, limit, o.score, temperature)
     return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta,
                      "temperature": temperature}

@@ -147,3 +147,27 @@ def test_eval_cam_draws_the_mistakes_with_their_maps(digits_run, tmp_path, capsy
     maps = np.stack([i[4] for i in items])
     assert maps.shape[1:] == (8, 8) and np.allclose(maps, taken_for, atol=1e-5)  # the class it was taken for
     assert not np.allclose(maps, truth, atol=1e-3)  # which is not the true class's map
+
+
+def test_train_cam_draws_the_runs_mistakes_with_their_maps(tmp_path, monkeypatch):
+    """`tudui train --cam gradcam`: mistakes.png holds the run's most confidently wrong images, each with the map of
+    the class it was taken for, computed from best.pt's weights as `tudui explain` computes them."""
+    from tests.conftest import colored_pixels
+    from tudui.cli import main as cli
+    from tudui.data import normalize
+    from tudui.inference.formats import load_model
+    from tudui.reporting import plots
+
+    drawn = []
+    real = plots.plot_cam_mistakes
+    monkeypatch.setattr(plots, "plot_cam_mistakes", lambda items, *a: drawn.append(items) or real(items, *a))
+    assert cli(["train", "--data", "digits", "--model", "fast", "--epochs", "1", "--subset", "300", "--cam", "gradcam",
+                "--calibrate", "off", "--no-tensorboard", "--project", str(tmp_path), "--name", "r"]) == 0
+    run = tmp_path / "r"
+    assert colored_pixels(run / "mistakes.png") > 2000  # the heat maps' colours over grey digits
+    (items,) = drawn
+    loaded = load_model(run / "best.pt")
+    x = normalize(torch.from_numpy(np.stack([i[1] for i in items])).permute(0, 3, 1, 2), loaded.spec)
+    expected = cam.class_maps(loaded.model, x, [i[3] for i in items], "gradcam", cam.find_layer(loaded.model, x[:1]))
+    assert len(items) >= 2 and all(t != p for _, _, t, p, _ in items)
+    assert np.allclose(np.stack([i[4] for i in items]), expected, atol=1e-5)

@@ -300,7 +300,8 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
     """Class-activation maps (engine/cam.py): per image, where the model's evidence for a class lies, drawn over
     the image as the model saw it (after the same crop as predict) into `out` as <name>.png, with cams.png, a grid
     of them all. options: core/options.ExplainOptions' fields (`tudui explain --help`): method, layer, class_name
-    (default: each image's top class), box (x0, y0, x1, y1 in the image's pixels: each map's share inside it),
+    (default: each image's top class; for a multi-label model each label it predicts, one map and one entry each,
+    most probable first, the top class where it predicts none), box (x0, y0, x1, y1 in the image's pixels: each map's share inside it),
     out, sanity (cascading randomisation of the weights, Spearman correlations), batch_size, device, model_file,
     trust_code (as for `evaluate`). Needs a checkpoint or run directory: exports carry no gradients to hook."""
     from .data.images import BadImage, seen_region
@@ -319,16 +320,17 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
     out = Path(o.out).expanduser() if o.out else Path(loaded.path).parent / "explain"
     if out.exists() and not out.is_dir():
         raise TuduiError(f"--out {shown(o.out)} is a file; name a folder for the pictures")
-    results = [cam.Explanation(str(f)) for f in files]
+    results = [[cam.Explanation(str(f))] for f in files]  # per image: one entry per class mapped
     pixels = {}
     for i, f in enumerate(files):
         try:
             pixels[i] = spec.decode(f)
         except BadImage as e:
-            results[i].error = e.reason
+            results[i][0].error = e.reason
     if not pixels:
         raise TuduiError(f"none of the {len(files)} image(s) could be read")
-    to_batch = Predictor(net, spec, dev).batch
+    predictor = Predictor(net, spec, dev)
+    to_batch = predictor.batch
     layer = cam.choose_layer(net, to_batch([next(iter(pixels.values()))]), o.layer)
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = {"cams.png"}
@@ -339,12 +341,22 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
         x = to_batch([pixels[i] for i in chunk])
         with torch.no_grad():  # the calibrated probabilities predict reports (its flip TTA aside: maps are of one pass)
             logits = net(x).float().cpu()
-            probs = logits.sigmoid() if spec.multi_label else (logits / temperature).softmax(1)
-        wanted = [spec.classes.index(o.class_name)] * len(chunk) if o.class_name is not None else \
-            probs.argmax(1).tolist()
-        maps = cam.class_maps(net, x, wanted, o.method, layer, o.batch_size)
-        for i, c, p, m in zip(chunk, wanted, probs, maps):
-            e = results[i]
+            # a multi-label model's labels: those predict gives (with its flip TTA, where the model has it)
+            probs = predictor.probabilities(x) if spec.multi_label else (logits / temperature).softmax(1)
+        if o.class_name is not None:
+            wanted = [[spec.classes.index(o.class_name)] for _ in chunk]
+        elif spec.multi_label:  # each predicted label (over its class's threshold), most probable first; none: the top
+            above = predictor.labels_above(probs)
+            wanted = [[spec.classes.index(c) for c, _ in labels] or [int(p.argmax())] for labels, p in zip(above, probs)]
+        else:
+            wanted = [[int(c)] for c in probs.argmax(1)]
+        pairs = [(k, c) for k, cs in enumerate(wanted) for c in cs]  # (row of the chunk, class): one map each
+        maps = cam.class_maps(net, x[[k for k, _ in pairs]], [c for _, c in pairs], o.method, layer, o.batch_size)
+        for (k, c), m in zip(pairs, maps):
+            i, p = chunk[k], probs[k]
+            if results[i][-1].class_name is not None:  # a second label of a multi-label image: an entry of its own
+                results[i].append(cam.Explanation(str(files[i])))
+            e = results[i][-1]
             image, region = seen_region(files[i], spec.img_size, spec.crop_pct)
             size, scale = cam.region_of(image.size, region)
             shown_map = cam.resample(m, size)
@@ -358,11 +370,12 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
             pictures.append(pic)
             titles.append(f"{Path(files[i]).name}\n{e.class_name} {e.probability:.0%}")
         if o.sanity:
-            xs.append(x.cpu())
-            targets.extend(wanted)
+            xs.append(x[[k for k, _ in pairs]].cpu())
+            targets.extend(c for _, c in pairs)
     grid = plot_cam_grid(pictures, titles, out / "cams.png", f"{o.method} from layer {layer.name}")
     sanity = cam.sanity_check(net, torch.cat(xs), targets, o.method, layer.name) if o.sanity else None
-    return cam.Explained(results, o.method, layer.name, str(out), str(grid), sanity)
+    return cam.Explained([e for entries in results for e in entries], o.method, layer.name, str(out), str(grid),
+                         sanity)
 
 
 def cam_name(source: str, taken: set[str]) -> str:

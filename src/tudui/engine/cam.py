@@ -6,8 +6,9 @@ adds is the choice of the layer the map is read from, for any model it can load:
 - a convolutional net (tudui's, torchvision's, timm's CNNs, a user's `file.py:Name`): the last module, in the order
   the forward pass runs them, whose output is a (B, C, H, W) map with more than one position and the input's aspect,
   and on which the class score depends (its gradient is not zero), an average pool aside (its map is the one before
-  it, blurred: at 56 px `fast`'s head pools its 7x7 map to 3x3, and Grad-CAM from the 3x3 put 2 points less of
-  its mass on the right quadrant in benchmarks/trust.py);
+  it, blurred: at 56 px `fast`'s head pools its 7x7 map to 3x3; on benchmarks/trust.py's mosaics Grad-CAM from the
+  3x3 put 37.5% of its mass on the right quadrant against 45.3% from the 7x7, and 219 of its 1,000 maps were all
+  zero against 3);
 - a transformer (timm's ViT, DeiT, ...): the last module whose output is (B, N, D) tokens, N being a square patch
   grid plus a few prefix tokens (class, registers), D the width most token outputs share, and whose patch tokens
   the class score depends on. With a class token that is the last block's `norm1` (after it, the patch tokens

@@ -218,10 +218,12 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     on this machine; only for a model from someone you trust; the same for predict, export, serve and summary:
     without it such a file is refused with a TuduiError naming it); reject_below, reject ('auto'), coverage, score:
     also report what answering unknown below that threshold does (result["rejection"]: the share rejected, top-1 on
-    the accepted images); cam: a tudui explain method, for result["cam_mistakes"] (the most confidently wrong images
-    with their maps, drawn by write_eval_reports; a multi-label model's result["scores"] holds every image's
-    probabilities and targets, (N, K) arrays "probs" and "targets", its precision-recall curves). cache: where the
-    decoded images come from
+    the accepted images); result["risk_coverage"]: for a single-label model, top-1 on the accepted images against the
+    share accepted at every threshold of `score` (engine/rejection.risk_coverage; drawn by write_eval_reports as
+    eval_<split>_risk_coverage.png); cam: a tudui explain method, for result["cam_mistakes"] (the most confidently
+    wrong images with their maps, drawn by write_eval_reports; a multi-label model's result["scores"] holds every
+    image's probabilities and targets, (N, K) arrays "probs" and "targets", its precision-recall curves). cache:
+    where the decoded images come from
     (`tudui train --cache`): an image folder is read from the disk cache a training run on it wrote.
     """
     o = EvalOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
@@ -248,11 +250,11 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss(), mistakes=mistakes,
                             temperature=temperature)
     if mistakes is not None and mistakes.items:  # --cam: each mistake's map for the class it was taken for
-        x = normalize(torch.from_numpy(np.stack([m[1] for m in mistakes.items])).permute(0, 3, 1, 2).to(dev), spec)
-        maps = cam.class_maps(model, x, [m[3] for m in mistakes.items], o.cam, cam.choose_layer(model, x))
-        result["cam_mistakes"] = {"method": o.cam, "items": [m + (c,) for m, c in zip(mistakes.items, maps)]}
+        result["cam_mistakes"] = {"method": o.cam, "items": cam.mistake_maps(model, mistakes.items, spec, o.cam, dev)}
+    logits, targets = collect_logits(model.to(dev), loader, spec, dev)
+    # accuracy on the accepted images against the share accepted, at every threshold of the score (--score)
+    result["risk_coverage"] = rejection.risk_coverage(logits, targets, o.score, temperature)
     if limit is not None:  # "unknown": what rejecting below the threshold does to this split
-        logits, targets = collect_logits(model.to(dev), loader, spec, dev)
         result["rejection"] = rejection.rejection_report(logits, targets, limit, o.score, temperature)
     return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta,
                      "temperature": temperature}
@@ -308,7 +310,8 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
     """Class-activation maps (engine/cam.py): per image, where the model's evidence for a class lies, drawn over
     the image as the model saw it (after the same crop as predict) into `out` as <name>.png, with cams.png, a grid
     of them all. options: core/options.ExplainOptions' fields (`tudui explain --help`): method, layer, class_name
-    (default: each image's top class), box (x0, y0, x1, y1 in the image's pixels: each map's share inside it),
+    (default: each image's top class; for a multi-label model each label it predicts, one map and one entry each,
+    most probable first, the top class where it predicts none), box (x0, y0, x1, y1 in the image's pixels: each map's share inside it),
     out, sanity (cascading randomisation of the weights, Spearman correlations), batch_size, device, model_file,
     trust_code (as for `evaluate`). Needs a checkpoint or run directory: exports carry no gradients to hook."""
     from .data.images import BadImage, seen_region
@@ -327,16 +330,17 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
     out = Path(o.out).expanduser() if o.out else Path(loaded.path).parent / "explain"
     if out.exists() and not out.is_dir():
         raise TuduiError(f"--out {shown(o.out)} is a file; name a folder for the pictures")
-    results = [cam.Explanation(str(f)) for f in files]
+    results = [[cam.Explanation(str(f))] for f in files]  # per image: one entry per class mapped
     pixels = {}
     for i, f in enumerate(files):
         try:
             pixels[i] = spec.decode(f)
         except BadImage as e:
-            results[i].error = e.reason
+            results[i][0].error = e.reason
     if not pixels:
         raise TuduiError(f"none of the {len(files)} image(s) could be read")
-    to_batch = Predictor(net, spec, dev).batch
+    predictor = Predictor(net, spec, dev)
+    to_batch = predictor.batch
     layer = cam.choose_layer(net, to_batch([next(iter(pixels.values()))]), o.layer)
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = {"cams.png"}
@@ -347,12 +351,22 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
         x = to_batch([pixels[i] for i in chunk])
         with torch.no_grad():  # the calibrated probabilities predict reports (its flip TTA aside: maps are of one pass)
             logits = net(x).float().cpu()
-            probs = logits.sigmoid() if spec.multi_label else (logits / temperature).softmax(1)
-        wanted = [spec.classes.index(o.class_name)] * len(chunk) if o.class_name is not None else \
-            probs.argmax(1).tolist()
-        maps = cam.class_maps(net, x, wanted, o.method, layer, o.batch_size)
-        for i, c, p, m in zip(chunk, wanted, probs, maps):
-            e = results[i]
+            # a multi-label model's labels: those predict gives (with its flip TTA, where the model has it)
+            probs = predictor.probabilities(x) if spec.multi_label else (logits / temperature).softmax(1)
+        if o.class_name is not None:
+            wanted = [[spec.classes.index(o.class_name)] for _ in chunk]
+        elif spec.multi_label:  # each predicted label (over its class's threshold), most probable first; none: the top
+            above = predictor.labels_above(probs)
+            wanted = [[spec.classes.index(c) for c, _ in labels] or [int(p.argmax())] for labels, p in zip(above, probs)]
+        else:
+            wanted = [[int(c)] for c in probs.argmax(1)]
+        pairs = [(k, c) for k, cs in enumerate(wanted) for c in cs]  # (row of the chunk, class): one map each
+        maps = cam.class_maps(net, x[[k for k, _ in pairs]], [c for _, c in pairs], o.method, layer, o.batch_size)
+        for (k, c), m in zip(pairs, maps):
+            i, p = chunk[k], probs[k]
+            if results[i][-1].class_name is not None:  # a second label of a multi-label image: an entry of its own
+                results[i].append(cam.Explanation(str(files[i])))
+            e = results[i][-1]
             image, region = seen_region(files[i], spec.img_size, spec.crop_pct)
             size, scale = cam.region_of(image.size, region)
             shown_map = cam.resample(m, size)
@@ -366,11 +380,12 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
             pictures.append(pic)
             titles.append(f"{Path(files[i]).name}\n{e.class_name} {e.probability:.0%}")
         if o.sanity:
-            xs.append(x.cpu())
-            targets.extend(wanted)
+            xs.append(x[[k for k, _ in pairs]].cpu())
+            targets.extend(c for _, c in pairs)
     grid = plot_cam_grid(pictures, titles, out / "cams.png", f"{o.method} from layer {layer.name}")
     sanity = cam.sanity_check(net, torch.cat(xs), targets, o.method, layer.name) if o.sanity else None
-    return cam.Explained(results, o.method, layer.name, str(out), str(grid), sanity)
+    return cam.Explained([e for entries in results for e in entries], o.method, layer.name, str(out), str(grid),
+                         sanity)
 
 
 def cam_name(source: str, taken: set[str]) -> str:

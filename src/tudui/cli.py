@@ -223,6 +223,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     files = api.write_eval_reports(r, args.out or os.path.dirname(r["checkpoint"]))
     r.pop("cam_mistakes", None)  # images and maps, drawn above
     r.pop("scores", None)  # a multi-label model's probabilities per image: its precision-recall curves above
+    r.pop("risk_coverage", None)  # a point per distinct score: drawn above
     if args.json:
         print(json.dumps(r, indent=1, ensure_ascii=False))
         print("wrote " + ", ".join(map(str, files)), file=sys.stderr)

@@ -272,7 +272,37 @@ def _labels(out: str, tables: list[Table]) -> None:
             r"--balance auto >= 3 points of balanced accuracy over none")
 
 
+def _trust(out: str, tables: list[Table]) -> None:
+    maps = find(tables, "method", "map mass in the label's quadrant", "all-zero maps", "mosaics", "s")
+    assert_rows(maps, "gradcam", r"gradcam\+\+", "layercam", "eigencam", "scorecam",
+                r"gradcam from layer \w+ \(the average pool after it\)", "gradcam, every layer's weights randomised",
+                "uniform map")
+    check_figures(maps)
+    assert all(figures(c) for c in maps.column("map mass in the label's quadrant"))
+    assert maps.rows[-1][1] == "25.0%"
+    assert re.search(r"maps from layer 11 \(7x7\)", out)  # the default net at 56 px: before its average pool
+    cal = find(tables, "recipe", "T", "ECE before", "ECE after", "after / before", "top-1 before", "top-1 after")
+    assert_rows(cal, "default", r"--preset best \(1 epoch\)")
+    check_figures(cal)
+    for row in cal.rows:
+        assert float(row[1]) > 0 and 0 <= float(row[2]) <= 1 and 0 <= float(row[3]) <= 1
+        assert row[5] == row[6]  # a temperature never changes the top class
+    unknown = find(tables, "score", "AUROC", "threshold", "digits answered unknown")
+    assert_rows(unknown, "msp", "energy")
+    check_figures(unknown)
+    assert all(0 <= float(a) <= 1 for a in unknown.column("AUROC"))
+    verdicts = [t for t in tables if t.headers == ["target", "measured", "verdict"]]
+    assert len(verdicts) == 3  # one under each part's table
+    targets([Table("", verdicts[0].headers, [r for t in verdicts for r in t.rows])],
+            r"gradcam >= 70% in the right quadrant", r"randomised baseline near 25% \(15-35%\)",
+            r"default: ECE after <= 0\.5x before, top-1 unchanged",
+            r"--preset best \(1 epoch\): ECE after <= 0\.5x before, top-1 unchanged",
+            r"msp: share of digits answered unknown at coverage 0\.95",
+            r"energy: share of digits answered unknown at coverage 0\.95")
+
+
 CHECKS = {
+    "trust.py": _trust,
     "small_data.py": _small_data,
     "labels.py": _labels,
     "time_to_accuracy.py": _time_to_accuracy,

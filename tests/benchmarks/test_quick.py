@@ -38,6 +38,7 @@ SCRIPTS = {
     "small_data.py": "new within 1.5 points of the oracle",
     "labels.py": "--balance auto >= 3 points of balanced accuracy over none",
     "tune.py": "what tuning bought",
+    "trust.py": "gradcam >= 70% in the right quadrant",
 }
 # Ultralytics lives in its own environment, made by `make bench` only (a benchmark peer, never a dependency).
 PEERS_YOLO = Path(__file__).resolve().parents[2] / ".venv-peers" / "bin" / "yolo"

@@ -147,3 +147,50 @@ def test_eval_cam_draws_the_mistakes_with_their_maps(digits_run, tmp_path, capsy
     maps = np.stack([i[4] for i in items])
     assert maps.shape[1:] == (8, 8) and np.allclose(maps, taken_for, atol=1e-5)  # the class it was taken for
     assert not np.allclose(maps, truth, atol=1e-3)  # which is not the true class's map
+
+
+def test_train_cam_draws_the_runs_mistakes_with_their_maps(tmp_path, monkeypatch):
+    """`tudui train --cam gradcam`: mistakes.png holds the run's most confidently wrong images, each with the map of
+    the class it was taken for, computed from best.pt's weights as `tudui explain` computes them."""
+    from tests.conftest import colored_pixels
+    from tudui.cli import main as cli
+    from tudui.data import normalize
+    from tudui.inference.formats import load_model
+    from tudui.reporting import plots
+
+    drawn = []
+    real = plots.plot_cam_mistakes
+    monkeypatch.setattr(plots, "plot_cam_mistakes", lambda items, *a: drawn.append(items) or real(items, *a))
+    assert cli(["train", "--data", "digits", "--model", "fast", "--epochs", "1", "--subset", "300", "--cam", "gradcam",
+                "--calibrate", "off", "--no-tensorboard", "--project", str(tmp_path), "--name", "r"]) == 0
+    run = tmp_path / "r"
+    assert colored_pixels(run / "mistakes.png") > 2000  # the heat maps' colours over grey digits
+    (items,) = drawn
+    loaded = load_model(run / "best.pt")
+    x = normalize(torch.from_numpy(np.stack([i[1] for i in items])).permute(0, 3, 1, 2), loaded.spec)
+    expected = cam.class_maps(loaded.model, x, [i[3] for i in items], "gradcam", cam.find_layer(loaded.model, x[:1]))
+    assert len(items) >= 2 and all(t != p for _, _, t, p, _ in items)
+    assert np.allclose(np.stack([i[4] for i in items]), expected, atol=1e-5)
+
+
+def test_a_multi_label_model_gets_one_map_per_predicted_label(pairs_run, pairs_csv, tmp_path):
+    """Each label the model predicts for an image (over its class's threshold, most probable first; the top class
+    where none is) gets its own entry, PNG and map: the map of that class, as for --class."""
+    from tudui.inference.formats import load_model
+
+    files = [str(pairs_csv.parent / "img" / f"{i}.png") for i in range(6)]
+    found = tudui.explain(pairs_run.best, files, out=str(tmp_path / "maps"), method="gradcam")
+    predictor = tudui.Predictor.from_path(pairs_run.best, device="cpu")
+    x = predictor.preprocess(files)
+    probs = predictor.probabilities(x)
+    expected = [[c for c, _ in labels] or [predictor.classes[int(p.argmax())]]
+                for labels, p in zip(predictor.labels_above(probs), probs)]
+    assert any(len(e) >= 2 for e in expected)  # the pairs carry two digits: some images get two maps
+    assert [e.source for e in found.images] == [f for f, labels in zip(files, expected) for _ in labels]
+    assert [e.class_name for e in found.images] == [c for labels in expected for c in labels]
+    assert len({e.png for e in found.images}) == len(found.images)  # a PNG each
+    model = load_model(pairs_run.best).model
+    rows = [k for k, labels in enumerate(expected) for _ in labels]
+    maps = cam.class_maps(model, x[rows], [predictor.classes.index(e.class_name) for e in found.images], "gradcam",
+                          cam.find_layer(model, x[:1]))
+    assert np.allclose(np.stack([e.map for e in found.images]), maps, atol=1e-5)

@@ -80,11 +80,13 @@ def test_eval_writes_its_reports_next_to_the_checkpoint(tiny_model, tmp_path, mo
     assert tudui_main(["eval", str(run / "best.pt"), "--data", "digits", "--split", "test", "--json"]) == 0
     out = capsys.readouterr()
     metrics = json.loads(out.out)
-    written = {"eval_test_confusion_matrix.png", "eval_test_confusion_matrix.csv", "eval_test_per_class.csv"}
+    written = {"eval_test_confusion_matrix.png", "eval_test_confusion_matrix.csv", "eval_test_per_class.csv",
+               "eval_test_risk_coverage.png"}
     assert {p.name for p in run.iterdir()} == {"best.pt"} | written and list(elsewhere.iterdir()) == []
     assert out.err == "wrote " + ", ".join(str(run / n) for n in ("eval_test_confusion_matrix.png",
                                                                   "eval_test_confusion_matrix.csv",
-                                                                  "eval_test_per_class.csv")) + "\n"
+                                                                  "eval_test_per_class.csv",
+                                                                  "eval_test_risk_coverage.png")) + "\n"
     classes, cm = read_confusion_csv(run / "eval_test_confusion_matrix.csv")
     assert classes == metrics["classes"] and cm == metrics["confusion"] and np.sum(cm) == metrics["n"] == 359
     assert len((run / "eval_test_per_class.csv").read_text().splitlines()) == 1 + len(classes)

@@ -47,6 +47,33 @@ def test_rejection_report_by_hand():
     assert nothing["rejected"] == 1.0 and math.isnan(nothing["accepted_top1"])
 
 
+def test_risk_coverage_by_hand():
+    # scores (msp): 0.982 (right), 0.982 (wrong: a tie), 0.550 (right), 0.525 (wrong)
+    logits = torch.tensor([[4.0, 0.0], [0.0, 4.0], [0.2, 0.0], [0.0, 0.1]])
+    targets = torch.tensor([0, 0, 0, 0])
+    r = rejection.risk_coverage(logits, targets, "msp")
+    assert r["coverage"] == [0.5, 0.75, 1.0]  # the tie is accepted together: no threshold keeps one of the two
+    assert r["accuracy"] == pytest.approx([1 / 2, 2 / 3, 2 / 4])
+    assert r["threshold"] == pytest.approx([1 / (1 + math.exp(-4)), 1 / (1 + math.exp(-0.2)), 1 / (1 + math.exp(-0.1))])
+
+
+def test_eval_draws_the_risk_coverage_curve_of_its_split(digits_run, tmp_path, capsys):
+    """`tudui eval` writes eval_<split>_risk_coverage.png; its points are those of every --reject-below threshold,
+    counted here by brute force on the split's calibrated scores."""
+    assert cli_main(["eval", str(digits_run.best), "--data", "digits", "--split", "val", "--out", str(tmp_path),
+                     "--score", "energy"]) == 0
+    assert Image.open(tmp_path / "eval_val_risk_coverage.png").size[0] > 300
+    curve = tudui.evaluate(digits_run.best, "digits", split="val", score="energy")["risk_coverage"]
+    logits, targets = _val_logits(digits_run.best)
+    t = torch.load(digits_run.best, weights_only=True)["temperature"]
+    s = rejection.score(logits, "energy", t).numpy()
+    right = (logits.argmax(1) == targets).numpy()
+    expected = [(float((s >= v).mean()), float(right[s >= v].mean())) for v in np.unique(s)[::-1]]
+    assert curve["score"] == "energy" and len(curve["coverage"]) == len(expected) and curve["coverage"][-1] == 1.0
+    assert np.allclose(list(zip(curve["coverage"], curve["accuracy"])), expected)
+    assert curve["accuracy"][-1] == pytest.approx(right.mean())
+
+
 def test_predict_serve_and_onnx_find_the_same_threshold(digits_run, tiny_onnx, fmnist, tmp_path, capsys):
     from fastapi.testclient import TestClient
 

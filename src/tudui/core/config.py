@@ -18,7 +18,7 @@ import yaml
 
 from .errors import TuduiError
 from .files import write_text
-from .modes import AUGMENTS, BALANCES, LOSSES, OPTIMIZERS, SCHEDULERS, describe_modes
+from .modes import AUGMENTS, BALANCES, CAM_METHODS, LOSSES, OPTIMIZERS, SCHEDULERS, describe_modes
 from .options import Options, option, whole_or_auto, workers_value  # noqa: F401 (workers_value: re-exported)
 
 # --batch-size/--epochs auto: chosen from the training set's size (engine/choices.py resolve_length); the
@@ -294,6 +294,9 @@ class TrainConfig(Options):
                             "epoch)", group="run")
     plots: bool = _f(True, "draw PNG pictures (curves, confusion matrix, mistakes, a training batch) at the end",
                      group="run")
+    cam: str | None = _f(None, "draw mistakes.png with each image's class-activation map of the class it was taken "
+                               "for (--cam alone: layercam; see tudui explain)", nargs="?", const="layercam",
+                         choices=list(CAM_METHODS), group="run")
     calibrate: str = _f("on", "at the end, fit one temperature on the validation split (minimising its negative "
                               "log-likelihood) that divides the logits, so predict, eval and serve report calibrated "
                               "probabilities; saved with the model (off: probabilities as trained)",

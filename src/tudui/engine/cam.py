@@ -5,7 +5,10 @@ adds is the choice of the layer the map is read from, for any model it can load:
 
 - a convolutional net (tudui's, torchvision's, timm's CNNs, a user's `file.py:Name`): the last module, in the order
   the forward pass runs them, whose output is a (B, C, H, W) map with more than one position and the input's aspect,
-  and on which the class score depends (its gradient is not zero);
+  and on which the class score depends (its gradient is not zero), an average pool aside (its map is the one before
+  it, blurred: at 56 px `fast`'s head pools its 7x7 map to 3x3; on benchmarks/trust.py's mosaics Grad-CAM from the
+  3x3 put 37.5% of its mass on the right quadrant against 45.3% from the 7x7, and 219 of its 1,000 maps were all
+  zero against 3);
 - a transformer (timm's ViT, DeiT, ...): the last module whose output is (B, N, D) tokens, N being a square patch
   grid plus a few prefix tokens (class, registers), D the width most token outputs share, and whose patch tokens
   the class score depends on. With a class token that is the last block's `norm1` (after it, the patch tokens
@@ -37,6 +40,7 @@ from ..core.modes import CAM_METHODS
 # --method NAME -> pytorch-grad-cam's class of that name (core/modes.py)
 METHODS = CAM_METHODS
 MAX_PREFIX_TOKENS = 8  # class, distillation and register tokens before a ViT's patch tokens
+AVERAGE_POOLS = (nn.AvgPool2d, nn.AdaptiveAvgPool2d)  # never the layer chosen: they only blur the map before them
 
 
 def _library():
@@ -125,6 +129,8 @@ def find_layer(model: nn.Module, x: torch.Tensor) -> Layer:
     entries = _trace(model, x, lambda logits: logits.float().max(1).values.sum())
     size = (x.shape[-2], x.shape[-1])
     maps = [e for e in entries if _is_map(e["shape"], size)]
+    # an average pool's map is the map before it blurred (fast's head pools 7x7 to 3x3 at 56 px): read the sharper one
+    maps = [e for e in maps if not isinstance(e["module"], AVERAGE_POOLS)] or maps
     tokens = [e for e in entries if len(e["shape"]) == 2 and _prefix(e["shape"][0]) >= 0]
     if tokens:  # a transformer: its own width is the one most token outputs have
         width = Counter(e["shape"][1] for e in tokens).most_common(1)[0][0]
@@ -204,6 +210,18 @@ def class_maps(model: nn.Module, x: torch.Tensor, classes: list[int], method: st
         for p, flag in zip(model.parameters(), params):
             p.requires_grad_(flag)
     return np.nan_to_num(np.asarray(maps, dtype=np.float32))
+
+
+def mistake_maps(model: nn.Module, items: list, spec, method: str, device: torch.device | str = "cpu") -> list:
+    """Each of the most confidently wrong images ((probability, (H, W, C) uint8, true, predicted), engine/metrics'
+    TopMistakes) with its map of the class it was taken for appended: `tudui eval --cam` and `tudui train --cam`."""
+    from ..data import normalize
+
+    if not items:
+        return []
+    x = normalize(torch.from_numpy(np.stack([m[1] for m in items])).permute(0, 3, 1, 2).to(device), spec)
+    maps = class_maps(model, x, [m[3] for m in items], method, choose_layer(model, x))
+    return [tuple(m) + (c,) for m, c in zip(items, maps)]
 
 
 def peak(m: np.ndarray) -> tuple[int, int]:

@@ -92,3 +92,18 @@ def rejection_report(logits: torch.Tensor, targets: torch.Tensor, limit: float, 
     return {"score": kind, "threshold": limit, "n": len(targets), "rejected": 1 - n_keep / max(1, len(targets)),
             "accepted_top1": float(right[keep].double().mean()) if n_keep else math.nan,
             "top1": float(right.double().mean()) if len(targets) else math.nan}
+
+
+def risk_coverage(logits: torch.Tensor, targets: torch.Tensor, kind: str = "msp", temperature: float = 1.0) -> dict:
+    """The risk-coverage curve of a labelled split: for each distinct score s, from the highest down, the share of
+    images whose score reaches s (what `--reject-below s` would accept) and top-1 on those images. Images of equal
+    score are accepted together, so every point is one a threshold gives."""
+    s = score(logits, kind, temperature).double()
+    right = (logits.argmax(1) == targets).double()
+    order = torch.argsort(s, descending=True, stable=True)
+    s, right = s[order], right[order]
+    last = torch.ones(len(s), dtype=torch.bool)
+    last[:-1] = s[1:] != s[:-1]  # the last image of each group of equal scores
+    kept = torch.arange(1, len(s) + 1, dtype=torch.float64)[last]
+    return {"score": kind, "threshold": s[last].tolist(), "coverage": (kept / max(1, len(s))).tolist(),
+            "accuracy": (right.cumsum(0)[last] / kept).tolist()}

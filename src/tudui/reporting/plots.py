@@ -19,6 +19,7 @@ import torch
 
 from ..core.files import atomic_path
 from ..data import denormalize
+from ..engine import cam
 from ..engine.callbacks import Callback
 from ..engine.multilabel import precision_recall_points, wrong_labels
 from .fonts import cjk_fonts
@@ -293,7 +294,8 @@ class PlotsCallback(Callback):
     """Writes the run's pictures at the end of fit and lists them on the console.
 
     curves.png (from results.csv), confusion_matrix.png (+ .csv of the counts it was drawn from; best weights on
-    val, else test), mistakes.png (most confidently wrong of that split), train_batch.png (first augmented batch).
+    val, else test), mistakes.png (most confidently wrong of that split; with --cam each with its class-activation
+    map), train_batch.png (first augmented batch).
     A multi-label model has pr_curves.png (each class's precision-recall curve on that split) instead of the
     confusion matrix, and its mistakes.png shows the images furthest from their labels, missed and spurious labels.
     Each one drawn is also named in the RunResult's `pictures` ("curves", "confusion", "pr_curves", "mistakes",
@@ -358,8 +360,15 @@ class PlotsCallback(Callback):
     def _plot_mistakes(self, run, mistakes: list, split: str) -> None:
         size = getattr(getattr(run, "world", None), "size", 1)  # under torchrun rank 0 sees its shard only
         title = f"most confidently wrong on {split}" + (f" (rank 0's 1/{size} share)" if size > 1 else "")
-        if mistakes and self._draw("the mistakes", plot_mistakes, mistakes, run.spec.classes,
-                                   run.run_dir / "mistakes.png", title):
+        method = getattr(run.cfg, "cam", None)
+        if mistakes and method:  # --cam: each mistake with the map of the class it was taken for (tudui explain's)
+            drawn = self._draw("the mistakes' maps", lambda: plot_cam_mistakes(
+                cam.mistake_maps(run.model, mistakes, run.spec, method, run.device), run.spec.classes,
+                run.run_dir / "mistakes.png", f"{title}, {method} maps of the predicted class"))
+        else:
+            drawn = mistakes and self._draw("the mistakes", plot_mistakes, mistakes, run.spec.classes,
+                                            run.run_dir / "mistakes.png", title)
+        if drawn:
             self.files.append(run.run_dir / "mistakes.png")
 
 
@@ -394,9 +403,9 @@ def write_per_class_csv(classes: list[str], metrics: dict, path: str | Path) -> 
 
 
 def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
-    """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv and eval_<split>_per_class.csv in `out_dir`, and
-    with `--cam` eval_<split>_mistakes.png (each mistake with its map, half and half); for a multi-label model
-    eval_<split>_per_class.csv and eval_<split>_pr_curves.png.
+    """`tudui eval`'s files: eval_<split>_confusion_matrix.png/.csv, eval_<split>_per_class.csv and (a single-label
+    model) eval_<split>_risk_coverage.png in `out_dir`, and with `--cam` eval_<split>_mistakes.png (each mistake with
+    its map, half and half); for a multi-label model eval_<split>_per_class.csv and eval_<split>_pr_curves.png.
 
     Named after the split so they sit beside a run's own confusion_matrix.png without replacing it.
     """
@@ -414,15 +423,40 @@ def write_eval_reports(result: dict, out_dir: str | Path) -> list[Path]:
     plot_confusion(result["confusion"], classes, png, f"{Path(result['checkpoint']).name} on {split}")
     files = [png, write_confusion_csv(result["confusion"], classes, out / f"eval_{split}_confusion_matrix.csv"),
              write_per_class_csv(classes, result, out / f"eval_{split}_per_class.csv")]
+    if result.get("risk_coverage"):  # accuracy on the accepted images against the share accepted
+        files.append(plot_risk_coverage(result["risk_coverage"], out / f"eval_{split}_risk_coverage.png",
+                                        f"{Path(result['checkpoint']).name} on {split}", result.get("rejection")))
     if result.get("cam_mistakes"):  # `tudui eval --cam`: the mistakes with their class-activation maps
-        from matplotlib import colormaps
-
         found = result["cam_mistakes"]
-        heat = [colormaps["jet"](np.clip(m[4], 0, 1))[..., :3] for m in found["items"]]
-        pictures = np.stack([0.5 * (m[1] / 255.0 if m[1].shape[-1] == 3 else np.repeat(m[1], 3, -1) / 255.0) + 0.5 * h
-                             for m, h in zip(found["items"], heat)])
-        titles = [f"true {classes[t]}\npred {classes[p]} {c:.0%}" for c, _, t, p, _ in found["items"]]
-        files.append(_image_grid(pictures, titles, out / f"eval_{split}_mistakes.png",
-                                 f"most confidently wrong on {split}, {found['method']} maps of the predicted class",
-                                 cols=4))
+        files.append(plot_cam_mistakes(found["items"], classes, out / f"eval_{split}_mistakes.png",
+                                       f"most confidently wrong on {split}, {found['method']} maps of the predicted "
+                                       "class"))
     return files
+
+
+def plot_risk_coverage(curve: dict, path: str | Path, title: str, rejection: dict | None = None) -> Path:
+    """Top-1 on the accepted images against the share accepted (engine/rejection.risk_coverage), the operating point
+    of --reject-below / --reject auto marked when one was given."""
+    fig = _figure(5, 4)
+    ax = fig.subplots()
+    ax.plot(np.asarray(curve["coverage"]) * 100, np.asarray(curve["accuracy"]) * 100, lw=1.5)
+    if rejection is not None and np.isfinite(rejection.get("accepted_top1", np.nan)):
+        ax.plot([100 * (1 - rejection["rejected"])], [100 * rejection["accepted_top1"]], "o", color="C3",
+                label=f"threshold {rejection['threshold']:.4g}")
+        ax.legend(fontsize=8, loc="lower left")
+    ax.set(xlabel="images accepted (%)", ylabel="top-1 on the accepted images (%)", xlim=(0, 100),
+           title=f"{title}\nrisk-coverage by {curve['score']}")
+    ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_cam_mistakes(items: list, classes: list[str], path: str | Path, title: str) -> Path:
+    """The mistakes (probability, (H, W, C) uint8, true, predicted, (H, W) map in [0, 1]), each image and its map
+    half and half (matplotlib's `jet`), as mistakes.png lays them out."""
+    from matplotlib import colormaps
+
+    heat = [colormaps["jet"](np.clip(m[4], 0, 1))[..., :3] for m in items]
+    pictures = np.stack([0.5 * (m[1] / 255.0 if m[1].shape[-1] == 3 else np.repeat(m[1], 3, -1) / 255.0) + 0.5 * h
+                         for m, h in zip(items, heat)])
+    titles = [f"true {classes[t]}\npred {classes[p]} {c:.0%}" for c, _, t, p, _ in items]
+    return _image_grid(pictures, titles, path, title, cols=4)

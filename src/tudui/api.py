@@ -33,7 +33,7 @@ from .data.split import as_multi_hot
 from .engine.callbacks import Callback
 from .engine import cam
 from .engine import rejection
-from .engine.calibration import calibrate as fit_calibration, collect_logits
+from .engine.calibration import calibrate as fit_calibration
 from .engine.configure import resolve_config
 from .engine.evaluate import evaluate as evaluate_model
 from .engine.metrics import TopMistakes
@@ -247,11 +247,13 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     limit = rejection.threshold(loaded.meta, o.reject, o.reject_below, o.coverage, o.score)
     mistakes = TopMistakes() if o.cam else None
     # loss: of the logits as trained (results.csv's val_loss); calibrated_loss: of the logits / the temperature
+    kept: list = []  # every batch's (logits, targets), from the same pass
     result = evaluate_model(model.to(dev), loader, spec, dev, nn.CrossEntropyLoss(), mistakes=mistakes,
-                            temperature=temperature)
+                            temperature=temperature, kept=kept)
     if mistakes is not None and mistakes.items:  # --cam: each mistake's map for the class it was taken for
         result["cam_mistakes"] = {"method": o.cam, "items": cam.mistake_maps(model, mistakes.items, spec, o.cam, dev)}
-    logits, targets = collect_logits(model.to(dev), loader, spec, dev)
+    logits = torch.cat([b[0] for b in kept]) if kept else torch.zeros(0, spec.num_classes)  # (N, K)
+    targets = torch.cat([b[1] for b in kept]).long() if kept else torch.zeros(0, dtype=torch.int64)  # (N,)
     # accuracy on the accepted images against the share accepted, at every threshold of the score (--score)
     result["risk_coverage"] = rejection.risk_coverage(logits, targets, o.score, temperature)
     if limit is not None:  # "unknown": what rejecting below the threshold does to this split

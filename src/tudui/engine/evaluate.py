@@ -12,14 +12,17 @@ from .metrics import TopMistakes, add_counts, batch_counts, compute_metrics
 @torch.no_grad()
 def evaluate_counts(model: torch.nn.Module, loader, spec: DataSpec, device: torch.device,
                     criterion: torch.nn.Module | None = None, amp: bool = False,
-                    mistakes: TopMistakes | None = None, temperature: float = 1.0) -> dict[str, torch.Tensor]:
+                    mistakes: TopMistakes | None = None, temperature: float = 1.0,
+                    kept: list | None = None) -> dict[str, torch.Tensor]:
     """Sum of per-batch counts (see metrics.py) over `loader`; model is put in eval mode.
 
     An empty loader (under torchrun, a rank with no share of a split smaller than the job) gives zero counts.
     `mistakes`, when given, is shown every batch in the same pass (the run's final evaluation draws mistakes.png
     from it instead of predicting the split a second time). `temperature` (a calibrated model's, engine/calibration):
     the mistakes' probabilities are the calibrated ones predict reports, and beside the loss (of the logits as
-    trained, what results.csv's val_loss measures) the criterion of the divided logits is summed as well.
+    trained, what results.csv's val_loss measures) the criterion of the divided logits is summed as well. `kept`,
+    when given, gets each batch's ((B, K) float32 logits, (B,) targets) on the CPU, in order: what `tudui eval`'s
+    risk-coverage curve and rejection report need, without a second pass over the split.
     """
     model.eval()
     k = spec.num_classes
@@ -36,6 +39,8 @@ def evaluate_counts(model: torch.nn.Module, loader, spec: DataSpec, device: torc
         logits = logits.float()
         if mistakes is not None:
             mistakes.update(raw, (logits / temperature).softmax(dim=1), y)
+        if kept is not None:
+            kept.append((logits.cpu(), y.cpu()))
         counts = batch_counts(logits, y, k)
         if criterion is not None:
             counts["loss_sum"] = criterion(logits, y).to(torch.float64) * len(y)
@@ -47,7 +52,7 @@ def evaluate_counts(model: torch.nn.Module, loader, spec: DataSpec, device: torc
 
 def evaluate(model: torch.nn.Module, loader, spec: DataSpec, device: torch.device,
              criterion: torch.nn.Module | None = None, amp: bool = False,
-             mistakes: TopMistakes | None = None, temperature: float = 1.0) -> dict:
+             mistakes: TopMistakes | None = None, temperature: float = 1.0, kept: list | None = None) -> dict:
     """Loss, top-1, top-5, confusion matrix and per-class precision/recall/F1 over the whole split.
 
     Under torchrun each rank's `loader` holds its own share (every sample on exactly one rank, no padding),
@@ -56,4 +61,4 @@ def evaluate(model: torch.nn.Module, loader, spec: DataSpec, device: torch.devic
     """
     broadcast_module(model, buffers_only=True)
     return compute_metrics(all_reduce_counts(evaluate_counts(model, loader, spec, device, criterion, amp, mistakes,
-                                                             temperature)))
+                                                             temperature, kept)))

@@ -61,8 +61,9 @@ def test_every_script_writes_only_into_its_workdir():
 
 
 # --quick runs that train real nets at length even at their smallest (ten EfficientNet-Lite0 runs, ~1-2 minutes on two
-# cores): `make test-all` runs them, `make test` does not
-SLOW = {"timm_transfer.py"}
+# cores; trust.py's mosaic net, two Fashion-MNIST recipes and their calibration, ~35 s alone): `make test-all` runs
+# them, `make test` does not
+SLOW = {"timm_transfer.py", "trust.py"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name

@@ -70,7 +70,7 @@ def test_show_returns_the_run_pictures_without_a_display(digits_run, capsys):
     curves = digits_run.show("curves")
     assert len(curves) == 1 and np.array_equal(np.asarray(curves[0]), np.asarray(images[0]))
     assert capsys.readouterr().out == ""  # no display: nothing printed either
-    with pytest.raises(tudui.TuduiError, match="show\\(\\) takes one of 'curves', 'confusion', 'mistakes', 'batch'"):
+    with pytest.raises(tudui.TuduiError, match="show\\(\\) takes one of 'curves', 'confusion', 'pr_curves', 'mistakes', 'batch'"):
         digits_run.show("roc")
 
 

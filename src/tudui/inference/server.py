@@ -88,7 +88,7 @@ def _with_direct_predict(base):
     other routes as usual.
 
     Why by hand: under load, FastAPI's way through a request (its middleware stack, routing, the endpoint's
-    parameters, jsonable_encoder and the response class) took about a quarter of the event loop's busy time for a
+    parameters and jsonable_encoder) took about a quarter of the event loop's busy time for a
     28-px prediction (py-spy under wrk, benchmarks/serve_load.py); the direct path reads the body with the same
     limits, answers with the same JSON and errors, and skips the rest. The route stays declared in FastAPI,
     for the OpenAPI schema and the query strings the direct path leaves to it.
@@ -311,10 +311,17 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
     def error(status: int, message: str, **headers) -> JSONResponse:
         return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers or None)
 
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError):
+    def api_error(exc: ApiError) -> JSONResponse:
         # 408/413: the rest of the body was not read, so the connection cannot carry another request.
         return error(exc.status, exc.message, **({"Connection": "close"} if exc.status in (408, 413) else {}))
+
+    def unexpected(exc: Exception) -> JSONResponse:
+        # sent, then the exception re-raised, so uvicorn logs the traceback; the client learns no internals
+        return error(500, f"internal server error ({type(exc).__name__}); the server's log has the details")
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return api_error(exc)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):  # 404, 405, ...: the same JSON as ours
@@ -322,8 +329,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        # Starlette sends this answer, then re-raises, so uvicorn logs the traceback; the client learns no internals.
-        return error(500, f"internal server error ({type(exc).__name__}); the server's log has the details")
+        return unexpected(exc)  # Starlette sends it, then re-raises
 
     @app.exception_handler(RequestValidationError)
     async def _bad_parameter(request: Request, exc: RequestValidationError):
@@ -489,29 +495,16 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
                 if not message.get("more_body", False):
                     return
 
-        extra = []
         try:
-            status, answer = 200, await classify(t0, *await upload(scope, chunks()), k)
+            response = JSONResponse(await classify(t0, *await upload(scope, chunks()), k))
         except ClientDisconnect:
             return  # nobody left to answer
         except ApiError as e:
-            status, answer = e.status, {"error": e.message, "status": e.status}
-            if e.status in (408, 413):  # the rest of the body was not read: the connection cannot carry another
-                extra.append((b"connection", b"close"))
+            response = api_error(e)
         except Exception as e:
-            body = json.dumps({"error": f"internal server error ({type(e).__name__}); the server's log has the "
-                                        "details", "status": 500}).encode()
-            await send({"type": "http.response.start", "status": 500,
-                        "headers": [(b"content-type", b"application/json"),
-                                    (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await unexpected(e)(scope, receive, send)
             raise  # uvicorn logs the traceback, as for the other routes
-        # as Starlette's JSONResponse writes it (UTF-8, Chinese class names as they are)
-        body = json.dumps(answer, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode("utf-8")
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                *extra]})
-        await send({"type": "http.response.body", "body": body})
+        await response(scope, receive, send)
 
     app.direct_predict = direct_predict
 

@@ -263,6 +263,9 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
     generator = args.generator
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "python"
+    if generator == "wrk" and not shutil.which("wrk"):
+        raise SystemExit("--generator wrk: wrk is not on the PATH; install Debian's wrk (make bench does) or use "
+                         "--generator python")
     script = wrk_script(work, images) if generator == "wrk" else None
     servers = []
     if onnx is not None:

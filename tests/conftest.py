@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import forkserver
+
 REPO = Path(__file__).resolve().parents[1]
 
 # `make test` runs the suite in one pytest-xdist worker per core (-n auto). Each worker, and every CLI run or
@@ -58,6 +60,7 @@ def pytest_configure(config):
 
 
 def pytest_unconfigure(config):
+    forkserver.close()
     if getattr(config, "_hypothesis_home", None):
         shutil.rmtree(config._hypothesis_home, ignore_errors=True)
 
@@ -267,14 +270,16 @@ def dark_fraction(path) -> float:
 
 
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m tudui ARGS` as a user would, with this checkout's sources."""
+    """Run `python -m tudui ARGS` as a user would, with this checkout's sources (a process of its own, forked from
+    an interpreter that has imported torch already: tests/forkserver.py)."""
     full_env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
-    return subprocess.run([sys.executable, "-m", "tudui", *map(str, args)], cwd=cwd, capture_output=True, text=True,
+    return forkserver.run([sys.executable, "-m", "tudui", *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
 
 
 class Child:
-    """`python -m tudui ARGS` in a subprocess whose stdout and stderr are read by threads from the start.
+    """`python -m tudui ARGS` in a child process (tests/forkserver.py) whose stdout and stderr are read by threads
+    from the start.
 
     A read on a pipe blocks for as long as the child prints nothing, so waits here use a queue with a deadline,
     and a child that writes a lot can never block on a full pipe.
@@ -284,7 +289,7 @@ class Child:
         """`code`: run `python -c CODE ARGS` instead (e.g. the CLI with a test's slow hook patched in)."""
         full_env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
         start = ["-c", code] if code is not None else ["-m", "tudui"]
-        self.proc = subprocess.Popen([sys.executable, *start, *map(str, args)], stdout=subprocess.PIPE,
+        self.proc = forkserver.Popen([sys.executable, *start, *map(str, args)], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True, env=full_env)
         self.lines: queue.Queue = queue.Queue()  # stdout lines; None once stdout is closed
         self.stdout: list[str] = []
@@ -345,7 +350,7 @@ class Child:
         return "".join(self.stderr)
 
 
-def kill_tree(proc: subprocess.Popen) -> None:
+def kill_tree(proc) -> None:
     """SIGKILL `proc` (launched by the test) and its descendants, found from `proc` itself while it still runs."""
     import psutil
 

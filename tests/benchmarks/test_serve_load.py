@@ -2,11 +2,12 @@
 Runtime server and tudui serve's two modes, zero errors; the sweep's table (wrk where installed, else the script's
 own client) with every server at every client count."""
 import re
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests import forkserver
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 def test_short_load_run_has_no_errors_and_batches_form(tiny_model, tmp_path):
     pytest.importorskip("fastapi")
     pytest.importorskip("psutil")
-    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), str(tiny_model), "--quick",
+    r = forkserver.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), str(tiny_model), "--quick",
                         "--duration", "2", "--warmup", "1", "--concurrency", "16", "--clients", "8", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import REPO, kill_tree
 from tudui.core.console import shown
 from tudui.core.lock import FileLock, Locked
@@ -22,7 +23,7 @@ time.sleep(120)
 
 
 def _holder(path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True,
+    proc = forkserver.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True,
                             env=os.environ | {"PYTHONPATH": str(REPO / "src")})
     assert proc.stdout.readline().strip() == "held"
     return proc

@@ -3,13 +3,14 @@ store read as empty with a warning."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from tudui.core import trust
+
+from tests import forkserver
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,7 +39,7 @@ def test_two_processes_recording_at_once_lose_no_entry(store):
     script = ("import hashlib, sys; from tudui.core import trust\n"
               "for i in range(40): trust.remember('m.py', hashlib.sha256(f'{sys.argv[1]}-{i}'.encode()).hexdigest())")
     env = {"PYTHONPATH": str(REPO / "src"), "TUDUI_CACHE": str(store.parent), "PATH": "/usr/bin:/bin"}
-    procs = [subprocess.Popen([sys.executable, "-c", script, who], env=env) for who in ("a", "b")]
+    procs = [forkserver.Popen([sys.executable, "-c", script, who], env=env) for who in ("a", "b")]
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     want = {hashlib.sha256(f"{who}-{i}".encode()).hexdigest() for who in "ab" for i in range(40)}
     assert all(trust.is_trusted(s) for s in want)

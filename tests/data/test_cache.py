@@ -20,6 +20,7 @@ from tudui.data.spec import Layout
 from tudui.data.folders import read_class_folders
 from tudui.data.images import decode_image, open_image
 
+from tests import forkserver
 from tests.conftest import REPO, write_class_folders, write_photos
 
 LAYOUT = Layout(3, 24, 0.875)  # evaluation rows: short side 27, centre 24 x 24
@@ -105,7 +106,7 @@ def test_a_killed_write_is_never_used_and_is_cleaned_up(tmp_path, fmnist):
     split = _folder(tmp_path, fmnist)
     root = tmp_path / "cache"
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
-    child = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path / "photos"), str(root)],
+    child = forkserver.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path / "photos"), str(root)],
                              stdout=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
@@ -131,7 +132,7 @@ def test_two_processes_building_one_entry_take_turns(tmp_path, fmnist):
             "r = cache.cached_split(read_class_folders(cache.Path(sys.argv[1])), cache.Layout(3, 24, 0.875), "
             "root=cache.Path(sys.argv[2])); print(r.hit, r.decoded)")
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
-    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "photos"), str(root)],
+    procs = [forkserver.Popen([sys.executable, "-c", code, str(tmp_path / "photos"), str(root)],
                               stdout=subprocess.PIPE, text=True, env=env) for _ in range(2)]
     outs = sorted(p.communicate(timeout=120)[0].split() for p in procs)
     assert outs == [["False", "15"], ["True", "0"]]  # one decoded everything, the other found its entry

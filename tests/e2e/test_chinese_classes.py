@@ -1,6 +1,5 @@
 """A learner's dataset with Chinese class folders (real Fashion-MNIST images): pictures and tables show the names."""
 import os
-import subprocess
 import sys
 
 import pytest
@@ -8,6 +7,7 @@ import wcwidth
 
 from tudui.reporting import fonts
 
+from tests import forkserver
 from tests.conftest import REPO, run_cli
 
 # Fashion-MNIST class index -> the folder name a Chinese learner would give it
@@ -91,7 +91,7 @@ def test_one_warning_without_a_cjk_font(zh_run, zh_folders, tmp_path):
     run, _ = zh_run
     code = ("import sys; from tudui.reporting import fonts; fonts.CJK_FAMILIES = (); fonts._rescanned = True; "
             "from tudui.cli import main; sys.exit(main(sys.argv[1:]))")
-    r = subprocess.run([sys.executable, "-c", code, "eval", str(run / "best.pt"), "--data", str(zh_folders),
+    r = forkserver.run([sys.executable, "-c", code, "eval", str(run / "best.pt"), "--data", str(zh_folders),
                         "--split", "val", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300,
                        env=os.environ | {"PYTHONPATH": str(REPO / "src")})
     assert r.returncode == 0, r.stderr

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import REPO, kill_tree, write_class_folders
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -20,7 +21,7 @@ def torchrun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.Complete
     """torchrun with 2 processes; --standalone picks a free rendezvous port, so parallel runs do not clash."""
     env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    return forkserver.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def test_two_ranks_train_disjoint_shards_to_identical_weights(tmp_path, capsys):
@@ -122,7 +123,7 @@ def test_a_hanging_rank_ends_the_job_after_tudui_dist_timeout(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), "hang",
            str(tmp_path / "ranks"), "--data", "digits", "--model", "mnist-cnn", "--epochs", "1", "--no-plots",
            "--project", str(tmp_path / "runs")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = forkserver.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         out, err = proc.communicate(timeout=150)
         ended = time.time()

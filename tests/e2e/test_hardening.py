@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from tests import forkserver
 from tests.conftest import REPO, kill_tree
 from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint
@@ -67,7 +68,7 @@ def test_full_disk_during_export_and_plots(tmp_path, monkeypatch, capsys, tiny_m
 def _popen(*args, env=None):
     env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"} | \
         (env or {})
-    return subprocess.Popen([sys.executable, "-m", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    return forkserver.Popen([sys.executable, "-m", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
 
 
@@ -121,7 +122,7 @@ def test_a_killed_rank_ends_the_job_and_resume_continues(tmp_path):
     assert "rank: 1" in err or "local_rank: 1" in err or "rank 1" in err, err[-3000:]
     ckpt = load_checkpoint(run / "last.pt")
     assert 1 <= ckpt["epoch"] < 4
-    r = subprocess.run([sys.executable, "-m", "tudui", "train", "--resume", str(run), "--nproc", "2"], cwd=tmp_path,
+    r = forkserver.run([sys.executable, "-m", "tudui", "train", "--resume", str(run), "--nproc", "2"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300,
                        env=os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]

@@ -4,13 +4,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+
+from tests import forkserver
 
 
 COURSE = Path(__file__).resolve().parents[1] / "fixtures" / "course"
@@ -138,7 +139,7 @@ def _course_pickle(tmp_path: Path, images: list[Path]) -> Path:
     """tudui_9.pth written by a script run as __main__ (its class is __main__.Tudui), plus its probabilities."""
     out = tmp_path / "learner"
     out.mkdir()
-    r = subprocess.run([sys.executable, str(COURSE / "save_whole_model.py"), str(out), *map(str, images)],
+    r = forkserver.run([sys.executable, str(COURSE / "save_whole_model.py"), str(out), *map(str, images)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     return out
@@ -220,7 +221,7 @@ def test_predicting_does_not_rerun_a_training_script(tmp_path, capsys, monkeypat
     code.mkdir()
     (code / "train_main.py").write_text(BLITZ_SCRIPT)
     env = os.environ.copy() | {"PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
-    r = subprocess.run([sys.executable, "train_main.py"], cwd=code, capture_output=True, text=True, timeout=300,
+    r = forkserver.run([sys.executable, "train_main.py"], cwd=code, capture_output=True, text=True, timeout=300,
                        env=env)  # as the learner runs it: the script is __main__
     assert r.returncode == 0, r.stderr
     warnings = [line for line in r.stderr.splitlines() if "top-level statement" in line]

@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import forkserver
+
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -30,7 +32,7 @@ def served(tiny_onnx):
     """(base URL, model) of `tudui serve` on a free loopback port, serving the session's ONNX export; stopped after."""
     onnx, _ = tiny_onnx
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "tudui", "serve", str(onnx), "--port", "0"],
+    proc = forkserver.Popen([sys.executable, "-m", "tudui", "serve", str(onnx), "--port", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         url, lines, deadline = None, [], time.monotonic() + 60

@@ -2,11 +2,11 @@
 at them cannot drift). Each script checks its own results with asserts; here the exit code and one line it prints."""
 import os
 import re
-import subprocess
 import sys
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import REPO, run_cli
 
 EXAMPLES = REPO / "examples" / "course"
@@ -58,7 +58,7 @@ def test_example_runs(script, request, tmp_path):
     data = request.getfixturevalue("small_data") if "{data}" in args else None
     args = [a.format(data=data, out=tmp_path / "out") for a in args]
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
-    r = subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=tmp_path, capture_output=True, text=True,
+    r = forkserver.run([sys.executable, str(EXAMPLES / script), *args], cwd=tmp_path, capture_output=True, text=True,
                        timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert expected in r.stdout, r.stdout[-3000:]

@@ -1,0 +1,345 @@
+"""Python child processes for the tests, forked from an interpreter that has imported torch once.
+
+Each `python -m tudui ...`, `python -c CODE` or `python SCRIPT` a test starts spends about 2 s of CPU importing
+torch before it does anything: in a 2026-12-06 profile of `make test` on 2 cores, the suite's child processes used
+583 CPU-seconds, most of it in that import. Here one server process per pytest worker imports torch and numpy once;
+each run is a fork of it that becomes the run: a real process with its own PID, exit status, signals, pipes and
+descendants, which sets the environment, working folder, `sys.argv` and `sys.path[0]` the test gave and runs the
+module, code or script through runpy as the interpreter's `-m`, `-c` and script modes do, then exits as Python does
+(atexit, an uncaught exception's traceback and status 1, KeyboardInterrupt's SIGINT status).
+
+The child's sys.path and stdio buffering follow its own PYTHONPATH and PYTHONUNBUFFERED. What a fork cannot
+reproduce runs as a real subprocess instead (`forkable`): an environment that changes what Python, the C library or
+torch read while starting (other PYTHON* variables, LANG, LC_*, OMP_*, MPL*, ...), a run whose stdin is not /dev/null, or
+any run when TUDUI_TESTS_FORK=0. Tests whose point is the interpreter's own start (what `import
+tudui.cli` loads) use subprocess directly.
+
+`Popen` and `run` take the same arguments as subprocess's (the ones the tests use) and return objects that behave
+the same way for them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+# Environment variables read while an interpreter starts (Python's own, the C library's locale and allocator,
+# OpenMP's and torch's thread and device settings): a run that sets one differently from the server is not forked.
+STARTUP_PREFIXES = ("PYTHON", "LC_", "LANG", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCH", "PYTORCH", "CUDA", "LD_",
+                    "MALLOC", "NCCL", "GLIBC", "MPL")
+
+# The server: imports torch once, then forks one child per request. A request is one SOCK_SEQPACKET message (JSON:
+# kind, target, args, env, cwd) carrying the child's stdin/stdout/stderr as file descriptors; the reply is
+# {"pid": N}, later {"status": S} (subprocess's returncode convention) once the child has ended. It exits when its
+# stdin (a pipe from the pytest worker) closes.
+SERVER = r'''
+import gc, json, os, select, signal, socket, sys
+import numpy, torch  # what every child then has for free
+import PIL.Image, matplotlib.figure  # and what most runs draw and decode with (their import reads MPL* settings)
+
+gc.freeze()  # the collector leaves the imported objects alone: a child does not copy their pages by touching them
+
+def serve(path):
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    srv.bind(path)
+    srv.listen(64)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    signal.set_wakeup_fd(wake_w)
+    waiting = {}  # child pid -> the connection its status goes back on
+    print("ready", flush=True)
+    while True:
+        ready = select.select([srv, wake_r, 0], [], [])[0]
+        if 0 in ready and not os.read(0, 1024):
+            raise SystemExit(0)  # the pytest worker has gone
+        if wake_r in ready:
+            os.read(wake_r, 4096)
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                conn = waiting.pop(pid, None)
+                if conn is not None:
+                    try:
+                        conn.send(json.dumps({"status": os.waitstatus_to_exitcode(status)}).encode())
+                    except OSError:
+                        pass
+                    conn.close()
+        if srv in ready:
+            conn, _ = srv.accept()
+            msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            pid = os.fork()
+            if pid == 0:
+                signal.set_wakeup_fd(-1)
+                signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for fd, target in zip(fds, (0, 1, 2)):
+                    os.dup2(fd, target)
+                    os.close(fd)
+                for c in (srv, conn, *waiting.values()):
+                    c.close()
+                os.close(wake_r)
+                os.close(wake_w)
+                return json.loads(msg)
+            for fd in fds:
+                os.close(fd)
+            conn.send(json.dumps({"pid": pid}).encode())
+            waiting[pid] = conn
+
+def become(req):
+    import io, runpy, types
+    env = req["env"]
+    os.environ.clear()
+    os.environ.update(env)
+    # sys.path as the child's own PYTHONPATH would have made it (the server's is this checkout's src, at [1])
+    sys.path[1:2] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if not env.get("PYTHONUNBUFFERED"):  # the server's stdio is unbuffered: a pipe's buffering, as Python sets it
+        for name, fd, line in (("stdout", 1, os.isatty(1)), ("stderr", 2, True)):
+            old = getattr(sys, name)
+            new = io.TextIOWrapper(io.open(fd, "wb", closefd=False), encoding=old.encoding, errors=old.errors,
+                                   line_buffering=line)
+            setattr(sys, name, new)
+            setattr(sys, f"__{name}__", new)
+    os.chdir(req["cwd"])
+    numpy.random.seed()  # a fresh interpreter's global NumPy generator is seeded from the OS, not copied
+    kind, target, args = req["kind"], req["target"], req["args"]
+    if kind == "module":
+        sys.argv = [target, *args]
+        sys.path[0] = os.getcwd()
+        runpy.run_module(target, run_name="__main__", alter_sys=True)
+    elif kind == "code":
+        sys.argv = ["-c", *args]
+        sys.path[0] = ""
+        main = types.ModuleType("__main__")
+        sys.modules["__main__"] = main
+        exec(compile(target, "<string>", "exec"), main.__dict__)
+    else:
+        sys.argv = [target, *args]
+        sys.path[0] = os.path.dirname(os.path.realpath(target))
+        runpy.run_path(target, run_name="__main__")
+
+become(serve(sys.argv[1]))
+'''
+
+
+class _Server:
+    """The fork server of this pytest process, started on first use."""
+
+    def __init__(self) -> None:
+        self.folder = tempfile.mkdtemp(prefix="tudui-tests-fork-")
+        self.path = os.path.join(self.folder, "s")
+        self.env = os.environ.copy() | {"PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, self.path], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=self.env, text=True)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            raise RuntimeError(f"the tests' fork server did not start (exit status {self.proc.wait()})")
+
+    def close(self) -> None:
+        self.proc.stdin.close()  # it exits on EOF
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        try:
+            os.unlink(self.path)
+            os.rmdir(self.folder)
+        except OSError:
+            pass
+
+
+_server: _Server | None = None
+_lock = threading.Lock()
+
+
+def _get_server() -> _Server:
+    global _server
+    with _lock:
+        if _server is None or _server.proc.poll() is not None:
+            _server = _Server()
+        return _server
+
+
+def close() -> None:
+    """Stop this process's fork server (if one was started): at the end of the test session."""
+    global _server
+    with _lock:
+        if _server is not None:
+            _server.close()
+            _server = None
+
+
+def _parse(args) -> tuple[str, str, list[str]] | None:
+    """(kind, target, rest) of `python -m MOD ...`, `python -c CODE ...` or `python SCRIPT ...`; None otherwise."""
+    args = [os.fspath(a) for a in args]
+    if len(args) < 2 or args[0] != sys.executable:
+        return None
+    if args[1] in ("-m", "-c"):
+        return (("module" if args[1] == "-m" else "code"), args[2], args[3:]) if len(args) > 2 else None
+    if args[1].startswith("-"):
+        return None
+    return "script", args[1], args[2:]
+
+
+def forkable(env: dict) -> bool:
+    """Whether a run in `env` may be a fork of the server (whose environment is `_Server.env`)."""
+    if os.environ.get("TUDUI_TESTS_FORK", "1") == "0":
+        return False
+    base = os.environ.copy() | {"PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
+    keys = {k for k in (*env, *base) if k.startswith(STARTUP_PREFIXES)} - {"PYTHONPATH", "PYTHONUNBUFFERED"}
+    return all(env.get(k) == base.get(k) for k in keys)
+
+
+class Forked:
+    """subprocess.Popen's interface (pid, poll, wait, returncode, send_signal, terminate, kill, stdout, stderr) for a
+    child of the fork server."""
+
+    def __init__(self, args, conn: socket.socket, pid: int, stdout, stderr) -> None:
+        self.args, self._conn, self.pid = args, conn, pid
+        self.stdout, self.stderr, self.stdin = stdout, stderr, None
+        self.returncode: int | None = None
+        self._wait_lock = threading.Lock()
+
+    def _receive(self, timeout: float | None) -> None:
+        self._conn.settimeout(timeout)
+        try:
+            msg = self._conn.recv(4096)
+        except (socket.timeout, BlockingIOError):
+            return
+        if not msg:  # the server went away without a status
+            raise RuntimeError(f"the fork server ended before child {self.pid}")
+        self.returncode = json.loads(msg)["status"]
+        self._conn.close()
+
+    def poll(self) -> int | None:
+        with self._wait_lock:
+            if self.returncode is None:
+                self._receive(0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        with self._wait_lock:
+            if self.returncode is None:
+                self._receive(timeout)
+            if self.returncode is None:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:  # never a PID the server has already reaped (and the system may have reused)
+            os.kill(self.pid, sig)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def communicate(self, timeout: float | None = None) -> tuple:
+        """Read stdout and stderr to their ends and wait: (out, err), as Popen.communicate without input. After a
+        TimeoutExpired it may be called again (the readers keep reading)."""
+        if not hasattr(self, "_readers"):
+            self._out: dict[str, object] = {}
+
+            def drain(name: str, pipe) -> None:
+                self._out[name] = pipe.read() if pipe is not None else None
+
+            self._readers = [threading.Thread(target=drain, args=(n, p), daemon=True)
+                             for n, p in (("out", self.stdout), ("err", self.stderr))]
+            for t in self._readers:
+                t.start()
+        for t in self._readers:
+            t.join(timeout)
+        if any(t.is_alive() for t in self._readers):
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        self.wait(timeout)
+        for p in (self.stdout, self.stderr):
+            if p is not None:
+                p.close()
+        return self._out.get("out"), self._out.get("err")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in (self.stdout, self.stderr):
+            if p is not None:
+                p.close()
+        self.wait()
+
+
+def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: bool = False, env: dict | None = None,
+          cwd=None, **kwargs):
+    """subprocess.Popen(args, ...), forked from the server where `forkable`: stdout/stderr may be PIPE, STDOUT (for
+    stderr), DEVNULL, a file object or None; stdin must be DEVNULL (the default here) or None."""
+    env = dict(os.environ if env is None else env)
+    parsed = _parse(args)
+    if parsed is None or kwargs or stdin not in (subprocess.DEVNULL, None) or not forkable(env):
+        return subprocess.Popen(args, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env, cwd=cwd,
+                                **kwargs)
+    kind, target, rest = parsed
+    ours: list[int] = []  # descriptors this process closes once the child has its copies
+    mine: dict[str, object] = {}
+
+    def child_end(spec, name: str) -> int:
+        if spec == subprocess.PIPE:
+            r, w = os.pipe()
+            ours.append(w)
+            mine[name] = open(r, "r") if text else open(r, "rb")
+            return w
+        if spec == subprocess.DEVNULL or spec is None and name == "stdin":
+            fd = os.open(os.devnull, os.O_RDWR)
+            ours.append(fd)
+            return fd
+        if spec is None:
+            return {"stdout": 1, "stderr": 2}[name]
+        return spec if isinstance(spec, int) else spec.fileno()
+
+    fds = [child_end(stdin, "stdin"), child_end(stdout, "stdout")]
+    fds.append(fds[1] if stderr == subprocess.STDOUT else child_end(stderr, "stderr"))
+    req = {"kind": kind, "target": target, "args": list(rest), "env": env,
+           "cwd": os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())}
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        conn.connect(_get_server().path)
+        socket.send_fds(conn, [json.dumps(req).encode()], fds)
+        pid = json.loads(conn.recv(4096))["pid"]
+    finally:
+        for fd in ours:
+            os.close(fd)
+    return Forked(args, conn, pid, mine.get("stdout"), mine.get("stderr"))
+
+
+def run(args, *, capture_output: bool = False, text: bool = False, timeout: float | None = None, env=None, cwd=None,
+        check: bool = False, stdout=None, stderr=None) -> subprocess.CompletedProcess:
+    """subprocess.run(args, ...) through Popen above."""
+    if capture_output:
+        stdout = stderr = subprocess.PIPE
+    proc = Popen(args, stdout=stdout, stderr=stderr, text=text, env=env, cwd=cwd)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(args, timeout, out, err) from None
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+    result = subprocess.CompletedProcess(args, proc.returncode, out, err)
+    if check:
+        result.check_returncode()
+    return result

@@ -42,7 +42,7 @@ from .engine.resume import RunFinished
 from .engine.signals import GracefulStop, TrainingInterrupted, sigterm_as_interrupt
 from .engine.distributed import session as distributed_session
 from .engine.lr_find import LRFinding, lr_range_test
-from .engine.multilabel import evaluate_multilabel
+from .engine.multilabel import evaluate_multilabel, summarize
 from .engine.optim import create_optimizer
 from .engine.run import RunResult
 from .engine.setup import refuse_lr_auto, setup
@@ -238,12 +238,13 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     chosen = (as_multi_hot(chosen) if spec.multi_label else chosen).reindex(spec.classes)  # the model's class order
     chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
     loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
-    if spec.multi_label:  # at the thresholds the model was saved with (chosen on its validation split)
-        kept: dict = {}
-        result = evaluate_multilabel(model.to(dev), loader, spec, dev, tune=False, keep=kept)
-        return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta,
-                         "scores": kept}
     temperature = temperature_of(loaded.meta)  # calibrated probabilities: the loss is that of the divided logits
+    if spec.multi_label:  # at the thresholds the model was saved with (chosen on its validation split), each class's
+        kept: dict = {}  # probability the sigmoid of its logit divided by its temperature (when calibrated)
+        result = evaluate_multilabel(model.to(dev), loader, spec, dev, tune=False, keep=kept,
+                                     temperature=temperature if "temperature" in loaded.meta else None)
+        return result | {"classes": spec.classes, "split": split, "checkpoint": loaded.path, "tta": spec.flip_tta,
+                         "scores": {"probs": kept["probs"], "targets": kept["targets"]}, "temperature": temperature}
     limit = rejection.threshold(loaded.meta, o.reject, o.reject_below, o.coverage, o.score)
     mistakes = TopMistakes() if o.cam else None
     # loss: of the logits as trained (results.csv's val_loss); calibrated_loss: of the logits / the temperature
@@ -269,7 +270,10 @@ def calibrate(checkpoint: str | Path, data: list[str] | str, split: str = Calibr
     checkpoint, so predict, eval, serve and new exports divide its logits by it; reliability.png beside it.
     For a checkpoint trained before tudui calibrated, or to calibrate on other data. options: core/options.
     CalibrateOptions' fields (`tudui calibrate --help`). Returns {"temperature", "bins", "val": {"n", "ece_before",
-    "ece_after", "nll_before", "nll_after", ...}, "checkpoint", "split", "picture"}."""
+    "ece_after", "nll_before", "nll_after", ...}, "checkpoint", "split", "picture"}. A multi-label model gets one
+    temperature per class ("temperature" is their list, "multi_label" True) and its thresholds chosen again on the
+    calibrated probabilities of the same images ("thresholds"; a model trained with --threshold T keeps T), which
+    are written into the checkpoint with them."""
     o = CalibrateOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
     if suffix_format(o.checkpoint) != "checkpoint":
         raise TuduiError(f"tudui calibrate writes the temperature into a tudui checkpoint (.pt) or run directory; "
@@ -277,16 +281,25 @@ def calibrate(checkpoint: str | Path, data: list[str] | str, split: str = Calibr
     dev = runtime_device(o.checkpoint, o.device)
     loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
     model, spec, cfg = loaded.model, loaded.spec, loaded.meta.get("training", {})
-    if spec.multi_label:
-        raise TuduiError("tudui calibrate fits one temperature to a single-label model's softmax; this model is "
-                         "multi-label (each class's sigmoid has its own threshold, chosen on validation)")
-    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0))
-    chosen, in_memory, _ = load_decoded(chosen.reindex(spec.classes), eval_layout(spec), cache=o.cache)
+    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0),
+                                    LabelReading.of(o.csv_columns))
+    if chosen.multi and not spec.multi_label:
+        raise TuduiError(f"{', '.join(map(str, o.data))} has images of several (or no) labels and "
+                         f"{loaded.path} is a single-label model; calibrate it on single-label data")
+    chosen = (as_multi_hot(chosen) if spec.multi_label else chosen).reindex(spec.classes)  # the model's class order
+    chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)
     loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
     found = fit_calibration(model.to(dev), loader, spec, dev)
     ckpt = load_checkpoint(loaded.path)
     path = Path(ckpt.pop("path"))
-    ckpt["temperature"], ckpt["rejection"] = found["temperature"], found["rejection"]
+    ckpt["temperature"] = found["temperature"]
+    if spec.multi_label:  # the thresholds of the calibrated probabilities (engine/multilabel.py), on the same images
+        fixed = (ckpt.get("config") or {}).get("threshold")
+        found["thresholds"] = summarize(*found.pop("logits"), spec, fixed, temperature=found["temperature"])[
+            "thresholds"]
+        ckpt["data"]["thresholds"] = found["thresholds"]
+    else:
+        ckpt["rejection"] = found["rejection"]
     save_checkpoint(ckpt, path)
     picture = plot_reliability(found, path.parent / "reliability.png")
     return found | {"checkpoint": str(path), "split": split, "picture": str(picture)}
@@ -341,7 +354,7 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
             results[i][0].error = e.reason
     if not pixels:
         raise TuduiError(f"none of the {len(files)} image(s) could be read")
-    predictor = Predictor(net, spec, dev)
+    predictor = Predictor(net, spec, dev, meta=loaded.meta)  # its probabilities: the calibrated ones
     to_batch = predictor.batch
     layer = cam.choose_layer(net, to_batch([next(iter(pixels.values()))]), o.layer)
     out.mkdir(parents=True, exist_ok=True)

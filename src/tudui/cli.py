@@ -231,15 +231,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"{r['checkpoint']} on {', '.join(args.data)} [{r['split']}]: {r['n']:,} images"
           + (" (flip TTA)" if r["tta"] else ""))
     absent = [r["classes"][i] for i in r["absent"]]
+    calibrated = f" (calibrated {r['calibrated_loss']:.4f})" if "calibrated_loss" in r else ""
     if "map" in r:  # a multi-label model, at the thresholds saved with it
-        print(f"loss {r['loss']:.4f}  mAP {r['map']:.2%}  macro-F1 {r['macro_f1']:.3f}  micro-F1 {r['micro_f1']:.3f}  "
+        print(f"loss {r['loss']:.4f}{calibrated}  mAP {r['map']:.2%}  macro-F1 {r['macro_f1']:.3f}  micro-F1 {r['micro_f1']:.3f}  "
               f"exact match {r['exact_match']:.2%} (at each class's threshold)"
               + (f"; no images of {len(absent)}: {', '.join(absent[:10])}" if absent else "") + "\n")
         print(api.per_class_table(r["classes"], r))
         print("\nwrote " + ", ".join(map(str, files)))
         return 0
     top5 = f"  top5 {r['top5']:.2%}" if len(r["classes"]) > 5 else ""  # 100% by definition with 5 classes or fewer
-    calibrated = f" (calibrated {r['calibrated_loss']:.4f})" if "calibrated_loss" in r else ""
     print(f"loss {r['loss']:.4f}{calibrated}  top1 {r['top1']:.2%}{top5}  balanced accuracy "
           f"{r['balanced_accuracy']:.2%}  "
           f"macro-F1 {r['macro_f1']:.3f}"
@@ -272,6 +272,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                             "n": r["val"]["n"]}, indent=1, ensure_ascii=False))
         return 0
     v = r["val"]
+    if r.get("multi_label"):  # one temperature per class; ECE over every (image, class) pair
+        ts = sorted(r["temperature"])
+        print(f"temperatures of {len(ts)} classes, median {ts[len(ts) // 2]:.4g} ({ts[0]:.4g} to {ts[-1]:.4g}), "
+              f"fitted on {v['n']:,} images [{r['split']}]: expected calibration error over image-class pairs "
+              f"{v['ece_before']:.4f} -> {v['ece_after']:.4f} ({r['bins']} bins), binary negative log-likelihood "
+              f"{v['nll_before']:.4f} -> {v['nll_after']:.4f}")
+        print(f"wrote the temperatures and the thresholds of the calibrated probabilities into {r['checkpoint']} "
+              f"(predict, eval, serve and new exports apply them), and {r['picture']}")
+        return 0
     print(f"temperature {r['temperature']:.4g}, fitted on {v['n']:,} images [{r['split']}]: expected calibration "
           f"error {v['ece_before']:.4f} -> {v['ece_after']:.4f} ({r['bins']} bins), negative log-likelihood "
           f"{v['nll_before']:.4f} -> {v['nll_after']:.4f}")
@@ -520,8 +529,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable | None]] = {
     "runs": ("list the runs under a folder (runs compare RUN RUN: their differing options and curves)",
              add_runs_args, cmd_runs),
     "eval": ("evaluate a checkpoint on a labelled split", add_eval_args, cmd_eval),
-    "calibrate": ("fit a checkpoint's calibration temperature on labelled images (for checkpoints trained "
-                  "before tudui calibrated)", add_calibrate_args, cmd_calibrate),
+    "calibrate": ("fit a checkpoint's calibration temperature (one per class for a multi-label model) on labelled "
+                  "images (for checkpoints trained before tudui calibrated)", add_calibrate_args, cmd_calibrate),
     "predict": ("classify image files or folders", add_predict_args, cmd_predict),
     "explain": ("class-activation maps: where in each image the evidence for a class lies", add_explain_args,
                 cmd_explain),

@@ -17,15 +17,20 @@ def _images(pairs_csv, n=12):
     return [str(pairs_csv.parent / "img" / f"{i}.png") for i in range(n)]
 
 
+def _calibrated(p, files):
+    """(N, K) each class's sigmoid of its logit divided by its calibration temperature (best.pt's, one per class)."""
+    t = torch.tensor(torch.load(p.source, weights_only=True)["temperature"])
+    with torch.no_grad():
+        return torch.sigmoid(model_logits(p.model, p.preprocess(files), p.spec) / t).numpy()
+
+
 def test_predict_returns_every_class_over_its_threshold_with_its_sigmoid(pairs_run, pairs_csv):
     p = Predictor.from_path(pairs_run.best, device="cpu")
     saved = torch.load(pairs_run.best, weights_only=True)["data"]["thresholds"]
     assert p.thresholds == saved and len(set(saved)) > 1  # each class its own, chosen on validation
     files = _images(pairs_csv)
     preds = p.predict(files, topk=3)
-    x = p.preprocess(files)
-    with torch.no_grad():
-        probs = torch.sigmoid(model_logits(p.model, x, p.spec)).numpy()
+    probs = _calibrated(p, files)
     for pred, row in zip(preds, probs):
         want = sorted(((p.classes[k], float(row[k])) for k in range(len(row)) if row[k] >= saved[k]),
                       key=lambda t: -t[1])
@@ -75,10 +80,13 @@ def test_serve_answers_with_the_labels_over_their_thresholds(pairs_run, pairs_cs
     with live_server(create_app(p, topk=2)) as url:
         info = httpx.get(f"{url}/info", timeout=30).json()
         assert info["multi_label"] and info["thresholds"] == p.thresholds
-        for f in _images(pairs_csv, 4):
+        for f, probs in zip(_images(pairs_csv, 4), _calibrated(p, _images(pairs_csv, 4))):
             body = httpx.post(f"{url}/predict", content=open(f, "rb").read(), timeout=30).json()
             want = p.predict([f])[0].labels
             assert [x["class"] for x in body["labels"]] == [c for c, _ in want] and len(body["predictions"]) == 2
+            # each class's calibrated sigmoid (its logit over its temperature), as predict gives it
+            assert [x["probability"] for x in body["predictions"]] == pytest.approx(sorted(probs)[::-1][:2],
+                                                                                   abs=1e-5)
 
 
 def test_eval_reads_a_wider_csv_by_its_column_names_and_recreates_the_validation_split(pairs_run, pairs_csv,

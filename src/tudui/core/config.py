@@ -298,8 +298,9 @@ class TrainConfig(Options):
                                "for (--cam alone: layercam; see tudui explain)", nargs="?", const="layercam",
                          choices=list(CAM_METHODS), group="run")
     calibrate: str = _f("on", "at the end, fit one temperature on the validation split (minimising its negative "
-                              "log-likelihood) that divides the logits, so predict, eval and serve report calibrated "
-                              "probabilities; saved with the model (off: probabilities as trained)",
+                              "log-likelihood; a multi-label model: one per class, its thresholds then chosen on the "
+                              "calibrated probabilities) that divides the logits, so predict, eval and serve report "
+                              "calibrated probabilities; saved with the model (off: probabilities as trained)",
                         group="run", choices=["on", "off"])
     logger: str | None = _f(None, "also log to an experiment tracker: mlflow (the options, every epoch's metrics, the "
                             "pictures and best.pt, to $MLFLOW_TRACKING_URI or PROJECT/mlflow.db; pip install "

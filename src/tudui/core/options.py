@@ -427,7 +427,8 @@ class ExplainOptions(Options):
 
 @dataclass
 class CalibrateOptions(Options):
-    """`tudui calibrate` / `tudui.calibrate(...)`: fit a checkpoint's calibration temperature on a labelled split."""
+    """`tudui calibrate` / `tudui.calibrate(...)`: fit a checkpoint's calibration temperature (a multi-label model's:
+    one per class) on a labelled split."""
 
     checkpoint: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory (its best.pt); the temperature is "
                                       "written into it", positional=True)
@@ -436,6 +437,8 @@ class CalibrateOptions(Options):
                                "hold-out) or another labelled split the model never trained on",
                         choices=["val", "test", "all"], group="data")
     data_root: str | None = option(None, "where named datasets are looked for first", group="data")
+    csv_columns: list | None = option(None, "the CSV's path column and label column(s) by their header names, as for "
+                                            "train", nargs="+", group="data", metavar="COLUMN")
     batch_size: int = option(EVAL_BATCH_SIZE, "images per evaluation batch", min=1, group="data")
     workers: int | str = option("auto", "DataLoader processes for images decoded from their files: a number or auto",
                                 type=str, group="data")

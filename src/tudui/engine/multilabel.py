@@ -7,6 +7,12 @@ scikit-learn's `average_precision_score(average="macro")` over classes present),
 match ratio (images whose whole label set is right) at the thresholds. The thresholds are chosen on validation: each
 class's the one maximising its F1 (`--threshold T` fixes one for all); they travel in the DataSpec of the checkpoint
 and every export, so predict, eval and serve apply them.
+
+A calibrated model (one temperature per class, engine/calibration.py) divides each class's logit by its temperature
+before the sigmoid, here as in predict. Its thresholds are chosen on those calibrated probabilities, after the
+temperatures were fitted (and `--threshold T` applies to them), so a threshold is always compared with the
+probability that is reported. Dividing by T_c > 0 keeps each class's order of images, so the F1-best threshold takes
+the same images on validation either way and mAP does not change; only the numbers move (0.5 stays 0.5, the logit 0).
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import torch.nn.functional as F
 
 from ..core.device import autocast
 from ..data import DataSpec, model_logits, normalize
+from .calibration import Temperature, scale
 from .distributed import all_gather_rows, broadcast_module
 
 DEFAULT_THRESHOLD = 0.5
@@ -186,8 +193,10 @@ def wrong_labels(probs, targets, thresholds) -> tuple[list[tuple[int, float]], l
 
 @torch.no_grad()
 def predict_scores(model: nn.Module, loader, spec: DataSpec, device: torch.device, amp: bool = False,
-                   mistakes: LabelMistakes | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, K), multi-hot targets (N, K)) of a loader's images, on the CPU; `mistakes` is shown every batch."""
+                   mistakes: LabelMistakes | None = None,
+                   temperature: Temperature | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (N, K), multi-hot targets (N, K)) of a loader's images, on the CPU, not divided by the temperature;
+    `mistakes` is shown every batch, with the probabilities of the logits divided by `temperature` (per class)."""
     model.eval()
     scores, targets = [], []
     for raw, y in loader:
@@ -195,7 +204,7 @@ def predict_scores(model: nn.Module, loader, spec: DataSpec, device: torch.devic
         with autocast(device, amp):
             logits = model_logits(model, normalize(raw, spec), spec)
         if mistakes is not None:
-            mistakes.update(raw, logits.float().sigmoid(), y)
+            mistakes.update(raw, scale(logits.float(), temperature).sigmoid(), y)
         scores.append(logits.float().cpu())
         targets.append(y.float().cpu())
     k = spec.num_classes
@@ -204,9 +213,9 @@ def predict_scores(model: nn.Module, loader, spec: DataSpec, device: torch.devic
 
 
 def summarize(logits: torch.Tensor, targets: torch.Tensor, spec: DataSpec, threshold: float | None = None,
-              tune: bool = True) -> dict:
+              tune: bool = True, temperature: Temperature | None = None) -> dict:
     """The multi-label summary of logits (N, K) against multi-hot targets (N, K): see `evaluate_multilabel`."""
-    scores = logits.float().sigmoid()
+    scores = scale(logits.float(), temperature).sigmoid()
     if threshold is not None:
         th = torch.full((spec.num_classes,), float(threshold))
     elif tune and len(scores):
@@ -215,24 +224,31 @@ def summarize(logits: torch.Tensor, targets: torch.Tensor, spec: DataSpec, thres
         th = torch.tensor(spec.thresholds or [DEFAULT_THRESHOLD] * spec.num_classes, dtype=torch.float32)
     out = multilabel_metrics(scores, targets, th)
     out["loss"] = float(plain_bce(logits, targets)) if len(scores) else 0.0
+    if temperature is not None:  # beside the loss as trained (results.csv's val_loss): that of the calibrated logits
+        out["calibrated_loss"] = float(plain_bce(scale(logits.float(), temperature), targets)) if len(scores) else 0.0
     out["top1"], out["top5"] = out["exact_match"], None
     return out
 
 
 def evaluate_multilabel(model: nn.Module, loader, spec: DataSpec, device: torch.device,
                         threshold: float | None = None, tune: bool = True, amp: bool = False,
-                        mistakes: LabelMistakes | None = None, keep: dict | None = None, gather: bool = False) -> dict:
+                        mistakes: LabelMistakes | None = None, keep: dict | None = None, gather: bool = False,
+                        temperature: Temperature | None = None) -> dict:
     """The multi-label summary of a split: loss (plain BCE), mAP, F1s, exact match, at thresholds chosen on this
     split (`tune`: each class's best F1), fixed (`threshold`), or the spec's own (tune False: a model's saved
     thresholds applied to new data). 'top1' is the exact-match ratio, the multi-label form of "the answer is right".
     `mistakes` collects the images furthest from their labels; `keep` receives "probs" and "targets" (N, K) for the
     pictures (precision-recall curves). `gather`: the loader is this torchrun rank's shard (a run's validation
     split), so every rank's scores are gathered first and each rank summarises the whole split (the same thresholds
-    and mAP everywhere); `mistakes` then sees this rank's shard only."""
+    and mAP everywhere); `mistakes` then sees this rank's shard only. `temperature` (a calibrated model's, one per
+    class): every probability (thresholds, mistakes, `keep`) is the sigmoid of the divided logits, and the summary
+    adds `calibrated_loss` (the BCE of the divided logits) to `loss` (of the logits as trained); `keep` also gets
+    the undivided (N, K) "logits" tensor."""
     broadcast_module(model, buffers_only=True)
-    logits, targets = predict_scores(model, loader, spec, device, amp, mistakes)
+    logits, targets = predict_scores(model, loader, spec, device, amp, mistakes, temperature)
     if gather:
         logits, targets = all_gather_rows(logits, device), all_gather_rows(targets, device)
     if keep is not None:
-        keep["probs"], keep["targets"] = logits.sigmoid().numpy(), targets.numpy()
-    return summarize(logits, targets, spec, threshold, tune)
+        keep["probs"], keep["targets"] = scale(logits, temperature).sigmoid().numpy(), targets.numpy()
+        keep["logits"] = logits
+    return summarize(logits, targets, spec, threshold, tune, temperature)

@@ -25,7 +25,7 @@ from ..core.files import write_text
 from ..data import eval_batch_size, make_loader
 from ..models.surgery import head_path
 from . import distributed, features, finetune
-from .calibration import calibrate
+from .calibration import ECE_BINS, calibrate, collect_logits, fit_class_temperatures, multilabel_report
 from .callbacks import Callback
 from .choices import BEST_BY_METRIC
 from .evaluate import evaluate
@@ -281,17 +281,39 @@ def _finish_multilabel(run: Run) -> RunResult:
     thresholds. The split the pictures use (val, else test) also gives the images furthest from their labels
     (mistakes.png: missed and spurious labels; under torchrun rank 0's shard of val) and every image's probabilities
     (the precision-recall curves). Under torchrun the validation shards' scores are gathered, and every rank scores
-    the whole test split."""
+    the whole test split.
+
+    --calibrate on (one process, with validation data): first one temperature per class is fitted on the validation
+    logits (engine/calibration.py), then the final pass chooses the thresholds on the calibrated probabilities (or
+    applies --threshold to them), so best.pt's temperatures and thresholds, metrics.json and the pictures all speak
+    of the probabilities predict reports."""
+    temperature = None
+    if run.cfg.calibrate == "on" and run.val_loader is not None and run.world.size == 1:
+        val_logits, val_targets = collect_logits(run.model, run.val_loader, run.spec, run.device)
+        temperature = fit_class_temperatures(val_logits, val_targets)
     mistakes, kept = LabelMistakes(), {}
     val = evaluate_multilabel(run.model, run.val_loader, run.spec, run.device, run.cfg.threshold,
-                              mistakes=mistakes, keep=kept, gather=True) if run.val_loader else None
-    test = None
+                              mistakes=mistakes, keep=kept, gather=True,
+                              temperature=temperature) if run.val_loader else None
+    if temperature is not None:  # the thresholds of the calibrated probabilities, which the test split is scored at
+        run.spec.thresholds = val["thresholds"]
+    test, tested = None, {}
     if run.data.test is not None:
         loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
                              workers=run.workers, bad_images=run.cfg.bad_images, in_memory=run.data.in_memory)
         pictured = val is None  # the test split is pictured only without a validation split
         test = evaluate_multilabel(run.model, loader, run.spec, run.device, run.cfg.threshold, tune=False,
-                                   mistakes=mistakes if pictured else None, keep=kept if pictured else None)
+                                   mistakes=mistakes if pictured else None, keep=kept if pictured else tested,
+                                   temperature=temperature)
+    if temperature is not None and run.world.rank == 0:
+        best = run.run_dir / "best.pt"
+        ckpt = torch.load(best, map_location="cpu", weights_only=True)
+        ckpt["temperature"], ckpt["data"]["thresholds"] = temperature, val["thresholds"]
+        save_checkpoint(ckpt, best)
+        run.calibration = {"temperature": temperature, "bins": ECE_BINS, "multi_label": True,
+                           "val": multilabel_report(val_logits, val_targets, temperature),
+                           "test": multilabel_report(tested["logits"], torch.from_numpy(tested["targets"]),
+                                                     temperature) if test is not None else None}
     result = RunResult(run.run_dir, run.run_dir / "best.pt", run.run_dir / "last.pt", run.history, val, test,
                        run.spec, mistakes.items if kept else None, run.best_epoch, run.arch["name"],
                        ", ".join(map(shown, run.cfg.to_dict()["data"])),
@@ -300,9 +322,24 @@ def _finish_multilabel(run: Run) -> RunResult:
         return result
     for cb in run.callbacks:
         cb.on_fit_end(run, result)
-    summary = {"best_epoch": run.best_epoch, "epoch": run.epoch, "val": val, "test": test}
-    write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
+    _write_metrics(run, val, test)
     return result
+
+
+def _write_metrics(run: Run, val: dict | None, test: dict | None) -> None:
+    """metrics.json, last: it says the final evaluation is complete (`--resume` of a run without it does that
+    evaluation). With `calibration` (--calibrate on): the temperature (a multi-label model's: one per class), the
+    bins, and on val and test the ECE and NLL before and after (the reliability tables are the PNG's)."""
+    summary = {"best_epoch": run.best_epoch, "epoch": run.epoch, "val": val, "test": test}
+    if run.calibration is not None:
+        c = run.calibration
+        summary["calibration"] = {"temperature": c["temperature"], "bins": c["bins"],
+                                  **({"multi_label": True} if c.get("multi_label") else {}),
+                                  **{split: {k: v for k, v in r.items() if not k.startswith("reliability")}
+                                     for split in ("val", "test") if (r := c[split]) is not None}}
+    write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
+
+
 def _calibrate(run: Run, best: Path, test_loader) -> dict | None:
     """--calibrate on: the temperature fitted on the validation split (engine/calibration.py), written into best.pt
     with the validation scores' quantiles that --reject auto reads (engine/rejection.py);
@@ -345,11 +382,5 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
         return result
     for cb in run.callbacks:  # the `done:` line (reporting/console.py), the pictures
         cb.on_fit_end(run, result)
-    # Last: metrics.json says the final evaluation is complete (`--resume` of a run without it does that evaluation).
-    summary = {"best_epoch": run.best_epoch, "epoch": run.epoch, "val": val, "test": test}
-    if run.calibration is not None:  # ECE and NLL before/after on val and test (the reliability tables: the PNG)
-        summary["calibration"] = {"temperature": run.calibration["temperature"], "bins": run.calibration["bins"],
-                                  **{split: {k: v for k, v in r.items() if not k.startswith("reliability")}
-                                     for split in ("val", "test") if (r := run.calibration[split]) is not None}}
-    write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
+    _write_metrics(run, val, test)
     return result

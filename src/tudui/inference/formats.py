@@ -51,10 +51,18 @@ def export_metadata(ckpt: dict) -> dict:
     return {"format": EXPORT_FORMAT, "tudui_version": __version__, **DataSpec.from_dict(ckpt["data"]).to_dict(),
             "arch": ckpt["arch"], "training": {"val_split": cfg.get("val_split", 0.1), "seed": cfg.get("seed", 0),
                                                "epoch": ckpt.get("epoch")},
-            # the calibration temperature the logits are divided by (engine/calibration.py), when one was fitted
-            **({"temperature": float(ckpt["temperature"])} if ckpt.get("temperature") is not None else {}),
+            # the calibration temperature the logits are divided by (engine/calibration.py), when one was fitted: a
+            # number, or a multi-label model's list of one per class (checked where it is read: temperature_of)
+            **({"temperature": _temperature(ckpt["temperature"])} if ckpt.get("temperature") is not None else {}),
             # the validation scores' quantiles `--reject auto` reads (engine/rejection.py)
             **({"rejection": ckpt["rejection"]} if ckpt.get("rejection") else {})}
+
+
+def _temperature(t):
+    """A stored temperature as plain JSON: a float, or a list of floats (left as found where it is neither)."""
+    if isinstance(t, (list, tuple)):
+        return [float(v) if isinstance(v, (int, float)) else v for v in t]
+    return float(t) if isinstance(t, (int, float)) else t
 
 
 def _spec_from_meta(meta: dict, path: Path) -> DataSpec:

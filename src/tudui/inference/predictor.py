@@ -16,7 +16,7 @@ from ..core.notebook import html_table, png_uri
 from ..core.options import PredictOptions
 from ..data import DataSpec, denormalize, model_logits, normalize
 from ..data.images import BadImage, ImageScan, gray_mode, peek_image, scan_images, shown, special_file
-from ..engine import rejection
+from ..engine import calibration, rejection
 from .formats import load_model, runtime_device
 
 
@@ -150,13 +150,28 @@ def seen_name(source, index: int, taken: set[str]) -> str:
     return name
 
 
-def temperature_of(meta: dict) -> float:
+def _positive(t) -> bool:
+    return not isinstance(t, bool) and isinstance(t, (int, float)) and math.isfinite(t) and t > 0
+
+
+def temperature_of(meta: dict) -> float | list[float]:
     """The calibration temperature a model file's metadata carries (a checkpoint's, an export's), checked: a
-    positive finite number; 1.0 when it has none."""
+    positive finite number, or for a multi-label model one per class (a list as long as its class names; a single
+    number, as files written before per-class temperatures would hold, divides every class's logit); 1.0 when it has
+    none."""
     t = meta.get("temperature")
     if t is None:
         return 1.0
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+    if isinstance(t, (list, tuple)):
+        k = len(meta.get("classes") or [])
+        if not meta.get("multi_label"):
+            raise TuduiError(f"this model's calibration temperature is a list ({t!r:.60}), but a single-label model "
+                             "has one; calibrate it again with `tudui calibrate`")
+        if len(t) != k or not all(_positive(v) for v in t):
+            raise TuduiError(f"this model's calibration temperatures are {t!r:.60}, not one positive number for each "
+                             f"of its {k} classes; calibrate it again with `tudui calibrate`")
+        return [float(v) for v in t]
+    if not _positive(t):
         raise TuduiError(f"this model's calibration temperature is {t!r}, not a positive number; calibrate it again "
                          "with `tudui calibrate`")
     return float(t)
@@ -173,8 +188,9 @@ class Predictor:
         self.source = source  # the file the model came from, when it came from one
         self.format = format  # "checkpoint", "onnx", "torchscript", "safetensors" or "module"
         self.meta = meta or {}  # export metadata: arch, training, tudui_version, temperature
-        # the calibration temperature the logits are divided by before the softmax (1: none was fitted)
-        self.temperature = temperature_of(self.meta)
+        # the calibration temperature the logits are divided by before the softmax (1: none was fitted); a
+        # multi-label model's: one per class, each dividing its class's logit before the sigmoid
+        self.temperature = temperature_of(self.meta | {"classes": spec.classes, "multi_label": spec.multi_label})
         self.reject_limit: float | None = None  # images scoring below it are unknown (`reject`)
         self.reject_score = "msp"
 
@@ -223,12 +239,14 @@ class Predictor:
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities of the logits divided by the
-        model's calibration temperature (a multi-label model's: each class's sigmoid, uncalibrated)."""
+        model's calibration temperature (a multi-label model's: each class's sigmoid of its logit divided by that
+        class's temperature)."""
         return self.probabilities_of(self.logits(x))
 
     def probabilities_of(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, num_classes) logits -> the probabilities `probabilities` gives."""
-        return logits.sigmoid() if self.spec.multi_label else (logits / self.temperature).softmax(1)
+        z = calibration.scale(logits, self.temperature)
+        return z.sigmoid() if self.spec.multi_label else z.softmax(1)
 
     @property
     def thresholds(self) -> list[float] | None:

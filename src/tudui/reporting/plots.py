@@ -268,24 +268,32 @@ def plot_lr_find(lrs: list[float], losses: list[float], raw: list[float], sugges
 
 def plot_reliability(calibration: dict, path: str | Path, split: str = "val") -> Path:
     """Two panels, before and after: each bin's accuracy as a bar at its mean confidence's bin, the diagonal a
-    perfectly calibrated model would follow, and the share of images per bin as a grey line."""
+    perfectly calibrated model would follow, and the share of images per bin as a grey line. A multi-label model's
+    (calibration["multi_label"]): every (image, class) pair pooled, binned by the class's probability, the bars the
+    share of positives in each bin; the title gives the range of the per-class temperatures."""
     report = calibration[split]
     bins = calibration["bins"]
+    multi = bool(calibration.get("multi_label"))
     edges = np.linspace(0, 1, bins + 1)
     centres = (edges[:-1] + edges[1:]) / 2
+    t = calibration["temperature"]
+    told = f", T = {t:.3g}" if not multi else f", T per class {min(t):.3g}-{max(t):.3g}"
     fig = _figure(9, 4.2)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, when, ece_key in zip(axes, ("before", "after"), ("ece_before", "ece_after")):
         r = report[f"reliability_{when}"]
         acc = np.nan_to_num(np.array(r["accuracy"], dtype=float))
-        ax.bar(centres, acc, width=1 / bins, edgecolor="C0", color="C0", alpha=0.7, label="accuracy")
+        ax.bar(centres, acc, width=1 / bins, edgecolor="C0", color="C0", alpha=0.7,
+               label="share positive" if multi else "accuracy")
         ax.plot([0, 1], [0, 1], "--", color="0.4", linewidth=1, label="calibrated")
         share = np.array(r["count"], dtype=float) / max(1, sum(r["count"]))
-        ax.plot(centres, share, color="0.6", marker=".", linewidth=1, label="share of images")
-        t = f", T = {calibration['temperature']:.3g}" if when == "after" else ""
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top probability)",
-               title=f"{when} temperature scaling{t}\nECE {report[ece_key]:.4f} ({split}, {report['n']:,} images)")
-    axes[0].set_ylabel("accuracy")
+        ax.plot(centres, share, color="0.6", marker=".", linewidth=1,
+                label="share of image-class pairs" if multi else "share of images")
+        ax.set(xlim=(0, 1), ylim=(0, 1),
+               xlabel="each class's probability" if multi else "confidence (top probability)",
+               title=f"{when} temperature scaling{told if when == 'after' else ''}\nECE {report[ece_key]:.4f} "
+                     f"({split}, {report['n']:,} images{' x ' + str(len(t)) + ' classes' if multi else ''})")
+    axes[0].set_ylabel("share of pairs that are positive" if multi else "accuracy")
     axes[0].legend(fontsize=8, loc="upper left")
     return _save(fig, path)
 

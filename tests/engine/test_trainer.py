@@ -138,7 +138,7 @@ def test_user_mistakes_are_tudui_errors(tmp_path):
         tudui.train(data="digits", model="nope", project=str(tmp_path))
     with pytest.raises(TuduiError, match="unknown config key"):
         tudui.train(data="digits", epoch=3, project=str(tmp_path))
-    with pytest.raises(TuduiError, match="--img-size"):
+    with pytest.raises(TuduiError, match=r"img_size=\d"):
         tudui.train(data="digits", model="vgg16", epochs=1, project=str(tmp_path))
 
 

@@ -183,6 +183,35 @@ def test_a_3_channel_model_gets_greyscale_replicated_to_rgb(tmp_path):  # a clas
     assert load_checkpoint(instance.best)["data"]["channels"] == 3
 
 
+def test_a_size_or_channel_mismatch_names_the_keyword_in_a_library_call_and_the_flag_on_the_command_line(
+        tmp_path, capsys):
+    quick = dict(QUICK, img_size=8, project=str(tmp_path))
+    # timm asserts a ViT's patch grid (an AssertionError, not torch's RuntimeError): one line, with the option
+    vit = timm.create_model("test_vit", num_classes=3, img_size=16)
+    with pytest.raises(TuduiError, match=r"VisionTransformer: input 3x8x8 does not fit .*16\)\.?; an input of 3x16x16 "
+                                         r"fits; train with img_size=16 \(tudui"):
+        tudui.train(model=vit, **quick, epochs=1)
+    # a model named by a string is a library call too: its keywords, and the flags from the command line
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\nclass Net(nn.Module):\n    def __init__(self, num_classes):"
+                                     "\n        super().__init__()\n        self.fc = nn.Linear(3 * 12 * 12, num_classes)"
+                                     "\n\n    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+    ref = f"{tmp_path / 'net.py'}:Net"
+    with pytest.raises(TuduiError, match=r"an input of 3x12x12 fits; train with channels=3 img_size=12 \(tudui"):
+        tudui.train(model=ref, **quick, epochs=1)
+    err = _error(capsys, "train", "--model", ref, "--data", QUICK["data"][0], "--img-size", "8",
+                 "--project", str(tmp_path))
+    assert "train with --channels 3 --img-size 12 (tudui" in err and "=" not in err
+    with pytest.raises(TuduiError, match=r"pass img_size=16 \(or larger\)$"):  # a registered name too small
+        tudui.train(model="resnet18", **quick, epochs=1)
+    assert "pass --img-size 16 (or larger)" in _error(capsys, "train", "--model", "resnet18", "--data",
+                                                      QUICK["data"][0], "--img-size", "8", "--project", str(tmp_path))
+    with pytest.raises(TuduiError, match=r"^channels= must be 1 or 3, got 2$"):
+        tudui.train(model="fast", **quick, channels=2, epochs=1)
+    assert "error: --channels must be 1 or 3, got 2" in _error(capsys, "train", "--data", QUICK["data"][0],
+                                                               "--channels", "2", "--project", str(tmp_path))
+    assert not any(tmp_path.rglob("*.pt"))
+
+
 def test_pretrained_cfg_travels_into_the_checkpoint_predict_and_onnx(tmp_path, capsys):
     pytest.importorskip("onnxruntime")
     import onnx
@@ -295,7 +324,7 @@ def test_hf_folder_loads_in_timm_with_identical_logits_and_trains_again(resnet_r
     assert all(torch.equal(v, ours.state_dict()[k]) for k, v in as_weights.state_dict().items())  # --weights FOLDER
     again = tudui.train(model=f"local-dir:{folder}", **QUICK, epochs=1, project=str(tmp_path), name="again")
     first = capsys.readouterr().out
-    assert f"from the pretrained_cfg in {folder}/config.json" in first
+    assert f"from the pretrained_cfg in {folder}/config.json; img_size= from the call" in first  # QUICK gives it
     assert load_checkpoint(again.best)["arch"]["name"] == "timm:test_resnet"  # predict needs no folder
 
 

@@ -18,6 +18,7 @@ from ..core.device import World, make_scaler, reuse_freed_memory, seed_everythin
 from ..core.checkpoint import weights_data
 from ..core.console import shown
 from ..core.errors import TuduiError
+from ..core.options import on_cli, option_text
 from ..core.files import close_run_dir, open_run_dir, versions
 from ..data import IMAGENET_MEAN, IMAGENET_STD, RESAMPLE, DataBundle, build_data, eval_batch_size, make_loader
 from ..models import get_model_info
@@ -58,13 +59,13 @@ def timm_preprocessing(cfg: TrainConfig) -> tuple:
         taken.append(f"input {side} px")
     if pcfg.get("crop_pct") and cfg.crop_pct is None:
         taken.append(f"evaluation crop {pcfg['crop_pct']:g} (photos)")
-    given = [f for f, v in (("--img-size", cfg.img_size), ("--crop-pct", cfg.crop_pct), ("--mean/--std", cfg.mean))
-             if v is not None]
+    given = ["/".join(map(option_text, names)) for names, v in
+             ((("img_size",), cfg.img_size), (("crop_pct",), cfg.crop_pct), (("mean", "std"), cfg.mean)) if v is not None]
     interp = pcfg.get("interpolation")
     if interp in RESAMPLE and interp != "bilinear":
         taken.append(f"{interp} resizes")
     line = f"preprocessing: {', '.join(taken) or 'nothing'} from {src}" + \
-        (f"; {', '.join(given)} from the command line" if given else "") + \
+        (f"; {', '.join(given)} from {'the command line' if on_cli() else 'the call'}" if given else "") + \
         (f"; the weights were trained on {interp} resizes, tudui resizes bilinearly" if interp and
          interp not in RESAMPLE else "")
     record = {"source": src, **{k: list(v) if isinstance(v, tuple) else v for k, v in pcfg.items()

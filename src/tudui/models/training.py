@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from ..core.checkpoint import read_weights
 from ..core.errors import TuduiError
+from ..core.options import option_text
 from ..core.pyfile import is_file_ref, skipped_hint
 from .registry import create_model, get_model_info, make_arch
 from .user import call_builder, parse_model_args, ref_for, source_record
@@ -20,24 +21,23 @@ from .timm_models import arch_name, is_timm
 from .surgery import load_weights
 
 
-def check_forward(model: nn.Module, spec, name: str, device: torch.device, hint: str, keywords: bool = False) -> None:
+def check_forward(model: nn.Module, spec, name: str, device: torch.device, hint: str) -> None:
     """One dry forward pass, so a size mismatch is a clear message before any work is done (spec: data.DataSpec):
-    which layer, both sizes and the input that fits, as `tudui summary` reports it, with the flags to train at it
-    (or the library's keywords when `keywords`)."""
+    which layer, both sizes and the input that fits, as `tudui summary` reports it, with the options to train at it
+    (flags on the command line, the library's keywords in a library call: core.options.option_text)."""
     x = torch.zeros(2, spec.channels, spec.img_size, spec.img_size, device=device)
     try:
         with torch.no_grad():
             out = model.eval()(x)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, AssertionError) as e:  # torch's shape errors; timm asserts a ViT's patch grid
         found = input_mismatch(model, (spec.channels, spec.img_size, spec.img_size))  # as `tudui summary` says it
         if found is None:  # not a matter of shapes
             raise TuduiError(f"model {name} cannot take {spec.channels}x{spec.img_size}x{spec.img_size} input "
-                             f"({str(e).splitlines()[0]}); {hint}") from None
+                             f"({(str(e).splitlines() or [type(e).__name__])[0]}); {hint}") from None
         why, fit = found
         if fit and fit[1] == fit[2]:
-            cli = not keywords
-            change = ([f"{'--channels ' if cli else 'channels='}{fit[0]}"] if fit[0] != spec.channels else []) + \
-                ([f"{'--img-size ' if cli else 'img_size='}{fit[1]}"] if fit[1] != spec.img_size else [])
+            change = ([option_text("channels", fit[0])] if fit[0] != spec.channels else []) + \
+                ([option_text("img_size", fit[1])] if fit[1] != spec.img_size else [])
             hint = f"train with {' '.join(change)} (tudui converts the images to it), or change the model"
         raise TuduiError(f"model {name}: {why}; {hint}") from None
     except NameError as e:  # a global its file never set (or that loading the file skipped: the hint says which)
@@ -75,13 +75,11 @@ def create_training_model(cfg, spec, device: torch.device) -> tuple[nn.Module, d
     if cfg.weights and user_code:
         load_weights(model, read_weights(cfg.weights), cfg.weights)
     model = model.to(device)
-    if not isinstance(cfg.model, str):  # an object: only a library call passes one, so the keywords are named
-        hint = "check its first layer's in_channels (channels=) and the size its Linear expects (img_size=)"
-    else:
-        hint = "check its first layer's in_channels (--channels) and the size its Linear expects (--img-size)" \
-            if user_code else f"try --img-size {get_model_info(cfg.model).default_size}"
+    hint = f"check its first layer's in_channels ({option_text('channels')}) and the size its Linear expects " \
+        f"({option_text('img_size')})" if user_code else \
+        f"try {option_text('img_size', get_model_info(cfg.model).default_size)}"
     # first: the dry run also gives lazy layers (nn.LazyLinear) their shapes
-    check_forward(model, spec, name, device, hint, keywords=not isinstance(cfg.model, str))
+    check_forward(model, spec, name, device, hint)
     if cfg.channels_last:  # NHWC: oneDNN (CPU) and cuDNN run convolutions faster (benchmarks/README.md)
         model = model.to(memory_format=torch.channels_last)
     if is_timm(name):  # rebuilt without the weights' tag or the local-dir: folder (its weights are the run's)

@@ -17,6 +17,7 @@ import tudui  # noqa: E402
 from tudui.cli import main as cli_main  # noqa: E402
 from tudui.core.checkpoint import load_checkpoint  # noqa: E402
 from tudui.core.errors import TuduiError  # noqa: E402
+from tudui.engine.callbacks import Callback  # noqa: E402
 from tudui.models import create_model  # noqa: E402
 from tudui.models.surgery import head_path  # noqa: E402
 from tudui.models.timm_models import take_weights_mapping  # noqa: E402
@@ -71,6 +72,9 @@ def test_unknown_names_and_tags_get_close_names_on_one_line(capsys):
     assert "unexpected keyword argument 'bogus'" in _error(capsys, "train", "--model", "timm:test_resnet", "--data",
                                                            "digits", "--model-args", "bogus=1")
     assert "config.json not found" in _error(capsys, "train", "--model", "local-dir:/nonexistent", "--data", "digits")
+    # what tudui passes itself from the data (a second img_size was a TypeError traceback)
+    assert "--model-args img_size: tudui builds timm:test_vit for the data's input and classes" in \
+        _error(capsys, "train", "--model", "timm:test_vit", "--data", "digits", "--model-args", "img_size=32")
 
 
 def test_without_timm_the_error_is_the_install_line(monkeypatch, capsys):
@@ -178,9 +182,24 @@ def test_a_3_channel_model_gets_greyscale_replicated_to_rgb(tmp_path):  # a clas
 
     run = tudui.train(model=Rgb, **QUICK, epochs=1, project=str(tmp_path), name="cls")
     assert load_checkpoint(run.best)["data"]["channels"] == 3
-    instance = tudui.train(model=timm.create_model("test_efficientnet", num_classes=3), **QUICK, epochs=1,
-                           project=str(tmp_path), name="timm-instance")
-    assert load_checkpoint(instance.best)["data"]["channels"] == 3
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    instance = tudui.train(model=model, **QUICK, epochs=1, project=str(tmp_path), name="timm-instance")
+    ckpt = load_checkpoint(instance.best)
+    assert ckpt["data"]["channels"] == 3
+    # timm's own instance is rebuilt as timm:ARCH (not from timm's source file, which does not import on its own),
+    # so predict (and export, serve) rebuild it: the same logits as the trained instance
+    assert ckpt["arch"]["name"] == "timm:test_efficientnet" and "source" not in ckpt["arch"]
+    from tudui.inference.formats import model_from_checkpoint
+
+    rebuilt, _ = model_from_checkpoint(ckpt)
+    model.load_state_dict(ckpt["model"])
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-6)  # model: channels-last
+    assert tudui.Predictor.from_path(instance.best, device="cpu").spec.channels == 3
+    import yaml  # and a resumed run rebuilds it by that name
+
+    assert yaml.safe_load(open(instance.run_dir / "config.yaml"))["model"] == "timm:test_efficientnet"
 
 
 def test_a_size_or_channel_mismatch_names_the_keyword_in_a_library_call_and_the_flag_on_the_command_line(
@@ -260,6 +279,35 @@ def test_cached_head_features_equal_the_image_path_for_a_timm_model(tmp_path, mo
     a, b = (load_checkpoint(r.last)["model"] for r in (cached, plain))
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=1e-5), key
+
+
+class _StopAfter(Callback):
+    """Stops a run as Ctrl-C would, at the end of epoch `epochs`."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, run, row, val) -> None:
+        if run.epoch == self.epochs:
+            raise KeyboardInterrupt
+
+
+def test_a_timm_run_resumes_exactly_at_the_unfreeze_epoch_with_ema(tmp_path):
+    path = tmp_path / "start.pth"  # "pretrained" weights: --fine-tune's head phase runs on cached features
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=3, in_chans=1).state_dict(), path)
+    opts = QUICK | dict(model="timm:test_resnet", weights=str(path), fine_tune=1, backbone_lr_mult=0.5, ema=True,
+                        ema_tau=1.0, augment="crop", epochs=2, project=str(tmp_path))
+    whole = tudui.train(**opts, name="whole")
+    with pytest.raises(KeyboardInterrupt):  # stopped after the head phase: the resumed run unfreezes the backbone
+        tudui.train(**opts, name="stopped", callbacks=[_StopAfter(1)])
+    resumed = tudui.train(resume=str(tmp_path / "stopped"))
+    a, b = (load_checkpoint(r.last) for r in (whole, resumed))
+    assert a["epoch"] == b["epoch"] == 2 and a["ema"]["updates"] == b["ema"]["updates"] > 0
+    for part, x, y in (("model", a["model"], b["model"]), ("ema", a["ema"]["module"], b["ema"]["module"])):
+        for key in x:
+            assert torch.equal(x[key], y[key]), (part, key)
+    assert not torch.equal(a["model"]["conv1.0.weight"], torch.load(path)["conv1.0.weight"])  # the backbone moved
 
 
 # --- a run's whole life -------------------------------------------------------------------------------------------

@@ -207,6 +207,23 @@ def build_timm(name: str, num_classes: int, in_channels: int, img_size: int, wei
     return model
 
 
+def instance_name(model: nn.Module, num_classes: int, in_channels: int, img_size: int) -> str | None:
+    """'timm:ARCH' for a model timm built (`timm.create_model("ARCH", ...)` given to the library as it is) when timm
+    rebuilds that architecture for this data with the same tensors, names and shapes, so predict, export and serve
+    rebuild it as they do `--model timm:ARCH`; None for any other model (it stays the user's own)."""
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if not type(model).__module__.startswith("timm.") or not isinstance(arch, str):
+        return None
+    try:
+        with torch.device("meta"):  # shapes only
+            rebuilt = build_timm(TIMM + arch, num_classes, in_channels, img_size)
+    except Exception:  # noqa: BLE001 - an architecture timm does not rebuild this way: the user's own model
+        return None
+    same = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return TIMM + arch if same else None
+
+
 def _info(name: str) -> ModelInfo:
     check_name(name)
     cfg = pretrained_cfg(name)

@@ -17,7 +17,7 @@ from ..core.pyfile import is_file_ref, skipped_hint
 from .registry import create_model, get_model_info, make_arch
 from .user import call_builder, parse_model_args, ref_for, source_record
 from .summary import input_mismatch
-from .timm_models import arch_name, is_timm
+from .timm_models import arch_name, instance_name, is_timm
 from .surgery import load_weights
 
 
@@ -57,11 +57,21 @@ def _instantiate(cfg, spec) -> tuple[nn.Module, str, str | None, dict]:
     if isinstance(m, nn.Module):
         if args:
             raise TuduiError("model_args apply when tudui builds the model; this one is already built")
+        timm_name = instance_name(m, *shape)  # timm.create_model(...)'s: rebuilt later as timm:ARCH
+        if timm_name:
+            return m, timm_name, None, args
         ref = ref_for(m)
         return m, ref or type(m).__name__, ref, args
     if callable(m) and not isinstance(m, str):
         ref = ref_for(m)
         return call_builder(m, *shape, args), ref or getattr(m, "__name__", "model"), ref, args
+    taken = [k for k in ("num_classes", "in_channels", "img_size") if k in args and not is_file_ref(m)]
+    if taken:  # a registered builder (timm's too) gets them from the data: a second value would be a TypeError
+        how = {"num_classes": "the data's class count", "in_channels": option_text("channels"),
+               "img_size": option_text("img_size")}
+        raise TuduiError(f"{option_text('model_args')} {', '.join(taken)}: tudui builds {m} for the data's input and "
+                         f"classes (a timm ViT gets timm's img_size from it); set "
+                         f"{', '.join(how[k] for k in taken)} instead")
     # registered builders load (or download) initial weights themselves; user code gets them in create_training_model
     weights = {"weights": cfg.weights} if cfg.weights and not is_file_ref(m) else {}
     return create_model(m, *shape, **args, **weights), m, (m if is_file_ref(m) else None), args
@@ -71,12 +81,13 @@ def create_training_model(cfg, spec, device: torch.device) -> tuple[nn.Module, d
     """(model on `device`, its arch record) for a TrainConfig and the data's DataSpec: initial weights
     (--weights), channels-last (--channels-last), a dry run. A model of the user's has arch["source"]."""
     model, name, ref, args = _instantiate(cfg, spec)
-    user_code = ref is not None or not isinstance(cfg.model, str)
-    if cfg.weights and user_code:
+    built = not isinstance(cfg.model, str)  # an object: a module (timm's too), a class or a builder
+    user_code = ref is not None or (built and not is_timm(name))  # a timm instance is rebuilt as timm:ARCH
+    if cfg.weights and (user_code or built):
         load_weights(model, read_weights(cfg.weights), cfg.weights)
     model = model.to(device)
     hint = f"check its first layer's in_channels ({option_text('channels')}) and the size its Linear expects " \
-        f"({option_text('img_size')})" if user_code else \
+        f"({option_text('img_size')})" if user_code or built else \
         f"try {option_text('img_size', get_model_info(cfg.model).default_size)}"
     # first: the dry run also gives lazy layers (nn.LazyLinear) their shapes
     check_forward(model, spec, name, device, hint)

@@ -170,6 +170,41 @@ def test_default_weights_offline_name_the_file_and_the_folder(monkeypatch, tmp_p
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-written
 
 
+def test_without_a_network_default_weights_come_from_the_cache_at_once_or_are_one_line(monkeypatch, tmp_path,
+                                                                                        capsys):
+    import socket
+    import time
+
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)  # no network, and HF_HUB_OFFLINE not set
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
+    start = time.monotonic()  # huggingface_hub alone retries for about a minute, printing a line at each try
+    err = _error(capsys, "train", "--model", "timm:test_resnet", "--weights", "DEFAULT", "--data", "digits",
+                 "--project", str(tmp_path / "runs"))
+    assert time.monotonic() - start < 20 and f"models--{hub.replace('/', '--')}" in err
+    # the weights in timm's Hugging Face cache load without a network, as where HF_HUB_OFFLINE=1 is set
+    snapshot = tmp_path / "hub" / f"models--{hub.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    torch.manual_seed(0)
+    cached = timm.create_model("test_resnet").state_dict()
+    save_file(cached, str(snapshot / "model.safetensors"))
+    model = create_model("timm:test_resnet", num_classes=3, in_channels=3, img_size=16, weights="DEFAULT")
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], cached["layer1.0.conv1.weight"])
+    assert time.monotonic() - start < 30
+
+
 # --- the data meets the model -------------------------------------------------------------------------------------
 def test_a_3_channel_model_gets_greyscale_replicated_to_rgb(tmp_path):  # a class, and timm's own instance
     class Rgb(nn.Module):  # takes no in_channels: its first conv says 3

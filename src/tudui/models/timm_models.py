@@ -12,8 +12,10 @@ timm is optional (`pip install 'tudui[timm]'`) and imported only when a `timm:` 
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -172,6 +174,43 @@ def offline_error(name: str, cfg: dict, err: Exception) -> TuduiError:
     return TuduiError(f"could not get {name}'s pretrained weights ({first}); {where}")
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub's host takes a TCP connection within `timeout_s` (behind a proxy: assumed so).
+    Without a network huggingface_hub retries each request for about a minute, printing a warning at every try."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_session():
+    """Around timm's download: offline (the Hub cache only) when the Hub cannot be reached, and huggingface_hub's
+    retry warnings kept off the console (a failure is one line: offline_error)."""
+    from huggingface_hub import constants
+
+    offline, log = constants.HF_HUB_OFFLINE, logging.getLogger("huggingface_hub")
+    level = log.level
+    if not offline and not _hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+        log.setLevel(level)
+
+
 def build_timm(name: str, num_classes: int, in_channels: int, img_size: int, weights: str | None = None,
                **kwargs) -> nn.Module:
     """timm.create_model for `num_classes` outputs and `in_channels` inputs, with initial weights: None (random),
@@ -189,7 +228,8 @@ def build_timm(name: str, num_classes: int, in_channels: int, img_size: int, wei
     try:
         if download and not local:
             try:
-                model = timm.create_model(arch, pretrained=True, **args)
+                with _hub_session():
+                    model = timm.create_model(arch, pretrained=True, **args)
             except (OSError, RuntimeError, ValueError) as e:  # no network, HF_HUB_OFFLINE=1, a missing cache file
                 raise offline_error(name, cfg, e) from None
         else:

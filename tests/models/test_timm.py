@@ -152,7 +152,14 @@ def test_efficientnet_lite0_imagenet_weights_are_mapped_by_order_and_shape():
 def test_weights_that_do_not_fit_name_the_first_mismatched_tensor(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({f"w{i}": v for i, v in enumerate(timm.create_model("test_efficientnet").state_dict().values())}, path)
-    with pytest.raises(TuduiError, match=r"do not fit this model: .*tensor 1 is w0 .* conv1.weight|the file has"):
+    with pytest.raises(TuduiError, match=r"do not fit this model: tensor 1 is w0 \(\d+, 3, 3, 3\) in the file but "
+                                         r"conv1.0.weight \(\d+, 3, 3, 3\) in the model \(the file has \d+ tensors"):
+        create_model("timm:test_resnet", num_classes=10, in_channels=3, img_size=32, weights=str(path))
+    # the same architecture's tensors and one more: where the two lists part is named
+    state = timm.create_model("test_resnet").state_dict()
+    torch.save({f"w{i}": v for i, v in enumerate([*state.values(), torch.zeros(3)])}, path)
+    with pytest.raises(TuduiError, match=rf"the first {len(state)} tensors line up in order and shape but "
+                                         rf"w{len(state)} is tensor {len(state) + 1} of the file, the model has no more"):
         create_model("timm:test_resnet", num_classes=10, in_channels=3, img_size=32, weights=str(path))
 
 

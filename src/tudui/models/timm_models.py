@@ -136,15 +136,22 @@ def map_by_order(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     if sum(k in own for k in state) >= len(own) // 2:
         return state, []
     src, dst = list(state.items()), list(own.items())
-    if len(src) != len(dst):
-        raise TuduiError(f"weights {shown(source)} do not fit this model: the file has {len(src)} tensors under other "
-                         f"names, the model {len(dst)}; pass weights of the same architecture")
     head = {n + ".weight" for n in _classifier_names(model)} | {n + ".bias" for n in _classifier_names(model)}
+    counts = f" (the file has {len(src)} tensors under other names, the model {len(dst)})" if len(src) != len(dst) \
+        else ""
     for i, ((sk, sv), (dk, dv)) in enumerate(zip(src, dst)):
-        if sv.shape != dv.shape and dk not in head and not (sv.dim() == 4 and i < 2):
+        first_conv = i < 2 and sv.dim() == dv.dim() == 4 and sv.shape[0] == dv.shape[0] and \
+            sv.shape[2:] == dv.shape[2:]  # another input channel count: load_weights adapts it
+        if sv.shape != dv.shape and dk not in head and not first_conv:
             raise TuduiError(f"weights {shown(source)} do not fit this model: tensor {i + 1} is {sk} "
-                             f"{tuple(sv.shape)} in the file but {dk} {tuple(dv.shape)} in the model; pass weights "
-                             "of the same architecture")
+                             f"{tuple(sv.shape)} in the file but {dk} {tuple(dv.shape)} in the model{counts}; pass "
+                             "weights of the same architecture")
+    if counts:
+        n = min(len(src), len(dst))
+        extra = f"{src[n][0]} is tensor {n + 1} of the file, the model has no more" if len(src) > n else \
+            f"the model's tensor {n + 1}, {dst[n][0]}, has none in the file"
+        raise TuduiError(f"weights {shown(source)} do not fit this model: the first {n} tensors line up in order and "
+                         f"shape but {extra}{counts}; pass weights of the same architecture")
     return {dk: sv for (_, sv), (dk, _) in zip(src, dst)}, [(sk, dk) for (sk, _), (dk, _) in zip(src, dst)]
 
 

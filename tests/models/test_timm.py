@@ -352,6 +352,17 @@ def test_a_timm_run_resumes_exactly_at_the_unfreeze_epoch_with_ema(tmp_path):
     assert not torch.equal(a["model"]["conv1.0.weight"], torch.load(path)["conv1.0.weight"])  # the backbone moved
 
 
+def test_a_frozen_timm_instance_resumes(tmp_path, capsys):
+    """A model given built (its weights the user's) trains frozen; config.yaml names it timm:ARCH, and --resume takes
+    its weights from last.pt, so it needs no --weights (that check refused the resumed run)."""
+    with pytest.raises(KeyboardInterrupt):
+        tudui.train(model=timm.create_model("test_resnet", num_classes=3), **QUICK, epochs=2, freeze_backbone=True,
+                    project=str(tmp_path), name="frozen", callbacks=[_StopAfter(1)])
+    resumed = tudui.train(resume=str(tmp_path / "frozen"))
+    assert "head on cached features" in capsys.readouterr().out
+    assert load_checkpoint(resumed.last)["epoch"] == 2
+
+
 # --- a run's whole life -------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def resnet_run(tmp_path_factory):

@@ -244,6 +244,17 @@ def test_a_3_channel_model_gets_greyscale_replicated_to_rgb(tmp_path):  # a clas
     assert yaml.safe_load(open(instance.run_dir / "config.yaml"))["model"] == "timm:test_efficientnet"
 
 
+def test_timm_s_own_builder_function_is_its_timm_name():
+    """timm.models.test_resnet takes timm's in_chans, not in_channels: given as the model, it is timm:test_resnet
+    (it was 'building test_resnet(num_classes=..., in_channels=...) failed: TypeError')."""
+    from torchvision.models import resnet18
+
+    from tudui.engine.configure import resolve_config
+
+    assert resolve_config({"data": QUICK["data"], "model": timm.models.test_resnet}).model == "timm:test_resnet"
+    assert resolve_config({"data": QUICK["data"], "model": resnet18}).model is resnet18  # another library's: as given
+
+
 def test_a_size_or_channel_mismatch_names_the_keyword_in_a_library_call_and_the_flag_on_the_command_line(
         tmp_path, capsys):
     quick = dict(QUICK, img_size=8, project=str(tmp_path))

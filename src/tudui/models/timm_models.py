@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import inspect
 import json
 import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -252,6 +254,17 @@ def build_timm(name: str, num_classes: int, in_channels: int, img_size: int, wei
         if mapping:
             model.__dict__[MAPPING] = mapping
     return model
+
+
+def entrypoint_name(fn) -> str | None:
+    """'timm:resnet18' for one of timm's own builder functions given to the library as the model
+    (`tudui.train(model=timm.models.resnet18)`), which takes timm's in_chans, not in_channels; else None."""
+    timm = sys.modules.get("timm")  # such a function exists only once timm is imported
+    name = getattr(fn, "__name__", None)
+    if timm is None or not inspect.isfunction(fn) or not str(getattr(fn, "__module__", "")).startswith("timm.") \
+            or not isinstance(name, str) or not timm.is_model(name):
+        return None
+    return TIMM + name if timm.models.model_entrypoint(name) is fn else None
 
 
 def instance_name(model: nn.Module, num_classes: int, in_channels: int, img_size: int) -> str | None:

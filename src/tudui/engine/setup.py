@@ -118,7 +118,7 @@ def write_run_files(run: Run) -> None:
                                 "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None,
                                 "nproc": w.local_size,  # so --config repeats a torchrun job
                                 "augment": run.data.augment, "crop_pct": spec.crop_pct or 0}  # auto, as chosen
-    if not isinstance(cfg.model, str) and is_timm(run.arch.get("name")):  # timm.create_model(...)'s instance: by
+    if not isinstance(cfg.model, str) and "source" not in run.arch:  # timm's or torchvision's model given built: by
         resolved["model"] = run.arch["name"]  # the name its checkpoints rebuild it by, so --resume rebuilds it too
     save_yaml(resolved, run.run_dir / "config.yaml")
     if not cfg.resume:

@@ -18,6 +18,7 @@ from .registry import create_model, get_model_info, make_arch
 from .user import call_builder, parse_model_args, ref_for, source_record
 from .summary import input_mismatch
 from .timm_models import arch_name, instance_name, is_timm
+from .zoo import ARCHITECTURES as ZOO, instance_name as zoo_instance_name
 from .surgery import load_weights
 
 
@@ -57,9 +58,11 @@ def _instantiate(cfg, spec) -> tuple[nn.Module, str, str | None, dict]:
     if isinstance(m, nn.Module):
         if args:
             raise TuduiError("model_args apply when tudui builds the model; this one is already built")
-        timm_name = instance_name(m, *shape)  # timm.create_model(...)'s: rebuilt later as timm:ARCH
-        if timm_name:
-            return m, timm_name, None, args
+        # timm.create_model(...)'s or torchvision's: rebuilt later by name (timm:ARCH, resnet18), not from the
+        # library's own source file, which does not import on its own
+        known = instance_name(m, *shape) or zoo_instance_name(m, *shape)
+        if known:
+            return m, known, None, args
         ref = ref_for(m)
         return m, ref or type(m).__name__, ref, args
     if callable(m) and not isinstance(m, str):
@@ -77,12 +80,18 @@ def _instantiate(cfg, spec) -> tuple[nn.Module, str, str | None, dict]:
     return create_model(m, *shape, **args, **weights), m, (m if is_file_ref(m) else None), args
 
 
+def is_known_instance(model, name: str) -> bool:
+    """Whether a model given built was recognised as a registered architecture (`_instantiate`: timm's or
+    torchvision's), which its checkpoints rebuild by name."""
+    return isinstance(model, nn.Module) and (is_timm(name) or name in ZOO)
+
+
 def create_training_model(cfg, spec, device: torch.device) -> tuple[nn.Module, dict]:
     """(model on `device`, its arch record) for a TrainConfig and the data's DataSpec: initial weights
     (--weights), channels-last (--channels-last), a dry run. A model of the user's has arch["source"]."""
     model, name, ref, args = _instantiate(cfg, spec)
     built = not isinstance(cfg.model, str)  # an object: a module (timm's too), a class or a builder
-    user_code = ref is not None or (built and not is_timm(name))  # a timm instance is rebuilt as timm:ARCH
+    user_code = ref is not None or (built and not is_known_instance(cfg.model, name))
     if cfg.weights and (user_code or built):
         load_weights(model, read_weights(cfg.weights), cfg.weights)
     model = model.to(device)

@@ -244,6 +244,17 @@ def test_a_3_channel_model_gets_greyscale_replicated_to_rgb(tmp_path):  # a clas
     assert yaml.safe_load(open(instance.run_dir / "config.yaml"))["model"] == "timm:test_efficientnet"
 
 
+def test_a_built_model_is_recorded_by_a_name_only_when_that_name_computes_the_same():
+    from torchvision.models import resnet18
+
+    from tudui.models.training import registered_name
+
+    vit, tv = timm.create_model("test_vit", num_classes=3, img_size=16), resnet18(num_classes=3)
+    assert (registered_name(vit, 3, 3, 16), registered_name(tv, 3, 3, 16)) == ("timm:test_vit", "resnet18")
+    vit.blocks[0].mlp.act, tv.relu = nn.ReLU(), nn.GELU()  # the same tensors, another function: rebuilding by name
+    assert registered_name(vit, 3, 3, 16) is None and registered_name(tv, 3, 3, 16) is None  # would change it
+
+
 def test_timm_s_own_builder_function_is_its_timm_name():
     """timm.models.test_resnet takes timm's in_chans, not in_channels: given as the model, it is timm:test_resnet
     (it was 'building test_resnet(num_classes=..., in_channels=...) failed: TypeError')."""

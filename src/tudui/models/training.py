@@ -50,6 +50,30 @@ def check_forward(model: nn.Module, spec, name: str, device: torch.device, hint:
                          f"classes must return logits of shape (2, {spec.num_classes}), i.e. (batch, num_classes)")
 
 
+def registered_name(model: nn.Module, num_classes: int, in_channels: int, img_size: int) -> str | None:
+    """The registered name ('timm:ARCH', 'resnet18') a model given built (timm's or torchvision's) is rebuilt by, not
+    from the library's own source file, which does not import on its own: the name must build the same tensors for
+    this data and, given the model's weights, compute what the model does (eval mode, one random batch: a swapped
+    activation is caught); None otherwise (the model stays the user's own)."""
+    name = instance_name(model, num_classes, in_channels, img_size) or \
+        zoo_instance_name(model, num_classes, in_channels, img_size)
+    if name is None:
+        return None
+    was_training = model.training
+    try:
+        rebuilt = create_model(name, num_classes, in_channels, img_size)
+        rebuilt.load_state_dict(model.state_dict())
+        device = next(model.parameters()).device
+        x = torch.randn(2, in_channels, img_size, img_size, generator=torch.Generator().manual_seed(0)).to(device)
+        with torch.no_grad():
+            same = torch.allclose(rebuilt.to(device).eval()(x), model.eval()(x), rtol=1e-4, atol=1e-5)
+    except Exception:  # noqa: BLE001 - the dry run reports a model that cannot take the input
+        return None
+    finally:
+        model.train(was_training)
+    return name if same else None
+
+
 def _instantiate(cfg, spec) -> tuple[nn.Module, str, str | None, dict]:
     """(untrained model, its name, 'file.py:Name' of user code or None, constructor args) for cfg.model:
     a registered name, 'file.py:Name', an nn.Module instance or a builder callable (library)."""
@@ -58,9 +82,7 @@ def _instantiate(cfg, spec) -> tuple[nn.Module, str, str | None, dict]:
     if isinstance(m, nn.Module):
         if args:
             raise TuduiError("model_args apply when tudui builds the model; this one is already built")
-        # timm.create_model(...)'s or torchvision's: rebuilt later by name (timm:ARCH, resnet18), not from the
-        # library's own source file, which does not import on its own
-        known = instance_name(m, *shape) or zoo_instance_name(m, *shape)
+        known = registered_name(m, *shape)
         if known:
             return m, known, None, args
         ref = ref_for(m)

@@ -18,7 +18,8 @@ from .core import __version__
 from .core.config import LrFindOptions, TrainConfig
 from .core.errors import TuduiError
 from .core.options import (GROUPS, MISSING, BenchmarkOptions, CalibrateOptions, EvalOptions, ExplainOptions,
-                           ExportOptions, ModelFileOptions, PredictOptions, ServeOptions, TuneOptions, flag_of)
+                           ExportOptions, ModelFileOptions, PredictOptions, ServeOptions, TuneOptions, flag_of,
+                           on_command_line)
 
 
 def _api():
@@ -605,7 +606,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.reconfigure(errors="backslashreplace")
     try:
         # SIGTERM (`kill`, a scheduler's stop) ends every command as Ctrl-C does: cleanly, temp files removed
-        with _api().sigterm_as_interrupt():
+        with _api().sigterm_as_interrupt(), on_command_line():  # errors name flags, not keywords
             return args.func(args)
     except TuduiError as e:
         if debug:

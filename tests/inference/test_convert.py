@@ -6,6 +6,7 @@ import torch.nn as nn
 
 import pytest
 
+import tudui
 from tudui.cli import main as tudui_main
 from tudui.core.checkpoint import load_checkpoint, read_weights
 from tudui.core.errors import TuduiError
@@ -133,5 +134,7 @@ def test_a_pickled_models_hint_names_its_class_and_convert_names_the_input_that_
     argv = [("10" if a == "N" else a) for a in _hinted_command(str(e.value))]
     assert tudui_main(argv) == 2  # built for 3x32x32 by default, the Linear takes 64 features: convert says which
     assert capsys.readouterr().err.strip().endswith("the model takes 1x8x8 inputs: add --channels 1 --img-size 8")
+    with pytest.raises(TuduiError, match=r"the model takes 1x8x8 inputs: add channels=1 img_size=8$"):  # library call
+        tudui.convert("whole.pth", "whole.pt", model="hint_model.py:Tudui", trust=True, num_classes=10)
     assert tudui_main(argv + ["--channels", "1", "--img-size", "8"]) == 0
     assert load_checkpoint("whole.pt")["data"]["img_size"] == 8

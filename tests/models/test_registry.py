@@ -32,7 +32,7 @@ def test_unknown_model_suggests_names():
 
 
 def test_too_small_input_is_a_clear_error():
-    with pytest.raises(TuduiError, match="--img-size 32"):
+    with pytest.raises(TuduiError, match="pass img_size=32 "):
         create_model("vgg16", 10, 3, 16)
 
 

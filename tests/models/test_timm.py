@@ -17,6 +17,7 @@ import tudui  # noqa: E402
 from tudui.cli import main as cli_main  # noqa: E402
 from tudui.core.checkpoint import load_checkpoint  # noqa: E402
 from tudui.core.errors import TuduiError  # noqa: E402
+from tudui.engine.callbacks import Callback  # noqa: E402
 from tudui.models import create_model  # noqa: E402
 from tudui.models.surgery import head_path  # noqa: E402
 from tudui.models.timm_models import take_weights_mapping  # noqa: E402
@@ -71,6 +72,9 @@ def test_unknown_names_and_tags_get_close_names_on_one_line(capsys):
     assert "unexpected keyword argument 'bogus'" in _error(capsys, "train", "--model", "timm:test_resnet", "--data",
                                                            "digits", "--model-args", "bogus=1")
     assert "config.json not found" in _error(capsys, "train", "--model", "local-dir:/nonexistent", "--data", "digits")
+    # what tudui passes itself from the data (a second img_size was a TypeError traceback)
+    assert "--model-args img_size: tudui builds timm:test_vit for the data's input and classes" in \
+        _error(capsys, "train", "--model", "timm:test_vit", "--data", "digits", "--model-args", "img_size=32")
 
 
 def test_without_timm_the_error_is_the_install_line(monkeypatch, capsys):
@@ -148,7 +152,14 @@ def test_efficientnet_lite0_imagenet_weights_are_mapped_by_order_and_shape():
 def test_weights_that_do_not_fit_name_the_first_mismatched_tensor(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({f"w{i}": v for i, v in enumerate(timm.create_model("test_efficientnet").state_dict().values())}, path)
-    with pytest.raises(TuduiError, match=r"do not fit this model: .*tensor 1 is w0 .* conv1.weight|the file has"):
+    with pytest.raises(TuduiError, match=r"do not fit this model: tensor 1 is w0 \(\d+, 3, 3, 3\) in the file but "
+                                         r"conv1.0.weight \(\d+, 3, 3, 3\) in the model \(the file has \d+ tensors"):
+        create_model("timm:test_resnet", num_classes=10, in_channels=3, img_size=32, weights=str(path))
+    # the same architecture's tensors and one more: where the two lists part is named
+    state = timm.create_model("test_resnet").state_dict()
+    torch.save({f"w{i}": v for i, v in enumerate([*state.values(), torch.zeros(3)])}, path)
+    with pytest.raises(TuduiError, match=rf"the first {len(state)} tensors line up in order and shape but "
+                                         rf"w{len(state)} is tensor {len(state) + 1} of the file, the model has no more"):
         create_model("timm:test_resnet", num_classes=10, in_channels=3, img_size=32, weights=str(path))
 
 
@@ -166,6 +177,41 @@ def test_default_weights_offline_name_the_file_and_the_folder(monkeypatch, tmp_p
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-written
 
 
+def test_without_a_network_default_weights_come_from_the_cache_at_once_or_are_one_line(monkeypatch, tmp_path,
+                                                                                        capsys):
+    import socket
+    import time
+
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)  # no network, and HF_HUB_OFFLINE not set
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    hub = timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
+    start = time.monotonic()  # huggingface_hub alone retries for about a minute, printing a line at each try
+    err = _error(capsys, "train", "--model", "timm:test_resnet", "--weights", "DEFAULT", "--data", "digits",
+                 "--project", str(tmp_path / "runs"))
+    assert time.monotonic() - start < 20 and f"models--{hub.replace('/', '--')}" in err
+    # the weights in timm's Hugging Face cache load without a network, as where HF_HUB_OFFLINE=1 is set
+    snapshot = tmp_path / "hub" / f"models--{hub.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    torch.manual_seed(0)
+    cached = timm.create_model("test_resnet").state_dict()
+    save_file(cached, str(snapshot / "model.safetensors"))
+    model = create_model("timm:test_resnet", num_classes=3, in_channels=3, img_size=16, weights="DEFAULT")
+    assert torch.equal(model.state_dict()["layer1.0.conv1.weight"], cached["layer1.0.conv1.weight"])
+    assert time.monotonic() - start < 30
+
+
 # --- the data meets the model -------------------------------------------------------------------------------------
 def test_a_3_channel_model_gets_greyscale_replicated_to_rgb(tmp_path):  # a class, and timm's own instance
     class Rgb(nn.Module):  # takes no in_channels: its first conv says 3
@@ -178,9 +224,75 @@ def test_a_3_channel_model_gets_greyscale_replicated_to_rgb(tmp_path):  # a clas
 
     run = tudui.train(model=Rgb, **QUICK, epochs=1, project=str(tmp_path), name="cls")
     assert load_checkpoint(run.best)["data"]["channels"] == 3
-    instance = tudui.train(model=timm.create_model("test_efficientnet", num_classes=3), **QUICK, epochs=1,
-                           project=str(tmp_path), name="timm-instance")
-    assert load_checkpoint(instance.best)["data"]["channels"] == 3
+    model = timm.create_model("test_efficientnet", num_classes=3)
+    instance = tudui.train(model=model, **QUICK, epochs=1, project=str(tmp_path), name="timm-instance")
+    ckpt = load_checkpoint(instance.best)
+    assert ckpt["data"]["channels"] == 3
+    # timm's own instance is rebuilt as timm:ARCH (not from timm's source file, which does not import on its own),
+    # so predict (and export, serve) rebuild it: the same logits as the trained instance
+    assert ckpt["arch"]["name"] == "timm:test_efficientnet" and "source" not in ckpt["arch"]
+    from tudui.inference.formats import model_from_checkpoint
+
+    rebuilt, _ = model_from_checkpoint(ckpt)
+    model.load_state_dict(ckpt["model"])
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-6)  # model: channels-last
+    assert tudui.Predictor.from_path(instance.best, device="cpu").spec.channels == 3
+    import yaml  # and a resumed run rebuilds it by that name
+
+    assert yaml.safe_load(open(instance.run_dir / "config.yaml"))["model"] == "timm:test_efficientnet"
+
+
+def test_a_built_model_is_recorded_by_a_name_only_when_that_name_computes_the_same():
+    from torchvision.models import resnet18
+
+    from tudui.models.training import registered_name
+
+    vit, tv = timm.create_model("test_vit", num_classes=3, img_size=16), resnet18(num_classes=3)
+    assert (registered_name(vit, 3, 3, 16), registered_name(tv, 3, 3, 16)) == ("timm:test_vit", "resnet18")
+    vit.blocks[0].mlp.act, tv.relu = nn.ReLU(), nn.GELU()  # the same tensors, another function: rebuilding by name
+    assert registered_name(vit, 3, 3, 16) is None and registered_name(tv, 3, 3, 16) is None  # would change it
+
+
+def test_timm_s_own_builder_function_is_its_timm_name():
+    """timm.models.test_resnet takes timm's in_chans, not in_channels: given as the model, it is timm:test_resnet
+    (it was 'building test_resnet(num_classes=..., in_channels=...) failed: TypeError')."""
+    from torchvision.models import resnet18
+
+    from tudui.engine.configure import resolve_config
+
+    assert resolve_config({"data": QUICK["data"], "model": timm.models.test_resnet}).model == "timm:test_resnet"
+    assert resolve_config({"data": QUICK["data"], "model": resnet18}).model is resnet18  # another library's: as given
+
+
+def test_a_size_or_channel_mismatch_names_the_keyword_in_a_library_call_and_the_flag_on_the_command_line(
+        tmp_path, capsys):
+    quick = dict(QUICK, img_size=8, project=str(tmp_path))
+    # timm asserts a ViT's patch grid (an AssertionError, not torch's RuntimeError): one line, with the option
+    vit = timm.create_model("test_vit", num_classes=3, img_size=16)
+    with pytest.raises(TuduiError, match=r"VisionTransformer: input 3x8x8 does not fit .*16\)\.?; an input of 3x16x16 "
+                                         r"fits; train with img_size=16 \(tudui"):
+        tudui.train(model=vit, **quick, epochs=1)
+    # a model named by a string is a library call too: its keywords, and the flags from the command line
+    (tmp_path / "net.py").write_text("import torch.nn as nn\n\nclass Net(nn.Module):\n    def __init__(self, num_classes):"
+                                     "\n        super().__init__()\n        self.fc = nn.Linear(3 * 12 * 12, num_classes)"
+                                     "\n\n    def forward(self, x):\n        return self.fc(x.flatten(1))\n")
+    ref = f"{tmp_path / 'net.py'}:Net"
+    with pytest.raises(TuduiError, match=r"an input of 3x12x12 fits; train with channels=3 img_size=12 \(tudui"):
+        tudui.train(model=ref, **quick, epochs=1)
+    err = _error(capsys, "train", "--model", ref, "--data", QUICK["data"][0], "--img-size", "8",
+                 "--project", str(tmp_path))
+    assert "train with --channels 3 --img-size 12 (tudui" in err and "=" not in err
+    with pytest.raises(TuduiError, match=r"pass img_size=16 \(or larger\)$"):  # a registered name too small
+        tudui.train(model="resnet18", **quick, epochs=1)
+    assert "pass --img-size 16 (or larger)" in _error(capsys, "train", "--model", "resnet18", "--data",
+                                                      QUICK["data"][0], "--img-size", "8", "--project", str(tmp_path))
+    with pytest.raises(TuduiError, match=r"^channels= must be 1 or 3, got 2$"):
+        tudui.train(model="fast", **quick, channels=2, epochs=1)
+    assert "error: --channels must be 1 or 3, got 2" in _error(capsys, "train", "--data", QUICK["data"][0],
+                                                               "--channels", "2", "--project", str(tmp_path))
+    assert not any(tmp_path.rglob("*.pt"))
 
 
 def test_pretrained_cfg_travels_into_the_checkpoint_predict_and_onnx(tmp_path, capsys):
@@ -231,6 +343,46 @@ def test_cached_head_features_equal_the_image_path_for_a_timm_model(tmp_path, mo
     a, b = (load_checkpoint(r.last)["model"] for r in (cached, plain))
     for key in a:
         assert torch.allclose(a[key].float(), b[key].float(), rtol=1e-4, atol=1e-5), key
+
+
+class _StopAfter(Callback):
+    """Stops a run as Ctrl-C would, at the end of epoch `epochs`."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_epoch_end(self, run, row, val) -> None:
+        if run.epoch == self.epochs:
+            raise KeyboardInterrupt
+
+
+def test_a_timm_run_resumes_exactly_at_the_unfreeze_epoch_with_ema(tmp_path):
+    path = tmp_path / "start.pth"  # "pretrained" weights: --fine-tune's head phase runs on cached features
+    torch.manual_seed(0)
+    torch.save(timm.create_model("test_resnet", num_classes=3, in_chans=1).state_dict(), path)
+    opts = QUICK | dict(model="timm:test_resnet", weights=str(path), fine_tune=1, backbone_lr_mult=0.5, ema=True,
+                        ema_tau=1.0, augment="crop", epochs=2, project=str(tmp_path))
+    whole = tudui.train(**opts, name="whole")
+    with pytest.raises(KeyboardInterrupt):  # stopped after the head phase: the resumed run unfreezes the backbone
+        tudui.train(**opts, name="stopped", callbacks=[_StopAfter(1)])
+    resumed = tudui.train(resume=str(tmp_path / "stopped"))
+    a, b = (load_checkpoint(r.last) for r in (whole, resumed))
+    assert a["epoch"] == b["epoch"] == 2 and a["ema"]["updates"] == b["ema"]["updates"] > 0
+    for part, x, y in (("model", a["model"], b["model"]), ("ema", a["ema"]["module"], b["ema"]["module"])):
+        for key in x:
+            assert torch.equal(x[key], y[key]), (part, key)
+    assert not torch.equal(a["model"]["conv1.0.weight"], torch.load(path)["conv1.0.weight"])  # the backbone moved
+
+
+def test_a_frozen_timm_instance_resumes(tmp_path, capsys):
+    """A model given built (its weights the user's) trains frozen; config.yaml names it timm:ARCH, and --resume takes
+    its weights from last.pt, so it needs no --weights (that check refused the resumed run)."""
+    with pytest.raises(KeyboardInterrupt):
+        tudui.train(model=timm.create_model("test_resnet", num_classes=3), **QUICK, epochs=2, freeze_backbone=True,
+                    project=str(tmp_path), name="frozen", callbacks=[_StopAfter(1)])
+    resumed = tudui.train(resume=str(tmp_path / "frozen"))
+    assert "head on cached features" in capsys.readouterr().out
+    assert load_checkpoint(resumed.last)["epoch"] == 2
 
 
 # --- a run's whole life -------------------------------------------------------------------------------------------
@@ -295,7 +447,7 @@ def test_hf_folder_loads_in_timm_with_identical_logits_and_trains_again(resnet_r
     assert all(torch.equal(v, ours.state_dict()[k]) for k, v in as_weights.state_dict().items())  # --weights FOLDER
     again = tudui.train(model=f"local-dir:{folder}", **QUICK, epochs=1, project=str(tmp_path), name="again")
     first = capsys.readouterr().out
-    assert f"from the pretrained_cfg in {folder}/config.json" in first
+    assert f"from the pretrained_cfg in {folder}/config.json; img_size= from the call" in first  # QUICK gives it
     assert load_checkpoint(again.best)["arch"]["name"] == "timm:test_resnet"  # predict needs no folder
 
 

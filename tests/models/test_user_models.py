@@ -121,6 +121,28 @@ def test_a_library_model_for_rgb_trains_on_greyscale_images(tmp_path):
     assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
 
 
+def test_a_torchvision_model_given_built_is_rebuilt_by_its_registered_name(tmp_path):
+    """torchvision's own class, given built, is recorded as the registered name that builds it (resnet18), so
+    predict and --resume rebuild it; its source file (torchvision/models/resnet.py) does not import on its own."""
+    import tudui
+    import yaml
+    from torchvision.models import resnet18
+
+    from tudui.core.checkpoint import load_checkpoint
+
+    model = resnet18(num_classes=10)
+    r = tudui.train(data="digits", model=model, img_size=16, subset=100, epochs=1, batch_size=50,
+                    project=str(tmp_path), plots=False, tensorboard=False)
+    ckpt = load_checkpoint(r.best)
+    assert ckpt["arch"]["name"] == "resnet18" and "source" not in ckpt["arch"]
+    assert yaml.safe_load(open(r.run_dir / "config.yaml"))["model"] == "resnet18"
+    rebuilt = tudui.Predictor.from_path(r.best, device="cpu").model
+    model.load_state_dict(ckpt["model"])
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(rebuilt.eval()(x), model.eval()(x), atol=1e-5)
+
+
 def test_channels_that_do_not_fit_a_library_model_name_the_keyword(tmp_path):
     import tudui
     from torchvision.models import resnet18

@@ -338,7 +338,8 @@ class TrainConfig(Options):
         # a model name that carries its weights: a timm tag (timm:NAME.TAG) or a local-dir: folder (timm_models.py)
         named = isinstance(self.model, str) and (self.model.startswith("local-dir:") or
                                                   self.model.startswith("timm:") and "." in self.model)
-        if self.freeze_backbone and not self.weights and not built and not named:
+        # (a resumed run's weights are its last.pt: a model given built is recorded by name, timm:ARCH, in config.yaml)
+        if self.freeze_backbone and not self.weights and not built and not named and not self.resume:
             raise TuduiError("--freeze-backbone without --weights would train a head on a randomly initialised, "
                              "frozen backbone; pass --weights DEFAULT (torchvision's or timm's pretrained weights) or --weights "
                              "FILE (a checkpoint or state_dict), or drop --freeze-backbone to train the whole model")

@@ -18,6 +18,8 @@ meaning that value; `aliases` other spellings of the flag (`--select-by` for `--
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -47,6 +49,35 @@ def flag_of(f: dataclasses.Field) -> str:
     if f.metadata.get("positional"):
         return f.name
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+# Whether the call being served came from the command line (cli.main sets it) or from Python (`tudui.train(...)`,
+# the default): an error that says which option to change names it as the caller writes it
+_COMMAND_LINE: contextvars.ContextVar[bool] = contextvars.ContextVar("tudui_command_line", default=False)
+
+
+@contextlib.contextmanager
+def on_command_line():
+    """Within it, `option_text` names options as flags (cli.main runs every command inside it)."""
+    token = _COMMAND_LINE.set(True)
+    try:
+        yield
+    finally:
+        _COMMAND_LINE.reset(token)
+
+
+def on_cli() -> bool:
+    """Whether the call being served came from the command line (else from Python)."""
+    return _COMMAND_LINE.get()
+
+
+def option_text(name: str, value: Any = None) -> str:
+    """An option as the caller gives it: `option_text("img_size", 32)` is '--img-size 32' on the command line and
+    'img_size=32' in a library call; without a value, '--img-size' or 'img_size='."""
+    if on_cli():
+        flag = "--" + name.replace("_", "-")
+        return flag if value is None else f"{flag} {value}"
+    return f"{name}=" if value is None else f"{name}={value!r}" if isinstance(value, str) else f"{name}={value}"
 
 
 def bounds_text(meta: dict) -> str | None:

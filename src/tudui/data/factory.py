@@ -19,7 +19,7 @@ from ..core.config import MEMORY_LIMIT_MB, TrainConfig
 from ..core.console import shown
 from ..core.errors import TuduiError
 from ..core.modes import AUGMENTS, AUTO_AUGMENT
-from ..core.options import EVAL_BATCH_SIZE
+from ..core.options import EVAL_BATCH_SIZE, option_text
 from ..core.pyfile import is_file_ref, load_object
 from .cache import cached_split
 from .folders import read_folder_splits, split_folders
@@ -282,9 +282,9 @@ def build_data(cfg, default_norm: tuple[list[float], list[float]] | None = None,
     native_size, native_ch, native_short = _native_format(train)
     size, channels = cfg.img_size or default_size or native_size, cfg.channels or default_channels or native_ch
     if channels not in (1, 3):
-        raise TuduiError(f"--channels must be 1 or 3, got {channels}")
+        raise TuduiError(f"{option_text('channels')} must be 1 or 3, got {channels}")
     if size < 4:
-        raise TuduiError(f"--img-size must be at least 4 pixels, got {size}")
+        raise TuduiError(f"{option_text('img_size')} must be at least 4 pixels, got {size}")
     # Photos: RGB image files whose native short side is at least the training size (and not tiny): they get
     # random-resized-crop training and resize + centre-crop evaluation. Built-in sets and small images keep the
     # squash-to-square recipe.

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.config import TrainConfig, load_yaml
+from ..models.timm_models import entrypoint_name
 from .resume import resume_config
 
 
@@ -14,6 +15,8 @@ def resolve_config(values: dict, config_file: str | Path | None = None) -> Train
     (engine/resume.py); a run that has nothing left to do raises RunFinished.
     """
     values = dict(values)
+    if entrypoint_name(values.get("model")):  # timm.models.resnet18 given as the model: timm:resnet18
+        values["model"] = entrypoint_name(values["model"])
     if values.get("resume"):
         return resume_config(values | {"_config": config_file})
     base = load_yaml(config_file) if config_file else {}

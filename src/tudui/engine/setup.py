@@ -18,6 +18,7 @@ from ..core.device import World, make_scaler, reuse_freed_memory, seed_everythin
 from ..core.checkpoint import weights_data
 from ..core.console import shown
 from ..core.errors import TuduiError
+from ..core.options import on_cli, option_text
 from ..core.files import close_run_dir, open_run_dir, versions
 from ..data import IMAGENET_MEAN, IMAGENET_STD, RESAMPLE, DataBundle, build_data, eval_batch_size, make_loader
 from ..models import get_model_info
@@ -58,13 +59,13 @@ def timm_preprocessing(cfg: TrainConfig) -> tuple:
         taken.append(f"input {side} px")
     if pcfg.get("crop_pct") and cfg.crop_pct is None:
         taken.append(f"evaluation crop {pcfg['crop_pct']:g} (photos)")
-    given = [f for f, v in (("--img-size", cfg.img_size), ("--crop-pct", cfg.crop_pct), ("--mean/--std", cfg.mean))
-             if v is not None]
+    given = ["/".join(map(option_text, names)) for names, v in
+             ((("img_size",), cfg.img_size), (("crop_pct",), cfg.crop_pct), (("mean", "std"), cfg.mean)) if v is not None]
     interp = pcfg.get("interpolation")
     if interp in RESAMPLE and interp != "bilinear":
         taken.append(f"{interp} resizes")
     line = f"preprocessing: {', '.join(taken) or 'nothing'} from {src}" + \
-        (f"; {', '.join(given)} from the command line" if given else "") + \
+        (f"; {', '.join(given)} from {'the command line' if on_cli() else 'the call'}" if given else "") + \
         (f"; the weights were trained on {interp} resizes, tudui resizes bilinearly" if interp and
          interp not in RESAMPLE else "")
     record = {"source": src, **{k: list(v) if isinstance(v, tuple) else v for k, v in pcfg.items()
@@ -117,6 +118,8 @@ def write_run_files(run: Run) -> None:
                                 "std": spec.std, "hflip": spec.hflip, "name": run.run_dir.name, "resume": None,
                                 "nproc": w.local_size,  # so --config repeats a torchrun job
                                 "augment": run.data.augment, "crop_pct": spec.crop_pct or 0}  # auto, as chosen
+    if not isinstance(cfg.model, str) and "source" not in run.arch:  # timm's or torchvision's model given built: by
+        resolved["model"] = run.arch["name"]  # the name its checkpoints rebuild it by, so --resume rebuilds it too
     save_yaml(resolved, run.run_dir / "config.yaml")
     if not cfg.resume:
         write_results(run.run_dir / "results.csv", [])  # a new run starts a new table

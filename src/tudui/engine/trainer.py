@@ -21,6 +21,7 @@ from ..core.checkpoint import save_checkpoint
 from ..core.config import TrainConfig, load_yaml, save_yaml
 from ..core.console import Progress, shown
 from ..core.errors import TuduiError
+from ..core.options import option_text
 from ..core.files import write_text
 from ..data import eval_batch_size, make_loader
 from ..models.surgery import head_path
@@ -193,8 +194,8 @@ def fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:
                 raise
             raise TuduiError(f"a BatchNorm layer of the model got one value per channel to train on "
                              f"({str(e).splitlines()[0]}): a batch of one image whose feature map is 1x1 there; "
-                             f"use --batch-size 2 or more (now {cfg.batch_size}; a training set of one image "
-                             f"cannot train it either) or a larger --img-size") from None
+                             f"use {option_text('batch_size', 2)} or more (now {cfg.batch_size}; a training set of one "
+                             f"image cannot train it either) or a larger {option_text('img_size')}") from None
 
 
 def _fit(cfg: TrainConfig, callbacks: list[Callback] | None = None) -> RunResult:

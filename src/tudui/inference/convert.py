@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..core.errors import TuduiError
+from ..core.options import option_text
 from ..core.checkpoint import (FORMAT, PickledObjects, check_data, make_checkpoint, read_weights, save_checkpoint,
                                torch_load)
 from ..data import DataSpec
@@ -160,7 +161,8 @@ def convert(src: str | Path, out: str | Path, *, model: str, trust: bool = False
             logits = net.eval()(torch.zeros(1, channels, img_size, img_size))
     except RuntimeError as e:
         fit = find_fitting_input(net, (channels, img_size, img_size)) if loaded else None  # the weights fit: the input?
-        hint = f"; the model takes {shape_str(fit)} inputs: add --channels {fit[0]} --img-size {fit[1]}" \
+        hint = f"; the model takes {shape_str(fit)} inputs: add {option_text('channels', fit[0])} " \
+            f"{option_text('img_size', fit[1])}" \
             if fit and fit[1] == fit[2] else ""
         raise TuduiError(f"{src} does not fit --model {model} with {len(classes)} classes, {channels} channel(s) "
                          f"at {img_size}px: {str(e).splitlines()[0][:300]}{hint}") from None

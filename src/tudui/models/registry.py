@@ -22,6 +22,7 @@ import torch.nn as nn
 
 from ..core.checkpoint import read_weights
 from ..core.errors import TuduiError
+from ..core.options import option_text
 from ..core.pyfile import is_file_ref, load_object, module_classes, split_ref
 from .surgery import load_weights
 from .user import build_from_source, call_builder
@@ -119,7 +120,7 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: in
     info = get_model_info(name)
     if img_size < info.min_size:
         raise TuduiError(f"model {name} needs inputs of at least {info.min_size}x{info.min_size} pixels, got "
-                         f"{img_size}x{img_size}; pass --img-size {info.min_size} (or larger)")
+                         f"{img_size}x{img_size}; pass {option_text('img_size', info.min_size)} (or larger)")
     weights = None
     if "weights" in kwargs and "weights" not in inspect.signature(info.builder).parameters:
         weights = kwargs.pop("weights")  # builders without their own weights handling: load the file here

@@ -12,8 +12,12 @@ timm is optional (`pip install 'tudui[timm]'`) and imported only when a `timm:` 
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
+import inspect
 import json
+import logging
+import sys
 from pathlib import Path
 
 import torch
@@ -134,15 +138,22 @@ def map_by_order(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     if sum(k in own for k in state) >= len(own) // 2:
         return state, []
     src, dst = list(state.items()), list(own.items())
-    if len(src) != len(dst):
-        raise TuduiError(f"weights {shown(source)} do not fit this model: the file has {len(src)} tensors under other "
-                         f"names, the model {len(dst)}; pass weights of the same architecture")
     head = {n + ".weight" for n in _classifier_names(model)} | {n + ".bias" for n in _classifier_names(model)}
+    counts = f" (the file has {len(src)} tensors under other names, the model {len(dst)})" if len(src) != len(dst) \
+        else ""
     for i, ((sk, sv), (dk, dv)) in enumerate(zip(src, dst)):
-        if sv.shape != dv.shape and dk not in head and not (sv.dim() == 4 and i < 2):
+        first_conv = i < 2 and sv.dim() == dv.dim() == 4 and sv.shape[0] == dv.shape[0] and \
+            sv.shape[2:] == dv.shape[2:]  # another input channel count: load_weights adapts it
+        if sv.shape != dv.shape and dk not in head and not first_conv:
             raise TuduiError(f"weights {shown(source)} do not fit this model: tensor {i + 1} is {sk} "
-                             f"{tuple(sv.shape)} in the file but {dk} {tuple(dv.shape)} in the model; pass weights "
-                             "of the same architecture")
+                             f"{tuple(sv.shape)} in the file but {dk} {tuple(dv.shape)} in the model{counts}; pass "
+                             "weights of the same architecture")
+    if counts:
+        n = min(len(src), len(dst))
+        extra = f"{src[n][0]} is tensor {n + 1} of the file, the model has no more" if len(src) > n else \
+            f"the model's tensor {n + 1}, {dst[n][0]}, has none in the file"
+        raise TuduiError(f"weights {shown(source)} do not fit this model: the first {n} tensors line up in order and "
+                         f"shape but {extra}{counts}; pass weights of the same architecture")
     return {dk: sv for (_, sv), (dk, _) in zip(src, dst)}, [(sk, dk) for (sk, _), (dk, _) in zip(src, dst)]
 
 
@@ -172,6 +183,43 @@ def offline_error(name: str, cfg: dict, err: Exception) -> TuduiError:
     return TuduiError(f"could not get {name}'s pretrained weights ({first}); {where}")
 
 
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub's host takes a TCP connection within `timeout_s` (behind a proxy: assumed so).
+    Without a network huggingface_hub retries each request for about a minute, printing a warning at every try."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _hub_session():
+    """Around timm's download: offline (the Hub cache only) when the Hub cannot be reached, and huggingface_hub's
+    retry warnings kept off the console (a failure is one line: offline_error)."""
+    from huggingface_hub import constants
+
+    offline, log = constants.HF_HUB_OFFLINE, logging.getLogger("huggingface_hub")
+    level = log.level
+    if not offline and not _hub_reachable():
+        constants.HF_HUB_OFFLINE = True
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = offline
+        log.setLevel(level)
+
+
 def build_timm(name: str, num_classes: int, in_channels: int, img_size: int, weights: str | None = None,
                **kwargs) -> nn.Module:
     """timm.create_model for `num_classes` outputs and `in_channels` inputs, with initial weights: None (random),
@@ -189,7 +237,8 @@ def build_timm(name: str, num_classes: int, in_channels: int, img_size: int, wei
     try:
         if download and not local:
             try:
-                model = timm.create_model(arch, pretrained=True, **args)
+                with _hub_session():
+                    model = timm.create_model(arch, pretrained=True, **args)
             except (OSError, RuntimeError, ValueError) as e:  # no network, HF_HUB_OFFLINE=1, a missing cache file
                 raise offline_error(name, cfg, e) from None
         else:
@@ -205,6 +254,34 @@ def build_timm(name: str, num_classes: int, in_channels: int, img_size: int, wei
         if mapping:
             model.__dict__[MAPPING] = mapping
     return model
+
+
+def entrypoint_name(fn) -> str | None:
+    """'timm:resnet18' for one of timm's own builder functions given to the library as the model
+    (`tudui.train(model=timm.models.resnet18)`), which takes timm's in_chans, not in_channels; else None."""
+    timm = sys.modules.get("timm")  # such a function exists only once timm is imported
+    name = getattr(fn, "__name__", None)
+    if timm is None or not inspect.isfunction(fn) or not str(getattr(fn, "__module__", "")).startswith("timm.") \
+            or not isinstance(name, str) or not timm.is_model(name):
+        return None
+    return TIMM + name if timm.models.model_entrypoint(name) is fn else None
+
+
+def instance_name(model: nn.Module, num_classes: int, in_channels: int, img_size: int) -> str | None:
+    """'timm:ARCH' for a model timm built (`timm.create_model("ARCH", ...)` given to the library as it is) when timm
+    rebuilds that architecture for this data with the same tensors, names and shapes, so predict, export and serve
+    rebuild it as they do `--model timm:ARCH`; None for any other model (it stays the user's own)."""
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
+    if not type(model).__module__.startswith("timm.") or not isinstance(arch, str):
+        return None
+    try:
+        with torch.device("meta"):  # shapes only
+            rebuilt = build_timm(TIMM + arch, num_classes, in_channels, img_size)
+    except Exception:  # noqa: BLE001 - an architecture timm does not rebuild this way: the user's own model
+        return None
+    same = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    return TIMM + arch if same else None
 
 
 def _info(name: str) -> ModelInfo:

@@ -83,6 +83,26 @@ for _arch, (_min, _desc) in ARCHITECTURES.items():
     _register(_arch, _min, _desc)
 
 
+def instance_name(model: nn.Module, num_classes: int, in_channels: int, img_size: int) -> str | None:
+    """The registered name ('resnet18', ...) of a torchvision model given to the library built
+    (`torchvision.models.resnet18(num_classes=10)`) when that name builds the same class with the same tensors, names
+    and shapes for this data, at a size the name takes; None otherwise (the model stays the user's own)."""
+    if not type(model).__module__.startswith("torchvision.models"):
+        return None
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for arch, (min_size, _) in ARCHITECTURES.items():
+        if img_size < min_size:  # create_model would refuse to rebuild it
+            continue
+        try:
+            with torch.device("meta"):  # shapes only
+                built = build_torchvision(arch, num_classes, in_channels)
+        except Exception:  # noqa: BLE001 - not this architecture
+            continue
+        if type(built) is type(model) and {k: tuple(v.shape) for k, v in built.state_dict().items()} == own:
+            return arch
+    return None
+
+
 def weights_crop_pct(arch, which: str | None) -> float | None:
     """The evaluation crop of torchvision's pretrained `which` weights for `arch` (crop / resize side: 224/256 =
     0.875 for ResNet), from the weights' metadata (nothing is downloaded); None for a weights file or an unknown

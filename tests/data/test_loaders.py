@@ -54,3 +54,22 @@ def test_the_memory_mapped_loader_stays_at_a_few_batches_of_resident_memory(tmp_
     assert file_grown <= 4 * batch_mb, f"{file_grown:.0f} MiB of the entry's pages stayed resident in an epoch"
     (seen, _), grown = peak_rss_growth_mb(epoch)
     assert seen == n and grown < 32, f"resident memory grew by {grown:.0f} MiB over an epoch of 48 MiB"
+
+
+def test_a_finished_run_and_an_evaluation_leave_no_dataloader_worker_behind(tmp_path, fmnist_folders):
+    """The worker processes of a run's file loaders end with the run (not at some later garbage collection, which
+    waited 5 s per worker), and a loader read once lets its workers go at the end of its pass."""
+    import multiprocessing
+    import threading
+
+    import tudui
+    from tudui.cli import main as tudui_main
+
+    r = tudui.train(data=str(fmnist_folders), model="mnist-cnn", epochs=2, memory="off", cache="off", workers=2,
+                    plots=False, tensorboard=False, project=str(tmp_path), name="w")
+    assert r.val["n"] == 200  # the val/ folder, read from its files by the workers each epoch
+    assert multiprocessing.active_children() == []
+    assert not [t for t in threading.enumerate() if t.name == "QueueFeederThread"]
+    assert tudui_main(["eval", str(r.best), "--data", str(fmnist_folders / "val"), "--workers", "2", "--cache", "off",
+                       "--out", str(tmp_path / "eval")]) == 0
+    assert multiprocessing.active_children() == []

@@ -274,7 +274,10 @@ class FileLoader(torch.utils.data.DataLoader):
 
 
 def file_loader(split: Split, channels: int, size: int, batch_size: int, train: bool, workers: int,
-                seed: int = 0, bad_images: str = "skip", sampler=None, crop_pct: float | None = None) -> FileLoader:
+                seed: int = 0, bad_images: str = "skip", sampler=None, crop_pct: float | None = None,
+                reused: bool = False) -> FileLoader:
+    """`reused`: the loader is iterated once per epoch, so its worker processes stay up between passes (until
+    stop_workers); a loader read once lets its workers go as soon as the pass ends."""
     ds = FileDataset(split, channels, size, crop_pct)
     g = torch.Generator().manual_seed(seed)
     # Training drops the ragged end unless this rank's share is less than one batch: then that share is the one
@@ -284,16 +287,28 @@ def file_loader(split: Split, channels: int, size: int, batch_size: int, train: 
     return FileLoader(
         ds, bad_images, str(split.origin or ""), batch_size=batch_size, shuffle=train and sampler is None,
         sampler=sampler, drop_last=train and share >= batch_size, num_workers=workers, generator=g,
-        persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+        persistent_workers=workers > 0 and reused, pin_memory=torch.cuda.is_available())
+
+
+def stop_workers(loader) -> None:
+    """End the worker processes a reused FileLoader keeps between passes, now. Left to the garbage collector (a
+    finished run's objects refer to each other, so only a collection frees them), their shutdown took torch's 5 s
+    join timeout per worker, at whatever later moment the collection came (20 s for 4 workers, measured in a
+    notebook-style session: tudui.train, then gc.collect()). Other loaders: nothing to do."""
+    iterator = getattr(loader, "_iterator", None)  # DataLoader's persistent iterator (torch keeps it there)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
 
 
 def make_loader(split: Split, spec: DataSpec, batch_size: int, train: bool, device: torch.device, *,
                 workers: int = 0, seed: int = 0, bad_images: str = "skip", rank: int = 0, world_size: int = 1,
-                layout: Layout | None = None, in_memory: bool = True, sampler_weights: str | None = None):
+                layout: Layout | None = None, in_memory: bool = True, sampler_weights: str | None = None,
+                reused: bool = False):
     """Batches of (uint8 images, int64 targets): from memory when decoded and held (in_memory), memory-mapped
     cache rows batch by batch when they are not, else decoded from files (in `layout`: default the spec's
     evaluation layout). `sampler_weights` ('inverse' or 'sqrt', training only): each epoch's images drawn by
-    data/sampler.py's balanced sampler instead of shuffled."""
+    data/sampler.py's balanced sampler instead of shuffled. `reused`: read once per epoch (file_loader)."""
     weights = sample_weights(split.targets, len(split.classes), sampler_weights) if train and sampler_weights \
         else None
     if split.images is not None and (in_memory or not hasattr(split.images, "release")):
@@ -316,4 +331,4 @@ def make_loader(split: Split, spec: DataSpec, batch_size: int, train: bool, devi
         # the ranks, and the repeats would be counted twice in the summed metrics).
         sampler = range(rank, len(split), world_size)
     return file_loader(split, layout.channels, layout.size, batch_size, train, workers, seed, bad_images, sampler,
-                       layout.crop_pct)
+                       layout.crop_pct, reused)

@@ -17,6 +17,7 @@ from ..core.errors import TuduiError
 from ..core.modes import AUGMENTS
 from ..core.notebook import display, escape, html_table, in_notebook, png_uri
 from ..data import DataBundle, DataSpec, augment_batch, augment_options, normalize
+from ..data.loaders import stop_workers
 from ..data.augment import center_crop_batch, erase_batch, mix_batch, policy_batch, resized_crop_batch
 from .callbacks import Callback
 from .ema import ModelEMA
@@ -162,7 +163,10 @@ class Run:
     def close(self) -> None:
         """Let another training use the run directory (the lock also ends with the process, however it ends),
         and let go of the DDP wrapper, which holds the process group: a callback may keep this Run alive after
-        training, and the group must be freed when the job is left (engine/distributed.teardown)."""
+        training, and the group must be freed when the job is left (engine/distributed.teardown). The loaders'
+        worker processes end here too (data/loaders.stop_workers)."""
+        stop_workers(self.train_loader)
+        stop_workers(self.val_loader)
         if self.lock is not None:
             self.lock.release()
             self.lock = None

@@ -102,7 +102,7 @@ def _weights_note(cfg: TrainConfig, spec, report, trained: dict | None, norm, no
 def build_loaders(cfg: TrainConfig, data: DataBundle, device: torch.device, w: World, workers: int = 0) -> tuple:
     """(train loader, val loader or None); under torchrun each rank gets its own shard."""
     args = dict(device=device, workers=workers, seed=cfg.seed, bad_images=cfg.bad_images, rank=w.rank,
-                world_size=w.size, in_memory=data.in_memory)
+                world_size=w.size, in_memory=data.in_memory, reused=True)  # read every epoch: Run.close stops them
     train = make_loader(data.train, data.spec, cfg.batch_size, True, layout=data.train_layout,
                         sampler_weights=cfg.sampler_weights if cfg.balance == "sampler" else None, **args)
     if len(train) == 0:

@@ -10,6 +10,10 @@ DEMO_EPOCHS ?=
 # make test runs one pytest-xdist worker per core (each holds its own torch, ~1 GB; tests/conftest.py gives each one
 # intra-op thread): about 1.8x sooner than one process on 2 cores. PARALLEL= (empty) runs pytest in one process.
 PARALLEL ?= -n auto --maxprocesses 4 --dist worksteal
+# The tests' Python processes keep their bytecode (and pytest its rewritten test modules) in __pycache__ folders even
+# where the environment says PYTHONDONTWRITEBYTECODE: otherwise each pytest process rewrites ~400 modules (about 4 s of
+# CPU) and every child process compiles tudui again. Empty means unset to Python.
+TEST_ENV := PYTHONDONTWRITEBYTECODE=
 
 .PHONY: install apt-get data demo test test-all test-min bench bench-gpu clean
 
@@ -75,10 +79,10 @@ demo: data
 
 # The CI suite; the big-model ONNX parity checks are marked slow and run with `make test-all`.
 test: data $(TEST_STAMP)
-	$(PY) -m pytest -q -m "not slow" $(PARALLEL)
+	$(TEST_ENV) $(PY) -m pytest -q -m "not slow" $(PARALLEL)
 
 test-all: data $(TEST_STAMP)
-	$(PY) -m pytest -q $(PARALLEL)
+	$(TEST_ENV) $(PY) -m pytest -q $(PARALLEL)
 
 # The oldest torch/torchvision pair pyproject.toml accepts (`torch>=`, `torchvision>=`: change all three together), in
 # an environment of its own, so the floor is a tested one: `make test-min` installs tudui there as `make install`

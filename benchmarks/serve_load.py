@@ -281,8 +281,9 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
                                      check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
         servers.append((f"tudui serve --workers 1 at {args.before}", dict(model=model, workers=1, src=before / "src")))
-    print(f"sweep: {generator} as the load generator, clients {args.clients}, 2 s warm-up + {args.sweep_duration:g} s "
-          f"counted each", flush=True)
+    warm = 0.5 if args.quick else 2.0  # s of uncounted load before each cell (the smoke test: only that it runs)
+    print(f"sweep: {generator} as the load generator, clients {args.clients}, {warm:g} s warm-up + "
+          f"{args.sweep_duration:g} s counted each", flush=True)
     rows, results = [], {}
     for name, kw in servers:
         proc, url = start_server(kw["model"], args.max_batch, args.max_wait_ms, kw["workers"],
@@ -303,7 +304,7 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
                     if generator == "wrk":
                         return run_wrk(url, clients, seconds, script)
                     return run_python_client(url, proc.pid, images, clients, seconds)
-                once(2.0)  # warm-up, not counted
+                once(warm)  # warm-up, not counted
                 rss0 = rss0 if rss0 is not None else server_rss(proc.pid)
                 r = once(args.sweep_duration)
                 results[name, clients] = r

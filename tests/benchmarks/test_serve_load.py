@@ -16,7 +16,7 @@ def test_short_load_run_has_no_errors_and_batches_form(tiny_model, tmp_path):
     pytest.importorskip("fastapi")
     pytest.importorskip("psutil")
     r = forkserver.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), str(tiny_model), "--quick",
-                        "--duration", "2", "--warmup", "1", "--concurrency", "16", "--clients", "8", "--workdir", str(tmp_path)],
+                        "--duration", "1.5", "--warmup", "0.5", "--concurrency", "16", "--clients", "8", "--workdir", str(tmp_path)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 

@@ -150,3 +150,28 @@ def test_workers_must_be_a_positive_count(tiny_model, capsys):
         assert tudui_main(["serve", str(tiny_model), "--workers", value]) == 2
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and words in err, err
+
+
+@pytest.mark.parametrize("access_log", [True, False])
+def test_no_access_log_leaves_out_the_line_per_request(tiny_model, access_log, capsys):
+    """`--access-log` (the default) prints one line per request, as uvicorn does; `--no-access-log` none."""
+    from tests.inference.conftest import _live_server
+    from tudui.cli import build_parser
+    from tudui.core.options import ServeOptions
+    from tudui.inference import Predictor
+    from tudui.inference.http import uvicorn_config
+    from tudui.inference.server import create_app
+
+    flags = [] if access_log else ["--no-access-log"]
+    parsed = vars(build_parser().parse_args(["serve", str(tiny_model), *flags]))
+    assert parsed.get("access_log", ServeOptions.access_log) is access_log  # a flag not given is left to the default
+    app = create_app(Predictor.from_path(tiny_model, device="cpu"))
+    # uvicorn's logging set-up: its access lines go to the sys.stdout of now (this test's captured one)
+    config = uvicorn_config(app, ServeOptions(model=str(tiny_model), workers=1, access_log=access_log))
+    with _live_server(app, config) as url:
+        for _ in range(3):
+            r = httpx.post(f"{url}/predict", content=(IMAGES / "digit0003.png").read_bytes(),
+                           headers={"content-type": "image/png"})
+            assert r.status_code == 200
+    out = capsys.readouterr().out
+    assert out.count('"POST /predict HTTP/1.1" 200') == (3 if access_log else 0), out

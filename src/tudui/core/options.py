@@ -394,6 +394,8 @@ class ServeOptions(Options):
                                         "one thread: a number, or auto (the cores available, at most 4)", type=str)
     header_timeout_s: float = option(10.0, "seconds a connection may take to send a request's headers; a slower one "
                                            "(slow-loris) is closed", flag="--header-timeout", gt=0)
+    access_log: bool = option(True, "print a line per request (uvicorn's access log); --no-access-log leaves it out "
+                                    "at high request rates, where writing it costs a worker noticeable time")
     log_level: str = option("info", "uvicorn's log level", cli=False)
     reject_below: float | None = reject_below_option()
     reject: str | None = reject_option()

@@ -133,10 +133,12 @@ def run_workers(config, sock, announce) -> None:
 
 def uvicorn_config(app, options, http: str = "auto", **kwargs):
     """uvicorn's Config for `tudui serve`: protocol()'s HTTP protocol with the header deadline of
-    options.header_timeout_s, and uvloop as the event loop where installed (uvicorn's loop "auto").
+    options.header_timeout_s, and uvloop as the event loop where installed (uvicorn's loop "auto"); a line per
+    request unless options.access_log is off.
     `app`: the ASGI app, or an import string with factory=True (workers); `http`: protocol()'s name."""
     import uvicorn
 
-    config = uvicorn.Config(app, log_level=options.log_level, http=protocol(http), **kwargs)
+    config = uvicorn.Config(app, log_level=options.log_level, access_log=options.access_log, http=protocol(http),
+                            **kwargs)
     setattr(config, HEADER_TIMEOUT_ATTR, options.header_timeout_s)
     return config

@@ -8,8 +8,8 @@ clients from a compiled load generator (the sweep).
                                     [--before REF] [--quick]
 
 The sweep: for each server (the minimal one; `tudui serve` as a user starts it, `--workers auto`; the same with
-`--workers 1`; with --before REF, `tudui serve --workers 1` from that commit of this repository, the same
-environment) and each number of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's
+`--workers 1`; the same with `--no-access-log`, which like the minimal server prints no line per request; with
+--before REF, `tudui serve --workers 1` from that commit of this repository, the same environment) and each number of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's
 `wrk` (one thread, C code, a Lua script cycling through the same PNGs) where it is on the PATH, else this script's
 own asyncio client (which then takes a core itself). The generator's CPU time is reported (its rusage), so a
 saturated generator shows.
@@ -88,14 +88,14 @@ uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
 def start_server(model: str, max_batch: int, max_wait_ms: float, workers: int | str = 1,
-                 baseline: bool = False, src=None) -> tuple[subprocess.Popen, str]:
+                 baseline: bool = False, src=None, extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
     """`tudui serve MODEL --port 0 ...` (from the `src` folder of another tudui, default this checkout's; or,
     baseline, MINIMAL_SERVER on the .onnx MODEL) in its own process; returns it and its base URL once it listens."""
     env = os.environ | {"PYTHONPATH": f"{src or C.ROOT / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
                         "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-c", MINIMAL_SERVER, model] if baseline else \
         [sys.executable, "-m", "tudui", "serve", model, "--port", "0", "--device", "cpu", "--max-batch",
-         str(max_batch), "--max-wait-ms", str(max_wait_ms), "--workers", str(workers)]
+         str(max_batch), "--max-wait-ms", str(max_wait_ms), "--workers", str(workers), *extra]
     # Its log (an access line per request) goes to a file: read through a pipe by a thread here, it took CPU from
     # the same cores as the server and the load generator, 3,000 lines a second.
     log = tempfile.NamedTemporaryFile("w+", prefix="tudui-serve-", suffix=".log", delete=False)
@@ -273,6 +273,8 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
     servers.append(("tudui serve", dict(model=model, workers="auto")))
     if not args.quick:  # (the same code as --workers auto on one process: the smoke test leaves it out)
         servers.append(("tudui serve --workers 1", dict(model=model, workers=1)))
+        # like for like with the minimal server, which prints no line per request either
+        servers.append(("tudui serve --no-access-log", dict(model=model, workers="auto", extra=("--no-access-log",))))
     if args.before:
         before = work / f"before-{args.before}"
         if not (before / "src" / "tudui").is_dir():
@@ -287,7 +289,7 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
     rows, results = [], {}
     for name, kw in servers:
         proc, url = start_server(kw["model"], args.max_batch, args.max_wait_ms, kw["workers"],
-                                 kw.get("baseline", False), kw.get("src"))
+                                 kw.get("baseline", False), kw.get("src"), kw.get("extra", ()))
         try:
             deadline = time.monotonic() + 60
             while True:  # printing its address comes before listening in the minimal server: wait for an answer
@@ -336,6 +338,12 @@ def sweep_targets(args) -> list[list[str]]:
         rows.append([f"tudui serve >= 2x the minimal server's requests/s ({near(32)} clients)",
                      f"{t['rate'] / m['rate']:.2f}x", C.verdict(t["rate"] >= 2 * m["rate"])])
         rows.append(["... with a lower p99", f"{t['p99']:.1f} ms vs {m['p99']:.1f} ms", C.verdict(t["p99"] < m["p99"])])
+        if ("tudui serve --no-access-log", near(32)) in res:  # neither server prints a line per request
+            q = res["tudui serve --no-access-log", near(32)]
+            rows.append([f"tudui serve --no-access-log >= 2x the minimal server ({near(32)} clients)",
+                         f"{q['rate'] / m['rate']:.2f}x", C.verdict(q["rate"] >= 2 * m["rate"])])
+            rows.append(["... with a lower p99", f"{q['p99']:.1f} ms vs {m['p99']:.1f} ms",
+                         C.verdict(q["p99"] < m["p99"])])
     if args.before:
         b = res[f"tudui serve --workers 1 at {args.before}", near(64)]
         t = res["tudui serve", near(64)]

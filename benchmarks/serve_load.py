@@ -9,10 +9,10 @@ clients from a compiled load generator (the sweep).
 
 The sweep: for each server (the minimal one; `tudui serve` as a user starts it, `--workers auto`; the same with
 `--workers 1`; the same with `--no-access-log`, which like the minimal server prints no line per request; with
---before REF, `tudui serve --workers 1` from that commit of this repository, the same environment) and each number of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's
-`wrk` (one thread, C code, a Lua script cycling through the same PNGs) where it is on the PATH, else this script's
-own asyncio client (which then takes a core itself). The generator's CPU time is reported (its rusage), so a
-saturated generator shows.
+--before REF, `tudui serve --workers 1` from that commit of this repository, the same environment) and each number
+of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's `wrk` (one thread, C code, a Lua
+script cycling through the same PNGs) where it is on the PATH, else this script's own asyncio client (which then
+takes a core itself). The generator's CPU time is reported (its rusage), so a saturated generator shows.
 
 MODEL is a checkpoint, run directory or .onnx; without it the default model (`fast`, 1x28x28, 10 classes) is
 trained for one epoch on the bundled digits first (a few seconds; the weights do not matter for speed). The

@@ -109,7 +109,19 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=list(range(9)),
                    help="seeds per recipe and dataset [0..8]: digits tests on 359 images (one is 0.28 points), so "
                         "three seeds cannot resolve the 0.5-point tolerance")
+    p.add_argument("--previous", nargs="+", metavar="KEY=VALUE",
+                   help="the recipe today's defaults are compared with, as tudui.train keywords [default: the one "
+                        "before issue 17, PREVIOUS]; e.g. batch_size=128 epochs=10 best_by=top1, the fixed recipe "
+                        "before --batch-size/--epochs/--best-by auto (issue 34)")
     args = p.parse_args()
+    previous = PREVIOUS
+    if args.previous:
+        import yaml
+
+        try:
+            previous = {k: yaml.safe_load(v) for k, v in (item.split("=", 1) for item in args.previous)}
+        except ValueError:
+            p.error(f"--previous takes KEY=VALUE items, got {args.previous}")
     C.header("the default recipe beyond Fashion-MNIST: previous vs today's", args.quick)
     if args.quick:
         print("--quick: the rows named mnist and folders train on 1,000 local Fashion-MNIST items standing in for "
@@ -121,7 +133,7 @@ def main() -> None:
         project = str(workdir / "runs")
         for name, data in datasets(workdir, args.quick).items():
             got = {}
-            for label, recipe in (("previous", PREVIOUS), ("today", NOW)):
+            for label, recipe in (("previous", previous), ("today", NOW)):
                 results = [run(data | recipe | quick, s, project) for s in seeds]
                 got[label] = results
                 accs = [a for a, _ in results]
@@ -131,10 +143,13 @@ def main() -> None:
             old, new = (C.median(a for a, _ in got[k]) for k in ("previous", "today"))
             verdicts.append([f"{name}: today's default not worse than the previous (median, -{TOLERANCE} points)",
                              f"{new - old:+.2f} points", C.verdict(None if args.quick else new >= old - TOLERANCE)])
+            t_old, t_new = (C.median(t for _, t in got[k]) for k in ("previous", "today"))
+            verdicts.append([f"{name}: today's seconds per run <= 1.1x the previous's (median)",
+                             f"{t_new / t_old:.2f}x", C.verdict(None if args.quick else t_new <= 1.1 * t_old)])
     print("\ntest top-1 % per seed " + str(seeds) + ", median, and median seconds per run (data loading included)")
     print(C.table(["dataset", "recipe", "test top-1 per seed", "median", "s per run"], rows))
-    print(f"\nprevious = {PREVIOUS}; today = tudui's defaults")
-    print("\ntargets (issue 17)")
+    print(f"\nprevious = {previous}; today = tudui's defaults")
+    print("\ntargets (issues 17 and 34)")
     print(C.table(["target", "measured", "verdict"], verdicts))
 
 

@@ -8,11 +8,12 @@ clients from a compiled load generator (the sweep).
                                     [--before REF] [--quick]
 
 The sweep: for each server (the minimal one; `tudui serve` as a user starts it, `--workers auto`; the same with
-`--workers 1`; the same with `--no-access-log`, which like the minimal server prints no line per request; with
---before REF, `tudui serve --workers 1` from that commit of this repository, the same environment) and each number
-of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's `wrk` (one thread, C code, a Lua
-script cycling through the same PNGs) where it is on the PATH, else this script's own asyncio client (which then
-takes a core itself). The generator's CPU time is reported (its rusage), so a saturated generator shows.
+`--workers 1`; the same with `--access-log`, a line per request, which neither tudui's default nor the minimal
+server prints; with --before REF, `tudui serve --workers 1` from that commit of this repository, the same
+environment) and each number of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's
+`wrk` (one thread, C code, a Lua script cycling through the same PNGs) where it is on the PATH, else this script's
+own asyncio client (which then takes a core itself). The generator's CPU time is reported (its rusage), so a
+saturated generator shows.
 
 MODEL is a checkpoint, run directory or .onnx; without it the default model (`fast`, 1x28x28, 10 classes) is
 trained for one epoch on the bundled digits first (a few seconds; the weights do not matter for speed). The
@@ -96,8 +97,8 @@ def start_server(model: str, max_batch: int, max_wait_ms: float, workers: int | 
     cmd = [sys.executable, "-c", MINIMAL_SERVER, model] if baseline else \
         [sys.executable, "-m", "tudui", "serve", model, "--port", "0", "--device", "cpu", "--max-batch",
          str(max_batch), "--max-wait-ms", str(max_wait_ms), "--workers", str(workers), *extra]
-    # Its log (an access line per request) goes to a file: read through a pipe by a thread here, it took CPU from
-    # the same cores as the server and the load generator, 3,000 lines a second.
+    # Its log goes to a file: with a line per request (--access-log, or uvicorn's default in the minimal server), read
+    # through a pipe by a thread here, it took CPU from the same cores as the server and the generator.
     log = tempfile.NamedTemporaryFile("w+", prefix="tudui-serve-", suffix=".log", delete=False)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
     try:
@@ -273,8 +274,8 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
     servers.append(("tudui serve", dict(model=model, workers="auto")))
     if not args.quick:  # (the same code as --workers auto on one process: the smoke test leaves it out)
         servers.append(("tudui serve --workers 1", dict(model=model, workers=1)))
-        # like for like with the minimal server, which prints no line per request either
-        servers.append(("tudui serve --no-access-log", dict(model=model, workers="auto", extra=("--no-access-log",))))
+        # what a line per request costs (uvicorn's default; tudui's and the minimal server's print none)
+        servers.append(("tudui serve --access-log", dict(model=model, workers="auto", extra=("--access-log",))))
     if args.before:
         before = work / f"before-{args.before}"
         if not (before / "src" / "tudui").is_dir():
@@ -338,12 +339,6 @@ def sweep_targets(args) -> list[list[str]]:
         rows.append([f"tudui serve >= 2x the minimal server's requests/s ({near(32)} clients)",
                      f"{t['rate'] / m['rate']:.2f}x", C.verdict(t["rate"] >= 2 * m["rate"])])
         rows.append(["... with a lower p99", f"{t['p99']:.1f} ms vs {m['p99']:.1f} ms", C.verdict(t["p99"] < m["p99"])])
-        if ("tudui serve --no-access-log", near(32)) in res:  # neither server prints a line per request
-            q = res["tudui serve --no-access-log", near(32)]
-            rows.append([f"tudui serve --no-access-log >= 2x the minimal server ({near(32)} clients)",
-                         f"{q['rate'] / m['rate']:.2f}x", C.verdict(q["rate"] >= 2 * m["rate"])])
-            rows.append(["... with a lower p99", f"{q['p99']:.1f} ms vs {m['p99']:.1f} ms",
-                         C.verdict(q["p99"] < m["p99"])])
     if args.before:
         b = res[f"tudui serve --workers 1 at {args.before}", near(64)]
         t = res["tudui serve", near(64)]

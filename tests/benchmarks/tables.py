@@ -223,7 +223,9 @@ def _default_elsewhere(out: str, tables: list[Table]) -> None:
     for row in runs.rows:
         assert 0 <= float(row[2]) <= 100 and row[2] == row[3] and float(row[4]) > 0  # one seed: it is the median
     targets(tables, *(rf"{d}: today's default not worse than the previous \(median, -0\.5 points\)"
-                      for d in ("mnist", "digits", "folders")))
+                      for d in ("mnist", "digits", "folders")),
+            *(rf"{d}: today's seconds per run <= 1\.1x the previous's \(median\)"
+              for d in ("mnist", "digits", "folders")))
 
 
 def _amp_speed(out: str, tables: list[Table]) -> None:

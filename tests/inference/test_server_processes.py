@@ -154,7 +154,7 @@ def test_workers_must_be_a_positive_count(tiny_model, capsys):
 
 @pytest.mark.parametrize("access_log", [True, False])
 def test_no_access_log_leaves_out_the_line_per_request(tiny_model, access_log, capsys):
-    """`--access-log` (the default) prints one line per request, as uvicorn does; `--no-access-log` none."""
+    """`--access-log` prints one line per request, as uvicorn does; the default (`--no-access-log`) none."""
     from tests.inference.conftest import _live_server
     from tudui.cli import build_parser
     from tudui.core.options import ServeOptions
@@ -162,7 +162,7 @@ def test_no_access_log_leaves_out_the_line_per_request(tiny_model, access_log, c
     from tudui.inference.http import uvicorn_config
     from tudui.inference.server import create_app
 
-    flags = [] if access_log else ["--no-access-log"]
+    flags = ["--access-log"] if access_log else []
     parsed = vars(build_parser().parse_args(["serve", str(tiny_model), *flags]))
     assert parsed.get("access_log", ServeOptions.access_log) is access_log  # a flag not given is left to the default
     app = create_app(Predictor.from_path(tiny_model, device="cpu"))

@@ -394,8 +394,9 @@ class ServeOptions(Options):
                                         "one thread: a number, or auto (the cores available, at most 4)", type=str)
     header_timeout_s: float = option(10.0, "seconds a connection may take to send a request's headers; a slower one "
                                            "(slow-loris) is closed", flag="--header-timeout", gt=0)
-    access_log: bool = option(True, "print a line per request (uvicorn's access log); --no-access-log leaves it out "
-                                    "at high request rates, where writing it costs a worker noticeable time")
+    access_log: bool = option(False, "print a line per request (uvicorn's access log); off by default, as in "
+                                     "gunicorn: at thousands of requests a second writing it cost 10-20% of the "
+                                     "throughput (benchmarks/README.md)")
     log_level: str = option("info", "uvicorn's log level", cli=False)
     reject_below: float | None = reject_below_option()
     reject: str | None = reject_option()

@@ -134,7 +134,7 @@ def run_workers(config, sock, announce) -> None:
 def uvicorn_config(app, options, http: str = "auto", **kwargs):
     """uvicorn's Config for `tudui serve`: protocol()'s HTTP protocol with the header deadline of
     options.header_timeout_s, and uvloop as the event loop where installed (uvicorn's loop "auto"); a line per
-    request unless options.access_log is off.
+    request only with options.access_log.
     `app`: the ASGI app, or an import string with factory=True (workers); `http`: protocol()'s name."""
     import uvicorn
 

@@ -25,7 +25,7 @@ from .core.console import shown
 from .core.device import auto_workers, under_torchrun, world
 from .core.errors import TuduiError
 from .core.files import write_text
-from .data import eval_layout, load_decoded, load_eval_split, make_loader, normalize
+from .data import DataSpec, eval_layout, load_decoded, load_eval_split, make_loader, normalize
 from .data.check import check_data, format_report
 from .data.export_images import export_images
 from .data.labels import LabelReading
@@ -204,6 +204,23 @@ def runs(folder: str | Path = "runs", sort: str = "date") -> list[RunRow]:
 
 
 # --- evaluate, predict -----------------------------------------------------------------------------------------------
+def _labelled_split(o, loaded, spec: DataSpec, dev, instead: str) -> tuple[str, object]:
+    """(the split's name, a loader of it) for `tudui eval` and `tudui calibrate`: options `o`'s data and split, with
+    the held-out split of the checkpoint's training run (`loaded`), in the model's class order, decoded as `spec`'s
+    evaluation sees them. Data with several labels per image for a single-label model: a TuduiError ending in
+    `instead` (what to do)."""
+    cfg = loaded.meta.get("training", {})
+    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0),
+                                    LabelReading.of(o.csv_columns))
+    if chosen.multi and not spec.multi_label:
+        raise TuduiError(f"{', '.join(map(str, o.data))} has images of several (or no) labels and "
+                         f"{loaded.path} is a single-label model; {instead}")
+    chosen = (as_multi_hot(chosen) if spec.multi_label else chosen).reindex(spec.classes)  # the model's class order
+    chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
+    return split, make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers),
+                              in_memory=in_memory)
+
+
 @sigterm_as_interrupt()  # `kill` stops it as Ctrl-C does: no temporary file outlives the process
 def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOptions.split, **options) -> dict:
     """Loss, top-1/top-5, per-class precision/recall/F1 and confusion matrix of a model file on `split`.
@@ -229,15 +246,8 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
     o = EvalOptions.build({"checkpoint": str(checkpoint), "data": data, "split": split, **options})
     dev = runtime_device(o.checkpoint, o.device)
     loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
-    model, spec, cfg = loaded.model, loaded.spec.with_tta(o.tta), loaded.meta.get("training", {})
-    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0),
-                                    LabelReading.of(o.csv_columns))
-    if chosen.multi and not spec.multi_label:
-        raise TuduiError(f"{', '.join(map(str, o.data))} has images of several (or no) labels and "
-                         f"{loaded.path} is a single-label model; evaluate a model trained on multi-label data")
-    chosen = (as_multi_hot(chosen) if spec.multi_label else chosen).reindex(spec.classes)  # the model's class order
-    chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)  # spec.decode's pixels
-    loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
+    model, spec = loaded.model, loaded.spec.with_tta(o.tta)
+    split, loader = _labelled_split(o, loaded, spec, dev, "evaluate a model trained on multi-label data")
     temperature = temperature_of(loaded.meta)  # calibrated probabilities: the loss is that of the divided logits
     if spec.multi_label:  # at the thresholds the model was saved with (chosen on its validation split), each class's
         kept: dict = {}  # probability the sigmoid of its logit divided by its temperature (when calibrated)
@@ -280,15 +290,8 @@ def calibrate(checkpoint: str | Path, data: list[str] | str, split: str = Calibr
                          f"{shown(o.checkpoint)} is an export: calibrate its checkpoint, then export it again")
     dev = runtime_device(o.checkpoint, o.device)
     loaded = load_model(o.checkpoint, "cpu", o.model_file, o.trust_code)
-    model, spec, cfg = loaded.model, loaded.spec, loaded.meta.get("training", {})
-    chosen, split = load_eval_split(o.data, o.split, o.data_root, cfg.get("val_split", 0.1), cfg.get("seed", 0),
-                                    LabelReading.of(o.csv_columns))
-    if chosen.multi and not spec.multi_label:
-        raise TuduiError(f"{', '.join(map(str, o.data))} has images of several (or no) labels and "
-                         f"{loaded.path} is a single-label model; calibrate it on single-label data")
-    chosen = (as_multi_hot(chosen) if spec.multi_label else chosen).reindex(spec.classes)  # the model's class order
-    chosen, in_memory, _ = load_decoded(chosen, eval_layout(spec), cache=o.cache)
-    loader = make_loader(chosen, spec, o.batch_size, False, dev, workers=auto_workers(o.workers), in_memory=in_memory)
+    model, spec = loaded.model, loaded.spec
+    split, loader = _labelled_split(o, loaded, spec, dev, "calibrate it on single-label data")
     found = fit_calibration(model.to(dev), loader, spec, dev)
     ckpt = load_checkpoint(loaded.path)
     path = Path(ckpt.pop("path"))

@@ -35,6 +35,8 @@ SRC = str(Path(__file__).resolve().parents[1] / "src")
 # OpenMP's and torch's thread and device settings): a run that sets one differently from the server is not forked.
 STARTUP_PREFIXES = ("PYTHON", "LC_", "LANG", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCH", "PYTORCH", "CUDA", "LD_",
                     "MALLOC", "NCCL", "GLIBC", "MPL")
+# ... except those read only when used, which torch itself sets in os.environ as it runs (inductor's cache folder)
+RUN_TIME_PREFIXES = ("TORCHINDUCTOR_",)
 
 # The server: imports torch once, then forks one child per request. A request is one SOCK_SEQPACKET message (JSON:
 # kind, target, args, env, cwd) carrying the child's stdin/stdout/stderr as file descriptors; the reply is
@@ -194,13 +196,12 @@ def _parse(args) -> tuple[str, str, list[str]] | None:
     return "script", args[1], args[2:]
 
 
-def forkable(env: dict) -> bool:
-    """Whether a run in `env` may be a fork of the server (whose environment is `_Server.env`)."""
-    if os.environ.get("TUDUI_TESTS_FORK", "1") == "0":
-        return False
-    base = os.environ.copy() | {"PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
-    keys = {k for k in (*env, *base) if k.startswith(STARTUP_PREFIXES)} - {"PYTHONPATH", "PYTHONUNBUFFERED"}
-    return all(env.get(k) == base.get(k) for k in keys)
+def forkable(env: dict, server_env: dict) -> bool:
+    """Whether a run in `env` may be a fork of a server started in `server_env`: every variable read while an
+    interpreter starts is the same (PYTHONPATH and PYTHONUNBUFFERED aside: the child follows its own)."""
+    keys = {k for k in (*env, *server_env) if k.startswith(STARTUP_PREFIXES) and not k.startswith(RUN_TIME_PREFIXES)}
+    keys -= {"PYTHONPATH", "PYTHONUNBUFFERED"}
+    return all(env.get(k) == server_env.get(k) for k in keys)
 
 
 class Forked:
@@ -271,15 +272,6 @@ class Forked:
                 p.close()
         return self._out.get("out"), self._out.get("err")
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for p in (self.stdout, self.stderr):
-            if p is not None:
-                p.close()
-        self.wait()
-
 
 def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: bool = False, env: dict | None = None,
           cwd=None, **kwargs):
@@ -287,7 +279,11 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
     stderr), DEVNULL, a file object or None; stdin must be DEVNULL (the default here) or None."""
     env = dict(os.environ if env is None else env)
     parsed = _parse(args)
-    if parsed is None or kwargs or stdin not in (subprocess.DEVNULL, None) or not forkable(env):
+    server = None
+    if parsed is not None and not kwargs and stdin in (subprocess.DEVNULL, None) \
+            and os.environ.get("TUDUI_TESTS_FORK", "1") != "0":
+        server = _get_server()  # compared with the environment it really started in, not today's os.environ
+    if server is None or not forkable(env, server.env):
         return subprocess.Popen(args, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env, cwd=cwd,
                                 **kwargs)
     kind, target, rest = parsed
@@ -314,7 +310,7 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
            "cwd": os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())}
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        conn.connect(_get_server().path)
+        conn.connect(server.path)
         socket.send_fds(conn, [json.dumps(req).encode()], fds)
         pid = json.loads(conn.recv(4096))["pid"]
     finally:

@@ -87,6 +87,10 @@ def test_what_a_fork_cannot_reproduce_runs_as_a_real_subprocess(tmp_path, monkey
         assert p.wait(60) == 0
     p = forkserver.Popen([sys.executable, "-c", "pass"], env=env, start_new_session=True)
     assert isinstance(p, subprocess.Popen) and p.wait(60) == 0
+    assert forkserver.Popen([sys.executable, "-c", "pass"], env=env).wait(60) == 0  # the server runs by now
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")  # changed in this process after the server started
+    p = forkserver.Popen([sys.executable, "-c", "pass"], env=os.environ | {"PYTHONPATH": str(REPO / "src")})
+    assert isinstance(p, subprocess.Popen) and p.wait(60) == 0  # the server's own start is what counts
     monkeypatch.setenv("TUDUI_TESTS_FORK", "0")
     p = forkserver.Popen([sys.executable, "-c", "pass"], env=env)
     assert isinstance(p, subprocess.Popen) and p.wait(60) == 0

@@ -20,14 +20,15 @@ def resolved(n: int, processes: int = 1, **values):
 
 
 @pytest.mark.parametrize("n, processes, batch, epochs", [
-    (72, 1, 16, 40),  # 4 steps an epoch: 125 epochs would reach 500 steps; at most 40
-    (216, 1, 16, 39),  # 13 steps: 39 epochs make 507
-    (1_000, 1, 16, 10),  # 62 steps: 10 epochs are 620
-    (2_000, 1, 32, 10),
-    (4_096, 1, 128, 16),  # 32 steps: 16 epochs make 512
+    (72, 1, 16, 40),  # 112 epochs would train on 8,000 images; at most 40
+    (216, 1, 16, 38),  # 38 x 216 = 8,208 images
+    (450, 1, 32, 18),  # n / 8 = 56: batch 32
+    (1_000, 1, 64, 10),  # 10 epochs are 10,000 images already
+    (1_024, 1, 128, 10),  # the recipe before auto, from here on
+    (1_437, 1, 128, 10),  # scikit-learn's digits: as before
     (54_000, 1, 128, 10),  # Fashion-MNIST: today's recipe
     (54_000, 2, 128, 10),  # torchrun: 128 per process (global 256), as before
-    (216, 2, 8, 39),  # torchrun: the global batch 16 shared, 8 a rank; 108 images a rank, 13 steps
+    (216, 2, 8, 38),  # torchrun: the global batch 16 shared, 8 a rank; the same images seen in all
 ])
 def test_batch_and_epochs_follow_the_training_set(n, processes, batch, epochs):
     cfg, note = resolved(n, processes)
@@ -91,7 +92,7 @@ def test_a_small_folder_trains_well_with_the_defaults(tmp_path, capsys):
     before = tudui.train(**common, name="before", batch_size=128, epochs=10, best_by="top1")
     r = tudui.train(**common, name="auto")
     first = next(line for line in capsys.readouterr().out.splitlines() if "/auto" in line and "->" in line)
-    assert "batch 16 (auto: 90 training images); 40 epochs (auto: 200 steps of 5" in first
+    assert "batch 16 (auto: 90 training images); 40 epochs (auto: 3,600 training images seen; at most 40" in first
     assert "best.pt: the last epoch (auto: 10 validation images" in first
     saved = load_yaml(r.run_dir / "config.yaml")
     assert (saved["batch_size"], saved["epochs"], saved["best_by"]) == (16, 40, "last")

@@ -156,8 +156,8 @@ class TrainConfig(Options):
                          "averaging the logits (only where flips keep the label; saved with the model)",
                    group="augmentation")
     batch_size: int | str = _f("auto", "images per optimisation step (per process under torchrun), or auto: about "
-                                       "1 per 32 training images, a power of two from 16 to 128 (the global batch "
-                                       "under torchrun; 128 from 4,096 images on); the first line says what was "
+                                       "1 per 8 training images, a power of two from 16 to 128 (the global batch "
+                                       "under torchrun; 128 from 1,024 images on); the first line says what was "
                                        "chosen", type=str, group="optimisation", min=1)
     workers: int | str = _f("auto", "DataLoader worker processes for images decoded from their files every epoch "
                                     "(--cache off, large Datasets of your own): a number, or auto (the cores "
@@ -200,8 +200,8 @@ class TrainConfig(Options):
                                  group="model", gt=0)
     # --- optimisation -------------------------------------------------------
     epochs: int | str = _f("auto", "passes over the training set, or auto: 10, raised on small data until the run "
-                                   "makes at least 500 optimisation steps (at most 40 epochs); the first line says "
-                                   "what was chosen", type=str, group="optimisation", min=1,
+                                   "has seen 8,000 training images (at most 40 epochs); the first line says what "
+                                   "was chosen", type=str, group="optimisation", min=1,
                            what="passes over the data")
     loss: str = _f("cross-entropy", "loss: " + describe_modes(LOSSES), choices=list(LOSSES), group="optimisation")
     label_smoothing: float = _f(0.1, "cross-entropy label smoothing in [0, 1)", group="optimisation", min=0, lt=1)

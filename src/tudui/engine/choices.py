@@ -289,12 +289,18 @@ def resolve_workers(cfg, data, w: World) -> tuple[int, str | None, str | None]:
 # --batch-size auto and --epochs auto: the recipe (AdamW one-cycle at 3e-3, batch 128, 10 epochs) was tuned on
 # Fashion-MNIST's 54,000 training images, where it makes 4,210 optimisation steps. On a few hundred images the same
 # recipe makes 2 steps an epoch, 20 in all, and ends far from trained (benchmarks/README.md, "Defaults for small
-# data": 4 classes x 60 images, 56% at batch 128 against 75% at batch 16). So each rule below is a table of numbers:
-AUTO_BATCH = {"images_per_step": 32,  # the global batch is about n / 32 training images ...
+# data": 4 Fashion-MNIST classes x 60 images, 28% at batch 128 x 10 epochs against 71% at batch 16 x 38 epochs, 3
+# seeds). Length is what small data needs: at 450 images 18 epochs gained 4-16 points over 10 (batch 128), while each
+# halving of the batch gained about half a point and cost time (batch 16 took 1.7-2.1x the seconds of batch 128 at
+# 900-1,440 images; on scikit-learn's 1,437 8x8 digits batch 64 took 1.3x and batch 32 2.0x). So the batch grows
+# with the data and is the recipe's 128 from 1,024 images on, where the whole recipe is the one before auto (the
+# same time: benchmarks/default_elsewhere.py --previous). Each rule below is a table of numbers:
+AUTO_BATCH = {"images_per_step": 8,  # the global batch is about n / 8 training images ...
               "min": 16,  # ... a power of two from 16 ...
-              "max": 128}  # ... to 128 per process (today's recipe from 4,096 images on)
+              "max": 128}  # ... to 128 per process (today's recipe from 1,024 images on)
 AUTO_EPOCHS = {"epochs": 10,  # the recipe's length at scale ...
-               "min_steps": 500,  # ... raised until the run makes this many optimisation steps ...
+               "min_images": 8_000,  # ... raised until the run trains on this many images (n x epochs; 500 steps
+                                     # of batch 16), from 800 training images down ...
                "max": 40}  # ... to at most this many epochs (small data: each epoch takes well under a second)
 
 
@@ -304,18 +310,18 @@ def _power_of_two_below(x: float) -> int:
 
 def auto_batch(n: int, processes: int = 1) -> int:
     """The per-process batch --batch-size auto gives for `n` training images in a job of `processes`: the global
-    batch is the power of two at or below n / 32, at least 16 and at most 128 per process, shared by the processes
+    batch is the power of two at or below n / 8, at least 16 and at most 128 per process, shared by the processes
     (each gets at least 1)."""
     rule = AUTO_BATCH
     global_batch = min(max(_power_of_two_below(n / rule["images_per_step"]), rule["min"]), rule["max"] * processes)
     return max(1, global_batch // processes)
 
 
-def auto_epochs(steps_per_epoch: int) -> int:
-    """--epochs auto for a run of `steps_per_epoch` optimisation steps an epoch: 10, or more until the run makes
-    AUTO_EPOCHS["min_steps"] steps, at most AUTO_EPOCHS["max"]."""
+def auto_epochs(n: int) -> int:
+    """--epochs auto for `n` training images: 10, or more until the run trains on AUTO_EPOCHS["min_images"] images
+    (n x epochs), at most AUTO_EPOCHS["max"]."""
     rule = AUTO_EPOCHS
-    return min(max(rule["epochs"], -(-rule["min_steps"] // max(1, steps_per_epoch))), rule["max"])
+    return min(max(rule["epochs"], -(-rule["min_images"] // max(1, n))), rule["max"])
 
 
 def resolve_length(cfg, n: int, w: World) -> str | None:
@@ -327,15 +333,12 @@ def resolve_length(cfg, n: int, w: World) -> str | None:
         per = f" per process, global {cfg.batch_size * w.size}" if w.size > 1 else ""
         notes.append(f"batch {cfg.batch_size}{per} (auto: {n:,} training images)")
     if cfg.epochs == "auto":
-        shard = n // w.size  # each rank's share; the training loader drops a last partial batch
-        steps = max(1, shard // cfg.batch_size if shard >= cfg.batch_size else 1) // cfg.accumulate or 1
-        cfg.epochs = auto_epochs(steps)
-        if cfg.fine_tune:  # --fine-tune N: at least one epoch with the backbone unfrozen
-            cfg.epochs = max(cfg.epochs, cfg.fine_tune + 1)
-        raised = cfg.epochs > AUTO_EPOCHS["epochs"]
-        notes.append(f"{cfg.epochs} epochs (auto: {steps * cfg.epochs:,} steps of {steps}" +
-                     (f"; raised to reach {AUTO_EPOCHS['min_steps']:,}" if raised and cfg.epochs < AUTO_EPOCHS["max"]
-                      else f"; at most {AUTO_EPOCHS['max']} epochs" if raised else "") + ")")
+        rule, cfg.epochs = AUTO_EPOCHS, auto_epochs(n)
+        why = (f"; raised to reach {rule['min_images']:,}" if rule["epochs"] < cfg.epochs < rule["max"] else
+               f"; at most {rule['max']} epochs" if cfg.epochs > rule["epochs"] else "")
+        if cfg.fine_tune and cfg.fine_tune >= cfg.epochs:  # --fine-tune N: one epoch or more unfrozen
+            cfg.epochs, why = cfg.fine_tune + 1, f"; one after --fine-tune's {cfg.fine_tune}"
+        notes.append(f"{cfg.epochs} epochs (auto: {n * cfg.epochs:,} training images seen{why})")
     return "; ".join(notes) or None
 
 

@@ -168,6 +168,21 @@ def in_a_working_folder_of_its_own(tmp_path_factory, monkeypatch):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def temporary_files_under_the_runs_own_folder(tmp_path_factory):
+    """The temporary files of this pytest process and of every process it starts ($TMPDIR) in a folder of this run,
+    removed with it: torch leaves a pymp-* folder behind for each process that ends by a signal and a torchelastic_*
+    one for each torchrun job, which under /tmp added up to hundreds of folders a run."""
+    old, folder = os.environ.get("TMPDIR"), str(tmp_path_factory.mktemp("tmp"))
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    yield
+    tempfile.tempdir = None
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+
+
+@pytest.fixture(scope="session", autouse=True)
 def decoded_cache(tmp_path_factory):
     """The decoded-image cache of every test (and of the CLI runs they start) in a temp folder, not ~/.cache."""
     old = os.environ.get("TUDUI_CACHE")

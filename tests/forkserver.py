@@ -100,10 +100,11 @@ def serve(path):
             waiting[pid] = conn
 
 def become(req):
-    import io, runpy, types
+    import io, runpy, tempfile, types
     env = req["env"]
     os.environ.clear()
     os.environ.update(env)
+    tempfile.tempdir = None  # the folder is found again from the child's own $TMPDIR, as a fresh interpreter would
     # sys.path as the child's own PYTHONPATH would have made it (the server's is this checkout's src, at [1])
     sys.path[1:2] = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
     if not env.get("PYTHONUNBUFFERED"):  # the server's stdio is unbuffered: a pipe's buffering, as Python sets it

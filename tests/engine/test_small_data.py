@@ -22,8 +22,9 @@ def resolved(n: int, processes: int = 1, **values):
 @pytest.mark.parametrize("n, processes, batch, epochs", [
     (72, 1, 16, 40),  # 112 epochs would train on 8,000 images; at most 40
     (216, 1, 16, 38),  # 38 x 216 = 8,208 images
-    (450, 1, 32, 18),  # n / 8 = 56: batch 32
-    (1_000, 1, 64, 10),  # 10 epochs are 10,000 images already
+    (511, 1, 16, 16),
+    (512, 1, 32, 16),
+    (1_000, 1, 32, 10),  # 10 epochs are 10,000 images already
     (1_024, 1, 128, 10),  # the recipe before auto, from here on
     (1_437, 1, 128, 10),  # scikit-learn's digits: as before
     (54_000, 1, 128, 10),  # Fashion-MNIST: today's recipe

@@ -155,9 +155,9 @@ class TrainConfig(Options):
     tta: bool = _f(True, "test-time augmentation: validate, test and predict on each image and its horizontal mirror, "
                          "averaging the logits (only where flips keep the label; saved with the model)",
                    group="augmentation")
-    batch_size: int | str = _f("auto", "images per optimisation step (per process under torchrun), or auto: about "
-                                       "1 per 8 training images, a power of two from 16 to 128 (the global batch "
-                                       "under torchrun; 128 from 1,024 images on); the first line says what was "
+    batch_size: int | str = _f("auto", "images per optimisation step (per process under torchrun), or auto: 16 below "
+                                       "512 training images, 32 below 1,024, then 128 (16 and 32 are the global "
+                                       "batch under torchrun, 128 is per process); the first line says what was "
                                        "chosen", type=str, group="optimisation", min=1)
     workers: int | str = _f("auto", "DataLoader worker processes for images decoded from their files every epoch "
                                     "(--cache off, large Datasets of your own): a number, or auto (the cores "

@@ -290,31 +290,29 @@ def resolve_workers(cfg, data, w: World) -> tuple[int, str | None, str | None]:
 # Fashion-MNIST's 54,000 training images, where it makes 4,210 optimisation steps. On a few hundred images the same
 # recipe makes 2 steps an epoch, 20 in all, and ends far from trained (benchmarks/README.md, "Defaults for small
 # data": 4 Fashion-MNIST classes x 60 images, 28% at batch 128 x 10 epochs against 71% at batch 16 x 38 epochs, 3
-# seeds). Length is what small data needs: at 450 images 18 epochs gained 4-16 points over 10 (batch 128), while each
-# halving of the batch gained about half a point and cost time (batch 16 took 1.7-2.1x the seconds of batch 128 at
-# 900-1,440 images; on scikit-learn's 1,437 8x8 digits batch 64 took 1.3x and batch 32 2.0x). So the batch grows
-# with the data and is the recipe's 128 from 1,024 images on, where the whole recipe is the one before auto (the
-# same time: benchmarks/default_elsewhere.py --previous). Each rule below is a table of numbers:
-AUTO_BATCH = {"images_per_step": 8,  # the global batch is about n / 8 training images ...
-              "min": 16,  # ... a power of two from 16 ...
-              "max": 128}  # ... to 128 per process (today's recipe from 1,024 images on)
+# seeds). Length is what small data needs most: at 450 images 18 epochs gained 4-16 points over 10 (batch 128); each
+# halving of the batch then gained about half a point, at a cost in time that only matters once runs are long (batch
+# 16 took 1.7-2.1x the seconds of batch 128 at 900-1,440 images; on scikit-learn's 1,437 8x8 digits batch 64 took 1.3x
+# and batch 32 2.0x). So below 1,024 training images the batch is small, and from 1,024 on the whole recipe is the one
+# before auto, in the same time (benchmarks/default_elsewhere.py --previous). Each rule below is a table of numbers:
+AUTO_BATCH = ((512, 16),  # (fewer training images than this, global batch): 16 below 512 images ...
+              (1_024, 32),  # ... 32 below 1,024 ...
+              (None, 128))  # ... then the recipe's 128 per process (global 128 x processes under torchrun)
 AUTO_EPOCHS = {"epochs": 10,  # the recipe's length at scale ...
                "min_images": 8_000,  # ... raised until the run trains on this many images (n x epochs; 500 steps
                                      # of batch 16), from 800 training images down ...
                "max": 40}  # ... to at most this many epochs (small data: each epoch takes well under a second)
 
 
-def _power_of_two_below(x: float) -> int:
-    return 1 << max(0, int(math.floor(math.log2(max(x, 1)))))
-
-
 def auto_batch(n: int, processes: int = 1) -> int:
     """The per-process batch --batch-size auto gives for `n` training images in a job of `processes`: the global
-    batch is the power of two at or below n / 8, at least 16 and at most 128 per process, shared by the processes
-    (each gets at least 1)."""
-    rule = AUTO_BATCH
-    global_batch = min(max(_power_of_two_below(n / rule["images_per_step"]), rule["min"]), rule["max"] * processes)
-    return max(1, global_batch // processes)
+    batch of AUTO_BATCH's first row whose bound n is below, shared by the processes (each gets at least 1); past
+    them all, the last row's batch per process."""
+    *small, (_, per_process) = AUTO_BATCH
+    for below, batch in small:
+        if n < below:
+            return max(1, batch // processes)
+    return per_process
 
 
 def auto_epochs(n: int) -> int:

@@ -103,9 +103,9 @@ def test_logit_adjustment_adds_tau_times_the_log_priors_to_the_logits():
         assert loss(logits, y) == pytest.approx(want.item(), rel=1e-6)
         assert loss(logits, y) != pytest.approx(F.cross_entropy(logits, y, label_smoothing=smoothing).item())
     soft = torch.softmax(torch.randn(16, 4), 1)
-    cfg = TrainConfig(data=["x"], balance="logit-adjust", label_smoothing=0.0)
+    cfg = TrainConfig(data=["x"], balance="logit-adjust", label_smoothing=0.0)  # the default tau, 0.5
     assert create_loss(cfg, counts, torch.device("cpu"))(logits, soft) == \
-        pytest.approx(F.cross_entropy(logits + prior.log(), soft).item(), rel=1e-6)
+        pytest.approx(F.cross_entropy(logits + 0.5 * prior.log(), soft).item(), rel=1e-6)
 
 
 def test_balance_loss_is_class_weights_auto():

@@ -118,6 +118,14 @@ class PILDataset(torch.utils.data.Dataset):
         return self.transform(Image.fromarray(self.images[i])), int(self.targets[i])
 
 
+def fmnist_photo(grey: np.ndarray, index: int, side: int) -> Image.Image:
+    """A Fashion-MNIST item (28x28 uint8, or (28, 28, 1)) as a `side`-px RGB "photo": up-scaled bicubic and tinted by a
+    colour drawn from its `index` (the same item gets the same photo in every script)."""
+    big = np.asarray(Image.fromarray(np.asarray(grey).reshape(28, 28)).resize((side, side), Image.BICUBIC), np.float32)
+    tint = np.random.default_rng(index).uniform(0.45, 1.0, 3)
+    return Image.fromarray((big[..., None] * tint).astype(np.uint8))
+
+
 def course_epoch(model: torch.nn.Module, loader, loss_fn, optimizer) -> None:
     """One epoch of the course's hand-written training loop, exactly as the course writes it."""
     model.train()

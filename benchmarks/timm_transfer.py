@@ -24,7 +24,6 @@ from pathlib import Path
 
 import _common as C
 import numpy as np
-from PIL import Image
 
 import tudui
 
@@ -41,9 +40,7 @@ def make_sets(root: Path, sizes: tuple[int, ...], val: int, side: int, seed: int
         if path.exists():
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        grey = np.asarray(Image.fromarray(images[i]).resize((side, side), Image.BICUBIC), np.float32)
-        tint = np.random.default_rng(i).uniform(0.45, 1.0, 3)
-        Image.fromarray((grey[..., None] * tint).astype(np.uint8)).save(path, quality=90)
+        C.fmnist_photo(images[i], i, side).save(path, quality=90)
 
     for n in sizes:
         folder = root / f"n{n}-s{side}"

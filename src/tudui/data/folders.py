@@ -290,7 +290,9 @@ def read_csv(path: Path, reading: LabelReading = LabelReading()) -> Split:
             reading = LabelReading(reading.columns, "multi", reading.classes)
     else:
         classes = None
-        lists = parse_cells([c[0] for c in cells], reading.task, header[lcols[0]] if header else None)
+        # a header may name fewer columns than its rows hold (`path` above `a.png,cat`): the label column then has no name
+        name = header[lcols[0]] if header and lcols[0] < len(header) else None
+        lists = parse_cells([c[0] for c in cells], reading.task, name)
     missing, scan = [], ImageScan()
     for p in paths:
         what = special_file(p)

@@ -28,6 +28,23 @@ def test_digits_has_fixed_train_test_split():
     assert abs(len(test) - 0.2 * 1797) < 12
 
 
+def test_digits_read_from_the_file_equal_scikit_learns_load_digits(monkeypatch):
+    """tudui reads digits.csv.gz itself (no scikit-learn import); the arrays are load_digits' own, and where the file
+    is not found, load_digits is what reads them."""
+    from sklearn.datasets import load_digits
+
+    from tudui.data import sources
+
+    d = load_digits()
+    pixels, labels = sources._digits_arrays()
+    np.testing.assert_array_equal(pixels, d.images)
+    np.testing.assert_array_equal(labels, d.target)
+    assert labels.dtype == np.int64
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # the file not found: load_digits reads it
+    again, _ = sources._digits_arrays()
+    np.testing.assert_array_equal(again, d.images)
+
+
 def test_missing_dataset_lists_ways_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr("tudui.data.sources.SYSTEM_DIRS", [str(tmp_path / "none")])
     monkeypatch.setattr("tudui.data.sources.CACHE_DIR", tmp_path / "cache")

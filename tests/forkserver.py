@@ -46,6 +46,9 @@ SERVER = r'''
 import gc, json, os, select, signal, socket, sys
 import numpy, torch  # what every child then has for free
 import PIL.Image, matplotlib.figure  # and what most runs draw and decode with (their import reads MPL* settings)
+# torch._dynamo (~1.4 s of CPU): every training run imports it (torch.optim's first add_param_group does), and
+# torchvision imports it too (then ~0.15 s more)
+import torch._dynamo, torchvision
 
 gc.freeze()  # the collector leaves the imported objects alone: a child does not copy their pages by touching them
 
@@ -117,6 +120,31 @@ def become(req):
     os.chdir(req["cwd"])
     numpy.random.seed()  # a fresh interpreter's global NumPy generator is seeded from the OS, not copied
     kind, target, args = req["kind"], req["target"], req["args"]
+    # An uncaught KeyboardInterrupt ends Python by SIGINT, as a real interpreter does; here the child sends it to
+    # itself once its own exit handlers have run: an exit handler of torch._dynamo (imported above) clears the
+    # interpreter's own note of the interrupt, and Python would end with status 1
+    import atexit
+    interrupted = []
+
+    def end_by_sigint():
+        if interrupted:
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    atexit.register(end_by_sigint)
+    try:
+        run(kind, target, args)
+    except KeyboardInterrupt:
+        interrupted.append(True)
+        raise
+
+def run(kind, target, args):
+    import runpy, types
     if kind == "module":
         sys.argv = [target, *args]
         sys.path[0] = os.getcwd()

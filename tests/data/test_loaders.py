@@ -65,11 +65,15 @@ def test_a_finished_run_and_an_evaluation_leave_no_dataloader_worker_behind(tmp_
     import tudui
     from tudui.cli import main as tudui_main
 
+    def feeders() -> set[threading.Thread]:  # the threads that feed a worker's queue while it lives
+        return {t for t in threading.enumerate() if t.name == "QueueFeederThread"}
+
+    before = feeders()  # an earlier test in this pytest process may have left its own: this run's are what counts
     r = tudui.train(data=str(fmnist_folders), model="mnist-cnn", epochs=2, memory="off", cache="off", workers=2,
                     plots=False, tensorboard=False, project=str(tmp_path), name="w")
     assert r.val["n"] == 200  # the val/ folder, read from its files by the workers each epoch
     assert multiprocessing.active_children() == []
-    assert not [t for t in threading.enumerate() if t.name == "QueueFeederThread"]
+    assert not feeders() - before
     assert tudui_main(["eval", str(r.best), "--data", str(fmnist_folders / "val"), "--workers", "2", "--cache", "off",
                        "--out", str(tmp_path / "eval")]) == 0
     assert multiprocessing.active_children() == []

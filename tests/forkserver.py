@@ -213,7 +213,7 @@ def close() -> None:
             _server = None
 
 
-def _parse(args) -> tuple[str, str, list[str]] | None:
+def parse(args) -> tuple[str, str, list[str]] | None:
     """(kind, target, rest) of `python -m MOD ...`, `python -c CODE ...` or `python SCRIPT ...`; None otherwise."""
     args = [os.fspath(a) for a in args]
     if len(args) < 2 or args[0] != sys.executable:
@@ -307,7 +307,7 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
     """subprocess.Popen(args, ...), forked from the server where `forkable`: stdout/stderr may be PIPE, STDOUT (for
     stderr), DEVNULL, a file object or None; stdin must be DEVNULL (the default here) or None."""
     env = dict(os.environ if env is None else env)
-    parsed = _parse(args)
+    parsed = parse(args)
     server = None
     if parsed is not None and not kwargs and stdin in (subprocess.DEVNULL, None) \
             and os.environ.get("TUDUI_TESTS_FORK", "1") != "0":

@@ -5,16 +5,20 @@ shared machine measures nothing). Each needs the real Fashion-MNIST.
 A script runs in the test's own interpreter, as `python benchmarks/SCRIPT --quick` would run it (its folder first on
 sys.path, `__main__`, its argv): a child interpreter would cost each of them seconds of importing torch. What it
 changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
-working folder, and (conftest) torch's threads and determinism flags."""
+working folder, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
+subprocess.run (`python -m tudui train` runs whose peak memory it reads, ...) are forks of the tests' fork server
+where they can be (tests/forkserver.py): their figures mean nothing in a smoke test, their seconds of import did."""
 from __future__ import annotations
 
 import os
 import runpy
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.benchmarks.tables import check_report
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -83,6 +87,17 @@ def test_small_data_photos_quick_run(request, tmp_path, capfd, monkeypatch):
     assert "frozen    a new" in out and "frozen  b today" in out and "new not below today's" in out, out[-3000:]
 
 
+def _forked_run(real_run):
+    """subprocess.run, through the fork server for a `python ...` child whose arguments forkserver.run takes."""
+    takes = {"capture_output", "text", "timeout", "env", "cwd", "check", "stdout", "stderr"}
+
+    def run(args, **kwargs):
+        if set(kwargs) <= takes and isinstance(args, (list, tuple)) and forkserver.parse(args) is not None:
+            return forkserver.run(args, **kwargs)
+        return real_run(args, **kwargs)
+    return run
+
+
 def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, check=True) -> str:
     """Run `script --quick [extra]` as `python benchmarks/SCRIPT` would, in this interpreter; its output."""
     request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
@@ -90,6 +105,7 @@ def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, check=True) 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", *extra, "--workdir", str(tmp_path / "work")])
     monkeypatch.setattr(sys, "path", [str(BENCH), *sys.path])
+    monkeypatch.setattr(subprocess, "run", _forked_run(subprocess.run))
     try:
         runpy.run_path(str(BENCH / script), run_name="__main__")
         code = 0

@@ -118,6 +118,9 @@ def become(req):
             setattr(sys, name, new)
             setattr(sys, f"__{name}__", new)
     os.chdir(req["cwd"])
+    if req.get("rlimit_data") is not None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_DATA, (req["rlimit_data"], req["rlimit_data"]))
     numpy.random.seed()  # a fresh interpreter's global NumPy generator is seeded from the OS, not copied
     kind, target, args = req["kind"], req["target"], req["args"]
     # An uncaught KeyboardInterrupt ends Python by SIGINT, as a real interpreter does; here the child sends it to
@@ -302,14 +305,30 @@ class Forked:
         return self._out.get("out"), self._out.get("err")
 
 
+def _limit_data(limit: int | None):
+    """A preexec_fn that bounds the child's data segment to `limit` bytes (RLIMIT_DATA); None: no bound."""
+    if limit is None:
+        return None
+
+    def preexec():
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
+    return preexec
+
+
 def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: bool = False, env: dict | None = None,
-          cwd=None, **kwargs):
+          cwd=None, rlimit_data: int | None = None, **kwargs):
     """subprocess.Popen(args, ...), forked from the server where `forkable`: stdout/stderr may be PIPE, STDOUT (for
-    stderr), DEVNULL, a file object or None; stdin must be DEVNULL (the default here) or None."""
+    stderr), DEVNULL, a file object or None; stdin must be DEVNULL (the default here) or None. `rlimit_data`: bytes
+    of data segment the child may use (RLIMIT_DATA, set in the child before it runs; POSIX)."""
     env = dict(os.environ if env is None else env)
+    if rlimit_data is not None:
+        kwargs["preexec_fn"] = _limit_data(rlimit_data)  # used as is by a real subprocess; a fork sets it itself
     parsed = parse(args)
     server = None
-    if parsed is not None and not kwargs and stdin in (subprocess.DEVNULL, None) \
+    if parsed is not None and set(kwargs) <= ({"preexec_fn"} if rlimit_data is not None else set()) \
+            and stdin in (subprocess.DEVNULL, None) \
             and os.environ.get("TUDUI_TESTS_FORK", "1") != "0":
         server = _get_server()  # compared with the environment it really started in, not today's os.environ
     if server is None or not forkable(env, server.env):
@@ -335,7 +354,7 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
 
     fds = [child_end(stdin, "stdin"), child_end(stdout, "stdout")]
     fds.append(fds[1] if stderr == subprocess.STDOUT else child_end(stderr, "stderr"))
-    req = {"kind": kind, "target": target, "args": list(rest), "env": env,
+    req = {"kind": kind, "target": target, "args": list(rest), "env": env, "rlimit_data": rlimit_data,
            "cwd": os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())}
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
@@ -349,11 +368,11 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
 
 
 def run(args, *, capture_output: bool = False, text: bool = False, timeout: float | None = None, env=None, cwd=None,
-        check: bool = False, stdout=None, stderr=None) -> subprocess.CompletedProcess:
+        check: bool = False, stdout=None, stderr=None, rlimit_data: int | None = None) -> subprocess.CompletedProcess:
     """subprocess.run(args, ...) through Popen above."""
     if capture_output:
         stdout = stderr = subprocess.PIPE
-    proc = Popen(args, stdout=stdout, stderr=stderr, text=text, env=env, cwd=cwd)
+    proc = Popen(args, stdout=stdout, stderr=stderr, text=text, env=env, cwd=cwd, rlimit_data=rlimit_data)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from tests import forkserver
 from tests.conftest import REPO
 
@@ -94,3 +96,17 @@ def test_what_a_fork_cannot_reproduce_runs_as_a_real_subprocess(tmp_path, monkey
     monkeypatch.setenv("TUDUI_TESTS_FORK", "0")
     p = forkserver.Popen([sys.executable, "-c", "pass"], env=env)
     assert isinstance(p, subprocess.Popen) and p.wait(60) == 0
+
+
+def test_a_bound_on_the_data_segment_holds_in_a_fork_and_in_a_real_subprocess(monkeypatch):
+    """rlimit_data: the child's RLIMIT_DATA, set in the fork itself or by the real subprocess's preexec_fn."""
+    resource = pytest.importorskip("resource")
+    code = "import resource; print(resource.getrlimit(resource.RLIMIT_DATA)[0])"
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
+    limit = 6 << 30
+    for fork in ("1", "0"):
+        monkeypatch.setenv("TUDUI_TESTS_FORK", fork)
+        r = forkserver.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60,
+                           rlimit_data=limit)
+        assert r.returncode == 0 and int(r.stdout) == limit, (fork, r.stdout, r.stderr)
+    assert resource.getrlimit(resource.RLIMIT_DATA)[0] != limit  # this process is not bound

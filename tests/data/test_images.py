@@ -1,7 +1,6 @@
 """Every common image mode becomes the model's channel count the same way."""
 import io
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,9 +11,9 @@ from PIL import Image
 from tudui.data import images
 from tudui.data.images import BadImage, decode_image
 
+from tests import forkserver
 from tests.conftest import REPO
 
-resource = pytest.importorskip("resource") if os.name == "posix" else None
 
 
 def _png(img: Image.Image, **kw) -> bytes:
@@ -276,12 +275,9 @@ def test_fifos_and_devices_are_refused_without_being_read(tmp_path):
     os.mkfifo(fifo)
     zero.symlink_to("/dev/zero")
 
-    def limit():
-        resource.setrlimit(resource.RLIMIT_DATA, (2 << 30, 2 << 30))  # bytes
-
     env = os.environ | {"PYTHONPATH": str(REPO / "src")}
-    out = subprocess.run([sys.executable, "-c", SPECIAL_READER, str(fifo), str(zero)], capture_output=True, text=True,
-                         timeout=60, preexec_fn=limit, env=env)
+    out = forkserver.run([sys.executable, "-c", SPECIAL_READER, str(fifo), str(zero)], capture_output=True, text=True,
+                         timeout=60, rlimit_data=2 << 30, env=env)  # bytes
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.splitlines() == ["not-a-file a FIFO, not a regular file"] * 2 + ["None"] + \
         ["not-a-file a character device, not a regular file"] * 2 + ["None"]

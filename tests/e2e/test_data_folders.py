@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests import forkserver
 from tests.conftest import REPO
 
 TINY = ["--model", "fast", "--img-size", "8", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
@@ -20,15 +21,11 @@ DATA_LIMIT = 4 << 30  # bytes of data segment a command may use: a reader of /de
 
 
 def tudui(*args, timeout: float = 180, env: dict | None = None) -> subprocess.CompletedProcess:
-    """`python -m tudui ARGS` with this checkout's sources, a timeout and (POSIX) a bound on its memory."""
-    def limit():
-        import resource
-
-        resource.setrlimit(resource.RLIMIT_DATA, (DATA_LIMIT, DATA_LIMIT))
-
+    """`python -m tudui ARGS` with this checkout's sources, a timeout and (POSIX) a bound on its memory (a fork of the
+    tests' fork server, tests/forkserver.py)."""
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"} | (env or {})
-    return subprocess.run([sys.executable, "-m", "tudui", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, preexec_fn=limit if os.name == "posix" else None)
+    return forkserver.run([sys.executable, "-m", "tudui", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, rlimit_data=DATA_LIMIT if os.name == "posix" else None)
 
 
 def images(folder, n: int, value: int) -> None:

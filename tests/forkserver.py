@@ -30,6 +30,8 @@ import threading
 from pathlib import Path
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+# subprocess.Popen itself, for the runs that cannot be forks, even where a test routes subprocess.Popen through here
+_REAL_POPEN = subprocess.Popen
 
 # Environment variables read while an interpreter starts (Python's own, the C library's locale and allocator,
 # OpenMP's and torch's thread and device settings): a run that sets one differently from the server is not forked.
@@ -174,7 +176,7 @@ class _Server:
         self.folder = tempfile.mkdtemp(prefix="tudui-tests-fork-")
         self.path = os.path.join(self.folder, "s")
         self.env = os.environ.copy() | {"PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-c", SERVER, self.path], stdin=subprocess.PIPE,
+        self.proc = _REAL_POPEN([sys.executable, "-c", SERVER, self.path], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, env=self.env, text=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
@@ -332,7 +334,7 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
             and os.environ.get("TUDUI_TESTS_FORK", "1") != "0":
         server = _get_server()  # compared with the environment it really started in, not today's os.environ
     if server is None or not forkable(env, server.env):
-        return subprocess.Popen(args, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env, cwd=cwd,
+        return _REAL_POPEN(args, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env, cwd=cwd,
                                 **kwargs)
     kind, target, rest = parsed
     ours: list[int] = []  # descriptors this process closes once the child has its copies

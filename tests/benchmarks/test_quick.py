@@ -6,7 +6,7 @@ A script runs in the test's own interpreter, as `python benchmarks/SCRIPT --quic
 sys.path, `__main__`, its argv): a child interpreter would cost each of them seconds of importing torch. What it
 changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
 working folder, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
-subprocess.run (`python -m tudui train` runs whose peak memory it reads, ...) are forks of the tests' fork server
+subprocess.run or Popen (`python -m tudui train` runs whose peak memory it reads, servers under load, ...) are forks of the tests' fork server
 where they can be (tests/forkserver.py): their figures mean nothing in a smoke test, their seconds of import did."""
 from __future__ import annotations
 
@@ -87,25 +87,28 @@ def test_small_data_photos_quick_run(request, tmp_path, capfd, monkeypatch):
     assert "frozen    a new" in out and "frozen  b today" in out and "new not below today's" in out, out[-3000:]
 
 
-def _forked_run(real_run):
-    """subprocess.run, through the fork server for a `python ...` child whose arguments forkserver.run takes."""
-    takes = {"capture_output", "text", "timeout", "env", "cwd", "check", "stdout", "stderr"}
-
-    def run(args, **kwargs):
+def _forked(real, fork, takes: set[str]):
+    """subprocess.run or Popen (`real`), through the fork server (`fork`, forkserver's run or Popen) for a
+    `python ...` child whose keyword arguments are all among those `fork` takes."""
+    def call(args, **kwargs):
         if set(kwargs) <= takes and isinstance(args, (list, tuple)) and forkserver.parse(args) is not None:
-            return forkserver.run(args, **kwargs)
-        return real_run(args, **kwargs)
-    return run
+            return fork(args, **kwargs)
+        return real(args, **kwargs)
+    return call
 
 
-def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, check=True) -> str:
+def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, check=True, fmnist=True) -> str:
     """Run `script --quick [extra]` as `python benchmarks/SCRIPT` would, in this interpreter; its output."""
-    request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
+    if fmnist:
+        request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
     env = dict(os.environ)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", *extra, "--workdir", str(tmp_path / "work")])
     monkeypatch.setattr(sys, "path", [str(BENCH), *sys.path])
-    monkeypatch.setattr(subprocess, "run", _forked_run(subprocess.run))
+    monkeypatch.setattr(subprocess, "run", _forked(subprocess.run, forkserver.run, {
+        "capture_output", "text", "timeout", "env", "cwd", "check", "stdout", "stderr"}))
+    monkeypatch.setattr(subprocess, "Popen", _forked(subprocess.Popen, forkserver.Popen, {
+        "stdout", "stderr", "stdin", "text", "env", "cwd"}))
     try:
         runpy.run_path(str(BENCH / script), run_name="__main__")
         code = 0

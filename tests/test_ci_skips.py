@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import forkserver
 from tests.conftest import ALLOWED_SKIPS, in_ci
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +58,7 @@ def run_pytest(folder: Path, ci: str | None, *files: str) -> subprocess.Complete
     env = {k: v for k, v in os.environ.items() if k != "CI"} | {"PYTHONPATH": str(REPO)}
     if ci is not None:
         env["CI"] = ci
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", *files],
+    return forkserver.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v", *files],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=120)
 
 

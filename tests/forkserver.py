@@ -105,7 +105,7 @@ def serve(path):
             waiting[pid] = conn
 
 def become(req):
-    import io, runpy, tempfile, types
+    import io, tempfile
     env = req["env"]
     os.environ.clear()
     os.environ.update(env)
@@ -177,7 +177,7 @@ class _Server:
         self.path = os.path.join(self.folder, "s")
         self.env = os.environ.copy() | {"PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
         self.proc = _REAL_POPEN([sys.executable, "-c", SERVER, self.path], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=self.env, text=True)
+                                stdout=subprocess.PIPE, env=self.env, text=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"the tests' fork server did not start (exit status {self.proc.wait()})")
@@ -307,11 +307,8 @@ class Forked:
         return self._out.get("out"), self._out.get("err")
 
 
-def _limit_data(limit: int | None):
-    """A preexec_fn that bounds the child's data segment to `limit` bytes (RLIMIT_DATA); None: no bound."""
-    if limit is None:
-        return None
-
+def _limit_data(limit: int):
+    """A preexec_fn that bounds the child's data segment to `limit` bytes (RLIMIT_DATA)."""
     def preexec():
         import resource
 
@@ -325,17 +322,15 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
     stderr), DEVNULL, a file object or None; stdin must be DEVNULL (the default here) or None. `rlimit_data`: bytes
     of data segment the child may use (RLIMIT_DATA, set in the child before it runs; POSIX)."""
     env = dict(os.environ if env is None else env)
-    if rlimit_data is not None:
-        kwargs["preexec_fn"] = _limit_data(rlimit_data)  # used as is by a real subprocess; a fork sets it itself
     parsed = parse(args)
     server = None
-    if parsed is not None and set(kwargs) <= ({"preexec_fn"} if rlimit_data is not None else set()) \
-            and stdin in (subprocess.DEVNULL, None) \
+    if parsed is not None and not kwargs and stdin in (subprocess.DEVNULL, None) \
             and os.environ.get("TUDUI_TESTS_FORK", "1") != "0":
         server = _get_server()  # compared with the environment it really started in, not today's os.environ
     if server is None or not forkable(env, server.env):
-        return _REAL_POPEN(args, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env, cwd=cwd,
-                                **kwargs)
+        if rlimit_data is not None:  # a fork sets it itself (become)
+            kwargs["preexec_fn"] = _limit_data(rlimit_data)
+        return _REAL_POPEN(args, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env, cwd=cwd, **kwargs)
     kind, target, rest = parsed
     ours: list[int] = []  # descriptors this process closes once the child has its copies
     mine: dict[str, object] = {}

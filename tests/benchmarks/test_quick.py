@@ -6,8 +6,9 @@ A script runs in the test's own interpreter, as `python benchmarks/SCRIPT --quic
 sys.path, `__main__`, its argv): a child interpreter would cost each of them seconds of importing torch. What it
 changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
 working folder, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
-subprocess.run or Popen (`python -m tudui train` runs whose peak memory it reads, servers under load, ...) are forks of the tests' fork server
-where they can be (tests/forkserver.py): their figures mean nothing in a smoke test, their seconds of import did."""
+subprocess.run or Popen (`python -m tudui train` runs whose peak memory it reads, servers under load, ...) are forks
+of the tests' fork server where they can be (tests/forkserver.py): their figures mean nothing in a smoke test, their
+seconds of import did."""
 from __future__ import annotations
 
 import os

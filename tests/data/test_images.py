@@ -15,7 +15,6 @@ from tests import forkserver
 from tests.conftest import REPO
 
 
-
 def _png(img: Image.Image, **kw) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=kw.pop("format", "PNG"), **kw)

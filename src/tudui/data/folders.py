@@ -290,7 +290,7 @@ def read_csv(path: Path, reading: LabelReading = LabelReading()) -> Split:
             reading = LabelReading(reading.columns, "multi", reading.classes)
     else:
         classes = None
-        # a header may name fewer columns than its rows hold (`path` above `a.png,cat`): the label column then has no name
+        # a header may name fewer columns than its rows hold (`path` above `a.png,cat`): the label column is unnamed
         name = header[lcols[0]] if header and lcols[0] < len(header) else None
         lists = parse_cells([c[0] for c in cells], reading.task, name)
     missing, scan = [], ImageScan()

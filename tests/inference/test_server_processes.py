@@ -107,16 +107,19 @@ def test_raw_image_bodies_with_an_image_content_type(tiny_model):
         assert r.status_code == 415
 
 
-def test_workers_share_one_port_and_stop_cleanly(tiny_model):
-    """As a user runs it: `tudui serve --workers 2`; both worker processes listen on the one port, answer, and are
-    gone after SIGTERM to the command."""
+def test_workers_share_one_port_and_stop_cleanly(tiny_model, tmp_path):
+    """As a user runs it: `tudui serve --workers 2`; both worker processes listen on the one port, answer from the
+    ONNX Runtime copy the parent made (--runtime auto on a CPU), and are gone after SIGTERM to the command, the
+    copy's folder with them."""
     import psutil
 
-    child = Child("serve", tiny_model, "--port", "0", "--device", "cpu", "--workers", "2")
+    child = Child("serve", tiny_model, "--port", "0", "--device", "cpu", "--workers", "2",
+                  env={"TMPDIR": str(tmp_path)})
     try:
         child.wait_for_line("tudui: serving", timeout=120)
         line = "".join(child.stdout)
-        assert "2 worker processes" in line
+        assert "2 worker processes" in line and "(checkpoint on onnxruntime, " in line, line
+        assert [p.name for p in tmp_path.glob("tudui-serve-*/*")] == ["model.onnx"]  # one copy for both workers
         port = int(re.search(r"on http://127\.0\.0\.1:(\d+)/", line).group(1))
         image = (IMAGES / "digit0003.png").read_bytes()
         with httpx.Client(timeout=60) as client:
@@ -124,6 +127,7 @@ def test_workers_share_one_port_and_stop_cleanly(tiny_model):
                 r = client.post(f"http://127.0.0.1:{port}/predict", content=image,
                                 headers={"Content-Type": "image/png"})
                 assert r.status_code == 200, r.text
+                assert client.get(f"http://127.0.0.1:{port}/info").json()["runtime"] == "onnxruntime"
         parent = psutil.Process(child.proc.pid)
         deadline = time.monotonic() + 60
         while True:  # both workers listening on the port (the second may still be loading the model)
@@ -137,6 +141,7 @@ def test_workers_share_one_port_and_stop_cleanly(tiny_model):
         pids = [p.pid for p in listening]
         child.proc.send_signal(signal.SIGTERM)
         assert child.wait(60) == 0, child.err
+        assert not list(tmp_path.glob("tudui-serve-*"))
         assert not any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
                        for pid in pids)
     finally:

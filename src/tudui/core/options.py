@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import TuduiError
-from .modes import CAM_METHODS, REJECT_SCORES, describe_modes
+from .modes import CAM_METHODS, REJECT_SCORES, SERVE_RUNTIMES, describe_modes
 
 MISSING = dataclasses.MISSING
 
@@ -397,6 +397,8 @@ class ServeOptions(Options):
     access_log: bool = option(False, "print a line per request (uvicorn's access log); off by default, as in "
                                      "gunicorn: at thousands of requests a second writing it cost 10-20% of the "
                                      "throughput (benchmarks/README.md)")
+    runtime: str = option("auto", f"what runs the forward pass of a checkpoint: {describe_modes(SERVE_RUNTIMES)}",
+                          choices=list(SERVE_RUNTIMES))
     log_level: str = option("info", "uvicorn's log level", cli=False)
     reject_below: float | None = reject_below_option()
     reject: str | None = reject_option()

@@ -233,6 +233,20 @@ def _parity(format: str, reference: torch.Tensor, got: torch.Tensor, n: int, tol
     return diff, agree
 
 
+def onnx_copy(model: nn.Module, spec: DataSpec, meta: dict, path: Path, tolerance: float = TOLERANCE) -> nn.Module:
+    """`model` written to `path` as fp32 ONNX with a symbolic batch, loaded into ONNX Runtime and proven against the
+    PyTorch model on sample inputs (an ExportError beyond `tolerance`, a TuduiError where it cannot be written);
+    returns the ONNX Runtime module. Neither the validation gate nor the temp-file dance of `export_model`: the file
+    is a server's private copy (inference/runtime.py), not something handed to users."""
+    x = sample_inputs(spec)
+    with torch.no_grad():
+        reference = model(x).float()
+        _write_onnx(model, x[:1], meta, path, dynamic_batch=True, opset=None)
+        copy_ = formats.OnnxModule(path)
+        _parity("onnx", reference, copy_(x), len(x), tolerance, None)
+    return copy_
+
+
 def _gate_images(cfg: dict, data: list | None, spec: DataSpec, int8: bool, log) -> list | None:
     """The validation batches the export is scored on; None (said as a warning) for an fp32 export whose run's data
     cannot be read here. Data given by --data, and every int8 export, must be readable."""

@@ -5,6 +5,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -184,6 +185,9 @@ class Predictor:
                  source: str | None = None, format: str = "module", meta: dict | None = None) -> None:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
+        # what computes the logits: the model itself, or a copy of it in another runtime (inference/runtime.py)
+        self.runner: Callable[[torch.Tensor], torch.Tensor] = self.model
+        self.runtime = {"onnx": "onnxruntime", "openvino": "openvino"}.get(format, "torch")
         self.spec = spec
         self.source = source  # the file the model came from, when it came from one
         self.format = format  # "checkpoint", "onnx", "torchscript", "safetensors" or "module"
@@ -235,7 +239,7 @@ class Predictor:
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised float -> (B, num_classes) float logits on the CPU, not divided by the temperature."""
-        return model_logits(self.model, x.to(self.device), self.spec).float().cpu()
+        return model_logits(self.runner, x.to(self.device), self.spec).float().cpu()
 
     def probabilities(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) normalised float -> (B, num_classes) softmax probabilities of the logits divided by the
@@ -266,17 +270,23 @@ class Predictor:
         return [sorted(((self.classes[c], float(row[c])) for c in np.flatnonzero(row >= th)), key=lambda t: -t[1])
                 for row in p]
 
-    def top_classes(self, probs, k: int) -> list[list[tuple[str, float]]]:
+    def top_classes(self, probs, k: int, order: np.ndarray | None = None) -> list[list[tuple[str, float]]]:
         """(B, num_classes) probabilities (a tensor or an array) -> per row the k most likely (class name,
-        probability), best first (ties: the lower class index first).
+        probability), best first (ties: the lower class index first); `order`: their `class_order`, if known.
 
         k is clamped to 1..num_classes. In NumPy: the server calls this once per request, where torch's per-call
         overhead (~10 us an operation) was a tenth of the event loop's time under load.
         """
         k = max(1, min(k, len(self.classes)))
         p = _numpy(probs)
-        idx = np.argsort(-p, axis=1, kind="stable")[:, :k]
+        idx = (self.class_order(p) if order is None else order)[:, :k]
         return [[(self.classes[c], float(row[c])) for c in ir] for row, ir in zip(p, idx.tolist())]
+
+    @staticmethod
+    def class_order(probs) -> np.ndarray:
+        """(B, num_classes) probabilities -> (B, num_classes) class indices, most probable first (ties: the lower
+        index first): `top_classes`' order, which the server computes for a whole batch at once."""
+        return np.argsort(-_numpy(probs), axis=1, kind="stable")
 
     def predict(self, sources: list, topk: int = PredictOptions.topk,
                 batch_size: int = PredictOptions.batch_size, save_input: str | Path | None = None) -> Predictions:

@@ -33,14 +33,17 @@ while other requests are still being decoded, a batch waits for them, at most
 --max-wait-ms (a lone request does not wait; --max-batch 1: one at a time).
 """
 # No `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime.
+import asyncio
 import contextlib
 import dataclasses
 import io
 import json
 import os
 import re
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -57,6 +60,7 @@ from ..data.images import MAX_PIXELS, BadImage, decode_cost
 from ..engine import cam, rejection
 from .batching import MicroBatcher
 from .budget import DecodeBudget, cores
+from . import runtime
 from .predictor import UNKNOWN, Predictor
 
 INSTALL_SERVE = "pip install 'tudui[serve]'"
@@ -74,6 +78,18 @@ PREDICT_BODY = {"required": True, "content": {
                                             "description": "the image file's bytes (any image/* type is read too)"}},
 }}
 
+
+if sys.version_info >= (3, 11):
+    # A timer on the event loop: 7 us a request, against 30 us for anyio.fail_after's cancel scope (measured under
+    # uvloop), which was a tenth of the loop's time per request at thousands of requests a second.
+    body_deadline = asyncio.timeout
+else:
+    @contextlib.asynccontextmanager
+    async def body_deadline(seconds: float):
+        import anyio
+
+        with anyio.fail_after(seconds):
+            yield
 
 # Images of at most this many pixels are decoded on the event loop (classify): about 0.1 ms for a 28x28 PNG.
 INLINE_DECODE_PIXELS = 128 * 128
@@ -159,6 +175,7 @@ def _schemas():
     class Info(BaseModel):
         model: str | None = Field(description="the model's file name (no directory)")
         format: str
+        runtime: str = Field(description="what runs the forward pass: torch, onnxruntime or openvino (--runtime)")
         classes: list[str]
         num_classes: int
         img_size: int
@@ -188,17 +205,18 @@ class ApiError(Exception):
         self.message = message
 
 
-def check_pixels(data: bytes, max_pixels: int, spec=None) -> tuple[int, int, int]:
-    """(width, height, bytes its decoding for `spec` (a DataSpec) holds at most: 0 without one) from the image
-    header, before any decoding; ApiError 415/413 when unusable."""
-    from PIL import Image, UnidentifiedImageError
+def opened_image(data: bytes, max_pixels: int, spec=None) -> tuple[Image.Image, int, int, int]:
+    """(the PIL image opened on `data`, its pixels not decoded yet; width; height; bytes its decoding for `spec` (a
+    DataSpec) holds at most: 0 without one) from the image header; ApiError 415/413 when unusable. A small upload is
+    decoded from the opened image on the event loop, without parsing its header again."""
+    from PIL import UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit decides below
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                cost = decode_cost(img, spec.channels, spec.img_size, spec.crop_pct) if spec is not None else 0
+            img = Image.open(io.BytesIO(data))  # in memory: no file to close
+            w, h = img.size
+            cost = decode_cost(img, spec.channels, spec.img_size, spec.crop_pct) if spec is not None else 0
     except Image.DecompressionBombError as e:  # Pillow refuses > 2x its limit already at open
         raise ApiError(413, f"image has too many pixels: {e}") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
@@ -206,7 +224,7 @@ def check_pixels(data: bytes, max_pixels: int, spec=None) -> tuple[int, int, int
             from None
     if w * h > max_pixels:
         raise ApiError(413, f"image is {w}x{h} = {w * h:,} pixels, over this server's limit of {max_pixels:,}")
-    return w, h, cost
+    return img, w, h, cost
 
 
 EXPLAIN_METHOD = "layercam"  # POST /explain's method: `tudui explain`'s default
@@ -247,7 +265,6 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
     max_upload_mb, topk, max_batch, max_wait_ms = o.max_upload_mb, o.topk, o.max_batch, o.max_wait_ms
     read_timeout_s, docs, max_decode_mb = o.read_timeout_s, o.docs, o.max_decode_mb
     fastapi = _import_web()
-    import anyio
     from fastapi import Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -264,6 +281,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
     PredictResponse, ErrorResponse, Health, Info = _schemas()
     # Only the file's name: the server's directory layout is nobody's business.
     info = {"model": Path(predictor.source).name if predictor.source else None, "format": predictor.format,
+            "runtime": predictor.runtime,
             "classes": predictor.classes, "num_classes": len(predictor.classes), "img_size": predictor.spec.img_size,
             "channels": predictor.spec.channels, "mean": predictor.spec.mean, "std": predictor.spec.std,
             "arch": _public_arch(predictor.meta.get("arch", {}).get("name")), "tudui_version": predictor.meta.get("tudui_version"),
@@ -273,8 +291,8 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
             "multi_label": predictor.spec.multi_label, "thresholds": predictor.thresholds}
 
     def forward(arrays: list) -> list:
-        """[(H, W, C) uint8 array, ...] -> one ((num_classes,) probabilities, score or None) per array, from one
-        forward pass.
+        """[(H, W, C) uint8 array, ...] -> one ((num_classes,) probabilities, (num_classes,) class indices most
+        probable first, score or None) per array, from one forward pass.
 
         All torch work happens here, on the batcher's single thread: torch calls from many threads at once would
         each start their own team of intra-op threads and fight over the cores.
@@ -284,7 +302,9 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         scores = rejection.score(logits, predictor.reject_score, predictor.temperature).tolist() \
             if predictor.reject_limit is not None else [None] * len(arrays)
         # calibrated softmax, or multi-label sigmoids: (num_classes,) NumPy rows, which the event loop reads cheaply
-        return list(zip(predictor.probabilities_of(logits).numpy(), scores))
+        probs = predictor.probabilities_of(logits).numpy()
+        # the top-k order for the whole batch in one call, here rather than per request on the event loop
+        return list(zip(probs, predictor.class_order(probs), scores))
 
     # --max-batch 1 goes through it too: one request per forward pass, in arrival order.
     batcher = MicroBatcher(forward, max_batch, max_wait_ms)
@@ -354,7 +374,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         try:
             # A client that opens a request and then sends its body slowly (or never) would hold a connection and
             # a buffer forever; the whole body must arrive within read_timeout_s.
-            with anyio.fail_after(read_timeout_s):
+            async with body_deadline(read_timeout_s):
                 async for chunk in stream:
                     n += len(chunk)
                     if n > limit:
@@ -430,18 +450,19 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         (501, "POST /explain on a server running an ONNX or TorchScript export"),
         (500, "an unexpected error in the server (its log has the traceback)"))}
 
-    async def upload(scope, stream) -> tuple[bytes, int, int, int]:
-        """The request's image bytes, its width and height and the bytes decoding it will take, or the ApiError every
-        upload route answers the same way: 400 empty, 413 over --max-decode-mb (and read_body's and check_pixels'
+    async def upload(scope, stream) -> tuple[bytes, Image.Image, int, int, int]:
+        """The request's image bytes, the PIL image opened on them (pixels not decoded yet), its width and height and
+        the bytes decoding it will take, or the ApiError every
+        upload route answers the same way: 400 empty, 413 over --max-decode-mb (and read_body's and opened_image's
         own)."""
         data = await read_body(scope, stream)
         if not data:
             raise ApiError(400, "empty upload: send an image as multipart field 'file' or as the request body")
-        width, height, cost = check_pixels(data, max_pixels, predictor.spec)
+        img, width, height, cost = opened_image(data, max_pixels, predictor.spec)
         if cost > budget.capacity:
             raise ApiError(413, f"decoding this {width}x{height} image needs about {cost / 2**20:,.0f} MiB, over this "
                                 f"server's limit of {max_decode_mb:g} MiB (--max-decode-mb)")
-        return data, width, height, cost
+        return data, img, width, height, cost
 
     @app.post("/predict", responses={200: {"model": PredictResponse}, **documented}, summary="classify one image",
               openapi_extra={"requestBody": PREDICT_BODY})
@@ -450,29 +471,35 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         t0 = time.perf_counter()
         return await classify(t0, *await upload(request.scope, request.stream()), k)
 
-    async def classify(t0: float, data: bytes, width: int, height: int, cost: int, k: int | None) -> dict:
+    async def classify(t0: float, data: bytes, img: Image.Image, width: int, height: int, cost: int,
+                       k: int | None) -> dict:
         """POST /predict's answer for an upload that arrived at perf_counter() t0 (s) and passed upload()'s checks."""
-        def decode():
+        def decode(src):
             t1 = time.perf_counter()
             try:
-                arr = predictor.spec.decode(data)  # (S, S, C) uint8, as the model was evaluated
+                arr = predictor.spec.decode(src)  # (S, S, C) uint8, as the model was evaluated
             except BadImage as e:
                 raise ApiError(415, f"the upload is not a readable image: {e.reason}") from None
             return arr, (time.perf_counter() - t1) * 1000
 
         if width * height <= INLINE_DECODE_PIXELS:
             # A small image decodes in about 0.1 ms on the event loop; handing it to a thread (and waking the loop
-            # when it is done) cost more than that, and the GIL hand-over slowed the batcher's thread too.
-            arr, pre_ms = decode()
+            # when it is done) cost more than that, and the GIL hand-over slowed the batcher's thread too. It is
+            # decoded from the image upload() opened: parsing its header again was a twentieth of the loop's time.
+            try:
+                img.load()
+            except (OSError, SyntaxError, ValueError, EOFError) as e:  # what data/images.open_image catches
+                raise ApiError(415, f"the upload is not a readable image: corrupt or truncated ({e})") from None
+            arr, pre_ms = decode(img)
         else:
             # Pillow decoding blocks (and releases the GIL): in the thread pool, one per core at most. Waits for a
             # free core and `cost` bytes of the decode budget, in arrival order; the decoding thread is waited for
             # even if the request is cancelled, so what it holds is counted until it is freed.
             async with budget.admit(cost):
                 with batcher.expecting():  # a batch that is forming waits for this request (at most --max-wait-ms)
-                    arr, pre_ms = await run_in_threadpool(decode)
-        (probs, score), batch, inf_ms = await batcher.submit(arr)  # (num_classes,) probabilities, score
-        top = predictor.top_classes(probs[None], k or topk)[0]
+                    arr, pre_ms = await run_in_threadpool(decode, data)
+        (probs, order, score), batch, inf_ms = await batcher.submit(arr)  # (num_classes,) probabilities, ...
+        top = predictor.top_classes(probs[None], k or topk, order[None])[0]
         above = predictor.labels_above(probs[None])  # a multi-label model: every class over its threshold
         labels = {} if above is None else {"labels": [{"class": c, "probability": p} for c, p in above[0]]}
         unknown = {} if score is None else {"label": UNKNOWN if score < predictor.reject_limit else top[0][0],
@@ -496,15 +523,21 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
                     return
 
         try:
-            response = JSONResponse(await classify(t0, *await upload(scope, chunks()), k))
+            # encoded as JSONResponse encodes it, without building one (its headers object and call path were a
+            # twentieth of the event loop's time per request): the two messages it would send are sent below
+            body = json.dumps(await classify(t0, *await upload(scope, chunks()), k), ensure_ascii=False,
+                              allow_nan=False, separators=(",", ":")).encode("utf-8")
         except ClientDisconnect:
             return  # nobody left to answer
         except ApiError as e:
-            response = api_error(e)
+            await api_error(e)(scope, receive, send)
+            return
         except Exception as e:
             await unexpected(e)(scope, receive, send)
             raise  # uvicorn logs the traceback, as for the other routes
-        await response(scope, receive, send)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
 
     app.direct_predict = direct_predict
 
@@ -538,7 +571,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
                                 "its checkpoint to explain")
         if wanted is not None and wanted not in predictor.classes:
             raise ApiError(422, f"invalid request: class {wanted!r} is not one of the model's classes")
-        data, width, height, cost = await upload(request.scope, request.stream())
+        data, _, width, height, cost = await upload(request.scope, request.stream())
 
         def decode():
             try:
@@ -582,6 +615,7 @@ def listen_socket(host: str, port: int) -> socket.socket:
 
 
 WORKER_OPTIONS_ENV = "TUDUI_SERVE_OPTIONS"  # the ServeOptions (JSON) each --workers process builds its app from
+WORKER_ONNX_ENV = "TUDUI_SERVE_ONNX"  # the ONNX Runtime copy the parent made (inference/runtime.py), or empty
 
 
 def worker_app():
@@ -594,6 +628,7 @@ def worker_app():
     predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
                                     trust_code=True)  # the parent already had the user's consent, or refused
     predictor.reject(o.reject_below, o.reject, o.coverage, o.score)  # as the parent checked it
+    runtime.attach(predictor, Path(os.environ[WORKER_ONNX_ENV]) if os.environ.get(WORKER_ONNX_ENV) else None)
     return create_app(predictor, o)
 
 
@@ -604,17 +639,27 @@ def serve(options: ServeOptions) -> None:
     The options were checked when they were built (core/options.py), so a typo costs no waiting for the model; the
     model is loaded here first either way, so a bad model file is one error line before anything listens."""
     _import_web()
+    o = options
+    workers = o.processes()
+    folder = Path(tempfile.mkdtemp(prefix="tudui-serve-"))  # the ONNX Runtime copy, removed when serving ends
+    try:
+        # (no name for the predictor here: with --workers N, _serve lets go of it once the workers load their own)
+        _serve(Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
+                                   trust_code=o.trust_code)
+               .reject(o.reject_below, o.reject, o.coverage, o.score),  # "unknown" below a threshold (checked here)
+               o, workers, folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _serve(predictor: Predictor, o: ServeOptions, workers: int, folder: Path) -> None:
     import uvicorn
 
     from .http import run_workers, uvicorn_config
 
-    o = options
     host, port = o.host, o.port
-    workers = o.processes()
-    predictor = Predictor.from_path(o.model, device=o.device, tta=o.tta, model_file=o.model_file,
-                                    trust_code=o.trust_code)
-    predictor.reject(o.reject_below, o.reject, o.coverage, o.score)  # "unknown" below a threshold (checked here)
-    app = create_app(predictor, o) if workers == 1 else None
+    onnx_file, runs_on = runtime.prepare(predictor, o.runtime, folder)
+    app = create_app(runtime.attach(predictor, onnx_file), o) if workers == 1 else None
     sock = listen_socket(host, port)
     if host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0 or an interface address: reachable from outside
         print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the model "
@@ -624,8 +669,8 @@ def serve(options: ServeOptions) -> None:
     batching = f"batches of up to {o.max_batch}, {o.max_wait_ms:g} ms wait" if o.max_batch > 1 else \
         "one request per pass"
     processes = f"; {workers} worker processes" if workers > 1 else ""
-    line = (f"tudui: serving {predictor.source} ({predictor.format}, {len(predictor.classes)} classes; {batching}"
-            f"{processes}) on http://{shown}:{sock.getsockname()[1]}/  (Ctrl+C stops)")
+    line = (f"tudui: serving {predictor.source} ({predictor.format} on {runs_on}, {len(predictor.classes)} classes; "
+            f"{batching}{processes}) on http://{shown}:{sock.getsockname()[1]}/  (Ctrl+C stops)")
     try:
         if workers == 1:
             print(line, flush=True)
@@ -633,6 +678,7 @@ def serve(options: ServeOptions) -> None:
         else:
             del predictor  # each worker loads its own
             os.environ[WORKER_OPTIONS_ENV] = json.dumps(dataclasses.asdict(o))  # inherited by the spawned workers
+            os.environ[WORKER_ONNX_ENV] = str(onnx_file or "")
             run_workers(uvicorn_config(f"{__name__}:worker_app", o, factory=True, workers=workers), sock,
                         lambda: print(line, flush=True))
     finally:

@@ -8,9 +8,9 @@ clients from a compiled load generator (the sweep).
                                     [--before REF] [--quick]
 
 The sweep: for each server (the minimal one; `tudui serve` as a user starts it, `--workers auto`; the same with
-`--workers 1`; the same with `--access-log`, a line per request, which neither tudui's default nor the minimal
-server prints; with --before REF, `tudui serve --workers 1` from that commit of this repository, the same
-environment) and each number of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's
+`--workers 1`; the same with `--runtime torch`, the forward pass on PyTorch eager instead of the ONNX Runtime copy
+`--runtime auto` makes on a CPU; with --before REF, `tudui serve --workers 1` from that commit of this repository,
+the same environment) and each number of keep-alive clients, 2 s uncounted then --sweep-duration s counted, from Debian's
 `wrk` (one thread, C code, a Lua script cycling through the same PNGs) where it is on the PATH, else this script's
 own asyncio client (which then takes a core itself). The generator's CPU time is reported (its rusage), so a
 saturated generator shows.
@@ -274,8 +274,8 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
     servers.append(("tudui serve", dict(model=model, workers="auto")))
     if not args.quick:  # (the same code as --workers auto on one process: the smoke test leaves it out)
         servers.append(("tudui serve --workers 1", dict(model=model, workers=1)))
-        # what a line per request costs (uvicorn's default; tudui's and the minimal server's print none)
-        servers.append(("tudui serve --access-log", dict(model=model, workers="auto", extra=("--access-log",))))
+        # what the ONNX Runtime copy buys (--runtime auto on a CPU): the same server on PyTorch eager
+        servers.append(("tudui serve --runtime torch", dict(model=model, workers="auto", extra=("--runtime", "torch"))))
     if args.before:
         before = work / f"before-{args.before}"
         if not (before / "src" / "tudui").is_dir():

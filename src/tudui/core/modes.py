@@ -103,7 +103,8 @@ CAM_METHODS: dict[str, str] = {
     "scorecam": "ScoreCAM",
 }
 
-# `tudui serve --runtime`: what runs the forward pass of a PyTorch model (a checkpoint or safetensors; inference/runtime.py)
+# `tudui serve --runtime`: what runs the forward pass of a PyTorch model (a checkpoint or safetensors):
+# inference/runtime.py
 SERVE_RUNTIMES: dict[str, str] = {
     "auto": "ONNX Runtime on a CPU where it is installed and the model exports with the same logits, else PyTorch",
     "onnxruntime": "ONNX Runtime on the CPU; an error where the model cannot be exported with the same logits",

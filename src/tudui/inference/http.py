@@ -12,8 +12,13 @@ head is not complete `--header-timeout` seconds after the connection opened (or 
 request on a kept-alive connection); the event loop never waits on such a client, so everyone else is answered
 meanwhile.
 
-Workers: the parent binds the socket and starts N processes (uvicorn's own supervisor: spawned, restarted if one
-dies, all stopped on Ctrl-C or SIGTERM); each loads the model itself and accepts connections from the shared socket.
+Workers: the parent binds the sockets and starts N processes (uvicorn's own supervisor: spawned, restarted if one
+dies, all stopped on Ctrl-C or SIGTERM); each loads the model itself. On Linux each worker has its own listening
+socket on the one port (SO_REUSEPORT), and the kernel spreads new connections over them by their addresses' hash.
+Why: from one shared socket, whichever worker's event loop woke first accepted every connection waiting (uvloop
+accepts until none is left), so a client burst of kept-alive connections often landed on one worker: measured, 8 of
+8 on one of two workers (1,310 requests/s against 2,500-3,200 when split) and 23 of 32. Elsewhere, and with one
+worker, the one shared socket.
 """
 from __future__ import annotations
 
@@ -110,13 +115,45 @@ def protocol(name: str = "auto"):
     return HeaderDeadlineHttpTools
 
 
-def run_workers(config, sock, announce) -> None:
-    """Serve `config` (its app an import string, `workers` > 1) from N spawned processes sharing `sock`, until
-    Ctrl-C or SIGTERM; uvicorn's supervisor restarts a worker that dies. `announce()` runs once every worker has
-    started serving (each loads the model first), so the address it prints answers at once."""
+def run_workers(config, socks: list, announce) -> None:
+    """Serve `config` (its app an import string, `workers` > 1) from N spawned processes, until Ctrl-C or SIGTERM;
+    uvicorn's supervisor restarts a worker that dies. `socks`: one listening socket all workers share, or one per
+    worker (SO_REUSEPORT: `listen_sockets`). `announce()` runs once every worker has started serving (each loads the
+    model first), so the address it prints answers at once."""
     from uvicorn.supervisors import Multiprocess
+    from uvicorn.supervisors.multiprocess import logger
 
     class Workers(Multiprocess):
+        @property
+        def sockets(self) -> list:
+            """The sockets of the worker uvicorn's supervisor is about to create (it passes `self.sockets` to each
+            new one): all, when shared; else the next one's while it starts them in order, then that of the first
+            worker that has ended, which it replaces (it replaces them in index order)."""
+            if len(socks) == 1:
+                return socks
+            if len(self.processes) < len(socks):
+                return [socks[len(self.processes)]]
+            return [socks[next(i for i, p in enumerate(self.processes) if p.exitcode is not None)]]
+
+        @sockets.setter
+        def sockets(self, value) -> None:  # Multiprocess.__init__ assigns it: the property decides instead
+            pass
+
+        def handle_hup(self) -> None:  # restart_all would start each new worker beside the old: whose socket?
+            if len(socks) == 1:
+                return super().handle_hup()
+            logger.info("Received SIGHUP: the workers keep running (stop tudui serve and start it again to reload)")
+
+        def handle_ttin(self) -> None:  # one socket per worker: their number is fixed
+            if len(socks) == 1:
+                return super().handle_ttin()
+            logger.info(f"Received SIGTTIN: the number of workers stays {len(socks)} (one listening socket each)")
+
+        def handle_ttou(self) -> None:
+            if len(socks) == 1:
+                return super().handle_ttou()
+            logger.info(f"Received SIGTTOU: the number of workers stays {len(socks)} (one listening socket each)")
+
         def init_processes(self) -> None:
             super().init_processes()
             for p in self.processes:
@@ -127,8 +164,9 @@ def run_workers(config, sock, announce) -> None:
 
     # listening from now on: connections made while the workers start wait in the backlog (each worker's own
     # listen() call later keeps it), instead of being refused
-    sock.listen(config.backlog)
-    Workers(config, sockets=[sock]).run()
+    for sock in socks:
+        sock.listen(config.backlog)
+    Workers(config, sockets=socks).run()
 
 
 def uvicorn_config(app, options, http: str = "auto", **kwargs):

@@ -592,8 +592,25 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
     return app
 
 
-def listen_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port (0: a free port), for uvicorn to listen on.
+def listen_sockets(host: str, port: int, n: int) -> list[socket.socket]:
+    """`n` TCP sockets on host:port (0: a free port) that the kernel spreads new connections over (SO_REUSEPORT, on
+    Linux: inference/http.py says why), one per `--workers` process; elsewhere one, which they all share."""
+    if n == 1 or not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return [listen_socket(host, port)]
+    socks = [listen_socket(host, port, reuse_port=True)]
+    try:
+        for _ in range(n - 1):
+            socks.append(listen_socket(host, socks[0].getsockname()[1], reuse_port=True))
+    except TuduiError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def listen_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A TCP socket bound to host:port (0: a free port), for uvicorn to listen on; `reuse_port`: SO_REUSEPORT, so
+    more sockets can be bound to the same port (by this user).
 
     Bound here so a busy port or a bad host is a one-line error (uvicorn would log it and exit).
     """
@@ -605,6 +622,8 @@ def listen_socket(host: str, port: int) -> socket.socket:
         # the client's delayed ACK: 45 ms per request instead of 0.4 ms on loopback.
         sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind(addr)
     except OSError as e:
         if sock is not None:
@@ -660,7 +679,7 @@ def _serve(predictor: Predictor, o: ServeOptions, workers: int, folder: Path) ->
     host, port = o.host, o.port
     onnx_file, runs_on = runtime.prepare(predictor, o.runtime, folder)
     app = create_app(runtime.attach(predictor, onnx_file), o) if workers == 1 else None
-    sock = listen_socket(host, port)
+    socks = listen_sockets(host, port, workers)
     if host not in ("127.0.0.1", "localhost", "::1"):  # 0.0.0.0 or an interface address: reachable from outside
         print(f"warning: serving on {host}: anyone who can reach this machine on port {port} can use the model "
               "(there is no authentication); use the default --host 127.0.0.1 to keep it local",
@@ -670,16 +689,17 @@ def _serve(predictor: Predictor, o: ServeOptions, workers: int, folder: Path) ->
         "one request per pass"
     processes = f"; {workers} worker processes" if workers > 1 else ""
     line = (f"tudui: serving {predictor.source} ({predictor.format} on {runs_on}, {len(predictor.classes)} classes; "
-            f"{batching}{processes}) on http://{shown}:{sock.getsockname()[1]}/  (Ctrl+C stops)")
+            f"{batching}{processes}) on http://{shown}:{socks[0].getsockname()[1]}/  (Ctrl+C stops)")
     try:
         if workers == 1:
             print(line, flush=True)
-            uvicorn.Server(uvicorn_config(app, o)).run(sockets=[sock])
+            uvicorn.Server(uvicorn_config(app, o)).run(sockets=socks)
         else:
             del predictor  # each worker loads its own
             os.environ[WORKER_OPTIONS_ENV] = json.dumps(dataclasses.asdict(o))  # inherited by the spawned workers
             os.environ[WORKER_ONNX_ENV] = str(onnx_file or "")
-            run_workers(uvicorn_config(f"{__name__}:worker_app", o, factory=True, workers=workers), sock,
+            run_workers(uvicorn_config(f"{__name__}:worker_app", o, factory=True, workers=workers), socks,
                         lambda: print(line, flush=True))
     finally:
-        sock.close()
+        for sock in socks:
+            sock.close()

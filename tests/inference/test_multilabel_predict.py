@@ -73,16 +73,23 @@ def test_eval_scores_at_the_saved_thresholds(pairs_run, pairs_csv, tmp_path, cap
     assert "scores" not in json.loads(capsys.readouterr().out)  # the arrays are drawn, not printed
 
 
-def test_serve_answers_with_the_labels_over_their_thresholds(pairs_run, pairs_csv, live_server):
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_serve_answers_with_the_labels_over_their_thresholds(pairs_run, pairs_csv, live_server, runtime, tmp_path):
+    """On PyTorch and on the ONNX Runtime copy `tudui serve --runtime auto` makes on a CPU: the same labels and
+    calibrated probabilities as PyTorch's predict."""
+    from tudui.inference import runtime as runtimes
     from tudui.inference.server import create_app
 
+    ref = Predictor.from_path(pairs_run.best, device="cpu")
     p = Predictor.from_path(pairs_run.best, device="cpu")
+    runtimes.attach(p, runtimes.prepare(p, runtime, tmp_path)[0])
+    assert p.runtime == runtime
     with live_server(create_app(p, topk=2)) as url:
         info = httpx.get(f"{url}/info", timeout=30).json()
-        assert info["multi_label"] and info["thresholds"] == p.thresholds
-        for f, probs in zip(_images(pairs_csv, 4), _calibrated(p, _images(pairs_csv, 4))):
+        assert info["multi_label"] and info["thresholds"] == p.thresholds and info["runtime"] == runtime
+        for f, probs in zip(_images(pairs_csv, 4), _calibrated(ref, _images(pairs_csv, 4))):
             body = httpx.post(f"{url}/predict", content=open(f, "rb").read(), timeout=30).json()
-            want = p.predict([f])[0].labels
+            want = ref.predict([f])[0].labels
             assert [x["class"] for x in body["labels"]] == [c for c, _ in want] and len(body["predictions"]) == 2
             # each class's calibrated sigmoid (its logit over its temperature), as predict gives it
             assert [x["probability"] for x in body["predictions"]] == pytest.approx(sorted(probs)[::-1][:2],

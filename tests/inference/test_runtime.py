@@ -36,6 +36,15 @@ def test_auto_runs_a_cpu_checkpoint_on_onnxruntime_with_pytorchs_answers(tiny_mo
     assert float((got - want).abs().max()) < 1e-5
 
 
+def test_the_copy_averages_a_flip_tta_models_mirror_as_pytorch_does(tta_checkpoint, tmp_path):
+    ckpt, image, _, tta = tta_checkpoint  # tta: PyTorch's mean of the image's and its mirror's logits, softmaxed
+    predictor = Predictor.from_path(ckpt, device="cpu")
+    runtime.attach(predictor, runtime.prepare(predictor, "auto", tmp_path)[0])
+    assert predictor.runtime == "onnxruntime" and predictor.spec.flip_tta
+    got = dict(predictor.predict([image], topk=10)[0].topk)
+    assert np.allclose([got[c] for c in predictor.classes], tta, atol=1e-5)
+
+
 def test_torch_keeps_pytorch_and_exports_are_run_as_they_are(tiny_model, tiny_onnx, tmp_path):
     predictor = Predictor.from_path(tiny_model, device="cpu")
     assert runtime.prepare(predictor, "torch", tmp_path) == (None, "torch")

@@ -1,6 +1,6 @@
 """The tables a benchmark script prints, read back: every expected row present, every figure finite and plausible.
 
-`check_report(script, stdout)` is what tests/benchmarks/test_quick.py calls after each `--quick` run. The tables are
+`check_report(script, stdout)` is what tests/benchmarks/quick.py calls after each `--quick` run. The tables are
 core/console.table's (a header, a line of dashes per column, the rows); the dashes give each column's extent, so a
 cell is read by position, whatever it holds. A --quick run's figures measure nothing (a loaded machine, a few hundred
 images), so the ranges are what any run must print (a share of 0-100%, a positive speed), not targets.

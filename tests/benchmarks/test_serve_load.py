@@ -1,20 +1,19 @@
 """A short run of benchmarks/serve_load.py (the soak and load benchmark) as a user runs it: the minimal FastAPI + ONNX
 Runtime server and tudui serve's two modes, zero errors; the sweep's table (wrk where installed, else the script's
 own client) with every server at every client count. The script runs in this interpreter and its servers are forks of
-the tests' fork server (test_quick.quick_run), as every benchmark's --quick run does."""
+the tests' fork server (quick.quick_run), as every benchmark's --quick run does."""
 import re
 
 import pytest
 
-from tests.benchmarks.test_quick import quick_run
+from tests.benchmarks.quick import quick_run
 
 
 def test_short_load_run_has_no_errors_and_batches_form(tiny_model, request, tmp_path, capfd, monkeypatch):
     pytest.importorskip("fastapi")
     pytest.importorskip("psutil")
     stdout = quick_run("serve_load.py", [str(tiny_model), "--duration", "1.5", "--warmup", "0.5", "--concurrency", "16",
-                                         "--clients", "8"], request, tmp_path, capfd, monkeypatch, check=False,
-                       fmnist=False)
+                                         "--clients", "8"], request, tmp_path, capfd, monkeypatch, fmnist=False)
 
     def row(label: str) -> list[str]:  # the three modes' cells of one row of the side-by-side table
         return re.search(rf"^{re.escape(label)}\s+(\S+)\s+(\S+)\s+(\S+)\s*$", stdout, re.M).groups()

@@ -1,0 +1,65 @@
+"""A benchmark script's --quick smoke run, for tests/benchmarks/test_quick.py and test_serve_load.py (quick_run).
+
+A script runs in the test's own interpreter, as `python benchmarks/SCRIPT --quick` would run it (its folder first on
+sys.path, `__main__`, its argv): a child interpreter would cost each of them seconds of importing torch. What it
+changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
+working folder, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
+subprocess.run or Popen (`python -m tudui train` runs whose peak memory it reads, servers under load, ...) are forks
+of the tests' fork server where they can be (tests/forkserver.py): their figures mean nothing in a smoke test, their
+seconds of import did.
+"""
+from __future__ import annotations
+
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+from tests import forkserver
+from tests.benchmarks.tables import check_report
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _forked(real, fork, takes: set[str]):
+    """subprocess.run or Popen (`real`), through the fork server (`fork`, forkserver's run or Popen) for a
+    `python ...` child whose keyword arguments are all among those `fork` takes."""
+    def call(args, **kwargs):
+        if set(kwargs) <= takes and isinstance(args, (list, tuple)) and forkserver.parse(args) is not None:
+            return fork(args, **kwargs)
+        return real(args, **kwargs)
+    return call
+
+
+def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, expect: str | None = None,
+              fmnist: bool = True) -> str:
+    """Run `script --quick [extra]` as `python benchmarks/SCRIPT` would, in this interpreter; its output. `expect`: a
+    line its final report must contain, whose tables are then read back in full (tables.check_report); `fmnist`:
+    skip with the install hint where the real Fashion-MNIST is absent. `request`, `tmp_path`, `capfd` and
+    `monkeypatch` are the calling test's fixtures."""
+    if fmnist:
+        request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
+    env = dict(os.environ)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", *extra, "--workdir", str(tmp_path / "work")])
+    monkeypatch.setattr(sys, "path", [str(BENCH), *sys.path])
+    monkeypatch.setattr(subprocess, "run", _forked(subprocess.run, forkserver.run, {
+        "capture_output", "text", "timeout", "env", "cwd", "check", "stdout", "stderr"}))
+    monkeypatch.setattr(subprocess, "Popen", _forked(subprocess.Popen, forkserver.Popen, {
+        "stdout", "stderr", "stdin", "text", "env", "cwd"}))
+    try:
+        runpy.run_path(str(BENCH / script), run_name="__main__")
+        code = 0
+    except SystemExit as e:  # sys.exit(message) on failure, sys.exit(0) or sys.exit(main()) at the end
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else e.code)
+    finally:
+        os.environ.clear()
+        os.environ.update(env)
+    out, err = capfd.readouterr()  # the script's prints and its children's output alike
+    assert code == 0, out[-3000:] + err[-3000:] + str(code)
+    assert "--quick smoke test" in out, out[-3000:]
+    if expect is not None:
+        assert expect in out, out[-3000:]
+        check_report(script, out)  # every table: the rows it must have, finite and plausible figures
+    return out

@@ -63,6 +63,27 @@ def test_no_docs_turns_the_page_and_its_files_off(predictor, live_server):
         assert httpx.get(f"{url}/health").status_code == 200
 
 
+def test_workers_sockets_share_their_port_with_nobody_else():
+    """--workers N binds N sockets to one port (SO_REUSEPORT on Linux), and a second server on that port, with
+    workers or not, is the one-line busy-port error rather than a silent share of the first one's clients."""
+    from tudui.core.errors import TuduiError
+    from tudui.inference.server import listen_socket, listen_sockets
+
+    socks = listen_sockets("127.0.0.1", 0, 2)
+    try:
+        port = socks[0].getsockname()[1]
+        assert [s.getsockname()[1] for s in socks] == [port] * len(socks)
+        for s in socks:
+            s.listen()
+        for n in (1, 2):
+            with pytest.raises(TuduiError, match=f"cannot listen on 127.0.0.1:{port}"):
+                listen_sockets("127.0.0.1", port, n)
+    finally:
+        for s in socks:
+            s.close()
+    listen_socket("127.0.0.1", port).close()  # free again once they are closed
+
+
 def test_connections_to_the_listening_socket_send_without_nagle_delay():
     """Without TCP_NODELAY each response waited ~40 ms for the client's delayed ACK (45 ms per request)."""
     import asyncio

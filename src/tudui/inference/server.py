@@ -59,8 +59,8 @@ from ..core.options import ServeOptions, field_meta, range_message
 from ..data.images import MAX_PIXELS, BadImage, decode_cost
 from ..engine import cam, rejection
 from .batching import MicroBatcher
-from .budget import DecodeBudget, cores
 from . import runtime
+from .budget import DecodeBudget, cores
 from .predictor import UNKNOWN, Predictor
 
 INSTALL_SERVE = "pip install 'tudui[serve]'"
@@ -452,9 +452,8 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
 
     async def upload(scope, stream) -> tuple[bytes, Image.Image, int, int, int]:
         """The request's image bytes, the PIL image opened on them (pixels not decoded yet), its width and height and
-        the bytes decoding it will take, or the ApiError every
-        upload route answers the same way: 400 empty, 413 over --max-decode-mb (and read_body's and opened_image's
-        own)."""
+        the bytes decoding it will take, or the ApiError every upload route answers the same way: 400 empty, 413 over
+        --max-decode-mb (and read_body's and opened_image's own)."""
         data = await read_body(scope, stream)
         if not data:
             raise ApiError(400, "empty upload: send an image as multipart field 'file' or as the request body")
@@ -597,10 +596,15 @@ def listen_sockets(host: str, port: int, n: int) -> list[socket.socket]:
     Linux: inference/http.py says why), one per `--workers` process; elsewhere one, which they all share."""
     if n == 1 or not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
         return [listen_socket(host, port)]
+    # First a plain socket, which cannot be bound where any other socket is: with SO_REUSEPORT alone, a second tudui
+    # serve of the same user on the same port would silently share it (and its clients) instead of failing.
+    probe = listen_socket(host, port)
+    port = probe.getsockname()[1]
+    probe.close()
     socks = [listen_socket(host, port, reuse_port=True)]
     try:
         for _ in range(n - 1):
-            socks.append(listen_socket(host, socks[0].getsockname()[1], reuse_port=True))
+            socks.append(listen_socket(host, port, reuse_port=True))
     except TuduiError:
         for sock in socks:
             sock.close()

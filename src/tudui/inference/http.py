@@ -123,14 +123,21 @@ def run_workers(config, socks: list, announce) -> None:
     from uvicorn.supervisors import Multiprocess
     from uvicorn.supervisors.multiprocess import logger
 
-    class Workers(Multiprocess):
+    class Workers(Multiprocess):  # every worker on the one shared socket
+        def init_processes(self) -> None:
+            super().init_processes()
+            for p in self.processes:
+                while not p.is_ready(timeout=1):
+                    if self.signal_queue or not p.process.is_alive():
+                        return  # stopping, or a worker failed to start: the supervisor's loop deals with it
+            announce()
+
+    class OwnSockets(Workers):  # each worker on its own socket (socks[i] for the i-th)
         @property
         def sockets(self) -> list:
-            """The sockets of the worker uvicorn's supervisor is about to create (it passes `self.sockets` to each
-            new one): all, when shared; else the next one's while it starts them in order, then that of the first
-            worker that has ended, which it replaces (it replaces them in index order)."""
-            if len(socks) == 1:
-                return socks
+            """The socket of the worker uvicorn's supervisor is about to create (it passes `self.sockets` to each new
+            one): the next one's while it starts them in order, then that of the first worker that has ended, which
+            it replaces (it replaces them in index order)."""
             if len(self.processes) < len(socks):
                 return [socks[len(self.processes)]]
             return [socks[next(i for i, p in enumerate(self.processes) if p.exitcode is not None)]]
@@ -140,33 +147,19 @@ def run_workers(config, socks: list, announce) -> None:
             pass
 
         def handle_hup(self) -> None:  # restart_all would start each new worker beside the old: whose socket?
-            if len(socks) == 1:
-                return super().handle_hup()
             logger.info("Received SIGHUP: the workers keep running (stop tudui serve and start it again to reload)")
 
         def handle_ttin(self) -> None:  # one socket per worker: their number is fixed
-            if len(socks) == 1:
-                return super().handle_ttin()
             logger.info(f"Received SIGTTIN: the number of workers stays {len(socks)} (one listening socket each)")
 
         def handle_ttou(self) -> None:
-            if len(socks) == 1:
-                return super().handle_ttou()
             logger.info(f"Received SIGTTOU: the number of workers stays {len(socks)} (one listening socket each)")
-
-        def init_processes(self) -> None:
-            super().init_processes()
-            for p in self.processes:
-                while not p.is_ready(timeout=1):
-                    if self.signal_queue or not p.process.is_alive():
-                        return  # stopping, or a worker failed to start: the supervisor's loop deals with it
-            announce()
 
     # listening from now on: connections made while the workers start wait in the backlog (each worker's own
     # listen() call later keeps it), instead of being refused
     for sock in socks:
         sock.listen(config.backlog)
-    Workers(config, sockets=socks).run()
+    (Workers if len(socks) == 1 else OwnSockets)(config, sockets=socks).run()
 
 
 def uvicorn_config(app, options, http: str = "auto", **kwargs):

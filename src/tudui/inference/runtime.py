@@ -15,12 +15,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..core.errors import TuduiError
-from ..core.modes import SERVE_RUNTIMES
 from .export import onnx_copy
 from .formats import OnnxModule
 from .predictor import Predictor
 
-PYTORCH_FORMATS = ("checkpoint", "safetensors", "module")  # what the server can copy into ONNX Runtime
+# the formats loaded as a PyTorch model: copied into ONNX Runtime, and what `POST /explain` can map
+PYTORCH_FORMATS = ("checkpoint", "safetensors", "module")
 ONNX_FILE = "model.onnx"  # the copy's name inside the server's private folder
 
 
@@ -28,11 +28,9 @@ def prepare(predictor: Predictor, runtime: str, folder: Path) -> tuple[Path | No
     """Decide what runs `predictor`'s forward pass: (the ONNX file written into `folder` for ONNX Runtime, or None
     for the predictor as loaded; the words the server's first line says it with).
 
-    runtime: a row of SERVE_RUNTIMES. 'onnxruntime' raises a TuduiError where the copy cannot be made or proven;
-    'auto' falls back to PyTorch then, saying why.
+    runtime: a row of core/modes.SERVE_RUNTIMES (ServeOptions checked it). 'onnxruntime' raises a TuduiError where
+    the copy cannot be made or proven; 'auto' falls back to PyTorch then, saying why.
     """
-    if runtime not in SERVE_RUNTIMES:
-        raise TuduiError(f"--runtime takes one of {', '.join(SERVE_RUNTIMES)}, got {runtime!r}")
     if runtime == "torch" or predictor.format not in PYTORCH_FORMATS:
         return None, predictor.runtime
     if predictor.device.type != "cpu":

@@ -565,7 +565,7 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
                       wanted: str | None = fastapi.Query(None, alias="class", description="the class mapped "
                                                          "(default: the image's top class)",
                                                          json_schema_extra={"enum": list(predictor.classes)})):
-        if predictor.format not in ("checkpoint", "safetensors", "module"):
+        if predictor.format not in runtime.PYTORCH_FORMATS:
             raise ApiError(501, f"maps need the PyTorch model; this server runs a {predictor.format} export: serve "
                                 "its checkpoint to explain")
         if wanted is not None and wanted not in predictor.classes:

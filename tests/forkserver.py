@@ -52,6 +52,12 @@ import PIL.Image, matplotlib.figure  # and what most runs draw and decode with (
 # torchvision imports it too (then ~0.15 s more)
 import torch._dynamo, torchvision
 
+# A pytest started in the background by a non-interactive shell ignores SIGINT (POSIX shells do that to background
+# jobs), and every child would inherit it: the children start with Python's own handler and no signal blocked, as a
+# Python started from a terminal does
+signal.signal(signal.SIGINT, signal.default_int_handler)
+signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
 gc.freeze()  # the collector leaves the imported objects alone: a child does not copy their pages by touching them
 
 def serve(path):

@@ -366,14 +366,17 @@ class Child:
 
 
 def kill_tree(proc) -> None:
-    """SIGKILL `proc` (launched by the test) and its descendants, found from `proc` itself while it still runs."""
+    """SIGKILL `proc` (launched by the test) and its descendants (forkserver.descendants: forks it asked for
+    included), found from `proc` itself while it still runs."""
     import psutil
 
     if proc.poll() is None:
-        try:
-            family = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            family = []
+        family = []
+        for pid in forkserver.descendants(proc.pid):
+            try:
+                family.append(psutil.Process(pid))  # before the kill: a PID is never looked up once reused
+            except psutil.NoSuchProcess:
+                pass
         proc.kill()
         for p in family:
             try:

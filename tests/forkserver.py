@@ -38,7 +38,14 @@ _REAL_POPEN = subprocess.Popen
 STARTUP_PREFIXES = ("PYTHON", "LC_", "LANG", "OMP_", "MKL_", "KMP_", "GOMP_", "TORCH", "PYTORCH", "CUDA", "LD_",
                     "MALLOC", "NCCL", "GLIBC", "MPL")
 # ... except those read only when used, which torch itself sets in os.environ as it runs (inductor's cache folder)
-RUN_TIME_PREFIXES = ("TORCHINDUCTOR_",)
+# ... and torchrun's own variables for its ranks (read by torch.distributed as the rank runs: its restart count, run
+# id, NCCL's error handling), so its ranks can be forks too (FORK_CHILDREN)
+RUN_TIME_PREFIXES = ("TORCHINDUCTOR_", "TORCHELASTIC_", "TORCH_NCCL_")
+# In a run's environment: the Python processes it starts through subprocess.Popen (torchrun's ranks, the torchrun that
+# `tudui train --nproc N` starts) are forks of the same server where they can be, each ~3 s of importing torch saved.
+# Their parent in the process tree is then the server, not the run: descendants() finds them for the tests that
+# signal a job's processes. Tests set it for torchrun jobs only.
+FORK_CHILDREN = {"TUDUI_TESTS_FORK_CHILDREN": "1"}
 
 # The server: imports torch once, then forks one child per request. A request is one SOCK_SEQPACKET message (JSON:
 # kind, target, args, env, cwd) carrying the child's stdin/stdout/stderr as file descriptors; the reply is
@@ -48,6 +55,12 @@ SERVER = r'''
 import gc, json, os, select, signal, socket, sys
 import numpy, torch  # what every child then has for free
 import PIL.Image, matplotlib.figure  # and what most runs draw and decode with (their import reads MPL* settings)
+import importlib.util
+SOCKET_PATH, SERVER_ENV = sys.argv[1], dict(os.environ)
+# this file's client half, for a child that starts forks of its own (FORK_CHILDREN)
+_spec = importlib.util.spec_from_file_location("tudui_tests_forkclient", sys.argv[2])
+client = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(client)
 # torch._dynamo (~1.4 s of CPU): every training run imports it (torch.optim's first add_param_group does), and
 # torchvision imports it too (then ~0.15 s more)
 import torch._dynamo, torchvision
@@ -69,6 +82,7 @@ def serve(path):
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     waiting = {}  # child pid -> the connection its status goes back on
+    family = {}  # live child pid -> {"parent": the PID that asked for it, "rank": its RANK}: descendants()
     print("ready", flush=True)
     while True:
         ready = select.select([srv, wake_r, 0], [], [])[0]
@@ -83,6 +97,7 @@ def serve(path):
                     break
                 if pid == 0:
                     break
+                family.pop(pid, None)
                 conn = waiting.pop(pid, None)
                 if conn is not None:
                     try:
@@ -93,8 +108,15 @@ def serve(path):
         if srv in ready:
             conn, _ = srv.accept()
             msg, fds, _, _ = socket.recv_fds(conn, 1 << 20, 3)
+            req = json.loads(msg)
+            if req["kind"] == "family":
+                conn.send(json.dumps(family).encode())
+                conn.close()
+                continue
             pid = os.fork()
             if pid == 0:
+                if req.get("setsid"):  # start_new_session: torchrun signals each rank's process group
+                    os.setsid()
                 signal.set_wakeup_fd(-1)
                 signal.signal(signal.SIGCHLD, signal.SIG_DFL)
                 for fd, target in zip(fds, (0, 1, 2)):
@@ -104,11 +126,12 @@ def serve(path):
                     c.close()
                 os.close(wake_r)
                 os.close(wake_w)
-                return json.loads(msg)
+                return req
             for fd in fds:
                 os.close(fd)
             conn.send(json.dumps({"pid": pid}).encode())
             waiting[pid] = conn
+            family[pid] = {"parent": req.get("parent"), "rank": req["env"].get("RANK")}
 
 def become(req):
     import io, tempfile
@@ -129,6 +152,8 @@ def become(req):
     if req.get("rlimit_data") is not None:
         import resource
         resource.setrlimit(resource.RLIMIT_DATA, (req["rlimit_data"], req["rlimit_data"]))
+    if env.get("TUDUI_TESTS_FORK_CHILDREN") == "1":
+        client.attach(SOCKET_PATH, SERVER_ENV)
     numpy.random.seed()  # a fresh interpreter's global NumPy generator is seeded from the OS, not copied
     kind, target, args = req["kind"], req["target"], req["args"]
     # An uncaught KeyboardInterrupt ends Python by SIGINT, as a real interpreter does; here the child sends it to
@@ -182,11 +207,14 @@ class _Server:
         self.folder = tempfile.mkdtemp(prefix="tudui-tests-fork-")
         self.path = os.path.join(self.folder, "s")
         self.env = os.environ.copy() | {"PYTHONPATH": SRC, "PYTHONUNBUFFERED": "1"}
-        self.proc = _REAL_POPEN([sys.executable, "-c", SERVER, self.path], stdin=subprocess.PIPE,
+        self.proc = _REAL_POPEN([sys.executable, "-c", SERVER, self.path, __file__], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, env=self.env, text=True)
         line = self.proc.stdout.readline()
         if line.strip() != "ready":
             raise RuntimeError(f"the tests' fork server did not start (exit status {self.proc.wait()})")
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def close(self) -> None:
         self.proc.stdin.close()  # it exits on EOF
@@ -203,16 +231,74 @@ class _Server:
             pass
 
 
-_server: _Server | None = None
+class _Attached:
+    """The server as a child of it sees it (FORK_CHILDREN): its socket and the environment it started in."""
+
+    def __init__(self, path: str, env: dict) -> None:
+        self.path, self.env = path, env
+
+    def alive(self) -> bool:
+        return True
+
+
+_server: _Server | _Attached | None = None
 _lock = threading.Lock()
 
 
-def _get_server() -> _Server:
+def _get_server() -> _Server | _Attached:
     global _server
     with _lock:
-        if _server is None or _server.proc.poll() is not None:
+        if _server is None or not _server.alive():
             _server = _Server()
         return _server
+
+
+def routed(real, fork, takes: set[str]):
+    """subprocess.run or Popen (`real`), through the fork server (`fork`, this module's run or Popen) for a
+    `python ...` child whose keyword arguments are all among those `fork` takes."""
+    def call(args, **kwargs):
+        if set(kwargs) <= takes and isinstance(args, (list, tuple)) and parse(args) is not None:
+            return fork(args, **kwargs)
+        return real(args, **kwargs)
+    return call
+
+
+def attach(path: str, env: dict) -> None:
+    """In a child of the server (FORK_CHILDREN): its own Python children through subprocess.Popen, torchrun's ranks
+    among them (torch elastic calls Popen(args, env=, stdout=, stderr=, start_new_session=True)), are forks too."""
+    global _server
+    _server = _Attached(path, env)
+    subprocess.Popen = routed(_REAL_POPEN, Popen, {"stdout", "stderr", "stdin", "text", "env", "cwd",
+                                                   "start_new_session"})
+
+
+def family() -> dict[int, dict]:
+    """The server's live children: pid -> {"parent": the PID that asked for it, "rank": its RANK or None}."""
+    server = _get_server()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
+        conn.connect(server.path)
+        socket.send_fds(conn, [json.dumps({"kind": "family"}).encode()], [])
+        return {int(k): v for k, v in json.loads(conn.recv(1 << 20)).items()}
+
+
+def descendants(pid: int) -> list[int]:
+    """The PIDs descending from `pid`: its children in the process tree and the server's children it (or one of them)
+    asked for (FORK_CHILDREN), and theirs, recursively. Only ever processes the given one started."""
+    import psutil
+
+    forks = family() if _server is not None else {}
+    found, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            kids = [c.pid for c in psutil.Process(p).children()]
+        except psutil.NoSuchProcess:
+            kids = []
+        kids += [k for k, v in forks.items() if v["parent"] == p]
+        kids = [k for k in dict.fromkeys(kids) if k not in found and k != pid]
+        found += kids
+        todo += kids
+    return found
 
 
 def close() -> None:
@@ -229,6 +315,8 @@ def parse(args) -> tuple[str, str, list[str]] | None:
     args = [os.fspath(a) for a in args]
     if len(args) < 2 or args[0] != sys.executable:
         return None
+    if args[1] == "-u":  # unbuffered stdio (torchrun starts its ranks so): PYTHONUNBUFFERED in a fork
+        args = args[:1] + args[2:]
     if args[1] in ("-m", "-c"):
         return (("module" if args[1] == "-m" else "code"), args[2], args[3:]) if len(args) > 2 else None
     if args[1].startswith("-"):
@@ -289,9 +377,20 @@ class Forked:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
-    def communicate(self, timeout: float | None = None) -> tuple:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in (self.stdout, self.stderr):
+            if p is not None:
+                p.close()
+        self.wait()
+
+    def communicate(self, input=None, timeout: float | None = None) -> tuple:
         """Read stdout and stderr to their ends and wait: (out, err), as Popen.communicate without input. After a
         TimeoutExpired it may be called again (the readers keep reading)."""
+        if input is not None:
+            raise ValueError("a forked child's stdin is /dev/null: no input can be sent")
         if not hasattr(self, "_readers"):
             self._out: dict[str, object] = {}
 
@@ -323,12 +422,14 @@ def _limit_data(limit: int):
 
 
 def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: bool = False, env: dict | None = None,
-          cwd=None, rlimit_data: int | None = None, **kwargs):
+          cwd=None, rlimit_data: int | None = None, start_new_session: bool = False, **kwargs):
     """subprocess.Popen(args, ...), forked from the server where `forkable`: stdout/stderr may be PIPE, STDOUT (for
     stderr), DEVNULL, a file object or None; stdin must be DEVNULL (the default here) or None. `rlimit_data`: bytes
     of data segment the child may use (RLIMIT_DATA, set in the child before it runs; POSIX)."""
     env = dict(os.environ if env is None else env)
     parsed = parse(args)
+    if parsed is not None and os.fspath(args[1]) == "-u":
+        env["PYTHONUNBUFFERED"] = "1"
     server = None
     if parsed is not None and not kwargs and stdin in (subprocess.DEVNULL, None) \
             and os.environ.get("TUDUI_TESTS_FORK", "1") != "0":
@@ -336,7 +437,8 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
     if server is None or not forkable(env, server.env):
         if rlimit_data is not None:  # a fork sets it itself (become)
             kwargs["preexec_fn"] = _limit_data(rlimit_data)
-        return _REAL_POPEN(args, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env, cwd=cwd, **kwargs)
+        return _REAL_POPEN(args, stdout=stdout, stderr=stderr, stdin=stdin, text=text, env=env, cwd=cwd,
+                           start_new_session=start_new_session, **kwargs)
     kind, target, rest = parsed
     ours: list[int] = []  # descriptors this process closes once the child has its copies
     mine: dict[str, object] = {}
@@ -358,6 +460,7 @@ def Popen(args, *, stdout=None, stderr=None, stdin=subprocess.DEVNULL, text: boo
     fds = [child_end(stdin, "stdin"), child_end(stdout, "stdout")]
     fds.append(fds[1] if stderr == subprocess.STDOUT else child_end(stderr, "stderr"))
     req = {"kind": kind, "target": target, "args": list(rest), "env": env, "rlimit_data": rlimit_data,
+           "setsid": start_new_session, "parent": os.getpid(),
            "cwd": os.path.abspath(os.fspath(cwd) if cwd is not None else os.getcwd())}
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests import forkserver
-from tests.conftest import REPO
+from tests.conftest import REPO, kill_tree
 
 PROBE = ("import json, os, sys, numpy\n"
          "print(json.dumps({'argv': sys.argv, 'cwd': os.getcwd(), 'path0': sys.path[0], 'src': sys.path[1],\n"
@@ -81,14 +81,42 @@ def test_scripts_modules_exceptions_and_signals(tmp_path):
     assert p.wait(30) == -signal.SIGKILL
 
 
+def test_a_new_session_and_forks_of_forks_found_as_descendants(tmp_path):
+    """start_new_session (as torchrun starts its ranks) gives the fork a session and process group of its own; with
+    FORK_CHILDREN a fork's own `python ...` children (subprocess.Popen, `-u` included) are forks too, and
+    descendants() finds them from the PID the test started, with the RANK each was given."""
+    env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
+    r = forkserver.run([sys.executable, "-c", "import os; print(os.getsid(0) == os.getpid() == os.getpgid(0))"],
+                       capture_output=True, text=True, env=env, timeout=60)
+    assert r.stdout == "False\n"  # a plain fork stays in the server's session
+    p = forkserver.Popen([sys.executable, "-c", "import os; print(os.getsid(0) == os.getpid() == os.getpgid(0))"],
+                         stdout=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    assert isinstance(p, forkserver.Forked) and p.communicate(timeout=60)[0] == "True\n" and p.returncode == 0
+
+    parent = (tmp_path / "parent.py")
+    parent.write_text(
+        "import os, subprocess, sys\n"
+        "kid = subprocess.Popen([sys.executable, '-u', '-c', 'import sys, time; print(\"kid\", flush=True); "
+        "time.sleep(60)'], env=os.environ | {'RANK': '1'}, start_new_session=True)\n"
+        "print(type(kid).__name__, kid.pid, flush=True)\n"
+        "sys.stdin = open(sys.argv[1]); kid.wait()\n")
+    p = forkserver.Popen([sys.executable, str(parent), os.devnull], stdout=subprocess.PIPE, text=True,
+                         env=env | forkserver.FORK_CHILDREN)
+    try:
+        kind, pid = p.stdout.readline().split()
+        assert kind == "Forked" and p.stdout.readline() == "kid\n"  # the kid's own output, through its parent's pipe
+        assert forkserver.descendants(p.pid) == [int(pid)] and forkserver.family()[int(pid)]["rank"] == "1"
+    finally:
+        kill_tree(p)
+    assert p.returncode == -signal.SIGKILL and int(pid) not in forkserver.family()  # killed with it, and reaped
+
+
 def test_what_a_fork_cannot_reproduce_runs_as_a_real_subprocess(tmp_path, monkeypatch):
     env = os.environ | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
     for changed in ({"LC_ALL": "C"}, {"OMP_NUM_THREADS": "7"}, {"PYTHONIOENCODING": "latin-1"}):
         p = forkserver.Popen([sys.executable, "-c", "pass"], env=env | changed)
         assert isinstance(p, subprocess.Popen), changed
         assert p.wait(60) == 0
-    p = forkserver.Popen([sys.executable, "-c", "pass"], env=env, start_new_session=True)
-    assert isinstance(p, subprocess.Popen) and p.wait(60) == 0
     assert forkserver.Popen([sys.executable, "-c", "pass"], env=env).wait(60) == 0  # the server runs by now
     monkeypatch.setenv("OMP_NUM_THREADS", "5")  # changed in this process after the server started
     p = forkserver.Popen([sys.executable, "-c", "pass"], env=os.environ | {"PYTHONPATH": str(REPO / "src")})

@@ -5,8 +5,8 @@ sys.path, `__main__`, its argv): a child interpreter would cost each of them sec
 changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
 working folder, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
 subprocess.run or Popen (`python -m tudui train` runs whose peak memory it reads, servers under load, ...) are forks
-of the tests' fork server where they can be (tests/forkserver.py): their figures mean nothing in a smoke test, their
-seconds of import did.
+of the tests' fork server where they can be (tests/forkserver.py), and so are the Python processes those start
+(FORK_CHILDREN: torchrun's ranks): their figures mean nothing in a smoke test, their seconds of import did.
 """
 from __future__ import annotations
 
@@ -22,16 +22,6 @@ from tests.benchmarks.tables import check_report
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
-def _forked(real, fork, takes: set[str]):
-    """subprocess.run or Popen (`real`), through the fork server (`fork`, forkserver's run or Popen) for a
-    `python ...` child whose keyword arguments are all among those `fork` takes."""
-    def call(args, **kwargs):
-        if set(kwargs) <= takes and isinstance(args, (list, tuple)) and forkserver.parse(args) is not None:
-            return fork(args, **kwargs)
-        return real(args, **kwargs)
-    return call
-
-
 def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, expect: str | None = None,
               fmnist: bool = True) -> str:
     """Run `script --quick [extra]` as `python benchmarks/SCRIPT` would, in this interpreter; its output. `expect`: a
@@ -41,12 +31,13 @@ def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, expect: str 
     if fmnist:
         request.getfixturevalue("fmnist")  # skips with the install hint when Fashion-MNIST is absent
     env = dict(os.environ)
+    os.environ.update(forkserver.FORK_CHILDREN)  # torchrun's ranks (ddp_cpu.py) are forks too
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", [str(BENCH / script), "--quick", *extra, "--workdir", str(tmp_path / "work")])
     monkeypatch.setattr(sys, "path", [str(BENCH), *sys.path])
-    monkeypatch.setattr(subprocess, "run", _forked(subprocess.run, forkserver.run, {
+    monkeypatch.setattr(subprocess, "run", forkserver.routed(subprocess.run, forkserver.run, {
         "capture_output", "text", "timeout", "env", "cwd", "check", "stdout", "stderr"}))
-    monkeypatch.setattr(subprocess, "Popen", _forked(subprocess.Popen, forkserver.Popen, {
+    monkeypatch.setattr(subprocess, "Popen", forkserver.routed(subprocess.Popen, forkserver.Popen, {
         "stdout", "stderr", "stdin", "text", "env", "cwd"}))
     try:
         runpy.run_path(str(BENCH / script), run_name="__main__")

@@ -19,7 +19,8 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 def torchrun(*args: str, cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
     """torchrun with 2 processes; --standalone picks a free rendezvous port, so parallel runs do not clash."""
-    env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"} | \
+        forkserver.FORK_CHILDREN  # its ranks: forks of the tests' fork server too
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
     return forkserver.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
@@ -96,7 +97,7 @@ def test_nproc_relaunches_under_torchrun_and_counts_each_file_once(tmp_path, fmn
     next((root / "val").rglob("*.png")).unlink()  # 149 images: one rank gets 75, the other 74
     r = cli("train", "--nproc", "2", "--data", str(root), "--cache", "off", "--model", "mnist-cnn", "--epochs", "1",
             "--batch-size", "32", "--project", str(tmp_path / "runs"), "--name", "files", "--device", "cpu",
-            cwd=tmp_path, timeout=240, env={"OMP_NUM_THREADS": "1"})
+            cwd=tmp_path, timeout=240, env={"OMP_NUM_THREADS": "1"} | forkserver.FORK_CHILDREN)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "from files" in r.stdout and "global batch 64" in r.stdout
     run = tmp_path / "runs" / "files"
@@ -119,7 +120,7 @@ def test_a_hanging_rank_ends_the_job_after_tudui_dist_timeout(tmp_path):
     """Rank 1 hangs while loading its data; rank 0 waits for it in a collective for TUDUI_DIST_TIMEOUT seconds (3
     here, 600 by default), then stops with one error line that names the setting, and torchrun ends the job."""
     env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
-                               "TUDUI_DIST_TIMEOUT": "3"}
+                               "TUDUI_DIST_TIMEOUT": "3"} | forkserver.FORK_CHILDREN
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(WORKER), "hang",
            str(tmp_path / "ranks"), "--data", "digits", "--model", "mnist-cnn", "--epochs", "1", "--no-plots",
            "--project", str(tmp_path / "runs")]
@@ -189,7 +190,7 @@ def test_resume_the_toolbox_and_multi_label_data_under_torchrun(tmp_path, cli, p
     assert last["ema"]["updates"] == last["step"] and last["config"]["ema"] and last["config"]["mixup"] == 0.2
 
     # resume under torchrun
-    env = {"OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1"} | forkserver.FORK_CHILDREN
     r = cli("train", "--resume", tmp_path / "resumed", "--epochs", "2", cwd=tmp_path, timeout=240, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"resuming {tmp_path / 'resumed'} at epoch 2/2" in r.stdout and "2 processes x batch 64" in r.stdout

@@ -67,7 +67,7 @@ def test_full_disk_during_export_and_plots(tmp_path, monkeypatch, capsys, tiny_m
 
 def _popen(*args, env=None):
     env = os.environ.copy() | {"PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"} | \
-        (env or {})
+        forkserver.FORK_CHILDREN | (env or {})
     return forkserver.Popen([sys.executable, "-m", *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
 
@@ -86,16 +86,20 @@ def test_two_runs_racing_for_one_name_get_two_directories(tmp_path):
 
 def _child_with_rank(parent: int, rank: int, deadline: float):
     """The psutil.Process of the torchrun worker with RANK=rank, searched among `parent`'s own descendants only
-    (any other process on the machine, another job's rank 1 included, is never a candidate)."""
+    (forkserver.descendants: any other process on the machine, another job's rank 1 included, is never a candidate).
+    A rank forked from the tests' fork server carries its RANK in the server's note of it; a real one in its
+    environment."""
     import psutil
 
     while time.monotonic() < deadline:
-        for p in psutil.Process(parent).children(recursive=True):
+        forks = forkserver.family()
+        for pid in forkserver.descendants(parent):
             try:
-                env = p.environ()
+                p = psutil.Process(pid)
+                env = {"RANK": forks[pid]["rank"]} if pid in forks else p.environ()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            if env.get("RANK") == str(rank) and env.get("LOCAL_RANK") == str(rank):
+            if env.get("RANK") == str(rank):
                 return p
         time.sleep(0.2)
     raise AssertionError(f"no worker with RANK={rank} found among the job's processes")
@@ -124,6 +128,7 @@ def test_a_killed_rank_ends_the_job_and_resume_continues(tmp_path):
     assert 1 <= ckpt["epoch"] < 4
     r = forkserver.run([sys.executable, "-m", "tudui", "train", "--resume", str(run), "--nproc", "2"], cwd=tmp_path,
                        capture_output=True, text=True, timeout=300,
-                       env=os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"})
+                       env=os.environ | {"PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"} |
+                       forkserver.FORK_CHILDREN)
     assert r.returncode == 0, r.stderr[-3000:]
     assert load_checkpoint(run / "last.pt")["epoch"] == 4

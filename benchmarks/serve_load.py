@@ -271,8 +271,11 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
     servers = []
     if onnx is not None:
         servers.append(("minimal FastAPI + ORT", dict(model=onnx, baseline=True, workers=1)))
-    servers.append(("tudui serve", dict(model=model, workers="auto")))
-    if not args.quick:  # (the same code as --workers auto on one process: the smoke test leaves it out)
+    # --quick: one worker, the same code as --workers auto on one process (a second worker is a second interpreter
+    # importing torch, seconds of a smoke test; tests/inference/test_server_processes.py runs several)
+    args.serve_row = "tudui serve --workers 1" if args.quick else "tudui serve"
+    servers.append((args.serve_row, dict(model=model, workers=1 if args.quick else "auto")))
+    if not args.quick:
         servers.append(("tudui serve --workers 1", dict(model=model, workers=1)))
         # what the ONNX Runtime copy buys (--runtime auto on a CPU): the same server on PyTorch eager
         servers.append(("tudui serve --runtime torch", dict(model=model, workers="auto", extra=("--runtime", "torch"))))
@@ -284,7 +287,7 @@ def sweep(model: str, onnx: str | None, images: list[bytes], work, args) -> list
                                      check=True).stdout
             subprocess.run(["tar", "-x", "-C", str(before)], input=archive, check=True)
         servers.append((f"tudui serve --workers 1 at {args.before}", dict(model=model, workers=1, src=before / "src")))
-    warm = 0.5 if args.quick else 2.0  # s of uncounted load before each cell (the smoke test: only that it runs)
+    warm = 0.3 if args.quick else 2.0  # s of uncounted load before each cell (the smoke test: only that it runs)
     print(f"sweep: {generator} as the load generator, clients {args.clients}, {warm:g} s warm-up + "
           f"{args.sweep_duration:g} s counted each", flush=True)
     rows, results = [], {}
@@ -335,14 +338,14 @@ def sweep_targets(args) -> list[list[str]]:
     rows.append(["sweep: resident memory growth after warm-up < 10%", f"{growth:+.1%}", C.verdict(growth < 0.10)])
     near = lambda n: min(args.clients, key=lambda c: abs(c - n))  # noqa: E731 - the sweep's level closest to n
     if ("minimal FastAPI + ORT", near(32)) in res:
-        t, m = res["tudui serve", near(32)], res["minimal FastAPI + ORT", near(32)]
-        rows.append([f"tudui serve >= 2x the minimal server's requests/s ({near(32)} clients)",
+        t, m = res[args.serve_row, near(32)], res["minimal FastAPI + ORT", near(32)]
+        rows.append([f"{args.serve_row} >= 2x the minimal server's requests/s ({near(32)} clients)",
                      f"{t['rate'] / m['rate']:.2f}x", C.verdict(t["rate"] >= 2 * m["rate"])])
         rows.append(["... with a lower p99", f"{t['p99']:.1f} ms vs {m['p99']:.1f} ms", C.verdict(t["p99"] < m["p99"])])
     if args.before:
         b = res[f"tudui serve --workers 1 at {args.before}", near(64)]
-        t = res["tudui serve", near(64)]
-        rows.append([f"tudui serve >= 3x tudui serve at {args.before} ({near(64)} clients)",
+        t = res[args.serve_row, near(64)]
+        rows.append([f"{args.serve_row} >= 3x tudui serve at {args.before} ({near(64)} clients)",
                      f"{t['rate'] / b['rate']:.2f}x", C.verdict(t["rate"] >= 3 * b["rate"])])
     return rows
 

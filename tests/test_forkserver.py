@@ -104,8 +104,10 @@ def test_a_new_session_and_forks_of_forks_found_as_descendants(tmp_path):
     p = forkserver.Popen([sys.executable, str(parent), os.devnull], stdout=subprocess.PIPE, text=True,
                          env=env | forkserver.FORK_CHILDREN)
     try:
-        kind, pid = p.stdout.readline().split()
-        assert kind == "Forked" and p.stdout.readline() == "kid\n"  # the kid's own output, through its parent's pipe
+        lines = sorted([p.stdout.readline(), p.stdout.readline()])  # in either order: the kid may print first
+        assert lines[1] == "kid\n"  # the kid's own output, through its parent's pipe
+        kind, pid = lines[0].split()
+        assert kind == "Forked"
         assert forkserver.descendants(p.pid) == [int(pid)] and forkserver.family()[int(pid)]["rank"] == "1"
     finally:
         kill_tree(p)

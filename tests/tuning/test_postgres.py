@@ -1,6 +1,6 @@
 """`tudui tune --storage postgresql://...`: a study in a real PostgreSQL server, Debian's binaries started by the test
 in its own folder (`make test` installs Debian's `postgresql` where apt-get is usable): initdb, then `postgres` on a
-Unix socket in tmp_path, stopped by its PID at the end."""
+Unix socket in that folder, stopped by its PID at the end."""
 from __future__ import annotations
 
 import glob
@@ -11,7 +11,10 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -31,12 +34,38 @@ def server_bin() -> Path | None:
     return Path(folders[-1]) if folders and (Path(folders[-1]) / "initdb").exists() else None
 
 
+NOBODY = 65534  # the uid and gid the server runs as where root cannot open a user namespace
+
+
+@cache
+def user_namespaces() -> bool:
+    """Whether this process may open a user namespace (Docker's default seccomp profile, for one, forbids it)."""
+    userns = ["unshare", "--user", "--map-user=1000", "--map-group=1000", "true"]
+    return shutil.which("unshare") is not None and subprocess.run(userns, capture_output=True).returncode == 0
+
+
 def as_unprivileged(command: list[str]) -> list[str]:
     """PostgreSQL refuses to run as root. As root, the server runs in a user namespace as uid 1000, which the kernel
-    maps back to root for file access: it owns tmp_path's files as root does, and the client (root) reaches its socket."""
+    maps back to root for file access: it owns tmp_path's files as root does, and the client (root) reaches its
+    socket. Where user namespaces are forbidden, it runs as nobody instead (setpriv: root drops its uid, gid and
+    groups), in a folder that nobody owns (server_folder)."""
     if os.geteuid() != 0:
         return command
-    return ["unshare", "--user", "--map-user=1000", "--map-group=1000", *command]
+    if user_namespaces():
+        return ["unshare", "--user", "--map-user=1000", "--map-group=1000", *command]
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+
+
+def server_folder(tmp_path: Path) -> tuple[Path, bool]:
+    """(the folder the server's files go in, whether the test must remove it): tmp_path, unless the server runs as
+    nobody, who cannot enter pytest's root-only folders: then a folder of the test's own (mkdtemp in /tmp), given to
+    nobody."""
+    if os.geteuid() != 0 or user_namespaces():
+        return tmp_path, False
+    folder = Path(tempfile.mkdtemp(prefix="tudui-test-pg-", dir="/tmp"))  # /tmp itself: the tests' TMPDIR is root's
+    os.chmod(folder, 0o700)
+    os.chown(folder, NOBODY, NOBODY)
+    return folder, True
 
 
 @pytest.fixture
@@ -45,11 +74,19 @@ def postgres(tmp_path):
     bin_dir = server_bin()
     if bin_dir is None:
         pytest.skip("PostgreSQL's server is not installed: `make test` installs Debian's postgresql")
-    data, sock = tmp_path / "pgdata", tmp_path / "sock"
+    home, ours = server_folder(tmp_path)
+    data, sock = home / "pgdata", home / "sock"
     sock.mkdir()
-    subprocess.run(as_unprivileged([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tudui",
-                                    "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C.UTF-8"]),
-                   check=True, capture_output=True, timeout=120)
+    if ours:
+        os.chown(sock, NOBODY, NOBODY)
+    try:
+        subprocess.run(as_unprivileged([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tudui",
+                                        "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C.UTF-8"]),
+                       check=True, capture_output=True, timeout=120)
+    except BaseException:
+        if ours:
+            shutil.rmtree(home)
+        raise
     with socket.socket() as s:  # a port the OS gives; it names the socket file (.s.PGSQL.PORT), no TCP is opened
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -78,6 +115,25 @@ def postgres(tmp_path):
             server.kill()
             server.wait()
         log.close()
+        if ours:
+            shutil.rmtree(home)
+
+
+def test_without_user_namespaces_the_server_would_run_as_nobody_in_a_folder_of_its_own(tmp_path, monkeypatch):
+    """The fallback where user namespaces are forbidden, checked here whether or not they are: as root, the command
+    runs as nobody, in a folder nobody owns and may write, which the test removes."""
+    if os.geteuid() != 0:
+        pytest.skip("as a user other than root, the server runs as that user: no fallback is needed")
+    monkeypatch.setattr(sys.modules[__name__], "user_namespaces", lambda: False)
+    home, ours = server_folder(tmp_path)
+    try:
+        assert ours and home.stat().st_uid == NOBODY and not home.is_relative_to(tmp_path)
+        r = subprocess.run(as_unprivileged(["sh", "-c", f"id -u; touch {home}/written"]), capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 0 and r.stdout.split() == [str(NOBODY)], r.stderr
+        assert (home / "written").stat().st_uid == NOBODY
+    finally:
+        shutil.rmtree(home)
 
 
 def test_a_study_in_a_real_postgresql_server(tmp_path, postgres, capsys):

@@ -97,14 +97,15 @@ def test_a_new_session_and_forks_of_forks_found_as_descendants(tmp_path):
     parent = (tmp_path / "parent.py")
     parent.write_text(
         "import os, subprocess, sys\n"
-        "kid = subprocess.Popen([sys.executable, '-u', '-c', 'import sys, time; print(\"kid\", flush=True); "
+        "kid = subprocess.Popen([sys.executable, '-u', '-c', 'import sys, time; sys.stdout.write(\"kid\\\\n\"); "
         "time.sleep(60)'], env=os.environ | {'RANK': '1'}, start_new_session=True)\n"
-        "print(type(kid).__name__, kid.pid, flush=True)\n"
+        "sys.stdout.write(f'{type(kid).__name__} {kid.pid}\\n'); sys.stdout.flush()\n"
         "sys.stdin = open(sys.argv[1]); kid.wait()\n")
     p = forkserver.Popen([sys.executable, str(parent), os.devnull], stdout=subprocess.PIPE, text=True,
                          env=env | forkserver.FORK_CHILDREN)
     try:
-        lines = sorted([p.stdout.readline(), p.stdout.readline()])  # in either order: the kid may print first
+        # one write each (unbuffered print writes its parts one by one), in either order: the kid may write first
+        lines = sorted([p.stdout.readline(), p.stdout.readline()])
         assert lines[1] == "kid\n"  # the kid's own output, through its parent's pipe
         kind, pid = lines[0].split()
         assert kind == "Forked"

@@ -38,6 +38,25 @@ def test_the_temperature_minimises_the_validation_nll(digits_run):
     assert torch.load(digits_run.best, weights_only=True)["temperature"] == pytest.approx(t, rel=1e-6)
 
 
+def test_a_run_fits_its_temperature_on_the_logits_of_its_final_evaluation(tmp_path, monkeypatch):
+    """The end of a run passes over val and test once: the temperature and the test calibration report come from the
+    logits the final evaluation kept (a second pass, as the run once made, would fail here), and they are the same
+    as a fresh pass gives."""
+    def second_pass(*args, **kwargs):
+        raise AssertionError("a second pass over a split at the end of training")
+
+    monkeypatch.setattr(cal, "collect_logits", second_pass)
+    r = tudui.train(data="digits", model="fast", epochs=1, batch_size=256, project=str(tmp_path), name="once",
+                    tensorboard=False, plots=False)
+    monkeypatch.undo()
+    logits, targets = _val_logits(r.best)
+    t = torch.load(r.best, weights_only=True)["temperature"]
+    assert t == pytest.approx(cal.fit_temperature(logits, targets), rel=1e-6)
+    reported = json.loads((r.run_dir / "metrics.json").read_text())["calibration"]
+    assert reported["val"]["ece_after"] == pytest.approx(cal.ece((logits / t).softmax(1), targets), abs=1e-6)
+    assert r.test["n"] == 359 and reported["test"]["n"] == 359
+
+
 def test_ece_against_a_hand_computation():
     # top probabilities 0.95 and 0.95 (bin 15: (14/15, 1]), 0.55 (bin 9: (8/15, 9/15]), 0.7 (class 1; bin 11:
     # (10/15, 11/15]); right: yes, no, yes, no

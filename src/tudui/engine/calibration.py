@@ -205,20 +205,25 @@ def calibration_report(logits: torch.Tensor, targets: torch.Tensor, temperature:
 
 
 def calibrate(model: nn.Module, val_loader, spec: DataSpec, device: torch.device, test_loader=None) -> dict:
-    """Fit the temperature on `val_loader`'s images; {"temperature", "val": report, "test": report or None,
-    "rejection": the scores' quantile tables (engine/rejection.py)}. A multi-label model: {"temperature": K numbers,
-    "multi_label": True, "val", "test", "logits": the validation (logits, targets) the thresholds are chosen on}."""
-    logits, targets = collect_logits(model, val_loader, spec, device)
-    if spec.multi_label:
+    """Fit the temperature on `val_loader`'s images: calibrate_logits of their logits (and of `test_loader`'s, for
+    the test report)."""
+    test = collect_logits(model, test_loader, spec, device) if test_loader is not None else None
+    return calibrate_logits(collect_logits(model, val_loader, spec, device), test, spec.multi_label)
+
+
+def calibrate_logits(val: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor] | None,
+                     multi_label: bool = False) -> dict:
+    """Fit the temperature on the validation (logits, targets) `val` (collect_logits' shapes); {"temperature",
+    "val": report, "test": `test`'s report or None, "rejection": the scores' quantile tables (engine/rejection.py)}.
+    A multi-label model: {"temperature": K numbers, "multi_label": True, "val", "test", "logits": `val`, which the
+    thresholds are chosen on}. The logits may come from any pass over the splits (a training run's final evaluation
+    keeps them: engine/evaluate.py's `kept`)."""
+    logits, targets = val
+    if multi_label:
         ts = fit_class_temperatures(logits, targets)
-        out = {"temperature": ts, "bins": ECE_BINS, "multi_label": True,
-               "val": multilabel_report(logits, targets, ts), "test": None, "logits": (logits, targets)}
-        if test_loader is not None:
-            out["test"] = multilabel_report(*collect_logits(model, test_loader, spec, device), ts)
-        return out
+        return {"temperature": ts, "bins": ECE_BINS, "multi_label": True, "val": multilabel_report(logits, targets, ts),
+                "test": multilabel_report(*test, ts) if test is not None else None, "logits": val}
     t = fit_temperature(logits, targets)
-    out = {"temperature": t, "bins": ECE_BINS, "val": calibration_report(logits, targets, t), "test": None,
-           "rejection": tables(logits, t)}  # each score's validation quantiles, for --reject auto
-    if test_loader is not None:
-        out["test"] = calibration_report(*collect_logits(model, test_loader, spec, device), t)
-    return out
+    return {"temperature": t, "bins": ECE_BINS, "val": calibration_report(logits, targets, t),
+            "test": calibration_report(*test, t) if test is not None else None,
+            "rejection": tables(logits, t)}  # each score's validation quantiles, for --reject auto

@@ -26,7 +26,7 @@ from ..core.files import write_text
 from ..data import eval_batch_size, make_loader
 from ..models.surgery import head_path
 from . import distributed, features, finetune
-from .calibration import ECE_BINS, calibrate, collect_logits, fit_class_temperatures, multilabel_report
+from .calibration import ECE_BINS, calibrate_logits, collect_logits, fit_class_temperatures, multilabel_report
 from .callbacks import Callback
 from .choices import BEST_BY_METRIC
 from .evaluate import evaluate
@@ -341,14 +341,24 @@ def _write_metrics(run: Run, val: dict | None, test: dict | None) -> None:
     write_text(run.run_dir / "metrics.json", json.dumps(summary, indent=1, ensure_ascii=False))
 
 
-def _calibrate(run: Run, best: Path, test_loader) -> dict | None:
-    """--calibrate on: the temperature fitted on the validation split (engine/calibration.py), written into best.pt
-    with the validation scores' quantiles that --reject auto reads (engine/rejection.py);
-    None without validation data, or under torchrun (each rank holds a share of the split: `tudui calibrate` the
-    run afterwards)."""
-    if run.cfg.calibrate != "on" or run.val_loader is None or run.world.size > 1:
-        return None
-    found = calibrate(run.model, run.val_loader, run.spec, run.device, test_loader)
+def _calibrates(run: Run) -> bool:
+    """Whether the run ends by fitting a temperature: --calibrate on, with validation data, in one process (under
+    torchrun each rank holds a share of the split: `tudui calibrate` the run afterwards)."""
+    return run.cfg.calibrate == "on" and run.val_loader is not None and run.world.size == 1
+
+
+def _joined(kept: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """evaluate()'s kept batches as collect_logits gives them: ((N, K) float32 logits, (N,) int64 targets)."""
+    if not kept:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
+    return torch.cat([b[0] for b in kept]), torch.cat([b[1] for b in kept]).long()
+
+
+def _calibrate(run: Run, best: Path, val_kept: list, test_kept: list | None) -> dict:
+    """--calibrate on (_calibrates): the temperature fitted on the validation logits of the final evaluation
+    (engine/calibration.py: the same pass, not a second one over val and test), written into best.pt with the
+    validation scores' quantiles that --reject auto reads (engine/rejection.py)."""
+    found = calibrate_logits(_joined(val_kept), _joined(test_kept) if test_kept is not None else None)
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     ckpt["temperature"], ckpt["rejection"] = found["temperature"], found["rejection"]
     save_checkpoint(ckpt, best)
@@ -366,16 +376,19 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
     if run.spec.multi_label:
         return _finish_multilabel(run)
     mistakes = TopMistakes()
-    val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion, mistakes=mistakes) \
+    # what --calibrate fits the temperature on: the logits of this very pass over val and test
+    val_kept, test_kept = ([], []) if _calibrates(run) else (None, None)
+    val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion, mistakes=mistakes, kept=val_kept) \
         if run.val_loader else None
-    test, test_loader = None, None
+    test = None
     if run.data.test is not None:
         test_loader = make_loader(run.data.test, run.spec, eval_batch_size(run.cfg.batch_size), False, run.device,
                                   workers=run.workers, bad_images=run.cfg.bad_images, rank=run.world.rank,
                                   world_size=run.world.size, in_memory=run.data.in_memory)
         test = evaluate(run.model, test_loader, run.spec, run.device, criterion,
-                        mistakes=None if val is not None else mistakes)
-    run.calibration = _calibrate(run, best, test_loader if test is not None else None)
+                        mistakes=None if val is not None else mistakes, kept=test_kept)
+    run.calibration = _calibrate(run, best, val_kept, test_kept if test is not None else None) \
+        if _calibrates(run) else None
     result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec,
                        mistakes.items if val is not None or test is not None else None, run.best_epoch,
                        run.arch["name"], ", ".join(map(shown, run.cfg.to_dict()["data"])))

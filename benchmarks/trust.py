@@ -38,7 +38,8 @@ from PIL import Image
 from sklearn.datasets import load_digits
 from sklearn.metrics import roc_auc_score
 
-from tudui.core.modes import CAM_METHODS, REJECT_SCORES  # noqa: E402  (_common put this checkout's src/ first)
+from tudui.core.errors import TuduiError  # noqa: E402  (_common put this checkout's src/ first)
+from tudui.core.modes import CAM_METHODS, REJECT_SCORES  # noqa: E402
 from tudui.data.sources import FASHION_CLASSES  # noqa: E402
 from tudui.engine import cam, rejection  # noqa: E402
 from tudui.engine.calibration import ece  # noqa: E402
@@ -136,8 +137,11 @@ def part_maps(work: Path, quick: bool, n_maps: int, n_train: int, epochs: int | 
         shares[method] = measure(method, model, method, layer, n)
     pools = [n for n, m in model.named_modules() if isinstance(m, cam.AVERAGE_POOLS)]
     for name in pools:  # the map after the head's average pool, which tudui passes over
-        measure(f"gradcam from layer {name} (the average pool after it)", model, "gradcam",
-                cam.named_layer(model, x[:1], name), len(keep))
+        try:
+            pooled = cam.named_layer(model, x[:1], name)
+        except TuduiError:  # a pool to 1x1 (a global pool, squeeze-and-excitation's) leaves no map to measure
+            continue
+        measure(f"gradcam from layer {name} (the average pool after it)", model, "gradcam", pooled, len(keep))
     net = randomised(model, x)
     base = measure("gradcam, every layer's weights randomised", net, "gradcam", cam.named_layer(net, x[:1], layer.name),
                    len(keep))

@@ -35,7 +35,7 @@ from .engine import cam
 from .engine import rejection
 from .engine.calibration import calibrate as fit_calibration
 from .engine.configure import resolve_config
-from .engine.evaluate import evaluate as evaluate_model
+from .engine.evaluate import evaluate as evaluate_model, kept_logits
 from .engine.metrics import TopMistakes
 from .engine.launcher import launch
 from .engine.resume import RunFinished
@@ -263,8 +263,7 @@ def evaluate(checkpoint: str | Path, data: list[str] | str, split: str = EvalOpt
                             temperature=temperature, kept=kept)
     if mistakes is not None and mistakes.items:  # --cam: each mistake's map for the class it was taken for
         result["cam_mistakes"] = {"method": o.cam, "items": cam.mistake_maps(model, mistakes.items, spec, o.cam, dev)}
-    logits = torch.cat([b[0] for b in kept]) if kept else torch.zeros(0, spec.num_classes)  # (N, K)
-    targets = torch.cat([b[1] for b in kept]).long() if kept else torch.zeros(0, dtype=torch.int64)  # (N,)
+    logits, targets = kept_logits(kept, spec.num_classes)  # (N, K), (N,)
     # accuracy on the accepted images against the share accepted, at every threshold of the score (--score)
     result["risk_coverage"] = rejection.risk_coverage(logits, targets, o.score, temperature)
     if limit is not None:  # "unknown": what rejecting below the threshold does to this split

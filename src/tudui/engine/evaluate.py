@@ -50,6 +50,14 @@ def evaluate_counts(model: torch.nn.Module, loader, spec: DataSpec, device: torc
     return total
 
 
+def kept_logits(kept: list, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A `kept` list of evaluate_counts, joined: ((N, K) float32 logits, (N,) int64 targets) on the CPU, as
+    calibration.collect_logits gives them (empty tensors of those shapes when nothing was kept)."""
+    if not kept:
+        return torch.zeros(0, num_classes), torch.zeros(0, dtype=torch.int64)
+    return torch.cat([b[0] for b in kept]), torch.cat([b[1] for b in kept]).long()
+
+
 def evaluate(model: torch.nn.Module, loader, spec: DataSpec, device: torch.device,
              criterion: torch.nn.Module | None = None, amp: bool = False,
              mistakes: TopMistakes | None = None, temperature: float = 1.0, kept: list | None = None) -> dict:

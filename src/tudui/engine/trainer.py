@@ -29,7 +29,7 @@ from . import distributed, features, finetune
 from .calibration import ECE_BINS, calibrate_logits, collect_logits, fit_class_temperatures, multilabel_report
 from .callbacks import Callback
 from .choices import BEST_BY_METRIC
-from .evaluate import evaluate
+from .evaluate import evaluate, kept_logits
 from .guards import FiniteLossGuard
 from .metrics import TopMistakes
 from .multilabel import LabelMistakes, evaluate_multilabel
@@ -347,18 +347,12 @@ def _calibrates(run: Run) -> bool:
     return run.cfg.calibrate == "on" and run.val_loader is not None and run.world.size == 1
 
 
-def _joined(kept: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """evaluate()'s kept batches as collect_logits gives them: ((N, K) float32 logits, (N,) int64 targets)."""
-    if not kept:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.int64)
-    return torch.cat([b[0] for b in kept]), torch.cat([b[1] for b in kept]).long()
-
-
 def _calibrate(run: Run, best: Path, val_kept: list, test_kept: list | None) -> dict:
     """--calibrate on (_calibrates): the temperature fitted on the validation logits of the final evaluation
     (engine/calibration.py: the same pass, not a second one over val and test), written into best.pt with the
     validation scores' quantiles that --reject auto reads (engine/rejection.py)."""
-    found = calibrate_logits(_joined(val_kept), _joined(test_kept) if test_kept is not None else None)
+    k = run.spec.num_classes
+    found = calibrate_logits(kept_logits(val_kept, k), kept_logits(test_kept, k) if test_kept is not None else None)
     ckpt = torch.load(best, map_location="cpu", weights_only=True)
     ckpt["temperature"], ckpt["rejection"] = found["temperature"], found["rejection"]
     save_checkpoint(ckpt, best)
@@ -377,7 +371,9 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
         return _finish_multilabel(run)
     mistakes = TopMistakes()
     # what --calibrate fits the temperature on: the logits of this very pass over val and test
-    val_kept, test_kept = ([], []) if _calibrates(run) else (None, None)
+    calibrating = _calibrates(run)
+    val_kept = [] if calibrating else None
+    test_kept = [] if calibrating and run.data.test is not None else None
     val = evaluate(run.model, run.val_loader, run.spec, run.device, criterion, mistakes=mistakes, kept=val_kept) \
         if run.val_loader else None
     test = None
@@ -387,8 +383,7 @@ def _finish(run: Run, criterion: nn.Module) -> RunResult:
                                   world_size=run.world.size, in_memory=run.data.in_memory)
         test = evaluate(run.model, test_loader, run.spec, run.device, criterion,
                         mistakes=None if val is not None else mistakes, kept=test_kept)
-    run.calibration = _calibrate(run, best, val_kept, test_kept if test is not None else None) \
-        if _calibrates(run) else None
+    run.calibration = _calibrate(run, best, val_kept, test_kept) if calibrating else None
     result = RunResult(run.run_dir, best, run.run_dir / "last.pt", run.history, val, test, run.spec,
                        mistakes.items if val is not None or test is not None else None, run.best_epoch,
                        run.arch["name"], ", ".join(map(shown, run.cfg.to_dict()["data"])))

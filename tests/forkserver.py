@@ -82,7 +82,7 @@ def serve(path):
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.set_wakeup_fd(wake_w)
     waiting = {}  # child pid -> the connection its status goes back on
-    family = {}  # live child pid -> {"parent": the PID that asked for it, "rank": its RANK}: descendants()
+    family = {}  # live child pid -> {"parent": the PID that asked for it, its RANK and LOCAL_RANK}: descendants()
     print("ready", flush=True)
     while True:
         ready = select.select([srv, wake_r, 0], [], [])[0]
@@ -131,7 +131,8 @@ def serve(path):
                 os.close(fd)
             conn.send(json.dumps({"pid": pid}).encode())
             waiting[pid] = conn
-            family[pid] = {"parent": req.get("parent"), "rank": req["env"].get("RANK")}
+            family[pid] = {"parent": req.get("parent"), "RANK": req["env"].get("RANK"),
+                           "LOCAL_RANK": req["env"].get("LOCAL_RANK")}
 
 def become(req):
     import io, tempfile
@@ -273,7 +274,8 @@ def attach(path: str, env: dict) -> None:
 
 
 def family() -> dict[int, dict]:
-    """The server's live children: pid -> {"parent": the PID that asked for it, "rank": its RANK or None}."""
+    """The server's live children: pid -> {"parent": the PID that asked for it, "RANK" and "LOCAL_RANK": those of
+    its environment, or None}."""
     server = _get_server()
     with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as conn:
         conn.connect(server.path)
@@ -281,12 +283,14 @@ def family() -> dict[int, dict]:
         return {int(k): v for k, v in json.loads(conn.recv(1 << 20)).items()}
 
 
-def descendants(pid: int) -> list[int]:
+def descendants(pid: int, forks: dict[int, dict] | None = None) -> list[int]:
     """The PIDs descending from `pid`: its children in the process tree and the server's children it (or one of them)
-    asked for (FORK_CHILDREN), and theirs, recursively. Only ever processes the given one started."""
+    asked for (FORK_CHILDREN), and theirs, recursively. Only ever processes the given one started. `forks`: family()
+    where the caller has just asked for it."""
     import psutil
 
-    forks = family() if _server is not None else {}
+    if forks is None:
+        forks = family() if _server is not None else {}
     found, todo = [], [pid]
     while todo:
         p = todo.pop()

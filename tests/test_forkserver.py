@@ -109,7 +109,7 @@ def test_a_new_session_and_forks_of_forks_found_as_descendants(tmp_path):
         assert lines[1] == "kid\n"  # the kid's own output, through its parent's pipe
         kind, pid = lines[0].split()
         assert kind == "Forked"
-        assert forkserver.descendants(p.pid) == [int(pid)] and forkserver.family()[int(pid)]["rank"] == "1"
+        assert forkserver.descendants(p.pid) == [int(pid)] and forkserver.family()[int(pid)]["RANK"] == "1"
     finally:
         kill_tree(p)
     assert p.returncode == -signal.SIGKILL

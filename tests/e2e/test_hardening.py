@@ -87,19 +87,19 @@ def test_two_runs_racing_for_one_name_get_two_directories(tmp_path):
 def _child_with_rank(parent: int, rank: int, deadline: float):
     """The psutil.Process of the torchrun worker with RANK=rank, searched among `parent`'s own descendants only
     (forkserver.descendants: any other process on the machine, another job's rank 1 included, is never a candidate).
-    A rank forked from the tests' fork server carries its RANK in the server's note of it; a real one in its
-    environment."""
+    A rank forked from the tests' fork server carries its RANK and LOCAL_RANK in the server's note of it; a real one
+    in its environment."""
     import psutil
 
     while time.monotonic() < deadline:
         forks = forkserver.family()
-        for pid in forkserver.descendants(parent):
+        for pid in forkserver.descendants(parent, forks):
             try:
                 p = psutil.Process(pid)
-                env = {"RANK": forks[pid]["rank"]} if pid in forks else p.environ()
+                env = forks[pid] if pid in forks else p.environ()
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
-            if env.get("RANK") == str(rank):
+            if env.get("RANK") == str(rank) and env.get("LOCAL_RANK") == str(rank):
                 return p
         time.sleep(0.2)
     raise AssertionError(f"no worker with RANK={rank} found among the job's processes")

@@ -75,22 +75,25 @@ def postgres(tmp_path):
     if bin_dir is None:
         pytest.skip("PostgreSQL's server is not installed: `make test` installs Debian's postgresql")
     home, ours = server_folder(tmp_path)
-    data, sock = home / "pgdata", home / "sock"
-    sock.mkdir()
-    if ours:
-        os.chown(sock, NOBODY, NOBODY)
     try:
-        subprocess.run(as_unprivileged([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tudui",
-                                        "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C.UTF-8"]),
-                       check=True, capture_output=True, timeout=120)
-    except BaseException:
+        yield from running_server(bin_dir, home, tmp_path / "postgres.log")
+    finally:
         if ours:
             shutil.rmtree(home)
-        raise
+
+
+def running_server(bin_dir: Path, home: Path, log_path: Path):
+    """initdb in `home`, then the server on a Unix socket there: yields its URL, and stops it by its PID after."""
+    data, sock = home / "pgdata", home / "sock"
+    sock.mkdir()
+    shutil.chown(sock, home.stat().st_uid, home.stat().st_gid)  # the server's user's, as `home` is
+    subprocess.run(as_unprivileged([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust", "-U", "tudui",
+                                    "--no-sync", "--no-instructions", "-E", "UTF8", "--locale=C.UTF-8"]),
+                   check=True, capture_output=True, timeout=120)
     with socket.socket() as s:  # a port the OS gives; it names the socket file (.s.PGSQL.PORT), no TCP is opened
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    log = (tmp_path / "postgres.log").open("wb")
+    log = log_path.open("wb")
     server = subprocess.Popen(as_unprivileged([str(bin_dir / "postgres"), "-D", str(data), "-k", str(sock), "-p",
                                                str(port), "-c", "listen_addresses=", "-c", "fsync=off"]),
                               stdout=log, stderr=subprocess.STDOUT)
@@ -102,7 +105,7 @@ def postgres(tmp_path):
                 break
             except psycopg2.OperationalError:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("postgres did not start: " + (tmp_path / "postgres.log").read_text()[-2000:])
+                    raise RuntimeError("postgres did not start: " + log_path.read_text()[-2000:])
                 time.sleep(0.1)
         yield f"postgresql+psycopg2://tudui@/postgres?host={sock}&port={port}"
     finally:
@@ -115,8 +118,6 @@ def postgres(tmp_path):
             server.kill()
             server.wait()
         log.close()
-        if ours:
-            shutil.rmtree(home)
 
 
 def test_without_user_namespaces_the_server_would_run_as_nobody_in_a_folder_of_its_own(tmp_path, monkeypatch):

@@ -38,6 +38,19 @@ def test_the_temperature_minimises_the_validation_nll(digits_run):
     assert torch.load(digits_run.best, weights_only=True)["temperature"] == pytest.approx(t, rel=1e-6)
 
 
+def test_a_split_with_no_mistake_keeps_the_logits_as_they_are():
+    """With every validation image right, the NLL only falls as T falls to 0 (the minimiser would make every
+    answer 100% sure): the temperature stays 1. One mistake among them gives a finite minimum again, below 1."""
+    logits = torch.tensor([[4.0, 1.0, 0.0], [0.5, 2.0, 0.0], [0.0, 0.2, 3.0], [1.0, 0.0, 0.5]])
+    right = torch.tensor([0, 1, 2, 0])
+    assert cal.fit_temperature(logits, right) == 1.0
+    assert cal.fit_temperature(logits, right[:0]) == 1.0
+    one_wrong = torch.tensor([0, 1, 2, 2])
+    t = cal.fit_temperature(logits, one_wrong)
+    grid = np.exp(np.linspace(np.log(0.01), np.log(100), 2001))
+    assert t == pytest.approx(grid[int(np.argmin([cal.nll(logits, one_wrong, g) for g in grid]))], rel=0.01)
+
+
 def test_a_run_fits_its_temperature_on_the_logits_of_its_final_evaluation(tmp_path, monkeypatch):
     """The end of a run passes over val and test once: the temperature and the test calibration report come from the
     logits the final evaluation kept (a second pass, as the run once made, would fail here), and they are the same
@@ -191,8 +204,8 @@ def _write_csv(items, folder):
 
 def test_each_class_temperature_minimises_its_validation_nll(ml_run):
     """fit_class_temperatures against a grid search of each class's binary NLL on the run's validation logits; the
-    run stored exactly those temperatures; a class with no positive keeps 1 and a perfectly separated one stops at
-    the range's end."""
+    run stored exactly those temperatures; a class with no positive keeps 1, and so does one separated at logit 0
+    (its NLL only falls toward the range's end), while one mistake gives it a temperature inside the range."""
     run, data = ml_run
     logits, y, _, _ = _logits_of(run, data["val"])
     ts = cal.fit_class_temperatures(logits, y)
@@ -208,7 +221,9 @@ def test_each_class_temperature_minimises_its_validation_nll(ml_run):
     z = torch.tensor([[2.0, -1, 3], [-2.0, 1, -3], [1.0, -1, 2], [-1.0, 1, -2]])
     t = torch.tensor([[1.0, 0, 1], [0, 0, 0], [1, 0, 0], [0, 0, 1]])  # class 1: no positive; class 0: separated
     ts = cal.fit_class_temperatures(z, t)
-    assert ts[1] == 1.0 and ts[0] == pytest.approx(cal.CLASS_T_RANGE[0]) and 0.05 < ts[2] < 20
+    assert ts[1] == 1.0 and ts[0] == 1.0 and 0.05 < ts[2] < 20
+    t[1, 0] = 1  # image 1 (logit -2) is now a positive of class 0: a mistake
+    assert cal.CLASS_T_RANGE[0] < cal.fit_class_temperatures(z, t)[0] < cal.CLASS_T_RANGE[1]
 
 
 def test_multi_label_ece_against_a_hand_computation():

@@ -83,10 +83,12 @@ def nll(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -
 
 
 def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, max_iter: int = 200) -> float:
-    """The T > 0 minimising nll(logits, targets, T): L-BFGS on log T from T = 1 (float64)."""
-    if len(targets) == 0:
-        return 1.0
+    """The T > 0 minimising nll(logits, targets, T): L-BFGS on log T from T = 1 (float64). 1 where the images
+    cannot tell: none, or none misclassified (then the loss only falls as T falls to 0, which would make every later
+    answer 100% sure because the few validation images were all right)."""
     z, y = logits.detach().double(), targets.long()
+    if len(y) == 0 or bool((z.argmax(1) == y).all()):
+        return 1.0
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, tolerance_grad=1e-10, tolerance_change=1e-12,
                             line_search_fn="strong_wolfe")
@@ -144,8 +146,9 @@ def class_nll(logits: torch.Tensor, targets: torch.Tensor, temperature: Temperat
 def fit_class_temperatures(logits: torch.Tensor, targets: torch.Tensor, steps: int = 80) -> list[float]:
     """Each class's T in CLASS_T_RANGE minimising its binary NLL (class_nll), all classes at once by golden-section
     search on log T. The NLL is convex in 1/T (a logistic loss of z / T), so it has one minimum along log T, which
-    the search brackets until float64 NLLs stop differing (T to about 1e-7, relative). A class whose validation images are all positive or all negative, or whose
-    NLL the search does not lower (all its logits 0), keeps T = 1."""
+    the search brackets until float64 NLLs stop differing (T to about 1e-7, relative). A class whose validation
+    images are all positive or all negative, all on the right side of logit 0 (its NLL only falls as T falls, as in
+    fit_temperature), or whose NLL the search does not lower (all its logits 0), keeps T = 1."""
     n, k = logits.shape
     if n == 0:
         return [1.0] * k
@@ -167,7 +170,8 @@ def fit_class_temperatures(logits: torch.Tensor, targets: torch.Tensor, steps: i
     log_t = (lo + hi) / 2
     t = log_t.exp()
     positives = (y > 0.5).sum(0)
-    fitted = (positives > 0) & (positives < n) & (f(log_t) < f(torch.zeros(k, dtype=torch.float64))) \
+    mistaken = ((z > 0) != (y > 0.5)).any(0)
+    fitted = (positives > 0) & (positives < n) & mistaken & (f(log_t) < f(torch.zeros(k, dtype=torch.float64))) \
         & torch.isfinite(t)
     return [float(v) if keep else 1.0 for v, keep in zip(t.tolist(), fitted.tolist())]
 

@@ -86,7 +86,8 @@ def test_best_by_auto_ranks_long_tailed_data_by_balanced_accuracy():
 # --- --balance --------------------------------------------------------------------------------------------------------
 def test_logit_adjustment_adds_tau_times_the_log_priors_to_the_logits():
     """The logit-adjusted loss (Menon et al. 2021, eq. 10) is the plain loss of logits + tau * log(prior), the prior
-    of each class its share of the training images; with label smoothing and with soft (mixup) targets too."""
+    of each class its share of the training images; with soft (mixup) targets too. Label smoothing spreads its share
+    in proportion to prior^tau (next test)."""
     import torch.nn.functional as F
 
     from tudui.core.config import TrainConfig
@@ -99,18 +100,43 @@ def test_logit_adjustment_adds_tau_times_the_log_priors_to_the_logits():
     for tau, smoothing in ((1.0, 0.0), (1.5, 0.1)):
         cfg = TrainConfig(data=["x"], balance="logit-adjust", logit_tau=tau, label_smoothing=smoothing)
         loss = create_loss(cfg, counts, torch.device("cpu"))
-        want = F.cross_entropy(logits + tau * prior.log(), y, label_smoothing=smoothing)
-        assert loss(logits, y) == pytest.approx(want.item(), rel=1e-6)
+        target = (1 - smoothing) * F.one_hot(y, 4).float() + smoothing * prior ** tau / (prior ** tau).sum()
+        want = F.cross_entropy(logits + tau * prior.log(), target)
+        assert loss(logits, y) == pytest.approx(want.item(), rel=1e-5)
         assert loss(logits, y) != pytest.approx(F.cross_entropy(logits, y, label_smoothing=smoothing).item())
     soft = torch.softmax(torch.randn(16, 4), 1)
-    cfg = TrainConfig(data=["x"], balance="logit-adjust", label_smoothing=0.0)  # the default tau, 0.5
+    cfg = TrainConfig(data=["x"], balance="logit-adjust", label_smoothing=0.0)  # the default tau
+    tau = cfg.logit_tau
     assert create_loss(cfg, counts, torch.device("cpu"))(logits, soft) == \
-        pytest.approx(F.cross_entropy(logits + 0.5 * prior.log(), soft).item(), rel=1e-6)
+        pytest.approx(F.cross_entropy(logits + tau * prior.log(), soft).item(), rel=1e-6)
+
+
+def test_label_smoothing_under_logit_adjustment_leaves_rare_classes_no_higher_than_common_ones():
+    """Label smoothing gives every class but the target the same share of the model's probabilities, however rare
+    the class: minimised from zero logits for an image of the largest class, the smoothed logit-adjusted loss leaves
+    the model's own softmax even over the two others. Smoothing evenly in the adjusted space instead (torch's
+    label_smoothing on the adjusted logits, tudui before) leaves a class 10x rarer 10x more probable on every image
+    (at tau 1), so rare classes win where they should not."""
+    import torch.nn.functional as F
+
+    from tudui.core.config import TrainConfig
+    from tudui.engine.optim import create_loss
+
+    counts, eps = np.array([6000, 600, 60]), 0.1
+    cfg = TrainConfig(data=["x"], balance="logit-adjust", logit_tau=1.0, label_smoothing=eps)
+    adjustment = torch.log(torch.tensor(counts / counts.sum(), dtype=torch.float32))
+    y = torch.tensor([0])
+    p = _minimised(create_loss(cfg, counts, torch.device("cpu")), y)
+    assert p[1].item() == pytest.approx(p[2].item(), rel=1e-3) and p[0] > 0.8
+    even = _minimised(lambda f, y: F.cross_entropy(f + adjustment, y, label_smoothing=eps), y)
+    assert even[2].item() == pytest.approx(10 * even[1].item(), rel=1e-3)
 
 
 def test_balance_loss_is_class_weights_auto():
     """--balance loss weights the loss by inverse class frequency, as --class-weights auto did (which now sets it);
-    the two cannot ask for different things."""
+    the two cannot ask for different things. Each image's whole loss, its label smoothing included, is weighted by
+    its class's weight (torch's weighted label smoothing would weigh each class's smoothing term by that class's
+    weight instead, next test); without smoothing it is torch's weighted cross-entropy."""
     import torch.nn.functional as F
 
     from tudui.core.config import TrainConfig
@@ -119,12 +145,50 @@ def test_balance_loss_is_class_weights_auto():
 
     counts = np.array([500, 120, 30, 5])
     logits, y = torch.randn(16, 4), torch.randint(0, 4, (16,))
-    want = F.cross_entropy(logits, y, weight=class_weights(counts, "cpu"), label_smoothing=0.1)
+    w = class_weights(counts, "cpu")
+    smoothed = 0.9 * F.one_hot(y, 4).float() + 0.1 / 4
+    per_image = -(smoothed * F.log_softmax(logits, 1)).sum(1)
+    want = (per_image * w[y]).sum() / w[y].sum()
     for cfg in (TrainConfig(data=["x"], balance="loss"), TrainConfig(data=["x"], class_weights="auto")):
         assert cfg.balance == "loss"
         assert create_loss(cfg, counts, torch.device("cpu"))(logits, y) == pytest.approx(want.item(), rel=1e-6)
+    plain = create_loss(TrainConfig(data=["x"], balance="loss", label_smoothing=0.0), counts, torch.device("cpu"))
+    assert plain(logits, y) == pytest.approx(F.cross_entropy(logits, y, weight=w).item(), rel=1e-6)
     with pytest.raises(TuduiError, match="--class-weights auto is --balance loss"):
         TrainConfig(data=["x"], class_weights="auto", balance="sampler")
+
+
+def test_label_smoothing_under_class_weights_leaves_rare_classes_no_higher_than_common_ones():
+    """Minimised for an image of the largest class, the class-weighted smoothed loss leaves the model's softmax even
+    over the other classes; torch's weighted label smoothing would leave a class 10x rarer about 10x more probable."""
+    import torch.nn.functional as F
+
+    from tudui.core.config import TrainConfig
+    from tudui.engine.optim import class_weights, create_loss
+
+    counts = np.array([6000, 600, 60])
+    loss = create_loss(TrainConfig(data=["x"], balance="loss", label_smoothing=0.1), counts, torch.device("cpu"))
+    w = class_weights(counts, "cpu")
+    y = torch.tensor([0])
+    p = _minimised(loss, y)
+    assert p[1].item() == pytest.approx(p[2].item(), rel=1e-3) and p[0] > 0.8
+    torch_smoothing = _minimised(lambda f, y: F.cross_entropy(f, y, weight=w, label_smoothing=0.1), y)
+    assert torch_smoothing[2].item() == pytest.approx(10 * torch_smoothing[1].item(), rel=1e-3)
+
+
+def _minimised(loss, y, k=3):
+    """The softmax (k,) of the free logits of one image of class `y` where `loss` is lowest (L-BFGS from 0)."""
+    f = torch.zeros(1, k, requires_grad=True)
+    opt = torch.optim.LBFGS([f], max_iter=500, tolerance_grad=1e-10, tolerance_change=1e-14)
+
+    def closure():
+        opt.zero_grad()
+        value = loss(f, y)
+        value.backward()
+        return value
+
+    opt.step(closure)
+    return torch.softmax(f.detach(), 1)[0]
 
 
 def _long_tailed(root, per_class=(36, 18, 9, 5, 3)):

@@ -215,11 +215,11 @@ class TrainConfig(Options):
                                          "class's images: every class equally often) or sqrt (1 / their square root: "
                                          "the rare classes raised, their images repeated less)",
                               choices=["inverse", "sqrt"], group="optimisation")
-    # 0.5, not the paper's 1: on long-tailed Fashion-MNIST (ratio 100, 3 seeds) validation balanced accuracy was
-    # highest at 0.5 of 0.3/0.5/0.7/1; tudui's default run gained 2.7 points of test balanced accuracy over --balance
-    # none at 0.5 and lost 3.6 at 1 (benchmarks/README.md, "Long-tailed data")
+    # 1, the paper's: on long-tailed Fashion-MNIST (ratio 100, 3 seeds) validation balanced accuracy was highest at
+    # 1 of 0.75/1/1.25/1.5 (with label smoothing spread as priors^tau: engine/optim.priors_tau); tudui's default run
+    # gained 2.9 points of test balanced accuracy over --balance none (benchmarks/README.md, "Long-tailed data")
     logit_tau: float = _f(1.0, "--balance logit-adjust: tau, the multiple of the log class priors added to the "
-                               "logits in training (1: Menon et al.'s; chosen on validation, benchmarks/README.md)",
+                               "logits in training (1, as in Menon et al. 2021)",
                           group="optimisation", min=0, what="a multiple of the log priors")
     optimizer: str = _f("adamw", describe_modes(OPTIMIZERS), choices=list(OPTIMIZERS), group="optimisation")
     lr: float | str = _f(0.003, "peak learning rate, or auto: a learning-rate range test first (as `tudui lr-find`), "

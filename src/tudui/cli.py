@@ -340,7 +340,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
                                    [f"{e.class_name} {e.probability:.1%}", f"{e.peak[0]},{e.peak[1]}"]
                                    + ([f"{e.box_share:.1%}"] if box else []))
                 for e in r.images]
-        print(f"{r.method} from layer {r.layer}")
+        print(f"{r.method} {r.origin}")
         print(table(["image", "class", "peak x,y"] + (["in box"] if box else []), rows, "<<>" + (">" if box else "")))
         if r.sanity is not None:
             print("\nsanity check: the maps against those of the model with its weights randomised from the top down "
@@ -350,8 +350,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
         print(f"wrote {len(r.images) - bad} map(s) and the grid {shown(r.grid)} to {shown(r.out)}")
     flat = sum(e.map is not None and not e.map.any() for e in r.images)
     if flat:
-        print(f"warning: {flat} map(s) are flat: {r.method} found no positive evidence at layer {r.layer}; try "
-              "another --method (layercam) or --layer", file=sys.stderr)
+        print(f"warning: {flat} map(s) are flat: {r.method} found no positive evidence "
+              f"{r.origin}; try another --method (layercam) or --layer", file=sys.stderr)
     if bad:
         print(f"warning: {bad} of {len(r.images)} image(s) could not be read", file=sys.stderr)
     return 0

@@ -276,7 +276,7 @@ def _labels(out: str, tables: list[Table]) -> None:
 
 def _trust(out: str, tables: list[Table]) -> None:
     maps = find(tables, "method", "map mass in the label's quadrant", "all-zero maps", "mosaics", "s")
-    assert_rows(maps, "gradcam", r"gradcam\+\+", "layercam", "eigencam", "scorecam",
+    assert_rows(maps, "gradcam", r"gradcam\+\+", "layercam", "eigencam", "scorecam", "occlusion",
                 r"gradcam from layer \w+ \(the average pool after it\)", "gradcam, every layer's weights randomised",
                 "uniform map")
     check_figures(maps)

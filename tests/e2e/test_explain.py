@@ -4,6 +4,7 @@ line for each bad input."""
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 
 import numpy as np
@@ -124,7 +125,26 @@ def test_bad_input_is_one_error_line(digits_run, digit_pngs, tmp_path, capsys):
         _error(capsys, *base, "--layer", "features.7")
     assert "no spatial map" in _error(capsys, *base, "--layer", "13")
     assert "--box X0 Y0 X1 Y1 needs X0 < X1" in _error(capsys, *base, "--box", "5", "0", "1", "8")
+    assert "and --method occlusion reads none" in _error(capsys, *base, "--method", "occlusion", "--layer", "8")
     assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_occlusion_maps_the_input_without_a_layer(digits_run, digit_pngs, tmp_path, capsys):
+    """`tudui explain --method occlusion`: a map per image of the class predict gives, said to be of the input (the
+    JSON's layer null), with the sanity check's cascade of randomised copies."""
+    pytest.importorskip("captum")
+    out = tmp_path / "occ"
+    assert cli_main(["explain", str(digits_run.best), str(digit_pngs), "--method", "occlusion", "--out", str(out),
+                     "--sanity"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("occlusion of the input\n") and "sanity check" in printed
+    assert cli_main(["explain", str(digits_run.best), str(digit_pngs), "--method", "occlusion", "--out", str(out),
+                     "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    predictions = tudui.predict(digits_run.best, [str(digit_pngs)], topk=1)[1]
+    assert r["method"] == "occlusion" and r["layer"] is None and len(r["images"]) == 4
+    assert [e["class"] for e in r["images"]] == [p.topk[0][0] for p in predictions]
+    assert all(os.path.isfile(e["png"]) for e in r["images"]) and (out / "cams.png").is_file()
 
 
 def test_eval_cam_draws_the_mistakes_with_their_maps(digits_run, tmp_path, capsys):

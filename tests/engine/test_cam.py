@@ -83,6 +83,8 @@ def test_a_named_layer_and_bad_names():
 
 @pytest.mark.parametrize("method", list(cam.METHODS))
 def test_every_method_gives_maps_at_the_input_size(method):
+    if method in cam.INPUT_METHODS:
+        pytest.importorskip("captum")
     net = _net("fast", 1, 16)
     x = torch.randn(3, 1, 16, 16)
     maps = cam.class_maps(net, x, [0, 1, 2], method, cam.find_layer(net, x[:1]))
@@ -105,6 +107,31 @@ def test_the_map_follows_the_evidence():
     x, net = torch.rand(1, 1, 16, 16) + 0.5, Corner()
     m = cam.class_maps(net, x, [1], "layercam", cam.find_layer(net, x))[0]
     assert cam.box_share(m, (8, 8, 16, 16)) > 0.95 and cam.peak(m)[0] >= 8 and cam.peak(m)[1] >= 8
+
+
+def test_occlusion_covers_a_quarter_of_the_side_moved_by_half_of_it():
+    """--method occlusion (Captum's Occlusion): at 16 px the window is 4 px and moves by 2, set to the normalised
+    mean (0). A class whose score is one pixel (10, 10) of an all-ones image drops only for the windows that cover
+    that pixel (those starting at 8 and 10 on each axis), so the map is positive on rows and columns 8 to 13 alone,
+    peaks on the 4x4 block every such window covers (10-11) and is 1 there; no layer is read."""
+    class OnePixel(nn.Module):
+        def forward(self, x):
+            return torch.stack([x[:, 0, 10, 10], x.mean((1, 2, 3))], 1)
+
+    m = cam.class_maps(OnePixel(), torch.ones(1, 1, 16, 16), [0], "occlusion", None)[0]
+    rows, cols = np.nonzero(m)
+    assert (rows.min(), rows.max(), cols.min(), cols.max()) == (8, 13, 8, 13)
+    assert m[10:12, 10:12].min() == pytest.approx(1.0) and m.max() == pytest.approx(1.0)
+    assert m[8, 8] < m[10, 10]  # pixel (8, 8) also lies in windows that miss (10, 10): their mean drop is lower
+
+
+def test_occlusion_without_captum_says_what_to_install(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "captum", None)  # import captum.attr then raises ImportError
+    monkeypatch.setitem(sys.modules, "captum.attr", None)
+    with pytest.raises(TuduiError, match=r"--method occlusion needs Captum: pip install 'tudui\[explain\]'"):
+        cam.class_maps(_net("fast", 1, 16), torch.randn(1, 1, 16, 16), [0], "occlusion", None)
 
 
 def test_box_share_and_peak():

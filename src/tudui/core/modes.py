@@ -94,14 +94,17 @@ def describe_modes(table: dict) -> str:
     return ", ".join(f"{name} ({row if isinstance(row, str) else row.help})" for name, row in table.items())
 
 
-# `tudui explain --method`: name -> pytorch-grad-cam's class of that name (engine/cam.py builds it)
+# `tudui explain --method`: name -> the library's class of that name (engine/cam.py builds it): pytorch-grad-cam's,
+# read from a layer, and Captum's Occlusion (INPUT_METHODS), which perturbs the input instead
 CAM_METHODS: dict[str, str] = {
     "gradcam": "GradCAM",
     "gradcam++": "GradCAMPlusPlus",
     "layercam": "LayerCAM",
     "eigencam": "EigenCAM",
     "scorecam": "ScoreCAM",
+    "occlusion": "Occlusion",
 }
+INPUT_METHODS = ("occlusion",)  # maps of the input itself: no layer is read, --layer does not apply
 
 # `tudui serve --runtime`: what runs the forward pass of a PyTorch model (a checkpoint or safetensors):
 # inference/runtime.py

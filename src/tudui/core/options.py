@@ -429,10 +429,12 @@ class ExplainOptions(Options):
     model: str = option(MISSING, "a tudui checkpoint (.pt) or a run directory (maps need the PyTorch model)",
                         positional=True, metavar="checkpoint")
     sources: list = option(MISSING, "image files and/or folders (searched recursively)", positional=True, nargs="+")
-    method: str = option("layercam", "how the map is computed (pytorch-grad-cam's methods). layercam weighs each "
-                                     "position by its own gradient, which suits heads that read each position with "
-                                     "their own weights, as tudui's nets do; gradcam averages the gradient over the "
-                                     "map and can give flat maps there",
+    method: str = option("layercam", "how the map is computed (pytorch-grad-cam's methods, read from a layer, and "
+                                     "Captum's occlusion). layercam weighs each position by its own gradient, which "
+                                     "suits heads that read each position with their own weights, as tudui's nets "
+                                     "do; gradcam averages the gradient over the map and can give flat maps there; "
+                                     "occlusion covers parts of the image in turn and maps how much the score drops "
+                                     "(no layer; 49 forward passes per image)",
                          choices=list(CAM_METHODS))
     layer: str | None = option(None, "the layer the map is read from, by its name in the model (e.g. features.7, "
                                      "blocks.5.norm1) [default: the last layer with a spatial output that the score "

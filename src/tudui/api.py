@@ -358,13 +358,7 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
         raise TuduiError(f"none of the {len(files)} image(s) could be read")
     predictor = Predictor(net, spec, dev, meta=loaded.meta)  # its probabilities: the calibrated ones
     to_batch = predictor.batch
-    if o.method in cam.INPUT_METHODS:  # a map of the input: no layer is read
-        if o.layer is not None:
-            raise TuduiError(f"--layer names the layer a map is read from, and --method {o.method} reads none (it "
-                             "covers parts of the input); drop --layer, or use another --method")
-        layer = None
-    else:
-        layer = cam.choose_layer(net, to_batch([next(iter(pixels.values()))]), o.layer)
+    layer = cam.choose_layer(net, to_batch([next(iter(pixels.values()))]), o.layer, o.method)  # None: occlusion
     out.mkdir(parents=True, exist_ok=True)
     taken: set[str] = {"cams.png"}
     pictures, titles, xs, targets = [], [], [], []
@@ -406,7 +400,7 @@ def explain(model: str | Path, sources: list[str] | str, **options) -> cam.Expla
             xs.append(x[[k for k, _ in pairs]].cpu())
             targets.extend(c for _, c in pairs)
     name = layer.name if layer is not None else None
-    grid = plot_cam_grid(pictures, titles, out / "cams.png", f"{o.method} {cam.read_from(o.method, name)}")
+    grid = plot_cam_grid(pictures, titles, out / "cams.png", f"{o.method} {cam.read_from(name)}")
     sanity = cam.sanity_check(net, torch.cat(xs), targets, o.method, name) if o.sanity else None
     return cam.Explained([e for entries in results for e in entries], o.method, name, str(out), str(grid), sanity)
 

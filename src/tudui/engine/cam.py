@@ -177,8 +177,15 @@ def named_layer(model: nn.Module, x: torch.Tensor, name: str) -> Layer:
                      "spatial map; name a layer with a (C, H, W) output or transformer tokens, or leave --layer out")
 
 
-def choose_layer(model: nn.Module, x: torch.Tensor, name: str | None = None) -> Layer:
-    """`named_layer` when a name is given, else `find_layer`."""
+def choose_layer(model: nn.Module, x: torch.Tensor, name: str | None = None,
+                 method: str | None = None) -> Layer | None:
+    """`named_layer` when a name is given, else `find_layer`; None for a `method` that reads no layer (INPUT_METHODS),
+    where naming one is a TuduiError."""
+    if method in INPUT_METHODS:
+        if name is not None:
+            raise TuduiError(f"--layer names the layer a map is read from, and --method {method} reads none (it "
+                             "covers parts of the input); drop --layer, or use another --method")
+        return None
     return find_layer(model, x[:1]) if name is None else named_layer(model, x[:1], name)
 
 
@@ -250,8 +257,7 @@ def mistake_maps(model: nn.Module, items: list, spec, method: str, device: torch
     if not items:
         return []
     x = normalize(torch.from_numpy(np.stack([m[1] for m in items])).permute(0, 3, 1, 2).to(device), spec)
-    layer = None if method in INPUT_METHODS else choose_layer(model, x)
-    maps = class_maps(model, x, [m[3] for m in items], method, layer)
+    maps = class_maps(model, x, [m[3] for m in items], method, choose_layer(model, x, method=method))
     return [tuple(m) + (c,) for m, c in zip(items, maps)]
 
 
@@ -359,9 +365,9 @@ def sanity_check(model: nn.Module, x: torch.Tensor, classes: list[int], method: 
     return out
 
 
-def read_from(method: str, layer: str | None) -> str:
-    """Where a `method` map comes from, in words: 'from layer NAME', or 'of the input' (INPUT_METHODS)."""
-    return "of the input" if method in INPUT_METHODS else f"from layer {layer}"
+def read_from(layer: str | None) -> str:
+    """Where a map comes from, in words: 'from layer NAME', or 'of the input' (None: INPUT_METHODS read no layer)."""
+    return "of the input" if layer is None else f"from layer {layer}"
 
 
 @dataclass
@@ -399,7 +405,7 @@ class Explained:
     @property
     def origin(self) -> str:
         """'from layer NAME', or 'of the input' (read_from)."""
-        return read_from(self.method, self.layer)
+        return read_from(self.layer)
 
     def to_dict(self) -> dict:
         return {"method": self.method, "layer": self.layer, "grid": self.grid,

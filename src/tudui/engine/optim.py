@@ -95,9 +95,8 @@ class SmoothedCrossEntropy(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logp = F.log_softmax(logits.float(), 1)  # (B, K)
-        hot = targets.float() if targets.is_floating_point() else \
-            torch.zeros_like(logp).scatter_(1, targets[:, None], 1.0)  # (B, K): 1 at each image's class
-        spread = self.smooth_to if self.smooth_to is not None else torch.full_like(hot[0], 1 / logp.shape[1])
+        hot = _as_probabilities(targets, logp)  # (B, K) float32
+        spread = self.smooth_to if self.smooth_to is not None else torch.full_like(hot[0], 1 / logp.shape[1])  # (K,)
         smoothed = (1 - self.smoothing) * hot + self.smoothing * spread
         per_image = -(smoothed * logp).sum(1)  # (B,)
         if self.weight is None:

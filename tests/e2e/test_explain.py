@@ -167,6 +167,15 @@ def test_eval_cam_draws_the_mistakes_with_their_maps(digits_run, tmp_path, capsy
     maps = np.stack([i[4] for i in items])
     assert maps.shape[1:] == (8, 8) and np.allclose(maps, taken_for, atol=1e-5)  # the class it was taken for
     assert not np.allclose(maps, truth, atol=1e-3)  # which is not the true class's map
+    # --cam occlusion reads no layer: each mistake's map is Captum's occlusion map of the input, at its 8x8 size
+    r = tudui.evaluate(digits_run.best, "digits", split="val", cam="occlusion")["cam_mistakes"]
+    occluded = r["items"]
+    assert r["method"] == "occlusion" and [i[0] for i in occluded] == [i[0] for i in items]
+    x = normalize(torch.from_numpy(np.stack([i[1] for i in occluded])).permute(0, 3, 1, 2), loaded.spec)
+    maps = np.stack([i[4] for i in occluded])
+    assert maps.shape[1:] == (8, 8) and np.allclose(maps, cam.occlusion_maps(loaded.model, x, [i[3] for i in occluded]),
+                                                    atol=1e-5)
+    assert not np.allclose(maps, taken_for, atol=1e-2)  # not the layer's map under another name
 
 
 def test_train_cam_draws_the_runs_mistakes_with_their_maps(tmp_path, monkeypatch):

@@ -26,6 +26,8 @@ def test_study_prunes_a_bad_trial_and_writes_the_best_config(tmp_path, capsys):
     assert states == {0: "complete", 1: "complete", 2: "pruned"}
     pruned = first.trials[2]
     assert pruned.epochs == 1 and (tmp_path / "tune/s/trial-2/last.pt").is_file()
+    said = [line for line in capsys.readouterr().out.splitlines() if " pruned " in line]
+    assert len(said) == 1 and said[0].startswith("trial 2 pruned after epoch 1 of 2: val top1 "), said
     for t in first.trials[:2]:  # each trial is a normal run: its config holds the sampled options, resolved as usual
         cfg = yaml.safe_load((tmp_path / f"tune/s/trial-{t.number}/config.yaml").read_text())
         assert cfg["lr"] == pytest.approx(t.params["lr"]) and cfg["ema"] == t.params["ema"] and cfg["subset"] == 300

@@ -95,7 +95,8 @@ class TrialReport(Callback):
             self.value = figure
         self.trial.report(figure, run.epoch)
         if run.epoch < run.cfg.epochs and self.trial.should_prune():
-            raise optuna.TrialPruned(f"epoch {run.epoch}: {key} {figure:.4f} below the median")
+            raise optuna.TrialPruned(f"epoch {run.epoch} of {run.cfg.epochs}: {METRIC_NAMES.get(key, key)} "
+                                     f"{100 * figure:.2f}% is below what the pruner keeps at that epoch")
 
 
 @dataclass
@@ -230,7 +231,11 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
         print(f"trial {trial.number}: " + ", ".join(f"{k}={_shown(v)}" for k, v in chosen.items())
               + (f" (continues trial {resumes}: {trial.user_attrs['run_dir']})" if resumes is not None else ""),
               flush=True)
-        fit(cfg, [*callbacks(cfg), report])
+        try:
+            fit(cfg, [*callbacks(cfg), report])
+        except optuna.TrialPruned as e:  # Optuna records it silently: say so where the trial's epochs were printed
+            print(f"trial {trial.number} pruned after {e}", flush=True)
+            raise
         if report.value is None or not math.isfinite(report.value):
             raise TuduiError(f"trial {trial.number} ended with no validation figure")
         return report.value

@@ -17,19 +17,17 @@ TINY = dict(data="digits", model="fast", epochs=2, batch_size=64, subset=300, te
 
 
 def test_study_prunes_a_bad_trial_and_writes_the_best_config(tmp_path, capsys):
-    """Two good learning rates finish; a hopeless one (1e-7) is below their median after epoch 2 of 3 and is pruned
-    (never in the first half of its epochs: after epoch 1 it is left to run).
+    """Two good learning rates finish; a hopeless one (1e-7) is below their median after epoch 1 and is pruned.
     A second call with the same --study continues the study: trial numbers go on, the total is both calls'."""
     space = {"lr": {"low": 1e-7, "high": 0.05, "log": True}, "ema": [False, True]}
-    first = tudui.tune(**TINY | {"epochs": 3}, project=str(tmp_path), study="s", space=space, trials=3,
-                       startup_trials=2,
+    first = tudui.tune(**TINY, project=str(tmp_path), study="s", space=space, trials=3, startup_trials=2,
                        enqueue=[{"lr": 0.02, "ema": False}, {"lr": 0.01, "ema": True}, {"lr": 1e-7, "ema": False}])
     states = {t.number: t.state for t in first.trials}
     assert states == {0: "complete", 1: "complete", 2: "pruned"}
     pruned = first.trials[2]
-    assert pruned.epochs == 2 and (tmp_path / "tune/s/trial-2/last.pt").is_file()
+    assert pruned.epochs == 1 and (tmp_path / "tune/s/trial-2/last.pt").is_file()
     said = [line for line in capsys.readouterr().out.splitlines() if " pruned " in line]
-    assert len(said) == 1 and said[0].startswith("trial 2 pruned after epoch 2 of 3: val top1 "), said
+    assert len(said) == 1 and said[0].startswith("trial 2 pruned after epoch 1 of 2: val top1 "), said
     for t in first.trials[:2]:  # each trial is a normal run: its config holds the sampled options, resolved as usual
         cfg = yaml.safe_load((tmp_path / f"tune/s/trial-{t.number}/config.yaml").read_text())
         assert cfg["lr"] == pytest.approx(t.params["lr"]) and cfg["ema"] == t.params["ema"] and cfg["subset"] == 300

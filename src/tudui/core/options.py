@@ -505,8 +505,8 @@ class TuneOptions(Options):
                                "study-N]", group="tune")
     storage: str | None = option(None, "an Optuna database URL (postgresql://..., mysql://..., sqlite:///FILE) "
                                  "instead of the journal file in the study's folder", group="tune")
-    pruner: str = option("median", "stop a trial whose validation figure after an epoch of the second half of its "
-                         "epochs is below the median of earlier trials' at that epoch (median), by successive halving over brackets (hyperband), "
+    pruner: str = option("median", "stop a trial whose validation figure after an epoch is below the median of "
+                         "earlier trials' at that epoch (median), by successive halving over brackets (hyperband), "
                          "or never (none)", group="tune", choices=["median", "hyperband", "none"])
     sampler: str = option("tpe", "how each trial's values are chosen: Optuna's TPE sampler, which learns from the "
                           "trials so far (tpe), or independently at random (random: the baseline a search is judged "

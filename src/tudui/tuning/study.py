@@ -5,8 +5,7 @@ trial's sampled ones) and trains it with engine's `fit` into PROJECT/tune/STUDY/
 evaluated, exported or continued like any run. The figure a trial reports after each epoch, and is judged by, is
 the one its best.pt is chosen by (--best-by / --select-by: top-1, balanced accuracy or macro-F1) on the validation
 split; the test split never chooses. TPE samples (--sampler random: independent random values); the median pruner
-stops a trial whose figure after an epoch of the second half of its epochs is below the median of earlier trials'
-at that epoch.
+stops a trial whose figure after an epoch is below the median of earlier trials' at that epoch.
 
 The study lives in Optuna's journal file in the study folder (several processes, or machines sharing the file
 system, may run the same study at once and share its trials), or in a database (`storage`).
@@ -70,12 +69,8 @@ class TrialReport(Callback):
     """Reports each epoch's validation figure to the trial, prunes it when the pruner says so, and records the
     trial's run folder, epochs and the best epoch's figure."""
 
-    def __init__(self, trial: optuna.Trial, half_first: bool = False) -> None:
-        # half_first (the median pruner): no trial is pruned in the first half of its epochs. Over 40 random trials
-        # of 4 epochs on Fashion-MNIST (benchmarks/README.md, "What `tudui tune` buys") the first epoch's validation
-        # top-1 ranked the fourth's at Spearman 0.70 and put 3 of the 5 best trials below the median (slow starters:
-        # fast-res, EMA weights); the third epoch's ranked it at 0.93 and put none of them there.
-        self.trial, self.value, self.half_first = trial, None, half_first
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial, self.value = trial, None
 
     def on_fit_start(self, run) -> None:
         self.trial.set_user_attr("run_dir", str(run.run_dir))
@@ -99,8 +94,7 @@ class TrialReport(Callback):
         if run.best_epoch == run.epoch:  # the epoch best.pt now holds
             self.value = figure
         self.trial.report(figure, run.epoch)
-        judged = run.epoch > run.cfg.epochs // 2 if self.half_first else True
-        if run.epoch < run.cfg.epochs and judged and self.trial.should_prune():
+        if run.epoch < run.cfg.epochs and self.trial.should_prune():
             raise optuna.TrialPruned(f"epoch {run.epoch} of {run.cfg.epochs}: {METRIC_NAMES.get(key, key)} "
                                      f"{100 * figure:.2f}% is below what the pruner keeps at that epoch")
 
@@ -159,7 +153,6 @@ def open_study(name: str, folder: Path, storage: str | None, pruner: str, startu
         store = JournalStorage(JournalFileBackend(where))
     else:
         where = store = storage
-    # (no n_warmup_steps: TrialReport spares the first half of each trial's epochs, which a space may vary)
     pruning = optuna.pruners.MedianPruner(n_startup_trials=startup_trials, n_warmup_steps=0) \
         if pruner == "median" else optuna.pruners.HyperbandPruner(min_resource=1) if pruner == "hyperband" \
         else optuna.pruners.NopPruner()
@@ -234,7 +227,7 @@ def run_study(values: dict, *, config_file: str | Path | None = None, space: str
         else:
             cfg = resolve_config(values | chosen | {"project": str(folder), "name": f"trial-{trial.number}",
                                                     "exist_ok": False}, config_file)
-        report = TrialReport(trial, half_first=pruner == "median")
+        report = TrialReport(trial)
         print(f"trial {trial.number}: " + ", ".join(f"{k}={_shown(v)}" for k, v in chosen.items())
               + (f" (continues trial {resumes}: {trial.user_attrs['run_dir']})" if resumes is not None else ""),
               flush=True)

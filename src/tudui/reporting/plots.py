@@ -163,7 +163,7 @@ def _grid_figure(images: np.ndarray, titles: list[str], suptitle: str, cols: int
         canvas[y0:y0 + h, x0:x0 + w] = img
         ax.text(x0 + w / 2, y0 - 0.5, title, ha="center", va="bottom", fontsize=7)
     ax.imshow(canvas, interpolation="nearest")
-    fig.suptitle(suptitle)
+    fig.suptitle(suptitle, wrap=True)  # a narrow grid (one or two images) wraps its title instead of clipping it
     return fig
 
 

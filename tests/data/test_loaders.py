@@ -73,6 +73,11 @@ def test_a_finished_run_and_an_evaluation_leave_no_dataloader_worker_behind(tmp_
                     plots=False, tensorboard=False, project=str(tmp_path), name="w")
     assert r.val["n"] == 200  # the val/ folder, read from its files by the workers each epoch
     assert multiprocessing.active_children() == []
+    # Queue.close() (torch's worker shutdown) signals each queue's feeder thread and returns; the thread ends a moment
+    # later on its own, which a loaded machine can see (one CI run did). A feeder of a live worker would not end at
+    # all, and the workers themselves are checked gone just above.
+    for thread in feeders() - before:
+        thread.join(timeout=10)
     assert not feeders() - before
     assert tudui_main(["eval", str(r.best), "--data", str(fmnist_folders / "val"), "--workers", "2", "--cache", "off",
                        "--out", str(tmp_path / "eval")]) == 0

@@ -2,6 +2,7 @@
 when absent."""
 import gzip
 import json
+import os
 import pickle
 import shutil
 import struct
@@ -36,12 +37,18 @@ def test_digits_read_from_the_file_equal_scikit_learns_load_digits(monkeypatch):
     from tudui.data import sources
 
     d = load_digits()
+    sources._digits_arrays.cache_clear()  # read once per process: this test reads it both ways
     pixels, labels = sources._digits_arrays()
     np.testing.assert_array_equal(pixels, d.images)
     np.testing.assert_array_equal(labels, d.target)
     assert labels.dtype == np.int64
+    assert sources._digits_arrays()[0] is pixels and not pixels.flags.writeable  # the next run gets the same arrays
     monkeypatch.setattr("importlib.util.find_spec", lambda name: None)  # the file not found: load_digits reads it
-    again, _ = sources._digits_arrays()
+    sources._digits_arrays.cache_clear()
+    try:
+        again, _ = sources._digits_arrays()
+    finally:
+        sources._digits_arrays.cache_clear()
     np.testing.assert_array_equal(again, d.images)
 
 
@@ -154,6 +161,22 @@ def test_fashion_mnist_names_and_a_truncated_file(no_system_data):
     raw.write_bytes(raw.read_bytes()[:-100])
     with pytest.raises(TuduiError, match="truncated.*obtain the dataset again"):
         load_named("fashion-mnist", True, str(root))
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_idx_files_are_read_once_per_process_until_they_change(no_system_data, gz):
+    """A second run in the same process gets the arrays the first read (read-only, so neither can change them for
+    the other); a file written again (a later modification time), even with the same size, is read again."""
+    folder = no_system_data / "root" / "fashion-mnist"
+    fake_mnist(folder, 6, gz=gz, seed=0)
+    first = load_named("fashion-mnist", True, str(folder.parent))
+    second = load_named("fashion-mnist", True, str(folder.parent))
+    assert np.shares_memory(first.images, second.images) and not first.images.flags.writeable
+    images, labels = fake_mnist(folder, 6, gz=gz, seed=1)[:2]  # the same sizes, other values
+    for f in folder.iterdir():  # written later, as a replaced file is (within a clock tick here: said explicitly)
+        os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    third = load_named("fashion-mnist", True, str(folder.parent))
+    assert np.array_equal(third.images[..., 0], images) and third.targets.tolist() == labels.tolist()
 
 
 def test_cifar_readers_match_torchvision(no_system_data, monkeypatch):

@@ -8,6 +8,7 @@ both a flat folder of the original files and torchvision's own layout
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import os
 import pickle
@@ -80,9 +81,23 @@ def find(name: str, data_root: str | None = None) -> Path | None:
 
 
 def _read_idx(folder: Path, name: str) -> np.ndarray:
-    """An IDX file (the MNIST format; gzipped or not) as a numpy array."""
+    """An IDX file (the MNIST format; gzipped or not) as a read-only numpy array, read once per process while the
+    file stays as it is (see _decoded)."""
     path = folder / name
-    raw = path.read_bytes() if path.is_file() else gzip.decompress((folder / (name + ".gz")).read_bytes())
+    path = path if path.is_file() else folder / (name + ".gz")
+    stat = path.stat()
+    return _decoded(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+# Why a cache: a process that trains more than once on a named dataset (a notebook's cells, `tudui tune`'s trials in
+# one process, a benchmark's runs) read and copied the same 47 MB of Fashion-MNIST, or decompressed it (Debian's
+# files are gzipped: ~0.3 s), each time. Keyed by the file's size and modification time, so a file replaced on disk
+# is read again; the arrays are read-only (np.frombuffer of bytes), so no caller can change what the next one gets.
+# Four entries: a dataset's two splits, images and labels.
+@functools.lru_cache(maxsize=4)
+def _decoded(path_str: str, size: int, mtime_ns: int) -> np.ndarray:
+    path = Path(path_str)
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -119,8 +134,10 @@ def _load_cifar100(folder: Path, train: bool) -> tuple[np.ndarray, np.ndarray, l
     return np.ascontiguousarray(images), np.asarray(d["fine_labels"], np.int64), list(_unpickle(folder / "meta")["fine_label_names"])
 
 
+@functools.lru_cache(maxsize=1)  # parsing the CSV is ~0.06 s, and a run reads it for each split: once per process
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits: (1797, 8, 8) float64 pixels 0-16 and (1797,) int64 labels, as its load_digits returns.
+    """scikit-learn's digits: (1797, 8, 8) float64 pixels 0-16 and (1797,) int64 labels, as its load_digits returns,
+    read-only (they are shared by every later call).
 
     Read from the file scikit-learn ships (datasets/data/digits.csv.gz: 64 pixels and the label per row), found
     without importing scikit-learn: `import sklearn` costs ~1.7 s of CPU (scipy, pandas), 30x the ~0.06 s the file
@@ -135,9 +152,12 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
 
         d = load_digits()
-        return d.images, d.target.astype(np.int64)
-    rows = np.loadtxt(path, delimiter=",")  # (1797, 65)
-    return rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
+        pixels, labels = d.images, d.target.astype(np.int64)
+    else:
+        rows = np.loadtxt(path, delimiter=",")  # (1797, 65)
+        pixels, labels = rows[:, :-1].reshape(-1, 8, 8), rows[:, -1].astype(np.int64)
+    pixels.flags.writeable = labels.flags.writeable = False
+    return pixels, labels
 
 
 def _load_digits(train: bool) -> tuple[np.ndarray, np.ndarray, list[str]]:

@@ -1,4 +1,10 @@
+import os
+import sys
+
 import pytest
+
+from tests import forkserver
+from tests.conftest import REPO
 
 
 def test_version_and_help(cli):
@@ -6,6 +12,19 @@ def test_version_and_help(cli):
     assert r.returncode == 0 and "tudui" in r.stdout
     r = cli("train", "--help")
     assert r.returncode == 0 and "--img-size" in r.stdout and "--label-smoothing" in r.stdout
+
+
+def test_output_into_a_closed_pipe_ends_quietly_with_sigpipes_status():
+    """`tudui models | head -1`: the reader is gone before tudui writes; no traceback, the status a shell gives a
+    tool ended by SIGPIPE (141), as `yes | head -1` ends."""
+    read, write = os.pipe()
+    os.close(read)  # the reader went away
+    try:
+        r = forkserver.run([sys.executable, "-m", "tudui", "models"], stdout=write, stderr=forkserver.subprocess.PIPE,
+                           text=True, timeout=120, env=os.environ | {"PYTHONPATH": str(REPO / "src")})
+    finally:
+        os.close(write)
+    assert r.returncode == 141 and r.stderr == "", r.stderr
 
 
 def _subparser(name):

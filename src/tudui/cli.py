@@ -618,6 +618,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as e:
         print("interrupted", file=sys.stderr)
         return getattr(e, "exit_code", 130)  # 130 for Ctrl-C, 143 for SIGTERM
+    except BrokenPipeError:
+        # Whatever read the output stopped reading (`tudui models | head -1`): end quietly with a shell's status for
+        # a tool ended by SIGPIPE (Python ignores the signal, so the write raised instead). Standard output now
+        # goes to /dev/null, or the interpreter's last flush would raise it again.
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # not a real file (output captured in a notebook or test)
+            pass
+        return 128 + 13  # 13: SIGPIPE
 
 
 if __name__ == "__main__":

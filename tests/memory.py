@@ -30,6 +30,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _outcome(fn):
+    """What `fn()` returned, or the exception it raised (the caller checks which)."""
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - the caller checks what was raised
+        return e
+
+
 def peak_rss_growth_mb(fn, measure=None) -> tuple[object, float]:
     """(what `fn()` returned or raised, the largest growth of this process's resident memory while it ran, MiB).
 
@@ -41,10 +49,7 @@ def peak_rss_growth_mb(fn, measure=None) -> tuple[object, float]:
     gc.collect()
     if measure is None and _reset_peak_rss():
         base = _status_kb("VmRSS")
-        try:
-            out = fn()
-        except Exception as e:  # noqa: BLE001 - the caller checks what was raised
-            out = e
+        out = _outcome(fn)
         return out, (_status_kb("VmHWM") - base) / 1024
     proc = psutil.Process()
     rss = measure or (lambda: proc.memory_info().rss)
@@ -60,9 +65,7 @@ def peak_rss_growth_mb(fn, measure=None) -> tuple[object, float]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        out = fn()
-    except Exception as e:  # noqa: BLE001 - the caller checks what was raised
-        out = e
+        out = _outcome(fn)
     finally:
         done.set()
         sampler.join()

@@ -623,9 +623,13 @@ def main(argv: list[str] | None = None) -> int:
         # a tool ended by SIGPIPE (Python ignores the signal, so the write raised instead). Standard output now
         # goes to /dev/null, or the interpreter's last flush would raise it again.
         try:
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            stdout = sys.stdout.fileno()
         except (OSError, ValueError, AttributeError):  # not a real file (output captured in a notebook or test)
-            pass
+            stdout = None
+        if stdout is not None:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stdout)
+            os.close(devnull)  # fd 1 now holds its own copy
         return 128 + 13  # 13: SIGPIPE
 
 

@@ -167,3 +167,62 @@ def test_curves_say_that_train_and_val_loss_are_one_measure_beside_the_objective
     csv.write_text(header + "1,1.2,1.1,0.6,0.9,0.001,1,100,1.2\n2,0.4,0.5,0.8,0.95,0.002,1,100,0.4\n")
     plot_curves(read_results(csv), tmp_path / "curves.png", "cross-entropy")
     assert len(figures[-1].axes[0].lines) == 2
+
+
+def _text_boxes(fig):
+    """(axes index, text, window extent in pixels) of every visible, non-empty text of a drawn figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from tudui.reporting.fonts import cjk_fonts
+
+    canvas = FigureCanvasAgg(fig)
+    with cjk_fonts(fig):  # measured in the fonts the PNG was drawn with
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        out = [(-1, t, t.get_window_extent(renderer)) for t in fig.texts if t.get_visible() and t.get_text()]
+        for i, ax in enumerate(fig.axes):
+            texts = [ax.title, ax.xaxis.label, ax.yaxis.label, *ax.texts, *ax.get_xticklabels(),
+                     *ax.get_yticklabels(), *(ax.get_legend().get_texts() if ax.get_legend() else [])]
+            out += [(i, t, t.get_window_extent(renderer)) for t in texts if t.get_visible() and t.get_text()]
+    return out
+
+
+LONG_NAMES = ["T恤", "a rather long class name", "很长的中文类别名称也要显示完整", "Ankle boot"] + [f"c{i}" for i in range(8)]
+
+
+@pytest.mark.parametrize("picture", ["curves", "confusion", "confusion-100", "mistakes", "batch"])
+def test_the_run_pictures_keep_every_label_inside_the_figure_and_apart(tmp_path, figures, picture):
+    """The pictures of every run are laid out from margins computed from their own labels (not constrained layout):
+    long Latin and Chinese class names, 7-character tick labels and titles stay inside the figure, and no label of
+    one panel runs into another panel's."""
+    rng = np.random.default_rng(0)
+    if picture == "curves":
+        rows = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "train_objective": 2.3 / e, "val_top1": 0.5,
+                 "val_top5": 0.9, "lr": 2.75e-3 * e / 10} for e in range(1, 11)]
+        plot_curves(rows, tmp_path / "p.png", "cross-entropy, label smoothing 0.1", 12)
+    elif picture.startswith("confusion"):
+        names = LONG_NAMES if picture == "confusion" else [f"类别_{i:03d}" for i in range(100)]
+        plot_confusion(rng.integers(0, 9, (len(names),) * 2), names, tmp_path / "p.png", "best weights on val")
+    elif picture == "mistakes":
+        items = [(0.9, rng.integers(0, 255, (28, 28, 1), dtype=np.uint8), i, i + 1) for i in range(2)]
+        plot_mistakes(items, LONG_NAMES, tmp_path / "p.png", "most confidently wrong on val (rank 0's 1/2 share)")
+    else:
+        plot_batch(torch.rand(8, 1, 28, 28), torch.arange(8), LONG_NAMES, tmp_path / "p.png")
+    fig = figures[-1]
+    boxes = [(i, t, b) for i, t, b in _text_boxes(fig)
+             if i < 0 or fig.axes[i].axison or t in fig.axes[i].texts + [fig.axes[i].title]]  # hidden axes: no ticks
+    for ax in fig.axes:  # tick labels beyond the axis' limits are not drawn
+        for axis, (lo, hi) in ((ax.xaxis, sorted(ax.get_xlim())), (ax.yaxis, sorted(ax.get_ylim()))):
+            hidden = [label for tick, label in zip(axis.get_majorticklocs(), axis.get_ticklabels())
+                      if not lo - 1e-9 * abs(hi - lo) <= tick <= hi + 1e-9 * abs(hi - lo)]
+            boxes = [(i, t, b) for i, t, b in boxes if t not in hidden]
+    w, h = fig.bbox.width, fig.bbox.height
+    outside = [t.get_text() for _, t, b in boxes if b.x0 < -1 or b.y0 < -1 or b.x1 > w + 1 or b.y1 > h + 1]
+    assert not outside, f"clipped at the figure's edge: {outside}"
+    panels = [fig.axes[i].get_window_extent() for i in range(len(fig.axes))]
+    crossing = [(i, t.get_text()) for i, t, b in boxes if i >= 0 and t in fig.axes[i].get_yticklabels()
+                for j, p in enumerate(panels) if j != i and b.overlaps(p)]
+    assert not crossing, f"tick labels over another panel: {crossing}"
+    if picture in ("mistakes", "batch"):  # the title band holds the (wrapped) title above the images
+        (_, title, tb), = [(i, t, b) for i, t, b in boxes if i == -1]
+        assert tb.y0 >= panels[0].y1 - 1 or tb.y0 >= fig.axes[0].images[0].get_window_extent().y1 - 1

@@ -190,13 +190,32 @@ def _text_boxes(fig):
 LONG_NAMES = ["T恤", "a rather long class name", "很长的中文类别名称也要显示完整", "Ankle boot"] + [f"c{i}" for i in range(8)]
 
 
-@pytest.mark.parametrize("picture", ["curves", "confusion", "confusion-100", "mistakes", "batch"])
+@pytest.mark.parametrize("picture", ["curves", "confusion", "confusion-100", "mistakes", "batch", "pr-curves",
+                                     "pr-curves-40", "reliability", "reliability-multi-label"])
 def test_the_run_pictures_keep_every_label_inside_the_figure_and_apart(tmp_path, figures, picture):
     """The pictures of every run are laid out from margins computed from their own labels (not constrained layout):
-    long Latin and Chinese class names, 7-character tick labels and titles stay inside the figure, and no label of
-    one panel runs into another panel's."""
+    long Latin and Chinese class names, 7-character tick labels, legends and titles stay inside the figure, and no
+    label of one panel runs into another panel's."""
     rng = np.random.default_rng(0)
-    if picture == "curves":
+    if picture.startswith("pr-curves"):
+        names = LONG_NAMES if picture == "pr-curves" else [f"很长的中文类别名称 {i}" for i in range(40)]
+        hot = rng.random((60, len(names))) < 0.3
+        plot_pr_curves(np.clip(hot + rng.normal(0, 0.4, hot.shape), 0, 1), hot, names, tmp_path / "p.png",
+                       "best weights on val")
+    elif picture.startswith("reliability"):
+        from tudui.engine.calibration import calibrate_logits
+        from tudui.reporting.plots import plot_reliability
+
+        y = torch.as_tensor(rng.integers(0, 3, 300))
+        if picture == "reliability":
+            logits = torch.as_tensor(rng.normal(0, 1, (300, 3))) + 3 * torch.nn.functional.one_hot(y, 3)
+            calibration = calibrate_logits((logits.float(), y), None)
+        else:
+            hot = torch.nn.functional.one_hot(y, 3).float()
+            calibration = calibrate_logits((torch.as_tensor(rng.normal(0, 1, (300, 3))).float() + 2 * hot, hot), None,
+                                           multi_label=True)
+        plot_reliability(calibration, tmp_path / "p.png")
+    elif picture == "curves":
         rows = [{"epoch": e, "train_loss": 2 / e, "val_loss": 2.1 / e, "train_objective": 2.3 / e, "val_top1": 0.5,
                  "val_top5": 0.9, "lr": 2.75e-3 * e / 10} for e in range(1, 11)]
         plot_curves(rows, tmp_path / "p.png", "cross-entropy, label smoothing 0.1", 12)
@@ -223,6 +242,9 @@ def test_the_run_pictures_keep_every_label_inside_the_figure_and_apart(tmp_path,
     crossing = [(i, t.get_text()) for i, t, b in boxes if i >= 0 and t in fig.axes[i].get_yticklabels()
                 for j, p in enumerate(panels) if j != i and b.overlaps(p)]
     assert not crossing, f"tick labels over another panel: {crossing}"
+    ticks = [(i, t, b) for i, t, b in boxes if i >= 0 and t in fig.axes[i].get_xticklabels()]
+    touching = [(t.get_text(), u.get_text()) for i, t, b in ticks for j, u, c in ticks if i < j and b.overlaps(c)]
+    assert not touching, f"tick labels of two panels run together: {touching}"
     if picture in ("mistakes", "batch"):  # the title band holds the (wrapped) title above the images
         (_, title, tb), = [(i, t, b) for i, t, b in boxes if i == -1]
         assert tb.y0 >= panels[0].y1 - 1 or tb.y0 >= fig.axes[0].images[0].get_window_extent().y1 - 1

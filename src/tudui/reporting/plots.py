@@ -31,11 +31,13 @@ def _figure(width_in: float, height_in: float, margins: tuple[float, float, floa
     """A figure of width_in x height_in inches. Without `margins`, matplotlib's constrained layout places its axes.
 
     With margins = (left, right, top, bottom) in inches (and wspace_in between `axes` side-by-side axes), the axes
-    take what is left, computed here once. The pictures every training run draws (curves, confusion matrix,
-    mistakes, the training batch) pass margins sized from their own text (`_text_in`): constrained layout measures
-    every text in extra layout passes, a third of those four pictures' time (2026-12-06, matplotlib 3.11, 2-core AMD
-    EPYC, CPU-s each: curves 0.37 -> 0.21, confusion 0.39 -> 0.25, mistakes 0.18 -> 0.15, batch 0.22 -> 0.16; 1.16
-    -> 0.77 a run). tests/reporting/test_plots.py checks that no label is clipped or runs into another panel.
+    take what is left, computed here once. The pictures a training run draws (curves, confusion matrix, mistakes,
+    the training batch, the reliability diagram) pass margins sized from their own text (`_text_in`): constrained
+    layout measures every text in extra layout passes, a third of their time (2026-12-06, matplotlib 3.11, 2-core
+    AMD EPYC, CPU-s each: curves 0.37 -> 0.21, confusion 0.39 -> 0.25, mistakes 0.18 -> 0.15, batch 0.22 -> 0.16,
+    reliability 0.36 -> 0.21). Constrained layout stays for the rest: precision-recall curves with the legend beside
+    them (0.23 CPU-s either way), lr-find, risk-coverage. tests/reporting/test_plots.py checks that no label is
+    clipped or runs into another panel.
     """
     from matplotlib.figure import Figure
 
@@ -329,9 +331,15 @@ def plot_reliability(calibration: dict, path: str | Path, split: str = "val") ->
     centres = (edges[:-1] + edges[1:]) / 2
     t = calibration["temperature"]
     told = f", T = {t:.3g}" if not multi else f", T per class {min(t):.3g}-{max(t):.3g}"
-    fig = _figure(9, 4.2)
+    titles = {when: f"{when} temperature scaling{told if when == 'after' else ''}\nECE {report[ece_key]:.4f} "
+                    f"({split}, {report['n']:,} images{' x ' + str(len(t)) + ' classes' if multi else ''})"
+              for when, ece_key in (("before", "ece_before"), ("after", "ece_after"))}
+    # two panels side by side, each at least as wide as its two-line title; margins in inches for the tick labels,
+    # the y label, the x label and the titles
+    panel = max(3.9, max(_text_in(v, 12) for v in titles.values()) + 0.1)
+    fig = _figure(1.5 + 2 * panel, 4.2, margins=(0.8, 0.25, 0.65, 0.55), wspace_in=0.45, axes=2)
     axes = fig.subplots(1, 2, sharey=True)
-    for ax, when, ece_key in zip(axes, ("before", "after"), ("ece_before", "ece_after")):
+    for ax, when in zip(axes, ("before", "after")):
         r = report[f"reliability_{when}"]
         acc = np.nan_to_num(np.array(r["accuracy"], dtype=float))
         ax.bar(centres, acc, width=1 / bins, edgecolor="C0", color="C0", alpha=0.7,
@@ -341,9 +349,7 @@ def plot_reliability(calibration: dict, path: str | Path, split: str = "val") ->
         ax.plot(centres, share, color="0.6", marker=".", linewidth=1,
                 label="share of image-class pairs" if multi else "share of images")
         ax.set(xlim=(0, 1), ylim=(0, 1),
-               xlabel="each class's probability" if multi else "confidence (top probability)",
-               title=f"{when} temperature scaling{told if when == 'after' else ''}\nECE {report[ece_key]:.4f} "
-                     f"({split}, {report['n']:,} images{' x ' + str(len(t)) + ' classes' if multi else ''})")
+               xlabel="each class's probability" if multi else "confidence (top probability)", title=titles[when])
     axes[0].set_ylabel("share of pairs that are positive" if multi else "accuracy")
     axes[0].legend(fontsize=8, loc="upper left")
     return _save(fig, path)

@@ -54,8 +54,8 @@ def _figure(width_in: float, height_in: float, margins: tuple[float, float, floa
 def _text_in(text: str, points: float) -> float:
     """The width in inches of the widest line of `text` at `points`, estimated on the wide side from DejaVu Sans'
     advances (narrow punctuation and i/l/t 0.4 em, capitals and m/w 0.78, other letters and digits 0.66) and 1.1 em
-    for a CJK ideograph (East Asian wide or full-width; WenQuanYi Micro Hei's are 1.04). Margins sized from it do not clip a label; the cost is a little
-    white space."""
+    for a CJK ideograph (East Asian wide or full-width; WenQuanYi Micro Hei's are 1.04). Margins sized from it do not
+    clip a label; the cost is a little white space."""
     def em(ch: str) -> float:
         if unicodedata.east_asian_width(ch) in "WF":
             return 1.1

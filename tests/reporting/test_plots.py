@@ -187,7 +187,8 @@ def _text_boxes(fig):
     return out
 
 
-LONG_NAMES = ["T恤", "a rather long class name", "很长的中文类别名称也要显示完整", "Ankle boot"] + [f"c{i}" for i in range(8)]
+LONG_NAMES = (["T恤", "a rather long class name", "很长的中文类别名称也要显示完整", "Ankle boot"]
+              + [f"c{i}" for i in range(8)])
 
 
 @pytest.mark.parametrize("picture", ["curves", "confusion", "confusion-100", "mistakes", "batch", "pr-curves",

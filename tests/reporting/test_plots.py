@@ -194,9 +194,9 @@ LONG_NAMES = (["T恤", "a rather long class name", "很长的中文类别名称�
 @pytest.mark.parametrize("picture", ["curves", "confusion", "confusion-100", "mistakes", "batch", "pr-curves",
                                      "pr-curves-40", "reliability", "reliability-multi-label"])
 def test_the_run_pictures_keep_every_label_inside_the_figure_and_apart(tmp_path, figures, picture):
-    """The pictures of every run are laid out from margins computed from their own labels (not constrained layout):
-    long Latin and Chinese class names, 7-character tick labels, legends and titles stay inside the figure, and no
-    label of one panel runs into another panel's."""
+    """The pictures of a run, laid out from margins computed from their own labels (the precision-recall curves by
+    constrained layout): long Latin and Chinese class names, 7-character tick labels, legends and titles stay inside
+    the figure, and no label of one panel runs into another panel's."""
     rng = np.random.default_rng(0)
     if picture.startswith("pr-curves"):
         names = LONG_NAMES if picture == "pr-curves" else [f"很长的中文类别名称 {i}" for i in range(40)]

@@ -150,16 +150,17 @@ def plot_confusion(confusion, classes: list[str], path: str | Path, title: str =
     acc = np.trace(cm) / max(n, 1)
     title = f"{title + ': ' if title else ''}{n:,} images, top-1 {acc:.2%} (rows sum to 1)"
     # margins in inches: the longest class name (rotated below the matrix, beside it on the left) and the axis label;
-    # on the right the colour bar's ticks and label. The colour bar takes 0.046 + 0.05 (pad) of the matrix's cell
-    # width, so the cell is side / 0.904 wide for a square matrix.
+    # on the right the colour bar's ticks and label. The colour bar and its pad take these fractions of the matrix's
+    # cell width, so the cell is side / (1 - both) wide for a square matrix.
+    bar, pad = 0.046, 0.05
     names = max((_text_in(c, font) for c in classes), default=0.0) + 0.45
-    width = names + side / 0.904 + 0.75
+    width = names + side / (1 - bar - pad) + 0.75
     title_lines = _text_lines(title, 12, width - 0.3)
     top = 0.2 + 0.22 * title_lines
     fig = _figure(width, side + names + top, margins=(names, 0.75, top, names))
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, label="fraction of the true class")
+    fig.colorbar(im, ax=ax, fraction=bar, pad=pad, label="fraction of the true class")
     ax.set_xticks(range(k), labels=classes, rotation=90, fontsize=font)
     ax.set_yticks(range(k), labels=classes, fontsize=font)
     ax.set(xlabel="predicted", ylabel="true")

@@ -169,6 +169,23 @@ def test_curves_say_that_train_and_val_loss_are_one_measure_beside_the_objective
     assert len(figures[-1].axes[0].lines) == 2
 
 
+def test_a_multi_label_runs_curves_name_binary_cross_entropy_map_and_exact_match(tmp_path, figures):
+    """A multi-label run's results.csv (val_map filled; val_top1 holds the exact-match ratio, val_top5 nothing): the
+    loss panel names binary cross-entropy, the other panel draws mAP and exact match and no top-1 or top-5."""
+    header = ("epoch,train_loss,val_loss,val_top1,val_top5,lr,epoch_time_s,images_per_s,train_objective,val_macro_f1,"
+              "val_balanced_acc,val_map,val_micro_f1\n")
+    csv = tmp_path / "results.csv"
+    csv.write_text(header + "1,0.5,0.4,0.3,,0.001,1,100,0.5,0.6,,0.7,0.65\n2,0.3,0.35,0.45,,0.002,1,100,0.3,0.7,,0.8,0.75\n")
+    plot_curves(read_results(csv), tmp_path / "curves.png", "binary cross-entropy", 4)
+    loss, score = figures[-1].axes[:2]
+    assert loss.get_title() == "loss: binary cross-entropy, train and val alike"
+    assert [t.get_text() for t in loss.get_legend().get_texts()] == [
+        "train binary cross-entropy (training batches)", "val binary cross-entropy"]
+    assert score.get_title() == "mAP and exact match (%)"
+    assert [t.get_text() for t in score.get_legend().get_texts()] == ["val mAP", "val exact match"]
+    assert [list(line.get_ydata()) for line in score.lines] == [[70.0, 80.0], [30.0, 45.0]]
+
+
 def _text_boxes(fig):
     """(axes index, text, window extent in pixels) of every visible, non-empty text of a drawn figure."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -101,7 +101,9 @@ def plot_curves(rows: list[dict], path: str | Path, objective: str | None = None
     train_loss and val_loss are one measure, plain cross-entropy (engine/results.py), drawn and labelled as such;
     the training objective (train_objective, `objective` names it) is drawn dashed beside them where it differs.
     A results.csv from before train_objective existed held the objective in train_loss: its line says so.
-    Top-5 is drawn for more than 5 classes only (`num_classes`; None: whenever the rows have it).
+    Top-5 is drawn for more than 5 classes only (`num_classes`; None: whenever the rows have it). A multi-label run's
+    rows (val_map filled) measure binary cross-entropy, and its accuracy panel shows mAP and the exact-match ratio
+    (what val_top1 holds for it).
     """
     # margins (inches) for 10-pt tick labels of up to 7 characters ("0.00275"), a 12-pt title, an x label
     fig = _figure(13, 3.8, margins=(0.75, 0.15, 0.35, 0.5), wspace_in=0.9, axes=3)
@@ -112,18 +114,24 @@ def plot_curves(rows: list[dict], path: str | Path, objective: str | None = None
         return [float(r.get(name, math.nan)) if r.get(name, "") != "" else math.nan for r in rows]
 
     older = not any("train_objective" in r for r in rows)  # train_loss was the objective then
+    multi = any(r.get("val_map", "") != "" for r in rows)
+    measure = "binary cross-entropy" if multi else "cross-entropy"
     ax_loss.plot(epoch, col("train_loss"), "o-",
-                 label="train: training objective" if older else "train cross-entropy (training batches)")
-    ax_loss.plot(epoch, col("val_loss"), "s-", label="val cross-entropy")
+                 label="train: training objective" if older else f"train {measure} (training batches)")
+    ax_loss.plot(epoch, col("val_loss"), "s-", label=f"val {measure}")
     train, objective_col = col("train_loss"), col("train_objective")
     if any(math.isfinite(o) and not math.isclose(o, t, rel_tol=0.01) for o, t in zip(objective_col, train)):
         ax_loss.plot(epoch, objective_col, "^--", color="grey",
                      label=f"train objective ({objective})" if objective else "train objective")
-    ax_loss.set(title="loss" if older else "loss: cross-entropy, train and val alike", xlabel="epoch")
-    ax_acc.plot(epoch, [100 * v for v in col("val_top1")], "o-", label="val top-1")
-    if num_classes is None or num_classes > 5:  # with 5 classes or fewer top-5 is 100% by definition
+    ax_loss.set(title="loss" if older else f"loss: {measure}, train and val alike", xlabel="epoch")
+    if multi:
+        ax_acc.plot(epoch, [100 * v for v in col("val_map")], "o-", label="val mAP")
+        ax_acc.plot(epoch, [100 * v for v in col("val_top1")], "s-", label="val exact match")
+    else:
+        ax_acc.plot(epoch, [100 * v for v in col("val_top1")], "o-", label="val top-1")
+    if not multi and (num_classes is None or num_classes > 5):  # with 5 classes or fewer top-5 is 100% by definition
         ax_acc.plot(epoch, [100 * v for v in col("val_top5")], "s-", label="val top-5")
-    ax_acc.set(title="accuracy (%)", xlabel="epoch")
+    ax_acc.set(title="mAP and exact match (%)" if multi else "accuracy (%)", xlabel="epoch")
     ax_lr.plot(epoch, col("lr"), "o-")
     ax_lr.set(title="learning rate (at epoch start)", xlabel="epoch")
     for ax in (ax_loss, ax_acc):

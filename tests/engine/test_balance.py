@@ -132,6 +132,35 @@ def test_label_smoothing_under_logit_adjustment_leaves_rare_classes_no_higher_th
     assert even[2].item() == pytest.approx(10 * even[1].item(), rel=1e-3)
 
 
+@pytest.mark.parametrize("given, balance, multi_label, want", [
+    ("auto", "none", False, 0.1), ("auto", "sampler", False, 0.1), ("auto", "loss", False, 0.1),
+    ("auto", "logit-adjust", False, 0.2), ("auto", "none", True, 0.1), ("0.05", "logit-adjust", False, 0.05),
+    ("AUTO", "logit-adjust", False, 0.2)])
+def test_label_smoothing_auto_is_0_1_and_0_2_under_logit_adjustment(given, balance, multi_label, want):
+    """--label-smoothing auto settles once --balance is settled: 0.2 under logit adjustment (where it measured
+    better on long-tailed data), the recipe's 0.1 otherwise and for multi-label data; a number given (as the command
+    line gives it, text) is kept. The first line says so only when the choice is not the usual 0.1."""
+    from tudui.core.config import TrainConfig
+    from tudui.engine.optim import resolve_smoothing
+
+    cfg = TrainConfig(data=["x"], balance=balance, label_smoothing=given)
+    note = resolve_smoothing(cfg, multi_label)
+    assert cfg.label_smoothing == want
+    assert (note is not None) == (given.lower() == "auto" and want != 0.1)
+    assert resolve_smoothing(cfg, multi_label) is None and cfg.label_smoothing == want  # settled once
+
+
+def test_label_smoothing_takes_a_number_or_auto_and_says_so_otherwise():
+    from tudui.core.config import TrainConfig
+    from tudui.core.errors import TuduiError
+
+    assert TrainConfig(data=["x"]).label_smoothing == "auto"
+    with pytest.raises(TuduiError, match=r"^--label-smoothing takes a number or auto, got 'some'$"):
+        TrainConfig(data=["x"], label_smoothing="some")
+    with pytest.raises(TuduiError, match=r"--label-smoothing must be in \[0, 1\)"):
+        TrainConfig(data=["x"], label_smoothing="1.5")
+
+
 def test_balance_loss_is_class_weights_auto():
     """--balance loss weights the loss by inverse class frequency, as --class-weights auto did (which now sets it);
     the two cannot ask for different things. Each image's whole loss, its label smoothing included, is weighted by
@@ -227,12 +256,16 @@ def test_a_long_tailed_folder_trains_balanced_by_default(tmp_path, capsys):
     result = tudui.train(data=str(data), model="fast", epochs=4, batch_size=16, val_split=0.25, device="cpu",
                          project=str(tmp_path), name="lt", plots=False, tensorboard=False, callbacks=[Spy()])
     out = capsys.readouterr().out
-    assert "note: balance logit-adjust (auto: the largest class has 13.5x the images of the smallest" in out
+    lines = out.splitlines()
+    assert lines[1].startswith("note: balance logit-adjust (auto: the largest class has 13.5x the images of the "
+                               "smallest")
+    assert lines[2] == "note: label smoothing 0.2 (auto: under --balance logit-adjust; 0.1 otherwise)"
     assert isinstance(seen["criterion"], LogitAdjusted)
-    assert "balanced accuracy" in out.splitlines()[2] and "epoch 1/4" in out.splitlines()[2]  # each epoch shows it
+    assert seen["criterion"].loss.smoothing == 0.2  # the smoothed loss under the adjustment takes the auto smoothing
+    assert "balanced accuracy" in lines[3] and "epoch 1/4" in lines[3]  # each epoch shows it
     assert f"val balanced accuracy {result.val['balanced_accuracy']:.2%}; weights" in out
     saved = yaml.safe_load((result.run_dir / "config.yaml").read_text(encoding="utf-8"))
-    assert (saved["balance"], saved["best_by"]) == ("logit-adjust", "balanced-accuracy")
+    assert (saved["balance"], saved["best_by"], saved["label_smoothing"]) == ("logit-adjust", "balanced-accuracy", 0.2)
     with open(result.run_dir / "results.csv", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     best = max(rows, key=lambda r: (float(r["val_balanced_acc"]), -float(r["val_loss"])))

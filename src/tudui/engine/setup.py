@@ -34,7 +34,7 @@ from .choices import (resolve_amp, resolve_balance, resolve_best_by, resolve_cud
 from .cuda_graph import GraphedStep
 from .ema import ModelEMA
 from .lr_find import lr_range_test
-from .optim import create_loss, create_optimizer, create_scheduler
+from .optim import create_loss, create_optimizer, create_scheduler, resolve_smoothing
 from .results import write_results
 from .resume import restore_run
 from .run import Run
@@ -257,6 +257,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
                                    else {}))
     balance_auto = cfg.balance == "auto"
     balance_note = resolve_balance(cfg, data.train.counts(), multi)  # --balance auto: said in a note: line
+    smoothing_note = resolve_smoothing(cfg, multi)  # --label-smoothing auto: from the balance just settled
     debug_splits(cfg, data)
     model, arch = built[0]
     warning = top_level_warning(arch["source"]) if w.rank == 0 and "source" in arch else None
@@ -271,7 +272,7 @@ def _setup(cfg: TrainConfig, callbacks: list[Callback] | None, run_dir: Path) ->
     if cfg.freeze_backbone or cfg.fine_tune:  # the head alone trains first (engine/finetune.py)
         finetune.set_trainable(model, head_path(model), backbone=False)
     workers, workers_note, unused = resolve_workers(cfg, data, w)
-    notes += [*data.said, unused] + ([balance_note] if balance_auto else [])
+    notes += [*data.said, unused] + ([balance_note] if balance_auto else []) + [smoothing_note]
     choices = [length_note, best_note, None if balance_auto else balance_note, model_note,
                resolve_amp(cfg, model, data.spec, device), workers_note]
     model, ddp = distributed.wrap(model, device, cfg.sync_bn)

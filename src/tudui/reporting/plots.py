@@ -114,7 +114,7 @@ def plot_curves(rows: list[dict], path: str | Path, objective: str | None = None
         return [float(r.get(name, math.nan)) if r.get(name, "") != "" else math.nan for r in rows]
 
     older = not any("train_objective" in r for r in rows)  # train_loss was the objective then
-    multi = any(r.get("val_map", "") != "" for r in rows)
+    multi = any(math.isfinite(v) for v in col("val_map"))  # a single-label run's val_map cells are empty
     measure = "binary cross-entropy" if multi else "cross-entropy"
     ax_loss.plot(epoch, col("train_loss"), "o-",
                  label="train: training objective" if older else f"train {measure} (training batches)")

@@ -139,7 +139,7 @@ def test_workers_share_one_port_and_stop_cleanly(tiny_model, tmp_path):
         assert [p.name for p in tmp_path.glob("tudui-serve-*/*")] == ["model.onnx"]  # one copy for both workers
         port = int(re.search(r"on http://127\.0\.0\.1:(\d+)/", line).group(1))
         image = (IMAGES / "digit0003.png").read_bytes()
-        with httpx.Client(timeout=60) as client:
+        with httpx.Client(timeout=120) as client:
             for _ in range(4):
                 r = client.post(f"http://127.0.0.1:{port}/predict", content=image,
                                 headers={"Content-Type": "image/png"})

@@ -161,6 +161,7 @@ def create_loss(cfg, counts, device, multi_label: bool = False) -> nn.Module:
     --class-weights auto), on logits adjusted by the log class priors under --balance logit-adjust; for a
     multi-label model (`multi_label`), binary cross-entropy per class or the asymmetric loss. Cross-entropy with
     label smoothing and either remedy is SmoothedCrossEntropy (torch's smoothing would favour the rare classes)."""
+    resolve_smoothing(cfg, multi_label)  # a no-op after setup settled it
     if multi_label:
         if cfg.loss not in MULTI_LABEL_LOSSES:
             raise TuduiError(f"--loss {cfg.loss} is a single-label loss and this data is multi-label; use "
@@ -168,7 +169,6 @@ def create_loss(cfg, counts, device, multi_label: bool = False) -> nn.Module:
         if cfg.class_weights == "auto":
             raise TuduiError("--class-weights auto weighs the classes of single-label data; for multi-label data "
                              "drop it (--loss asl down-weights the many absent classes)")
-        resolve_smoothing(cfg, multi_label=True)
         return MULTI_LABEL_LOSSES[cfg.loss](cfg)
     if cfg.loss not in ("cross-entropy", "nll", "mse", "l1"):
         raise TuduiError(f"--loss {cfg.loss} is for multi-label data (several classes per image) and this data has "
@@ -176,7 +176,6 @@ def create_loss(cfg, counts, device, multi_label: bool = False) -> nn.Module:
     balance = getattr(cfg, "balance", "none")
     weight = class_weights(counts, device) if cfg.class_weights == "auto" or balance == "loss" else None
     adjust = balance == "logit-adjust"
-    resolve_smoothing(cfg)  # a no-op after setup settled it
     if cfg.loss == "cross-entropy" and cfg.label_smoothing and (weight is not None or adjust):
         loss = SmoothedCrossEntropy(cfg.label_smoothing, weight,
                                     priors_tau(counts, cfg.logit_tau).to(device) if adjust else None)

@@ -3,7 +3,7 @@
 A script runs in the test's own interpreter, as `python benchmarks/SCRIPT --quick` would run it (its folder first on
 sys.path, `__main__`, its argv): a child interpreter would cost each of them seconds of importing torch. What it
 changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
-working folder, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
+working folder, the bf16 speed figure kept per process, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
 subprocess.run or Popen (`python -m tudui train` runs whose peak memory it reads, servers under load, ...) are forks
 of the tests' fork server where they can be (tests/forkserver.py), and so are the Python processes those start
 (FORK_CHILDREN: torchrun's ranks): their figures mean nothing in a smoke test, their seconds of import did.
@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from tests import forkserver
+from tudui.engine import choices
 from tests.benchmarks.tables import check_report
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
@@ -47,6 +48,9 @@ def quick_run(script, extra, request, tmp_path, capfd, monkeypatch, expect: str 
     finally:
         os.environ.clear()
         os.environ.update(env)
+        # a figure measured while the script had unpinned it (amp_speed.py) is kept per process: forget it, or every
+        # later test of this worker would train in bf16 on a CPU with bf16 units
+        choices.bf16_speedup.cache_clear()
     out, err = capfd.readouterr()  # the script's prints and its children's output alike
     assert code == 0, out[-3000:] + err[-3000:] + str(code)
     assert "--quick smoke test" in out, out[-3000:]

@@ -51,6 +51,27 @@ def test_csv_columns_name_the_path_and_label_of_a_wider_csv(tmp_path):
         _read(tmp_path / "w.csv", columns=["File", "label"])
 
 
+def test_the_column_that_names_files_is_found_from_the_header(tmp_path, capsys):
+    """Without --csv-columns, a CSV whose first column names no file reads its paths from the one column that does,
+    and its labels from the other column or the one named like a label; a choice the header leaves open is one error
+    that names the columns to choose from."""
+    paths = _imgs(tmp_path)
+    rows = lambda f: "".join(f(i, p) for i, p in enumerate(paths))  # noqa: E731
+    (tmp_path / "t.csv").write_text("source,image_id,tags\n" + rows(lambda i, p: f"相机A,{p},{['猫;狗', '猫'][i % 2]}\n"),
+                                    encoding="utf-8")
+    s = _read(tmp_path / "t.csv")
+    assert s.multi and s.classes == ["狗", "猫"] and s.targets.tolist()[:2] == [[1, 1], [0, 1]]
+    assert "image files in column 'image_id', labels in 'tags'" in capsys.readouterr().out
+    (tmp_path / "two.csv").write_text("label,path\n" + rows(lambda i, p: f"{'ab'[i % 2]},{p}\n"))
+    assert _read(tmp_path / "two.csv").targets.tolist() == [0, 1, 0, 1, 0, 1]
+    (tmp_path / "open.csv").write_text("source,image_id,kind\n" + rows(lambda i, p: f"x,{p},{'ab'[i % 2]}\n"))
+    with pytest.raises(TuduiError, match=r"column 'image_id' of its header \(source,image_id,kind\) holds the image "
+                                         r"files; name the label column: --csv-columns image_id LABEL, LABEL one of "
+                                         r"source, kind"):
+        _read(tmp_path / "open.csv")
+    assert _read(tmp_path / "open.csv", columns=["image_id", "kind"]).classes == ["a", "b"]
+
+
 @pytest.mark.parametrize("cells,column", [(["cat|dog", "cat", "dog"], "label"), (["cat;dog", "cat", "dog"], "label"),
                                           (["cat dog", "cat", "dog"], "label"), (["cat dog", "cat dog", "dog"], "tags")])
 def test_several_names_in_a_label_cell_make_multi_hot_targets(tmp_path, cells, column):

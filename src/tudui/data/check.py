@@ -217,7 +217,7 @@ def check_data(paths: list[str], csv_columns: list[str] | None = None) -> CheckR
             if sr.imbalance and sr.imbalance > IMBALANCE_WARN:
                 report.issues.append(Issue("warning", "imbalance", str(root), f"largest class has {sr.imbalance:.1f}x "
                                            "the images of the smallest; "
-                                           + ("consider --loss asl" if split.multi else "see the --balance line below")))
+                                           + ("consider --loss asl" if split.multi else "see the --balance line above")))
             empty = [c for c, n in sr.classes.items() if n == 0]
             if empty:
                 report.issues.append(Issue("error", "empty-class", str(root), f"no readable images for {', '.join(empty)}"))

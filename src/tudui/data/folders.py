@@ -27,7 +27,7 @@ from ..core.errors import TuduiError
 from ..core.files import write_text
 from .images import BadImage, ImageScan, open_regular, scan_images, shown, special_file
 from .sources import NAMED
-from .labels import HOT_VALUES, LabelReading, hot_value, labelled_split, nfc, parse_cells
+from .labels import HOT_VALUES, PLURAL_COLUMNS, LabelReading, hot_value, labelled_split, nfc, parse_cells
 from .split import Split
 
 VAL_NAMES = ("val", "valid", "validation")
@@ -233,6 +233,32 @@ def _has_header(path: Path, rows: list[tuple[int, list[str]]]) -> bool:
     return any(os.path.isfile(_resolve(path, r[0])) for _, r in rows[1:1 + HEADER_PROBE])
 
 
+LABEL_COLUMNS = {"label", "class", "category", "target", "tag", *PLURAL_COLUMNS}  # headers that name labels
+
+
+def _found_columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[int, int] | None:
+    """(path column, label column) of a CSV whose first column names no file but exactly one other column does, in
+    the rows after the first (`source,image_id,tags`, `label,path`), read from its header (the first row, whose cell
+    in that column is no file): the label column is the one other column, or the one named like a label (LABEL_COLUMNS).
+    None where the first column names files, or no column or several do. A header that leaves the label column open is
+    one clear error naming the choices."""
+    first, probe = rows[0][1], [r for _, r in rows[1:1 + HEADER_PROBE]]
+    names_files = lambda k: any(k < len(r) and os.path.isfile(_resolve(path, r[k])) for r in probe)  # noqa: E731
+    if len(first) < 2 or not probe or names_files(0):
+        return None
+    found = [k for k in range(1, len(first)) if names_files(k)]
+    if len(found) != 1 or os.path.lexists(_resolve(path, first[found[0]])):
+        return None
+    pcol = found[0]
+    others = [k for k in range(len(first)) if k != pcol]
+    labelled = [k for k in others if first[k].lower() in LABEL_COLUMNS]
+    if len(others) == 1 or len(labelled) == 1:
+        return pcol, (others if len(others) == 1 else labelled)[0]
+    raise TuduiError(f"{shown(path)}: column {first[pcol]!r} of its header ({','.join(first)}) holds the image files; "
+                     f"name the label column: --csv-columns {first[pcol]} LABEL, LABEL one of "
+                     f"{', '.join(first[k] for k in others)}")
+
+
 def _columns(path: Path, header: list[str], reading: LabelReading) -> tuple[int, list[int]]:
     """(path column, label columns) by --csv-columns' names, found in the header."""
     lower = [h.lower() for h in header]
@@ -254,17 +280,23 @@ def read_csv(path: Path, reading: LabelReading = LabelReading()) -> Split:
     The first row is a header when its path is not a file and a row after it names one (or it is `path,label`).
     Columns: --csv-columns PATH LABEL... names them; else the first is the path and the second the label, or, where a
     header names three or more columns all of whose values after the first are 0 or 1, those columns are the
-    classes (multi-hot). A label cell may name several classes (`cat|dog`: data/labels.py)."""
+    classes (multi-hot), or, where the first column names no file and another does, that one is the path and the
+    label is read from the header's other column or the one named like a label (_found_columns, with a note). A label cell may name several classes (`cat|dog`: data/labels.py)."""
     rows = _csv_rows(path)
     if not rows:
         raise TuduiError(f"{path} holds no `path,label` rows")
-    header = rows[0][1] if reading.columns or _has_header(path, rows) else None
+    found = None if reading.columns else _found_columns(path, rows)
+    header = rows[0][1] if reading.columns or found or _has_header(path, rows) else None
     if header is not None:
         rows = rows[1:]
         if not rows:
             raise TuduiError(f"{path} holds a header ({','.join(header)}) and no rows")
     if reading.columns:
         pcol, lcols = _columns(path, header, reading)
+    elif found:
+        pcol, lcols = found[0], [found[1]]
+        print(f"note: {shown(path)}: image files in column {header[pcol]!r}, labels in {header[lcols[0]]!r} (as "
+              f"--csv-columns {header[pcol]} {header[lcols[0]]} would read it; name others with it)")
     else:
         pcol, lcols = 0, [1]
         if header is not None and len(header) >= 3 and all(r[k].lower() in HOT_VALUES for _, r in rows

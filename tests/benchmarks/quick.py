@@ -3,10 +3,11 @@
 A script runs in the test's own interpreter, as `python benchmarks/SCRIPT --quick` would run it (its folder first on
 sys.path, `__main__`, its argv): a child interpreter would cost each of them seconds of importing torch. What it
 changes for the whole process is put back: the environment (photos.py sets TUDUI_CACHE), sys.path, sys.argv, the
-working folder, the bf16 speed figure kept per process, and (conftest) torch's threads and determinism flags. The Python processes a script starts with
-subprocess.run or Popen (`python -m tudui train` runs whose peak memory it reads, servers under load, ...) are forks
-of the tests' fork server where they can be (tests/forkserver.py), and so are the Python processes those start
-(FORK_CHILDREN: torchrun's ranks): their figures mean nothing in a smoke test, their seconds of import did.
+working folder, the bf16 speed figure kept per process, and (conftest) torch's threads and determinism flags. The
+Python processes a script starts with subprocess.run or Popen (`python -m tudui train` runs whose peak memory it
+reads, servers under load, ...) are forks of the tests' fork server where they can be (tests/forkserver.py), and so
+are the Python processes those start (FORK_CHILDREN: torchrun's ranks): their figures mean nothing in a smoke test,
+their seconds of import did.
 """
 from __future__ import annotations
 

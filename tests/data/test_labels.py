@@ -57,7 +57,8 @@ def test_the_column_that_names_files_is_found_from_the_header(tmp_path, capsys):
     that names the columns to choose from."""
     paths = _imgs(tmp_path)
     rows = lambda f: "".join(f(i, p) for i, p in enumerate(paths))  # noqa: E731
-    (tmp_path / "t.csv").write_text("source,image_id,tags\n" + rows(lambda i, p: f"相机A,{p},{['猫;狗', '猫'][i % 2]}\n"),
+    tags = ["猫;狗", "猫"]
+    (tmp_path / "t.csv").write_text("source,image_id,tags\n" + rows(lambda i, p: f"相机A,{p},{tags[i % 2]}\n"),
                                     encoding="utf-8")
     s = _read(tmp_path / "t.csv")
     assert s.multi and s.classes == ["狗", "猫"] and s.targets.tolist()[:2] == [[1, 1], [0, 1]]

@@ -281,7 +281,8 @@ def read_csv(path: Path, reading: LabelReading = LabelReading()) -> Split:
     Columns: --csv-columns PATH LABEL... names them; else the first is the path and the second the label, or, where a
     header names three or more columns all of whose values after the first are 0 or 1, those columns are the
     classes (multi-hot), or, where the first column names no file and another does, that one is the path and the
-    label is read from the header's other column or the one named like a label (_found_columns, with a note). A label cell may name several classes (`cat|dog`: data/labels.py)."""
+    label is read from the header's other column or the one named like a label (_found_columns, with a note). A
+    label cell may name several classes (`cat|dog`: data/labels.py)."""
     rows = _csv_rows(path)
     if not rows:
         raise TuduiError(f"{path} holds no `path,label` rows")

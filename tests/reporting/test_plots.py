@@ -266,3 +266,8 @@ def test_the_run_pictures_keep_every_label_inside_the_figure_and_apart(tmp_path,
     if picture in ("mistakes", "batch"):  # the title band holds the (wrapped) title above the images
         (_, title, tb), = [(i, t, b) for i, t, b in boxes if i == -1]
         assert tb.y0 >= panels[0].y1 - 1 or tb.y0 >= fig.axes[0].images[0].get_window_extent().y1 - 1
+        # each image's title keeps to its own column: long names are set smaller, then shortened in the middle
+        cells = [(t.get_text(), b) for i, t, b in boxes if i == 0 and t in fig.axes[0].texts]
+        assert len(cells) == (2 if picture == "mistakes" else 8)
+        overlapping = [(a, c) for k, (a, b) in enumerate(cells) for c, d in cells[k + 1:] if b.overlaps(d)]
+        assert not overlapping, f"image titles run together: {overlapping}"

@@ -69,6 +69,24 @@ def _text_lines(text: str, points: float, width_in: float) -> int:
     return sum(max(1, math.ceil(_text_in(line, points) / max(width_in, 0.1))) for line in str(text).split("\n"))
 
 
+def _fitted(text: str, points: float, width_in: float, smallest: float = 5.0) -> tuple[str, float]:
+    """(text, font size) that fit width_in inches: the size lowered as far as `smallest` points, then each line still
+    too wide shortened in its middle with an ellipsis, so its start and its end (a probability) stay."""
+    wide = _text_in(text, points)
+    if wide <= width_in:
+        return text, points
+    points = max(smallest, points * width_in / wide)
+    lines = []
+    for line in text.split("\n"):
+        short = line  # keep n characters of it, half from each end, the most that fit
+        for n in range(len(line) - 1, 1, -1):
+            if _text_in(short, points) <= width_in:
+                break
+            short = line[:(n + 1) // 2] + "…" + line[len(line) - n // 2:]
+        lines.append(short)
+    return "\n".join(lines), points
+
+
 def _save(fig, path: str | Path, dpi: int = 100) -> Path:
     with atomic_path(path) as tmp, cjk_fonts(fig):
         fig.savefig(tmp, dpi=dpi, format="png")
@@ -212,17 +230,20 @@ def _grid_figure(images: np.ndarray, titles: list[str], suptitle: str, cols: int
     montage_w = 1.5 * cols  # inches
     # side margins for image titles wider than their column (the first and last are centred w/2 px from the edges),
     # the suptitle's band (12 pt lines, wrapped to the figure's width) above the montage, which fills the rest
-    side = max(0.02, max((_text_in(t, 7) for t in titles), default=0.0) / 2 - montage_w * w / 2 / canvas.shape[1])
+    # a long class name would run into its neighbours' titles: set smaller, then shortened, to one column's width
+    pitch = montage_w * cell_w / canvas.shape[1] - 0.06  # inches from one column's centre to the next, less a gap
+    fitted = [_fitted(t, 7, pitch) if cols > 1 else (t, 7) for t in titles]
+    side = max(0.02, max((_text_in(t, p) for t, p in fitted), default=0.0) / 2 - montage_w * w / 2 / canvas.shape[1])
     fig_w = montage_w + 2 * side
     top = 0.1 + 0.22 * _text_lines(suptitle, 12, fig_w - 0.2)
     fig = _figure(fig_w, montage_w * canvas.shape[0] / canvas.shape[1] + top, margins=(side, side, top, 0.02))
     ax = fig.subplots()
     ax.axis("off")
-    for i, (img, title) in enumerate(zip(imgs, titles)):
+    for i, (img, (title, points)) in enumerate(zip(imgs, fitted)):
         r, c = divmod(i, cols)
         y0, x0 = r * cell_h + band, c * cell_w
         canvas[y0:y0 + h, x0:x0 + w] = img
-        ax.text(x0 + w / 2, y0 - 0.5, title, ha="center", va="bottom", fontsize=7)
+        ax.text(x0 + w / 2, y0 - 0.5, title, ha="center", va="bottom", fontsize=points)
     ax.imshow(canvas, interpolation="nearest")
     # a narrow grid (one or two images) wraps its title instead of clipping it; 0.05 in from the top edge
     fig.suptitle(suptitle, wrap=True, y=1 - 0.05 / fig.get_figheight())

@@ -1,5 +1,5 @@
-"""POST /explain: the map of one upload as a PNG or as numbers (?format=json), the same as `tudui explain`'s, with
-/predict's answers to bad uploads."""
+"""POST /explain: the map of one upload as a PNG or as numbers (?format=json), by any `tudui explain --method`
+(?method=), the same as `tudui explain`'s, with /predict's answers to bad uploads."""
 from __future__ import annotations
 
 import io
@@ -48,6 +48,10 @@ def test_the_map_as_numbers_and_as_a_picture(client, digit_png):
     assert got["layer"] == layer.name and np.allclose(got["map"], expected, atol=1e-4)
     other = c.post("/explain?format=json&class=7", content=digit_png).json()
     assert other["class"] == "7" and not np.allclose(other["map"], got["map"], atol=1e-3)
+    plus = cam.class_maps(predictor.model, x, [predictor.classes.index(top["class"])], "gradcam++", layer)[0]
+    for query in ("method=gradcam%2B%2B", "method=gradcam++"):  # an unescaped '+' arrives as a space
+        other = c.post(f"/explain?format=json&{query}", content=digit_png).json()
+        assert other["method"] == "gradcam++" and np.allclose(other["map"], plus, atol=1e-4), query
     png = c.post("/explain", files={"file": ("d.png", digit_png, "image/png")})
     assert png.headers["content-type"] == "image/png"
     with Image.open(io.BytesIO(png.content)) as im:
@@ -63,6 +67,9 @@ def test_bad_requests_get_predicts_answers(client):
     assert c.post("/explain?class=cat", content=b"x").json() == {
         "error": "invalid request: class 'cat' is not one of the model's classes", "status": 422}
     assert c.post("/explain?format=gif", content=b"x").status_code == 422
+    assert c.post("/explain?method=cam", content=b"x").json() == {
+        "error": "invalid request: method 'cam' is not one of gradcam, gradcam++, layercam, eigencam, scorecam, "
+                 "occlusion", "status": 422}
 
 
 def test_an_export_cannot_be_explained(tiny_onnx, digit_png):

@@ -227,7 +227,7 @@ def opened_image(data: bytes, max_pixels: int, spec=None) -> tuple[Image.Image, 
     return img, w, h, cost
 
 
-EXPLAIN_METHOD = "layercam"  # POST /explain's method: `tudui explain`'s default
+EXPLAIN_METHOD = "layercam"  # POST /explain's default method (?method=): `tudui explain`'s default
 
 
 def map_png(arr: np.ndarray, m: np.ndarray, side: int = 224) -> bytes:
@@ -543,16 +543,16 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
     explain_lock = threading.Lock()  # maps need gradients: one at a time, off the batcher's thread
     explain_layer: list = []  # the layer maps are read from, chosen on the first request
 
-    def class_map(arr, wanted: str | None):
-        """(H, W, C) uint8 -> ((S, S) map in [0, 1], class index, its probability): engine/cam.py's default method
-        and layer, as `tudui explain` computes them."""
+    def class_map(arr, wanted: str | None, method: str):
+        """(H, W, C) uint8 -> ((S, S) map in [0, 1], class index, its probability): `method` from the layer
+        engine/cam.py chooses, as `tudui explain` computes them."""
         with explain_lock:
             x = predictor.batch([arr])
             probs = predictor.probabilities(x)[0]
             c = predictor.classes.index(wanted) if wanted is not None else int(probs.argmax())
             if not explain_layer:
                 explain_layer.append(cam.find_layer(predictor.model, x))
-            m = cam.class_maps(predictor.model, x, [c], EXPLAIN_METHOD, explain_layer[0])[0]
+            m = cam.class_maps(predictor.model, x, [c], method, explain_layer[0])[0]
         return m, c, float(probs[c])
 
     @app.post("/explain", responses={200: {"description": "the image as the model saw it with the map over it "
@@ -564,12 +564,18 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
                                                                  description="png, or json for the map as numbers"),
                       wanted: str | None = fastapi.Query(None, alias="class", description="the class mapped "
                                                          "(default: the image's top class)",
-                                                         json_schema_extra={"enum": list(predictor.classes)})):
+                                                         json_schema_extra={"enum": list(predictor.classes)}),
+                      method: str = fastapi.Query(EXPLAIN_METHOD, description="how the map is computed, as `tudui "
+                                                  "explain --method` (gradcam++ spelled gradcam%2B%2B in a URL)",
+                                                  json_schema_extra={"enum": list(cam.METHODS)})):
+        method = method.replace(" ", "+")  # a '+' left unescaped in the query string arrives as a space
         if predictor.format not in runtime.PYTORCH_FORMATS:
             raise ApiError(501, f"maps need the PyTorch model; this server runs a {predictor.format} export: serve "
                                 "its checkpoint to explain")
         if wanted is not None and wanted not in predictor.classes:
             raise ApiError(422, f"invalid request: class {wanted!r} is not one of the model's classes")
+        if method not in cam.METHODS:
+            raise ApiError(422, f"invalid request: method {method!r} is not one of {', '.join(cam.METHODS)}")
         data, _, width, height, cost = await upload(request.scope, request.stream())
 
         def decode():
@@ -580,10 +586,11 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
 
         async with budget.admit(cost):
             arr = await run_in_threadpool(decode)
-        m, c, prob = await run_in_threadpool(class_map, arr, wanted)
-        if fmt == "json":
-            return {"class": predictor.classes[c], "probability": prob, "method": EXPLAIN_METHOD,
-                    "layer": explain_layer[0].name, "map": np.round(m, 4).tolist()}
+        m, c, prob = await run_in_threadpool(class_map, arr, wanted, method)
+        if fmt == "json":  # "layer": None for a method that perturbs the input instead (occlusion)
+            return {"class": predictor.classes[c], "probability": prob, "method": method,
+                    "layer": None if method in cam.INPUT_METHODS else explain_layer[0].name,
+                    "map": np.round(m, 4).tolist()}
         return Response(map_png(arr, m), media_type="image/png")
 
     app.state.batcher = batcher  # for tests and benchmarks: batches run, items answered

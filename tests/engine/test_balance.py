@@ -141,7 +141,7 @@ def test_label_smoothing_auto_is_0_1_and_0_2_under_logit_adjustment(given, balan
     better on long-tailed data), the recipe's 0.1 otherwise and for multi-label data; a number given (as the command
     line gives it, text) is kept. The first line says so only when the choice is not the usual 0.1."""
     from tudui.core.config import TrainConfig
-    from tudui.engine.optim import resolve_smoothing
+    from tudui.engine.choices import resolve_smoothing
 
     cfg = TrainConfig(data=["x"], balance=balance, label_smoothing=given)
     note = resolve_smoothing(cfg, multi_label)

@@ -32,7 +32,7 @@ def auto_balance(counts) -> tuple[str, str]:
     of the three remedies it alone repeats no image (the sampler shows the rarest class's few images again and
     again) and leaves the loss's scale alone (class weights multiply the rare classes' gradients by up to the
     ratio). On long-tailed Fashion-MNIST (ratio 100) it gained most in tudui's default run: +3.2 points of balanced
-    accuracy over none (with smoothing 0.2, engine/optim.resolve_smoothing), class weights +2.1, the sampler +1.2
+    accuracy over none (with smoothing 0.2, engine/choices.resolve_smoothing), class weights +2.1, the sampler +1.2
     (benchmarks/README.md)."""
     r = imbalance_ratio(counts)
     if r > LONG_TAILED:

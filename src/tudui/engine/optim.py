@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..core.errors import TuduiError
+from .choices import resolve_smoothing
 from .finetune import finetune_groups
 from .multilabel import AsymmetricLoss, MultiHotBCE
 
@@ -134,25 +135,6 @@ def priors_tau(counts, tau: float) -> torch.Tensor:
     Fashion-MNIST that cost 6 points of balanced accuracy (benchmarks/README.md). Spread as priors^tau, it is even
     over the model's own softmax at the optimum (every class but the target gets the same share)."""
     return torch.softmax(tau * log_priors(counts), 0).to(torch.float32)
-
-
-# --label-smoothing auto: the recipe's 0.1 (tuned on balanced Fashion-MNIST), and more under logit adjustment. On
-# long-tailed Fashion-MNIST (ratio 100, seeds 0-5, one torch thread) 0.2 raised logit adjustment's test balanced
-# accuracy from 87.91% to 88.66% (validation 88.95% -> 89.76%), while plain cross-entropy gained nothing from it
-# (85.33% -> 85.39%, seeds 0-2): benchmarks/README.md, "Long-tailed data".
-AUTO_SMOOTHING, SMOOTHING_BY_BALANCE = 0.1, {"logit-adjust": 0.2}  # --balance mode -> its smoothing
-
-
-def resolve_smoothing(cfg, multi_label: bool = False) -> str | None:
-    """Settle --label-smoothing auto once --balance is settled (multi-label data: 0.1); returns the note for the first
-    line when the choice is not the usual 0.1 (None otherwise, or when the number was given)."""
-    if cfg.label_smoothing != "auto":
-        return None
-    balance = getattr(cfg, "balance", "none")
-    cfg.label_smoothing = AUTO_SMOOTHING if multi_label else SMOOTHING_BY_BALANCE.get(balance, AUTO_SMOOTHING)
-    if cfg.label_smoothing == AUTO_SMOOTHING:
-        return None
-    return f"label smoothing {cfg.label_smoothing:g} (auto: under --balance {balance}; {AUTO_SMOOTHING:g} otherwise)"
 
 
 def create_loss(cfg, counts, device, multi_label: bool = False) -> nn.Module:

@@ -30,11 +30,11 @@ from ..models.zoo import weights_crop_pct
 from . import distributed, features, finetune
 from .callbacks import Callback
 from .choices import (resolve_amp, resolve_balance, resolve_best_by, resolve_cuda_graph, resolve_length,
-                      resolve_model, resolve_workers)
+                      resolve_model, resolve_smoothing, resolve_workers)
 from .cuda_graph import GraphedStep
 from .ema import ModelEMA
 from .lr_find import lr_range_test
-from .optim import create_loss, create_optimizer, create_scheduler, resolve_smoothing
+from .optim import create_loss, create_optimizer, create_scheduler
 from .results import write_results
 from .resume import restore_run
 from .run import Run

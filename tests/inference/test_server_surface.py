@@ -238,3 +238,7 @@ def test_the_direct_predict_path_answers_as_fastapis_route(predictor, monkeypatc
         assert direct_calls[:2] == [None, 3]
         assert len(client.post("/predict?topk=3", content=image).json()["predictions"]) == 3
         assert client.post("/predict?topk=0", content=image).status_code == 422  # FastAPI's check, its words
+        twice = client.post("/predict?topk=3&topk=5", content=image)  # not the last value quietly taken
+        assert twice.json() == {"error": "invalid request: query parameter 'topk' given more than once; give each "
+                                         "once", "status": 422}
+        assert client.get("/info?x=1&x=2").status_code == 422 and client.get("/info?x=1&y=2").status_code == 200

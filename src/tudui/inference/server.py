@@ -15,8 +15,9 @@ over --max-upload-mb 413 (Content-Length checked first, then counted while
 reading, so a chunked upload cannot exceed it either), more pixels than the
 limit 413 (read from the header, before decoding), an image whose decoding needs
 more memory than --max-decode-mb 413 (also from the header), not an image 415, a
-bad query parameter 422; an unknown path 404 and a wrong method 405 answer the
-same JSON, and so does anything unexpected (500, its traceback in the server's log).
+bad query parameter (or one given twice) 422; an unknown path 404 and a wrong method
+405 answer the same JSON, and so does anything unexpected (500, its traceback in the
+server's log).
 
 Memory: a small upload can decode to a large image (a 142 KB PNG is 64 Mpx of
 16-bit grey), so decodes are admitted by what they will hold, not by upload size
@@ -314,8 +315,17 @@ def create_app(predictor: "Predictor", options: ServeOptions | None = None, *, m
         yield
         await batcher.close()
 
+    async def one_value_each(request: Request) -> None:
+        """?topk=3&topk=5: a parameter given twice is refused (422) rather than its last value quietly taken."""
+        names = [k for k, _ in request.query_params.multi_items()]
+        twice = sorted({k for k in names if names.count(k) > 1})
+        if twice:
+            raise ApiError(422, f"invalid request: query parameter {', '.join(map(repr, twice))} given more than "
+                                "once; give each once")
+
     kwargs = dict(title="tudui", description=f"image classifier: {len(predictor.classes)} classes",
-                  version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan)
+                  version=__version__, docs_url=None, redoc_url=None, lifespan=lifespan,
+                  dependencies=[fastapi.Depends(one_value_each)])
     if docs:
         try:
             from fastapi_offline import FastAPIOffline

@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 
 from tests import forkserver
-from tudui.engine import choices
 from tests.benchmarks.tables import check_report
+
+from tudui.engine import choices
 
 BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 

@@ -16,6 +16,7 @@ from tudui.core.errors import TuduiError  # noqa: E402
 from tudui.inference import Predictor  # noqa: E402
 from tudui.inference.export import ExportError, export_model, sample_inputs  # noqa: E402
 from tudui.models import create_model, list_models  # noqa: E402
+from tudui.models.registry import make_arch  # noqa: E402
 
 # Too slow for the default run (100+ M parameters, 224 px inputs, or several seconds of CPU): tested in test_export_big_models (slow).
 BIG = {"vgg11", "vgg16", "resnet50", "resnet34"}
@@ -30,8 +31,7 @@ def make_checkpoint(path, name: str, img_size: int, channels: int = 3, classes=(
     model = create_model(name, len(classes), channels, img_size)
     spec = DataSpec(list(classes), img_size, channels, [0.4] * channels, [0.2] * channels)
     save_checkpoint({"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.state_dict(),
-                     "arch": {"name": name, "num_classes": len(classes), "in_channels": channels,
-                              "img_size": img_size, "kwargs": {}},
+                     "arch": make_arch(name, len(classes), channels, img_size),
                      "data": spec.to_dict(), "config": {"val_split": 0.2, "seed": 7}}, path)
     return spec
 
@@ -62,6 +62,29 @@ def test_onnx_parity_for_every_registered_model(tmp_path, name):
         pytest.skip(f"{name} is large: exported in the slow test test_export_big_models")
     info = next(m for m in list_models() if m.name == name)
     check_onnx_export(tmp_path, name, info.min_size, 1 if info.family != "torchvision" else 3)
+
+
+@pytest.mark.parametrize("size", [56, 64])
+def test_fast_mlp_exports_its_windows_head_where_there_are_several_windows(tmp_path, size):
+    """Above 28 px fast-mlp's hidden layer runs on each 3x3 window (a convolution; at 64 px after a pool to 7x7)."""
+    check_onnx_export(tmp_path, "fast-mlp", size, 1)
+
+
+@pytest.mark.parametrize("fmt", ["torchscript", "safetensors"])
+def test_a_checkpoint_from_before_the_windows_head_exports_and_reloads_as_trained(tmp_path, fmt):
+    """An arch without `pooled_hidden` (written before it existed) is rebuilt with the pooled head, in every format."""
+    torch.manual_seed(0)
+    model = create_model("fast-mlp", 3, 1, 56, pooled_hidden=True)
+    spec = DataSpec(["a", "b", "c"], 56, 1, [0.4], [0.2])
+    save_checkpoint({"format": FORMAT, "format_version": FORMAT_VERSION, "model": model.state_dict(),
+                     "arch": {"name": "fast-mlp", "num_classes": 3, "in_channels": 1, "img_size": 56, "kwargs": {}},
+                     "data": spec.to_dict()}, tmp_path / "best.pt")
+    r = export_model(tmp_path / "best.pt", fmt, log=None)
+    assert r.max_abs_diff <= 1e-4
+    x = sample_inputs(spec, 3, seed=5)
+    with torch.no_grad():
+        want = torch.softmax(model.eval()(x), 1)
+    assert torch.allclose(Predictor.from_path(r.path, device="cpu").probabilities(x), want, atol=1e-5)
 
 
 @pytest.mark.slow

@@ -56,7 +56,7 @@ def test_the_hidden_layer_sits_before_the_classifier_the_head_tools_use():
     model = create_model("fast-mlp", 10, 1, 28)
     last = model.get_submodule(head_path(model))
     assert (last.in_features, last.out_features) == (256, 10)
-    assert isinstance(model[-2], nn.ReLU) and isinstance(model[-3], nn.BatchNorm1d)
+    assert isinstance(model[-3], nn.ReLU) and isinstance(model[-4], nn.BatchNorm1d)
     replace_head(model, 4)
     assert model.eval()(torch.zeros(2, 1, 28, 28)).shape == (2, 4)
     assert create_model("fast-mlp", 3, 3, 8, hidden=32)(torch.zeros(2, 3, 8, 8)).shape == (2, 3)
@@ -73,8 +73,73 @@ def test_the_hidden_layer_trains_on_a_batch_of_one():
     x = torch.randn(1, 4)
     assert torch.allclose(norm.train()(x), (x - 1.0) / (4.0 + norm.eps) ** 0.5)
     assert norm.running_mean.eq(1.0).all()  # a one-image batch leaves the statistics alone
+    assert torch.allclose(norm(x[..., None, None]), norm(x)[..., None, None])  # the one window of a 28-px image
     batch = torch.randn(8, 4)
     assert torch.allclose(norm(batch), nn.BatchNorm1d(4).train()(batch), atol=1e-6)  # otherwise BatchNorm1d
-    model = create_model("fast-mlp", 3, 1, 28).train()
-    model(torch.randn(1, 1, 28, 28)).sum().backward()
-    assert model[-1].weight.grad is not None
+    maps = torch.randn(2, 4, 3, 3)
+    assert torch.allclose(norm(maps), nn.BatchNorm2d(4).train()(maps), atol=1e-6)  # and BatchNorm2d on windows
+    for size in (28, 56):
+        model = create_model("fast-mlp", 3, 1, size).train()
+        model(torch.randn(1, 1, size, size)).sum().backward()
+        assert model[-1].weight.grad is not None
+
+
+def test_at_28_px_the_slid_hidden_layer_is_the_flattened_maps_linear():
+    """On a 3x3 map the hidden layer has one window: the same computation as the head before it slid (the map
+    flattened into a Linear), with the same weights, initial ones included."""
+    torch.manual_seed(0)
+    slid = create_model("fast-mlp", 4, 1, 28).eval()
+    torch.manual_seed(0)
+    pooled = create_model("fast-mlp", 4, 1, 28, pooled_hidden=True).eval()
+    assert torch.equal(slid[12].weight, pooled[13].weight)  # initialised alike: a run trains as it did
+    for m in pooled.modules():  # statistics that are not the initial ones, so the BN is checked too
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    state = pooled.state_dict()
+    slid.load_state_dict({**{k: v for k, v in state.items() if int(k.split(".")[0]) < 12},
+                          "12.weight": state["13.weight"],
+                          **{"13." + k[3:]: v for k, v in state.items() if k.startswith("14.")},
+                          **{k: v for k, v in state.items() if k.startswith("16.")}})
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(slid(x), pooled(x))
+
+
+def test_on_a_larger_map_the_logits_are_the_mean_of_each_windows_own_evidence():
+    """At 56 px (a 7x7 map): logits = W . mean over the 25 windows of ReLU(BN(conv(window))) + b, each window alone,
+    which is what lets Grad-CAM find the evidence; a map larger than 7x7 is pooled to 7x7 first."""
+    from tudui.models.fast import WINDOW_GRID
+
+    torch.manual_seed(0)
+    model = create_model("fast-mlp", 4, 1, 56).eval()
+    x = torch.randn(2, 1, 56, 56)
+    with torch.no_grad():
+        features = model[:12](x)  # (2, 128, 7, 7)
+        window_linear, norm, classifier = model[12], model[13], model[16]
+        windows = features.unfold(2, 3, 1).unfold(3, 3, 1)  # (2, 128, 5, 5, 3, 3)
+        evidence = [torch.relu(norm(window_linear(windows[:, :, i, j]))) for i in range(5) for j in range(5)]
+        assert torch.allclose(model(x), classifier(torch.stack(evidence).mean(0)), atol=1e-5)
+    for size in (64, 224):  # maps of 8x8 and 28x28: pooled to 7x7, so at most 25 windows
+        net = create_model("fast-mlp", 4, 3, size).eval()
+        with torch.no_grad():
+            assert net[:-3](torch.zeros(1, 3, size, size)).shape == (1, 256, WINDOW_GRID - 2, WINDOW_GRID - 2)
+
+
+def test_a_checkpoint_from_before_the_hidden_layer_slid_rebuilds_as_it_was_trained():
+    """An arch recorded without `pooled_hidden` (written before it existed) builds the pooled head its weights
+    belong to; a new one records pooled_hidden=False."""
+    from tudui.models.fast import WindowLinear
+    from tudui.models.registry import build_model, make_arch
+
+    arch = make_arch("fast-mlp", 4, 1, 56)
+    assert arch["kwargs"] == {"pooled_hidden": False}
+    assert isinstance(build_model(arch)[12], WindowLinear)
+    old = dict(arch, kwargs={})
+    rebuilt = build_model(old)
+    torch.manual_seed(0)
+    trained = create_model("fast-mlp", 4, 1, 56, pooled_hidden=True).eval()
+    rebuilt.load_state_dict(trained.state_dict())  # strict: every name and shape of the old head
+    x = torch.randn(2, 1, 56, 56)
+    with torch.no_grad():
+        assert torch.equal(rebuilt.eval()(x), trained(x))
+    assert isinstance(build_model(dict(arch, kwargs={"hidden": 32}))[13], nn.Flatten)  # --model-args kept

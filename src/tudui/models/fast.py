@@ -5,8 +5,8 @@ held-out 10% of the training set): three stages of Conv3x3 -> MaxPool -> BN -> R
 (pooling before BN/ReLU runs them on a quarter of the pixels), widths 16-32-128,
 then an average pool to 3x3 and one Linear. 2.35 M multiply-adds per 28x28 image,
 53 k parameters at 10 classes. `fast-mlp` adds a hidden layer of 256 to the head (2.64 M, 0.34 M parameters: the
-cheapest gain found, +0.6 points of validation top-1 for ~10% more time); `fast-wide` (32-64-128) does 6.5 M with
-104 k parameters.
+cheapest gain found, +0.6 points of validation top-1 for ~10% more time), slid over the last map's 3x3 windows on
+images larger than 28 px (see `head`); `fast-wide` (32-64-128) does 6.5 M with 104 k parameters.
 
 `--model auto` (engine/choices.py) trains `fast-wide` where the device computes bf16 natively, `fast-mlp` elsewhere.
 The presets go deeper: `fast-res` (--preset best) adds a stem and two residual blocks (ResNet-9-like, 16 M
@@ -41,44 +41,102 @@ def stage(c_in: int, c_out: int, side: int) -> list[nn.Module]:
 
 
 class HiddenBatchNorm(nn.BatchNorm1d):
-    """BatchNorm1d over (B, C) features that also trains on a batch of one image (--batch-size 1, a one-image
-    training set), which nn.BatchNorm1d refuses: one value per channel has no batch variance, so such a batch is
-    normalised with the running statistics and leaves them unchanged. Other batches and evaluation: BatchNorm1d."""
+    """BatchNorm over the hidden layer's channels, (B, C) or (B, C, H, W), that also trains when the batch holds one
+    value per channel (--batch-size 1 at a 1x1 output, a one-image training set), which BatchNorm refuses: such a
+    batch has no variance, so it is normalised with the running statistics and leaves them unchanged. Other batches
+    and evaluation: BatchNorm1d on (B, C), BatchNorm2d on (B, C, H, W) (the same parameters and statistics)."""
+
+    def _check_input_dim(self, x: torch.Tensor) -> None:
+        if x.dim() not in (2, 4):
+            raise ValueError(f"expected a (B, C) or (B, C, H, W) input, got {x.dim()} dimensions")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and x.shape[0] == 1:
+        if self.training and x.numel() == x.shape[1]:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         return super().forward(x)
 
 
-def head(c: int, side: int, num_classes: int, hidden: int | None = None) -> list[nn.Module]:
-    """(B, c, side, side) -> (B, num_classes) logits. The final map is summarised as 3x3 with a fixed average pool (an
-    adaptive pool does the same but cannot be exported to ONNX when side is not a multiple of 3); maps under 3x3 are
-    used as they are. With `hidden`, one hidden layer (Linear -> BN -> ReLU, `hidden` units) comes before the
-    classifier, which stays the model's last nn.Linear (the head that --freeze-backbone trains)."""
-    pool = [nn.AvgPool2d(side - 2, stride=1)] if side > 3 else []
-    features = c * min(side, 3) ** 2
-    mlp = [nn.Linear(features, hidden, bias=False), HiddenBatchNorm(hidden), nn.ReLU(inplace=True)] if hidden else []
-    return [*pool, nn.Flatten(), *mlp, nn.Linear(hidden or features, num_classes)]
+class WindowLinear(nn.Linear):
+    """fast-mlp's hidden layer: one Linear applied to each k x k window of a (B, C, H, W) map, its weight laid out as
+    a flattened window (C*k*k inputs): (B, out, H-k+1, W-k+1). A map of one window (28 px: 3x3) gives (B, out), the
+    Linear on the flattened map, computed as that matmul: as a bf16 convolution with a 1x1 output it ran at half the
+    speed. Several windows run as one convolution with the same weights (an ONNX Conv, no copy of the windows)."""
+
+    def __init__(self, channels: int, k: int, out_features: int) -> None:
+        super().__init__(channels * k * k, out_features, bias=False)
+        self.channels, self.k = channels, k
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2] == self.k and x.shape[-1] == self.k:
+            return F.linear(x.flatten(1), self.weight)
+        return F.conv2d(x, self.weight.view(self.out_features, self.channels, self.k, self.k))
+
+    def extra_repr(self) -> str:
+        return f"{self.channels}x{self.k}x{self.k} windows, out_features={self.out_features}"
 
 
-@register_model("fast", min_size=8, default_size=28,
+class PositionMean(nn.Module):
+    """(B, C, H, W) -> (B, C): the mean over positions, after each window's hidden units passed their own ReLU; a
+    (B, C) input (one window) is returned as it is."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean((2, 3)) if x.dim() == 4 else x
+
+
+WINDOW_GRID = 7  # the hidden layer's 3x3 windows slide over at most a 7x7 map: 25 windows
+
+
+def head(c: int, side: int, num_classes: int, hidden: int | None = None,
+         pooled_hidden: bool = False) -> list[nn.Module]:
+    """(B, c, side, side) -> (B, num_classes) logits.
+
+    Without `hidden`: the final map is summarised as 3x3 with a fixed average pool (an adaptive pool does the same but
+    cannot be exported to ONNX when side is not a multiple of 3), flattened, and one Linear gives the logits: the
+    mean, over every 3x3 window of the map, of one linear function of the window. Maps under 3x3 are used as they are.
+
+    With `hidden` (fast-mlp), one hidden layer of `hidden` units before the classifier: a Linear on each 3x3 window of
+    the map (WindowLinear), BN and ReLU, then the mean over the windows. On a 28-px image (a 3x3 map) there is one
+    window, and the head computes what it did before the layer slid: the flattened map's Linear-BN-ReLU. On larger images each
+    window's evidence passes its own ReLU before the mean, so the logits sum evidence over positions, which is what
+    Grad-CAM reads (benchmarks/README.md, issue 31: on 56-px mosaics 41.7% of its map on the right item with the
+    hidden layer on the map pooled to 3x3, 79.5% with it slid). A map larger than 7x7 is average-pooled to 7x7
+    first, so the hidden layer costs at most 25 windows (7.4 M multiply-adds at fast's 128 channels).
+    `pooled_hidden`: the head of checkpoints written before the hidden layer slid (the map pooled to 3x3, flattened,
+    then the hidden layer). The classifier stays the model's last nn.Linear (the head that --freeze-backbone trains).
+    """
+    if not hidden or pooled_hidden:
+        pool = [nn.AvgPool2d(side - 2, stride=1)] if side > 3 else []
+        features = c * min(side, 3) ** 2
+        mlp = [nn.Linear(features, hidden, bias=False), HiddenBatchNorm(hidden), nn.ReLU(inplace=True)] if hidden else []
+        return [*pool, nn.Flatten(), *mlp, nn.Linear(hidden or features, num_classes)]
+    pool = [nn.AvgPool2d(side - WINDOW_GRID + 1, stride=1)] if side > WINDOW_GRID else []
+    return [*pool, WindowLinear(c, min(side, 3), hidden), HiddenBatchNorm(hidden), nn.ReLU(inplace=True),
+            PositionMean(), nn.Linear(hidden, num_classes)]
+
+
+# Checkpoints written before the hidden layer slid over the map record no `pooled_hidden`: they rebuild with it on
+LEGACY_HEAD = {"pooled_hidden": True}
+
+
+@register_model("fast", min_size=8, default_size=28, legacy=LEGACY_HEAD,
                 description="the small net: 3x(Conv3x3-MaxPool-BN-ReLU) 16-32-128, avg pool to 3x3, Linear")
 def fast(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, widths: tuple = (16, 32, 128),
-         hidden: int | None = None) -> nn.Module:
+         hidden: int | None = None, pooled_hidden: bool = False) -> nn.Module:
     layers, c, side = [], in_channels, img_size
     for w in widths:  # 28 -> 14 -> 7 -> 3
         layers += stage(c, w, side)
         c, side = w, side // 2
-    return nn.Sequential(*layers, *head(c, side, num_classes, hidden))
+    return nn.Sequential(*layers, *head(c, side, num_classes, hidden, pooled_hidden))
 
 
-@register_model("fast-mlp", min_size=8, default_size=28,
-                description="`fast` with a hidden layer of 256 in the head (Linear-BN-ReLU): +12% multiply-adds, "
-                            "~0.6 points more on Fashion-MNIST (--model auto on a CPU without AMX)")
-def fast_mlp(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, hidden: int = 256) -> nn.Module:
+@register_model("fast-mlp", min_size=8, default_size=28, legacy=LEGACY_HEAD,
+                description="`fast` with a hidden layer of 256 in the head (Conv3x3-BN-ReLU on each 3x3 window of "
+                            "the last map, then their mean): +12% multiply-adds at 28 px, ~0.6 points more on "
+                            "Fashion-MNIST (--model auto on a CPU without AMX)")
+def fast_mlp(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, hidden: int = 256,
+             pooled_hidden: bool = False) -> nn.Module:
     """2.64 M multiply-adds per 28x28 grey image, 0.34 M parameters at 10 classes (the hidden layer holds 0.29 M)."""
-    return fast(num_classes, in_channels, img_size, hidden=hidden)
+    return fast(num_classes, in_channels, img_size, hidden=hidden, pooled_hidden=pooled_hidden)
 
 
 @register_model("fast-wide", min_size=8, default_size=28,

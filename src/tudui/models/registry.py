@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -36,6 +36,9 @@ class ModelInfo:
     family: str  # "course", "tudui", "torchvision", "timm" or "user"
     min_size: int  # smallest square input (pixels) the architecture accepts
     default_size: int  # a sensible input size when the data does not dictate one
+    # keyword arguments that rebuild an arch recorded before they existed (make_arch records each one's current
+    # value, so an arch without it is older): fast-mlp's head before its hidden layer slid over the map
+    legacy: dict = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -53,7 +56,7 @@ def register_source(prefix: str, resolve: Callable[[str], ModelInfo],
 
 
 def register_model(name: str, *, description: str, family: str = "tudui", min_size: int = 8,
-                   default_size: int = 32) -> Callable:
+                   default_size: int = 32, legacy: dict | None = None) -> Callable:
     """Decorator that adds a model builder to the registry under `name` (`--model NAME`, `tudui models`).
 
         @register_model("my-net", description="two convs and a linear head", min_size=16)
@@ -62,13 +65,15 @@ def register_model(name: str, *, description: str, family: str = "tudui", min_si
     The builder is called with the classes, input channels and square input side the data needs, plus any
     `--model-args` as keywords; min_size is the smallest side it accepts, default_size the side `tudui summary`
     and `tudui models` build it for; family groups the listing (tudui, course, torchvision). A name registered
-    twice is a ValueError. Every registered model is exercised by tests/models/test_registry.py.
+    twice is a ValueError. Every registered model is exercised by tests/models/test_registry.py. `legacy`: when a
+    builder's new keyword changes what an existing checkpoint's weights mean, the value that rebuilds checkpoints
+    written before it (checkpoints written since record the keyword).
     """
 
     def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} is registered twice")
-        _REGISTRY[name] = ModelInfo(name, fn, description, family, min_size, default_size)
+        _REGISTRY[name] = ModelInfo(name, fn, description, family, min_size, default_size, dict(legacy or {}))
         return fn
 
     return deco
@@ -133,7 +138,12 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: in
 
 
 def make_arch(name: str, num_classes: int, in_channels: int, img_size: int, **kwargs) -> dict:
-    """What a checkpoint records to rebuild the model with `build_model` (initial weights are not part of it)."""
+    """What a checkpoint records to rebuild the model with `build_model` (initial weights are not part of it); a
+    registered model's `legacy` keywords are recorded with the values they are built with."""
+    info = _REGISTRY.get(name)
+    if info and info.legacy:
+        defaults = inspect.signature(info.builder).parameters
+        kwargs = {**{k: defaults[k].default for k in info.legacy}, **kwargs}
     return {"name": name, "num_classes": num_classes, "in_channels": in_channels, "img_size": img_size,
             "kwargs": {k: v for k, v in kwargs.items() if k != "weights"}}
 
@@ -155,6 +165,9 @@ def build_model(arch: dict, model_file: str | None = None, base_dir: str | None 
     if source:
         return build_from_source(source, arch["num_classes"], arch["in_channels"], arch["img_size"],
                                  model_file, base_dir, trust_code)
+    info = _REGISTRY.get(arch["name"])
+    if info:  # an arch recorded before one of the model's legacy keywords existed is rebuilt as it was trained
+        kwargs = {**info.legacy, **kwargs}
     return create_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
                         img_size=arch["img_size"], **kwargs)
 

@@ -28,7 +28,8 @@ def _net(name: str, channels: int, size: int, classes: int = 3) -> nn.Module:
     ("fast", 1, 8, "8", (128, 2, 2)),             # at 8 px the last stage pools to 1x1: its 2x2 conv before that
     ("fast-mlp", 1, 28, "11", (128, 3, 3)),       # at 28 px the hidden layer's one window gives 1x1: no map
     ("fast-mlp", 1, 56, "14", (256, 5, 5)),       # at 56 px the hidden layer's ReLU on each of the 5x5 windows
-    ("fast-wide", 1, 56, "11", (128, 7, 7)),      # a head without a hidden layer: its average pool (3x3) blurs the 7x7
+    ("fast", 1, 56, "11", (128, 7, 7)),           # a head without a hidden layer: its average pool (3x3) blurs the 7x7
+    ("fast-wide", 1, 56, "14", (256, 5, 5)),      # fast-mlp's head at 32-64-128 channels
     ("cifar-net", 3, 32, "5", (64, 4, 4)),        # the course's net: its last conv's pooled map
     ("resnet18", 3, 64, "layer4", (512, 2, 2)),   # torchvision: the last stage
 ])

@@ -27,6 +27,7 @@ def test_cropped_conv_output_side():
 
 
 @pytest.mark.parametrize("name, macs_m, params_k", [("fast", 2.35, 53), ("fast-mlp", 2.64, 340),
+                                                     ("fast-wide", 6.79, 391),
                                                      ("fast-res", 16.3, 423), ("fast-res-wide", 64.8, 1666)])
 def test_nets_cost_what_their_descriptions_say(name, macs_m, params_k):
     from tudui.models.summary import summarize_model
@@ -128,7 +129,7 @@ def test_on_a_larger_map_the_logits_are_the_mean_of_each_windows_own_evidence():
 def test_a_checkpoint_from_before_the_hidden_layer_slid_rebuilds_as_it_was_trained():
     """An arch recorded without `pooled_hidden` (written before it existed) builds the pooled head its weights
     belong to; a new one records pooled_hidden=False."""
-    from tudui.models.fast import WindowLinear
+    from tudui.models.fast import HiddenBatchNorm, WindowLinear
     from tudui.models.registry import build_model, make_arch
 
     arch = make_arch("fast-mlp", 4, 1, 56)
@@ -143,3 +144,8 @@ def test_a_checkpoint_from_before_the_hidden_layer_slid_rebuilds_as_it_was_train
     with torch.no_grad():
         assert torch.equal(rebuilt.eval()(x), trained(x))
     assert isinstance(build_model(dict(arch, kwargs={"hidden": 32}))[13], nn.Flatten)  # --model-args kept
+    wide = make_arch("fast-wide", 4, 1, 28)  # fast-wide had no hidden layer then: its old checkpoints have none
+    assert wide["kwargs"] == {"hidden": 256, "pooled_hidden": False}
+    old_wide = build_model(dict(wide, kwargs={}))
+    assert not any(isinstance(m, HiddenBatchNorm) for m in old_wide) and isinstance(old_wide[-1], nn.Linear)
+    assert old_wide[-1].in_features == 128 * 3 * 3

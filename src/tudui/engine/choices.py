@@ -20,8 +20,9 @@ figures behind these thresholds. On CUDA: bf16 where supported, else fp16 (with 
 
 --label-smoothing auto (resolve_smoothing, once --balance is settled): 0.1, and 0.2 under logit adjustment.
 
---model auto: `fast-wide` (2.8x the multiply-adds of `fast`, more accurate on Fashion-MNIST) where the device runs it
-about as fast as `fast` runs in fp32: a GPU, or a CPU with AMX where bf16 passes the measurement above. Elsewhere
+--model auto: `fast-wide` (`fast-mlp` at 32-64-128 channels, 2.9x the multiply-adds of `fast`, more accurate on
+Fashion-MNIST) where the device runs it about as fast as `fast` runs in fp32: a GPU, or a CPU with AMX where bf16
+passes the measurement above. Elsewhere
 `fast-mlp` (`fast` with a hidden layer of 256 in its head), which costs about as many seconds per epoch as `fast`
 for more accuracy, so the default's seconds per epoch stay about the same on every machine (the measurements:
 benchmarks/README.md, "The default became `fast-mlp`").

@@ -6,7 +6,7 @@ held-out 10% of the training set): three stages of Conv3x3 -> MaxPool -> BN -> R
 then an average pool to 3x3 and one Linear. 2.35 M multiply-adds per 28x28 image,
 53 k parameters at 10 classes. `fast-mlp` adds a hidden layer of 256 to the head (2.64 M, 0.34 M parameters: the
 cheapest gain found, +0.6 points of validation top-1 for ~10% more time), slid over the last map's 3x3 windows on
-images larger than 28 px (see `head`); `fast-wide` (32-64-128) does 6.5 M with 104 k parameters.
+images larger than 28 px (see `head`); `fast-wide` is `fast-mlp` at 32-64-128 channels: 6.8 M, 0.39 M parameters.
 
 `--model auto` (engine/choices.py) trains `fast-wide` where the device computes bf16 natively, `fast-mlp` elsewhere.
 The presets go deeper: `fast-res` (--preset best) adds a stem and two residual blocks (ResNet-9-like, 16 M
@@ -94,20 +94,22 @@ def head(c: int, side: int, num_classes: int, hidden: int | None = None,
     cannot be exported to ONNX when side is not a multiple of 3), flattened, and one Linear gives the logits: the
     mean, over every 3x3 window of the map, of one linear function of the window. Maps under 3x3 are used as they are.
 
-    With `hidden` (fast-mlp), one hidden layer of `hidden` units before the classifier: a Linear on each 3x3 window of
-    the map (WindowLinear), BN and ReLU, then the mean over the windows. On a 28-px image (a 3x3 map) there is one
-    window, and the head computes what it did before the layer slid: the flattened map's Linear-BN-ReLU. On larger images each
-    window's evidence passes its own ReLU before the mean, so the logits sum evidence over positions, which is what
-    Grad-CAM reads (benchmarks/README.md, issue 31: on 56-px mosaics 41.7% of its map on the right item with the
-    hidden layer on the map pooled to 3x3, 79.5% with it slid). A map larger than 7x7 is average-pooled to 7x7
-    first, so the hidden layer costs at most 25 windows (7.4 M multiply-adds at fast's 128 channels).
+    With `hidden` (fast-mlp, fast-wide), one hidden layer of `hidden` units before the classifier: a Linear on each
+    3x3 window of the map (WindowLinear), BN and ReLU, then the mean over the windows. On a 28-px image (a 3x3 map)
+    there is one window, and the head computes what it did before the layer slid: the flattened map's Linear-BN-ReLU.
+    On larger images each window's evidence passes its own ReLU before the mean, so the logits sum evidence over
+    positions, which is what Grad-CAM reads (benchmarks/README.md, issue 31: on 56-px mosaics 41.1% of its map on the
+    right item with the hidden layer on the map pooled to 3x3, 79.5% with it slid). A map larger than 7x7 is
+    average-pooled to 7x7 first, so the hidden layer costs at most 25 windows (7.4 M multiply-adds at fast's 128
+    channels).
     `pooled_hidden`: the head of checkpoints written before the hidden layer slid (the map pooled to 3x3, flattened,
     then the hidden layer). The classifier stays the model's last nn.Linear (the head that --freeze-backbone trains).
     """
     if not hidden or pooled_hidden:
         pool = [nn.AvgPool2d(side - 2, stride=1)] if side > 3 else []
         features = c * min(side, 3) ** 2
-        mlp = [nn.Linear(features, hidden, bias=False), HiddenBatchNorm(hidden), nn.ReLU(inplace=True)] if hidden else []
+        mlp = [nn.Linear(features, hidden, bias=False), HiddenBatchNorm(hidden), nn.ReLU(inplace=True)] \
+            if hidden else []
         return [*pool, nn.Flatten(), *mlp, nn.Linear(hidden or features, num_classes)]
     pool = [nn.AvgPool2d(side - WINDOW_GRID + 1, stride=1)] if side > WINDOW_GRID else []
     return [*pool, WindowLinear(c, min(side, 3), hidden), HiddenBatchNorm(hidden), nn.ReLU(inplace=True),
@@ -139,10 +141,14 @@ def fast_mlp(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, hi
     return fast(num_classes, in_channels, img_size, hidden=hidden, pooled_hidden=pooled_hidden)
 
 
-@register_model("fast-wide", min_size=8, default_size=28,
-                description="`fast` with 32-64-128 channels: 2.8x the multiply-adds (--model auto where bf16 is native)")
-def fast_wide(num_classes: int = 10, in_channels: int = 1, img_size: int = 28) -> nn.Module:
-    return fast(num_classes, in_channels, img_size, widths=(32, 64, 128))
+@register_model("fast-wide", min_size=8, default_size=28, legacy={"hidden": None, **LEGACY_HEAD},
+                description="`fast-mlp` with 32-64-128 channels: 2.6x its multiply-adds (--model auto on a GPU, or "
+                            "a CPU with AMX where bf16 is faster)")
+def fast_wide(num_classes: int = 10, in_channels: int = 1, img_size: int = 28, hidden: int | None = 256,
+              pooled_hidden: bool = False) -> nn.Module:
+    """6.79 M multiply-adds per 28x28 grey image, 0.39 M parameters at 10 classes. Before fast-mlp's hidden layer
+    slid over the map it had none (`fast` with 32-64-128 channels); checkpoints of that time rebuild so."""
+    return fast(num_classes, in_channels, img_size, widths=(32, 64, 128), hidden=hidden, pooled_hidden=pooled_hidden)
 
 
 class Residual(nn.Module):

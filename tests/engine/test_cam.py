@@ -94,6 +94,22 @@ def test_every_method_gives_maps_at_the_input_size(method):
     assert maps.shape == (3, 16, 16) and maps.dtype == np.float32 and 0 <= maps.min() and maps.max() <= 1 + 1e-6
 
 
+@pytest.mark.parametrize("method", ["gradcam", "occlusion"])
+def test_many_images_go_through_in_chunks_with_the_maps_of_one_pass(method, monkeypatch):
+    """Memory is that of one chunk whatever the count (occlusion's window positions included): the maps are the ones a
+    single pass gives, and no forward pass holds more than batch_size images."""
+    if method in cam.INPUT_METHODS:
+        pytest.importorskip("captum")
+    net = _net("fast-mlp", 1, 56)
+    x = torch.randn(7, 1, 56, 56)
+    layer = cam.find_layer(net, x[:1])
+    whole = cam.class_maps(net, x, [0, 1, 2, 0, 1, 2, 0], method, layer, batch_size=8)
+    seen = []
+    net.register_forward_pre_hook(lambda module, inputs: seen.append(len(inputs[0])))
+    chunked = cam.class_maps(net, x, [0, 1, 2, 0, 1, 2, 0], method, layer, batch_size=3)
+    assert np.allclose(whole, chunked, atol=1e-5) and max(seen) <= 3
+
+
 def test_the_map_follows_the_evidence():
     """A net whose class-1 score is the mean of the bottom-right quarter of its input: the map for class 1 lies
     there."""

@@ -201,9 +201,14 @@ def _quiet_score_cam():
 def class_maps(model: nn.Module, x: torch.Tensor, classes: list[int], method: str, layer: Layer,
                batch_size: int = 32) -> np.ndarray:
     """(B, C, H, W) normalised images and a class index per image -> (B, H, W) float32 maps in [0, 1], at the
-    input's size, by `method` (a METHODS name) from `layer`."""
+    input's size, by `method` (a METHODS name) from `layer`. The images go through in chunks of `batch_size`, so
+    memory stays that of one chunk whatever B is (the methods keep every layer's output and gradient for the whole
+    input at once)."""
     if method not in METHODS:
         raise TuduiError(f"--method takes one of {', '.join(METHODS)}, got {method!r}")
+    if len(x) > batch_size:
+        return np.concatenate([class_maps(model, x[i:i + batch_size], classes[i:i + batch_size], method, layer,
+                                          batch_size) for i in range(0, len(x), batch_size)])
     if method in INPUT_METHODS:
         return occlusion_maps(model, x, classes, batch_size)
     lib = _library()
@@ -228,9 +233,10 @@ def occlusion_maps(model: nn.Module, x: torch.Tensor, classes: list[int], batch_
     A window a quarter of the shorter side (all channels), moved by half of it (7x7 positions at any size), is set
     to 0, the normalised mean; each pixel gets the mean drop of the class's logit over the windows covering it.
     Drops below 0 (evidence against the class) are cut to 0 and each map divided by its largest value; a map with no
-    drop stays all zero. It reads no layer, so a head that gives each position its own weights (tudui's fast-mlp)
-    does not hide where the evidence is: on benchmarks/trust.py's mosaics 57.8% of its mass fell on the label's
-    quadrant against 41.7% for Grad-CAM (benchmarks/README.md). Cost: 49 forward passes per image."""
+    drop stays all zero. It reads no layer, so a head that gives each position its own weights (fast-mlp's before
+    its hidden layer slid over the map) does not hide where the evidence is: on benchmarks/trust.py's mosaics 55.7%
+    of its mass fell on the label's quadrant against 41.1% for Grad-CAM (benchmarks/README.md). Cost: 49 forward
+    passes per image."""
     try:
         from captum.attr import Occlusion
     except ImportError:
@@ -240,10 +246,10 @@ def occlusion_maps(model: nn.Module, x: torch.Tensor, classes: list[int], batch_
     window = max(1, round(min(h, w) / 4))
     stride = max(1, window // 2)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad():  # each forward pass holds len(x) images per window position: at most about batch_size
         drops = Occlusion(model).attribute(x, target=[int(k) for k in classes], baselines=0.0,
                                            sliding_window_shapes=(c, window, window), strides=(c, stride, stride),
-                                           perturbations_per_eval=max(1, batch_size))
+                                           perturbations_per_eval=max(1, batch_size // max(1, len(x))))
     maps = drops.float().sum(1).clamp_min(0).cpu().numpy()  # (B, H, W)
     top = maps.reshape(len(maps), -1).max(1)[:, None, None] if len(maps) else np.zeros((0, 1, 1))
     return (maps / np.where(top > 0, top, 1)).astype(np.float32)

@@ -9,7 +9,9 @@ loosen these tolerances.
 
 The folders: 46c9d06 (before flip TTA, channels-last and --model-args; the package before its layers, so the
 course's mnist-cnn), 8f1300c (before crop_pct, --fine-tune and the decoded-image cache), bb969f9 (before
---cuda-graph), 35d2b53 (the code of 2026-12-05). All were written with torch 2.14.1 on a CPU.
+--cuda-graph), 35d2b53 (the code of 2026-12-05), 3308eb8 (the last code before fast-mlp's hidden layer slid over
+the map: `fast` with a hidden layer at 40 px, whose head must rebuild as it was trained). All were written with torch
+2.14.1 on a CPU.
 """
 from __future__ import annotations
 

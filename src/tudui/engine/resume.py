@@ -33,6 +33,7 @@ from ..core.config import TrainConfig, load_yaml
 from ..core.console import shown
 from ..core.errors import TuduiError
 from ..core.files import stale_temp_files
+from ..models.registry import legacy_kwargs
 from .distributed import is_main
 from .optim import continue_schedule
 from .results import write_results
@@ -110,6 +111,11 @@ def resume_config(values: dict[str, Any]) -> TrainConfig:
                          f"only {', '.join('--' + k.replace('_', '-') for k in RESUME_MAY_CHANGE)} may be given "
                          "with --resume. To try other settings, start a new run with --config " + str(config_path))
     ckpt = load_checkpoint(ckpt_path)
+    # and a run of a model from before one of its keywords existed (fast-mlp's pooled head) goes on with that model
+    legacy, args = legacy_kwargs(ckpt["arch"]) if "arch" in ckpt else {}, stored.get("model_args") or []
+    if legacy:
+        stored["model_args"] = {**legacy, **args} if isinstance(args, dict) else \
+            [f"{k}={json.dumps(v)}" for k, v in legacy.items()] + list(args)
     done, old_epochs = int(ckpt["epoch"]), int(stored["epochs"])
     epochs = int(values.get("epochs", old_epochs))
     if epochs < old_epochs:

@@ -148,6 +148,13 @@ def make_arch(name: str, num_classes: int, in_channels: int, img_size: int, **kw
             "kwargs": {k: v for k, v in kwargs.items() if k != "weights"}}
 
 
+def legacy_kwargs(arch: dict) -> dict:
+    """The keyword arguments an `arch` recorded before some of its registered model's keywords existed is rebuilt
+    with (ModelInfo.legacy: fast-mlp's pooled head); {} for an arch that records them all, or not a registered model."""
+    info = _REGISTRY.get(arch.get("name", ""))
+    return {k: v for k, v in info.legacy.items() if k not in arch.get("kwargs", {})} if info else {}
+
+
 def build_model(arch: dict, model_file: str | None = None, base_dir: str | None = None,
                 trust_code: bool = False) -> nn.Module:
     """The untrained model a checkpoint's or export's `arch` describes (its weights are loaded by the caller).
@@ -157,7 +164,7 @@ def build_model(arch: dict, model_file: str | None = None, base_dir: str | None 
     source or as a 'file.py:Name' name) goes through build_from_source, which imports it only with the user's
     consent: `model_file`, `trust_code`, or contents the user trained with here.
     """
-    kwargs = {k: v for k, v in arch.get("kwargs", {}).items() if k != "weights"}  # ours replace pretrained ones
+    kwargs = {**legacy_kwargs(arch), **{k: v for k, v in arch.get("kwargs", {}).items() if k != "weights"}}
     source = arch.get("source")
     if not source and is_file_ref(arch["name"]):  # a file named as the architecture: the same consent applies
         path, name = split_ref(arch["name"])
@@ -165,9 +172,6 @@ def build_model(arch: dict, model_file: str | None = None, base_dir: str | None 
     if source:
         return build_from_source(source, arch["num_classes"], arch["in_channels"], arch["img_size"],
                                  model_file, base_dir, trust_code)
-    info = _REGISTRY.get(arch["name"])
-    if info:  # an arch recorded before one of the model's legacy keywords existed is rebuilt as it was trained
-        kwargs = {**info.legacy, **kwargs}
     return create_model(arch["name"], num_classes=arch["num_classes"], in_channels=arch["in_channels"],
                         img_size=arch["img_size"], **kwargs)
 

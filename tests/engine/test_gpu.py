@@ -35,3 +35,22 @@ def test_memory_resident_data_lives_on_the_gpu(tmp_path):
     loader = make_loader(split, spec, 32, True, torch.device("cuda"))
     x, y = next(iter(loader))
     assert x.device.type == "cuda" and x.dtype == torch.uint8 and y.device.type == "cuda"
+
+
+def test_the_windows_heads_maps_on_the_gpu_are_the_cpus():
+    """fast-mlp above 28 px (its hidden layer on each 3x3 window, a convolution) gives the same Grad-CAM maps, from the
+    same layer, on CUDA as on the CPU (TF32 convolutions on CUDA: a loose tolerance on maps scaled to [0, 1])."""
+    import numpy as np
+
+    from tudui.engine import cam
+    from tudui.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("fast-mlp", 3, 1, 56).eval()
+    x = torch.randn(4, 1, 56, 56)
+    layer = cam.find_layer(net, x[:1])
+    want = cam.class_maps(net, x, [0, 1, 2, 0], "gradcam", layer)
+    gpu, xg = net.cuda(), x.cuda()
+    chosen = cam.find_layer(gpu, xg[:1])
+    got = cam.class_maps(gpu, xg, [0, 1, 2, 0], "gradcam", chosen)
+    assert layer.name == chosen.name == "14" and np.abs(got - want).max() < 0.05

@@ -149,3 +149,26 @@ def test_a_checkpoint_from_before_the_hidden_layer_slid_rebuilds_as_it_was_train
     old_wide = build_model(dict(wide, kwargs={}))
     assert not any(isinstance(m, HiddenBatchNorm) for m in old_wide) and isinstance(old_wide[-1], nn.Linear)
     assert old_wide[-1].in_features == 128 * 3 * 3
+
+
+def test_weights_from_before_the_windows_head_load_whole(tmp_path):
+    """`--weights` from a checkpoint written before the hidden layer slid: at 28 px today's fast-mlp gets every tensor
+    under its new name and computes what the old one did; another class count keeps the hidden layer too."""
+    from tudui.core.checkpoint import FORMAT, FORMAT_VERSION, save_checkpoint
+    from tudui.models.fast import HiddenBatchNorm
+
+    torch.manual_seed(0)
+    old = create_model("fast-mlp", 10, 1, 28, pooled_hidden=True).eval()
+    for m in old.modules():  # trained-looking statistics, so the BN's buffers are checked too
+        if isinstance(m, HiddenBatchNorm):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2)
+    save_checkpoint({"format": FORMAT, "format_version": FORMAT_VERSION, "model": old.state_dict(),
+                     "arch": {"name": "fast-mlp", "num_classes": 10, "in_channels": 1, "img_size": 28, "kwargs": {}},
+                     "data": {}}, tmp_path / "old.pt")
+    torch.manual_seed(1)
+    now = create_model("fast-mlp", 10, 1, 28, weights=str(tmp_path / "old.pt")).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(now(x), old(x), atol=1e-5)
+    fewer = create_model("fast-mlp", 4, 1, 28, weights=str(tmp_path / "old.pt"))
+    assert torch.equal(fewer[12].weight, old[13].weight) and torch.equal(fewer[13].running_var, old[14].running_var)

@@ -317,6 +317,18 @@ def weights_data(path: str | Path) -> dict | None:
     return None
 
 
+def weights_arch(path: str | Path) -> dict | None:
+    """The `arch` record of a tudui checkpoint (or a run directory: its best.pt) used as --weights; None for any other
+    weights file."""
+    path = run_file(Path(path))
+    if not path.is_file() or path.suffix == ".safetensors":
+        return None
+    obj = torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("arch"), dict):
+        return obj["arch"]
+    return None
+
+
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """Tensors from a weights file: .safetensors, a plain state_dict, a tudui checkpoint (or a run directory: its
     best.pt), or {'state_dict': ...}."""

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..core.checkpoint import read_weights
+from ..core.checkpoint import read_weights, weights_arch
 from ..core.errors import TuduiError
 from ..core.options import option_text
 from ..core.pyfile import is_file_ref, load_object, module_classes, split_ref
@@ -133,8 +133,24 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: in
     if weights:
         if weights.upper() == "DEFAULT":
             raise TuduiError(f"model {name} has no pretrained weights to download; pass --weights FILE")
-        load_weights(model, read_weights(weights), weights)
+        state, arch = read_weights(weights), weights_arch(weights)
+        if arch and arch.get("name") == name and legacy_kwargs(arch):
+            state = renamed_to_current(arch, state)
+        load_weights(model, state, weights)
     return model
+
+
+def renamed_to_current(arch: dict, state: dict) -> dict:
+    """The weights of a checkpoint written before one of its model's legacy keywords existed, under the names today's
+    layout of that model gives them, where both layouts hold the same tensors in the same order (fast-mlp's pooled
+    head and its windows head: at 28 px the same function); otherwise `state` as it is, and --weights loads what
+    fits by name."""
+    old = build_model(arch).state_dict()
+    current = create_model(arch["name"], arch["num_classes"], arch["in_channels"], arch["img_size"],
+                           **{k: v for k, v in arch.get("kwargs", {}).items() if k != "weights"}).state_dict()
+    if list(old) != list(state) or [t.shape for t in old.values()] != [t.shape for t in current.values()]:
+        return state
+    return {new: state[was] for new, was in zip(current, old)}
 
 
 def make_arch(name: str, num_classes: int, in_channels: int, img_size: int, **kwargs) -> dict:

@@ -305,28 +305,26 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", 
     return ckpt
 
 
-def weights_data(path: str | Path) -> dict | None:
-    """The DataSpec record (input size, channels, mean/std) of a tudui checkpoint used as --weights; None for any other
-    weights file (a state_dict knows nothing of the images it was trained on)."""
-    path = Path(path)
+def _tudui_entry(path: Path, key: str) -> dict | None:
+    """Entry `key` (a dict) of the tudui checkpoint at `path`; None for any other file (a state_dict, .safetensors)."""
     if not path.is_file() or path.suffix == ".safetensors":
         return None
     obj = torch_load(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("data"), dict):
-        return obj["data"]
+    if isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get(key), dict):
+        return obj[key]
     return None
+
+
+def weights_data(path: str | Path) -> dict | None:
+    """The DataSpec record (input size, channels, mean/std) of a tudui checkpoint used as --weights; None for any other
+    weights file (a state_dict knows nothing of the images it was trained on)."""
+    return _tudui_entry(Path(path), "data")
 
 
 def weights_arch(path: str | Path) -> dict | None:
     """The `arch` record of a tudui checkpoint (or a run directory: its best.pt) used as --weights; None for any other
     weights file."""
-    path = run_file(Path(path))
-    if not path.is_file() or path.suffix == ".safetensors":
-        return None
-    obj = torch_load(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT and isinstance(obj.get("arch"), dict):
-        return obj["arch"]
-    return None
+    return _tudui_entry(run_file(Path(path)), "arch")
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

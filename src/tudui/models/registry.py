@@ -143,14 +143,15 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: in
 def renamed_to_current(arch: dict, state: dict) -> dict:
     """The weights of a checkpoint written before one of its model's legacy keywords existed, under the names today's
     layout of that model gives them, where both layouts hold the same tensors in the same order (fast-mlp's pooled
-    head and its windows head: at 28 px the same function); otherwise `state` as it is, and --weights loads what
-    fits by name."""
+    head and its windows head: at 28 px the same function). Otherwise (fast-wide, which had no hidden layer) the
+    tensors whose name and shape today's layout shares, its trunk: the head starts afresh, and --weights' note counts
+    what was left at its initial values, rather than refusing a head of another shape under the same name."""
     old = build_model(arch).state_dict()
     current = create_model(arch["name"], arch["num_classes"], arch["in_channels"], arch["img_size"],
                            **{k: v for k, v in arch.get("kwargs", {}).items() if k != "weights"}).state_dict()
-    if list(old) != list(state) or [t.shape for t in old.values()] != [t.shape for t in current.values()]:
-        return state
-    return {new: state[was] for new, was in zip(current, old)}
+    if list(old) == list(state) and [t.shape for t in old.values()] == [t.shape for t in current.values()]:
+        return {new: state[was] for new, was in zip(current, old)}
+    return {k: t for k, t in state.items() if k in current and current[k].shape == t.shape}
 
 
 def make_arch(name: str, num_classes: int, in_channels: int, img_size: int, **kwargs) -> dict:

@@ -133,7 +133,9 @@ def create_model(name: str, num_classes: int, in_channels: int = 3, img_size: in
     if weights:
         if weights.upper() == "DEFAULT":
             raise TuduiError(f"model {name} has no pretrained weights to download; pass --weights FILE")
-        state, arch = read_weights(weights), weights_arch(weights)
+        state = read_weights(weights)
+        # only a model with legacy keywords reads the file's arch too (a second load of a file that may be large)
+        arch = weights_arch(weights) if info.legacy else None
         if arch and arch.get("name") == name and legacy_kwargs(arch):
             state = renamed_to_current(arch, state)
         load_weights(model, state, weights)
